@@ -1,0 +1,425 @@
+//! [`HouseholdDoc`]: one household's Automerge document, edited through typed records.
+//!
+//! Every edit is one Automerge change, stamped with who made it ([`Author`]: the user and the
+//! device) in the change message and with the time in milliseconds, so that "who changed this
+//! field, when, from which phone" can be answered for every value (see [`crate::conflicts`]).
+//!
+//! ```
+//! use qiaomen_protocol::{doc::{Author, HouseholdDoc}, ids::*, schema::*};
+//! let author = Author { user: UserId::new(), device: DeviceId::new() };
+//! let hh = Household::new(HouseholdId::new(), GridId::new("g1"), "东村 3 组", "12");
+//! let mut phone_a = HouseholdDoc::create(&hh, &author, 1_000).unwrap();
+//! let mut phone_b = HouseholdDoc::load(&phone_a.save()).unwrap();
+//! phone_a.edit(&author, 2_000, |h| { h.door_number = "12A".into(); Ok(()) }).unwrap();
+//! phone_b.edit(&author, 2_001, |h| { h.address = "东村 4 组".into(); Ok(()) }).unwrap();
+//! phone_a.merge(&mut phone_b).unwrap();
+//! let merged = phone_a.household().unwrap();
+//! assert_eq!((merged.door_number.as_str(), merged.address.as_str()), ("12A", "东村 4 组"));
+//! ```
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::{
+    ActorId, AutoCommit, Change, ChangeHash, LoadOptions, OnPartialLoad, ROOT, ReadDoc,
+    VerificationMode, transaction::CommitOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{DocError, Result},
+    ids::{DemandId, DeviceId, UserId, VisitId},
+    migrate,
+    schema::{Demand, DemandStatus, DemandTransition, Household, SCHEMA_VERSION, Visit},
+};
+
+/// Who makes a change: the signed-in user and the enrolled device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Author {
+    #[serde(rename = "u")]
+    pub user: UserId,
+    #[serde(rename = "d")]
+    pub device: DeviceId,
+}
+
+impl Author {
+    /// The change message that carries this author: `{"u":"<uuid>","d":"<uuid>"}`.
+    pub fn to_message(&self) -> String {
+        serde_json::to_string(self).expect("two uuids always serialize")
+    }
+
+    /// The author of a change, if its message is one of ours.
+    pub fn from_message(message: &str) -> Option<Author> {
+        serde_json::from_str(message).ok()
+    }
+}
+
+/// A household's document.
+#[derive(Debug, Clone)]
+pub struct HouseholdDoc {
+    doc: AutoCommit,
+}
+
+/// Runs `f`, turning a panic inside Automerge into [`DocError::Poisoned`]. Automerge has open
+/// issues where hostile input panics; a phone or a server must never crash on a bad blob.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(DocError::Poisoned))
+}
+
+impl HouseholdDoc {
+    /// A new document holding `household`, as one change by `author`.
+    pub fn create(household: &Household, author: &Author, now_ms: i64) -> Result<Self> {
+        let mut doc = AutoCommit::new();
+        autosurgeon::reconcile(&mut doc, household)?;
+        doc.commit_with(commit_options(author, now_ms));
+        Ok(Self { doc })
+    }
+
+    /// Loads a document from `save()` output (or a snapshot followed by incremental changes),
+    /// checking every change hash. Corrupt or truncated bytes give [`DocError::Corrupt`],
+    /// never a panic. The document is upgraded to the current schema in memory if needed
+    /// (see [`HouseholdDoc::upgrade`] to persist that).
+    pub fn load(bytes: &[u8]) -> Result<Self> {
+        let doc = guarded(|| {
+            AutoCommit::load_with_options(
+                bytes,
+                LoadOptions::new()
+                    .on_partial_load(OnPartialLoad::Error)
+                    .verification_mode(VerificationMode::Check),
+            )
+            .map_err(|_| DocError::Corrupt)
+        })?;
+        let this = Self { doc };
+        let version = this.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(DocError::TooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(this)
+    }
+
+    /// Use `actor` for this replica's future changes. Each install of the app has its own
+    /// actor; two replicas must never share one.
+    pub fn set_actor(&mut self, actor: ActorId) {
+        self.doc.set_actor(actor);
+    }
+
+    pub fn actor(&self) -> &ActorId {
+        self.doc.get_actor()
+    }
+
+    /// The schema version recorded in the document (1 for documents written before the field
+    /// existed).
+    pub fn schema_version(&self) -> Result<u64> {
+        match self.doc.get(ROOT, "schema_version")? {
+            None => Ok(1),
+            Some((automerge::Value::Scalar(s), _)) => match s.as_ref() {
+                automerge::ScalarValue::Uint(v) => Ok(*v),
+                automerge::ScalarValue::Int(v) if *v >= 0 => Ok(*v as u64),
+                _ => Err(DocError::Schema("schema_version is not a number".into())),
+            },
+            Some(_) => Err(DocError::Schema("schema_version is not a number".into())),
+        }
+    }
+
+    /// Brings a document of an older schema to the current one, as a change by `author`.
+    /// Returns whether anything changed.
+    pub fn upgrade(&mut self, author: &Author, now_ms: i64) -> Result<bool> {
+        let from = self.schema_version()?;
+        if from >= SCHEMA_VERSION {
+            return Ok(false);
+        }
+        migrate::upgrade(&mut self.doc, from)?;
+        self.doc.commit_with(commit_options(author, now_ms));
+        Ok(true)
+    }
+
+    /// The household record. Documents of an older schema are upgraded on a copy first, so
+    /// the record is always in the current shape.
+    pub fn household(&self) -> Result<Household> {
+        if self.schema_version()? < SCHEMA_VERSION {
+            let mut copy = self.doc.clone();
+            migrate::upgrade(&mut copy, self.schema_version()?)?;
+            return Ok(autosurgeon::hydrate(&copy)?);
+        }
+        Ok(autosurgeon::hydrate(&self.doc)?)
+    }
+
+    /// The household record as it was at `heads` (an exact earlier version).
+    pub fn household_at(&self, heads: &[ChangeHash]) -> Result<Household> {
+        let mut copy = self.doc.clone();
+        let mut old = copy.fork_at(heads).map_err(|_| DocError::NotFound {
+            kind: "version",
+            id: "heads".into(),
+        })?;
+        let version = Self { doc: old.fork() }.schema_version()?;
+        if version < SCHEMA_VERSION {
+            migrate::upgrade(&mut old, version)?;
+        }
+        Ok(autosurgeon::hydrate(&old)?)
+    }
+
+    /// Edits the household through its typed record: `f` changes the record, and only the
+    /// differences are written, as one change by `author`. If `f` fails, or the edited record
+    /// is refused, nothing is written. Returns `f`'s value and the change's hash (`None` when
+    /// nothing changed).
+    pub fn edit<T>(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        f: impl FnOnce(&mut Household) -> Result<T>,
+    ) -> Result<(T, Option<ChangeHash>)> {
+        let mut household = self.household()?;
+        let before_id = household.id;
+        let out = f(&mut household)?;
+        if household.id != before_id {
+            return Err(DocError::InvalidEdit(
+                "a household's id cannot change".into(),
+            ));
+        }
+        if let Err(e) = autosurgeon::reconcile(&mut self.doc, &household) {
+            self.doc.rollback();
+            return Err(e.into());
+        }
+        Ok((out, self.doc.commit_with(commit_options(author, now_ms))))
+    }
+
+    /// Adds a visit (and the demands raised on it) as one change. Only the new entries are
+    /// written: the cost does not grow with the household's history.
+    pub fn add_visit(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        visit: &Visit,
+        demands: &[Demand],
+    ) -> Result<ChangeHash> {
+        if !crate::calendar::is_visit_day(visit.visit_day) {
+            return Err(DocError::InvalidEdit(
+                "a visit must be recorded for a visit day (the 15th or 30th)".into(),
+            ));
+        }
+        for d in demands {
+            if !visit.demands_raised.contains(&d.id) {
+                return Err(DocError::InvalidEdit(
+                    "every demand must be listed in the visit's demands_raised".into(),
+                ));
+            }
+        }
+        let visits = self.map_obj("visits")?;
+        if self.doc.get(&visits, visit.id.to_string())?.is_some() {
+            return Err(DocError::InvalidEdit(
+                "a visit with this id already exists".into(),
+            ));
+        }
+        let demand_map = self.map_obj("demands")?;
+        let result = (|| {
+            autosurgeon::reconcile_prop(
+                &mut self.doc,
+                &visits,
+                visit.id.to_string().as_str(),
+                visit,
+            )?;
+            for d in demands {
+                autosurgeon::reconcile_prop(
+                    &mut self.doc,
+                    &demand_map,
+                    d.id.to_string().as_str(),
+                    d,
+                )?;
+            }
+            Ok::<_, DocError>(())
+        })();
+        if let Err(e) = result {
+            self.doc.rollback();
+            return Err(e);
+        }
+        self.doc
+            .commit_with(commit_options(author, now_ms))
+            .ok_or_else(|| DocError::Automerge("empty visit change".into()))
+    }
+
+    /// Moves a demand to `to`, appending to its history. Refused if the step is not allowed.
+    pub fn transition_demand(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        demand: DemandId,
+        to: DemandStatus,
+        comment: &str,
+    ) -> Result<ChangeHash> {
+        let demands = self.map_obj("demands")?;
+        let key = demand.to_string();
+        let mut d: Demand = match autosurgeon::hydrate_prop(&self.doc, &demands, key.as_str()) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Err(DocError::NotFound {
+                    kind: "demand",
+                    id: key,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !d.status.may_become(to) {
+            return Err(DocError::InvalidEdit(format!(
+                "a demand cannot go from {:?} to {:?}",
+                d.status, to
+            )));
+        }
+        d.history.push(DemandTransition {
+            by: author.user,
+            device: Some(author.device),
+            at_ms: now_ms,
+            from: d.status,
+            to,
+            comment: comment.to_string(),
+        });
+        d.status = to;
+        if let Err(e) = autosurgeon::reconcile_prop(&mut self.doc, &demands, key.as_str(), &d) {
+            self.doc.rollback();
+            return Err(e.into());
+        }
+        self.doc
+            .commit_with(commit_options(author, now_ms))
+            .ok_or_else(|| DocError::Automerge("empty change".into()))
+    }
+
+    /// Edits a visit's note as text: deletes `delete` characters at `pos` and inserts `insert`.
+    /// Concurrent edits of the same note on two phones merge character by character.
+    pub fn splice_note(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        visit: VisitId,
+        pos: usize,
+        delete: usize,
+        insert: &str,
+    ) -> Result<ChangeHash> {
+        let visits = self.map_obj("visits")?;
+        let visit_obj = match self.doc.get(&visits, visit.to_string())? {
+            Some((automerge::Value::Object(automerge::ObjType::Map), id)) => id,
+            _ => {
+                return Err(DocError::NotFound {
+                    kind: "visit",
+                    id: visit.to_string(),
+                });
+            }
+        };
+        let note = match self.doc.get(&visit_obj, "note")? {
+            Some((automerge::Value::Object(automerge::ObjType::Text), id)) => id,
+            _ => return Err(DocError::Schema("a visit's note is not text".into())),
+        };
+        let len = self.doc.length(&note);
+        if pos > len || pos + delete > len {
+            return Err(DocError::InvalidEdit(
+                "the note edit lies outside the note".into(),
+            ));
+        }
+        use automerge::transaction::Transactable;
+        self.doc.splice_text(&note, pos, delete as isize, insert)?;
+        self.doc
+            .commit_with(commit_options(author, now_ms))
+            .ok_or_else(|| DocError::Automerge("empty change".into()))
+    }
+
+    fn map_obj(&self, key: &str) -> Result<automerge::ObjId> {
+        match self.doc.get(ROOT, key)? {
+            Some((automerge::Value::Object(automerge::ObjType::Map), id)) => Ok(id),
+            _ => Err(DocError::Schema(format!("{key} is not a map"))),
+        }
+    }
+
+    /// The whole document in Automerge's compressed format.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// The changes made since the last `save()` or `save_incremental()`, as bytes to append to
+    /// a saved document.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.doc.save_incremental()
+    }
+
+    /// The current heads: the exact version of the document.
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// The raw bytes of every change not reachable from `have`.
+    pub fn changes_since(&mut self, have: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.doc
+            .get_changes(have)
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
+    }
+
+    /// The raw bytes of one change.
+    pub fn change_bytes(&mut self, hash: &ChangeHash) -> Option<Vec<u8>> {
+        self.doc
+            .get_change_by_hash(hash)
+            .map(|c| c.raw_bytes().to_vec())
+    }
+
+    /// Whether the document holds the change `hash`.
+    pub fn has_change(&mut self, hash: &ChangeHash) -> bool {
+        self.doc.get_change_meta_by_hash(hash).is_some()
+    }
+
+    /// Applies changes received from elsewhere. Each change's bytes and hash are checked
+    /// first; a bad one rejects the whole call with [`DocError::Corrupt`] and nothing is
+    /// applied. Changes whose dependencies are missing wait inside the document until they
+    /// arrive. Duplicates are ignored. Returns the hashes of the decoded changes.
+    pub fn apply_changes<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<ChangeHash>> {
+        let decoded = decode_changes(changes)?;
+        let hashes = decoded.iter().map(|c| c.hash()).collect();
+        guarded(|| self.doc.apply_changes(decoded).map_err(DocError::from))?;
+        Ok(hashes)
+    }
+
+    /// Takes every change of `other` that this document lacks.
+    pub fn merge(&mut self, other: &mut HouseholdDoc) -> Result<()> {
+        guarded(|| {
+            self.doc
+                .merge(&mut other.doc)
+                .map(|_| ())
+                .map_err(DocError::from)
+        })
+    }
+
+    /// Hashes of changes this document is waiting for (named as dependencies of changes it
+    /// holds back).
+    pub fn missing_deps(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_missing_deps(&[])
+    }
+
+    /// The underlying Automerge document, read-only.
+    pub fn automerge(&self) -> &AutoCommit {
+        &self.doc
+    }
+
+    pub(crate) fn automerge_mut(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    pub(crate) fn commit(&mut self, author: &Author, now_ms: i64) -> Option<ChangeHash> {
+        self.doc.commit_with(commit_options(author, now_ms))
+    }
+}
+
+/// Decodes and verifies change bytes without touching any document.
+pub fn decode_changes<'a>(changes: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<Change>> {
+    changes
+        .into_iter()
+        .map(|bytes| guarded(|| Change::try_from(bytes).map_err(|_| DocError::Corrupt)))
+        .collect()
+}
+
+pub(crate) fn commit_options(author: &Author, now_ms: i64) -> CommitOptions {
+    CommitOptions::default()
+        .with_message(author.to_message())
+        .with_time(now_ms)
+}

@@ -1,0 +1,18 @@
+//! What a Qiaomen phone and the Qiaomen server must agree on, with no IO at all:
+//! identifiers ([`ids`]), the visit-day calendar ([`calendar`]), the household document's
+//! schema ([`schema`]) and its migrations ([`migrate`]), the typed document itself ([`doc`])
+//! and its concurrent values ([`conflicts`]).
+//!
+//! Nothing here opens a file, a socket or reads a clock: time comes in as arguments
+//! (`now_ms`), so tests can run many replicas deterministically in one thread.
+
+pub mod calendar;
+pub mod conflicts;
+pub mod doc;
+pub mod error;
+pub mod ids;
+pub mod migrate;
+pub mod schema;
+
+pub use automerge::{ActorId, ChangeHash};
+pub use error::{DocError, Result};
