@@ -89,6 +89,13 @@ impl HouseholdDoc {
             .map_err(|_| DocError::Corrupt)
         })?;
         let this = Self { doc };
+        // An empty or foreign document loads as valid Automerge; it must at least carry a
+        // household id to be one of ours.
+        match this.doc.get(ROOT, "id")? {
+            Some((automerge::Value::Scalar(s), _)) if matches!(s.as_ref(), automerge::ScalarValue::Bytes(b) if b.len() == 16) =>
+                {}
+            _ => return Err(DocError::Corrupt),
+        }
         let version = this.schema_version()?;
         if version > SCHEMA_VERSION {
             return Err(DocError::TooNew {

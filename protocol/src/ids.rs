@@ -12,10 +12,20 @@ macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
         #[derive(
-            Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Reconcile, Hydrate,
+            Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Reconcile,
         )]
         #[serde(transparent)]
         pub struct $name(pub Uuid);
+
+        // By hand rather than derived: the derive only implements `hydrate`, so an
+        // `Option<Id>` (which dispatches on the scalar's type) would not read.
+        impl Hydrate for $name {
+            fn hydrate_bytes(bytes: &[u8]) -> Result<Self, autosurgeon::HydrateError> {
+                Uuid::from_slice(bytes)
+                    .map(Self)
+                    .map_err(|_| autosurgeon::HydrateError::unexpected("a 16-byte id", "other bytes".into()))
+            }
+        }
 
         impl $name {
             /// A fresh id. UUIDv7 keeps ids made on one device roughly time-ordered,
