@@ -6,7 +6,7 @@ use std::{fmt, str::FromStr};
 
 use autosurgeon::{Hydrate, Reconcile};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+pub use uuid::Uuid;
 
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident) => {

@@ -1,0 +1,39 @@
+//! The store's errors. Messages name the failure and at most a household id, never a
+//! resident's data.
+
+use qiaomen_protocol::{DocError, ids::HouseholdId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store file is not a SQLite database, or its pages are damaged.
+    #[error("the store file is corrupt or not a Qiaomen store")]
+    CorruptStore,
+    /// One household's stored document cannot be read; other households are unaffected.
+    #[error("the stored document of household {household} is corrupt")]
+    CorruptDocument { household: HouseholdId },
+    #[error("no household {household} in this store")]
+    NotFound { household: HouseholdId },
+    #[error("household {household} already exists in this store")]
+    AlreadyExists { household: HouseholdId },
+    /// The store was written by a newer version of the app.
+    #[error("the store has format version {found}; this build reads up to {supported}")]
+    TooNew { found: i64, supported: i64 },
+    /// The document refused the edit or the input (see [`DocError`]).
+    #[error(transparent)]
+    Document(#[from] DocError),
+    /// Any other SQLite failure (disk full, I/O error, locked).
+    #[error("storage failure: {0}")]
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::CorruptStore,
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

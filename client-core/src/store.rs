@@ -1,0 +1,859 @@
+//! [`Store`]: the device's SQLite file.
+//!
+//! Each household document is stored as a **snapshot** (Automerge `save()`) plus the
+//! **changes appended** since, one row per change. An edit is one SQLite transaction that
+//! appends the change, marks it pending (not yet acknowledged by a server) and updates the
+//! query index, so a committed edit survives the process being killed at any moment (WAL, and
+//! by default `synchronous=FULL` so it also survives power loss). When a household has
+//! gathered [`StoreOptions::compact_after`] changes, its snapshot is rewritten and the rows
+//! folded into it; pending bookkeeping is kept by change hash, so compaction never loses it.
+//!
+//! Documents are loaded lazily and a bounded number stay in memory: opening a store costs
+//! the same for 5 households or 500.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use qiaomen_protocol::{
+    ActorId, ChangeHash,
+    calendar::{self, Day},
+    conflicts::{self, Conflict, FieldValue, Resolution},
+    doc::{Author, HouseholdDoc},
+    ids::{DemandId, GridId, HouseholdId, VisitId},
+    schema::{Demand, DemandStatus, Household, HouseholdStatus, KeyGroup, Visit},
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Result, StoreError};
+
+/// The store file's format version (`PRAGMA user_version`).
+const STORE_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+    -- One row per household: the document snapshot, and the fields the phone's lists query.
+    CREATE TABLE docs (
+        id          BLOB PRIMARY KEY,
+        snapshot    BLOB NOT NULL,
+        grid        TEXT NOT NULL,
+        door_number TEXT NOT NULL,
+        status      TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX docs_grid ON docs (grid, door_number);
+    -- Changes appended since the snapshot, in the order they were stored.
+    CREATE TABLE changes (
+        doc   BLOB NOT NULL,
+        seq   INTEGER NOT NULL,
+        bytes BLOB NOT NULL,
+        PRIMARY KEY (doc, seq)
+    ) WITHOUT ROWID;
+    -- Changes made on this device that no server has acknowledged yet.
+    CREATE TABLE pending (
+        doc  BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        seq  INTEGER NOT NULL,
+        PRIMARY KEY (doc, hash)
+    ) WITHOUT ROWID;
+    -- Key-group tag spans of the household and its members, for the roster.
+    CREATE TABLE tag_index (
+        doc   BLOB NOT NULL,
+        grp   TEXT NOT NULL,
+        since TEXT NOT NULL,
+        until TEXT
+    );
+    CREATE INDEX tag_index_doc ON tag_index (doc);
+    -- The visit days each household has a visit for.
+    CREATE TABLE visit_index (
+        doc       BLOB NOT NULL,
+        visit_day TEXT NOT NULL,
+        PRIMARY KEY (doc, visit_day)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// How hard a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a committed edit survives power loss. The default.
+    Full,
+    /// `synchronous=NORMAL`: survives the app being killed, may lose the last commits on
+    /// power loss. Faster; for tests and bulk imports.
+    Normal,
+}
+
+/// Tuning of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// Rewrite a household's snapshot once this many changes are appended to it.
+    pub compact_after: usize,
+    /// How many household documents to keep loaded in memory.
+    pub cache_capacity: usize,
+    /// The device's UTC offset in seconds (China: +8 h), for "today".
+    pub utc_offset_secs: i32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Full,
+            compact_after: 64,
+            cache_capacity: 64,
+            utc_offset_secs: 8 * 3600,
+        }
+    }
+}
+
+/// A household in a list, from the store's index (no document is loaded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HouseholdSummary {
+    pub id: HouseholdId,
+    pub grid: GridId,
+    pub door_number: String,
+    pub status: HouseholdStatus,
+}
+
+/// One line of a visit-day roster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterEntry {
+    pub household: HouseholdSummary,
+    /// Key groups holding on the visit day; non-empty entries come first in a roster.
+    pub key_groups: Vec<KeyGroup>,
+    /// Whether a visit is recorded for this visit day.
+    pub visited: bool,
+}
+
+struct Cached {
+    doc: HouseholdDoc,
+    /// Change rows appended since the snapshot.
+    appended: usize,
+    last_used: u64,
+}
+
+/// The device's store of household documents. See the module docs.
+pub struct Store {
+    conn: Connection,
+    author: Author,
+    actor: ActorId,
+    options: StoreOptions,
+    cache: HashMap<HouseholdId, Cached>,
+    tick: u64,
+    clock: Box<dyn Fn() -> i64 + Send>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("author", &self.author)
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn status_text(s: HouseholdStatus) -> &'static str {
+    match s {
+        HouseholdStatus::Active => "Active",
+        HouseholdStatus::Moved => "Moved",
+        HouseholdStatus::Merged => "Merged",
+    }
+}
+
+fn status_from(s: &str) -> HouseholdStatus {
+    match s {
+        "Moved" => HouseholdStatus::Moved,
+        "Merged" => HouseholdStatus::Merged,
+        _ => HouseholdStatus::Active,
+    }
+}
+
+fn group_text(g: KeyGroup) -> String {
+    format!("{g:?}")
+}
+
+fn group_from(s: &str) -> Option<KeyGroup> {
+    KeyGroup::ALL.into_iter().find(|g| group_text(*g) == s)
+}
+
+fn hash_from(bytes: &[u8]) -> Option<ChangeHash> {
+    ChangeHash::try_from(bytes).ok()
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` for `author` (the signed-in user on this
+    /// device). A file that is not a Qiaomen store gives [`StoreError::CorruptStore`].
+    pub fn open(path: impl AsRef<Path>, author: Author, options: StoreOptions) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::CorruptStore);
+        }
+        conn.execute_batch(match options.durability {
+            Durability::Full => "PRAGMA synchronous=FULL;",
+            Durability::Normal => "PRAGMA synchronous=NORMAL;",
+        })?;
+        Self::migrate(&conn)?;
+        let actor = Self::load_or_make_actor(&conn)?;
+        Ok(Store {
+            conn,
+            author,
+            actor,
+            options,
+            cache: HashMap::new(),
+            tick: 0,
+            clock: Box::new(system_now_ms),
+        })
+    }
+
+    fn migrate(conn: &Connection) -> Result<()> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > STORE_VERSION {
+            return Err(StoreError::TooNew {
+                found: version,
+                supported: STORE_VERSION,
+            });
+        }
+        if version == 0 {
+            // A file with tables but no version is not ours.
+            let tables: i64 =
+                conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            if tables > 0 {
+                return Err(StoreError::CorruptStore);
+            }
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn load_or_make_actor(conn: &Connection) -> Result<ActorId> {
+        let existing: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'actor'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(bytes) = existing {
+            return Ok(ActorId::from(bytes.as_slice()));
+        }
+        // One actor per install: a reinstall gets a fresh one, so it can never reuse
+        // sequence numbers an earlier install already sent.
+        let actor = ActorId::from(qiaomen_protocol::ids::DeviceId::new().as_bytes().as_slice());
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('actor', ?1)",
+            [actor.to_bytes()],
+        )?;
+        Ok(actor)
+    }
+
+    /// Replaces the clock (milliseconds since the Unix epoch). For tests and replays.
+    pub fn set_clock(&mut self, clock: impl Fn() -> i64 + Send + 'static) {
+        self.clock = Box::new(clock);
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Today on the device's calendar.
+    pub fn today(&self) -> Day {
+        Day::from_unix_ms(self.now_ms(), self.options.utc_offset_secs)
+            .expect("the clock gives a representable date")
+    }
+
+    /// Who edits through this store.
+    pub fn author(&self) -> &Author {
+        &self.author
+    }
+
+    /// This install's Automerge actor.
+    pub fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
+    // ---- documents in and out of SQLite -------------------------------------------------
+
+    fn read_doc(&self, id: HouseholdId) -> Result<(HouseholdDoc, usize)> {
+        let snapshot: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT snapshot FROM docs WHERE id = ?1",
+                [id.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut bytes = snapshot.ok_or(StoreError::NotFound { household: id })?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 ORDER BY seq")?;
+        let mut rows = stmt.query([id.as_bytes().as_slice()])?;
+        let mut appended = 0;
+        while let Some(row) = rows.next()? {
+            let change: Vec<u8> = row.get(0)?;
+            bytes.extend_from_slice(&change);
+            appended += 1;
+        }
+        let mut doc = HouseholdDoc::load(&bytes).map_err(|e| match e {
+            qiaomen_protocol::DocError::Corrupt | qiaomen_protocol::DocError::Poisoned => {
+                StoreError::CorruptDocument { household: id }
+            }
+            other => StoreError::Document(other),
+        })?;
+        doc.set_actor(self.actor.clone());
+        Ok((doc, appended))
+    }
+
+    /// The loaded document of `id`, from the cache or from SQLite.
+    fn doc_mut(&mut self, id: HouseholdId) -> Result<&mut Cached> {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.cache.contains_key(&id) {
+            let (doc, appended) = self.read_doc(id)?;
+            if self.cache.len() >= self.options.cache_capacity.max(1)
+                && let Some(oldest) = self
+                    .cache
+                    .iter()
+                    .min_by_key(|(_, c)| c.last_used)
+                    .map(|(k, _)| *k)
+            {
+                self.cache.remove(&oldest);
+            }
+            self.cache.insert(
+                id,
+                Cached {
+                    doc,
+                    appended,
+                    last_used: tick,
+                },
+            );
+        }
+        let cached = self.cache.get_mut(&id).expect("inserted above");
+        cached.last_used = tick;
+        Ok(cached)
+    }
+
+    /// Writes the index rows of `household` (inside the caller's transaction).
+    fn write_index(tx: &rusqlite::Transaction<'_>, h: &Household) -> Result<()> {
+        let id = h.id.as_bytes().as_slice();
+        tx.execute(
+            "UPDATE docs SET grid = ?2, door_number = ?3, status = ?4 WHERE id = ?1",
+            params![id, h.grid.as_str(), h.door_number, status_text(h.status)],
+        )?;
+        tx.execute("DELETE FROM tag_index WHERE doc = ?1", [id])?;
+        tx.execute("DELETE FROM visit_index WHERE doc = ?1", [id])?;
+        let mut tag = tx.prepare_cached(
+            "INSERT INTO tag_index (doc, grp, since, until) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for t in h
+            .tags
+            .iter()
+            .chain(h.members.values().flat_map(|m| m.tags.iter()))
+        {
+            tag.execute(params![
+                id,
+                group_text(t.group),
+                t.since.to_string(),
+                t.until.map(|u| u.to_string())
+            ])?;
+        }
+        let mut visit = tx
+            .prepare_cached("INSERT OR IGNORE INTO visit_index (doc, visit_day) VALUES (?1, ?2)")?;
+        for v in h.visits.values() {
+            visit.execute(params![id, v.visit_day.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// Appends `change` (made here when `local`) to the household's rows.
+    fn append_change(
+        tx: &rusqlite::Transaction<'_>,
+        id: HouseholdId,
+        hash: &ChangeHash,
+        bytes: &[u8],
+        local: bool,
+    ) -> Result<()> {
+        let key = id.as_bytes().as_slice();
+        let seq: i64 = tx.query_row(
+            "SELECT coalesce(max(seq), 0) + 1 FROM changes WHERE doc = ?1",
+            [key],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO changes (doc, seq, bytes) VALUES (?1, ?2, ?3)",
+            params![key, seq, bytes],
+        )?;
+        if local {
+            let pseq: i64 =
+                tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM pending", [], |r| {
+                    r.get(0)
+                })?;
+            tx.execute(
+                "INSERT OR IGNORE INTO pending (doc, hash, seq) VALUES (?1, ?2, ?3)",
+                params![key, hash.as_ref(), pseq],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Runs `edit` on the household's document and stores the change it makes, durably,
+    /// together with the index update `index` asks for. On any failure the cached document is
+    /// dropped, so memory never runs ahead of the disk.
+    fn commit_edit<T>(
+        &mut self,
+        id: HouseholdId,
+        edit: impl FnOnce(
+            &mut HouseholdDoc,
+            &Author,
+            i64,
+        ) -> qiaomen_protocol::Result<(T, Option<ChangeHash>)>,
+        index: IndexUpdate,
+    ) -> Result<T> {
+        let now = self.now_ms();
+        let author = self.author;
+        let compact_after = self.options.compact_after;
+        let cached = self.doc_mut(id)?;
+        let (out, hash) = edit(&mut cached.doc, &author, now)?;
+        let Some(hash) = hash else { return Ok(out) };
+        let bytes = cached
+            .doc
+            .change_bytes(&hash)
+            .expect("the change was just made");
+        let household = match &index {
+            IndexUpdate::Full => Some(cached.doc.household()?),
+            _ => None,
+        };
+        let compact = cached.appended + 1 >= compact_after;
+        let snapshot = compact.then(|| cached.doc.save());
+        let result = (|| -> Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            Self::append_change(&tx, id, &hash, &bytes, true)?;
+            match (&index, &household) {
+                (IndexUpdate::Full, Some(h)) => Self::write_index(&tx, h)?,
+                (IndexUpdate::VisitDay(day), _) => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO visit_index (doc, visit_day) VALUES (?1, ?2)",
+                        params![id.as_bytes().as_slice(), day.to_string()],
+                    )?;
+                }
+                _ => {}
+            }
+            if let Some(snapshot) = &snapshot {
+                Self::write_snapshot(&tx, id, snapshot)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                let cached = self.cache.get_mut(&id).expect("still cached");
+                cached.appended = if compact { 0 } else { cached.appended + 1 };
+                Ok(out)
+            }
+            Err(e) => {
+                self.cache.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_snapshot(
+        tx: &rusqlite::Transaction<'_>,
+        id: HouseholdId,
+        snapshot: &[u8],
+    ) -> Result<()> {
+        let key = id.as_bytes().as_slice();
+        tx.execute(
+            "UPDATE docs SET snapshot = ?2 WHERE id = ?1",
+            params![key, snapshot],
+        )?;
+        tx.execute("DELETE FROM changes WHERE doc = ?1", [key])?;
+        Ok(())
+    }
+
+    // ---- edits ----------------------------------------------------------------------------
+
+    /// Creates a household (its document's first change) and returns its id.
+    pub fn create_household(&mut self, household: &Household) -> Result<HouseholdId> {
+        let id = household.id;
+        let exists: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM docs WHERE id = ?1)",
+            [id.as_bytes().as_slice()],
+            |r| r.get(0),
+        )?;
+        if exists {
+            return Err(StoreError::AlreadyExists { household: id });
+        }
+        let mut h = household.clone();
+        h.schema_version = qiaomen_protocol::schema::SCHEMA_VERSION;
+        let mut doc = HouseholdDoc::create(&h, &self.author, self.now_ms())?;
+        doc.set_actor(self.actor.clone());
+        let hash = doc.heads()[0];
+        let snapshot = doc.save();
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO docs (id, snapshot, grid, door_number, status) VALUES (?1, ?2, '', '', '')",
+            params![id.as_bytes().as_slice(), snapshot],
+        )?;
+        let pseq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM pending", [], |r| {
+            r.get(0)
+        })?;
+        tx.execute(
+            "INSERT INTO pending (doc, hash, seq) VALUES (?1, ?2, ?3)",
+            params![id.as_bytes().as_slice(), hash.as_ref(), pseq],
+        )?;
+        Self::write_index(&tx, &h)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Edits the household's record: `f` changes it, and only the differences are stored, as
+    /// one change. Returns whether anything changed.
+    pub fn edit_household(
+        &mut self,
+        id: HouseholdId,
+        f: impl FnOnce(&mut Household) -> qiaomen_protocol::Result<()>,
+    ) -> Result<bool> {
+        self.commit_edit(
+            id,
+            |doc, a, now| doc.edit(a, now, f).map(|((), h)| (h.is_some(), h)),
+            IndexUpdate::Full,
+        )
+    }
+
+    /// Records a visit and the demands raised on it, as one change.
+    pub fn record_visit(
+        &mut self,
+        id: HouseholdId,
+        visit: &Visit,
+        demands: &[Demand],
+    ) -> Result<()> {
+        self.commit_edit(
+            id,
+            |doc, a, now| doc.add_visit(a, now, visit, demands).map(|h| ((), Some(h))),
+            IndexUpdate::VisitDay(visit.visit_day),
+        )
+    }
+
+    /// Edits a visit's note as text (see [`HouseholdDoc::splice_note`]).
+    pub fn splice_note(
+        &mut self,
+        id: HouseholdId,
+        visit: VisitId,
+        pos: usize,
+        delete: usize,
+        insert: &str,
+    ) -> Result<()> {
+        self.commit_edit(
+            id,
+            |doc, a, now| {
+                doc.splice_note(a, now, visit, pos, delete, insert)
+                    .map(|h| ((), Some(h)))
+            },
+            IndexUpdate::None,
+        )
+    }
+
+    /// Moves a demand to a new status, appending to its history.
+    pub fn transition_demand(
+        &mut self,
+        id: HouseholdId,
+        demand: DemandId,
+        to: DemandStatus,
+        comment: &str,
+    ) -> Result<()> {
+        self.commit_edit(
+            id,
+            |doc, a, now| {
+                doc.transition_demand(a, now, demand, to, comment)
+                    .map(|h| ((), Some(h)))
+            },
+            IndexUpdate::None,
+        )
+    }
+
+    /// Settles a conflicting field (see [`conflicts::resolve`]).
+    pub fn resolve_conflict(
+        &mut self,
+        id: HouseholdId,
+        path: &[String],
+        resolution: Resolution,
+    ) -> Result<()> {
+        self.commit_edit(
+            id,
+            |doc, a, now| conflicts::resolve(doc, a, now, path, resolution).map(|h| ((), Some(h))),
+            IndexUpdate::Full,
+        )
+    }
+
+    // ---- reads ----------------------------------------------------------------------------
+
+    /// The household's current record.
+    pub fn household(&mut self, id: HouseholdId) -> Result<Household> {
+        Ok(self.doc_mut(id)?.doc.household()?)
+    }
+
+    /// The household's document (for sync and for version-pinned reads).
+    pub fn document(&mut self, id: HouseholdId) -> Result<&mut HouseholdDoc> {
+        Ok(&mut self.doc_mut(id)?.doc)
+    }
+
+    /// Fields of the household holding concurrent values.
+    pub fn conflicts(&mut self, id: HouseholdId) -> Result<Vec<Conflict>> {
+        Ok(conflicts::conflicts(&mut self.doc_mut(id)?.doc)?)
+    }
+
+    /// Who set a field, when, from which device.
+    pub fn provenance(&mut self, id: HouseholdId, path: &[String]) -> Result<Vec<FieldValue>> {
+        Ok(conflicts::provenance(&mut self.doc_mut(id)?.doc, path)?)
+    }
+
+    /// Every household id in the store.
+    pub fn household_ids(&self) -> Result<Vec<HouseholdId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM docs ORDER BY id")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .filter_map(|b| b.ok().and_then(|b| uuid_from(&b)))
+            .collect();
+        Ok(ids)
+    }
+
+    /// Households of a grid, by door number.
+    pub fn households_in_grid(&self, grid: &GridId) -> Result<Vec<HouseholdSummary>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, grid, door_number, status FROM docs WHERE grid = ?1 ORDER BY door_number, id")?;
+        let rows = stmt.query_map([grid.as_str()], summary_row)?;
+        rows.map(|r| r.map_err(StoreError::from))
+            .filter_map(|r| r.transpose())
+            .collect()
+    }
+
+    /// The roster of `grid` for `visit_day`: its active households, key-group households
+    /// first (then by door number), each with the key groups holding that day and whether it
+    /// has been visited for that visit day.
+    pub fn roster(&self, grid: &GridId, visit_day: Day) -> Result<Vec<RosterEntry>> {
+        let day = visit_day.to_string();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.id, d.grid, d.door_number, d.status,
+                    (SELECT group_concat(DISTINCT t.grp) FROM tag_index t
+                      WHERE t.doc = d.id AND t.since <= ?2 AND (t.until IS NULL OR t.until >= ?2)) AS groups,
+                    EXISTS (SELECT 1 FROM visit_index v WHERE v.doc = d.id AND v.visit_day = ?2) AS visited
+               FROM docs d
+              WHERE d.grid = ?1 AND d.status = 'Active'
+              ORDER BY groups IS NULL, d.door_number, d.id",
+        )?;
+        let rows = stmt.query_map(params![grid.as_str(), day], |r| {
+            let summary = summary_row(r)?;
+            let groups: Option<String> = r.get(4)?;
+            let visited: bool = r.get(5)?;
+            Ok(summary.map(|household| {
+                let mut key_groups: Vec<KeyGroup> = groups
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter_map(group_from)
+                    .collect();
+                key_groups.sort();
+                RosterEntry {
+                    household,
+                    key_groups,
+                    visited,
+                }
+            }))
+        })?;
+        rows.map(|r| r.map_err(StoreError::from))
+            .filter_map(|r| r.transpose())
+            .collect()
+    }
+
+    /// The roster entries of the current cycle (the one containing `today`) that have no visit
+    /// yet, key-group households first.
+    pub fn not_visited(&self, grid: &GridId, today: Day) -> Result<Vec<RosterEntry>> {
+        Ok(self
+            .roster(grid, calendar::cycle_of(today))?
+            .into_iter()
+            .filter(|e| !e.visited)
+            .collect())
+    }
+
+    /// How many changes made on this device no server has acknowledged yet.
+    pub fn pending_change_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM pending", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    // ---- changes from elsewhere -----------------------------------------------------------
+
+    /// Stores changes of an existing household received from a server or another replica.
+    /// They are checked first; bad bytes are refused and nothing is stored. Returns how many
+    /// were new.
+    pub fn apply_remote_changes(&mut self, id: HouseholdId, changes: &[Vec<u8>]) -> Result<usize> {
+        let decoded = qiaomen_protocol::doc::decode_changes(changes.iter().map(|c| c.as_slice()))?;
+        let cached = self.doc_mut(id)?;
+        let fresh: Vec<usize> = (0..changes.len())
+            .filter(|i| !cached.doc.has_change(&decoded[*i].hash()))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let applied = cached
+            .doc
+            .apply_changes(fresh.iter().map(|i| changes[*i].as_slice()));
+        let household = applied.and_then(|_| cached.doc.household());
+        let household = match household {
+            Ok(h) => h,
+            Err(e) => {
+                self.cache.remove(&id);
+                return Err(e.into());
+            }
+        };
+        let result = (|| -> Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            for i in &fresh {
+                Self::append_change(&tx, id, &decoded[*i].hash(), &changes[*i], false)?;
+            }
+            Self::write_index(&tx, &household)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                let cached = self.cache.get_mut(&id).expect("still cached");
+                cached.appended += fresh.len();
+                Ok(fresh.len())
+            }
+            Err(e) => {
+                self.cache.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores a whole household document received from elsewhere (new to this device), or
+    /// merges it into the copy already here.
+    pub fn import_document(&mut self, bytes: &[u8]) -> Result<HouseholdId> {
+        let mut incoming = HouseholdDoc::load(bytes)?;
+        let household = incoming.household()?;
+        let id = household.id;
+        let exists: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM docs WHERE id = ?1)",
+            [id.as_bytes().as_slice()],
+            |r| r.get(0),
+        )?;
+        if exists {
+            let changes = incoming.changes_since(&[]);
+            self.apply_remote_changes(id, &changes)?;
+            return Ok(id);
+        }
+        let snapshot = incoming.save();
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO docs (id, snapshot, grid, door_number, status) VALUES (?1, ?2, '', '', '')",
+            params![id.as_bytes().as_slice(), snapshot],
+        )?;
+        Self::write_index(&tx, &household)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The changes of `id` made here that no server has acknowledged, oldest first.
+    pub fn pending_changes(&mut self, id: HouseholdId) -> Result<Vec<(ChangeHash, Vec<u8>)>> {
+        let hashes: Vec<ChangeHash> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT hash FROM pending WHERE doc = ?1 ORDER BY seq")?;
+            stmt.query_map([id.as_bytes().as_slice()], |r| r.get::<_, Vec<u8>>(0))?
+                .filter_map(|b| b.ok().and_then(|b| hash_from(&b)))
+                .collect()
+        };
+        let doc = &mut self.doc_mut(id)?.doc;
+        Ok(hashes
+            .into_iter()
+            .filter_map(|h| doc.change_bytes(&h).map(|b| (h, b)))
+            .collect())
+    }
+
+    /// Records that a server has durably stored these changes: they are no longer pending.
+    pub fn mark_acknowledged(&mut self, id: HouseholdId, hashes: &[ChangeHash]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM pending WHERE doc = ?1 AND hash = ?2")?;
+            for h in hashes {
+                stmt.execute(params![id.as_bytes().as_slice(), h.as_ref()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Folds every household's appended changes into its snapshot.
+    pub fn compact_all(&mut self) -> Result<()> {
+        for id in self.household_ids()? {
+            let snapshot = self.doc_mut(id)?.doc.save();
+            let tx = self.conn.unchecked_transaction()?;
+            Self::write_snapshot(&tx, id, &snapshot)?;
+            tx.commit()?;
+            if let Some(c) = self.cache.get_mut(&id) {
+                c.appended = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw connection, for tests that need to damage the file on purpose.
+    #[doc(hidden)]
+    pub fn connection_for_tests(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Drops every loaded document, so the next read comes from disk.
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+}
+
+enum IndexUpdate {
+    None,
+    Full,
+    VisitDay(Day),
+}
+
+fn uuid_from(bytes: &[u8]) -> Option<HouseholdId> {
+    bytes
+        .try_into()
+        .ok()
+        .map(|b: [u8; 16]| HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(b)))
+}
+
+/// A summary row, or `None` for a row whose id is not a UUID (skipped, never a panic).
+fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<HouseholdSummary>> {
+    let id: Vec<u8> = r.get(0)?;
+    let grid: String = r.get(1)?;
+    let door_number: String = r.get(2)?;
+    let status: String = r.get(3)?;
+    Ok(uuid_from(&id).map(|id| HouseholdSummary {
+        id,
+        grid: GridId::new(grid),
+        door_number,
+        status: status_from(&status),
+    }))
+}

@@ -1,0 +1,476 @@
+//! The device store on real SQLite files.
+
+use autosurgeon::Text;
+use qiaomen_client_core::{Store, StoreError, StoreOptions};
+use qiaomen_protocol::{calendar::Day, doc::Author, ids::*, schema::*};
+
+fn author() -> Author {
+    Author {
+        user: UserId::new(),
+        device: DeviceId::new(),
+    }
+}
+
+fn day(s: &str) -> Day {
+    s.parse().unwrap()
+}
+
+fn household(grid: &str, door: &str) -> Household {
+    Household::new(HouseholdId::new(), GridId::new(grid), "东村三组", door)
+}
+
+fn visit(a: &Author, d: &str) -> Visit {
+    Visit {
+        id: VisitId::new(),
+        visit_day: day(d),
+        worker: a.user,
+        device: a.device,
+        started_at_ms: 1,
+        ended_at_ms: None,
+        gps: None,
+        outcome: VisitOutcome::Met,
+        people_met: vec![],
+        needs: vec![],
+        disputes: vec![],
+        hazards: vec![],
+        publicity: vec![Publicity::AntiFraud],
+        note: Text::with_value("一切正常"),
+        demands_raised: vec![],
+    }
+}
+
+fn options() -> StoreOptions {
+    StoreOptions::default()
+}
+
+#[test]
+fn edits_persist_and_reopen_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phone.db");
+    let me = author();
+    let (id, record, heads) = {
+        let mut store = Store::open(&path, me, options()).unwrap();
+        let id = store.create_household(&household("g1", "3")).unwrap();
+        store
+            .record_visit(id, &visit(&me, "2026-11-15"), &[])
+            .unwrap();
+        store
+            .edit_household(id, |h| {
+                h.phone = Some(Sensitive::new("13800000000"));
+                Ok(())
+            })
+            .unwrap();
+        let heads = store.document(id).unwrap().heads();
+        (id, store.household(id).unwrap(), heads)
+    };
+    let mut store = Store::open(&path, me, options()).unwrap();
+    assert_eq!(store.household(id).unwrap(), record);
+    assert_eq!(store.document(id).unwrap().heads(), heads);
+    assert_eq!(store.pending_change_count().unwrap(), 3);
+}
+
+#[test]
+fn compaction_folds_changes_without_losing_edits_or_pending_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phone.db");
+    let me = author();
+    let opts = StoreOptions {
+        compact_after: 4,
+        ..options()
+    };
+    let mut store = Store::open(&path, me, opts.clone()).unwrap();
+    let id = store.create_household(&household("g1", "3")).unwrap();
+    let days = [
+        "2026-01-15",
+        "2026-01-30",
+        "2026-02-15",
+        "2026-02-28",
+        "2026-03-15",
+        "2026-03-30",
+        "2026-04-15",
+        "2026-04-30",
+        "2026-05-15",
+        "2026-05-30",
+    ];
+    for d in days {
+        store.record_visit(id, &visit(&me, d), &[]).unwrap();
+    }
+    let rows: i64 = store
+        .connection_for_tests()
+        .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        rows < 4,
+        "changes were folded into the snapshot, {rows} rows left"
+    );
+    assert_eq!(store.pending_change_count().unwrap(), 11);
+    assert_eq!(store.pending_changes(id).unwrap().len(), 11);
+    drop(store);
+    let mut store = Store::open(&path, me, opts).unwrap();
+    assert_eq!(store.household(id).unwrap().visits.len(), 10);
+    let pending = store.pending_changes(id).unwrap();
+    assert_eq!(pending.len(), 11);
+    // Acknowledging some lowers the count, durably.
+    let acked: Vec<_> = pending.iter().take(5).map(|(h, _)| *h).collect();
+    store.mark_acknowledged(id, &acked).unwrap();
+    drop(store);
+    let store = Store::open(&path, me, options()).unwrap();
+    assert_eq!(store.pending_change_count().unwrap(), 6);
+}
+
+#[test]
+fn roster_lists_key_group_households_first_and_marks_visits() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = author();
+    let mut store = Store::open(dir.path().join("p.db"), me, options()).unwrap();
+    let plain_a = store.create_household(&household("g1", "01")).unwrap();
+    let mut tagged = household("g1", "09");
+    tagged.tags.push(TagSpan {
+        group: KeyGroup::PoorOrMonitored,
+        since: day("2025-01-01"),
+        until: None,
+    });
+    let tagged = store.create_household(&tagged).unwrap();
+    // A member's tag counts too; an expired one does not.
+    let mut member_tagged = household("g1", "05");
+    let m = Member {
+        id: MemberId::new(),
+        relation: Relation::Head,
+        name: "李秀英".into(),
+        id_number: None,
+        birth_date: None,
+        phone: None,
+        tags: vec![
+            TagSpan {
+                group: KeyGroup::ElderlyAlone,
+                since: day("2024-01-01"),
+                until: None,
+            },
+            TagSpan {
+                group: KeyGroup::Disabled,
+                since: day("2020-01-01"),
+                until: Some(day("2021-01-01")),
+            },
+        ],
+    };
+    member_tagged.members.insert(m.id, m);
+    let member_tagged = store.create_household(&member_tagged).unwrap();
+    let mut moved = household("g1", "02");
+    moved.status = HouseholdStatus::Moved;
+    store.create_household(&moved).unwrap();
+    store.create_household(&household("g2", "01")).unwrap();
+
+    let roster = store.roster(&GridId::new("g1"), day("2026-11-15")).unwrap();
+    let order: Vec<_> = roster.iter().map(|e| e.household.id).collect();
+    assert_eq!(order, vec![member_tagged, tagged, plain_a]);
+    assert_eq!(roster[0].key_groups, vec![KeyGroup::ElderlyAlone]);
+    assert_eq!(roster[1].key_groups, vec![KeyGroup::PoorOrMonitored]);
+    assert!(roster[2].key_groups.is_empty());
+    assert!(roster.iter().all(|e| !e.visited));
+
+    store
+        .record_visit(tagged, &visit(&me, "2026-11-15"), &[])
+        .unwrap();
+    let open = store
+        .not_visited(&GridId::new("g1"), day("2026-11-22"))
+        .unwrap();
+    assert_eq!(
+        open.iter().map(|e| e.household.id).collect::<Vec<_>>(),
+        vec![member_tagged, plain_a]
+    );
+    // The next cycle starts afresh.
+    assert_eq!(
+        store
+            .not_visited(&GridId::new("g1"), day("2026-11-30"))
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        store.households_in_grid(&GridId::new("g1")).unwrap().len(),
+        4
+    );
+    assert_eq!(
+        store.households_in_grid(&GridId::new("g2")).unwrap().len(),
+        1
+    );
+
+    // An edit that moves the household away takes it off the roster.
+    store
+        .edit_household(plain_a, |h| {
+            h.status = HouseholdStatus::Moved;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        store
+            .roster(&GridId::new("g1"), day("2026-11-15"))
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_refused_edit_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = author();
+    let mut store = Store::open(dir.path().join("p.db"), me, options()).unwrap();
+    let id = store.create_household(&household("g1", "1")).unwrap();
+    let before = store.household(id).unwrap();
+    let err = store.record_visit(id, &visit(&me, "2026-11-16"), &[]);
+    assert!(matches!(
+        err,
+        Err(StoreError::Document(
+            qiaomen_protocol::DocError::InvalidEdit(_)
+        ))
+    ));
+    assert_eq!(store.pending_change_count().unwrap(), 1);
+    store.clear_cache();
+    assert_eq!(store.household(id).unwrap(), before);
+    assert!(matches!(
+        store.create_household(&before),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        store.household(HouseholdId::new()),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn a_corrupt_document_gives_a_typed_error_and_other_households_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = author();
+    let mut store = Store::open(dir.path().join("p.db"), me, options()).unwrap();
+    let good = store.create_household(&household("g1", "1")).unwrap();
+    let bad = store.create_household(&household("g1", "2")).unwrap();
+    let truncated = store.create_household(&household("g1", "3")).unwrap();
+    store
+        .record_visit(truncated, &visit(&me, "2026-11-15"), &[])
+        .unwrap();
+    let conn = store.connection_for_tests();
+    conn.execute(
+        "UPDATE docs SET snapshot = X'00FF00FF' WHERE id = ?1",
+        [bad.as_bytes().as_slice()],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE changes SET bytes = substr(bytes, 1, length(bytes) / 2) WHERE doc = ?1",
+        [truncated.as_bytes().as_slice()],
+    )
+    .unwrap();
+    store.clear_cache();
+    for id in [bad, truncated] {
+        match store.household(id) {
+            Err(StoreError::CorruptDocument { household }) => assert_eq!(household, id),
+            other => panic!("expected CorruptDocument, got {other:?}"),
+        }
+    }
+    assert_eq!(store.household(good).unwrap().door_number, "1");
+    assert_eq!(
+        store
+            .roster(&GridId::new("g1"), day("2026-11-15"))
+            .unwrap()
+            .len(),
+        3
+    );
+    // The error message names no resident data.
+    let msg = store.household(bad).unwrap_err().to_string();
+    assert!(!msg.contains("东村"), "{msg}");
+}
+
+#[test]
+fn a_file_that_is_not_a_store_gives_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+    assert!(matches!(
+        Store::open(&garbage, author(), options()),
+        Err(StoreError::CorruptStore)
+    ));
+
+    let foreign = dir.path().join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    assert!(matches!(
+        Store::open(&foreign, author(), options()),
+        Err(StoreError::CorruptStore)
+    ));
+
+    let newer = dir.path().join("newer.db");
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
+    assert!(matches!(
+        Store::open(&newer, author(), options()),
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+}
+
+#[test]
+fn a_store_file_damaged_in_the_middle_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let me = author();
+    {
+        let mut store = Store::open(
+            &path,
+            me,
+            StoreOptions {
+                compact_after: 2,
+                ..options()
+            },
+        )
+        .unwrap();
+        for i in 0..40 {
+            let id = store
+                .create_household(&household("g1", &format!("{i:02}")))
+                .unwrap();
+            store
+                .record_visit(id, &visit(&me, "2026-11-15"), &[])
+                .unwrap();
+        }
+        store
+            .connection_for_tests()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+    }
+    let clean = std::fs::read(&path).unwrap();
+    let page = 4096;
+    assert!(clean.len() > 4 * page);
+    for target in [page + 100, clean.len() / 2, clean.len() - page + 10] {
+        let mut bytes = clean.clone();
+        for b in &mut bytes[target..target + 512] {
+            *b ^= 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("p.db-wal"));
+        // Open, list and read everything: each step may fail with a typed error, never panic.
+        if let Ok(mut store) = Store::open(&path, me, options()) {
+            if let Ok(ids) = store.household_ids() {
+                for id in ids {
+                    match store.household(id) {
+                        Ok(_)
+                        | Err(StoreError::CorruptDocument { .. } | StoreError::CorruptStore) => {}
+                        Err(other) => panic!("unexpected error kind: {other}"),
+                    }
+                }
+            }
+            let _ = store.roster(&GridId::new("g1"), day("2026-11-15"));
+        }
+    }
+}
+
+#[test]
+fn two_phones_exchange_changes_through_their_stores_and_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (author(), author());
+    let mut pa = Store::open(dir.path().join("a.db"), a, options()).unwrap();
+    let mut pb = Store::open(dir.path().join("b.db"), b, options()).unwrap();
+    let id = pa.create_household(&household("g1", "1")).unwrap();
+    let bytes = pa.document(id).unwrap().save();
+    pb.import_document(&bytes).unwrap();
+    pa.record_visit(id, &visit(&a, "2026-11-15"), &[]).unwrap();
+    pb.record_visit(id, &visit(&b, "2026-11-15"), &[]).unwrap();
+    let from_a: Vec<_> = pa
+        .pending_changes(id)
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    let from_b: Vec<_> = pb
+        .pending_changes(id)
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(
+        pb.apply_remote_changes(id, &from_a).unwrap(),
+        1,
+        "the creation is already there"
+    );
+    pa.apply_remote_changes(id, &from_b).unwrap();
+    // Duplicates are harmless.
+    assert_eq!(pa.apply_remote_changes(id, &from_b).unwrap(), 0);
+    // Received changes are not this phone's to send.
+    assert_eq!(pb.pending_change_count().unwrap(), 1);
+    assert_eq!(pa.household(id).unwrap(), pb.household(id).unwrap());
+    assert_eq!(pa.household(id).unwrap().visits.len(), 2);
+    // After reopening both, still equal.
+    drop((pa, pb));
+    let mut pa = Store::open(dir.path().join("a.db"), a, options()).unwrap();
+    let mut pb = Store::open(dir.path().join("b.db"), b, options()).unwrap();
+    assert_eq!(
+        pa.document(id).unwrap().heads(),
+        pb.document(id).unwrap().heads()
+    );
+    assert!(pa.roster(&GridId::new("g1"), day("2026-11-15")).unwrap()[0].visited);
+}
+
+#[test]
+fn bad_remote_changes_are_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = author();
+    let mut pa = Store::open(dir.path().join("a.db"), a, options()).unwrap();
+    let id = pa.create_household(&household("g1", "1")).unwrap();
+    let heads = pa.document(id).unwrap().heads();
+    for bad in [
+        vec![],
+        vec![1, 2, 3],
+        vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 9],
+    ] {
+        assert!(pa.apply_remote_changes(id, &[bad]).is_err());
+    }
+    pa.clear_cache();
+    assert_eq!(pa.document(id).unwrap().heads(), heads);
+    assert!(pa.import_document(&[1, 2, 3]).is_err());
+    assert_eq!(pa.household_ids().unwrap(), vec![id]);
+}
+
+#[test]
+fn conflicts_are_visible_and_resolvable_through_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (author(), author());
+    let mut pa = Store::open(dir.path().join("a.db"), a, options()).unwrap();
+    let mut pb = Store::open(dir.path().join("b.db"), b, options()).unwrap();
+    let id = pa.create_household(&household("g1", "1")).unwrap();
+    pb.import_document(&pa.document(id).unwrap().save())
+        .unwrap();
+    pa.edit_household(id, |h| {
+        h.door_number = "1A".into();
+        Ok(())
+    })
+    .unwrap();
+    pb.edit_household(id, |h| {
+        h.door_number = "1B".into();
+        Ok(())
+    })
+    .unwrap();
+    let from_b: Vec<_> = pb
+        .pending_changes(id)
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    pa.apply_remote_changes(id, &from_b).unwrap();
+    let c = pa.conflicts(id).unwrap();
+    assert_eq!(c.len(), 1);
+    pa.resolve_conflict(
+        id,
+        &c[0].path,
+        qiaomen_protocol::conflicts::Resolution::Set(serde_json::json!("1C")),
+    )
+    .unwrap();
+    assert!(pa.conflicts(id).unwrap().is_empty());
+    // The index follows the resolution.
+    assert_eq!(
+        pa.households_in_grid(&GridId::new("g1")).unwrap()[0].door_number,
+        "1C"
+    );
+    let prov = pa.provenance(id, &["door_number".into()]).unwrap();
+    assert_eq!(prov[0].author, Some(a));
+}
