@@ -65,9 +65,12 @@ pub enum Resolution {
     Set(serde_json::Value),
 }
 
+/// One change's span of operation counters: (start op, max op, time, author).
+type OpSpan = (u64, u64, i64, Option<Author>);
+
 /// Maps operation ids to the change that made them.
 struct ChangeIndex {
-    by_actor: HashMap<ActorId, Vec<(u64, u64, i64, Option<Author>)>>,
+    by_actor: HashMap<ActorId, Vec<OpSpan>>,
 }
 
 impl ChangeIndex {

@@ -387,6 +387,110 @@ impl HouseholdDoc {
         Ok(hashes)
     }
 
+    /// Checks that what changed since `before` still forms a valid household record of the
+    /// same id: the household's facts, and each member, visit and demand that was touched,
+    /// are read back through their types (only the touched entries, so the cost follows the
+    /// change, not the household's history). Visits must be on visit days and entries must sit
+    /// under their own id.
+    pub fn validate_since(&mut self, before: &[ChangeHash], expected_id: crate::ids::HouseholdId) -> Result<()> {
+        use automerge::Prop;
+        let after = self.doc.get_heads();
+        let patches = guarded(|| Ok(self.doc.diff(before, &after)))?;
+        let mut facts = false;
+        let mut whole = false;
+        let mut entries: std::collections::BTreeSet<(String, String)> = Default::default();
+        for p in &patches {
+            let root_key = match (p.path.first(), &p.action) {
+                (Some((_, Prop::Map(k))), _) => k.clone(),
+                (None, automerge::PatchAction::PutMap { key, .. }) => key.clone(),
+                (None, automerge::PatchAction::DeleteMap { key }) => key.clone(),
+                _ => {
+                    whole = true;
+                    continue;
+                }
+            };
+            match root_key.as_str() {
+                "members" | "visits" | "demands" => match (p.path.get(1), &p.action) {
+                    (Some((_, Prop::Map(k))), _) => {
+                        entries.insert((root_key, k.clone()));
+                    }
+                    (None, automerge::PatchAction::PutMap { key, .. }) => {
+                        entries.insert((root_key, key.clone()));
+                    }
+                    (None, automerge::PatchAction::DeleteMap { .. }) => {}
+                    _ => whole = true,
+                },
+                _ => facts = true,
+            }
+        }
+        if self.schema_version()? < SCHEMA_VERSION {
+            // Old documents are checked whole, through the migration.
+            let h = self.household()?;
+            return if h.id == expected_id { Ok(()) } else { Err(DocError::InvalidEdit("the household id changed".into())) };
+        }
+        if whole {
+            self.household()?;
+        }
+        if facts || whole || patches.is_empty() {
+            let f: crate::schema::HouseholdFacts = autosurgeon::hydrate(&self.doc)?;
+            if f.id != expected_id {
+                return Err(DocError::InvalidEdit("the household id changed".into()));
+            }
+        }
+        for (collection, key) in entries {
+            let obj = self.map_obj(&collection)?;
+            if self.doc.get(&obj, key.as_str())?.is_none() {
+                continue; // deleted
+            }
+            let bad_key = || DocError::InvalidEdit(format!("an entry of {collection} is not under its own id"));
+            match collection.as_str() {
+                "visits" => {
+                    let v: Visit = autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
+                    if v.id.to_string() != key {
+                        return Err(bad_key());
+                    }
+                    if !crate::calendar::is_visit_day(v.visit_day) {
+                        return Err(DocError::InvalidEdit("a visit is not on a visit day".into()));
+                    }
+                }
+                "members" => {
+                    let m: crate::schema::Member = autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
+                    if m.id.to_string() != key {
+                        return Err(bad_key());
+                    }
+                }
+                _ => {
+                    let d: Demand = autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
+                    if d.id.to_string() != key {
+                        return Err(bad_key());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A document built from the changes of this one, less `drop` and every change that
+    /// depends on one of them (directly or not). Returns the new document and the hashes it
+    /// left out. Used when a server refuses a change: the phone goes back to a history the
+    /// server accepts and keeps working.
+    pub fn without_changes(&mut self, drop: &[ChangeHash]) -> Result<(HouseholdDoc, Vec<ChangeHash>)> {
+        let mut dropped: std::collections::HashSet<ChangeHash> = drop.iter().copied().collect();
+        let mut bytes = Vec::new();
+        let mut left_out = Vec::new();
+        for change in self.doc.get_changes(&[]) {
+            if dropped.contains(&change.hash()) || change.deps().iter().any(|d| dropped.contains(d)) {
+                dropped.insert(change.hash());
+                left_out.push(change.hash());
+            } else {
+                bytes.extend_from_slice(change.raw_bytes());
+            }
+        }
+        let mut doc = HouseholdDoc::load(&bytes)?;
+        doc.set_actor(self.doc.get_actor().clone());
+        Ok((doc, left_out))
+    }
+
     /// Takes every change of `other` that this document lacks.
     pub fn merge(&mut self, other: &mut HouseholdDoc) -> Result<()> {
         guarded(|| {

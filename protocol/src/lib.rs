@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod migrate;
 pub mod schema;
+pub mod wire;
 
 pub use automerge::{ActorId, ChangeHash};
 pub use error::{DocError, Result};

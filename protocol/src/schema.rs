@@ -344,6 +344,21 @@ pub struct Household {
     pub demands: BTreeMap<DemandId, Demand>,
 }
 
+/// The household's own facts: the record without its members, visits and demands. Reading
+/// it costs the same however long the household's history is.
+#[derive(Clone, Debug, PartialEq, Hydrate)]
+pub struct HouseholdFacts {
+    pub schema_version: u64,
+    pub id: HouseholdId,
+    pub grid: GridId,
+    pub address: String,
+    pub door_number: String,
+    pub gps: Option<Gps>,
+    pub phone: Option<Sensitive>,
+    pub status: HouseholdStatus,
+    pub tags: Vec<TagSpan>,
+}
+
 impl Household {
     /// A new, empty household record in the current schema.
     pub fn new(

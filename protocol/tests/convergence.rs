@@ -7,8 +7,9 @@
 //! checks that they agree exactly (heads, typed record, conflicts) and that nothing written
 //! anywhere was lost.
 //!
-//! Every id, actor and timestamp is derived from counters, so a failing case replays the same
-//! way from its persisted seed (proptest-regressions/convergence.txt).
+//! Every id, replica actor and timestamp is derived from counters (only the base document's
+//! creating actor is random), so a failing case replays the same way from its persisted seed
+//! (proptest-regressions/convergence.txt).
 
 use std::collections::BTreeMap;
 
@@ -70,6 +71,9 @@ enum Fate {
     DeliverTwice,
     /// Applied once, and a copy stays in the queue to arrive again later (maybe elsewhere).
     Duplicate,
+    /// Applied without one of its changes (a partial upload); later changes that depend on
+    /// the lost one must wait inside the receiving document.
+    LoseOne(Index),
 }
 
 /// One step of a script. Replicas, members, visits and demands are picked with [`Index`], so
@@ -138,13 +142,14 @@ enum Op {
         everything: bool,
     },
     /// A queued message (the oldest, or with `reorder` any) reaches a replica, its changes
-    /// possibly in reverse order.
+    /// possibly in reverse order, in one batch or (`one_by_one`) one `apply_changes` each.
     Deliver {
         pick: Index,
         reorder: bool,
         to: Index,
         fate: Fate,
         reversed: bool,
+        one_by_one: bool,
     },
     /// Two replicas sync directly.
     Merge {
@@ -159,6 +164,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Fate::Deliver),
         1 => Just(Fate::DeliverTwice),
         1 => Just(Fate::Duplicate),
+        2 => any::<Index>().prop_map(Fate::LoseOne),
     ];
     prop_oneof![
         2 => (any::<Index>(), 0..DOOR_NUMBERS.len())
@@ -213,20 +219,27 @@ fn op() -> impl Strategy<Value = Op> {
                 delete,
                 insert,
             }),
-        2 => (any::<Index>(), any::<Index>(), 0..DEMAND_STATUSES.len())
+        3 => (any::<Index>(), any::<Index>(), 0..DEMAND_STATUSES.len())
             .prop_map(|(at, demand, to)| Op::TransitionDemand { at, demand, to }),
         1 => any::<Index>().prop_map(|at| Op::Restart { at }),
-        4 => (any::<Index>(), any::<bool>())
+        6 => (any::<Index>(), proptest::bool::weighted(0.3))
             .prop_map(|(from, everything)| Op::Send { from, everything }),
-        5 => (any::<Index>(), any::<bool>(), any::<Index>(), fate, any::<bool>()).prop_map(
-            |(pick, reorder, to, fate, reversed)| Op::Deliver {
+        9 => (
+            any::<Index>(),
+            proptest::bool::weighted(0.75),
+            any::<Index>(),
+            fate,
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(pick, reorder, to, fate, reversed, one_by_one)| Op::Deliver {
                 pick,
                 reorder,
                 to,
                 fate,
                 reversed,
-            }
-        ),
+                one_by_one,
+            }),
         1 => (any::<Index>(), any::<Index>()).prop_map(|(into, from)| Op::Merge { into, from }),
     ]
 }
@@ -557,6 +570,7 @@ impl World {
                 to,
                 fate,
                 reversed,
+                one_by_one,
             } => {
                 if self.queue.is_empty() {
                     return Ok(());
@@ -569,19 +583,29 @@ impl World {
                 let message = self.queue.remove(at);
                 let times = match fate {
                     Fate::Drop => 0,
-                    Fate::Deliver | Fate::Duplicate => 1,
+                    Fate::Deliver | Fate::Duplicate | Fate::LoseOne(_) => 1,
                     Fate::DeliverTwice => 2,
                 };
                 let mut changes: Vec<&[u8]> = message.changes.iter().map(Vec::as_slice).collect();
+                if let Fate::LoseOne(lost) = fate {
+                    changes.remove(lost.index(changes.len()));
+                }
                 if reversed {
                     changes.reverse();
                 }
                 let i = to.index(self.k());
+                let batches: Vec<&[&[u8]]> = if one_by_one {
+                    changes.chunks(1).collect()
+                } else {
+                    vec![&changes]
+                };
                 for _ in 0..times {
-                    check(
-                        &format!("apply_changes on replica {i}"),
-                        self.replicas[i].doc.apply_changes(changes.iter().copied()),
-                    )?;
+                    for batch in &batches {
+                        check(
+                            &format!("apply_changes on replica {i}"),
+                            self.replicas[i].doc.apply_changes(batch.iter().copied()),
+                        )?;
+                    }
                 }
                 if let Fate::Duplicate = fate {
                     self.queue.push(message);

@@ -1,0 +1,196 @@
+//! Sync protocol v1 messages and their encoding (see `proto-docs/SYNC-v1.md`).
+//!
+//! A message on the wire is `zstd(CBOR(message))`: CBOR (RFC 8949) for a self-describing,
+//! compact structure; one zstd frame over the whole batch, because the bytes of a visit day
+//! are mostly Automerge changes and compressing them together is what brings the upload close
+//! to the information it carries. Field names are one or two letters to keep idle checks
+//! tiny.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::ids::HouseholdId;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The media type of a sync request and response body.
+pub const CONTENT_TYPE: &str = "application/vnd.qiaomen.sync.v1+cbor+zstd";
+/// Default limits a server applies; a client stays under them.
+pub mod limits {
+    /// Compressed request body.
+    pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+    /// Decompressed request body (the decompression-bomb limit).
+    pub const MAX_DECODED_BYTES: usize = 16 * 1024 * 1024;
+    /// Documents in one request.
+    pub const MAX_DOCS: usize = 1_000;
+    /// Changes in one request.
+    pub const MAX_CHANGES: usize = 5_000;
+    /// One change.
+    pub const MAX_CHANGE_BYTES: usize = 1024 * 1024;
+    /// A client splits its upload into requests of about this many raw change bytes.
+    pub const CLIENT_CHUNK_BYTES: usize = 512 * 1024;
+    /// A server fills a response with about this many raw change bytes, then sets `more`.
+    pub const RESPONSE_BUDGET_BYTES: usize = 2 * 1024 * 1024;
+}
+
+/// Phone → server: what the server has not acknowledged, and where the phone's copy of the
+/// server log ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// Protocol version ([`PROTOCOL_VERSION`]).
+    #[serde(rename = "v")]
+    pub version: u32,
+    /// The server log position the phone has received everything up to; `None` for a phone
+    /// with no sync state (fresh install, reset), which then receives everything in scope.
+    #[serde(rename = "c")]
+    pub cursor: Option<u64>,
+    /// Changes the phone uploads, grouped by household.
+    #[serde(rename = "d", default)]
+    pub docs: Vec<DocChanges>,
+}
+
+/// Changes of one household, oldest first (each change after those it depends on).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocChanges {
+    #[serde(rename = "i")]
+    pub id: HouseholdId,
+    #[serde(rename = "ch")]
+    pub changes: Vec<ByteBuf>,
+}
+
+/// Server → phone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    #[serde(rename = "v")]
+    pub version: u32,
+    /// The phone's new cursor, once it has stored the changes in `docs`.
+    #[serde(rename = "c")]
+    pub cursor: u64,
+    /// How many uploaded changes are durably stored (committed to disk). Every uploaded change
+    /// not listed in `rejected` is acknowledged.
+    #[serde(rename = "a")]
+    pub accepted: u32,
+    /// Uploaded changes the server refused, each with its reason. Stored nowhere.
+    #[serde(rename = "r", default)]
+    pub rejected: Vec<Rejection>,
+    /// Changes the phone lacks, by household (households new to the phone included, from
+    /// their first change).
+    #[serde(rename = "d", default)]
+    pub docs: Vec<DocChanges>,
+    /// The response stopped at its size budget: call again with the new cursor.
+    #[serde(rename = "m", default)]
+    pub more: bool,
+}
+
+/// A refused change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    #[serde(rename = "i")]
+    pub doc: HouseholdId,
+    /// The change's hash (32 bytes).
+    #[serde(rename = "h")]
+    pub hash: ByteBuf,
+    #[serde(rename = "k")]
+    pub code: RejectCode,
+}
+
+/// Why a change was refused. Stable codes; the phone shows the worker a message per code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// The bytes are not a valid Automerge change.
+    Malformed,
+    /// Applying the change would leave the household record invalid (wrong type, a visit not
+    /// on a visit day, a changed household id, ...).
+    SchemaViolation,
+    /// The change depends on a change the server refused.
+    DependsOnRejected,
+    /// The change depends on changes the server does not have and that were not uploaded.
+    MissingDependencies,
+    /// The change names a household that does not exist and does not create it.
+    UnknownDocument,
+    /// The device may not write this household or field (access rules).
+    Forbidden,
+}
+
+/// Errors decoding a message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("the body is not a zstd frame")]
+    NotCompressed,
+    #[error("the decompressed body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("the body is not a valid v1 sync message")]
+    Malformed,
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u32),
+}
+
+/// Encodes a message: CBOR, then one zstd frame (level 3).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut cbor = Vec::new();
+    ciborium::into_writer(msg, &mut cbor).expect("writing to a Vec cannot fail");
+    zstd::bulk::compress(&cbor, 3).expect("compressing in memory cannot fail")
+}
+
+/// Decodes a message, decompressing at most `max_decoded` bytes.
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8], max_decoded: usize) -> Result<T, WireError> {
+    use std::io::Read;
+    if body.len() < 4 || body[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(WireError::NotCompressed);
+    }
+    let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|_| WireError::Malformed)?;
+    let mut cbor = Vec::new();
+    let read = decoder
+        .take(max_decoded as u64 + 1)
+        .read_to_end(&mut cbor)
+        .map_err(|_| WireError::Malformed)?;
+    if read > max_decoded {
+        return Err(WireError::TooLarge(max_decoded));
+    }
+    ciborium::from_reader(cbor.as_slice()).map_err(|_| WireError::Malformed)
+}
+
+/// Decodes a request and checks its version.
+pub fn decode_request(body: &[u8], max_decoded: usize) -> Result<SyncRequest, WireError> {
+    let req: SyncRequest = decode(body, max_decoded)?;
+    if req.version != PROTOCOL_VERSION {
+        return Err(WireError::UnsupportedVersion(req.version));
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let req = SyncRequest {
+            version: 1,
+            cursor: Some(42),
+            docs: vec![DocChanges { id: HouseholdId::new(), changes: vec![ByteBuf::from(vec![1, 2, 3])] }],
+        };
+        assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 20).unwrap(), req);
+    }
+
+    #[test]
+    fn an_idle_check_is_tiny() {
+        let req = SyncRequest { version: 1, cursor: Some(123_456), docs: vec![] };
+        assert!(encode(&req).len() < 40, "{}", encode(&req).len());
+    }
+
+    #[test]
+    fn bad_bodies_give_typed_errors() {
+        assert_eq!(decode::<SyncRequest>(b"", 100), Err(WireError::NotCompressed));
+        assert_eq!(decode::<SyncRequest>(b"{\"v\":1}", 100), Err(WireError::NotCompressed));
+        let good = encode(&SyncRequest { version: 1, cursor: None, docs: vec![] });
+        assert_eq!(decode::<SyncRequest>(&good[..good.len() - 2], 100), Err(WireError::Malformed));
+        let other = encode(&SyncRequest { version: 9, cursor: None, docs: vec![] });
+        assert_eq!(decode_request(&other, 100), Err(WireError::UnsupportedVersion(9)));
+        // A decompression bomb: 10 MB of zeros in a few hundred bytes.
+        let bomb = zstd::bulk::compress(&vec![0u8; 10_000_000], 19).unwrap();
+        assert!(bomb.len() < 2_000);
+        assert_eq!(decode::<SyncRequest>(&bomb, 1 << 20), Err(WireError::TooLarge(1 << 20)));
+    }
+}
