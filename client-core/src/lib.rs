@@ -17,6 +17,8 @@
 
 pub mod error;
 pub mod store;
+pub mod sync;
 
 pub use error::{Result, StoreError};
-pub use store::{Durability, HouseholdSummary, RosterEntry, Store, StoreOptions};
+pub use store::{Durability, HouseholdSummary, RejectedChange, RosterEntry, Store, StoreOptions};
+pub use sync::{SyncClient, SyncError, SyncProgress, SyncReport};

@@ -73,6 +73,14 @@ const MIGRATIONS: &[&str] = &[
         visit_day TEXT NOT NULL,
         PRIMARY KEY (doc, visit_day)
     ) WITHOUT ROWID;
+    -- Changes of this device a server refused, with the reason, for the worker to see.
+    CREATE TABLE rejected (
+        doc   BLOB NOT NULL,
+        hash  BLOB NOT NULL,
+        code  TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (doc, hash)
+    ) WITHOUT ROWID;
     "#,
 ];
 
@@ -126,6 +134,16 @@ pub struct RosterEntry {
     pub key_groups: Vec<KeyGroup>,
     /// Whether a visit is recorded for this visit day.
     pub visited: bool,
+}
+
+/// A change of this device that a server refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedChange {
+    pub household: HouseholdId,
+    pub hash: ChangeHash,
+    /// The protocol's reason code (`schema_violation`, `forbidden`, `depends_on_rejected`, ...).
+    pub code: String,
+    pub at_ms: i64,
 }
 
 struct Cached {
@@ -708,6 +726,17 @@ impl Store {
     /// were new.
     pub fn apply_remote_changes(&mut self, id: HouseholdId, changes: &[Vec<u8>]) -> Result<usize> {
         let decoded = qiaomen_protocol::doc::decode_changes(changes.iter().map(|c| c.as_slice()))?;
+        if !self.contains(id)? {
+            // A household new to this device: its changes arrive from its first one.
+            let bytes: Vec<u8> = changes.concat();
+            let imported = self.import_document(&bytes)?;
+            if imported != id {
+                return Err(StoreError::Document(qiaomen_protocol::DocError::InvalidEdit(
+                    "the changes belong to another household".into(),
+                )));
+            }
+            return Ok(changes.len());
+        }
         let cached = self.doc_mut(id)?;
         let fresh: Vec<usize> = (0..changes.len())
             .filter(|i| !cached.doc.has_change(&decoded[*i].hash()))
@@ -746,6 +775,15 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the store holds household `id`.
+    pub fn contains(&self, id: HouseholdId) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM docs WHERE id = ?1)",
+            [id.as_bytes().as_slice()],
+            |r| r.get(0),
+        )?)
     }
 
     /// Stores a whole household document received from elsewhere (new to this device), or
@@ -817,6 +855,133 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    // ---- sync bookkeeping -----------------------------------------------------------------
+
+    /// The server log position this device has received everything up to.
+    pub fn sync_cursor(&self) -> Result<Option<u64>> {
+        let v: Option<Vec<u8>> =
+            self.conn.query_row("SELECT value FROM meta WHERE key = 'cursor'", [], |r| r.get(0)).optional()?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_be_bytes))
+    }
+
+    /// Stores the cursor (after the changes it covers are stored).
+    pub fn set_sync_cursor(&self, cursor: Option<u64>) -> Result<()> {
+        match cursor {
+            Some(c) => self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('cursor', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [c.to_be_bytes().to_vec()],
+            )?,
+            None => self.conn.execute("DELETE FROM meta WHERE key = 'cursor'", [])?,
+        };
+        Ok(())
+    }
+
+    /// Households with changes no server has acknowledged, in the order they were made.
+    pub fn pending_households(&self) -> Result<Vec<HouseholdId>> {
+        let mut stmt = self.conn.prepare_cached("SELECT doc, min(seq) AS first FROM pending GROUP BY doc ORDER BY first")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .filter_map(|b| b.ok().and_then(|b| uuid_from(&b)))
+            .collect();
+        Ok(ids)
+    }
+
+    /// Marks every change of every household pending again: for a full resync with a server
+    /// that lost its state (it answers `cursor_ahead`).
+    pub fn mark_everything_pending(&mut self) -> Result<()> {
+        for id in self.household_ids()? {
+            let hashes: Vec<ChangeHash> = {
+                let doc = &mut self.doc_mut(id)?.doc;
+                let all = doc.changes_since(&[]);
+                qiaomen_protocol::doc::decode_changes(all.iter().map(|c| c.as_slice()))?
+                    .into_iter()
+                    .map(|c| c.hash())
+                    .collect()
+            };
+            let tx = self.conn.unchecked_transaction()?;
+            for h in hashes {
+                let pseq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM pending", [], |r| r.get(0))?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO pending (doc, hash, seq) VALUES (?1, ?2, ?3)",
+                    params![id.as_bytes().as_slice(), h.as_ref(), pseq],
+                )?;
+            }
+            tx.commit()?;
+        }
+        self.set_sync_cursor(None)
+    }
+
+    /// Takes the server's refusal of `refused` changes of household `id`: the document goes
+    /// back to a history without them (and without anything built on them, which is recorded
+    /// as refused too), so the phone agrees with the server again and keeps working. The
+    /// refusals are kept for the worker to see ([`Store::rejected_changes`]).
+    pub fn apply_rejections(&mut self, id: HouseholdId, refused: &[(ChangeHash, String)]) -> Result<()> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let fresh_actor = ActorId::from(qiaomen_protocol::ids::DeviceId::new().as_bytes().as_slice());
+        let hashes: Vec<ChangeHash> = refused.iter().map(|(h, _)| *h).collect();
+        let cached = self.doc_mut(id)?;
+        let (mut rebuilt, left_out) = cached.doc.without_changes(&hashes)?;
+        rebuilt.set_actor(fresh_actor.clone());
+        let household = rebuilt.household()?;
+        let snapshot = rebuilt.save();
+        let result = (|| -> Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![format!("actor:{fresh_actor}"), fresh_actor.to_bytes()],
+            )?;
+            Self::write_snapshot(&tx, id, &snapshot)?;
+            Self::write_index(&tx, &household)?;
+            for h in &left_out {
+                let code = refused
+                    .iter()
+                    .find(|(r, _)| r == h)
+                    .map(|(_, c)| c.as_str())
+                    .unwrap_or("depends_on_rejected");
+                tx.execute("DELETE FROM pending WHERE doc = ?1 AND hash = ?2", params![id.as_bytes().as_slice(), h.as_ref()])?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO rejected (doc, hash, code, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![id.as_bytes().as_slice(), h.as_ref(), code, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.actor = fresh_actor;
+                let c = self.cache.get_mut(&id).expect("cached");
+                c.doc = rebuilt;
+                c.appended = 0;
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Changes of this device that a server refused: (household, change hash, reason code,
+    /// when the refusal arrived).
+    pub fn rejected_changes(&self) -> Result<Vec<RejectedChange>> {
+        let mut stmt = self.conn.prepare_cached("SELECT doc, hash, code, at_ms FROM rejected ORDER BY at_ms, doc, hash")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (doc, hash, code, at_ms) = row?;
+            if let (Some(household), Some(hash)) = (uuid_from(&doc), hash_from(&hash)) {
+                out.push(RejectedChange { household, hash, code, at_ms });
+            }
+        }
+        Ok(out)
     }
 
     /// The raw connection, for tests that need to damage the file on purpose.

@@ -336,6 +336,14 @@ impl HouseholdDoc {
         }
     }
 
+    /// The household's grid, read directly (cheap at any history length); empty if absent.
+    pub fn grid(&self) -> String {
+        match self.doc.get(ROOT, "grid") {
+            Ok(Some((automerge::Value::Scalar(s), _))) => s.as_str().unwrap_or_default().to_string(),
+            _ => String::new(),
+        }
+    }
+
     /// The whole document in Automerge's compressed format.
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()

@@ -47,6 +47,11 @@ pub struct SyncRequest {
     /// Changes the phone uploads, grouped by household.
     #[serde(rename = "d", default)]
     pub docs: Vec<DocChanges>,
+    /// The grids whose households the phone keeps; empty for every household the device may
+    /// read. (With enrollment, the server derives scope from the device's assignments and
+    /// this narrows it further.) A phone whose grids change syncs once with no cursor.
+    #[serde(rename = "g", default, skip_serializing_if = "Vec::is_empty")]
+    pub grids: Vec<String>,
 }
 
 /// Changes of one household, oldest first (each change after those it depends on).
@@ -87,7 +92,10 @@ pub struct SyncResponse {
 pub struct Rejection {
     #[serde(rename = "i")]
     pub doc: HouseholdId,
-    /// The change's hash (32 bytes).
+    /// The change's position in its household's upload (`DocChanges::changes`).
+    #[serde(rename = "n")]
+    pub n: u32,
+    /// The change's hash (32 bytes); empty when the bytes are not a change at all.
     #[serde(rename = "h")]
     pub hash: ByteBuf,
     #[serde(rename = "k")]
@@ -169,6 +177,7 @@ mod tests {
         let req = SyncRequest {
             version: 1,
             cursor: Some(42),
+            grids: vec!["g1".into()],
             docs: vec![DocChanges { id: HouseholdId::new(), changes: vec![ByteBuf::from(vec![1, 2, 3])] }],
         };
         assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 20).unwrap(), req);
@@ -176,7 +185,7 @@ mod tests {
 
     #[test]
     fn an_idle_check_is_tiny() {
-        let req = SyncRequest { version: 1, cursor: Some(123_456), docs: vec![] };
+        let req = SyncRequest { version: 1, cursor: Some(123_456), docs: vec![], grids: vec![] };
         assert!(encode(&req).len() < 40, "{}", encode(&req).len());
     }
 
@@ -184,9 +193,9 @@ mod tests {
     fn bad_bodies_give_typed_errors() {
         assert_eq!(decode::<SyncRequest>(b"", 100), Err(WireError::NotCompressed));
         assert_eq!(decode::<SyncRequest>(b"{\"v\":1}", 100), Err(WireError::NotCompressed));
-        let good = encode(&SyncRequest { version: 1, cursor: None, docs: vec![] });
+        let good = encode(&SyncRequest { version: 1, cursor: None, docs: vec![], grids: vec![] });
         assert_eq!(decode::<SyncRequest>(&good[..good.len() - 2], 100), Err(WireError::Malformed));
-        let other = encode(&SyncRequest { version: 9, cursor: None, docs: vec![] });
+        let other = encode(&SyncRequest { version: 9, cursor: None, docs: vec![], grids: vec![] });
         assert_eq!(decode_request(&other, 100), Err(WireError::UnsupportedVersion(9)));
         // A decompression bomb: 10 MB of zeros in a few hundred bytes.
         let bomb = zstd::bulk::compress(&vec![0u8; 10_000_000], 19).unwrap();

@@ -1,1 +1,84 @@
-//! placeholder
+//! The Qiaomen sync server: merges what the phones bring back.
+//!
+//! - [`http`]: the axum router (`POST /v1/sync`, `GET /healthz`), typed error bodies;
+//! - [`ingest`]: the single writer thread that checks, applies and group-commits uploads;
+//! - [`storage`]: the [`storage::Storage`] trait and its embedded SQLite backend.
+//!
+//! [`start`] runs a server on a listener; `main.rs` is a thin command line over it.
+
+pub mod http;
+pub mod ingest;
+pub mod storage;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tokio::{net::TcpListener, sync::oneshot};
+
+/// What a server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub ingest: ingest::IngestOptions,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, lets in-flight syncs finish, then waits for the writer
+    /// to drain.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let res = (&mut self.task).await.map_err(std::io::Error::other)?;
+        if let Some(w) = self.writer.take() {
+            tokio::task::spawn_blocking(move || w.join()).await.ok();
+        }
+        res
+    }
+
+    /// Waits until the server stops by itself.
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        let res = (&mut self.task).await.map_err(std::io::Error::other)?;
+        if let Some(w) = self.writer.take() {
+            tokio::task::spawn_blocking(move || w.join()).await.ok();
+        }
+        res
+    }
+}
+
+/// Opens the store and serves on `config.listen` (port 0 picks a free port), stopping when
+/// `stop` resolves or [`RunningServer::shutdown`] is called.
+pub async fn start(
+    config: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<RunningServer, Box<dyn std::error::Error + Send + Sync>> {
+    let storage = storage::SqliteStorage::open(&config.data_dir)?;
+    let readers = Arc::new(http::ReaderPool::new(storage.reopen()?));
+    let (writer, writer_thread) = ingest::Writer::start(storage, config.ingest.clone());
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let app = http::router(http::AppState { writer, readers });
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = rx => {}
+                    _ = stop => {}
+                }
+                tracing::info!("shutting down: finishing in-flight syncs");
+            })
+            .await
+    });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "qiaomen-server listening");
+    Ok(RunningServer { addr, shutdown: Some(tx), task, writer: Some(writer_thread) })
+}

@@ -1,0 +1,299 @@
+//! Syncing a device store with a Qiaomen server over HTTP (protocol v1, see
+//! `proto-docs/SYNC-v1.md`).
+//!
+//! One call of [`SyncClient::sync`] sends every change the server has not acknowledged,
+//! batched and compressed, and receives every change in scope the phone lacks, in one round
+//! trip for a phone that synced before. Larger uploads go in bounded chunks, each acknowledged
+//! on its own, so a weak link makes progress. Changes leave the pending count only when the
+//! server says they are durably stored; refused changes come back with a reason and the
+//! document returns to what the server accepted.
+
+use std::time::Duration;
+
+use qiaomen_protocol::{
+    ChangeHash,
+    ids::HouseholdId,
+    wire::{self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, RejectCode, SyncRequest, SyncResponse, limits},
+};
+use serde_bytes::ByteBuf;
+
+use crate::{Store, StoreError};
+
+/// Why a sync did not complete. Whatever was acknowledged before the failure stays
+/// acknowledged; calling `sync` again resumes.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// No answer from the server after the retries (no signal, timeout, connection cut).
+    #[error("network: {0}")]
+    Network(String),
+    /// The server answered with an error status.
+    #[error("the server refused the request: {status} {code}")]
+    Server { status: u16, code: String },
+    /// The server's answer could not be understood.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The device store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How far a sync has come, reported after each round trip.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    pub round_trips: u32,
+    /// Households whose uploads are acknowledged so far / in total.
+    pub docs_uploaded: usize,
+    pub docs_to_upload: usize,
+    /// Households received so far.
+    pub docs_received: usize,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// The outcome of a sync.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncReport {
+    pub progress: SyncProgress,
+    /// Changes the server acknowledged as durably stored.
+    pub accepted: u64,
+    /// Changes the server refused, each with its household and reason.
+    pub rejected: Vec<(HouseholdId, ChangeHash, RejectCode)>,
+    /// Changes received from the server.
+    pub received_changes: u64,
+}
+
+/// Retry policy for one request.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { attempts: 6, first_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(10) }
+    }
+}
+
+/// A connection to a Qiaomen server.
+#[derive(Clone, Debug)]
+pub struct SyncClient {
+    http: reqwest::Client,
+    url: String,
+    retry: Retry,
+    chunk_bytes: usize,
+    grids: Vec<String>,
+}
+
+impl SyncClient {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Result<Self, SyncError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| SyncError::Network(e.to_string()))?;
+        Ok(Self {
+            http,
+            url: format!("{}/v1/sync", base_url.trim_end_matches('/')),
+            retry: Retry::default(),
+            chunk_bytes: limits::CLIENT_CHUNK_BYTES,
+            grids: Vec::new(),
+        })
+    }
+
+    pub fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Keep only the households of these grids (a worker's grids). Changing them later needs
+    /// one sync with no cursor ([`Store::set_sync_cursor`]`(None)`).
+    pub fn with_grids(mut self, grids: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.grids = grids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Upload chunk size in raw change bytes (smaller for a 2G link).
+    pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.chunk_bytes = bytes.max(1);
+        self
+    }
+
+    /// Syncs `store` with the server. `progress` is called after each round trip.
+    pub async fn sync(&self, store: &mut Store, mut progress: impl FnMut(&SyncProgress)) -> Result<SyncReport, SyncError> {
+        match self.sync_once(store, &mut progress).await {
+            Err(SyncError::Server { status: 409, code }) if code == "cursor_ahead" => {
+                // The server lost state this phone had seen: send it everything again.
+                tracing::warn!("server log is behind this device; full resync");
+                store.mark_everything_pending()?;
+                self.sync_once(store, &mut progress).await
+            }
+            other => other,
+        }
+    }
+
+    async fn sync_once(&self, store: &mut Store, progress: &mut impl FnMut(&SyncProgress)) -> Result<SyncReport, SyncError> {
+        let mut report = SyncReport::default();
+        // Gather what the server has not acknowledged, in chunks.
+        let mut chunks: Vec<Vec<(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)>> = Vec::new();
+        let mut current: Vec<(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)> = Vec::new();
+        let mut current_bytes = 0usize;
+        let households = store.pending_households()?;
+        report.progress.docs_to_upload = households.len();
+        for id in households {
+            let mut changes = store.pending_changes(id)?;
+            while !changes.is_empty() {
+                // Split a household's changes across chunks when it alone is too big.
+                let mut take = 0;
+                let mut bytes = 0;
+                while take < changes.len()
+                    && (take == 0 || current_bytes + bytes + changes[take].1.len() <= self.chunk_bytes)
+                    && current.iter().map(|(_, c)| c.len()).sum::<usize>() + take < limits::MAX_CHANGES
+                {
+                    bytes += changes[take].1.len();
+                    take += 1;
+                }
+                let rest = changes.split_off(take);
+                current.push((id, changes));
+                current_bytes += bytes;
+                changes = rest;
+                if current_bytes >= self.chunk_bytes || current.len() >= limits::MAX_DOCS {
+                    chunks.push(std::mem::take(&mut current));
+                    current_bytes = 0;
+                }
+            }
+        }
+        if !current.is_empty() || chunks.is_empty() {
+            chunks.push(current);
+        }
+        let mut chunks = chunks.into_iter();
+        let mut uploaded_docs = std::collections::HashSet::new();
+        let mut received_docs = std::collections::HashSet::new();
+        loop {
+            let chunk = chunks.next().unwrap_or_default();
+            let request = SyncRequest {
+                version: PROTOCOL_VERSION,
+                cursor: store.sync_cursor()?,
+                grids: self.grids.clone(),
+                docs: chunk
+                    .iter()
+                    .map(|(id, changes)| DocChanges {
+                        id: *id,
+                        changes: changes.iter().map(|(_, b)| ByteBuf::from(b.clone())).collect(),
+                    })
+                    .collect(),
+            };
+            let body = wire::encode(&request);
+            report.progress.bytes_up += body.len() as u64;
+            let reply = self.post(body, store.author().device.to_string()).await?;
+            report.progress.bytes_down += reply.len() as u64;
+            report.progress.round_trips += 1;
+            let response: SyncResponse =
+                wire::decode(&reply, 256 * 1024 * 1024).map_err(|e| SyncError::Protocol(e.to_string()))?;
+            self.take_response(store, &chunk, response.clone(), &mut report)?;
+            for (id, _) in &chunk {
+                uploaded_docs.insert(*id);
+            }
+            for d in &response.docs {
+                received_docs.insert(d.id);
+            }
+            report.progress.docs_uploaded = uploaded_docs.len();
+            report.progress.docs_received = received_docs.len();
+            progress(&report.progress);
+            if chunks.len() == 0 && !response.more {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stores what a response says: acknowledgements, refusals, new changes, then the cursor.
+    fn take_response(
+        &self,
+        store: &mut Store,
+        chunk: &[(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)],
+        response: SyncResponse,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        // 1. Acknowledgements: every uploaded change not refused is durably on the server.
+        for (id, changes) in chunk {
+            let refused: Vec<(ChangeHash, String)> = response
+                .rejected
+                .iter()
+                .filter(|r| r.doc == *id)
+                .filter_map(|r| changes.get(r.n as usize).map(|(h, _)| (*h, code_text(r.code))))
+                .collect();
+            let acked: Vec<ChangeHash> =
+                changes.iter().map(|(h, _)| *h).filter(|h| !refused.iter().any(|(r, _)| r == h)).collect();
+            store.mark_acknowledged(*id, &acked)?;
+            report.accepted += acked.len() as u64;
+            for r in response.rejected.iter().filter(|r| r.doc == *id) {
+                if let Some((h, _)) = changes.get(r.n as usize) {
+                    report.rejected.push((*id, *h, r.code));
+                }
+            }
+            store.apply_rejections(*id, &refused)?;
+        }
+        // 2. Changes from elsewhere.
+        for doc in response.docs {
+            let changes: Vec<Vec<u8>> = doc.changes.into_iter().map(|b| b.into_vec()).collect();
+            report.received_changes += changes.len() as u64;
+            store.apply_remote_changes(doc.id, &changes)?;
+        }
+        // 3. Only now the cursor: a crash before this line re-downloads, harmlessly.
+        store.set_sync_cursor(Some(response.cursor))?;
+        Ok(())
+    }
+
+    /// POSTs a body, retrying with exponential backoff on network failures and 5xx/429.
+    async fn post(&self, body: Vec<u8>, device: String) -> Result<Vec<u8>, SyncError> {
+        let mut backoff = self.retry.first_backoff;
+        let mut last = String::new();
+        for attempt in 0..self.retry.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.retry.max_backoff);
+            }
+            let sent = self
+                .http
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .header("x-qiaomen-device", &device)
+                .body(body.clone())
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status.is_server_error() || status.as_u16() == 429 {
+                last = format!("status {status}");
+                continue;
+            }
+            if !status.is_success() {
+                let code = resp
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                return Err(SyncError::Server { status: status.as_u16(), code });
+            }
+            match resp.bytes().await {
+                Ok(b) => return Ok(b.to_vec()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(SyncError::Network(last))
+    }
+}
+
+fn code_text(code: RejectCode) -> String {
+    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}

@@ -1,0 +1,343 @@
+//! The write path: every upload goes through one writer thread, which checks each change,
+//! applies the accepted ones to the cached household documents and appends them to the log.
+//! Many concurrent requests are **group-committed**: the writer takes every upload waiting in
+//! its queue, processes them in one transaction and fsyncs once, then answers each. An upload
+//! is acknowledged only after that commit returns.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::mpsc,
+};
+
+use automerge::{Change, ChangeHash};
+use qiaomen_protocol::{
+    doc::HouseholdDoc,
+    ids::{DeviceId, HouseholdId},
+    wire::{DocChanges, RejectCode, Rejection, limits},
+};
+use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
+
+use crate::storage::{NewChange, Storage, StorageError};
+
+/// One request's uploads.
+#[derive(Debug)]
+pub struct Upload {
+    pub device: Option<DeviceId>,
+    pub docs: Vec<DocChanges>,
+}
+
+/// What became of an upload.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    pub accepted: u32,
+    pub rejected: Vec<Rejection>,
+}
+
+struct Job {
+    upload: Upload,
+    reply: oneshot::Sender<Result<Outcome, String>>,
+}
+
+/// A handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::SyncSender<Job>,
+}
+
+/// Why an upload could not be processed (the storage failed; the phone should retry).
+#[derive(Debug, thiserror::Error)]
+#[error("the server could not store the upload")]
+pub struct WriteFailed;
+
+impl Writer {
+    /// Starts the writer thread over `storage`.
+    pub fn start<S: Storage>(storage: S, options: IngestOptions) -> (Writer, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::sync_channel::<Job>(1024);
+        let handle = std::thread::Builder::new()
+            .name("qiaomen-writer".into())
+            .spawn(move || {
+                let mut ingestor = Ingestor::new(storage, options);
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < 256 {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let uploads: Vec<&Upload> = jobs.iter().map(|j| &j.upload).collect();
+                    match ingestor.process_group(&uploads) {
+                        Ok(outcomes) => {
+                            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                                let _ = job.reply.send(Ok(outcome));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, group = jobs.len(), "write group failed; rolled back");
+                            for job in jobs {
+                                let _ = job.reply.send(Err("storage".into()));
+                            }
+                        }
+                    }
+                }
+                tracing::info!("writer stopped");
+            })
+            .expect("spawn writer thread");
+        (Writer { tx }, handle)
+    }
+
+    /// Hands an upload to the writer and waits until it is durably stored (or refused).
+    pub async fn submit(&self, upload: Upload) -> Result<Outcome, WriteFailed> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        // The queue is bounded; wait for room off the async threads.
+        tokio::task::spawn_blocking(move || tx.send(Job { upload, reply }))
+            .await
+            .map_err(|_| WriteFailed)?
+            .map_err(|_| WriteFailed)?;
+        rx.await.map_err(|_| WriteFailed)?.map_err(|_| WriteFailed)
+    }
+}
+
+/// Tuning of the write path.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Household documents kept in memory.
+    pub cache_capacity: usize,
+    /// Write a new snapshot of a document after this many log rows past the old one.
+    pub snapshot_after: u64,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self { cache_capacity: 2_000, snapshot_after: 32 }
+    }
+}
+
+struct Cached {
+    doc: HouseholdDoc,
+    last_used: u64,
+}
+
+/// The writer's state: the storage and the hot documents.
+pub struct Ingestor<S: Storage> {
+    storage: S,
+    options: IngestOptions,
+    cache: HashMap<HouseholdId, Cached>,
+    tick: u64,
+}
+
+fn reject(doc: HouseholdId, n: usize, hash: Option<ChangeHash>, code: RejectCode) -> Rejection {
+    Rejection {
+        doc,
+        n: n as u32,
+        hash: ByteBuf::from(hash.map(|h| h.as_ref().to_vec()).unwrap_or_default()),
+        code,
+    }
+}
+
+impl<S: Storage> std::fmt::Debug for Ingestor<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingestor").field("cached", &self.cache.len()).finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage> Ingestor<S> {
+    pub fn new(storage: S, options: IngestOptions) -> Self {
+        Self { storage, options, cache: HashMap::new(), tick: 0 }
+    }
+
+    /// Processes uploads in one transaction. On a storage error everything is rolled back,
+    /// the cache is dropped (it may hold changes that are not stored) and the error returned.
+    pub fn process_group(&mut self, uploads: &[&Upload]) -> Result<Vec<Outcome>, StorageError> {
+        self.storage.begin()?;
+        let mut outcomes = Vec::with_capacity(uploads.len());
+        for upload in uploads {
+            match self.process(upload) {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    self.storage.rollback();
+                    self.cache.clear();
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.storage.commit() {
+            self.storage.rollback();
+            self.cache.clear();
+            return Err(e);
+        }
+        Ok(outcomes)
+    }
+
+    fn doc(&mut self, id: HouseholdId) -> Result<Option<&mut HouseholdDoc>, StorageError> {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.cache.contains_key(&id) {
+            let Some(bytes) = self.storage.load_doc(id)? else { return Ok(None) };
+            let doc = match HouseholdDoc::load(&bytes) {
+                Ok(d) => d,
+                Err(_) => {
+                    tracing::error!(household = %id, "stored document does not load");
+                    return Ok(None);
+                }
+            };
+            if self.cache.len() >= self.options.cache_capacity.max(1)
+                && let Some(oldest) = self.cache.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| *k)
+            {
+                self.cache.remove(&oldest);
+            }
+            self.cache.insert(id, Cached { doc, last_used: tick });
+        }
+        let c = self.cache.get_mut(&id).expect("present");
+        c.last_used = tick;
+        Ok(Some(&mut c.doc))
+    }
+
+    fn process(&mut self, upload: &Upload) -> Result<Outcome, StorageError> {
+        let mut outcome = Outcome::default();
+        for dc in &upload.docs {
+            self.process_doc(upload.device, dc, &mut outcome)?;
+        }
+        Ok(outcome)
+    }
+
+    fn process_doc(&mut self, device: Option<DeviceId>, dc: &DocChanges, outcome: &mut Outcome) -> Result<(), StorageError> {
+        let id = dc.id;
+        // 1. Decode; refuse what is not a change.
+        let mut decoded: Vec<(usize, Change)> = Vec::new();
+        for (n, bytes) in dc.changes.iter().enumerate() {
+            if bytes.len() > limits::MAX_CHANGE_BYTES {
+                outcome.rejected.push(reject(id, n, None, RejectCode::Malformed));
+                continue;
+            }
+            match qiaomen_protocol::doc::decode_changes([bytes.as_slice()]) {
+                Ok(mut c) => decoded.push((n, c.remove(0))),
+                Err(_) => outcome.rejected.push(reject(id, n, None, RejectCode::Malformed)),
+            }
+        }
+        // 2. Sort out duplicates and dependencies.
+        let exists = self.doc(id)?.is_some();
+        let mut known: HashSet<ChangeHash> = HashSet::new();
+        let mut refused: HashSet<ChangeHash> = HashSet::new();
+        let mut candidates: Vec<(usize, Change)> = Vec::new();
+        for (n, change) in decoded {
+            let hash = change.hash();
+            let have = match self.doc(id)? {
+                Some(doc) => doc.has_change(&hash),
+                None => false,
+            } || self.storage.has_change(hash.as_ref().try_into().expect("32 bytes"))?;
+            if have || known.contains(&hash) {
+                outcome.accepted += 1; // already stored: acknowledge again (idempotent retry)
+                continue;
+            }
+            if change.deps().iter().any(|d| refused.contains(d)) {
+                refused.insert(hash);
+                outcome.rejected.push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
+                continue;
+            }
+            let mut deps_ok = true;
+            for d in change.deps() {
+                let present = known.contains(d) || self.doc(id)?.is_some_and(|doc| doc.has_change(d));
+                if !present {
+                    deps_ok = false;
+                    break;
+                }
+            }
+            if !deps_ok {
+                refused.insert(hash);
+                let code = if exists { RejectCode::MissingDependencies } else { RejectCode::UnknownDocument };
+                outcome.rejected.push(reject(id, n, Some(hash), code));
+                continue;
+            }
+            known.insert(hash);
+            candidates.push((n, change));
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // 3. Apply and check: all at once (the common case), else one by one.
+        let accepted: Vec<(usize, Change)> = if exists {
+            let doc = self.doc(id)?.expect("exists");
+            let before = doc.heads();
+            let all_ok = doc.apply_changes(candidates.iter().map(|(_, c)| c.raw_bytes())).is_ok()
+                && doc.validate_since(&before, id).is_ok();
+            if all_ok {
+                candidates
+            } else {
+                // Start again from what is stored and find the culprits.
+                self.cache.remove(&id);
+                let mut doc = match self.doc(id)? {
+                    Some(d) => d.clone(),
+                    None => return Ok(()),
+                };
+                let mut good = Vec::new();
+                let mut bad: HashSet<ChangeHash> = HashSet::new();
+                for (n, change) in candidates {
+                    let hash = change.hash();
+                    if change.deps().iter().any(|d| bad.contains(d)) {
+                        bad.insert(hash);
+                        outcome.rejected.push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
+                        continue;
+                    }
+                    let mut trial = doc.clone();
+                    let before = trial.heads();
+                    if trial.apply_changes([change.raw_bytes()]).is_ok() && trial.validate_since(&before, id).is_ok() {
+                        doc = trial;
+                        good.push((n, change));
+                    } else {
+                        bad.insert(hash);
+                        outcome.rejected.push(reject(id, n, Some(hash), RejectCode::SchemaViolation));
+                    }
+                }
+                self.cache.get_mut(&id).expect("reloaded").doc = doc;
+                good
+            }
+        } else {
+            // A household new to the server: its changes must build a valid household of this id.
+            let mut bytes = Vec::new();
+            for (_, c) in &candidates {
+                bytes.extend_from_slice(c.raw_bytes());
+            }
+            let built = HouseholdDoc::load(&bytes)
+                .ok()
+                .filter(|d| d.household().is_ok_and(|h| h.id == id))
+                .and_then(|mut d| d.missing_deps().is_empty().then_some(d));
+            match built {
+                Some(doc) => {
+                    self.tick += 1;
+                    self.cache.insert(id, Cached { doc, last_used: self.tick });
+                    candidates
+                }
+                _ => {
+                    for (n, c) in candidates {
+                        outcome.rejected.push(reject(id, n, Some(c.hash()), RejectCode::UnknownDocument));
+                    }
+                    return Ok(());
+                }
+            }
+        };
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        // 4. Append to the log (inside the group's transaction).
+        let rows: Vec<NewChange> = accepted
+            .iter()
+            .map(|(_, c)| NewChange {
+                doc: id,
+                hash: c.hash().as_ref().try_into().expect("32 bytes"),
+                bytes: c.raw_bytes().to_vec(),
+                device: device.map(|d| *d.as_bytes()),
+            })
+            .collect();
+        let grid = self.doc(id)?.map(|d| d.grid()).unwrap_or_default();
+        let since_snapshot = self.storage.append(&rows, &grid)?;
+        outcome.accepted += rows.len() as u32;
+        if since_snapshot >= self.options.snapshot_after {
+            let snapshot = self.doc(id)?.expect("cached").save();
+            self.storage.put_snapshot(id, &snapshot)?;
+        }
+        Ok(())
+    }
+}
