@@ -260,21 +260,15 @@ impl Store {
         Ok(())
     }
 
+    /// A fresh Automerge actor for each opening of the store. A store restored from a backup,
+    /// or a document rebuilt after a refusal, can then never reuse a sequence number that an
+    /// earlier change of the same actor already used elsewhere. The actors this device used
+    /// are remembered, so the server can bind them to the device.
     fn load_or_make_actor(conn: &Connection) -> Result<ActorId> {
-        let existing: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'actor'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if let Some(bytes) = existing {
-            return Ok(ActorId::from(bytes.as_slice()));
-        }
-        // One actor per install: a reinstall gets a fresh one, so it can never reuse
-        // sequence numbers an earlier install already sent.
         let actor = ActorId::from(qiaomen_protocol::ids::DeviceId::new().as_bytes().as_slice());
         conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('actor', ?1)",
-            [actor.to_bytes()],
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+            params![format!("actor:{actor}"), actor.to_bytes()],
         )?;
         Ok(actor)
     }
@@ -731,9 +725,11 @@ impl Store {
             let bytes: Vec<u8> = changes.concat();
             let imported = self.import_document(&bytes)?;
             if imported != id {
-                return Err(StoreError::Document(qiaomen_protocol::DocError::InvalidEdit(
-                    "the changes belong to another household".into(),
-                )));
+                return Err(StoreError::Document(
+                    qiaomen_protocol::DocError::InvalidEdit(
+                        "the changes belong to another household".into(),
+                    ),
+                ));
             }
             return Ok(changes.len());
         }
@@ -861,9 +857,14 @@ impl Store {
 
     /// The server log position this device has received everything up to.
     pub fn sync_cursor(&self) -> Result<Option<u64>> {
-        let v: Option<Vec<u8>> =
-            self.conn.query_row("SELECT value FROM meta WHERE key = 'cursor'", [], |r| r.get(0)).optional()?;
-        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_be_bytes))
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'cursor'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes))
     }
 
     /// Stores the cursor (after the changes it covers are stored).
@@ -880,7 +881,9 @@ impl Store {
 
     /// Households with changes no server has acknowledged, in the order they were made.
     pub fn pending_households(&self) -> Result<Vec<HouseholdId>> {
-        let mut stmt = self.conn.prepare_cached("SELECT doc, min(seq) AS first FROM pending GROUP BY doc ORDER BY first")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT doc, min(seq) AS first FROM pending GROUP BY doc ORDER BY first",
+        )?;
         let ids = stmt
             .query_map([], |r| r.get::<_, Vec<u8>>(0))?
             .filter_map(|b| b.ok().and_then(|b| uuid_from(&b)))
@@ -902,7 +905,10 @@ impl Store {
             };
             let tx = self.conn.unchecked_transaction()?;
             for h in hashes {
-                let pseq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM pending", [], |r| r.get(0))?;
+                let pseq: i64 =
+                    tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM pending", [], |r| {
+                        r.get(0)
+                    })?;
                 tx.execute(
                     "INSERT OR IGNORE INTO pending (doc, hash, seq) VALUES (?1, ?2, ?3)",
                     params![id.as_bytes().as_slice(), h.as_ref(), pseq],
@@ -917,12 +923,17 @@ impl Store {
     /// back to a history without them (and without anything built on them, which is recorded
     /// as refused too), so the phone agrees with the server again and keeps working. The
     /// refusals are kept for the worker to see ([`Store::rejected_changes`]).
-    pub fn apply_rejections(&mut self, id: HouseholdId, refused: &[(ChangeHash, String)]) -> Result<()> {
+    pub fn apply_rejections(
+        &mut self,
+        id: HouseholdId,
+        refused: &[(ChangeHash, String)],
+    ) -> Result<()> {
         if refused.is_empty() {
             return Ok(());
         }
         let now = self.now_ms();
-        let fresh_actor = ActorId::from(qiaomen_protocol::ids::DeviceId::new().as_bytes().as_slice());
+        let fresh_actor =
+            ActorId::from(qiaomen_protocol::ids::DeviceId::new().as_bytes().as_slice());
         let hashes: Vec<ChangeHash> = refused.iter().map(|(h, _)| *h).collect();
         let cached = self.doc_mut(id)?;
         let (mut rebuilt, left_out) = cached.doc.without_changes(&hashes)?;
@@ -943,7 +954,10 @@ impl Store {
                     .find(|(r, _)| r == h)
                     .map(|(_, c)| c.as_str())
                     .unwrap_or("depends_on_rejected");
-                tx.execute("DELETE FROM pending WHERE doc = ?1 AND hash = ?2", params![id.as_bytes().as_slice(), h.as_ref()])?;
+                tx.execute(
+                    "DELETE FROM pending WHERE doc = ?1 AND hash = ?2",
+                    params![id.as_bytes().as_slice(), h.as_ref()],
+                )?;
                 tx.execute(
                     "INSERT OR REPLACE INTO rejected (doc, hash, code, at_ms) VALUES (?1, ?2, ?3, ?4)",
                     params![id.as_bytes().as_slice(), h.as_ref(), code, now],
@@ -970,15 +984,27 @@ impl Store {
     /// Changes of this device that a server refused: (household, change hash, reason code,
     /// when the refusal arrived).
     pub fn rejected_changes(&self) -> Result<Vec<RejectedChange>> {
-        let mut stmt = self.conn.prepare_cached("SELECT doc, hash, code, at_ms FROM rejected ORDER BY at_ms, doc, hash")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT doc, hash, code, at_ms FROM rejected ORDER BY at_ms, doc, hash",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (doc, hash, code, at_ms) = row?;
             if let (Some(household), Some(hash)) = (uuid_from(&doc), hash_from(&hash)) {
-                out.push(RejectedChange { household, hash, code, at_ms });
+                out.push(RejectedChange {
+                    household,
+                    hash,
+                    code,
+                    at_ms,
+                });
             }
         }
         Ok(out)

@@ -13,7 +13,10 @@ use std::time::Duration;
 use qiaomen_protocol::{
     ChangeHash,
     ids::HouseholdId,
-    wire::{self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, RejectCode, SyncRequest, SyncResponse, limits},
+    wire::{
+        self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, RejectCode, SyncRequest, SyncResponse,
+        limits,
+    },
 };
 use serde_bytes::ByteBuf;
 
@@ -72,7 +75,11 @@ pub struct Retry {
 
 impl Default for Retry {
     fn default() -> Self {
-        Self { attempts: 6, first_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(10) }
+        Self {
+            attempts: 6,
+            first_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        }
     }
 }
 
@@ -122,7 +129,11 @@ impl SyncClient {
     }
 
     /// Syncs `store` with the server. `progress` is called after each round trip.
-    pub async fn sync(&self, store: &mut Store, mut progress: impl FnMut(&SyncProgress)) -> Result<SyncReport, SyncError> {
+    pub async fn sync(
+        &self,
+        store: &mut Store,
+        mut progress: impl FnMut(&SyncProgress),
+    ) -> Result<SyncReport, SyncError> {
         match self.sync_once(store, &mut progress).await {
             Err(SyncError::Server { status: 409, code }) if code == "cursor_ahead" => {
                 // The server lost state this phone had seen: send it everything again.
@@ -134,7 +145,11 @@ impl SyncClient {
         }
     }
 
-    async fn sync_once(&self, store: &mut Store, progress: &mut impl FnMut(&SyncProgress)) -> Result<SyncReport, SyncError> {
+    async fn sync_once(
+        &self,
+        store: &mut Store,
+        progress: &mut impl FnMut(&SyncProgress),
+    ) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         // Gather what the server has not acknowledged, in chunks.
         let mut chunks: Vec<Vec<(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)>> = Vec::new();
@@ -149,8 +164,10 @@ impl SyncClient {
                 let mut take = 0;
                 let mut bytes = 0;
                 while take < changes.len()
-                    && (take == 0 || current_bytes + bytes + changes[take].1.len() <= self.chunk_bytes)
-                    && current.iter().map(|(_, c)| c.len()).sum::<usize>() + take < limits::MAX_CHANGES
+                    && (take == 0
+                        || current_bytes + bytes + changes[take].1.len() <= self.chunk_bytes)
+                    && current.iter().map(|(_, c)| c.len()).sum::<usize>() + take
+                        < limits::MAX_CHANGES
                 {
                     bytes += changes[take].1.len();
                     take += 1;
@@ -181,7 +198,10 @@ impl SyncClient {
                     .iter()
                     .map(|(id, changes)| DocChanges {
                         id: *id,
-                        changes: changes.iter().map(|(_, b)| ByteBuf::from(b.clone())).collect(),
+                        changes: changes
+                            .iter()
+                            .map(|(_, b)| ByteBuf::from(b.clone()))
+                            .collect(),
                     })
                     .collect(),
             };
@@ -190,8 +210,8 @@ impl SyncClient {
             let reply = self.post(body, store.author().device.to_string()).await?;
             report.progress.bytes_down += reply.len() as u64;
             report.progress.round_trips += 1;
-            let response: SyncResponse =
-                wire::decode(&reply, 256 * 1024 * 1024).map_err(|e| SyncError::Protocol(e.to_string()))?;
+            let response: SyncResponse = wire::decode(&reply, 256 * 1024 * 1024)
+                .map_err(|e| SyncError::Protocol(e.to_string()))?;
             self.take_response(store, &chunk, response.clone(), &mut report)?;
             for (id, _) in &chunk {
                 uploaded_docs.insert(*id);
@@ -223,10 +243,17 @@ impl SyncClient {
                 .rejected
                 .iter()
                 .filter(|r| r.doc == *id)
-                .filter_map(|r| changes.get(r.n as usize).map(|(h, _)| (*h, code_text(r.code))))
+                .filter_map(|r| {
+                    changes
+                        .get(r.n as usize)
+                        .map(|(h, _)| (*h, code_text(r.code)))
+                })
                 .collect();
-            let acked: Vec<ChangeHash> =
-                changes.iter().map(|(h, _)| *h).filter(|h| !refused.iter().any(|(r, _)| r == h)).collect();
+            let acked: Vec<ChangeHash> = changes
+                .iter()
+                .map(|(h, _)| *h)
+                .filter(|h| !refused.iter().any(|(r, _)| r == h))
+                .collect();
             store.mark_acknowledged(*id, &acked)?;
             report.accepted += acked.len() as u64;
             for r in response.rejected.iter().filter(|r| r.doc == *id) {
@@ -283,7 +310,10 @@ impl SyncClient {
                     .ok()
                     .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
                     .unwrap_or_default();
-                return Err(SyncError::Server { status: status.as_u16(), code });
+                return Err(SyncError::Server {
+                    status: status.as_u16(),
+                    code,
+                });
             }
             match resp.bytes().await {
                 Ok(b) => return Ok(b.to_vec()),
@@ -295,5 +325,8 @@ impl SyncClient {
 }
 
 fn code_text(code: RejectCode) -> String {
-    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

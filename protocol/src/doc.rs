@@ -339,7 +339,9 @@ impl HouseholdDoc {
     /// The household's grid, read directly (cheap at any history length); empty if absent.
     pub fn grid(&self) -> String {
         match self.doc.get(ROOT, "grid") {
-            Ok(Some((automerge::Value::Scalar(s), _))) => s.as_str().unwrap_or_default().to_string(),
+            Ok(Some((automerge::Value::Scalar(s), _))) => {
+                s.as_str().unwrap_or_default().to_string()
+            }
             _ => String::new(),
         }
     }
@@ -400,7 +402,11 @@ impl HouseholdDoc {
     /// are read back through their types (only the touched entries, so the cost follows the
     /// change, not the household's history). Visits must be on visit days and entries must sit
     /// under their own id.
-    pub fn validate_since(&mut self, before: &[ChangeHash], expected_id: crate::ids::HouseholdId) -> Result<()> {
+    pub fn validate_since(
+        &mut self,
+        before: &[ChangeHash],
+        expected_id: crate::ids::HouseholdId,
+    ) -> Result<()> {
         use automerge::Prop;
         let after = self.doc.get_heads();
         let patches = guarded(|| Ok(self.doc.diff(before, &after)))?;
@@ -434,7 +440,11 @@ impl HouseholdDoc {
         if self.schema_version()? < SCHEMA_VERSION {
             // Old documents are checked whole, through the migration.
             let h = self.household()?;
-            return if h.id == expected_id { Ok(()) } else { Err(DocError::InvalidEdit("the household id changed".into())) };
+            return if h.id == expected_id {
+                Ok(())
+            } else {
+                Err(DocError::InvalidEdit("the household id changed".into()))
+            };
         }
         if whole {
             self.household()?;
@@ -450,7 +460,9 @@ impl HouseholdDoc {
             if self.doc.get(&obj, key.as_str())?.is_none() {
                 continue; // deleted
             }
-            let bad_key = || DocError::InvalidEdit(format!("an entry of {collection} is not under its own id"));
+            let bad_key = || {
+                DocError::InvalidEdit(format!("an entry of {collection} is not under its own id"))
+            };
             match collection.as_str() {
                 "visits" => {
                     let v: Visit = autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
@@ -458,11 +470,14 @@ impl HouseholdDoc {
                         return Err(bad_key());
                     }
                     if !crate::calendar::is_visit_day(v.visit_day) {
-                        return Err(DocError::InvalidEdit("a visit is not on a visit day".into()));
+                        return Err(DocError::InvalidEdit(
+                            "a visit is not on a visit day".into(),
+                        ));
                     }
                 }
                 "members" => {
-                    let m: crate::schema::Member = autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
+                    let m: crate::schema::Member =
+                        autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
                     if m.id.to_string() != key {
                         return Err(bad_key());
                     }
@@ -482,12 +497,16 @@ impl HouseholdDoc {
     /// depends on one of them (directly or not). Returns the new document and the hashes it
     /// left out. Used when a server refuses a change: the phone goes back to a history the
     /// server accepts and keeps working.
-    pub fn without_changes(&mut self, drop: &[ChangeHash]) -> Result<(HouseholdDoc, Vec<ChangeHash>)> {
+    pub fn without_changes(
+        &mut self,
+        drop: &[ChangeHash],
+    ) -> Result<(HouseholdDoc, Vec<ChangeHash>)> {
         let mut dropped: std::collections::HashSet<ChangeHash> = drop.iter().copied().collect();
         let mut bytes = Vec::new();
         let mut left_out = Vec::new();
         for change in self.doc.get_changes(&[]) {
-            if dropped.contains(&change.hash()) || change.deps().iter().any(|d| dropped.contains(d)) {
+            if dropped.contains(&change.hash()) || change.deps().iter().any(|d| dropped.contains(d))
+            {
                 dropped.insert(change.hash());
                 left_out.push(change.hash());
             } else {

@@ -142,12 +142,16 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 }
 
 /// Decodes a message, decompressing at most `max_decoded` bytes.
-pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8], max_decoded: usize) -> Result<T, WireError> {
+pub fn decode<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    max_decoded: usize,
+) -> Result<T, WireError> {
     use std::io::Read;
     if body.len() < 4 || body[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
         return Err(WireError::NotCompressed);
     }
-    let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|_| WireError::Malformed)?;
+    let decoder =
+        zstd::stream::read::Decoder::with_buffer(body).map_err(|_| WireError::Malformed)?;
     let mut cbor = Vec::new();
     let read = decoder
         .take(max_decoded as u64 + 1)
@@ -178,28 +182,61 @@ mod tests {
             version: 1,
             cursor: Some(42),
             grids: vec!["g1".into()],
-            docs: vec![DocChanges { id: HouseholdId::new(), changes: vec![ByteBuf::from(vec![1, 2, 3])] }],
+            docs: vec![DocChanges {
+                id: HouseholdId::new(),
+                changes: vec![ByteBuf::from(vec![1, 2, 3])],
+            }],
         };
         assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 20).unwrap(), req);
     }
 
     #[test]
     fn an_idle_check_is_tiny() {
-        let req = SyncRequest { version: 1, cursor: Some(123_456), docs: vec![], grids: vec![] };
+        let req = SyncRequest {
+            version: 1,
+            cursor: Some(123_456),
+            docs: vec![],
+            grids: vec![],
+        };
         assert!(encode(&req).len() < 40, "{}", encode(&req).len());
     }
 
     #[test]
     fn bad_bodies_give_typed_errors() {
-        assert_eq!(decode::<SyncRequest>(b"", 100), Err(WireError::NotCompressed));
-        assert_eq!(decode::<SyncRequest>(b"{\"v\":1}", 100), Err(WireError::NotCompressed));
-        let good = encode(&SyncRequest { version: 1, cursor: None, docs: vec![], grids: vec![] });
-        assert_eq!(decode::<SyncRequest>(&good[..good.len() - 2], 100), Err(WireError::Malformed));
-        let other = encode(&SyncRequest { version: 9, cursor: None, docs: vec![], grids: vec![] });
-        assert_eq!(decode_request(&other, 100), Err(WireError::UnsupportedVersion(9)));
+        assert_eq!(
+            decode::<SyncRequest>(b"", 100),
+            Err(WireError::NotCompressed)
+        );
+        assert_eq!(
+            decode::<SyncRequest>(b"{\"v\":1}", 100),
+            Err(WireError::NotCompressed)
+        );
+        let good = encode(&SyncRequest {
+            version: 1,
+            cursor: None,
+            docs: vec![],
+            grids: vec![],
+        });
+        assert_eq!(
+            decode::<SyncRequest>(&good[..good.len() - 2], 100),
+            Err(WireError::Malformed)
+        );
+        let other = encode(&SyncRequest {
+            version: 9,
+            cursor: None,
+            docs: vec![],
+            grids: vec![],
+        });
+        assert_eq!(
+            decode_request(&other, 100),
+            Err(WireError::UnsupportedVersion(9))
+        );
         // A decompression bomb: 10 MB of zeros in a few hundred bytes.
         let bomb = zstd::bulk::compress(&vec![0u8; 10_000_000], 19).unwrap();
         assert!(bomb.len() < 2_000);
-        assert_eq!(decode::<SyncRequest>(&bomb, 1 << 20), Err(WireError::TooLarge(1 << 20)));
+        assert_eq!(
+            decode::<SyncRequest>(&bomb, 1 << 20),
+            Err(WireError::TooLarge(1 << 20))
+        );
     }
 }

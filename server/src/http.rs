@@ -41,7 +41,10 @@ pub struct ReaderPool {
 
 impl ReaderPool {
     pub fn new(template: SqliteStorage) -> Self {
-        Self { template: Mutex::new(template), idle: Mutex::new(Vec::new()) }
+        Self {
+            template: Mutex::new(template),
+            idle: Mutex::new(Vec::new()),
+        }
     }
 
     /// Runs `f` on a reader connection, on a blocking thread.
@@ -102,30 +105,51 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
-            ApiError::PayloadTooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message),
+            ApiError::PayloadTooLarge { code, message } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, code, message)
+            }
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!("the body must be {CONTENT_TYPE}"),
             ),
             ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
-            ApiError::Unavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server could not store or read; retry".into())
-            }
-            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into()),
+            ApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server could not store or read; retry".into(),
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error".into(),
+            ),
         };
-        (status, Json(ErrorBody { error: ErrorDetail { code, message } })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail { code, message },
+            }),
+        )
+            .into_response()
     }
 }
 
 impl From<WireError> for ApiError {
     fn from(e: WireError) -> Self {
         match e {
-            WireError::TooLarge(_) => ApiError::PayloadTooLarge { code: "too_large", message: e.to_string() },
-            WireError::UnsupportedVersion(_) => {
-                ApiError::BadRequest { code: "unsupported_version", message: format!("{e}; this server speaks {PROTOCOL_VERSION}") }
-            }
-            WireError::NotCompressed | WireError::Malformed => ApiError::BadRequest { code: "malformed", message: e.to_string() },
+            WireError::TooLarge(_) => ApiError::PayloadTooLarge {
+                code: "too_large",
+                message: e.to_string(),
+            },
+            WireError::UnsupportedVersion(_) => ApiError::BadRequest {
+                code: "unsupported_version",
+                message: format!("{e}; this server speaks {PROTOCOL_VERSION}"),
+            },
+            WireError::NotCompressed | WireError::Malformed => ApiError::BadRequest {
+                code: "malformed",
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -146,7 +170,10 @@ impl<S: Send + Sync> FromRequestParts<S> for DeviceIdentity {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .map(|d| DeviceIdentity(Some(d)))
-                .ok_or(ApiError::BadRequest { code: "bad_device", message: "X-Qiaomen-Device is not a UUID".into() }),
+                .ok_or(ApiError::BadRequest {
+                    code: "bad_device",
+                    message: "X-Qiaomen-Device is not a UUID".into(),
+                }),
         }
     }
 }
@@ -161,28 +188,48 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let (seq, docs) = state.readers.with(|s| Ok((s.max_seq()?, s.doc_count()?))).await?;
-    Ok(Json(serde_json::json!({ "status": "ok", "log_seq": seq, "documents": docs })))
+    let (seq, docs) = state
+        .readers
+        .with(|s| Ok((s.max_seq()?, s.doc_count()?)))
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "status": "ok", "log_seq": seq, "documents": docs }),
+    ))
 }
 
-async fn sync(State(state): State<AppState>, device: DeviceIdentity, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+async fn sync(
+    State(state): State<AppState>,
+    device: DeviceIdentity,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if ct != CONTENT_TYPE {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body: Bytes = axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await.map_err(|_| ApiError::PayloadTooLarge {
-        code: "too_large",
-        message: format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES),
-    })?;
-    let bytes_in = body.len();
-    let mut req = tokio::task::spawn_blocking(move || wire::decode_request(&body, limits::MAX_DECODED_BYTES))
+    let body: Bytes = axum::body::to_bytes(body, limits::MAX_BODY_BYTES)
         .await
-        .map_err(|_| ApiError::internal("decode task failed"))??;
+        .map_err(|_| ApiError::PayloadTooLarge {
+            code: "too_large",
+            message: format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES),
+        })?;
+    let bytes_in = body.len();
+    let mut req =
+        tokio::task::spawn_blocking(move || wire::decode_request(&body, limits::MAX_DECODED_BYTES))
+            .await
+            .map_err(|_| ApiError::internal("decode task failed"))??;
     let n_changes: usize = req.docs.iter().map(|d| d.changes.len()).sum();
     if req.docs.len() > limits::MAX_DOCS || n_changes > limits::MAX_CHANGES {
         return Err(ApiError::PayloadTooLarge {
             code: "too_many",
-            message: format!("at most {} documents and {} changes per request", limits::MAX_DOCS, limits::MAX_CHANGES),
+            message: format!(
+                "at most {} documents and {} changes per request",
+                limits::MAX_DOCS,
+                limits::MAX_CHANGES
+            ),
         });
     }
     let cursor = req.cursor.unwrap_or(0);
@@ -204,7 +251,10 @@ async fn sync(State(state): State<AppState>, device: DeviceIdentity, headers: He
     let outcome = if n_changes > 0 {
         state
             .writer
-            .submit(Upload { device: device.0, docs: std::mem::take(&mut req.docs) })
+            .submit(Upload {
+                device: device.0,
+                docs: std::mem::take(&mut req.docs),
+            })
             .await
             .map_err(|_| ApiError::Unavailable)?
     } else {
@@ -212,9 +262,15 @@ async fn sync(State(state): State<AppState>, device: DeviceIdentity, headers: He
     };
     let grids = req.grids;
     if grids.len() > 1_000 {
-        return Err(ApiError::PayloadTooLarge { code: "too_many", message: "at most 1000 grids".into() });
+        return Err(ApiError::PayloadTooLarge {
+            code: "too_many",
+            message: "at most 1000 grids".into(),
+        });
     }
-    let slice = state.readers.with(move |s| s.log_since(cursor, limits::RESPONSE_BUDGET_BYTES, &grids)).await?;
+    let slice = state
+        .readers
+        .with(move |s| s.log_since(cursor, limits::RESPONSE_BUDGET_BYTES, &grids))
+        .await?;
     let mut order = Vec::new();
     let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
     for c in slice.changes {
@@ -229,8 +285,13 @@ async fn sync(State(state): State<AppState>, device: DeviceIdentity, headers: He
             })
             .push(ByteBuf::from(c.bytes));
     }
-    let docs: Vec<DocChanges> =
-        order.into_iter().map(|id| DocChanges { id, changes: by_doc.remove(&id).unwrap_or_default() }).collect();
+    let docs: Vec<DocChanges> = order
+        .into_iter()
+        .map(|id| DocChanges {
+            id,
+            changes: by_doc.remove(&id).unwrap_or_default(),
+        })
+        .collect();
     let response = SyncResponse {
         version: PROTOCOL_VERSION,
         cursor: slice.cursor,

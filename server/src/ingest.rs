@@ -52,7 +52,10 @@ pub struct WriteFailed;
 
 impl Writer {
     /// Starts the writer thread over `storage`.
-    pub fn start<S: Storage>(storage: S, options: IngestOptions) -> (Writer, std::thread::JoinHandle<()>) {
+    pub fn start<S: Storage>(
+        storage: S,
+        options: IngestOptions,
+    ) -> (Writer, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::sync_channel::<Job>(1024);
         let handle = std::thread::Builder::new()
             .name("qiaomen-writer".into())
@@ -111,7 +114,10 @@ pub struct IngestOptions {
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        Self { cache_capacity: 2_000, snapshot_after: 32 }
+        Self {
+            cache_capacity: 2_000,
+            snapshot_after: 32,
+        }
     }
 }
 
@@ -139,13 +145,20 @@ fn reject(doc: HouseholdId, n: usize, hash: Option<ChangeHash>, code: RejectCode
 
 impl<S: Storage> std::fmt::Debug for Ingestor<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ingestor").field("cached", &self.cache.len()).finish_non_exhaustive()
+        f.debug_struct("Ingestor")
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl<S: Storage> Ingestor<S> {
     pub fn new(storage: S, options: IngestOptions) -> Self {
-        Self { storage, options, cache: HashMap::new(), tick: 0 }
+        Self {
+            storage,
+            options,
+            cache: HashMap::new(),
+            tick: 0,
+        }
     }
 
     /// Processes uploads in one transaction. On a storage error everything is rolled back,
@@ -175,7 +188,9 @@ impl<S: Storage> Ingestor<S> {
         self.tick += 1;
         let tick = self.tick;
         if !self.cache.contains_key(&id) {
-            let Some(bytes) = self.storage.load_doc(id)? else { return Ok(None) };
+            let Some(bytes) = self.storage.load_doc(id)? else {
+                return Ok(None);
+            };
             let doc = match HouseholdDoc::load(&bytes) {
                 Ok(d) => d,
                 Err(_) => {
@@ -184,11 +199,21 @@ impl<S: Storage> Ingestor<S> {
                 }
             };
             if self.cache.len() >= self.options.cache_capacity.max(1)
-                && let Some(oldest) = self.cache.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| *k)
+                && let Some(oldest) = self
+                    .cache
+                    .iter()
+                    .min_by_key(|(_, c)| c.last_used)
+                    .map(|(k, _)| *k)
             {
                 self.cache.remove(&oldest);
             }
-            self.cache.insert(id, Cached { doc, last_used: tick });
+            self.cache.insert(
+                id,
+                Cached {
+                    doc,
+                    last_used: tick,
+                },
+            );
         }
         let c = self.cache.get_mut(&id).expect("present");
         c.last_used = tick;
@@ -203,18 +228,27 @@ impl<S: Storage> Ingestor<S> {
         Ok(outcome)
     }
 
-    fn process_doc(&mut self, device: Option<DeviceId>, dc: &DocChanges, outcome: &mut Outcome) -> Result<(), StorageError> {
+    fn process_doc(
+        &mut self,
+        device: Option<DeviceId>,
+        dc: &DocChanges,
+        outcome: &mut Outcome,
+    ) -> Result<(), StorageError> {
         let id = dc.id;
         // 1. Decode; refuse what is not a change.
         let mut decoded: Vec<(usize, Change)> = Vec::new();
         for (n, bytes) in dc.changes.iter().enumerate() {
             if bytes.len() > limits::MAX_CHANGE_BYTES {
-                outcome.rejected.push(reject(id, n, None, RejectCode::Malformed));
+                outcome
+                    .rejected
+                    .push(reject(id, n, None, RejectCode::Malformed));
                 continue;
             }
             match qiaomen_protocol::doc::decode_changes([bytes.as_slice()]) {
                 Ok(mut c) => decoded.push((n, c.remove(0))),
-                Err(_) => outcome.rejected.push(reject(id, n, None, RejectCode::Malformed)),
+                Err(_) => outcome
+                    .rejected
+                    .push(reject(id, n, None, RejectCode::Malformed)),
             }
         }
         // 2. Sort out duplicates and dependencies.
@@ -227,19 +261,24 @@ impl<S: Storage> Ingestor<S> {
             let have = match self.doc(id)? {
                 Some(doc) => doc.has_change(&hash),
                 None => false,
-            } || self.storage.has_change(hash.as_ref().try_into().expect("32 bytes"))?;
+            } || self
+                .storage
+                .has_change(hash.as_ref().try_into().expect("32 bytes"))?;
             if have || known.contains(&hash) {
                 outcome.accepted += 1; // already stored: acknowledge again (idempotent retry)
                 continue;
             }
             if change.deps().iter().any(|d| refused.contains(d)) {
                 refused.insert(hash);
-                outcome.rejected.push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
+                outcome
+                    .rejected
+                    .push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
                 continue;
             }
             let mut deps_ok = true;
             for d in change.deps() {
-                let present = known.contains(d) || self.doc(id)?.is_some_and(|doc| doc.has_change(d));
+                let present =
+                    known.contains(d) || self.doc(id)?.is_some_and(|doc| doc.has_change(d));
                 if !present {
                     deps_ok = false;
                     break;
@@ -247,7 +286,11 @@ impl<S: Storage> Ingestor<S> {
             }
             if !deps_ok {
                 refused.insert(hash);
-                let code = if exists { RejectCode::MissingDependencies } else { RejectCode::UnknownDocument };
+                let code = if exists {
+                    RejectCode::MissingDependencies
+                } else {
+                    RejectCode::UnknownDocument
+                };
                 outcome.rejected.push(reject(id, n, Some(hash), code));
                 continue;
             }
@@ -261,7 +304,9 @@ impl<S: Storage> Ingestor<S> {
         let accepted: Vec<(usize, Change)> = if exists {
             let doc = self.doc(id)?.expect("exists");
             let before = doc.heads();
-            let all_ok = doc.apply_changes(candidates.iter().map(|(_, c)| c.raw_bytes())).is_ok()
+            let all_ok = doc
+                .apply_changes(candidates.iter().map(|(_, c)| c.raw_bytes()))
+                .is_ok()
                 && doc.validate_since(&before, id).is_ok();
             if all_ok {
                 candidates
@@ -278,17 +323,29 @@ impl<S: Storage> Ingestor<S> {
                     let hash = change.hash();
                     if change.deps().iter().any(|d| bad.contains(d)) {
                         bad.insert(hash);
-                        outcome.rejected.push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
+                        outcome.rejected.push(reject(
+                            id,
+                            n,
+                            Some(hash),
+                            RejectCode::DependsOnRejected,
+                        ));
                         continue;
                     }
                     let mut trial = doc.clone();
                     let before = trial.heads();
-                    if trial.apply_changes([change.raw_bytes()]).is_ok() && trial.validate_since(&before, id).is_ok() {
+                    if trial.apply_changes([change.raw_bytes()]).is_ok()
+                        && trial.validate_since(&before, id).is_ok()
+                    {
                         doc = trial;
                         good.push((n, change));
                     } else {
                         bad.insert(hash);
-                        outcome.rejected.push(reject(id, n, Some(hash), RejectCode::SchemaViolation));
+                        outcome.rejected.push(reject(
+                            id,
+                            n,
+                            Some(hash),
+                            RejectCode::SchemaViolation,
+                        ));
                     }
                 }
                 self.cache.get_mut(&id).expect("reloaded").doc = doc;
@@ -307,12 +364,23 @@ impl<S: Storage> Ingestor<S> {
             match built {
                 Some(doc) => {
                     self.tick += 1;
-                    self.cache.insert(id, Cached { doc, last_used: self.tick });
+                    self.cache.insert(
+                        id,
+                        Cached {
+                            doc,
+                            last_used: self.tick,
+                        },
+                    );
                     candidates
                 }
                 _ => {
                     for (n, c) in candidates {
-                        outcome.rejected.push(reject(id, n, Some(c.hash()), RejectCode::UnknownDocument));
+                        outcome.rejected.push(reject(
+                            id,
+                            n,
+                            Some(c.hash()),
+                            RejectCode::UnknownDocument,
+                        ));
                     }
                     return Ok(());
                 }

@@ -80,5 +80,10 @@ pub async fn start(
             .await
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "qiaomen-server listening");
-    Ok(RunningServer { addr, shutdown: Some(tx), task, writer: Some(writer_thread) })
+    Ok(RunningServer {
+        addr,
+        shutdown: Some(tx),
+        task,
+        writer: Some(writer_thread),
+    })
 }

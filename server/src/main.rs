@@ -30,7 +30,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = qiaomen_server::Config {
         listen: args.listen,
         data_dir: args.data_dir,
-        ingest: qiaomen_server::ingest::IngestOptions { cache_capacity: args.cache_docs, ..Default::default() },
+        ingest: qiaomen_server::ingest::IngestOptions {
+            cache_capacity: args.cache_docs,
+            ..Default::default()
+        },
     };
     let server = qiaomen_server::start(config, async {
         let ctrl_c = tokio::signal::ctrl_c();

@@ -131,7 +131,10 @@ impl SqliteStorage {
 
     /// Another connection to the same file, for readers.
     pub fn reopen(&self) -> Result<Self> {
-        Ok(Self { conn: Self::connect(&self.path)?, path: self.path.clone() })
+        Ok(Self {
+            conn: Self::connect(&self.path)?,
+            path: self.path.clone(),
+        })
     }
 }
 
@@ -150,9 +153,13 @@ impl Storage for SqliteStorage {
             .prepare_cached("SELECT snapshot, snapshot_seq FROM docs WHERE id = ?1")?
             .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let Some((snapshot, after)) = row else { return Ok(None) };
+        let Some((snapshot, after)) = row else {
+            return Ok(None);
+        };
         let mut bytes = snapshot.unwrap_or_default();
-        let mut stmt = self.conn.prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")?;
         let mut rows = stmt.query(params![key, after])?;
         while let Some(r) = rows.next()? {
             let b: Vec<u8> = r.get(0)?;
@@ -225,8 +232,13 @@ impl Storage for SqliteStorage {
 
     fn log_since(&mut self, cursor: u64, budget: usize, grids: &[String]) -> Result<LogSlice> {
         let tx = self.conn.transaction()?;
-        let max: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| r.get(0))?;
-        let mut slice = LogSlice { cursor: cursor.max(max as u64), ..Default::default() };
+        let max: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+            r.get(0)
+        })?;
+        let mut slice = LogSlice {
+            cursor: cursor.max(max as u64),
+            ..Default::default()
+        };
         if max as u64 <= cursor {
             slice.cursor = cursor;
             return Ok(slice);
@@ -253,7 +265,9 @@ impl Storage for SqliteStorage {
                     break;
                 }
                 used += bytes.len();
-                let Ok(arr) = <[u8; 16]>::try_from(doc.as_slice()) else { continue };
+                let Ok(arr) = <[u8; 16]>::try_from(doc.as_slice()) else {
+                    continue;
+                };
                 slice.changes.push(LoggedChange {
                     seq: seq as u64,
                     doc: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr)),
@@ -267,10 +281,16 @@ impl Storage for SqliteStorage {
     }
 
     fn max_seq(&mut self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
     }
 
     fn doc_count(&mut self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM docs", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM docs", [], |r| r.get::<_, i64>(0))? as u64)
     }
 }

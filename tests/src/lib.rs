@@ -64,7 +64,12 @@ impl TestServer {
             .block_on(qiaomen_server::start(config, std::future::pending()))
             .expect("server starts");
         let addr = server.addr;
-        TestServer { url: format!("http://{addr}"), addr, runtime: Some(runtime), server: Some(server) }
+        TestServer {
+            url: format!("http://{addr}"),
+            addr,
+            runtime: Some(runtime),
+            server: Some(server),
+        }
     }
 
     /// Graceful stop: in-flight syncs finish.
@@ -98,15 +103,27 @@ pub struct Phone {
 
 impl Phone {
     pub fn new(path: &Path, url: &str, grids: &[&str]) -> Phone {
-        let author = Author { user: UserId::new(), device: DeviceId::new() };
+        let author = Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        };
         let store = Store::open(path, author, StoreOptions::default()).expect("store");
-        let client = SyncClient::new(url).expect("client").with_grids(grids.iter().copied());
-        Phone { store, client, author }
+        let client = SyncClient::new(url)
+            .expect("client")
+            .with_grids(grids.iter().copied());
+        Phone {
+            store,
+            client,
+            author,
+        }
     }
 
     /// Runs one sync to completion on a private single-threaded runtime.
     pub fn sync(&mut self) -> Result<SyncReport, SyncError> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(self.client.sync(&mut self.store, |_| {}))
     }
 }

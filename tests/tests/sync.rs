@@ -22,7 +22,12 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
     for g in 0..PHONES {
         let ids = (0..HOUSEHOLDS)
             .map(|i| {
-                let h = Household::new(HouseholdId::new(), GridId::new(format!("g{g:02}")), "东村", format!("{i:02}"));
+                let h = Household::new(
+                    HouseholdId::new(),
+                    GridId::new(format!("g{g:02}")),
+                    "东村",
+                    format!("{i:02}"),
+                );
                 registry.store.create_household(&h).unwrap()
             })
             .collect();
@@ -36,9 +41,17 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
     let mut phones: Vec<Phone> = (0..PHONES)
         .map(|g| {
             let grid = format!("g{g:02}");
-            let mut p = Phone::new(&dir.path().join(format!("phone{g}.db")), &server.url, &[grid.as_str()]);
+            let mut p = Phone::new(
+                &dir.path().join(format!("phone{g}.db")),
+                &server.url,
+                &[grid.as_str()],
+            );
             p.sync().unwrap();
-            assert_eq!(p.store.household_ids().unwrap().len(), HOUSEHOLDS, "only its own grid");
+            assert_eq!(
+                p.store.household_ids().unwrap().len(),
+                HOUSEHOLDS,
+                "only its own grid"
+            );
             p
         })
         .collect();
@@ -85,7 +98,10 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
         .map(|mut p| {
             std::thread::spawn(move || {
                 let r = p.sync().expect("sync");
-                assert_eq!(r.progress.round_trips, 1, "a visit day syncs in one round trip");
+                assert_eq!(
+                    r.progress.round_trips, 1,
+                    "a visit day syncs in one round trip"
+                );
                 assert!(r.rejected.is_empty());
                 p
             })
@@ -96,20 +112,30 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
     // A second pass brings each phone what others sent after its first sync.
     for p in &mut phones {
         p.sync().unwrap();
-        assert_eq!(p.store.pending_change_count().unwrap(), 0, "everything acknowledged");
+        assert_eq!(
+            p.store.pending_change_count().unwrap(),
+            0,
+            "everything acknowledged"
+        );
     }
     registry.sync().unwrap();
 
     // An observer with no state downloads everything: it is the server's merged view.
     let mut observer = Phone::new(&dir.path().join("observer.db"), &url, &[]);
     observer.sync().unwrap();
-    assert_eq!(observer.store.household_ids().unwrap().len(), PHONES * HOUSEHOLDS);
+    assert_eq!(
+        observer.store.household_ids().unwrap().len(),
+        PHONES * HOUSEHOLDS
+    );
     for (g, phone) in phones.iter_mut().enumerate() {
         for id in &grids[g] {
             let on_phone = phone.store.household(*id).unwrap();
             let on_server = observer.store.household(*id).unwrap();
             assert_eq!(on_phone, on_server);
-            assert_eq!(phone.store.document(*id).unwrap().heads(), observer.store.document(*id).unwrap().heads());
+            assert_eq!(
+                phone.store.document(*id).unwrap().heads(),
+                observer.store.document(*id).unwrap().heads()
+            );
             let mut want = expected_visits[id].clone();
             want.sort();
             assert_eq!(on_server.visits.keys().copied().collect::<Vec<_>>(), want);
@@ -120,8 +146,14 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
             let c = phone.store.conflicts(grids[g][0]).unwrap();
             assert_eq!(c.len(), 1);
             assert_eq!(c[0].path, vec!["door_number".to_string()]);
-            let authors: Vec<_> = c[0].values.iter().map(|v| v.author.unwrap().device).collect();
-            assert!(authors.contains(&phone.author.device) && authors.contains(&registry.author.device));
+            let authors: Vec<_> = c[0]
+                .values
+                .iter()
+                .map(|v| v.author.unwrap().device)
+                .collect();
+            assert!(
+                authors.contains(&phone.author.device) && authors.contains(&registry.author.device)
+            );
         }
     }
     server.stop();
@@ -133,14 +165,27 @@ fn an_idle_sync_is_one_tiny_round_trip() {
     let server = TestServer::start(&dir.path().join("server"));
     let mut phone = Phone::new(&dir.path().join("p.db"), &server.url, &[]);
     for i in 0..500 {
-        let h = Household::new(HouseholdId::new(), GridId::new("g1"), "东村", format!("{i}"));
+        let h = Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "东村",
+            format!("{i}"),
+        );
         phone.store.create_household(&h).unwrap();
     }
     phone.sync().unwrap();
     let idle = phone.sync().unwrap();
     assert_eq!(idle.progress.round_trips, 1);
-    assert!(idle.progress.bytes_up <= 200, "up {}", idle.progress.bytes_up);
-    assert!(idle.progress.bytes_down <= 200, "down {}", idle.progress.bytes_down);
+    assert!(
+        idle.progress.bytes_up <= 200,
+        "up {}",
+        idle.progress.bytes_up
+    );
+    assert!(
+        idle.progress.bytes_down <= 200,
+        "down {}",
+        idle.progress.bytes_down
+    );
     assert_eq!(idle.received_changes, 0);
 }
 
@@ -149,37 +194,80 @@ fn a_phone_that_lost_its_state_converges_again() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
     let mut a = Phone::new(&dir.path().join("a.db"), &server.url, &[]);
-    let id = a.store.create_household(&Household::new(HouseholdId::new(), GridId::new("g1"), "x", "1")).unwrap();
-    a.store.record_visit(id, &sample_visit(&a.author, day("2026-11-15"), "a"), &[]).unwrap();
+    let id = a
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "x",
+            "1",
+        ))
+        .unwrap();
+    a.store
+        .record_visit(id, &sample_visit(&a.author, day("2026-11-15"), "a"), &[])
+        .unwrap();
     a.sync().unwrap();
     // Reinstall: a fresh store, no cursor.
     let mut fresh = Phone::new(&dir.path().join("fresh.db"), &server.url, &[]);
     fresh.sync().unwrap();
-    assert_eq!(fresh.store.household(id).unwrap(), a.store.household(id).unwrap());
+    assert_eq!(
+        fresh.store.household(id).unwrap(),
+        a.store.household(id).unwrap()
+    );
     // A restored backup: an old copy of the phone's file with a stale cursor and edits made
     // since the backup lost; it gets them back and its new edits go up.
     let backup = dir.path().join("backup.db");
-    a.store.connection_for_tests().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    a.store
+        .connection_for_tests()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
     std::fs::copy(dir.path().join("a.db"), &backup).unwrap();
-    a.store.record_visit(id, &sample_visit(&a.author, day("2026-11-30"), "after backup"), &[]).unwrap();
+    a.store
+        .record_visit(
+            id,
+            &sample_visit(&a.author, day("2026-11-30"), "after backup"),
+            &[],
+        )
+        .unwrap();
     a.sync().unwrap();
     drop(a);
     let mut restored = Phone::new(&backup, &server.url, &[]);
-    restored.store.record_visit(id, &sample_visit(&restored.author, day("2026-12-15"), "restored"), &[]).unwrap();
-    restored.sync().unwrap();
+    restored
+        .store
+        .record_visit(
+            id,
+            &sample_visit(&restored.author, day("2026-12-15"), "restored"),
+            &[],
+        )
+        .unwrap();
+    let report = restored.sync().unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
     fresh.sync().unwrap();
     assert_eq!(restored.store.household(id).unwrap().visits.len(), 3);
-    assert_eq!(fresh.store.household(id).unwrap(), restored.store.household(id).unwrap());
+    assert_eq!(
+        fresh.store.household(id).unwrap(),
+        restored.store.household(id).unwrap()
+    );
 }
 
 #[test]
 fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
     use automerge::{ROOT, transaction::Transactable};
-    use qiaomen_protocol::wire::{self, CONTENT_TYPE, DocChanges, RejectCode, SyncRequest, SyncResponse};
+    use qiaomen_protocol::wire::{
+        self, CONTENT_TYPE, DocChanges, RejectCode, SyncRequest, SyncResponse,
+    };
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
     let mut a = Phone::new(&dir.path().join("a.db"), &server.url, &[]);
-    let id = a.store.create_household(&Household::new(HouseholdId::new(), GridId::new("g1"), "x", "1")).unwrap();
+    let id = a
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "x",
+            "1",
+        ))
+        .unwrap();
     a.sync().unwrap();
     // A bad change (status set to a number), a good change built on it, and an independent
     // good change: made with raw Automerge, as a misbehaving client would.
@@ -192,15 +280,31 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
     let mut other = automerge::AutoCommit::load(&base).unwrap();
     other.put(ROOT, "door_number", "2").unwrap();
     other.commit();
-    let mut changes: Vec<Vec<u8>> = raw.get_changes(&[]).iter().rev().take(2).rev().map(|c| c.raw_bytes().to_vec()).collect();
+    let mut changes: Vec<Vec<u8>> = raw
+        .get_changes(&[])
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect();
     changes.push(other.get_last_local_change().unwrap().raw_bytes().to_vec());
     let req = SyncRequest {
         version: 1,
         cursor: None,
-        docs: vec![DocChanges { id, changes: changes.into_iter().map(serde_bytes::ByteBuf::from).collect() }],
+        docs: vec![DocChanges {
+            id,
+            changes: changes
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+        }],
         grids: vec![],
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let body = rt.block_on(async {
         reqwest::Client::new()
             .post(format!("{}/v1/sync", server.url))
@@ -216,7 +320,13 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
     let resp: SyncResponse = wire::decode(&body, 1 << 24).unwrap();
     assert_eq!(resp.accepted, 1);
     let codes: Vec<_> = resp.rejected.iter().map(|r| (r.n, r.code)).collect();
-    assert_eq!(codes, vec![(0, RejectCode::SchemaViolation), (1, RejectCode::DependsOnRejected)]);
+    assert_eq!(
+        codes,
+        vec![
+            (0, RejectCode::SchemaViolation),
+            (1, RejectCode::DependsOnRejected)
+        ]
+    );
     // The accepted change reached everyone; the refused ones reached no one.
     a.sync().unwrap();
     let h = a.store.household(id).unwrap();
