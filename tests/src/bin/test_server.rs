@@ -1,0 +1,20 @@
+//! The sync server as a child process, for tests that kill it: `test_server DATA_DIR`.
+//! Prints `listening <addr>` once it accepts connections. Stops by itself after 120 s.
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let data_dir = std::env::args().nth(1).expect("data dir");
+    let config = qiaomen_server::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data_dir.into(),
+        ingest: Default::default(),
+    };
+    let server = qiaomen_server::start(
+        config,
+        tokio::time::sleep(std::time::Duration::from_secs(120)),
+    )
+    .await
+    .expect("start");
+    println!("listening {}", server.addr);
+    server.wait().await.expect("serve");
+}

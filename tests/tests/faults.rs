@@ -1,0 +1,483 @@
+//! Bad networks, bad input and crashes.
+
+use std::{
+    collections::HashSet,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use qiaomen_client_core::sync::Retry;
+use qiaomen_protocol::{
+    ChangeHash,
+    calendar::Day,
+    ids::*,
+    schema::*,
+    wire::{self, CONTENT_TYPE, DocChanges, SyncRequest},
+};
+use qiaomen_tests::{Phone, TestServer, sample_visit};
+
+fn day(s: &str) -> Day {
+    s.parse().unwrap()
+}
+
+fn fast_retry() -> Retry {
+    Retry {
+        attempts: 8,
+        first_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+    }
+}
+
+/// What the proxy does to one TCP connection.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Pass,
+    /// Forward this many bytes of the request, then cut both ways.
+    CutRequestAfter(usize),
+    /// Forward this many bytes of the response, then cut both ways.
+    CutResponseAfter(usize),
+}
+
+/// A TCP proxy on 127.0.0.1 that applies one planned fault per accepted connection.
+fn start_proxy(upstream: std::net::SocketAddr, plan: Vec<Fault>) -> (String, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cuts = Arc::new(Mutex::new(0usize));
+    let cuts2 = cuts.clone();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(client) = conn else { break };
+            let fault = plan.get(i).copied().unwrap_or(Fault::Pass);
+            let cuts = cuts2.clone();
+            std::thread::spawn(move || {
+                let server = TcpStream::connect(upstream).unwrap();
+                let (up_limit, down_limit) = match fault {
+                    Fault::Pass => (usize::MAX, usize::MAX),
+                    Fault::CutRequestAfter(n) => (n, usize::MAX),
+                    Fault::CutResponseAfter(n) => (usize::MAX, n),
+                };
+                let pump = |mut from: TcpStream,
+                            mut to: TcpStream,
+                            limit: usize,
+                            cuts: Arc<Mutex<usize>>| {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 1024];
+                        let mut sent = 0usize;
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let n_ok = n.min(limit - sent);
+                            if to.write_all(&buf[..n_ok]).is_err() {
+                                break;
+                            }
+                            sent += n_ok;
+                            if sent >= limit {
+                                *cuts.lock().unwrap() += 1;
+                                let _ = from.shutdown(Shutdown::Both);
+                                let _ = to.shutdown(Shutdown::Both);
+                                return;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Write);
+                    })
+                };
+                let a = pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    up_limit,
+                    cuts.clone(),
+                );
+                let b = pump(server, client, down_limit, cuts);
+                let _ = a.join();
+                let _ = b.join();
+            });
+        }
+    });
+    (format!("http://{addr}"), cuts)
+}
+
+fn log_seq(url: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let v: serde_json::Value = reqwest::get(format!("{url}/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["log_seq"].as_u64().unwrap()
+    })
+}
+
+#[test]
+fn a_connection_cut_mid_request_or_mid_response_retries_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let plan = vec![
+        Fault::CutRequestAfter(1_500),
+        Fault::CutResponseAfter(40),
+        Fault::CutRequestAfter(300),
+        Fault::CutResponseAfter(600),
+    ];
+    let (proxy, cuts) = start_proxy(server.addr, plan);
+    let mut phone = Phone::new(&dir.path().join("p.db"), &proxy, &[]);
+    phone.client = phone
+        .client
+        .clone()
+        .with_retry(fast_retry())
+        .with_chunk_bytes(2 * 1024);
+    let mut visits = Vec::new();
+    for i in 0..30 {
+        let h = Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "东村",
+            format!("{i}"),
+        );
+        let id = phone.store.create_household(&h).unwrap();
+        let v = sample_visit(&phone.author, day("2026-11-15"), "断线重传");
+        phone.store.record_visit(id, &v, &[]).unwrap();
+        visits.push((id, v.id));
+    }
+    let report = phone.sync().unwrap();
+    assert!(report.progress.round_trips > 1, "the upload went in chunks");
+    assert!(*cuts.lock().unwrap() >= 4, "the faults happened");
+    assert_eq!(phone.store.pending_change_count().unwrap(), 0);
+    // Exactly once: the server log holds each of the 60 changes once.
+    assert_eq!(log_seq(&server.url), 60);
+    let mut observer = Phone::new(&dir.path().join("o.db"), &server.url, &[]);
+    observer.sync().unwrap();
+    for (id, visit) in visits {
+        let h = observer.store.household(id).unwrap();
+        assert_eq!(h.visits.keys().copied().collect::<Vec<_>>(), vec![visit]);
+        assert_eq!(h, phone.store.household(id).unwrap());
+    }
+}
+
+fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/v1/sync"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    })
+}
+
+#[test]
+fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let mut phone = Phone::new(&dir.path().join("p.db"), &server.url, &[]);
+    let id = phone
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "x",
+            "1",
+        ))
+        .unwrap();
+    phone
+        .store
+        .record_visit(
+            id,
+            &sample_visit(&phone.author, day("2026-11-15"), "x"),
+            &[],
+        )
+        .unwrap();
+    phone.sync().unwrap();
+    let seq = log_seq(&server.url);
+    let heads = phone.store.document(id).unwrap().heads();
+
+    let good = wire::encode(&SyncRequest {
+        version: 1,
+        cursor: Some(0),
+        docs: vec![],
+        grids: vec![],
+    });
+    let mut cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "wrong media type",
+            "application/json",
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        ("empty", CONTENT_TYPE, vec![], 400, "malformed"),
+        (
+            "not zstd",
+            CONTENT_TYPE,
+            b"hello".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "truncated",
+            CONTENT_TYPE,
+            good[..good.len() - 3].to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "zstd of garbage",
+            CONTENT_TYPE,
+            zstd::bulk::compress(b"\xff\x00garbage", 3).unwrap(),
+            400,
+            "malformed",
+        ),
+        (
+            "future version",
+            CONTENT_TYPE,
+            wire::encode(&SyncRequest {
+                version: 2,
+                cursor: None,
+                docs: vec![],
+                grids: vec![],
+            }),
+            400,
+            "unsupported_version",
+        ),
+        (
+            "decompression bomb",
+            CONTENT_TYPE,
+            zstd::bulk::compress(&vec![0u8; 64 * 1024 * 1024], 19).unwrap(),
+            413,
+            "too_large",
+        ),
+        (
+            "oversized",
+            CONTENT_TYPE,
+            vec![7u8; wire::limits::MAX_BODY_BYTES + 1],
+            413,
+            "too_large",
+        ),
+        (
+            "cursor past the log",
+            CONTENT_TYPE,
+            wire::encode(&SyncRequest {
+                version: 1,
+                cursor: Some(seq + 1000),
+                docs: vec![],
+                grids: vec![],
+            }),
+            409,
+            "cursor_ahead",
+        ),
+    ];
+    // Random bodies, with and without the zstd magic number.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..40 {
+        let len = (next() % 3000) as usize;
+        let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 && body.len() > 4 {
+            body[..4].copy_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+        }
+        cases.push(("random", CONTENT_TYPE, body, 0, ""));
+    }
+    for (what, ct, body, want_status, want_code) in cases {
+        let (status, json) = post(&server.url, ct, body);
+        assert!((400..500).contains(&status), "{what}: status {status}");
+        let code = json["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: typed error body, got {json}"));
+        if want_status != 0 {
+            assert_eq!((status, code), (want_status, want_code), "{what}");
+        }
+    }
+    // Well-formed requests carrying bad changes: refused per change, nothing stored.
+    let bad = SyncRequest {
+        version: 1,
+        cursor: Some(seq),
+        docs: vec![
+            DocChanges {
+                id,
+                changes: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+            },
+            DocChanges {
+                id: HouseholdId::new(),
+                changes: vec![serde_bytes::ByteBuf::from(vec![
+                    0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0,
+                ])],
+            },
+        ],
+        grids: vec![],
+    };
+    let (status, _) = post(&server.url, CONTENT_TYPE, wire::encode(&bad));
+    assert_eq!(status, 200);
+
+    // The server is up, and nothing stored changed.
+    assert_eq!(log_seq(&server.url), seq);
+    let mut observer = Phone::new(&dir.path().join("o.db"), &server.url, &[]);
+    observer.sync().unwrap();
+    assert_eq!(observer.store.household_ids().unwrap(), vec![id]);
+    assert_eq!(observer.store.document(id).unwrap().heads(), heads);
+}
+
+/// Hashes of this phone's changes that are no longer pending: acknowledged by the server.
+fn acked(phone: &mut Phone, before: &HashSet<ChangeHash>) -> HashSet<ChangeHash> {
+    let mut still = HashSet::new();
+    for id in phone.store.pending_households().unwrap() {
+        for (h, _) in phone.store.pending_changes(id).unwrap() {
+            still.insert(h);
+        }
+    }
+    before.difference(&still).copied().collect()
+}
+
+fn pending_set(phone: &mut Phone) -> HashSet<ChangeHash> {
+    let mut all = HashSet::new();
+    for id in phone.store.pending_households().unwrap() {
+        for (h, _) in phone.store.pending_changes(id).unwrap() {
+            all.insert(h);
+        }
+    }
+    all
+}
+
+fn spawn_server(data: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_test_server"))
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening line")
+        .to_string();
+    (child, format!("http://{addr}"))
+}
+
+#[test]
+fn every_change_a_phone_saw_acknowledged_survives_a_server_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let (mut server, url) = spawn_server(&data);
+    const PHONES: usize = 6;
+    let acked_all = Arc::new(Mutex::new(HashSet::<ChangeHash>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..PHONES)
+        .map(|p| {
+            let (dir, url, acked_all, stop) = (
+                dir.path().to_path_buf(),
+                url.clone(),
+                acked_all.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut phone = Phone::new(&dir.join(format!("p{p}.db")), &url, &[]);
+                phone.client = phone.client.clone().with_retry(Retry {
+                    attempts: 1,
+                    first_backoff: Duration::from_millis(1),
+                    max_backoff: Duration::from_millis(1),
+                });
+                let mut ids = Vec::new();
+                for round in 0..200 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let h = Household::new(
+                        HouseholdId::new(),
+                        GridId::new("g1"),
+                        "x",
+                        format!("{p}-{round}"),
+                    );
+                    ids.push(phone.store.create_household(&h).unwrap());
+                    for id in ids.iter().rev().take(3) {
+                        phone
+                            .store
+                            .record_visit(
+                                *id,
+                                &sample_visit(&phone.author, day("2026-11-30"), "kill"),
+                                &[],
+                            )
+                            .unwrap();
+                    }
+                    let before = pending_set(&mut phone);
+                    let _ = phone.sync(); // fails once the server is gone
+                    let got = acked(&mut phone, &before);
+                    acked_all.lock().unwrap().extend(got);
+                }
+                phone
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill().unwrap(); // SIGKILL, mid-sync
+    server.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut phones: Vec<Phone> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let acked_all = acked_all.lock().unwrap().clone();
+    assert!(
+        acked_all.len() > 20,
+        "the phones synced before the kill ({} acked)",
+        acked_all.len()
+    );
+
+    // Restart on the same data: every acknowledged change is there.
+    let (mut server, url) = spawn_server(&data);
+    let mut observer = Phone::new(&dir.path().join("observer.db"), &url, &[]);
+    observer.sync().unwrap();
+    let mut on_server = HashSet::new();
+    for id in observer.store.household_ids().unwrap() {
+        let doc = observer.store.document(id).unwrap();
+        for bytes in doc.changes_since(&[]) {
+            on_server.insert(
+                automerge::Change::try_from(bytes.as_slice())
+                    .unwrap()
+                    .hash(),
+            );
+        }
+    }
+    let lost: Vec<_> = acked_all.difference(&on_server).collect();
+    assert!(lost.is_empty(), "{} acknowledged changes lost", lost.len());
+    // And the phones finish their sync against the restarted server and converge.
+    for p in &mut phones {
+        p.client = qiaomen_client_core::SyncClient::new(&url).unwrap();
+        p.sync().unwrap();
+        assert_eq!(p.store.pending_change_count().unwrap(), 0);
+    }
+    observer.sync().unwrap();
+    for p in &mut phones {
+        p.sync().unwrap();
+        for id in observer.store.household_ids().unwrap() {
+            assert_eq!(
+                p.store.household(id).unwrap(),
+                observer.store.household(id).unwrap()
+            );
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
