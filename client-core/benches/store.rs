@@ -93,7 +93,7 @@ fn household(grid: &str, i: usize) -> Household {
         "河南省某县东村三组",
         format!("{i:03}"),
     );
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         h.tags.push(TagSpan {
             group: KeyGroup::ElderlyAlone,
             since: "2024-01-01".parse().unwrap(),

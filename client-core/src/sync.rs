@@ -65,6 +65,9 @@ pub struct SyncReport {
     pub received_changes: u64,
 }
 
+/// One request's uploads: households with their pending changes (hash, bytes), in order.
+type Chunk = Vec<(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)>;
+
 /// Retry policy for one request.
 #[derive(Clone, Debug)]
 pub struct Retry {
@@ -152,8 +155,8 @@ impl SyncClient {
     ) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         // Gather what the server has not acknowledged, in chunks.
-        let mut chunks: Vec<Vec<(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)>> = Vec::new();
-        let mut current: Vec<(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)> = Vec::new();
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut current: Chunk = Vec::new();
         let mut current_bytes = 0usize;
         let households = store.pending_households()?;
         report.progress.docs_to_upload = households.len();
@@ -233,7 +236,7 @@ impl SyncClient {
     fn take_response(
         &self,
         store: &mut Store,
-        chunk: &[(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)],
+        chunk: &Chunk,
         response: SyncResponse,
         report: &mut SyncReport,
     ) -> Result<(), SyncError> {
