@@ -1,0 +1,264 @@
+//! `visit-day`: N workers × H households against a real server process over loopback.
+//!
+//! Reports, per worker: round trips, bytes up and down, against the zstd information floor of
+//! the visits and against raw Automerge per-document sync on the same documents and the same
+//! edits (both measured in this run); and for the server: visits ingested per second with all
+//! phones syncing at once, p50/p99 sync latency while 320 visits/s are offered, and peak
+//! memory (VmHWM) of the server process.
+//!
+//! Run: `cargo bench -p qiaomen-tests --bench visit_day` (`QIAOMEN_BENCH_QUICK=1` for a
+//! smaller smoke run).
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use automerge::{AutoCommit, sync::SyncDoc};
+use qiaomen_client_core::{Durability, Store, StoreOptions, SyncClient};
+use qiaomen_protocol::{calendar::Day, doc::Author, ids::*, schema::*};
+use qiaomen_tests::sample_visit;
+
+struct Worker {
+    store: Store,
+    client: SyncClient,
+    author: Author,
+    households: Vec<HouseholdId>,
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn sync(w: &mut Worker) -> qiaomen_client_core::SyncReport {
+    rt().block_on(w.client.sync(&mut w.store, |_| {})).expect("sync")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn visit_json_floor(visits: &[Visit]) -> (usize, usize) {
+    // The information of the visits: their JSON, compact; and zstd-3 of it, all visits of the
+    // worker together (the floor a batched upload can aim at).
+    let mut all = Vec::new();
+    for v in visits {
+        let mut d = AutoCommit::new();
+        autosurgeon::reconcile_prop(&mut d, automerge::ROOT, "v", v).unwrap();
+        let json = serde_json::to_vec(&automerge::AutoSerde::from(&d)).unwrap();
+        all.extend_from_slice(&json);
+    }
+    (all.len(), zstd::bulk::compress(&all, 3).unwrap().len())
+}
+
+fn main() {
+    let quick = std::env::var_os("QIAOMEN_BENCH_QUICK").is_some();
+    let (n_workers, h) = if quick { (8, 25) } else { (64, 25) };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_test_server"))
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = format!("http://{}", line.trim().strip_prefix("listening ").unwrap());
+    let day: Day = "2026-11-15".parse().unwrap();
+
+    // Setup: a registry creates every household; each worker's phone takes its grid.
+    let reg_author = Author { user: UserId::new(), device: DeviceId::new() };
+    let fast = StoreOptions { durability: Durability::Normal, ..StoreOptions::default() };
+    let mut registry = Worker {
+        store: Store::open(dir.path().join("registry.db"), reg_author, fast.clone()).unwrap(),
+        client: SyncClient::new(&url).unwrap(),
+        author: reg_author,
+        households: vec![],
+    };
+    let mut grids = Vec::new();
+    for g in 0..n_workers {
+        let ids: Vec<_> = (0..h)
+            .map(|i| {
+                let mut hh = Household::new(HouseholdId::new(), GridId::new(format!("g{g:03}")), "河南省某县东村三组", format!("{i:03}"));
+                if i % 4 == 0 {
+                    hh.tags.push(TagSpan { group: KeyGroup::ElderlyAlone, since: "2024-01-01".parse().unwrap(), until: None });
+                }
+                registry.store.create_household(&hh).unwrap()
+            })
+            .collect();
+        grids.push(ids);
+    }
+    sync(&mut registry);
+    let mut workers: Vec<Worker> = (0..n_workers)
+        .map(|g| {
+            let author = Author { user: UserId::new(), device: DeviceId::new() };
+            let mut w = Worker {
+                store: Store::open(dir.path().join(format!("w{g}.db")), author, StoreOptions::default()).unwrap(),
+                client: SyncClient::new(&url).unwrap().with_grids([format!("g{g:03}")]),
+                author,
+                households: grids[g].clone(),
+            };
+            sync(&mut w);
+            w
+        })
+        .collect();
+
+    // Baseline documents for worker 0, captured before the visit day: server and phone copies
+    // in sync, with Automerge sync states that have already converged once.
+    let mut base_pairs: Vec<(AutoCommit, AutoCommit, automerge::sync::State, automerge::sync::State)> = workers[0]
+        .households
+        .clone()
+        .iter()
+        .map(|id| {
+            let bytes = workers[0].store.document(*id).unwrap().save();
+            let mut server_doc = AutoCommit::load(&bytes).unwrap();
+            let mut phone_doc = AutoCommit::load(&bytes).unwrap();
+            let (mut ss, mut ps) = (automerge::sync::State::new(), automerge::sync::State::new());
+            for _ in 0..10 {
+                let a = phone_doc.sync().generate_sync_message(&mut ps);
+                let b = server_doc.sync().generate_sync_message(&mut ss);
+                if a.is_none() && b.is_none() {
+                    break;
+                }
+                if let Some(m) = a {
+                    server_doc.sync().receive_sync_message(&mut ss, m).unwrap();
+                }
+                if let Some(m) = b {
+                    phone_doc.sync().receive_sync_message(&mut ps, m).unwrap();
+                }
+            }
+            (server_doc, phone_doc, ss, ps)
+        })
+        .collect();
+
+    // The visit day. The supervisor adds a visit to every household (one visit each side).
+    for ids in &grids {
+        for id in ids {
+            let v = sample_visit(&reg_author, day, "督导回访：情况属实，已登记。");
+            registry.store.record_visit(*id, &v, &[]).unwrap();
+        }
+    }
+    sync(&mut registry);
+    // Each worker records a visit to each of its households, offline.
+    let mut worker0_visits = Vec::new();
+    for (g, w) in workers.iter_mut().enumerate() {
+        for id in w.households.clone() {
+            let mut v = sample_visit(&w.author, day, "老人独居，身体状况一般，血压偏高，近期按时服药。家中电线有老化迹象，已提醒注意用电安全。反映冬季取暖困难，希望申请取暖补贴。已宣传防诈骗知识和医保缴费政策。");
+            v.people_met = vec![MemberId::new()];
+            w.store.record_visit(id, &v, &[]).unwrap();
+            if g == 0 {
+                worker0_visits.push(v);
+            }
+        }
+    }
+
+    // Baseline, same documents and the same edits: apply worker 0's visit changes and the
+    // supervisor's to the copies, then run Automerge's sync protocol per document, batching
+    // every document's message into one request per round.
+    let (json_bytes, floor) = visit_json_floor(&worker0_visits);
+    let mut base_rounds = 0;
+    let (mut base_up, mut base_down) = (0usize, 0usize);
+    {
+        for (i, id) in workers[0].households.clone().iter().enumerate() {
+            let mine: Vec<Vec<u8>> = workers[0].store.pending_changes(*id).unwrap().into_iter().map(|(_, b)| b).collect();
+            let theirs: Vec<Vec<u8>> = {
+                let doc = registry.store.document(*id).unwrap();
+                let phone_heads = base_pairs[i].1.get_heads();
+                doc.changes_since(&phone_heads)
+            };
+            let (server_doc, phone_doc, _, _) = &mut base_pairs[i];
+            phone_doc.apply_changes(mine.iter().map(|b| automerge::Change::try_from(b.as_slice()).unwrap())).unwrap();
+            server_doc.apply_changes(theirs.iter().map(|b| automerge::Change::try_from(b.as_slice()).unwrap())).unwrap();
+        }
+        loop {
+            let mut up = 0;
+            let mut down = 0;
+            let mut any = false;
+            for (server_doc, phone_doc, ss, ps) in base_pairs.iter_mut() {
+                if let Some(m) = phone_doc.sync().generate_sync_message(ps) {
+                    any = true;
+                    let bytes = m.encode();
+                    up += bytes.len();
+                    server_doc.sync().receive_sync_message(ss, automerge::sync::Message::decode(&bytes).unwrap()).unwrap();
+                }
+                if let Some(m) = server_doc.sync().generate_sync_message(ss) {
+                    any = true;
+                    let bytes = m.encode();
+                    down += bytes.len();
+                    phone_doc.sync().receive_sync_message(ps, automerge::sync::Message::decode(&bytes).unwrap()).unwrap();
+                }
+            }
+            if !any {
+                break;
+            }
+            base_rounds += 1;
+            base_up += up;
+            base_down += down;
+            assert!(base_rounds < 10);
+        }
+        for (server_doc, phone_doc, _, _) in base_pairs.iter_mut() {
+            assert_eq!(server_doc.get_heads(), phone_doc.get_heads());
+        }
+    }
+
+    // Phase A: half the workers sync at once (closed loop): throughput.
+    let half = n_workers / 2;
+    let mut phase_b: Vec<Worker> = workers.split_off(half);
+    let started = Instant::now();
+    let handles: Vec<_> = workers
+        .into_iter()
+        .map(|mut w| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = sync(&mut w);
+                (w, r, t.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let burst = started.elapsed();
+    let burst_visits = half * h;
+    let w0 = &results[0].1;
+
+    // Phase B: the other half syncs paced so that 320 visits/s are offered (open loop).
+    let interval = Duration::from_secs_f64(h as f64 / 320.0);
+    let paced_start = Instant::now();
+    let mut handles = Vec::new();
+    for (i, mut w) in phase_b.drain(..).enumerate() {
+        let due = paced_start + interval * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        handles.push(std::thread::spawn(move || {
+            let t = Instant::now();
+            sync(&mut w);
+            t.elapsed()
+        }));
+    }
+    let mut lat: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    lat.sort();
+    let mut burst_lat: Vec<Duration> = results.iter().map(|r| r.2).collect();
+    burst_lat.sort();
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap_or_default();
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ? kB").to_string();
+    server.kill().ok();
+    server.wait().ok();
+
+    println!("## visit-day: {n_workers} workers × {h} households, one visit each side per household\n");
+    println!("| per worker (worker 0) | Qiaomen v1 | Automerge sync, per document | ratio |");
+    println!("|---|---|---|---|");
+    println!("| round trips | {} | {} | {:.2}× |", w0.progress.round_trips, base_rounds, w0.progress.round_trips as f64 / base_rounds as f64);
+    println!("| bytes up | {} | {} | {:.2}× |", w0.progress.bytes_up, base_up, w0.progress.bytes_up as f64 / base_up as f64);
+    println!("| bytes down | {} | {} | {:.2}× |", w0.progress.bytes_down, base_down, w0.progress.bytes_down as f64 / base_down as f64);
+    println!("| bytes up ÷ zstd information floor ({floor} B; JSON {json_bytes} B) | {:.2}× | {:.2}× | |", w0.progress.bytes_up as f64 / floor as f64, base_up as f64 / floor as f64);
+    println!();
+    println!("| server | value |");
+    println!("|---|---|");
+    println!("| visits ingested durably, {half} phones at once | {:.0} visits/s ({burst_visits} visits in {:.0} ms) |", burst_visits as f64 / burst.as_secs_f64(), burst.as_secs_f64() * 1000.0);
+    println!("| sync latency, all at once: p50 / p99 | {:.0} / {:.0} ms |", percentile(&burst_lat, 0.5).as_secs_f64() * 1e3, percentile(&burst_lat, 0.99).as_secs_f64() * 1e3);
+    println!("| sync latency at 320 visits/s offered ({} syncs of {h} visits): p50 / p99 | {:.0} / {:.0} ms |", lat.len(), percentile(&lat, 0.5).as_secs_f64() * 1e3, percentile(&lat, 0.99).as_secs_f64() * 1e3);
+    println!("| server peak memory | {} |", hwm.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+}
