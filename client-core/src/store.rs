@@ -936,18 +936,36 @@ impl Store {
             ActorId::from(qiaomen_protocol::ids::DeviceId::new().as_bytes().as_slice());
         let hashes: Vec<ChangeHash> = refused.iter().map(|(h, _)| *h).collect();
         let cached = self.doc_mut(id)?;
-        let (mut rebuilt, left_out) = cached.doc.without_changes(&hashes)?;
-        rebuilt.set_actor(fresh_actor.clone());
-        let household = rebuilt.household()?;
-        let snapshot = rebuilt.save();
+        let (rebuilt, left_out) = cached.doc.without_changes(&hashes)?;
+        // Nothing left: the household's creation itself was refused; it leaves this device.
+        let rebuilt = match rebuilt {
+            Some(mut doc) => {
+                doc.set_actor(fresh_actor.clone());
+                let household = doc.household()?;
+                let snapshot = doc.save();
+                Some((doc, household, snapshot))
+            }
+            None => None,
+        };
         let result = (|| -> Result<()> {
             let tx = self.conn.unchecked_transaction()?;
             tx.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
                 params![format!("actor:{fresh_actor}"), fresh_actor.to_bytes()],
             )?;
-            Self::write_snapshot(&tx, id, &snapshot)?;
-            Self::write_index(&tx, &household)?;
+            match &rebuilt {
+                Some((_, household, snapshot)) => {
+                    Self::write_snapshot(&tx, id, snapshot)?;
+                    Self::write_index(&tx, household)?;
+                }
+                None => {
+                    let key = id.as_bytes().as_slice();
+                    for table in ["changes", "tag_index", "visit_index"] {
+                        tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
+                    }
+                    tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;
+                }
+            }
             for h in &left_out {
                 let code = refused
                     .iter()
@@ -969,9 +987,16 @@ impl Store {
         match result {
             Ok(()) => {
                 self.actor = fresh_actor;
-                let c = self.cache.get_mut(&id).expect("cached");
-                c.doc = rebuilt;
-                c.appended = 0;
+                match rebuilt {
+                    Some((doc, _, _)) => {
+                        let c = self.cache.get_mut(&id).expect("cached");
+                        c.doc = doc;
+                        c.appended = 0;
+                    }
+                    None => {
+                        self.cache.remove(&id);
+                    }
+                }
                 Ok(())
             }
             Err(e) => {

@@ -155,39 +155,13 @@ impl SyncClient {
     ) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         // Gather what the server has not acknowledged, in chunks.
-        let mut chunks: Vec<Chunk> = Vec::new();
-        let mut current: Chunk = Vec::new();
-        let mut current_bytes = 0usize;
         let households = store.pending_households()?;
         report.progress.docs_to_upload = households.len();
+        let mut pending = Vec::with_capacity(households.len());
         for id in households {
-            let mut changes = store.pending_changes(id)?;
-            while !changes.is_empty() {
-                // Split a household's changes across chunks when it alone is too big.
-                let mut take = 0;
-                let mut bytes = 0;
-                while take < changes.len()
-                    && (take == 0
-                        || current_bytes + bytes + changes[take].1.len() <= self.chunk_bytes)
-                    && current.iter().map(|(_, c)| c.len()).sum::<usize>() + take
-                        < limits::MAX_CHANGES
-                {
-                    bytes += changes[take].1.len();
-                    take += 1;
-                }
-                let rest = changes.split_off(take);
-                current.push((id, changes));
-                current_bytes += bytes;
-                changes = rest;
-                if current_bytes >= self.chunk_bytes || current.len() >= limits::MAX_DOCS {
-                    chunks.push(std::mem::take(&mut current));
-                    current_bytes = 0;
-                }
-            }
+            pending.push((id, store.pending_changes(id)?));
         }
-        if !current.is_empty() || chunks.is_empty() {
-            chunks.push(current);
-        }
+        let chunks = plan_chunks(pending, self.chunk_bytes);
         let mut chunks = chunks.into_iter();
         let mut uploaded_docs = std::collections::HashSet::new();
         let mut received_docs = std::collections::HashSet::new();
@@ -327,9 +301,78 @@ impl SyncClient {
     }
 }
 
+/// Splits uploads into requests of about `chunk_bytes` raw change bytes, within the protocol's
+/// per-request limits, keeping every change's order. A household appears at most once in a
+/// request (its changes may continue in the next), because refusals name a change by its
+/// household and position.
+fn plan_chunks(docs: Chunk, chunk_bytes: usize) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    let mut current: Chunk = Vec::new();
+    let (mut bytes, mut changes) = (0usize, 0usize);
+    for (id, list) in docs {
+        for (hash, change) in list {
+            let new_doc = current.last().map(|(d, _)| *d) != Some(id);
+            let full = !current.is_empty()
+                && (bytes + change.len() > chunk_bytes
+                    || changes + 1 > limits::MAX_CHANGES
+                    || (new_doc && current.len() + 1 > limits::MAX_DOCS));
+            if full {
+                chunks.push(std::mem::take(&mut current));
+                bytes = 0;
+                changes = 0;
+            }
+            bytes += change.len();
+            changes += 1;
+            match current.last_mut() {
+                Some((d, v)) if *d == id => v.push((hash, change)),
+                _ => current.push((id, vec![(hash, change)])),
+            }
+        }
+    }
+    if !current.is_empty() || chunks.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
 fn code_text(code: RejectCode) -> String {
     serde_json::to_value(code)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn chunks_keep_order_bounds_and_one_entry_per_household(
+            sizes in proptest::collection::vec(proptest::collection::vec(1usize..3000, 1..12), 0..20),
+            chunk in 1usize..8000,
+        ) {
+            let docs: Chunk = sizes
+                .iter()
+                .map(|list| {
+                    let id = HouseholdId::new();
+                    (id, list.iter().map(|n| (ChangeHash([0; 32]), vec![0u8; *n])).collect())
+                })
+                .collect();
+            let flat: Vec<(HouseholdId, usize)> =
+                docs.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))).collect();
+            let chunks = plan_chunks(docs, chunk);
+            let mut again = Vec::new();
+            for c in &chunks {
+                let ids: std::collections::HashSet<_> = c.iter().map(|(id, _)| *id).collect();
+                prop_assert_eq!(ids.len(), c.len(), "a household twice in one request");
+                let total: usize = c.iter().flat_map(|(_, l)| l.iter().map(|(_, b)| b.len())).sum();
+                let n: usize = c.iter().map(|(_, l)| l.len()).sum();
+                prop_assert!(total <= chunk || n == 1, "over budget with {} changes", n);
+                again.extend(c.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))));
+            }
+            prop_assert_eq!(again, flat);
+        }
+    }
 }

@@ -474,3 +474,51 @@ fn conflicts_are_visible_and_resolvable_through_the_store() {
     let prov = pa.provenance(id, &["door_number".into()]).unwrap();
     assert_eq!(prov[0].author, Some(a));
 }
+
+#[test]
+fn a_refused_change_and_what_was_built_on_it_are_rolled_back_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = author();
+    let path = dir.path().join("p.db");
+    let mut store = Store::open(&path, me, options()).unwrap();
+    let id = store.create_household(&household("g1", "1")).unwrap();
+    let v = visit(&me, "2026-11-15");
+    store.record_visit(id, &v, &[]).unwrap();
+    let pending = store.pending_changes(id).unwrap();
+    let (visit_change, _) = pending[1];
+    store.splice_note(id, v.id, 0, 0, "补充:").unwrap(); // built on the visit
+    let other = store.create_household(&household("g1", "2")).unwrap();
+    store
+        .apply_rejections(id, &[(visit_change, "schema_violation".into())])
+        .unwrap();
+
+    let h = store.household(id).unwrap();
+    assert!(h.visits.is_empty(), "the refused visit is gone");
+    let rejected = store.rejected_changes().unwrap();
+    let codes: Vec<_> = rejected.iter().map(|r| r.code.as_str()).collect();
+    assert_eq!(rejected.len(), 2);
+    assert!(codes.contains(&"schema_violation") && codes.contains(&"depends_on_rejected"));
+    // Only the creations remain pending; the phone keeps working.
+    assert_eq!(store.pending_change_count().unwrap(), 2);
+    store
+        .record_visit(id, &visit(&me, "2026-11-30"), &[])
+        .unwrap();
+    drop(store);
+    let mut store = Store::open(&path, me, options()).unwrap();
+    assert_eq!(store.household(id).unwrap().visits.len(), 1);
+    assert_eq!(store.rejected_changes().unwrap().len(), 2);
+
+    // A refused creation takes the household off the device.
+    let creation = store.pending_changes(other).unwrap()[0].0;
+    store
+        .apply_rejections(other, &[(creation, "forbidden".into())])
+        .unwrap();
+    assert!(matches!(
+        store.household(other),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store.households_in_grid(&GridId::new("g1")).unwrap().len(),
+        1
+    );
+}

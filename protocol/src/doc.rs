@@ -497,10 +497,11 @@ impl HouseholdDoc {
     /// depends on one of them (directly or not). Returns the new document and the hashes it
     /// left out. Used when a server refuses a change: the phone goes back to a history the
     /// server accepts and keeps working.
+    /// The document is `None` when nothing is left (the household's creation was refused).
     pub fn without_changes(
         &mut self,
         drop: &[ChangeHash],
-    ) -> Result<(HouseholdDoc, Vec<ChangeHash>)> {
+    ) -> Result<(Option<HouseholdDoc>, Vec<ChangeHash>)> {
         let mut dropped: std::collections::HashSet<ChangeHash> = drop.iter().copied().collect();
         let mut bytes = Vec::new();
         let mut left_out = Vec::new();
@@ -513,9 +514,12 @@ impl HouseholdDoc {
                 bytes.extend_from_slice(change.raw_bytes());
             }
         }
+        if bytes.is_empty() {
+            return Ok((None, left_out));
+        }
         let mut doc = HouseholdDoc::load(&bytes)?;
         doc.set_actor(self.doc.get_actor().clone());
-        Ok((doc, left_out))
+        Ok((Some(doc), left_out))
     }
 
     /// Takes every change of `other` that this document lacks.

@@ -232,6 +232,12 @@ async fn sync(
             ),
         });
     }
+    if req.grids.len() > 1_000 {
+        return Err(ApiError::PayloadTooLarge {
+            code: "too_many",
+            message: "at most 1000 grids".into(),
+        });
+    }
     let cursor = req.cursor.unwrap_or(0);
     let max_seq = state.readers.with(|s| s.max_seq()).await?;
     if cursor > max_seq {
@@ -261,12 +267,6 @@ async fn sync(
         Default::default()
     };
     let grids = req.grids;
-    if grids.len() > 1_000 {
-        return Err(ApiError::PayloadTooLarge {
-            code: "too_many",
-            message: "at most 1000 grids".into(),
-        });
-    }
     let slice = state
         .readers
         .with(move |s| s.log_since(cursor, limits::RESPONSE_BUDGET_BYTES, &grids))

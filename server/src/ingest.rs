@@ -191,13 +191,12 @@ impl<S: Storage> Ingestor<S> {
             let Some(bytes) = self.storage.load_doc(id)? else {
                 return Ok(None);
             };
-            let doc = match HouseholdDoc::load(&bytes) {
-                Ok(d) => d,
-                Err(_) => {
-                    tracing::error!(household = %id, "stored document does not load");
-                    return Ok(None);
-                }
-            };
+            // A stored document that does not load is a server fault: fail the request (the
+            // phone retries) rather than drop its changes silently.
+            let doc = HouseholdDoc::load(&bytes).map_err(|_| {
+                tracing::error!(household = %id, "stored document does not load");
+                StorageError::Corrupt(id)
+            })?;
             if self.cache.len() >= self.options.cache_capacity.max(1)
                 && let Some(oldest) = self
                     .cache
@@ -357,12 +356,17 @@ impl<S: Storage> Ingestor<S> {
             for (_, c) in &candidates {
                 bytes.extend_from_slice(c.raw_bytes());
             }
+            // It is checked whole, with the same rules as an edit (visit days, entries under
+            // their own ids).
             let built = HouseholdDoc::load(&bytes)
                 .ok()
-                .filter(|d| d.household().is_ok_and(|h| h.id == id))
-                .and_then(|mut d| d.missing_deps().is_empty().then_some(d));
+                .and_then(|mut d| d.missing_deps().is_empty().then_some(d))
+                .map(|mut d| {
+                    let valid = d.validate_since(&[], id).is_ok();
+                    (d, valid)
+                });
             match built {
-                Some(doc) => {
+                Some((doc, true)) => {
                     self.tick += 1;
                     self.cache.insert(
                         id,
@@ -373,14 +377,14 @@ impl<S: Storage> Ingestor<S> {
                     );
                     candidates
                 }
-                _ => {
+                built => {
+                    let code = if built.is_some_and(|(_, valid)| !valid) {
+                        RejectCode::SchemaViolation
+                    } else {
+                        RejectCode::UnknownDocument
+                    };
                     for (n, c) in candidates {
-                        outcome.rejected.push(reject(
-                            id,
-                            n,
-                            Some(c.hash()),
-                            RejectCode::UnknownDocument,
-                        ));
+                        outcome.rejected.push(reject(id, n, Some(c.hash()), code));
                     }
                     return Ok(());
                 }

@@ -21,6 +21,8 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("the store was written by a newer server (format {0})")]
     TooNew(i64),
+    #[error("the stored document of household {0} does not load")]
+    Corrupt(HouseholdId),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

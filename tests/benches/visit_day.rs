@@ -28,11 +28,15 @@ struct Worker {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn sync(w: &mut Worker) -> qiaomen_client_core::SyncReport {
-    rt().block_on(w.client.sync(&mut w.store, |_| {})).expect("sync")
+    rt().block_on(w.client.sync(&mut w.store, |_| {}))
+        .expect("sync")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -64,13 +68,21 @@ fn main() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let url = format!("http://{}", line.trim().strip_prefix("listening ").unwrap());
     let day: Day = "2026-11-15".parse().unwrap();
 
     // Setup: a registry creates every household; each worker's phone takes its grid.
-    let reg_author = Author { user: UserId::new(), device: DeviceId::new() };
-    let fast = StoreOptions { durability: Durability::Normal, ..StoreOptions::default() };
+    let reg_author = Author {
+        user: UserId::new(),
+        device: DeviceId::new(),
+    };
+    let fast = StoreOptions {
+        durability: Durability::Normal,
+        ..StoreOptions::default()
+    };
     let mut registry = Worker {
         store: Store::open(dir.path().join("registry.db"), reg_author, fast.clone()).unwrap(),
         client: SyncClient::new(&url).unwrap(),
@@ -81,9 +93,18 @@ fn main() {
     for g in 0..n_workers {
         let ids: Vec<_> = (0..h)
             .map(|i| {
-                let mut hh = Household::new(HouseholdId::new(), GridId::new(format!("g{g:03}")), "河南省某县东村三组", format!("{i:03}"));
+                let mut hh = Household::new(
+                    HouseholdId::new(),
+                    GridId::new(format!("g{g:03}")),
+                    "河南省某县东村三组",
+                    format!("{i:03}"),
+                );
                 if i % 4 == 0 {
-                    hh.tags.push(TagSpan { group: KeyGroup::ElderlyAlone, since: "2024-01-01".parse().unwrap(), until: None });
+                    hh.tags.push(TagSpan {
+                        group: KeyGroup::ElderlyAlone,
+                        since: "2024-01-01".parse().unwrap(),
+                        until: None,
+                    });
                 }
                 registry.store.create_household(&hh).unwrap()
             })
@@ -93,10 +114,20 @@ fn main() {
     sync(&mut registry);
     let mut workers: Vec<Worker> = (0..n_workers)
         .map(|g| {
-            let author = Author { user: UserId::new(), device: DeviceId::new() };
+            let author = Author {
+                user: UserId::new(),
+                device: DeviceId::new(),
+            };
             let mut w = Worker {
-                store: Store::open(dir.path().join(format!("w{g}.db")), author, StoreOptions::default()).unwrap(),
-                client: SyncClient::new(&url).unwrap().with_grids([format!("g{g:03}")]),
+                store: Store::open(
+                    dir.path().join(format!("w{g}.db")),
+                    author,
+                    StoreOptions::default(),
+                )
+                .unwrap(),
+                client: SyncClient::new(&url)
+                    .unwrap()
+                    .with_grids([format!("g{g:03}")]),
                 author,
                 households: grids[g].clone(),
             };
@@ -107,7 +138,12 @@ fn main() {
 
     // Baseline documents for worker 0, captured before the visit day: server and phone copies
     // in sync, with Automerge sync states that have already converged once.
-    let mut base_pairs: Vec<(AutoCommit, AutoCommit, automerge::sync::State, automerge::sync::State)> = workers[0]
+    let mut base_pairs: Vec<(
+        AutoCommit,
+        AutoCommit,
+        automerge::sync::State,
+        automerge::sync::State,
+    )> = workers[0]
         .households
         .clone()
         .iter()
@@ -145,7 +181,11 @@ fn main() {
     let mut worker0_visits = Vec::new();
     for (g, w) in workers.iter_mut().enumerate() {
         for id in w.households.clone() {
-            let mut v = sample_visit(&w.author, day, "老人独居，身体状况一般，血压偏高，近期按时服药。家中电线有老化迹象，已提醒注意用电安全。反映冬季取暖困难，希望申请取暖补贴。已宣传防诈骗知识和医保缴费政策。");
+            let mut v = sample_visit(
+                &w.author,
+                day,
+                "老人独居，身体状况一般，血压偏高，近期按时服药。家中电线有老化迹象，已提醒注意用电安全。反映冬季取暖困难，希望申请取暖补贴。已宣传防诈骗知识和医保缴费政策。",
+            );
             v.people_met = vec![MemberId::new()];
             w.store.record_visit(id, &v, &[]).unwrap();
             if g == 0 {
@@ -162,15 +202,32 @@ fn main() {
     let (mut base_up, mut base_down) = (0usize, 0usize);
     {
         for (i, id) in workers[0].households.clone().iter().enumerate() {
-            let mine: Vec<Vec<u8>> = workers[0].store.pending_changes(*id).unwrap().into_iter().map(|(_, b)| b).collect();
+            let mine: Vec<Vec<u8>> = workers[0]
+                .store
+                .pending_changes(*id)
+                .unwrap()
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect();
             let theirs: Vec<Vec<u8>> = {
                 let doc = registry.store.document(*id).unwrap();
                 let phone_heads = base_pairs[i].1.get_heads();
                 doc.changes_since(&phone_heads)
             };
             let (server_doc, phone_doc, _, _) = &mut base_pairs[i];
-            phone_doc.apply_changes(mine.iter().map(|b| automerge::Change::try_from(b.as_slice()).unwrap())).unwrap();
-            server_doc.apply_changes(theirs.iter().map(|b| automerge::Change::try_from(b.as_slice()).unwrap())).unwrap();
+            phone_doc
+                .apply_changes(
+                    mine.iter()
+                        .map(|b| automerge::Change::try_from(b.as_slice()).unwrap()),
+                )
+                .unwrap();
+            server_doc
+                .apply_changes(
+                    theirs
+                        .iter()
+                        .map(|b| automerge::Change::try_from(b.as_slice()).unwrap()),
+                )
+                .unwrap();
         }
         loop {
             let mut up = 0;
@@ -181,13 +238,19 @@ fn main() {
                     any = true;
                     let bytes = m.encode();
                     up += bytes.len();
-                    server_doc.sync().receive_sync_message(ss, automerge::sync::Message::decode(&bytes).unwrap()).unwrap();
+                    server_doc
+                        .sync()
+                        .receive_sync_message(ss, automerge::sync::Message::decode(&bytes).unwrap())
+                        .unwrap();
                 }
                 if let Some(m) = server_doc.sync().generate_sync_message(ss) {
                     any = true;
                     let bytes = m.encode();
                     down += bytes.len();
-                    phone_doc.sync().receive_sync_message(ps, automerge::sync::Message::decode(&bytes).unwrap()).unwrap();
+                    phone_doc
+                        .sync()
+                        .receive_sync_message(ps, automerge::sync::Message::decode(&bytes).unwrap())
+                        .unwrap();
                 }
             }
             if !any {
@@ -242,23 +305,65 @@ fn main() {
     let mut burst_lat: Vec<Duration> = results.iter().map(|r| r.2).collect();
     burst_lat.sort();
 
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap_or_default();
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ? kB").to_string();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ? kB")
+        .to_string();
     server.kill().ok();
     server.wait().ok();
 
-    println!("## visit-day: {n_workers} workers × {h} households, one visit each side per household\n");
+    println!(
+        "## visit-day: {n_workers} workers × {h} households, one visit each side per household\n"
+    );
     println!("| per worker (worker 0) | Qiaomen v1 | Automerge sync, per document | ratio |");
     println!("|---|---|---|---|");
-    println!("| round trips | {} | {} | {:.2}× |", w0.progress.round_trips, base_rounds, w0.progress.round_trips as f64 / base_rounds as f64);
-    println!("| bytes up | {} | {} | {:.2}× |", w0.progress.bytes_up, base_up, w0.progress.bytes_up as f64 / base_up as f64);
-    println!("| bytes down | {} | {} | {:.2}× |", w0.progress.bytes_down, base_down, w0.progress.bytes_down as f64 / base_down as f64);
-    println!("| bytes up ÷ zstd information floor ({floor} B; JSON {json_bytes} B) | {:.2}× | {:.2}× | |", w0.progress.bytes_up as f64 / floor as f64, base_up as f64 / floor as f64);
+    println!(
+        "| round trips | {} | {} | {:.2}× |",
+        w0.progress.round_trips,
+        base_rounds,
+        w0.progress.round_trips as f64 / base_rounds as f64
+    );
+    println!(
+        "| bytes up | {} | {} | {:.2}× |",
+        w0.progress.bytes_up,
+        base_up,
+        w0.progress.bytes_up as f64 / base_up as f64
+    );
+    println!(
+        "| bytes down | {} | {} | {:.2}× |",
+        w0.progress.bytes_down,
+        base_down,
+        w0.progress.bytes_down as f64 / base_down as f64
+    );
+    println!(
+        "| bytes up ÷ zstd information floor ({floor} B; JSON {json_bytes} B) | {:.2}× | {:.2}× | |",
+        w0.progress.bytes_up as f64 / floor as f64,
+        base_up as f64 / floor as f64
+    );
     println!();
     println!("| server | value |");
     println!("|---|---|");
-    println!("| visits ingested durably, {half} phones at once | {:.0} visits/s ({burst_visits} visits in {:.0} ms) |", burst_visits as f64 / burst.as_secs_f64(), burst.as_secs_f64() * 1000.0);
-    println!("| sync latency, all at once: p50 / p99 | {:.0} / {:.0} ms |", percentile(&burst_lat, 0.5).as_secs_f64() * 1e3, percentile(&burst_lat, 0.99).as_secs_f64() * 1e3);
-    println!("| sync latency at 320 visits/s offered ({} syncs of {h} visits): p50 / p99 | {:.0} / {:.0} ms |", lat.len(), percentile(&lat, 0.5).as_secs_f64() * 1e3, percentile(&lat, 0.99).as_secs_f64() * 1e3);
-    println!("| server peak memory | {} |", hwm.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+    println!(
+        "| visits ingested durably, {half} phones at once | {:.0} visits/s ({burst_visits} visits in {:.0} ms) |",
+        burst_visits as f64 / burst.as_secs_f64(),
+        burst.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| sync latency, all at once: p50 / p99 | {:.0} / {:.0} ms |",
+        percentile(&burst_lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&burst_lat, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| sync latency at 320 visits/s offered ({} syncs of {h} visits): p50 / p99 | {:.0} / {:.0} ms |",
+        lat.len(),
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| server peak memory | {} |",
+        hwm.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    );
 }

@@ -1,0 +1,1017 @@
+//! The byte-level test vectors of sync protocol v1 (`proto-docs/vectors/`), checked against
+//! the code, so the spec (`proto-docs/SYNC-v1.md`) and the implementation cannot drift.
+//!
+//! Each vector is a pair: `NAME.cbor.hex`, the CBOR of one message before compression (the
+//! canonical bytes), and `NAME.json`, the same message in a readable form together with its
+//! CBOR in diagnostic notation. Every file in the folder must belong to a vector built here.
+//!
+//! `QIAOMEN_WRITE_VECTORS=1 cargo test -p qiaomen-protocol --test vectors` (re)writes the files
+//! from the messages built here, then checks them as usual.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use automerge::{ActorId, AutoCommit, transaction::CommitOptions};
+use ciborium::Value as Cbor;
+use qiaomen_protocol::{
+    doc::{Author, HouseholdDoc, decode_changes},
+    ids::{DeviceId, GridId, HouseholdId, UserId, Uuid},
+    schema::Household,
+    wire::{
+        self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, RejectCode, Rejection, SyncRequest,
+        SyncResponse, WireError, limits,
+    },
+};
+use serde_bytes::ByteBuf;
+use serde_json::{Value as Json, json};
+
+// ---- fixed inputs ---------------------------------------------------------------------------
+
+const HOUSEHOLD_A: &str = "0192f4a0-7c3e-7d2a-9b1e-5a6c8d0e1f20";
+const HOUSEHOLD_B: &str = "0192f4a1-0b5d-7e41-8c2f-3d4e5f607182";
+const HOUSEHOLD_C: &str = "0192f4a2-4a6f-7a93-a1b4-c5d6e7f80912";
+const USER: &str = "0192f49f-1111-7222-8333-444455556666";
+const DEVICE: &str = "0192f49f-aaaa-7bbb-8ccc-dddd0000eeee";
+/// The Automerge actor of the real changes: 16 bytes, as a phone's store makes one (a UUIDv7).
+const ACTOR: &str = "0192f49f-cccc-7ddd-8eee-ffff00001111";
+/// 2025-11-15 10:00:00 and 10:03:30 in China (UTC+8), in milliseconds.
+const T_CREATE_MS: i64 = 1_763_172_000_000;
+const T_EDIT_MS: i64 = 1_763_172_210_000;
+
+const ALL_CODES: [RejectCode; 6] = [
+    RejectCode::Malformed,
+    RejectCode::SchemaViolation,
+    RejectCode::DependsOnRejected,
+    RejectCode::MissingDependencies,
+    RejectCode::UnknownDocument,
+    RejectCode::Forbidden,
+];
+
+fn id(s: &str) -> HouseholdId {
+    s.parse().expect("a fixed uuid")
+}
+
+/// A stand-in for a change hash: 32 fixed bytes.
+fn fake_hash(seed: u8) -> ByteBuf {
+    ByteBuf::from(
+        (0..32u8)
+            .map(|i| seed ^ i.wrapping_mul(7))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// Opaque stand-ins for change bytes: the wire does not look inside a change.
+fn fake_change(text: &str) -> ByteBuf {
+    ByteBuf::from(text.as_bytes().to_vec())
+}
+
+fn code_name(code: RejectCode) -> String {
+    match serde_json::to_value(code) {
+        Ok(Json::String(s)) => s,
+        other => panic!("a reject code serializes as a string, not {other:?}"),
+    }
+}
+
+fn code_from_name(name: &str) -> Result<RejectCode, String> {
+    ALL_CODES
+        .into_iter()
+        .find(|c| code_name(*c) == name)
+        .ok_or_else(|| format!("unknown reject code {name:?}"))
+}
+
+// ---- hex, by hand ---------------------------------------------------------------------------
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err("odd number of hex digits".into());
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| format!("not hex: {:?}", String::from_utf8_lossy(pair)))
+        })
+        .collect()
+}
+
+// ---- the messages -----------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+enum Msg {
+    Request(SyncRequest),
+    Response(SyncResponse),
+    Rejection(Rejection),
+}
+
+impl Msg {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Msg::Request(_) => "SyncRequest",
+            Msg::Response(_) => "SyncResponse",
+            Msg::Rejection(_) => "Rejection",
+        }
+    }
+
+    /// The CBOR bytes the code writes (what `wire::encode` compresses).
+    fn cbor(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Msg::Request(m) => ciborium::into_writer(m, &mut out),
+            Msg::Response(m) => ciborium::into_writer(m, &mut out),
+            Msg::Rejection(m) => ciborium::into_writer(m, &mut out),
+        }
+        .expect("writing to a Vec cannot fail");
+        out
+    }
+
+    fn from_cbor(type_name: &str, bytes: &[u8]) -> Result<Msg, String> {
+        let e = |e: ciborium::de::Error<std::io::Error>| e.to_string();
+        Ok(match type_name {
+            "SyncRequest" => Msg::Request(ciborium::from_reader(bytes).map_err(e)?),
+            "SyncResponse" => Msg::Response(ciborium::from_reader(bytes).map_err(e)?),
+            "Rejection" => Msg::Rejection(ciborium::from_reader(bytes).map_err(e)?),
+            other => return Err(format!("unknown message type {other:?}")),
+        })
+    }
+
+    /// Through the whole wire encoding: zstd(CBOR) and back.
+    fn check_wire_round_trip(&self, cbor: &[u8]) {
+        let frame = zstd::bulk::compress(cbor, 3).expect("compress");
+        match self {
+            Msg::Request(m) => {
+                let encoded = wire::encode(m);
+                assert_eq!(encoded[..4], [0x28, 0xb5, 0x2f, 0xfd], "one zstd frame");
+                assert_eq!(
+                    &wire::decode_request(&encoded, limits::MAX_DECODED_BYTES).unwrap(),
+                    m
+                );
+                assert_eq!(
+                    &wire::decode_request(&frame, limits::MAX_DECODED_BYTES).unwrap(),
+                    m
+                );
+            }
+            Msg::Response(m) => {
+                let encoded = wire::encode(m);
+                assert_eq!(encoded[..4], [0x28, 0xb5, 0x2f, 0xfd], "one zstd frame");
+                assert_eq!(
+                    &wire::decode::<SyncResponse>(&encoded, limits::MAX_DECODED_BYTES).unwrap(),
+                    m
+                );
+                assert_eq!(
+                    &wire::decode::<SyncResponse>(&frame, limits::MAX_DECODED_BYTES).unwrap(),
+                    m
+                );
+            }
+            Msg::Rejection(m) => {
+                assert_eq!(
+                    &wire::decode::<Rejection>(&wire::encode(m), 1 << 20).unwrap(),
+                    m
+                );
+            }
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        match self {
+            Msg::Request(r) => {
+                let mut o = serde_json::Map::new();
+                o.insert("v".into(), json!(r.version));
+                o.insert("c".into(), json!(r.cursor));
+                o.insert("d".into(), docs_to_json(&r.docs));
+                if !r.grids.is_empty() {
+                    o.insert("g".into(), json!(r.grids));
+                }
+                Json::Object(o)
+            }
+            Msg::Response(r) => json!({
+                "v": r.version,
+                "c": r.cursor,
+                "a": r.accepted,
+                "r": r.rejected.iter().map(rejection_to_json).collect::<Vec<_>>(),
+                "d": docs_to_json(&r.docs),
+                "m": r.more,
+            }),
+            Msg::Rejection(r) => rejection_to_json(r),
+        }
+    }
+
+    fn from_json(type_name: &str, v: &Json) -> Result<Msg, String> {
+        Ok(match type_name {
+            "SyncRequest" => {
+                let o = object(v, &["v", "c", "d", "g"])?;
+                Msg::Request(SyncRequest {
+                    version: uint(o, "v")? as u32,
+                    cursor: match o.get("c") {
+                        None | Some(Json::Null) => None,
+                        Some(_) => Some(uint(o, "c")?),
+                    },
+                    docs: docs_from_json(o.get("d"))?,
+                    grids: match o.get("g") {
+                        None => Vec::new(),
+                        Some(g) => serde_json::from_value(g.clone()).map_err(|e| e.to_string())?,
+                    },
+                })
+            }
+            "SyncResponse" => {
+                let o = object(v, &["v", "c", "a", "r", "d", "m"])?;
+                Msg::Response(SyncResponse {
+                    version: uint(o, "v")? as u32,
+                    cursor: uint(o, "c")?,
+                    accepted: uint(o, "a")? as u32,
+                    rejected: match o.get("r") {
+                        None => Vec::new(),
+                        Some(Json::Array(a)) => a
+                            .iter()
+                            .map(rejection_from_json)
+                            .collect::<Result<_, _>>()?,
+                        Some(other) => return Err(format!("r is not an array: {other}")),
+                    },
+                    docs: docs_from_json(o.get("d"))?,
+                    more: match o.get("m") {
+                        None => false,
+                        Some(Json::Bool(b)) => *b,
+                        Some(other) => return Err(format!("m is not a bool: {other}")),
+                    },
+                })
+            }
+            "Rejection" => Msg::Rejection(rejection_from_json(v)?),
+            other => return Err(format!("unknown message type {other:?}")),
+        })
+    }
+}
+
+fn docs_to_json(docs: &[DocChanges]) -> Json {
+    Json::Array(
+        docs.iter()
+            .map(|d| {
+                json!({
+                    "i": d.id.to_string(),
+                    "ch": d.changes.iter().map(|c| hex(c)).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn rejection_to_json(r: &Rejection) -> Json {
+    json!({ "i": r.doc.to_string(), "n": r.n, "h": hex(&r.hash), "k": code_name(r.code) })
+}
+
+fn object<'a>(v: &'a Json, allowed: &[&str]) -> Result<&'a serde_json::Map<String, Json>, String> {
+    let o = v.as_object().ok_or_else(|| format!("not an object: {v}"))?;
+    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!("unexpected key {k:?}"));
+    }
+    Ok(o)
+}
+
+fn uint(o: &serde_json::Map<String, Json>, key: &str) -> Result<u64, String> {
+    o.get(key)
+        .and_then(Json::as_u64)
+        .ok_or_else(|| format!("{key} is not an unsigned integer"))
+}
+
+fn text<'a>(o: &'a serde_json::Map<String, Json>, key: &str) -> Result<&'a str, String> {
+    o.get(key)
+        .and_then(Json::as_str)
+        .ok_or_else(|| format!("{key} is not a string"))
+}
+
+fn docs_from_json(v: Option<&Json>) -> Result<Vec<DocChanges>, String> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let a = v.as_array().ok_or("d is not an array")?;
+    a.iter()
+        .map(|d| {
+            let o = object(d, &["i", "ch"])?;
+            let changes = o
+                .get("ch")
+                .and_then(Json::as_array)
+                .ok_or("ch is not an array")?
+                .iter()
+                .map(|c| {
+                    c.as_str()
+                        .ok_or_else(|| "a change is not a hex string".to_string())
+                        .and_then(unhex)
+                        .map(ByteBuf::from)
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(DocChanges {
+                id: text(o, "i")?.parse().map_err(|e| format!("i: {e}"))?,
+                changes,
+            })
+        })
+        .collect()
+}
+
+fn rejection_from_json(v: &Json) -> Result<Rejection, String> {
+    let o = object(v, &["i", "n", "h", "k"])?;
+    Ok(Rejection {
+        doc: text(o, "i")?.parse().map_err(|e| format!("i: {e}"))?,
+        n: uint(o, "n")? as u32,
+        hash: ByteBuf::from(unhex(text(o, "h")?)?),
+        code: code_from_name(text(o, "k")?)?,
+    })
+}
+
+/// CBOR diagnostic notation (RFC 8949 §8) of a decoded item: what the bytes say, whatever
+/// the Rust types make of them.
+fn diagnostic(v: &Cbor) -> String {
+    let join = |items: Vec<String>| items.join(", ");
+    match v {
+        Cbor::Integer(i) => i128::from(*i).to_string(),
+        Cbor::Bytes(b) => format!("h'{}'", hex(b)),
+        Cbor::Text(s) => serde_json::to_string(s).expect("strings serialize"),
+        Cbor::Bool(b) => b.to_string(),
+        Cbor::Null => "null".into(),
+        Cbor::Float(f) => format!("{f:?}"),
+        Cbor::Tag(t, inner) => format!("{t}({})", diagnostic(inner)),
+        Cbor::Array(a) => format!("[{}]", join(a.iter().map(diagnostic).collect())),
+        Cbor::Map(m) => format!(
+            "{{{}}}",
+            join(
+                m.iter()
+                    .map(|(k, v)| format!("{}: {}", diagnostic(k), diagnostic(v)))
+                    .collect()
+            )
+        ),
+        other => panic!("no diagnostic notation for {other:?}"),
+    }
+}
+
+// ---- the vectors ------------------------------------------------------------------------------
+
+struct Vector {
+    name: String,
+    description: String,
+    msg: Msg,
+    /// Facts about the vector that are not part of the message (e.g. the hashes of real
+    /// Automerge changes), checked like the rest.
+    notes: Option<Json>,
+}
+
+fn vector(name: &str, description: &str, msg: Msg) -> Vector {
+    Vector {
+        name: name.into(),
+        description: description.into(),
+        msg,
+        notes: None,
+    }
+}
+
+/// Two real Automerge changes of household A, made deterministically: its creation, then a
+/// door-number edit on top of it.
+fn real_changes() -> Vec<Vec<u8>> {
+    let author = Author {
+        user: UserId(USER.parse().unwrap()),
+        device: DeviceId(DEVICE.parse().unwrap()),
+    };
+    let actor_uuid: Uuid = ACTOR.parse().unwrap();
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(actor_uuid.as_bytes().as_slice()));
+    let mut household =
+        Household::new(id(HOUSEHOLD_A), GridId::new("dongcun-03"), "东村三组", "17");
+    autosurgeon::reconcile(&mut doc, &household).unwrap();
+    let first = doc
+        .commit_with(
+            CommitOptions::default()
+                .with_message(author.to_message())
+                .with_time(T_CREATE_MS),
+        )
+        .unwrap();
+    household.door_number = "17A".into();
+    autosurgeon::reconcile(&mut doc, &household).unwrap();
+    let second = doc
+        .commit_with(
+            CommitOptions::default()
+                .with_message(author.to_message())
+                .with_time(T_EDIT_MS),
+        )
+        .unwrap();
+    [first, second]
+        .iter()
+        .map(|h| doc.get_change_by_hash(h).unwrap().raw_bytes().to_vec())
+        .collect()
+}
+
+/// What the real changes say, for the vector's notes; and a check that a server would take
+/// them: the first builds household A, the second is a valid edit of it.
+fn real_change_notes(changes: &[Vec<u8>]) -> Json {
+    let decoded = decode_changes(changes.iter().map(Vec::as_slice)).expect("real changes");
+    let mut doc = HouseholdDoc::load(&changes[0]).expect("the first change builds a household");
+    let h = doc.household().unwrap();
+    assert_eq!((h.id, h.grid.as_str()), (id(HOUSEHOLD_A), "dongcun-03"));
+    let before = doc.heads();
+    doc.apply_changes([changes[1].as_slice()]).unwrap();
+    doc.validate_since(&before, id(HOUSEHOLD_A)).unwrap();
+    assert_eq!(doc.household().unwrap().door_number, "17A");
+    Json::Array(
+        decoded
+            .iter()
+            .map(|c| {
+                let message = c.message().unwrap_or_default();
+                assert!(Author::from_message(message).is_some(), "an author message");
+                json!({
+                    "hash": hex(c.hash().as_ref()),
+                    "actor": c.actor_id().to_hex_string(),
+                    "seq": c.seq(),
+                    "time_ms": c.timestamp(),
+                    "author_message": message,
+                    "deps": c.deps().iter().map(|d| hex(d.as_ref())).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn vectors() -> Vec<Vector> {
+    let a = id(HOUSEHOLD_A);
+    let b = id(HOUSEHOLD_B);
+    let c = id(HOUSEHOLD_C);
+    let request = |cursor, docs, grids: &[&str]| {
+        Msg::Request(SyncRequest {
+            version: PROTOCOL_VERSION,
+            cursor,
+            docs,
+            grids: grids.iter().map(|g| g.to_string()).collect(),
+        })
+    };
+    let response = |cursor, accepted, rejected, docs, more| {
+        Msg::Response(SyncResponse {
+            version: PROTOCOL_VERSION,
+            cursor,
+            accepted,
+            rejected,
+            docs,
+            more,
+        })
+    };
+    let rejection = |doc, n, hash, code| Rejection { doc, n, hash, code };
+    let mut out = vec![
+        vector(
+            "request-first-sync",
+            "A phone with no sync state (fresh install, or reset) and nothing to upload: no cursor, every household the device may read.",
+            request(None, vec![], &[]),
+        ),
+        vector(
+            "request-first-sync-grids",
+            "A first sync narrowed to two grids: no cursor, g lists the grids.",
+            request(None, vec![], &["dongcun-03", "dongcun-04"]),
+        ),
+        vector(
+            "request-idle",
+            "The idle check: a phone that synced before, with nothing pending, asks what is new after log position 1234.",
+            request(Some(1234), vec![], &[]),
+        ),
+        vector(
+            "request-idle-grids",
+            "The idle check of a phone scoped to one grid: it sends its grids on every request.",
+            request(Some(1234), vec![], &["dongcun-03"]),
+        ),
+        vector(
+            "request-idle-large-cursor",
+            "A cursor above 2^32 is an 8-byte unsigned integer (major type 0, additional info 27).",
+            request(Some(5_000_000_000), vec![], &[]),
+        ),
+        vector(
+            "request-upload",
+            "An upload: two changes of household A (opaque placeholder bytes: the wire never looks inside a change), the cursor 42, one grid.",
+            request(
+                Some(42),
+                vec![DocChanges {
+                    id: a,
+                    changes: vec![fake_change("change-1"), fake_change("change-2")],
+                }],
+                &["dongcun-03"],
+            ),
+        ),
+        vector(
+            "request-upload-two-households",
+            "An upload of changes of two households in one request; each household appears once, its changes oldest first.",
+            request(
+                Some(42),
+                vec![
+                    DocChanges {
+                        id: a,
+                        changes: vec![fake_change("a-1")],
+                    },
+                    DocChanges {
+                        id: b,
+                        changes: vec![fake_change("b-1"), fake_change("b-2"), fake_change("b-3")],
+                    },
+                ],
+                &[],
+            ),
+        ),
+        vector(
+            "response-idle",
+            "The answer to request-idle when nothing is new: the same cursor, nothing accepted, refused or sent.",
+            response(1234, 0, vec![], vec![], false),
+        ),
+        vector(
+            "response-upload-accepted",
+            "The answer to request-upload when both changes are durably stored and nothing else is new: a = 2, the cursor moves past the two new log rows.",
+            response(44, 2, vec![], vec![], false),
+        ),
+        vector(
+            "response-full",
+            "A response with everything: one of two uploaded changes of household A accepted, the second refused (schema_violation, its hash), changes of households B and C the phone lacks, and more = true (call again with cursor 57).",
+            response(
+                57,
+                1,
+                vec![rejection(
+                    a,
+                    1,
+                    fake_hash(0xa0),
+                    RejectCode::SchemaViolation,
+                )],
+                vec![
+                    DocChanges {
+                        id: b,
+                        changes: vec![fake_change("b-4"), fake_change("b-5")],
+                    },
+                    DocChanges {
+                        id: c,
+                        changes: vec![fake_change("c-1")],
+                    },
+                ],
+                true,
+            ),
+        ),
+        vector(
+            "response-every-reject-code",
+            "A response refusing six uploaded changes of household A, one per reject code (n = position in the upload); a malformed change has an empty hash.",
+            response(
+                44,
+                0,
+                ALL_CODES
+                    .iter()
+                    .enumerate()
+                    .map(|(n, code)| {
+                        let hash = if *code == RejectCode::Malformed {
+                            ByteBuf::new()
+                        } else {
+                            fake_hash(0xb0 + n as u8)
+                        };
+                        rejection(a, n as u32, hash, *code)
+                    })
+                    .collect(),
+                vec![],
+                false,
+            ),
+        ),
+    ];
+    for (n, code) in ALL_CODES.iter().enumerate() {
+        let name = code_name(*code);
+        let hash = if *code == RejectCode::Malformed {
+            ByteBuf::new()
+        } else {
+            fake_hash(0xc0 + n as u8)
+        };
+        out.push(vector(
+            &format!("rejection-{}", name.replace('_', "-")),
+            &format!(
+                "One Rejection (an element of SyncResponse.r) with code {name}{}.",
+                if *code == RejectCode::Malformed {
+                    ": the bytes are not a change, so the hash is empty"
+                } else {
+                    ""
+                }
+            ),
+            Msg::Rejection(rejection(a, n as u32, hash, *code)),
+        ));
+    }
+    let real = real_changes();
+    out.push(Vector {
+        name: "request-upload-automerge".into(),
+        description: "An upload of two real Automerge changes of household A, made deterministically (fixed actor, fixed times, author message): its creation by a phone (schema_version 2, grid dongcun-03) and a door-number edit that depends on it. A v1 server accepts both.".into(),
+        notes: Some(json!({ "changes": real_change_notes(&real) })),
+        msg: request(
+            None,
+            vec![DocChanges {
+                id: a,
+                changes: real.into_iter().map(ByteBuf::from).collect(),
+            }],
+            &["dongcun-03"],
+        ),
+    });
+    out
+}
+
+// ---- the files --------------------------------------------------------------------------------
+
+fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto-docs/vectors")
+}
+
+const KEY_ORDER: &[&str] = &[
+    "name",
+    "type",
+    "description",
+    "message",
+    "cbor_diagnostic",
+    "notes",
+    "v",
+    "c",
+    "a",
+    "r",
+    "d",
+    "m",
+    "g",
+    "i",
+    "n",
+    "h",
+    "k",
+    "ch",
+    "changes",
+    "hash",
+    "actor",
+    "seq",
+    "time_ms",
+    "author_message",
+    "deps",
+];
+
+/// Pretty JSON with keys in wire order (not alphabetical), for people reading the files.
+fn pretty(v: &Json, indent: usize, out: &mut String) {
+    let pad = "  ".repeat(indent + 1);
+    match v {
+        Json::Object(o) if !o.is_empty() => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort_by_key(|k| {
+                (
+                    KEY_ORDER
+                        .iter()
+                        .position(|x| x == k)
+                        .unwrap_or(KEY_ORDER.len()),
+                    k.as_str(),
+                )
+            });
+            out.push_str("{\n");
+            for (i, k) in keys.iter().enumerate() {
+                out.push_str(&format!("{pad}{}: ", Json::from(k.as_str())));
+                pretty(&o[k.as_str()], indent + 1, out);
+                out.push_str(if i + 1 < keys.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(&"  ".repeat(indent));
+            out.push('}');
+        }
+        Json::Array(a) if !a.is_empty() => {
+            out.push_str("[\n");
+            for (i, item) in a.iter().enumerate() {
+                out.push_str(&pad);
+                pretty(item, indent + 1, out);
+                out.push_str(if i + 1 < a.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(&"  ".repeat(indent));
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn file_json(v: &Vector, cbor: &[u8]) -> Json {
+    let decoded: Cbor = ciborium::from_reader(cbor).expect("our own CBOR decodes");
+    let mut o = serde_json::Map::new();
+    o.insert("name".into(), json!(v.name));
+    o.insert("type".into(), json!(v.msg.type_name()));
+    o.insert("description".into(), json!(v.description));
+    o.insert("message".into(), v.msg.to_json());
+    o.insert("cbor_diagnostic".into(), json!(diagnostic(&decoded)));
+    if let Some(notes) = &v.notes {
+        o.insert("notes".into(), notes.clone());
+    }
+    Json::Object(o)
+}
+
+fn write_vectors(all: &[Vector]) {
+    let dir = vectors_dir();
+    fs::create_dir_all(&dir).unwrap();
+    let names: BTreeSet<&str> = all.iter().map(|v| v.name.as_str()).collect();
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        if let Some(stem) = vector_stem(&file)
+            && !names.contains(stem)
+        {
+            fs::remove_file(&path).unwrap();
+        }
+    }
+    for v in all {
+        let cbor = v.msg.cbor();
+        fs::write(dir.join(format!("{}.cbor.hex", v.name)), hex(&cbor) + "\n").unwrap();
+        let mut text = String::new();
+        pretty(&file_json(v, &cbor), 0, &mut text);
+        text.push('\n');
+        fs::write(dir.join(format!("{}.json", v.name)), text).unwrap();
+    }
+}
+
+/// The vector name of a vector file, `None` for other files.
+fn vector_stem(file: &str) -> Option<&str> {
+    file.strip_suffix(".cbor.hex")
+        .or_else(|| file.strip_suffix(".json"))
+}
+
+/// With `QIAOMEN_WRITE_VECTORS=1`, (re)writes the files once, before any test reads them.
+fn write_if_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("QIAOMEN_WRITE_VECTORS").is_ok_and(|v| v == "1") {
+            write_vectors(&vectors());
+        }
+    });
+}
+
+// ---- the tests --------------------------------------------------------------------------------
+
+#[test]
+fn every_vector_matches_the_code() {
+    write_if_asked();
+    let all = vectors();
+    let dir = vectors_dir();
+    for v in &all {
+        let ctx = |what: &str| format!("vector {}: {what}", v.name);
+        let hex_text =
+            fs::read_to_string(dir.join(format!("{}.cbor.hex", v.name))).unwrap_or_else(|e| {
+                panic!(
+                    "{}",
+                    ctx(&format!(
+                        "no .cbor.hex file ({e}); write the vectors with QIAOMEN_WRITE_VECTORS=1"
+                    ))
+                )
+            });
+        let bytes = unhex(&hex_text).unwrap_or_else(|e| panic!("{}", ctx(&e)));
+        let file: Json = serde_json::from_str(
+            &fs::read_to_string(dir.join(format!("{}.json", v.name)))
+                .unwrap_or_else(|e| panic!("{}", ctx(&format!("no .json file ({e})")))),
+        )
+        .unwrap_or_else(|e| panic!("{}", ctx(&format!("bad JSON: {e}"))));
+
+        // The file names the message's type and itself.
+        assert_eq!(file["name"], json!(v.name), "{}", ctx("name"));
+        let type_name = file["type"].as_str().unwrap_or_default();
+        assert_eq!(type_name, v.msg.type_name(), "{}", ctx("type"));
+
+        // The CBOR decodes into the wire types as the message built here.
+        let decoded = Msg::from_cbor(type_name, &bytes).unwrap_or_else(|e| panic!("{}", ctx(&e)));
+        assert_eq!(decoded, v.msg, "{}", ctx("CBOR decodes to another message"));
+        // The readable form is the same message.
+        let from_json =
+            Msg::from_json(type_name, &file["message"]).unwrap_or_else(|e| panic!("{}", ctx(&e)));
+        assert_eq!(from_json, v.msg, "{}", ctx("JSON gives another message"));
+        // Re-encoding gives the very same bytes.
+        assert_eq!(
+            hex(&decoded.cbor()),
+            hex(&bytes),
+            "{}",
+            ctx("re-encoding differs")
+        );
+        // The file says exactly what the code says (readable form, diagnostic, notes).
+        assert_eq!(file, file_json(v, &bytes), "{}", ctx("JSON file is stale"));
+        // And through the whole wire encoding, zstd(CBOR).
+        v.msg.check_wire_round_trip(&bytes);
+    }
+}
+
+#[test]
+fn every_file_in_the_vectors_folder_is_checked() {
+    write_if_asked();
+    let names: BTreeSet<String> = vectors().into_iter().map(|v| v.name).collect();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for entry in fs::read_dir(vectors_dir()).expect("proto-docs/vectors exists") {
+        let file = entry.unwrap().file_name().to_string_lossy().to_string();
+        if file == "README.md" {
+            continue;
+        }
+        let stem = vector_stem(&file).unwrap_or_else(|| {
+            panic!("proto-docs/vectors/{file} is neither a vector file nor README.md")
+        });
+        assert!(
+            names.contains(stem),
+            "proto-docs/vectors/{file} belongs to no vector checked by protocol/tests/vectors.rs"
+        );
+        seen.insert(file);
+    }
+    for name in &names {
+        for ext in ["cbor.hex", "json"] {
+            assert!(
+                seen.contains(&format!("{name}.{ext}")),
+                "vector {name} has no {name}.{ext}"
+            );
+        }
+    }
+}
+
+fn cbor_of(v: &Cbor) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
+}
+
+fn map(entries: Vec<(&str, Cbor)>) -> Cbor {
+    Cbor::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Cbor::Text(k.into()), v))
+            .collect(),
+    )
+}
+
+fn request_from(v: &Cbor) -> Result<SyncRequest, WireError> {
+    wire::decode_request(
+        &zstd::bulk::compress(&cbor_of(v), 3).unwrap(),
+        limits::MAX_DECODED_BYTES,
+    )
+}
+
+fn response_from(v: &Cbor) -> Result<SyncResponse, WireError> {
+    wire::decode(
+        &zstd::bulk::compress(&cbor_of(v), 3).unwrap(),
+        limits::MAX_DECODED_BYTES,
+    )
+}
+
+/// What SYNC-v1.md says a receiver accepts beyond the canonical form.
+#[test]
+fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
+    let idle_first = SyncRequest {
+        version: 1,
+        cursor: None,
+        docs: vec![],
+        grids: vec![],
+    };
+    // Only v: c, d and g take their defaults.
+    assert_eq!(
+        request_from(&map(vec![("v", 1.into())])).unwrap(),
+        idle_first
+    );
+    // Any key order; unknown keys ignored.
+    assert_eq!(
+        request_from(&map(vec![
+            ("x", "from a later minor revision".into()),
+            ("c", 7.into()),
+            ("v", 1.into()),
+        ]))
+        .unwrap(),
+        SyncRequest {
+            cursor: Some(7),
+            ..idle_first.clone()
+        }
+    );
+    // A response needs v, c and a; r, d and m have defaults.
+    assert_eq!(
+        response_from(&map(vec![
+            ("a", 0.into()),
+            ("c", 9.into()),
+            ("v", 1.into())
+        ]))
+        .unwrap(),
+        SyncResponse {
+            version: 1,
+            cursor: 9,
+            accepted: 0,
+            rejected: vec![],
+            docs: vec![],
+            more: false,
+        }
+    );
+}
+
+/// What SYNC-v1.md says a receiver refuses, with the error the server maps to a status.
+#[test]
+fn receivers_refuse_what_the_spec_forbids() {
+    let a = id(HOUSEHOLD_A);
+    let doc = |i: Cbor| {
+        map(vec![
+            ("v", 1.into()),
+            ("c", Cbor::Null),
+            (
+                "d",
+                Cbor::Array(vec![map(vec![("i", i), ("ch", Cbor::Array(vec![]))])]),
+            ),
+        ])
+    };
+    // An id is a 16-byte byte string...
+    assert_eq!(
+        request_from(&doc(Cbor::Bytes(a.as_bytes().to_vec())))
+            .unwrap()
+            .docs[0]
+            .id,
+        a
+    );
+    // ... not its text form, and not 15 bytes.
+    assert_eq!(
+        request_from(&doc(Cbor::Text(a.to_string()))),
+        Err(WireError::Malformed)
+    );
+    assert_eq!(
+        request_from(&doc(Cbor::Bytes(a.as_bytes()[..15].to_vec()))),
+        Err(WireError::Malformed)
+    );
+    // v is required.
+    assert_eq!(
+        request_from(&map(vec![("c", 1.into())])),
+        Err(WireError::Malformed)
+    );
+    // Another version, of a shape v1 can read, is named as such.
+    assert_eq!(
+        request_from(&map(vec![("v", 2.into())])),
+        Err(WireError::UnsupportedVersion(2))
+    );
+    // A cursor is an unsigned integer of at most 64 bits: not negative, not text.
+    assert_eq!(
+        request_from(&map(vec![
+            ("v", 1.into()),
+            ("c", Cbor::Integer(u64::MAX.into()))
+        ]))
+        .unwrap()
+        .cursor,
+        Some(u64::MAX)
+    );
+    for bad in [Cbor::from(-1), Cbor::from("7")] {
+        assert_eq!(
+            request_from(&map(vec![("v", 1.into()), ("c", bad)])),
+            Err(WireError::Malformed)
+        );
+    }
+    // A duplicate key.
+    assert_eq!(
+        request_from(&map(vec![
+            ("v", 1.into()),
+            ("c", 1.into()),
+            ("c", 2.into())
+        ])),
+        Err(WireError::Malformed)
+    );
+    // A response without its cursor.
+    assert_eq!(
+        response_from(&map(vec![("v", 1.into()), ("a", 0.into())])),
+        Err(WireError::Malformed)
+    );
+    // An unknown reject code.
+    assert_eq!(
+        response_from(&map(vec![
+            ("v", 1.into()),
+            ("c", 1.into()),
+            ("a", 0.into()),
+            (
+                "r",
+                Cbor::Array(vec![map(vec![
+                    ("i", Cbor::Bytes(a.as_bytes().to_vec())),
+                    ("n", 0.into()),
+                    ("h", Cbor::Bytes(vec![])),
+                    ("k", "too_old".into()),
+                ])])
+            ),
+        ])),
+        Err(WireError::Malformed)
+    );
+    // Bare CBOR, not in a zstd frame.
+    assert_eq!(
+        wire::decode_request(&cbor_of(&map(vec![("v", 1.into())])), 1 << 20),
+        Err(WireError::NotCompressed)
+    );
+}
+
+/// The constants SYNC-v1.md states, so a change to one fails here until the spec follows.
+#[test]
+fn the_spec_states_the_codes_constants() {
+    let spec =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto-docs/SYNC-v1.md"))
+            .expect("proto-docs/SYNC-v1.md exists");
+    assert!(spec.contains(&format!("`{CONTENT_TYPE}`")), "media type");
+    assert!(
+        spec.contains(&format!("`v` = {PROTOCOL_VERSION}")),
+        "version"
+    );
+    for (name, value) in [
+        ("MAX_BODY_BYTES", limits::MAX_BODY_BYTES),
+        ("MAX_DECODED_BYTES", limits::MAX_DECODED_BYTES),
+        ("MAX_DOCS", limits::MAX_DOCS),
+        ("MAX_CHANGES", limits::MAX_CHANGES),
+        ("MAX_CHANGE_BYTES", limits::MAX_CHANGE_BYTES),
+        ("CLIENT_CHUNK_BYTES", limits::CLIENT_CHUNK_BYTES),
+        ("RESPONSE_BUDGET_BYTES", limits::RESPONSE_BUDGET_BYTES),
+    ] {
+        assert!(
+            spec.contains(&format!("| `{name}` | {value} |")),
+            "SYNC-v1.md must state `{name}` = {value} in its limits table"
+        );
+    }
+    for code in ALL_CODES {
+        assert!(
+            spec.contains(&format!("`{}`", code_name(code))),
+            "reject code {}",
+            code_name(code)
+        );
+    }
+}
