@@ -40,34 +40,75 @@ fn sync(w: &mut Worker) -> qiaomen_client_core::SyncReport {
 }
 
 const SENTENCES: &[&str] = &[
-    "老人独居，身体状况一般。", "血压偏高，近期按时服药。", "家中电线有老化迹象，已提醒注意用电安全。",
-    "反映冬季取暖困难，希望申请取暖补贴。", "子女在外务工，每周电话联系一次。", "已宣传防诈骗知识。",
-    "已宣传医保缴费政策，户主表示年底前缴纳。", "孙子上小学三年级，学习情况良好。", "院墙有裂缝，建议尽快修缮。",
-    "邻里因排水沟堵塞有矛盾，已联系村委协调。", "申请低保材料已提交乡镇。", "残疾证年审需下月办理。",
-    "厨房燃气软管老化，已建议更换。", "希望村里安排助餐服务。", "家庭医生上周已上门随访。",
-    "种植大棚蔬菜，收入稳定。", "户主腿脚不便，需要代办社保认证。", "房屋为危房改造户，已入住新房。",
-    "秸秆已全部还田，未发现焚烧。", "道路交通安全宣传资料已发放。",
+    "老人独居，身体状况一般。",
+    "血压偏高，近期按时服药。",
+    "家中电线有老化迹象，已提醒注意用电安全。",
+    "反映冬季取暖困难，希望申请取暖补贴。",
+    "子女在外务工，每周电话联系一次。",
+    "已宣传防诈骗知识。",
+    "已宣传医保缴费政策，户主表示年底前缴纳。",
+    "孙子上小学三年级，学习情况良好。",
+    "院墙有裂缝，建议尽快修缮。",
+    "邻里因排水沟堵塞有矛盾，已联系村委协调。",
+    "申请低保材料已提交乡镇。",
+    "残疾证年审需下月办理。",
+    "厨房燃气软管老化，已建议更换。",
+    "希望村里安排助餐服务。",
+    "家庭医生上周已上门随访。",
+    "种植大棚蔬菜，收入稳定。",
+    "户主腿脚不便，需要代办社保认证。",
+    "房屋为危房改造户，已入住新房。",
+    "秸秆已全部还田，未发现焚烧。",
+    "道路交通安全宣传资料已发放。",
 ];
 
 /// A visit with realistic variety: notes, needs, hazards, GPS and times differ per visit.
 fn varied_visit(author: &Author, day: Day, seed: u64) -> Visit {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = |n: usize| {
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51afd7ed558ccd);
         x ^= x >> 33;
         (x % n as u64) as usize
     };
-    let note: String = (0..4 + next(4)).map(|_| SENTENCES[next(SENTENCES.len())]).collect();
+    let note: String = (0..4 + next(4))
+        .map(|_| SENTENCES[next(SENTENCES.len())])
+        .collect();
     let mut v = sample_visit(author, day, &note);
     v.started_at_ms = 1_763_164_800_000 + next(36_000_000) as i64;
     v.ended_at_ms = Some(v.started_at_ms + 300_000 + next(1_200_000) as i64);
-    v.gps = Some(Gps { lat: 34.70 + next(10_000) as f64 / 1e5, lon: 113.60 + next(10_000) as f64 / 1e5, accuracy_m: Some(3.0 + next(20) as f64) });
+    v.gps = Some(Gps {
+        lat: 34.70 + next(10_000) as f64 / 1e5,
+        lon: 113.60 + next(10_000) as f64 / 1e5,
+        accuracy_m: Some(3.0 + next(20) as f64),
+    });
     v.people_met = (0..1 + next(3)).map(|_| MemberId::new()).collect();
-    let cats = [NeedCategory::Housing, NeedCategory::HealthCare, NeedCategory::Education, NeedCategory::ElderlyCare, NeedCategory::Other];
-    v.needs = (0..next(3)).map(|_| Need { category: cats[next(5)], detail: SENTENCES[next(SENTENCES.len())].into() }).collect();
-    v.hazards = (0..next(2)).map(|_| Hazard { kind: HazardKind::Electrical, detail: SENTENCES[next(SENTENCES.len())].into() }).collect();
-    v.outcome = if next(10) == 0 { VisitOutcome::NobodyHome } else { VisitOutcome::Met };
+    let cats = [
+        NeedCategory::Housing,
+        NeedCategory::HealthCare,
+        NeedCategory::Education,
+        NeedCategory::ElderlyCare,
+        NeedCategory::Other,
+    ];
+    v.needs = (0..next(3))
+        .map(|_| Need {
+            category: cats[next(5)],
+            detail: SENTENCES[next(SENTENCES.len())].into(),
+        })
+        .collect();
+    v.hazards = (0..next(2))
+        .map(|_| Hazard {
+            kind: HazardKind::Electrical,
+            detail: SENTENCES[next(SENTENCES.len())].into(),
+        })
+        .collect();
+    v.outcome = if next(10) == 0 {
+        VisitOutcome::NobodyHome
+    } else {
+        VisitOutcome::Met
+    };
     v
 }
 
@@ -204,7 +245,11 @@ fn main() {
     // The visit day. The supervisor adds a visit to every household (one visit each side).
     for ids in &grids {
         for id in ids {
-            let v = varied_visit(&reg_author, day, id.as_bytes()[14] as u64 * 7919 + id.as_bytes()[15] as u64);
+            let v = varied_visit(
+                &reg_author,
+                day,
+                id.as_bytes()[14] as u64 * 7919 + id.as_bytes()[15] as u64,
+            );
             registry.store.record_visit(*id, &v, &[]).unwrap();
         }
     }
@@ -304,13 +349,27 @@ fn main() {
             .into_iter()
             .map(|id| qiaomen_protocol::wire::DocChanges {
                 id,
-                changes: w.store.pending_changes(id).unwrap().into_iter().map(|(_, b)| serde_bytes::ByteBuf::from(b)).collect(),
+                changes: w
+                    .store
+                    .pending_changes(id)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, b)| serde_bytes::ByteBuf::from(b))
+                    .collect(),
             })
             .collect();
-        qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest { version: 1, cursor: Some(0), docs, grids: vec![] })
+        qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
+            version: 1,
+            cursor: Some(0),
+            docs,
+            grids: vec![],
+        })
     };
     let cbor = zstd::stream::decode_all(upload.as_slice()).unwrap();
-    let levels: Vec<(i32, usize)> = [3, 9, 19].iter().map(|l| (*l, zstd::bulk::compress(&cbor, *l).unwrap().len())).collect();
+    let levels: Vec<(i32, usize)> = [3, 9, 19]
+        .iter()
+        .map(|l| (*l, zstd::bulk::compress(&cbor, *l).unwrap().len()))
+        .collect();
 
     // Phase A: half the workers sync at once (closed loop): throughput.
     let half = n_workers / 2;
@@ -390,10 +449,16 @@ fn main() {
         base_up as f64 / floor as f64
     );
     println!();
-    println!("| worker 0's upload body ({} B of CBOR) | bytes | ÷ floor |", cbor.len());
+    println!(
+        "| worker 0's upload body ({} B of CBOR) | bytes | ÷ floor |",
+        cbor.len()
+    );
     println!("|---|---|---|");
     for (l, n) in &levels {
-        println!("| zstd level {l} | {n} | {:.2}× |", *n as f64 / floor as f64);
+        println!(
+            "| zstd level {l} | {n} | {:.2}× |",
+            *n as f64 / floor as f64
+        );
     }
     println!();
     println!("| server | value |");
