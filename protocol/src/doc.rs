@@ -522,6 +522,11 @@ impl HouseholdDoc {
         Ok((Some(doc), left_out))
     }
 
+    /// Applies changes already decoded (and hash-checked) with [`decode_changes`].
+    pub fn apply_decoded(&mut self, changes: Vec<Change>) -> Result<()> {
+        guarded(|| self.doc.apply_changes(changes).map_err(DocError::from))
+    }
+
     /// Takes every change of `other` that this document lacks.
     pub fn merge(&mut self, other: &mut HouseholdDoc) -> Result<()> {
         guarded(|| {

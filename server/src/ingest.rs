@@ -164,6 +164,7 @@ impl<S: Storage> Ingestor<S> {
     /// Processes uploads in one transaction. On a storage error everything is rolled back,
     /// the cache is dropped (it may hold changes that are not stored) and the error returned.
     pub fn process_group(&mut self, uploads: &[&Upload]) -> Result<Vec<Outcome>, StorageError> {
+        let started = std::time::Instant::now();
         self.storage.begin()?;
         let mut outcomes = Vec::with_capacity(uploads.len());
         for upload in uploads {
@@ -176,11 +177,19 @@ impl<S: Storage> Ingestor<S> {
                 }
             }
         }
+        let processed = started.elapsed();
         if let Err(e) = self.storage.commit() {
             self.storage.rollback();
             self.cache.clear();
             return Err(e);
         }
+        tracing::debug!(
+            uploads = uploads.len(),
+            accepted = outcomes.iter().map(|o| o.accepted).sum::<u32>(),
+            process_us = processed.as_micros() as u64,
+            commit_us = (started.elapsed() - processed).as_micros() as u64,
+            "group committed"
+        );
         Ok(outcomes)
     }
 
@@ -304,7 +313,7 @@ impl<S: Storage> Ingestor<S> {
             let doc = self.doc(id)?.expect("exists");
             let before = doc.heads();
             let all_ok = doc
-                .apply_changes(candidates.iter().map(|(_, c)| c.raw_bytes()))
+                .apply_decoded(candidates.iter().map(|(_, c)| c.clone()).collect())
                 .is_ok()
                 && doc.validate_since(&before, id).is_ok();
             if all_ok {
@@ -332,7 +341,7 @@ impl<S: Storage> Ingestor<S> {
                     }
                     let mut trial = doc.clone();
                     let before = trial.heads();
-                    if trial.apply_changes([change.raw_bytes()]).is_ok()
+                    if trial.apply_decoded(vec![change.clone()]).is_ok()
                         && trial.validate_since(&before, id).is_ok()
                     {
                         doc = trial;

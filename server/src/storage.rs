@@ -91,9 +91,12 @@ CREATE TABLE IF NOT EXISTS changes (
     hash        BLOB NOT NULL UNIQUE,
     bytes       BLOB NOT NULL,
     device      BLOB,
-    received_ms INTEGER NOT NULL
+    received_ms INTEGER NOT NULL,
+    -- The household's grid when the change arrived, so a phone's scope is read by index.
+    grid        TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS changes_doc ON changes (doc, seq);
+CREATE INDEX IF NOT EXISTS changes_grid ON changes (grid, seq);
 CREATE TABLE IF NOT EXISTS docs (
     id            BLOB PRIMARY KEY,
     grid          TEXT NOT NULL DEFAULT '',
@@ -190,15 +193,15 @@ impl Storage for SqliteStorage {
                 self.conn
                     .prepare_cached(
                         "INSERT INTO docs (id, grid, snapshot, snapshot_seq) VALUES (?1, ?2, NULL, 0)
-                         ON CONFLICT (id) DO UPDATE SET grid = excluded.grid",
+                         ON CONFLICT (id) DO UPDATE SET grid = excluded.grid WHERE docs.grid <> excluded.grid",
                     )?
                     .execute(params![c.doc.as_bytes().as_slice(), grid])?;
             }
             self.conn
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO changes (doc, hash, bytes, device, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO changes (doc, hash, bytes, device, received_ms, grid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![c.doc.as_bytes().as_slice(), c.hash.as_slice(), c.bytes, c.device.map(|d| d.to_vec()), now])?;
+                .execute(params![c.doc.as_bytes().as_slice(), c.hash.as_slice(), c.bytes, c.device.map(|d| d.to_vec()), now, grid])?;
             last_doc = Some(c.doc);
         }
         let Some(doc) = last_doc else { return Ok(0) };
@@ -247,13 +250,20 @@ impl Storage for SqliteStorage {
         }
         let mut used = 0usize;
         {
-            // Grids travel as one JSON array parameter, so the statement stays cacheable.
-            let mut stmt = tx.prepare_cached(
-                "SELECT c.seq, c.doc, c.bytes, c.hash FROM changes c JOIN docs d ON d.id = c.doc
-                  WHERE c.seq > ?1 AND c.seq <= ?2
-                    AND (?3 = '[]' OR d.grid IN (SELECT value FROM json_each(?3)))
-                  ORDER BY c.seq",
-            )?;
+            // Grids travel as one JSON array parameter, so the statement stays cacheable; with
+            // grids, the (grid, seq) index reads only the phone's scope.
+            let mut stmt = if grids.is_empty() {
+                tx.prepare_cached(
+                    "SELECT seq, doc, bytes, hash FROM changes
+                      WHERE seq > ?1 AND seq <= ?2 AND ?3 = '[]' ORDER BY seq",
+                )?
+            } else {
+                tx.prepare_cached(
+                    "SELECT seq, doc, bytes, hash FROM changes
+                      WHERE grid IN (SELECT value FROM json_each(?3)) AND seq > ?1 AND seq <= ?2
+                      ORDER BY seq",
+                )?
+            };
             let grids_json = serde_json::to_string(grids).expect("strings serialize");
             let mut rows = stmt.query(params![cursor as i64, max, grids_json])?;
             while let Some(r) = rows.next()? {

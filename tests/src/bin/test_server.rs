@@ -3,6 +3,12 @@
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let data_dir = std::env::args().nth(1).expect("data dir");
     let config = qiaomen_server::Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
