@@ -502,12 +502,7 @@ impl Store {
     /// Creates a household (its document's first change) and returns its id.
     pub fn create_household(&mut self, household: &Household) -> Result<HouseholdId> {
         let id = household.id;
-        let exists: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM docs WHERE id = ?1)",
-            [id.as_bytes().as_slice()],
-            |r| r.get(0),
-        )?;
-        if exists {
+        if self.contains(id)? {
             return Err(StoreError::AlreadyExists { household: id });
         }
         let mut h = household.clone();
@@ -788,12 +783,7 @@ impl Store {
         let mut incoming = HouseholdDoc::load(bytes)?;
         let household = incoming.household()?;
         let id = household.id;
-        let exists: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM docs WHERE id = ?1)",
-            [id.as_bytes().as_slice()],
-            |r| r.get(0),
-        )?;
-        if exists {
+        if self.contains(id)? {
             let changes = incoming.changes_since(&[]);
             self.apply_remote_changes(id, &changes)?;
             return Ok(id);
