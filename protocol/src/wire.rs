@@ -160,7 +160,13 @@ pub fn decode<T: for<'de> Deserialize<'de>>(
     if read > max_decoded {
         return Err(WireError::TooLarge(max_decoded));
     }
-    ciborium::from_reader(cbor.as_slice()).map_err(|_| WireError::Malformed)
+    // Exactly one CBOR item: trailing bytes are refused, not ignored.
+    let mut reader = std::io::Cursor::new(cbor.as_slice());
+    let msg = ciborium::from_reader(&mut reader).map_err(|_| WireError::Malformed)?;
+    if reader.position() as usize != cbor.len() {
+        return Err(WireError::Malformed);
+    }
+    Ok(msg)
 }
 
 /// Decodes a request and checks its version.

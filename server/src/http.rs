@@ -207,7 +207,8 @@ async fn sync(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct != CONTENT_TYPE {
+    // Media types compare case-insensitively (RFC 9110 §8.3.1).
+    if !ct.trim().eq_ignore_ascii_case(CONTENT_TYPE) {
         return Err(ApiError::UnsupportedMediaType);
     }
     let body: Bytes = axum::body::to_bytes(body, limits::MAX_BODY_BYTES)
