@@ -884,12 +884,19 @@ impl Store {
     /// Marks every change of every household pending again: for a full resync with a server
     /// that lost its state (it answers `cursor_ahead`).
     pub fn mark_everything_pending(&mut self) -> Result<()> {
+        let me = self.author.device;
         for id in self.household_ids()? {
             let hashes: Vec<ChangeHash> = {
                 let doc = &mut self.doc_mut(id)?.doc;
                 let all = doc.changes_since(&[]);
+                // Only this device's own changes: a phone never uploads others' changes.
                 qiaomen_protocol::doc::decode_changes(all.iter().map(|c| c.as_slice()))?
                     .into_iter()
+                    .filter(|c| {
+                        c.message()
+                            .and_then(Author::from_message)
+                            .is_some_and(|a| a.device == me)
+                    })
                     .map(|c| c.hash())
                     .collect()
             };

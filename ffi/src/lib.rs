@@ -1,6 +1,213 @@
-//! `qiaomen-ffi`: the UniFFI bindings of `qiaomen-client-core` for Android (Kotlin) and iOS
-//! (Swift) apps, tested from Kotlin on the JVM and from Python.
+//! `qiaomen` — the phone library for Android (Kotlin) and iOS (Swift) apps, over UniFFI.
 //!
-//! Not built yet: this crate is the place for issue 5 (the phone library for apps). It holds
-//! no code so that nobody mistakes it for a working binding; the Rust API it will wrap is
-//! `qiaomen_client_core::{Store, SyncClient}`.
+//! Thin by design: [`Phone`] wraps a `qiaomen_client_core::Store` and `SyncClient`; each
+//! method converts its arguments, calls client-core, and converts the result. Any rule about
+//! households, visits or sync lives in client-core or the protocol crate, not here.
+//!
+//! Threads: every method except `sync` is a short SQLite transaction (a few ms) — call them
+//! off the UI thread (a background dispatcher / queue). `sync` is `async` (a Kotlin `suspend`
+//! function, a Swift `async` function, a Python coroutine) running on a tokio runtime the
+//! library owns; cancelling the caller's coroutine/task cancels the sync, and whatever the
+//! server acknowledged before stays acknowledged.
+
+mod error;
+mod records;
+
+use std::sync::Arc;
+
+pub use error::QiaomenError;
+use error::parse;
+use qiaomen_client_core::{Store, StoreOptions, SyncClient};
+use qiaomen_protocol::{
+    conflicts::Resolution,
+    doc::Author,
+    ids::{HouseholdId, MemberId},
+};
+pub use records::*;
+
+uniffi::setup_scaffolding!("qiaomen");
+
+type Result<T> = std::result::Result<T, QiaomenError>;
+
+/// Receives sync progress, after each round trip.
+#[uniffi::export(with_foreign)]
+pub trait SyncListener: Send + Sync {
+    fn on_progress(&self, progress: SyncProgress);
+}
+
+/// One phone: its store of households and its connection to a server.
+#[derive(uniffi::Object)]
+pub struct Phone {
+    store: tokio::sync::Mutex<Store>,
+    client: SyncClient,
+}
+
+impl std::fmt::Debug for Phone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phone").finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export(async_runtime = "tokio")]
+impl Phone {
+    /// Opens (or creates) the store at `path` for the signed-in user on this enrolled device,
+    /// syncing with `server_url` for the households of `grids` (empty: all it may read).
+    #[uniffi::constructor]
+    pub fn open(
+        path: String,
+        user_id: String,
+        device_id: String,
+        server_url: String,
+        grids: Vec<String>,
+    ) -> Result<Arc<Self>> {
+        let author = Author {
+            user: parse("user id", &user_id)?,
+            device: parse("device id", &device_id)?,
+        };
+        let store = Store::open(path, author, StoreOptions::default())?;
+        let client = SyncClient::new(&server_url)?.with_grids(grids);
+        Ok(Arc::new(Phone {
+            store: tokio::sync::Mutex::new(store),
+            client,
+        }))
+    }
+
+    /// Registers a household; returns its id.
+    pub fn create_household(&self, household: NewHousehold) -> Result<String> {
+        Ok(self
+            .store
+            .blocking_lock()
+            .create_household(&household.into_record()?)?
+            .to_string())
+    }
+
+    /// Adds a member to a household; returns the member's id.
+    pub fn add_member(&self, household_id: String, member: NewMember) -> Result<String> {
+        let member = member.into_record()?;
+        let id = member.id;
+        self.store
+            .blocking_lock()
+            .edit_household(parse("household id", &household_id)?, |h| {
+                h.members.insert(id, member);
+                Ok(())
+            })?;
+        Ok(id.to_string())
+    }
+
+    /// Changes the household's own facts; fields left `None` stay as they are.
+    pub fn update_household(&self, household_id: String, update: HouseholdUpdate) -> Result<()> {
+        let id: HouseholdId = parse("household id", &household_id)?;
+        self.store
+            .blocking_lock()
+            .edit_household(id, |h| update.apply(h))?;
+        Ok(())
+    }
+
+    /// The household's current merged record (ID-card and phone numbers masked).
+    pub fn household(&self, household_id: String) -> Result<HouseholdRecord> {
+        Ok(self
+            .store
+            .blocking_lock()
+            .household(parse("household id", &household_id)?)?
+            .into())
+    }
+
+    /// Records a visit and the demands raised on it; returns the visit's id.
+    pub fn record_visit(&self, household_id: String, visit: NewVisit) -> Result<String> {
+        let mut store = self.store.blocking_lock();
+        let (visit, demands) = visit.into_records(store.author())?;
+        store.record_visit(parse("household id", &household_id)?, &visit, &demands)?;
+        Ok(visit.id.to_string())
+    }
+
+    /// The roster of `grid` for a visit day (`YYYY-MM-DD`): key-group households first.
+    pub fn roster(&self, grid: String, visit_day: String) -> Result<Vec<RosterItem>> {
+        let store = self.store.blocking_lock();
+        Ok(store
+            .roster(&grid.into_grid(), parse("date", &visit_day)?)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Households of `grid` not yet visited in the cycle containing `today` (`YYYY-MM-DD`).
+    pub fn not_visited(&self, grid: String, today: String) -> Result<Vec<RosterItem>> {
+        let store = self.store.blocking_lock();
+        Ok(store
+            .not_visited(&grid.into_grid(), parse("date", &today)?)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Fields of the household holding concurrent values, each with who wrote it and when.
+    pub fn conflicts(&self, household_id: String) -> Result<Vec<ConflictRecord>> {
+        let conflicts = self
+            .store
+            .blocking_lock()
+            .conflicts(parse("household id", &household_id)?)?;
+        Ok(conflicts.into_iter().map(Into::into).collect())
+    }
+
+    /// Settles a conflict by keeping the value written by operation `op` (a `ConflictValue.op`).
+    pub fn resolve_conflict(
+        &self,
+        household_id: String,
+        path: Vec<String>,
+        op: String,
+    ) -> Result<()> {
+        let id = parse("household id", &household_id)?;
+        Ok(self
+            .store
+            .blocking_lock()
+            .resolve_conflict(id, &path, Resolution::Choose(op))?)
+    }
+
+    /// Changes a server refused, with the reason code, for the worker to see.
+    pub fn rejected_changes(&self) -> Result<Vec<RejectedChange>> {
+        Ok(self
+            .store
+            .blocking_lock()
+            .rejected_changes()?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Changes made here that no server has acknowledged yet.
+    pub fn pending_count(&self) -> Result<u64> {
+        Ok(self.store.blocking_lock().pending_change_count()?)
+    }
+
+    /// Every household id on this phone.
+    pub fn household_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .blocking_lock()
+            .household_ids()?
+            .iter()
+            .map(ToString::to_string)
+            .collect())
+    }
+
+    /// Syncs with the server: sends what it has not acknowledged, receives what this phone
+    /// lacks. One round trip for a phone that synced before.
+    pub async fn sync(&self, listener: Option<Arc<dyn SyncListener>>) -> Result<SyncSummary> {
+        let mut store = self.store.lock().await;
+        let report = self
+            .client
+            .sync(&mut store, |p| {
+                if let Some(l) = &listener {
+                    l.on_progress(p.clone().into());
+                }
+            })
+            .await?;
+        Ok(report.into())
+    }
+}
+
+/// A new member id, for apps that build records themselves.
+#[uniffi::export]
+pub fn new_member_id() -> String {
+    MemberId::new().to_string()
+}

@@ -283,6 +283,20 @@ impl<S: Storage> Ingestor<S> {
                     .push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
                 continue;
             }
+            // Provenance: a device uploads only changes it authored. (With enrollment the
+            // device is authenticated; until then it is the one the request names.)
+            if let Some(device) = device {
+                let author = change
+                    .message()
+                    .and_then(qiaomen_protocol::doc::Author::from_message);
+                if author.is_none_or(|a| a.device != device) {
+                    refused.insert(hash);
+                    outcome
+                        .rejected
+                        .push(reject(id, n, Some(hash), RejectCode::Forbidden));
+                    continue;
+                }
+            }
             let mut deps_ok = true;
             for d in change.deps() {
                 let present =

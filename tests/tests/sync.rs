@@ -334,3 +334,54 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
     assert_eq!(h.status, HouseholdStatus::Active);
     assert_eq!(h.address, "x");
 }
+
+#[test]
+fn changes_uploaded_by_another_device_than_their_author_are_refused_as_forbidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let path = dir.path().join("shared-phone.db");
+    let mut first = Phone::new(&path, &server.url, &[]);
+    let kept = first
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "x",
+            "1",
+        ))
+        .unwrap();
+    first.sync().unwrap();
+    // An edit made on this device but not yet synced...
+    first
+        .store
+        .record_visit(
+            kept,
+            &sample_visit(&first.author, day("2026-11-15"), "first"),
+            &[],
+        )
+        .unwrap();
+    drop(first);
+    // ...is uploaded after the store is reopened as another device (a re-enrolled phone).
+    let mut second = Phone::new(&path, &server.url, &[]);
+    let report = second.sync().unwrap();
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(
+        report.rejected[0].2,
+        qiaomen_protocol::wire::RejectCode::Forbidden
+    );
+    let refused = second.store.rejected_changes().unwrap();
+    assert_eq!((refused.len(), refused[0].code.as_str()), (1, "forbidden"));
+    // The phone is back in line with the server and keeps working as itself.
+    assert!(second.store.household(kept).unwrap().visits.is_empty());
+    second
+        .store
+        .record_visit(
+            kept,
+            &sample_visit(&second.author, day("2026-11-15"), "second"),
+            &[],
+        )
+        .unwrap();
+    let report = second.sync().unwrap();
+    assert!(report.rejected.is_empty());
+    assert_eq!(second.store.pending_change_count().unwrap(), 0);
+}

@@ -1,0 +1,79 @@
+//! The one error type apps see, mapped from client-core's rich errors in one place. Messages
+//! name the kind of failure only, never residents' data.
+
+use qiaomen_client_core::{StoreError, SyncError};
+use qiaomen_protocol::DocError;
+
+/// What went wrong, in terms an app can act on.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum QiaomenError {
+    /// No connection to the server, or it timed out: keep working offline, retry later.
+    #[error("network: {message}")]
+    Network { message: String },
+    /// The server no longer accepts this device (re-enroll; with the access issue).
+    #[error("unauthorized: {message}")]
+    Unauthorized { message: String },
+    /// The server refused the request for another reason.
+    #[error("server: {message}")]
+    Server { message: String },
+    /// The phone's storage failed (disk full, corrupt file).
+    #[error("storage: {message}")]
+    Storage { message: String },
+    /// The input is not acceptable (bad id, date, value, or an edit the record refuses).
+    #[error("invalid input: {message}")]
+    InvalidInput { message: String },
+    /// No such household, visit, demand or field.
+    #[error("not found: {message}")]
+    NotFound { message: String },
+}
+
+impl From<DocError> for QiaomenError {
+    fn from(e: DocError) -> Self {
+        let message = e.to_string();
+        match e {
+            DocError::NotFound { .. } => QiaomenError::NotFound { message },
+            DocError::InvalidEdit(_) | DocError::Schema(_) | DocError::TooNew { .. } => {
+                QiaomenError::InvalidInput { message }
+            }
+            DocError::Corrupt | DocError::Poisoned | DocError::Automerge(_) => {
+                QiaomenError::Storage { message }
+            }
+        }
+    }
+}
+
+impl From<StoreError> for QiaomenError {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::Document(d) => d.into(),
+            StoreError::NotFound { .. } => QiaomenError::NotFound { message },
+            StoreError::AlreadyExists { .. } => QiaomenError::InvalidInput { message },
+            StoreError::CorruptStore
+            | StoreError::CorruptDocument { .. }
+            | StoreError::TooNew { .. }
+            | StoreError::Sqlite(_) => QiaomenError::Storage { message },
+        }
+    }
+}
+
+impl From<SyncError> for QiaomenError {
+    fn from(e: SyncError) -> Self {
+        let message = e.to_string();
+        match e {
+            SyncError::Network(_) => QiaomenError::Network { message },
+            SyncError::Server {
+                status: 401 | 403, ..
+            } => QiaomenError::Unauthorized { message },
+            SyncError::Server { .. } | SyncError::Protocol(_) => QiaomenError::Server { message },
+            SyncError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// Parses an id or date from the app, as `InvalidInput` when it is not one.
+pub(crate) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, QiaomenError> {
+    s.parse().map_err(|_| QiaomenError::InvalidInput {
+        message: format!("not a valid {what}"),
+    })
+}

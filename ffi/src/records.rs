@@ -1,0 +1,623 @@
+//! The records apps exchange with the library, and their conversions to and from the
+//! protocol's typed records. Enums are the protocol's own, exposed as UniFFI remote types.
+
+use autosurgeon::Text;
+use qiaomen_client_core as core;
+use qiaomen_protocol::{
+    calendar::Day,
+    conflicts::Conflict,
+    doc::Author,
+    ids::{DemandId, GridId, HouseholdId, MemberId, VisitId},
+    schema::{self as s, Sensitive},
+};
+
+use crate::error::{QiaomenError, parse};
+
+#[uniffi::remote(Enum)]
+pub enum HouseholdStatus {
+    Active,
+    Moved,
+    Merged,
+}
+
+#[uniffi::remote(Enum)]
+pub enum KeyGroup {
+    PoorOrMonitored,
+    MinimumIncome,
+    Disabled,
+    ServicemenOrMartyrFamily,
+    Relocated,
+    ElderlyAlone,
+    LeftBehindChild,
+}
+
+#[uniffi::remote(Enum)]
+pub enum Relation {
+    Head,
+    Spouse,
+    Child,
+    Parent,
+    Grandchild,
+    Grandparent,
+    Sibling,
+    ChildInLaw,
+    Other,
+}
+
+#[uniffi::remote(Enum)]
+pub enum VisitOutcome {
+    Met,
+    NobodyHome,
+    Refused,
+    Moved,
+}
+
+#[uniffi::remote(Enum)]
+pub enum NeedCategory {
+    Housing,
+    HealthCare,
+    Education,
+    ElderlyCare,
+    Other,
+}
+
+#[uniffi::remote(Enum)]
+pub enum DisputeKind {
+    Neighbours,
+    Family,
+    Land,
+    Labour,
+    Other,
+}
+
+#[uniffi::remote(Enum)]
+pub enum HazardKind {
+    Fire,
+    Building,
+    Electrical,
+    Flood,
+    Gas,
+    Other,
+}
+
+#[uniffi::remote(Enum)]
+pub enum Publicity {
+    StrawBurningBan,
+    AntiFraud,
+    RoadSafety,
+    MedicalInsurance,
+    FireSafety,
+    Other,
+}
+
+#[uniffi::remote(Enum)]
+pub enum Urgency {
+    Normal,
+    Urgent,
+}
+
+#[uniffi::remote(Enum)]
+pub enum DemandStatus {
+    Raised,
+    Handling,
+    Done,
+    Closed,
+}
+
+use s::{
+    DemandStatus, DisputeKind, HazardKind, HouseholdStatus, KeyGroup, NeedCategory, Publicity,
+    Relation, Urgency, VisitOutcome,
+};
+
+/// A key-group tag with its period (`YYYY-MM-DD`; `until` empty while it holds).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Tag {
+    pub group: KeyGroup,
+    pub since: String,
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Gps {
+    pub lat: f64,
+    pub lon: f64,
+    pub accuracy_m: Option<f64>,
+}
+
+/// A household to register.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewHousehold {
+    pub grid: String,
+    pub address: String,
+    pub door_number: String,
+    pub phone: Option<String>,
+    pub gps: Option<Gps>,
+    pub tags: Vec<Tag>,
+}
+
+/// Changes to a household's own facts; `None` leaves a field as it is.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct HouseholdUpdate {
+    pub address: Option<String>,
+    pub door_number: Option<String>,
+    pub phone: Option<String>,
+    pub status: Option<HouseholdStatus>,
+}
+
+/// A member to add.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewMember {
+    pub relation: Relation,
+    pub name: String,
+    pub id_number: Option<String>,
+    pub birth_date: Option<String>,
+    pub phone: Option<String>,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Need {
+    pub category: NeedCategory,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Dispute {
+    pub kind: DisputeKind,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Hazard {
+    pub kind: HazardKind,
+    pub detail: String,
+}
+
+/// A demand raised on a visit.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewDemand {
+    pub category: NeedCategory,
+    pub text: String,
+    pub urgency: Urgency,
+}
+
+/// A visit to record. The worker and device are the phone's own.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewVisit {
+    /// The visit day it counts for (`YYYY-MM-DD`, a 15th or a 30th).
+    pub visit_day: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub gps: Option<Gps>,
+    pub outcome: VisitOutcome,
+    /// Member ids of the people met.
+    pub people_met: Vec<String>,
+    pub needs: Vec<Need>,
+    pub disputes: Vec<Dispute>,
+    pub hazards: Vec<Hazard>,
+    pub publicity: Vec<Publicity>,
+    pub note: String,
+    pub demands: Vec<NewDemand>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct MemberRecord {
+    pub id: String,
+    pub relation: Relation,
+    pub name: String,
+    /// Masked (`110***********1234`).
+    pub id_number_masked: Option<String>,
+    pub birth_date: Option<String>,
+    /// Masked (`138****5678`).
+    pub phone_masked: Option<String>,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct VisitRecord {
+    pub id: String,
+    pub visit_day: String,
+    pub worker_id: String,
+    pub device_id: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub outcome: VisitOutcome,
+    pub people_met: Vec<String>,
+    pub needs: Vec<Need>,
+    pub disputes: Vec<Dispute>,
+    pub hazards: Vec<Hazard>,
+    pub publicity: Vec<Publicity>,
+    pub note: String,
+    pub demand_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct DemandRecord {
+    pub id: String,
+    pub visit_id: Option<String>,
+    pub category: NeedCategory,
+    pub text: String,
+    pub urgency: Urgency,
+    pub status: DemandStatus,
+    pub history_len: u32,
+}
+
+/// A household's merged record.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct HouseholdRecord {
+    pub id: String,
+    pub grid: String,
+    pub address: String,
+    pub door_number: String,
+    pub phone_masked: Option<String>,
+    pub status: HouseholdStatus,
+    pub tags: Vec<Tag>,
+    pub members: Vec<MemberRecord>,
+    /// Oldest visit day first.
+    pub visits: Vec<VisitRecord>,
+    pub demands: Vec<DemandRecord>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct RosterItem {
+    pub household_id: String,
+    pub door_number: String,
+    pub key_groups: Vec<KeyGroup>,
+    pub visited: bool,
+}
+
+/// One of a conflicting field's values.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ConflictValue {
+    /// The value as JSON text.
+    pub value_json: String,
+    /// Pass to `resolve_conflict` to keep this value.
+    pub op: String,
+    pub user_id: Option<String>,
+    pub device_id: Option<String>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ConflictRecord {
+    pub path: Vec<String>,
+    /// The first is the value the record shows.
+    pub values: Vec<ConflictValue>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct RejectedChange {
+    pub household_id: String,
+    pub change_hash: String,
+    /// `schema_violation`, `depends_on_rejected`, `forbidden`, ...
+    pub code: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SyncProgress {
+    pub round_trips: u32,
+    pub docs_uploaded: u64,
+    pub docs_to_upload: u64,
+    pub docs_received: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SyncSummary {
+    pub progress: SyncProgress,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub received_changes: u64,
+}
+
+// ---- conversions --------------------------------------------------------------------------
+
+pub(crate) trait IntoGrid {
+    fn into_grid(self) -> GridId;
+}
+
+impl IntoGrid for String {
+    fn into_grid(self) -> GridId {
+        GridId::new(self)
+    }
+}
+
+fn day(s: &str) -> Result<Day, QiaomenError> {
+    parse("date (YYYY-MM-DD)", s)
+}
+
+fn tags_in(tags: Vec<Tag>) -> Result<Vec<s::TagSpan>, QiaomenError> {
+    tags.into_iter()
+        .map(|t| {
+            Ok(s::TagSpan {
+                group: t.group,
+                since: day(&t.since)?,
+                until: t.until.as_deref().map(day).transpose()?,
+            })
+        })
+        .collect()
+}
+
+fn tags_out(tags: &[s::TagSpan]) -> Vec<Tag> {
+    tags.iter()
+        .map(|t| Tag {
+            group: t.group,
+            since: t.since.to_string(),
+            until: t.until.map(|d| d.to_string()),
+        })
+        .collect()
+}
+
+fn gps_in(g: Option<Gps>) -> Option<s::Gps> {
+    g.map(|g| s::Gps {
+        lat: g.lat,
+        lon: g.lon,
+        accuracy_m: g.accuracy_m,
+    })
+}
+
+impl NewHousehold {
+    pub(crate) fn into_record(self) -> Result<s::Household, QiaomenError> {
+        let mut h = s::Household::new(
+            HouseholdId::new(),
+            GridId::new(self.grid),
+            self.address,
+            self.door_number,
+        );
+        h.phone = self.phone.map(Sensitive::new);
+        h.gps = gps_in(self.gps);
+        h.tags = tags_in(self.tags)?;
+        Ok(h)
+    }
+}
+
+impl HouseholdUpdate {
+    pub(crate) fn apply(self, h: &mut s::Household) -> qiaomen_protocol::Result<()> {
+        if let Some(v) = self.address {
+            h.address = v;
+        }
+        if let Some(v) = self.door_number {
+            h.door_number = v;
+        }
+        if let Some(v) = self.phone {
+            h.phone = Some(Sensitive::new(v));
+        }
+        if let Some(v) = self.status {
+            h.status = v;
+        }
+        Ok(())
+    }
+}
+
+impl NewMember {
+    pub(crate) fn into_record(self) -> Result<s::Member, QiaomenError> {
+        Ok(s::Member {
+            id: MemberId::new(),
+            relation: self.relation,
+            name: self.name,
+            id_number: self.id_number.map(Sensitive::new),
+            birth_date: self.birth_date.as_deref().map(day).transpose()?,
+            phone: self.phone.map(Sensitive::new),
+            tags: tags_in(self.tags)?,
+        })
+    }
+}
+
+impl NewVisit {
+    pub(crate) fn into_records(
+        self,
+        author: &Author,
+    ) -> Result<(s::Visit, Vec<s::Demand>), QiaomenError> {
+        let id = VisitId::new();
+        let demands: Vec<s::Demand> = self
+            .demands
+            .into_iter()
+            .map(|d| s::Demand {
+                id: DemandId::new(),
+                raised_on_visit: Some(id),
+                raised_by: author.user,
+                raised_at_ms: self.started_at_ms,
+                category: d.category,
+                text: d.text,
+                urgency: d.urgency,
+                status: DemandStatus::Raised,
+                history: vec![],
+            })
+            .collect();
+        let visit = s::Visit {
+            id,
+            visit_day: day(&self.visit_day)?,
+            worker: author.user,
+            device: author.device,
+            started_at_ms: self.started_at_ms,
+            ended_at_ms: self.ended_at_ms,
+            gps: gps_in(self.gps),
+            outcome: self.outcome,
+            people_met: self
+                .people_met
+                .iter()
+                .map(|m| parse("member id", m))
+                .collect::<Result<_, _>>()?,
+            needs: self
+                .needs
+                .into_iter()
+                .map(|n| s::Need {
+                    category: n.category,
+                    detail: n.detail,
+                })
+                .collect(),
+            disputes: self
+                .disputes
+                .into_iter()
+                .map(|d| s::Dispute {
+                    kind: d.kind,
+                    detail: d.detail,
+                })
+                .collect(),
+            hazards: self
+                .hazards
+                .into_iter()
+                .map(|h| s::Hazard {
+                    kind: h.kind,
+                    detail: h.detail,
+                })
+                .collect(),
+            publicity: self.publicity,
+            note: Text::with_value(self.note),
+            demands_raised: demands.iter().map(|d| d.id).collect(),
+        };
+        Ok((visit, demands))
+    }
+}
+
+impl From<s::Household> for HouseholdRecord {
+    fn from(h: s::Household) -> Self {
+        let mut visits: Vec<VisitRecord> = h
+            .visits
+            .values()
+            .map(|v| VisitRecord {
+                id: v.id.to_string(),
+                visit_day: v.visit_day.to_string(),
+                worker_id: v.worker.to_string(),
+                device_id: v.device.to_string(),
+                started_at_ms: v.started_at_ms,
+                ended_at_ms: v.ended_at_ms,
+                outcome: v.outcome,
+                people_met: v.people_met.iter().map(ToString::to_string).collect(),
+                needs: v
+                    .needs
+                    .iter()
+                    .map(|n| Need {
+                        category: n.category,
+                        detail: n.detail.clone(),
+                    })
+                    .collect(),
+                disputes: v
+                    .disputes
+                    .iter()
+                    .map(|d| Dispute {
+                        kind: d.kind,
+                        detail: d.detail.clone(),
+                    })
+                    .collect(),
+                hazards: v
+                    .hazards
+                    .iter()
+                    .map(|d| Hazard {
+                        kind: d.kind,
+                        detail: d.detail.clone(),
+                    })
+                    .collect(),
+                publicity: v.publicity.clone(),
+                note: v.note.as_str().to_string(),
+                demand_ids: v.demands_raised.iter().map(ToString::to_string).collect(),
+            })
+            .collect();
+        visits.sort_by(|a, b| {
+            (&a.visit_day, a.started_at_ms, &a.id).cmp(&(&b.visit_day, b.started_at_ms, &b.id))
+        });
+        HouseholdRecord {
+            id: h.id.to_string(),
+            grid: h.grid.to_string(),
+            address: h.address,
+            door_number: h.door_number,
+            phone_masked: h.phone.map(|p| p.masked()),
+            status: h.status,
+            tags: tags_out(&h.tags),
+            members: h
+                .members
+                .values()
+                .map(|m| MemberRecord {
+                    id: m.id.to_string(),
+                    relation: m.relation,
+                    name: m.name.clone(),
+                    id_number_masked: m.id_number.as_ref().map(Sensitive::masked),
+                    birth_date: m.birth_date.map(|d| d.to_string()),
+                    phone_masked: m.phone.as_ref().map(Sensitive::masked),
+                    tags: tags_out(&m.tags),
+                })
+                .collect(),
+            visits,
+            demands: h
+                .demands
+                .values()
+                .map(|d| DemandRecord {
+                    id: d.id.to_string(),
+                    visit_id: d.raised_on_visit.map(|v| v.to_string()),
+                    category: d.category,
+                    text: d.text.clone(),
+                    urgency: d.urgency,
+                    status: d.status,
+                    history_len: d.history.len() as u32,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<core::RosterEntry> for RosterItem {
+    fn from(e: core::RosterEntry) -> Self {
+        RosterItem {
+            household_id: e.household.id.to_string(),
+            door_number: e.household.door_number,
+            key_groups: e.key_groups,
+            visited: e.visited,
+        }
+    }
+}
+
+impl From<Conflict> for ConflictRecord {
+    fn from(c: Conflict) -> Self {
+        ConflictRecord {
+            path: c.path,
+            values: c
+                .values
+                .into_iter()
+                .map(|v| ConflictValue {
+                    value_json: v.value.to_string(),
+                    op: v.op,
+                    user_id: v.author.map(|a| a.user.to_string()),
+                    device_id: v.author.map(|a| a.device.to_string()),
+                    at_ms: v.at_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<core::RejectedChange> for RejectedChange {
+    fn from(r: core::RejectedChange) -> Self {
+        RejectedChange {
+            household_id: r.household.to_string(),
+            change_hash: r.hash.to_string(),
+            code: r.code,
+            at_ms: r.at_ms,
+        }
+    }
+}
+
+impl From<core::SyncProgress> for SyncProgress {
+    fn from(p: core::SyncProgress) -> Self {
+        SyncProgress {
+            round_trips: p.round_trips,
+            docs_uploaded: p.docs_uploaded as u64,
+            docs_to_upload: p.docs_to_upload as u64,
+            docs_received: p.docs_received as u64,
+            bytes_up: p.bytes_up,
+            bytes_down: p.bytes_down,
+        }
+    }
+}
+
+impl From<core::SyncReport> for SyncSummary {
+    fn from(r: core::SyncReport) -> Self {
+        SyncSummary {
+            progress: r.progress.into(),
+            accepted: r.accepted,
+            rejected: r.rejected.len() as u64,
+            received_changes: r.received_changes,
+        }
+    }
+}
