@@ -8,35 +8,35 @@ use qiaomen_protocol::DocError;
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum QiaomenError {
     /// No connection to the server, or it timed out: keep working offline, retry later.
-    #[error("network: {message}")]
-    Network { message: String },
+    #[error("network: {reason}")]
+    Network { reason: String },
     /// The server no longer accepts this device (re-enroll; with the access issue).
-    #[error("unauthorized: {message}")]
-    Unauthorized { message: String },
+    #[error("unauthorized: {reason}")]
+    Unauthorized { reason: String },
     /// The server refused the request for another reason.
-    #[error("server: {message}")]
-    Server { message: String },
+    #[error("server: {reason}")]
+    Server { reason: String },
     /// The phone's storage failed (disk full, corrupt file).
-    #[error("storage: {message}")]
-    Storage { message: String },
+    #[error("storage: {reason}")]
+    Storage { reason: String },
     /// The input is not acceptable (bad id, date, value, or an edit the record refuses).
-    #[error("invalid input: {message}")]
-    InvalidInput { message: String },
+    #[error("invalid input: {reason}")]
+    InvalidInput { reason: String },
     /// No such household, visit, demand or field.
-    #[error("not found: {message}")]
-    NotFound { message: String },
+    #[error("not found: {reason}")]
+    NotFound { reason: String },
 }
 
 impl From<DocError> for QiaomenError {
     fn from(e: DocError) -> Self {
         let message = e.to_string();
         match e {
-            DocError::NotFound { .. } => QiaomenError::NotFound { message },
+            DocError::NotFound { .. } => QiaomenError::NotFound { reason: message },
             DocError::InvalidEdit(_) | DocError::Schema(_) | DocError::TooNew { .. } => {
-                QiaomenError::InvalidInput { message }
+                QiaomenError::InvalidInput { reason: message }
             }
             DocError::Corrupt | DocError::Poisoned | DocError::Automerge(_) => {
-                QiaomenError::Storage { message }
+                QiaomenError::Storage { reason: message }
             }
         }
     }
@@ -47,12 +47,12 @@ impl From<StoreError> for QiaomenError {
         let message = e.to_string();
         match e {
             StoreError::Document(d) => d.into(),
-            StoreError::NotFound { .. } => QiaomenError::NotFound { message },
-            StoreError::AlreadyExists { .. } => QiaomenError::InvalidInput { message },
+            StoreError::NotFound { .. } => QiaomenError::NotFound { reason: message },
+            StoreError::AlreadyExists { .. } => QiaomenError::InvalidInput { reason: message },
             StoreError::CorruptStore
             | StoreError::CorruptDocument { .. }
             | StoreError::TooNew { .. }
-            | StoreError::Sqlite(_) => QiaomenError::Storage { message },
+            | StoreError::Sqlite(_) => QiaomenError::Storage { reason: message },
         }
     }
 }
@@ -61,11 +61,13 @@ impl From<SyncError> for QiaomenError {
     fn from(e: SyncError) -> Self {
         let message = e.to_string();
         match e {
-            SyncError::Network(_) => QiaomenError::Network { message },
+            SyncError::Network(_) => QiaomenError::Network { reason: message },
             SyncError::Server {
                 status: 401 | 403, ..
-            } => QiaomenError::Unauthorized { message },
-            SyncError::Server { .. } | SyncError::Protocol(_) => QiaomenError::Server { message },
+            } => QiaomenError::Unauthorized { reason: message },
+            SyncError::Server { .. } | SyncError::Protocol(_) => {
+                QiaomenError::Server { reason: message }
+            }
             SyncError::Store(s) => s.into(),
         }
     }
@@ -74,6 +76,6 @@ impl From<SyncError> for QiaomenError {
 /// Parses an id or date from the app, as `InvalidInput` when it is not one.
 pub(crate) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, QiaomenError> {
     s.parse().map_err(|_| QiaomenError::InvalidInput {
-        message: format!("not a valid {what}"),
+        reason: format!("not a valid {what}"),
     })
 }

@@ -1,0 +1,124 @@
+// Two phones, a real server, the generated Kotlin bindings on the JVM (JNA).
+// Prints "N passed, N failed" and exits non-zero on any failure.
+import java.io.File
+import java.net.ServerSocket
+import java.net.URL
+import java.nio.file.Files
+import java.util.UUID
+import kotlinx.coroutines.runBlocking
+import uniffi.qiaomen.*
+
+fun check(cond: Boolean, what: String) { if (!cond) throw AssertionError(what) }
+
+fun newPhone(url: String, grids: List<String>, path: String = Files.createTempDirectory("phone").resolve("p.db").toString()): Pair<Phone, String> =
+    Pair(Phone.open(path, UUID.randomUUID().toString(), UUID.randomUUID().toString(), url, grids), path)
+
+fun visit(note: String, day: String = "2026-11-15") = NewVisit(
+    day, 1_763_164_800_000L, null, Gps(34.75, 113.62, 5.0), VisitOutcome.MET, listOf(),
+    listOf(Need(NeedCategory.HEALTH_CARE, "降压药")), listOf(), listOf(Hazard(HazardKind.ELECTRICAL, "电线老化")),
+    listOf(Publicity.ANTI_FRAUD), note, listOf(NewDemand(NeedCategory.HOUSING, "屋顶漏雨", Urgency.URGENT)))
+
+fun household(grid: String) = NewHousehold(grid, "东村三组", "17", "13812345678", null,
+    listOf(Tag(KeyGroup.ELDERLY_ALONE, "2024-03-01", null)))
+
+fun sync(phone: Phone, seen: MutableList<SyncProgress>? = null): SyncSummary = runBlocking {
+    phone.sync(object : SyncListener { override fun onProgress(progress: SyncProgress) { seen?.add(progress) } })
+}
+
+fun twoPhonesSeeBothVisits(url: String) {
+    val grid = "kt-" + UUID.randomUUID().toString().take(8)
+    val (a, _) = newPhone(url, listOf(grid)); val (b, _) = newPhone(url, listOf(grid))
+    val hid = a.createHousehold(household(grid))
+    a.addMember(hid, NewMember(Relation.HEAD, "王建国", "410105195001011234", "1950-01-01", null, listOf()))
+    sync(a); sync(b)
+    check(b.householdIds() == listOf(hid), "b received the household")
+    val roster = b.roster(grid, "2026-11-15")
+    check(roster.size == 1 && roster[0].keyGroups == listOf(KeyGroup.ELDERLY_ALONE), "roster with key group")
+    a.recordVisit(hid, visit("王：老人身体还好")); b.recordVisit(hid, visit("李：补访"))
+    val seen = mutableListOf<SyncProgress>()
+    val summary = sync(a, seen)
+    check(summary.progress.roundTrips == 1u && summary.accepted == 1uL, "one round trip, acknowledged")
+    check(seen.isNotEmpty(), "progress reported")
+    sync(b); sync(a)
+    val ra = a.household(hid); val rb = b.household(hid)
+    check(ra == rb, "same merged record")
+    check(ra.visits.map { it.note }.sorted() == listOf("李：补访", "王：老人身体还好"), "both visits")
+    check(ra.members[0].idNumberMasked == "410***********1234", "masked id number")
+    check(a.pendingCount() == 0uL && b.pendingCount() == 0uL, "nothing pending")
+}
+
+fun conflictVisibleAndResolved(url: String) {
+    val grid = "kt-" + UUID.randomUUID().toString().take(8)
+    val (a, _) = newPhone(url, listOf(grid)); val (b, _) = newPhone(url, listOf(grid))
+    val hid = a.createHousehold(household(grid))
+    sync(a); sync(b)
+    a.updateHousehold(hid, HouseholdUpdate(null, "17A", null, null))
+    b.updateHousehold(hid, HouseholdUpdate(null, "17-1", null, null))
+    sync(a); sync(b); sync(a)
+    val c = a.conflicts(hid)
+    check(c.size == 1 && c[0].path == listOf("door_number"), "one conflict on door_number")
+    val pick = c[0].values.first { it.valueJson == "\"17-1\"" }
+    check(pick.deviceId != null && pick.atMs > 0, "author and time")
+    a.resolveConflict(hid, c[0].path, pick.op)
+    check(a.conflicts(hid).isEmpty(), "resolved")
+    sync(a); sync(b)
+    check(b.household(hid).doorNumber == "17-1" && b.conflicts(hid).isEmpty(), "resolution reached b")
+}
+
+fun refusedChangeReported(url: String) {
+    val grid = "kt-" + UUID.randomUUID().toString().take(8)
+    val (first, path) = newPhone(url, listOf(grid))
+    val hid = first.createHousehold(household(grid))
+    sync(first)
+    first.recordVisit(hid, visit("made before re-enrollment"))
+    first.close()
+    val (second, _) = newPhone(url, listOf(grid), path)
+    check(sync(second).rejected == 1uL, "one change refused")
+    val refused = second.rejectedChanges()
+    check(refused.size == 1 && refused[0].code == "forbidden" && refused[0].householdId == hid, "reason code")
+    check(second.household(hid).visits.isEmpty(), "rolled back")
+    second.recordVisit(hid, visit("recorded again"))
+    check(sync(second).rejected == 0uL && second.pendingCount() == 0uL, "keeps working")
+}
+
+fun errorsAreTyped(url: String) {
+    val (p, _) = newPhone(url, listOf())
+    try { p.household("not-a-uuid"); check(false, "no error") } catch (e: QiaomenException.InvalidInput) {}
+    try { p.household(UUID.randomUUID().toString()); check(false, "no error") } catch (e: QiaomenException.NotFound) {}
+    val hid = p.createHousehold(household("g"))
+    try { p.recordVisit(hid, visit("x", "2026-11-16")); check(false, "no error") } catch (e: QiaomenException.InvalidInput) {}
+    val (offline, _) = newPhone("http://127.0.0.1:9", listOf())
+    offline.createHousehold(household("g"))
+    try { sync(offline); check(false, "no error") } catch (e: QiaomenException.Network) {}
+    check(offline.pendingCount() == 1uL, "still pending")
+}
+
+fun main(args: Array<String>) {
+    val serverBin = args[0]
+    val port = ServerSocket(0).use { it.localPort }
+    val data = Files.createTempDirectory("qiaomen-server").toString()
+    val server = ProcessBuilder(serverBin, "--listen", "127.0.0.1:$port", "--data-dir", data)
+        .redirectOutput(ProcessBuilder.Redirect.DISCARD).redirectError(ProcessBuilder.Redirect.DISCARD).start()
+    val url = "http://127.0.0.1:$port"
+    val deadline = System.currentTimeMillis() + 30_000
+    while (true) {
+        try { URL("$url/healthz").readText(); break } catch (e: Exception) {
+            if (System.currentTimeMillis() > deadline) { server.destroyForcibly(); throw RuntimeException("server did not start") }
+            Thread.sleep(100)
+        }
+    }
+    val tests = listOf(
+        "two phones record visits offline and both see both" to ::twoPhonesSeeBothVisits,
+        "a conflict is visible and resolved" to ::conflictVisibleAndResolved,
+        "a refused change is reported and the phone keeps working" to ::refusedChangeReported,
+        "errors arrive as the documented exceptions" to ::errorsAreTyped,
+    )
+    var passed = 0; var failed = 0
+    for ((name, test) in tests) {
+        try { test(url); passed++; println("ok   $name") }
+        catch (e: Throwable) { failed++; println("FAIL $name: $e") }
+    }
+    server.destroy(); server.waitFor()
+    println("$passed passed, $failed failed")
+    if (failed > 0) kotlin.system.exitProcess(1)
+}
