@@ -821,12 +821,38 @@ impl Store {
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut stmt = tx.prepare_cached("DELETE FROM pending WHERE doc = ?1 AND hash = ?2")?;
+            let mut acked = 0u64;
             for h in hashes {
-                stmt.execute(params![id.as_bytes().as_slice(), h.as_ref()])?;
+                acked += stmt.execute(params![id.as_bytes().as_slice(), h.as_ref()])? as u64;
             }
+            let total = Self::acknowledged_in(&tx)? + acked;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('acknowledged', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [total.to_be_bytes().to_vec()],
+            )?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn acknowledged_in(conn: &Connection) -> Result<u64> {
+        let v: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'acknowledged'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// How many changes made on this device servers have acknowledged as durably stored,
+    /// over the store's life.
+    pub fn acknowledged_change_count(&self) -> Result<u64> {
+        Self::acknowledged_in(&self.conn)
     }
 
     /// Folds every household's appended changes into its snapshot.

@@ -116,6 +116,7 @@ fn compaction_folds_changes_without_losing_edits_or_pending_bookkeeping() {
     drop(store);
     let store = Store::open(&path, me, options()).unwrap();
     assert_eq!(store.pending_change_count().unwrap(), 6);
+    assert_eq!(store.acknowledged_change_count().unwrap(), 5);
 }
 
 #[test]

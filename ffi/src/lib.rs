@@ -179,6 +179,12 @@ impl Phone {
         Ok(self.store.blocking_lock().pending_change_count()?)
     }
 
+    /// Changes made here that servers have acknowledged as durably stored (over the store's
+    /// life).
+    pub fn acknowledged_count(&self) -> Result<u64> {
+        Ok(self.store.blocking_lock().acknowledged_change_count()?)
+    }
+
     /// Every household id on this phone.
     pub fn household_ids(&self) -> Result<Vec<String>> {
         Ok(self

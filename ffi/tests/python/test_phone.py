@@ -66,6 +66,7 @@ def test_two_phones_record_visits_offline_and_both_see_both(server_url):
     assert ra.members[0].id_number_masked == "410***********1234"
     assert ra.phone_masked == "138****5678"
     assert a.pending_count() == 0 and b.pending_count() == 0
+    assert a.acknowledged_count() == 3 and b.acknowledged_count() == 1
 
 
 def test_a_conflict_is_visible_and_resolved(server_url):
@@ -126,3 +127,29 @@ def test_errors_arrive_as_the_documented_exceptions(server_url):
     with pytest.raises(q.QiaomenError.Network):
         sync(offline)
     assert offline.pending_count() == 1
+
+
+def test_a_sync_can_be_cancelled_and_the_phone_stays_usable(server_url):
+    import socket
+    import threading
+    # A server that accepts connections and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(silent.accept()) for _ in range(8)], daemon=True).start()
+    phone, path = new_phone(f"http://127.0.0.1:{silent.getsockname()[1]}")
+    hid = phone.create_household(household("g"))
+
+    async def cancel_it():
+        task = asyncio.ensure_future(phone.sync(None))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    asyncio.run(asyncio.wait_for(cancel_it(), timeout=20))
+    # The store is free again, nothing was lost, and a real sync goes through.
+    assert phone.pending_count() == 1
+    again = q.Phone.open(path, str(uuid.uuid4()), str(uuid.uuid4()), server_url, [])
+    assert again.household(hid).door_number == "17"
+    silent.close()
