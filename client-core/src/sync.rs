@@ -61,7 +61,7 @@ pub struct SyncReport {
     pub accepted: u64,
     /// Changes the server refused, each with its household and reason.
     pub rejected: Vec<(HouseholdId, ChangeHash, RejectCode)>,
-    /// Changes received from the server.
+    /// Changes received from the server that were new to this phone.
     pub received_changes: u64,
 }
 
@@ -243,8 +243,9 @@ impl SyncClient {
         // 2. Changes from elsewhere.
         for doc in response.docs {
             let changes: Vec<Vec<u8>> = doc.changes.into_iter().map(|b| b.into_vec()).collect();
-            report.received_changes += changes.len() as u64;
-            store.apply_remote_changes(doc.id, &changes)?;
+            // Counted as new only: on a paged catch-up a later page may carry this phone's own
+            // changes from the first request back; they are already here.
+            report.received_changes += store.apply_remote_changes(doc.id, &changes)? as u64;
         }
         // 3. Only now the cursor: a crash before this line re-downloads, harmlessly.
         store.set_sync_cursor(Some(response.cursor))?;

@@ -30,6 +30,8 @@ use crate::{
 pub struct AppState {
     pub writer: Writer,
     pub readers: Arc<ReaderPool>,
+    /// About how many bytes of changes one response carries before it sets `more`.
+    pub response_budget: usize,
 }
 
 /// Read connections, reused across requests.
@@ -268,9 +270,10 @@ async fn sync(
         Default::default()
     };
     let grids = req.grids;
+    let budget = state.response_budget;
     let slice = state
         .readers
-        .with(move |s| s.log_since(cursor, limits::RESPONSE_BUDGET_BYTES, &grids))
+        .with(move |s| s.log_since(cursor, budget, &grids))
         .await?;
     let mut order = Vec::new();
     let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();

@@ -20,6 +20,21 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub ingest: ingest::IngestOptions,
+    /// About how many bytes of changes one sync response carries before it sets `more`
+    /// (default [`qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES`]).
+    pub response_budget: usize,
+}
+
+impl Config {
+    /// The defaults: 127.0.0.1:8080, `./qiaomen-data`.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            listen,
+            data_dir: data_dir.into(),
+            ingest: Default::default(),
+            response_budget: qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES,
+        }
+    }
 }
 
 /// A running server.
@@ -66,7 +81,11 @@ pub async fn start(
     let (writer, writer_thread) = ingest::Writer::start(storage, config.ingest.clone());
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = http::router(http::AppState { writer, readers });
+    let app = http::router(http::AppState {
+        writer,
+        readers,
+        response_budget: config.response_budget,
+    });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -27,14 +27,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         )
         .init();
     let args = Args::parse();
-    let config = qiaomen_server::Config {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        ingest: qiaomen_server::ingest::IngestOptions {
-            cache_capacity: args.cache_docs,
-            ..Default::default()
-        },
-    };
+    let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
+    config.ingest.cache_capacity = args.cache_docs;
     let server = qiaomen_server::start(config, async {
         let ctrl_c = tokio::signal::ctrl_c();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

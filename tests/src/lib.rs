@@ -50,16 +50,26 @@ impl TestServer {
     }
 
     pub fn start_on(data_dir: &Path, listen: std::net::SocketAddr) -> TestServer {
+        Self::start_with_budget(
+            data_dir,
+            listen,
+            qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES,
+        )
+    }
+
+    /// A server whose responses carry about `response_budget` bytes of changes each.
+    pub fn start_with_budget(
+        data_dir: &Path,
+        listen: std::net::SocketAddr,
+        response_budget: usize,
+    ) -> TestServer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let config = qiaomen_server::Config {
-            listen,
-            data_dir: data_dir.to_path_buf(),
-            ingest: Default::default(),
-        };
+        let mut config = qiaomen_server::Config::new(listen, data_dir);
+        config.response_budget = response_budget;
         let server = runtime
             .block_on(qiaomen_server::start(config, std::future::pending()))
             .expect("server starts");

@@ -385,3 +385,66 @@ fn changes_uploaded_by_another_device_than_their_author_are_refused_as_forbidden
     assert!(report.rejected.is_empty());
     assert_eq!(second.store.pending_change_count().unwrap(), 0);
 }
+
+#[test]
+fn a_phone_offline_for_months_catches_up_page_by_page_in_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small pages, so months of other phones' work spans many responses.
+    let server = TestServer::start_with_budget(
+        &dir.path().join("server"),
+        "127.0.0.1:0".parse().unwrap(),
+        8 * 1024,
+    );
+    let mut busy = Phone::new(&dir.path().join("busy.db"), &server.url, &["g1"]);
+    let mut away = Phone::new(&dir.path().join("away.db"), &server.url, &["g1"]);
+    let ids: Vec<HouseholdId> = (0..10)
+        .map(|i| {
+            let h = Household::new(
+                HouseholdId::new(),
+                GridId::new("g1"),
+                "东村",
+                format!("{i}"),
+            );
+            busy.store.create_household(&h).unwrap()
+        })
+        .collect();
+    busy.sync().unwrap();
+    away.sync().unwrap();
+    // Six months of visit days on the busy phone, synced as they go; the away phone makes its
+    // own edits offline all that time.
+    let days: Vec<Day> = (1..=6u8)
+        .flat_map(|m| qiaomen_protocol::calendar::visit_days_of_month(2026, m).unwrap())
+        .collect();
+    for d in &days {
+        for id in &ids {
+            busy.store
+                .record_visit(*id, &sample_visit(&busy.author, *d, "每月走访"), &[])
+                .unwrap();
+        }
+        busy.sync().unwrap();
+    }
+    for id in ids.iter().take(3) {
+        away.store
+            .record_visit(
+                *id,
+                &sample_visit(&away.author, day("2026-01-15"), "离线补录"),
+                &[],
+            )
+            .unwrap();
+    }
+    let report = away.sync().unwrap();
+    assert!(
+        report.progress.round_trips > 3,
+        "paged: {} round trips",
+        report.progress.round_trips
+    );
+    assert_eq!(report.received_changes as usize, days.len() * ids.len());
+    assert!(report.rejected.is_empty());
+    busy.sync().unwrap();
+    for id in &ids {
+        let h = away.store.household(*id).unwrap();
+        assert_eq!(h, busy.store.household(*id).unwrap());
+        assert!(h.visits.len() >= days.len());
+    }
+    assert_eq!(away.store.pending_change_count().unwrap(), 0);
+}

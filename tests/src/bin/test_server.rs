@@ -10,11 +10,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let data_dir = std::env::args().nth(1).expect("data dir");
-    let config = qiaomen_server::Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data_dir.into(),
-        ingest: Default::default(),
-    };
+    let config = qiaomen_server::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir);
     let server = qiaomen_server::start(
         config,
         tokio::time::sleep(std::time::Duration::from_secs(120)),
