@@ -39,10 +39,10 @@ struct Job {
     reply: oneshot::Sender<Result<Outcome, String>>,
 }
 
-/// A handle to the writer thread.
+/// A handle to the writer threads.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    tx: mpsc::SyncSender<Job>,
+    shards: Vec<mpsc::SyncSender<Job>>,
 }
 
 /// Why an upload could not be processed (the storage failed; the phone should retry).
@@ -51,62 +51,108 @@ pub struct Writer {
 pub struct WriteFailed;
 
 impl Writer {
-    /// Starts the writer thread over `storage`.
+    /// Starts one writer thread per storage connection. Households are sharded across them
+    /// (a household always goes to the same thread, so its changes stay in order); each thread
+    /// checks and applies in parallel and takes SQLite's write lock only to append and commit.
     pub fn start<S: Storage>(
-        storage: S,
+        storages: Vec<S>,
         options: IngestOptions,
-    ) -> (Writer, std::thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::sync_channel::<Job>(1024);
-        let handle = std::thread::Builder::new()
-            .name("qiaomen-writer".into())
-            .spawn(move || {
-                let mut ingestor = Ingestor::new(storage, options);
-                while let Ok(first) = rx.recv() {
-                    let mut jobs = vec![first];
-                    while jobs.len() < 256 {
-                        match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
-                            Err(_) => break,
-                        }
-                    }
-                    let uploads: Vec<&Upload> = jobs.iter().map(|j| &j.upload).collect();
-                    match ingestor.process_group(&uploads) {
-                        Ok(outcomes) => {
-                            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                                let _ = job.reply.send(Ok(outcome));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, group = jobs.len(), "write group failed; rolled back");
-                            for job in jobs {
-                                let _ = job.reply.send(Err("storage".into()));
-                            }
-                        }
-                    }
-                }
-                tracing::info!("writer stopped");
-            })
-            .expect("spawn writer thread");
-        (Writer { tx }, handle)
+    ) -> (Writer, Vec<std::thread::JoinHandle<()>>) {
+        let mut shards = Vec::new();
+        let mut handles = Vec::new();
+        for (i, storage) in storages.into_iter().enumerate() {
+            let (tx, rx) = mpsc::sync_channel::<Job>(1024);
+            let options = options.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("qiaomen-writer-{i}"))
+                .spawn(move || run_shard(Ingestor::new(storage, options), rx))
+                .expect("spawn writer thread");
+            shards.push(tx);
+            handles.push(handle);
+        }
+        (Writer { shards }, handles)
     }
 
-    /// Hands an upload to the writer and waits until it is durably stored (or refused).
-    pub async fn submit(&self, upload: Upload) -> Result<Outcome, WriteFailed> {
-        let (reply, rx) = oneshot::channel();
-        let tx = self.tx.clone();
-        // The queue is bounded; wait for room off the async threads.
-        tokio::task::spawn_blocking(move || tx.send(Job { upload, reply }))
-            .await
-            .map_err(|_| WriteFailed)?
-            .map_err(|_| WriteFailed)?;
-        rx.await.map_err(|_| WriteFailed)?.map_err(|_| WriteFailed)
+    fn shard_of(&self, id: &HouseholdId) -> usize {
+        // The id's last bytes are random in every UUID version phones make.
+        let b = id.as_bytes();
+        u16::from_le_bytes([b[14], b[15]]) as usize % self.shards.len()
     }
+
+    /// Hands an upload to the writers and waits until it is durably stored (or refused).
+    pub async fn submit(&self, upload: Upload) -> Result<Outcome, WriteFailed> {
+        let mut parts: Vec<Vec<DocChanges>> = vec![Vec::new(); self.shards.len()];
+        for dc in upload.docs {
+            let shard = self.shard_of(&dc.id);
+            parts[shard].push(dc);
+        }
+        let mut waiting = Vec::new();
+        for (shard, docs) in parts.into_iter().enumerate() {
+            if docs.is_empty() {
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            let tx = self.shards[shard].clone();
+            let job = Job {
+                upload: Upload {
+                    device: upload.device,
+                    docs,
+                },
+                reply,
+            };
+            // The queues are bounded; wait for room off the async threads.
+            tokio::task::spawn_blocking(move || tx.send(job))
+                .await
+                .map_err(|_| WriteFailed)?
+                .map_err(|_| WriteFailed)?;
+            waiting.push(rx);
+        }
+        let mut outcome = Outcome::default();
+        for rx in waiting {
+            let part = rx
+                .await
+                .map_err(|_| WriteFailed)?
+                .map_err(|_| WriteFailed)?;
+            outcome.accepted += part.accepted;
+            outcome.rejected.extend(part.rejected);
+        }
+        Ok(outcome)
+    }
+}
+
+fn run_shard<S: Storage>(mut ingestor: Ingestor<S>, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 256 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let uploads: Vec<&Upload> = jobs.iter().map(|j| &j.upload).collect();
+        match ingestor.process_group(&uploads) {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, group = jobs.len(), "write group failed; rolled back");
+                for job in jobs {
+                    let _ = job.reply.send(Err("storage".into()));
+                }
+            }
+        }
+    }
+    tracing::info!("writer stopped");
 }
 
 /// Tuning of the write path.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
-    /// Household documents kept in memory.
+    /// Writer threads (households are sharded across them).
+    pub writers: usize,
+    /// Household documents kept in memory, per writer.
     pub cache_capacity: usize,
     /// Write a new snapshot of a document after this many log rows past the old one.
     pub snapshot_after: u64,
@@ -115,6 +161,7 @@ pub struct IngestOptions {
 impl Default for IngestOptions {
     fn default() -> Self {
         Self {
+            writers: 2,
             cache_capacity: 2_000,
             snapshot_after: 32,
         }
@@ -132,6 +179,11 @@ pub struct Ingestor<S: Storage> {
     options: IngestOptions,
     cache: HashMap<HouseholdId, Cached>,
     tick: u64,
+    /// Accepted changes of the current group, appended when the group commits.
+    pending: Vec<(HouseholdId, Vec<NewChange>)>,
+    /// Households touched by the current group: their cached documents hold changes that are
+    /// not stored yet, so they must not be evicted before the commit.
+    pinned: HashSet<HouseholdId>,
 }
 
 fn reject(doc: HouseholdId, n: usize, hash: Option<ChangeHash>, code: RejectCode) -> Rejection {
@@ -158,6 +210,8 @@ impl<S: Storage> Ingestor<S> {
             options,
             cache: HashMap::new(),
             tick: 0,
+            pending: Vec::new(),
+            pinned: HashSet::new(),
         }
     }
 
@@ -165,22 +219,48 @@ impl<S: Storage> Ingestor<S> {
     /// the cache is dropped (it may hold changes that are not stored) and the error returned.
     pub fn process_group(&mut self, uploads: &[&Upload]) -> Result<Vec<Outcome>, StorageError> {
         let started = std::time::Instant::now();
-        self.storage.begin()?;
+        let result = self.check_and_store(uploads, started);
+        self.pending.clear();
+        self.pinned.clear();
+        if result.is_err() {
+            // The cache may hold changes that are not stored: start again from the disk.
+            self.cache.clear();
+        }
+        result
+    }
+
+    /// Checks and applies every upload without holding the write lock (reads only), then
+    /// appends what was accepted and commits, in one transaction.
+    fn check_and_store(
+        &mut self,
+        uploads: &[&Upload],
+        started: std::time::Instant,
+    ) -> Result<Vec<Outcome>, StorageError> {
         let mut outcomes = Vec::with_capacity(uploads.len());
         for upload in uploads {
-            match self.process(upload) {
-                Ok(o) => outcomes.push(o),
-                Err(e) => {
-                    self.storage.rollback();
-                    self.cache.clear();
-                    return Err(e);
-                }
-            }
+            outcomes.push(self.process(upload)?);
         }
         let processed = started.elapsed();
-        if let Err(e) = self.storage.commit() {
+        if self.pending.is_empty() {
+            return Ok(outcomes);
+        }
+        self.storage.begin()?;
+        let written = (|| {
+            let pending = std::mem::take(&mut self.pending);
+            for (id, rows) in &pending {
+                let grid = self.cache.get(id).map(|c| c.doc.grid()).unwrap_or_default();
+                let since_snapshot = self.storage.append(rows, &grid)?;
+                if since_snapshot >= self.options.snapshot_after
+                    && let Some(c) = self.cache.get_mut(id)
+                {
+                    let snapshot = c.doc.save();
+                    self.storage.put_snapshot(*id, &snapshot)?;
+                }
+            }
+            self.storage.commit()
+        })();
+        if let Err(e) = written {
             self.storage.rollback();
-            self.cache.clear();
             return Err(e);
         }
         tracing::debug!(
@@ -191,6 +271,26 @@ impl<S: Storage> Ingestor<S> {
             "group committed"
         );
         Ok(outcomes)
+    }
+
+    /// The household's document as stored plus what this group accepted for it so far.
+    fn reload(&mut self, id: HouseholdId) -> Result<Option<HouseholdDoc>, StorageError> {
+        self.cache.remove(&id);
+        let Some(doc) = self.doc(id)? else {
+            return Ok(None);
+        };
+        let mut doc = doc.clone();
+        let earlier: Vec<&[u8]> = self
+            .pending
+            .iter()
+            .filter(|(d, _)| *d == id)
+            .flat_map(|(_, rows)| rows.iter().map(|r| r.bytes.as_slice()))
+            .collect();
+        if !earlier.is_empty() {
+            doc.apply_changes(earlier)
+                .map_err(|_| StorageError::Corrupt(id))?;
+        }
+        Ok(Some(doc))
     }
 
     fn doc(&mut self, id: HouseholdId) -> Result<Option<&mut HouseholdDoc>, StorageError> {
@@ -210,6 +310,7 @@ impl<S: Storage> Ingestor<S> {
                 && let Some(oldest) = self
                     .cache
                     .iter()
+                    .filter(|(k, _)| !self.pinned.contains(*k))
                     .min_by_key(|(_, c)| c.last_used)
                     .map(|(k, _)| *k)
             {
@@ -243,6 +344,7 @@ impl<S: Storage> Ingestor<S> {
         outcome: &mut Outcome,
     ) -> Result<(), StorageError> {
         let id = dc.id;
+        self.pinned.insert(id);
         // 1. Decode; refuse what is not a change.
         let mut decoded: Vec<(usize, Change)> = Vec::new();
         for (n, bytes) in dc.changes.iter().enumerate() {
@@ -333,10 +435,10 @@ impl<S: Storage> Ingestor<S> {
             if all_ok {
                 candidates
             } else {
-                // Start again from what is stored and find the culprits.
-                self.cache.remove(&id);
-                let mut doc = match self.doc(id)? {
-                    Some(d) => d.clone(),
+                // Start again from what is stored (and accepted earlier in this group) and
+                // find the culprits.
+                let mut doc = match self.reload(id)? {
+                    Some(d) => d,
                     None => return Ok(()),
                 };
                 let mut good = Vec::new();
@@ -370,7 +472,14 @@ impl<S: Storage> Ingestor<S> {
                         ));
                     }
                 }
-                self.cache.get_mut(&id).expect("reloaded").doc = doc;
+                self.tick += 1;
+                self.cache.insert(
+                    id,
+                    Cached {
+                        doc,
+                        last_used: self.tick,
+                    },
+                );
                 good
             }
         } else {
@@ -416,7 +525,7 @@ impl<S: Storage> Ingestor<S> {
         if accepted.is_empty() {
             return Ok(());
         }
-        // 4. Append to the log (inside the group's transaction).
+        // 4. Queue for the log: appended when the group commits.
         let rows: Vec<NewChange> = accepted
             .iter()
             .map(|(_, c)| NewChange {
@@ -426,13 +535,8 @@ impl<S: Storage> Ingestor<S> {
                 device: device.map(|d| *d.as_bytes()),
             })
             .collect();
-        let grid = self.doc(id)?.map(|d| d.grid()).unwrap_or_default();
-        let since_snapshot = self.storage.append(&rows, &grid)?;
         outcome.accepted += rows.len() as u32;
-        if since_snapshot >= self.options.snapshot_after {
-            let snapshot = self.doc(id)?.expect("cached").save();
-            self.storage.put_snapshot(id, &snapshot)?;
-        }
+        self.pending.push((id, rows));
         Ok(())
     }
 }

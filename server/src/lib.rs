@@ -1,7 +1,8 @@
 //! The Qiaomen sync server: merges what the phones bring back.
 //!
 //! - [`http`]: the axum router (`POST /v1/sync`, `GET /healthz`), typed error bodies;
-//! - [`ingest`]: the single writer thread that checks, applies and group-commits uploads;
+//! - [`ingest`]: the writer threads (households sharded across them) that check, apply and
+//!   group-commit uploads;
 //! - [`storage`]: the [`storage::Storage`] trait and its embedded SQLite backend.
 //!
 //! [`start`] runs a server on a listener; `main.rs` is a thin command line over it.
@@ -43,7 +44,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    writers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -54,18 +55,20 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let res = (&mut self.task).await.map_err(std::io::Error::other)?;
-        if let Some(w) = self.writer.take() {
-            tokio::task::spawn_blocking(move || w.join()).await.ok();
-        }
+        let writers = std::mem::take(&mut self.writers);
+        tokio::task::spawn_blocking(move || writers.into_iter().for_each(|w| drop(w.join())))
+            .await
+            .ok();
         res
     }
 
     /// Waits until the server stops by itself.
     pub async fn wait(mut self) -> std::io::Result<()> {
         let res = (&mut self.task).await.map_err(std::io::Error::other)?;
-        if let Some(w) = self.writer.take() {
-            tokio::task::spawn_blocking(move || w.join()).await.ok();
-        }
+        let writers = std::mem::take(&mut self.writers);
+        tokio::task::spawn_blocking(move || writers.into_iter().for_each(|w| drop(w.join())))
+            .await
+            .ok();
         res
     }
 }
@@ -78,7 +81,12 @@ pub async fn start(
 ) -> Result<RunningServer, Box<dyn std::error::Error + Send + Sync>> {
     let storage = storage::SqliteStorage::open(&config.data_dir)?;
     let readers = Arc::new(http::ReaderPool::new(storage.reopen()?));
-    let (writer, writer_thread) = ingest::Writer::start(storage, config.ingest.clone());
+    let mut storages = Vec::new();
+    for _ in 1..config.ingest.writers.max(1) {
+        storages.push(storage.reopen()?);
+    }
+    storages.push(storage);
+    let (writer, writer_threads) = ingest::Writer::start(storages, config.ingest.clone());
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let app = http::router(http::AppState {
@@ -103,6 +111,6 @@ pub async fn start(
         addr,
         shutdown: Some(tx),
         task,
-        writer: Some(writer_thread),
+        writers: writer_threads,
     })
 }
