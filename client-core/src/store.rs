@@ -895,6 +895,40 @@ impl Store {
         Ok(())
     }
 
+    /// The check value of the cursor (the hash of the server's log entry at it).
+    pub fn sync_cursor_check(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'cursor_check'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Stores the cursor and its check value together (after the changes they cover).
+    pub fn set_sync_position(&self, cursor: Option<u64>, check: Option<&[u8]>) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        match check {
+            Some(k) => tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('cursor_check', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [k],
+            )?,
+            None => tx.execute("DELETE FROM meta WHERE key = 'cursor_check'", [])?,
+        };
+        match cursor {
+            Some(c) => tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('cursor', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [c.to_be_bytes().to_vec()],
+            )?,
+            None => tx.execute("DELETE FROM meta WHERE key = 'cursor'", [])?,
+        };
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Households with changes no server has acknowledged, in the order they were made.
     pub fn pending_households(&self) -> Result<Vec<HouseholdId>> {
         let mut stmt = self.conn.prepare_cached(
@@ -939,7 +973,7 @@ impl Store {
             }
             tx.commit()?;
         }
-        self.set_sync_cursor(None)
+        self.set_sync_position(None, None)
     }
 
     /// Takes the server's refusal of `refused` changes of household `id`: the document goes

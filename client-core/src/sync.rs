@@ -138,7 +138,9 @@ impl SyncClient {
         mut progress: impl FnMut(&SyncProgress),
     ) -> Result<SyncReport, SyncError> {
         match self.sync_once(store, &mut progress).await {
-            Err(SyncError::Server { status: 409, code }) if code == "cursor_ahead" => {
+            Err(SyncError::Server { status: 409, code })
+                if code == "cursor_ahead" || code == "cursor_diverged" =>
+            {
                 // The server lost state this phone had seen: send it everything again.
                 tracing::warn!("server log is behind this device; full resync");
                 store.mark_everything_pending()?;
@@ -168,6 +170,7 @@ impl SyncClient {
         loop {
             let chunk = chunks.next().unwrap_or_default();
             let request = SyncRequest {
+                cursor_check: store.sync_cursor_check()?.map(ByteBuf::from),
                 version: PROTOCOL_VERSION,
                 cursor: store.sync_cursor()?,
                 grids: self.grids.clone(),
@@ -248,7 +251,10 @@ impl SyncClient {
             report.received_changes += store.apply_remote_changes(doc.id, &changes)? as u64;
         }
         // 3. Only now the cursor: a crash before this line re-downloads, harmlessly.
-        store.set_sync_cursor(Some(response.cursor))?;
+        store.set_sync_position(
+            Some(response.cursor),
+            response.cursor_check.as_deref().map(|k| k.as_slice()),
+        )?;
         Ok(())
     }
 

@@ -52,6 +52,11 @@ pub struct SyncRequest {
     /// this narrows it further.) A phone whose grids change syncs once with no cursor.
     #[serde(rename = "g", default, skip_serializing_if = "Vec::is_empty")]
     pub grids: Vec<String>,
+    /// The `k` of the response that gave the phone its cursor: the hash of the log entry at
+    /// the cursor. A server whose log holds something else there (restored from an older
+    /// backup, then grown) answers `409 cursor_diverged`.
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub cursor_check: Option<ByteBuf>,
 }
 
 /// Changes of one household, oldest first (each change after those it depends on).
@@ -85,6 +90,10 @@ pub struct SyncResponse {
     /// The response stopped at its size budget: call again with the new cursor.
     #[serde(rename = "m", default)]
     pub more: bool,
+    /// The hash of the log entry at `cursor` (absent when the cursor is 0), for the phone to
+    /// send back as `k` with that cursor.
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub cursor_check: Option<ByteBuf>,
 }
 
 /// A refused change.
@@ -185,6 +194,7 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let req = SyncRequest {
+            cursor_check: None,
             version: 1,
             cursor: Some(42),
             grids: vec!["g1".into()],
@@ -199,6 +209,7 @@ mod tests {
     #[test]
     fn an_idle_check_is_tiny() {
         let req = SyncRequest {
+            cursor_check: None,
             version: 1,
             cursor: Some(123_456),
             docs: vec![],
@@ -218,6 +229,7 @@ mod tests {
             Err(WireError::NotCompressed)
         );
         let good = encode(&SyncRequest {
+            cursor_check: None,
             version: 1,
             cursor: None,
             docs: vec![],
@@ -228,6 +240,7 @@ mod tests {
             Err(WireError::Malformed)
         );
         let other = encode(&SyncRequest {
+            cursor_check: None,
             version: 9,
             cursor: None,
             docs: vec![],

@@ -210,6 +210,7 @@ impl Msg {
             "SyncRequest" => {
                 let o = object(v, &["v", "c", "d", "g"])?;
                 Msg::Request(SyncRequest {
+                    cursor_check: None,
                     version: uint(o, "v")? as u32,
                     cursor: match o.get("c") {
                         None | Some(Json::Null) => None,
@@ -225,6 +226,7 @@ impl Msg {
             "SyncResponse" => {
                 let o = object(v, &["v", "c", "a", "r", "d", "m"])?;
                 Msg::Response(SyncResponse {
+                    cursor_check: None,
                     version: uint(o, "v")? as u32,
                     cursor: uint(o, "c")?,
                     accepted: uint(o, "a")? as u32,
@@ -438,6 +440,7 @@ fn vectors() -> Vec<Vector> {
     let c = id(HOUSEHOLD_C);
     let request = |cursor, docs, grids: &[&str]| {
         Msg::Request(SyncRequest {
+            cursor_check: None,
             version: PROTOCOL_VERSION,
             cursor,
             docs,
@@ -446,6 +449,7 @@ fn vectors() -> Vec<Vector> {
     };
     let response = |cursor, accepted, rejected, docs, more| {
         Msg::Response(SyncResponse {
+            cursor_check: None,
             version: PROTOCOL_VERSION,
             cursor,
             accepted,
@@ -844,6 +848,7 @@ fn response_from(v: &Cbor) -> Result<SyncResponse, WireError> {
 #[test]
 fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
     let idle_first = SyncRequest {
+        cursor_check: None,
         version: 1,
         cursor: None,
         docs: vec![],
@@ -876,6 +881,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         ]))
         .unwrap(),
         SyncResponse {
+            cursor_check: None,
             version: 1,
             cursor: 9,
             accepted: 0,

@@ -249,6 +249,19 @@ async fn sync(
             message: "the cursor is past the end of this server's log; resync with no cursor and every change".into(),
         });
     }
+    // The cursor must point at the same log entry it did when the phone got it: a server
+    // restored from an older backup may have grown past the cursor with other changes.
+    if cursor > 0
+        && let Some(check) = req.cursor_check.clone()
+    {
+        let at = state.readers.with(move |s| s.hash_at(cursor)).await?;
+        if at.as_deref() != Some(check.as_slice()) {
+            return Err(ApiError::Conflict {
+                code: "cursor_diverged",
+                message: "this server's log differs at the cursor; resync with no cursor and every change".into(),
+            });
+        }
+    }
     // Hashes of what this phone uploads: it has them, so they are not sent back.
     let uploaded: HashSet<Vec<u8>> = req
         .docs
@@ -271,9 +284,17 @@ async fn sync(
     };
     let grids = req.grids;
     let budget = state.response_budget;
-    let slice = state
+    let (slice, check) = state
         .readers
-        .with(move |s| s.log_since(cursor, budget, &grids))
+        .with(move |s| {
+            let slice = s.log_since(cursor, budget, &grids)?;
+            let check = if slice.cursor > 0 {
+                s.hash_at(slice.cursor)?
+            } else {
+                None
+            };
+            Ok((slice, check))
+        })
         .await?;
     let mut order = Vec::new();
     let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
@@ -297,6 +318,7 @@ async fn sync(
         })
         .collect();
     let response = SyncResponse {
+        cursor_check: check.map(ByteBuf::from),
         version: PROTOCOL_VERSION,
         cursor: slice.cursor,
         accepted: outcome.accepted,

@@ -79,6 +79,8 @@ pub trait Storage: Send + 'static {
     fn log_since(&mut self, cursor: u64, budget: usize, grids: &[String]) -> Result<LogSlice>;
     /// The last sequence number in the log.
     fn max_seq(&mut self) -> Result<u64>;
+    /// The hash of the change logged at `seq`.
+    fn hash_at(&mut self, seq: u64) -> Result<Option<Vec<u8>>>;
     /// How many documents the store holds.
     fn doc_count(&mut self) -> Result<u64>;
 }
@@ -298,6 +300,14 @@ impl Storage for SqliteStorage {
             .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
                 r.get::<_, i64>(0)
             })? as u64)
+    }
+
+    fn hash_at(&mut self, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT hash FROM changes WHERE seq = ?1")?
+            .query_row([seq as i64], |r| r.get(0))
+            .optional()?)
     }
 
     fn doc_count(&mut self) -> Result<u64> {

@@ -362,6 +362,7 @@ fn main() {
             })
             .collect();
         qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
+            cursor_check: None,
             version: 1,
             cursor: Some(0),
             docs,
@@ -428,6 +429,7 @@ fn main() {
                 .collect();
             let cursor = w.store.sync_cursor().unwrap();
             qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
+                cursor_check: None,
                 version: 1,
                 cursor,
                 docs,

@@ -209,6 +209,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     let heads = phone.store.document(id).unwrap().heads();
 
     let good = wire::encode(&SyncRequest {
+        cursor_check: None,
         version: 1,
         cursor: Some(0),
         docs: vec![],
@@ -248,6 +249,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "future version",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                cursor_check: None,
                 version: 2,
                 cursor: None,
                 docs: vec![],
@@ -274,6 +276,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "cursor past the log",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                cursor_check: None,
                 version: 1,
                 cursor: Some(seq + 1000),
                 docs: vec![],
@@ -311,6 +314,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     }
     // Well-formed requests carrying bad changes: refused per change, nothing stored.
     let bad = SyncRequest {
+        cursor_check: None,
         version: 1,
         cursor: Some(seq),
         docs: vec![

@@ -290,6 +290,7 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
         .collect();
     changes.push(other.get_last_local_change().unwrap().raw_bytes().to_vec());
     let req = SyncRequest {
+        cursor_check: None,
         version: 1,
         cursor: None,
         docs: vec![DocChanges {
@@ -447,4 +448,97 @@ fn a_phone_offline_for_months_catches_up_page_by_page_in_one_sync() {
         assert!(h.visits.len() >= days.len());
     }
     assert_eq!(away.store.pending_change_count().unwrap(), 0);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_server_restored_from_an_older_backup_gets_back_what_phones_had_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start(&data);
+    let mut p = Phone::new(&dir.path().join("p.db"), &server.url, &[]);
+    let h1 = p
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "x",
+            "1",
+        ))
+        .unwrap();
+    p.sync().unwrap();
+    server.stop();
+    copy_dir(&data, &dir.path().join("backup")); // last night's backup
+
+    // The phone goes on: a visit and a new household, acknowledged by the server.
+    let server = TestServer::start_on(&data, any);
+    p.client = qiaomen_client_core::SyncClient::new(&server.url).unwrap();
+    let v = sample_visit(&p.author, day("2026-11-15"), "after the backup");
+    p.store.record_visit(h1, &v, &[]).unwrap();
+    let h2 = p
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "x",
+            "2",
+        ))
+        .unwrap();
+    p.sync().unwrap();
+    assert_eq!(p.store.pending_change_count().unwrap(), 0);
+    server.stop();
+
+    // The disk is lost; the backup is restored, and other phones push its log past the
+    // phone's cursor with other changes.
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&dir.path().join("backup"), &data);
+    let server = TestServer::start_on(&data, any);
+    let mut q = Phone::new(&dir.path().join("q.db"), &server.url, &[]);
+    for i in 0..5 {
+        q.store
+            .create_household(&Household::new(
+                HouseholdId::new(),
+                GridId::new("g1"),
+                "y",
+                format!("{i}"),
+            ))
+            .unwrap();
+    }
+    q.sync().unwrap();
+
+    // The phone notices the log differs at its cursor and sends everything again.
+    p.client = qiaomen_client_core::SyncClient::new(&server.url).unwrap();
+    p.sync().unwrap();
+    let mut observer = Phone::new(&dir.path().join("o.db"), &server.url, &[]);
+    observer.sync().unwrap();
+    assert_eq!(
+        observer.store.household_ids().unwrap().len(),
+        7,
+        "h1, h2 and q's five"
+    );
+    assert!(
+        observer
+            .store
+            .household(h1)
+            .unwrap()
+            .visits
+            .contains_key(&v.id)
+    );
+    assert_eq!(
+        observer.store.household(h2).unwrap(),
+        p.store.household(h2).unwrap()
+    );
+    assert_eq!(
+        p.store.household_ids().unwrap().len(),
+        7,
+        "and the phone got q's households"
+    );
 }
