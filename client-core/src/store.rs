@@ -446,7 +446,14 @@ impl Store {
             .change_bytes(&hash)
             .expect("the change was just made");
         let household = match &index {
-            IndexUpdate::Full => Some(cached.doc.household()?),
+            IndexUpdate::Full => match cached.doc.household() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    // The change is in memory only: forget it rather than build on it.
+                    self.cache.remove(&id);
+                    return Err(e.into());
+                }
+            },
             _ => None,
         };
         let compact = cached.appended + 1 >= compact_after;

@@ -241,7 +241,19 @@ impl SyncClient {
                     report.rejected.push((*id, *h, r.code));
                 }
             }
-            store.apply_rejections(*id, &refused)?;
+            // `missing_dependencies` and `unknown_document` can pass (what the change builds on
+            // may reach the server later, e.g. after a server restore): such a household's
+            // refused changes stay pending, to be offered again, and nothing is rolled back.
+            // Every other code is final: the document goes back to what the server accepted.
+            let temporary = response.rejected.iter().filter(|r| r.doc == *id).any(|r| {
+                matches!(
+                    r.code,
+                    RejectCode::MissingDependencies | RejectCode::UnknownDocument
+                )
+            });
+            if !temporary {
+                store.apply_rejections(*id, &refused)?;
+            }
         }
         // 2. Changes from elsewhere.
         for doc in response.docs {

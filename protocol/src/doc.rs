@@ -451,6 +451,12 @@ impl HouseholdDoc {
         }
         if facts || whole || patches.is_empty() {
             let f: crate::schema::HouseholdFacts = autosurgeon::hydrate(&self.doc)?;
+            if f.schema_version > SCHEMA_VERSION {
+                return Err(DocError::TooNew {
+                    found: f.schema_version,
+                    supported: SCHEMA_VERSION,
+                });
+            }
             if f.id != expected_id {
                 return Err(DocError::InvalidEdit("the household id changed".into()));
             }

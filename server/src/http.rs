@@ -235,6 +235,13 @@ async fn sync(
             ),
         });
     }
+    let mut seen = HashSet::new();
+    if !req.docs.iter().all(|d| seen.insert(d.id)) {
+        return Err(ApiError::BadRequest {
+            code: "malformed",
+            message: "a household appears more than once in the request".into(),
+        });
+    }
     if req.grids.len() > 1_000 {
         return Err(ApiError::PayloadTooLarge {
             code: "too_many",

@@ -130,7 +130,16 @@ fn run_shard<S: Storage>(mut ingestor: Ingestor<S>, rx: mpsc::Receiver<Job>) {
             }
         }
         let uploads: Vec<&Upload> = jobs.iter().map(|j| &j.upload).collect();
-        match ingestor.process_group(&uploads) {
+        // A panic (Automerge on hostile input, say) must not end the shard: drop what it held
+        // in memory, roll back, and answer the group with errors; phones retry.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ingestor.process_group(&uploads)
+        }))
+        .unwrap_or_else(|_| {
+            ingestor.reset();
+            Err(StorageError::Panicked)
+        });
+        match result {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
@@ -217,6 +226,14 @@ impl<S: Storage> Ingestor<S> {
 
     /// Processes uploads in one transaction. On a storage error everything is rolled back,
     /// the cache is dropped (it may hold changes that are not stored) and the error returned.
+    /// Forgets everything held in memory and abandons any open transaction.
+    pub fn reset(&mut self) {
+        self.storage.rollback();
+        self.cache.clear();
+        self.pending.clear();
+        self.pinned.clear();
+    }
+
     pub fn process_group(&mut self, uploads: &[&Upload]) -> Result<Vec<Outcome>, StorageError> {
         let started = std::time::Instant::now();
         let result = self.check_and_store(uploads, started);
@@ -276,21 +293,34 @@ impl<S: Storage> Ingestor<S> {
     /// The household's document as stored plus what this group accepted for it so far.
     fn reload(&mut self, id: HouseholdId) -> Result<Option<HouseholdDoc>, StorageError> {
         self.cache.remove(&id);
-        let Some(doc) = self.doc(id)? else {
-            return Ok(None);
-        };
-        let mut doc = doc.clone();
-        let earlier: Vec<&[u8]> = self
+        let earlier: Vec<u8> = self
             .pending
             .iter()
             .filter(|(d, _)| *d == id)
-            .flat_map(|(_, rows)| rows.iter().map(|r| r.bytes.as_slice()))
+            .flat_map(|(_, rows)| rows.iter().flat_map(|r| r.bytes.iter().copied()))
             .collect();
-        if !earlier.is_empty() {
-            doc.apply_changes(earlier)
-                .map_err(|_| StorageError::Corrupt(id))?;
+        let stored = self.doc(id)?.map(|d| d.clone());
+        match stored {
+            Some(mut doc) => {
+                if !earlier.is_empty() {
+                    let changes = qiaomen_protocol::doc::decode_changes(
+                        self.pending
+                            .iter()
+                            .filter(|(d, _)| *d == id)
+                            .flat_map(|(_, rows)| rows.iter().map(|r| r.bytes.as_slice())),
+                    )
+                    .map_err(|_| StorageError::Corrupt(id))?;
+                    doc.apply_decoded(changes)
+                        .map_err(|_| StorageError::Corrupt(id))?;
+                }
+                Ok(Some(doc))
+            }
+            // Created earlier in this same group: not stored yet, only queued.
+            None if !earlier.is_empty() => HouseholdDoc::load(&earlier)
+                .map(Some)
+                .map_err(|_| StorageError::Corrupt(id)),
+            None => Ok(None),
         }
-        Ok(Some(doc))
     }
 
     fn doc(&mut self, id: HouseholdId) -> Result<Option<&mut HouseholdDoc>, StorageError> {
@@ -439,7 +469,19 @@ impl<S: Storage> Ingestor<S> {
                 // find the culprits.
                 let mut doc = match self.reload(id)? {
                     Some(d) => d,
-                    None => return Ok(()),
+                    None => {
+                        // Never leave a change neither accepted nor refused: the phone takes
+                        // silence for an acknowledgement.
+                        for (n, c) in candidates {
+                            outcome.rejected.push(reject(
+                                id,
+                                n,
+                                Some(c.hash()),
+                                RejectCode::UnknownDocument,
+                            ));
+                        }
+                        return Ok(());
+                    }
                 };
                 let mut good = Vec::new();
                 let mut bad: HashSet<ChangeHash> = HashSet::new();
@@ -538,5 +580,98 @@ impl<S: Storage> Ingestor<S> {
         outcome.accepted += rows.len() as u32;
         self.pending.push((id, rows));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::{ROOT, transaction::Transactable};
+    use qiaomen_protocol::{
+        doc::Author,
+        ids::{DeviceId, GridId, UserId},
+        schema::{Household, SCHEMA_VERSION},
+    };
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+    use crate::storage::SqliteStorage;
+
+    fn created() -> (HouseholdId, Vec<u8>, automerge::AutoCommit) {
+        let a = Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        };
+        let id = HouseholdId::new();
+        let mut doc =
+            HouseholdDoc::create(&Household::new(id, GridId::new("g7"), "x", "1"), &a, 1).unwrap();
+        let bytes = doc.save();
+        let creation = doc.changes_since(&[]).remove(0);
+        (id, creation, automerge::AutoCommit::load(&bytes).unwrap())
+    }
+
+    fn upload(id: HouseholdId, changes: Vec<Vec<u8>>) -> Upload {
+        Upload {
+            device: None,
+            docs: vec![DocChanges {
+                id,
+                changes: changes.into_iter().map(ByteBuf::from).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_bad_change_to_a_household_created_in_the_same_group_is_refused_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingestor =
+            Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), Default::default());
+        let (id, creation, mut raw) = created();
+        raw.put(ROOT, "status", 42).unwrap();
+        raw.commit();
+        let bad = raw.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let (first, second) = (upload(id, vec![creation]), upload(id, vec![bad]));
+        let outcomes = ingestor.process_group(&[&first, &second]).unwrap();
+        assert_eq!(outcomes[0].accepted, 1);
+        assert_eq!(outcomes[1].accepted, 0);
+        assert_eq!(
+            outcomes[1].rejected.len(),
+            1,
+            "refused, never silently dropped"
+        );
+        assert_eq!(outcomes[1].rejected[0].code, RejectCode::SchemaViolation);
+        // The creation is in the log, under its grid.
+        let mut reader = SqliteStorage::open(dir.path()).unwrap();
+        assert_eq!(
+            reader
+                .log_since(0, 1 << 20, &["g7".to_string()])
+                .unwrap()
+                .changes
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_change_raising_the_schema_version_past_the_servers_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingestor =
+            Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), Default::default());
+        let (id, creation, mut raw) = created();
+        ingestor
+            .process_group(&[&upload(id, vec![creation])])
+            .unwrap();
+        raw.put(
+            ROOT,
+            "schema_version",
+            automerge::ScalarValue::Uint(SCHEMA_VERSION + 1),
+        )
+        .unwrap();
+        raw.commit();
+        let newer = raw.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let outcome = ingestor
+            .process_group(&[&upload(id, vec![newer])])
+            .unwrap()
+            .remove(0);
+        assert_eq!(outcome.rejected.len(), 1);
+        assert_eq!(outcome.rejected[0].code, RejectCode::SchemaViolation);
     }
 }

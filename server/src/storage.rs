@@ -23,6 +23,8 @@ pub enum StorageError {
     TooNew(i64),
     #[error("the stored document of household {0} does not load")]
     Corrupt(HouseholdId),
+    #[error("the writer panicked; the group was rolled back")]
+    Panicked,
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
