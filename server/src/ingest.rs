@@ -359,6 +359,52 @@ impl<S: Storage> Ingestor<S> {
         Ok(Some(&mut c.doc))
     }
 
+    /// Applies `candidates` one at a time on top of `doc`, keeping those whose result is valid;
+    /// the others (and what builds on them) are refused. The result becomes the cached
+    /// document. Returns the accepted changes.
+    fn one_by_one(
+        &mut self,
+        id: HouseholdId,
+        mut doc: HouseholdDoc,
+        candidates: Vec<(usize, Change)>,
+        outcome: &mut Outcome,
+    ) -> Vec<(usize, Change)> {
+        let mut good = Vec::new();
+        let mut bad: HashSet<ChangeHash> = HashSet::new();
+        for (n, change) in candidates {
+            let hash = change.hash();
+            if change.deps().iter().any(|d| bad.contains(d)) {
+                bad.insert(hash);
+                outcome
+                    .rejected
+                    .push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
+                continue;
+            }
+            let mut trial = doc.clone();
+            let before = trial.heads();
+            if trial.apply_decoded(vec![change.clone()]).is_ok()
+                && trial.validate_since(&before, id).is_ok()
+            {
+                doc = trial;
+                good.push((n, change));
+            } else {
+                bad.insert(hash);
+                outcome
+                    .rejected
+                    .push(reject(id, n, Some(hash), RejectCode::SchemaViolation));
+            }
+        }
+        self.tick += 1;
+        self.cache.insert(
+            id,
+            Cached {
+                doc,
+                last_used: self.tick,
+            },
+        );
+        good
+    }
+
     fn process(&mut self, upload: &Upload) -> Result<Outcome, StorageError> {
         let mut outcome = Outcome::default();
         for dc in &upload.docs {
@@ -467,7 +513,7 @@ impl<S: Storage> Ingestor<S> {
             } else {
                 // Start again from what is stored (and accepted earlier in this group) and
                 // find the culprits.
-                let mut doc = match self.reload(id)? {
+                let doc = match self.reload(id)? {
                     Some(d) => d,
                     None => {
                         // Never leave a change neither accepted nor refused: the phone takes
@@ -483,46 +529,7 @@ impl<S: Storage> Ingestor<S> {
                         return Ok(());
                     }
                 };
-                let mut good = Vec::new();
-                let mut bad: HashSet<ChangeHash> = HashSet::new();
-                for (n, change) in candidates {
-                    let hash = change.hash();
-                    if change.deps().iter().any(|d| bad.contains(d)) {
-                        bad.insert(hash);
-                        outcome.rejected.push(reject(
-                            id,
-                            n,
-                            Some(hash),
-                            RejectCode::DependsOnRejected,
-                        ));
-                        continue;
-                    }
-                    let mut trial = doc.clone();
-                    let before = trial.heads();
-                    if trial.apply_decoded(vec![change.clone()]).is_ok()
-                        && trial.validate_since(&before, id).is_ok()
-                    {
-                        doc = trial;
-                        good.push((n, change));
-                    } else {
-                        bad.insert(hash);
-                        outcome.rejected.push(reject(
-                            id,
-                            n,
-                            Some(hash),
-                            RejectCode::SchemaViolation,
-                        ));
-                    }
-                }
-                self.tick += 1;
-                self.cache.insert(
-                    id,
-                    Cached {
-                        doc,
-                        last_used: self.tick,
-                    },
-                );
-                good
+                self.one_by_one(id, doc, candidates, outcome)
             }
         } else {
             // A household new to the server: its changes must build a valid household of this id.
@@ -551,14 +558,38 @@ impl<S: Storage> Ingestor<S> {
                     );
                     candidates
                 }
-                built => {
-                    let code = if built.is_some_and(|(_, valid)| !valid) {
-                        RejectCode::SchemaViolation
-                    } else {
-                        RejectCode::UnknownDocument
-                    };
+                Some((_, false)) => {
+                    // Find the culprits: the creation alone, then each change in turn, so
+                    // one bad change does not take the household's creation with it.
+                    let mut rest = candidates.into_iter();
+                    let (n0, first) = rest.next().expect("candidates is not empty");
+                    let base = HouseholdDoc::load(first.raw_bytes())
+                        .ok()
+                        .and_then(|mut d| d.validate_since(&[], id).is_ok().then_some(d));
+                    match base {
+                        Some(doc) => {
+                            let mut good = vec![(n0, first)];
+                            good.extend(self.one_by_one(id, doc, rest.collect(), outcome));
+                            good
+                        }
+                        None => {
+                            let mut code = RejectCode::SchemaViolation;
+                            for (n, c) in std::iter::once((n0, first)).chain(rest) {
+                                outcome.rejected.push(reject(id, n, Some(c.hash()), code));
+                                code = RejectCode::DependsOnRejected;
+                            }
+                            return Ok(());
+                        }
+                    }
+                }
+                None => {
                     for (n, c) in candidates {
-                        outcome.rejected.push(reject(id, n, Some(c.hash()), code));
+                        outcome.rejected.push(reject(
+                            id,
+                            n,
+                            Some(c.hash()),
+                            RejectCode::UnknownDocument,
+                        ));
                     }
                     return Ok(());
                 }
@@ -648,6 +679,38 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn one_bad_change_in_a_new_households_upload_does_not_take_its_creation_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingestor =
+            Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), Default::default());
+        let (id, creation, raw) = created();
+        let mut bad_side = raw.clone();
+        bad_side.put(ROOT, "status", 42).unwrap();
+        bad_side.commit();
+        let bad = bad_side
+            .get_last_local_change()
+            .unwrap()
+            .raw_bytes()
+            .to_vec();
+        let mut good_side = raw;
+        good_side.set_actor(automerge::ActorId::random());
+        good_side.put(ROOT, "door_number", "1A").unwrap();
+        good_side.commit();
+        let good = good_side
+            .get_last_local_change()
+            .unwrap()
+            .raw_bytes()
+            .to_vec();
+        let outcome = ingestor
+            .process_group(&[&upload(id, vec![creation, bad, good])])
+            .unwrap()
+            .remove(0);
+        assert_eq!(outcome.accepted, 2);
+        let codes: Vec<_> = outcome.rejected.iter().map(|r| (r.n, r.code)).collect();
+        assert_eq!(codes, vec![(1, RejectCode::SchemaViolation)]);
     }
 
     #[test]
