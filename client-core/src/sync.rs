@@ -63,6 +63,9 @@ pub struct SyncReport {
     pub rejected: Vec<(HouseholdId, ChangeHash, RejectCode)>,
     /// Changes received from the server that were new to this phone.
     pub received_changes: u64,
+    /// Households whose downloaded changes could not be applied (their history is incomplete
+    /// on this page) and were skipped.
+    pub skipped_households: Vec<HouseholdId>,
 }
 
 /// One request's uploads: households with their pending changes (hash, bytes), in order.
@@ -260,7 +263,17 @@ impl SyncClient {
             let changes: Vec<Vec<u8>> = doc.changes.into_iter().map(|b| b.into_vec()).collect();
             // Counted as new only: on a paged catch-up a later page may carry this phone's own
             // changes from the first request back; they are already here.
-            report.received_changes += store.apply_remote_changes(doc.id, &changes)? as u64;
+            match store.apply_remote_changes(doc.id, &changes) {
+                Ok(n) => report.received_changes += n as u64,
+                // A household whose history this page cannot complete (it moved into this
+                // phone's grids after the phone's cursor: SYNC-v1.md §15.2) is skipped rather
+                // than stopping every later sync at this page.
+                Err(StoreError::Document(_) | StoreError::CorruptDocument { .. }) => {
+                    tracing::warn!(household = %doc.id, "downloaded changes do not complete the household; skipped");
+                    report.skipped_households.push(doc.id);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         // 3. Only now the cursor: a crash before this line re-downloads, harmlessly.
         store.set_sync_position(

@@ -542,3 +542,68 @@ fn a_server_restored_from_an_older_backup_gets_back_what_phones_had_sent() {
         "and the phone got q's households"
     );
 }
+
+#[test]
+fn a_household_moved_into_a_phones_grid_is_skipped_not_a_stuck_sync() {
+    // The known v1 gap (SYNC-v1.md §15.2): log rows keep the grid they arrived under, so a
+    // phone of the new grid sees only the changes after the move. It must keep syncing.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let mut admin = Phone::new(&dir.path().join("admin.db"), &server.url, &[]);
+    let mut g2 = Phone::new(&dir.path().join("g2.db"), &server.url, &["g2"]);
+    let moved = admin
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "x",
+            "1",
+        ))
+        .unwrap();
+    let stays = admin
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g2"),
+            "x",
+            "2",
+        ))
+        .unwrap();
+    admin.sync().unwrap();
+    g2.sync().unwrap();
+    admin
+        .store
+        .edit_household(moved, |h| {
+            h.grid = GridId::new("g2");
+            Ok(())
+        })
+        .unwrap();
+    admin
+        .store
+        .record_visit(
+            stays,
+            &sample_visit(&admin.author, day("2026-11-15"), "x"),
+            &[],
+        )
+        .unwrap();
+    admin.sync().unwrap();
+    let report = g2.sync().unwrap();
+    assert_eq!(report.skipped_households, vec![moved]);
+    assert_eq!(
+        g2.store.household(stays).unwrap().visits.len(),
+        1,
+        "the rest still arrives"
+    );
+    // And the next sync goes on normally.
+    admin
+        .store
+        .record_visit(
+            stays,
+            &sample_visit(&admin.author, day("2026-11-30"), "y"),
+            &[],
+        )
+        .unwrap();
+    admin.sync().unwrap();
+    assert!(g2.sync().unwrap().skipped_households.is_empty());
+    assert_eq!(g2.store.household(stays).unwrap().visits.len(), 2);
+}
