@@ -310,6 +310,8 @@ pub struct SyncSummary {
     pub accepted: u64,
     pub rejected: u64,
     pub received_changes: u64,
+    /// Households whose downloaded history was incomplete and were skipped.
+    pub skipped_household_ids: Vec<String>,
 }
 
 // ---- conversions --------------------------------------------------------------------------
@@ -618,6 +620,11 @@ impl From<core::SyncReport> for SyncSummary {
             accepted: r.accepted,
             rejected: r.rejected.len() as u64,
             received_changes: r.received_changes,
+            skipped_household_ids: r
+                .skipped_households
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 }
