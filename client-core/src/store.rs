@@ -410,15 +410,18 @@ impl Store {
             params![key, seq, bytes],
         )?;
         if local {
-            let pseq: i64 =
-                tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM pending", [], |r| {
-                    r.get(0)
-                })?;
-            tx.execute(
-                "INSERT OR IGNORE INTO pending (doc, hash, seq) VALUES (?1, ?2, ?3)",
-                params![key, hash.as_ref(), pseq],
-            )?;
+            Self::insert_pending(tx, key, hash.as_ref())?;
         }
+        Ok(())
+    }
+
+    /// Marks a change of this device pending (not yet acknowledged), in upload order.
+    fn insert_pending(tx: &rusqlite::Transaction<'_>, doc: &[u8], hash: &[u8]) -> Result<()> {
+        tx.execute(
+            "INSERT OR IGNORE INTO pending (doc, hash, seq)
+             VALUES (?1, ?2, (SELECT coalesce(max(seq), 0) + 1 FROM pending))",
+            params![doc, hash],
+        )?;
         Ok(())
     }
 
@@ -523,13 +526,7 @@ impl Store {
             "INSERT INTO docs (id, snapshot, grid, door_number, status) VALUES (?1, ?2, '', '', '')",
             params![id.as_bytes().as_slice(), snapshot],
         )?;
-        let pseq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM pending", [], |r| {
-            r.get(0)
-        })?;
-        tx.execute(
-            "INSERT INTO pending (doc, hash, seq) VALUES (?1, ?2, ?3)",
-            params![id.as_bytes().as_slice(), hash.as_ref(), pseq],
-        )?;
+        Self::insert_pending(&tx, id.as_bytes().as_slice(), hash.as_ref())?;
         Self::write_index(&tx, &h)?;
         tx.commit()?;
         Ok(id)
@@ -969,14 +966,7 @@ impl Store {
             };
             let tx = self.conn.unchecked_transaction()?;
             for h in hashes {
-                let pseq: i64 =
-                    tx.query_row("SELECT coalesce(max(seq), 0) + 1 FROM pending", [], |r| {
-                        r.get(0)
-                    })?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO pending (doc, hash, seq) VALUES (?1, ?2, ?3)",
-                    params![id.as_bytes().as_slice(), h.as_ref(), pseq],
-                )?;
+                Self::insert_pending(&tx, id.as_bytes().as_slice(), h.as_ref())?;
             }
             tx.commit()?;
         }

@@ -269,14 +269,6 @@ async fn sync(
             });
         }
     }
-    // Hashes of what this phone uploads: it has them, so they are not sent back.
-    let uploaded: HashSet<Vec<u8>> = req
-        .docs
-        .iter()
-        .flat_map(|d| d.changes.iter())
-        .filter_map(|c| qiaomen_protocol::doc::decode_changes([c.as_slice()]).ok())
-        .map(|c| c[0].hash().as_ref().to_vec())
-        .collect();
     let outcome = if n_changes > 0 {
         state
             .writer
@@ -291,6 +283,7 @@ async fn sync(
     };
     let grids = req.grids;
     let budget = state.response_budget;
+    let uploaded: HashSet<&[u8]> = outcome.uploaded.iter().map(|h| h.as_ref()).collect();
     let (slice, check) = state
         .readers
         .with(move |s| {
@@ -306,7 +299,8 @@ async fn sync(
     let mut order = Vec::new();
     let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
     for c in slice.changes {
-        if uploaded.contains(&c.hash) {
+        // What this phone uploads it has: not sent back.
+        if uploaded.contains(c.hash.as_slice()) {
             continue;
         }
         by_doc

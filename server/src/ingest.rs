@@ -32,6 +32,9 @@ pub struct Upload {
 pub struct Outcome {
     pub accepted: u32,
     pub rejected: Vec<Rejection>,
+    /// Hashes of every uploaded change that decoded (accepted, duplicate or refused): the
+    /// phone has them, so the response does not send them back.
+    pub uploaded: Vec<ChangeHash>,
 }
 
 struct Job {
@@ -115,6 +118,7 @@ impl Writer {
                 .map_err(|_| WriteFailed)?;
             outcome.accepted += part.accepted;
             outcome.rejected.extend(part.rejected);
+            outcome.uploaded.extend(part.uploaded);
         }
         Ok(outcome)
     }
@@ -193,6 +197,18 @@ pub struct Ingestor<S: Storage> {
     /// Households touched by the current group: their cached documents hold changes that are
     /// not stored yet, so they must not be evicted before the commit.
     pinned: HashSet<HouseholdId>,
+}
+
+/// Refuses every change of `candidates` with `code`.
+fn reject_all(
+    outcome: &mut Outcome,
+    id: HouseholdId,
+    candidates: Vec<(usize, Change)>,
+    code: RejectCode,
+) {
+    for (n, c) in candidates {
+        outcome.rejected.push(reject(id, n, Some(c.hash()), code));
+    }
 }
 
 fn reject(doc: HouseholdId, n: usize, hash: Option<ChangeHash>, code: RejectCode) -> Rejection {
@@ -359,6 +375,17 @@ impl<S: Storage> Ingestor<S> {
         Ok(Some(&mut c.doc))
     }
 
+    fn cache_put(&mut self, id: HouseholdId, doc: HouseholdDoc) {
+        self.tick += 1;
+        self.cache.insert(
+            id,
+            Cached {
+                doc,
+                last_used: self.tick,
+            },
+        );
+    }
+
     /// Applies `candidates` one at a time on top of `doc`, keeping those whose result is valid;
     /// the others (and what builds on them) are refused. The result becomes the cached
     /// document. Returns the accepted changes.
@@ -394,14 +421,7 @@ impl<S: Storage> Ingestor<S> {
                     .push(reject(id, n, Some(hash), RejectCode::SchemaViolation));
             }
         }
-        self.tick += 1;
-        self.cache.insert(
-            id,
-            Cached {
-                doc,
-                last_used: self.tick,
-            },
-        );
+        self.cache_put(id, doc);
         good
     }
 
@@ -431,7 +451,11 @@ impl<S: Storage> Ingestor<S> {
                 continue;
             }
             match qiaomen_protocol::doc::decode_changes([bytes.as_slice()]) {
-                Ok(mut c) => decoded.push((n, c.remove(0))),
+                Ok(mut c) => {
+                    let change = c.remove(0);
+                    outcome.uploaded.push(change.hash());
+                    decoded.push((n, change));
+                }
                 Err(_) => outcome
                     .rejected
                     .push(reject(id, n, None, RejectCode::Malformed)),
@@ -518,14 +542,7 @@ impl<S: Storage> Ingestor<S> {
                     None => {
                         // Never leave a change neither accepted nor refused: the phone takes
                         // silence for an acknowledgement.
-                        for (n, c) in candidates {
-                            outcome.rejected.push(reject(
-                                id,
-                                n,
-                                Some(c.hash()),
-                                RejectCode::UnknownDocument,
-                            ));
-                        }
+                        reject_all(outcome, id, candidates, RejectCode::UnknownDocument);
                         return Ok(());
                     }
                 };
@@ -548,14 +565,7 @@ impl<S: Storage> Ingestor<S> {
                 });
             match built {
                 Some((doc, true)) => {
-                    self.tick += 1;
-                    self.cache.insert(
-                        id,
-                        Cached {
-                            doc,
-                            last_used: self.tick,
-                        },
-                    );
+                    self.cache_put(id, doc);
                     candidates
                 }
                 Some((_, false)) => {
@@ -583,14 +593,7 @@ impl<S: Storage> Ingestor<S> {
                     }
                 }
                 None => {
-                    for (n, c) in candidates {
-                        outcome.rejected.push(reject(
-                            id,
-                            n,
-                            Some(c.hash()),
-                            RejectCode::UnknownDocument,
-                        ));
-                    }
+                    reject_all(outcome, id, candidates, RejectCode::UnknownDocument);
                     return Ok(());
                 }
             }

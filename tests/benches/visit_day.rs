@@ -112,6 +112,32 @@ fn varied_visit(author: &Author, day: Day, seed: u64) -> Visit {
     v
 }
 
+/// A worker's whole pending upload as one encoded sync request.
+fn upload_body(w: &mut Worker, cursor: Option<u64>, grids: Vec<String>) -> Vec<u8> {
+    let docs = w
+        .households
+        .clone()
+        .into_iter()
+        .map(|id| qiaomen_protocol::wire::DocChanges {
+            id,
+            changes: w
+                .store
+                .pending_changes(id)
+                .unwrap()
+                .into_iter()
+                .map(|(_, b)| serde_bytes::ByteBuf::from(b))
+                .collect(),
+        })
+        .collect();
+    qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
+        version: 1,
+        cursor,
+        docs,
+        grids,
+        cursor_check: None,
+    })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -344,31 +370,7 @@ fn main() {
     }
 
     // The same upload of worker 0 at other zstd levels (what a protocol v2 could choose).
-    let upload = {
-        let w = &mut workers[0];
-        let docs = w
-            .households
-            .clone()
-            .into_iter()
-            .map(|id| qiaomen_protocol::wire::DocChanges {
-                id,
-                changes: w
-                    .store
-                    .pending_changes(id)
-                    .unwrap()
-                    .into_iter()
-                    .map(|(_, b)| serde_bytes::ByteBuf::from(b))
-                    .collect(),
-            })
-            .collect();
-        qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
-            cursor_check: None,
-            version: 1,
-            cursor: Some(0),
-            docs,
-            grids: vec![],
-        })
-    };
+    let upload = upload_body(&mut workers[0], Some(0), vec![]);
     let cbor = zstd::stream::decode_all(upload.as_slice()).unwrap();
     let levels: Vec<(i32, usize)> = [3, 9, 19]
         .iter()
@@ -412,29 +414,8 @@ fn main() {
     let bodies: Vec<Vec<u8>> = raw_group
         .into_iter()
         .map(|mut w| {
-            let docs = w
-                .households
-                .clone()
-                .into_iter()
-                .map(|id| qiaomen_protocol::wire::DocChanges {
-                    id,
-                    changes: w
-                        .store
-                        .pending_changes(id)
-                        .unwrap()
-                        .into_iter()
-                        .map(|(_, b)| serde_bytes::ByteBuf::from(b))
-                        .collect(),
-                })
-                .collect();
             let cursor = w.store.sync_cursor().unwrap();
-            qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
-                cursor_check: None,
-                version: 1,
-                cursor,
-                docs,
-                grids: vec![format!("g-none")],
-            })
+            upload_body(&mut w, cursor, vec!["g-none".into()])
         })
         .collect();
     let raw_visits = bodies.len() * h;
