@@ -21,6 +21,15 @@ pub enum StoreError {
     /// The document refused the edit or the input (see [`DocError`]).
     #[error(transparent)]
     Document(#[from] DocError),
+    /// The store is not enrolled with a server yet.
+    #[error("this store is not enrolled; enroll with a code first")]
+    NotEnrolled,
+    /// The store is enrolled already.
+    #[error("this store is enrolled already")]
+    AlreadyEnrolled,
+    /// The store belongs to another user or device.
+    #[error("this store belongs to another user or device")]
+    WrongUser,
     /// Any other SQLite failure (disk full, I/O error, locked).
     #[error("storage failure: {0}")]
     Sqlite(rusqlite::Error),

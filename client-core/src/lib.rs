@@ -20,5 +20,7 @@ pub mod store;
 pub mod sync;
 
 pub use error::{Result, StoreError};
-pub use store::{Durability, HouseholdSummary, RejectedChange, RosterEntry, Store, StoreOptions};
-pub use sync::{SyncClient, SyncError, SyncProgress, SyncReport};
+pub use store::{
+    Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store, StoreOptions,
+};
+pub use sync::{SyncClient, SyncError, SyncProgress, SyncReport, enroll};

@@ -84,6 +84,27 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// What enrollment gave this device: kept in the store, so the phone syncs after a restart.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Credentials {
+    pub server_url: String,
+    pub user: qiaomen_protocol::ids::UserId,
+    pub device: qiaomen_protocol::ids::DeviceId,
+    /// The device token (secret: never logged).
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("server_url", &self.server_url)
+            .field("user", &self.user)
+            .field("device", &self.device)
+            .field("token", &"<secret>")
+            .finish()
+    }
+}
+
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -223,7 +244,13 @@ impl Store {
             Durability::Normal => "PRAGMA synchronous=NORMAL;",
         })?;
         Self::migrate(&conn)?;
-        let actor = Self::load_or_make_actor(&conn)?;
+        if let Some(c) = Self::read_credentials(&conn)?
+            && (c.user != author.user || c.device != author.device)
+        {
+            // The file belongs to another enrolled user or device: never mix their edits.
+            return Err(StoreError::WrongUser);
+        }
+        let actor = Self::load_or_make_actor(&conn, author.device)?;
         Ok(Store {
             conn,
             author,
@@ -264,8 +291,11 @@ impl Store {
     /// or a document rebuilt after a refusal, can then never reuse a sequence number that an
     /// earlier change of the same actor already used elsewhere. The actors this device used
     /// are remembered, so the server can bind them to the device.
-    fn load_or_make_actor(conn: &Connection) -> Result<ActorId> {
-        let actor = ActorId::from(qiaomen_protocol::ids::DeviceId::new().as_bytes().as_slice());
+    fn load_or_make_actor(
+        conn: &Connection,
+        device: qiaomen_protocol::ids::DeviceId,
+    ) -> Result<ActorId> {
+        let actor = qiaomen_protocol::doc::actor_for(device);
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
             params![format!("actor:{actor}"), actor.to_bytes()],
@@ -933,6 +963,151 @@ impl Store {
         Ok(())
     }
 
+    /// The enrollment of this store: the server, the user and device, and the device token.
+    pub fn credentials(&self) -> Result<Option<Credentials>> {
+        Self::read_credentials(&self.conn)
+    }
+
+    fn read_credentials(conn: &Connection) -> Result<Option<Credentials>> {
+        let v: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'credentials'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Stores the enrollment (or a rotated token).
+    pub fn set_credentials(&self, credentials: &Credentials) -> Result<()> {
+        if credentials.user != self.author.user || credentials.device != self.author.device {
+            return Err(StoreError::WrongUser);
+        }
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('credentials', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [serde_json::to_vec(credentials).expect("credentials serialize")],
+        )?;
+        Ok(())
+    }
+
+    /// Opens a store that was enrolled ([`crate::sync::enroll`]), as its user and device.
+    pub fn open_enrolled(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let path = path.as_ref();
+        let credentials = {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Self::migrate(&conn)?;
+            Self::read_credentials(&conn)?
+        };
+        let c = credentials.ok_or(StoreError::NotEnrolled)?;
+        Self::open(
+            path,
+            Author {
+                user: c.user,
+                device: c.device,
+            },
+            options,
+        )
+    }
+
+    /// The random id of this install, made once and kept: an enrollment retried after a lost
+    /// answer names the same install, so the code is not spent twice.
+    pub fn install_id_at(path: impl AsRef<Path>) -> Result<String> {
+        let conn = Connection::open(path.as_ref())?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        Self::migrate(&conn)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('install_id', ?1)",
+            [qiaomen_protocol::ids::DeviceId::new()
+                .to_string()
+                .into_bytes()],
+        )?;
+        let v: Vec<u8> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'install_id'", [], |r| {
+                r.get(0)
+            })?;
+        String::from_utf8(v).map_err(|_| StoreError::CorruptStore)
+    }
+
+    /// The grids the server last said this device may read.
+    pub fn sync_scope(&self) -> Result<Option<Vec<String>>> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'scope'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    pub fn set_sync_scope(&self, grids: &[String]) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('scope', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [serde_json::to_vec(grids).expect("strings serialize")],
+        )?;
+        Ok(())
+    }
+
+    /// Removes the households of grids outside `grids` that hold nothing unacknowledged: the
+    /// worker moved on, and residents' records leave the phone. Returns how many left.
+    pub fn drop_households_outside(&mut self, grids: &[String]) -> Result<usize> {
+        let json = serde_json::to_string(grids).expect("strings serialize");
+        let ids: Vec<Vec<u8>> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT id FROM docs
+                  WHERE grid NOT IN (SELECT value FROM json_each(?1))
+                    AND id NOT IN (SELECT doc FROM pending)",
+            )?;
+            stmt.query_map([json], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let tx = self.conn.unchecked_transaction()?;
+        for key in &ids {
+            for table in ["changes", "tag_index", "visit_index", "rejected"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
+            }
+            tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;
+        }
+        tx.commit()?;
+        for key in &ids {
+            if let Some(id) = uuid_from(key) {
+                self.cache.remove(&id);
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// Erases every record, pending change, refusal, the sync position and the credentials:
+    /// what a phone does when the server says its device was revoked. The file stays a valid,
+    /// empty, unenrolled store.
+    pub fn wipe(&mut self) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        for table in [
+            "docs",
+            "changes",
+            "pending",
+            "tag_index",
+            "visit_index",
+            "rejected",
+        ] {
+            tx.execute(&format!("DELETE FROM {table}"), [])?;
+        }
+        tx.execute(
+            "DELETE FROM meta WHERE key IN ('credentials', 'cursor', 'cursor_check', 'scope')",
+            [],
+        )?;
+        tx.commit()?;
+        self.cache.clear();
+        // Freed pages are overwritten, not left readable in the file.
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
+        Ok(())
+    }
+
     /// Households with changes no server has acknowledged, in the order they were made.
     pub fn pending_households(&self) -> Result<Vec<HouseholdId>> {
         let mut stmt = self.conn.prepare_cached(
@@ -986,8 +1161,7 @@ impl Store {
             return Ok(());
         }
         let now = self.now_ms();
-        let fresh_actor =
-            ActorId::from(qiaomen_protocol::ids::DeviceId::new().as_bytes().as_slice());
+        let fresh_actor = qiaomen_protocol::doc::actor_for(self.author.device);
         let hashes: Vec<ChangeHash> = refused.iter().map(|(h, _)| *h).collect();
         let cached = self.doc_mut(id)?;
         let (rebuilt, left_out) = cached.doc.without_changes(&hashes)?;

@@ -38,6 +38,14 @@ pub enum SyncError {
     /// The device store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The server does not accept this device's credentials (`unauthenticated`, or an
+    /// enrollment code that is invalid, used or expired). Nothing was changed.
+    #[error("not authorized: {code}")]
+    Unauthorized { code: String },
+    /// The server revoked this device (`device_revoked`, `token_reused`): this user's data has
+    /// been wiped from the phone, which must enroll again.
+    #[error("this device was revoked; its data was wiped")]
+    Revoked,
 }
 
 /// How far a sync has come, reported after each round trip.
@@ -66,6 +74,59 @@ pub struct SyncReport {
     /// Households whose downloaded changes could not be applied (their history is incomplete
     /// on this page) and were skipped.
     pub skipped_households: Vec<HouseholdId>,
+    /// Households removed from the phone because their grid left the device's scope.
+    pub dropped_households: usize,
+}
+
+/// Enrolls the store at `path` with the server at `server_url` using a one-time `code`, and
+/// opens it as the enrolled user and device. Safe to retry after a lost answer: the store keeps
+/// an install id that the server recognises.
+pub async fn enroll(
+    path: impl AsRef<std::path::Path>,
+    server_url: &str,
+    code: &str,
+    options: crate::StoreOptions,
+) -> Result<Store, SyncError> {
+    let path = path.as_ref();
+    if Store::open_enrolled(path, options.clone()).is_ok() {
+        return Err(SyncError::Store(StoreError::AlreadyEnrolled));
+    }
+    let install_id = Store::install_id_at(path)?;
+    let client = SyncClient::new(server_url)?;
+    let body = serde_json::json!({ "code": code, "install_id": install_id });
+    let reply = client
+        .send(|http| http.post(client.endpoint("/v1/enroll")).json(&body))
+        .await?;
+    #[derive(serde::Deserialize)]
+    struct Enrolled {
+        device_id: qiaomen_protocol::ids::DeviceId,
+        user_id: qiaomen_protocol::ids::UserId,
+        token: String,
+    }
+    let e: Enrolled = serde_json::from_slice(&reply.body)
+        .map_err(|_| SyncError::Protocol("enrollment answer".into()))?;
+    let store = Store::open(
+        path,
+        qiaomen_protocol::doc::Author {
+            user: e.user_id,
+            device: e.device_id,
+        },
+        options,
+    )?;
+    store.set_credentials(&crate::Credentials {
+        server_url: server_url.trim_end_matches('/').to_string(),
+        user: e.user_id,
+        device: e.device_id,
+        token: e.token,
+    })?;
+    Ok(store)
+}
+
+/// A successful answer.
+struct Reply {
+    body: Vec<u8>,
+    /// The server asks for the device token to be rotated.
+    rotate: bool,
 }
 
 /// One request's uploads: households with their pending changes (hash, bytes), in order.
@@ -93,7 +154,7 @@ impl Default for Retry {
 #[derive(Clone, Debug)]
 pub struct SyncClient {
     http: reqwest::Client,
-    url: String,
+    base: String,
     retry: Retry,
     chunk_bytes: usize,
     grids: Vec<String>,
@@ -109,7 +170,7 @@ impl SyncClient {
             .map_err(|e| SyncError::Network(e.to_string()))?;
         Ok(Self {
             http,
-            url: format!("{}/v1/sync", base_url.trim_end_matches('/')),
+            base: base_url.trim_end_matches('/').to_string(),
             retry: Retry::default(),
             chunk_bytes: limits::CLIENT_CHUNK_BYTES,
             grids: Vec::new(),
@@ -134,13 +195,17 @@ impl SyncClient {
         self
     }
 
-    /// Syncs `store` with the server. `progress` is called after each round trip.
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Syncs `store` (enrolled) with the server. `progress` is called after each round trip.
     pub async fn sync(
         &self,
         store: &mut Store,
         mut progress: impl FnMut(&SyncProgress),
     ) -> Result<SyncReport, SyncError> {
-        match self.sync_once(store, &mut progress).await {
+        let result = match self.sync_once(store, &mut progress).await {
             Err(SyncError::Server { status: 409, code })
                 if code == "cursor_ahead" || code == "cursor_diverged" =>
             {
@@ -150,7 +215,37 @@ impl SyncClient {
                 self.sync_once(store, &mut progress).await
             }
             other => other,
+        };
+        match result {
+            Err(SyncError::Unauthorized { code })
+                if code == "device_revoked" || code == "token_reused" =>
+            {
+                // The device may no longer hold this user's residents' records.
+                tracing::warn!("device revoked; wiping the store");
+                store.wipe()?;
+                Err(SyncError::Revoked)
+            }
+            other => other,
         }
+    }
+
+    /// Replaces the device token with a fresh one from the server. The old token keeps working
+    /// until the new one is first used, so a lost answer costs nothing.
+    pub async fn rotate_token(&self, store: &mut Store) -> Result<(), SyncError> {
+        let mut credentials = store.credentials()?.ok_or(StoreError::NotEnrolled)?;
+        let token = credentials.token.clone();
+        let reply = self
+            .send(|http| http.post(self.endpoint("/v1/token")).bearer_auth(&token))
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Rotated {
+            token: String,
+        }
+        let r: Rotated = serde_json::from_slice(&reply.body)
+            .map_err(|_| SyncError::Protocol("token answer".into()))?;
+        credentials.token = r.token;
+        store.set_credentials(&credentials)?;
+        Ok(())
     }
 
     async fn sync_once(
@@ -170,9 +265,15 @@ impl SyncClient {
         let mut chunks = chunks.into_iter();
         let mut uploaded_docs = std::collections::HashSet::new();
         let mut received_docs = std::collections::HashSet::new();
+        let mut rotate = false;
+        let mut scope: Option<Vec<String>> = None;
+        let mut caught_up_scope = false;
         loop {
             let chunk = chunks.next().unwrap_or_default();
             let request = SyncRequest {
+                scope_digest: store
+                    .sync_scope()?
+                    .map(|s| qiaomen_protocol::wire::scope_digest(&s)),
                 cursor_check: store.sync_cursor_check()?.map(ByteBuf::from),
                 version: PROTOCOL_VERSION,
                 cursor: store.sync_cursor()?,
@@ -190,11 +291,23 @@ impl SyncClient {
             };
             let body = wire::encode(&request);
             report.progress.bytes_up += body.len() as u64;
-            let reply = self.post(body, store.author().device.to_string()).await?;
-            report.progress.bytes_down += reply.len() as u64;
+            let token = store.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
+            let reply = self
+                .send(|http| {
+                    http.post(self.endpoint("/v1/sync"))
+                        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                        .bearer_auth(&token)
+                        .body(body.clone())
+                })
+                .await?;
+            rotate |= reply.rotate;
+            report.progress.bytes_down += reply.body.len() as u64;
             report.progress.round_trips += 1;
-            let response: SyncResponse = wire::decode(&reply, 256 * 1024 * 1024)
+            let response: SyncResponse = wire::decode(&reply.body, 256 * 1024 * 1024)
                 .map_err(|e| SyncError::Protocol(e.to_string()))?;
+            if let Some(s) = &response.scope {
+                scope = Some(s.clone());
+            }
             self.take_response(store, &chunk, response.clone(), &mut report)?;
             for (id, _) in &chunk {
                 uploaded_docs.insert(*id);
@@ -206,7 +319,33 @@ impl SyncClient {
             report.progress.docs_received = received_docs.len();
             progress(&report.progress);
             if chunks.len() == 0 && !response.more {
+                // Grids new to this device's scope: their households' earlier history is before
+                // the cursor, so fetch the whole scope once more from no cursor (what the phone
+                // has is skipped by hash; only the missing history lands).
+                if let Some(now) = &scope {
+                    let known = store.sync_scope()?;
+                    let grew = known
+                        .as_ref()
+                        .is_some_and(|k| now.iter().any(|g| !k.contains(g)));
+                    store.set_sync_scope(now)?;
+                    if grew && !caught_up_scope {
+                        caught_up_scope = true;
+                        store.set_sync_position(None, None)?;
+                        continue;
+                    }
+                }
                 break;
+            }
+        }
+        // Households whose grid is outside the scope leave the phone: the scope shrank, or a
+        // household moved to a grid this device does not hold.
+        if let Some(now) = scope.or(store.sync_scope()?) {
+            report.dropped_households = store.drop_households_outside(&now)?;
+        }
+        if rotate {
+            // Housekeeping after the sync; a failure here is retried on the next sync.
+            if let Err(e) = self.rotate_token(store).await {
+                tracing::warn!(error = %e, "token rotation failed; will retry");
             }
         }
         Ok(report)
@@ -283,8 +422,11 @@ impl SyncClient {
         Ok(())
     }
 
-    /// POSTs a body, retrying with exponential backoff on network failures and 5xx/429.
-    async fn post(&self, body: Vec<u8>, device: String) -> Result<Vec<u8>, SyncError> {
+    /// Sends a request, retrying with exponential backoff on network failures and 5xx/429.
+    async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Reply, SyncError> {
         let mut backoff = self.retry.first_backoff;
         let mut last = String::new();
         for attempt in 0..self.retry.attempts.max(1) {
@@ -292,15 +434,7 @@ impl SyncClient {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(self.retry.max_backoff);
             }
-            let sent = self
-                .http
-                .post(&self.url)
-                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-                .header("x-qiaomen-device", &device)
-                .body(body.clone())
-                .send()
-                .await;
-            let resp = match sent {
+            let resp = match build(&self.http).send().await {
                 Ok(r) => r,
                 Err(e) => {
                     last = e.to_string();
@@ -319,13 +453,22 @@ impl SyncClient {
                     .ok()
                     .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
                     .unwrap_or_default();
+                if status.as_u16() == 401 {
+                    return Err(SyncError::Unauthorized { code });
+                }
                 return Err(SyncError::Server {
                     status: status.as_u16(),
                     code,
                 });
             }
+            let rotate = resp.headers().contains_key("x-qiaomen-rotate-token");
             match resp.bytes().await {
-                Ok(b) => return Ok(b.to_vec()),
+                Ok(b) => {
+                    return Ok(Reply {
+                        body: b.to_vec(),
+                        rotate,
+                    });
+                }
                 Err(e) => last = e.to_string(),
             }
         }

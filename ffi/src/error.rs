@@ -10,9 +10,14 @@ pub enum QiaomenError {
     /// No connection to the server, or it timed out: keep working offline, retry later.
     #[error("network: {reason}")]
     Network { reason: String },
-    /// The server no longer accepts this device (re-enroll; with the access issue).
+    /// Not enrolled, or the server does not accept these credentials (a wrong, used or
+    /// expired enrollment code; an unknown token). Nothing was changed.
     #[error("unauthorized: {reason}")]
     Unauthorized { reason: String },
+    /// The server revoked this device. The user's data has been wiped from the phone; show
+    /// the enrollment screen.
+    #[error("revoked: {reason}")]
+    Revoked { reason: String },
     /// The server refused the request for another reason.
     #[error("server: {reason}")]
     Server { reason: String },
@@ -48,7 +53,12 @@ impl From<StoreError> for QiaomenError {
         match e {
             StoreError::Document(d) => d.into(),
             StoreError::NotFound { .. } => QiaomenError::NotFound { reason: message },
-            StoreError::AlreadyExists { .. } => QiaomenError::InvalidInput { reason: message },
+            StoreError::AlreadyExists { .. } | StoreError::AlreadyEnrolled => {
+                QiaomenError::InvalidInput { reason: message }
+            }
+            StoreError::NotEnrolled | StoreError::WrongUser => {
+                QiaomenError::Unauthorized { reason: message }
+            }
             StoreError::CorruptStore
             | StoreError::CorruptDocument { .. }
             | StoreError::TooNew { .. }
@@ -64,7 +74,9 @@ impl From<SyncError> for QiaomenError {
             SyncError::Network(_) => QiaomenError::Network { reason: message },
             SyncError::Server {
                 status: 401 | 403, ..
-            } => QiaomenError::Unauthorized { reason: message },
+            }
+            | SyncError::Unauthorized { .. } => QiaomenError::Unauthorized { reason: message },
+            SyncError::Revoked => QiaomenError::Revoked { reason: message },
             SyncError::Server { .. } | SyncError::Protocol(_) => {
                 QiaomenError::Server { reason: message }
             }

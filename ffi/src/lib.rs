@@ -20,7 +20,6 @@ use error::parse;
 use qiaomen_client_core::{Store, StoreOptions, SyncClient};
 use qiaomen_protocol::{
     conflicts::Resolution,
-    doc::Author,
     ids::{HouseholdId, MemberId},
 };
 pub use records::*;
@@ -50,26 +49,28 @@ impl std::fmt::Debug for Phone {
 
 #[uniffi::export(async_runtime = "tokio")]
 impl Phone {
-    /// Opens (or creates) the store at `path` for the signed-in user on this enrolled device,
-    /// syncing with `server_url` for the households of `grids` (empty: all it may read).
+    /// Opens the store at `path`, enrolled earlier with [`enroll`]. A store that is not
+    /// enrolled gives `Unauthorized`.
     #[uniffi::constructor]
-    pub fn open(
-        path: String,
-        user_id: String,
-        device_id: String,
-        server_url: String,
-        grids: Vec<String>,
-    ) -> Result<Arc<Self>> {
-        let author = Author {
-            user: parse("user id", &user_id)?,
-            device: parse("device id", &device_id)?,
-        };
-        let store = Store::open(path, author, StoreOptions::default())?;
-        let client = SyncClient::new(&server_url)?.with_grids(grids);
-        Ok(Arc::new(Phone {
-            store: tokio::sync::Mutex::new(store),
-            client,
-        }))
+    pub fn open(path: String) -> Result<Arc<Self>> {
+        let store = Store::open_enrolled(path, StoreOptions::default())?;
+        Self::wrap(store)
+    }
+
+    /// The enrolled user's id.
+    pub fn user_id(&self) -> String {
+        self.store.blocking_lock().author().user.to_string()
+    }
+
+    /// This device's id, as the server enrolled it.
+    pub fn device_id(&self) -> String {
+        self.store.blocking_lock().author().device.to_string()
+    }
+
+    /// The grids this user may work in, as the server said at the last sync (empty before the
+    /// first sync).
+    pub fn grids(&self) -> Result<Vec<String>> {
+        Ok(self.store.blocking_lock().sync_scope()?.unwrap_or_default())
     }
 
     /// Registers a household; returns its id.
@@ -210,6 +211,28 @@ impl Phone {
             .await?;
         Ok(report.into())
     }
+}
+
+impl Phone {
+    fn wrap(store: Store) -> Result<Arc<Self>> {
+        let credentials = store
+            .credentials()?
+            .ok_or(qiaomen_client_core::StoreError::NotEnrolled)?;
+        let client = SyncClient::new(&credentials.server_url)?;
+        Ok(Arc::new(Phone {
+            store: tokio::sync::Mutex::new(store),
+            client,
+        }))
+    }
+}
+
+/// Enrolls this phone with the server at `server_url` using the one-time `code` an admin gave
+/// the worker, creating the store at `path`. Safe to retry after a network failure.
+#[uniffi::export(async_runtime = "tokio")]
+pub async fn enroll(path: String, server_url: String, code: String) -> Result<Arc<Phone>> {
+    let store =
+        qiaomen_client_core::enroll(&path, &server_url, &code, StoreOptions::default()).await?;
+    Phone::wrap(store)
 }
 
 /// A new member id, for apps that build records themselves.

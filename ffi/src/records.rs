@@ -312,6 +312,8 @@ pub struct SyncSummary {
     pub received_changes: u64,
     /// Households whose downloaded history was incomplete and were skipped.
     pub skipped_household_ids: Vec<String>,
+    /// Households removed because their grid left this user's scope.
+    pub dropped_households: u64,
 }
 
 // ---- conversions --------------------------------------------------------------------------
@@ -625,6 +627,7 @@ impl From<core::SyncReport> for SyncSummary {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            dropped_households: r.dropped_households as u64,
         }
     }
 }

@@ -53,6 +53,37 @@ impl Author {
     }
 }
 
+/// What a set of changes touched, as found by [`HouseholdDoc::validate_since`]: the input of
+/// access rules (who may change which field).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Root fields of the record that changed (`grid`, `status`, `address`, ...).
+    pub facts: std::collections::BTreeSet<String>,
+    /// Entries of `members` / `visits` / `demands` added or changed: (collection, id).
+    pub entries: std::collections::BTreeSet<(String, String)>,
+    /// Entries of those collections deleted: (collection, id).
+    pub deleted: std::collections::BTreeSet<(String, String)>,
+}
+
+/// The Automerge actor a device edits with: the device's id (16 bytes) followed by 16 random
+/// bytes, fresh for each opening of a store. The server refuses a change whose actor does not
+/// begin with the uploading device's id, so an actor cannot be forged or borrowed.
+pub fn actor_for(device: DeviceId) -> ActorId {
+    let mut bytes = device.as_bytes().to_vec();
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    ActorId::from(bytes)
+}
+
+/// The device an actor is bound to ([`actor_for`]), if it has that shape.
+pub fn actor_device(actor: &ActorId) -> Option<DeviceId> {
+    let bytes = actor.to_bytes();
+    (bytes.len() == 32).then(|| {
+        DeviceId(uuid::Uuid::from_bytes(
+            bytes[..16].try_into().expect("16 bytes"),
+        ))
+    })
+}
+
 /// A household's document.
 #[derive(Debug, Clone)]
 pub struct HouseholdDoc {
@@ -66,9 +97,10 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 impl HouseholdDoc {
-    /// A new document holding `household`, as one change by `author`.
+    /// A new document holding `household`, as one change by `author` (with an actor bound to
+    /// the author's device, [`actor_for`]).
     pub fn create(household: &Household, author: &Author, now_ms: i64) -> Result<Self> {
-        let mut doc = AutoCommit::new();
+        let mut doc = AutoCommit::new().with_actor(actor_for(author.device));
         autosurgeon::reconcile(&mut doc, household)?;
         doc.commit_with(commit_options(author, now_ms));
         Ok(Self { doc })
@@ -406,13 +438,14 @@ impl HouseholdDoc {
         &mut self,
         before: &[ChangeHash],
         expected_id: crate::ids::HouseholdId,
-    ) -> Result<()> {
+    ) -> Result<Touched> {
         use automerge::Prop;
         let after = self.doc.get_heads();
         let patches = guarded(|| Ok(self.doc.diff(before, &after)))?;
         let mut facts = false;
         let mut whole = false;
         let mut entries: std::collections::BTreeSet<(String, String)> = Default::default();
+        let mut touched = Touched::default();
         for p in &patches {
             let root_key = match (p.path.first(), &p.action) {
                 (Some((_, Prop::Map(k))), _) => k.clone(),
@@ -431,17 +464,23 @@ impl HouseholdDoc {
                     (None, automerge::PatchAction::PutMap { key, .. }) => {
                         entries.insert((root_key, key.clone()));
                     }
-                    (None, automerge::PatchAction::DeleteMap { .. }) => {}
+                    (None, automerge::PatchAction::DeleteMap { key }) => {
+                        touched.deleted.insert((root_key, key.clone()));
+                    }
                     _ => whole = true,
                 },
-                _ => facts = true,
+                _ => {
+                    facts = true;
+                    touched.facts.insert(root_key);
+                }
             }
         }
+        touched.entries = entries.clone();
         if self.schema_version()? < SCHEMA_VERSION {
             // Old documents are checked whole, through the migration.
             let h = self.household()?;
             return if h.id == expected_id {
-                Ok(())
+                Ok(touched)
             } else {
                 Err(DocError::InvalidEdit("the household id changed".into()))
             };
@@ -496,7 +535,33 @@ impl HouseholdDoc {
                 }
             }
         }
-        Ok(())
+        Ok(touched)
+    }
+
+    /// The user recorded as a visit's worker, at `heads` (`None`: now); `None` when the visit
+    /// is not there or has no readable worker.
+    pub fn visit_worker(&self, visit: &str, heads: Option<&[ChangeHash]>) -> Option<UserId> {
+        let read = |obj: &automerge::ObjId, key: &str| match heads {
+            Some(h) => self.doc.get_at(obj, key, h),
+            None => self.doc.get(obj, key),
+        };
+        let (_, visits) = read(&ROOT, "visits").ok()??;
+        let (_, entry) = read(&visits, visit).ok()??;
+        let (value, _) = read(&entry, "worker").ok()??;
+        match value.as_scalar()? {
+            automerge::ScalarValue::Bytes(b) => uuid::Uuid::from_slice(b).ok().map(UserId),
+            automerge::ScalarValue::Str(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// A root field's value as text (strings and enum names), at `heads` (`None`: now).
+    pub fn root_text(&self, key: &str, heads: Option<&[ChangeHash]>) -> Option<String> {
+        let got = match heads {
+            Some(h) => self.doc.get_at(ROOT, key, h),
+            None => self.doc.get(ROOT, key),
+        };
+        got.ok()?.and_then(|(v, _)| v.into_string().ok())
     }
 
     /// A document built from the changes of this one, less `drop` and every change that

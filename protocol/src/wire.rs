@@ -57,6 +57,26 @@ pub struct SyncRequest {
     /// backup, then grown) answers `409 cursor_diverged`.
     #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
     pub cursor_check: Option<ByteBuf>,
+    /// The [`scope_digest`] of the scope (`s`) of the phone's last response. The server sends
+    /// `s` only when the device's scope differs from it, so an idle check stays tiny.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub scope_digest: Option<u64>,
+}
+
+/// A digest of a scope (a set of grid codes): FNV-1a (64 bit) over the codes sorted
+/// byte-wise, each followed by a newline (`0x0a`).
+pub fn scope_digest<S: AsRef<str>>(grids: &[S]) -> u64 {
+    let mut sorted: Vec<&str> = grids.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for g in sorted {
+        for b in g.bytes().chain(std::iter::once(b'\n')) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// Changes of one household, oldest first (each change after those it depends on).
@@ -94,6 +114,11 @@ pub struct SyncResponse {
     /// send back as `k` with that cursor.
     #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
     pub cursor_check: Option<ByteBuf>,
+    /// The grids the device may read now (from its user's assignments), sent when they differ
+    /// from the request's scope digest. A phone drops the households of grids that left its
+    /// scope, and catches up on grids that entered it with one sync from no cursor.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<String>>,
 }
 
 /// A refused change.
@@ -128,6 +153,15 @@ pub enum RejectCode {
     UnknownDocument,
     /// The device may not write this household or field (access rules).
     Forbidden,
+    /// The change's author (actor id or author message) is not the uploading device and its
+    /// user: a forged or borrowed identity.
+    NotYourDevice,
+    /// The household's grid is not one the device's user may write (now, nor at the time the
+    /// change was made).
+    OutOfScope,
+    /// A field rule refuses it: e.g. a worker deleting an entry, rewriting another worker's
+    /// visit, moving a household to another grid or marking it merged.
+    NotAllowed,
 }
 
 /// Errors decoding a message.
@@ -198,6 +232,7 @@ mod tests {
             version: 1,
             cursor: Some(42),
             grids: vec!["g1".into()],
+            scope_digest: Some(7),
             docs: vec![DocChanges {
                 id: HouseholdId::new(),
                 changes: vec![ByteBuf::from(vec![1, 2, 3])],
@@ -207,8 +242,19 @@ mod tests {
     }
 
     #[test]
+    fn the_scope_digest_ignores_order_and_duplicates() {
+        assert_eq!(scope_digest(&["b", "a"]), scope_digest(&["a", "b", "a"]));
+        assert_ne!(scope_digest(&["a", "b"]), scope_digest(&["ab"]));
+        // FNV-1a of "\n" alone, and of "g1\n".
+        assert_eq!(scope_digest::<&str>(&[]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(scope_digest(&[""]), 0xaf63c74c8601c8dd);
+        assert_eq!(scope_digest(&["g1"]), 0xd44d1118fa2bcaad);
+    }
+
+    #[test]
     fn an_idle_check_is_tiny() {
         let req = SyncRequest {
+            scope_digest: None,
             cursor_check: None,
             version: 1,
             cursor: Some(123_456),
@@ -229,6 +275,7 @@ mod tests {
             Err(WireError::NotCompressed)
         );
         let good = encode(&SyncRequest {
+            scope_digest: None,
             cursor_check: None,
             version: 1,
             cursor: None,
@@ -240,6 +287,7 @@ mod tests {
             Err(WireError::Malformed)
         );
         let other = encode(&SyncRequest {
+            scope_digest: None,
             cursor_check: None,
             version: 9,
             cursor: None,

@@ -41,13 +41,16 @@ const ACTOR: &str = "0192f49f-cccc-7ddd-8eee-ffff00001111";
 const T_CREATE_MS: i64 = 1_763_172_000_000;
 const T_EDIT_MS: i64 = 1_763_172_210_000;
 
-const ALL_CODES: [RejectCode; 6] = [
+const ALL_CODES: [RejectCode; 9] = [
     RejectCode::Malformed,
     RejectCode::SchemaViolation,
     RejectCode::DependsOnRejected,
     RejectCode::MissingDependencies,
     RejectCode::UnknownDocument,
     RejectCode::Forbidden,
+    RejectCode::NotYourDevice,
+    RejectCode::OutOfScope,
+    RejectCode::NotAllowed,
 ];
 
 fn id(s: &str) -> HouseholdId {
@@ -191,16 +194,25 @@ impl Msg {
                 if !r.grids.is_empty() {
                     o.insert("g".into(), json!(r.grids));
                 }
+                if let Some(digest) = r.scope_digest {
+                    o.insert("s".into(), json!(digest));
+                }
                 Json::Object(o)
             }
-            Msg::Response(r) => json!({
-                "v": r.version,
-                "c": r.cursor,
-                "a": r.accepted,
-                "r": r.rejected.iter().map(rejection_to_json).collect::<Vec<_>>(),
-                "d": docs_to_json(&r.docs),
-                "m": r.more,
-            }),
+            Msg::Response(r) => {
+                let mut o = json!({
+                    "v": r.version,
+                    "c": r.cursor,
+                    "a": r.accepted,
+                    "r": r.rejected.iter().map(rejection_to_json).collect::<Vec<_>>(),
+                    "d": docs_to_json(&r.docs),
+                    "m": r.more,
+                });
+                if let Some(scope) = &r.scope {
+                    o["s"] = json!(scope);
+                }
+                o
+            }
             Msg::Rejection(r) => rejection_to_json(r),
         }
     }
@@ -208,8 +220,12 @@ impl Msg {
     fn from_json(type_name: &str, v: &Json) -> Result<Msg, String> {
         Ok(match type_name {
             "SyncRequest" => {
-                let o = object(v, &["v", "c", "d", "g"])?;
+                let o = object(v, &["v", "c", "d", "g", "s"])?;
                 Msg::Request(SyncRequest {
+                    scope_digest: match o.get("s") {
+                        None => None,
+                        Some(_) => Some(uint(o, "s")?),
+                    },
                     cursor_check: None,
                     version: uint(o, "v")? as u32,
                     cursor: match o.get("c") {
@@ -224,8 +240,14 @@ impl Msg {
                 })
             }
             "SyncResponse" => {
-                let o = object(v, &["v", "c", "a", "r", "d", "m"])?;
+                let o = object(v, &["v", "c", "a", "r", "d", "m", "s"])?;
                 Msg::Response(SyncResponse {
+                    scope: match o.get("s") {
+                        None => None,
+                        Some(g) => {
+                            Some(serde_json::from_value(g.clone()).map_err(|e| e.to_string())?)
+                        }
+                    },
                     cursor_check: None,
                     version: uint(o, "v")? as u32,
                     cursor: uint(o, "c")?,
@@ -377,8 +399,11 @@ fn real_changes() -> Vec<Vec<u8>> {
         user: UserId(USER.parse().unwrap()),
         device: DeviceId(DEVICE.parse().unwrap()),
     };
+    // The actor is bound to the device: its id followed by 16 bytes of this opening.
     let actor_uuid: Uuid = ACTOR.parse().unwrap();
-    let mut doc = AutoCommit::new().with_actor(ActorId::from(actor_uuid.as_bytes().as_slice()));
+    let mut actor = author.device.as_bytes().to_vec();
+    actor.extend_from_slice(actor_uuid.as_bytes());
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(actor));
     let mut household =
         Household::new(id(HOUSEHOLD_A), GridId::new("dongcun-03"), "东村三组", "17");
     autosurgeon::reconcile(&mut doc, &household).unwrap();
@@ -440,6 +465,7 @@ fn vectors() -> Vec<Vector> {
     let c = id(HOUSEHOLD_C);
     let request = |cursor, docs, grids: &[&str]| {
         Msg::Request(SyncRequest {
+            scope_digest: None,
             cursor_check: None,
             version: PROTOCOL_VERSION,
             cursor,
@@ -449,6 +475,7 @@ fn vectors() -> Vec<Vector> {
     };
     let response = |cursor, accepted, rejected, docs, more| {
         Msg::Response(SyncResponse {
+            scope: None,
             cursor_check: None,
             version: PROTOCOL_VERSION,
             cursor,
@@ -573,6 +600,32 @@ fn vectors() -> Vec<Vector> {
             ),
         ),
     ];
+    out.push(vector(
+        "request-idle-scope-digest",
+        "An idle check from a phone whose last response gave it the scope [dongcun-03, dongcun-04]: s is scope_digest of those grids (FNV-1a 64 over the sorted codes, each followed by a newline), so the server leaves s out of its answer while the scope is unchanged.",
+        Msg::Request(SyncRequest {
+            scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
+            cursor_check: None,
+            version: PROTOCOL_VERSION,
+            cursor: Some(44),
+            docs: vec![],
+            grids: vec![],
+        }),
+    ));
+    out.push(vector(
+        "response-scope",
+        "An idle answer that carries the device's scope (s): the grids its user may read now. A phone drops households of other grids, and fetches the whole scope once from no cursor when a grid is new to it.",
+        Msg::Response(SyncResponse {
+            scope: Some(vec!["dongcun-03".into(), "dongcun-04".into()]),
+            cursor_check: None,
+            version: PROTOCOL_VERSION,
+            cursor: 44,
+            accepted: 0,
+            rejected: vec![],
+            docs: vec![],
+            more: false,
+        }),
+    ));
     for (n, code) in ALL_CODES.iter().enumerate() {
         let name = code_name(*code);
         let hash = if *code == RejectCode::Malformed {
@@ -848,6 +901,7 @@ fn response_from(v: &Cbor) -> Result<SyncResponse, WireError> {
 #[test]
 fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
     let idle_first = SyncRequest {
+        scope_digest: None,
         cursor_check: None,
         version: 1,
         cursor: None,
@@ -868,6 +922,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         ]))
         .unwrap(),
         SyncRequest {
+            scope_digest: None,
             cursor: Some(7),
             ..idle_first.clone()
         }
@@ -881,6 +936,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         ]))
         .unwrap(),
         SyncResponse {
+            scope: None,
             cursor_check: None,
             version: 1,
             cursor: 9,

@@ -6,24 +6,47 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::mpsc,
+    sync::{Arc, mpsc},
 };
 
 use automerge::{Change, ChangeHash};
 use qiaomen_protocol::{
     doc::HouseholdDoc,
-    ids::{DeviceId, HouseholdId},
+    ids::HouseholdId,
     wire::{DocChanges, RejectCode, Rejection, limits},
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
-use crate::storage::{NewChange, Storage, StorageError};
+use crate::{
+    access::policy::{self, Principal},
+    storage::{NewChange, Storage, StorageError},
+};
+
+/// Whether the changes applied on top of `before` (empty for a new household) leave a valid
+/// household that the principal may have made.
+fn verdict(
+    principal: Option<&Principal>,
+    doc: &mut HouseholdDoc,
+    before: &[ChangeHash],
+    id: HouseholdId,
+    times: &[i64],
+) -> Result<(), RejectCode> {
+    let touched = doc
+        .validate_since(before, id)
+        .map_err(|_| RejectCode::SchemaViolation)?;
+    match principal {
+        Some(p) => policy::check_effect(p, doc, before, &touched, times),
+        None => Ok(()),
+    }
+}
 
 /// One request's uploads.
 #[derive(Debug)]
 pub struct Upload {
-    pub device: Option<DeviceId>,
+    /// The authenticated device and its rights; `None` only for tools that load trusted data
+    /// (benchmarks, tests of the write path), which skip the access rules.
+    pub principal: Option<Arc<Principal>>,
     pub docs: Vec<DocChanges>,
 }
 
@@ -98,7 +121,7 @@ impl Writer {
             let tx = self.shards[shard].clone();
             let job = Job {
                 upload: Upload {
-                    device: upload.device,
+                    principal: upload.principal.clone(),
                     docs,
                 },
                 reply,
@@ -181,6 +204,15 @@ impl Default for IngestOptions {
     }
 }
 
+/// Accepted changes of one household, waiting for the group's commit.
+struct Queued {
+    id: HouseholdId,
+    rows: Vec<NewChange>,
+    /// The household's grid before these changes (`None`: they create it) and after.
+    grid_before: Option<String>,
+    grid_after: String,
+}
+
 struct Cached {
     doc: HouseholdDoc,
     last_used: u64,
@@ -193,7 +225,7 @@ pub struct Ingestor<S: Storage> {
     cache: HashMap<HouseholdId, Cached>,
     tick: u64,
     /// Accepted changes of the current group, appended when the group commits.
-    pending: Vec<(HouseholdId, Vec<NewChange>)>,
+    pending: Vec<Queued>,
     /// Households touched by the current group: their cached documents hold changes that are
     /// not stored yet, so they must not be evicted before the commit.
     pinned: HashSet<HouseholdId>,
@@ -280,14 +312,22 @@ impl<S: Storage> Ingestor<S> {
         self.storage.begin()?;
         let written = (|| {
             let pending = std::mem::take(&mut self.pending);
-            for (id, rows) in &pending {
-                let grid = self.cache.get(id).map(|c| c.doc.grid()).unwrap_or_default();
-                let since_snapshot = self.storage.append(rows, &grid)?;
+            for q in &pending {
+                // A move to another grid is logged under the grid it leaves, so the phones of
+                // that grid learn the household left; the phones of the new grid receive its
+                // whole history through the recorded move.
+                let moved_from = q.grid_before.as_ref().filter(|g| **g != q.grid_after);
+                let since_snapshot = self
+                    .storage
+                    .append(&q.rows, moved_from.unwrap_or(&q.grid_after))?;
+                if let Some(from) = moved_from {
+                    self.storage.record_move(q.id, from, &q.grid_after)?;
+                }
                 if since_snapshot >= self.options.snapshot_after
-                    && let Some(c) = self.cache.get_mut(id)
+                    && let Some(c) = self.cache.get_mut(&q.id)
                 {
                     let snapshot = c.doc.save();
-                    self.storage.put_snapshot(*id, &snapshot)?;
+                    self.storage.put_snapshot(q.id, &snapshot)?;
                 }
             }
             self.storage.commit()
@@ -312,8 +352,8 @@ impl<S: Storage> Ingestor<S> {
         let earlier: Vec<u8> = self
             .pending
             .iter()
-            .filter(|(d, _)| *d == id)
-            .flat_map(|(_, rows)| rows.iter().flat_map(|r| r.bytes.iter().copied()))
+            .filter(|q| q.id == id)
+            .flat_map(|q| q.rows.iter().flat_map(|r| r.bytes.iter().copied()))
             .collect();
         let stored = self.doc(id)?.map(|d| d.clone());
         match stored {
@@ -322,8 +362,8 @@ impl<S: Storage> Ingestor<S> {
                     let changes = qiaomen_protocol::doc::decode_changes(
                         self.pending
                             .iter()
-                            .filter(|(d, _)| *d == id)
-                            .flat_map(|(_, rows)| rows.iter().map(|r| r.bytes.as_slice())),
+                            .filter(|q| q.id == id)
+                            .flat_map(|q| q.rows.iter().map(|r| r.bytes.as_slice())),
                     )
                     .map_err(|_| StorageError::Corrupt(id))?;
                     doc.apply_decoded(changes)
@@ -391,6 +431,7 @@ impl<S: Storage> Ingestor<S> {
     /// document. Returns the accepted changes.
     fn one_by_one(
         &mut self,
+        principal: Option<&Principal>,
         id: HouseholdId,
         mut doc: HouseholdDoc,
         candidates: Vec<(usize, Change)>,
@@ -409,16 +450,19 @@ impl<S: Storage> Ingestor<S> {
             }
             let mut trial = doc.clone();
             let before = trial.heads();
-            if trial.apply_decoded(vec![change.clone()]).is_ok()
-                && trial.validate_since(&before, id).is_ok()
-            {
-                doc = trial;
-                good.push((n, change));
-            } else {
-                bad.insert(hash);
-                outcome
-                    .rejected
-                    .push(reject(id, n, Some(hash), RejectCode::SchemaViolation));
+            let result = match trial.apply_decoded(vec![change.clone()]) {
+                Ok(()) => verdict(principal, &mut trial, &before, id, &[change.timestamp()]),
+                Err(_) => Err(RejectCode::SchemaViolation),
+            };
+            match result {
+                Ok(()) => {
+                    doc = trial;
+                    good.push((n, change));
+                }
+                Err(code) => {
+                    bad.insert(hash);
+                    outcome.rejected.push(reject(id, n, Some(hash), code));
+                }
             }
         }
         self.cache_put(id, doc);
@@ -428,14 +472,14 @@ impl<S: Storage> Ingestor<S> {
     fn process(&mut self, upload: &Upload) -> Result<Outcome, StorageError> {
         let mut outcome = Outcome::default();
         for dc in &upload.docs {
-            self.process_doc(upload.device, dc, &mut outcome)?;
+            self.process_doc(upload.principal.as_deref(), dc, &mut outcome)?;
         }
         Ok(outcome)
     }
 
     fn process_doc(
         &mut self,
-        device: Option<DeviceId>,
+        principal: Option<&Principal>,
         dc: &DocChanges,
         outcome: &mut Outcome,
     ) -> Result<(), StorageError> {
@@ -485,19 +529,14 @@ impl<S: Storage> Ingestor<S> {
                     .push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
                 continue;
             }
-            // Provenance: a device uploads only changes it authored. (With enrollment the
-            // device is authenticated; until then it is the one the request names.)
-            if let Some(device) = device {
-                let author = change
-                    .message()
-                    .and_then(qiaomen_protocol::doc::Author::from_message);
-                if author.is_none_or(|a| a.device != device) {
-                    refused.insert(hash);
-                    outcome
-                        .rejected
-                        .push(reject(id, n, Some(hash), RejectCode::Forbidden));
-                    continue;
-                }
+            // Provenance: an authenticated device uploads only changes it authored, with an
+            // actor bound to it.
+            if let Some(p) = principal
+                && let Err(code) = policy::check_author(p, &change)
+            {
+                refused.insert(hash);
+                outcome.rejected.push(reject(id, n, Some(hash), code));
+                continue;
             }
             let mut deps_ok = true;
             for d in change.deps() {
@@ -525,13 +564,15 @@ impl<S: Storage> Ingestor<S> {
             return Ok(());
         }
         // 3. Apply and check: all at once (the common case), else one by one.
+        let times: Vec<i64> = candidates.iter().map(|(_, c)| c.timestamp()).collect();
+        let grid_before = self.doc(id)?.map(|doc| doc.grid());
         let accepted: Vec<(usize, Change)> = if exists {
             let doc = self.doc(id)?.expect("exists");
             let before = doc.heads();
             let all_ok = doc
                 .apply_decoded(candidates.iter().map(|(_, c)| c.clone()).collect())
                 .is_ok()
-                && doc.validate_since(&before, id).is_ok();
+                && verdict(principal, doc, &before, id, &times).is_ok();
             if all_ok {
                 candidates
             } else {
@@ -546,7 +587,7 @@ impl<S: Storage> Ingestor<S> {
                         return Ok(());
                     }
                 };
-                self.one_by_one(id, doc, candidates, outcome)
+                self.one_by_one(principal, id, doc, candidates, outcome)
             }
         } else {
             // A household new to the server: its changes must build a valid household of this id.
@@ -560,7 +601,7 @@ impl<S: Storage> Ingestor<S> {
                 .ok()
                 .and_then(|mut d| d.missing_deps().is_empty().then_some(d))
                 .map(|mut d| {
-                    let valid = d.validate_since(&[], id).is_ok();
+                    let valid = verdict(principal, &mut d, &[], id, &times).is_ok();
                     (d, valid)
                 });
             match built {
@@ -574,16 +615,24 @@ impl<S: Storage> Ingestor<S> {
                     let mut rest = candidates.into_iter();
                     let (n0, first) = rest.next().expect("candidates is not empty");
                     let base = HouseholdDoc::load(first.raw_bytes())
-                        .ok()
-                        .and_then(|mut d| d.validate_since(&[], id).is_ok().then_some(d));
+                        .map_err(|_| RejectCode::SchemaViolation)
+                        .and_then(|mut d| {
+                            verdict(principal, &mut d, &[], id, &[first.timestamp()]).map(|()| d)
+                        });
                     match base {
-                        Some(doc) => {
+                        Ok(doc) => {
                             let mut good = vec![(n0, first)];
-                            good.extend(self.one_by_one(id, doc, rest.collect(), outcome));
+                            good.extend(self.one_by_one(
+                                principal,
+                                id,
+                                doc,
+                                rest.collect(),
+                                outcome,
+                            ));
                             good
                         }
-                        None => {
-                            let mut code = RejectCode::SchemaViolation;
+                        Err(first_code) => {
+                            let mut code = first_code;
                             for (n, c) in std::iter::once((n0, first)).chain(rest) {
                                 outcome.rejected.push(reject(id, n, Some(c.hash()), code));
                                 code = RejectCode::DependsOnRejected;
@@ -608,11 +657,22 @@ impl<S: Storage> Ingestor<S> {
                 doc: id,
                 hash: c.hash().as_ref().try_into().expect("32 bytes"),
                 bytes: c.raw_bytes().to_vec(),
-                device: device.map(|d| *d.as_bytes()),
+                device: principal.map(|p| *p.device.as_bytes()),
+                user: principal.map(|p| *p.user.as_bytes()),
             })
             .collect();
         outcome.accepted += rows.len() as u32;
-        self.pending.push((id, rows));
+        let grid_after = self
+            .cache
+            .get(&id)
+            .map(|c| c.doc.grid())
+            .unwrap_or_default();
+        self.pending.push(Queued {
+            id,
+            rows,
+            grid_before,
+            grid_after,
+        });
         Ok(())
     }
 }
@@ -645,7 +705,7 @@ mod tests {
 
     fn upload(id: HouseholdId, changes: Vec<Vec<u8>>) -> Upload {
         Upload {
-            device: None,
+            principal: None,
             docs: vec![DocChanges {
                 id,
                 changes: changes.into_iter().map(ByteBuf::from).collect(),

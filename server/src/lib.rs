@@ -7,6 +7,8 @@
 //!
 //! [`start`] runs a server on a listener; `main.rs` is a thin command line over it.
 
+pub mod access;
+pub mod admin;
 pub mod http;
 pub mod ingest;
 pub mod storage;
@@ -89,22 +91,28 @@ pub async fn start(
     let (writer, writer_threads) = ingest::Writer::start(storages, config.ingest.clone());
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let access_db = access::AccessDb::open(&config.data_dir)?;
     let app = http::router(http::AppState {
         writer,
         readers,
+        access_db: Arc::new(std::sync::Mutex::new(access_db)),
+        limits: Arc::new(http::auth::Limits::default()),
         response_budget: config.response_budget,
     });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = rx => {}
-                    _ = stop => {}
-                }
-                tracing::info!("shutting down: finishing in-flight syncs");
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = rx => {}
+                _ = stop => {}
+            }
+            tracing::info!("shutting down: finishing in-flight syncs");
+        })
+        .await
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "qiaomen-server listening");
     Ok(RunningServer {

@@ -1,9 +1,10 @@
 //! `qiaomen-server`: serves sync on 127.0.0.1:8080 with an embedded SQLite store in
-//! `./qiaomen-data` unless told otherwise.
+//! `./qiaomen-data` unless told otherwise; `qiaomen-server admin …` manages the org, users and
+//! devices in the same store.
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "qiaomen-server", version, about = "The Qiaomen sync server")]
@@ -12,21 +13,42 @@ struct Args {
     #[arg(long, env = "QIAOMEN_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Folder of the embedded SQLite store.
-    #[arg(long, env = "QIAOMEN_DATA_DIR", default_value = "./qiaomen-data")]
+    #[arg(
+        long,
+        env = "QIAOMEN_DATA_DIR",
+        default_value = "./qiaomen-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Household documents kept in memory.
     #[arg(long, env = "QIAOMEN_CACHE_DOCS", default_value_t = 2000)]
     cache_docs: usize,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Manage org units, users, assignments, enrollment codes and devices.
+    Admin(qiaomen_server::admin::AdminArgs),
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let args = Args::parse();
+    if let Some(Command::Admin(admin)) = args.command {
+        return qiaomen_server::admin::run(&args.data_dir, admin.command).map_err(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
     let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
     config.ingest.cache_capacity = args.cache_docs;
     let server = qiaomen_server::start(config, async {

@@ -35,8 +35,9 @@ pub struct NewChange {
     pub doc: HouseholdId,
     pub hash: [u8; 32],
     pub bytes: Vec<u8>,
-    /// The device that uploaded it (authenticated with the access issue).
+    /// The authenticated device that uploaded it, and its user.
     pub device: Option<[u8; 16]>,
+    pub user: Option<[u8; 16]>,
 }
 
 /// A change read back from the log.
@@ -85,10 +86,22 @@ pub trait Storage: Send + 'static {
     fn hash_at(&mut self, seq: u64) -> Result<Option<Vec<u8>>>;
     /// How many documents the store holds.
     fn doc_count(&mut self) -> Result<u64>;
+    /// The grid a document was last stored under.
+    fn doc_grid(&mut self, id: HouseholdId) -> Result<Option<String>>;
+    /// Records, inside the open transaction, that a document moved between grids at the last
+    /// appended log row, and sets its grid.
+    fn record_move(&mut self, id: HouseholdId, from: &str, to: &str) -> Result<()>;
+    /// Documents that moved into one of `grids` after `cursor`, up to the log's end `until`.
+    fn moved_into(&mut self, cursor: u64, until: u64, grids: &[String])
+    -> Result<Vec<HouseholdId>>;
+    /// Every logged change of a document, oldest first, up to `until`.
+    fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>>;
 }
 
-const FORMAT: i64 = 1;
-const SCHEMA: &str = r#"
+/// Schema migrations, in order: the store's `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[LOG_SCHEMA, ACCESS_SCHEMA];
+const FORMAT: i64 = MIGRATIONS.len() as i64;
+const LOG_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS changes (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     doc         BLOB NOT NULL,
@@ -109,6 +122,92 @@ CREATE TABLE IF NOT EXISTS docs (
 ) WITHOUT ROWID;
 "#;
 
+/// The org model, users, devices, tokens, sessions and the audit log (the access issue), and
+/// the authenticated user of each logged change.
+const ACCESS_SCHEMA: &str = r#"
+ALTER TABLE changes ADD COLUMN user BLOB;
+-- Households that moved between grids, at the log row of the move: a phone of the new grid
+-- receives such a household's whole history.
+CREATE TABLE doc_moves (
+    doc       BLOB NOT NULL,
+    from_grid TEXT NOT NULL,
+    to_grid   TEXT NOT NULL,
+    seq       INTEGER NOT NULL
+);
+CREATE INDEX doc_moves_to ON doc_moves (to_grid, seq);
+CREATE TABLE org_units (
+    id          TEXT PRIMARY KEY,
+    parent      TEXT REFERENCES org_units (id),
+    kind        TEXT NOT NULL CHECK (kind IN ('county', 'town', 'village', 'grid')),
+    name        TEXT NOT NULL,
+    valid_from  TEXT NOT NULL,
+    valid_until TEXT
+);
+CREATE INDEX org_units_parent ON org_units (parent);
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    login         TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    password_hash TEXT,
+    created_ms    INTEGER NOT NULL
+);
+CREATE TABLE assignments (
+    id             INTEGER PRIMARY KEY,
+    user           TEXT NOT NULL REFERENCES users (id),
+    unit           TEXT NOT NULL REFERENCES org_units (id),
+    role           TEXT NOT NULL,
+    valid_from_ms  INTEGER NOT NULL,
+    valid_until_ms INTEGER
+);
+CREATE INDEX assignments_user ON assignments (user);
+CREATE TABLE devices (
+    id           TEXT PRIMARY KEY,
+    user         TEXT NOT NULL REFERENCES users (id),
+    install_id   TEXT NOT NULL,
+    enrolled_ms  INTEGER NOT NULL,
+    revoked_ms   INTEGER,
+    last_seen_ms INTEGER
+);
+CREATE TABLE enrollment_codes (
+    hash       BLOB PRIMARY KEY,
+    user       TEXT NOT NULL REFERENCES users (id),
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    device     TEXT,
+    used_ms    INTEGER
+);
+CREATE TABLE device_tokens (
+    hash       BLOB PRIMARY KEY,
+    device     TEXT NOT NULL REFERENCES devices (id),
+    created_ms INTEGER NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('active', 'rotated', 'retired')),
+    successor  BLOB,
+    used_ms    INTEGER
+);
+CREATE INDEX device_tokens_device ON device_tokens (device);
+CREATE INDEX device_tokens_successor ON device_tokens (successor);
+CREATE TABLE sessions (
+    hash       BLOB PRIMARY KEY,
+    user       TEXT NOT NULL REFERENCES users (id),
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    ended_ms   INTEGER
+);
+CREATE TABLE audit (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms        INTEGER NOT NULL,
+    actor_user   TEXT,
+    actor_device TEXT,
+    action       TEXT NOT NULL,
+    target       TEXT,
+    outcome      TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
 /// The embedded SQLite backend: one file, WAL, `synchronous=FULL`.
 #[derive(Debug)]
 pub struct SqliteStorage {
@@ -126,8 +225,12 @@ impl SqliteStorage {
         if version > FORMAT {
             return Err(StorageError::TooNew(version));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", FORMAT)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
         Ok(Self { conn, path })
     }
 
@@ -203,9 +306,9 @@ impl Storage for SqliteStorage {
             }
             self.conn
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO changes (doc, hash, bytes, device, received_ms, grid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO changes (doc, hash, bytes, device, user, received_ms, grid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![c.doc.as_bytes().as_slice(), c.hash.as_slice(), c.bytes, c.device.map(|d| d.to_vec()), now, grid])?;
+                .execute(params![c.doc.as_bytes().as_slice(), c.hash.as_slice(), c.bytes, c.device.map(|d| d.to_vec()), c.user.map(|u| u.to_vec()), now, grid])?;
             last_doc = Some(c.doc);
         }
         let Some(doc) = last_doc else { return Ok(0) };
@@ -310,6 +413,66 @@ impl Storage for SqliteStorage {
             .prepare_cached("SELECT hash FROM changes WHERE seq = ?1")?
             .query_row([seq as i64], |r| r.get(0))
             .optional()?)
+    }
+
+    fn doc_grid(&mut self, id: HouseholdId) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT grid FROM docs WHERE id = ?1")?
+            .query_row([id.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn record_move(&mut self, id: HouseholdId, from: &str, to: &str) -> Result<()> {
+        let key = id.as_bytes().as_slice();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO doc_moves (doc, from_grid, to_grid, seq)
+                 SELECT ?1, ?2, ?3, max(seq) FROM changes WHERE doc = ?1",
+            )?
+            .execute(params![key, from, to])?;
+        self.conn
+            .prepare_cached("UPDATE docs SET grid = ?2 WHERE id = ?1")?
+            .execute(params![key, to])?;
+        Ok(())
+    }
+
+    fn moved_into(
+        &mut self,
+        cursor: u64,
+        until: u64,
+        grids: &[String],
+    ) -> Result<Vec<HouseholdId>> {
+        let grids_json = serde_json::to_string(grids).expect("strings serialize");
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT doc FROM doc_moves
+              WHERE seq > ?1 AND seq <= ?2 AND to_grid IN (SELECT value FROM json_each(?3))",
+        )?;
+        let rows = stmt.query_map(params![cursor as i64, until as i64, grids_json], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Ok(arr) = <[u8; 16]>::try_from(r?.as_slice()) {
+                out.push(HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, bytes, hash FROM changes WHERE doc = ?1 AND seq <= ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![id.as_bytes().as_slice(), until as i64], |r| {
+            Ok(LoggedChange {
+                seq: r.get::<_, i64>(0)? as u64,
+                doc: id,
+                bytes: r.get(1)?,
+                hash: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn doc_count(&mut self) -> Result<u64> {

@@ -14,6 +14,7 @@ use qiaomen_protocol::{
     wire::DocChanges,
 };
 use qiaomen_server::{
+    access::{Grant, Role, Scope, policy::Principal},
     ingest::{Ingestor, Upload},
     storage::SqliteStorage,
 };
@@ -56,15 +57,31 @@ fn main() {
             changes: vec![serde_bytes::ByteBuf::from(d.change_bytes(&h).unwrap())],
         });
     }
+    // The real access path: an authenticated worker of grid `g`.
+    let principal = std::sync::Arc::new(Principal {
+        user: a.user,
+        device: a.device,
+        scope: Scope {
+            grants: vec![Grant {
+                grid: "g".into(),
+                role: Role::GridWorker,
+                from_ms: 0,
+                until_ms: None,
+            }],
+            roles: [Role::GridWorker].into(),
+            read: ["g".to_string()].into(),
+            at_ms: i64::MAX / 2,
+        },
+    });
     let setup = Upload {
-        device: None,
+        principal: Some(principal.clone()),
         docs: creates,
     };
     ingestor.process_group(&[&setup]).unwrap();
     let uploads: Vec<Upload> = visits
         .chunks(25)
         .map(|c| Upload {
-            device: None,
+            principal: Some(principal.clone()),
             docs: c.to_vec(),
         })
         .collect();

@@ -130,6 +130,7 @@ fn upload_body(w: &mut Worker, cursor: Option<u64>, grids: Vec<String>) -> Vec<u
         })
         .collect();
     qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
+        scope_digest: None,
         version: 1,
         cursor,
         docs,
@@ -155,11 +156,29 @@ fn visit_json_floor(visits: &[Visit]) -> (usize, usize) {
     (all.len(), zstd::bulk::compress(&all, 3).unwrap().len())
 }
 
+/// A store enrolled with the server as a new worker of `grids`.
+fn enrolled(
+    data: &std::path::Path,
+    path: &std::path::Path,
+    url: &str,
+    grids: &[&str],
+    options: StoreOptions,
+) -> Store {
+    let (_, code) = qiaomen_tests::enrollment_code(data, grids);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(qiaomen_client_core::enroll(path, url, &code, options))
+        .unwrap()
+}
+
 fn main() {
     let quick = std::env::var_os("QIAOMEN_BENCH_QUICK").is_some();
     let (n_workers, h) = if quick { (8, 25) } else { (64, 25) };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
+    qiaomen_tests::seed_test_org(&data);
     let mut server = Command::new(env!("CARGO_BIN_EXE_test_server"))
         .arg(&data)
         .stdout(Stdio::piped())
@@ -177,18 +196,23 @@ fn main() {
     let day: Day = "2026-11-15".parse().unwrap();
 
     // Setup: a registry creates every household; each worker's phone takes its grid.
-    let reg_author = Author {
-        user: UserId::new(),
-        device: DeviceId::new(),
-    };
     let fast = StoreOptions {
         durability: Durability::Normal,
         ..StoreOptions::default()
     };
+    let grid_names: Vec<String> = (0..n_workers).map(|g| format!("g{g:03}")).collect();
+    let all: Vec<&str> = grid_names.iter().map(String::as_str).collect();
+    let store = enrolled(
+        &data,
+        &dir.path().join("registry.db"),
+        &url,
+        &all,
+        fast.clone(),
+    );
     let mut registry = Worker {
-        store: Store::open(dir.path().join("registry.db"), reg_author, fast.clone()).unwrap(),
+        author: *store.author(),
+        store,
         client: SyncClient::new(&url).unwrap(),
-        author: reg_author,
         households: vec![],
     };
     let mut grids = Vec::new();
@@ -216,21 +240,17 @@ fn main() {
     sync(&mut registry);
     let mut workers: Vec<Worker> = (0..n_workers)
         .map(|g| {
-            let author = Author {
-                user: UserId::new(),
-                device: DeviceId::new(),
-            };
+            let store = enrolled(
+                &data,
+                &dir.path().join(format!("w{g}.db")),
+                &url,
+                &[grid_names[g].as_str()],
+                StoreOptions::default(),
+            );
             let mut w = Worker {
-                store: Store::open(
-                    dir.path().join(format!("w{g}.db")),
-                    author,
-                    StoreOptions::default(),
-                )
-                .unwrap(),
-                client: SyncClient::new(&url)
-                    .unwrap()
-                    .with_grids([format!("g{g:03}")]),
-                author,
+                author: *store.author(),
+                store,
+                client: SyncClient::new(&url).unwrap(),
                 households: grids[g].clone(),
             };
             sync(&mut w);
@@ -275,7 +295,7 @@ fn main() {
     for ids in &grids {
         for id in ids {
             let v = varied_visit(
-                &reg_author,
+                &registry.author,
                 day,
                 id.as_bytes()[14] as u64 * 7919 + id.as_bytes()[15] as u64,
             );

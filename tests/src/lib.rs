@@ -31,17 +31,59 @@ pub fn sample_visit(author: &Author, visit_day: Day, note: &str) -> Visit {
     }
 }
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qiaomen_client_core::{Store, StoreOptions, SyncClient, SyncError, SyncReport};
+use qiaomen_server::access::{AccessDb, Role, org::UnitKind};
 
-/// A server in this process on 127.0.0.1:0, with its own runtime, stopped on drop.
+/// A server in this process on 127.0.0.1:0, with its own runtime, stopped on drop. Its store
+/// holds a test org: county `c` → town `t` → village `v` → grids `g`, `g1`, `g2`, `g00`..`g99`.
 #[allow(missing_debug_implementations)]
 pub struct TestServer {
     pub url: String,
     pub addr: std::net::SocketAddr,
+    pub data_dir: PathBuf,
     runtime: Option<tokio::runtime::Runtime>,
     server: Option<qiaomen_server::RunningServer>,
+}
+
+/// Creates the test org in the store at `data_dir` (idempotent).
+pub fn seed_test_org(data_dir: &Path) {
+    let mut db = AccessDb::open(data_dir).expect("access db");
+    let d = Day::ymd(2026, 1, 1).expect("day");
+    db.in_transaction(|db| {
+        db.ensure_unit("c", UnitKind::County, None, "测试县", d)?;
+        db.ensure_unit("t", UnitKind::Town, Some("c"), "测试镇", d)?;
+        db.ensure_unit("v", UnitKind::Village, Some("t"), "测试村", d)?;
+        let mut grids: Vec<String> = vec!["g".into(), "g1".into(), "g2".into()];
+        grids.extend((0..100).map(|g| format!("g{g:02}")));
+        for g in grids {
+            db.ensure_unit(&g, UnitKind::Grid, Some("v"), &g, d)?;
+        }
+        Ok(())
+    })
+    .expect("test org");
+}
+
+/// Issues an enrollment code for a new user: a grid worker of `grids`, or, with no grids,
+/// the command centre of the whole test county (reads and writes every grid, supervises).
+/// Grids not in the org yet are added under village `v`.
+pub fn enrollment_code(data_dir: &Path, grids: &[&str]) -> (UserId, String) {
+    let mut db = AccessDb::open(data_dir).expect("access db");
+    let d = Day::ymd(2026, 1, 1).expect("day");
+    db.in_transaction(|db| {
+        let login = format!("u-{}", UserId::new());
+        let user = db.add_user(&login, "测试")?;
+        if grids.is_empty() {
+            db.assign(user, "c", Role::CommandCentre, 0)?;
+        }
+        for g in grids {
+            db.ensure_unit(g, UnitKind::Grid, Some("v"), g, d)?;
+            db.assign(user, g, Role::GridWorker, 0)?;
+        }
+        Ok((user, db.issue_enrollment_code(user)?))
+    })
+    .expect("enrollment code")
 }
 
 impl TestServer {
@@ -63,6 +105,7 @@ impl TestServer {
         listen: std::net::SocketAddr,
         response_budget: usize,
     ) -> TestServer {
+        seed_test_org(data_dir);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -77,9 +120,26 @@ impl TestServer {
         TestServer {
             url: format!("http://{addr}"),
             addr,
+            data_dir: data_dir.to_path_buf(),
             runtime: Some(runtime),
             server: Some(server),
         }
+    }
+
+    /// A phone enrolled with this server as a new user (see [`enrollment_code`]).
+    pub fn phone(&self, path: &Path, grids: &[&str]) -> Phone {
+        self.phone_via(path, &self.url, grids)
+    }
+
+    /// A phone enrolled as a new user, talking to the server through `url` (a proxy, say).
+    pub fn phone_via(&self, path: &Path, url: &str, grids: &[&str]) -> Phone {
+        let (_, code) = enrollment_code(&self.data_dir, grids);
+        Phone::enroll(path, url, &code).expect("enrolls")
+    }
+
+    /// The server's access tables (org, users, devices, audit).
+    pub fn access(&self) -> AccessDb {
+        AccessDb::open(&self.data_dir).expect("access db")
     }
 
     /// Graceful stop: in-flight syncs finish.
@@ -103,7 +163,7 @@ impl Drop for TestServer {
     }
 }
 
-/// A simulated phone: a device store on a temp SQLite file and a sync client.
+/// A simulated phone: an enrolled device store on a temp SQLite file and a sync client.
 #[derive(Debug)]
 pub struct Phone {
     pub store: Store,
@@ -111,29 +171,42 @@ pub struct Phone {
     pub author: Author,
 }
 
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
 impl Phone {
-    pub fn new(path: &Path, url: &str, grids: &[&str]) -> Phone {
-        let author = Author {
-            user: UserId::new(),
-            device: DeviceId::new(),
-        };
-        let store = Store::open(path, author, StoreOptions::default()).expect("store");
-        let client = SyncClient::new(url)
-            .expect("client")
-            .with_grids(grids.iter().copied());
-        Phone {
+    /// Enrolls the store at `path` with the server at `url` using `code`.
+    pub fn enroll(path: &Path, url: &str, code: &str) -> Result<Phone, SyncError> {
+        let store = block_on(qiaomen_client_core::enroll(
+            path,
+            url,
+            code,
+            StoreOptions::default(),
+        ))?;
+        Ok(Phone {
+            author: *store.author(),
             store,
-            client,
-            author,
+            client: SyncClient::new(url)?,
+        })
+    }
+
+    /// Opens an enrolled store again (after a restart), syncing through `url`.
+    pub fn open(path: &Path, url: &str) -> Phone {
+        let store = Store::open_enrolled(path, StoreOptions::default()).expect("enrolled store");
+        Phone {
+            author: *store.author(),
+            store,
+            client: SyncClient::new(url).expect("client"),
         }
     }
 
     /// Runs one sync to completion on a private single-threaded runtime.
     pub fn sync(&mut self) -> Result<SyncReport, SyncError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(self.client.sync(&mut self.store, |_| {}))
+        block_on(self.client.sync(&mut self.store, |_| {}))
     }
 }

@@ -17,7 +17,7 @@ use qiaomen_protocol::{
     schema::*,
     wire::{self, CONTENT_TYPE, DocChanges, SyncRequest},
 };
-use qiaomen_tests::{Phone, TestServer, sample_visit};
+use qiaomen_tests::{Phone, TestServer, enrollment_code, sample_visit};
 
 fn day(s: &str) -> Day {
     s.parse().unwrap()
@@ -128,10 +128,10 @@ fn a_connection_cut_mid_request_or_mid_response_retries_without_loss_or_duplicat
         Fault::CutResponseAfter(600),
     ];
     let (proxy, cuts) = start_proxy(server.addr, plan);
-    let mut phone = Phone::new(&dir.path().join("p.db"), &proxy, &[]);
-    phone.client = phone
-        .client
-        .clone()
+    // Enrolled directly; every sync goes through the proxy.
+    let mut phone = server.phone(&dir.path().join("p.db"), &[]);
+    phone.client = qiaomen_client_core::SyncClient::new(&proxy)
+        .unwrap()
         .with_retry(fast_retry())
         .with_chunk_bytes(2 * 1024);
     let mut visits = Vec::new();
@@ -153,7 +153,7 @@ fn a_connection_cut_mid_request_or_mid_response_retries_without_loss_or_duplicat
     assert_eq!(phone.store.pending_change_count().unwrap(), 0);
     // Exactly once: the server log holds each of the 60 changes once.
     assert_eq!(log_seq(&server.url), 60);
-    let mut observer = Phone::new(&dir.path().join("o.db"), &server.url, &[]);
+    let mut observer = server.phone(&dir.path().join("o.db"), &[]);
     observer.sync().unwrap();
     for (id, visit) in visits {
         let h = observer.store.household(id).unwrap();
@@ -162,19 +162,25 @@ fn a_connection_cut_mid_request_or_mid_response_retries_without_loss_or_duplicat
     }
 }
 
-fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+fn post(
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let resp = reqwest::Client::new()
+        let mut req = reqwest::Client::new()
             .post(format!("{url}/v1/sync"))
             .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap();
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
@@ -186,7 +192,7 @@ fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value
 fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let mut phone = Phone::new(&dir.path().join("p.db"), &server.url, &[]);
+    let mut phone = server.phone(&dir.path().join("p.db"), &[]);
     let id = phone
         .store
         .create_household(&Household::new(
@@ -209,6 +215,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     let heads = phone.store.document(id).unwrap().heads();
 
     let good = wire::encode(&SyncRequest {
+        scope_digest: None,
         cursor_check: None,
         version: 1,
         cursor: Some(0),
@@ -249,6 +256,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "future version",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                scope_digest: None,
                 cursor_check: None,
                 version: 2,
                 cursor: None,
@@ -276,6 +284,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "cursor past the log",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                scope_digest: None,
                 cursor_check: None,
                 version: 1,
                 cursor: Some(seq + 1000),
@@ -302,8 +311,17 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
         }
         cases.push(("random", CONTENT_TYPE, body, 0, ""));
     }
+    let token = phone.store.credentials().unwrap().unwrap().token;
+    // Without a token, or with a made-up one: 401 before the body is read.
+    for bad_token in [None, Some("qm_d_madeup")] {
+        let (status, json) = post(&server.url, bad_token, CONTENT_TYPE, good.clone());
+        assert_eq!(
+            (status, json["error"]["code"].as_str()),
+            (401, Some("unauthenticated"))
+        );
+    }
     for (what, ct, body, want_status, want_code) in cases {
-        let (status, json) = post(&server.url, ct, body);
+        let (status, json) = post(&server.url, Some(&token), ct, body);
         assert!((400..500).contains(&status), "{what}: status {status}");
         let code = json["error"]["code"]
             .as_str()
@@ -314,6 +332,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     }
     // Well-formed requests carrying bad changes: refused per change, nothing stored.
     let bad = SyncRequest {
+        scope_digest: None,
         cursor_check: None,
         version: 1,
         cursor: Some(seq),
@@ -331,12 +350,12 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
         ],
         grids: vec![],
     };
-    let (status, _) = post(&server.url, CONTENT_TYPE, wire::encode(&bad));
+    let (status, _) = post(&server.url, Some(&token), CONTENT_TYPE, wire::encode(&bad));
     assert_eq!(status, 200);
 
     // The server is up, and nothing stored changed.
     assert_eq!(log_seq(&server.url), seq);
-    let mut observer = Phone::new(&dir.path().join("o.db"), &server.url, &[]);
+    let mut observer = server.phone(&dir.path().join("o.db"), &[]);
     observer.sync().unwrap();
     assert_eq!(observer.store.household_ids().unwrap(), vec![id]);
     assert_eq!(observer.store.document(id).unwrap().heads(), heads);
@@ -364,6 +383,7 @@ fn pending_set(phone: &mut Phone) -> HashSet<ChangeHash> {
 }
 
 fn spawn_server(data: &std::path::Path) -> (std::process::Child, String) {
+    qiaomen_tests::seed_test_org(data);
     let mut child = Command::new(env!("CARGO_BIN_EXE_test_server"))
         .arg(data)
         .stdout(Stdio::piped())
@@ -399,7 +419,8 @@ fn every_change_a_phone_saw_acknowledged_survives_a_server_sigkill() {
                 stop.clone(),
             );
             std::thread::spawn(move || {
-                let mut phone = Phone::new(&dir.join(format!("p{p}.db")), &url, &[]);
+                let (_, code) = enrollment_code(&dir.join("server"), &[]);
+                let mut phone = Phone::enroll(&dir.join(format!("p{p}.db")), &url, &code).unwrap();
                 phone.client = phone.client.clone().with_retry(Retry {
                     attempts: 1,
                     first_backoff: Duration::from_millis(1),
@@ -451,7 +472,8 @@ fn every_change_a_phone_saw_acknowledged_survives_a_server_sigkill() {
 
     // Restart on the same data: every acknowledged change is there.
     let (mut server, url) = spawn_server(&data);
-    let mut observer = Phone::new(&dir.path().join("observer.db"), &url, &[]);
+    let (_, code) = enrollment_code(&data, &[]);
+    let mut observer = Phone::enroll(&dir.path().join("observer.db"), &url, &code).unwrap();
     observer.sync().unwrap();
     let mut on_server = HashSet::new();
     for id in observer.store.household_ids().unwrap() {

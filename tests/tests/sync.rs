@@ -17,7 +17,7 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
     let server = TestServer::start(&dir.path().join("server"));
 
     // The registry: every household of every grid, created once and synced up.
-    let mut registry = Phone::new(&dir.path().join("registry.db"), &server.url, &[]);
+    let mut registry = server.phone(&dir.path().join("registry.db"), &[]);
     let mut grids: Vec<Vec<HouseholdId>> = Vec::new();
     for g in 0..PHONES {
         let ids = (0..HOUSEHOLDS)
@@ -41,11 +41,7 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
     let mut phones: Vec<Phone> = (0..PHONES)
         .map(|g| {
             let grid = format!("g{g:02}");
-            let mut p = Phone::new(
-                &dir.path().join(format!("phone{g}.db")),
-                &server.url,
-                &[grid.as_str()],
-            );
+            let mut p = server.phone(&dir.path().join(format!("phone{g}.db")), &[grid.as_str()]);
             p.sync().unwrap();
             assert_eq!(
                 p.store.household_ids().unwrap().len(),
@@ -121,7 +117,7 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
     registry.sync().unwrap();
 
     // An observer with no state downloads everything: it is the server's merged view.
-    let mut observer = Phone::new(&dir.path().join("observer.db"), &url, &[]);
+    let mut observer = server.phone_via(&dir.path().join("observer.db"), &url, &[]);
     observer.sync().unwrap();
     assert_eq!(
         observer.store.household_ids().unwrap().len(),
@@ -163,7 +159,7 @@ fn a_visit_day_of_50_phones_and_a_supervisor_converges() {
 fn an_idle_sync_is_one_tiny_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let mut phone = Phone::new(&dir.path().join("p.db"), &server.url, &[]);
+    let mut phone = server.phone(&dir.path().join("p.db"), &[]);
     for i in 0..500 {
         let h = Household::new(
             HouseholdId::new(),
@@ -193,7 +189,7 @@ fn an_idle_sync_is_one_tiny_round_trip() {
 fn a_phone_that_lost_its_state_converges_again() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let mut a = Phone::new(&dir.path().join("a.db"), &server.url, &[]);
+    let mut a = server.phone(&dir.path().join("a.db"), &[]);
     let id = a
         .store
         .create_household(&Household::new(
@@ -208,7 +204,7 @@ fn a_phone_that_lost_its_state_converges_again() {
         .unwrap();
     a.sync().unwrap();
     // Reinstall: a fresh store, no cursor.
-    let mut fresh = Phone::new(&dir.path().join("fresh.db"), &server.url, &[]);
+    let mut fresh = server.phone(&dir.path().join("fresh.db"), &[]);
     fresh.sync().unwrap();
     assert_eq!(
         fresh.store.household(id).unwrap(),
@@ -231,7 +227,7 @@ fn a_phone_that_lost_its_state_converges_again() {
         .unwrap();
     a.sync().unwrap();
     drop(a);
-    let mut restored = Phone::new(&backup, &server.url, &[]);
+    let mut restored = Phone::open(&backup, &server.url);
     restored
         .store
         .record_visit(
@@ -258,7 +254,7 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
     };
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let mut a = Phone::new(&dir.path().join("a.db"), &server.url, &[]);
+    let mut a = server.phone(&dir.path().join("a.db"), &[]);
     let id = a
         .store
         .create_household(&Household::new(
@@ -271,15 +267,23 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
     a.sync().unwrap();
     // A bad change (status set to a number), a good change built on it, and an independent
     // good change: made with raw Automerge, as a misbehaving client would.
+    // They carry this device's actor and author message, so only the content is wrong.
     let base = a.store.document(id).unwrap().save();
+    let signed = || {
+        automerge::transaction::CommitOptions::default()
+            .with_message(a.author.to_message())
+            .with_time(1_763_000_000_000)
+    };
     let mut raw = automerge::AutoCommit::load(&base).unwrap();
+    raw.set_actor(qiaomen_protocol::doc::actor_for(a.author.device));
     raw.put(ROOT, "status", 42).unwrap();
-    raw.commit();
+    raw.commit_with(signed());
     raw.put(ROOT, "address", "built on the bad one").unwrap();
-    raw.commit();
+    raw.commit_with(signed());
     let mut other = automerge::AutoCommit::load(&base).unwrap();
+    other.set_actor(qiaomen_protocol::doc::actor_for(a.author.device));
     other.put(ROOT, "door_number", "2").unwrap();
-    other.commit();
+    other.commit_with(signed());
     let mut changes: Vec<Vec<u8>> = raw
         .get_changes(&[])
         .iter()
@@ -290,6 +294,7 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
         .collect();
     changes.push(other.get_last_local_change().unwrap().raw_bytes().to_vec());
     let req = SyncRequest {
+        scope_digest: None,
         cursor_check: None,
         version: 1,
         cursor: None,
@@ -306,10 +311,12 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
         .enable_all()
         .build()
         .unwrap();
+    let token = a.store.credentials().unwrap().unwrap().token;
     let body = rt.block_on(async {
         reqwest::Client::new()
             .post(format!("{}/v1/sync", server.url))
             .header("content-type", CONTENT_TYPE)
+            .bearer_auth(&token)
             .body(wire::encode(&req))
             .send()
             .await
@@ -337,57 +344,6 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
 }
 
 #[test]
-fn changes_uploaded_by_another_device_than_their_author_are_refused_as_forbidden() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server"));
-    let path = dir.path().join("shared-phone.db");
-    let mut first = Phone::new(&path, &server.url, &[]);
-    let kept = first
-        .store
-        .create_household(&Household::new(
-            HouseholdId::new(),
-            GridId::new("g1"),
-            "x",
-            "1",
-        ))
-        .unwrap();
-    first.sync().unwrap();
-    // An edit made on this device but not yet synced...
-    first
-        .store
-        .record_visit(
-            kept,
-            &sample_visit(&first.author, day("2026-11-15"), "first"),
-            &[],
-        )
-        .unwrap();
-    drop(first);
-    // ...is uploaded after the store is reopened as another device (a re-enrolled phone).
-    let mut second = Phone::new(&path, &server.url, &[]);
-    let report = second.sync().unwrap();
-    assert_eq!(report.rejected.len(), 1);
-    assert_eq!(
-        report.rejected[0].2,
-        qiaomen_protocol::wire::RejectCode::Forbidden
-    );
-    let refused = second.store.rejected_changes().unwrap();
-    assert_eq!((refused.len(), refused[0].code.as_str()), (1, "forbidden"));
-    // The phone is back in line with the server and keeps working as itself.
-    assert!(second.store.household(kept).unwrap().visits.is_empty());
-    second
-        .store
-        .record_visit(
-            kept,
-            &sample_visit(&second.author, day("2026-11-15"), "second"),
-            &[],
-        )
-        .unwrap();
-    let report = second.sync().unwrap();
-    assert!(report.rejected.is_empty());
-    assert_eq!(second.store.pending_change_count().unwrap(), 0);
-}
-
-#[test]
 fn a_phone_offline_for_months_catches_up_page_by_page_in_one_sync() {
     let dir = tempfile::tempdir().unwrap();
     // Small pages, so months of other phones' work spans many responses.
@@ -396,8 +352,8 @@ fn a_phone_offline_for_months_catches_up_page_by_page_in_one_sync() {
         "127.0.0.1:0".parse().unwrap(),
         8 * 1024,
     );
-    let mut busy = Phone::new(&dir.path().join("busy.db"), &server.url, &["g1"]);
-    let mut away = Phone::new(&dir.path().join("away.db"), &server.url, &["g1"]);
+    let mut busy = server.phone(&dir.path().join("busy.db"), &["g1"]);
+    let mut away = server.phone(&dir.path().join("away.db"), &["g1"]);
     let ids: Vec<HouseholdId> = (0..10)
         .map(|i| {
             let h = Household::new(
@@ -464,7 +420,7 @@ fn a_server_restored_from_an_older_backup_gets_back_what_phones_had_sent() {
     let data = dir.path().join("server");
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let server = TestServer::start(&data);
-    let mut p = Phone::new(&dir.path().join("p.db"), &server.url, &[]);
+    let mut p = server.phone(&dir.path().join("p.db"), &[]);
     let h1 = p
         .store
         .create_household(&Household::new(
@@ -501,7 +457,7 @@ fn a_server_restored_from_an_older_backup_gets_back_what_phones_had_sent() {
     std::fs::remove_dir_all(&data).unwrap();
     copy_dir(&dir.path().join("backup"), &data);
     let server = TestServer::start_on(&data, any);
-    let mut q = Phone::new(&dir.path().join("q.db"), &server.url, &[]);
+    let mut q = server.phone(&dir.path().join("q.db"), &[]);
     for i in 0..5 {
         q.store
             .create_household(&Household::new(
@@ -517,7 +473,7 @@ fn a_server_restored_from_an_older_backup_gets_back_what_phones_had_sent() {
     // The phone notices the log differs at its cursor and sends everything again.
     p.client = qiaomen_client_core::SyncClient::new(&server.url).unwrap();
     p.sync().unwrap();
-    let mut observer = Phone::new(&dir.path().join("o.db"), &server.url, &[]);
+    let mut observer = server.phone(&dir.path().join("o.db"), &[]);
     observer.sync().unwrap();
     assert_eq!(
         observer.store.household_ids().unwrap().len(),
@@ -544,13 +500,14 @@ fn a_server_restored_from_an_older_backup_gets_back_what_phones_had_sent() {
 }
 
 #[test]
-fn a_household_moved_into_a_phones_grid_is_skipped_not_a_stuck_sync() {
-    // The known v1 gap (SYNC-v1.md §15.2): log rows keep the grid they arrived under, so a
-    // phone of the new grid sees only the changes after the move. It must keep syncing.
+fn a_household_moved_between_grids_arrives_whole_on_the_new_grid_and_leaves_the_old() {
+    // The move is logged under the grid it leaves (its phones learn it left) and recorded, so
+    // the phones of the new grid receive the household's whole history, not only what follows.
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let mut admin = Phone::new(&dir.path().join("admin.db"), &server.url, &[]);
-    let mut g2 = Phone::new(&dir.path().join("g2.db"), &server.url, &["g2"]);
+    let mut admin = server.phone(&dir.path().join("admin.db"), &[]);
+    let mut g1 = server.phone(&dir.path().join("g1.db"), &["g1"]);
+    let mut g2 = server.phone(&dir.path().join("g2.db"), &["g2"]);
     let moved = admin
         .store
         .create_household(&Household::new(
@@ -560,17 +517,14 @@ fn a_household_moved_into_a_phones_grid_is_skipped_not_a_stuck_sync() {
             "1",
         ))
         .unwrap();
-    let stays = admin
-        .store
-        .create_household(&Household::new(
-            HouseholdId::new(),
-            GridId::new("g2"),
-            "x",
-            "2",
-        ))
-        .unwrap();
     admin.sync().unwrap();
+    g1.sync().unwrap();
+    let v = sample_visit(&g1.author, day("2026-11-15"), "before the move");
+    g1.store.record_visit(moved, &v, &[]).unwrap();
+    g1.sync().unwrap();
     g2.sync().unwrap();
+    assert!(!g2.store.contains(moved).unwrap());
+    admin.sync().unwrap();
     admin
         .store
         .edit_household(moved, |h| {
@@ -578,32 +532,38 @@ fn a_household_moved_into_a_phones_grid_is_skipped_not_a_stuck_sync() {
             Ok(())
         })
         .unwrap();
-    admin
-        .store
-        .record_visit(
-            stays,
-            &sample_visit(&admin.author, day("2026-11-15"), "x"),
-            &[],
-        )
-        .unwrap();
     admin.sync().unwrap();
     let report = g2.sync().unwrap();
-    assert_eq!(report.skipped_households, vec![moved]);
+    assert!(report.skipped_households.is_empty(), "{report:?}");
     assert_eq!(
-        g2.store.household(stays).unwrap().visits.len(),
-        1,
-        "the rest still arrives"
+        g2.store.household(moved).unwrap(),
+        admin.store.household(moved).unwrap()
     );
-    // And the next sync goes on normally.
-    admin
-        .store
+    assert!(
+        g2.store
+            .household(moved)
+            .unwrap()
+            .visits
+            .contains_key(&v.id)
+    );
+    let report = g1.sync().unwrap();
+    assert_eq!(report.dropped_households, 1);
+    assert!(!g1.store.contains(moved).unwrap());
+    // A fresh phone of g2 gets it whole too, and later edits flow as usual.
+    let mut fresh = server.phone(&dir.path().join("fresh.db"), &["g2"]);
+    fresh.sync().unwrap();
+    assert_eq!(
+        fresh.store.household(moved).unwrap(),
+        admin.store.household(moved).unwrap()
+    );
+    g2.store
         .record_visit(
-            stays,
-            &sample_visit(&admin.author, day("2026-11-30"), "y"),
+            moved,
+            &sample_visit(&g2.author, day("2026-11-30"), "after"),
             &[],
         )
         .unwrap();
-    admin.sync().unwrap();
-    assert!(g2.sync().unwrap().skipped_households.is_empty());
-    assert_eq!(g2.store.household(stays).unwrap().visits.len(), 2);
+    assert!(g2.sync().unwrap().rejected.is_empty());
+    fresh.sync().unwrap();
+    assert_eq!(fresh.store.household(moved).unwrap().visits.len(), 2);
 }

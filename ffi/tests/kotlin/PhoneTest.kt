@@ -10,8 +10,29 @@ import uniffi.qiaomen.*
 
 fun check(cond: Boolean, what: String) { if (!cond) throw AssertionError(what) }
 
-fun newPhone(url: String, grids: List<String>, path: String = Files.createTempDirectory("phone").resolve("p.db").toString()): Pair<Phone, String> =
-    Pair(Phone.open(path, UUID.randomUUID().toString(), UUID.randomUUID().toString(), url, grids), path)
+fun tempPath(): String = Files.createTempDirectory("phone").resolve("p.db").toString()
+
+/** The server's org, driven through `qiaomen-server admin`. */
+class Org(val bin: String, val data: String, val url: String) {
+    fun admin(vararg args: String): String {
+        val p = ProcessBuilder(listOf(bin, "admin", "--data-dir", data) + args).redirectErrorStream(true).start()
+        val out = p.inputStream.bufferedReader().readText().trim()
+        check(p.waitFor() == 0, "admin ${args[0]} failed: $out")
+        return out
+    }
+    fun grid(): String {
+        val g = "kt-" + UUID.randomUUID().toString().take(8)
+        admin("unit", "add", "--id", g, "--kind", "grid", "--parent", "kt-village", "--name", g)
+        return g
+    }
+    fun code(unit: String, role: String = "grid_worker"): String {
+        val login = "u-" + UUID.randomUUID().toString().take(12)
+        admin("user", "add", "--login", login, "--name", "测试员")
+        admin("assign", "--login", login, "--unit", unit, "--role", role)
+        return admin("enroll-code", "--login", login)
+    }
+    fun worker(grid: String): Phone = runBlocking { enroll(tempPath(), url, code(grid)) }
+}
 
 fun visit(note: String, day: String = "2026-11-15") = NewVisit(
     day, 1_763_164_800_000L, null, Gps(34.75, 113.62, 5.0), VisitOutcome.MET, listOf(),
@@ -25,13 +46,14 @@ fun sync(phone: Phone, seen: MutableList<SyncProgress>? = null): SyncSummary = r
     phone.sync(object : SyncListener { override fun onProgress(progress: SyncProgress) { seen?.add(progress) } })
 }
 
-fun twoPhonesSeeBothVisits(url: String) {
-    val grid = "kt-" + UUID.randomUUID().toString().take(8)
-    val (a, _) = newPhone(url, listOf(grid)); val (b, _) = newPhone(url, listOf(grid))
+fun twoPhonesSeeBothVisits(org: Org) {
+    val grid = org.grid()
+    val a = org.worker(grid); val b = org.worker(grid)
     val hid = a.createHousehold(household(grid))
     a.addMember(hid, NewMember(Relation.HEAD, "王建国", "410105195001011234", "1950-01-01", null, listOf()))
     sync(a); sync(b)
     check(b.householdIds() == listOf(hid), "b received the household")
+    check(b.grids() == listOf(grid), "b knows its grid")
     val roster = b.roster(grid, "2026-11-15")
     check(roster.size == 1 && roster[0].keyGroups == listOf(KeyGroup.ELDERLY_ALONE), "roster with key group")
     a.recordVisit(hid, visit("王：老人身体还好")); b.recordVisit(hid, visit("李：补访"))
@@ -47,9 +69,9 @@ fun twoPhonesSeeBothVisits(url: String) {
     check(a.pendingCount() == 0uL && b.pendingCount() == 0uL, "nothing pending")
 }
 
-fun conflictVisibleAndResolved(url: String) {
-    val grid = "kt-" + UUID.randomUUID().toString().take(8)
-    val (a, _) = newPhone(url, listOf(grid)); val (b, _) = newPhone(url, listOf(grid))
+fun conflictVisibleAndResolved(org: Org) {
+    val grid = org.grid()
+    val a = org.worker(grid); val b = org.worker(grid)
     val hid = a.createHousehold(household(grid))
     sync(a); sync(b)
     a.updateHousehold(hid, HouseholdUpdate(null, "17A", null, null))
@@ -58,39 +80,52 @@ fun conflictVisibleAndResolved(url: String) {
     val c = a.conflicts(hid)
     check(c.size == 1 && c[0].path == listOf("door_number"), "one conflict on door_number")
     val pick = c[0].values.first { it.valueJson == "\"17-1\"" }
-    check(pick.deviceId != null && pick.atMs > 0, "author and time")
+    check(c[0].values.map { it.deviceId }.toSet() == setOf(a.deviceId(), b.deviceId()) && pick.atMs > 0, "author and time")
     a.resolveConflict(hid, c[0].path, pick.op)
     check(a.conflicts(hid).isEmpty(), "resolved")
     sync(a); sync(b)
     check(b.household(hid).doorNumber == "17-1" && b.conflicts(hid).isEmpty(), "resolution reached b")
 }
 
-fun refusedChangeReported(url: String) {
-    val grid = "kt-" + UUID.randomUUID().toString().take(8)
-    val (first, path) = newPhone(url, listOf(grid))
-    val hid = first.createHousehold(household(grid))
-    sync(first)
-    first.recordVisit(hid, visit("made before re-enrollment"))
-    first.close()
-    val (second, _) = newPhone(url, listOf(grid), path)
-    check(sync(second).rejected == 1uL, "one change refused")
-    val refused = second.rejectedChanges()
-    check(refused.size == 1 && refused[0].code == "forbidden" && refused[0].householdId == hid, "reason code")
-    check(second.household(hid).visits.isEmpty(), "rolled back")
-    second.recordVisit(hid, visit("recorded again"))
-    check(sync(second).rejected == 0uL && second.pendingCount() == 0uL, "keeps working")
+fun refusedChangeReported(org: Org) {
+    val grid = org.grid()
+    val phone = org.worker(grid)
+    val hid = phone.createHousehold(household(grid))
+    sync(phone)
+    // Marking a household merged is a supervisor's decision: the server refuses it.
+    phone.updateHousehold(hid, HouseholdUpdate(null, null, null, HouseholdStatus.MERGED))
+    check(sync(phone).rejected == 1uL, "one change refused")
+    val refused = phone.rejectedChanges()
+    check(refused.size == 1 && refused[0].code == "not_allowed" && refused[0].householdId == hid, "reason code")
+    check(phone.household(hid).status == HouseholdStatus.ACTIVE, "rolled back")
+    phone.recordVisit(hid, visit("recorded"))
+    check(sync(phone).rejected == 0uL && phone.pendingCount() == 0uL, "keeps working")
 }
 
-fun errorsAreTyped(url: String) {
-    val (p, _) = newPhone(url, listOf())
+fun errorsAreTyped(org: Org) {
+    val grid = org.grid()
+    val code = org.code(grid)
+    val path = tempPath()
+    try { runBlocking { enroll(path, "http://127.0.0.1:9", code) }; check(false, "no error") } catch (e: QiaomenException.Network) {}
+    val p = runBlocking { enroll(path, org.url, code) }
+    try { runBlocking { enroll(tempPath(), org.url, code) }; check(false, "no error") } catch (e: QiaomenException.Unauthorized) {}
+    try { Phone.open(tempPath()); check(false, "no error") } catch (e: QiaomenException.Unauthorized) {}
     try { p.household("not-a-uuid"); check(false, "no error") } catch (e: QiaomenException.InvalidInput) {}
     try { p.household(UUID.randomUUID().toString()); check(false, "no error") } catch (e: QiaomenException.NotFound) {}
-    val hid = p.createHousehold(household("g"))
+    val hid = p.createHousehold(household(grid))
     try { p.recordVisit(hid, visit("x", "2026-11-16")); check(false, "no error") } catch (e: QiaomenException.InvalidInput) {}
-    val (offline, _) = newPhone("http://127.0.0.1:9", listOf())
-    offline.createHousehold(household("g"))
-    try { sync(offline); check(false, "no error") } catch (e: QiaomenException.Network) {}
-    check(offline.pendingCount() == 1uL, "still pending")
+    check(Phone.open(path).deviceId() == p.deviceId(), "reopened as the same device")
+}
+
+fun revokedPhoneIsWiped(org: Org) {
+    val grid = org.grid()
+    val phone = org.worker(grid)
+    val hid = phone.createHousehold(household(grid))
+    sync(phone)
+    phone.recordVisit(hid, visit("offline, then the phone is lost"))
+    org.admin("revoke", "--device", phone.deviceId())
+    try { sync(phone); check(false, "no error") } catch (e: QiaomenException.Revoked) {}
+    check(phone.householdIds().isEmpty() && phone.pendingCount() == 0uL, "wiped")
 }
 
 fun main(args: Array<String>) {
@@ -107,15 +142,20 @@ fun main(args: Array<String>) {
             Thread.sleep(100)
         }
     }
+    val org = Org(serverBin, data, url)
+    org.admin("unit", "add", "--id", "kt-county", "--kind", "county", "--name", "测试县")
+    org.admin("unit", "add", "--id", "kt-town", "--kind", "town", "--parent", "kt-county", "--name", "测试镇")
+    org.admin("unit", "add", "--id", "kt-village", "--kind", "village", "--parent", "kt-town", "--name", "测试村")
     val tests = listOf(
         "two phones record visits offline and both see both" to ::twoPhonesSeeBothVisits,
         "a conflict is visible and resolved" to ::conflictVisibleAndResolved,
         "a refused change is reported and the phone keeps working" to ::refusedChangeReported,
-        "errors arrive as the documented exceptions" to ::errorsAreTyped,
+        "enrollment and other errors arrive as the documented exceptions" to ::errorsAreTyped,
+        "a revoked phone is wiped on its next sync" to ::revokedPhoneIsWiped,
     )
     var passed = 0; var failed = 0
     for ((name, test) in tests) {
-        try { test(url); passed++; println("ok   $name") }
+        try { test(org); passed++; println("ok   $name") }
         catch (e: Throwable) { failed++; println("FAIL $name: $e") }
     }
     server.destroy(); server.waitFor()

@@ -7,6 +7,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 
 import pytest
 
@@ -21,16 +22,59 @@ def free_port():
         return s.getsockname()[1]
 
 
+SERVER_BIN = os.path.join(TARGET, "debug", "qiaomen-server")
+
+
+class Org:
+    """The server's org, driven through its admin command line (`qiaomen-server admin`)."""
+
+    def __init__(self, url, data):
+        self.url, self.data = url, data
+        self.admin("unit", "add", "--id", "py-county", "--kind", "county", "--name", "测试县")
+        self.admin("unit", "add", "--id", "py-town", "--kind", "town", "--parent", "py-county", "--name", "测试镇")
+        self.admin("unit", "add", "--id", "py-village", "--kind", "village", "--parent", "py-town", "--name", "测试村")
+
+    def admin(self, *args):
+        done = subprocess.run([SERVER_BIN, "admin", "--data-dir", self.data, *args],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"admin {args[0]} failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def grid(self):
+        g = "py-" + uuid.uuid4().hex[:8]
+        self.admin("unit", "add", "--id", g, "--kind", "grid", "--parent", "py-village", "--name", g)
+        return g
+
+    def code(self, unit, role="grid_worker"):
+        """A one-time enrollment code for a new user with `role` at `unit`."""
+        login = "u-" + uuid.uuid4().hex[:12]
+        self.admin("user", "add", "--login", login, "--name", "测试员")
+        self.admin("assign", "--login", login, "--unit", unit, "--role", role)
+        return self.admin("enroll-code", "--login", login)
+
+
+@pytest.fixture(scope="session")
+def org(server_url):
+    return Org(server_url, server_url.data)
+
+
+class Url(str):
+    """The server's URL, also carrying its data folder for the admin commands."""
+    data = ""
+
+
 @pytest.fixture(scope="session")
 def server_url():
     data = tempfile.mkdtemp(prefix="qiaomen-server-")
     port = free_port()
     proc = subprocess.Popen(
-        [os.path.join(TARGET, "debug", "qiaomen-server"), "--listen", f"127.0.0.1:{port}", "--data-dir", data],
+        [SERVER_BIN, "--listen", f"127.0.0.1:{port}", "--data-dir", data],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = Url(f"http://127.0.0.1:{port}")
+    url.data = data
     deadline = time.time() + 30
     while True:
         try:

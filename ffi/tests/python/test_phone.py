@@ -1,16 +1,27 @@
-"""Two phones, a real server, the generated Python bindings."""
+"""Enrolled phones, a real server, the generated Python bindings."""
 import asyncio
 import os
+import socket
 import tempfile
+import threading
 import uuid
 
 import pytest
 import qiaomen as q
 
 
-def new_phone(url, path=None, grids=()):
-    path = path or os.path.join(tempfile.mkdtemp(), "phone.db")
-    return q.Phone.open(path, str(uuid.uuid4()), str(uuid.uuid4()), url, list(grids)), path
+def temp_path():
+    return os.path.join(tempfile.mkdtemp(), "phone.db")
+
+
+def enroll(url, code, path=None):
+    path = path or temp_path()
+    return asyncio.run(q.enroll(path, url, code)), path
+
+
+def worker(org, grid):
+    phone, _ = enroll(org.url, org.code(grid))
+    return phone
 
 
 def visit(note, day="2026-11-15"):
@@ -36,16 +47,16 @@ def household(grid):
                           tags=[q.Tag(group=q.KeyGroup.ELDERLY_ALONE, since="2024-03-01", until=None)])
 
 
-def test_two_phones_record_visits_offline_and_both_see_both(server_url):
-    grid = "py-" + uuid.uuid4().hex[:8]
-    a, _ = new_phone(server_url, grids=[grid])
-    b, _ = new_phone(server_url, grids=[grid])
+def test_two_phones_record_visits_offline_and_both_see_both(org):
+    grid = org.grid()
+    a, b = worker(org, grid), worker(org, grid)
+    assert a.user_id() != b.user_id() and a.device_id() != b.device_id()
     hid = a.create_household(household(grid))
     a.add_member(hid, q.NewMember(relation=q.Relation.HEAD, name="王建国", id_number="410105195001011234",
                                   birth_date="1950-01-01", phone=None, tags=[]))
     sync(a)
     sync(b)
-    assert b.household_ids() == [hid]
+    assert b.household_ids() == [hid] and b.grids() == [grid]
     roster = b.roster(grid, "2026-11-15")
     assert [r.household_id for r in roster] == [hid] and roster[0].key_groups == [q.KeyGroup.ELDERLY_ALONE]
 
@@ -69,10 +80,9 @@ def test_two_phones_record_visits_offline_and_both_see_both(server_url):
     assert a.acknowledged_count() == 3 and b.acknowledged_count() == 1
 
 
-def test_a_conflict_is_visible_and_resolved(server_url):
-    grid = "py-" + uuid.uuid4().hex[:8]
-    a, _ = new_phone(server_url, grids=[grid])
-    b, _ = new_phone(server_url, grids=[grid])
+def test_a_conflict_is_visible_and_resolved(org):
+    grid = org.grid()
+    a, b = worker(org, grid), worker(org, grid)
     hid = a.create_household(household(grid))
     sync(a)
     sync(b)
@@ -85,7 +95,8 @@ def test_a_conflict_is_visible_and_resolved(server_url):
     assert len(conflicts) == 1 and conflicts[0].path == ["door_number"]
     values = {v.value_json: v for v in conflicts[0].values}
     assert set(values) == {'"17A"', '"17-1"'}
-    assert all(v.device_id and v.at_ms > 0 for v in values.values())
+    assert {v.device_id for v in values.values()} == {a.device_id(), b.device_id()}
+    assert all(v.at_ms > 0 for v in values.values())
     a.resolve_conflict(hid, conflicts[0].path, values['"17-1"'].op)
     assert a.conflicts(hid) == []
     sync(a)
@@ -93,53 +104,108 @@ def test_a_conflict_is_visible_and_resolved(server_url):
     assert b.conflicts(hid) == [] and b.household(hid).door_number == "17-1"
 
 
-def test_a_refused_change_is_reported_and_the_phone_keeps_working(server_url):
-    grid = "py-" + uuid.uuid4().hex[:8]
-    first, path = new_phone(server_url, grids=[grid])
-    hid = first.create_household(household(grid))
-    sync(first)
-    first.record_visit(hid, visit("made before re-enrollment"))
-    del first
-    # The same store reopened as another device: its unsynced edit is not this device's to send.
-    second, _ = new_phone(server_url, path=path, grids=[grid])
-    summary = sync(second)
+def test_a_refused_change_is_reported_and_the_phone_keeps_working(org):
+    grid = org.grid()
+    phone = worker(org, grid)
+    hid = phone.create_household(household(grid))
+    sync(phone)
+    # Marking a household merged is a supervisor's decision: the server refuses it.
+    phone.update_household(hid, q.HouseholdUpdate(address=None, door_number=None, phone=None,
+                                                  status=q.HouseholdStatus.MERGED))
+    summary = sync(phone)
     assert summary.rejected == 1
-    refused = second.rejected_changes()
-    assert [(r.household_id, r.code) for r in refused] == [(hid, "forbidden")]
-    assert second.household(hid).visits == []
-    second.record_visit(hid, visit("recorded again"))
-    assert sync(second).rejected == 0 and second.pending_count() == 0
+    refused = phone.rejected_changes()
+    assert [(r.household_id, r.code) for r in refused] == [(hid, "not_allowed")]
+    assert phone.household(hid).status == q.HouseholdStatus.ACTIVE
+    phone.record_visit(hid, visit("recorded"))
+    assert sync(phone).rejected == 0 and phone.pending_count() == 0
 
 
-def test_errors_arrive_as_the_documented_exceptions(server_url):
-    phone, _ = new_phone(server_url)
+def test_enrollment_errors_and_other_errors_arrive_as_the_documented_exceptions(org):
+    grid = org.grid()
+    code = org.code(grid)
+    # Offline: the code is not spent, and enrolling later works.
+    path = temp_path()
+    with pytest.raises(q.QiaomenError.Network):
+        asyncio.run(q.enroll(path, "http://127.0.0.1:9", code))
+    phone, _ = enroll(org.url, code, path)
+    # The same code again (another phone): refused.
+    with pytest.raises(q.QiaomenError.Unauthorized):
+        enroll(org.url, code)
+    with pytest.raises(q.QiaomenError.Unauthorized):
+        enroll(org.url, "AAAA-BBBB-CCCC")
+    with pytest.raises(q.QiaomenError.Unauthorized):
+        q.Phone.open(temp_path())  # never enrolled
     with pytest.raises(q.QiaomenError.InvalidInput):
         phone.household("not-a-uuid")
     with pytest.raises(q.QiaomenError.NotFound):
         phone.household(str(uuid.uuid4()))
-    hid = phone.create_household(household("g"))
+    hid = phone.create_household(household(grid))
     with pytest.raises(q.QiaomenError.InvalidInput):
         phone.record_visit(hid, visit("not a visit day", day="2026-11-16"))
-    with pytest.raises(q.QiaomenError.InvalidInput):
-        q.Phone.open(os.path.join(tempfile.mkdtemp(), "p.db"), "x", "y", server_url, [])
-    offline, _ = new_phone("http://127.0.0.1:9")
-    offline.create_household(household("g"))
-    with pytest.raises(q.QiaomenError.Network):
-        sync(offline)
-    assert offline.pending_count() == 1
+    # Reopened after a restart: the same user and device.
+    again = q.Phone.open(path)
+    assert again.device_id() == phone.device_id()
 
 
-def test_a_sync_can_be_cancelled_and_the_phone_stays_usable(server_url):
-    import socket
-    import threading
-    # A server that accepts connections and never answers.
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    held = []
-    threading.Thread(target=lambda: [held.append(silent.accept()) for _ in range(8)], daemon=True).start()
-    phone, path = new_phone(f"http://127.0.0.1:{silent.getsockname()[1]}")
-    hid = phone.create_household(household("g"))
+def test_a_revoked_phone_is_wiped_on_its_next_sync(org):
+    grid = org.grid()
+    phone = worker(org, grid)
+    hid = phone.create_household(household(grid))
+    sync(phone)
+    phone.record_visit(hid, visit("offline, then the phone is lost"))
+    org.admin("revoke", "--device", phone.device_id())
+    with pytest.raises(q.QiaomenError.Revoked):
+        sync(phone)
+    assert phone.household_ids() == [] and phone.pending_count() == 0
+
+
+class Gate:
+    """A TCP proxy to the server that can stop answering (connections accepted, never served)."""
+
+    def __init__(self, target_port):
+        self.open = True
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self.serve, args=(target_port,), daemon=True).start()
+
+    def serve(self, target_port):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.open:
+                self.held.append(client)
+                continue
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_a_sync_can_be_cancelled_and_the_phone_stays_usable(org):
+    grid = org.grid()
+    gate = Gate(int(org.url.rsplit(":", 1)[1]))
+    phone, path = enroll(f"http://127.0.0.1:{gate.port}", org.code(grid))
+    hid = phone.create_household(household(grid))
+    gate.open = False  # the server stops answering
 
     async def cancel_it():
         task = asyncio.ensure_future(phone.sync(None))
@@ -148,8 +214,10 @@ def test_a_sync_can_be_cancelled_and_the_phone_stays_usable(server_url):
         with pytest.raises(asyncio.CancelledError):
             await task
     asyncio.run(asyncio.wait_for(cancel_it(), timeout=20))
-    # The store is free again, nothing was lost, and a real sync goes through.
+    # The store is free again and nothing was lost.
     assert phone.pending_count() == 1
-    again = q.Phone.open(path, str(uuid.uuid4()), str(uuid.uuid4()), server_url, [])
+    again = q.Phone.open(path)
     assert again.household(hid).door_number == "17"
-    silent.close()
+    gate.open = True
+    assert sync(again).accepted == 1 and again.pending_count() == 0
+    gate.sock.close()

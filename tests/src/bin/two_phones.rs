@@ -1,35 +1,34 @@
-//! The README tour: two simulated phones record visits offline on the same household, sync
-//! with a running server, and print the merged record.
+//! The README tour: two enrolled phones of the demo grid 东村第一网格 (worker 王 and grid head
+//! 孙, codes from `qiaomen-server admin seed-demo`) record visits offline on the same
+//! household, sync with the running server, and print the merged record.
 //!
-//! `cargo run -p qiaomen-tests --bin two_phones -- http://127.0.0.1:8080`
+//! `cargo run -p qiaomen-tests --bin two_phones -- http://127.0.0.1:8080 CODE_WANG CODE_SUN`
 
-use qiaomen_protocol::{calendar, ids::*, schema::*};
+use qiaomen_protocol::calendar;
 use qiaomen_tests::{Phone, sample_visit};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let mut args = std::env::args().skip(1);
+    let usage =
+        "usage: two_phones URL CODE_WANG CODE_SUN (codes from `qiaomen-server admin seed-demo`)";
+    let url = args.next().ok_or(usage)?;
+    let (code_a, code_b) = (args.next().ok_or(usage)?, args.next().ok_or(usage)?);
     let dir = tempfile::tempdir()?;
-    let grid = format!("demo-{}", &HouseholdId::new().to_string()[..8]);
-    let mut wang = Phone::new(&dir.path().join("wang.db"), &url, &[grid.as_str()]);
-    let mut li = Phone::new(&dir.path().join("li.db"), &url, &[grid.as_str()]);
+    let mut wang = Phone::enroll(&dir.path().join("wang.db"), &url, &code_a)?;
+    let mut li = Phone::enroll(&dir.path().join("sun.db"), &url, &code_b)?;
 
-    // Worker Wang registers a household and syncs; Li's phone receives it.
-    let mut hh = Household::new(
-        HouseholdId::new(),
-        GridId::new(grid.clone()),
-        "东村三组",
-        "17",
-    );
-    hh.tags.push(TagSpan {
-        group: KeyGroup::ElderlyAlone,
-        since: "2024-03-01".parse()?,
-        until: None,
-    });
-    let id = wang.store.create_household(&hh)?;
+    // Both phones receive their grid's households.
     wang.sync()?;
     li.sync()?;
+    let id = *wang
+        .store
+        .household_ids()?
+        .first()
+        .ok_or("the demo grid has no households: run `admin seed-demo` first")?;
+    println!(
+        "enrolled; {} households in the grid",
+        wang.store.household_ids()?.len()
+    );
 
     // Offline, both visit on the 15th and both correct the door number differently.
     let day = calendar::visit_days_of_month(2026, 11).expect("a month")[0];
@@ -40,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     li.store.record_visit(
         id,
-        &sample_visit(&li.author, day, "李：补访，送去降压药"),
+        &sample_visit(&li.author, day, "孙：补访，送去降压药"),
         &[],
     )?;
     wang.store.edit_household(id, |h| {
@@ -58,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Back in signal: each syncs once (one round trip), then Wang once more to get Li's edits.
-    for (name, phone) in [("wang", &mut wang), ("li", &mut li)] {
+    for (name, phone) in [("wang", &mut wang), ("sun", &mut li)] {
         let r = phone.sync()?;
         println!(
             "{name}: {} round trip(s), {} B up, {} B down",

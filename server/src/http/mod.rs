@@ -1,4 +1,8 @@
-//! The HTTP surface: `POST /v1/sync` and `GET /healthz`.
+//! The HTTP surface: `POST /v1/sync` (enrolled devices), enrollment, token rotation and
+//! login ([`auth`]), the JSON API ([`api`]) and `GET /healthz`.
+
+pub mod api;
+pub mod auth;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,19 +12,19 @@ use std::{
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{FromRequestParts, State},
-    http::{HeaderMap, StatusCode, header, request::Parts},
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use qiaomen_protocol::{
-    ids::DeviceId,
-    wire::{self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, SyncResponse, WireError, limits},
+use qiaomen_protocol::wire::{
+    self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, SyncResponse, WireError, limits,
 };
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 
 use crate::{
+    access::{AccessDb, AccessError, policy::Principal},
     ingest::{Upload, Writer},
     storage::{SqliteStorage, Storage},
 };
@@ -30,8 +34,45 @@ use crate::{
 pub struct AppState {
     pub writer: Writer,
     pub readers: Arc<ReaderPool>,
+    /// The access tables (one connection; their calls are short).
+    pub access_db: Arc<Mutex<AccessDb>>,
+    pub limits: Arc<auth::Limits>,
     /// About how many bytes of changes one response carries before it sets `more`.
     pub response_budget: usize,
+}
+
+impl AppState {
+    /// Runs `f` on the access tables, on a blocking thread.
+    pub async fn access<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut AccessDb) -> crate::access::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let db = self.access_db.clone();
+        tokio::task::spawn_blocking(move || f(&mut db.lock().expect("access lock")))
+            .await
+            .map_err(|_| ApiError::internal("access task failed"))?
+            .map_err(ApiError::from)
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Invalid(message) => ApiError::BadRequest {
+                code: "invalid",
+                message,
+            },
+            AccessError::NotFound(what) => ApiError::NotFound {
+                code: "not_found",
+                message: format!("no such {what}"),
+            },
+            AccessError::Sqlite(e) => {
+                tracing::error!(error = %e, "access storage failed");
+                ApiError::Unavailable
+            }
+            AccessError::Hash => ApiError::internal("password hashing failed"),
+        }
+    }
 }
 
 /// Read connections, reused across requests.
@@ -80,7 +121,11 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     PayloadTooLarge { code: &'static str, message: String },
     UnsupportedMediaType,
+    Unauthorized { code: &'static str, message: String },
+    Forbidden { code: &'static str, message: String },
+    NotFound { code: &'static str, message: String },
     Conflict { code: &'static str, message: String },
+    TooManyRequests,
     Unavailable,
     Internal,
 }
@@ -115,7 +160,15 @@ impl IntoResponse for ApiError {
                 "unsupported_media_type",
                 format!("the body must be {CONTENT_TYPE}"),
             ),
+            ApiError::Unauthorized { code, message } => (StatusCode::UNAUTHORIZED, code, message),
+            ApiError::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message),
+            ApiError::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message),
             ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
+            ApiError::TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; retry later".into(),
+            ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -156,35 +209,20 @@ impl From<WireError> for ApiError {
     }
 }
 
-/// The device making a request. Until enrollment lands (the access issue), a device names
-/// itself in `X-Qiaomen-Device`; authentication will replace this extractor, and every
-/// handler that takes it gets the authenticated device instead.
-#[derive(Debug, Clone, Copy)]
-pub struct DeviceIdentity(pub Option<DeviceId>);
-
-impl<S: Send + Sync> FromRequestParts<S> for DeviceIdentity {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        match parts.headers.get("x-qiaomen-device") {
-            None => Ok(DeviceIdentity(None)),
-            Some(v) => v
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .map(|d| DeviceIdentity(Some(d)))
-                .ok_or(ApiError::BadRequest {
-                    code: "bad_device",
-                    message: "X-Qiaomen-Device is not a UUID".into(),
-                }),
-        }
-    }
-}
-
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/sync", post(sync))
+        .route("/v1/enroll", post(auth::enroll))
+        .route("/v1/token", post(auth::rotate))
+        .route("/v1/login", post(auth::login))
+        .route("/v1/logout", post(auth::logout))
+        .route("/v1/me", get(api::me))
+        .route("/api/v1/households/{id}", get(api::household))
+        .route("/api/v1/devices", get(api::devices))
+        .route("/api/v1/devices/{id}/revoke", post(api::revoke))
+        .route("/api/v1/audit", get(api::audit))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -201,7 +239,7 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
 
 async fn sync(
     State(state): State<AppState>,
-    device: DeviceIdentity,
+    auth::DeviceAuth(device): auth::DeviceAuth,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -269,11 +307,21 @@ async fn sync(
             });
         }
     }
+    // What the device's user may read and write, now (and the grants of earlier periods).
+    let user = device.user;
+    let scope = state
+        .access(move |db| db.scope(user, crate::access::now_ms()))
+        .await?;
     let outcome = if n_changes > 0 {
+        let principal = Arc::new(Principal {
+            user: device.user,
+            device: device.device,
+            scope: scope.clone(),
+        });
         state
             .writer
             .submit(Upload {
-                device: device.0,
+                principal: Some(principal),
                 docs: std::mem::take(&mut req.docs),
             })
             .await
@@ -281,13 +329,47 @@ async fn sync(
     } else {
         Default::default()
     };
-    let grids = req.grids;
+    // The phone receives its scope, narrowed by the grids it asks for (if any).
+    let grids: Vec<String> = scope
+        .read
+        .iter()
+        .filter(|g| req.grids.is_empty() || req.grids.contains(g))
+        .cloned()
+        .collect();
+    let scope_out: Vec<String> = scope.read.iter().cloned().collect();
     let budget = state.response_budget;
     let uploaded: HashSet<&[u8]> = outcome.uploaded.iter().map(|h| h.as_ref()).collect();
     let (slice, check) = state
         .readers
         .with(move |s| {
-            let slice = s.log_since(cursor, budget, &grids)?;
+            let slice = if grids.is_empty() {
+                // Nothing in scope: nothing to send, and the cursor moves to the log's end.
+                crate::storage::LogSlice {
+                    cursor: s.max_seq()?.max(cursor),
+                    ..Default::default()
+                }
+            } else {
+                let mut slice = s.log_since(cursor, budget, &grids)?;
+                // Households that moved into the phone's grids since its cursor: their whole
+                // history (rows logged under their earlier grid included), once.
+                let moved = s.moved_into(cursor, slice.cursor, &grids)?;
+                if !moved.is_empty() {
+                    let have: HashSet<Vec<u8>> =
+                        slice.changes.iter().map(|c| c.hash.clone()).collect();
+                    let mut extra = Vec::new();
+                    for id in moved {
+                        extra.extend(
+                            s.doc_log(id, slice.cursor)?
+                                .into_iter()
+                                .filter(|c| !have.contains(&c.hash)),
+                        );
+                    }
+                    extra.extend(std::mem::take(&mut slice.changes));
+                    extra.sort_by_key(|c| c.seq);
+                    slice.changes = extra;
+                }
+                slice
+            };
             let check = if slice.cursor > 0 {
                 s.hash_at(slice.cursor)?
             } else {
@@ -326,6 +408,8 @@ async fn sync(
         rejected: outcome.rejected,
         docs,
         more: slice.more,
+        // Sent only when the phone's copy differs: an idle check stays tiny.
+        scope: (req.scope_digest != Some(wire::scope_digest(&scope_out))).then_some(scope_out),
     };
     let n_down = response.docs.len();
     let n_rejected = response.rejected.len();
@@ -334,7 +418,7 @@ async fn sync(
         .await
         .map_err(|_| ApiError::internal("encode task failed"))?;
     tracing::info!(
-        device = ?device.0,
+        device = %device.device,
         bytes_in,
         bytes_out = body.len(),
         accepted,
@@ -342,5 +426,12 @@ async fn sync(
         docs_down = n_down,
         "sync"
     );
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
+    let mut response = ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response();
+    if device.rotate {
+        response.headers_mut().insert(
+            "x-qiaomen-rotate-token",
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
+    Ok(response)
 }

@@ -1,0 +1,499 @@
+//! The org hierarchy (county → town → village/community → grid), users, and role assignments.
+//!
+//! Units and assignments are dated: a re-division closes a unit (`valid_until`) and opens new
+//! ones, and moving a worker ends one assignment and starts another, so history stays
+//! answerable ("who was responsible for this grid on the 15th?"). A household belongs to a grid
+//! through its record's `grid` field; a grid unit's id is that code.
+
+use std::collections::BTreeSet;
+
+use qiaomen_protocol::{calendar::Day, ids::UserId};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{AccessDb, AccessError, Result, now_ms};
+
+/// The kinds of org units, top to bottom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    County,
+    Town,
+    Village,
+    Grid,
+}
+
+impl UnitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::County => "county",
+            UnitKind::Town => "town",
+            UnitKind::Village => "village",
+            UnitKind::Grid => "grid",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::County, Self::Town, Self::Village, Self::Grid]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    /// The kind a unit's parent must have.
+    fn parent(self) -> Option<UnitKind> {
+        match self {
+            UnitKind::County => None,
+            UnitKind::Town => Some(UnitKind::County),
+            UnitKind::Village => Some(UnitKind::Town),
+            UnitKind::Grid => Some(UnitKind::Village),
+        }
+    }
+}
+
+/// What a user does at an org unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// 网格员: visits the households of a grid.
+    GridWorker,
+    /// 网格长: leads a grid.
+    GridHead,
+    /// A village or community supervisor (村/社区书记).
+    VillageSupervisor,
+    /// A town supervisor (乡镇干部).
+    TownSupervisor,
+    /// The county or town command centre (指挥中心).
+    CommandCentre,
+    /// Administers the org, users and devices; reads no resident's record.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::GridWorker,
+        Role::GridHead,
+        Role::VillageSupervisor,
+        Role::TownSupervisor,
+        Role::CommandCentre,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::GridWorker => "grid_worker",
+            Role::GridHead => "grid_head",
+            Role::VillageSupervisor => "village_supervisor",
+            Role::TownSupervisor => "town_supervisor",
+            Role::CommandCentre => "command_centre",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Supervisors review and correct records below their unit: they may move a household to
+    /// another grid, mark it merged, delete entries and correct others' visits.
+    pub fn is_supervisor(self) -> bool {
+        matches!(
+            self,
+            Role::VillageSupervisor | Role::TownSupervisor | Role::CommandCentre
+        )
+    }
+
+    /// Whether the role sees residents' records at all.
+    pub fn reads_records(self) -> bool {
+        self != Role::Admin
+    }
+}
+
+/// One grid a user may write, during a period, with the role that grants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub grid: String,
+    pub role: Role,
+    pub from_ms: i64,
+    pub until_ms: Option<i64>,
+}
+
+impl Grant {
+    fn covers(&self, t: i64) -> bool {
+        self.from_ms <= t && self.until_ms.is_none_or(|u| t < u)
+    }
+}
+
+/// What a user may read and write: computed from their assignments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Every grant, past and present (a change made while the user held a grid is accepted
+    /// when it arrives after the user moved on).
+    pub grants: Vec<Grant>,
+    /// The roles the user holds now.
+    pub roles: BTreeSet<Role>,
+    /// Grids whose households the user may read now.
+    pub read: BTreeSet<String>,
+    /// When the scope was computed.
+    pub at_ms: i64,
+}
+
+impl Scope {
+    /// Whether the user may write a household of `grid` with a change made at `change_ms`:
+    /// a grant covers the grid now, or covered it at the time the change claims.
+    pub fn may_write(&self, grid: &str, change_ms: i64) -> bool {
+        self.grants
+            .iter()
+            .filter(|g| g.grid == grid && g.role.reads_records())
+            .any(|g| g.covers(self.at_ms) || g.covers(change_ms.min(self.at_ms)))
+    }
+
+    /// Whether the user supervises `grid` (now, or at `change_ms`).
+    pub fn supervises(&self, grid: &str, change_ms: i64) -> bool {
+        self.grants
+            .iter()
+            .filter(|g| g.grid == grid && g.role.is_supervisor())
+            .any(|g| g.covers(self.at_ms) || g.covers(change_ms.min(self.at_ms)))
+    }
+
+    pub fn may_read(&self, grid: &str) -> bool {
+        self.read.contains(grid)
+    }
+}
+
+/// An assignment as listed: (login, role, unit, from ms, until ms).
+pub type AssignmentRow = (String, String, String, i64, Option<i64>);
+
+/// An org unit as listed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unit {
+    pub id: String,
+    pub parent: Option<String>,
+    pub kind: UnitKind,
+    pub name: String,
+    pub valid_from: String,
+    pub valid_until: Option<String>,
+}
+
+/// Milliseconds at 00:00 China Standard Time (UTC+8) of `day`.
+pub fn day_start_ms(day: Day) -> i64 {
+    let midnight = day.0.midnight().assume_utc().unix_timestamp();
+    (midnight - 8 * 3600) * 1000
+}
+
+impl AccessDb {
+    /// Creates an org unit under `parent` (a grid under a village, a village under a town, a
+    /// town under the county).
+    pub fn add_unit(
+        &self,
+        id: &str,
+        kind: UnitKind,
+        parent: Option<&str>,
+        name: &str,
+        valid_from: Day,
+    ) -> Result<()> {
+        if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_whitespace()) {
+            return Err(AccessError::Invalid(
+                "a unit id is 1-64 characters without spaces".into(),
+            ));
+        }
+        match (kind.parent(), parent) {
+            (None, None) => {}
+            (None, Some(_)) => return Err(AccessError::Invalid("a county has no parent".into())),
+            (Some(_), None) => {
+                return Err(AccessError::Invalid(format!(
+                    "a {} needs a parent unit",
+                    kind.as_str()
+                )));
+            }
+            (Some(want), Some(p)) => {
+                let found: Option<String> = self
+                    .conn
+                    .query_row("SELECT kind FROM org_units WHERE id = ?1", [p], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                match found.as_deref().and_then(UnitKind::parse) {
+                    Some(k) if k == want => {}
+                    Some(_) => {
+                        return Err(AccessError::Invalid(format!(
+                            "the parent of a {} must be a {}",
+                            kind.as_str(),
+                            want.as_str()
+                        )));
+                    }
+                    None => return Err(AccessError::NotFound("parent unit")),
+                }
+            }
+        }
+        let inserted = self.conn.execute(
+            "INSERT OR IGNORE INTO org_units (id, parent, kind, name, valid_from) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, parent, kind.as_str(), name, valid_from.to_string()],
+        )?;
+        if inserted == 0 {
+            return Err(AccessError::Invalid(format!("unit {id} exists already")));
+        }
+        Ok(())
+    }
+
+    /// Creates the unit unless a unit of that id and kind exists already (for imports that
+    /// may run twice).
+    pub fn ensure_unit(
+        &self,
+        id: &str,
+        kind: UnitKind,
+        parent: Option<&str>,
+        name: &str,
+        valid_from: Day,
+    ) -> Result<()> {
+        let found: Option<String> = self
+            .conn
+            .query_row("SELECT kind FROM org_units WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match found {
+            Some(k) if k == kind.as_str() => Ok(()),
+            Some(_) => Err(AccessError::Invalid(format!(
+                "unit {id} exists with another kind"
+            ))),
+            None => self.add_unit(id, kind, parent, name, valid_from),
+        }
+    }
+
+    /// Runs `f` in one transaction (one disk sync for many small writes).
+    pub fn in_transaction<T>(&mut self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes a unit on `day` (a re-division); its history and households stay.
+    pub fn close_unit(&self, id: &str, day: Day) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE org_units SET valid_until = ?2 WHERE id = ?1 AND valid_until IS NULL",
+            params![id, day.to_string()],
+        )?;
+        if n == 0 {
+            return Err(AccessError::NotFound("open unit"));
+        }
+        Ok(())
+    }
+
+    pub fn units(&self) -> Result<Vec<Unit>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, parent, kind, name, valid_from, valid_until FROM org_units ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Unit {
+                id: r.get(0)?,
+                parent: r.get(1)?,
+                kind: UnitKind::parse(&r.get::<_, String>(2)?).unwrap_or(UnitKind::Grid),
+                name: r.get(3)?,
+                valid_from: r.get(4)?,
+                valid_until: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The grids at or below `unit`.
+    pub fn grids_below(&self, unit: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE sub(id, kind) AS (
+                SELECT id, kind FROM org_units WHERE id = ?1
+                UNION SELECT o.id, o.kind FROM org_units o JOIN sub ON o.parent = sub.id)
+             SELECT id FROM sub WHERE kind = 'grid' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([unit], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Creates a user. `login` is what a supervisor types to sign in.
+    pub fn add_user(&self, login: &str, name: &str) -> Result<UserId> {
+        if login.is_empty() || login.len() > 64 || login.chars().any(|c| c.is_whitespace()) {
+            return Err(AccessError::Invalid(
+                "a login is 1-64 characters without spaces".into(),
+            ));
+        }
+        let id = UserId::new();
+        let inserted = self.conn.execute(
+            "INSERT OR IGNORE INTO users (id, login, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![id.to_string(), login, name, now_ms()],
+        )?;
+        if inserted == 0 {
+            return Err(AccessError::Invalid(format!("login {login} is taken")));
+        }
+        Ok(id)
+    }
+
+    pub fn user_by_login(&self, login: &str) -> Result<UserId> {
+        let id: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM users WHERE login = ?1", [login], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        id.and_then(|s| s.parse().ok())
+            .ok_or(AccessError::NotFound("user"))
+    }
+
+    /// Assigns `user` to `unit` with `role` from `from_ms` on.
+    pub fn assign(&self, user: UserId, unit: &str, role: Role, from_ms: i64) -> Result<()> {
+        let kind: Option<String> = self
+            .conn
+            .query_row("SELECT kind FROM org_units WHERE id = ?1", [unit], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let kind = kind
+            .as_deref()
+            .and_then(UnitKind::parse)
+            .ok_or(AccessError::NotFound("unit"))?;
+        if matches!(role, Role::GridWorker | Role::GridHead) && kind != UnitKind::Grid {
+            return Err(AccessError::Invalid(format!(
+                "a {} is assigned to a grid",
+                role.as_str()
+            )));
+        }
+        self.conn.execute(
+            "INSERT INTO assignments (user, unit, role, valid_from_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![user.to_string(), unit, role.as_str(), from_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Ends `user`'s open assignments at `unit` at `until_ms`.
+    pub fn unassign(&self, user: UserId, unit: &str, until_ms: i64) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE assignments SET valid_until_ms = ?3
+              WHERE user = ?1 AND unit = ?2 AND valid_until_ms IS NULL",
+            params![user.to_string(), unit, until_ms],
+        )?;
+        if n == 0 {
+            return Err(AccessError::NotFound("open assignment"));
+        }
+        Ok(())
+    }
+
+    /// What `user` may read and write at `at_ms`.
+    pub fn scope(&self, user: UserId, at_ms: i64) -> Result<Scope> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT unit, role, valid_from_ms, valid_until_ms FROM assignments WHERE user = ?1",
+        )?;
+        let rows: Vec<(String, String, i64, Option<i64>)> = stmt
+            .query_map([user.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut scope = Scope {
+            at_ms,
+            ..Default::default()
+        };
+        for (unit, role, from_ms, until_ms) in rows {
+            let Some(role) = Role::parse(&role) else {
+                continue;
+            };
+            let grant_now = from_ms <= at_ms && until_ms.is_none_or(|u| at_ms < u);
+            if grant_now {
+                scope.roles.insert(role);
+            }
+            for grid in self.grids_below(&unit)? {
+                if grant_now && role.reads_records() {
+                    scope.read.insert(grid.clone());
+                }
+                scope.grants.push(Grant {
+                    grid,
+                    role,
+                    from_ms,
+                    until_ms,
+                });
+            }
+        }
+        Ok(scope)
+    }
+
+    /// Every assignment, for the CLI.
+    pub fn assignments(&self) -> Result<Vec<AssignmentRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT u.login, a.role, a.unit, a.valid_from_ms, a.valid_until_ms
+               FROM assignments a JOIN users u ON u.id = a.user ORDER BY u.login, a.valid_from_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, AccessDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = AccessDb::open(dir.path()).unwrap();
+        (dir, db)
+    }
+
+    fn day(s: &str) -> Day {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn units_nest_by_kind_and_scope_follows_assignments_over_time() {
+        let (_d, db) = db();
+        let d0 = day("2026-01-01");
+        db.add_unit("c", UnitKind::County, None, "县", d0).unwrap();
+        db.add_unit("t", UnitKind::Town, Some("c"), "镇", d0)
+            .unwrap();
+        db.add_unit("v", UnitKind::Village, Some("t"), "村", d0)
+            .unwrap();
+        db.add_unit("g1", UnitKind::Grid, Some("v"), "一", d0)
+            .unwrap();
+        db.add_unit("g2", UnitKind::Grid, Some("v"), "二", d0)
+            .unwrap();
+        assert!(matches!(
+            db.add_unit("x", UnitKind::Grid, Some("t"), "bad", d0),
+            Err(AccessError::Invalid(_))
+        ));
+        assert!(
+            db.add_unit("g1", UnitKind::Grid, Some("v"), "dup", d0)
+                .is_err()
+        );
+        let w = db.add_user("w", "王").unwrap();
+        assert!(
+            db.assign(w, "v", Role::GridWorker, 0).is_err(),
+            "a worker works a grid"
+        );
+        db.assign(w, "g1", Role::GridWorker, 1_000).unwrap();
+        db.unassign(w, "g1", 5_000).unwrap();
+        db.assign(w, "g2", Role::GridWorker, 5_000).unwrap();
+        let s = db.scope(w, 6_000).unwrap();
+        assert_eq!(s.read, BTreeSet::from(["g2".to_string()]));
+        assert!(s.may_write("g2", 6_000));
+        assert!(
+            s.may_write("g1", 2_000),
+            "work done while assigned is accepted later"
+        );
+        assert!(!s.may_write("g1", 5_500));
+        assert!(!s.supervises("g2", 6_000));
+        let sup = db.add_user("s", "李").unwrap();
+        db.assign(sup, "t", Role::TownSupervisor, 0).unwrap();
+        let s = db.scope(sup, 1).unwrap();
+        assert_eq!(s.read.len(), 2);
+        assert!(s.supervises("g1", 1));
+        let admin = db.add_user("a", "管理员").unwrap();
+        db.assign(admin, "c", Role::Admin, 0).unwrap();
+        let s = db.scope(admin, 1).unwrap();
+        assert!(s.read.is_empty(), "an admin reads no records");
+        assert!(!s.may_write("g1", 1));
+    }
+}

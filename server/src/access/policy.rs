@@ -1,0 +1,95 @@
+//! The rules every incoming change must pass before it is stored, as pure functions.
+//!
+//! 1. **Identity** ([`check_author`]): the change's Automerge actor begins with the uploading
+//!    device's id ([`qiaomen_protocol::doc::actor_for`]) and its author message names that
+//!    device and its user. A forged or borrowed actor id is `not_your_device`.
+//! 2. **Scope** ([`check_effect`]): the household's grid, before and after the change, is one
+//!    the user may write — now, or at the time the change was made (work done on a visit day
+//!    is accepted when it arrives after the worker moved on). Else `out_of_scope`.
+//! 3. **Field rules**: only a supervisor of the grid may move a household to another grid,
+//!    mark it merged, delete an entry (member, visit, demand), or touch a visit whose worker is
+//!    someone else; a new visit must name its author as the worker. Else `not_allowed`.
+
+use automerge::{Change, ChangeHash};
+use qiaomen_protocol::{
+    doc::{Author, HouseholdDoc, Touched, actor_device},
+    ids::{DeviceId, UserId},
+    wire::RejectCode,
+};
+
+use super::Scope;
+
+/// An authenticated device and what its user may do.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub scope: Scope,
+}
+
+/// The change is made by this device and its user.
+pub fn check_author(p: &Principal, change: &Change) -> Result<(), RejectCode> {
+    if actor_device(change.actor_id()) != Some(p.device) {
+        return Err(RejectCode::NotYourDevice);
+    }
+    let author = change.message().and_then(Author::from_message);
+    match author {
+        Some(a) if a.device == p.device && a.user == p.user => Ok(()),
+        _ => Err(RejectCode::NotYourDevice),
+    }
+}
+
+/// What the changes did to `doc` (applied on top of `before`; empty for a new household) is
+/// within the principal's rights. `times` are the changes' own times (ms).
+pub fn check_effect(
+    p: &Principal,
+    doc: &HouseholdDoc,
+    before: &[ChangeHash],
+    touched: &Touched,
+    times: &[i64],
+) -> Result<(), RejectCode> {
+    let prior = (!before.is_empty()).then_some(before);
+    let grid_before = prior.and_then(|h| doc.root_text("grid", Some(h)));
+    let grid_after = doc.root_text("grid", None).unwrap_or_default();
+    let writable = |grid: &str| times.iter().all(|t| p.scope.may_write(grid, *t));
+    let supervised = |grid: &str| times.iter().all(|t| p.scope.supervises(grid, *t));
+    if grid_before.as_deref().is_some_and(|g| !writable(g)) || !writable(&grid_after) {
+        return Err(RejectCode::OutOfScope);
+    }
+    let mut needs_supervisor = false;
+    if let Some(g) = &grid_before
+        && *g != grid_after
+    {
+        // Moving a household between grids: a supervisor of both.
+        if !supervised(g) {
+            return Err(RejectCode::NotAllowed);
+        }
+        needs_supervisor = true;
+    }
+    if touched.facts.contains("status")
+        && doc.root_text("status", None).as_deref() == Some("Merged")
+        && prior
+            .and_then(|h| doc.root_text("status", Some(h)))
+            .as_deref()
+            != Some("Merged")
+    {
+        needs_supervisor = true;
+    }
+    if !touched.deleted.is_empty() {
+        needs_supervisor = true;
+    }
+    for (collection, key) in &touched.entries {
+        if collection != "visits" {
+            continue;
+        }
+        let earlier = prior.and_then(|h| doc.visit_worker(key, Some(h)));
+        let now = doc.visit_worker(key, None);
+        if earlier.is_some_and(|w| w != p.user) || now.is_some_and(|w| w != p.user) {
+            needs_supervisor = true;
+        }
+    }
+    if needs_supervisor && !supervised(&grid_after) {
+        return Err(RejectCode::NotAllowed);
+    }
+    Ok(())
+}

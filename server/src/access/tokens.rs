@@ -1,0 +1,580 @@
+//! Enrollment codes, device tokens, passwords and sessions.
+//!
+//! - An **enrollment code** (`ABCD-EFGH-JKLM`, 60 random bits, valid 30 days, one use) is issued
+//!   by an admin for one user. A phone enrolls once with it and an `install_id` it chose and
+//!   saved first; it gets a device id and a device token. A retry of the same enrollment (same
+//!   code, same install id, the token never used) answers again with a fresh token, so a lost
+//!   response does not burn the code.
+//! - A **device token** (`qm_d_…`, 256 random bits) is opaque and stored as its SHA-256 hash.
+//!   Rotation issues a successor; the old token stays valid until the successor is first used
+//!   (the answer may have been lost), then it is retired. A retired token presented again means
+//!   two parties hold it: the device is revoked and must enroll again (reuse detection).
+//! - A **session** (`qm_s_…`) follows a password login (argon2id); it lasts 12 hours.
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
+use base64::Engine;
+use qiaomen_protocol::ids::{DeviceId, UserId};
+use rusqlite::{OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+use super::{AccessDb, AccessError, Result, now_ms};
+
+/// How long an enrollment code can be used.
+pub const CODE_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
+/// How long a session lasts.
+pub const SESSION_LIFETIME_MS: i64 = 12 * 3600 * 1000;
+/// A device token older than this is rotated after the next sync.
+pub const ROTATE_AFTER_MS: i64 = 7 * 24 * 3600 * 1000;
+
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b
+}
+
+fn salt() -> SaltString {
+    SaltString::encode_b64(&random_bytes::<16>()).expect("16 bytes make a valid salt")
+}
+
+fn sha256(s: &str) -> Vec<u8> {
+    Sha256::digest(s.as_bytes()).to_vec()
+}
+
+fn new_token(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+    )
+}
+
+/// An enrollment code as typed: case, spaces and dashes do not matter.
+fn normalize_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// A device as the server knows it after authenticating its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevicePrincipal {
+    pub device: DeviceId,
+    pub user: UserId,
+    /// The token should be rotated ([`AccessDb::rotate`]) after this request.
+    pub rotate: bool,
+}
+
+/// Why a token was not accepted; each is a 401 with its own code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Not a token this server issued (or a session that ended).
+    Unknown,
+    /// The device was revoked: the phone must wipe this user's data.
+    Revoked,
+    /// A retired token came back: it was copied. The device is revoked.
+    Reused,
+    /// The session expired.
+    Expired,
+}
+
+impl TokenRefusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenRefusal::Unknown => "unauthenticated",
+            TokenRefusal::Revoked => "device_revoked",
+            TokenRefusal::Reused => "token_reused",
+            TokenRefusal::Expired => "session_expired",
+        }
+    }
+}
+
+/// What an enrollment gives the phone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enrolled {
+    pub device: DeviceId,
+    pub user: UserId,
+    pub token: String,
+}
+
+/// Why an enrollment failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    /// No such code (mistyped, or never issued).
+    Invalid,
+    /// The code was used by another install.
+    Used,
+    Expired,
+}
+
+impl EnrollRefusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            EnrollRefusal::Invalid => "enrollment_code_invalid",
+            EnrollRefusal::Used => "enrollment_code_used",
+            EnrollRefusal::Expired => "enrollment_code_expired",
+        }
+    }
+}
+
+/// A device as listed for an admin.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceRow {
+    pub device: String,
+    pub login: String,
+    pub enrolled_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub last_seen_ms: Option<i64>,
+}
+
+impl AccessDb {
+    /// Issues a one-time enrollment code for one of `user`'s devices. Only its hash is stored.
+    pub fn issue_enrollment_code(&self, user: UserId) -> Result<String> {
+        let exists: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)",
+            [user.to_string()],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(AccessError::NotFound("user"));
+        }
+        let raw: String = random_bytes::<12>()
+            .iter()
+            .map(|b| CODE_ALPHABET[(*b as usize) % CODE_ALPHABET.len()] as char)
+            .collect();
+        let now = now_ms();
+        self.conn.execute(
+            "INSERT INTO enrollment_codes (hash, user, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![sha256(&raw), user.to_string(), now, now + CODE_LIFETIME_MS],
+        )?;
+        Ok(format!("{}-{}-{}", &raw[..4], &raw[4..8], &raw[8..]))
+    }
+
+    /// Enrolls a device with a code. Idempotent for the same `install_id` until the device's
+    /// token is first used.
+    pub fn enroll(
+        &mut self,
+        code: &str,
+        install_id: &str,
+    ) -> Result<std::result::Result<Enrolled, EnrollRefusal>> {
+        let hash = sha256(&normalize_code(code));
+        let tx = self.conn.transaction()?;
+        let row: Option<(String, i64, Option<String>)> = tx
+            .query_row(
+                "SELECT user, expires_ms, device FROM enrollment_codes WHERE hash = ?1",
+                [&hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((user, expires_ms, device)) = row else {
+            return Ok(Err(EnrollRefusal::Invalid));
+        };
+        let now = now_ms();
+        let device = match device {
+            None => {
+                if now >= expires_ms {
+                    return Ok(Err(EnrollRefusal::Expired));
+                }
+                let device = DeviceId::new();
+                tx.execute(
+                    "INSERT INTO devices (id, user, install_id, enrolled_ms) VALUES (?1, ?2, ?3, ?4)",
+                    params![device.to_string(), user, install_id, now],
+                )?;
+                tx.execute(
+                    "UPDATE enrollment_codes SET device = ?2, used_ms = ?3 WHERE hash = ?1",
+                    params![&hash, device.to_string(), now],
+                )?;
+                device
+            }
+            Some(device) => {
+                // A retry after a lost answer: the same install, its token never used.
+                let same: Option<(String, Option<i64>)> = tx
+                    .query_row(
+                        "SELECT install_id, revoked_ms FROM devices WHERE id = ?1",
+                        [&device],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let used: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM device_tokens WHERE device = ?1 AND used_ms IS NOT NULL)",
+                    [&device],
+                    |r| r.get(0),
+                )?;
+                match same {
+                    Some((install, None)) if install == install_id && !used => {
+                        tx.execute("DELETE FROM device_tokens WHERE device = ?1", [&device])?;
+                        device
+                            .parse()
+                            .map_err(|_| AccessError::NotFound("device"))?
+                    }
+                    _ => return Ok(Err(EnrollRefusal::Used)),
+                }
+            }
+        };
+        let token = new_token("qm_d_");
+        tx.execute(
+            "INSERT INTO device_tokens (hash, device, created_ms, state) VALUES (?1, ?2, ?3, 'active')",
+            params![sha256(&token), device.to_string(), now],
+        )?;
+        tx.commit()?;
+        Ok(Ok(Enrolled {
+            device,
+            user: user.parse().map_err(|_| AccessError::NotFound("user"))?,
+            token,
+        }))
+    }
+
+    /// Authenticates a device token.
+    pub fn authenticate_device(
+        &mut self,
+        token: &str,
+    ) -> Result<std::result::Result<DevicePrincipal, TokenRefusal>> {
+        let hash = sha256(token);
+        let tx = self.conn.transaction()?;
+        type Row = (String, String, i64, Option<i64>, String, Option<i64>);
+        let row: Option<Row> = tx
+            .query_row(
+                "SELECT t.device, d.user, t.created_ms, t.used_ms, t.state, d.revoked_ms
+                   FROM device_tokens t JOIN devices d ON d.id = t.device WHERE t.hash = ?1",
+                [&hash],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((device, user, created_ms, used_ms, state, revoked_ms)) = row else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        if revoked_ms.is_some() {
+            return Ok(Err(TokenRefusal::Revoked));
+        }
+        let now = now_ms();
+        if state == "retired" {
+            // Two parties hold this token: revoke the device.
+            tx.execute(
+                "UPDATE devices SET revoked_ms = ?2 WHERE id = ?1",
+                params![device, now],
+            )?;
+            tx.execute(
+                "INSERT INTO audit (at_ms, actor_device, action, target, outcome) VALUES (?1, ?2, 'token_reuse', ?2, 'device_revoked')",
+                params![now, device],
+            )?;
+            tx.commit()?;
+            return Ok(Err(TokenRefusal::Reused));
+        }
+        if used_ms.is_none() {
+            tx.execute(
+                "UPDATE device_tokens SET used_ms = ?2 WHERE hash = ?1",
+                params![&hash, now],
+            )?;
+            // The successor is in use: its predecessor retires.
+            tx.execute(
+                "UPDATE device_tokens SET state = 'retired' WHERE successor = ?1",
+                [&hash],
+            )?;
+        }
+        tx.execute(
+            "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1 AND coalesce(last_seen_ms, 0) < ?2 - 60000",
+            params![device, now],
+        )?;
+        tx.commit()?;
+        Ok(Ok(DevicePrincipal {
+            device: device
+                .parse()
+                .map_err(|_| AccessError::NotFound("device"))?,
+            user: user.parse().map_err(|_| AccessError::NotFound("user"))?,
+            // Also while a successor waits unused: the answer that carried it may have been
+            // lost, or a copy of this token asked for it. Rotating again replaces it.
+            rotate: (state == "active" && now - created_ms > ROTATE_AFTER_MS) || state == "rotated",
+        }))
+    }
+
+    /// Rotates a device token: returns its successor. Presenting the old token again before
+    /// the successor is used gives a new successor (the earlier answer was lost).
+    pub fn rotate(&mut self, token: &str) -> Result<std::result::Result<String, TokenRefusal>> {
+        let principal = match self.authenticate_device(token)? {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let hash = sha256(token);
+        let tx = self.conn.transaction()?;
+        let successor: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT successor FROM device_tokens WHERE hash = ?1",
+                [&hash],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        if let Some(old) = successor {
+            tx.execute(
+                "DELETE FROM device_tokens WHERE hash = ?1 AND used_ms IS NULL",
+                [&old],
+            )?;
+        }
+        let next = new_token("qm_d_");
+        let next_hash = sha256(&next);
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO device_tokens (hash, device, created_ms, state) VALUES (?1, ?2, ?3, 'active')",
+            params![next_hash, principal.device.to_string(), now],
+        )?;
+        tx.execute(
+            "UPDATE device_tokens SET state = 'rotated', successor = ?2 WHERE hash = ?1",
+            params![&hash, next_hash],
+        )?;
+        tx.commit()?;
+        Ok(Ok(next))
+    }
+
+    /// Revokes a device: its tokens stop working at once.
+    pub fn revoke_device(&self, device: DeviceId) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE devices SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+            params![device.to_string(), now_ms()],
+        )?;
+        if n == 0 {
+            return Err(AccessError::NotFound("device that is not revoked"));
+        }
+        Ok(())
+    }
+
+    pub fn devices(&self) -> Result<Vec<DeviceRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT d.id, u.login, d.enrolled_ms, d.revoked_ms, d.last_seen_ms
+               FROM devices d JOIN users u ON u.id = d.user ORDER BY d.enrolled_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeviceRow {
+                device: r.get(0)?,
+                login: r.get(1)?,
+                enrolled_ms: r.get(2)?,
+                revoked_ms: r.get(3)?,
+                last_seen_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The user a device belongs to.
+    pub fn device_user(&self, device: DeviceId) -> Result<Option<UserId>> {
+        let user: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT user FROM devices WHERE id = ?1",
+                [device.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(user.and_then(|u| u.parse().ok()))
+    }
+
+    /// Sets a user's password (argon2id, random salt).
+    pub fn set_password(&self, user: UserId, password: &str) -> Result<()> {
+        if password.chars().count() < 10 {
+            return Err(AccessError::Invalid(
+                "a password has at least 10 characters".into(),
+            ));
+        }
+        let salt = salt();
+        let hash = Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|_| AccessError::Hash)?
+            .to_string();
+        let n = self.conn.execute(
+            "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+            params![user.to_string(), hash],
+        )?;
+        if n == 0 {
+            return Err(AccessError::NotFound("user"));
+        }
+        Ok(())
+    }
+
+    /// Checks a login and password; on success opens a session and returns its token.
+    pub fn login(&self, login: &str, password: &str) -> Result<Option<(UserId, String, i64)>> {
+        let row: Option<(String, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT id, password_hash FROM users WHERE login = ?1",
+                [login],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((user, Some(stored))) = row else {
+            // Spend the same work on an unknown login, so timing does not tell which exist.
+            let dummy = dummy_hash();
+            if let Ok(h) = PasswordHash::new(dummy) {
+                let _ = Argon2::default().verify_password(password.as_bytes(), &h);
+            }
+            return Ok(None);
+        };
+        let parsed = PasswordHash::new(&stored).map_err(|_| AccessError::Hash)?;
+        if Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let token = new_token("qm_s_");
+        let now = now_ms();
+        let expires = now + SESSION_LIFETIME_MS;
+        self.conn.execute(
+            "INSERT INTO sessions (hash, user, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![sha256(&token), user, now, expires],
+        )?;
+        Ok(Some((
+            user.parse().map_err(|_| AccessError::NotFound("user"))?,
+            token,
+            expires,
+        )))
+    }
+
+    /// The user of a live session.
+    pub fn authenticate_session(
+        &self,
+        token: &str,
+    ) -> Result<std::result::Result<UserId, TokenRefusal>> {
+        let row: Option<(String, i64, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT user, expires_ms, ended_ms FROM sessions WHERE hash = ?1",
+                [sha256(token)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            None | Some((_, _, Some(_))) => Err(TokenRefusal::Unknown),
+            Some((_, expires, None)) if now_ms() >= expires => Err(TokenRefusal::Expired),
+            Some((user, _, None)) => Ok(user.parse().map_err(|_| AccessError::NotFound("user"))?),
+        })
+    }
+
+    pub fn logout(&self, token: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE sessions SET ended_ms = ?2 WHERE hash = ?1 AND ended_ms IS NULL",
+            params![sha256(token), now_ms()],
+        )?;
+        Ok(())
+    }
+}
+
+/// An argon2id hash of a random password, verified against when a login is unknown.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = salt();
+        Argon2::default()
+            .hash_password(&random_bytes::<16>(), &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, AccessDb, UserId) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = AccessDb::open(dir.path()).unwrap();
+        let user = db.add_user("w1", "王").unwrap();
+        (dir, db, user)
+    }
+
+    #[test]
+    fn a_code_enrolls_once_and_a_retry_of_the_same_install_still_works() {
+        let (_d, mut db, user) = setup();
+        let code = db.issue_enrollment_code(user).unwrap();
+        assert_eq!(code.len(), 14);
+        let first = db.enroll(&code, "install-a").unwrap().unwrap();
+        assert_eq!(first.user, user);
+        // The answer was lost: the phone retries with the same code and install id.
+        let again = db
+            .enroll(&code.to_lowercase().replace('-', " "), "install-a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.device, first.device);
+        assert_ne!(again.token, first.token);
+        assert_eq!(
+            db.authenticate_device(&first.token).unwrap(),
+            Err(TokenRefusal::Unknown),
+            "the lost token is void"
+        );
+        assert!(db.authenticate_device(&again.token).unwrap().is_ok());
+        // Once the token is used, the code is spent, even for the same install.
+        assert_eq!(
+            db.enroll(&code, "install-a").unwrap(),
+            Err(EnrollRefusal::Used)
+        );
+        assert_eq!(
+            db.enroll(&code, "install-b").unwrap(),
+            Err(EnrollRefusal::Used)
+        );
+        assert_eq!(
+            db.enroll("AAAA-BBBB-CCCC", "x").unwrap(),
+            Err(EnrollRefusal::Invalid)
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_token_until_the_new_one_is_used_then_reuse_revokes() {
+        let (_d, mut db, user) = setup();
+        let code = db.issue_enrollment_code(user).unwrap();
+        let e = db.enroll(&code, "i").unwrap().unwrap();
+        let t1 = e.token;
+        let t2 = db.rotate(&t1).unwrap().unwrap();
+        // The rotation's answer was lost: the phone still has t1, which still works and is
+        // asked to rotate again; the second rotation replaces the unused t2.
+        assert!(db.authenticate_device(&t1).unwrap().unwrap().rotate);
+        let t2b = db.rotate(&t1).unwrap().unwrap();
+        assert_eq!(
+            db.authenticate_device(&t2).unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+        assert!(db.authenticate_device(&t2b).unwrap().is_ok());
+        // t2b is in use, so t1 is retired: presenting it again is reuse, and revokes.
+        assert_eq!(
+            db.authenticate_device(&t1).unwrap(),
+            Err(TokenRefusal::Reused)
+        );
+        assert_eq!(
+            db.authenticate_device(&t2b).unwrap(),
+            Err(TokenRefusal::Revoked)
+        );
+    }
+
+    #[test]
+    fn passwords_and_sessions() {
+        let (_d, db, user) = setup();
+        assert!(db.set_password(user, "short").is_err());
+        db.set_password(user, "correct horse battery").unwrap();
+        assert!(db.login("w1", "wrong password!").unwrap().is_none());
+        assert!(
+            db.login("nobody", "correct horse battery")
+                .unwrap()
+                .is_none()
+        );
+        let (u, token, _) = db.login("w1", "correct horse battery").unwrap().unwrap();
+        assert_eq!(u, user);
+        assert_eq!(db.authenticate_session(&token).unwrap(), Ok(user));
+        db.logout(&token).unwrap();
+        assert_eq!(
+            db.authenticate_session(&token).unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+        let stored: String = db
+            .conn
+            .query_row("SELECT password_hash FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert!(stored.starts_with("$argon2id$"), "stored hashed");
+    }
+}

@@ -1,0 +1,427 @@
+//! `qiaomen-server admin …`: the org, users, assignments, enrollment codes and devices, run
+//! on the server machine against its data folder (the server may be running: SQLite's WAL
+//! lets both work on the file).
+
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+use qiaomen_protocol::{
+    calendar::Day,
+    doc::{Author, HouseholdDoc},
+    ids::{DeviceId, GridId, HouseholdId, MemberId, UserId},
+    schema::{Household, KeyGroup, Member, Relation, TagSpan},
+    wire::DocChanges,
+};
+use serde_bytes::ByteBuf;
+
+use crate::{
+    access::{
+        AccessDb, AccessError, Role,
+        audit::Event,
+        now_ms,
+        org::{UnitKind, day_start_ms},
+    },
+    ingest::{Ingestor, Upload},
+    storage::SqliteStorage,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create, close or list org units (county → town → village → grid).
+    #[command(subcommand)]
+    Unit(UnitCommand),
+    /// Create users and set passwords.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Assign a user to a unit with a role, from a day on.
+    Assign {
+        #[arg(long)]
+        login: String,
+        #[arg(long)]
+        unit: String,
+        /// grid_worker, grid_head, village_supervisor, town_supervisor, command_centre, admin
+        #[arg(long)]
+        role: String,
+        /// First day of the assignment (default: now).
+        #[arg(long)]
+        from: Option<Day>,
+    },
+    /// End a user's assignment at a unit (default: now).
+    Unassign {
+        #[arg(long)]
+        login: String,
+        #[arg(long)]
+        unit: String,
+        #[arg(long)]
+        on: Option<Day>,
+    },
+    /// List assignments.
+    Assignments,
+    /// Issue a one-time enrollment code for one of a user's phones.
+    EnrollCode {
+        #[arg(long)]
+        login: String,
+    },
+    /// List enrolled devices.
+    Devices,
+    /// Revoke a device: its next request gets 401 and the phone wipes the user's data.
+    Revoke {
+        #[arg(long)]
+        device: DeviceId,
+    },
+    /// Print the audit log.
+    Audit {
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Create a small demo county (a town, two villages, three grids, workers, supervisors,
+    /// households with members and key-group tags) and print enrollment codes and passwords.
+    SeedDemo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UnitCommand {
+    Add {
+        #[arg(long)]
+        id: String,
+        /// county, town, village or grid
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        parent: Option<String>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        from: Option<Day>,
+    },
+    /// Close a unit on a day (a re-division); its history stays.
+    Close {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        on: Day,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    Add {
+        #[arg(long)]
+        login: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Set a password (read from the environment variable QIAOMEN_PASSWORD, else stdin).
+    Password {
+        #[arg(long)]
+        login: String,
+    },
+}
+
+/// The `admin` arguments.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+fn today() -> Day {
+    Day::from_unix_ms(now_ms(), 8 * 3600).expect("a representable date")
+}
+
+fn user_id(db: &AccessDb, login: &str) -> Result<UserId, AccessError> {
+    db.user_by_login(login)
+}
+
+/// Runs one admin command against the store in `data_dir`, printing its result.
+pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let db = AccessDb::open(data_dir)?;
+    let admin_event = |action: &str, target: &str| {
+        db.audit(Event {
+            user: None,
+            device: None,
+            action,
+            target: Some(target),
+            outcome: "ok:cli",
+        })
+    };
+    match command {
+        AdminCommand::Unit(UnitCommand::Add {
+            id,
+            kind,
+            parent,
+            name,
+            from,
+        }) => {
+            let kind = UnitKind::parse(&kind).ok_or_else(|| {
+                AccessError::Invalid("kind is county, town, village or grid".into())
+            })?;
+            db.add_unit(
+                &id,
+                kind,
+                parent.as_deref(),
+                &name,
+                from.unwrap_or_else(today),
+            )?;
+            println!("unit {id} created");
+        }
+        AdminCommand::Unit(UnitCommand::Close { id, on }) => {
+            db.close_unit(&id, on)?;
+            println!("unit {id} closed on {on}");
+        }
+        AdminCommand::Unit(UnitCommand::List) => {
+            for u in db.units()? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}..{}",
+                    u.id,
+                    u.kind.as_str(),
+                    u.parent.unwrap_or_default(),
+                    u.name,
+                    u.valid_from,
+                    u.valid_until.unwrap_or_default()
+                );
+            }
+        }
+        AdminCommand::User(UserCommand::Add { login, name }) => {
+            let id = db.add_user(&login, &name)?;
+            println!("user {login} created: {id}");
+        }
+        AdminCommand::User(UserCommand::Password { login }) => {
+            let password = match std::env::var("QIAOMEN_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            db.set_password(user_id(&db, &login)?, &password)?;
+            admin_event("set_password", &login)?;
+            println!("password of {login} set");
+        }
+        AdminCommand::Assign {
+            login,
+            unit,
+            role,
+            from,
+        } => {
+            let role = Role::parse(&role).ok_or_else(|| {
+                AccessError::Invalid(format!(
+                    "role is one of {}",
+                    Role::ALL.map(|r| r.as_str()).join(", ")
+                ))
+            })?;
+            let from_ms = from.map(day_start_ms).unwrap_or_else(now_ms);
+            db.assign(user_id(&db, &login)?, &unit, role, from_ms)?;
+            admin_event("assign", &login)?;
+            println!("{login} is {} at {unit}", role.as_str());
+        }
+        AdminCommand::Unassign { login, unit, on } => {
+            let until = on.map(day_start_ms).unwrap_or_else(now_ms);
+            db.unassign(user_id(&db, &login)?, &unit, until)?;
+            admin_event("unassign", &login)?;
+            println!("{login} no longer at {unit}");
+        }
+        AdminCommand::Assignments => {
+            for (login, role, unit, from, until) in db.assignments()? {
+                println!(
+                    "{login}\t{role}\t{unit}\t{from}..{}",
+                    until.map(|u| u.to_string()).unwrap_or_default()
+                );
+            }
+        }
+        AdminCommand::EnrollCode { login } => {
+            let code = db.issue_enrollment_code(user_id(&db, &login)?)?;
+            admin_event("enrollment_code", &login)?;
+            println!("{code}");
+        }
+        AdminCommand::Devices => {
+            for d in db.devices()? {
+                println!(
+                    "{}\t{}\tenrolled {}\t{}",
+                    d.device,
+                    d.login,
+                    d.enrolled_ms,
+                    if d.revoked_ms.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
+                );
+            }
+        }
+        AdminCommand::Revoke { device } => {
+            db.revoke_device(device)?;
+            admin_event("revoke", &device.to_string())?;
+            println!("device {device} revoked");
+        }
+        AdminCommand::Audit { after } => {
+            for e in db.audit_log(after, 10_000)? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    e.seq,
+                    e.at_ms,
+                    e.user.unwrap_or_default(),
+                    e.device.unwrap_or_default(),
+                    e.action,
+                    e.target.unwrap_or_default(),
+                    e.outcome
+                );
+            }
+        }
+        AdminCommand::SeedDemo => {
+            let demo = seed_demo(data_dir)?;
+            println!("demo county created (清河县 柳林镇)");
+            println!("\nphone enrollment codes (one each, valid 30 days):");
+            for (login, grid, code) in &demo.codes {
+                println!("  {login:<10} {grid:<14} {code}");
+            }
+            println!("\nsupervisor logins (POST /v1/login):");
+            for (login, role, password) in &demo.passwords {
+                println!("  {login:<10} {role:<20} {password}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What [`seed_demo`] made.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    /// (worker login, grid, enrollment code).
+    pub codes: Vec<(String, String, String)>,
+    /// (login, role, password) of the supervisors and the admin.
+    pub passwords: Vec<(String, String, String)>,
+    /// Households created per grid.
+    pub households: Vec<(String, HouseholdId)>,
+}
+
+/// Creates the demo county in `data_dir`. Fails if it exists already.
+pub fn seed_demo(data_dir: &Path) -> Result<Demo, Box<dyn std::error::Error>> {
+    let db = AccessDb::open(data_dir)?;
+    let start = Day::ymd(2026, 1, 1).expect("a date");
+    db.add_unit("qinghe", UnitKind::County, None, "清河县", start)?;
+    db.add_unit("liulin", UnitKind::Town, Some("qinghe"), "柳林镇", start)?;
+    db.add_unit("dongcun", UnitKind::Village, Some("liulin"), "东村", start)?;
+    db.add_unit("xicun", UnitKind::Village, Some("liulin"), "西村", start)?;
+    let grids = [
+        ("dongcun-1", "dongcun", "东村第一网格", "w-wang", "王芳"),
+        ("dongcun-2", "dongcun", "东村第二网格", "w-li", "李强"),
+        ("xicun-1", "xicun", "西村第一网格", "w-zhao", "赵敏"),
+    ];
+    let mut demo = Demo {
+        codes: vec![],
+        passwords: vec![],
+        households: vec![],
+    };
+    let from = day_start_ms(start);
+    for (grid, village, name, login, person) in grids {
+        db.add_unit(grid, UnitKind::Grid, Some(village), name, start)?;
+        let user = db.add_user(login, person)?;
+        db.assign(user, grid, Role::GridWorker, from)?;
+        demo.codes.push((
+            login.to_string(),
+            grid.to_string(),
+            db.issue_enrollment_code(user)?,
+        ));
+    }
+    // A grid head shares the first grid with its worker.
+    let head = db.add_user("w-sun", "孙伟")?;
+    db.assign(head, "dongcun-1", Role::GridHead, from)?;
+    demo.codes.insert(
+        1,
+        (
+            "w-sun".to_string(),
+            "dongcun-1".to_string(),
+            db.issue_enrollment_code(head)?,
+        ),
+    );
+    for (login, person, unit, role) in [
+        ("s-chen", "陈书记", "dongcun", Role::VillageSupervisor),
+        ("s-liu", "刘镇长", "liulin", Role::TownSupervisor),
+        ("cc-zhou", "周主任", "qinghe", Role::CommandCentre),
+        ("admin", "系统管理员", "qinghe", Role::Admin),
+    ] {
+        let user = db.add_user(login, person)?;
+        db.assign(user, unit, role, from)?;
+        let password = demo_password();
+        db.set_password(user, &password)?;
+        demo.passwords
+            .push((login.to_string(), role.as_str().to_string(), password));
+    }
+    // Households, written as the command centre's import (a server-side author).
+    let importer = Author {
+        user: db.user_by_login("cc-zhou")?,
+        device: DeviceId::new(),
+    };
+    let surnames = ["张", "王", "李", "赵", "刘", "陈", "杨", "黄"];
+    let mut docs = Vec::new();
+    for (g, (grid, ..)) in grids.iter().enumerate() {
+        for n in 0..8 {
+            let id = HouseholdId::new();
+            let mut h = Household::new(
+                id,
+                GridId::new(*grid),
+                format!("{} {} 组", grids[g].2, n / 4 + 1),
+                format!("{}", 10 + n),
+            );
+            let head = MemberId::new();
+            h.members.insert(
+                head,
+                Member {
+                    id: head,
+                    relation: Relation::Head,
+                    name: format!(
+                        "{}{}",
+                        surnames[n % surnames.len()],
+                        ["建国", "秀英", "德明", "桂兰"][n % 4]
+                    ),
+                    id_number: None,
+                    birth_date: Day::ymd(1950 + (n as i32) * 5, 3, 1),
+                    phone: None,
+                    tags: if n % 3 == 0 {
+                        vec![TagSpan {
+                            group: KeyGroup::ALL[n % KeyGroup::ALL.len()],
+                            since: start,
+                            until: None,
+                        }]
+                    } else {
+                        vec![]
+                    },
+                },
+            );
+            let mut doc = HouseholdDoc::create(&h, &importer, now_ms())?;
+            docs.push(DocChanges {
+                id,
+                changes: doc
+                    .changes_since(&[])
+                    .into_iter()
+                    .map(ByteBuf::from)
+                    .collect(),
+            });
+            demo.households.push((grid.to_string(), id));
+        }
+    }
+    drop(db);
+    let mut ingestor = Ingestor::new(SqliteStorage::open(data_dir)?, Default::default());
+    let upload = Upload {
+        principal: None,
+        docs,
+    };
+    let outcome = ingestor.process_group(&[&upload])?.remove(0);
+    if !outcome.rejected.is_empty() {
+        return Err("the demo households were refused".into());
+    }
+    Ok(demo)
+}
+
+fn demo_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut bytes = [0u8; 14];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}

@@ -1,0 +1,209 @@
+//! The JSON API for people and devices (`/v1/me`, `/api/v1/...`). Every read of a household is
+//! scope-checked and audited; a household outside the caller's scope answers exactly like one
+//! that does not exist (404), so ids cannot be probed.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use qiaomen_protocol::{doc::HouseholdDoc, ids::HouseholdId};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, auth::Caller, auth::SessionAuth};
+use crate::{
+    access::{Role, audit::Event, now_ms},
+    storage::Storage,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Me {
+    pub user_id: String,
+    pub device_id: Option<String>,
+    pub roles: Vec<Role>,
+    /// Grids whose households the caller may read.
+    pub grids: Vec<String>,
+}
+
+/// `GET /v1/me`: who the caller is and what they may read.
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
+    let user = caller.user();
+    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    Ok(Json(Me {
+        user_id: user.to_string(),
+        device_id: match &caller {
+            Caller::Device(d) => Some(d.device.to_string()),
+            Caller::Session(_) => None,
+        },
+        roles: scope.roles.into_iter().collect(),
+        grids: scope.read.into_iter().collect(),
+    }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct VisitSummary {
+    pub id: String,
+    pub visit_day: String,
+    pub worker: String,
+    pub device: String,
+    pub outcome: String,
+}
+
+/// A household as a supervisor reads it (the pages of the review issue build on this).
+#[derive(Debug, Serialize)]
+pub struct HouseholdView {
+    pub id: String,
+    pub grid: String,
+    pub address: String,
+    pub door_number: String,
+    pub status: String,
+    pub members: usize,
+    pub key_groups: Vec<String>,
+    pub visits: Vec<VisitSummary>,
+    /// The exact document version read (Automerge heads, hex).
+    pub heads: Vec<String>,
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        message: "no such household".into(),
+    }
+}
+
+/// `GET /api/v1/households/{id}`: the merged record, for a caller whose scope holds its grid.
+pub async fn household(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<HouseholdView>, ApiError> {
+    let Ok(id) = id.parse::<HouseholdId>() else {
+        return Err(not_found());
+    };
+    let user = caller.user();
+    let device = match &caller {
+        Caller::Device(d) => Some(d.device.to_string()),
+        Caller::Session(_) => None,
+    };
+    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    let stored = state
+        .readers
+        .with(move |s| Ok((s.doc_grid(id)?, s.load_doc(id)?)))
+        .await?;
+    let allowed = matches!(&stored, (Some(grid), Some(_)) if scope.may_read(grid));
+    let target = id.to_string();
+    state
+        .access(move |db| {
+            db.audit(Event {
+                user: Some(&user.to_string()),
+                device: device.as_deref(),
+                action: "household_read",
+                target: Some(&target),
+                outcome: if allowed { "ok" } else { "denied" },
+            })
+        })
+        .await?;
+    let (Some(grid), Some(bytes)) = stored else {
+        return Err(not_found());
+    };
+    if !allowed {
+        return Err(not_found());
+    }
+    let view = tokio::task::spawn_blocking(move || -> Option<HouseholdView> {
+        let mut doc = HouseholdDoc::load(&bytes).ok()?;
+        let h = doc.household().ok()?;
+        Some(HouseholdView {
+            id: h.id.to_string(),
+            grid,
+            address: h.address.clone(),
+            door_number: h.door_number.clone(),
+            status: format!("{:?}", h.status),
+            members: h.members.len(),
+            key_groups: h.tags.iter().map(|t| format!("{:?}", t.group)).collect(),
+            visits: h
+                .visits
+                .values()
+                .map(|v| VisitSummary {
+                    id: v.id.to_string(),
+                    visit_day: v.visit_day.to_string(),
+                    worker: v.worker.to_string(),
+                    device: v.device.to_string(),
+                    outcome: format!("{:?}", v.outcome),
+                })
+                .collect(),
+            heads: doc.heads().iter().map(|h| h.to_string()).collect(),
+        })
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .ok_or(ApiError::Internal)?;
+    Ok(Json(view))
+}
+
+async fn require_admin(state: &AppState, session: &SessionAuth) -> Result<(), ApiError> {
+    let user = session.user;
+    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    if scope.roles.contains(&Role::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden {
+            code: "forbidden",
+            message: "only an admin may do this".into(),
+        })
+    }
+}
+
+/// `GET /api/v1/devices` (admin): every enrolled device.
+pub async fn devices(
+    State(state): State<AppState>,
+    session: SessionAuth,
+) -> Result<Json<Vec<crate::access::tokens::DeviceRow>>, ApiError> {
+    require_admin(&state, &session).await?;
+    Ok(Json(state.access(|db| db.devices()).await?))
+}
+
+/// `POST /api/v1/devices/{id}/revoke` (admin).
+pub async fn revoke(
+    State(state): State<AppState>,
+    session: SessionAuth,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    require_admin(&state, &session).await?;
+    let device = id.parse().map_err(|_| ApiError::NotFound {
+        code: "not_found",
+        message: "no such device".into(),
+    })?;
+    let user = session.user;
+    state
+        .access(move |db| {
+            db.revoke_device(device)?;
+            db.audit(Event {
+                user: Some(&user.to_string()),
+                device: None,
+                action: "revoke",
+                target: Some(&device.to_string()),
+                outcome: "ok",
+            })
+        })
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub after: i64,
+    pub limit: Option<u32>,
+}
+
+/// `GET /api/v1/audit?after=&limit=` (admin): the audit log, oldest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    session: SessionAuth,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<crate::access::audit::AuditEntry>>, ApiError> {
+    require_admin(&state, &session).await?;
+    let limit = q.limit.unwrap_or(100).min(1000);
+    Ok(Json(
+        state.access(move |db| db.audit_log(q.after, limit)).await?,
+    ))
+}

@@ -1,0 +1,398 @@
+//! Authentication at the HTTP edge: the extractors that turn a bearer token into an
+//! authenticated device or supervisor session, the enrollment / token / login endpoints, and
+//! per-key rate limits.
+//!
+//! Every 401 carries a code the client acts on: `unauthenticated` (no or unknown token),
+//! `device_revoked` and `token_reused` (the phone wipes this user's data and must enroll
+//! again), `session_expired` (log in again).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use axum::{
+    Json,
+    extract::{ConnectInfo, FromRequestParts, State},
+    http::{HeaderMap, header, request::Parts},
+};
+use qiaomen_protocol::ids::{DeviceId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::access::{
+    audit::Event,
+    tokens::{DevicePrincipal, EnrollRefusal, TokenRefusal},
+};
+
+/// A token bucket per key (a device, an address): `burst` requests at once, refilled at `rate`
+/// per second. Hand-written because the keys are known only after authentication (tower's
+/// limiters key on the connection).
+#[derive(Debug)]
+pub struct RateLimiter {
+    burst: f64,
+    rate: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(burst: u32, per_second: f64) -> Self {
+        Self {
+            burst: burst as f64,
+            rate: per_second,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `key`; `false` when the bucket is empty.
+    pub fn allow(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("limiter lock");
+        if buckets.len() > 100_000 {
+            // Forget full buckets rather than grow without bound.
+            let (burst, rate) = (self.burst, self.rate);
+            buckets.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = buckets.entry(key.to_string()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The rate limits of a server.
+#[derive(Debug)]
+pub struct Limits {
+    /// Requests per enrolled device.
+    pub device: RateLimiter,
+    /// Failed enrollments and logins per client address (guessing codes or passwords).
+    pub failures: RateLimiter,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            device: RateLimiter::new(120, 20.0),
+            failures: RateLimiter::new(20, 20.0 / 60.0),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("qiaomen_session="))
+}
+
+fn unauthorized(refusal: TokenRefusal) -> ApiError {
+    let message = match refusal {
+        TokenRefusal::Unknown => "sign in or enroll this device first",
+        TokenRefusal::Revoked => "this device was revoked; its data must be wiped",
+        TokenRefusal::Reused => "this token was used twice; the device is revoked",
+        TokenRefusal::Expired => "the session expired; sign in again",
+    };
+    ApiError::Unauthorized {
+        code: refusal.code(),
+        message: message.into(),
+    }
+}
+
+/// An enrolled device, authenticated by its `qm_d_` bearer token.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceAuth(pub DevicePrincipal);
+
+impl FromRequestParts<AppState> for DeviceAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)
+            .filter(|t| t.starts_with("qm_d_"))
+            .ok_or_else(|| unauthorized(TokenRefusal::Unknown))?
+            .to_string();
+        let principal = state
+            .access(move |db| db.authenticate_device(&token))
+            .await?
+            .map_err(unauthorized)?;
+        if !state.limits.device.allow(&principal.device.to_string()) {
+            return Err(ApiError::TooManyRequests);
+        }
+        Ok(DeviceAuth(principal))
+    }
+}
+
+/// A signed-in person (supervisor, admin), by session token (bearer `qm_s_` or the
+/// `qiaomen_session` cookie).
+#[derive(Clone, Debug)]
+pub struct SessionAuth {
+    pub user: UserId,
+    pub token: String,
+}
+
+impl FromRequestParts<AppState> for SessionAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)
+            .or_else(|| session_cookie(&parts.headers))
+            .filter(|t| t.starts_with("qm_s_"))
+            .ok_or_else(|| unauthorized(TokenRefusal::Unknown))?
+            .to_string();
+        let t = token.clone();
+        let user = state
+            .access(move |db| db.authenticate_session(&t))
+            .await?
+            .map_err(unauthorized)?;
+        if !state.limits.device.allow(&user.to_string()) {
+            return Err(ApiError::TooManyRequests);
+        }
+        Ok(SessionAuth { user, token })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EnrollRequest {
+    /// The one-time code an admin gave the worker (`ABCD-EFGH-JKLM`; case and dashes free).
+    pub code: String,
+    /// A random id the phone chose and saved before its first attempt; a retry sends the same.
+    pub install_id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnrollResponse {
+    pub device_id: DeviceId,
+    pub user_id: UserId,
+    /// The device token: `Authorization: Bearer <token>` on every later request.
+    pub token: String,
+}
+
+/// The client's address (unspecified when the server runs without connection info, as in
+/// tests that call the router directly).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        ))
+    }
+}
+
+/// `POST /v1/enroll`: a phone becomes an enrolled device of the code's user.
+pub async fn enroll(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Json(req): Json<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let ip = ip.to_string();
+    if req.install_id.is_empty() || req.install_id.len() > 64 || req.code.len() > 64 {
+        return Err(ApiError::BadRequest {
+            code: "malformed",
+            message: "code and install_id are required (at most 64 characters)".into(),
+        });
+    }
+    // Guessing codes: the failures of an address are limited.
+    if !state.limits.failures.allow(&format!("probe:{ip}")) {
+        return Err(ApiError::TooManyRequests);
+    }
+    let result = state
+        .access(move |db| {
+            let r = db.enroll(&req.code, &req.install_id)?;
+            match &r {
+                Ok(e) => db.audit(Event {
+                    user: Some(&e.user.to_string()),
+                    device: Some(&e.device.to_string()),
+                    action: "enroll",
+                    target: None,
+                    outcome: "ok",
+                })?,
+                Err(refusal) => db.audit(Event {
+                    user: None,
+                    device: None,
+                    action: "enroll",
+                    target: None,
+                    outcome: refusal.code(),
+                })?,
+            }
+            Ok(r)
+        })
+        .await?;
+    match result {
+        Ok(e) => {
+            state.limits.failures.refund(&format!("probe:{ip}"));
+            Ok(Json(EnrollResponse {
+                device_id: e.device,
+                user_id: e.user,
+                token: e.token,
+            }))
+        }
+        Err(refusal) => Err(ApiError::Unauthorized {
+            code: refusal.code(),
+            message: match refusal {
+                EnrollRefusal::Invalid => "no such enrollment code; check it or ask for a new one",
+                EnrollRefusal::Used => "this code was used by another phone; ask for a new one",
+                EnrollRefusal::Expired => "this code expired; ask for a new one",
+            }
+            .into(),
+        }),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub token: String,
+}
+
+/// `POST /v1/token`: rotates the device token in `Authorization`.
+pub async fn rotate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let token = bearer(&headers)
+        .filter(|t| t.starts_with("qm_d_"))
+        .ok_or_else(|| unauthorized(TokenRefusal::Unknown))?
+        .to_string();
+    let next = state
+        .access(move |db| db.rotate(&token))
+        .await?
+        .map_err(unauthorized)?;
+    Ok(Json(TokenResponse { token: next }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    pub login: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginResponse {
+    pub user_id: UserId,
+    /// The session token: `Authorization: Bearer <token>` or the `qiaomen_session` cookie.
+    pub token: String,
+    pub expires_ms: i64,
+}
+
+/// `POST /v1/login`: a supervisor signs in with a password.
+pub async fn login(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Json(req): Json<LoginRequest>,
+) -> Result<([(header::HeaderName, String); 1], Json<LoginResponse>), ApiError> {
+    let ip = ip.to_string();
+    if req.login.len() > 64 || req.password.len() > 1024 {
+        return Err(ApiError::BadRequest {
+            code: "malformed",
+            message: "login or password too long".into(),
+        });
+    }
+    if !state.limits.failures.allow(&format!("probe:{ip}")) {
+        return Err(ApiError::TooManyRequests);
+    }
+    let login = req.login.clone();
+    let result = state
+        .access(move |db| {
+            let r = db.login(&req.login, &req.password)?;
+            db.audit(Event {
+                user: r.as_ref().map(|(u, _, _)| u.to_string()).as_deref(),
+                device: None,
+                action: "login",
+                target: Some(&login),
+                outcome: if r.is_some() { "ok" } else { "bad_credentials" },
+            })?;
+            Ok(r)
+        })
+        .await?;
+    match result {
+        Some((user_id, token, expires_ms)) => {
+            state.limits.failures.refund(&format!("probe:{ip}"));
+            let cookie = format!(
+                "qiaomen_session={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                crate::access::tokens::SESSION_LIFETIME_MS / 1000
+            );
+            Ok((
+                [(header::SET_COOKIE, cookie)],
+                Json(LoginResponse {
+                    user_id,
+                    token,
+                    expires_ms,
+                }),
+            ))
+        }
+        None => Err(ApiError::Unauthorized {
+            code: "bad_credentials",
+            message: "wrong login or password".into(),
+        }),
+    }
+}
+
+/// `POST /v1/logout`: ends the session.
+pub async fn logout(
+    State(state): State<AppState>,
+    session: SessionAuth,
+) -> Result<axum::http::StatusCode, ApiError> {
+    state.access(move |db| db.logout(&session.token)).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Either kind of caller.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Device(DevicePrincipal),
+    Session(SessionAuth),
+}
+
+impl Caller {
+    pub fn user(&self) -> UserId {
+        match self {
+            Caller::Device(d) => d.user,
+            Caller::Session(s) => s.user,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if bearer(&parts.headers).is_some_and(|t| t.starts_with("qm_d_")) {
+            DeviceAuth::from_request_parts(parts, state)
+                .await
+                .map(|d| Caller::Device(d.0))
+        } else {
+            SessionAuth::from_request_parts(parts, state)
+                .await
+                .map(Caller::Session)
+        }
+    }
+}
+
+impl RateLimiter {
+    /// Gives back a token taken for a request that turned out fine (only failures count).
+    pub fn refund(&self, key: &str) {
+        if let Some((tokens, _)) = self.buckets.lock().expect("limiter lock").get_mut(key) {
+            *tokens = (*tokens + 1.0).min(self.burst);
+        }
+    }
+}
+
+/// Shared for the router.
+pub type SharedLimits = Arc<Limits>;
