@@ -10,6 +10,7 @@ pub mod calendar;
 pub mod conflicts;
 pub mod doc;
 pub mod error;
+pub mod hostile;
 pub mod ids;
 pub mod migrate;
 pub mod schema;
