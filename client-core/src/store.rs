@@ -225,6 +225,26 @@ fn group_from(s: &str) -> Option<KeyGroup> {
     KeyGroup::ALL.into_iter().find(|g| group_text(*g) == s)
 }
 
+/// A JSON value kept in the `meta` table (`None` if absent or unreadable).
+fn meta_json<T: serde::de::DeserializeOwned>(conn: &Connection, key: &str) -> Result<Option<T>> {
+    let v: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
+}
+
+fn set_meta_json<T: serde::Serialize>(conn: &Connection, key: &str, value: &T) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![
+            key,
+            serde_json::to_vec(value).expect("plain data serializes")
+        ],
+    )?;
+    Ok(())
+}
+
 fn hash_from(bytes: &[u8]) -> Option<ChangeHash> {
     ChangeHash::try_from(bytes).ok()
 }
@@ -969,14 +989,7 @@ impl Store {
     }
 
     fn read_credentials(conn: &Connection) -> Result<Option<Credentials>> {
-        let v: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'credentials'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
+        meta_json(conn, "credentials")
     }
 
     /// Stores the enrollment (or a rotated token).
@@ -984,12 +997,7 @@ impl Store {
         if credentials.user != self.author.user || credentials.device != self.author.device {
             return Err(StoreError::WrongUser);
         }
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('credentials', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [serde_json::to_vec(credentials).expect("credentials serialize")],
-        )?;
-        Ok(())
+        set_meta_json(&self.conn, "credentials", credentials)
     }
 
     /// Opens a store that was enrolled ([`crate::sync::enroll`]), as its user and device.
@@ -1034,22 +1042,11 @@ impl Store {
 
     /// The grids the server last said this device may read.
     pub fn sync_scope(&self) -> Result<Option<Vec<String>>> {
-        let v: Option<Vec<u8>> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'scope'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
+        meta_json(&self.conn, "scope")
     }
 
     pub fn set_sync_scope(&self, grids: &[String]) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('scope', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [serde_json::to_vec(grids).expect("strings serialize")],
-        )?;
-        Ok(())
+        set_meta_json(&self.conn, "scope", &grids)
     }
 
     /// Removes the households of grids outside `grids` that hold nothing unacknowledged: the

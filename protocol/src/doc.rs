@@ -111,6 +111,11 @@ impl HouseholdDoc {
     /// never a panic. The document is upgraded to the current schema in memory if needed
     /// (see [`HouseholdDoc::upgrade`] to persist that).
     pub fn load(bytes: &[u8]) -> Result<Self> {
+        // Documents and changes only: never the experimental bundles (see `decode_changes`).
+        let known = [CHUNK_DOCUMENT, CHUNK_CHANGE, CHUNK_COMPRESSED_CHANGE];
+        if !chunk_types(bytes).is_some_and(|t| t.iter().all(|c| known.contains(c))) {
+            return Err(DocError::Corrupt);
+        }
         let doc = guarded(|| {
             AutoCommit::load_with_options(
                 bytes,
@@ -628,12 +633,56 @@ impl HouseholdDoc {
     }
 }
 
-/// Decodes and verifies change bytes without touching any document.
+/// Decodes and verifies change bytes without touching any document. Each must be exactly one
+/// uncompressed change chunk: compressed chunks (a DEFLATE bomb in 1 MB) and bundles (which
+/// make Automerge 0.12 allocate gigabytes on a few hundred hostile bytes, found by fuzzing)
+/// are refused before Automerge parses them.
 pub fn decode_changes<'a>(changes: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<Change>> {
     changes
         .into_iter()
-        .map(|bytes| guarded(|| Change::try_from(bytes).map_err(|_| DocError::Corrupt)))
+        .map(|bytes| {
+            if chunk_types(bytes).as_deref() != Some(&[CHUNK_CHANGE]) {
+                return Err(DocError::Corrupt);
+            }
+            guarded(|| Change::try_from(bytes).map_err(|_| DocError::Corrupt))
+        })
         .collect()
+}
+
+const CHUNK_DOCUMENT: u8 = 0;
+const CHUNK_CHANGE: u8 = 1;
+const CHUNK_COMPRESSED_CHANGE: u8 = 2;
+
+/// The chunk types of Automerge's storage format in `bytes`, in order, or `None` if the bytes
+/// are not a sequence of whole chunks (magic, checksum, type, uLEB128 length, contents).
+pub fn chunk_types(mut bytes: &[u8]) -> Option<Vec<u8>> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    let mut types = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 9 || bytes[..4] != MAGIC {
+            return None;
+        }
+        let (mut len, mut shift, mut at) = (0u64, 0u32, 9usize);
+        loop {
+            let b = *bytes.get(at)?;
+            at += 1;
+            if shift > 63 {
+                return None;
+            }
+            len |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = at.checked_add(usize::try_from(len).ok()?)?;
+        if end > bytes.len() {
+            return None;
+        }
+        types.push(bytes[8]);
+        bytes = &bytes[end..];
+    }
+    Some(types)
 }
 
 pub(crate) fn commit_options(author: &Author, now_ms: i64) -> CommitOptions {

@@ -54,11 +54,8 @@ pub fn base_document() -> (HouseholdId, HouseholdDoc) {
     let mut actor = author.device.as_bytes().to_vec();
     actor.extend_from_slice(&[7u8; 16]);
     let mut raw = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(actor));
-    autosurgeon::reconcile(
-        &mut raw,
-        &Household::new(id, GridId::new("g1"), "东村", "1"),
-    )
-    .expect("a fixed household reconciles");
+    autosurgeon::reconcile(&mut raw, Household::new(id, GridId::new("g1"), "东村", "1"))
+        .expect("a fixed household reconciles");
     raw.commit_with(
         automerge::transaction::CommitOptions::default()
             .with_message(author.to_message())

@@ -259,58 +259,37 @@ fn field_rules_hold_workers_to_their_grid_their_visits_and_no_deletions() {
     // in a grid that is not theirs: each refused with its reason, and the phone goes back to
     // what the server holds. (One per sync: later local changes build on earlier ones.)
     type Edit = Box<dyn FnOnce(&mut Phone) -> Option<HouseholdId>>;
-    let visit_id = visit.id;
+    // An edit of the shared household through the phone's typed API.
+    let edit = |f: fn(&mut Household, VisitId)| -> Edit {
+        Box::new(move |b: &mut Phone| {
+            b.store
+                .edit_household(id, |h| {
+                    f(h, visit.id);
+                    Ok(())
+                })
+                .unwrap();
+            None
+        })
+    };
     let attempts: Vec<(&str, Edit, RejectCode)> = vec![
         (
             "rewrite another worker's visit",
-            Box::new(move |b: &mut Phone| {
-                b.store
-                    .edit_household(id, |h| {
-                        h.visits.get_mut(&visit_id).unwrap().outcome = VisitOutcome::Refused;
-                        Ok(())
-                    })
-                    .unwrap();
-                None
-            }),
+            edit(|h, v| h.visits.get_mut(&v).unwrap().outcome = VisitOutcome::Refused),
             RejectCode::NotAllowed,
         ),
         (
             "delete a member",
-            Box::new(move |b: &mut Phone| {
-                b.store
-                    .edit_household(id, |h| {
-                        h.members.clear();
-                        Ok(())
-                    })
-                    .unwrap();
-                None
-            }),
+            edit(|h, _| h.members.clear()),
             RejectCode::NotAllowed,
         ),
         (
             "mark the household merged",
-            Box::new(move |b: &mut Phone| {
-                b.store
-                    .edit_household(id, |h| {
-                        h.status = HouseholdStatus::Merged;
-                        Ok(())
-                    })
-                    .unwrap();
-                None
-            }),
+            edit(|h, _| h.status = HouseholdStatus::Merged),
             RejectCode::NotAllowed,
         ),
         (
             "move the household to another grid",
-            Box::new(move |b: &mut Phone| {
-                b.store
-                    .edit_household(id, |h| {
-                        h.grid = GridId::new("g2");
-                        Ok(())
-                    })
-                    .unwrap();
-                None
-            }),
+            edit(|h, _| h.grid = GridId::new("g2")),
             RejectCode::OutOfScope,
         ),
         (

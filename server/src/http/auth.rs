@@ -396,3 +396,37 @@ impl RateLimiter {
 
 /// Shared for the router.
 pub type SharedLimits = Arc<Limits>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills_and_refunds() {
+        let limiter = RateLimiter::new(3, 1000.0);
+        assert!((0..3).all(|_| limiter.allow("d")));
+        assert!(!limiter.allow("d"), "the burst is spent");
+        assert!(limiter.allow("other"), "buckets are per key");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(limiter.allow("d"), "refilled at the rate");
+        let slow = RateLimiter::new(1, 0.0001);
+        assert!(slow.allow("k"));
+        assert!(!slow.allow("k"));
+        slow.refund("k");
+        assert!(slow.allow("k"), "a refund gives the token back");
+    }
+
+    #[test]
+    fn bearer_and_cookie_tokens_are_read() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer qm_d_abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("qm_d_abc"));
+        h.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::COOKIE,
+            "a=1; qiaomen_session=qm_s_x".parse().unwrap(),
+        );
+        assert_eq!(session_cookie(&h), Some("qm_s_x"));
+    }
+}
