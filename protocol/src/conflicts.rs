@@ -224,6 +224,66 @@ pub fn conflicts(doc: &mut HouseholdDoc) -> Result<Vec<Conflict>> {
     Ok(out)
 }
 
+/// Who wrote a field's current value(s): "who changed this field, when, from which device",
+/// without the value itself (so it can be shown or logged where the value may not be).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldOrigin {
+    /// Path from the document root, as in [`Conflict::path`].
+    pub path: Vec<String>,
+    /// The author and time of each current value (more than one when concurrent).
+    pub writers: Vec<(Option<Author>, i64)>,
+}
+
+/// The origin of every field of the document that holds a value (maps and lists are walked
+/// into; a text counts as one field, attributed to the operation that created it).
+pub fn field_origins(doc: &mut HouseholdDoc) -> Result<Vec<FieldOrigin>> {
+    fn visit(
+        doc: &AutoCommit,
+        index: &ChangeIndex,
+        obj: &ObjId,
+        path: &mut Vec<String>,
+        out: &mut Vec<FieldOrigin>,
+    ) -> Result<()> {
+        let props: Vec<(String, Prop)> = match doc.object_type(obj)? {
+            ObjType::Map | ObjType::Table => {
+                doc.keys(obj).map(|k| (k.clone(), Prop::Map(k))).collect()
+            }
+            ObjType::List => (0..doc.length(obj))
+                .map(|i| (i.to_string(), Prop::Seq(i)))
+                .collect(),
+            ObjType::Text => return Ok(()),
+        };
+        for (name, prop) in props {
+            path.push(name);
+            match doc.get(obj, prop.clone())? {
+                Some((Value::Object(ObjType::Map | ObjType::Table | ObjType::List), child)) => {
+                    visit(doc, index, &child, path, out)?;
+                }
+                Some(_) => {
+                    let writers = doc
+                        .get_all(obj, prop)?
+                        .iter()
+                        .rev()
+                        .map(|(_, id)| index.lookup(id))
+                        .collect();
+                    out.push(FieldOrigin {
+                        path: path.clone(),
+                        writers,
+                    });
+                }
+                None => {}
+            }
+            path.pop();
+        }
+        Ok(())
+    }
+    let am = doc.automerge_mut();
+    let index = ChangeIndex::build(am);
+    let mut out = Vec::new();
+    visit(am, &index, &ROOT, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
 /// Resolves `path` to its parent object and the last property.
 fn locate(doc: &AutoCommit, path: &[String]) -> Result<(ObjId, Prop)> {
     let not_found = || DocError::NotFound {

@@ -333,6 +333,40 @@ fn field_rules_hold_workers_to_their_grid_their_visits_and_no_deletions() {
     assert!(b.sync().unwrap().rejected.is_empty());
     assert_eq!(b.store.household(id).unwrap().visits.len(), 2);
 
+    // Who wrote each field, from which device, is answerable on the server: every field of
+    // a's visit by a's device, of b's visit by b's.
+    let (status, body) = http(
+        "GET",
+        &format!("{}/api/v1/households/{id}", server.url),
+        Some(&token(&sup)),
+        None,
+    );
+    assert_eq!(status, 200);
+    let view = json(&body);
+    let writers_of = |prefix: &str| -> Vec<String> {
+        view["provenance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["path"][0] == "visits" && f["path"][1] == prefix)
+            .flat_map(|f| f["writers"].as_array().unwrap().clone())
+            .map(|w| w["device"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let of_a = writers_of(&visit.id.to_string());
+    assert!(of_a.len() >= 5, "a's visit has its fields: {of_a:?}");
+    assert!(of_a.iter().all(|d| *d == a.author.device.to_string()));
+    let b_visit = b
+        .store
+        .household(id)
+        .unwrap()
+        .visits
+        .into_keys()
+        .find(|v| *v != visit.id)
+        .unwrap();
+    let of_b = writers_of(&b_visit.to_string());
+    assert!(!of_b.is_empty() && of_b.iter().all(|d| *d == b.author.device.to_string()));
+
     // The supervisor may move it, and after that B's phone no longer holds it.
     sup.sync().unwrap();
     sup.store

@@ -61,6 +61,22 @@ pub struct HouseholdView {
     pub visits: Vec<VisitSummary>,
     /// The exact document version read (Automerge heads, hex).
     pub heads: Vec<String>,
+    /// For every field: who wrote its current value, from which device, when.
+    pub provenance: Vec<FieldProvenance>,
+}
+
+/// Who wrote a field's current value(s).
+#[derive(Debug, Serialize)]
+pub struct FieldProvenance {
+    pub path: Vec<String>,
+    pub writers: Vec<Writer>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Writer {
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub at_ms: i64,
 }
 
 fn not_found() -> ApiError {
@@ -131,6 +147,22 @@ pub async fn household(
                 })
                 .collect(),
             heads: doc.heads().iter().map(|h| h.to_string()).collect(),
+            provenance: qiaomen_protocol::conflicts::field_origins(&mut doc)
+                .ok()?
+                .into_iter()
+                .map(|o| FieldProvenance {
+                    path: o.path,
+                    writers: o
+                        .writers
+                        .into_iter()
+                        .map(|(author, at_ms)| Writer {
+                            user: author.map(|a| a.user.to_string()),
+                            device: author.map(|a| a.device.to_string()),
+                            at_ms,
+                        })
+                        .collect(),
+                })
+                .collect(),
         })
     })
     .await
