@@ -431,11 +431,12 @@ fn main() {
     let raw_group = rest;
 
     // Phase R: server ingest alone.
-    let bodies: Vec<Vec<u8>> = raw_group
+    let bodies: Vec<(Vec<u8>, String)> = raw_group
         .into_iter()
         .map(|mut w| {
             let cursor = w.store.sync_cursor().unwrap();
-            upload_body(&mut w, cursor, vec!["g-none".into()])
+            let token = w.store.credentials().unwrap().unwrap().token;
+            (upload_body(&mut w, cursor, vec!["g-none".into()]), token)
         })
         .collect();
     let raw_visits = bodies.len() * h;
@@ -449,12 +450,13 @@ fn main() {
     multi.block_on(async {
         let tasks: Vec<_> = bodies
             .into_iter()
-            .map(|body| {
+            .map(|(body, token)| {
                 let (http, url) = (http.clone(), url.clone());
                 tokio::spawn(async move {
                     let r = http
                         .post(format!("{url}/v1/sync"))
                         .header("content-type", qiaomen_protocol::wire::CONTENT_TYPE)
+                        .bearer_auth(token)
                         .body(body)
                         .send()
                         .await
