@@ -30,7 +30,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::{Result, StoreError};
 
 /// The store file's format version (`PRAGMA user_version`).
-const STORE_VERSION: i64 = 1;
+const STORE_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -81,6 +81,10 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL,
         PRIMARY KEY (doc, hash)
     ) WITHOUT ROWID;
+    "#,
+    // 1 -> 2: households with a visit returned for a fix (their open tasks are computed on read).
+    r#"
+    CREATE TABLE review_index (doc BLOB PRIMARY KEY) WITHOUT ROWID;
     "#,
 ];
 
@@ -438,7 +442,35 @@ impl Store {
         for v in h.visits.values() {
             visit.execute(params![id, v.visit_day.to_string()])?;
         }
+        tx.execute("DELETE FROM review_index WHERE doc = ?1", [id])?;
+        if h.reviews
+            .values()
+            .any(|r| r.decision == qiaomen_protocol::schema::ReviewDecision::Returned)
+        {
+            tx.execute("INSERT INTO review_index (doc) VALUES (?1)", [id])?;
+        }
         Ok(())
+    }
+
+    /// Visits returned by a supervisor for a fix and not fixed yet, on every household of
+    /// this phone: the worker's task list. A task disappears once the visit is changed (or
+    /// reviewed again).
+    pub fn fix_tasks(&mut self) -> Result<Vec<(HouseholdId, qiaomen_protocol::review::FixTask)>> {
+        let ids: Vec<HouseholdId> = {
+            let mut stmt = self.conn.prepare_cached("SELECT doc FROM review_index")?;
+            stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                .filter_map(|b| b.ok().and_then(|b| uuid_from(&b)))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            let doc = &mut self.doc_mut(id)?.doc;
+            for task in qiaomen_protocol::review::open_tasks(doc)? {
+                out.push((id, task));
+            }
+        }
+        out.sort_by_key(|(_, t)| t.at_ms);
+        Ok(out)
     }
 
     /// Appends `change` (made here when `local`) to the household's rows.
@@ -625,6 +657,15 @@ impl Store {
                 doc.splice_note(a, now, visit, pos, delete, insert)
                     .map(|h| ((), Some(h)))
             },
+            IndexUpdate::None,
+        )
+    }
+
+    /// Replaces a visit's whole note (how a worker fixes a visit returned for a fix).
+    pub fn replace_note(&mut self, id: HouseholdId, visit: VisitId, text: &str) -> Result<()> {
+        self.commit_edit(
+            id,
+            |doc, a, now| doc.replace_note(a, now, visit, text).map(|h| ((), Some(h))),
             IndexUpdate::None,
         )
     }
@@ -1064,7 +1105,13 @@ impl Store {
         };
         let tx = self.conn.unchecked_transaction()?;
         for key in &ids {
-            for table in ["changes", "tag_index", "visit_index", "rejected"] {
+            for table in [
+                "changes",
+                "tag_index",
+                "visit_index",
+                "review_index",
+                "rejected",
+            ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
             }
             tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;
@@ -1089,6 +1136,7 @@ impl Store {
             "pending",
             "tag_index",
             "visit_index",
+            "review_index",
             "rejected",
         ] {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
@@ -1185,7 +1233,7 @@ impl Store {
                 }
                 None => {
                     let key = id.as_bytes().as_slice();
-                    for table in ["changes", "tag_index", "visit_index"] {
+                    for table in ["changes", "tag_index", "visit_index", "review_index"] {
                         tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
                     }
                     tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;

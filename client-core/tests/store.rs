@@ -523,3 +523,25 @@ fn a_refused_change_and_what_was_built_on_it_are_rolled_back_and_reported() {
         1
     );
 }
+
+#[test]
+fn a_visit_note_in_chinese_is_replaced_through_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = author();
+    let mut store = Store::open(dir.path().join("p.db"), a, options()).unwrap();
+    let mut hh = household("g1", "1");
+    hh.phone = Some(Sensitive::new("13812345678"));
+    let id = store.create_household(&hh).unwrap();
+    let mut v = visit(&a, "2026-11-15");
+    v.publicity = vec![];
+    v.note = Text::with_value("第一次走访");
+    store.record_visit(id, &v, &[]).unwrap();
+    store.replace_note(id, v.id, "x").unwrap();
+    store
+        .replace_note(id, v.id, "第一次走访：已按时服药")
+        .unwrap();
+    assert_eq!(
+        store.household(id).unwrap().visits[&v.id].note.as_str(),
+        "第一次走访：已按时服药"
+    );
+}

@@ -164,6 +164,32 @@ impl Phone {
             .resolve_conflict(id, &path, Resolution::Choose(op))?)
     }
 
+    /// Replaces a visit's note: how a worker fixes a visit returned by a supervisor.
+    pub fn update_visit_note(
+        &self,
+        household_id: String,
+        visit_id: String,
+        note: String,
+    ) -> Result<()> {
+        Ok(self.store.blocking_lock().replace_note(
+            parse("household id", &household_id)?,
+            parse("visit id", &visit_id)?,
+            &note,
+        )?)
+    }
+
+    /// Visits a supervisor returned for a fix and not fixed yet; a task goes away once its
+    /// visit is changed (e.g. `update_visit_note`) or reviewed again.
+    pub fn fix_tasks(&self) -> Result<Vec<FixTask>> {
+        Ok(self
+            .store
+            .blocking_lock()
+            .fix_tasks()?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
     /// Changes a server refused, with the reason code, for the worker to see.
     pub fn rejected_changes(&self) -> Result<Vec<RejectedChange>> {
         Ok(self
@@ -239,4 +265,70 @@ pub async fn enroll(path: String, server_url: String, code: String) -> Result<Ar
 #[uniffi::export]
 pub fn new_member_id() -> String {
     MemberId::new().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qiaomen_protocol::{
+        doc::Author,
+        ids::{DeviceId, UserId},
+    };
+
+    #[test]
+    fn a_note_in_chinese_is_replaced_through_the_ffi() {
+        let dir = tempfile::tempdir().unwrap();
+        let author = Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        };
+        let store = Store::open(dir.path().join("p.db"), author, StoreOptions::default()).unwrap();
+        store
+            .set_credentials(&qiaomen_client_core::Credentials {
+                server_url: "http://127.0.0.1:9".into(),
+                user: author.user,
+                device: author.device,
+                token: "qm_d_x".into(),
+            })
+            .unwrap();
+        let phone = Phone::wrap(store).unwrap();
+        let hid = phone
+            .create_household(NewHousehold {
+                grid: "g".into(),
+                address: "东村三组".into(),
+                door_number: "17".into(),
+                phone: Some("13812345678".into()),
+                gps: None,
+                tags: vec![],
+            })
+            .unwrap();
+        let visit = phone
+            .record_visit(
+                hid.clone(),
+                NewVisit {
+                    visit_day: "2026-11-15".into(),
+                    started_at_ms: 1,
+                    ended_at_ms: None,
+                    gps: None,
+                    outcome: qiaomen_protocol::schema::VisitOutcome::Met,
+                    people_met: vec![],
+                    needs: vec![],
+                    disputes: vec![],
+                    hazards: vec![],
+                    publicity: vec![],
+                    note: "第一次走访".into(),
+                    demands: vec![],
+                },
+            )
+            .unwrap();
+        phone
+            .update_visit_note(hid.clone(), visit.clone(), "x".into())
+            .unwrap();
+
+        phone
+            .update_visit_note(hid.clone(), visit.clone(), "第一次走访：已按时服药".into())
+            .unwrap();
+        let h = phone.household(hid).unwrap();
+        assert_eq!(h.visits[0].note, "第一次走访：已按时服药");
+    }
 }

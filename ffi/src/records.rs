@@ -316,6 +316,18 @@ pub struct SyncSummary {
     pub dropped_households: u64,
 }
 
+/// A visit a supervisor returned for a fix: a task for the worker until the visit is changed.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct FixTask {
+    pub household_id: String,
+    pub visit_id: String,
+    pub review_id: String,
+    pub reviewer_id: String,
+    /// The supervisor's comment.
+    pub comment: String,
+    pub at_ms: i64,
+}
+
 // ---- conversions --------------------------------------------------------------------------
 
 pub(crate) trait IntoGrid {
@@ -628,6 +640,19 @@ impl From<core::SyncReport> for SyncSummary {
                 .map(ToString::to_string)
                 .collect(),
             dropped_households: r.dropped_households as u64,
+        }
+    }
+}
+
+impl From<(HouseholdId, qiaomen_protocol::review::FixTask)> for FixTask {
+    fn from((household, t): (HouseholdId, qiaomen_protocol::review::FixTask)) -> Self {
+        FixTask {
+            household_id: household.to_string(),
+            visit_id: t.visit.to_string(),
+            review_id: t.review.to_string(),
+            reviewer_id: t.reviewer.to_string(),
+            comment: t.comment,
+            at_ms: t.at_ms,
         }
     }
 }

@@ -353,17 +353,56 @@ impl HouseholdDoc {
             Some((automerge::Value::Object(automerge::ObjType::Text), id)) => id,
             _ => return Err(DocError::Schema("a visit's note is not text".into())),
         };
-        let len = self.doc.length(&note);
+        // Positions count characters (Unicode scalar values), like Automerge's splice; its
+        // `length` of a text counts UTF-8 bytes, so a note in Chinese would be misjudged.
+        let len = self.doc.text(&note)?.chars().count();
         if pos > len || pos + delete > len {
             return Err(DocError::InvalidEdit(
                 "the note edit lies outside the note".into(),
             ));
         }
         use automerge::transaction::Transactable;
-        self.doc.splice_text(&note, pos, delete as isize, insert)?;
+        if let Err(e) = self.doc.splice_text(&note, pos, delete as isize, insert) {
+            self.doc.rollback();
+            return Err(e.into());
+        }
         self.doc
             .commit_with(commit_options(author, now_ms))
             .ok_or_else(|| DocError::Automerge("empty change".into()))
+    }
+
+    /// Replaces a visit's whole note, as one change (Automerge's own text diff: unchanged
+    /// characters keep their identity, so concurrent edits of the rest still merge).
+    pub fn replace_note(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        visit: VisitId,
+        text: &str,
+    ) -> Result<ChangeHash> {
+        use automerge::transaction::Transactable;
+        let visits = self.map_obj("visits")?;
+        let note = match self.doc.get(&visits, visit.to_string())? {
+            Some((automerge::Value::Object(automerge::ObjType::Map), v)) => {
+                match self.doc.get(&v, "note")? {
+                    Some((automerge::Value::Object(automerge::ObjType::Text), n)) => n,
+                    _ => return Err(DocError::Schema("a visit's note is not text".into())),
+                }
+            }
+            _ => {
+                return Err(DocError::NotFound {
+                    kind: "visit",
+                    id: visit.to_string(),
+                });
+            }
+        };
+        if let Err(e) = self.doc.update_text(&note, text) {
+            self.doc.rollback();
+            return Err(e.into());
+        }
+        self.doc
+            .commit_with(commit_options(author, now_ms))
+            .ok_or_else(|| DocError::InvalidEdit("the note is unchanged".into()))
     }
 
     fn map_obj(&self, key: &str) -> Result<automerge::ObjId> {
@@ -462,7 +501,14 @@ impl HouseholdDoc {
                 }
             };
             match root_key.as_str() {
-                "members" | "visits" | "demands" => match (p.path.get(1), &p.action) {
+                // The collection itself, put or deleted at the root: made with the household,
+                // or (later) replaced, which drops every entry it held.
+                "members" | "visits" | "demands" | "reviews" if p.path.is_empty() => {
+                    if !before.is_empty() {
+                        touched.deleted.insert((root_key, "*".into()));
+                    }
+                }
+                "members" | "visits" | "demands" | "reviews" => match (p.path.get(1), &p.action) {
                     (Some((_, Prop::Map(k))), _) => {
                         entries.insert((root_key, k.clone()));
                     }
@@ -525,6 +571,20 @@ impl HouseholdDoc {
                         ));
                     }
                 }
+                "reviews" => {
+                    let r: crate::schema::Review =
+                        autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
+                    if r.id.to_string() != key {
+                        return Err(bad_key());
+                    }
+                    if r.heads.is_empty()
+                        || r.heads.iter().any(|h| h.parse::<ChangeHash>().is_err())
+                    {
+                        return Err(DocError::InvalidEdit(
+                            "a review must name the document version it saw".into(),
+                        ));
+                    }
+                }
                 "members" => {
                     let m: crate::schema::Member =
                         autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
@@ -546,18 +606,68 @@ impl HouseholdDoc {
     /// The user recorded as a visit's worker, at `heads` (`None`: now); `None` when the visit
     /// is not there or has no readable worker.
     pub fn visit_worker(&self, visit: &str, heads: Option<&[ChangeHash]>) -> Option<UserId> {
+        self.entry_user("visits", visit, "worker", heads)
+    }
+
+    /// A user id held in `field` of the entry `key` of the map `collection` (`visits`,
+    /// `reviews`, ...), at `heads` (`None`: now).
+    pub fn entry_user(
+        &self,
+        collection: &str,
+        key: &str,
+        field: &str,
+        heads: Option<&[ChangeHash]>,
+    ) -> Option<UserId> {
         let read = |obj: &automerge::ObjId, key: &str| match heads {
             Some(h) => self.doc.get_at(obj, key, h),
             None => self.doc.get(obj, key),
         };
-        let (_, visits) = read(&ROOT, "visits").ok()??;
-        let (_, entry) = read(&visits, visit).ok()??;
-        let (value, _) = read(&entry, "worker").ok()??;
+        let (_, map) = read(&ROOT, collection).ok()??;
+        let (_, entry) = read(&map, key).ok()??;
+        let (value, _) = read(&entry, field).ok()??;
         match value.as_scalar()? {
             automerge::ScalarValue::Bytes(b) => uuid::Uuid::from_slice(b).ok().map(UserId),
             automerge::ScalarValue::Str(s) => s.parse().ok(),
             _ => None,
         }
+    }
+
+    /// Adds a supervisor's review as one change (only the new entry is written). The
+    /// `reviews` map is created if the document predates reviews.
+    pub fn add_review(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        review: &crate::schema::Review,
+    ) -> Result<ChangeHash> {
+        use automerge::transaction::Transactable;
+        let result = (|| {
+            let reviews = match self.doc.get(ROOT, "reviews")? {
+                Some((automerge::Value::Object(automerge::ObjType::Map), id)) => id,
+                _ => self
+                    .doc
+                    .put_object(ROOT, "reviews", automerge::ObjType::Map)?,
+            };
+            if self.doc.get(&reviews, review.id.to_string())?.is_some() {
+                return Err(DocError::InvalidEdit(
+                    "a review with this id already exists".into(),
+                ));
+            }
+            autosurgeon::reconcile_prop(
+                &mut self.doc,
+                &reviews,
+                review.id.to_string().as_str(),
+                review,
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.doc.rollback();
+            return Err(e);
+        }
+        self.doc
+            .commit_with(commit_options(author, now_ms))
+            .ok_or_else(|| DocError::Automerge("empty review change".into()))
     }
 
     /// A root field's value as text (strings and enum names), at `heads` (`None`: now).

@@ -94,6 +94,10 @@ id_type!(
     DeviceId
 );
 id_type!(
+    /// A supervisor's review of a visit (approval or return for a fix).
+    ReviewId
+);
+id_type!(
     /// A person who uses Qiaomen: a grid worker or a supervisor.
     UserId
 );

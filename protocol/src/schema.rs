@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     calendar::Day,
-    ids::{DemandId, DeviceId, GridId, HouseholdId, MemberId, UserId, VisitId},
+    ids::{DemandId, DeviceId, GridId, HouseholdId, MemberId, ReviewId, UserId, VisitId},
 };
 
 /// The schema version this build writes. Older documents are upgraded by [`crate::migrate`].
@@ -324,6 +324,31 @@ pub struct Demand {
     pub history: Vec<DemandTransition>,
 }
 
+/// A supervisor's decision on a visit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+pub enum ReviewDecision {
+    /// Signed off.
+    Approved,
+    /// Returned to the worker for a fix, with a comment: a task on the worker's phone until
+    /// the visit is changed or reviewed again.
+    Returned,
+}
+
+/// A supervisor's sign-off or return of one visit, pinned to the exact document version the
+/// supervisor saw.
+#[derive(Clone, Debug, PartialEq, Reconcile, Hydrate)]
+pub struct Review {
+    pub id: ReviewId,
+    pub visit: VisitId,
+    pub decision: ReviewDecision,
+    pub comment: String,
+    pub reviewer: UserId,
+    pub device: DeviceId,
+    pub at_ms: i64,
+    /// The document version reviewed: its Automerge heads, as lower-case hex.
+    pub heads: Vec<String>,
+}
+
 /// The whole household record, as held in its document.
 #[derive(Clone, Debug, PartialEq, Reconcile, Hydrate)]
 pub struct Household {
@@ -342,6 +367,12 @@ pub struct Household {
     pub visits: BTreeMap<VisitId, Visit>,
     #[autosurgeon(with = "autosurgeon::map_with_parseable_keys")]
     pub demands: BTreeMap<DemandId, Demand>,
+    /// Supervisors' reviews of visits. Absent in documents made before reviews existed.
+    #[autosurgeon(
+        with = "autosurgeon::map_with_parseable_keys",
+        missing = "BTreeMap::new"
+    )]
+    pub reviews: BTreeMap<ReviewId, Review>,
 }
 
 /// The household's own facts: the record without its members, visits and demands. Reading
@@ -380,6 +411,7 @@ impl Household {
             members: BTreeMap::new(),
             visits: BTreeMap::new(),
             demands: BTreeMap::new(),
+            reviews: BTreeMap::new(),
         }
     }
 

@@ -34,9 +34,10 @@ class Org:
         self.admin("unit", "add", "--id", "py-town", "--kind", "town", "--parent", "py-county", "--name", "测试镇")
         self.admin("unit", "add", "--id", "py-village", "--kind", "village", "--parent", "py-town", "--name", "测试村")
 
-    def admin(self, *args):
+    def admin(self, *args, env=None):
         done = subprocess.run([SERVER_BIN, "admin", "--data-dir", self.data, *args],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **(env or {})})
         if done.returncode != 0:
             raise RuntimeError(f"admin {args[0]} failed: {done.stderr.strip()}")
         return done.stdout.strip()
@@ -52,6 +53,26 @@ class Org:
         self.admin("user", "add", "--login", login, "--name", "测试员")
         self.admin("assign", "--login", login, "--unit", unit, "--role", role)
         return self.admin("enroll-code", "--login", login)
+
+
+    def supervisor_session(self, unit, role="village_supervisor"):
+        """A supervisor with a password at `unit`, signed in: returns the session token."""
+        import json
+        login = "s-" + uuid.uuid4().hex[:12]
+        password = "py-" + uuid.uuid4().hex
+        self.admin("user", "add", "--login", login, "--name", "督导")
+        self.admin("assign", "--login", login, "--unit", unit, "--role", role)
+        self.admin("user", "password", "--login", login, env={"QIAOMEN_PASSWORD": password})
+        return self.request("POST", "/v1/login", None, {"login": login, "password": password})["token"]
+
+    def request(self, method, path, token, body=None):
+        import json
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"content-type": "application/json",
+                                              **({"authorization": "Bearer " + token} if token else {})})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
 
 
 @pytest.fixture(scope="session")

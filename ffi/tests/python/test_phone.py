@@ -221,3 +221,24 @@ def test_a_sync_can_be_cancelled_and_the_phone_stays_usable(org):
     gate.open = True
     assert sync(again).accepted == 1 and again.pending_count() == 0
     gate.sock.close()
+
+
+def test_a_visit_returned_by_a_supervisor_is_a_task_until_fixed(org):
+    grid = org.grid()
+    phone = worker(org, grid)
+    hid = phone.create_household(household(grid))
+    visit_id = phone.record_visit(hid, visit("第一次走访"))
+    sync(phone)
+    boss = org.supervisor_session("py-village")
+    view = org.request("GET", f"/api/v1/households/{hid}", boss)
+    org.request("POST", f"/api/v1/households/{hid}/reviews", boss,
+                {"visit_id": visit_id, "decision": "Returned", "comment": "请补充用药情况",
+                 "heads": view["heads"]})
+    assert phone.fix_tasks() == []
+    sync(phone)
+    tasks = phone.fix_tasks()
+    assert [(t.household_id, t.visit_id, t.comment) for t in tasks] == [(hid, visit_id, "请补充用药情况")]
+    phone.update_visit_note(hid, visit_id, "第一次走访：已按时服药")
+    assert phone.fix_tasks() == []
+    assert sync(phone).rejected == 0
+    assert org.request("GET", f"/api/v1/households/{hid}", boss)["open_tasks"] == []

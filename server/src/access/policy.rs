@@ -7,8 +7,9 @@
 //!    the user may write — now, or at the time the change was made (work done on a visit day
 //!    is accepted when it arrives after the worker moved on). Else `out_of_scope`.
 //! 3. **Field rules**: only a supervisor of the grid may move a household to another grid,
-//!    mark it merged, delete an entry (member, visit, demand), or touch a visit whose worker is
-//!    someone else; a new visit must name its author as the worker. Else `not_allowed`.
+//!    mark it merged, delete an entry (member, visit, demand), touch a visit whose worker is
+//!    someone else, or write a review (signed by themselves); a new visit must name its author
+//!    as the worker. Else `not_allowed`.
 
 use automerge::{Change, ChangeHash};
 use qiaomen_protocol::{
@@ -79,11 +80,20 @@ pub fn check_effect(
         needs_supervisor = true;
     }
     for (collection, key) in &touched.entries {
-        if collection != "visits" {
-            continue;
-        }
-        let earlier = prior.and_then(|h| doc.visit_worker(key, Some(h)));
-        let now = doc.visit_worker(key, None);
+        let field = match collection.as_str() {
+            "visits" => "worker",
+            "reviews" => {
+                // Reviews are supervisors' only, and signed by their reviewer.
+                needs_supervisor = true;
+                if doc.entry_user("reviews", key, "reviewer", None) != Some(p.user) {
+                    return Err(RejectCode::NotAllowed);
+                }
+                "reviewer"
+            }
+            _ => continue,
+        };
+        let earlier = prior.and_then(|h| doc.entry_user(collection, key, field, Some(h)));
+        let now = doc.entry_user(collection, key, field, None);
         if earlier.is_some_and(|w| w != p.user) || now.is_some_and(|w| w != p.user) {
             needs_supervisor = true;
         }

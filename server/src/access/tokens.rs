@@ -383,6 +383,29 @@ impl AccessDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The device that stands for `user`'s web sessions: edits made in the supervisors' pages
+    /// and API (reviews, resolved conflicts) are changes of this device, with an actor bound
+    /// to it, checked like a phone's. Created on first use; a revoked one is replaced.
+    pub fn web_device(&self, user: UserId) -> Result<DeviceId> {
+        let found: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT id FROM devices WHERE user = ?1 AND install_id = 'web' AND revoked_ms IS NULL",
+                [user.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = found.and_then(|d| d.parse().ok()) {
+            return Ok(id);
+        }
+        let device = DeviceId::new();
+        self.conn.execute(
+            "INSERT INTO devices (id, user, install_id, enrolled_ms) VALUES (?1, ?2, 'web', ?3)",
+            params![device.to_string(), user.to_string(), now_ms()],
+        )?;
+        Ok(device)
+    }
+
     /// The user a device belongs to.
     pub fn device_user(&self, device: DeviceId) -> Result<Option<UserId>> {
         let user: Option<String> = self

@@ -6,7 +6,13 @@ use axum::{
     Json,
     extract::{Path, Query, State},
 };
-use qiaomen_protocol::{doc::HouseholdDoc, ids::HouseholdId};
+use qiaomen_protocol::{
+    doc::{Author, HouseholdDoc, actor_for},
+    ids::{HouseholdId, ReviewId, VisitId},
+    review::{ReviewState, heads_hex, open_tasks, review_state},
+    schema::{Review, ReviewDecision},
+    wire::DocChanges,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, auth::Caller, auth::SessionAuth};
@@ -63,6 +69,22 @@ pub struct HouseholdView {
     pub heads: Vec<String>,
     /// For every field: who wrote its current value, from which device, when.
     pub provenance: Vec<FieldProvenance>,
+    /// Supervisors' reviews, each with whether it still holds for this version.
+    pub reviews: Vec<ReviewView>,
+    /// Visits returned for a fix and not fixed yet.
+    pub open_tasks: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReviewView {
+    pub id: String,
+    pub visit: String,
+    pub decision: ReviewDecision,
+    pub comment: String,
+    pub reviewer: String,
+    pub at_ms: i64,
+    pub heads: Vec<String>,
+    pub state: ReviewState,
 }
 
 /// Who wrote a field's current value(s).
@@ -127,6 +149,25 @@ pub async fn household(
     let view = tokio::task::spawn_blocking(move || -> Option<HouseholdView> {
         let mut doc = HouseholdDoc::load(&bytes).ok()?;
         let h = doc.household().ok()?;
+        let reviews = h
+            .reviews
+            .values()
+            .map(|r| ReviewView {
+                id: r.id.to_string(),
+                visit: r.visit.to_string(),
+                decision: r.decision,
+                comment: r.comment.clone(),
+                reviewer: r.reviewer.to_string(),
+                at_ms: r.at_ms,
+                heads: r.heads.clone(),
+                state: review_state(&mut doc, r),
+            })
+            .collect();
+        let open_tasks = open_tasks(&mut doc)
+            .ok()?
+            .into_iter()
+            .map(|t| t.visit.to_string())
+            .collect();
         Some(HouseholdView {
             id: h.id.to_string(),
             grid,
@@ -146,7 +187,9 @@ pub async fn household(
                     outcome: format!("{:?}", v.outcome),
                 })
                 .collect(),
-            heads: doc.heads().iter().map(|h| h.to_string()).collect(),
+            heads: heads_hex(&mut doc),
+            reviews,
+            open_tasks,
             provenance: qiaomen_protocol::conflicts::field_origins(&mut doc)
                 .ok()?
                 .into_iter()
@@ -237,5 +280,145 @@ pub async fn audit(
     let limit = q.limit.unwrap_or(100).min(1000);
     Ok(Json(
         state.access(move |db| db.audit_log(q.after, limit)).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReviewRequest {
+    pub visit_id: String,
+    pub decision: ReviewDecision,
+    #[serde(default)]
+    pub comment: String,
+    /// The document version the supervisor saw (`heads` of the household view).
+    pub heads: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReviewCreated {
+    pub review_id: String,
+}
+
+/// `POST /api/v1/households/{id}/reviews`: a supervisor of the household's grid approves a
+/// visit or returns it for a fix, pinned to the version they saw. The review becomes a change
+/// of the supervisor's web device, checked and stored like a phone's, and reaches the
+/// worker's phone on its next sync.
+pub async fn review(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(req): Json<ReviewRequest>,
+) -> Result<(axum::http::StatusCode, Json<ReviewCreated>), ApiError> {
+    let Ok(id) = id.parse::<HouseholdId>() else {
+        return Err(not_found());
+    };
+    let bad = |message: &str| ApiError::BadRequest {
+        code: "invalid",
+        message: message.into(),
+    };
+    let visit: VisitId = req
+        .visit_id
+        .parse()
+        .map_err(|_| bad("visit_id is not an id"))?;
+    if req.comment.chars().count() > 2000 {
+        return Err(bad("the comment has more than 2000 characters"));
+    }
+    let user = caller.user();
+    let (scope, device) = state
+        .access(move |db| Ok((db.scope(user, now_ms())?, db.web_device(user)?)))
+        .await?;
+    let (grid, bytes) = match state
+        .readers
+        .with(move |s| Ok((s.doc_grid(id)?, s.load_doc(id)?)))
+        .await?
+    {
+        (Some(g), Some(b)) if scope.may_read(&g) => (g, b),
+        _ => return Err(not_found()),
+    };
+    if !scope.supervises(&grid, now_ms()) {
+        return Err(ApiError::Forbidden {
+            code: "forbidden",
+            message: "only a supervisor of this grid may review its visits".into(),
+        });
+    }
+    let author = Author { user, device };
+    let built = tokio::task::spawn_blocking(move || -> Result<(ReviewId, Vec<u8>), ApiError> {
+        let mut doc = HouseholdDoc::load(&bytes).map_err(|_| ApiError::Internal)?;
+        let household = doc.household().map_err(|_| ApiError::Internal)?;
+        if !household.visits.contains_key(&visit) {
+            return Err(ApiError::NotFound {
+                code: "not_found",
+                message: "no such visit in this household".into(),
+            });
+        }
+        let known = !req.heads.is_empty()
+            && req.heads.iter().all(|h| {
+                h.parse::<qiaomen_protocol::ChangeHash>()
+                    .is_ok_and(|h| doc.has_change(&h))
+            });
+        if !known {
+            return Err(ApiError::Conflict {
+                code: "unknown_version",
+                message: "heads must name a version of this household the server has".into(),
+            });
+        }
+        let review = Review {
+            id: ReviewId::new(),
+            visit,
+            decision: req.decision,
+            comment: req.comment,
+            reviewer: author.user,
+            device: author.device,
+            at_ms: now_ms(),
+            heads: req.heads,
+        };
+        doc.set_actor(actor_for(author.device));
+        let hash = doc
+            .add_review(&author, now_ms(), &review)
+            .map_err(|_| ApiError::Internal)?;
+        let bytes = doc.change_bytes(&hash).ok_or(ApiError::Internal)?;
+        Ok((review.id, bytes))
+    })
+    .await
+    .map_err(|_| ApiError::Internal)??;
+    let (review_id, change) = built;
+    let principal = std::sync::Arc::new(crate::access::policy::Principal {
+        user,
+        device,
+        scope,
+    });
+    let outcome = state
+        .writer
+        .submit(crate::ingest::Upload {
+            principal: Some(principal),
+            docs: vec![DocChanges {
+                id,
+                changes: vec![serde_bytes::ByteBuf::from(change)],
+            }],
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    if let Some(r) = outcome.rejected.first() {
+        return Err(ApiError::Forbidden {
+            code: "refused",
+            message: format!("the review was refused: {:?}", r.code),
+        });
+    }
+    let target = id.to_string();
+    state
+        .access(move |db| {
+            db.audit(Event {
+                user: Some(&user.to_string()),
+                device: Some(&device.to_string()),
+                action: "review",
+                target: Some(&target),
+                outcome: "ok",
+            })
+        })
+        .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(ReviewCreated {
+            review_id: review_id.to_string(),
+        }),
     ))
 }

@@ -220,6 +220,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/logout", post(auth::logout))
         .route("/v1/me", get(api::me))
         .route("/api/v1/households/{id}", get(api::household))
+        .route("/api/v1/households/{id}/reviews", post(api::review))
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/devices/{id}/revoke", post(api::revoke))
         .route("/api/v1/audit", get(api::audit))
