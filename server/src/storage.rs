@@ -94,6 +94,8 @@ pub trait Storage: Send + 'static {
     /// Documents that moved into one of `grids` after `cursor`, up to the log's end `until`.
     fn moved_into(&mut self, cursor: u64, until: u64, grids: &[String])
     -> Result<Vec<HouseholdId>>;
+    /// The stored bytes of every document of a grid (for lists and exports).
+    fn grid_docs(&mut self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>>;
     /// Every logged change of a document, oldest first, up to `until`.
     fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>>;
 }
@@ -455,6 +457,27 @@ impl Storage for SqliteStorage {
         for r in rows {
             if let Ok(arr) = <[u8; 16]>::try_from(r?.as_slice()) {
                 out.push(HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn grid_docs(&mut self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>> {
+        let ids: Vec<Vec<u8>> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id FROM docs WHERE grid = ?1")?;
+            stmt.query_map([grid], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Ok(arr) = <[u8; 16]>::try_from(id.as_slice()) else {
+                continue;
+            };
+            let id = HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr));
+            if let Some(bytes) = self.load_doc(id)? {
+                out.push((id, bytes));
             }
         }
         Ok(out)

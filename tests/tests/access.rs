@@ -491,6 +491,13 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
         .store
         .create_household(&new_household("g9", "out"))
         .unwrap();
+    // A visit in each, for the review endpoint.
+    let mut visits = std::collections::HashMap::new();
+    for h in [inside, outside] {
+        let v = sample_visit(&creator.author, day("2026-11-15"), "matrix");
+        creator.store.record_visit(h, &v, &[]).unwrap();
+        visits.insert(h, v.id);
+    }
     creator.sync().unwrap();
 
     let roles = [
@@ -651,6 +658,35 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
             None,
         );
         check(format!("{r} reads /v1/me"), status == 200, true);
+        // Supervisors' endpoints: the grid list (readers), reviews (supervisors of the grid).
+        let supervises = matches!(
+            role,
+            Role::VillageSupervisor | Role::TownSupervisor | Role::CommandCentre
+        );
+        for (target, grid, reads, sup) in [
+            (inside, "g1", reads_records, supervises),
+            (outside, "g9", reads_outside, role == Role::CommandCentre),
+        ] {
+            let (status, _) = http(
+                "GET",
+                &format!("{}/api/v1/grids/{grid}/households", server.url),
+                Some(&session),
+                None,
+            );
+            check(format!("{r} lists grid {grid}"), status == 200, reads);
+            let view_url = format!("{}/api/v1/households/{target}", server.url);
+            let heads =
+                json(&http("GET", &view_url, Some(&token(&creator)), None).1)["heads"].clone();
+            let body = serde_json::json!({"visit_id": visits[&target].to_string(),
+                                          "decision": "Approved", "heads": heads});
+            let (status, _) = http(
+                "POST",
+                &format!("{view_url}/reviews"),
+                Some(&session),
+                Some(("application/json", serde_json::to_vec(&body).unwrap())),
+            );
+            check(format!("{r} reviews in grid {grid}"), status == 201, sup);
+        }
     }
     // Nobody signed in: every endpoint is 401.
     for (method, path) in [
@@ -665,6 +701,12 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
         ("POST", "/v1/sync".to_string()),
         ("POST", "/v1/token".to_string()),
         ("POST", "/v1/logout".to_string()),
+        ("GET", "/api/v1/grids/g1/households".to_string()),
+        ("POST", format!("/api/v1/households/{inside}/reviews")),
+        (
+            "POST",
+            format!("/api/v1/households/{inside}/conflicts/resolve"),
+        ),
     ] {
         let (status, body) = http(method, &format!("{}{path}", server.url), None, None);
         check(
@@ -684,7 +726,7 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
     // Every household read was audited, allowed or not, without personal data.
     let log = server.access().audit_log(0, 10_000).unwrap();
     let reads = log.iter().filter(|e| e.action == "household_read").count();
-    assert_eq!(reads, 6 * 4);
+    assert_eq!(reads, 6 * (4 + 2), "4 reads per role, and 2 by the creator for the heads");
     assert!(
         log.iter()
             .any(|e| e.action == "household_read" && e.outcome == "denied")

@@ -241,3 +241,120 @@ fn a_sign_off_pins_a_version_and_a_returned_visit_is_a_task_on_the_phone_until_f
     let log = server.access().audit_log(0, 1000).unwrap();
     assert_eq!(log.iter().filter(|e| e.action == "review").count(), 2);
 }
+
+#[test]
+fn a_supervisor_resolves_a_conflict_and_searches_a_grid_and_the_phones_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let mut a = server.phone(&dir.path().join("a.db"), &["g1"]);
+    let mut b = server.phone(&dir.path().join("b.db"), &["g1"]);
+    let mut h = Household::new(HouseholdId::new(), GridId::new("g1"), "东村三组", "17");
+    let m = MemberId::new();
+    h.members.insert(
+        m,
+        Member {
+            id: m,
+            relation: Relation::Head,
+            name: "王建国".into(),
+            id_number: None,
+            birth_date: None,
+            phone: None,
+            tags: vec![],
+        },
+    );
+    let id = a.store.create_household(&h).unwrap();
+    a.store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "西头",
+            "2",
+        ))
+        .unwrap();
+    a.sync().unwrap();
+    b.sync().unwrap();
+    a.store
+        .edit_household(id, |h| {
+            h.door_number = "17A".into();
+            Ok(())
+        })
+        .unwrap();
+    b.store
+        .edit_household(id, |h| {
+            h.door_number = "17-1".into();
+            Ok(())
+        })
+        .unwrap();
+    a.sync().unwrap();
+    b.sync().unwrap();
+
+    let boss = supervisor(&server, "s-town", "t", Role::TownSupervisor);
+    // Search the grid: by a member's name, by door number; nothing for a stranger's name.
+    let list = |q: &str| {
+        let (status, rows) = call(
+            "GET",
+            &format!("{}/api/v1/grids/g1/households?q={q}", server.url),
+            &boss,
+            None,
+        );
+        assert_eq!(status, 200);
+        rows.as_array().unwrap().len()
+    };
+    assert_eq!(list(""), 2);
+    assert_eq!(list("%E7%8E%8B%E5%BB%BA%E5%9B%BD"), 1, "by name 王建国");
+    assert_eq!(list("17"), 1);
+    assert_eq!(list("nobody"), 0);
+    let (status, _) = call(
+        "GET",
+        &format!("{}/api/v1/grids/g9/households", server.url),
+        &boss,
+        None,
+    );
+    assert_eq!(status, 404, "a grid outside the scope looks missing");
+
+    // The conflict, side by side with author and time; the supervisor picks b's value.
+    let url = format!("{}/api/v1/households/{id}", server.url);
+    let (_, view) = call("GET", &url, &boss, None);
+    let conflict = &view["conflicts"][0];
+    assert_eq!(conflict["path"], serde_json::json!(["door_number"]));
+    let pick = conflict["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["value"] == "17-1")
+        .unwrap();
+    assert_eq!(pick["device"], b.author.device.to_string());
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/conflicts/resolve"),
+        &boss,
+        Some(serde_json::json!({"path": ["door_number"], "op": pick["op"]})),
+    );
+    assert_eq!(status, 204);
+    let (_, view) = call("GET", &url, &boss, None);
+    assert_eq!(view["conflicts"], serde_json::json!([]));
+    // The supervisor's change reaches both phones.
+    for p in [&mut a, &mut b] {
+        p.sync().unwrap();
+        assert_eq!(p.store.household(id).unwrap().door_number, "17-1");
+        assert!(p.store.conflicts(id).unwrap().is_empty());
+    }
+    // A worker's session cannot resolve; a bad value is refused and nothing changes.
+    let worker_session = supervisor(&server, "w-session", "g1", Role::GridWorker);
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/conflicts/resolve"),
+        &worker_session,
+        Some(serde_json::json!({"path": ["door_number"], "value": "x"})),
+    );
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/conflicts/resolve"),
+        &boss,
+        Some(serde_json::json!({"path": ["status"], "value": 42})),
+    );
+    assert_eq!(status, 400);
+    let (_, view) = call("GET", &url, &boss, None);
+    assert_eq!(view["status"], "Active");
+}

@@ -73,6 +73,24 @@ pub struct HouseholdView {
     pub reviews: Vec<ReviewView>,
     /// Visits returned for a fix and not fixed yet.
     pub open_tasks: Vec<String>,
+    /// Fields holding concurrent values, each value with who wrote it, from which device,
+    /// when, and the `op` that picks it in `conflicts/resolve`.
+    pub conflicts: Vec<ConflictView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConflictView {
+    pub path: Vec<String>,
+    pub values: Vec<ConflictValue>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConflictValue {
+    pub value: serde_json::Value,
+    pub op: String,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub at_ms: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,6 +181,24 @@ pub async fn household(
                 state: review_state(&mut doc, r),
             })
             .collect();
+        let conflicts = qiaomen_protocol::conflicts::conflicts(&mut doc)
+            .ok()?
+            .into_iter()
+            .map(|c| ConflictView {
+                path: c.path,
+                values: c
+                    .values
+                    .into_iter()
+                    .map(|v| ConflictValue {
+                        value: v.value,
+                        op: v.op,
+                        user: v.author.map(|a| a.user.to_string()),
+                        device: v.author.map(|a| a.device.to_string()),
+                        at_ms: v.at_ms,
+                    })
+                    .collect(),
+            })
+            .collect();
         let open_tasks = open_tasks(&mut doc)
             .ok()?
             .into_iter()
@@ -190,6 +226,7 @@ pub async fn household(
             heads: heads_hex(&mut doc),
             reviews,
             open_tasks,
+            conflicts,
             provenance: qiaomen_protocol::conflicts::field_origins(&mut doc)
                 .ok()?
                 .into_iter()
@@ -322,6 +359,62 @@ pub async fn review(
     if req.comment.chars().count() > 2000 {
         return Err(bad("the comment has more than 2000 characters"));
     }
+    let heads = req.heads;
+    let (comment, decision) = (req.comment, req.decision);
+    let review_id = ReviewId::new();
+    supervisor_change(&state, &caller, id, "review", move |doc, author| {
+        let household = doc.household().map_err(|_| ApiError::Internal)?;
+        if !household.visits.contains_key(&visit) {
+            return Err(ApiError::NotFound {
+                code: "not_found",
+                message: "no such visit in this household".into(),
+            });
+        }
+        let known = !heads.is_empty()
+            && heads.iter().all(|h| {
+                h.parse::<qiaomen_protocol::ChangeHash>()
+                    .is_ok_and(|h| doc.has_change(&h))
+            });
+        if !known {
+            return Err(ApiError::Conflict {
+                code: "unknown_version",
+                message: "heads must name a version of this household the server has".into(),
+            });
+        }
+        let review = Review {
+            id: review_id,
+            visit,
+            decision,
+            comment,
+            reviewer: author.user,
+            device: author.device,
+            at_ms: now_ms(),
+            heads,
+        };
+        doc.add_review(author, now_ms(), &review)
+            .map_err(|_| ApiError::Internal)
+    })
+    .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(ReviewCreated {
+            review_id: review_id.to_string(),
+        }),
+    ))
+}
+
+/// Makes one change to a household as the caller's web device, if the caller supervises the
+/// household's grid, and stores it through the writer with the same checks as a phone's
+/// upload; audits it as `action`.
+async fn supervisor_change(
+    state: &AppState,
+    caller: &Caller,
+    id: HouseholdId,
+    action: &'static str,
+    build: impl FnOnce(&mut HouseholdDoc, &Author) -> Result<qiaomen_protocol::ChangeHash, ApiError>
+    + Send
+    + 'static,
+) -> Result<(), ApiError> {
     let user = caller.user();
     let (scope, device) = state
         .access(move |db| Ok((db.scope(user, now_ms())?, db.web_device(user)?)))
@@ -337,50 +430,18 @@ pub async fn review(
     if !scope.supervises(&grid, now_ms()) {
         return Err(ApiError::Forbidden {
             code: "forbidden",
-            message: "only a supervisor of this grid may review its visits".into(),
+            message: "only a supervisor of this grid may do this".into(),
         });
     }
     let author = Author { user, device };
-    let built = tokio::task::spawn_blocking(move || -> Result<(ReviewId, Vec<u8>), ApiError> {
+    let change = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         let mut doc = HouseholdDoc::load(&bytes).map_err(|_| ApiError::Internal)?;
-        let household = doc.household().map_err(|_| ApiError::Internal)?;
-        if !household.visits.contains_key(&visit) {
-            return Err(ApiError::NotFound {
-                code: "not_found",
-                message: "no such visit in this household".into(),
-            });
-        }
-        let known = !req.heads.is_empty()
-            && req.heads.iter().all(|h| {
-                h.parse::<qiaomen_protocol::ChangeHash>()
-                    .is_ok_and(|h| doc.has_change(&h))
-            });
-        if !known {
-            return Err(ApiError::Conflict {
-                code: "unknown_version",
-                message: "heads must name a version of this household the server has".into(),
-            });
-        }
-        let review = Review {
-            id: ReviewId::new(),
-            visit,
-            decision: req.decision,
-            comment: req.comment,
-            reviewer: author.user,
-            device: author.device,
-            at_ms: now_ms(),
-            heads: req.heads,
-        };
         doc.set_actor(actor_for(author.device));
-        let hash = doc
-            .add_review(&author, now_ms(), &review)
-            .map_err(|_| ApiError::Internal)?;
-        let bytes = doc.change_bytes(&hash).ok_or(ApiError::Internal)?;
-        Ok((review.id, bytes))
+        let hash = build(&mut doc, &author)?;
+        doc.change_bytes(&hash).ok_or(ApiError::Internal)
     })
     .await
     .map_err(|_| ApiError::Internal)??;
-    let (review_id, change) = built;
     let principal = std::sync::Arc::new(crate::access::policy::Principal {
         user,
         device,
@@ -400,7 +461,7 @@ pub async fn review(
     if let Some(r) = outcome.rejected.first() {
         return Err(ApiError::Forbidden {
             code: "refused",
-            message: format!("the review was refused: {:?}", r.code),
+            message: format!("the change was refused: {:?}", r.code),
         });
     }
     let target = id.to_string();
@@ -409,16 +470,149 @@ pub async fn review(
             db.audit(Event {
                 user: Some(&user.to_string()),
                 device: Some(&device.to_string()),
-                action: "review",
+                action,
                 target: Some(&target),
                 outcome: "ok",
             })
         })
         .await?;
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(ReviewCreated {
-            review_id: review_id.to_string(),
-        }),
-    ))
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResolveRequest {
+    /// The conflicting field (a `conflicts[].path` of the household view).
+    pub path: Vec<String>,
+    /// Keep the value written by this operation (a `conflicts[].values[].op`) ...
+    pub op: Option<String>,
+    /// ... or write this value instead.
+    pub value: Option<serde_json::Value>,
+}
+
+/// `POST /api/v1/households/{id}/conflicts/resolve`: a supervisor settles a concurrent
+/// edit by picking one of the values or writing another; the result is a change of theirs
+/// that syncs to the phones.
+pub async fn resolve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(req): Json<ResolveRequest>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let Ok(id) = id.parse::<HouseholdId>() else {
+        return Err(not_found());
+    };
+    let resolution = match (req.op, req.value) {
+        (Some(op), None) => qiaomen_protocol::conflicts::Resolution::Choose(op),
+        (None, Some(v)) => qiaomen_protocol::conflicts::Resolution::Set(v),
+        _ => {
+            return Err(ApiError::BadRequest {
+                code: "invalid",
+                message: "give exactly one of op and value".into(),
+            });
+        }
+    };
+    let path = req.path;
+    supervisor_change(
+        &state,
+        &caller,
+        id,
+        "resolve_conflict",
+        move |doc, author| {
+            qiaomen_protocol::conflicts::resolve(doc, author, now_ms(), &path, resolution).map_err(
+                |e| match e {
+                    qiaomen_protocol::DocError::NotFound { .. } => ApiError::NotFound {
+                        code: "not_found",
+                        message: "no such field or value".into(),
+                    },
+                    _ => ApiError::BadRequest {
+                        code: "invalid",
+                        message: "the value does not fit the record".into(),
+                    },
+                },
+            )
+        },
+    )
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// A household in a grid's list.
+#[derive(Debug, Serialize)]
+pub struct HouseholdRow {
+    pub id: String,
+    pub door_number: String,
+    pub address: String,
+    pub status: String,
+    pub key_groups: Vec<String>,
+    pub members: usize,
+    pub visits: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Matches the door number, the address, a member's name or a key group.
+    pub q: Option<String>,
+}
+
+/// `GET /api/v1/grids/{grid}/households?q=`: the households of a grid the caller may read,
+/// by door number; `q` searches door number, address, members' names and key groups.
+pub async fn grid_households(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(grid): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<HouseholdRow>>, ApiError> {
+    let user = caller.user();
+    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    if !scope.may_read(&grid) {
+        return Err(ApiError::NotFound {
+            code: "not_found",
+            message: "no such grid".into(),
+        });
+    }
+    let g = grid.clone();
+    let docs = state.readers.with(move |s| s.grid_docs(&g)).await?;
+    let needle = q.q.unwrap_or_default().trim().to_lowercase();
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut rows: Vec<HouseholdRow> = docs
+            .into_iter()
+            .filter_map(|(_, bytes)| {
+                let h = HouseholdDoc::load(&bytes).ok()?.household().ok()?;
+                let groups: Vec<String> = h.tags.iter().map(|t| format!("{:?}", t.group)).collect();
+                let hit = needle.is_empty()
+                    || h.door_number.to_lowercase().contains(&needle)
+                    || h.address.to_lowercase().contains(&needle)
+                    || h.members
+                        .values()
+                        .any(|m| m.name.to_lowercase().contains(&needle))
+                    || groups.iter().any(|g| g.to_lowercase().contains(&needle));
+                hit.then(|| HouseholdRow {
+                    id: h.id.to_string(),
+                    door_number: h.door_number.clone(),
+                    address: h.address.clone(),
+                    status: format!("{:?}", h.status),
+                    key_groups: groups,
+                    members: h.members.len(),
+                    visits: h.visits.len(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.door_number.cmp(&b.door_number).then(a.id.cmp(&b.id)));
+        rows
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?;
+    let target = grid;
+    state
+        .access(move |db| {
+            db.audit(Event {
+                user: Some(&user.to_string()),
+                device: None,
+                action: "grid_list",
+                target: Some(&target),
+                outcome: "ok",
+            })
+        })
+        .await?;
+    Ok(Json(rows))
 }

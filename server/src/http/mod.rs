@@ -221,6 +221,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me", get(api::me))
         .route("/api/v1/households/{id}", get(api::household))
         .route("/api/v1/households/{id}/reviews", post(api::review))
+        .route(
+            "/api/v1/households/{id}/conflicts/resolve",
+            post(api::resolve),
+        )
+        .route("/api/v1/grids/{grid}/households", get(api::grid_households))
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/devices/{id}/revoke", post(api::revoke))
         .route("/api/v1/audit", get(api::audit))
