@@ -726,7 +726,11 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
     // Every household read was audited, allowed or not, without personal data.
     let log = server.access().audit_log(0, 10_000).unwrap();
     let reads = log.iter().filter(|e| e.action == "household_read").count();
-    assert_eq!(reads, 6 * (4 + 2), "4 reads per role, and 2 by the creator for the heads");
+    assert_eq!(
+        reads,
+        6 * (4 + 2),
+        "4 reads per role, and 2 by the creator for the heads"
+    );
     assert!(
         log.iter()
             .any(|e| e.action == "household_read" && e.outcome == "denied")

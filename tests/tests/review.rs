@@ -357,4 +357,55 @@ fn a_supervisor_resolves_a_conflict_and_searches_a_grid_and_the_phones_follow() 
     assert_eq!(status, 400);
     let (_, view) = call("GET", &url, &boss, None);
     assert_eq!(view["status"], "Active");
+
+    // Exports of the grid's list: CSV with a byte-order mark and quoted cells, and XLSX; both
+    // carry the Chinese text, and both are audited.
+    let export = |format: &str| {
+        block_on(async {
+            let resp = reqwest::Client::new()
+                .get(format!(
+                    "{}/api/v1/grids/g1/export?format={format}",
+                    server.url
+                ))
+                .bearer_auth(&boss)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            resp.bytes().await.unwrap().to_vec()
+        })
+    };
+    let csv = String::from_utf8(export("csv")).unwrap();
+    assert!(csv.starts_with('\u{feff}'));
+    let lines: Vec<&str> = csv.trim_start_matches('\u{feff}').lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two households");
+    assert!(lines[0].starts_with("\"户编号\",\"门牌号\",\"地址\""));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"17-1\"") && l.contains("\"东村三组\""))
+    );
+    let xlsx = export("xlsx");
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(xlsx)).unwrap();
+    let mut strings = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("xl/sharedStrings.xml").unwrap(),
+        &mut strings,
+    )
+    .unwrap();
+    assert!(strings.contains("门牌号") && strings.contains("东村三组") && strings.contains("17-1"));
+    let (status, _) = call(
+        "GET",
+        &format!("{}/api/v1/grids/g1/export?format=pdf", server.url),
+        &boss,
+        None,
+    );
+    assert_eq!(status, 400);
+    let log = server.access().audit_log(0, 1000).unwrap();
+    let exports: Vec<_> = log
+        .iter()
+        .filter(|e| e.action == "export")
+        .map(|e| e.target.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(exports, vec!["g1.csv", "g1.xlsx"]);
 }

@@ -536,6 +536,35 @@ pub async fn resolve(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
+/// The households among `docs` that `needle` (lower-case; empty: all) matches by door
+/// number, address, a member's name or a key group, by door number.
+fn matching_households(
+    docs: Vec<(HouseholdId, Vec<u8>)>,
+    needle: &str,
+) -> Vec<qiaomen_protocol::schema::Household> {
+    let mut found: Vec<_> = docs
+        .into_iter()
+        .filter_map(|(_, bytes)| HouseholdDoc::load(&bytes).ok()?.household().ok())
+        .filter(|h| {
+            needle.is_empty()
+                || h.door_number.to_lowercase().contains(needle)
+                || h.address.to_lowercase().contains(needle)
+                || h.members
+                    .values()
+                    .any(|m| m.name.to_lowercase().contains(needle))
+                || key_groups(h)
+                    .iter()
+                    .any(|g| g.to_lowercase().contains(needle))
+        })
+        .collect();
+    found.sort_by(|a, b| a.door_number.cmp(&b.door_number).then(a.id.cmp(&b.id)));
+    found
+}
+
+fn key_groups(h: &qiaomen_protocol::schema::Household) -> Vec<String> {
+    h.tags.iter().map(|t| format!("{:?}", t.group)).collect()
+}
+
 /// A household in a grid's list.
 #[derive(Debug, Serialize)]
 pub struct HouseholdRow {
@@ -574,31 +603,18 @@ pub async fn grid_households(
     let docs = state.readers.with(move |s| s.grid_docs(&g)).await?;
     let needle = q.q.unwrap_or_default().trim().to_lowercase();
     let rows = tokio::task::spawn_blocking(move || {
-        let mut rows: Vec<HouseholdRow> = docs
+        matching_households(docs, &needle)
             .into_iter()
-            .filter_map(|(_, bytes)| {
-                let h = HouseholdDoc::load(&bytes).ok()?.household().ok()?;
-                let groups: Vec<String> = h.tags.iter().map(|t| format!("{:?}", t.group)).collect();
-                let hit = needle.is_empty()
-                    || h.door_number.to_lowercase().contains(&needle)
-                    || h.address.to_lowercase().contains(&needle)
-                    || h.members
-                        .values()
-                        .any(|m| m.name.to_lowercase().contains(&needle))
-                    || groups.iter().any(|g| g.to_lowercase().contains(&needle));
-                hit.then(|| HouseholdRow {
-                    id: h.id.to_string(),
-                    door_number: h.door_number.clone(),
-                    address: h.address.clone(),
-                    status: format!("{:?}", h.status),
-                    key_groups: groups,
-                    members: h.members.len(),
-                    visits: h.visits.len(),
-                })
+            .map(|h| HouseholdRow {
+                id: h.id.to_string(),
+                key_groups: key_groups(&h),
+                door_number: h.door_number,
+                address: h.address,
+                status: format!("{:?}", h.status),
+                members: h.members.len(),
+                visits: h.visits.len(),
             })
-            .collect();
-        rows.sort_by(|a, b| a.door_number.cmp(&b.door_number).then(a.id.cmp(&b.id)));
-        rows
+            .collect::<Vec<_>>()
     })
     .await
     .map_err(|_| ApiError::Internal)?;
@@ -615,4 +631,145 @@ pub async fn grid_households(
         })
         .await?;
     Ok(Json(rows))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExportQuery {
+    /// `csv` (UTF-8 with a byte-order mark, so spreadsheets read the Chinese text) or `xlsx`.
+    pub format: String,
+    pub q: Option<String>,
+}
+
+const EXPORT_HEADER: [&str; 8] = [
+    "户编号",
+    "门牌号",
+    "地址",
+    "状态",
+    "重点人群",
+    "成员数",
+    "走访次数",
+    "最近走访日",
+];
+
+/// `GET /api/v1/grids/{grid}/export?format=csv|xlsx&q=`: the grid's household list (the
+/// current view, `q` as in the list) as a spreadsheet; audited as an export.
+pub async fn grid_export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(grid): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    if q.format != "csv" && q.format != "xlsx" {
+        return Err(ApiError::BadRequest {
+            code: "invalid",
+            message: "format is csv or xlsx".into(),
+        });
+    }
+    let user = caller.user();
+    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    if !scope.may_read(&grid) {
+        return Err(ApiError::NotFound {
+            code: "not_found",
+            message: "no such grid".into(),
+        });
+    }
+    let g = grid.clone();
+    let docs = state.readers.with(move |s| s.grid_docs(&g)).await?;
+    let needle = q.q.unwrap_or_default().trim().to_lowercase();
+    let format = q.format.clone();
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+        let rows: Vec<[String; 8]> = matching_households(docs, &needle)
+            .into_iter()
+            .map(|h| {
+                [
+                    h.id.to_string(),
+                    h.door_number.clone(),
+                    h.address.clone(),
+                    format!("{:?}", h.status),
+                    key_groups(&h).join(" "),
+                    h.members.len().to_string(),
+                    h.visits.len().to_string(),
+                    h.visits
+                        .values()
+                        .map(|v| v.visit_day.to_string())
+                        .max()
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        if format == "csv" {
+            let mut out = "\u{feff}".to_string();
+            for row in std::iter::once(EXPORT_HEADER.map(String::from)).chain(rows) {
+                let cells: Vec<String> = row
+                    .iter()
+                    .map(|c| {
+                        // Quote every cell; a leading =,+,-,@ would be a formula in a spreadsheet.
+                        let c = if c.starts_with(['=', '+', '-', '@']) {
+                            format!("'{c}")
+                        } else {
+                            c.clone()
+                        };
+                        format!("\"{}\"", c.replace('"', "\"\""))
+                    })
+                    .collect();
+                out.push_str(&cells.join(","));
+                out.push_str("\r\n");
+            }
+            Ok(out.into_bytes())
+        } else {
+            let mut book = rust_xlsxwriter::Workbook::new();
+            let sheet = book.add_worksheet();
+            let xl = |_| ApiError::Internal;
+            for (c, h) in EXPORT_HEADER.iter().enumerate() {
+                sheet.write_string(0, c as u16, *h).map_err(xl)?;
+            }
+            for (r, row) in rows.iter().enumerate() {
+                for (c, cell) in row.iter().enumerate() {
+                    sheet
+                        .write_string(r as u32 + 1, c as u16, cell.as_str())
+                        .map_err(xl)?;
+                }
+            }
+            book.save_to_buffer().map_err(xl)
+        }
+    })
+    .await
+    .map_err(|_| ApiError::Internal)??;
+    let target = format!("{grid}.{}", q.format);
+    state
+        .access(move |db| {
+            db.audit(Event {
+                user: Some(&user.to_string()),
+                device: None,
+                action: "export",
+                target: Some(&target),
+                outcome: "ok",
+            })
+        })
+        .await?;
+    let (ct, ext) = if q.format == "csv" {
+        ("text/csv; charset=utf-8", "csv")
+    } else {
+        (
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "xlsx",
+        )
+    };
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, ct.to_string()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"households-{}.{ext}\"",
+                    grid.chars()
+                        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                        .collect::<String>()
+                ),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }

@@ -226,6 +226,7 @@ pub fn router(state: AppState) -> Router {
             post(api::resolve),
         )
         .route("/api/v1/grids/{grid}/households", get(api::grid_households))
+        .route("/api/v1/grids/{grid}/export", get(api::grid_export))
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/devices/{id}/revoke", post(api::revoke))
         .route("/api/v1/audit", get(api::audit))
