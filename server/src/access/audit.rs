@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{AccessDb, Result, now_ms};
 
 /// One audited event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: i64,
     pub at_ms: i64,

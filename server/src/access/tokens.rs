@@ -121,7 +121,7 @@ impl EnrollRefusal {
 }
 
 /// A device as listed for an admin.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DeviceRow {
     pub device: String,
     pub login: String,

@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
 };
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, actor_for},
@@ -15,22 +15,25 @@ use qiaomen_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, auth::Caller, auth::SessionAuth};
+use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, auth::Caller, auth::SessionAuth};
 use crate::{
     access::{Role, audit::Event, now_ms},
     storage::Storage,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Me {
     pub user_id: String,
     pub device_id: Option<String>,
+    #[schema(value_type = Vec<String>)]
     pub roles: Vec<Role>,
     /// Grids whose households the caller may read.
     pub grids: Vec<String>,
 }
 
 /// `GET /v1/me`: who the caller is and what they may read.
+#[utoipa::path(get, path = "/v1/me", tag = "session", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
     let user = caller.user();
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;
@@ -45,7 +48,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VisitSummary {
     pub id: String,
     pub visit_day: String,
@@ -55,7 +58,7 @@ pub struct VisitSummary {
 }
 
 /// A household as a supervisor reads it (the pages of the review issue build on this).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HouseholdView {
     pub id: String,
     pub grid: String,
@@ -78,14 +81,15 @@ pub struct HouseholdView {
     pub conflicts: Vec<ConflictView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConflictView {
     pub path: Vec<String>,
     pub values: Vec<ConflictValue>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConflictValue {
+    #[schema(value_type = Object)]
     pub value: serde_json::Value,
     pub op: String,
     pub user: Option<String>,
@@ -93,26 +97,28 @@ pub struct ConflictValue {
     pub at_ms: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReviewView {
     pub id: String,
     pub visit: String,
+    #[schema(value_type = String, example = "Approved")]
     pub decision: ReviewDecision,
     pub comment: String,
     pub reviewer: String,
     pub at_ms: i64,
     pub heads: Vec<String>,
+    #[schema(value_type = String, example = "current")]
     pub state: ReviewState,
 }
 
 /// Who wrote a field's current value(s).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldProvenance {
     pub path: Vec<String>,
     pub writers: Vec<Writer>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Writer {
     pub user: Option<String>,
     pub device: Option<String>,
@@ -127,6 +133,9 @@ fn not_found() -> ApiError {
 }
 
 /// `GET /api/v1/households/{id}`: the merged record, for a caller whose scope holds its grid.
+#[utoipa::path(get, path = "/api/v1/households/{id}", tag = "households", security(("bearer" = [])),
+    params(("id" = String, Path, description = "household id")),
+    responses((status = 200, body = HouseholdView), (status = 404, description = "missing or outside the caller's scope", body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn household(
     State(state): State<AppState>,
     caller: Caller,
@@ -265,6 +274,8 @@ async fn require_admin(state: &AppState, session: &SessionAuth) -> Result<(), Ap
 }
 
 /// `GET /api/v1/devices` (admin): every enrolled device.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = Vec<crate::access::tokens::DeviceRow>), (status = 403, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn devices(
     State(state): State<AppState>,
     session: SessionAuth,
@@ -274,6 +285,9 @@ pub async fn devices(
 }
 
 /// `POST /api/v1/devices/{id}/revoke` (admin).
+#[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 204, description = "revoked"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn revoke(
     State(state): State<AppState>,
     session: SessionAuth,
@@ -300,7 +314,8 @@ pub async fn revoke(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     #[serde(default)]
     pub after: i64,
@@ -308,10 +323,12 @@ pub struct AuditQuery {
 }
 
 /// `GET /api/v1/audit?after=&limit=` (admin): the audit log, oldest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "admin", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, body = Vec<crate::access::audit::AuditEntry>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
     session: SessionAuth,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<crate::access::audit::AuditEntry>>, ApiError> {
     require_admin(&state, &session).await?;
     let limit = q.limit.unwrap_or(100).min(1000);
@@ -320,9 +337,11 @@ pub async fn audit(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ReviewRequest {
     pub visit_id: String,
+    /// `Approved` or `Returned`.
+    #[schema(value_type = String, example = "Returned")]
     pub decision: ReviewDecision,
     #[serde(default)]
     pub comment: String,
@@ -330,7 +349,7 @@ pub struct ReviewRequest {
     pub heads: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReviewCreated {
     pub review_id: String,
 }
@@ -339,11 +358,15 @@ pub struct ReviewCreated {
 /// visit or returns it for a fix, pinned to the version they saw. The review becomes a change
 /// of the supervisor's web device, checked and stored like a phone's, and reaches the
 /// worker's phone on its next sync.
+#[utoipa::path(post, path = "/api/v1/households/{id}/reviews", tag = "households", security(("bearer" = [])),
+    params(("id" = String, Path, description = "household id")), request_body = ReviewRequest,
+    responses((status = 201, body = ReviewCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, description = "unknown version", body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn review(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Json(req): Json<ReviewRequest>,
+    ApiJson(req): ApiJson<ReviewRequest>,
 ) -> Result<(axum::http::StatusCode, Json<ReviewCreated>), ApiError> {
     let Ok(id) = id.parse::<HouseholdId>() else {
         return Err(not_found());
@@ -479,24 +502,29 @@ async fn supervisor_change(
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ResolveRequest {
     /// The conflicting field (a `conflicts[].path` of the household view).
     pub path: Vec<String>,
     /// Keep the value written by this operation (a `conflicts[].values[].op`) ...
     pub op: Option<String>,
     /// ... or write this value instead.
+    #[schema(value_type = Option<Object>)]
     pub value: Option<serde_json::Value>,
 }
 
 /// `POST /api/v1/households/{id}/conflicts/resolve`: a supervisor settles a concurrent
 /// edit by picking one of the values or writing another; the result is a change of theirs
 /// that syncs to the phones.
+#[utoipa::path(post, path = "/api/v1/households/{id}/conflicts/resolve", tag = "households", security(("bearer" = [])),
+    params(("id" = String, Path, description = "household id")), request_body = ResolveRequest,
+    responses((status = 204, description = "resolved"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn resolve(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Json(req): Json<ResolveRequest>,
+    ApiJson(req): ApiJson<ResolveRequest>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     let Ok(id) = id.parse::<HouseholdId>() else {
         return Err(not_found());
@@ -566,7 +594,7 @@ fn key_groups(h: &qiaomen_protocol::schema::Household) -> Vec<String> {
 }
 
 /// A household in a grid's list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HouseholdRow {
     pub id: String,
     pub door_number: String,
@@ -577,7 +605,8 @@ pub struct HouseholdRow {
     pub visits: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Matches the door number, the address, a member's name or a key group.
     pub q: Option<String>,
@@ -585,11 +614,14 @@ pub struct ListQuery {
 
 /// `GET /api/v1/grids/{grid}/households?q=`: the households of a grid the caller may read,
 /// by door number; `q` searches door number, address, members' names and key groups.
+#[utoipa::path(get, path = "/api/v1/grids/{grid}/households", tag = "grids", security(("bearer" = [])),
+    params(("grid" = String, Path, description = "grid code"), ListQuery),
+    responses((status = 200, body = Vec<HouseholdRow>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn grid_households(
     State(state): State<AppState>,
     caller: Caller,
     Path(grid): Path<String>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<HouseholdRow>>, ApiError> {
     let user = caller.user();
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;
@@ -633,7 +665,8 @@ pub async fn grid_households(
     Ok(Json(rows))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `csv` (UTF-8 with a byte-order mark, so spreadsheets read the Chinese text) or `xlsx`.
     pub format: String,
@@ -653,11 +686,14 @@ const EXPORT_HEADER: [&str; 8] = [
 
 /// `GET /api/v1/grids/{grid}/export?format=csv|xlsx&q=`: the grid's household list (the
 /// current view, `q` as in the list) as a spreadsheet; audited as an export.
+#[utoipa::path(get, path = "/api/v1/grids/{grid}/export", tag = "grids", security(("bearer" = [])),
+    params(("grid" = String, Path, description = "grid code"), ExportQuery),
+    responses((status = 200, description = "CSV or XLSX file", content_type = "text/csv"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn grid_export(
     State(state): State<AppState>,
     caller: Caller,
     Path(grid): Path<String>,
-    Query(q): Query<ExportQuery>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     if q.format != "csv" && q.format != "xlsx" {

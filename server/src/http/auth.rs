@@ -21,7 +21,7 @@ use axum::{
 use qiaomen_protocol::ids::{DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState};
+use super::{ApiError, ApiJson, AppState, ErrorBody};
 use crate::access::{
     audit::Event,
     tokens::{DevicePrincipal, EnrollRefusal, TokenRefusal},
@@ -163,7 +163,7 @@ impl FromRequestParts<AppState> for SessionAuth {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EnrollRequest {
     /// The one-time code an admin gave the worker (`ABCD-EFGH-JKLM`; case and dashes free).
     pub code: String,
@@ -171,9 +171,11 @@ pub struct EnrollRequest {
     pub install_id: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
+    #[schema(value_type = String)]
     pub device_id: DeviceId,
+    #[schema(value_type = String)]
     pub user_id: UserId,
     /// The device token: `Authorization: Bearer <token>` on every later request.
     pub token: String,
@@ -198,10 +200,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 }
 
 /// `POST /v1/enroll`: a phone becomes an enrolled device of the code's user.
+#[utoipa::path(post, path = "/v1/enroll", tag = "session", request_body = EnrollRequest,
+    responses((status = 200, body = EnrollResponse), (status = 400, body = ErrorBody),
+              (status = 401, description = "invalid, used or expired code", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn enroll(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
-    Json(req): Json<EnrollRequest>,
+    ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let ip = ip.to_string();
     if req.install_id.is_empty() || req.install_id.len() > 64 || req.code.len() > 64 {
@@ -257,12 +262,14 @@ pub async fn enroll(
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub token: String,
 }
 
 /// `POST /v1/token`: rotates the device token in `Authorization`.
+#[utoipa::path(post, path = "/v1/token", tag = "session", security(("bearer" = [])),
+    responses((status = 200, body = TokenResponse), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn rotate(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -278,14 +285,15 @@ pub async fn rotate(
     Ok(Json(TokenResponse { token: next }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     pub login: String,
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LoginResponse {
+    #[schema(value_type = String)]
     pub user_id: UserId,
     /// The session token: `Authorization: Bearer <token>` or the `qiaomen_session` cookie.
     pub token: String,
@@ -293,10 +301,13 @@ pub struct LoginResponse {
 }
 
 /// `POST /v1/login`: a supervisor signs in with a password.
+#[utoipa::path(post, path = "/v1/login", tag = "session", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 400, body = ErrorBody),
+              (status = 401, description = "wrong login or password", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
-    Json(req): Json<LoginRequest>,
+    ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<([(header::HeaderName, String); 1], Json<LoginResponse>), ApiError> {
     let ip = ip.to_string();
     if req.login.len() > 64 || req.password.len() > 1024 {
@@ -346,6 +357,8 @@ pub async fn login(
 }
 
 /// `POST /v1/logout`: ends the session.
+#[utoipa::path(post, path = "/v1/logout", tag = "session", security(("bearer" = [])),
+    responses((status = 204, description = "signed out"), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
     session: SessionAuth,

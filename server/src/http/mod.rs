@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod openapi;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -137,14 +138,17 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
     error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code to act on (`unauthenticated`, `not_found`, `forbidden`, ...).
     code: &'static str,
+    /// For people; never personal data.
     message: String,
 }
 
@@ -209,6 +213,48 @@ impl From<WireError> for ApiError {
     }
 }
 
+/// A JSON body; a body that is not JSON of the expected shape is a typed `400 malformed`
+/// (axum's own answer is plain text), without echoing the input.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| ApiJson(v))
+            .map_err(|_| ApiError::BadRequest {
+                code: "malformed",
+                message:
+                    "the body must be JSON (content-type application/json) of the documented shape"
+                        .into(),
+            })
+    }
+}
+
+/// Query parameters, with the same typed `400 malformed` when they do not parse.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| ApiQuery(v))
+            .map_err(|_| ApiError::BadRequest {
+                code: "malformed",
+                message: "the query parameters are not the documented ones".into(),
+            })
+    }
+}
+
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -230,6 +276,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/devices/{id}/revoke", post(api::revoke))
         .route("/api/v1/audit", get(api::audit))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -1,0 +1,59 @@
+//! The OpenAPI document of the JSON API, generated from the handlers' annotations (utoipa)
+//! and served at `GET /api/v1/openapi.json`. `POST /v1/sync` is not in it: its body is the
+//! binary protocol of `proto-docs/SYNC-v1.md`.
+
+use axum::Json;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use super::{api, auth};
+
+/// The document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Qiaomen API", description = "Supervisors' and phones' JSON API (zh-CN data)."),
+    paths(
+        api::me,
+        api::household,
+        api::review,
+        api::resolve,
+        api::grid_households,
+        api::grid_export,
+        api::devices,
+        api::revoke,
+        api::audit,
+        auth::enroll,
+        auth::rotate,
+        auth::login,
+        auth::logout,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A device token (qm_d_…) or a supervisor's session (qm_s_…)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `GET /api/v1/openapi.json`.
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
