@@ -339,14 +339,34 @@ pub async fn audit(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ReviewRequest {
+    #[schema(
+        pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        example = "0192f4a0-7c3e-7d2a-9b1e-5a6c8d0e1f20"
+    )]
     pub visit_id: String,
-    /// `Approved` or `Returned`.
-    #[schema(value_type = String, example = "Returned")]
-    pub decision: ReviewDecision,
+    pub decision: Decision,
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub comment: String,
     /// The document version the supervisor saw (`heads` of the household view).
+    #[schema(min_items = 1, max_items = 64, pattern = "^[0-9a-f]{64}$")]
     pub heads: Vec<String>,
+}
+
+/// A supervisor's decision (the API's name for `schema::ReviewDecision`).
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+pub enum Decision {
+    Approved,
+    Returned,
+}
+
+impl From<Decision> for ReviewDecision {
+    fn from(d: Decision) -> Self {
+        match d {
+            Decision::Approved => ReviewDecision::Approved,
+            Decision::Returned => ReviewDecision::Returned,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -383,7 +403,7 @@ pub async fn review(
         return Err(bad("the comment has more than 2000 characters"));
     }
     let heads = req.heads;
-    let (comment, decision) = (req.comment, req.decision);
+    let (comment, decision) = (req.comment, ReviewDecision::from(req.decision));
     let review_id = ReviewId::new();
     supervisor_change(&state, &caller, id, "review", move |doc, author| {
         let household = doc.household().map_err(|_| ApiError::Internal)?;
@@ -502,15 +522,20 @@ async fn supervisor_change(
     Ok(())
 }
 
+/// Settle a conflicting field (a `conflicts[].path` of the household view): keep the value
+/// written by `op` (a `conflicts[].values[].op`), or write `value` instead.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct ResolveRequest {
-    /// The conflicting field (a `conflicts[].path` of the household view).
-    pub path: Vec<String>,
-    /// Keep the value written by this operation (a `conflicts[].values[].op`) ...
-    pub op: Option<String>,
-    /// ... or write this value instead.
-    #[schema(value_type = Option<Object>)]
-    pub value: Option<serde_json::Value>,
+#[serde(untagged)]
+pub enum ResolveRequest {
+    Choose {
+        path: Vec<String>,
+        op: String,
+    },
+    Set {
+        path: Vec<String>,
+        #[schema(value_type = Object)]
+        value: serde_json::Value,
+    },
 }
 
 /// `POST /api/v1/households/{id}/conflicts/resolve`: a supervisor settles a concurrent
@@ -529,17 +554,14 @@ pub async fn resolve(
     let Ok(id) = id.parse::<HouseholdId>() else {
         return Err(not_found());
     };
-    let resolution = match (req.op, req.value) {
-        (Some(op), None) => qiaomen_protocol::conflicts::Resolution::Choose(op),
-        (None, Some(v)) => qiaomen_protocol::conflicts::Resolution::Set(v),
-        _ => {
-            return Err(ApiError::BadRequest {
-                code: "invalid",
-                message: "give exactly one of op and value".into(),
-            });
+    let (path, resolution) = match req {
+        ResolveRequest::Choose { path, op } => {
+            (path, qiaomen_protocol::conflicts::Resolution::Choose(op))
+        }
+        ResolveRequest::Set { path, value } => {
+            (path, qiaomen_protocol::conflicts::Resolution::Set(value))
         }
     };
-    let path = req.path;
     supervisor_change(
         &state,
         &caller,
@@ -669,8 +691,15 @@ pub async fn grid_households(
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `csv` (UTF-8 with a byte-order mark, so spreadsheets read the Chinese text) or `xlsx`.
-    pub format: String,
+    pub format: ExportFormat,
     pub q: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Csv,
+    Xlsx,
 }
 
 const EXPORT_HEADER: [&str; 8] = [
@@ -688,7 +717,8 @@ const EXPORT_HEADER: [&str; 8] = [
 /// current view, `q` as in the list) as a spreadsheet; audited as an export.
 #[utoipa::path(get, path = "/api/v1/grids/{grid}/export", tag = "grids", security(("bearer" = [])),
     params(("grid" = String, Path, description = "grid code"), ExportQuery),
-    responses((status = 200, description = "CSV or XLSX file", content_type = "text/csv"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+    responses((status = 200, description = "the list as a CSV or XLSX file",
+        content((String = "text/csv"), (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"))), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn grid_export(
     State(state): State<AppState>,
     caller: Caller,
@@ -696,12 +726,6 @@ pub async fn grid_export(
     ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    if q.format != "csv" && q.format != "xlsx" {
-        return Err(ApiError::BadRequest {
-            code: "invalid",
-            message: "format is csv or xlsx".into(),
-        });
-    }
     let user = caller.user();
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;
     if !scope.may_read(&grid) {
@@ -713,7 +737,7 @@ pub async fn grid_export(
     let g = grid.clone();
     let docs = state.readers.with(move |s| s.grid_docs(&g)).await?;
     let needle = q.q.unwrap_or_default().trim().to_lowercase();
-    let format = q.format.clone();
+    let format = q.format;
     let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         let rows: Vec<[String; 8]> = matching_households(docs, &needle)
             .into_iter()
@@ -734,7 +758,7 @@ pub async fn grid_export(
                 ]
             })
             .collect();
-        if format == "csv" {
+        if format == ExportFormat::Csv {
             let mut out = "\u{feff}".to_string();
             for row in std::iter::once(EXPORT_HEADER.map(String::from)).chain(rows) {
                 let cells: Vec<String> = row
@@ -772,7 +796,11 @@ pub async fn grid_export(
     })
     .await
     .map_err(|_| ApiError::Internal)??;
-    let target = format!("{grid}.{}", q.format);
+    let ext = match q.format {
+        ExportFormat::Csv => "csv",
+        ExportFormat::Xlsx => "xlsx",
+    };
+    let target = format!("{grid}.{ext}");
     state
         .access(move |db| {
             db.audit(Event {
@@ -784,13 +812,9 @@ pub async fn grid_export(
             })
         })
         .await?;
-    let (ct, ext) = if q.format == "csv" {
-        ("text/csv; charset=utf-8", "csv")
-    } else {
-        (
-            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-            "xlsx",
-        )
+    let ct = match q.format {
+        ExportFormat::Csv => "text/csv; charset=utf-8",
+        ExportFormat::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     };
     Ok((
         [

@@ -166,8 +166,10 @@ impl FromRequestParts<AppState> for SessionAuth {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EnrollRequest {
     /// The one-time code an admin gave the worker (`ABCD-EFGH-JKLM`; case and dashes free).
+    #[schema(min_length = 1, max_length = 64)]
     pub code: String,
     /// A random id the phone chose and saved before its first attempt; a retry sends the same.
+    #[schema(min_length = 1, max_length = 64)]
     pub install_id: String,
 }
 
@@ -209,7 +211,8 @@ pub async fn enroll(
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let ip = ip.to_string();
-    if req.install_id.is_empty() || req.install_id.len() > 64 || req.code.len() > 64 {
+    let chars = |s: &str| s.chars().count();
+    if !(1..=64).contains(&chars(&req.install_id)) || !(1..=64).contains(&chars(&req.code)) {
         return Err(ApiError::BadRequest {
             code: "malformed",
             message: "code and install_id are required (at most 64 characters)".into(),
@@ -287,7 +290,9 @@ pub async fn rotate(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
+    #[schema(max_length = 64)]
     pub login: String,
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 
@@ -310,7 +315,7 @@ pub async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<([(header::HeaderName, String); 1], Json<LoginResponse>), ApiError> {
     let ip = ip.to_string();
-    if req.login.len() > 64 || req.password.len() > 1024 {
+    if req.login.chars().count() > 64 || req.password.chars().count() > 1024 {
         return Err(ApiError::BadRequest {
             code: "malformed",
             message: "login or password too long".into(),

@@ -29,6 +29,7 @@ use super::{api, auth};
         auth::login,
         auth::logout,
     ),
+    components(schemas(api::ExportFormat)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
