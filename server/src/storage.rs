@@ -94,6 +94,8 @@ pub trait Storage: Send + 'static {
     /// Documents that moved into one of `grids` after `cursor`, up to the log's end `until`.
     fn moved_into(&mut self, cursor: u64, until: u64, grids: &[String])
     -> Result<Vec<HouseholdId>>;
+    /// How many households each grid holds.
+    fn grid_counts(&mut self) -> Result<Vec<(String, u64)>>;
     /// The stored bytes of every document of a grid (for lists and exports).
     fn grid_docs(&mut self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>>;
     /// Every logged change of a document, oldest first, up to `until`.
@@ -460,6 +462,14 @@ impl Storage for SqliteStorage {
             }
         }
         Ok(out)
+    }
+
+    fn grid_counts(&mut self) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT grid, count(*) FROM docs GROUP BY grid")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn grid_docs(&mut self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>> {

@@ -301,6 +301,21 @@ fn a_supervisor_resolves_a_conflict_and_searches_a_grid_and_the_phones_follow() 
         rows.as_array().unwrap().len()
     };
     assert_eq!(list(""), 2);
+    // The drill-down: the town's units, parents first, with the grid's household count.
+    let (status, org) = call("GET", &format!("{}/api/v1/org", server.url), &boss, None);
+    assert_eq!(status, 200);
+    let units = org.as_array().unwrap();
+    assert_eq!(units[0]["id"], "t");
+    assert_eq!(units[1]["id"], "v");
+    let g1 = units.iter().find(|u| u["id"] == "g1").unwrap();
+    assert_eq!(
+        (g1["kind"].as_str(), g1["households"].as_u64()),
+        (Some("grid"), Some(2))
+    );
+    assert!(
+        units.iter().all(|u| u["id"] != "c"),
+        "nothing above the town"
+    );
     assert_eq!(list("%E7%8E%8B%E5%BB%BA%E5%9B%BD"), 1, "by name 王建国");
     assert_eq!(list("17"), 1);
     assert_eq!(list("nobody"), 0);
@@ -441,6 +456,7 @@ fn the_openapi_document_matches_the_served_api() {
         "GET /api/v1/grids/{grid}/export",
         "GET /api/v1/grids/{grid}/households",
         "GET /api/v1/households/{id}",
+        "GET /api/v1/org",
         "GET /v1/me",
         "POST /api/v1/devices/{id}/revoke",
         "POST /api/v1/households/{id}/conflicts/resolve",
@@ -523,4 +539,33 @@ fn the_openapi_document_matches_the_served_api() {
         (status, body["error"]["code"].as_str()),
         (400, Some("malformed"))
     );
+}
+
+#[test]
+fn failed_logins_are_audited_without_recording_what_is_not_a_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    supervisor(&server, "s-audit", "v", Role::VillageSupervisor);
+    for (login, password) in [("s-audit", "wrong password!"), ("my secret pass", "x")] {
+        let status = block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/v1/login", server.url))
+                .json(&serde_json::json!({"login": login, "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+        assert_eq!(status, 401);
+    }
+    let failed: Vec<Option<String>> = server
+        .access()
+        .audit_log(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "login" && e.outcome == "bad_credentials")
+        .map(|e| e.target)
+        .collect();
+    assert_eq!(failed, vec![Some("s-audit".to_string()), None]);
 }

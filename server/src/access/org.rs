@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::{AccessDb, AccessError, Result, now_ms};
 
 /// The kinds of org units, top to bottom.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnitKind {
     County,
@@ -164,7 +164,7 @@ impl Scope {
 pub type AssignmentRow = (String, String, String, i64, Option<i64>);
 
 /// An org unit as listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Unit {
     pub id: String,
     pub parent: Option<String>,
@@ -292,6 +292,32 @@ impl AccessDb {
             "SELECT id, parent, kind, name, valid_from, valid_until FROM org_units ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
+            Ok(Unit {
+                id: r.get(0)?,
+                parent: r.get(1)?,
+                kind: UnitKind::parse(&r.get::<_, String>(2)?).unwrap_or(UnitKind::Grid),
+                name: r.get(3)?,
+                valid_from: r.get(4)?,
+                valid_until: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The units a user may see now: every unit at or below the units of their current
+    /// assignments that grant reading records, parents before children.
+    pub fn visible_units(&self, user: UserId, at_ms: i64) -> Result<Vec<Unit>> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE sub(id, depth) AS (
+                SELECT unit, 0 FROM assignments
+                 WHERE user = ?1 AND role <> 'admin' AND valid_from_ms <= ?2
+                   AND (valid_until_ms IS NULL OR ?2 < valid_until_ms)
+                UNION SELECT o.id, sub.depth + 1 FROM org_units o JOIN sub ON o.parent = sub.id)
+             SELECT o.id, o.parent, o.kind, o.name, o.valid_from, o.valid_until, min(sub.depth)
+               FROM sub JOIN org_units o ON o.id = sub.id
+              GROUP BY o.id ORDER BY min(sub.depth), o.id",
+        )?;
+        let rows = stmt.query_map(params![user.to_string(), at_ms], |r| {
             Ok(Unit {
                 id: r.get(0)?,
                 parent: r.get(1)?,

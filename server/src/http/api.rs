@@ -833,3 +833,45 @@ pub async fn grid_export(
     )
         .into_response())
 }
+
+/// One unit of the caller's part of the org, for the drill-down town → village → grid.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrgUnit {
+    #[serde(flatten)]
+    pub unit: crate::access::org::Unit,
+    /// Households of the grid (0 for other units).
+    pub households: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/org", tag = "grids", security(("bearer" = [])),
+    responses((status = 200, body = Vec<OrgUnit>), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+/// `GET /api/v1/org`: the units the caller may see (their assignments and everything below),
+/// parents first, with each grid's household count.
+pub async fn org(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<OrgUnit>>, ApiError> {
+    let user = caller.user();
+    let units = state
+        .access(move |db| db.visible_units(user, now_ms()))
+        .await?;
+    let counts: std::collections::HashMap<String, u64> = state
+        .readers
+        .with(|s| s.grid_counts())
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Json(
+        units
+            .into_iter()
+            .map(|unit| OrgUnit {
+                households: if unit.kind == crate::access::org::UnitKind::Grid {
+                    counts.get(&unit.id).copied().unwrap_or(0)
+                } else {
+                    0
+                },
+                unit,
+            })
+            .collect(),
+    ))
+}

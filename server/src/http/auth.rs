@@ -328,11 +328,14 @@ pub async fn login(
     let result = state
         .access(move |db| {
             let r = db.login(&req.login, &req.password)?;
+            // The login name is recorded only if it is one: a password typed into the login
+            // box by mistake must not end up in the audit log.
+            let known = r.is_some() || db.user_by_login(&login).is_ok();
             db.audit(Event {
                 user: r.as_ref().map(|(u, _, _)| u.to_string()).as_deref(),
                 device: None,
                 action: "login",
-                target: Some(&login),
+                target: known.then_some(login.as_str()),
                 outcome: if r.is_some() { "ok" } else { "bad_credentials" },
             })?;
             Ok(r)

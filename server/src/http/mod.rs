@@ -271,6 +271,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/households/{id}/conflicts/resolve",
             post(api::resolve),
         )
+        .route("/api/v1/org", get(api::org))
         .route("/api/v1/grids/{grid}/households", get(api::grid_households))
         .route("/api/v1/grids/{grid}/export", get(api::grid_export))
         .route("/api/v1/devices", get(api::devices))

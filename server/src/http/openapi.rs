@@ -16,6 +16,7 @@ use super::{api, auth};
     info(title = "Qiaomen API", description = "Supervisors' and phones' JSON API (zh-CN data)."),
     paths(
         api::me,
+        api::org,
         api::household,
         api::review,
         api::resolve,
