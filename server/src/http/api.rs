@@ -141,6 +141,15 @@ pub async fn household(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<HouseholdView>, ApiError> {
+    household_view(&state, &caller, &id).await.map(Json)
+}
+
+/// The household view for `caller` (scope-checked, audited): the API's and the pages'.
+pub async fn household_view(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<HouseholdView, ApiError> {
     let Ok(id) = id.parse::<HouseholdId>() else {
         return Err(not_found());
     };
@@ -257,7 +266,7 @@ pub async fn household(
     .await
     .map_err(|_| ApiError::Internal)?
     .ok_or(ApiError::Internal)?;
-    Ok(Json(view))
+    Ok(view)
 }
 
 async fn require_admin(state: &AppState, session: &SessionAuth) -> Result<(), ApiError> {
@@ -388,6 +397,22 @@ pub async fn review(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ReviewRequest>,
 ) -> Result<(axum::http::StatusCode, Json<ReviewCreated>), ApiError> {
+    let review_id = add_review(&state, &caller, &id, req).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(ReviewCreated {
+            review_id: review_id.to_string(),
+        }),
+    ))
+}
+
+/// Stores a supervisor's review (the API's and the pages').
+pub async fn add_review(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    req: ReviewRequest,
+) -> Result<ReviewId, ApiError> {
     let Ok(id) = id.parse::<HouseholdId>() else {
         return Err(not_found());
     };
@@ -405,7 +430,7 @@ pub async fn review(
     let heads = req.heads;
     let (comment, decision) = (req.comment, ReviewDecision::from(req.decision));
     let review_id = ReviewId::new();
-    supervisor_change(&state, &caller, id, "review", move |doc, author| {
+    supervisor_change(state, caller, id, "review", move |doc, author| {
         let household = doc.household().map_err(|_| ApiError::Internal)?;
         if !household.visits.contains_key(&visit) {
             return Err(ApiError::NotFound {
@@ -438,12 +463,7 @@ pub async fn review(
             .map_err(|_| ApiError::Internal)
     })
     .await?;
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(ReviewCreated {
-            review_id: review_id.to_string(),
-        }),
-    ))
+    Ok(review_id)
 }
 
 /// Makes one change to a household as the caller's web device, if the caller supervises the
@@ -551,6 +571,17 @@ pub async fn resolve(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ResolveRequest>,
 ) -> Result<axum::http::StatusCode, ApiError> {
+    resolve_conflict(&state, &caller, &id, req).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Settles a conflict as the caller (the API's and the pages').
+pub async fn resolve_conflict(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    req: ResolveRequest,
+) -> Result<(), ApiError> {
     let Ok(id) = id.parse::<HouseholdId>() else {
         return Err(not_found());
     };
@@ -583,7 +614,7 @@ pub async fn resolve(
         },
     )
     .await?;
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// The households among `docs` that `needle` (lower-case; empty: all) matches by door
@@ -645,6 +676,16 @@ pub async fn grid_households(
     Path(grid): Path<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<HouseholdRow>>, ApiError> {
+    list_households(&state, &caller, grid, q.q).await.map(Json)
+}
+
+/// A grid's households matching `q`, for `caller` (scope-checked, audited).
+pub async fn list_households(
+    state: &AppState,
+    caller: &Caller,
+    grid: String,
+    q: Option<String>,
+) -> Result<Vec<HouseholdRow>, ApiError> {
     let user = caller.user();
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;
     if !scope.may_read(&grid) {
@@ -655,7 +696,7 @@ pub async fn grid_households(
     }
     let g = grid.clone();
     let docs = state.readers.with(move |s| s.grid_docs(&g)).await?;
-    let needle = q.q.unwrap_or_default().trim().to_lowercase();
+    let needle = q.unwrap_or_default().trim().to_lowercase();
     let rows = tokio::task::spawn_blocking(move || {
         matching_households(docs, &needle)
             .into_iter()
@@ -684,7 +725,7 @@ pub async fn grid_households(
             })
         })
         .await?;
-    Ok(Json(rows))
+    Ok(rows)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -851,6 +892,11 @@ pub async fn org(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<OrgUnit>>, ApiError> {
+    org_units(&state, &caller).await.map(Json)
+}
+
+/// The units `caller` may see, parents first, with household counts.
+pub async fn org_units(state: &AppState, caller: &Caller) -> Result<Vec<OrgUnit>, ApiError> {
     let user = caller.user();
     let units = state
         .access(move |db| db.visible_units(user, now_ms()))
@@ -861,17 +907,15 @@ pub async fn org(
         .await?
         .into_iter()
         .collect();
-    Ok(Json(
-        units
-            .into_iter()
-            .map(|unit| OrgUnit {
-                households: if unit.kind == crate::access::org::UnitKind::Grid {
-                    counts.get(&unit.id).copied().unwrap_or(0)
-                } else {
-                    0
-                },
-                unit,
-            })
-            .collect(),
-    ))
+    Ok(units
+        .into_iter()
+        .map(|unit| OrgUnit {
+            households: if unit.kind == crate::access::org::UnitKind::Grid {
+                counts.get(&unit.id).copied().unwrap_or(0)
+            } else {
+                0
+            },
+            unit,
+        })
+        .collect())
 }

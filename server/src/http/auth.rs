@@ -314,6 +314,32 @@ pub async fn login(
     ClientAddr(ip): ClientAddr,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<([(header::HeaderName, String); 1], Json<LoginResponse>), ApiError> {
+    let (user_id, token, expires_ms) = sign_in(&state, ip, req).await?;
+    Ok((
+        [(header::SET_COOKIE, session_cookie_for(&token))],
+        Json(LoginResponse {
+            user_id,
+            token,
+            expires_ms,
+        }),
+    ))
+}
+
+/// The `Set-Cookie` value that carries a session to the pages.
+pub fn session_cookie_for(token: &str) -> String {
+    format!(
+        "qiaomen_session={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        crate::access::tokens::SESSION_LIFETIME_MS / 1000
+    )
+}
+
+/// Checks a password login (limited per address, audited) and opens a session: the API's and
+/// the pages'.
+pub async fn sign_in(
+    state: &AppState,
+    ip: IpAddr,
+    req: LoginRequest,
+) -> Result<(UserId, String, i64), ApiError> {
     let ip = ip.to_string();
     if req.login.chars().count() > 64 || req.password.chars().count() > 1024 {
         return Err(ApiError::BadRequest {
@@ -342,20 +368,9 @@ pub async fn login(
         })
         .await?;
     match result {
-        Some((user_id, token, expires_ms)) => {
+        Some(session) => {
             state.limits.failures.refund(&format!("probe:{ip}"));
-            let cookie = format!(
-                "qiaomen_session={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-                crate::access::tokens::SESSION_LIFETIME_MS / 1000
-            );
-            Ok((
-                [(header::SET_COOKIE, cookie)],
-                Json(LoginResponse {
-                    user_id,
-                    token,
-                    expires_ms,
-                }),
-            ))
+            Ok(session)
         }
         None => Err(ApiError::Unauthorized {
             code: "bad_credentials",

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod openapi;
+pub mod pages;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -278,6 +279,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices/{id}/revoke", post(api::revoke))
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route("/", get(pages::org_page))
+        .route("/login", get(pages::login_page).post(pages::login_submit))
+        .route("/logout", post(pages::logout))
+        .route("/grids/{grid}", get(pages::grid_page))
+        .route("/households/{id}", get(pages::household_page))
+        .route("/households/{id}/review", post(pages::review_submit))
+        .route("/households/{id}/resolve", post(pages::resolve_submit))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -1,0 +1,330 @@
+//! The supervisors' web pages, in Chinese, rendered on the server (minijinja templates in
+//! `server/templates/`, HTML-escaped). No JavaScript and no front-end build: the pages work on
+//! the old office PCs of a township, and every page is a view of the same functions the JSON
+//! API uses (`api::household_view`, `api::list_households`, `api::add_review`, ...), so scope
+//! checks and audit are the API's.
+//!
+//! A page needs a session (the `qiaomen_session` cookie set by the login form); without one it
+//! redirects to `/login`. Forms post back and redirect (post/redirect/get); the session
+//! cookie is `SameSite=Strict`, so another site cannot make a supervisor's browser post here.
+
+use std::sync::OnceLock;
+
+use axum::{
+    Form,
+    extract::{FromRequestParts, Path, Query, State},
+    http::{StatusCode, header, request::Parts},
+    response::{Html, IntoResponse, Redirect, Response},
+};
+use minijinja::{Environment, context};
+use serde::Deserialize;
+
+use super::{
+    ApiError, AppState, api,
+    auth::{Caller, ClientAddr, LoginRequest, SessionAuth},
+};
+
+fn templates() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, source) in [
+            ("base.html", include_str!("../../templates/base.html")),
+            ("login.html", include_str!("../../templates/login.html")),
+            ("org.html", include_str!("../../templates/org.html")),
+            ("grid.html", include_str!("../../templates/grid.html")),
+            (
+                "household.html",
+                include_str!("../../templates/household.html"),
+            ),
+            ("error.html", include_str!("../../templates/error.html")),
+        ] {
+            env.add_template(name, source).expect("templates parse");
+        }
+        env.add_filter("datetime", |ms: i64| -> String {
+            // China Standard Time, to the minute.
+            time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+                .map(|t| t.to_offset(time::macros::offset!(+8)))
+                .ok()
+                .and_then(|t| {
+                    t.format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute]"
+                    ))
+                    .ok()
+                })
+                .unwrap_or_default()
+        });
+        env
+    })
+}
+
+fn render(name: &str, ctx: minijinja::Value) -> Response {
+    match templates().get_template(name).and_then(|t| t.render(ctx)) {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, template = name, "page did not render");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// An API error shown as a page, with the API's status.
+#[derive(Debug)]
+pub struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.into_response().status();
+        let (title, message) = match status.as_u16() {
+            404 => ("未找到", "没有这户，或不在您的辖区内。"),
+            403 => ("无权操作", "只有该网格的督导可以这样做。"),
+            409 => ("版本已变", "记录已被修改，请刷新后再审核。"),
+            400 => ("输入有误", "请检查填写的内容。"),
+            429 => ("操作过于频繁", "请稍后再试。"),
+            _ => ("出错了", "服务器暂时无法完成，请稍后重试。"),
+        };
+        let mut page = render("error.html", context! { title, message, signed_in => true });
+        *page.status_mut() = status;
+        page
+    }
+}
+
+/// A signed-in person for the pages; without a session, a redirect to the login page.
+#[derive(Debug)]
+pub struct PageSession(Caller);
+
+impl FromRequestParts<AppState> for PageSession {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        SessionAuth::from_request_parts(parts, state)
+            .await
+            .map(|s| PageSession(Caller::Session(s)))
+            .map_err(|_| Redirect::to("/login").into_response())
+    }
+}
+
+const KINDS: [(&str, &str); 4] = [
+    ("county", "县"),
+    ("town", "乡镇"),
+    ("village", "村/社区"),
+    ("grid", "网格"),
+];
+const STATUSES: [(&str, &str); 3] = [
+    ("Active", "在住"),
+    ("Moved", "已迁出"),
+    ("Merged", "已合户"),
+];
+
+fn map(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `GET /login`.
+pub async fn login_page() -> Response {
+    render(
+        "login.html",
+        context! { title => "登录", signed_in => false },
+    )
+}
+
+/// `POST /login` (form): a session cookie, then the org page.
+pub async fn login_submit(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Form(form): Form<LoginRequest>,
+) -> Response {
+    match super::auth::sign_in(&state, ip, form).await {
+        Ok((_, token, _)) => (
+            [(header::SET_COOKIE, super::auth::session_cookie_for(&token))],
+            Redirect::to("/"),
+        )
+            .into_response(),
+        Err(e) => {
+            let status = e.into_response().status();
+            let error = if status == StatusCode::TOO_MANY_REQUESTS {
+                "尝试次数过多，请稍后再试。"
+            } else {
+                "账号或密码不正确。"
+            };
+            let mut page = render(
+                "login.html",
+                context! { title => "登录", signed_in => false, error },
+            );
+            *page.status_mut() = status;
+            page
+        }
+    }
+}
+
+/// `POST /logout`.
+pub async fn logout(State(state): State<AppState>, session: SessionAuth) -> Response {
+    let token = session.token.clone();
+    let _ = state.access(move |db| db.logout(&token)).await;
+    (
+        [(
+            header::SET_COOKIE,
+            "qiaomen_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0".to_string(),
+        )],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+/// `GET /`: the supervisor's units, town → village → grid.
+pub async fn org_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+) -> Result<Response, PageError> {
+    let units = api::org_units(&state, &caller).await?;
+    let mut depth: std::collections::HashMap<String, usize> = Default::default();
+    let rows: Vec<minijinja::Value> = units
+        .iter()
+        .map(|u| {
+            let d = u
+                .unit
+                .parent
+                .as_ref()
+                .and_then(|p| depth.get(p))
+                .map_or(0, |d| d + 1);
+            depth.insert(u.unit.id.clone(), d);
+            context! {
+                id => u.unit.id, name => u.unit.name, kind => u.unit.kind,
+                households => u.households, depth => d,
+            }
+        })
+        .collect();
+    Ok(render(
+        "org.html",
+        context! { title => "辖区", signed_in => true, units => rows, kinds => map(&KINDS) },
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    pub q: Option<String>,
+}
+
+/// `GET /grids/{grid}?q=`: the grid's households, searchable, with exports.
+pub async fn grid_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(grid): Path<String>,
+    Query(q): Query<SearchQuery>,
+) -> Result<Response, PageError> {
+    let rows = api::list_households(&state, &caller, grid.clone(), q.q.clone()).await?;
+    Ok(render(
+        "grid.html",
+        context! {
+            title => format!("网格 {grid}"), signed_in => true, grid, rows,
+            q => q.q.unwrap_or_default(), statuses => map(&STATUSES),
+        },
+    ))
+}
+
+/// `GET /households/{id}`: the record, conflicts, visits with review buttons, reviews and
+/// who changed each field.
+pub async fn household_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let h = api::household_view(&state, &caller, &id).await?;
+    Ok(render(
+        "household.html",
+        context! {
+            title => format!("{} {}", h.address, h.door_number), signed_in => true,
+            h, statuses => map(&STATUSES),
+        },
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReviewForm {
+    pub visit_id: String,
+    pub decision: String,
+    #[serde(default)]
+    pub comment: String,
+    /// Comma-separated heads, as shown on the page.
+    pub heads: String,
+}
+
+/// `POST /households/{id}/review` (form).
+pub async fn review_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(id): Path<String>,
+    Form(form): Form<ReviewForm>,
+) -> Result<Response, PageError> {
+    let decision = match form.decision.as_str() {
+        "Approved" => api::Decision::Approved,
+        "Returned" => api::Decision::Returned,
+        _ => {
+            return Err(PageError(ApiError::BadRequest {
+                code: "invalid",
+                message: "decision".into(),
+            }));
+        }
+    };
+    let req = api::ReviewRequest {
+        visit_id: form.visit_id,
+        decision,
+        comment: form.comment,
+        heads: form
+            .heads
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect(),
+    };
+    api::add_review(&state, &caller, &id, req).await?;
+    Ok(Redirect::to(&format!("/households/{id}")).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResolveForm {
+    /// The field's path joined with `/`.
+    pub path: String,
+    pub op: String,
+}
+
+/// `POST /households/{id}/resolve` (form): keep the chosen value.
+pub async fn resolve_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(id): Path<String>,
+    Form(form): Form<ResolveForm>,
+) -> Result<Response, PageError> {
+    let req = api::ResolveRequest::Choose {
+        path: form.path.split('/').map(str::to_string).collect(),
+        op: form.op,
+    };
+    api::resolve_conflict(&state, &caller, &id, req).await?;
+    Ok(Redirect::to(&format!("/households/{id}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_parses_and_renders_escaped() {
+        let html = templates()
+            .get_template("login.html")
+            .unwrap()
+            .render(context! { title => "登录", signed_in => false, error => "<b>x</b>" })
+            .unwrap();
+        assert!(html.contains("督导登录") && html.contains("&lt;b&gt;x") && !html.contains("<b>"));
+        for name in ["org.html", "grid.html", "household.html", "error.html"] {
+            assert!(templates().get_template(name).is_ok(), "{name}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+"""A supervisor, in a real headless Chromium, signs in, drills down to a household, resolves a
+conflict, approves one visit and returns another for a fix; the workers' phones (the Python
+bindings of the phone library) then hold the supervisor's change and the fix-up task, and the
+task disappears when the worker fixes the visit. Screenshots of the main pages go to
+target/screenshots/ (test artifacts, not in git)."""
+import asyncio
+import os
+import tempfile
+
+import qiaomen as q
+from selenium.webdriver.common.by import By
+
+from conftest import TARGET
+
+SHOTS = os.path.join(TARGET, "screenshots")
+
+
+def shot(browser, name):
+    os.makedirs(SHOTS, exist_ok=True)
+    browser.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
+
+
+def phone(demo, login):
+    path = os.path.join(tempfile.mkdtemp(), "phone.db")
+    return asyncio.run(q.enroll(path, demo.url, demo.codes[login]))
+
+
+def sync(p):
+    return asyncio.run(p.sync(None))
+
+
+def visit(note):
+    return q.NewVisit(visit_day="2026-11-15", started_at_ms=1_763_164_800_000, ended_at_ms=None, gps=None,
+                      outcome=q.VisitOutcome.MET, people_met=[], needs=[], disputes=[], hazards=[],
+                      publicity=[q.Publicity.ANTI_FRAUD], note=note, demands=[])
+
+
+def door(door_number):
+    return q.HouseholdUpdate(address=None, door_number=door_number, phone=None, status=None)
+
+
+def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser):
+    wang, sun = phone(demo, "w-wang"), phone(demo, "w-sun")
+    sync(wang)
+    sync(sun)
+    hid = sorted(wang.household_ids())[0]
+    # Offline on the same household: both correct the door number differently.
+    wang.update_household(hid, door("10A"))
+    sun.update_household(hid, door("10-1"))
+    first = wang.record_visit(hid, visit("第一次走访"))
+    second = wang.record_visit(hid, visit("第二次走访"))
+    for p in (wang, sun, wang):
+        sync(p)
+
+    # Sign in as the village supervisor of 东村.
+    browser.get(demo.url + "/households/" + hid)
+    assert browser.current_url.endswith("/login"), "pages need a session"
+    browser.find_element(By.ID, "login").send_keys("s-chen")
+    browser.find_element(By.ID, "password").send_keys("wrong password")
+    browser.find_element(By.ID, "submit").click()
+    assert "账号或密码不正确" in browser.find_element(By.ID, "error").text
+    browser.find_element(By.ID, "login").clear()
+    browser.find_element(By.ID, "login").send_keys("s-chen")
+    browser.find_element(By.ID, "password").send_keys(demo.passwords["s-chen"])
+    browser.find_element(By.ID, "submit").click()
+
+    # Drill down: village → grid → household.
+    assert browser.find_element(By.TAG_NAME, "h1").text == "我的辖区"
+    assert "东村" in browser.find_element(By.ID, "org").text
+    assert "西村" not in browser.find_element(By.ID, "org").text, "only the supervisor's village"
+    shot(browser, "1-org")
+    browser.find_element(By.LINK_TEXT, "东村第一网格").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#households a.household")
+    assert len(rows) == 8
+    browser.find_element(By.ID, "q").send_keys("10")
+    browser.find_element(By.ID, "search").click()
+    shot(browser, "2-grid")
+    links = browser.find_elements(By.CSS_SELECTOR, "#households a.household")
+    assert [a.get_attribute("href").rsplit("/", 1)[1] for a in links] == [hid]
+    links[0].click()
+    shot(browser, "3-household")
+
+    # The conflict, side by side with its authors; keep 10-1.
+    values = browser.find_elements(By.CSS_SELECTOR, ".conflict td.value")
+    assert sorted(v.text for v in values) == ["10-1", "10A"]
+    row = [r for r in browser.find_elements(By.CSS_SELECTOR, ".conflict tr")
+           if r.find_elements(By.CSS_SELECTOR, "td.value") and r.find_element(By.CSS_SELECTOR, "td.value").text == "10-1"][0]
+    assert sun.device_id() in row.text, "who wrote it, from which device"
+    row.find_element(By.CSS_SELECTOR, "button.choose").click()
+    assert browser.find_element(By.ID, "no-conflicts")
+
+    # Approve the first visit; return the second with a comment.
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{first}"] button.approve').click()
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{second}"] input.comment').send_keys("请补充老人用药情况")
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{second}"] button.return').click()
+    reviews = browser.find_element(By.ID, "reviews").text
+    assert "通过" in reviews and "退回整改" in reviews and "请补充老人用药情况" in reviews
+    assert "已过期" not in reviews
+    assert browser.find_element(By.ID, "open-tasks").text == "1"
+    shot(browser, "4-reviewed")
+
+    # The phones get the supervisor's value and the worker the task.
+    for p in (wang, sun):
+        sync(p)
+        assert p.household(hid).door_number == "10-1" and p.conflicts(hid) == []
+    tasks = wang.fix_tasks()
+    assert [(t.visit_id, t.comment) for t in tasks] == [(second, "请补充老人用药情况")]
+
+    # The worker fixes the visit: the task goes, and the approval of that version is stale.
+    wang.update_visit_note(hid, second, "第二次走访：老人按时服用降压药")
+    assert wang.fix_tasks() == []
+    sync(wang)
+    browser.refresh()
+    assert browser.find_element(By.ID, "open-tasks").text == "0"
+    assert "已过期" in browser.find_element(By.ID, "reviews").text
+    assert wang.device_id() in browser.find_element(By.ID, "provenance").text
+    shot(browser, "5-fixed")
+
+    # Sign out: the pages ask for a login again.
+    browser.find_element(By.ID, "logout").click()
+    browser.get(demo.url + "/")
+    assert browser.current_url.endswith("/login")
