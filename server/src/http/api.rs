@@ -593,26 +593,20 @@ pub async fn resolve_conflict(
             (path, qiaomen_protocol::conflicts::Resolution::Set(value))
         }
     };
-    supervisor_change(
-        &state,
-        &caller,
-        id,
-        "resolve_conflict",
-        move |doc, author| {
-            qiaomen_protocol::conflicts::resolve(doc, author, now_ms(), &path, resolution).map_err(
-                |e| match e {
-                    qiaomen_protocol::DocError::NotFound { .. } => ApiError::NotFound {
-                        code: "not_found",
-                        message: "no such field or value".into(),
-                    },
-                    _ => ApiError::BadRequest {
-                        code: "invalid",
-                        message: "the value does not fit the record".into(),
-                    },
+    supervisor_change(state, caller, id, "resolve_conflict", move |doc, author| {
+        qiaomen_protocol::conflicts::resolve(doc, author, now_ms(), &path, resolution).map_err(
+            |e| match e {
+                qiaomen_protocol::DocError::NotFound { .. } => ApiError::NotFound {
+                    code: "not_found",
+                    message: "no such field or value".into(),
                 },
-            )
-        },
-    )
+                _ => ApiError::BadRequest {
+                    code: "invalid",
+                    message: "the value does not fit the record".into(),
+                },
+            },
+        )
+    })
     .await?;
     Ok(())
 }
