@@ -79,6 +79,8 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     assert [a.get_attribute("href").rsplit("/", 1)[1] for a in links] == [hid]
     links[0].click()
     shot(browser, "3-household")
+    people = browser.find_element(By.ID, "people").text
+    assert "户主" in people and len(people.splitlines()) >= 2, "members with their relation"
 
     # The conflict, side by side with its authors; keep 10-1.
     values = browser.find_elements(By.CSS_SELECTOR, ".conflict td.value")
@@ -88,6 +90,17 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     assert sun.device_id() in row.text, "who wrote it, from which device"
     row.find_element(By.CSS_SELECTOR, "button.choose").click()
     assert browser.find_element(By.ID, "no-conflicts")
+    # Another household's conflict is settled with a value of the supervisor's own.
+    other = sorted(wang.household_ids())[1]
+    wang.update_household(other, door("11A"))
+    sun.update_household(other, door("11-1"))
+    for p in (wang, sun, wang):
+        sync(p)
+    browser.get(demo.url + "/households/" + other)
+    browser.find_element(By.CSS_SELECTOR, ".conflict input.new-value").send_keys("11")
+    browser.find_element(By.CSS_SELECTOR, ".conflict button.set").click()
+    assert browser.find_element(By.ID, "no-conflicts")
+    browser.get(demo.url + "/households/" + hid)
 
     # Approve the first visit; return the second with a comment.
     browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{first}"] button.approve').click()
@@ -103,6 +116,7 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     for p in (wang, sun):
         sync(p)
         assert p.household(hid).door_number == "10-1" and p.conflicts(hid) == []
+        assert p.household(other).door_number == "11" and p.conflicts(other) == []
     tasks = wang.fix_tasks()
     assert [(t.visit_id, t.comment) for t in tasks] == [(second, "请补充老人用药情况")]
 

@@ -67,6 +67,8 @@ pub struct HouseholdView {
     pub status: String,
     pub members: usize,
     pub key_groups: Vec<String>,
+    /// The people of the household (ID-card and phone numbers masked).
+    pub people: Vec<MemberView>,
     pub visits: Vec<VisitSummary>,
     /// The exact document version read (Automerge heads, hex).
     pub heads: Vec<String>,
@@ -79,6 +81,17 @@ pub struct HouseholdView {
     /// Fields holding concurrent values, each value with who wrote it, from which device,
     /// when, and the `op` that picks it in `conflicts/resolve`.
     pub conflicts: Vec<ConflictView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    pub id: String,
+    pub name: String,
+    pub relation: String,
+    pub birth_date: Option<String>,
+    /// Masked (`410***********1234`).
+    pub id_number: Option<String>,
+    pub key_groups: Vec<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -230,6 +243,18 @@ pub async fn household_view(
             status: format!("{:?}", h.status),
             members: h.members.len(),
             key_groups: h.tags.iter().map(|t| format!("{:?}", t.group)).collect(),
+            people: h
+                .members
+                .values()
+                .map(|m| MemberView {
+                    id: m.id.to_string(),
+                    name: m.name.clone(),
+                    relation: format!("{:?}", m.relation),
+                    birth_date: m.birth_date.map(|d| d.to_string()),
+                    id_number: m.id_number.as_ref().map(|n| n.masked()),
+                    key_groups: m.tags.iter().map(|t| format!("{:?}", t.group)).collect(),
+                })
+                .collect(),
             visits: h
                 .visits
                 .values()

@@ -120,6 +120,17 @@ const STATUSES: [(&str, &str); 3] = [
     ("Moved", "已迁出"),
     ("Merged", "已合户"),
 ];
+const RELATIONS: [(&str, &str); 9] = [
+    ("Head", "户主"),
+    ("Spouse", "配偶"),
+    ("Child", "子女"),
+    ("Parent", "父母"),
+    ("Grandchild", "孙辈"),
+    ("Grandparent", "祖父母"),
+    ("Sibling", "兄弟姐妹"),
+    ("ChildInLaw", "儿媳/女婿"),
+    ("Other", "其他"),
+];
 
 fn map(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     pairs
@@ -242,7 +253,7 @@ pub async fn household_page(
         "household.html",
         context! {
             title => format!("{} {}", h.address, h.door_number), signed_in => true,
-            h, statuses => map(&STATUSES),
+            h, statuses => map(&STATUSES), relations => map(&RELATIONS),
         },
     ))
 }
@@ -293,7 +304,10 @@ pub async fn review_submit(
 pub struct ResolveForm {
     /// The field's path joined with `/`.
     pub path: String,
-    pub op: String,
+    /// Keep the value this operation wrote ...
+    pub op: Option<String>,
+    /// ... or write this text instead.
+    pub value: Option<String>,
 }
 
 /// `POST /households/{id}/resolve` (form): keep the chosen value.
@@ -303,9 +317,19 @@ pub async fn resolve_submit(
     Path(id): Path<String>,
     Form(form): Form<ResolveForm>,
 ) -> Result<Response, PageError> {
-    let req = api::ResolveRequest::Choose {
-        path: form.path.split('/').map(str::to_string).collect(),
-        op: form.op,
+    let path: Vec<String> = form.path.split('/').map(str::to_string).collect();
+    let req = match (form.op, form.value) {
+        (Some(op), _) => api::ResolveRequest::Choose { path, op },
+        (None, Some(v)) if !v.trim().is_empty() => api::ResolveRequest::Set {
+            path,
+            value: serde_json::Value::String(v.trim().to_string()),
+        },
+        _ => {
+            return Err(PageError(ApiError::BadRequest {
+                code: "invalid",
+                message: "value".into(),
+            }));
+        }
     };
     api::resolve_conflict(&state, &caller, &id, req).await?;
     Ok(Redirect::to(&format!("/households/{id}")).into_response())
