@@ -8,7 +8,7 @@ use axum::{
 };
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, actor_for},
-    ids::{HouseholdId, ReviewId, VisitId},
+    ids::{HouseholdId, ReviewId, UserId, VisitId},
     review::{ReviewState, heads_hex, open_tasks, review_state},
     schema::{Review, ReviewDecision},
     wire::DocChanges,
@@ -138,6 +138,28 @@ pub struct Writer {
     pub at_ms: i64,
 }
 
+/// Records an audit event (ids and action names only).
+async fn record(
+    state: &AppState,
+    user: UserId,
+    device: Option<String>,
+    action: &'static str,
+    target: String,
+    outcome: &'static str,
+) -> Result<(), ApiError> {
+    state
+        .access(move |db| {
+            db.audit(Event {
+                user: Some(&user.to_string()),
+                device: device.as_deref(),
+                action,
+                target: Some(&target),
+                outcome,
+            })
+        })
+        .await
+}
+
 fn not_found() -> ApiError {
     ApiError::NotFound {
         code: "not_found",
@@ -177,18 +199,15 @@ pub async fn household_view(
         .with(move |s| Ok((s.doc_grid(id)?, s.load_doc(id)?)))
         .await?;
     let allowed = matches!(&stored, (Some(grid), Some(_)) if scope.may_read(grid));
-    let target = id.to_string();
-    state
-        .access(move |db| {
-            db.audit(Event {
-                user: Some(&user.to_string()),
-                device: device.as_deref(),
-                action: "household_read",
-                target: Some(&target),
-                outcome: if allowed { "ok" } else { "denied" },
-            })
-        })
-        .await?;
+    record(
+        state,
+        user,
+        device,
+        "household_read",
+        id.to_string(),
+        if allowed { "ok" } else { "denied" },
+    )
+    .await?;
     let (Some(grid), Some(bytes)) = stored else {
         return Err(not_found());
     };
@@ -552,18 +571,15 @@ async fn supervisor_change(
             message: format!("the change was refused: {:?}", r.code),
         });
     }
-    let target = id.to_string();
-    state
-        .access(move |db| {
-            db.audit(Event {
-                user: Some(&user.to_string()),
-                device: Some(&device.to_string()),
-                action,
-                target: Some(&target),
-                outcome: "ok",
-            })
-        })
-        .await?;
+    record(
+        state,
+        user,
+        Some(device.to_string()),
+        action,
+        id.to_string(),
+        "ok",
+    )
+    .await?;
     Ok(())
 }
 
@@ -732,18 +748,7 @@ pub async fn list_households(
     })
     .await
     .map_err(|_| ApiError::Internal)?;
-    let target = grid;
-    state
-        .access(move |db| {
-            db.audit(Event {
-                user: Some(&user.to_string()),
-                device: None,
-                action: "grid_list",
-                target: Some(&target),
-                outcome: "ok",
-            })
-        })
-        .await?;
+    record(state, user, None, "grid_list", grid, "ok").await?;
     Ok(rows)
 }
 
@@ -860,18 +865,7 @@ pub async fn grid_export(
         ExportFormat::Csv => "csv",
         ExportFormat::Xlsx => "xlsx",
     };
-    let target = format!("{grid}.{ext}");
-    state
-        .access(move |db| {
-            db.audit(Event {
-                user: Some(&user.to_string()),
-                device: None,
-                action: "export",
-                target: Some(&target),
-                outcome: "ok",
-            })
-        })
-        .await?;
+    record(&state, user, None, "export", format!("{grid}.{ext}"), "ok").await?;
     let ct = match q.format {
         ExportFormat::Csv => "text/csv; charset=utf-8",
         ExportFormat::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
