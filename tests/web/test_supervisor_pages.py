@@ -87,7 +87,7 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     assert sorted(v.text for v in values) == ["10-1", "10A"]
     row = [r for r in browser.find_elements(By.CSS_SELECTOR, ".conflict tr")
            if r.find_elements(By.CSS_SELECTOR, "td.value") and r.find_element(By.CSS_SELECTOR, "td.value").text == "10-1"][0]
-    assert sun.device_id() in row.text, "who wrote it, from which device"
+    assert sun.device_id() in row.text and "孙伟" in row.text, "who wrote it (by name), from which device"
     row.find_element(By.CSS_SELECTOR, "button.choose").click()
     assert browser.find_element(By.ID, "no-conflicts")
     # Another household's conflict is settled with a value of the supervisor's own.
@@ -108,6 +108,7 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{second}"] button.return').click()
     reviews = browser.find_element(By.ID, "reviews").text
     assert "通过" in reviews and "退回整改" in reviews and "请补充老人用药情况" in reviews
+    assert "陈书记" in reviews, "the reviewer by name"
     assert "已过期" not in reviews
     assert browser.find_element(By.ID, "open-tasks").text == "1"
     shot(browser, "4-reviewed")

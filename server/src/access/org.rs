@@ -360,6 +360,20 @@ impl AccessDb {
         Ok(id)
     }
 
+    /// The display names of users (staff, not residents), by id; unknown ids are left out.
+    pub fn user_names(&self, ids: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM users WHERE id = ?1")?;
+        let mut out = std::collections::BTreeMap::new();
+        for id in ids {
+            if let Some(name) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? {
+                out.insert(id.clone(), name);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn user_by_login(&self, login: &str) -> Result<UserId> {
         let id: Option<String> = self
             .conn

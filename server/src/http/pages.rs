@@ -249,11 +249,27 @@ pub async fn household_page(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let h = api::household_view(&state, &caller, &id).await?;
+    // Who did what, by name: workers and supervisors (staff), never residents.
+    let mut ids: Vec<String> = h.visits.iter().map(|v| v.worker.clone()).collect();
+    ids.extend(h.reviews.iter().map(|r| r.reviewer.clone()));
+    ids.extend(
+        h.conflicts
+            .iter()
+            .flat_map(|c| c.values.iter().filter_map(|v| v.user.clone())),
+    );
+    ids.extend(
+        h.provenance
+            .iter()
+            .flat_map(|f| f.writers.iter().filter_map(|w| w.user.clone())),
+    );
+    ids.sort();
+    ids.dedup();
+    let names = state.access(move |db| db.user_names(&ids)).await?;
     Ok(render(
         "household.html",
         context! {
             title => format!("{} {}", h.address, h.door_number), signed_in => true,
-            h, statuses => map(&STATUSES), relations => map(&RELATIONS),
+            h, names, statuses => map(&STATUSES), relations => map(&RELATIONS),
         },
     ))
 }
