@@ -9,6 +9,7 @@ import tempfile
 
 import qiaomen as q
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import TARGET
 
@@ -18,6 +19,17 @@ SHOTS = os.path.join(TARGET, "screenshots")
 def shot(browser, name):
     os.makedirs(SHOTS, exist_ok=True)
     browser.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
+
+
+def navigate(browser, element):
+    """Clicks a link or button that loads another page, and waits until it has loaded (a click
+    returns before the navigation: reading too early finds the old page)."""
+    browser.execute_script("window.__qiaomen_old_page = true")
+    element.click()
+    # A new page has a fresh window object, without the mark.
+    WebDriverWait(browser, 15).until(
+        lambda b: b.execute_script(
+            "return window.__qiaomen_old_page === undefined && document.readyState === 'complete'"))
 
 
 def phone(demo, login):
@@ -57,27 +69,27 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     assert browser.current_url.endswith("/login"), "pages need a session"
     browser.find_element(By.ID, "login").send_keys("s-chen")
     browser.find_element(By.ID, "password").send_keys("wrong password")
-    browser.find_element(By.ID, "submit").click()
+    navigate(browser, browser.find_element(By.ID, "submit"))
     assert "账号或密码不正确" in browser.find_element(By.ID, "error").text
     browser.find_element(By.ID, "login").clear()
     browser.find_element(By.ID, "login").send_keys("s-chen")
     browser.find_element(By.ID, "password").send_keys(demo.passwords["s-chen"])
-    browser.find_element(By.ID, "submit").click()
+    navigate(browser, browser.find_element(By.ID, "submit"))
 
     # Drill down: village → grid → household.
     assert browser.find_element(By.TAG_NAME, "h1").text == "我的辖区"
     assert "东村" in browser.find_element(By.ID, "org").text
     assert "西村" not in browser.find_element(By.ID, "org").text, "only the supervisor's village"
     shot(browser, "1-org")
-    browser.find_element(By.LINK_TEXT, "东村第一网格").click()
+    navigate(browser, browser.find_element(By.LINK_TEXT, "东村第一网格"))
     rows = browser.find_elements(By.CSS_SELECTOR, "#households a.household")
     assert len(rows) == 8
     browser.find_element(By.ID, "q").send_keys("10")
-    browser.find_element(By.ID, "search").click()
+    navigate(browser, browser.find_element(By.ID, "search"))
     shot(browser, "2-grid")
     links = browser.find_elements(By.CSS_SELECTOR, "#households a.household")
     assert [a.get_attribute("href").rsplit("/", 1)[1] for a in links] == [hid]
-    links[0].click()
+    navigate(browser, links[0])
     shot(browser, "3-household")
     people = browser.find_element(By.ID, "people").text
     assert "户主" in people and len(people.splitlines()) >= 2, "members with their relation"
@@ -88,7 +100,7 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     row = [r for r in browser.find_elements(By.CSS_SELECTOR, ".conflict tr")
            if r.find_elements(By.CSS_SELECTOR, "td.value") and r.find_element(By.CSS_SELECTOR, "td.value").text == "10-1"][0]
     assert sun.device_id() in row.text and "孙伟" in row.text, "who wrote it (by name), from which device"
-    row.find_element(By.CSS_SELECTOR, "button.choose").click()
+    navigate(browser, row.find_element(By.CSS_SELECTOR, "button.choose"))
     assert browser.find_element(By.ID, "no-conflicts")
     # Another household's conflict is settled with a value of the supervisor's own.
     other = sorted(wang.household_ids())[1]
@@ -98,14 +110,14 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
         sync(p)
     browser.get(demo.url + "/households/" + other)
     browser.find_element(By.CSS_SELECTOR, ".conflict input.new-value").send_keys("11")
-    browser.find_element(By.CSS_SELECTOR, ".conflict button.set").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, ".conflict button.set"))
     assert browser.find_element(By.ID, "no-conflicts")
     browser.get(demo.url + "/households/" + hid)
 
     # Approve the first visit; return the second with a comment.
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{first}"] button.approve').click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{first}"] button.approve'))
     browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{second}"] input.comment').send_keys("请补充老人用药情况")
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{second}"] button.return').click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{second}"] button.return'))
     reviews = browser.find_element(By.ID, "reviews").text
     assert "通过" in reviews and "退回整改" in reviews and "请补充老人用药情况" in reviews
     assert "陈书记" in reviews, "the reviewer by name"
@@ -132,6 +144,6 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     shot(browser, "5-fixed")
 
     # Sign out: the pages ask for a login again.
-    browser.find_element(By.ID, "logout").click()
+    navigate(browser, browser.find_element(By.ID, "logout"))
     browser.get(demo.url + "/")
     assert browser.current_url.endswith("/login")
