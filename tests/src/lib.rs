@@ -210,3 +210,41 @@ impl Phone {
         block_on(self.client.sync(&mut self.store, |_| {}))
     }
 }
+
+/// Posts a hand-made sync request carrying `changes` of household `id` with the device token
+/// `token`, as a misbehaving client would, and decodes the answer (`None` if it is not a 200).
+pub fn raw_upload(
+    url: &str,
+    token: &str,
+    id: HouseholdId,
+    changes: Vec<Vec<u8>>,
+) -> (u16, Option<qiaomen_protocol::wire::SyncResponse>) {
+    use qiaomen_protocol::wire::{self, CONTENT_TYPE, DocChanges, SyncRequest};
+    let req = SyncRequest {
+        scope_digest: None,
+        cursor_check: None,
+        version: 1,
+        cursor: None,
+        docs: vec![DocChanges {
+            id,
+            changes: changes
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+        }],
+        grids: vec![],
+    };
+    block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/v1/sync"))
+            .header("content-type", CONTENT_TYPE)
+            .bearer_auth(token)
+            .body(wire::encode(&req))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.expect("a body");
+        (status, wire::decode(&body, 1 << 24).ok())
+    })
+}

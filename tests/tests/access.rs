@@ -8,7 +8,7 @@ use qiaomen_protocol::{
     doc::{Author, actor_for},
     ids::*,
     schema::*,
-    wire::{self, CONTENT_TYPE, DocChanges, RejectCode, SyncRequest, SyncResponse},
+    wire::{RejectCode, SyncResponse},
 };
 use qiaomen_server::access::{Role, org::UnitKind};
 use qiaomen_tests::{Phone, TestServer, enrollment_code, sample_visit};
@@ -30,27 +30,10 @@ fn token(p: &Phone) -> String {
 }
 
 /// A sync request carrying `changes` of household `id`, posted with `token`.
-fn upload(url: &str, token: &str, id: HouseholdId, changes: Vec<Vec<u8>>) -> (u16, Vec<u8>) {
-    let req = SyncRequest {
-        scope_digest: None,
-        cursor_check: None,
-        version: 1,
-        cursor: None,
-        docs: vec![DocChanges {
-            id,
-            changes: changes
-                .into_iter()
-                .map(serde_bytes::ByteBuf::from)
-                .collect(),
-        }],
-        grids: vec![],
-    };
-    http(
-        "POST",
-        &format!("{url}/v1/sync"),
-        Some(token),
-        Some((CONTENT_TYPE, wire::encode(&req))),
-    )
+fn upload(url: &str, token: &str, id: HouseholdId, changes: Vec<Vec<u8>>) -> SyncResponse {
+    let (status, resp) = qiaomen_tests::raw_upload(url, token, id, changes);
+    assert_eq!(status, 200);
+    resp.expect("a sync answer")
 }
 
 fn http(
@@ -208,9 +191,7 @@ fn forged_or_borrowed_actor_ids_and_authors_are_refused_per_change() {
     let before = json(&http("GET", &format!("{}/healthz", server.url), None, None).1)["log_seq"]
         .as_u64()
         .unwrap();
-    let (status, body) = upload(&server.url, &token(&b), id, changes);
-    assert_eq!(status, 200);
-    let resp: SyncResponse = wire::decode(&body, 1 << 24).unwrap();
+    let resp = upload(&server.url, &token(&b), id, changes);
     let codes: Vec<_> = resp.rejected.iter().map(|r| (r.n, r.code)).collect();
     assert_eq!(
         codes,
@@ -460,8 +441,7 @@ fn a_worker_moved_to_another_grid_keeps_the_work_done_before_and_holds_only_the_
             .with_time(qiaomen_server::access::now_ms()),
     );
     let bytes = raw.get_last_local_change().unwrap().raw_bytes().to_vec();
-    let (_, body) = upload(&server.url, &token(&w), old[1], vec![bytes]);
-    let resp: SyncResponse = wire::decode(&body, 1 << 24).unwrap();
+    let resp = upload(&server.url, &token(&w), old[1], vec![bytes]);
     assert_eq!(resp.rejected[0].code, RejectCode::OutOfScope);
 }
 
@@ -556,12 +536,9 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
                 .add_visit(&phone.author, 1_763_000_000_000, &v, &[])
                 .unwrap();
             let bytes = doc.change_bytes(&hash).unwrap();
-            let (status, body) = upload(&server.url, &token(&phone), target, vec![bytes]);
-            let accepted = status == 200
-                && wire::decode::<SyncResponse>(&body, 1 << 24)
-                    .unwrap()
-                    .rejected
-                    .is_empty();
+            let (status, resp) =
+                qiaomen_tests::raw_upload(&server.url, &token(&phone), target, vec![bytes]);
+            let accepted = status == 200 && resp.is_some_and(|r| r.rejected.is_empty());
             check(
                 format!(
                     "{r} sync writes {}",
@@ -774,8 +751,7 @@ fn guessed_household_ids_answer_exactly_like_missing_ones() {
             .with_time(1_763_000_000_000),
     );
     let bytes = raw.get_last_local_change().unwrap().raw_bytes().to_vec();
-    let (_, body) = upload(&server.url, &token(&w), hidden, vec![bytes]);
-    let resp: SyncResponse = wire::decode(&body, 1 << 24).unwrap();
+    let resp = upload(&server.url, &token(&w), hidden, vec![bytes]);
     assert_eq!(resp.rejected[0].code, RejectCode::OutOfScope);
     assert!(
         resp.docs.iter().all(|d| d.id != hidden),

@@ -6,7 +6,7 @@ use qiaomen_protocol::{
     doc::{HouseholdDoc, actor_for},
     ids::*,
     schema::*,
-    wire::{self, CONTENT_TYPE, DocChanges, RejectCode, SyncRequest, SyncResponse},
+    wire::RejectCode,
 };
 use qiaomen_server::access::Role;
 use qiaomen_tests::{TestServer, sample_visit};
@@ -210,32 +210,14 @@ fn a_sign_off_pins_a_version_and_a_returned_visit_is_a_task_on_the_phone_until_f
         heads: vec![doc.heads()[0].to_string()],
     };
     let hash = doc.add_review(&worker.author, 1, &forged).unwrap();
-    let req = SyncRequest {
-        scope_digest: None,
-        cursor_check: None,
-        version: 1,
-        cursor: None,
-        docs: vec![DocChanges {
-            id,
-            changes: vec![serde_bytes::ByteBuf::from(doc.change_bytes(&hash).unwrap())],
-        }],
-        grids: vec![],
-    };
     let token = worker.store.credentials().unwrap().unwrap().token;
-    let body = block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/v1/sync", server.url))
-            .header("content-type", CONTENT_TYPE)
-            .bearer_auth(token)
-            .body(wire::encode(&req))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-    });
-    let resp: SyncResponse = wire::decode(&body, 1 << 24).unwrap();
+    let (_, resp) = qiaomen_tests::raw_upload(
+        &server.url,
+        &token,
+        id,
+        vec![doc.change_bytes(&hash).unwrap()],
+    );
+    let resp = resp.expect("a sync answer");
     assert_eq!(resp.rejected[0].code, RejectCode::NotAllowed);
     // Reviews are audited.
     let log = server.access().audit_log(0, 1000).unwrap();

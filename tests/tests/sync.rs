@@ -249,9 +249,7 @@ fn a_phone_that_lost_its_state_converges_again() {
 #[test]
 fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
     use automerge::{ROOT, transaction::Transactable};
-    use qiaomen_protocol::wire::{
-        self, CONTENT_TYPE, DocChanges, RejectCode, SyncRequest, SyncResponse,
-    };
+    use qiaomen_protocol::wire::RejectCode;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
     let mut a = server.phone(&dir.path().join("a.db"), &[]);
@@ -293,39 +291,9 @@ fn a_refused_change_comes_back_with_its_reason_and_the_rest_is_accepted() {
         .map(|c| c.raw_bytes().to_vec())
         .collect();
     changes.push(other.get_last_local_change().unwrap().raw_bytes().to_vec());
-    let req = SyncRequest {
-        scope_digest: None,
-        cursor_check: None,
-        version: 1,
-        cursor: None,
-        docs: vec![DocChanges {
-            id,
-            changes: changes
-                .into_iter()
-                .map(serde_bytes::ByteBuf::from)
-                .collect(),
-        }],
-        grids: vec![],
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let token = a.store.credentials().unwrap().unwrap().token;
-    let body = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/v1/sync", server.url))
-            .header("content-type", CONTENT_TYPE)
-            .bearer_auth(&token)
-            .body(wire::encode(&req))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-    });
-    let resp: SyncResponse = wire::decode(&body, 1 << 24).unwrap();
+    let (_, resp) = qiaomen_tests::raw_upload(&server.url, &token, id, changes);
+    let resp = resp.expect("a sync answer");
     assert_eq!(resp.accepted, 1);
     let codes: Vec<_> = resp.rejected.iter().map(|r| (r.n, r.code)).collect();
     assert_eq!(

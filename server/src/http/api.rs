@@ -714,6 +714,24 @@ pub async fn grid_households(
     list_households(&state, &caller, grid, q.q).await.map(Json)
 }
 
+/// The stored documents of a grid the caller may read (else the same 404 as a missing grid).
+async fn grid_documents(
+    state: &AppState,
+    caller: &Caller,
+    grid: &str,
+) -> Result<Vec<(HouseholdId, Vec<u8>)>, ApiError> {
+    let user = caller.user();
+    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    if !scope.may_read(grid) {
+        return Err(ApiError::NotFound {
+            code: "not_found",
+            message: "no such grid".into(),
+        });
+    }
+    let g = grid.to_string();
+    state.readers.with(move |s| s.grid_docs(&g)).await
+}
+
 /// A grid's households matching `q`, for `caller` (scope-checked, audited).
 pub async fn list_households(
     state: &AppState,
@@ -722,15 +740,7 @@ pub async fn list_households(
     q: Option<String>,
 ) -> Result<Vec<HouseholdRow>, ApiError> {
     let user = caller.user();
-    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
-    if !scope.may_read(&grid) {
-        return Err(ApiError::NotFound {
-            code: "not_found",
-            message: "no such grid".into(),
-        });
-    }
-    let g = grid.clone();
-    let docs = state.readers.with(move |s| s.grid_docs(&g)).await?;
+    let docs = grid_documents(state, caller, &grid).await?;
     let needle = q.unwrap_or_default().trim().to_lowercase();
     let rows = tokio::task::spawn_blocking(move || {
         matching_households(docs, &needle)
@@ -792,15 +802,7 @@ pub async fn grid_export(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let user = caller.user();
-    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
-    if !scope.may_read(&grid) {
-        return Err(ApiError::NotFound {
-            code: "not_found",
-            message: "no such grid".into(),
-        });
-    }
-    let g = grid.clone();
-    let docs = state.readers.with(move |s| s.grid_docs(&g)).await?;
+    let docs = grid_documents(&state, &caller, &grid).await?;
     let needle = q.q.unwrap_or_default().trim().to_lowercase();
     let format = q.format;
     let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
