@@ -465,7 +465,8 @@ impl Store {
         let mut out = Vec::new();
         for id in ids {
             let doc = &mut self.doc_mut(id)?.doc;
-            for task in qiaomen_protocol::review::open_tasks(doc)? {
+            let household = doc.household()?;
+            for task in qiaomen_protocol::review::open_tasks(doc, &household)? {
                 out.push((id, task));
             }
         }

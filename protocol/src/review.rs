@@ -10,7 +10,7 @@ use crate::{
     doc::HouseholdDoc,
     error::Result,
     ids::{ReviewId, UserId, VisitId},
-    schema::{Review, ReviewDecision},
+    schema::{Household, Review, ReviewDecision},
 };
 
 /// Whether a review still describes the document.
@@ -30,24 +30,33 @@ pub fn heads_hex(doc: &mut HouseholdDoc) -> Vec<String> {
     heads
 }
 
-/// Whether `review` still holds for the document as it is now: the record, reviews aside
-/// (the review is itself a change), is what it was in the version reviewed.
-pub fn review_state(doc: &mut HouseholdDoc, review: &Review) -> ReviewState {
+/// The version a review's `heads` (hex) name, if every hash is well-formed and in the
+/// document; `None` for no heads, a malformed one, or a version this replica lacks.
+pub fn known_version(doc: &mut HouseholdDoc, heads: &[String]) -> Option<Vec<ChangeHash>> {
+    let parsed: Vec<ChangeHash> = heads
+        .iter()
+        .map(|h| h.parse().ok())
+        .collect::<Option<_>>()?;
+    (!parsed.is_empty() && parsed.iter().all(|h| doc.has_change(h))).then_some(parsed)
+}
+
+/// Whether `review` still holds for the document as it is now (`current` is its record, read
+/// once by the caller for all its reviews): the record, reviews aside (the review is itself a
+/// change), is what it was in the version reviewed.
+pub fn review_state(doc: &mut HouseholdDoc, current: &Household, review: &Review) -> ReviewState {
     let now: HashSet<String> = heads_hex(doc).into_iter().collect();
     let seen: HashSet<String> = review.heads.iter().map(|h| h.to_lowercase()).collect();
     if now == seen {
         return ReviewState::Current;
     }
-    let heads: Vec<ChangeHash> = review.heads.iter().filter_map(|h| h.parse().ok()).collect();
-    if heads.is_empty() || !heads.iter().all(|h| doc.has_change(h)) {
-        return ReviewState::Stale;
-    }
-    let (Ok(mut then), Ok(mut current)) = (doc.household_at(&heads), doc.household()) else {
+    let Some(heads) = known_version(doc, &review.heads) else {
         return ReviewState::Stale;
     };
-    then.reviews.clear();
-    current.reviews.clear();
-    if then == current {
+    let Ok(mut then) = doc.household_at(&heads) else {
+        return ReviewState::Stale;
+    };
+    then.reviews = current.reviews.clone();
+    if then == *current {
         ReviewState::Current
     } else {
         ReviewState::Stale
@@ -66,10 +75,10 @@ pub struct FixTask {
     pub at_ms: i64,
 }
 
-/// The visits of the household returned for a fix and not fixed yet: the latest review of the
-/// visit returned it, and the visit is the same as in the version that was reviewed.
-pub fn open_tasks(doc: &mut HouseholdDoc) -> Result<Vec<FixTask>> {
-    let household = doc.household()?;
+/// The visits of the household returned for a fix and not fixed yet (`household` is the
+/// document's current record): the latest review of the visit returned it, and the visit is
+/// the same as in the version that was reviewed.
+pub fn open_tasks(doc: &mut HouseholdDoc, household: &Household) -> Result<Vec<FixTask>> {
     let mut tasks = Vec::new();
     for (visit_id, visit) in &household.visits {
         let Some(latest) = household
@@ -83,13 +92,10 @@ pub fn open_tasks(doc: &mut HouseholdDoc) -> Result<Vec<FixTask>> {
         if latest.decision != ReviewDecision::Returned {
             continue;
         }
-        let heads: Vec<ChangeHash> = latest.heads.iter().filter_map(|h| h.parse().ok()).collect();
-        let known = !heads.is_empty() && heads.iter().all(|h| doc.has_change(h));
-        let unchanged = if known {
-            doc.household_at(&heads)?.visits.get(visit_id) == Some(visit)
-        } else {
+        let unchanged = match known_version(doc, &latest.heads) {
+            Some(heads) => doc.household_at(&heads)?.visits.get(visit_id) == Some(visit),
             // A version this replica does not have yet: the fix cannot be judged; keep it.
-            true
+            None => true,
         };
         if unchanged {
             tasks.push(FixTask {
@@ -110,6 +116,36 @@ mod tests {
     use super::*;
     use crate::{doc::Author, ids::*, schema::*};
 
+    fn visit(a: &Author, note: &str) -> Visit {
+        Visit {
+            id: VisitId::new(),
+            visit_day: "2026-11-15".parse().unwrap(),
+            worker: a.user,
+            device: a.device,
+            started_at_ms: 1,
+            ended_at_ms: None,
+            gps: None,
+            outcome: VisitOutcome::Met,
+            people_met: vec![],
+            needs: vec![],
+            disputes: vec![],
+            hazards: vec![],
+            publicity: vec![],
+            note: autosurgeon::Text::with_value(note),
+            demands_raised: vec![],
+        }
+    }
+
+    fn open_tasks_now(doc: &mut HouseholdDoc) -> Vec<FixTask> {
+        let h = doc.household().unwrap();
+        open_tasks(doc, &h).unwrap()
+    }
+
+    fn state_now(doc: &mut HouseholdDoc, review: &Review) -> ReviewState {
+        let h = doc.household().unwrap();
+        review_state(doc, &h, review)
+    }
+
     #[test]
     fn a_returned_visit_is_a_task_until_changed_and_a_later_edit_makes_a_sign_off_stale() {
         let worker = Author {
@@ -124,23 +160,7 @@ mod tests {
         let mut doc =
             HouseholdDoc::create(&Household::new(id, GridId::new("g"), "x", "1"), &worker, 1)
                 .unwrap();
-        let visit = Visit {
-            id: VisitId::new(),
-            visit_day: "2026-11-15".parse().unwrap(),
-            worker: worker.user,
-            device: worker.device,
-            started_at_ms: 1,
-            ended_at_ms: None,
-            gps: None,
-            outcome: VisitOutcome::Met,
-            people_met: vec![],
-            needs: vec![],
-            disputes: vec![],
-            hazards: vec![],
-            publicity: vec![],
-            note: autosurgeon::Text::with_value("ok"),
-            demands_raised: vec![],
-        };
+        let visit = visit(&worker, "ok");
         doc.add_visit(&worker, 2, &visit, &[]).unwrap();
         let review = |decision, at_ms, heads: Vec<String>| Review {
             id: ReviewId::new(),
@@ -156,7 +176,7 @@ mod tests {
         let before = doc.heads();
         doc.add_review(&boss, 3, &returned).unwrap();
         doc.validate_since(&before, id).unwrap();
-        let tasks = open_tasks(&mut doc).unwrap();
+        let tasks = open_tasks_now(&mut doc);
         assert_eq!(tasks.len(), 1);
         assert_eq!(
             (tasks[0].review, tasks[0].worker),
@@ -168,12 +188,12 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert!(open_tasks(&mut doc).unwrap().is_empty());
+        assert!(open_tasks_now(&mut doc).is_empty());
         // Approved at this version: current, until anything changes.
         let approved_now = review(ReviewDecision::Approved, 5, heads_hex(&mut doc));
         doc.add_review(&boss, 5, &approved_now).unwrap();
         assert_eq!(
-            review_state(&mut doc, &approved_now),
+            state_now(&mut doc, &approved_now),
             ReviewState::Current,
             "the review's own change does not make it stale"
         );
@@ -182,7 +202,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(review_state(&mut doc, &approved_now), ReviewState::Stale);
+        assert_eq!(state_now(&mut doc, &approved_now), ReviewState::Stale);
         // A review that names no valid version is refused by validation.
         let before = doc.heads();
         doc.add_review(
@@ -193,12 +213,8 @@ mod tests {
         .unwrap();
         assert!(doc.validate_since(&before, id).is_err());
     }
-}
 
-#[cfg(test)]
-mod note_tests {
-    use crate::{doc::*, ids::*, schema::*};
-
+    /// A worker fixes a returned visit by rewriting its note: in any script, after a reload.
     #[test]
     fn a_chinese_note_is_replaced_after_a_reload() {
         let a = Author {
@@ -208,23 +224,7 @@ mod note_tests {
         let id = HouseholdId::new();
         let mut doc =
             HouseholdDoc::create(&Household::new(id, GridId::new("g"), "x", "1"), &a, 1).unwrap();
-        let v = Visit {
-            id: VisitId::new(),
-            visit_day: "2026-11-15".parse().unwrap(),
-            worker: a.user,
-            device: a.device,
-            started_at_ms: 1,
-            ended_at_ms: None,
-            gps: None,
-            outcome: VisitOutcome::Met,
-            people_met: vec![],
-            needs: vec![],
-            disputes: vec![],
-            hazards: vec![],
-            publicity: vec![],
-            note: autosurgeon::Text::with_value("第一次走访"),
-            demands_raised: vec![],
-        };
+        let v = visit(&a, "第一次走访");
         let snapshot = doc.save();
         let h = doc.add_visit(&a, 2, &v, &[]).unwrap();
         // A store keeps a snapshot and the changes appended after it.

@@ -181,6 +181,16 @@ pub fn day_start_ms(day: Day) -> i64 {
 }
 
 impl AccessDb {
+    /// The kind of a unit, if it exists.
+    fn unit_kind(&self, id: &str) -> Result<Option<UnitKind>> {
+        let kind: Option<String> = self
+            .conn
+            .prepare_cached("SELECT kind FROM org_units WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        Ok(kind.as_deref().and_then(UnitKind::parse))
+    }
+
     /// Creates an org unit under `parent` (a grid under a village, a village under a town, a
     /// town under the county).
     pub fn add_unit(
@@ -205,25 +215,17 @@ impl AccessDb {
                     kind.as_str()
                 )));
             }
-            (Some(want), Some(p)) => {
-                let found: Option<String> = self
-                    .conn
-                    .query_row("SELECT kind FROM org_units WHERE id = ?1", [p], |r| {
-                        r.get(0)
-                    })
-                    .optional()?;
-                match found.as_deref().and_then(UnitKind::parse) {
-                    Some(k) if k == want => {}
-                    Some(_) => {
-                        return Err(AccessError::Invalid(format!(
-                            "the parent of a {} must be a {}",
-                            kind.as_str(),
-                            want.as_str()
-                        )));
-                    }
-                    None => return Err(AccessError::NotFound("parent unit")),
+            (Some(want), Some(p)) => match self.unit_kind(p)? {
+                Some(k) if k == want => {}
+                Some(_) => {
+                    return Err(AccessError::Invalid(format!(
+                        "the parent of a {} must be a {}",
+                        kind.as_str(),
+                        want.as_str()
+                    )));
                 }
-            }
+                None => return Err(AccessError::NotFound("parent unit")),
+            },
         }
         let inserted = self.conn.execute(
             "INSERT OR IGNORE INTO org_units (id, parent, kind, name, valid_from) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -245,14 +247,8 @@ impl AccessDb {
         name: &str,
         valid_from: Day,
     ) -> Result<()> {
-        let found: Option<String> = self
-            .conn
-            .query_row("SELECT kind FROM org_units WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match found {
-            Some(k) if k == kind.as_str() => Ok(()),
+        match self.unit_kind(id)? {
+            Some(k) if k == kind => Ok(()),
             Some(_) => Err(AccessError::Invalid(format!(
                 "unit {id} exists with another kind"
             ))),
@@ -387,16 +383,7 @@ impl AccessDb {
 
     /// Assigns `user` to `unit` with `role` from `from_ms` on.
     pub fn assign(&self, user: UserId, unit: &str, role: Role, from_ms: i64) -> Result<()> {
-        let kind: Option<String> = self
-            .conn
-            .query_row("SELECT kind FROM org_units WHERE id = ?1", [unit], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let kind = kind
-            .as_deref()
-            .and_then(UnitKind::parse)
-            .ok_or(AccessError::NotFound("unit"))?;
+        let kind = self.unit_kind(unit)?.ok_or(AccessError::NotFound("unit"))?;
         if matches!(role, Role::GridWorker | Role::GridHead) && kind != UnitKind::Grid {
             return Err(AccessError::Invalid(format!(
                 "a {} is assigned to a grid",

@@ -9,7 +9,7 @@ use axum::{
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, actor_for},
     ids::{HouseholdId, ReviewId, UserId, VisitId},
-    review::{ReviewState, heads_hex, open_tasks, review_state},
+    review::{ReviewState, heads_hex, known_version, open_tasks, review_state},
     schema::{Review, ReviewDecision},
     wire::DocChanges,
 };
@@ -228,7 +228,7 @@ pub async fn household_view(
                 reviewer: r.reviewer.to_string(),
                 at_ms: r.at_ms,
                 heads: r.heads.clone(),
-                state: review_state(&mut doc, r),
+                state: review_state(&mut doc, &h, r),
             })
             .collect();
         let conflicts = qiaomen_protocol::conflicts::conflicts(&mut doc)
@@ -249,7 +249,7 @@ pub async fn household_view(
                     .collect(),
             })
             .collect();
-        let open_tasks = open_tasks(&mut doc)
+        let open_tasks = open_tasks(&mut doc, &h)
             .ok()?
             .into_iter()
             .map(|t| t.visit.to_string())
@@ -482,12 +482,7 @@ pub async fn add_review(
                 message: "no such visit in this household".into(),
             });
         }
-        let known = !heads.is_empty()
-            && heads.iter().all(|h| {
-                h.parse::<qiaomen_protocol::ChangeHash>()
-                    .is_ok_and(|h| doc.has_change(&h))
-            });
-        if !known {
+        if known_version(doc, &heads).is_none() {
             return Err(ApiError::Conflict {
                 code: "unknown_version",
                 message: "heads must name a version of this household the server has".into(),
