@@ -46,6 +46,9 @@ fn visit(a: &Author, day: Day) -> (Visit, Vec<Demand>) {
         urgency: Urgency::Normal,
         status: DemandStatus::Raised,
         history: vec![],
+        first_responsible: None,
+        source: None,
+        external_ref: None,
     };
     let mut v = Visit {
         id: VisitId::new(),

@@ -22,5 +22,6 @@ pub mod sync;
 pub use error::{Result, StoreError};
 pub use store::{
     Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store, StoreOptions,
+    WorkOrderLine,
 };
 pub use sync::{SyncClient, SyncError, SyncProgress, SyncReport, enroll};

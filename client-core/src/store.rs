@@ -24,6 +24,7 @@ use qiaomen_protocol::{
     doc::{Author, HouseholdDoc},
     ids::{DemandId, GridId, HouseholdId, VisitId},
     schema::{Demand, DemandStatus, Household, HouseholdStatus, KeyGroup, Visit},
+    workorder::{self, Deadlines, NewStep, StepKind},
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -159,6 +160,23 @@ pub struct RosterEntry {
     pub key_groups: Vec<KeyGroup>,
     /// Whether a visit is recorded for this visit day.
     pub visited: bool,
+}
+
+/// An open work order of a household, for the phone's list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkOrderLine {
+    pub household: HouseholdId,
+    pub demand: DemandId,
+    pub door_number: String,
+    /// The resident's request (personal: show, never log).
+    pub text: String,
+    pub status: DemandStatus,
+    /// The step the order waits for; `Feedback` and `ReturnVisit` are the grid worker's.
+    pub waits_for: StepKind,
+    /// The last day the step is on time.
+    pub due: Day,
+    /// The team it was dispatched to.
+    pub unit: Option<String>,
 }
 
 /// A change of this device that a server refused.
@@ -671,22 +689,60 @@ impl Store {
         )
     }
 
-    /// Moves a demand to a new status, appending to its history.
-    pub fn transition_demand(
+    /// Takes a step of a demand's work order (a return visit, a feedback, ...), appending it
+    /// to the history. Refused here if it does not follow from the order's state; the server
+    /// also checks who may take it.
+    pub fn demand_step(
         &mut self,
         id: HouseholdId,
         demand: DemandId,
-        to: DemandStatus,
-        comment: &str,
+        step: &NewStep<'_>,
     ) -> Result<()> {
+        let rules = Deadlines::default();
         self.commit_edit(
             id,
             |doc, a, now| {
-                doc.transition_demand(a, now, demand, to, comment)
+                doc.demand_step(a, now, demand, step, &rules)
                     .map(|h| ((), Some(h)))
             },
             IndexUpdate::None,
         )
+    }
+
+    /// The open work orders of the households of `grid`, with the step each waits for and its
+    /// due day, those waiting for the grid (feedback, return visit) first, then by due day.
+    /// Works offline: the orders are replayed from the households' histories.
+    pub fn work_orders(&mut self, grid: &GridId) -> Result<Vec<WorkOrderLine>> {
+        let rules = Deadlines::default();
+        let ids: Vec<HouseholdId> = self
+            .households_in_grid(grid)?
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        let mut lines = Vec::new();
+        for id in ids {
+            let h = self.household(id)?;
+            for d in h.demands.values() {
+                let order = workorder::replay(d, &rules);
+                let Some(step) = order.open_step() else {
+                    continue;
+                };
+                lines.push(WorkOrderLine {
+                    household: id,
+                    demand: d.id,
+                    door_number: h.door_number.clone(),
+                    text: d.text.clone(),
+                    status: order.status,
+                    waits_for: step.kind,
+                    due: step.due,
+                    unit: order.unit.clone(),
+                });
+            }
+        }
+        let for_grid =
+            |l: &WorkOrderLine| !matches!(l.waits_for, StepKind::Feedback | StepKind::ReturnVisit);
+        lines.sort_by(|a, b| (for_grid(a), a.due, a.demand).cmp(&(for_grid(b), b.due, b.demand)));
+        Ok(lines)
     }
 
     /// Settles a conflicting field (see [`conflicts::resolve`]).

@@ -164,6 +164,39 @@ impl Phone {
             .resolve_conflict(id, &path, Resolution::Choose(op))?)
     }
 
+    /// Takes a step of a demand's work order on the phone — typically the feedback to the
+    /// resident and the return visit, offline; it syncs like any edit, and the server
+    /// refuses it (`stale_order`) if the order moved on meanwhile. `InvalidInput` when the
+    /// step does not follow from the order's state or lacks its data.
+    pub fn demand_step(
+        &self,
+        household_id: String,
+        demand_id: String,
+        step: DemandStepInput,
+    ) -> Result<()> {
+        let new = qiaomen_protocol::workorder::NewStep {
+            satisfaction: step.satisfaction,
+            ..qiaomen_protocol::workorder::NewStep::new(step.action, &step.comment)
+        };
+        Ok(self.store.blocking_lock().demand_step(
+            parse("household id", &household_id)?,
+            parse("demand id", &demand_id)?,
+            &new,
+        )?)
+    }
+
+    /// The open work orders of `grid`: those waiting for the grid worker (feedback to the
+    /// resident, return visit) first, then by due day. Works offline.
+    pub fn work_orders(&self, grid: String) -> Result<Vec<WorkOrderItem>> {
+        Ok(self
+            .store
+            .blocking_lock()
+            .work_orders(&grid.into_grid())?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
     /// Replaces a visit's note: how a worker fixes a visit returned by a supervisor.
     pub fn update_visit_note(
         &self,

@@ -99,14 +99,99 @@ pub enum Urgency {
 #[uniffi::remote(Enum)]
 pub enum DemandStatus {
     Raised,
+    Dispatched,
+    Accepted,
+    Bounced,
     Handling,
     Done,
+    FedBack,
+    ReturnVisited,
     Closed,
 }
 
+#[uniffi::remote(Enum)]
+pub enum DemandAction {
+    Take,
+    Dispatch,
+    Accept,
+    Bounce,
+    Start,
+    Finish,
+    Feedback,
+    ReturnVisit,
+    Close,
+    Reopen,
+    ChaseUp,
+    Extend,
+    Comment,
+}
+
+#[uniffi::remote(Enum)]
+pub enum Tier {
+    Immediate,
+    Coordinate,
+    LeaderCase,
+}
+
+#[uniffi::remote(Enum)]
+pub enum Satisfaction {
+    Satisfied,
+    Basically,
+    Dissatisfied,
+}
+
+#[uniffi::remote(Enum)]
+pub enum StepKind {
+    Triage,
+    Accept,
+    Handle,
+    Feedback,
+    ReturnVisit,
+    Close,
+}
+
+/// A step of a demand's work order taken on the phone (a feedback, a return visit, ...).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct DemandStepInput {
+    pub action: DemandAction,
+    pub comment: String,
+    /// The resident's verdict, for a return visit.
+    pub satisfaction: Option<Satisfaction>,
+}
+
+/// An open work order of the grid, as the phone sees it offline.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct WorkOrderItem {
+    pub household_id: String,
+    pub demand_id: String,
+    pub door_number: String,
+    pub text: String,
+    pub status: DemandStatus,
+    pub waits_for: StepKind,
+    /// The last day (`YYYY-MM-DD`) the step is on time.
+    pub due: String,
+    pub team: Option<String>,
+}
+
+impl From<core::WorkOrderLine> for WorkOrderItem {
+    fn from(l: core::WorkOrderLine) -> Self {
+        Self {
+            household_id: l.household.to_string(),
+            demand_id: l.demand.to_string(),
+            door_number: l.door_number,
+            text: l.text,
+            status: l.status,
+            waits_for: l.waits_for,
+            due: l.due.to_string(),
+            team: l.unit,
+        }
+    }
+}
+
+use qiaomen_protocol::workorder::{DemandAction, StepKind};
 use s::{
     DemandStatus, DisputeKind, HazardKind, HouseholdStatus, KeyGroup, NeedCategory, Publicity,
-    Relation, Urgency, VisitOutcome,
+    Relation, Satisfaction, Tier, Urgency, VisitOutcome,
 };
 
 /// A key-group tag with its period (`YYYY-MM-DD`; `until` empty while it holds).
@@ -440,6 +525,9 @@ impl NewVisit {
                 urgency: d.urgency,
                 status: DemandStatus::Raised,
                 history: vec![],
+                first_responsible: None,
+                source: Some(s::DemandSource::Visit),
+                external_ref: None,
             })
             .collect();
         let visit = s::Visit {

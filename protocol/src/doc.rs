@@ -29,7 +29,7 @@ use crate::{
     error::{DocError, Result},
     ids::{DemandId, DeviceId, UserId, VisitId},
     migrate,
-    schema::{Demand, DemandStatus, DemandTransition, Household, SCHEMA_VERSION, Visit},
+    schema::{Demand, Household, SCHEMA_VERSION, Visit},
 };
 
 /// Who makes a change: the signed-in user and the enrolled device.
@@ -283,14 +283,16 @@ impl HouseholdDoc {
             .ok_or_else(|| DocError::Automerge("empty visit change".into()))
     }
 
-    /// Moves a demand to `to`, appending to its history. Refused if the step is not allowed.
-    pub fn transition_demand(
+    /// Takes a step of a demand's work order, appending it to the history. Refused if the
+    /// step does not follow from the order's state or lacks its data (who may take it is the
+    /// server's check: [`crate::workorder::check_steps`]).
+    pub fn demand_step(
         &mut self,
         author: &Author,
         now_ms: i64,
         demand: DemandId,
-        to: DemandStatus,
-        comment: &str,
+        step: &crate::workorder::NewStep<'_>,
+        rules: &crate::workorder::Deadlines,
     ) -> Result<ChangeHash> {
         let demands = self.map_obj("demands")?;
         let key = demand.to_string();
@@ -304,20 +306,10 @@ impl HouseholdDoc {
             }
             Err(e) => return Err(e.into()),
         };
-        if !d.status.may_become(to) {
-            return Err(DocError::InvalidEdit(format!(
-                "a demand cannot go from {:?} to {:?}",
-                d.status, to
-            )));
-        }
-        d.history.push(DemandTransition {
-            by: author.user,
-            device: Some(author.device),
-            at_ms: now_ms,
-            from: d.status,
-            to,
-            comment: comment.to_string(),
-        });
+        let (entry, to) = step
+            .entry(&d, author.user, Some(author.device), now_ms, rules)
+            .map_err(|e| DocError::InvalidEdit(e.to_string()))?;
+        d.history.push(entry);
         d.status = to;
         if let Err(e) = autosurgeon::reconcile_prop(&mut self.doc, &demands, key.as_str(), &d) {
             self.doc.rollback();
@@ -668,6 +660,28 @@ impl HouseholdDoc {
         self.doc
             .commit_with(commit_options(author, now_ms))
             .ok_or_else(|| DocError::Automerge("empty review change".into()))
+    }
+
+    /// A demand as it is now, or as it was at `heads`; `None` when it is not there. Reading an
+    /// earlier version copies the document, so callers ask only for demands that changed.
+    pub fn demand_at(&self, demand: &str, heads: Option<&[ChangeHash]>) -> Result<Option<Demand>> {
+        let Some((_, demands)) = self.doc.get(ROOT, "demands")? else {
+            return Ok(None);
+        };
+        match heads {
+            None => Ok(autosurgeon::hydrate_prop(&self.doc, &demands, demand)?),
+            Some(h) => {
+                if self.doc.get_at(&demands, demand, h)?.is_none() {
+                    return Ok(None);
+                }
+                let mut copy = self.doc.clone();
+                let old = copy.fork_at(h).map_err(|_| DocError::NotFound {
+                    kind: "version",
+                    id: "heads".into(),
+                })?;
+                Ok(autosurgeon::hydrate_prop(&old, &demands, demand)?)
+            }
+        }
     }
 
     /// A root field's value as text (strings and enum names), at `heads` (`None`: now).

@@ -8,6 +8,7 @@
 
 pub mod calendar;
 pub mod conflicts;
+pub mod coverage;
 pub mod doc;
 pub mod error;
 pub mod hostile;
@@ -16,6 +17,7 @@ pub mod migrate;
 pub mod review;
 pub mod schema;
 pub mod wire;
+pub mod workorder;
 
 pub use automerge::{ActorId, ChangeHash};
 pub use error::{DocError, Result};

@@ -174,8 +174,21 @@ pub struct Member {
     pub tags: Vec<TagSpan>,
 }
 
-/// What a visit found: whether anyone was met.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+/// What a visit found: whether anyone was met. Ordered by how final a failed attempt is.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Reconcile,
+    Hydrate,
+    Serialize,
+    Deserialize,
+)]
 pub enum VisitOutcome {
     Met,
     NobodyHome,
@@ -272,18 +285,48 @@ pub enum Urgency {
     Urgent,
 }
 
-/// Where a demand is in its life. The full work-order flow arrives with the workflow issue;
-/// these are the states the phone needs now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+/// Where a demand's work order (诉求工单) is in its life: collect → dispatch → accept (or
+/// bounce back) → handle → done → feedback to the resident → return visit → closed, or
+/// reopened. The steps, who may take them and their deadlines are in [`crate::workorder`].
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Reconcile,
+    Hydrate,
+    Serialize,
+    Deserialize,
+)]
 pub enum DemandStatus {
+    /// Collected (收集): raised, not yet taken or dispatched. A reopened order is back here.
     Raised,
+    /// Dispatched (派单) to a department or service team, waiting for it to accept.
+    Dispatched,
+    /// Accepted (接单) by the team it was dispatched to.
+    Accepted,
+    /// Bounced back (退单) by the team, with a reason; waits for arbitration (a new dispatch).
+    Bounced,
+    /// Being handled (办理).
     Handling,
+    /// Done, with the result (办结).
     Done,
+    /// The result was told to the resident (反馈).
+    FedBack,
+    /// The return visit (回访) recorded the resident's satisfaction.
+    ReturnVisited,
+    /// Closed (办结归档).
     Closed,
 }
 
 impl DemandStatus {
-    /// Whether a demand may move from `self` to `to`.
+    /// Whether a demand may move from `self` to `to` by a bare status step. This is the rule of
+    /// history entries written before work orders (entries without an action); new entries
+    /// follow [`crate::workorder::DemandAction`].
     pub fn may_become(self, to: DemandStatus) -> bool {
         use DemandStatus::*;
         matches!(
@@ -296,9 +339,76 @@ impl DemandStatus {
                 | (Closed, Handling)
         )
     }
+
+    /// Whether the order is finished with (closed) — every other state is open.
+    pub fn is_open(self) -> bool {
+        self != DemandStatus::Closed
+    }
 }
 
-/// One entry of a demand's append-only history.
+/// How a demand is handled (分级): done at once by whoever took it, coordinated across
+/// departments ("the town blows the whistle, departments report", 吹哨报到), or assigned as a
+/// case to a leader (包案).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Reconcile,
+    Hydrate,
+    Serialize,
+    Deserialize,
+)]
+pub enum Tier {
+    /// 即办
+    Immediate,
+    /// 协调
+    Coordinate,
+    /// 包案
+    LeaderCase,
+}
+
+/// The resident's verdict at the return visit (回访).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Reconcile,
+    Hydrate,
+    Serialize,
+    Deserialize,
+)]
+pub enum Satisfaction {
+    /// 满意
+    Satisfied,
+    /// 基本满意
+    Basically,
+    /// 不满意
+    Dissatisfied,
+}
+
+/// Where a demand came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+pub enum DemandSource {
+    /// Raised on a household visit.
+    Visit,
+    /// Entered by a supervisor.
+    Supervisor,
+    /// Imported from a 12345 hotline work order.
+    Hotline,
+}
+
+/// One entry of a demand's append-only history: a step of the work order (`action`), or,
+/// in entries written before work orders, a bare status step.
 #[derive(Clone, Debug, PartialEq, Reconcile, Hydrate)]
 pub struct DemandTransition {
     pub by: UserId,
@@ -306,22 +416,51 @@ pub struct DemandTransition {
     pub at_ms: i64,
     pub from: DemandStatus,
     pub to: DemandStatus,
+    /// The comment; the reason of a bounce, the result of a finish, what a chase-up asks.
     pub comment: String,
+    /// The step taken; `None` in entries written before work orders.
+    pub action: Option<crate::workorder::DemandAction>,
+    /// The tier set by a take or a dispatch.
+    pub tier: Option<Tier>,
+    /// The department or team (an org unit id) a dispatch sends the order to.
+    pub unit: Option<String>,
+    /// The resident's verdict, on a return visit.
+    pub satisfaction: Option<Satisfaction>,
+    /// Working days added to the current step's deadline, on an extension.
+    pub extend_days: Option<u32>,
 }
 
-/// A resident's request (诉求), raised on a visit or entered later.
+/// A resident's request (诉求), raised on a visit or entered later: a work order.
 #[derive(Clone, Debug, PartialEq, Reconcile, Hydrate)]
 pub struct Demand {
     pub id: DemandId,
     pub raised_on_visit: Option<VisitId>,
+    /// Who raised it: the first-responsible cadre (首问负责) unless `first_responsible` says
+    /// otherwise.
     pub raised_by: UserId,
     pub raised_at_ms: i64,
     pub category: NeedCategory,
     pub text: String,
     pub urgency: Urgency,
+    /// The state the history leads to (kept in the record for readers; the history decides:
+    /// see [`crate::workorder::replay`]).
     pub status: DemandStatus,
     /// Append-only: entries are only ever added at the end.
     pub history: Vec<DemandTransition>,
+    /// The cadre responsible from first contact to closing (首问负责), when it is not the one
+    /// who entered the demand (a hotline order assigned to the grid's worker).
+    pub first_responsible: Option<UserId>,
+    /// Where the demand came from; `None` in demands written before work orders.
+    pub source: Option<DemandSource>,
+    /// The hotline's own work-order number, for an imported 12345 order.
+    pub external_ref: Option<String>,
+}
+
+impl Demand {
+    /// The cadre responsible for the demand from first contact to closing.
+    pub fn responsible(&self) -> UserId {
+        self.first_responsible.unwrap_or(self.raised_by)
+    }
 }
 
 /// A supervisor's decision on a visit.

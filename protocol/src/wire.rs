@@ -160,8 +160,13 @@ pub enum RejectCode {
     /// change was made).
     OutOfScope,
     /// A field rule refuses it: e.g. a worker deleting an entry, rewriting another worker's
-    /// visit, moving a household to another grid or marking it merged.
+    /// visit, moving a household to another grid or marking it merged, or taking a step of a
+    /// work order that is not theirs to take.
     NotAllowed,
+    /// A work-order step made without seeing the order's latest steps (another device moved
+    /// the order on meanwhile), or one that no longer follows from its state: sync, look at
+    /// the order again and redo the step if it still applies.
+    StaleOrder,
 }
 
 /// Errors decoding a message.

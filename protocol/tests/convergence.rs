@@ -26,6 +26,7 @@ use qiaomen_protocol::{
     doc::{Author, HouseholdDoc},
     ids::*,
     schema::*,
+    workorder::{Deadlines, DemandAction, NewStep, replay},
 };
 use uuid::Uuid;
 
@@ -53,12 +54,17 @@ const RELATIONS: [Relation; 9] = [
 /// in the wrong unit would show.
 const NOTES: [&str; 5] = ["", "见到户主", "老人身体还好", "nobody home", "🏠 门锁了"];
 const INSERTS: [&str; 5] = ["x", "【复查】", ",需送药", "🙂", "\n"];
-const DEMAND_STATUSES: [DemandStatus; 4] = [
-    DemandStatus::Raised,
-    DemandStatus::Handling,
-    DemandStatus::Done,
-    DemandStatus::Closed,
-];
+/// Every step of a work order, with all the data any step needs.
+fn demand_step(i: usize) -> NewStep<'static> {
+    NewStep {
+        action: DemandAction::ALL[i],
+        comment: "跟进",
+        tier: None,
+        unit: Some("team-1"),
+        satisfaction: Some(Satisfaction::Basically),
+        extend_days: Some(2),
+    }
+}
 
 /// What the network does with a message taken from the queue.
 #[derive(Clone, Copy, Debug)]
@@ -219,7 +225,7 @@ fn op() -> impl Strategy<Value = Op> {
                 delete,
                 insert,
             }),
-        3 => (any::<Index>(), any::<Index>(), 0..DEMAND_STATUSES.len())
+        3 => (any::<Index>(), any::<Index>(), 0..DemandAction::ALL.len())
             .prop_map(|(at, demand, to)| Op::TransitionDemand { at, demand, to }),
         1 => any::<Index>().prop_map(|at| Op::Restart { at }),
         6 => (any::<Index>(), proptest::bool::weighted(0.3))
@@ -454,6 +460,9 @@ impl World {
                         urgency: Urgency::Normal,
                         status: DemandStatus::Raised,
                         history: vec![],
+                        first_responsible: None,
+                        source: Some(DemandSource::Visit),
+                        external_ref: None,
                     })
                     .collect();
                 let visit = Visit {
@@ -522,12 +531,14 @@ impl World {
                 let Some(demand) = nth_key(&hh.demands, demand) else {
                     return Ok(());
                 };
-                let from = hh.demands[&demand].status;
-                let to = DEMAND_STATUSES[to];
+                let rules = Deadlines::default();
+                let from = replay(&hh.demands[&demand], &rules).status;
+                let step = demand_step(to);
+                let to = step.action;
                 let before = r.doc.heads();
-                let result = r.doc.transition_demand(&r.author, now, demand, to, "跟进");
-                if from.may_become(to) {
-                    check(&format!("transition {from:?} → {to:?}"), result)?;
+                let result = r.doc.demand_step(&r.author, now, demand, &step, &rules);
+                if to.next(from).is_some() {
+                    check(&format!("step {to:?} from {from:?}"), result)?;
                     *self.written.transitions.entry(demand).or_default() += 1;
                 } else {
                     prop_assert!(

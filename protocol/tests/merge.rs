@@ -9,6 +9,7 @@ use qiaomen_protocol::{
     doc::HouseholdDoc,
     ids::*,
     schema::*,
+    workorder::{Deadlines, DemandAction, NewStep},
 };
 
 fn two_phones() -> (
@@ -195,19 +196,35 @@ fn demand_history_is_appended_and_illegal_steps_refused() {
         urgency: Urgency::Urgent,
         status: DemandStatus::Raised,
         history: vec![],
+        first_responsible: None,
+        source: Some(DemandSource::Visit),
+        external_ref: None,
     };
     v.demands_raised.push(d.id);
     pa.add_visit(&a, 10, &v, std::slice::from_ref(&d)).unwrap();
     let heads = pa.heads();
+    let rules = Deadlines::default();
     assert!(matches!(
-        pa.transition_demand(&a, 11, d.id, DemandStatus::Closed, ""),
+        pa.demand_step(&a, 11, d.id, &NewStep::new(DemandAction::Close, ""), &rules),
         Err(DocError::InvalidEdit(_))
     ));
     assert_eq!(pa.heads(), heads, "a refused step writes nothing");
-    pa.transition_demand(&a, 12, d.id, DemandStatus::Handling, "已联系村委")
-        .unwrap();
-    pa.transition_demand(&a, 13, d.id, DemandStatus::Done, "已修好")
-        .unwrap();
+    pa.demand_step(
+        &a,
+        12,
+        d.id,
+        &NewStep::new(DemandAction::Take, "已联系村委"),
+        &rules,
+    )
+    .unwrap();
+    pa.demand_step(
+        &a,
+        13,
+        d.id,
+        &NewStep::new(DemandAction::Finish, "已修好"),
+        &rules,
+    )
+    .unwrap();
     let got = &pa.household().unwrap().demands[&d.id];
     assert_eq!(got.status, DemandStatus::Done);
     let steps: Vec<_> = got

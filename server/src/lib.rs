@@ -10,7 +10,9 @@
 pub mod access;
 pub mod admin;
 pub mod http;
+pub mod index;
 pub mod ingest;
+pub mod stats;
 pub mod storage;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -26,6 +28,8 @@ pub struct Config {
     /// About how many bytes of changes one sync response carries before it sets `more`
     /// (default [`qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES`]).
     pub response_budget: usize,
+    /// Work-order deadlines and the visit rotation.
+    pub workflow: index::Workflow,
 }
 
 impl Config {
@@ -36,6 +40,7 @@ impl Config {
             data_dir: data_dir.into(),
             ingest: Default::default(),
             response_budget: qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES,
+            workflow: Default::default(),
         }
     }
 }
@@ -92,12 +97,14 @@ pub async fn start(
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let access_db = access::AccessDb::open(&config.data_dir)?;
+    let index = index::Index::open(&config.data_dir, config.workflow.clone())?;
     let app = http::router(http::AppState {
         writer,
         readers,
         access_db: Arc::new(std::sync::Mutex::new(access_db)),
         limits: Arc::new(http::auth::Limits::default()),
         response_budget: config.response_budget,
+        index: Arc::new(std::sync::Mutex::new(index)),
     });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -103,7 +103,7 @@ pub trait Storage: Send + 'static {
 }
 
 /// Schema migrations, in order: the store's `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[LOG_SCHEMA, ACCESS_SCHEMA];
+const MIGRATIONS: &[&str] = &[LOG_SCHEMA, ACCESS_SCHEMA, crate::index::INDEX_SCHEMA];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS changes (

@@ -21,6 +21,9 @@ pub enum UnitKind {
     Town,
     Village,
     Grid,
+    /// A department or service team (职能部门/服务队) that handles dispatched work orders;
+    /// under the county or a town.
+    Team,
 }
 
 impl UnitKind {
@@ -30,22 +33,30 @@ impl UnitKind {
             UnitKind::Town => "town",
             UnitKind::Village => "village",
             UnitKind::Grid => "grid",
+            UnitKind::Team => "team",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::County, Self::Town, Self::Village, Self::Grid]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::County,
+            Self::Town,
+            Self::Village,
+            Self::Grid,
+            Self::Team,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 
-    /// The kind a unit's parent must have.
-    fn parent(self) -> Option<UnitKind> {
+    /// The kinds a unit's parent may have (empty: a root).
+    fn parents(self) -> &'static [UnitKind] {
         match self {
-            UnitKind::County => None,
-            UnitKind::Town => Some(UnitKind::County),
-            UnitKind::Village => Some(UnitKind::Town),
-            UnitKind::Grid => Some(UnitKind::Village),
+            UnitKind::County => &[],
+            UnitKind::Town => &[UnitKind::County],
+            UnitKind::Village => &[UnitKind::Town],
+            UnitKind::Grid => &[UnitKind::Village],
+            UnitKind::Team => &[UnitKind::County, UnitKind::Town],
         }
     }
 }
@@ -66,16 +77,20 @@ pub enum Role {
     CommandCentre,
     /// Administers the org, users and devices; reads no resident's record.
     Admin,
+    /// Works in a department or service team: accepts, bounces and handles the work orders
+    /// dispatched to it (reads those orders, not the grids' records).
+    TeamMember,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::GridWorker,
         Role::GridHead,
         Role::VillageSupervisor,
         Role::TownSupervisor,
         Role::CommandCentre,
         Role::Admin,
+        Role::TeamMember,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +101,7 @@ impl Role {
             Role::TownSupervisor => "town_supervisor",
             Role::CommandCentre => "command_centre",
             Role::Admin => "admin",
+            Role::TeamMember => "team_member",
         }
     }
 
@@ -133,6 +149,8 @@ pub struct Scope {
     pub roles: BTreeSet<Role>,
     /// Grids whose households the user may read now.
     pub read: BTreeSet<String>,
+    /// Teams (org unit ids) the user works in now.
+    pub teams: BTreeSet<String>,
     /// When the scope was computed.
     pub at_ms: i64,
 }
@@ -157,6 +175,28 @@ impl Scope {
 
     pub fn may_read(&self, grid: &str) -> bool {
         self.read.contains(grid)
+    }
+
+    fn holds(&self, grid: &str, change_ms: i64, role: impl Fn(Role) -> bool) -> bool {
+        self.grants
+            .iter()
+            .filter(|g| g.grid == grid && role(g.role))
+            .any(|g| g.covers(self.at_ms) || g.covers(change_ms.min(self.at_ms)))
+    }
+
+    /// What the user is to the work orders of `grid`'s households, for a step made at
+    /// `change_ms`.
+    pub fn party(&self, grid: &str, change_ms: i64) -> qiaomen_protocol::workorder::Party {
+        qiaomen_protocol::workorder::Party {
+            grid_member: self.holds(grid, change_ms, |r| {
+                matches!(r, Role::GridWorker | Role::GridHead)
+            }),
+            supervisor: self.supervises(grid, change_ms),
+            dispatcher: self.holds(grid, change_ms, |r| {
+                matches!(r, Role::CommandCentre | Role::TownSupervisor)
+            }),
+            teams: self.teams.clone(),
+        }
     }
 }
 
@@ -206,22 +246,24 @@ impl AccessDb {
                 "a unit id is 1-64 characters without spaces".into(),
             ));
         }
-        match (kind.parent(), parent) {
-            (None, None) => {}
-            (None, Some(_)) => return Err(AccessError::Invalid("a county has no parent".into())),
-            (Some(_), None) => {
+        let wanted = kind.parents();
+        match (wanted.is_empty(), parent) {
+            (true, None) => {}
+            (true, Some(_)) => return Err(AccessError::Invalid("a county has no parent".into())),
+            (false, None) => {
                 return Err(AccessError::Invalid(format!(
                     "a {} needs a parent unit",
                     kind.as_str()
                 )));
             }
-            (Some(want), Some(p)) => match self.unit_kind(p)? {
-                Some(k) if k == want => {}
+            (false, Some(p)) => match self.unit_kind(p)? {
+                Some(k) if wanted.contains(&k) => {}
                 Some(_) => {
+                    let names: Vec<&str> = wanted.iter().map(|k| k.as_str()).collect();
                     return Err(AccessError::Invalid(format!(
                         "the parent of a {} must be a {}",
                         kind.as_str(),
-                        want.as_str()
+                        names.join(" or ")
                     )));
                 }
                 None => return Err(AccessError::NotFound("parent unit")),
@@ -390,6 +432,11 @@ impl AccessDb {
                 role.as_str()
             )));
         }
+        if (role == Role::TeamMember) != (kind == UnitKind::Team) {
+            return Err(AccessError::Invalid(
+                "team members, and only they, are assigned to a team".into(),
+            ));
+        }
         self.conn.execute(
             "INSERT INTO assignments (user, unit, role, valid_from_ms) VALUES (?1, ?2, ?3, ?4)",
             params![user.to_string(), unit, role.as_str(), from_ms],
@@ -431,6 +478,9 @@ impl AccessDb {
             let grant_now = from_ms <= at_ms && until_ms.is_none_or(|u| at_ms < u);
             if grant_now {
                 scope.roles.insert(role);
+                if role == Role::TeamMember {
+                    scope.teams.insert(unit.clone());
+                }
             }
             for grid in self.grids_below(&unit)? {
                 if grant_now && role.reads_records() {

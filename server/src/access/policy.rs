@@ -10,12 +10,18 @@
 //!    mark it merged, delete an entry (member, visit, demand), touch a visit whose worker is
 //!    someone else, or write a review (signed by themselves); a new visit must name its author
 //!    as the worker. Else `not_allowed`.
+//! 4. **Work orders** ([`qiaomen_protocol::workorder::check_steps`]): a demand's history only
+//!    grows at its end, each new step is the uploader's, follows from the order's state and is
+//!    one their role may take (a team member, who reads no grid, may write only steps of
+//!    orders dispatched to their team). Else `not_allowed`, or `stale_order` when the step was
+//!    made without seeing the order's latest steps.
 
 use automerge::{Change, ChangeHash};
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, Touched, actor_device},
     ids::{DeviceId, UserId},
     wire::RejectCode,
+    workorder::{self, Deadlines, StepError},
 };
 
 use super::Scope;
@@ -54,9 +60,18 @@ pub fn check_effect(
     let grid_after = doc.root_text("grid", None).unwrap_or_default();
     let writable = |grid: &str| times.iter().all(|t| p.scope.may_write(grid, *t));
     let supervised = |grid: &str| times.iter().all(|t| p.scope.supervises(grid, *t));
-    if grid_before.as_deref().is_some_and(|g| !writable(g)) || !writable(&grid_after) {
+    // A team member touches nothing but the steps of orders dispatched to their team.
+    let demands_only = touched.facts.is_empty()
+        && touched.deleted.is_empty()
+        && !touched.entries.is_empty()
+        && touched.entries.iter().all(|(c, _)| c == "demands");
+    let team_work = demands_only && !p.scope.teams.is_empty();
+    if (grid_before.as_deref().is_some_and(|g| !writable(g)) || !writable(&grid_after))
+        && !team_work
+    {
         return Err(RejectCode::OutOfScope);
     }
+    check_demands(p, doc, prior, touched, times, &grid_after)?;
     let mut needs_supervisor = false;
     if let Some(g) = &grid_before
         && *g != grid_after
@@ -100,6 +115,62 @@ pub fn check_effect(
     }
     if needs_supervisor && !supervised(&grid_after) {
         return Err(RejectCode::NotAllowed);
+    }
+    Ok(())
+}
+
+/// Every touched demand's new steps are the principal's to take (see the module docs, 4).
+fn check_demands(
+    p: &Principal,
+    doc: &HouseholdDoc,
+    prior: Option<&[ChangeHash]>,
+    touched: &Touched,
+    times: &[i64],
+    grid: &str,
+) -> Result<(), RejectCode> {
+    let at = times.iter().copied().min().unwrap_or(p.scope.at_ms);
+    let party = p.scope.party(grid, at);
+    let rules = Deadlines::default();
+    for (_, key) in touched.entries.iter().filter(|(c, _)| c == "demands") {
+        let before = match prior {
+            Some(h) => doc
+                .demand_at(key, Some(h))
+                .map_err(|_| RejectCode::SchemaViolation)?,
+            None => None,
+        };
+        let Some(after) = doc
+            .demand_at(key, None)
+            .map_err(|_| RejectCode::SchemaViolation)?
+        else {
+            continue; // deleted: the supervisor rule covers it
+        };
+        if before.is_none() {
+            // A new demand: raised by the uploader, on the grid's side or by a dispatcher.
+            let raises = party.grid_member || party.supervisor || party.dispatcher;
+            if !raises || after.raised_by != p.user {
+                return Err(RejectCode::NotAllowed);
+            }
+        } else if let Some(b) = &before {
+            // What the demand says stays as raised; only its history grows.
+            let same = b.id == after.id
+                && b.raised_by == after.raised_by
+                && b.raised_at_ms == after.raised_at_ms
+                && b.raised_on_visit == after.raised_on_visit
+                && b.first_responsible == after.first_responsible
+                && b.source == after.source
+                && b.external_ref == after.external_ref;
+            let edits_text =
+                b.text != after.text || b.category != after.category || b.urgency != after.urgency;
+            if !same || (edits_text && !party.supervisor) {
+                return Err(RejectCode::NotAllowed);
+            }
+        }
+        workorder::check_steps(before.as_ref(), &after, p.user, &party, &rules).map_err(
+            |e| match e {
+                StepError::Stale => RejectCode::StaleOrder,
+                _ => RejectCode::NotAllowed,
+            },
+        )?;
     }
     Ok(())
 }

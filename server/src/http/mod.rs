@@ -41,9 +41,30 @@ pub struct AppState {
     pub limits: Arc<auth::Limits>,
     /// About how many bytes of changes one response carries before it sets `more`.
     pub response_budget: usize,
+    /// The read model for coverage, work orders and statistics.
+    pub index: Arc<Mutex<crate::index::Index>>,
 }
 
 impl AppState {
+    /// Brings the read model up to the log's end and runs `f` on it, on a blocking thread.
+    pub async fn index<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut ix = index.lock().expect("index lock");
+            ix.refresh()?;
+            f(&ix)
+        })
+        .await
+        .map_err(|_| ApiError::internal("index task failed"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "read model failed");
+            ApiError::Unavailable
+        })
+    }
+
     /// Runs `f` on the access tables, on a blocking thread.
     pub async fn access<T: Send + 'static>(
         &self,

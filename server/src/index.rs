@@ -1,0 +1,492 @@
+//! The read model: tables derived from the change log, for coverage, work orders and
+//! statistics. Never typed in, never the source of truth.
+//!
+//! The log is the truth ([`crate::storage`]). [`Index::refresh`] follows it with a cursor of
+//! its own (`idx_cursor`): every household with a change after the cursor is loaded, read
+//! through its typed record, and its rows in `idx_households`, `idx_visits` and
+//! `idx_orders` are replaced — in one transaction with the cursor, so a crash leaves either the
+//! old rows and cursor or the new ones. Reads call `refresh` first (a supervisor sees the
+//! visit a phone synced a moment ago); a refresh costs one document load per household that
+//! changed since the last one. Dropping the tables and the cursor rebuilds them from the log.
+//!
+//! What each row says is computed by the protocol crate's pure functions
+//! ([`qiaomen_protocol::workorder::replay`], [`qiaomen_protocol::coverage`]) with the
+//! server's [`Workflow`] settings, so the phone and the server count the same way.
+
+use std::path::Path;
+
+use qiaomen_protocol::{
+    calendar::Day,
+    coverage::{CoverageInput, CoveragePolicy},
+    doc::HouseholdDoc,
+    ids::HouseholdId,
+    schema::{Household, HouseholdStatus, KeyGroup, TagSpan, VisitOutcome},
+    workorder::{self, Deadlines},
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{SqliteStorage, Storage, StorageError};
+
+/// The workflow settings of a server: work-order deadlines (working days per step, the
+/// holiday calendar) and the visit rotation. Read from a JSON file (`--workflow`); every
+/// field has a default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Workflow {
+    pub deadlines: Deadlines,
+    pub coverage: CoveragePolicy,
+}
+
+/// The derived tables (migration 3 of the store).
+pub const INDEX_SCHEMA: &str = r#"
+CREATE TABLE idx_cursor (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL);
+INSERT INTO idx_cursor VALUES (1, 0);
+CREATE TABLE idx_households (
+    doc    BLOB PRIMARY KEY,
+    grid   TEXT NOT NULL,
+    door   TEXT NOT NULL,
+    status TEXT NOT NULL,
+    -- JSON [[group, since, until], ...] of the household's and its members' tags.
+    tags   TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX idx_households_grid ON idx_households (grid);
+CREATE TABLE idx_visits (
+    doc        BLOB NOT NULL,
+    visit      TEXT NOT NULL,
+    grid       TEXT NOT NULL,
+    visit_day  TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    worker     TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    PRIMARY KEY (doc, visit)
+) WITHOUT ROWID;
+CREATE INDEX idx_visits_grid ON idx_visits (grid, visit_day);
+CREATE TABLE idx_orders (
+    doc          BLOB NOT NULL,
+    demand       TEXT NOT NULL,
+    grid         TEXT NOT NULL,
+    door         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    tier         TEXT,
+    team         TEXT,
+    responsible  TEXT NOT NULL,
+    source       TEXT,
+    category     TEXT NOT NULL,
+    urgency      TEXT NOT NULL,
+    raised_ms    INTEGER NOT NULL,
+    done_ms      INTEGER,
+    on_time      INTEGER,
+    satisfaction TEXT,
+    step         TEXT,
+    step_due     TEXT,
+    chase_ups    INTEGER NOT NULL,
+    bounces      INTEGER NOT NULL,
+    reopened     INTEGER NOT NULL,
+    external_ref TEXT,
+    PRIMARY KEY (doc, demand)
+) WITHOUT ROWID;
+CREATE INDEX idx_orders_grid ON idx_orders (grid, raised_ms);
+CREATE INDEX idx_orders_team ON idx_orders (team, status);
+CREATE INDEX idx_orders_ref ON idx_orders (external_ref);
+"#;
+
+/// A household as the read model holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HouseholdRow {
+    pub id: HouseholdId,
+    pub grid: String,
+    pub door: String,
+    pub input: CoverageInput,
+}
+
+/// A work order as the read model holds it (no resident's text: that stays in the document).
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct OrderRow {
+    pub household: String,
+    pub demand: String,
+    pub grid: String,
+    pub door_number: String,
+    pub status: String,
+    pub tier: Option<String>,
+    pub team: Option<String>,
+    /// The first-responsible cadre's user id.
+    pub responsible: String,
+    pub source: Option<String>,
+    pub category: String,
+    pub urgency: String,
+    pub raised_ms: i64,
+    pub done_ms: Option<i64>,
+    /// Resolved with every step on time; `None` until done.
+    pub on_time: Option<bool>,
+    pub satisfaction: Option<String>,
+    /// The step the order waits for, and its due day; `None` once closed.
+    pub step: Option<String>,
+    pub step_due: Option<String>,
+    pub chase_ups: u32,
+    pub bounces: u32,
+    pub reopened: u32,
+    pub external_ref: Option<String>,
+}
+
+/// The read model on its own connection, plus a storage connection to load documents.
+pub struct Index {
+    conn: Connection,
+    storage: SqliteStorage,
+    pub workflow: Workflow,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").finish_non_exhaustive()
+    }
+}
+
+fn enum_name<T: std::fmt::Debug>(v: &T) -> String {
+    format!("{v:?}")
+}
+
+impl Index {
+    /// Opens the read model of the store in `dir` (the store's migrations made its tables).
+    pub fn open(dir: &Path, workflow: Workflow) -> Result<Self, StorageError> {
+        let storage = SqliteStorage::open(dir)?;
+        let conn = Connection::open(dir.join("qiaomen.db"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
+        Ok(Self {
+            conn,
+            storage,
+            workflow,
+        })
+    }
+
+    /// Brings the tables up to the log's end; returns how many households were re-read.
+    pub fn refresh(&mut self) -> Result<usize, StorageError> {
+        let cursor: i64 = self
+            .conn
+            .query_row("SELECT seq FROM idx_cursor", [], |r| r.get(0))?;
+        let end: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+                    r.get(0)
+                })?;
+        if end <= cursor {
+            return Ok(0);
+        }
+        let docs: Vec<Vec<u8>> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT DISTINCT doc FROM changes WHERE seq > ?1 AND seq <= ?2")?;
+            stmt.query_map(params![cursor, end], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut rows = Vec::with_capacity(docs.len());
+        for raw in &docs {
+            let Ok(bytes) = <[u8; 16]>::try_from(raw.as_slice()) else {
+                continue;
+            };
+            let id = HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes));
+            let Some(stored) = self.storage.load_doc(id)? else {
+                continue;
+            };
+            // A document that does not load or read is left out of the read model (it is
+            // still in the log); the server never stores one, so this is defensive.
+            let household = HouseholdDoc::load(&stored).and_then(|d| d.household());
+            match household {
+                Ok(h) => rows.push((raw.clone(), Some(h))),
+                Err(_) => {
+                    tracing::warn!(household = %id, "a stored document does not read; not indexed");
+                    rows.push((raw.clone(), None));
+                }
+            }
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        for (raw, household) in &rows {
+            for table in ["idx_households", "idx_visits", "idx_orders"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [raw])?;
+            }
+            if let Some(h) = household {
+                write_rows(&tx, raw, h, &self.workflow.deadlines)?;
+            }
+        }
+        tx.execute("UPDATE idx_cursor SET seq = ?1", [end])?;
+        tx.commit()?;
+        Ok(rows.len())
+    }
+
+    /// The households of `grids`, with what coverage needs.
+    pub fn households(&self, grids: &[String]) -> Result<Vec<HouseholdRow>, StorageError> {
+        let mut out = Vec::new();
+        let mut hh = self.conn.prepare_cached(
+            "SELECT doc, door, status, tags FROM idx_households WHERE grid = ?1 ORDER BY door, doc",
+        )?;
+        let mut visits = self
+            .conn
+            .prepare_cached("SELECT doc, visit_day, outcome FROM idx_visits WHERE grid = ?1")?;
+        for grid in grids {
+            let mut by_doc: std::collections::HashMap<Vec<u8>, Vec<(Day, VisitOutcome)>> =
+                Default::default();
+            for row in visits.query_map([grid], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })? {
+                let (doc, day, outcome) = row?;
+                if let (Ok(day), Some(o)) = (day.parse(), outcome_from(&outcome)) {
+                    by_doc.entry(doc).or_default().push((day, o));
+                }
+            }
+            for row in hh.query_map([grid], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })? {
+                let (doc, door, status, tags) = row?;
+                let Ok(bytes) = <[u8; 16]>::try_from(doc.as_slice()) else {
+                    continue;
+                };
+                let tags: Vec<(KeyGroup, Day, Option<Day>)> =
+                    serde_json::from_str(&tags).unwrap_or_default();
+                out.push(HouseholdRow {
+                    id: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes)),
+                    grid: grid.clone(),
+                    door,
+                    input: CoverageInput {
+                        status: status_from(&status),
+                        tags: tags
+                            .into_iter()
+                            .map(|(group, since, until)| TagSpan {
+                                group,
+                                since,
+                                until,
+                            })
+                            .collect(),
+                        visits: by_doc.remove(&doc).unwrap_or_default(),
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Visits of `grids` recorded for visit days in `from..=to`, per grid.
+    pub fn visit_counts(
+        &self,
+        grids: &[String],
+        from: Day,
+        to: Day,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StorageError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) FROM idx_visits WHERE grid = ?1 AND visit_day >= ?2 AND visit_day <= ?3",
+        )?;
+        let mut out = std::collections::BTreeMap::new();
+        for g in grids {
+            let n: i64 =
+                stmt.query_row(params![g, from.to_string(), to.to_string()], |r| r.get(0))?;
+            out.insert(g.clone(), n as u64);
+        }
+        Ok(out)
+    }
+
+    /// The work orders of `grids` (and, for team members, of `teams`).
+    pub fn orders(
+        &self,
+        grids: &[String],
+        teams: &[String],
+    ) -> Result<Vec<OrderRow>, StorageError> {
+        let mut out = Vec::new();
+        let mut by_grid = self
+            .conn
+            .prepare_cached(&format!("{ORDER_SELECT} WHERE grid = ?1"))?;
+        for g in grids {
+            for row in by_grid.query_map([g], order_row)? {
+                out.push(row?);
+            }
+        }
+        let mut by_team = self
+            .conn
+            .prepare_cached(&format!("{ORDER_SELECT} WHERE team = ?1"))?;
+        for t in teams {
+            for row in by_team.query_map([t], order_row)? {
+                let row = row?;
+                if !grids.contains(&row.grid) {
+                    out.push(row);
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.raised_ms, &a.demand).cmp(&(b.raised_ms, &b.demand)));
+        Ok(out)
+    }
+
+    /// One work order.
+    pub fn order(&self, demand: &str) -> Result<Option<OrderRow>, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("{ORDER_SELECT} WHERE demand = ?1"))?
+            .query_row([demand], order_row)
+            .optional()?)
+    }
+
+    /// Whether an imported hotline order with this number exists already.
+    pub fn has_external_ref(&self, reference: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM idx_orders WHERE external_ref = ?1")?
+            .query_row([reference], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// The household of `grid` with this door number, if exactly one.
+    pub fn household_by_door(
+        &self,
+        grid: &str,
+        door: &str,
+    ) -> Result<Option<HouseholdId>, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT doc FROM idx_households WHERE grid = ?1 AND door = ?2")?;
+        let found: Vec<Vec<u8>> = stmt
+            .query_map([grid, door], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(match found.as_slice() {
+            [one] => <[u8; 16]>::try_from(one.as_slice())
+                .ok()
+                .map(|b| HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(b))),
+            _ => None,
+        })
+    }
+}
+
+const ORDER_SELECT: &str =
+    "SELECT doc, demand, grid, door, status, tier, team, responsible, source,
+    category, urgency, raised_ms, done_ms, on_time, satisfaction, step, step_due, chase_ups,
+    bounces, reopened, external_ref FROM idx_orders";
+
+fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
+    let doc: Vec<u8> = r.get(0)?;
+    let household = <[u8; 16]>::try_from(doc.as_slice())
+        .map(|b| qiaomen_protocol::ids::Uuid::from_bytes(b).to_string())
+        .unwrap_or_default();
+    Ok(OrderRow {
+        household,
+        demand: r.get(1)?,
+        grid: r.get(2)?,
+        door_number: r.get(3)?,
+        status: r.get(4)?,
+        tier: r.get(5)?,
+        team: r.get(6)?,
+        responsible: r.get(7)?,
+        source: r.get(8)?,
+        category: r.get(9)?,
+        urgency: r.get(10)?,
+        raised_ms: r.get(11)?,
+        done_ms: r.get(12)?,
+        on_time: r.get(13)?,
+        satisfaction: r.get(14)?,
+        step: r.get(15)?,
+        step_due: r.get(16)?,
+        chase_ups: r.get(17)?,
+        bounces: r.get(18)?,
+        reopened: r.get(19)?,
+        external_ref: r.get(20)?,
+    })
+}
+
+fn write_rows(
+    tx: &rusqlite::Transaction<'_>,
+    raw: &[u8],
+    h: &Household,
+    rules: &Deadlines,
+) -> rusqlite::Result<()> {
+    let grid = h.grid.as_str();
+    let input = CoverageInput::of(h);
+    let tags: Vec<(KeyGroup, Day, Option<Day>)> = input
+        .tags
+        .iter()
+        .map(|t| (t.group, t.since, t.until))
+        .collect();
+    tx.execute(
+        "INSERT INTO idx_households (doc, grid, door, status, tags) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            raw,
+            grid,
+            h.door_number,
+            enum_name(&h.status),
+            serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into())
+        ],
+    )?;
+    let mut visit = tx.prepare_cached(
+        "INSERT INTO idx_visits (doc, visit, grid, visit_day, outcome, worker, started_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for v in h.visits.values() {
+        visit.execute(params![
+            raw,
+            v.id.to_string(),
+            grid,
+            v.visit_day.to_string(),
+            enum_name(&v.outcome),
+            v.worker.to_string(),
+            v.started_at_ms
+        ])?;
+    }
+    let mut order = tx.prepare_cached(
+        "INSERT INTO idx_orders (doc, demand, grid, door, status, tier, team, responsible, source,
+            category, urgency, raised_ms, done_ms, on_time, satisfaction, step, step_due,
+            chase_ups, bounces, reopened, external_ref)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20, ?21)",
+    )?;
+    for d in h.demands.values() {
+        let o = workorder::replay(d, rules);
+        let open = o.open_step();
+        order.execute(params![
+            raw,
+            d.id.to_string(),
+            grid,
+            h.door_number,
+            enum_name(&o.status),
+            o.tier.map(|t| enum_name(&t)),
+            o.unit,
+            o.responsible.to_string(),
+            d.source.map(|s| enum_name(&s)),
+            enum_name(&d.category),
+            enum_name(&d.urgency),
+            o.raised_ms,
+            o.done_ms,
+            o.resolved_on_time(),
+            o.satisfaction.map(|(s, _)| enum_name(&s)),
+            open.map(|s| enum_name(&s.kind)),
+            open.map(|s| s.due.to_string()),
+            o.chase_ups,
+            o.bounces,
+            o.reopened,
+            d.external_ref,
+        ])?;
+    }
+    Ok(())
+}
+
+fn outcome_from(s: &str) -> Option<VisitOutcome> {
+    Some(match s {
+        "Met" => VisitOutcome::Met,
+        "NobodyHome" => VisitOutcome::NobodyHome,
+        "Refused" => VisitOutcome::Refused,
+        "Moved" => VisitOutcome::Moved,
+        _ => return None,
+    })
+}
+
+fn status_from(s: &str) -> HouseholdStatus {
+    match s {
+        "Moved" => HouseholdStatus::Moved,
+        "Merged" => HouseholdStatus::Merged,
+        _ => HouseholdStatus::Active,
+    }
+}

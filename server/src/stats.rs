@@ -1,0 +1,256 @@
+//! Figures supervisors quote — demands received and resolved, on-time rate, return-visit
+//! satisfaction, visits done, coverage — computed from the read model ([`crate::index`]),
+//! which is computed from the log. Nothing here is typed in.
+//!
+//! Definitions (a period is a range of days, both ends included, China time):
+//! - **received**: work orders raised in the period; **resolved**: those of them done (办结)
+//!   at least once by now; **resolution rate** = resolved ÷ received (e.g. 781/799 = 97.8%).
+//! - **on time**: resolved orders whose every step up to done ended by its due day
+//!   (extensions included); **on-time rate** = on time ÷ resolved.
+//! - **satisfaction**: orders of the period with a return visit, by the latest verdict;
+//!   **satisfaction rate** = (satisfied + basically) ÷ return-visited.
+//! - **visits**: visits recorded for the period's visit days.
+//! - **coverage**: the [`Tally`] of every visit day of the period up to today;
+//!   **coverage rate** = visited ÷ due.
+//! - **overdue**: open orders whose step's due day is before today.
+//!
+//! **Red/black list (红黑榜)** of grids for a period: a grid's *score* is the weighted mean of
+//! its coverage rate (40), resolution rate (30), on-time rate (20) and satisfaction rate (10),
+//! leaving out the rates it has no data for (weights renormalised). **Red list**: the best 3
+//! grids by score with score ≥ 0.90, no missed household and no overdue order. **Black
+//! list**: every grid with score < 0.80, a missed household, or an overdue order, worst first.
+
+use qiaomen_protocol::{
+    calendar::{self, Day},
+    coverage::{self, CoveragePolicy, Tally},
+};
+use serde::Serialize;
+
+use crate::index::{HouseholdRow, OrderRow};
+
+/// The figures of a set of grids over a period.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Figures {
+    pub received: u64,
+    pub resolved: u64,
+    pub resolution_rate: Option<f64>,
+    pub on_time: u64,
+    pub on_time_rate: Option<f64>,
+    pub return_visited: u64,
+    pub satisfied: u64,
+    pub basically: u64,
+    pub dissatisfied: u64,
+    pub satisfaction_rate: Option<f64>,
+    pub visits: u64,
+    #[schema(value_type = Object)]
+    pub coverage: Tally,
+    pub coverage_rate: Option<f64>,
+    pub overdue: u64,
+}
+
+fn ratio(n: u64, d: u64) -> Option<f64> {
+    (d > 0).then(|| n as f64 / d as f64)
+}
+
+/// The visit days from `from` to `to` (inclusive) that are not after `today`.
+pub fn visit_days(from: Day, to: Day, today: Day) -> Vec<Day> {
+    let mut out = Vec::new();
+    let mut d = calendar::cycle_of(from);
+    if d < from {
+        d = calendar::next_visit_day(d);
+    }
+    while d <= to && d <= today {
+        out.push(d);
+        d = calendar::next_visit_day(d);
+    }
+    out
+}
+
+/// The coverage of `households` over `days`, as of `today`.
+pub fn coverage_of(
+    households: &[HouseholdRow],
+    days: &[Day],
+    today: Day,
+    policy: &CoveragePolicy,
+) -> Tally {
+    let mut t = Tally::default();
+    for day in days {
+        for h in households {
+            if let Some(due) = coverage::coverage(&h.input, *day, today, policy) {
+                t.add(&due);
+            }
+        }
+    }
+    t
+}
+
+/// The figures of `orders`, `households` and `visits` (already limited to one set of grids)
+/// over `from..=to`, as of `today`.
+pub fn figures(
+    orders: &[OrderRow],
+    households: &[HouseholdRow],
+    visits: u64,
+    (from, to): (Day, Day),
+    today: Day,
+    policy: &CoveragePolicy,
+) -> Figures {
+    let mut f = Figures {
+        visits,
+        ..Figures::default()
+    };
+    let today_s = today.to_string();
+    for o in orders {
+        if o.step_due
+            .as_deref()
+            .is_some_and(|due| due < today_s.as_str())
+        {
+            f.overdue += 1;
+        }
+        let raised = qiaomen_protocol::workorder::day_of(o.raised_ms);
+        if raised < from || raised > to {
+            continue;
+        }
+        f.received += 1;
+        if o.done_ms.is_some() {
+            f.resolved += 1;
+            f.on_time += u64::from(o.on_time == Some(true));
+        }
+        match o.satisfaction.as_deref() {
+            Some("Satisfied") => f.satisfied += 1,
+            Some("Basically") => f.basically += 1,
+            Some("Dissatisfied") => f.dissatisfied += 1,
+            _ => continue,
+        }
+        f.return_visited += 1;
+    }
+    f.resolution_rate = ratio(f.resolved, f.received);
+    f.on_time_rate = ratio(f.on_time, f.resolved);
+    f.satisfaction_rate = ratio(f.satisfied + f.basically, f.return_visited);
+    f.coverage = coverage_of(households, &visit_days(from, to, today), today, policy);
+    f.coverage_rate = ratio(f.coverage.visited, f.coverage.due);
+    f
+}
+
+/// A grid's place on the red/black list.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Ranked {
+    pub grid: String,
+    pub score: Option<f64>,
+    pub figures: Figures,
+    /// Why a grid is on the black list (empty on the red list).
+    pub reasons: Vec<String>,
+}
+
+/// The rule, as text for the API and the page.
+pub const RANKING_RULE: &str = "score = weighted mean of coverage rate (40), resolution rate (30), on-time rate (20), satisfaction rate (10) over the rates with data; red list: best 3 with score >= 0.90, no missed household, no overdue order; black list: score < 0.80, a missed household or an overdue order, worst first";
+
+/// The score of a grid's figures (see the module docs); `None` with no data at all.
+pub fn score(f: &Figures) -> Option<f64> {
+    let parts = [
+        (f.coverage_rate, 40.0),
+        (f.resolution_rate, 30.0),
+        (f.on_time_rate, 20.0),
+        (f.satisfaction_rate, 10.0),
+    ];
+    let (sum, weight) = parts
+        .iter()
+        .filter_map(|(r, w)| r.map(|r| (r * w, *w)))
+        .fold((0.0, 0.0), |(s, ws), (x, w)| (s + x, ws + w));
+    (weight > 0.0).then(|| sum / weight)
+}
+
+/// Splits grids' figures into the red list and the black list.
+pub fn red_black(grids: Vec<(String, Figures)>) -> (Vec<Ranked>, Vec<Ranked>) {
+    let mut ranked: Vec<Ranked> = grids
+        .into_iter()
+        .map(|(grid, figures)| {
+            let mut reasons = Vec::new();
+            let score = score(&figures);
+            if score.is_some_and(|s| s < 0.80) {
+                reasons.push("score_below_0.80".to_string());
+            }
+            if figures.coverage.missed > 0 {
+                reasons.push("missed_households".to_string());
+            }
+            if figures.overdue > 0 {
+                reasons.push("overdue_orders".to_string());
+            }
+            Ranked {
+                grid,
+                score,
+                figures,
+                reasons,
+            }
+        })
+        .collect();
+    let key = |r: &Ranked| r.score.unwrap_or(0.0);
+    ranked.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.grid.cmp(&b.grid)));
+    let red: Vec<Ranked> = ranked
+        .iter()
+        .filter(|r| r.reasons.is_empty() && r.score.is_some_and(|s| s >= 0.90))
+        .take(3)
+        .cloned()
+        .collect();
+    let mut black: Vec<Ranked> = ranked
+        .into_iter()
+        .filter(|r| !r.reasons.is_empty())
+        .collect();
+    black.reverse();
+    (red, black)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Day {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn visit_days_of_a_period_stop_at_today() {
+        assert_eq!(
+            visit_days(d("2026-02-01"), d("2026-03-31"), d("2026-03-20")),
+            vec![d("2026-02-15"), d("2026-02-28"), d("2026-03-15")]
+        );
+        assert_eq!(
+            visit_days(d("2026-11-15"), d("2026-11-15"), d("2026-12-01")),
+            vec![d("2026-11-15")]
+        );
+        assert!(visit_days(d("2026-11-16"), d("2026-11-29"), d("2026-12-01")).is_empty());
+    }
+
+    #[test]
+    fn scores_and_the_red_black_rule() {
+        let good = Figures {
+            coverage_rate: Some(1.0),
+            resolution_rate: Some(1.0),
+            on_time_rate: Some(0.9),
+            ..Figures::default()
+        };
+        // (40 + 30 + 18) / 90
+        assert!((score(&good).unwrap() - 88.0 / 90.0).abs() < 1e-9);
+        assert_eq!(score(&Figures::default()), None);
+        let mut missed = good.clone();
+        missed.coverage.missed = 1;
+        let poor = Figures {
+            coverage_rate: Some(0.5),
+            ..Figures::default()
+        };
+        let (red, black) = red_black(vec![
+            ("a".into(), good.clone()),
+            ("b".into(), missed),
+            ("c".into(), poor),
+            ("d".into(), good),
+        ]);
+        assert_eq!(
+            red.iter().map(|r| r.grid.as_str()).collect::<Vec<_>>(),
+            ["a", "d"]
+        );
+        assert_eq!(
+            black.iter().map(|r| r.grid.as_str()).collect::<Vec<_>>(),
+            ["c", "b"]
+        );
+        assert_eq!(black[1].reasons, ["missed_households"]);
+    }
+}
