@@ -741,7 +741,7 @@ impl Store {
         }
         let for_grid =
             |l: &WorkOrderLine| !matches!(l.waits_for, StepKind::Feedback | StepKind::ReturnVisit);
-        lines.sort_by(|a, b| (for_grid(a), a.due, a.demand).cmp(&(for_grid(b), b.due, b.demand)));
+        lines.sort_by_key(|l| (for_grid(l), l.due, l.demand));
         Ok(lines)
     }
 

@@ -311,8 +311,7 @@ impl Order {
             !self
                 .steps
                 .iter()
-                .filter(|s| s.started_ms <= done)
-                .any(|s| s.late() || s.ended_ms.is_none_or(|e| e > done)),
+                .any(|s| s.ended_ms.is_some_and(|e| e <= done) && s.late()),
         )
     }
 }

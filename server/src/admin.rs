@@ -337,10 +337,20 @@ pub fn seed_demo(data_dir: &Path) -> Result<Demo, Box<dyn std::error::Error>> {
             db.issue_enrollment_code(head)?,
         ),
     );
+    // Teams that handle dispatched work orders.
+    db.add_unit("water", UnitKind::Team, Some("qinghe"), "县水利局", start)?;
+    db.add_unit(
+        "liulin-service",
+        UnitKind::Team,
+        Some("liulin"),
+        "柳林镇便民服务队",
+        start,
+    )?;
     for (login, person, unit, role) in [
         ("s-chen", "陈书记", "dongcun", Role::VillageSupervisor),
         ("s-liu", "刘镇长", "liulin", Role::TownSupervisor),
         ("cc-zhou", "周主任", "qinghe", Role::CommandCentre),
+        ("t-ma", "马科长", "water", Role::TeamMember),
         ("admin", "系统管理员", "qinghe", Role::Admin),
     ] {
         let user = db.add_user(login, person)?;
@@ -391,6 +401,24 @@ pub fn seed_demo(data_dir: &Path) -> Result<Demo, Box<dyn std::error::Error>> {
                     },
                 },
             );
+            if n % 4 == 1 {
+                // A 12345 hotline order, imported, waiting to be dispatched.
+                let d = qiaomen_protocol::schema::Demand {
+                    id: qiaomen_protocol::ids::DemandId::new(),
+                    raised_on_visit: None,
+                    raised_by: importer.user,
+                    raised_at_ms: now_ms(),
+                    category: qiaomen_protocol::schema::NeedCategory::Other,
+                    text: ["门前排水沟堵塞,雨天积水", "自来水水压低,二楼无水"][n / 4].into(),
+                    urgency: qiaomen_protocol::schema::Urgency::Normal,
+                    status: qiaomen_protocol::schema::DemandStatus::Raised,
+                    history: vec![],
+                    first_responsible: None,
+                    source: Some(qiaomen_protocol::schema::DemandSource::Hotline),
+                    external_ref: Some(format!("12345-2026-{:04}", g * 8 + n)),
+                };
+                h.demands.insert(d.id, d);
+            }
             let mut doc = HouseholdDoc::create(&h, &importer, now_ms())?;
             docs.push(DocChanges {
                 id,

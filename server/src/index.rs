@@ -89,6 +89,7 @@ CREATE TABLE idx_orders (
 CREATE INDEX idx_orders_grid ON idx_orders (grid, raised_ms);
 CREATE INDEX idx_orders_team ON idx_orders (team, status);
 CREATE INDEX idx_orders_ref ON idx_orders (external_ref);
+CREATE INDEX idx_orders_demand ON idx_orders (demand);
 "#;
 
 /// A household as the read model holds it.

@@ -103,7 +103,12 @@ pub trait Storage: Send + 'static {
 }
 
 /// Schema migrations, in order: the store's `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[LOG_SCHEMA, ACCESS_SCHEMA, crate::index::INDEX_SCHEMA];
+const MIGRATIONS: &[&str] = &[
+    LOG_SCHEMA,
+    ACCESS_SCHEMA,
+    TEAMS_SCHEMA,
+    crate::index::INDEX_SCHEMA,
+];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS changes (
@@ -124,6 +129,25 @@ CREATE TABLE IF NOT EXISTS docs (
     snapshot      BLOB,
     snapshot_seq  INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+"#;
+
+/// Teams (departments and service teams that handle dispatched work orders) become a kind of
+/// org unit: SQLite cannot change a CHECK constraint, so the table is rebuilt (foreign keys
+/// are off on this connection; the rows and their ids are kept).
+const TEAMS_SCHEMA: &str = r#"
+CREATE TABLE org_units_new (
+    id          TEXT PRIMARY KEY,
+    parent      TEXT REFERENCES org_units (id),
+    kind        TEXT NOT NULL CHECK (kind IN ('county', 'town', 'village', 'grid', 'team')),
+    name        TEXT NOT NULL,
+    valid_from  TEXT NOT NULL,
+    valid_until TEXT
+);
+INSERT INTO org_units_new (id, parent, kind, name, valid_from, valid_until)
+    SELECT id, parent, kind, name, valid_from, valid_until FROM org_units;
+DROP TABLE org_units;
+ALTER TABLE org_units_new RENAME TO org_units;
+CREATE INDEX org_units_parent ON org_units (parent);
 "#;
 
 /// The org model, users, devices, tokens, sessions and the audit log (the access issue), and
@@ -229,12 +253,29 @@ impl SqliteStorage {
         if version > FORMAT {
             return Err(StorageError::TooNew(version));
         }
+        // A migration may rebuild a table others refer to: foreign keys are checked after
+        // each step instead of during it (the pragma cannot change inside a transaction).
+        conn.pragma_update(None, "foreign_keys", false)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
+            let broken: i64 =
+                tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?;
+            if broken > 0 {
+                return Err(StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                    Some(format!(
+                        "migration {} leaves {broken} broken references",
+                        i + 1
+                    )),
+                )));
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
+        conn.pragma_update(None, "foreign_keys", true)?;
         Ok(Self { conn, path })
     }
 
@@ -512,5 +553,59 @@ impl Storage for SqliteStorage {
         Ok(self
             .conn
             .query_row("SELECT count(*) FROM docs", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written before teams existed (format 2) keeps its org units and assignments
+    /// through the table rebuild, and takes teams afterwards.
+    #[test]
+    fn an_older_store_keeps_its_org_when_teams_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("qiaomen.db")).unwrap();
+            conn.execute_batch(LOG_SCHEMA).unwrap();
+            conn.execute_batch(ACCESS_SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO org_units (id, parent, kind, name, valid_from)
+                     VALUES ('c', NULL, 'county', '县', '2026-01-01'),
+                            ('t', 'c', 'town', '镇', '2026-01-01');
+                 INSERT INTO users (id, login, name, created_ms) VALUES ('u', 'u', '人', 0);
+                 INSERT INTO assignments (user, unit, role, valid_from_ms) VALUES ('u', 't', 'town_supervisor', 0);",
+            )
+            .unwrap();
+        }
+        SqliteStorage::open(dir.path()).unwrap();
+        let db = crate::access::AccessDb::open(dir.path()).unwrap();
+        let units: Vec<(String, String)> = db
+            .units()
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.id, u.kind.as_str().to_string()))
+            .collect();
+        assert_eq!(
+            units,
+            [("c".into(), "county".into()), ("t".into(), "town".into())]
+        );
+        db.add_unit(
+            "water",
+            crate::access::org::UnitKind::Team,
+            Some("t"),
+            "水利站",
+            "2026-01-01".parse().unwrap(),
+        )
+        .unwrap();
+        let fk: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(fk, 0, "every reference still resolves");
+        assert_eq!(db.assignments().unwrap().len(), 1);
     }
 }

@@ -70,6 +70,7 @@ fn main() {
             }],
             roles: [Role::GridWorker].into(),
             read: ["g".to_string()].into(),
+            teams: Default::default(),
             at_ms: i64::MAX / 2,
         },
     });

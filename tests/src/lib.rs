@@ -171,7 +171,8 @@ pub struct Phone {
     pub author: Author,
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+/// Runs `f` to completion on a private single-threaded runtime.
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -247,4 +248,55 @@ pub fn raw_upload(
         let body = resp.bytes().await.expect("a body");
         (status, wire::decode(&body, 1 << 24).ok())
     })
+}
+
+/// Calls the JSON API with a bearer token; returns the status and the body (`Null` if the
+/// body is not JSON).
+pub fn call(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = match method {
+            "GET" => client.get(url),
+            _ => client.post(url),
+        }
+        .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("a body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    })
+}
+
+/// A new user of `unit` with `role` who signs in with a password; returns the session token.
+pub fn session(server: &TestServer, login: &str, unit: &str, role: Role) -> String {
+    let db = server.access();
+    let user = db.add_user(login, "督导").expect("user");
+    db.assign(user, unit, role, 0).expect("assignment");
+    db.set_password(user, "review-password-1")
+        .expect("password");
+    let (status, body) = block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/login", server.url))
+            .json(&serde_json::json!({"login": login, "password": "review-password-1"}))
+            .send()
+            .await
+            .expect("the server answers");
+        (
+            resp.status().as_u16(),
+            resp.json::<serde_json::Value>().await.expect("a JSON body"),
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().expect("a token").to_string()
 }

@@ -9,63 +9,7 @@ use qiaomen_protocol::{
     wire::RejectCode,
 };
 use qiaomen_server::access::Role;
-use qiaomen_tests::{TestServer, sample_visit};
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-fn call(
-    method: &str,
-    url: &str,
-    token: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    block_on(async {
-        let client = reqwest::Client::new();
-        let mut req = match method {
-            "GET" => client.get(url),
-            _ => client.post(url),
-        }
-        .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-        )
-    })
-}
-
-/// A supervisor (password login) of `unit` with `role`; returns the session token.
-fn supervisor(server: &TestServer, login: &str, unit: &str, role: Role) -> String {
-    let db = server.access();
-    let user = db.add_user(login, "督导").unwrap();
-    db.assign(user, unit, role, 0).unwrap();
-    db.set_password(user, "review-password-1").unwrap();
-    let (status, body) = block_on(async {
-        let resp = reqwest::Client::new()
-            .post(format!("{}/v1/login", server.url))
-            .json(&serde_json::json!({"login": login, "password": "review-password-1"}))
-            .send()
-            .await
-            .unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json::<serde_json::Value>().await.unwrap(),
-        )
-    });
-    assert_eq!(status, 200);
-    body["token"].as_str().unwrap().to_string()
-}
+use qiaomen_tests::{TestServer, block_on, call, sample_visit, session as supervisor};
 
 #[test]
 fn a_sign_off_pins_a_version_and_a_returned_visit_is_a_task_on_the_phone_until_fixed() {
@@ -434,15 +378,23 @@ fn the_openapi_document_matches_the_served_api() {
     documented.sort();
     let want = [
         "GET /api/v1/audit",
+        "GET /api/v1/coverage",
         "GET /api/v1/devices",
         "GET /api/v1/grids/{grid}/export",
         "GET /api/v1/grids/{grid}/households",
         "GET /api/v1/households/{id}",
+        "GET /api/v1/orders",
+        "GET /api/v1/orders/{demand}",
         "GET /api/v1/org",
+        "GET /api/v1/ranking",
+        "GET /api/v1/stats",
         "GET /v1/me",
         "POST /api/v1/devices/{id}/revoke",
         "POST /api/v1/households/{id}/conflicts/resolve",
+        "POST /api/v1/households/{id}/demands",
         "POST /api/v1/households/{id}/reviews",
+        "POST /api/v1/orders/import",
+        "POST /api/v1/orders/{demand}/steps",
         "POST /v1/enroll",
         "POST /v1/login",
         "POST /v1/logout",
@@ -456,6 +408,7 @@ fn the_openapi_document_matches_the_served_api() {
             server.url,
             path.replace("{id}", &HouseholdId::new().to_string())
                 .replace("{grid}", "g1")
+                .replace("{demand}", &DemandId::new().to_string())
         );
         let (status, body) = block_on(async {
             let client = reqwest::Client::new();

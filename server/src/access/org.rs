@@ -231,6 +231,11 @@ impl AccessDb {
         Ok(kind.as_deref().and_then(UnitKind::parse))
     }
 
+    /// The kind of a unit, if it exists.
+    pub fn unit_kind_of(&self, id: &str) -> Result<Option<UnitKind>> {
+        self.unit_kind(id)
+    }
+
     /// Creates an org unit under `parent` (a grid under a village, a village under a town, a
     /// town under the county).
     pub fn add_unit(
@@ -269,13 +274,13 @@ impl AccessDb {
                 None => return Err(AccessError::NotFound("parent unit")),
             },
         }
-        let inserted = self.conn.execute(
-            "INSERT OR IGNORE INTO org_units (id, parent, kind, name, valid_from) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, parent, kind.as_str(), name, valid_from.to_string()],
-        )?;
-        if inserted == 0 {
+        if self.unit_kind(id)?.is_some() {
             return Err(AccessError::Invalid(format!("unit {id} exists already")));
         }
+        self.conn.execute(
+            "INSERT INTO org_units (id, parent, kind, name, valid_from) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, parent, kind.as_str(), name, valid_from.to_string()],
+        )?;
         Ok(())
     }
 

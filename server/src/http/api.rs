@@ -11,7 +11,7 @@ use qiaomen_protocol::{
     ids::{HouseholdId, ReviewId, UserId, VisitId},
     review::{ReviewState, heads_hex, known_version, open_tasks, review_state},
     schema::{Review, ReviewDecision},
-    wire::DocChanges,
+    wire::{DocChanges, RejectCode},
 };
 use serde::{Deserialize, Serialize};
 
@@ -505,14 +505,47 @@ pub async fn add_review(
     Ok(review_id)
 }
 
-/// Makes one change to a household as the caller's web device, if the caller supervises the
-/// household's grid, and stores it through the writer with the same checks as a phone's
-/// upload; audits it as `action`.
+/// Writes a supervisor's edit of a household as a change of their web device.
 async fn supervisor_change(
     state: &AppState,
     caller: &Caller,
     id: HouseholdId,
     action: &'static str,
+    build: impl FnOnce(&mut HouseholdDoc, &Author) -> Result<qiaomen_protocol::ChangeHash, ApiError>
+    + Send
+    + 'static,
+) -> Result<(), ApiError> {
+    web_change(
+        state,
+        caller,
+        id,
+        action,
+        |scope, grid| {
+            if !scope.may_read(grid) {
+                return Err(not_found());
+            }
+            if !scope.supervises(grid, now_ms()) {
+                return Err(ApiError::Forbidden {
+                    code: "forbidden",
+                    message: "only a supervisor of this grid may do this".into(),
+                });
+            }
+            Ok(())
+        },
+        build,
+    )
+    .await
+}
+
+/// Writes an edit made on a web page or through the API as a change of the caller's web
+/// device, checked by the same writer and policy as a phone's. `allowed` sees the caller's
+/// scope and the household's grid first (404 for what they may not see).
+pub(crate) async fn web_change(
+    state: &AppState,
+    caller: &Caller,
+    id: HouseholdId,
+    action: &'static str,
+    allowed: impl FnOnce(&crate::access::Scope, &str) -> Result<(), ApiError>,
     build: impl FnOnce(&mut HouseholdDoc, &Author) -> Result<qiaomen_protocol::ChangeHash, ApiError>
     + Send
     + 'static,
@@ -526,15 +559,10 @@ async fn supervisor_change(
         .with(move |s| Ok((s.doc_grid(id)?, s.load_doc(id)?)))
         .await?
     {
-        (Some(g), Some(b)) if scope.may_read(&g) => (g, b),
+        (Some(g), Some(b)) => (g, b),
         _ => return Err(not_found()),
     };
-    if !scope.supervises(&grid, now_ms()) {
-        return Err(ApiError::Forbidden {
-            code: "forbidden",
-            message: "only a supervisor of this grid may do this".into(),
-        });
-    }
+    allowed(&scope, &grid)?;
     let author = Author { user, device };
     let change = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         let mut doc = HouseholdDoc::load(&bytes).map_err(|_| ApiError::Internal)?;
@@ -561,9 +589,28 @@ async fn supervisor_change(
         .await
         .map_err(|_| ApiError::Unavailable)?;
     if let Some(r) = outcome.rejected.first() {
-        return Err(ApiError::Forbidden {
-            code: "refused",
-            message: format!("the change was refused: {:?}", r.code),
+        record(
+            state,
+            user,
+            Some(device.to_string()),
+            action,
+            id.to_string(),
+            "refused",
+        )
+        .await?;
+        return Err(match r.code {
+            RejectCode::StaleOrder => ApiError::Conflict {
+                code: "stale_order",
+                message: "the work order moved on meanwhile; read it again".into(),
+            },
+            RejectCode::NotAllowed | RejectCode::OutOfScope => ApiError::Forbidden {
+                code: "not_allowed",
+                message: "the caller's role may not do this".into(),
+            },
+            code => ApiError::Forbidden {
+                code: "refused",
+                message: format!("the change was refused: {code:?}"),
+            },
         });
     }
     record(

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod openapi;
 pub mod pages;
+pub mod workflow;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -294,6 +295,17 @@ pub fn router(state: AppState) -> Router {
             post(api::resolve),
         )
         .route("/api/v1/org", get(api::org))
+        .route("/api/v1/coverage", get(workflow::coverage_report))
+        .route("/api/v1/orders", get(workflow::orders))
+        .route("/api/v1/orders/import", post(workflow::import_orders))
+        .route("/api/v1/orders/{demand}", get(workflow::order))
+        .route("/api/v1/orders/{demand}/steps", post(workflow::order_step))
+        .route(
+            "/api/v1/households/{id}/demands",
+            post(workflow::create_demand),
+        )
+        .route("/api/v1/stats", get(workflow::stats_report))
+        .route("/api/v1/ranking", get(workflow::ranking))
         .route("/api/v1/grids/{grid}/households", get(api::grid_households))
         .route("/api/v1/grids/{grid}/export", get(api::grid_export))
         .route("/api/v1/devices", get(api::devices))

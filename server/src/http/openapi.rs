@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth};
+use super::{api, auth, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -25,6 +25,14 @@ use super::{api, auth};
         api::devices,
         api::revoke,
         api::audit,
+        workflow::coverage_report,
+        workflow::orders,
+        workflow::order,
+        workflow::order_step,
+        workflow::create_demand,
+        workflow::import_orders,
+        workflow::stats_report,
+        workflow::ranking,
         auth::enroll,
         auth::rotate,
         auth::login,

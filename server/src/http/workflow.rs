@@ -1,0 +1,1124 @@
+//! The grid workflows' API: visit-day coverage, demand work orders (enter, import from the
+//! 12345 hotline, dispatch, accept, bounce, handle, chase up, extend, close), statistics and
+//! the red/black list. Reads come from the read model ([`crate::index`]); every step is a
+//! change of the caller's web device, checked by the writer's policy like a phone's.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::HeaderMap,
+};
+use qiaomen_protocol::{
+    calendar::{self, Day},
+    coverage::{self, CoverageState, Tally},
+    ids::{DemandId, HouseholdId, UserId},
+    schema::{Demand, DemandSource, NeedCategory, Satisfaction, Tier, Urgency},
+    workorder::{self, DemandAction, NewStep, Step},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, api::web_change, auth::Caller};
+use crate::{
+    access::{
+        Scope, now_ms,
+        org::{Unit, UnitKind},
+    },
+    index::OrderRow,
+    stats::{self, Figures, Ranked},
+};
+
+fn today() -> Day {
+    workorder::day_of(now_ms())
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid",
+        message: message.into(),
+    }
+}
+
+fn no_unit() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        message: "no such unit".into(),
+    }
+}
+
+fn no_order() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        message: "no such work order".into(),
+    }
+}
+
+fn parse_day(s: &str, what: &str) -> Result<Day, ApiError> {
+    s.parse()
+        .map_err(|_| bad(format!("{what} is not a date (YYYY-MM-DD)")))
+}
+
+/// A unit the caller may see, the grids below it they may read, and its child units with
+/// theirs.
+pub(crate) struct UnitScope {
+    pub unit: Unit,
+    pub grids: Vec<String>,
+    pub children: Vec<(Unit, Vec<String>)>,
+}
+
+/// Resolves `unit` (default: the caller's topmost unit) within what the caller may see.
+pub(crate) async fn unit_scope(
+    state: &AppState,
+    caller: &Caller,
+    unit: Option<String>,
+) -> Result<UnitScope, ApiError> {
+    let user = caller.user();
+    state
+        .access(move |db| {
+            let at = now_ms();
+            let scope = db.scope(user, at)?;
+            let visible: Vec<Unit> = db
+                .visible_units(user, at)?
+                .into_iter()
+                .filter(|u| u.kind != UnitKind::Team)
+                .collect();
+            let unit = match unit {
+                Some(id) => visible.iter().find(|u| u.id == id).cloned(),
+                None => visible.first().cloned(),
+            };
+            let Some(unit) = unit else {
+                return Ok(None);
+            };
+            let readable = |id: &str| -> crate::access::Result<Vec<String>> {
+                Ok(db
+                    .grids_below(id)?
+                    .into_iter()
+                    .filter(|g| scope.may_read(g))
+                    .collect())
+            };
+            let grids = readable(&unit.id)?;
+            let mut children = Vec::new();
+            for child in visible
+                .iter()
+                .filter(|u| u.parent.as_deref() == Some(unit.id.as_str()))
+            {
+                children.push((child.clone(), readable(&child.id)?));
+            }
+            Ok(Some(UnitScope {
+                unit,
+                grids,
+                children,
+            }))
+        })
+        .await?
+        .ok_or_else(no_unit)
+}
+
+// ---------------------------------------------------------------- coverage
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CoverageQuery {
+    /// An org unit id (default: the caller's topmost unit).
+    pub unit: Option<String>,
+    /// A visit day, YYYY-MM-DD (default: the current cycle's).
+    pub day: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UnitTally {
+    pub id: String,
+    pub name: String,
+    pub kind: UnitKind,
+    #[schema(value_type = Object)]
+    pub tally: Tally,
+    pub rate: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HouseholdCoverage {
+    pub id: String,
+    pub grid: String,
+    pub door_number: String,
+    pub key_groups: Vec<String>,
+    /// `visited`, `not_met`, `pending` or `missed`.
+    pub state: String,
+    /// Why not met: `nobody_home`, `refused`, `moved`.
+    pub reason: Option<String>,
+    pub attempts: u32,
+    pub catch_up_by: String,
+}
+
+/// The "no household missed" report of a unit for one visit day.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CoverageReport {
+    pub unit: UnitTally,
+    pub visit_day: String,
+    pub today: String,
+    pub catch_up_by: String,
+    /// Each child unit (town → villages → grids).
+    pub children: Vec<UnitTally>,
+    /// Every due household not visited yet (all due households for a grid), key groups
+    /// first.
+    pub households: Vec<HouseholdCoverage>,
+}
+
+fn unit_tally(unit: &Unit, tally: Tally) -> UnitTally {
+    UnitTally {
+        id: unit.id.clone(),
+        name: unit.name.clone(),
+        kind: unit.kind,
+        rate: tally.rate(),
+        tally,
+    }
+}
+
+/// `GET /api/v1/coverage`: visited / due for a visit day, per child unit, with every due
+/// household not met and why, and the catch-up deadline.
+#[utoipa::path(get, path = "/api/v1/coverage", tag = "workflow", security(("bearer" = [])),
+    params(CoverageQuery),
+    responses((status = 200, body = CoverageReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn coverage_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<CoverageQuery>,
+) -> Result<Json<CoverageReport>, ApiError> {
+    coverage_for(&state, &caller, q).await.map(Json)
+}
+
+pub(crate) async fn coverage_for(
+    state: &AppState,
+    caller: &Caller,
+    q: CoverageQuery,
+) -> Result<CoverageReport, ApiError> {
+    let today = today();
+    let day = match q.day.as_deref() {
+        Some(s) => {
+            let d = parse_day(s, "day")?;
+            if !calendar::is_visit_day(d) {
+                return Err(bad("day is not a visit day (the 15th or the 30th)"));
+            }
+            d
+        }
+        None => calendar::cycle_of(today),
+    };
+    let us = unit_scope(state, caller, q.unit).await?;
+    let grids = us.grids.clone();
+    let rows = state.index(move |ix| ix.households(&grids)).await?;
+    let policy = state
+        .index
+        .lock()
+        .expect("index lock")
+        .workflow
+        .coverage
+        .clone();
+    let mut per_grid: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut households = Vec::new();
+    let is_grid = us.unit.kind == UnitKind::Grid;
+    for h in &rows {
+        let Some(due) = coverage::coverage(&h.input, day, today, &policy) else {
+            continue;
+        };
+        per_grid.entry(h.grid.clone()).or_default().add(&due);
+        if is_grid || due.state != CoverageState::Visited {
+            let (state, reason) = match due.state {
+                CoverageState::Visited => ("visited", None),
+                CoverageState::NotMet(o) => (
+                    "not_met",
+                    Some(
+                        match o {
+                            qiaomen_protocol::schema::VisitOutcome::Refused => "refused",
+                            qiaomen_protocol::schema::VisitOutcome::Moved => "moved",
+                            _ => "nobody_home",
+                        }
+                        .to_string(),
+                    ),
+                ),
+                CoverageState::Pending => ("pending", None),
+                CoverageState::Missed => ("missed", None),
+            };
+            households.push(HouseholdCoverage {
+                id: h.id.to_string(),
+                grid: h.grid.clone(),
+                door_number: h.door.clone(),
+                key_groups: due.key_groups.iter().map(|g| format!("{g:?}")).collect(),
+                state: state.into(),
+                reason,
+                attempts: due.attempts,
+                catch_up_by: due.catch_up_by.to_string(),
+            });
+        }
+    }
+    households.sort_by(|a, b| {
+        (a.key_groups.is_empty(), &a.grid, &a.door_number).cmp(&(
+            b.key_groups.is_empty(),
+            &b.grid,
+            &b.door_number,
+        ))
+    });
+    let sum = |grids: &[String]| {
+        let mut t = Tally::default();
+        for g in grids {
+            if let Some(x) = per_grid.get(g) {
+                t.merge(x);
+            }
+        }
+        t
+    };
+    Ok(CoverageReport {
+        unit: unit_tally(&us.unit, sum(&us.grids)),
+        visit_day: day.to_string(),
+        today: today.to_string(),
+        catch_up_by: policy.catch_up_by(day).to_string(),
+        children: us
+            .children
+            .iter()
+            .map(|(u, g)| unit_tally(u, sum(g)))
+            .collect(),
+        households,
+    })
+}
+
+// ---------------------------------------------------------------- work orders
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct OrdersQuery {
+    /// An org unit id (default: every grid the caller reads, and their teams' orders).
+    pub unit: Option<String>,
+    /// Only orders in this state (`Raised`, `Dispatched`, ..., `Closed`).
+    pub status: Option<String>,
+    /// Only open orders whose step is past its due day.
+    pub overdue: Option<bool>,
+}
+
+/// `GET /api/v1/orders`: work orders of the caller's grids and teams, filtered.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "workflow", security(("bearer" = [])),
+    params(OrdersQuery),
+    responses((status = 200, body = Vec<OrderRow>), (status = 404, body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn orders(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<OrdersQuery>,
+) -> Result<Json<Vec<OrderRow>>, ApiError> {
+    order_list(&state, &caller, q).await.map(Json)
+}
+
+pub(crate) async fn order_list(
+    state: &AppState,
+    caller: &Caller,
+    q: OrdersQuery,
+) -> Result<Vec<OrderRow>, ApiError> {
+    let (grids, teams) = match q.unit {
+        Some(u) => {
+            let us = unit_scope(state, caller, Some(u)).await?;
+            (us.grids, Vec::new())
+        }
+        None => {
+            let user = caller.user();
+            let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+            (
+                scope.read.into_iter().collect::<Vec<_>>(),
+                scope.teams.into_iter().collect(),
+            )
+        }
+    };
+    let today = today().to_string();
+    let mut rows = state.index(move |ix| ix.orders(&grids, &teams)).await?;
+    if let Some(s) = q.status {
+        rows.retain(|r| r.status == s);
+    }
+    if q.overdue == Some(true) {
+        rows.retain(|r| r.step_due.as_deref().is_some_and(|d| d < today.as_str()));
+    }
+    Ok(rows)
+}
+
+/// One entry of an order's history, for people.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HistoryEntry {
+    pub by: String,
+    pub by_name: Option<String>,
+    pub device: Option<String>,
+    pub at_ms: i64,
+    pub action: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub comment: String,
+    pub tier: Option<String>,
+    pub team: Option<String>,
+    pub satisfaction: Option<String>,
+    pub extend_days: Option<u32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StepView {
+    pub kind: String,
+    pub started_ms: i64,
+    pub due: String,
+    pub extended_days: u32,
+    pub ended_ms: Option<i64>,
+    pub late: bool,
+    pub overdue: bool,
+}
+
+impl StepView {
+    fn of(s: &Step, today: Day) -> Self {
+        Self {
+            kind: format!("{:?}", s.kind),
+            started_ms: s.started_ms,
+            due: s.due.to_string(),
+            extended_days: s.extended_days,
+            ended_ms: s.ended_ms,
+            late: s.late(),
+            overdue: s.overdue_on(today),
+        }
+    }
+}
+
+/// A work order with the resident's request and its whole history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderDetail {
+    pub order: OrderRow,
+    pub address: String,
+    pub text: String,
+    pub history: Vec<HistoryEntry>,
+    pub steps: Vec<StepView>,
+    /// The steps the caller may take now.
+    pub may: Vec<String>,
+}
+
+/// Finds an order the caller may see: in a grid they read, or dispatched to their team.
+async fn visible_order(
+    state: &AppState,
+    caller: &Caller,
+    demand: &str,
+) -> Result<(OrderRow, Scope), ApiError> {
+    let demand = demand
+        .parse::<DemandId>()
+        .map_err(|_| no_order())?
+        .to_string();
+    let user = caller.user();
+    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    let row = state
+        .index(move |ix| ix.order(&demand))
+        .await?
+        .ok_or_else(no_order)?;
+    let of_team = row.team.as_ref().is_some_and(|t| scope.teams.contains(t));
+    if !scope.may_read(&row.grid) && !of_team {
+        return Err(no_order());
+    }
+    Ok((row, scope))
+}
+
+/// `GET /api/v1/orders/{demand}`: one work order, its history and deadlines, and the steps
+/// the caller may take.
+#[utoipa::path(get, path = "/api/v1/orders/{demand}", tag = "workflow", security(("bearer" = [])),
+    params(("demand" = String, Path, description = "demand id")),
+    responses((status = 200, body = OrderDetail), (status = 404, body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(demand): Path<String>,
+) -> Result<Json<OrderDetail>, ApiError> {
+    order_detail(&state, &caller, &demand).await.map(Json)
+}
+
+pub(crate) async fn order_detail(
+    state: &AppState,
+    caller: &Caller,
+    demand: &str,
+) -> Result<OrderDetail, ApiError> {
+    let (row, scope) = visible_order(state, caller, demand).await?;
+    let id: HouseholdId = row.household.parse().map_err(|_| ApiError::Internal)?;
+    let bytes = state
+        .readers
+        .with(move |s| {
+            use crate::storage::Storage;
+            s.load_doc(id)
+        })
+        .await?
+        .ok_or_else(no_order)?;
+    let key = row.demand.clone();
+    let rules = state
+        .index
+        .lock()
+        .expect("index lock")
+        .workflow
+        .deadlines
+        .clone();
+    let (address, d) = tokio::task::spawn_blocking(move || {
+        let doc = qiaomen_protocol::doc::HouseholdDoc::load(&bytes).ok()?;
+        let h = doc.household().ok()?;
+        let d = h
+            .demands
+            .values()
+            .find(|d| d.id.to_string() == key)?
+            .clone();
+        Some((h.address, d))
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .ok_or_else(no_order)?;
+    let names = {
+        let ids: Vec<String> = d.history.iter().map(|e| e.by.to_string()).collect();
+        state.access(move |db| db.user_names(&ids)).await?
+    };
+    let order = workorder::replay(&d, &rules);
+    let party = scope.party(&row.grid, now_ms());
+    let today = today();
+    let may = DemandAction::ALL
+        .iter()
+        .filter(|a| a.next(order.status).is_some() && party.may(**a, &order))
+        .map(|a| action_name(*a).to_string())
+        .collect();
+    let user = caller.user();
+    let target = row.household.clone();
+    state
+        .access(move |db| {
+            db.audit(crate::access::audit::Event {
+                user: Some(&user.to_string()),
+                device: None,
+                action: "read_order",
+                target: Some(&target),
+                outcome: "ok",
+            })
+        })
+        .await?;
+    Ok(OrderDetail {
+        history: d
+            .history
+            .iter()
+            .map(|e| HistoryEntry {
+                by: e.by.to_string(),
+                by_name: names.get(&e.by.to_string()).cloned(),
+                device: e.device.map(|d| d.to_string()),
+                at_ms: e.at_ms,
+                action: e.action.map(|a| action_name(a).to_string()),
+                from: format!("{:?}", e.from),
+                to: format!("{:?}", e.to),
+                comment: e.comment.clone(),
+                tier: e.tier.map(|t| format!("{t:?}")),
+                team: e.unit.clone(),
+                satisfaction: e.satisfaction.map(|s| format!("{s:?}")),
+                extend_days: e.extend_days,
+            })
+            .collect(),
+        steps: order.steps.iter().map(|s| StepView::of(s, today)).collect(),
+        may,
+        address,
+        text: d.text,
+        order: row,
+    })
+}
+
+fn action_name(a: DemandAction) -> &'static str {
+    match a {
+        DemandAction::Take => "take",
+        DemandAction::Dispatch => "dispatch",
+        DemandAction::Accept => "accept",
+        DemandAction::Bounce => "bounce",
+        DemandAction::Start => "start",
+        DemandAction::Finish => "finish",
+        DemandAction::Feedback => "feedback",
+        DemandAction::ReturnVisit => "return_visit",
+        DemandAction::Close => "close",
+        DemandAction::Reopen => "reopen",
+        DemandAction::ChaseUp => "chase_up",
+        DemandAction::Extend => "extend",
+        DemandAction::Comment => "comment",
+    }
+}
+
+/// A step on a work order.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepRequest {
+    /// `take`, `dispatch`, `accept`, `bounce`, `start`, `finish`, `feedback`, `return_visit`,
+    /// `close`, `reopen`, `chase_up`, `extend` or `comment`.
+    #[schema(value_type = String)]
+    pub action: DemandAction,
+    /// The reason of a bounce, the result of a finish; at most 2000 characters.
+    #[serde(default)]
+    pub comment: String,
+    /// For a take or a dispatch: `Immediate`, `Coordinate` or `LeaderCase`.
+    #[schema(value_type = Option<String>)]
+    pub tier: Option<Tier>,
+    /// For a dispatch: the team's unit id.
+    pub team: Option<String>,
+    /// For a return visit: `Satisfied`, `Basically` or `Dissatisfied`.
+    #[schema(value_type = Option<String>)]
+    pub satisfaction: Option<Satisfaction>,
+    /// For an extension: 1-60 working days.
+    pub extend_days: Option<u32>,
+}
+
+/// `POST /api/v1/orders/{demand}/steps`: take a step; it is written to the household's
+/// document (and reaches the grid's phones) and answered with the order as it now stands.
+#[utoipa::path(post, path = "/api/v1/orders/{demand}/steps", tag = "workflow", security(("bearer" = [])),
+    params(("demand" = String, Path, description = "demand id")), request_body = StepRequest,
+    responses((status = 200, body = OrderDetail), (status = 400, description = "the step does not follow or lacks its data", body = ErrorBody),
+              (status = 403, description = "not the caller's step to take", body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "stale_order: the order moved on meanwhile", body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn order_step(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(demand): Path<String>,
+    ApiJson(req): ApiJson<StepRequest>,
+) -> Result<Json<OrderDetail>, ApiError> {
+    take_step(&state, &caller, &demand, req).await?;
+    order_detail(&state, &caller, &demand).await.map(Json)
+}
+
+pub(crate) async fn take_step(
+    state: &AppState,
+    caller: &Caller,
+    demand: &str,
+    req: StepRequest,
+) -> Result<(), ApiError> {
+    if req.comment.chars().count() > 2000 {
+        return Err(bad("the comment has more than 2000 characters"));
+    }
+    if req.team.as_ref().is_some_and(|t| t.len() > 64) {
+        return Err(bad("team is not a unit id"));
+    }
+    if req.action == DemandAction::Dispatch {
+        let team = req.team.clone().unwrap_or_default();
+        let kind = state.access(move |db| db.unit_kind_of(&team)).await?;
+        if kind != Some(UnitKind::Team) {
+            return Err(bad("dispatch needs the id of a team unit"));
+        }
+    }
+    let (row, _) = visible_order(state, caller, demand).await?;
+    let id: HouseholdId = row.household.parse().map_err(|_| ApiError::Internal)?;
+    let demand_id: DemandId = row.demand.parse().map_err(|_| ApiError::Internal)?;
+    let rules = state
+        .index
+        .lock()
+        .expect("index lock")
+        .workflow
+        .deadlines
+        .clone();
+    let team_of_order = row.team.clone();
+    web_change(
+        state,
+        caller,
+        id,
+        "order_step",
+        move |scope, grid| {
+            let of_team = team_of_order
+                .as_ref()
+                .is_some_and(|t| scope.teams.contains(t));
+            if scope.may_read(grid) || of_team {
+                Ok(())
+            } else {
+                Err(no_order())
+            }
+        },
+        move |doc, author| {
+            let step = NewStep {
+                action: req.action,
+                comment: &req.comment,
+                tier: req.tier,
+                unit: req.team.as_deref(),
+                satisfaction: req.satisfaction,
+                extend_days: req.extend_days,
+            };
+            doc.demand_step(author, now_ms(), demand_id, &step, &rules)
+                .map_err(|e| ApiError::BadRequest {
+                    code: "invalid_step",
+                    message: e.to_string(),
+                })
+        },
+    )
+    .await
+}
+
+/// A demand entered by a supervisor.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDemandRequest {
+    /// `Housing`, `HealthCare`, `Education`, `ElderlyCare` or `Other` (or 住房, 医疗, 教育, 养老, 其他).
+    pub category: String,
+    /// The resident's request, 1-2000 characters.
+    pub text: String,
+    #[serde(default)]
+    pub urgent: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DemandCreated {
+    pub demand_id: String,
+}
+
+fn category(s: &str) -> Option<NeedCategory> {
+    Some(match s.trim() {
+        "Housing" | "住房" => NeedCategory::Housing,
+        "HealthCare" | "医疗" => NeedCategory::HealthCare,
+        "Education" | "教育" => NeedCategory::Education,
+        "ElderlyCare" | "养老" => NeedCategory::ElderlyCare,
+        "Other" | "其他" => NeedCategory::Other,
+        _ => return None,
+    })
+}
+
+fn check_text(text: &str) -> Result<(), String> {
+    let n = text.trim().chars().count();
+    if n == 0 || n > 2000 {
+        return Err("the text must have 1-2000 characters".into());
+    }
+    Ok(())
+}
+
+/// Adds a demand to a household as a change of the caller's web device.
+async fn add_demand(
+    state: &AppState,
+    caller: &Caller,
+    id: HouseholdId,
+    demand: Demand,
+    action: &'static str,
+) -> Result<(), ApiError> {
+    web_change(
+        state,
+        caller,
+        id,
+        action,
+        |scope, grid| {
+            if scope.may_read(grid) {
+                Ok(())
+            } else {
+                Err(ApiError::NotFound {
+                    code: "not_found",
+                    message: "no such household".into(),
+                })
+            }
+        },
+        move |doc, author| {
+            doc.edit(author, now_ms(), |h| {
+                h.demands.insert(demand.id, demand);
+                Ok(())
+            })
+            .map_err(|_| ApiError::Internal)?
+            .1
+            .ok_or(ApiError::Internal)
+        },
+    )
+    .await
+}
+
+fn new_demand(
+    by: UserId,
+    category: NeedCategory,
+    text: String,
+    urgent: bool,
+    source: DemandSource,
+    external_ref: Option<String>,
+) -> Demand {
+    Demand {
+        id: DemandId::new(),
+        raised_on_visit: None,
+        raised_by: by,
+        raised_at_ms: now_ms(),
+        category,
+        text,
+        urgency: if urgent {
+            Urgency::Urgent
+        } else {
+            Urgency::Normal
+        },
+        status: qiaomen_protocol::schema::DemandStatus::Raised,
+        history: Vec::new(),
+        first_responsible: None,
+        source: Some(source),
+        external_ref,
+    }
+}
+
+/// `POST /api/v1/households/{id}/demands`: a supervisor (or the grid's worker) enters a
+/// resident's demand; it becomes a work order, collected, with the caller first-responsible.
+#[utoipa::path(post, path = "/api/v1/households/{id}/demands", tag = "workflow", security(("bearer" = [])),
+    params(("id" = String, Path, description = "household id")), request_body = NewDemandRequest,
+    responses((status = 201, body = DemandCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn create_demand(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<NewDemandRequest>,
+) -> Result<(axum::http::StatusCode, Json<DemandCreated>), ApiError> {
+    let id: HouseholdId = id.parse().map_err(|_| ApiError::NotFound {
+        code: "not_found",
+        message: "no such household".into(),
+    })?;
+    let cat = category(&req.category).ok_or_else(|| bad("unknown category"))?;
+    check_text(&req.text).map_err(bad)?;
+    let d = new_demand(
+        caller.user(),
+        cat,
+        req.text.trim().to_string(),
+        req.urgent,
+        DemandSource::Supervisor,
+        None,
+    );
+    let demand_id = d.id;
+    add_demand(&state, &caller, id, d, "enter_demand").await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(DemandCreated {
+            demand_id: demand_id.to_string(),
+        }),
+    ))
+}
+
+/// One 12345 hotline work order to import.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HotlineOrder {
+    /// The hotline's work-order number (imports are idempotent by it).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub grid: String,
+    pub door_number: String,
+    pub category: String,
+    pub text: String,
+    #[serde(default)]
+    pub urgent: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ImportError {
+    /// 1-based row of the input (CSV: data rows after the header).
+    pub row: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ImportReport {
+    pub created: Vec<DemandCreated>,
+    /// Rows whose number was imported before.
+    pub skipped: usize,
+    pub errors: Vec<ImportError>,
+}
+
+fn parse_csv(body: &[u8]) -> Result<Vec<HotlineOrder>, ApiError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body));
+    let mut out = Vec::new();
+    for (i, row) in reader.deserialize::<HotlineOrder>().enumerate() {
+        out.push(row.map_err(|e| bad(format!("CSV row {}: {}", i + 1, csv_reason(&e))))?);
+    }
+    Ok(out)
+}
+
+/// A CSV error without the field's content (it may be personal).
+fn csv_reason(e: &csv::Error) -> &'static str {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { .. } => "not UTF-8",
+        csv::ErrorKind::UnequalLengths { .. } => "wrong number of fields",
+        csv::ErrorKind::Deserialize { .. } => "missing or malformed field",
+        _ => "malformed",
+    }
+}
+
+/// `POST /api/v1/orders/import`: imports 12345 hotline work orders as demands of the
+/// households they name (grid + door number), as JSON (an array) or CSV (`text/csv`, header
+/// `ref,grid,door_number,category,text,urgent`). Idempotent by `ref`; each bad row is
+/// reported and the rest imported.
+#[utoipa::path(post, path = "/api/v1/orders/import", tag = "workflow", security(("bearer" = [])),
+    request_body(content = Vec<HotlineOrder>, description = "JSON array, or CSV with content type text/csv"),
+    responses((status = 200, body = ImportReport), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn import_orders(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ImportReport>, ApiError> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let orders: Vec<HotlineOrder> = if content_type.starts_with("text/csv") {
+        parse_csv(&body)?
+    } else if content_type.starts_with("application/json") {
+        serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest {
+            code: "malformed",
+            message: "the body is not a JSON array of hotline orders".into(),
+        })?
+    } else {
+        return Err(ApiError::UnsupportedMediaType);
+    };
+    if orders.len() > 1000 {
+        return Err(bad("at most 1000 orders per import"));
+    }
+    let mut report = ImportReport {
+        created: Vec::new(),
+        skipped: 0,
+        errors: Vec::new(),
+    };
+    for (i, o) in orders.into_iter().enumerate() {
+        let row = i + 1;
+        let fail = |reason: &str| ImportError {
+            row,
+            reason: reason.into(),
+        };
+        let Some(cat) = category(&o.category) else {
+            report.errors.push(fail("unknown category"));
+            continue;
+        };
+        if let Err(e) = check_text(&o.text) {
+            report.errors.push(fail(&e));
+            continue;
+        }
+        if o.reference.trim().is_empty() || o.reference.len() > 64 {
+            report.errors.push(fail("ref must have 1-64 characters"));
+            continue;
+        }
+        let (r, g, door) = (o.reference.clone(), o.grid.clone(), o.door_number.clone());
+        let (exists, household) = state
+            .index(move |ix| Ok((ix.has_external_ref(&r)?, ix.household_by_door(&g, &door)?)))
+            .await?;
+        if exists {
+            report.skipped += 1;
+            continue;
+        }
+        let Some(household) = household else {
+            report.errors.push(fail(
+                "no single household of this grid has this door number",
+            ));
+            continue;
+        };
+        let d = new_demand(
+            caller.user(),
+            cat,
+            o.text.trim().to_string(),
+            o.urgent,
+            DemandSource::Hotline,
+            Some(o.reference.trim().to_string()),
+        );
+        let demand_id = d.id;
+        match add_demand(&state, &caller, household, d, "import_order").await {
+            Ok(()) => report.created.push(DemandCreated {
+                demand_id: demand_id.to_string(),
+            }),
+            Err(ApiError::NotFound { .. }) => report.errors.push(fail(
+                "no single household of this grid has this door number",
+            )),
+            Err(ApiError::Forbidden { .. }) => {
+                report.errors.push(fail("not allowed for this grid"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(report))
+}
+
+// ---------------------------------------------------------------- statistics
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PeriodQuery {
+    /// An org unit id (default: the caller's topmost unit).
+    pub unit: Option<String>,
+    /// First day, YYYY-MM-DD (default: the first of this month).
+    pub from: Option<String>,
+    /// Last day, YYYY-MM-DD (default: today).
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UnitFigures {
+    pub id: String,
+    pub name: String,
+    pub kind: UnitKind,
+    pub figures: Figures,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatsReport {
+    pub from: String,
+    pub to: String,
+    pub today: String,
+    pub unit: UnitFigures,
+    pub children: Vec<UnitFigures>,
+    /// Each grid below the unit.
+    pub grids: Vec<UnitFigures>,
+}
+
+fn period(q: &PeriodQuery) -> Result<(Day, Day), ApiError> {
+    let today = today();
+    let from = match &q.from {
+        Some(s) => parse_day(s, "from")?,
+        None => Day::ymd(today.year(), today.month(), 1).ok_or(ApiError::Internal)?,
+    };
+    let to = match &q.to {
+        Some(s) => parse_day(s, "to")?,
+        None => today,
+    };
+    if from > to {
+        return Err(bad("from is after to"));
+    }
+    if to.0 - from.0 > time::Duration::days(3 * 366) {
+        return Err(bad("a period is at most three years"));
+    }
+    Ok((from, to))
+}
+
+/// Figures per grid of a unit, for a period.
+async fn grid_figures(
+    state: &AppState,
+    us: &UnitScope,
+    (from, to): (Day, Day),
+) -> Result<BTreeMap<String, Figures>, ApiError> {
+    let grids = us.grids.clone();
+    let teams: Vec<String> = Vec::new();
+    let (orders, households, visits) = state
+        .index(move |ix| {
+            Ok((
+                ix.orders(&grids, &teams)?,
+                ix.households(&grids)?,
+                ix.visit_counts(&grids, from, to)?,
+            ))
+        })
+        .await?;
+    let policy = state
+        .index
+        .lock()
+        .expect("index lock")
+        .workflow
+        .coverage
+        .clone();
+    let today = today();
+    let mut out = BTreeMap::new();
+    for g in &us.grids {
+        let o: Vec<OrderRow> = orders.iter().filter(|r| &r.grid == g).cloned().collect();
+        let h: Vec<_> = households
+            .iter()
+            .filter(|r| &r.grid == g)
+            .cloned()
+            .collect();
+        let v = visits.get(g).copied().unwrap_or(0);
+        out.insert(
+            g.clone(),
+            stats::figures(&o, &h, v, (from, to), today, &policy),
+        );
+    }
+    Ok(out)
+}
+
+/// Adds up grids' figures (counts add; rates are recomputed from the sums).
+fn total(per_grid: &BTreeMap<String, Figures>, grids: &[String]) -> Figures {
+    let mut f = Figures::default();
+    for g in grids {
+        if let Some(x) = per_grid.get(g) {
+            f.received += x.received;
+            f.resolved += x.resolved;
+            f.on_time += x.on_time;
+            f.return_visited += x.return_visited;
+            f.satisfied += x.satisfied;
+            f.basically += x.basically;
+            f.dissatisfied += x.dissatisfied;
+            f.visits += x.visits;
+            f.overdue += x.overdue;
+            f.coverage.merge(&x.coverage);
+        }
+    }
+    let ratio = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
+    f.resolution_rate = ratio(f.resolved, f.received);
+    f.on_time_rate = ratio(f.on_time, f.resolved);
+    f.satisfaction_rate = ratio(f.satisfied + f.basically, f.return_visited);
+    f.coverage_rate = ratio(f.coverage.visited, f.coverage.due);
+    f
+}
+
+/// `GET /api/v1/stats`: demands received and resolved, on-time and satisfaction rates,
+/// visits and coverage of a unit and of each unit and grid below it, for a period — computed
+/// from the records (definitions in `server/src/stats.rs`).
+#[utoipa::path(get, path = "/api/v1/stats", tag = "workflow", security(("bearer" = [])),
+    params(PeriodQuery),
+    responses((status = 200, body = StatsReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn stats_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> Result<Json<StatsReport>, ApiError> {
+    stats_for(&state, &caller, q).await.map(Json)
+}
+
+pub(crate) async fn stats_for(
+    state: &AppState,
+    caller: &Caller,
+    q: PeriodQuery,
+) -> Result<StatsReport, ApiError> {
+    let (from, to) = period(&q)?;
+    let us = unit_scope(state, caller, q.unit).await?;
+    let per_grid = grid_figures(state, &us, (from, to)).await?;
+    let figures_of = |u: &Unit, grids: &[String]| UnitFigures {
+        id: u.id.clone(),
+        name: u.name.clone(),
+        kind: u.kind,
+        figures: total(&per_grid, grids),
+    };
+    Ok(StatsReport {
+        from: from.to_string(),
+        to: to.to_string(),
+        today: today().to_string(),
+        unit: figures_of(&us.unit, &us.grids),
+        children: us.children.iter().map(|(u, g)| figures_of(u, g)).collect(),
+        grids: per_grid
+            .iter()
+            .map(|(g, f)| UnitFigures {
+                id: g.clone(),
+                name: g.clone(),
+                kind: UnitKind::Grid,
+                figures: f.clone(),
+            })
+            .collect(),
+    })
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RankingReport {
+    pub from: String,
+    pub to: String,
+    pub rule: String,
+    pub red: Vec<Ranked>,
+    pub black: Vec<Ranked>,
+}
+
+/// `GET /api/v1/ranking`: the red/black list (红黑榜) of the grids below a unit for a
+/// period, by the documented rule.
+#[utoipa::path(get, path = "/api/v1/ranking", tag = "workflow", security(("bearer" = [])),
+    params(PeriodQuery),
+    responses((status = 200, body = RankingReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn ranking(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> Result<Json<RankingReport>, ApiError> {
+    ranking_for(&state, &caller, q).await.map(Json)
+}
+
+pub(crate) async fn ranking_for(
+    state: &AppState,
+    caller: &Caller,
+    q: PeriodQuery,
+) -> Result<RankingReport, ApiError> {
+    let (from, to) = period(&q)?;
+    let us = unit_scope(state, caller, q.unit).await?;
+    let per_grid = grid_figures(state, &us, (from, to)).await?;
+    let (red, black) = stats::red_black(per_grid.into_iter().collect());
+    Ok(RankingReport {
+        from: from.to_string(),
+        to: to.to_string(),
+        rule: stats::RANKING_RULE.into(),
+        red,
+        black,
+    })
+}

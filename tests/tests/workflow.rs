@@ -1,0 +1,899 @@
+//! The grid workflows end to end: a demand's work order going round the loop between the
+//! grid's phone, the command centre and two teams (dispatch, bounce, arbitration, chase-up,
+//! extension, an offline feedback and return visit, a stale step refused), hotline imports,
+//! the coverage report, and statistics recomputed here from the raw records.
+
+use std::collections::BTreeMap;
+
+use qiaomen_protocol::{
+    calendar::{self, Day},
+    coverage::{self, CoverageInput, CoveragePolicy, CoverageState},
+    ids::*,
+    schema::*,
+    workorder::{self, Deadlines, DemandAction, NewStep},
+};
+use qiaomen_server::access::{Role, org::UnitKind};
+use qiaomen_tests::{Phone, TestServer, block_on, call, sample_visit, session};
+use serde_json::{Value, json};
+
+fn today() -> Day {
+    workorder::day_of(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+}
+
+/// Noon (China time) of a day, in ms.
+fn noon(day: Day) -> i64 {
+    (day.0.midnight().assume_utc().unix_timestamp() + 4 * 3600) * 1000
+}
+
+fn household(phone: &mut Phone, grid: &str, door: &str) -> HouseholdId {
+    phone
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new(grid),
+            "测试村",
+            door,
+        ))
+        .unwrap()
+}
+
+fn demand(by: UserId, at_ms: i64, text: &str) -> Demand {
+    Demand {
+        id: DemandId::new(),
+        raised_on_visit: None,
+        raised_by: by,
+        raised_at_ms: at_ms,
+        category: NeedCategory::Housing,
+        text: text.into(),
+        urgency: Urgency::Normal,
+        status: DemandStatus::Raised,
+        history: vec![],
+        first_responsible: None,
+        source: Some(DemandSource::Visit),
+        external_ref: None,
+    }
+}
+
+/// Records a visit for `day` on `h` raising `demands`.
+fn visit_with(
+    phone: &mut Phone,
+    h: HouseholdId,
+    day: Day,
+    outcome: VisitOutcome,
+    demands: &[Demand],
+) {
+    let mut v = sample_visit(&phone.author, day, "");
+    v.outcome = outcome;
+    v.demands_raised = demands.iter().map(|d| d.id).collect();
+    phone.store.record_visit(h, &v, demands).unwrap();
+}
+
+fn step(server: &TestServer, token: &str, demand: DemandId, body: Value) -> (u16, Value) {
+    call(
+        "POST",
+        &format!("{}/api/v1/orders/{demand}/steps", server.url),
+        token,
+        Some(body),
+    )
+}
+
+fn order(server: &TestServer, token: &str, demand: DemandId) -> (u16, Value) {
+    call(
+        "GET",
+        &format!("{}/api/v1/orders/{demand}", server.url),
+        token,
+        None,
+    )
+}
+
+fn add_team(server: &TestServer, id: &str) {
+    server
+        .access()
+        .add_unit(
+            id,
+            UnitKind::Team,
+            Some("c"),
+            id,
+            "2026-01-01".parse().unwrap(),
+        )
+        .unwrap();
+}
+
+/// The refusal codes the phone holds for `h`.
+fn refusals(phone: &Phone, h: HouseholdId) -> Vec<String> {
+    phone
+        .store
+        .rejected_changes()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.household == h)
+        .map(|r| r.code)
+        .collect()
+}
+
+#[test]
+fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_teams() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    add_team(&server, "team-water");
+    add_team(&server, "team-roads");
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let village = session(&server, "sv", "v", Role::VillageSupervisor);
+    let water = session(&server, "t-water", "team-water", Role::TeamMember);
+    let roads = session(&server, "t-roads", "team-roads", Role::TeamMember);
+    let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
+
+    // Raised on a visit, offline; synced.
+    let h = household(&mut worker, "g1", "7");
+    let d = demand(worker.author.user, noon(today()), "门前排水沟堵塞");
+    visit_with(
+        &mut worker,
+        h,
+        calendar::cycle_of(today()),
+        VisitOutcome::Met,
+        std::slice::from_ref(&d),
+    );
+    worker.sync().unwrap();
+
+    let (status, o) = order(&server, &centre, d.id);
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(o["order"]["status"], "Raised");
+    assert_eq!(o["order"]["step"], "Triage");
+    assert_eq!(o["text"], "门前排水沟堵塞");
+    assert!(
+        o["may"].as_array().unwrap().contains(&json!("dispatch")),
+        "{o}"
+    );
+
+    // The worker may not dispatch: the step is taken offline, refused on sync with its
+    // reason, and rolled back on the phone.
+    worker
+        .store
+        .demand_step(
+            h,
+            d.id,
+            &NewStep {
+                unit: Some("team-water"),
+                ..NewStep::new(DemandAction::Dispatch, "")
+            },
+        )
+        .unwrap();
+    worker.sync().unwrap();
+    assert_eq!(refusals(&worker, h), ["not_allowed"]);
+    assert_eq!(
+        worker.store.household(h).unwrap().demands[&d.id].status,
+        DemandStatus::Raised
+    );
+
+    // Teams see nothing before dispatch.
+    assert_eq!(order(&server, &water, d.id).0, 404);
+    // The command centre dispatches to the water team; a dispatch to a grid is refused.
+    let (status, body) = step(
+        &server,
+        &centre,
+        d.id,
+        json!({"action": "dispatch", "team": "g2"}),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid"))
+    );
+    let (status, o) = step(
+        &server,
+        &centre,
+        d.id,
+        json!({"action": "dispatch", "team": "team-water", "tier": "Coordinate", "comment": "请水利局处理"}),
+    );
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(
+        (o["order"]["status"].as_str(), o["order"]["team"].as_str()),
+        (Some("Dispatched"), Some("team-water"))
+    );
+
+    // The roads team can neither see nor accept it; the water team reads the order but not
+    // the household record, and lists it among its orders.
+    assert_eq!(
+        step(&server, &roads, d.id, json!({"action": "accept"})).0,
+        404
+    );
+    let (status, _) = call(
+        "GET",
+        &format!("{}/api/v1/households/{h}", server.url),
+        &water,
+        None,
+    );
+    assert_eq!(status, 404);
+    let (_, list) = call(
+        "GET",
+        &format!("{}/api/v1/orders", server.url),
+        &water,
+        None,
+    );
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (_, list) = call(
+        "GET",
+        &format!("{}/api/v1/orders", server.url),
+        &roads,
+        None,
+    );
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+
+    // A bounce needs a reason; with one, the order goes back for arbitration.
+    let (status, body) = step(&server, &water, d.id, json!({"action": "bounce"}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_step")),
+        "{body}"
+    );
+    let (status, o) = step(
+        &server,
+        &water,
+        d.id,
+        json!({"action": "bounce", "comment": "属道路养护,非水利"}),
+    );
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(o["order"]["status"], "Bounced");
+    // The team still sees the order it bounced but may not re-dispatch it; the command
+    // centre arbitrates to the roads team.
+    assert_eq!(
+        step(
+            &server,
+            &water,
+            d.id,
+            json!({"action": "dispatch", "team": "team-roads"})
+        )
+        .0,
+        403
+    );
+    let (status, o) = step(
+        &server,
+        &centre,
+        d.id,
+        json!({"action": "dispatch", "team": "team-roads"}),
+    );
+    assert_eq!(status, 200, "{o}");
+    // The water team lost it; the roads team accepts, is chased up, gets an extension,
+    // starts and finishes.
+    assert_eq!(order(&server, &water, d.id).0, 404);
+    for (token, body) in [
+        (&roads, json!({"action": "accept"})),
+        (&centre, json!({"action": "chase_up", "comment": "请加快"})),
+        (
+            &centre,
+            json!({"action": "extend", "extend_days": 3, "comment": "需协调施工队"}),
+        ),
+        (&roads, json!({"action": "start"})),
+        (
+            &roads,
+            json!({"action": "finish", "comment": "已疏通排水沟"}),
+        ),
+    ] {
+        let (status, o) = step(&server, token, d.id, body.clone());
+        assert_eq!(status, 200, "{body}: {o}");
+    }
+    // The roads team may not close it or do the return visit.
+    assert_eq!(
+        step(&server, &roads, d.id, json!({"action": "feedback"})).0,
+        403
+    );
+    let (_, o) = order(&server, &centre, d.id);
+    assert_eq!(o["order"]["status"], "Done");
+    assert_eq!(o["order"]["chase_ups"], 1);
+    assert_eq!(o["order"]["bounces"], 1);
+    let handle = o["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "Handle")
+        .unwrap()
+        .clone();
+    assert_eq!(handle["extended_days"], 3, "{o}");
+
+    // The phone gets the history on its next sync and lists the order as waiting for it.
+    worker.sync().unwrap();
+    let lines = worker.store.work_orders(&GridId::new("g1")).unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].waits_for, workorder::StepKind::Feedback);
+    let history = &worker.store.household(h).unwrap().demands[&d.id].history;
+    // dispatch, bounce, dispatch, accept, chase-up, extend, start, finish
+    assert_eq!(history.len(), 8);
+
+    // Stale: the worker tells the resident offline while the village supervisor records the
+    // feedback on the server; the worker's step is refused as stale and rolled back.
+    worker
+        .store
+        .demand_step(h, d.id, &NewStep::new(DemandAction::Feedback, "已电话告知"))
+        .unwrap();
+    let (status, _) = step(
+        &server,
+        &village,
+        d.id,
+        json!({"action": "feedback", "comment": "已上门告知"}),
+    );
+    assert_eq!(status, 200);
+    worker.sync().unwrap();
+    assert_eq!(refusals(&worker, h), ["not_allowed", "stale_order"]);
+    worker.sync().unwrap();
+    assert_eq!(
+        worker.store.household(h).unwrap().demands[&d.id].status,
+        DemandStatus::FedBack
+    );
+
+    // The return visit, offline, syncs back; the worker may not close the order.
+    worker
+        .store
+        .demand_step(
+            h,
+            d.id,
+            &NewStep {
+                satisfaction: Some(Satisfaction::Satisfied),
+                ..NewStep::new(DemandAction::ReturnVisit, "群众满意")
+            },
+        )
+        .unwrap();
+    worker.sync().unwrap();
+    let (_, o) = order(&server, &village, d.id);
+    assert_eq!(o["order"]["status"], "ReturnVisited", "{o}");
+    assert_eq!(o["order"]["satisfaction"], "Satisfied");
+    assert!(!o["may"].as_array().unwrap().is_empty());
+    worker
+        .store
+        .demand_step(h, d.id, &NewStep::new(DemandAction::Close, ""))
+        .unwrap();
+    worker.sync().unwrap();
+    assert_eq!(
+        refusals(&worker, h),
+        ["not_allowed", "stale_order", "not_allowed"]
+    );
+    let (status, o) = step(&server, &village, d.id, json!({"action": "close"}));
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(o["order"]["status"], "Closed");
+    assert_eq!(o["order"]["step"], Value::Null);
+    // Every step is in the history with who took it; names for people.
+    let who: Vec<(&str, &str)> = o["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["by_name"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(who.len(), 11, "{who:?}");
+    assert_eq!(who[1], ("bounce", "督导"));
+    assert_eq!(who[9].0, "return_visit");
+    // A closed order takes no more steps.
+    let (status, body) = step(&server, &centre, d.id, json!({"action": "chase_up"}));
+    assert_eq!(status, 400, "{body}");
+    // The phone converges on the closed order.
+    worker.sync().unwrap();
+    assert_eq!(
+        worker.store.household(h).unwrap().demands[&d.id].status,
+        DemandStatus::Closed
+    );
+    assert!(
+        worker
+            .store
+            .work_orders(&GridId::new("g1"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn hotline_orders_import_from_csv_and_json_once_and_bad_rows_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
+    let h = household(&mut worker, "g1", "12");
+    household(&mut worker, "g1", "13");
+    worker.sync().unwrap();
+
+    let import = format!("{}/api/v1/orders/import", server.url);
+    let post = |content_type: &str, body: &str| post_raw(&import, &centre, content_type, body);
+    let csv = "\u{feff}ref,grid,door_number,category,text,urgent\n\
+               12345-001,g1,12,住房,房屋漏雨,true\n\
+               12345-002,g1,99,住房,门牌不存在,false\n\
+               12345-003,g1,13,Flying,未知类别,false\n\
+               12345-004,g2,12,其他,别的网格,false\n";
+    let (status, report) = post("text/csv", csv);
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["created"].as_array().unwrap().len(), 1, "{report}");
+    let errors: Vec<(u64, &str)> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["row"].as_u64().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors[1], (3, "unknown category"));
+    // The same CSV again creates nothing; JSON works too.
+    let (_, again) = post("text/csv", csv);
+    assert_eq!(
+        (
+            again["created"].as_array().unwrap().len(),
+            again["skipped"].as_u64()
+        ),
+        (0, Some(1))
+    );
+    let (status, report) = post(
+        "application/json",
+        &json!([{"ref": "12345-005", "grid": "g1", "door_number": "13", "category": "Education", "text": "孩子入学咨询"}]).to_string(),
+    );
+    assert_eq!(
+        (status, report["created"].as_array().unwrap().len()),
+        (200, 1),
+        "{report}"
+    );
+    // Malformed input is a typed 400 / 415 and stores nothing.
+    assert_eq!(post("text/csv", "ref,grid\n1,g1\n").0, 400);
+    assert_eq!(post("text/plain", "x").0, 415);
+    assert_eq!(post("application/json", "{\"ref\": 1}").0, 400);
+    // The imported orders reach the grid's phone, marked as hotline orders.
+    worker.sync().unwrap();
+    let demands = worker.store.household(h).unwrap().demands;
+    let d = demands.values().next().unwrap();
+    assert_eq!(
+        (d.source, d.external_ref.as_deref(), d.urgency),
+        (
+            Some(DemandSource::Hotline),
+            Some("12345-001"),
+            Urgency::Urgent
+        )
+    );
+    let (_, list) = call(
+        "GET",
+        &format!("{}/api/v1/orders?status=Raised", server.url),
+        &centre,
+        None,
+    );
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+}
+
+/// A blocking POST of `body` with a content type (the helper `call` sends JSON only).
+fn post_raw(url: &str, token: &str, content_type: &str, body: &str) -> (u16, Value) {
+    let (url, token, content_type, body) = (
+        url.to_string(),
+        token.to_string(),
+        content_type.to_string(),
+        body.to_string(),
+    );
+    block_on(async move {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    })
+}
+
+#[test]
+fn coverage_lists_every_due_household_not_met_with_its_reason_and_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let town = session(&server, "st", "t", Role::TownSupervisor);
+    let mut worker = server.phone(&dir.path().join("w.db"), &["g2"]);
+    // A visit day whose catch-up deadline has passed.
+    let day = calendar::cycle_of(today().add_days(-20));
+    let met = household(&mut worker, "g2", "1");
+    let nobody = household(&mut worker, "g2", "2");
+    let refused = household(&mut worker, "g2", "3");
+    let missed = household(&mut worker, "g2", "4");
+    let moved_away = household(&mut worker, "g2", "5");
+    worker
+        .store
+        .edit_household(missed, |h| {
+            h.tags.push(TagSpan {
+                group: KeyGroup::ElderlyAlone,
+                since: "2026-01-01".parse().unwrap(),
+                until: None,
+            });
+            Ok(())
+        })
+        .unwrap();
+    worker
+        .store
+        .edit_household(moved_away, |h| {
+            h.status = HouseholdStatus::Moved;
+            Ok(())
+        })
+        .unwrap();
+    visit_with(&mut worker, met, day, VisitOutcome::Met, &[]);
+    visit_with(&mut worker, nobody, day, VisitOutcome::NobodyHome, &[]);
+    visit_with(&mut worker, refused, day, VisitOutcome::NobodyHome, &[]);
+    visit_with(&mut worker, refused, day, VisitOutcome::Refused, &[]);
+    worker.sync().unwrap();
+
+    let (status, r) = call(
+        "GET",
+        &format!("{}/api/v1/coverage?unit=g2&day={day}", server.url),
+        &town,
+        None,
+    );
+    assert_eq!(status, 200, "{r}");
+    let t = &r["unit"]["tally"];
+    assert_eq!(
+        [
+            &t["due"],
+            &t["visited"],
+            &t["nobody_home"],
+            &t["refused"],
+            &t["missed"],
+            &t["key_due"]
+        ],
+        [4, 1, 1, 1, 1, 1].map(|n| json!(n)).each_ref(),
+        "{r}"
+    );
+    let rows: BTreeMap<String, (String, Option<String>)> = r["households"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["door_number"].as_str().unwrap().to_string(),
+                (
+                    h["state"].as_str().unwrap().to_string(),
+                    h["reason"].as_str().map(str::to_string),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(rows["2"], ("not_met".into(), Some("nobody_home".into())));
+    assert_eq!(rows["3"], ("not_met".into(), Some("refused".into())));
+    assert_eq!(rows["4"], ("missed".into(), None));
+    assert!(
+        !rows.contains_key("5"),
+        "a household that moved away is not due"
+    );
+    // The key-group household comes first.
+    assert_eq!(r["households"][0]["door_number"], "4");
+    assert_eq!(
+        r["catch_up_by"],
+        CoveragePolicy::default().catch_up_by(day).to_string()
+    );
+    // Drill-down: the town lists its village with the same counts.
+    let (_, town_view) = call(
+        "GET",
+        &format!("{}/api/v1/coverage?day={day}", server.url),
+        &town,
+        None,
+    );
+    assert_eq!(town_view["unit"]["id"], "t");
+    let v = town_view["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "v")
+        .unwrap();
+    assert_eq!(v["tally"], *t);
+    // Not a visit day, another unit, a bad date: typed errors.
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{}/api/v1/coverage?unit=g2&day=2026-11-16", server.url),
+            &town,
+            None
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{}/api/v1/coverage?unit=nowhere", server.url),
+            &town,
+            None
+        )
+        .0,
+        404
+    );
+    let outsider = session(&server, "other", "g1", Role::GridHead);
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{}/api/v1/coverage?unit=g2", server.url),
+            &outsider,
+            None
+        )
+        .0,
+        404
+    );
+}
+
+/// What the tests count for one grid, from the records alone.
+#[derive(Debug, Default, PartialEq)]
+struct Recount {
+    received: u64,
+    resolved: u64,
+    on_time: u64,
+    satisfied_or_basically: u64,
+    return_visited: u64,
+    visits: u64,
+    due: u64,
+    visited: u64,
+    missed: u64,
+}
+
+#[test]
+fn statistics_and_the_red_black_list_are_recomputed_from_the_raw_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let town = session(&server, "st", "t", Role::TownSupervisor);
+    let today = today();
+    let from = calendar::cycle_of(today.add_days(-40));
+    let mut visit_days = vec![from];
+    loop {
+        let next = calendar::next_visit_day(*visit_days.last().unwrap());
+        if next > today {
+            break;
+        }
+        visit_days.push(next);
+    }
+    // Three grids with different records: the phone's clock is set per step, so deadlines
+    // are met or missed for real.
+    let mut phones = Vec::new();
+    for (g, grid) in ["g10", "g11", "g12"].into_iter().enumerate() {
+        let mut p = server.phone(&dir.path().join(format!("{grid}.db")), &[grid]);
+        let households: Vec<HouseholdId> = (0..4)
+            .map(|n| household(&mut p, grid, &n.to_string()))
+            .collect();
+        for (i, day) in visit_days.iter().enumerate() {
+            for (n, h) in households.iter().enumerate() {
+                // g10 visits everyone; g11 misses one household a cycle; g12 meets half.
+                let outcome = match g {
+                    0 => Some(VisitOutcome::Met),
+                    1 if n == 0 => None,
+                    1 => Some(VisitOutcome::Met),
+                    _ if n % 2 == 0 => Some(VisitOutcome::NobodyHome),
+                    _ => Some(VisitOutcome::Met),
+                };
+                let raised: Vec<Demand> = if n == 1 && i < 2 {
+                    vec![demand(p.author.user, noon(*day), "路灯不亮")]
+                } else {
+                    vec![]
+                };
+                if let Some(o) = outcome {
+                    let at = noon(*day);
+                    p.store.set_clock(move || at);
+                    visit_with(&mut p, *h, *day, o, &raised);
+                    // Take it at once; g10 finishes on time, g11 late, g12 not at all.
+                    for d in &raised {
+                        p.store
+                            .demand_step(*h, d.id, &NewStep::new(DemandAction::Take, ""))
+                            .unwrap();
+                        let finish = match g {
+                            0 => Some(noon(day.add_days(1))),
+                            1 => Some(noon(day.add_days(9))),
+                            _ => None,
+                        };
+                        if let Some(at) = finish {
+                            p.store.set_clock(move || at);
+                            p.store
+                                .demand_step(
+                                    *h,
+                                    d.id,
+                                    &NewStep::new(DemandAction::Finish, "已修好"),
+                                )
+                                .unwrap();
+                            p.store
+                                .demand_step(*h, d.id, &NewStep::new(DemandAction::Feedback, ""))
+                                .unwrap();
+                            let verdict = if g == 0 {
+                                Satisfaction::Satisfied
+                            } else {
+                                Satisfaction::Dissatisfied
+                            };
+                            p.store
+                                .demand_step(
+                                    *h,
+                                    d.id,
+                                    &NewStep {
+                                        satisfaction: Some(verdict),
+                                        ..NewStep::new(DemandAction::ReturnVisit, "")
+                                    },
+                                )
+                                .unwrap();
+                        }
+                    }
+                }
+            }
+        }
+        p.sync().unwrap();
+        assert!(p.store.rejected_changes().unwrap().is_empty());
+        phones.push((grid, p));
+    }
+
+    // The town closes g10's return-visited orders (so none of g10's is open, let alone
+    // overdue); the phone fetches that.
+    let (_, g10_orders) = call(
+        "GET",
+        &format!("{}/api/v1/orders?unit=g10", server.url),
+        &town,
+        None,
+    );
+    for o in g10_orders.as_array().unwrap() {
+        let demand: DemandId = o["demand"].as_str().unwrap().parse().unwrap();
+        let (status, body) = step(&server, &town, demand, json!({"action": "close"}));
+        assert_eq!(status, 200, "{body}");
+    }
+    phones[0].1.sync().unwrap();
+
+    // Recount each grid from the households on its phone, with the protocol's rules.
+    let rules = Deadlines::default();
+    let policy = CoveragePolicy::default();
+    let mut expected: BTreeMap<&str, Recount> = BTreeMap::new();
+    for (grid, p) in phones.iter_mut() {
+        let mut r = Recount::default();
+        let ids: Vec<HouseholdId> = p
+            .store
+            .households_in_grid(&GridId::new(*grid))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            let h = p.store.household(id).unwrap();
+            r.visits += h
+                .visits
+                .values()
+                .filter(|v| v.visit_day >= from && v.visit_day <= today)
+                .count() as u64;
+            for d in h.demands.values() {
+                let o = workorder::replay(d, &rules);
+                let day = workorder::day_of(d.raised_at_ms);
+                if day < from || day > today {
+                    continue;
+                }
+                r.received += 1;
+                if o.done_ms.is_some() {
+                    r.resolved += 1;
+                    r.on_time += u64::from(o.resolved_on_time() == Some(true));
+                }
+                if let Some((s, _)) = o.satisfaction {
+                    r.return_visited += 1;
+                    r.satisfied_or_basically += u64::from(s != Satisfaction::Dissatisfied);
+                }
+            }
+            for day in &visit_days {
+                if let Some(due) = coverage::coverage(&CoverageInput::of(&h), *day, today, &policy)
+                {
+                    r.due += 1;
+                    r.visited += u64::from(due.state == CoverageState::Visited);
+                    r.missed += u64::from(due.state == CoverageState::Missed);
+                }
+            }
+        }
+        expected.insert(grid, r);
+    }
+    // Sanity: the scenario gives each grid something different to count.
+    assert_eq!(expected["g10"].on_time, 2);
+    assert_eq!(expected["g11"].on_time, 0);
+    assert_eq!(expected["g12"].resolved, 0);
+
+    let (status, s) = call(
+        "GET",
+        &format!("{}/api/v1/stats?unit=v&from={from}&to={today}", server.url),
+        &town,
+        None,
+    );
+    assert_eq!(status, 200, "{s}");
+    let got: BTreeMap<String, Recount> = s["grids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| expected.contains_key(g["id"].as_str().unwrap()))
+        .map(|g| {
+            let f = &g["figures"];
+            let n = |v: &Value| v.as_u64().unwrap();
+            (
+                g["id"].as_str().unwrap().to_string(),
+                Recount {
+                    received: n(&f["received"]),
+                    resolved: n(&f["resolved"]),
+                    on_time: n(&f["on_time"]),
+                    satisfied_or_basically: n(&f["satisfied"]) + n(&f["basically"]),
+                    return_visited: n(&f["return_visited"]),
+                    visits: n(&f["visits"]),
+                    due: n(&f["coverage"]["due"]),
+                    visited: n(&f["coverage"]["visited"]),
+                    missed: n(&f["coverage"]["missed"]),
+                },
+            )
+        })
+        .collect();
+    for (grid, want) in &expected {
+        assert_eq!(got.get(*grid), Some(want), "{grid}");
+    }
+    // The village's total is the sum of its grids, and its rates are the ratios of the sums.
+    let total = &s["unit"]["figures"];
+    let received: u64 = expected.values().map(|r| r.received).sum();
+    let resolved: u64 = expected.values().map(|r| r.resolved).sum();
+    assert_eq!(
+        (total["received"].as_u64(), total["resolved"].as_u64()),
+        (Some(received), Some(resolved))
+    );
+    let rate = total["resolution_rate"].as_f64().unwrap();
+    assert!((rate - resolved as f64 / received as f64).abs() < 1e-12);
+
+    // The red/black list by its rule, recomputed: g10 is perfect (red), g11 has missed
+    // households and g12 only half its coverage (black).
+    let (status, rank) = call(
+        "GET",
+        &format!(
+            "{}/api/v1/ranking?unit=v&from={from}&to={today}",
+            server.url
+        ),
+        &town,
+        None,
+    );
+    assert_eq!(status, 200, "{rank}");
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["grid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&rank["red"]), ["g10"], "{rank}");
+    let black = names(&rank["black"]);
+    assert!(
+        black.contains(&"g11".to_string()) && black.contains(&"g12".to_string()),
+        "{rank}"
+    );
+    let g12 = &expected["g12"];
+    let g12_score = {
+        let coverage = g12.visited as f64 / g12.due as f64;
+        // No resolved orders: the coverage and resolution rates (0 of 2) count.
+        (coverage * 40.0 + 0.0 * 30.0) / 70.0
+    };
+    let got_score = rank["black"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["grid"] == "g12")
+        .unwrap()["score"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (got_score - g12_score).abs() < 1e-9,
+        "{got_score} vs {g12_score}"
+    );
+    // Bad periods are typed errors.
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{}/api/v1/stats?from=2026-02-30", server.url),
+            &town,
+            None
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{}/api/v1/stats?from=2026-11-02&to=2026-11-01", server.url),
+            &town,
+            None
+        )
+        .0,
+        400
+    );
+}
