@@ -128,6 +128,8 @@ pub struct OrderRow {
     pub bounces: u32,
     pub reopened: u32,
     pub external_ref: Option<String>,
+    /// Open, and its step's due day has passed (as of the answer).
+    pub overdue: bool,
 }
 
 /// The read model on its own connection, plus a storage connection to load documents.
@@ -396,6 +398,7 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
         bounces: r.get(18)?,
         reopened: r.get(19)?,
         external_ref: r.get(20)?,
+        overdue: false,
     })
 }
 

@@ -23,6 +23,11 @@ struct Args {
     /// Household documents kept in memory.
     #[arg(long, env = "QIAOMEN_CACHE_DOCS", default_value_t = 2000)]
     cache_docs: usize,
+    /// A JSON file of workflow settings: work-order time limits in working days, holidays
+    /// and make-up working days, the visit rotation and catch-up days (see
+    /// `server/workflow.example.json`). Defaults apply to whatever it leaves out.
+    #[arg(long, env = "QIAOMEN_WORKFLOW")]
+    workflow: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -51,6 +56,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .init();
     let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
     config.ingest.cache_capacity = args.cache_docs;
+    if let Some(path) = &args.workflow {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the workflow file {}: {e}", path.display()))?;
+        config.workflow = serde_json::from_str(&text)
+            .map_err(|e| format!("the workflow file {} is not valid: {e}", path.display()))?;
+    }
     let server = qiaomen_server::start(config, async {
         let ctrl_c = tokio::signal::ctrl_c();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -319,6 +319,11 @@ pub fn router(state: AppState) -> Router {
         .route("/households/{id}", get(pages::household_page))
         .route("/households/{id}/review", post(pages::review_submit))
         .route("/households/{id}/resolve", post(pages::resolve_submit))
+        .route("/coverage", get(pages::coverage_page))
+        .route("/orders", get(pages::orders_page))
+        .route("/orders/{demand}", get(pages::order_page))
+        .route("/orders/{demand}/step", post(pages::order_step_submit))
+        .route("/stats", get(pages::stats_page))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

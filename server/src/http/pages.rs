@@ -22,6 +22,7 @@ use serde::Deserialize;
 use super::{
     ApiError, AppState, api,
     auth::{Caller, ClientAddr, LoginRequest, SessionAuth},
+    workflow,
 };
 
 fn templates() -> &'static Environment<'static> {
@@ -38,9 +39,19 @@ fn templates() -> &'static Environment<'static> {
                 include_str!("../../templates/household.html"),
             ),
             ("error.html", include_str!("../../templates/error.html")),
+            (
+                "coverage.html",
+                include_str!("../../templates/coverage.html"),
+            ),
+            ("orders.html", include_str!("../../templates/orders.html")),
+            ("order.html", include_str!("../../templates/order.html")),
+            ("stats.html", include_str!("../../templates/stats.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
+        env.add_filter("pct", |x: Option<f64>| -> String {
+            x.map_or("—".to_string(), |x| format!("{:.1}%", x * 100.0))
+        });
         env.add_filter("datetime", |ms: i64| -> String {
             // China Standard Time, to the minute.
             time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
@@ -109,11 +120,82 @@ impl FromRequestParts<AppState> for PageSession {
     }
 }
 
-const KINDS: [(&str, &str); 4] = [
+const KINDS: [(&str, &str); 5] = [
     ("county", "县"),
     ("town", "乡镇"),
     ("village", "村/社区"),
     ("grid", "网格"),
+    ("team", "承办单位"),
+];
+const ORDER_STATUSES: [(&str, &str); 9] = [
+    ("Raised", "待分派"),
+    ("Dispatched", "已派单"),
+    ("Accepted", "已接单"),
+    ("Bounced", "已退单"),
+    ("Handling", "办理中"),
+    ("Done", "已办结"),
+    ("FedBack", "已反馈"),
+    ("ReturnVisited", "已回访"),
+    ("Closed", "已归档"),
+];
+const ACTIONS: [(&str, &str); 13] = [
+    ("take", "即办受理"),
+    ("dispatch", "派单"),
+    ("accept", "接单"),
+    ("bounce", "退单"),
+    ("start", "开始办理"),
+    ("finish", "办结"),
+    ("feedback", "反馈群众"),
+    ("return_visit", "回访"),
+    ("close", "归档"),
+    ("reopen", "重新办理"),
+    ("chase_up", "催办"),
+    ("extend", "延期"),
+    ("comment", "备注"),
+];
+const STEPS: [(&str, &str); 6] = [
+    ("Triage", "分派"),
+    ("Accept", "接单"),
+    ("Handle", "办理"),
+    ("Feedback", "反馈"),
+    ("ReturnVisit", "回访"),
+    ("Close", "归档"),
+];
+const TIERS: [(&str, &str); 3] = [
+    ("Immediate", "即办"),
+    ("Coordinate", "协调办理"),
+    ("LeaderCase", "领导包案"),
+];
+const SATISFACTIONS: [(&str, &str); 3] = [
+    ("Satisfied", "满意"),
+    ("Basically", "基本满意"),
+    ("Dissatisfied", "不满意"),
+];
+const CATEGORIES: [(&str, &str); 5] = [
+    ("Housing", "住房"),
+    ("HealthCare", "医疗"),
+    ("Education", "教育"),
+    ("ElderlyCare", "养老"),
+    ("Other", "其他"),
+];
+const SOURCES: [(&str, &str); 3] = [
+    ("Visit", "走访"),
+    ("Supervisor", "督导录入"),
+    ("Hotline", "12345"),
+];
+const COVERAGE_STATES: [(&str, &str); 4] = [
+    ("visited", "已见面"),
+    ("not_met", "未见面"),
+    ("pending", "待访"),
+    ("missed", "漏访"),
+];
+const REASONS: [(&str, &str); 6] = [
+    ("nobody_home", "无人在家"),
+    ("refused", "拒访"),
+    ("moved", "已搬离"),
+    ("score_below_0.80", "得分低于80%"),
+    ("missed_households", "有漏访"),
+    ("overdue_orders", "有超期工单"),
 ];
 const STATUSES: [(&str, &str); 3] = [
     ("Active", "在住"),
@@ -351,6 +433,134 @@ pub async fn resolve_submit(
     Ok(Redirect::to(&format!("/households/{id}")).into_response())
 }
 
+/// `GET /coverage?unit=&day=`: the "no household missed" report, with drill-down.
+pub async fn coverage_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Query(q): Query<workflow::CoverageQuery>,
+) -> Result<Response, PageError> {
+    let r = workflow::coverage_for(&state, &caller, q).await?;
+    Ok(render(
+        "coverage.html",
+        context! {
+            title => "走访覆盖", signed_in => true, r, kinds => map(&KINDS),
+            coverage_states => map(&COVERAGE_STATES), reasons => map(&REASONS),
+        },
+    ))
+}
+
+fn order_labels() -> minijinja::Value {
+    context! {
+        statuses => map(&ORDER_STATUSES), actions => map(&ACTIONS), steps => map(&STEPS),
+        tiers => map(&TIERS), satisfactions => map(&SATISFACTIONS),
+        categories => map(&CATEGORIES), sources => map(&SOURCES),
+    }
+}
+
+/// `GET /orders?status=&overdue=`: the caller's work orders.
+pub async fn orders_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Query(q): Query<workflow::OrdersQuery>,
+) -> Result<Response, PageError> {
+    let status = q.status.clone().unwrap_or_default();
+    let overdue = q.overdue == Some(true);
+    let rows = workflow::order_list(&state, &caller, q).await?;
+    Ok(render(
+        "orders.html",
+        context! {
+            title => "诉求工单", signed_in => true, rows, status, overdue,
+            ..order_labels()
+        },
+    ))
+}
+
+/// `GET /orders/{demand}`: one work order, its deadlines and history, and a form for the
+/// steps the caller may take.
+pub async fn order_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(demand): Path<String>,
+) -> Result<Response, PageError> {
+    let o = workflow::order_detail(&state, &caller, &demand).await?;
+    Ok(render(
+        "order.html",
+        context! { title => "工单", signed_in => true, o, ..order_labels() },
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StepForm {
+    pub action: String,
+    #[serde(default)]
+    pub comment: String,
+    #[serde(default)]
+    pub tier: String,
+    #[serde(default)]
+    pub team: String,
+    #[serde(default)]
+    pub satisfaction: String,
+    #[serde(default)]
+    pub extend_days: String,
+}
+
+/// `POST /orders/{demand}/step` (form).
+pub async fn order_step_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(demand): Path<String>,
+    Form(form): Form<StepForm>,
+) -> Result<Response, PageError> {
+    let invalid = || {
+        PageError(ApiError::BadRequest {
+            code: "invalid",
+            message: "step".into(),
+        })
+    };
+    let pick = |s: &str| (!s.trim().is_empty()).then(|| serde_json::Value::String(s.trim().into()));
+    let req = serde_json::json!({
+        "action": form.action,
+        "comment": form.comment,
+        "tier": pick(&form.tier),
+        "team": pick(&form.team),
+        "satisfaction": pick(&form.satisfaction),
+        "extend_days": match form.extend_days.trim() {
+            "" => None,
+            n => Some(n.parse::<u32>().map_err(|_| invalid())?),
+        },
+    });
+    let req: workflow::StepRequest = serde_json::from_value(req).map_err(|_| invalid())?;
+    workflow::take_step(&state, &caller, &demand, req).await?;
+    Ok(Redirect::to(&format!("/orders/{demand}")).into_response())
+}
+
+/// `GET /stats?unit=&from=&to=`: the figures and the red/black list.
+pub async fn stats_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Query(q): Query<workflow::PeriodQuery>,
+) -> Result<Response, PageError> {
+    let again = workflow::PeriodQuery {
+        unit: q.unit.clone(),
+        from: q.from.clone(),
+        to: q.to.clone(),
+    };
+    let s = workflow::stats_for(&state, &caller, q).await?;
+    let rank = workflow::ranking_for(&state, &caller, again).await?;
+    let grids: Vec<_> = if s.unit.kind == crate::access::org::UnitKind::Grid {
+        Vec::new()
+    } else {
+        s.grids.iter().collect()
+    };
+    Ok(render(
+        "stats.html",
+        context! {
+            title => "统计", signed_in => true, grids, s, rank, kinds => map(&KINDS),
+            reasons => map(&REASONS),
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,7 +573,16 @@ mod tests {
             .render(context! { title => "登录", signed_in => false, error => "<b>x</b>" })
             .unwrap();
         assert!(html.contains("督导登录") && html.contains("&lt;b&gt;x") && !html.contains("<b>"));
-        for name in ["org.html", "grid.html", "household.html", "error.html"] {
+        for name in [
+            "org.html",
+            "grid.html",
+            "household.html",
+            "error.html",
+            "coverage.html",
+            "orders.html",
+            "order.html",
+            "stats.html",
+        ] {
             assert!(templates().get_template(name).is_ok(), "{name}");
         }
     }

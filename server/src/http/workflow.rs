@@ -327,11 +327,14 @@ pub(crate) async fn order_list(
     };
     let today = today().to_string();
     let mut rows = state.index(move |ix| ix.orders(&grids, &teams)).await?;
-    if let Some(s) = q.status {
+    for r in &mut rows {
+        r.overdue = r.step_due.as_deref().is_some_and(|d| d < today.as_str());
+    }
+    if let Some(s) = q.status.filter(|s| !s.is_empty()) {
         rows.retain(|r| r.status == s);
     }
     if q.overdue == Some(true) {
-        rows.retain(|r| r.step_due.as_deref().is_some_and(|d| d < today.as_str()));
+        rows.retain(|r| r.overdue);
     }
     Ok(rows)
 }
@@ -406,6 +409,11 @@ async fn visible_order(
         .index(move |ix| ix.order(&demand))
         .await?
         .ok_or_else(no_order)?;
+    let mut row = row;
+    row.overdue = row
+        .step_due
+        .as_deref()
+        .is_some_and(|d| d < today().to_string().as_str());
     let of_team = row.team.as_ref().is_some_and(|t| scope.teams.contains(t));
     if !scope.may_read(&row.grid) && !of_team {
         return Err(no_order());
