@@ -31,7 +31,7 @@ def demo():
         parts = line.split()
         if len(parts) == 3 and parts[0].startswith("w-"):
             codes[parts[0]] = parts[2]
-        elif len(parts) == 3 and parts[1] in ("village_supervisor", "town_supervisor", "command_centre", "admin"):
+        elif len(parts) == 3 and parts[1] in ("village_supervisor", "town_supervisor", "command_centre", "team_member", "admin"):
             passwords[parts[0]] = parts[2]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,104 @@
+"""A hotline work order goes round the loop in a real headless Chromium and on a phone: the
+command centre dispatches it, the water team accepts and finishes it, the grid worker tells the
+resident and does the return visit offline on the phone (the Python bindings), and the town
+supervisor closes it. The coverage and statistics pages render with their drill-down.
+Screenshots go to target/screenshots/."""
+import asyncio
+import os
+import tempfile
+
+import qiaomen as q
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
+
+from test_supervisor_pages import navigate, shot
+
+
+def sign_in(browser, demo, login):
+    browser.get(demo.url + "/")
+    logout = browser.find_elements(By.ID, "logout")
+    if logout:
+        navigate(browser, logout[0])
+    browser.get(demo.url + "/login")
+    browser.find_element(By.ID, "login").send_keys(login)
+    browser.find_element(By.ID, "password").send_keys(demo.passwords[login])
+    navigate(browser, browser.find_element(By.ID, "submit"))
+
+
+def take_step(browser, action, comment="", team="", tier=""):
+    Select(browser.find_element(By.ID, "action")).select_by_value(action)
+    if comment:
+        browser.find_element(By.ID, "comment").send_keys(comment)
+    if team:
+        browser.find_element(By.ID, "team").send_keys(team)
+    if tier:
+        Select(browser.find_element(By.ID, "tier")).select_by_value(tier)
+    navigate(browser, browser.find_element(By.ID, "submit-step"))
+    return browser.find_element(By.ID, "order-status").text
+
+
+def test_a_hotline_order_goes_round_the_loop_between_the_pages_and_the_phone(demo, browser):
+    path = os.path.join(tempfile.mkdtemp(), "phone.db")
+    zhao = asyncio.run(q.enroll(path, demo.url, demo.codes["w-zhao"]))
+    asyncio.run(zhao.sync(None))
+    waiting = zhao.work_orders("xicun-1")
+    assert len(waiting) == 2 and all(o.waits_for == q.StepKind.TRIAGE for o in waiting)
+    order = waiting[0]
+
+    # The command centre dispatches it to the county water bureau.
+    sign_in(browser, demo, "cc-zhou")
+    navigate(browser, browser.find_element(By.ID, "nav-orders"))
+    links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a.order")]
+    assert any(h.endswith(order.demand_id) for h in links), links
+    browser.get(f"{demo.url}/orders/{order.demand_id}")
+    assert browser.find_element(By.ID, "order-status").text == "待分派"
+    assert take_step(browser, "dispatch", "请水利局处理", team="water", tier="Coordinate") == "已派单"
+    shot(browser, "order-dispatched")
+
+    # The team accepts, handles and finishes it.
+    sign_in(browser, demo, "t-ma")
+    navigate(browser, browser.find_element(By.ID, "nav-orders"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "a.order")) == 1, "a team sees only its orders"
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "a.order"))
+    assert take_step(browser, "accept") == "已接单"
+    assert take_step(browser, "start") == "办理中"
+    assert take_step(browser, "finish", "已疏通排水沟") == "已办结"
+
+    # The worker tells the resident and does the return visit offline, then syncs.
+    asyncio.run(zhao.sync(None))
+    mine = [o for o in zhao.work_orders("xicun-1") if o.demand_id == order.demand_id]
+    assert mine[0].waits_for == q.StepKind.FEEDBACK
+    zhao.demand_step(order.household_id, order.demand_id,
+                     q.DemandStepInput(action=q.DemandAction.FEEDBACK, comment="已告知", satisfaction=None))
+    zhao.demand_step(order.household_id, order.demand_id,
+                     q.DemandStepInput(action=q.DemandAction.RETURN_VISIT, comment="群众满意",
+                                       satisfaction=q.Satisfaction.SATISFIED))
+    asyncio.run(zhao.sync(None))
+    assert zhao.rejected_changes() == []
+
+    # The town supervisor sees the return visit and closes the order.
+    sign_in(browser, demo, "s-liu")
+    browser.get(f"{demo.url}/orders/{order.demand_id}")
+    assert browser.find_element(By.ID, "order-status").text == "已回访"
+    assert take_step(browser, "close") == "已归档"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#history tr")
+    assert len(rows) == 1 + 7, [r.text for r in rows]
+    assert "满意" in rows[6].text
+    shot(browser, "order-closed")
+
+    # Coverage: town → village drill-down; statistics with the red/black list.
+    navigate(browser, browser.find_element(By.ID, "nav-coverage"))
+    assert "走访覆盖" in browser.find_element(By.TAG_NAME, "h1").text
+    villages = browser.find_elements(By.CSS_SELECTOR, "#children a.unit")
+    assert [v.text for v in villages] == ["东村", "西村"]
+    navigate(browser, villages[1])
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("西村")
+    shot(browser, "coverage")
+    navigate(browser, browser.find_element(By.ID, "nav-stats"))
+    cells = browser.find_elements(By.CSS_SELECTOR, "#figures tr.town td")
+    # 6 hotline orders were received in the town this month; one is resolved.
+    assert cells[1].text == "6" and cells[2].text == "1", [c.text for c in cells]
+    assert browser.find_elements(By.ID, "red") and browser.find_elements(By.ID, "black")
+    shot(browser, "stats")
+    asyncio.run(zhao.sync(None))
+    assert all(o.demand_id != order.demand_id for o in zhao.work_orders("xicun-1"))
