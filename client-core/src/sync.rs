@@ -271,6 +271,7 @@ impl SyncClient {
         loop {
             let chunk = chunks.next().unwrap_or_default();
             let request = SyncRequest {
+                features: qiaomen_protocol::wire::FEATURES,
                 scope_digest: store
                     .sync_scope()?
                     .map(|s| qiaomen_protocol::wire::scope_digest(&s)),

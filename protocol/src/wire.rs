@@ -61,6 +61,32 @@ pub struct SyncRequest {
     /// `s` only when the device's scope differs from it, so an idle check stays tiny.
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub scope_digest: Option<u64>,
+    /// What the phone understands beyond the first v1 release, as bits ([`FEATURES`]); absent
+    /// means none. The server sends a reject code only to a phone that announced it.
+    #[serde(rename = "f", default, skip_serializing_if = "is_zero")]
+    pub features: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Feature bit: the phone understands the reject code `stale_order` (a phone without it is
+/// sent `not_allowed` instead).
+pub const FEATURE_STALE_ORDER: u32 = 1;
+
+/// Every feature this build understands: what the reference phone sends in `f`.
+pub const FEATURES: u32 = FEATURE_STALE_ORDER;
+
+impl RejectCode {
+    /// The code as a phone announcing `features` may receive it: codes added after the first
+    /// v1 release fall back to the nearest one it knows.
+    pub fn for_features(self, features: u32) -> RejectCode {
+        match self {
+            RejectCode::StaleOrder if features & FEATURE_STALE_ORDER == 0 => RejectCode::NotAllowed,
+            code => code,
+        }
+    }
 }
 
 /// A digest of a scope (a set of grid codes): FNV-1a (64 bit) over the codes sorted
@@ -233,6 +259,7 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let req = SyncRequest {
+            features: 0,
             cursor_check: None,
             version: 1,
             cursor: Some(42),
@@ -259,6 +286,7 @@ mod tests {
     #[test]
     fn an_idle_check_is_tiny() {
         let req = SyncRequest {
+            features: 0,
             scope_digest: None,
             cursor_check: None,
             version: 1,
@@ -280,6 +308,7 @@ mod tests {
             Err(WireError::NotCompressed)
         );
         let good = encode(&SyncRequest {
+            features: 0,
             scope_digest: None,
             cursor_check: None,
             version: 1,
@@ -292,6 +321,7 @@ mod tests {
             Err(WireError::Malformed)
         );
         let other = encode(&SyncRequest {
+            features: 0,
             scope_digest: None,
             cursor_check: None,
             version: 9,

@@ -41,7 +41,7 @@ const ACTOR: &str = "0192f49f-cccc-7ddd-8eee-ffff00001111";
 const T_CREATE_MS: i64 = 1_763_172_000_000;
 const T_EDIT_MS: i64 = 1_763_172_210_000;
 
-const ALL_CODES: [RejectCode; 9] = [
+const ALL_CODES: [RejectCode; 10] = [
     RejectCode::Malformed,
     RejectCode::SchemaViolation,
     RejectCode::DependsOnRejected,
@@ -51,6 +51,7 @@ const ALL_CODES: [RejectCode; 9] = [
     RejectCode::NotYourDevice,
     RejectCode::OutOfScope,
     RejectCode::NotAllowed,
+    RejectCode::StaleOrder,
 ];
 
 fn id(s: &str) -> HouseholdId {
@@ -197,6 +198,9 @@ impl Msg {
                 if let Some(digest) = r.scope_digest {
                     o.insert("s".into(), json!(digest));
                 }
+                if r.features != 0 {
+                    o.insert("f".into(), json!(r.features));
+                }
                 Json::Object(o)
             }
             Msg::Response(r) => {
@@ -220,8 +224,12 @@ impl Msg {
     fn from_json(type_name: &str, v: &Json) -> Result<Msg, String> {
         Ok(match type_name {
             "SyncRequest" => {
-                let o = object(v, &["v", "c", "d", "g", "s"])?;
+                let o = object(v, &["v", "c", "d", "g", "s", "f"])?;
                 Msg::Request(SyncRequest {
+                    features: match o.get("f") {
+                        None => 0,
+                        Some(_) => uint(o, "f")? as u32,
+                    },
                     scope_digest: match o.get("s") {
                         None => None,
                         Some(_) => Some(uint(o, "s")?),
@@ -465,6 +473,7 @@ fn vectors() -> Vec<Vector> {
     let c = id(HOUSEHOLD_C);
     let request = |cursor, docs, grids: &[&str]| {
         Msg::Request(SyncRequest {
+            features: 0,
             scope_digest: None,
             cursor_check: None,
             version: PROTOCOL_VERSION,
@@ -604,6 +613,20 @@ fn vectors() -> Vec<Vector> {
         "request-idle-scope-digest",
         "An idle check from a phone whose last response gave it the scope [dongcun-03, dongcun-04]: s is scope_digest of those grids (FNV-1a 64 over the sorted codes, each followed by a newline), so the server leaves s out of its answer while the scope is unchanged.",
         Msg::Request(SyncRequest {
+            features: 0,
+            scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
+            cursor_check: None,
+            version: PROTOCOL_VERSION,
+            cursor: Some(44),
+            docs: vec![],
+            grids: vec![],
+        }),
+    ));
+    out.push(vector(
+        "request-idle-features",
+        "An idle check from a phone that understands the reject code stale_order (feature bit 1 in f): only such a phone is sent it; another gets not_allowed in its place.",
+        Msg::Request(SyncRequest {
+            features: qiaomen_protocol::wire::FEATURE_STALE_ORDER,
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
             cursor_check: None,
             version: PROTOCOL_VERSION,
@@ -901,6 +924,7 @@ fn response_from(v: &Cbor) -> Result<SyncResponse, WireError> {
 #[test]
 fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
     let idle_first = SyncRequest {
+        features: 0,
         scope_digest: None,
         cursor_check: None,
         version: 1,
@@ -922,6 +946,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         ]))
         .unwrap(),
         SyncRequest {
+            features: 0,
             scope_digest: None,
             cursor: Some(7),
             ..idle_first.clone()

@@ -222,6 +222,7 @@ pub fn raw_upload(
 ) -> (u16, Option<qiaomen_protocol::wire::SyncResponse>) {
     use qiaomen_protocol::wire::{self, CONTENT_TYPE, DocChanges, SyncRequest};
     let req = SyncRequest {
+        features: 0,
         scope_digest: None,
         cursor_check: None,
         version: 1,

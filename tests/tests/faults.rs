@@ -215,6 +215,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     let heads = phone.store.document(id).unwrap().heads();
 
     let good = wire::encode(&SyncRequest {
+        features: 0,
         scope_digest: None,
         cursor_check: None,
         version: 1,
@@ -256,6 +257,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "future version",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                features: 0,
                 scope_digest: None,
                 cursor_check: None,
                 version: 2,
@@ -284,6 +286,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "cursor past the log",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                features: 0,
                 scope_digest: None,
                 cursor_check: None,
                 version: 1,
@@ -332,6 +335,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     }
     // Well-formed requests carrying bad changes: refused per change, nothing stored.
     let bad = SyncRequest {
+        features: 0,
         scope_digest: None,
         cursor_check: None,
         version: 1,

@@ -10,6 +10,7 @@ use qiaomen_protocol::{
     coverage::{self, CoverageInput, CoveragePolicy, CoverageState},
     ids::*,
     schema::*,
+    wire::RejectCode,
     workorder::{self, Deadlines, DemandAction, NewStep},
 };
 use qiaomen_server::access::{Role, org::UnitKind};
@@ -316,6 +317,20 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
         json!({"action": "feedback", "comment": "已上门告知"}),
     );
     assert_eq!(status, 200);
+    // A client that does not announce the feature bit is told `not_allowed` instead of the
+    // code it could not decode; the reference phone announces it and is told `stale_order`.
+    let token = worker.store.credentials().unwrap().unwrap().token;
+    let stale: Vec<Vec<u8>> = worker
+        .store
+        .pending_changes(h)
+        .unwrap()
+        .into_iter()
+        .map(|(_, bytes)| bytes)
+        .collect();
+    let (status, answer) = qiaomen_tests::raw_upload(&server.url, &token, h, stale);
+    assert_eq!(status, 200);
+    let codes: Vec<RejectCode> = answer.unwrap().rejected.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [RejectCode::NotAllowed]);
     worker.sync().unwrap();
     assert_eq!(refusals(&worker, h), ["not_allowed", "stale_order"]);
     worker.sync().unwrap();

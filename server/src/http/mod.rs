@@ -506,7 +506,14 @@ async fn sync(
         version: PROTOCOL_VERSION,
         cursor: slice.cursor,
         accepted: outcome.accepted,
-        rejected: outcome.rejected,
+        rejected: outcome
+            .rejected
+            .into_iter()
+            .map(|mut r| {
+                r.code = r.code.for_features(req.features);
+                r
+            })
+            .collect(),
         docs,
         more: slice.more,
         // Sent only when the phone's copy differs: an idle check stays tiny.
