@@ -29,6 +29,6 @@ print(json.load(urllib.request.urlopen(req, timeout=10))["token"])
 PY
 )
 # Logout would end the session the rest of the run uses.
-timeout 600 schemathesis run "http://127.0.0.1:$PORT/api/v1/openapi.json" \
+timeout 600 schemathesis --config-file tests/api-fuzz.toml run "http://127.0.0.1:$PORT/api/v1/openapi.json" \
   -H "Authorization: Bearer $TOKEN" --exclude-path /v1/logout \
   --max-examples "${QIAOMEN_API_FUZZ_EXAMPLES:-50}" --seed 1

@@ -182,7 +182,7 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
     );
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (400, Some("invalid"))
+        (404, Some("no_such_team"))
     );
     let (status, o) = step(
         &server,
@@ -225,10 +225,11 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
 
     // A bounce needs a reason; with one, the order goes back for arbitration.
+    // A bounce needs a reason (the request's schema says so).
     let (status, body) = step(&server, &water, d.id, json!({"action": "bounce"}));
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_step")),
+        (400, Some("malformed")),
         "{body}"
     );
     let (status, o) = step(
@@ -386,7 +387,11 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
     assert_eq!(who[9].0, "return_visit");
     // A closed order takes no more steps.
     let (status, body) = step(&server, &centre, d.id, json!({"action": "chase_up"}));
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("invalid_step")),
+        "{body}"
+    );
     // The phone converges on the closed order.
     worker.sync().unwrap();
     assert_eq!(
@@ -598,11 +603,23 @@ fn coverage_lists_every_due_household_not_met_with_its_reason_and_deadline() {
         .find(|c| c["id"] == "v")
         .unwrap();
     assert_eq!(v["tally"], *t);
-    // Not a visit day, another unit, a bad date: typed errors.
+    // Any date of the cycle gives the cycle's report; a bad date, another unit: typed errors.
+    let (_, later) = call(
+        "GET",
+        &format!(
+            "{}/api/v1/coverage?unit=g2&day={}",
+            server.url,
+            day.add_days(3)
+        ),
+        &town,
+        None,
+    );
+    assert_eq!(later["visit_day"], day.to_string());
+    assert_eq!(later["unit"]["tally"], *t);
     assert_eq!(
         call(
             "GET",
-            &format!("{}/api/v1/coverage?unit=g2&day=2026-11-16", server.url),
+            &format!("{}/api/v1/coverage?unit=g2&day=2026-02-30", server.url),
             &town,
             None
         )

@@ -464,7 +464,7 @@ pub async fn orders_page(
     Query(q): Query<workflow::OrdersQuery>,
 ) -> Result<Response, PageError> {
     let status = q.status.clone().unwrap_or_default();
-    let overdue = q.overdue == Some(true);
+    let overdue = q.overdue.as_deref() == Some("true");
     let rows = workflow::order_list(&state, &caller, q).await?;
     Ok(render(
         "orders.html",
@@ -517,19 +517,25 @@ pub async fn order_step_submit(
             message: "step".into(),
         })
     };
-    let pick = |s: &str| (!s.trim().is_empty()).then(|| serde_json::Value::String(s.trim().into()));
-    let req = serde_json::json!({
-        "action": form.action,
-        "comment": form.comment,
-        "tier": pick(&form.tier),
-        "team": pick(&form.team),
-        "satisfaction": pick(&form.satisfaction),
-        "extend_days": match form.extend_days.trim() {
-            "" => None,
-            n => Some(n.parse::<u32>().map_err(|_| invalid())?),
-        },
-    });
-    let req: workflow::StepRequest = serde_json::from_value(req).map_err(|_| invalid())?;
+    // The form's empty fields are left out; the step's own data decide what it needs.
+    let mut req = serde_json::Map::new();
+    req.insert("action".into(), form.action.into());
+    for (key, value) in [
+        ("comment", form.comment),
+        ("tier", form.tier),
+        ("team", form.team),
+        ("satisfaction", form.satisfaction),
+    ] {
+        if !value.trim().is_empty() {
+            req.insert(key.into(), value.trim().into());
+        }
+    }
+    if !form.extend_days.trim().is_empty() {
+        let days: u32 = form.extend_days.trim().parse().map_err(|_| invalid())?;
+        req.insert("extend_days".into(), days.into());
+    }
+    let req: workflow::StepRequest =
+        serde_json::from_value(serde_json::Value::Object(req)).map_err(|_| invalid())?;
     workflow::take_step(&state, &caller, &demand, req).await?;
     Ok(Redirect::to(&format!("/orders/{demand}")).into_response())
 }

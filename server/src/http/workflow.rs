@@ -55,6 +55,11 @@ fn no_order() -> ApiError {
     }
 }
 
+/// A query parameter given empty (as a form sends a field left blank) counts as absent.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
 fn parse_day(s: &str, what: &str) -> Result<Day, ApiError> {
     s.parse()
         .map_err(|_| bad(format!("{what} is not a date (YYYY-MM-DD)")))
@@ -119,10 +124,13 @@ pub(crate) async fn unit_scope(
 // ---------------------------------------------------------------- coverage
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CoverageQuery {
     /// An org unit id (default: the caller's topmost unit).
     pub unit: Option<String>,
-    /// A visit day, YYYY-MM-DD (default: the current cycle's).
+    /// A date, YYYY-MM-DD: the report is for the visit day whose cycle holds it (default:
+    /// today's).
+    #[param(value_type = String, required = false, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub day: Option<String>,
 }
 
@@ -194,17 +202,11 @@ pub(crate) async fn coverage_for(
     q: CoverageQuery,
 ) -> Result<CoverageReport, ApiError> {
     let today = today();
-    let day = match q.day.as_deref() {
-        Some(s) => {
-            let d = parse_day(s, "day")?;
-            if !calendar::is_visit_day(d) {
-                return Err(bad("day is not a visit day (the 15th or the 30th)"));
-            }
-            d
-        }
+    let day = match given(&q.day) {
+        Some(s) => calendar::cycle_of(parse_day(s, "day")?),
         None => calendar::cycle_of(today),
     };
-    let us = unit_scope(state, caller, q.unit).await?;
+    let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
     let grids = us.grids.clone();
     let rows = state.index(move |ix| ix.households(&grids)).await?;
     let policy = state
@@ -284,19 +286,21 @@ pub(crate) async fn coverage_for(
 // ---------------------------------------------------------------- work orders
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OrdersQuery {
     /// An org unit id (default: every grid the caller reads, and their teams' orders).
     pub unit: Option<String>,
     /// Only orders in this state (`Raised`, `Dispatched`, ..., `Closed`).
     pub status: Option<String>,
-    /// Only open orders whose step is past its due day.
-    pub overdue: Option<bool>,
+    /// `true`: only open orders whose step is past its due day.
+    #[param(value_type = String, required = false, pattern = "^(true|false)$")]
+    pub overdue: Option<String>,
 }
 
 /// `GET /api/v1/orders`: work orders of the caller's grids and teams, filtered.
 #[utoipa::path(get, path = "/api/v1/orders", tag = "workflow", security(("bearer" = [])),
     params(OrdersQuery),
-    responses((status = 200, body = Vec<OrderRow>), (status = 404, body = ErrorBody),
+    responses((status = 200, body = Vec<OrderRow>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn orders(
     State(state): State<AppState>,
@@ -311,7 +315,7 @@ pub(crate) async fn order_list(
     caller: &Caller,
     q: OrdersQuery,
 ) -> Result<Vec<OrderRow>, ApiError> {
-    let (grids, teams) = match q.unit {
+    let (grids, teams) = match given(&q.unit).map(str::to_string) {
         Some(u) => {
             let us = unit_scope(state, caller, Some(u)).await?;
             (us.grids, Vec::new())
@@ -330,11 +334,13 @@ pub(crate) async fn order_list(
     for r in &mut rows {
         r.overdue = r.step_due.as_deref().is_some_and(|d| d < today.as_str());
     }
-    if let Some(s) = q.status.filter(|s| !s.is_empty()) {
+    if let Some(s) = given(&q.status) {
         rows.retain(|r| r.status == s);
     }
-    if q.overdue == Some(true) {
-        rows.retain(|r| r.overdue);
+    match q.overdue.as_deref() {
+        None | Some("false") => {}
+        Some("true") => rows.retain(|r| r.overdue),
+        Some(_) => return Err(bad("overdue is true or false")),
     }
     Ok(rows)
 }
@@ -541,27 +547,191 @@ fn action_name(a: DemandAction) -> &'static str {
     }
 }
 
-/// A step on a work order.
+/// A tier, as the API names it.
+#[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
+pub enum TierName {
+    /// 即办
+    Immediate,
+    /// 协调
+    Coordinate,
+    /// 包案
+    LeaderCase,
+}
+
+impl From<TierName> for Tier {
+    fn from(t: TierName) -> Tier {
+        match t {
+            TierName::Immediate => Tier::Immediate,
+            TierName::Coordinate => Tier::Coordinate,
+            TierName::LeaderCase => Tier::LeaderCase,
+        }
+    }
+}
+
+/// The resident's verdict at a return visit.
+#[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
+pub enum SatisfactionName {
+    /// 满意
+    Satisfied,
+    /// 基本满意
+    Basically,
+    /// 不满意
+    Dissatisfied,
+}
+
+impl From<SatisfactionName> for Satisfaction {
+    fn from(s: SatisfactionName) -> Satisfaction {
+        match s {
+            SatisfactionName::Satisfied => Satisfaction::Satisfied,
+            SatisfactionName::Basically => Satisfaction::Basically,
+            SatisfactionName::Dissatisfied => Satisfaction::Dissatisfied,
+        }
+    }
+}
+
+/// A step on a work order: `action` says which, and the step's own data come with it (a
+/// team for a dispatch, a reason for a bounce, the result for a finish, the verdict for a
+/// return visit, working days for an extension). `comment` is at most 2000 characters.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StepRequest {
-    /// `take`, `dispatch`, `accept`, `bounce`, `start`, `finish`, `feedback`, `return_visit`,
-    /// `close`, `reopen`, `chase_up`, `extend` or `comment`.
-    #[schema(value_type = String)]
-    pub action: DemandAction,
-    /// The reason of a bounce, the result of a finish; at most 2000 characters.
-    #[serde(default)]
-    pub comment: String,
-    /// For a take or a dispatch: `Immediate`, `Coordinate` or `LeaderCase`.
-    #[schema(value_type = Option<String>)]
-    pub tier: Option<Tier>,
-    /// For a dispatch: the team's unit id.
-    pub team: Option<String>,
-    /// For a return visit: `Satisfied`, `Basically` or `Dissatisfied`.
-    #[schema(value_type = Option<String>)]
-    pub satisfaction: Option<Satisfaction>,
-    /// For an extension: 1-60 working days.
-    pub extend_days: Option<u32>,
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum StepRequest {
+    /// 即办: handle it at once.
+    Take {
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+        tier: Option<TierName>,
+    },
+    /// 派单 to a team (also arbitration of a bounced order).
+    Dispatch {
+        /// The team's org unit id.
+        #[schema(min_length = 1, max_length = 64)]
+        team: String,
+        tier: Option<TierName>,
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    /// 接单.
+    Accept {
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    /// 退单, with the reason.
+    Bounce {
+        #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
+        comment: String,
+    },
+    Start {
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    /// 办结, with the result.
+    Finish {
+        #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
+        comment: String,
+    },
+    /// 反馈: the result was told to the resident.
+    Feedback {
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    /// 回访, with the resident's verdict.
+    ReturnVisit {
+        satisfaction: SatisfactionName,
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    Close {
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    Reopen {
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    /// 催办.
+    ChaseUp {
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    /// 延期 of the open step.
+    Extend {
+        #[schema(minimum = 1, maximum = 60)]
+        extend_days: u32,
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+    Comment {
+        #[serde(default)]
+        #[schema(max_length = 2000)]
+        comment: String,
+    },
+}
+
+/// A step's parts: action, comment, tier, team, satisfaction, working days.
+type StepParts = (
+    DemandAction,
+    String,
+    Option<Tier>,
+    Option<String>,
+    Option<Satisfaction>,
+    Option<u32>,
+);
+
+impl StepRequest {
+    fn parts(self) -> StepParts {
+        use DemandAction as A;
+        match self {
+            StepRequest::Take { comment, tier } => {
+                (A::Take, comment, tier.map(Into::into), None, None, None)
+            }
+            StepRequest::Dispatch {
+                team,
+                tier,
+                comment,
+            } => (
+                A::Dispatch,
+                comment,
+                tier.map(Into::into),
+                Some(team),
+                None,
+                None,
+            ),
+            StepRequest::Accept { comment } => (A::Accept, comment, None, None, None, None),
+            StepRequest::Bounce { comment } => (A::Bounce, comment, None, None, None, None),
+            StepRequest::Start { comment } => (A::Start, comment, None, None, None, None),
+            StepRequest::Finish { comment } => (A::Finish, comment, None, None, None, None),
+            StepRequest::Feedback { comment } => (A::Feedback, comment, None, None, None, None),
+            StepRequest::ReturnVisit {
+                satisfaction,
+                comment,
+            } => (
+                A::ReturnVisit,
+                comment,
+                None,
+                None,
+                Some(satisfaction.into()),
+                None,
+            ),
+            StepRequest::Close { comment } => (A::Close, comment, None, None, None, None),
+            StepRequest::Reopen { comment } => (A::Reopen, comment, None, None, None, None),
+            StepRequest::ChaseUp { comment } => (A::ChaseUp, comment, None, None, None, None),
+            StepRequest::Extend {
+                extend_days,
+                comment,
+            } => (A::Extend, comment, None, None, None, Some(extend_days)),
+            StepRequest::Comment { comment } => (A::Comment, comment, None, None, None, None),
+        }
+    }
 }
 
 /// `POST /api/v1/orders/{demand}/steps`: take a step; it is written to the household's
@@ -569,8 +739,8 @@ pub struct StepRequest {
 #[utoipa::path(post, path = "/api/v1/orders/{demand}/steps", tag = "workflow", security(("bearer" = [])),
     params(("demand" = String, Path, description = "demand id")), request_body = StepRequest,
     responses((status = 200, body = OrderDetail), (status = 400, description = "the step does not follow or lacks its data", body = ErrorBody),
-              (status = 403, description = "not the caller's step to take", body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, description = "stale_order: the order moved on meanwhile", body = ErrorBody),
+              (status = 403, description = "not the caller's step to take", body = ErrorBody), (status = 404, description = "no such order, or no such team to dispatch to", body = ErrorBody),
+              (status = 409, description = "invalid_step: the step does not follow from the order's state; stale_order: the order moved on meanwhile", body = ErrorBody),
               (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn order_step(
     State(state): State<AppState>,
@@ -588,20 +758,24 @@ pub(crate) async fn take_step(
     demand: &str,
     req: StepRequest,
 ) -> Result<(), ApiError> {
-    if req.comment.chars().count() > 2000 {
+    let (action, comment, tier, team, satisfaction, extend_days) = req.parts();
+    if comment.chars().count() > 2000 {
         return Err(bad("the comment has more than 2000 characters"));
     }
-    if req.team.as_ref().is_some_and(|t| t.len() > 64) {
-        return Err(bad("team is not a unit id"));
-    }
-    if req.action == DemandAction::Dispatch {
-        let team = req.team.clone().unwrap_or_default();
-        let kind = state.access(move |db| db.unit_kind_of(&team)).await?;
+    let (row, _) = visible_order(state, caller, demand).await?;
+    if let Some(team) = team.clone() {
+        let kind = if team.len() > 64 {
+            None
+        } else {
+            state.access(move |db| db.unit_kind_of(&team)).await?
+        };
         if kind != Some(UnitKind::Team) {
-            return Err(bad("dispatch needs the id of a team unit"));
+            return Err(ApiError::NotFound {
+                code: "no_such_team",
+                message: "dispatch needs the id of a team unit".into(),
+            });
         }
     }
-    let (row, _) = visible_order(state, caller, demand).await?;
     let id: HouseholdId = row.household.parse().map_err(|_| ApiError::Internal)?;
     let demand_id: DemandId = row.demand.parse().map_err(|_| ApiError::Internal)?;
     let rules = state
@@ -629,15 +803,16 @@ pub(crate) async fn take_step(
         },
         move |doc, author| {
             let step = NewStep {
-                action: req.action,
-                comment: &req.comment,
-                tier: req.tier,
-                unit: req.team.as_deref(),
-                satisfaction: req.satisfaction,
-                extend_days: req.extend_days,
+                action,
+                comment: &comment,
+                tier,
+                unit: team.as_deref(),
+                satisfaction,
+                extend_days,
             };
+            // The request's shape is the schema's; what is left is the order's state.
             doc.demand_step(author, now_ms(), demand_id, &step, &rules)
-                .map_err(|e| ApiError::BadRequest {
+                .map_err(|e| ApiError::Conflict {
                     code: "invalid_step",
                     message: e.to_string(),
                 })
@@ -646,13 +821,45 @@ pub(crate) async fn take_step(
     .await
 }
 
+/// A demand's category.
+#[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
+pub enum CategoryName {
+    /// 住房
+    #[serde(alias = "住房")]
+    Housing,
+    /// 医疗
+    #[serde(alias = "医疗")]
+    HealthCare,
+    /// 教育
+    #[serde(alias = "教育")]
+    Education,
+    /// 养老
+    #[serde(alias = "养老")]
+    ElderlyCare,
+    /// 其他
+    #[serde(alias = "其他")]
+    Other,
+}
+
+impl From<CategoryName> for NeedCategory {
+    fn from(c: CategoryName) -> NeedCategory {
+        match c {
+            CategoryName::Housing => NeedCategory::Housing,
+            CategoryName::HealthCare => NeedCategory::HealthCare,
+            CategoryName::Education => NeedCategory::Education,
+            CategoryName::ElderlyCare => NeedCategory::ElderlyCare,
+            CategoryName::Other => NeedCategory::Other,
+        }
+    }
+}
+
 /// A demand entered by a supervisor.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDemandRequest {
-    /// `Housing`, `HealthCare`, `Education`, `ElderlyCare` or `Other` (or 住房, 医疗, 教育, 养老, 其他).
-    pub category: String,
-    /// The resident's request, 1-2000 characters.
+    pub category: CategoryName,
+    /// The resident's request, 1-2000 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     pub text: String,
     #[serde(default)]
     pub urgent: bool,
@@ -762,7 +969,7 @@ pub async fn create_demand(
         code: "not_found",
         message: "no such household".into(),
     })?;
-    let cat = category(&req.category).ok_or_else(|| bad("unknown category"))?;
+    let cat = NeedCategory::from(req.category);
     check_text(&req.text).map_err(bad)?;
     let d = new_demand(
         caller.user(),
@@ -929,12 +1136,15 @@ pub async fn import_orders(
 // ---------------------------------------------------------------- statistics
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PeriodQuery {
     /// An org unit id (default: the caller's topmost unit).
     pub unit: Option<String>,
     /// First day, YYYY-MM-DD (default: the first of this month).
+    #[param(value_type = String, required = false, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub from: Option<String>,
-    /// Last day, YYYY-MM-DD (default: today).
+    /// Last day, YYYY-MM-DD, not before `from`, at most three years after it (default: today).
+    #[param(value_type = String, required = false, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub to: Option<String>,
 }
 
@@ -959,11 +1169,11 @@ pub struct StatsReport {
 
 fn period(q: &PeriodQuery) -> Result<(Day, Day), ApiError> {
     let today = today();
-    let from = match &q.from {
+    let from = match given(&q.from) {
         Some(s) => parse_day(s, "from")?,
         None => Day::ymd(today.year(), today.month(), 1).ok_or(ApiError::Internal)?,
     };
-    let to = match &q.to {
+    let to = match given(&q.to) {
         Some(s) => parse_day(s, "to")?,
         None => today,
     };
@@ -1064,7 +1274,7 @@ pub(crate) async fn stats_for(
     q: PeriodQuery,
 ) -> Result<StatsReport, ApiError> {
     let (from, to) = period(&q)?;
-    let us = unit_scope(state, caller, q.unit).await?;
+    let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
     let per_grid = grid_figures(state, &us, (from, to)).await?;
     let figures_of = |u: &Unit, grids: &[String]| UnitFigures {
         id: u.id.clone(),
@@ -1119,7 +1329,7 @@ pub(crate) async fn ranking_for(
     q: PeriodQuery,
 ) -> Result<RankingReport, ApiError> {
     let (from, to) = period(&q)?;
-    let us = unit_scope(state, caller, q.unit).await?;
+    let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
     let per_grid = grid_figures(state, &us, (from, to)).await?;
     let (red, black) = stats::red_black(per_grid.into_iter().collect());
     Ok(RankingReport {
