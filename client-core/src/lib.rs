@@ -21,7 +21,7 @@ pub mod sync;
 
 pub use error::{Result, StoreError};
 pub use store::{
-    Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store, StoreOptions,
-    WorkOrderLine,
+    CoverageLine, Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store,
+    StoreOptions, WorkOrderLine,
 };
 pub use sync::{SyncClient, SyncError, SyncProgress, SyncReport, enroll};

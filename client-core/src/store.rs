@@ -21,9 +21,11 @@ use qiaomen_protocol::{
     ActorId, ChangeHash,
     calendar::{self, Day},
     conflicts::{self, Conflict, FieldValue, Resolution},
+    coverage::{self, CoverageInput, CoveragePolicy},
     doc::{Author, HouseholdDoc},
     ids::{DemandId, GridId, HouseholdId, VisitId},
     schema::{Demand, DemandStatus, Household, HouseholdStatus, KeyGroup, Visit},
+    schema::{TagSpan, VisitOutcome},
     workorder::{self, Deadlines, NewStep, StepKind},
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -86,6 +88,18 @@ const MIGRATIONS: &[&str] = &[
     // 1 -> 2: households with a visit returned for a fix (their open tasks are computed on read).
     r#"
     CREATE TABLE review_index (doc BLOB PRIMARY KEY) WITHOUT ROWID;
+    "#,
+    // 2 -> 3: every visit's day and outcome, for the visit-day coverage rule; the rows of
+    // households stored before are written on the first opening (`reindex` in meta).
+    r#"
+    CREATE TABLE visit_outcomes (
+        doc       BLOB NOT NULL,
+        visit     BLOB NOT NULL,
+        visit_day TEXT NOT NULL,
+        outcome   TEXT NOT NULL,
+        PRIMARY KEY (doc, visit)
+    ) WITHOUT ROWID;
+    INSERT INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
     "#,
 ];
 
@@ -179,6 +193,13 @@ pub struct WorkOrderLine {
     pub unit: Option<String>,
 }
 
+/// A due household of a visit day, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoverageLine {
+    pub household: HouseholdSummary,
+    pub due: coverage::Due,
+}
+
 /// A change of this device that a server refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RejectedChange {
@@ -239,6 +260,21 @@ fn status_from(s: &str) -> HouseholdStatus {
     }
 }
 
+const OUTCOMES: [VisitOutcome; 4] = [
+    VisitOutcome::Met,
+    VisitOutcome::NobodyHome,
+    VisitOutcome::Refused,
+    VisitOutcome::Moved,
+];
+
+fn outcome_text(o: VisitOutcome) -> String {
+    format!("{o:?}")
+}
+
+fn outcome_from(s: &str) -> Option<VisitOutcome> {
+    OUTCOMES.into_iter().find(|o| outcome_text(*o) == s)
+}
+
 fn group_text(g: KeyGroup) -> String {
     format!("{g:?}")
 }
@@ -293,7 +329,7 @@ impl Store {
             return Err(StoreError::WrongUser);
         }
         let actor = Self::load_or_make_actor(&conn, author.device)?;
-        Ok(Store {
+        let mut store = Store {
             conn,
             author,
             actor,
@@ -301,7 +337,9 @@ impl Store {
             cache: HashMap::new(),
             tick: 0,
             clock: Box::new(system_now_ms),
-        })
+        };
+        store.reindex_if_asked()?;
+        Ok(store)
     }
 
     fn migrate(conn: &Connection) -> Result<()> {
@@ -431,6 +469,53 @@ impl Store {
         Ok(cached)
     }
 
+    fn write_outcome(
+        tx: &rusqlite::Transaction<'_>,
+        doc: HouseholdId,
+        visit: VisitId,
+        day: Day,
+        outcome: VisitOutcome,
+    ) -> Result<()> {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO visit_outcomes (doc, visit, visit_day, outcome) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            doc.as_bytes().as_slice(),
+            visit.as_bytes().as_slice(),
+            day.to_string(),
+            outcome_text(outcome)
+        ])?;
+        Ok(())
+    }
+
+    /// Writes the index rows of every household, once, after a migration asked for it.
+    fn reindex_if_asked(&mut self) -> Result<()> {
+        let asked = self
+            .conn
+            .query_row("SELECT 1 FROM meta WHERE key = 'reindex'", [], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !asked {
+            return Ok(());
+        }
+        let ids: Vec<HouseholdId> = {
+            let mut stmt = self.conn.prepare("SELECT id FROM docs")?;
+            stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                .filter_map(|r| r.ok().and_then(|b| uuid_from(&b)))
+                .collect()
+        };
+        let tx = self.conn.unchecked_transaction()?;
+        for id in ids {
+            // A document that does not read keeps its old rows; reading it reports the error.
+            if let Ok(h) = self.read_doc(id).and_then(|(d, _)| Ok(d.household()?)) {
+                Self::write_index(&tx, &h)?;
+            }
+        }
+        tx.execute("DELETE FROM meta WHERE key = 'reindex'", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Writes the index rows of `household` (inside the caller's transaction).
     fn write_index(tx: &rusqlite::Transaction<'_>, h: &Household) -> Result<()> {
         let id = h.id.as_bytes().as_slice();
@@ -455,10 +540,12 @@ impl Store {
                 t.until.map(|u| u.to_string())
             ])?;
         }
+        tx.execute("DELETE FROM visit_outcomes WHERE doc = ?1", [id])?;
         let mut visit = tx
             .prepare_cached("INSERT OR IGNORE INTO visit_index (doc, visit_day) VALUES (?1, ?2)")?;
         for v in h.visits.values() {
             visit.execute(params![id, v.visit_day.to_string()])?;
+            Self::write_outcome(tx, h.id, v.id, v.visit_day, v.outcome)?;
         }
         tx.execute("DELETE FROM review_index WHERE doc = ?1", [id])?;
         if h.reviews
@@ -567,11 +654,12 @@ impl Store {
             Self::append_change(&tx, id, &hash, &bytes, true)?;
             match (&index, &household) {
                 (IndexUpdate::Full, Some(h)) => Self::write_index(&tx, h)?,
-                (IndexUpdate::VisitDay(day), _) => {
+                (IndexUpdate::Visit(visit, day, outcome), _) => {
                     tx.execute(
                         "INSERT OR IGNORE INTO visit_index (doc, visit_day) VALUES (?1, ?2)",
                         params![id.as_bytes().as_slice(), day.to_string()],
                     )?;
+                    Self::write_outcome(&tx, id, *visit, *day, *outcome)?;
                 }
                 _ => {}
             }
@@ -657,7 +745,7 @@ impl Store {
         self.commit_edit(
             id,
             |doc, a, now| doc.add_visit(a, now, visit, demands).map(|h| ((), Some(h))),
-            IndexUpdate::VisitDay(visit.visit_day),
+            IndexUpdate::Visit(visit.id, visit.visit_day, visit.outcome),
         )
     }
 
@@ -850,6 +938,76 @@ impl Store {
             .into_iter()
             .filter(|e| !e.visited)
             .collect())
+    }
+
+    /// The visit-day coverage of `grid` for the cycle of `visit_day`, as of `today`, by the
+    /// same rule as the server's report ([`coverage::coverage`]): every due household with
+    /// its state (visited / not met and why / pending / missed) and catch-up deadline,
+    /// key-group households first, then those still to visit. From the index: no document
+    /// is loaded.
+    pub fn coverage(
+        &self,
+        grid: &GridId,
+        visit_day: Day,
+        today: Day,
+        policy: &CoveragePolicy,
+    ) -> Result<Vec<CoverageLine>> {
+        let day = calendar::cycle_of(visit_day);
+        let households = self.households_in_grid(grid)?;
+        let mut tags = self
+            .conn
+            .prepare_cached("SELECT grp, since, until FROM tag_index WHERE doc = ?1")?;
+        let mut visits = self
+            .conn
+            .prepare_cached("SELECT visit_day, outcome FROM visit_outcomes WHERE doc = ?1")?;
+        let mut lines = Vec::new();
+        for h in households {
+            let key = h.id.as_bytes().as_slice();
+            let input = CoverageInput {
+                status: h.status,
+                tags: tags
+                    .query_map([key], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    })?
+                    .filter_map(|r| r.ok())
+                    .filter_map(|(g, since, until)| {
+                        Some(TagSpan {
+                            group: group_from(&g)?,
+                            since: since.parse().ok()?,
+                            until: match until {
+                                Some(u) => Some(u.parse().ok()?),
+                                None => None,
+                            },
+                        })
+                    })
+                    .collect(),
+                visits: visits
+                    .query_map([key], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .filter_map(|r| r.ok())
+                    .filter_map(|(d, o)| Some((d.parse().ok()?, outcome_from(&o)?)))
+                    .collect(),
+            };
+            if let Some(due) = coverage::coverage(&input, day, today, policy) {
+                lines.push(CoverageLine { household: h, due });
+            }
+        }
+        lines.sort_by(|a, b| {
+            let key = |l: &CoverageLine| {
+                (
+                    l.due.key_groups.is_empty(),
+                    l.due.state == coverage::CoverageState::Visited,
+                    l.household.door_number.clone(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        Ok(lines)
     }
 
     /// How many changes made on this device no server has acknowledged yet.
@@ -1166,6 +1324,7 @@ impl Store {
                 "changes",
                 "tag_index",
                 "visit_index",
+                "visit_outcomes",
                 "review_index",
                 "rejected",
             ] {
@@ -1193,6 +1352,7 @@ impl Store {
             "pending",
             "tag_index",
             "visit_index",
+            "visit_outcomes",
             "review_index",
             "rejected",
         ] {
@@ -1290,7 +1450,13 @@ impl Store {
                 }
                 None => {
                     let key = id.as_bytes().as_slice();
-                    for table in ["changes", "tag_index", "visit_index", "review_index"] {
+                    for table in [
+                        "changes",
+                        "tag_index",
+                        "visit_index",
+                        "visit_outcomes",
+                        "review_index",
+                    ] {
                         tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
                     }
                     tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;
@@ -1380,7 +1546,8 @@ impl Store {
 enum IndexUpdate {
     None,
     Full,
-    VisitDay(Day),
+    /// A new visit: its id, day and outcome.
+    Visit(VisitId, Day, VisitOutcome),
 }
 
 fn uuid_from(bytes: &[u8]) -> Option<HouseholdId> {

@@ -545,3 +545,87 @@ fn a_visit_note_in_chinese_is_replaced_through_the_store() {
         "第一次走访：已按时服药"
     );
 }
+
+/// The phone's coverage follows the shared rule offline: key groups first, failed attempts
+/// with their reason, pending until the catch-up deadline, missed after it, moved households
+/// not due; and a store written before the outcome index gets it on its first opening.
+#[test]
+fn coverage_on_the_phone_follows_the_shared_rule_and_survives_an_upgrade() {
+    use qiaomen_protocol::coverage::{CoveragePolicy, CoverageState};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phone.db");
+    let me = author();
+    let policy = CoveragePolicy::default();
+    let vd = day("2026-11-15");
+    let states = |store: &Store, today: &str| -> Vec<(String, CoverageState)> {
+        store
+            .coverage(&GridId::new("g1"), vd, day(today), &policy)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.household.door_number, l.due.state))
+            .collect()
+    };
+    {
+        let mut store = Store::open(&path, me, options()).unwrap();
+        let met = store.create_household(&household("g1", "1")).unwrap();
+        let away = store.create_household(&household("g1", "2")).unwrap();
+        store.create_household(&household("g1", "3")).unwrap();
+        let mut elder = household("g1", "4");
+        elder.tags.push(TagSpan {
+            group: KeyGroup::ElderlyAlone,
+            since: day("2026-01-01"),
+            until: None,
+        });
+        let elder = store.create_household(&elder).unwrap();
+        let gone = store.create_household(&household("g1", "5")).unwrap();
+        store
+            .edit_household(gone, |h| {
+                h.status = HouseholdStatus::Moved;
+                Ok(())
+            })
+            .unwrap();
+        let mut nobody = visit(&me, "2026-11-15");
+        nobody.outcome = VisitOutcome::NobodyHome;
+        store.record_visit(away, &nobody, &[]).unwrap();
+        store.record_visit(met, &nobody, &[]).unwrap();
+        let mut second = visit(&me, "2026-11-15");
+        second.id = VisitId::new();
+        store.record_visit(met, &second, &[]).unwrap();
+        store
+            .record_visit(elder, &visit(&me, "2026-10-30"), &[])
+            .unwrap();
+        let expected = vec![
+            ("4".to_string(), CoverageState::Pending),
+            (
+                "2".to_string(),
+                CoverageState::NotMet(VisitOutcome::NobodyHome),
+            ),
+            ("3".to_string(), CoverageState::Pending),
+            ("1".to_string(), CoverageState::Visited),
+        ];
+        assert_eq!(states(&store, "2026-11-18"), expected);
+        // Any day of the cycle names it; after the catch-up deadline the unvisited are missed.
+        let late = store
+            .coverage(
+                &GridId::new("g1"),
+                day("2026-11-22"),
+                day("2026-11-22"),
+                &policy,
+            )
+            .unwrap();
+        assert_eq!(late[0].due.state, CoverageState::Missed);
+        assert_eq!(late[0].due.catch_up_by, day("2026-11-20"));
+    }
+    // Make the file look like one written before the outcome index, then reopen it.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE visit_outcomes; PRAGMA user_version = 2;")
+            .unwrap();
+    }
+    let store = Store::open(&path, me, options()).unwrap();
+    assert_eq!(states(&store, "2026-11-18").len(), 4);
+    assert_eq!(
+        states(&store, "2026-11-18")[1].1,
+        CoverageState::NotMet(VisitOutcome::NobodyHome)
+    );
+}

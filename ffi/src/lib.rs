@@ -131,6 +131,25 @@ impl Phone {
             .collect())
     }
 
+    /// The visit-day coverage of `grid` for the cycle containing `day` (`YYYY-MM-DD`), as of
+    /// today: every due household with its status, the reason it was not met and its
+    /// catch-up deadline, key-group households first, then those still to visit. The same
+    /// rule as the supervisors' report; works offline.
+    pub fn coverage(&self, grid: String, day: String) -> Result<Vec<CoverageItem>> {
+        let store = self.store.blocking_lock();
+        let today = store.today();
+        Ok(store
+            .coverage(
+                &grid.into_grid(),
+                parse("date", &day)?,
+                today,
+                &qiaomen_protocol::coverage::CoveragePolicy::default(),
+            )?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
     /// Households of `grid` not yet visited in the cycle containing `today` (`YYYY-MM-DD`).
     pub fn not_visited(&self, grid: String, today: String) -> Result<Vec<RosterItem>> {
         let store = self.store.blocking_lock();

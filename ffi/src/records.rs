@@ -351,6 +351,54 @@ pub struct RosterItem {
     pub visited: bool,
 }
 
+/// What became of a due household on a visit day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum CoverageStatus {
+    /// A visit for the cycle met someone.
+    Visited,
+    /// Only failed attempts; `reason` says why.
+    NotMet,
+    /// Not visited yet; the catch-up deadline has not passed.
+    Pending,
+    /// Not visited, and the catch-up deadline has passed (漏户).
+    Missed,
+}
+
+/// A due household of a visit day on the phone's roster.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CoverageItem {
+    pub household_id: String,
+    pub door_number: String,
+    pub key_groups: Vec<KeyGroup>,
+    pub status: CoverageStatus,
+    /// Why not met: the latest failed attempt's outcome.
+    pub reason: Option<VisitOutcome>,
+    pub attempts: u32,
+    /// The last day (`YYYY-MM-DD`) a catch-up visit counts.
+    pub catch_up_by: String,
+}
+
+impl From<core::CoverageLine> for CoverageItem {
+    fn from(l: core::CoverageLine) -> Self {
+        use qiaomen_protocol::coverage::CoverageState as C;
+        let (status, reason) = match l.due.state {
+            C::Visited => (CoverageStatus::Visited, None),
+            C::NotMet(o) => (CoverageStatus::NotMet, Some(o)),
+            C::Pending => (CoverageStatus::Pending, None),
+            C::Missed => (CoverageStatus::Missed, None),
+        };
+        Self {
+            household_id: l.household.id.to_string(),
+            door_number: l.household.door_number,
+            key_groups: l.due.key_groups,
+            status,
+            reason,
+            attempts: l.due.attempts,
+            catch_up_by: l.due.catch_up_by.to_string(),
+        }
+    }
+}
+
 /// One of a conflicting field's values.
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct ConflictValue {

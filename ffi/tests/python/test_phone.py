@@ -59,6 +59,11 @@ def test_two_phones_record_visits_offline_and_both_see_both(org):
     assert b.household_ids() == [hid] and b.grids() == [grid]
     roster = b.roster(grid, "2026-11-15")
     assert [r.household_id for r in roster] == [hid] and roster[0].key_groups == [q.KeyGroup.ELDERLY_ALONE]
+    # The visit-day coverage, offline: due (a key group), not visited; the catch-up deadline
+    # is five days after the visit day (any day of the cycle names it).
+    (due,) = b.coverage(grid, "2026-11-17")
+    assert (due.household_id, due.attempts, due.catch_up_by) == (hid, 0, "2026-11-20")
+    assert due.status in (q.CoverageStatus.PENDING, q.CoverageStatus.MISSED) and due.reason is None
 
     a.record_visit(hid, visit("王：老人身体还好"))
     b.record_visit(hid, visit("李：补访"))
@@ -72,6 +77,8 @@ def test_two_phones_record_visits_offline_and_both_see_both(org):
     ra, rb = a.household(hid), b.household(hid)
     assert ra == rb
     assert sorted(v.note for v in ra.visits) == ["李：补访", "王：老人身体还好"]
+    (due,) = a.coverage(grid, "2026-11-15")
+    assert (due.status, due.attempts) == (q.CoverageStatus.VISITED, 2)
     assert len(ra.demands) == 2
     # Personal numbers stay masked in what the library hands out.
     assert ra.members[0].id_number_masked == "410***********1234"
