@@ -22,6 +22,6 @@ pub mod sync;
 pub use error::{Result, StoreError};
 pub use store::{
     CoverageLine, Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store,
-    StoreOptions, WorkOrderLine,
+    StoreOptions, TaskDone, TaskList, TaskReport, WorkOrderLine,
 };
 pub use sync::{SyncClient, SyncError, SyncProgress, SyncReport, enroll};

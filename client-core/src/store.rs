@@ -18,7 +18,7 @@ use std::{
 };
 
 use qiaomen_protocol::{
-    ActorId, ChangeHash,
+    ActorId, ChangeHash, DocError,
     calendar::{self, Day},
     conflicts::{self, Conflict, FieldValue, Resolution},
     coverage::{self, CoverageInput, CoveragePolicy},
@@ -100,6 +100,20 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (doc, visit)
     ) WITHOUT ROWID;
     INSERT INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
+    "#,
+    // 3 -> 4: the weekly task lists of the device's grids as the server last sent them, and
+    // the tasks marked done on this device (sent = 1 once the server stored the report).
+    r#"
+    CREATE TABLE task_lists (id TEXT PRIMARY KEY, json BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE task_done (
+        list     TEXT NOT NULL,
+        item     INTEGER NOT NULL,
+        grid     TEXT NOT NULL,
+        done_ms  INTEGER NOT NULL,
+        evidence TEXT NOT NULL,
+        sent     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (list, item, grid)
+    ) WITHOUT ROWID;
     "#,
 ];
 
@@ -192,6 +206,40 @@ pub struct WorkOrderLine {
     /// The team it was dispatched to.
     pub unit: Option<String>,
 }
+
+/// A task done in a grid, as the server stored it or as this device recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskDone {
+    pub grid: String,
+    pub item: u32,
+    /// Who reported it (the server's record); `None` for a report not sent yet.
+    #[serde(default)]
+    pub user: Option<String>,
+    pub done_ms: i64,
+    pub evidence: String,
+    /// Stored on the server.
+    #[serde(default = "yes")]
+    pub on_server: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A weekly task list (周清单) of the device's grids.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskList {
+    pub id: String,
+    pub title: String,
+    pub week_start: String,
+    pub due: String,
+    pub items: Vec<String>,
+    pub grids: Vec<String>,
+    pub done: Vec<TaskDone>,
+}
+
+/// A task report waiting to be sent: (list, item, grid, done ms, evidence).
+pub type TaskReport = (String, u32, String, i64, String);
 
 /// A due household of a visit day, and what became of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1010,6 +1058,108 @@ impl Store {
         Ok(lines)
     }
 
+    /// The weekly task lists of the device's grids as of the last sync, with the tasks done
+    /// (the server's reports, and this device's not sent yet). Works offline.
+    pub fn task_lists(&self) -> Result<Vec<TaskList>> {
+        let mut lists: Vec<TaskList> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT json FROM task_lists ORDER BY id DESC")?;
+            stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                .filter_map(|r| r.ok())
+                .filter_map(|b| serde_json::from_slice(&b).ok())
+                .collect()
+        };
+        for (list, item, grid, done_ms, evidence) in self.task_reports(false)? {
+            if let Some(l) = lists.iter_mut().find(|l| l.id == list)
+                && !l.done.iter().any(|d| d.item == item && d.grid == grid)
+            {
+                l.done.push(TaskDone {
+                    grid,
+                    item,
+                    user: None,
+                    done_ms,
+                    evidence,
+                    on_server: false,
+                });
+            }
+        }
+        lists.sort_by(|a, b| (&b.week_start, &b.id).cmp(&(&a.week_start, &a.id)));
+        Ok(lists)
+    }
+
+    /// Marks task `item` of list `list` done in `grid`, with `evidence`, offline; sent at the
+    /// next sync. Marking it again keeps the first report.
+    pub fn complete_task(
+        &mut self,
+        list: &str,
+        item: u32,
+        grid: &str,
+        evidence: &str,
+    ) -> Result<()> {
+        let known = self.task_lists()?.into_iter().any(|l| {
+            l.id == list && (item as usize) < l.items.len() && l.grids.iter().any(|g| g == grid)
+        });
+        if !known {
+            return Err(StoreError::Document(DocError::InvalidEdit(
+                "no such task for this grid on the phone".into(),
+            )));
+        }
+        if evidence.chars().count() > 2000 {
+            return Err(StoreError::Document(DocError::InvalidEdit(
+                "evidence has at most 2000 characters".into(),
+            )));
+        }
+        self.conn.execute(
+            "INSERT OR IGNORE INTO task_done (list, item, grid, done_ms, evidence) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![list, item, grid, self.now_ms(), evidence.trim()],
+        )?;
+        Ok(())
+    }
+
+    /// Task reports of this device: those not sent yet (`sent` false) or sent.
+    pub fn task_reports(&self, sent: bool) -> Result<Vec<TaskReport>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT list, item, grid, done_ms, evidence FROM task_done WHERE sent = ?1 ORDER BY done_ms",
+        )?;
+        Ok(stmt
+            .query_map([sent], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The server stored (or will never store) this report: stop sending it.
+    pub fn mark_task_report_sent(&self, list: &str, item: u32, grid: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE task_done SET sent = 1 WHERE list = ?1 AND item = ?2 AND grid = ?3",
+            params![list, item, grid],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the cached task lists with the server's.
+    pub fn set_task_lists(&self, lists: &[TaskList]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM task_lists", [])?;
+        for l in lists {
+            tx.execute(
+                "INSERT INTO task_lists (id, json) VALUES (?1, ?2)",
+                params![
+                    l.id,
+                    serde_json::to_vec(l).map_err(|_| StoreError::CorruptStore)?
+                ],
+            )?;
+        }
+        // Sent reports the server's lists no longer mention are history.
+        tx.execute(
+            "DELETE FROM task_done WHERE sent = 1 AND list NOT IN (SELECT id FROM task_lists)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// How many changes made on this device no server has acknowledged yet.
     pub fn pending_change_count(&self) -> Result<u64> {
         Ok(self
@@ -1355,6 +1505,8 @@ impl Store {
             "visit_outcomes",
             "review_index",
             "rejected",
+            "task_lists",
+            "task_done",
         ] {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }

@@ -76,6 +76,10 @@ pub struct SyncReport {
     pub skipped_households: Vec<HouseholdId>,
     /// Households removed from the phone because their grid left the device's scope.
     pub dropped_households: usize,
+    /// Task reports of this device the server stored in this sync.
+    pub tasks_sent: usize,
+    /// Weekly task lists of the device's grids now on the phone.
+    pub task_lists: usize,
 }
 
 /// Enrolls the store at `path` with the server at `server_url` using a one-time `code`, and
@@ -216,6 +220,10 @@ impl SyncClient {
             }
             other => other,
         };
+        let result = match result {
+            Ok(mut report) => self.sync_tasks(store, &mut report).await.map(|()| report),
+            err => err,
+        };
         match result {
             Err(SyncError::Unauthorized { code })
                 if code == "device_revoked" || code == "token_reused" =>
@@ -227,6 +235,44 @@ impl SyncClient {
             }
             other => other,
         }
+    }
+
+    /// Sends the tasks marked done on this device and fetches the weekly task lists of its
+    /// grids (the JSON API, `/api/v1/tasks`; each report is idempotent on the server).
+    async fn sync_tasks(
+        &self,
+        store: &mut Store,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        let token = store.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
+        for (list, item, grid, done_ms, evidence) in store.task_reports(false)? {
+            let body = serde_json::json!({
+                "grid": grid, "item": item, "done_ms": done_ms, "evidence": evidence,
+            });
+            let url = self.endpoint(&format!("/api/v1/tasks/{list}/done"));
+            match self
+                .send(|http| http.post(&url).bearer_auth(&token).json(&body))
+                .await
+            {
+                Ok(_) => {
+                    store.mark_task_report_sent(&list, item, &grid)?;
+                    report.tasks_sent += 1;
+                }
+                // The list or the grid is no longer this device's: it can never be stored.
+                Err(SyncError::Server { status: 404, .. }) => {
+                    tracing::warn!("a task report was refused: no such task for the grid");
+                    store.mark_task_report_sent(&list, item, &grid)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let url = self.endpoint("/api/v1/tasks");
+        let reply = self.send(|http| http.get(&url).bearer_auth(&token)).await?;
+        let lists: Vec<crate::TaskList> = serde_json::from_slice(&reply.body)
+            .map_err(|_| SyncError::Protocol("task lists".into()))?;
+        store.set_task_lists(&lists)?;
+        report.task_lists = lists.len();
+        Ok(())
     }
 
     /// Replaces the device token with a fresh one from the server. The old token keeps working

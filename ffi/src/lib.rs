@@ -150,6 +150,33 @@ impl Phone {
             .collect())
     }
 
+    /// The weekly task lists of the phone's grids as of the last sync, with what is done (as
+    /// the server stored it, and this phone's reports not sent yet). Works offline.
+    pub fn task_lists(&self) -> Result<Vec<TaskListRecord>> {
+        Ok(self
+            .store
+            .blocking_lock()
+            .task_lists()?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Marks task `item` (from 0) of list `list_id` done in `grid`, with `evidence`, offline;
+    /// it is sent at the next sync. `InvalidInput` for a task the phone does not hold.
+    pub fn complete_task(
+        &self,
+        list_id: String,
+        item: u32,
+        grid: String,
+        evidence: String,
+    ) -> Result<()> {
+        Ok(self
+            .store
+            .blocking_lock()
+            .complete_task(&list_id, item, &grid, &evidence)?)
+    }
+
     /// Households of `grid` not yet visited in the cycle containing `today` (`YYYY-MM-DD`).
     pub fn not_visited(&self, grid: String, today: String) -> Result<Vec<RosterItem>> {
         let store = self.store.blocking_lock();

@@ -447,6 +447,56 @@ pub struct SyncSummary {
     pub skipped_household_ids: Vec<String>,
     /// Households removed because their grid left this user's scope.
     pub dropped_households: u64,
+    /// Task reports of this phone the server stored in this sync.
+    pub tasks_sent: u64,
+}
+
+/// A task done in a grid.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TaskDoneRecord {
+    pub grid: String,
+    /// The task's position in its list, from 0.
+    pub item: u32,
+    pub done_ms: i64,
+    pub evidence: String,
+    /// The server stored it (false: recorded on this phone, not sent yet).
+    pub on_server: bool,
+}
+
+/// A weekly task list (周清单) pushed to the phone's grids.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TaskListRecord {
+    pub id: String,
+    pub title: String,
+    pub week_start: String,
+    pub due: String,
+    pub items: Vec<String>,
+    pub grids: Vec<String>,
+    pub done: Vec<TaskDoneRecord>,
+}
+
+impl From<core::TaskList> for TaskListRecord {
+    fn from(l: core::TaskList) -> Self {
+        Self {
+            id: l.id,
+            title: l.title,
+            week_start: l.week_start,
+            due: l.due,
+            items: l.items,
+            grids: l.grids,
+            done: l
+                .done
+                .into_iter()
+                .map(|d| TaskDoneRecord {
+                    grid: d.grid,
+                    item: d.item,
+                    done_ms: d.done_ms,
+                    evidence: d.evidence,
+                    on_server: d.on_server,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A visit a supervisor returned for a fix: a task for the worker until the visit is changed.
@@ -776,6 +826,7 @@ impl From<core::SyncReport> for SyncSummary {
                 .map(ToString::to_string)
                 .collect(),
             dropped_households: r.dropped_households as u64,
+            tasks_sent: r.tasks_sent as u64,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod index;
 pub mod ingest;
 pub mod stats;
 pub mod storage;
+pub mod tasks;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 

@@ -108,6 +108,7 @@ const MIGRATIONS: &[&str] = &[
     ACCESS_SCHEMA,
     TEAMS_SCHEMA,
     crate::index::INDEX_SCHEMA,
+    crate::tasks::TASKS_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"

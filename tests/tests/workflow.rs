@@ -929,3 +929,92 @@ fn statistics_and_the_red_black_list_are_recomputed_from_the_raw_records() {
         400
     );
 }
+
+#[test]
+fn a_weekly_task_list_reaches_the_grids_phones_and_their_offline_reports_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let mut one = server.phone(&dir.path().join("one.db"), &["g1"]);
+    let mut two = server.phone(&dir.path().join("two.db"), &["g2"]);
+    let token = |p: &Phone| p.store.credentials().unwrap().unwrap().token;
+    let tasks = format!("{}/api/v1/tasks", server.url);
+
+    // Workers may not push lists; bad lists are typed errors.
+    let list = json!({"title": "第48周清单", "items": ["排查独居老人用火安全", "张贴防诈骗海报"], "units": ["g1", "g2"]});
+    let own = json!({"title": "x", "items": ["y"], "units": ["g1"]});
+    assert_eq!(call("POST", &tasks, &token(&one), Some(own)).0, 403);
+    assert_eq!(
+        call("POST", &tasks, &token(&one), Some(list.clone())).0,
+        404,
+        "a unit the worker cannot see"
+    );
+    let empty = json!({"title": "空", "items": [], "units": ["g1"]});
+    assert_eq!(call("POST", &tasks, &centre, Some(empty)).0, 400);
+    let backwards =
+        json!({"title": "x", "items": ["y"], "week_start": "2026-11-23", "due": "2026-11-20"});
+    assert_eq!(call("POST", &tasks, &centre, Some(backwards)).0, 400);
+    let (status, created) = call("POST", &tasks, &centre, Some(list));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["grids"], json!(["g1", "g2"]));
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // Each phone gets the list for its own grid; the first marks a task done offline.
+    assert_eq!(one.sync().unwrap().task_lists, 1);
+    two.sync().unwrap();
+    let lists = one.store.task_lists().unwrap();
+    assert_eq!(
+        (lists.len(), lists[0].grids.clone()),
+        (1, vec!["g1".to_string()])
+    );
+    assert_eq!(two.store.task_lists().unwrap()[0].grids, ["g2"]);
+    assert!(
+        one.store.complete_task(&id, 5, "g1", "").is_err(),
+        "no such task"
+    );
+    assert!(
+        one.store.complete_task(&id, 0, "g2", "").is_err(),
+        "not this phone's grid"
+    );
+    one.store
+        .complete_task(&id, 0, "g1", "走访独居老人 6 户，更换插线板 2 个")
+        .unwrap();
+    let local = &one.store.task_lists().unwrap()[0].done;
+    assert_eq!((local.len(), local[0].on_server), (1, false));
+    let report = one.sync().unwrap();
+    assert_eq!(report.tasks_sent, 1);
+    assert!(one.store.task_lists().unwrap()[0].done[0].on_server);
+
+    // The command centre sees who did what from which device; g2 has done nothing yet.
+    let (status, seen) = call("GET", &format!("{tasks}/{id}"), &centre, None);
+    assert_eq!(status, 200, "{seen}");
+    let done = seen["done"].as_array().unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["grid"], "g1");
+    assert_eq!(done[0]["user"], one.author.user.to_string());
+    assert_eq!(done[0]["device"], one.author.device.to_string());
+    // Another grid's worker cannot report for g1; a repeat keeps the first report.
+    let again = json!({"grid": "g1", "item": 0, "evidence": "另一份"});
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{tasks}/{id}/done"),
+            &token(&two),
+            Some(again.clone())
+        )
+        .0,
+        404
+    );
+    let (status, kept) = call(
+        "POST",
+        &format!("{tasks}/{id}/done"),
+        &token(&one),
+        Some(again),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(kept["evidence"], "走访独居老人 6 户，更换插线板 2 个");
+    // A worker reads only the lists of their grids.
+    let (_, mine) = call("GET", &tasks, &token(&two), None);
+    assert_eq!(mine[0]["grids"], json!(["g2"]));
+    assert_eq!(mine[0]["done"], json!([]));
+}

@@ -1,7 +1,8 @@
 """A hotline work order goes round the loop in a real headless Chromium and on a phone: the
 command centre dispatches it, the water team accepts and finishes it, the grid worker tells the
 resident and does the return visit offline on the phone (the Python bindings), and the town
-supervisor closes it. The coverage and statistics pages render with their drill-down.
+supervisor closes it. The coverage and statistics pages render with their drill-down; a weekly
+task list pushed from the page reaches the phone and the worker's report comes back.
 Screenshots go to target/screenshots/."""
 import asyncio
 import os
@@ -102,3 +103,21 @@ def test_a_hotline_order_goes_round_the_loop_between_the_pages_and_the_phone(dem
     shot(browser, "stats")
     asyncio.run(zhao.sync(None))
     assert all(o.demand_id != order.demand_id for o in zhao.work_orders("xicun-1"))
+
+    # A weekly task list pushed from the page reaches the phone; the worker's offline report
+    # comes back to the page.
+    navigate(browser, browser.find_element(By.ID, "nav-tasks"))
+    browser.find_element(By.ID, "title").send_keys("第48周清单")
+    browser.find_element(By.ID, "items").send_keys("排查独居老人用火安全\n张贴防诈骗海报")
+    navigate(browser, browser.find_element(By.ID, "push"))
+    assert "完成 0/6" in browser.find_element(By.CSS_SELECTOR, "section.task-list h2").text
+    asyncio.run(zhao.sync(None))
+    (week,) = zhao.task_lists()
+    assert week.grids == ["xicun-1"] and len(week.items) == 2
+    zhao.complete_task(week.id, 1, "xicun-1", "村口张贴 3 张")
+    assert zhao.task_lists()[0].done[0].on_server is False
+    assert asyncio.run(zhao.sync(None)).tasks_sent == 1
+    browser.refresh()
+    assert "完成 1/6" in browser.find_element(By.CSS_SELECTOR, "section.task-list h2").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "section.task-list td span.current")) == 1
+    shot(browser, "tasks")

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod openapi;
 pub mod pages;
+pub mod tasks;
 pub mod workflow;
 
 use std::{
@@ -44,6 +45,37 @@ pub struct AppState {
     pub response_budget: usize,
     /// The read model for coverage, work orders and statistics.
     pub index: Arc<Mutex<crate::index::Index>>,
+}
+
+/// JSON numbers that must be whole: `15` and `15.0` are the same integer to JSON Schema (and
+/// to the OpenAPI document's clients), so both are accepted; `15.5` is not.
+pub(crate) mod whole {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    fn integral<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => n
+                .as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                        .map(|f| f as i64)
+                })
+                .map(Some)
+                .ok_or_else(|| D::Error::custom("not a whole number")),
+        }
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        integral(d)?
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| D::Error::custom("not a whole number in range"))
+    }
+
+    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        integral(d)
+    }
 }
 
 impl AppState {
@@ -306,6 +338,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/stats", get(workflow::stats_report))
         .route("/api/v1/ranking", get(workflow::ranking))
+        .route("/api/v1/tasks", get(tasks::lists).post(tasks::push_list))
+        .route("/api/v1/tasks/{id}", get(tasks::list))
+        .route("/api/v1/tasks/{id}/done", post(tasks::done))
         .route("/api/v1/grids/{grid}/households", get(api::grid_households))
         .route("/api/v1/grids/{grid}/export", get(api::grid_export))
         .route("/api/v1/devices", get(api::devices))
@@ -324,6 +359,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{demand}", get(pages::order_page))
         .route("/orders/{demand}/step", post(pages::order_step_submit))
         .route("/stats", get(pages::stats_page))
+        .route("/tasks", get(pages::tasks_page).post(pages::tasks_submit))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth, workflow};
+use super::{api, auth, tasks, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -33,6 +33,10 @@ use super::{api, auth, workflow};
         workflow::import_orders,
         workflow::stats_report,
         workflow::ranking,
+        tasks::push_list,
+        tasks::lists,
+        tasks::list,
+        tasks::done,
         auth::enroll,
         auth::rotate,
         auth::login,

@@ -46,6 +46,7 @@ fn templates() -> &'static Environment<'static> {
             ("orders.html", include_str!("../../templates/orders.html")),
             ("order.html", include_str!("../../templates/order.html")),
             ("stats.html", include_str!("../../templates/stats.html")),
+            ("tasks.html", include_str!("../../templates/tasks.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
@@ -567,6 +568,67 @@ pub async fn stats_page(
     ))
 }
 
+/// `GET /tasks`: the weekly task lists of the caller's grids, task by grid, and a form to push
+/// one (for the command centre and town supervisors).
+pub async fn tasks_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+) -> Result<Response, PageError> {
+    let lists =
+        super::tasks::task_lists(&state, &caller, super::tasks::ListsQuery { since: None }).await?;
+    let user = caller.user();
+    let may_push = state
+        .access(move |db| {
+            let roles = db.scope(user, crate::access::now_ms())?.roles;
+            Ok(roles.contains(&crate::access::Role::CommandCentre)
+                || roles.contains(&crate::access::Role::TownSupervisor))
+        })
+        .await?;
+    Ok(render(
+        "tasks.html",
+        context! { title => "周清单", signed_in => true, lists, may_push },
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PushForm {
+    pub title: String,
+    /// One task per line.
+    pub items: String,
+    /// Unit ids, comma-separated; empty: the caller's topmost unit.
+    #[serde(default)]
+    pub units: String,
+}
+
+/// `POST /tasks` (form): push a list, then back to the lists.
+pub async fn tasks_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Form(form): Form<PushForm>,
+) -> Result<Response, PageError> {
+    let req = super::tasks::NewTaskList {
+        title: form.title,
+        items: form
+            .items
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        units: form
+            .units
+            .split([',', '，'])
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect(),
+        week_start: None,
+        due: None,
+    };
+    let _created = super::tasks::push_list(State(state), caller, super::ApiJson(req)).await?;
+    Ok(Redirect::to("/tasks").into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,6 +650,7 @@ mod tests {
             "orders.html",
             "order.html",
             "stats.html",
+            "tasks.html",
         ] {
             assert!(templates().get_template(name).is_ok(), "{name}");
         }

@@ -202,7 +202,7 @@ pub(crate) async fn coverage_for(
     q: CoverageQuery,
 ) -> Result<CoverageReport, ApiError> {
     let today = today();
-    let day = match given(&q.day) {
+    let day = match q.day.as_deref() {
         Some(s) => calendar::cycle_of(parse_day(s, "day")?),
         None => calendar::cycle_of(today),
     };
@@ -665,6 +665,7 @@ pub enum StepRequest {
     /// 延期 of the open step.
     Extend {
         #[schema(minimum = 1, maximum = 60)]
+        #[serde(deserialize_with = "super::whole::u32")]
         extend_days: u32,
         #[serde(default)]
         #[schema(max_length = 2000)]
@@ -1169,11 +1170,11 @@ pub struct StatsReport {
 
 fn period(q: &PeriodQuery) -> Result<(Day, Day), ApiError> {
     let today = today();
-    let from = match given(&q.from) {
+    let from = match q.from.as_deref() {
         Some(s) => parse_day(s, "from")?,
         None => Day::ymd(today.year(), today.month(), 1).ok_or(ApiError::Internal)?,
     };
-    let to = match given(&q.to) {
+    let to = match q.to.as_deref() {
         Some(s) => parse_day(s, "to")?,
         None => today,
     };

@@ -1,0 +1,307 @@
+//! Weekly task lists (周清单): the command centre (or a town supervisor) pushes a list of tasks
+//! for a week to grids; each grid's worker marks each task done on the phone — offline, with
+//! evidence — and the phone sends it at its next sync. Completion is per grid and per task:
+//! the first report wins, a repeat is answered with what is stored (so a retried request is
+//! harmless).
+//!
+//! The lists are org work, not residents' records: they live in the server's own tables
+//! (migration 5 of the store), next to the org, and travel over the JSON API (the phone library
+//! calls it with its device token after each sync), not in household documents.
+
+use qiaomen_protocol::{
+    calendar::Day,
+    ids::{DeviceId, UserId},
+};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use crate::access::{AccessDb, AccessError, Result, now_ms};
+
+/// The store's tables for task lists.
+pub const TASKS_SCHEMA: &str = r#"
+CREATE TABLE task_lists (
+    id         TEXT PRIMARY KEY,
+    title      TEXT NOT NULL,
+    week_start TEXT NOT NULL,
+    due        TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE task_items (
+    list TEXT NOT NULL REFERENCES task_lists (id),
+    idx  INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (list, idx)
+) WITHOUT ROWID;
+CREATE TABLE task_targets (
+    list TEXT NOT NULL REFERENCES task_lists (id),
+    grid TEXT NOT NULL,
+    PRIMARY KEY (list, grid)
+) WITHOUT ROWID;
+CREATE INDEX task_targets_grid ON task_targets (grid);
+CREATE TABLE task_done (
+    list        TEXT NOT NULL,
+    idx         INTEGER NOT NULL,
+    grid        TEXT NOT NULL,
+    user        TEXT NOT NULL,
+    device      TEXT,
+    done_ms     INTEGER NOT NULL,
+    evidence    TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (list, idx, grid),
+    FOREIGN KEY (list, grid) REFERENCES task_targets (list, grid)
+) WITHOUT ROWID;
+"#;
+
+/// A task done in a grid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Done {
+    pub grid: String,
+    pub item: u32,
+    pub user: String,
+    pub device: Option<String>,
+    pub done_ms: i64,
+    /// What the worker recorded as evidence (free text; may name residents: shown, never
+    /// logged).
+    pub evidence: String,
+}
+
+/// A task list with what each of its grids has done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TaskList {
+    pub id: String,
+    pub title: String,
+    /// The Monday of the week.
+    pub week_start: String,
+    /// The last day the tasks are due.
+    pub due: String,
+    pub items: Vec<String>,
+    /// The grids it was pushed to (those the caller may see).
+    pub grids: Vec<String>,
+    pub done: Vec<Done>,
+}
+
+impl TaskList {
+    /// Done ÷ (tasks × grids), 1 for an empty list.
+    pub fn completion(&self) -> f64 {
+        let all = self.items.len() * self.grids.len();
+        if all == 0 {
+            1.0
+        } else {
+            self.done.len() as f64 / all as f64
+        }
+    }
+}
+
+/// A new list.
+#[derive(Clone, Debug)]
+pub struct NewList<'a> {
+    pub title: &'a str,
+    pub week_start: Day,
+    pub due: Day,
+    pub items: &'a [String],
+    pub grids: &'a [String],
+    pub by: UserId,
+}
+
+fn invalid(message: &str) -> AccessError {
+    AccessError::Invalid(message.into())
+}
+
+impl AccessDb {
+    /// Stores a new task list for `grids`; returns its id.
+    pub fn push_task_list(&mut self, new: &NewList<'_>) -> Result<String> {
+        let title = new.title.trim();
+        if title.is_empty() || title.chars().count() > 200 {
+            return Err(invalid("a title has 1-200 characters"));
+        }
+        if new.items.is_empty() || new.items.len() > 50 {
+            return Err(invalid("a list has 1-50 tasks"));
+        }
+        if new
+            .items
+            .iter()
+            .any(|t| t.trim().is_empty() || t.chars().count() > 500)
+        {
+            return Err(invalid("a task has 1-500 characters"));
+        }
+        if new.grids.is_empty() {
+            return Err(invalid("the list goes to no grid the caller supervises"));
+        }
+        if new.due < new.week_start {
+            return Err(invalid("due is before the week starts"));
+        }
+        let id = qiaomen_protocol::ids::Uuid::now_v7().to_string();
+        self.in_transaction(|db| {
+            db.conn.execute(
+                "INSERT INTO task_lists (id, title, week_start, due, created_by, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id,
+                    title,
+                    new.week_start.to_string(),
+                    new.due.to_string(),
+                    new.by.to_string(),
+                    now_ms()
+                ],
+            )?;
+            for (i, text) in new.items.iter().enumerate() {
+                db.conn.execute(
+                    "INSERT INTO task_items (list, idx, text) VALUES (?1, ?2, ?3)",
+                    params![id, i as i64, text.trim()],
+                )?;
+            }
+            for g in new.grids {
+                db.conn.execute(
+                    "INSERT OR IGNORE INTO task_targets (list, grid) VALUES (?1, ?2)",
+                    params![id, g],
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(id)
+    }
+
+    /// The lists pushed to any of `grids` whose week is not over before `since`, newest
+    /// first, with only those grids and their completions.
+    pub fn task_lists(&self, grids: &[String], since: Day) -> Result<Vec<TaskList>> {
+        let mut ids: Vec<String> = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT l.id FROM task_lists l JOIN task_targets t ON t.list = l.id
+              WHERE t.grid = ?1 AND l.due >= ?2",
+        )?;
+        for g in grids {
+            for id in stmt.query_map(params![g, since.to_string()], |r| r.get::<_, String>(0))? {
+                let id = id?;
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(l) = self.task_list(&id, grids)? {
+                out.push(l);
+            }
+        }
+        out.sort_by(|a, b| (&b.week_start, &b.id).cmp(&(&a.week_start, &a.id)));
+        Ok(out)
+    }
+
+    /// One list, limited to the targets among `grids`; `None` if it reaches none of them.
+    pub fn task_list(&self, id: &str, grids: &[String]) -> Result<Option<TaskList>> {
+        let head: Option<(String, String, String)> = self
+            .conn
+            .prepare_cached("SELECT title, week_start, due FROM task_lists WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((title, week_start, due)) = head else {
+            return Ok(None);
+        };
+        let targets: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT grid FROM task_targets WHERE list = ?1 ORDER BY grid")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?
+            .into_iter()
+            .filter(|g| grids.contains(g))
+            .collect();
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        let items: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT text FROM task_items WHERE list = ?1 ORDER BY idx")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let done: Vec<Done> = self
+            .conn
+            .prepare_cached(
+                "SELECT grid, idx, user, device, done_ms, evidence FROM task_done
+                  WHERE list = ?1 ORDER BY grid, idx",
+            )?
+            .query_map([id], |r| {
+                Ok(Done {
+                    grid: r.get(0)?,
+                    item: r.get(1)?,
+                    user: r.get(2)?,
+                    device: r.get(3)?,
+                    done_ms: r.get(4)?,
+                    evidence: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<Done>>>()?
+            .into_iter()
+            .filter(|d| targets.contains(&d.grid))
+            .collect();
+        Ok(Some(TaskList {
+            id: id.to_string(),
+            title,
+            week_start,
+            due,
+            items,
+            grids: targets,
+            done,
+        }))
+    }
+
+    /// Records that task `item` of list `id` was done in `grid`. The first report wins: a
+    /// repeat (a retried request, or a second phone of the grid) returns what is stored.
+    pub fn complete_task(
+        &mut self,
+        id: &str,
+        item: u32,
+        grid: &str,
+        (user, device): (UserId, Option<DeviceId>),
+        done_ms: i64,
+        evidence: &str,
+    ) -> Result<Done> {
+        if evidence.chars().count() > 2000 {
+            return Err(invalid("evidence has at most 2000 characters"));
+        }
+        let targeted = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM task_targets t JOIN task_items i ON i.list = t.list
+                  WHERE t.list = ?1 AND t.grid = ?2 AND i.idx = ?3",
+            )?
+            .query_row(params![id, grid, item], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !targeted {
+            return Err(AccessError::NotFound("task of this grid"));
+        }
+        // A time in the future counts as now.
+        let done_ms = done_ms.min(now_ms());
+        self.conn.execute(
+            "INSERT OR IGNORE INTO task_done (list, idx, grid, user, device, done_ms, evidence, received_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                id,
+                item,
+                grid,
+                user.to_string(),
+                device.map(|d| d.to_string()),
+                done_ms,
+                evidence.trim(),
+                now_ms()
+            ],
+        )?;
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT grid, idx, user, device, done_ms, evidence FROM task_done
+                  WHERE list = ?1 AND idx = ?2 AND grid = ?3",
+            )?
+            .query_row(params![id, item, grid], |r| {
+                Ok(Done {
+                    grid: r.get(0)?,
+                    item: r.get(1)?,
+                    user: r.get(2)?,
+                    device: r.get(3)?,
+                    done_ms: r.get(4)?,
+                    evidence: r.get(5)?,
+                })
+            })?)
+    }
+}
