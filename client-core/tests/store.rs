@@ -619,8 +619,11 @@ fn coverage_on_the_phone_follows_the_shared_rule_and_survives_an_upgrade() {
     // Make the file look like one written before the outcome index, then reopen it.
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE visit_outcomes; PRAGMA user_version = 2;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE visit_outcomes; DROP TABLE task_lists; DROP TABLE task_done;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
     }
     let store = Store::open(&path, me, options()).unwrap();
     assert_eq!(states(&store, "2026-11-18").len(), 4);

@@ -67,6 +67,14 @@ fun twoPhonesSeeBothVisits(org: Org) {
     check(ra.visits.map { it.note }.sorted() == listOf("李：补访", "王：老人身体还好"), "both visits")
     check(ra.members[0].idNumberMasked == "410***********1234", "masked id number")
     check(a.pendingCount() == 0uL && b.pendingCount() == 0uL, "nothing pending")
+    // The visit-day coverage and the grid's work orders, offline, by the shared rules.
+    val due = a.coverage(grid, "2026-11-15")
+    check(due.size == 1 && due[0].status == CoverageStatus.VISITED && due[0].attempts == 2u, "coverage: visited twice")
+    val orders = a.workOrders(grid)
+    check(orders.size == 2 && orders.all { it.waitsFor == StepKind.TRIAGE }, "two demands wait for triage")
+    a.demandStep(hid, orders[0].demandId, DemandStepInput(DemandAction.TAKE, "即办", null))
+    check(a.workOrders(grid).any { it.status == DemandStatus.HANDLING }, "taken at once")
+    check(a.taskLists().isEmpty(), "no weekly task list pushed")
 }
 
 fun conflictVisibleAndResolved(org: Org) {
