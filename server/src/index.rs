@@ -28,6 +28,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::{SqliteStorage, Storage, StorageError};
 
+/// Log rows one refresh transaction takes in.
+pub const BATCH_ROWS: i64 = 2_000;
+
+/// Log rows a read takes in before it answers; a larger backlog (after a visit day's uploads)
+/// is the background refresher's, and the read answers from the tables as they are.
+pub const READ_ROWS: i64 = 10_000;
+
 /// The workflow settings of a server: work-order deadlines (working days per step, the
 /// holiday calendar) and the visit rotation. Read from a JSON file (`--workflow`); every
 /// field has a default.
@@ -165,6 +172,18 @@ impl Index {
 
     /// Brings the tables up to the log's end; returns how many households were re-read.
     pub fn refresh(&mut self) -> Result<usize, StorageError> {
+        let mut total = 0;
+        loop {
+            let (n, caught_up) = self.refresh_batch(BATCH_ROWS)?;
+            total += n;
+            if caught_up {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// How many logged changes the tables do not reflect yet.
+    pub fn behind(&self) -> Result<u64, StorageError> {
         let cursor: i64 = self
             .conn
             .query_row("SELECT seq FROM idx_cursor", [], |r| r.get(0))?;
@@ -173,9 +192,24 @@ impl Index {
                 .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
                     r.get(0)
                 })?;
-        if end <= cursor {
-            return Ok(0);
+        Ok(end.saturating_sub(cursor) as u64)
+    }
+
+    /// Takes in at most `max_rows` logged changes past the cursor (one transaction): returns
+    /// how many households were re-read and whether the tables reached the log's end.
+    pub fn refresh_batch(&mut self, max_rows: i64) -> Result<(usize, bool), StorageError> {
+        let cursor: i64 = self
+            .conn
+            .query_row("SELECT seq FROM idx_cursor", [], |r| r.get(0))?;
+        let log_end: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+                    r.get(0)
+                })?;
+        if log_end <= cursor {
+            return Ok((0, true));
         }
+        let end = log_end.min(cursor.saturating_add(max_rows.max(1)));
         let docs: Vec<Vec<u8>> = {
             let mut stmt = self
                 .conn
@@ -214,7 +248,7 @@ impl Index {
         }
         tx.execute("UPDATE idx_cursor SET seq = ?1", [end])?;
         tx.commit()?;
-        Ok(rows.len())
+        Ok((rows.len(), end == log_end))
     }
 
     /// The households of `grids`, with what coverage needs.
@@ -366,6 +400,30 @@ impl Index {
     }
 }
 
+/// Keeps the read model close to the log's end, so that reads rarely wait: every half second
+/// (at once while behind) one batch of [`BATCH_ROWS`] changes, on a blocking thread, holding
+/// the lock only for that batch. Runs until the runtime stops.
+pub async fn refresh_in_background(index: std::sync::Arc<std::sync::Mutex<Index>>) {
+    loop {
+        let ix = index.clone();
+        let caught_up = tokio::task::spawn_blocking(move || {
+            let mut ix = ix.lock().expect("index lock");
+            match ix.refresh_batch(BATCH_ROWS) {
+                Ok((_, caught_up)) => caught_up,
+                Err(e) => {
+                    tracing::warn!(error = %e, "read model refresh failed; retrying");
+                    true
+                }
+            }
+        })
+        .await
+        .unwrap_or(true);
+        if caught_up {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
 const ORDER_SELECT: &str =
     "SELECT doc, demand, grid, door, status, tier, team, responsible, source,
     category, urgency, raised_ms, done_ms, on_time, satisfaction, step, step_due, chase_ups,
@@ -492,5 +550,68 @@ fn status_from(s: &str) -> HouseholdStatus {
         "Moved" => HouseholdStatus::Moved,
         "Merged" => HouseholdStatus::Merged,
         _ => HouseholdStatus::Active,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qiaomen_protocol::{
+        doc::Author,
+        ids::{DeviceId, GridId, UserId},
+        wire::DocChanges,
+    };
+
+    use super::*;
+    use crate::ingest::{Ingestor, Upload};
+
+    /// The read model takes the log in batches, reports how far behind it is, and a rebuilt
+    /// model (tables dropped) equals the incrementally kept one.
+    #[test]
+    fn batches_catch_up_with_the_log_and_a_rebuild_gives_the_same_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingestor =
+            Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), Default::default());
+        let a = Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        };
+        let docs: Vec<DocChanges> = (0..3)
+            .map(|i| {
+                let id = HouseholdId::new();
+                let h = Household::new(id, GridId::new("g"), "村", format!("{i}"));
+                let mut d = HouseholdDoc::create(&h, &a, 0).unwrap();
+                DocChanges {
+                    id,
+                    changes: d
+                        .changes_since(&[])
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
+                }
+            })
+            .collect();
+        let upload = Upload {
+            principal: None,
+            docs,
+        };
+        let outcome = ingestor.process_group(&[&upload]).unwrap().remove(0);
+        assert_eq!(outcome.accepted, 3);
+        let mut ix = Index::open(dir.path(), Workflow::default()).unwrap();
+        assert_eq!(ix.behind().unwrap(), 3);
+        assert_eq!(ix.refresh_batch(1).unwrap(), (1, false));
+        assert_eq!(ix.behind().unwrap(), 2);
+        assert_eq!(ix.households(&["g".into()]).unwrap().len(), 1);
+        assert_eq!(ix.refresh().unwrap(), 2);
+        assert_eq!(ix.behind().unwrap(), 0);
+        let kept = ix.households(&["g".into()]).unwrap();
+        assert_eq!(kept.len(), 3);
+        ix.conn
+            .execute_batch(
+                "DELETE FROM idx_households; DELETE FROM idx_visits; DELETE FROM idx_orders;
+                 UPDATE idx_cursor SET seq = 0;",
+            )
+            .unwrap();
+        assert_eq!(ix.refresh().unwrap(), 3);
+        assert_eq!(ix.households(&["g".into()]).unwrap(), kept);
     }
 }

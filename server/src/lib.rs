@@ -98,14 +98,18 @@ pub async fn start(
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let access_db = access::AccessDb::open(&config.data_dir)?;
-    let index = index::Index::open(&config.data_dir, config.workflow.clone())?;
+    let index = Arc::new(std::sync::Mutex::new(index::Index::open(
+        &config.data_dir,
+        config.workflow.clone(),
+    )?));
+    tokio::spawn(index::refresh_in_background(index.clone()));
     let app = http::router(http::AppState {
         writer,
         readers,
         access_db: Arc::new(std::sync::Mutex::new(access_db)),
         limits: Arc::new(http::auth::Limits::default()),
         response_budget: config.response_budget,
-        index: Arc::new(std::sync::Mutex::new(index)),
+        index,
     });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -79,7 +79,9 @@ pub(crate) mod whole {
 }
 
 impl AppState {
-    /// Brings the read model up to the log's end and runs `f` on it, on a blocking thread.
+    /// Brings the read model up to the log's end (up to [`crate::index::READ_ROWS`] changes;
+    /// a larger backlog is the background refresher's) and runs `f` on it, on a blocking
+    /// thread.
     pub async fn index<T: Send + 'static>(
         &self,
         f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
@@ -87,7 +89,7 @@ impl AppState {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || {
             let mut ix = index.lock().expect("index lock");
-            ix.refresh()?;
+            ix.refresh_batch(crate::index::READ_ROWS)?;
             f(&ix)
         })
         .await

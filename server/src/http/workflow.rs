@@ -170,6 +170,9 @@ pub struct CoverageReport {
     /// Every due household not visited yet (all due households for a grid), key groups
     /// first.
     pub households: Vec<HouseholdCoverage>,
+    /// Logged changes not counted yet (0 but right after a large upload, while the read
+    /// model catches up).
+    pub behind: u64,
 }
 
 fn unit_tally(unit: &Unit, tally: Tally) -> UnitTally {
@@ -208,7 +211,9 @@ pub(crate) async fn coverage_for(
     };
     let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
     let grids = us.grids.clone();
-    let rows = state.index(move |ix| ix.households(&grids)).await?;
+    let (rows, behind) = state
+        .index(move |ix| Ok((ix.households(&grids)?, ix.behind()?)))
+        .await?;
     let policy = state
         .index
         .lock()
@@ -280,6 +285,7 @@ pub(crate) async fn coverage_for(
             .map(|(u, g)| unit_tally(u, sum(g)))
             .collect(),
         households,
+        behind,
     })
 }
 
@@ -1166,6 +1172,8 @@ pub struct StatsReport {
     pub children: Vec<UnitFigures>,
     /// Each grid below the unit.
     pub grids: Vec<UnitFigures>,
+    /// Logged changes not counted yet (0 but right after a large upload).
+    pub behind: u64,
 }
 
 fn period(q: &PeriodQuery) -> Result<(Day, Day), ApiError> {
@@ -1192,15 +1200,16 @@ async fn grid_figures(
     state: &AppState,
     us: &UnitScope,
     (from, to): (Day, Day),
-) -> Result<BTreeMap<String, Figures>, ApiError> {
+) -> Result<(BTreeMap<String, Figures>, u64), ApiError> {
     let grids = us.grids.clone();
     let teams: Vec<String> = Vec::new();
-    let (orders, households, visits) = state
+    let (orders, households, visits, behind) = state
         .index(move |ix| {
             Ok((
                 ix.orders(&grids, &teams)?,
                 ix.households(&grids)?,
                 ix.visit_counts(&grids, from, to)?,
+                ix.behind()?,
             ))
         })
         .await?;
@@ -1226,7 +1235,7 @@ async fn grid_figures(
             stats::figures(&o, &h, v, (from, to), today, &policy),
         );
     }
-    Ok(out)
+    Ok((out, behind))
 }
 
 /// Adds up grids' figures (counts add; rates are recomputed from the sums).
@@ -1276,7 +1285,7 @@ pub(crate) async fn stats_for(
 ) -> Result<StatsReport, ApiError> {
     let (from, to) = period(&q)?;
     let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
-    let per_grid = grid_figures(state, &us, (from, to)).await?;
+    let (per_grid, behind) = grid_figures(state, &us, (from, to)).await?;
     let figures_of = |u: &Unit, grids: &[String]| UnitFigures {
         id: u.id.clone(),
         name: u.name.clone(),
@@ -1298,6 +1307,7 @@ pub(crate) async fn stats_for(
                 figures: f.clone(),
             })
             .collect(),
+        behind,
     })
 }
 
@@ -1331,7 +1341,7 @@ pub(crate) async fn ranking_for(
 ) -> Result<RankingReport, ApiError> {
     let (from, to) = period(&q)?;
     let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
-    let per_grid = grid_figures(state, &us, (from, to)).await?;
+    let (per_grid, _) = grid_figures(state, &us, (from, to)).await?;
     let (red, black) = stats::red_black(per_grid.into_iter().collect());
     Ok(RankingReport {
         from: from.to_string(),
