@@ -123,12 +123,34 @@ pub fn figures(
         }
         f.return_visited += 1;
     }
-    f.resolution_rate = ratio(f.resolved, f.received);
-    f.on_time_rate = ratio(f.on_time, f.resolved);
-    f.satisfaction_rate = ratio(f.satisfied + f.basically, f.return_visited);
     f.coverage = coverage_of(households, &visit_days(from, to, today), today, policy);
-    f.coverage_rate = ratio(f.coverage.visited, f.coverage.due);
-    f
+    f.with_rates()
+}
+
+impl Figures {
+    /// Adds another set's counts (rates are left for [`Figures::with_rates`]).
+    pub fn add(&mut self, o: &Figures) {
+        self.received += o.received;
+        self.resolved += o.resolved;
+        self.on_time += o.on_time;
+        self.return_visited += o.return_visited;
+        self.satisfied += o.satisfied;
+        self.basically += o.basically;
+        self.dissatisfied += o.dissatisfied;
+        self.visits += o.visits;
+        self.overdue += o.overdue;
+        self.coverage.merge(&o.coverage);
+    }
+
+    /// The rates, from the counts (a sum's rates are the ratios of its sums, never an average
+    /// of rates).
+    pub fn with_rates(mut self) -> Figures {
+        self.resolution_rate = ratio(self.resolved, self.received);
+        self.on_time_rate = ratio(self.on_time, self.resolved);
+        self.satisfaction_rate = ratio(self.satisfied + self.basically, self.return_visited);
+        self.coverage_rate = ratio(self.coverage.visited, self.coverage.due);
+        self
+    }
 }
 
 /// A grid's place on the red/black list.

@@ -104,6 +104,18 @@ pub struct NewList<'a> {
     pub by: UserId,
 }
 
+/// A `task_done` row selected as (grid, idx, user, device, done_ms, evidence).
+fn done_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Done> {
+    Ok(Done {
+        grid: r.get(0)?,
+        item: r.get(1)?,
+        user: r.get(2)?,
+        device: r.get(3)?,
+        done_ms: r.get(4)?,
+        evidence: r.get(5)?,
+    })
+}
+
 fn invalid(message: &str) -> AccessError {
     AccessError::Invalid(message.into())
 }
@@ -220,16 +232,7 @@ impl AccessDb {
                 "SELECT grid, idx, user, device, done_ms, evidence FROM task_done
                   WHERE list = ?1 ORDER BY grid, idx",
             )?
-            .query_map([id], |r| {
-                Ok(Done {
-                    grid: r.get(0)?,
-                    item: r.get(1)?,
-                    user: r.get(2)?,
-                    device: r.get(3)?,
-                    done_ms: r.get(4)?,
-                    evidence: r.get(5)?,
-                })
-            })?
+            .query_map([id], done_row)?
             .collect::<rusqlite::Result<Vec<Done>>>()?
             .into_iter()
             .filter(|d| targets.contains(&d.grid))
@@ -293,15 +296,6 @@ impl AccessDb {
                 "SELECT grid, idx, user, device, done_ms, evidence FROM task_done
                   WHERE list = ?1 AND idx = ?2 AND grid = ?3",
             )?
-            .query_row(params![id, item, grid], |r| {
-                Ok(Done {
-                    grid: r.get(0)?,
-                    item: r.get(1)?,
-                    user: r.get(2)?,
-                    device: r.get(3)?,
-                    done_ms: r.get(4)?,
-                    evidence: r.get(5)?,
-                })
-            })?)
+            .query_row(params![id, item, grid], done_row)?)
     }
 }

@@ -547,13 +547,9 @@ pub async fn stats_page(
     PageSession(caller): PageSession,
     Query(q): Query<workflow::PeriodQuery>,
 ) -> Result<Response, PageError> {
-    let again = workflow::PeriodQuery {
-        unit: q.unit.clone(),
-        from: q.from.clone(),
-        to: q.to.clone(),
-    };
-    let s = workflow::stats_for(&state, &caller, q).await?;
-    let rank = workflow::ranking_for(&state, &caller, again).await?;
+    // One computation of the figures for both tables.
+    let pf = workflow::period_figures(&state, &caller, q).await?;
+    let (s, rank) = (workflow::stats_of(&pf), workflow::ranking_of(&pf));
     let grids: Vec<_> = if s.unit.kind == crate::access::org::UnitKind::Grid {
         Vec::new()
     } else {

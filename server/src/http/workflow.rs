@@ -1241,26 +1241,36 @@ async fn grid_figures(
 /// Adds up grids' figures (counts add; rates are recomputed from the sums).
 fn total(per_grid: &BTreeMap<String, Figures>, grids: &[String]) -> Figures {
     let mut f = Figures::default();
-    for g in grids {
-        if let Some(x) = per_grid.get(g) {
-            f.received += x.received;
-            f.resolved += x.resolved;
-            f.on_time += x.on_time;
-            f.return_visited += x.return_visited;
-            f.satisfied += x.satisfied;
-            f.basically += x.basically;
-            f.dissatisfied += x.dissatisfied;
-            f.visits += x.visits;
-            f.overdue += x.overdue;
-            f.coverage.merge(&x.coverage);
-        }
+    for x in grids.iter().filter_map(|g| per_grid.get(g)) {
+        f.add(x);
     }
-    let ratio = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
-    f.resolution_rate = ratio(f.resolved, f.received);
-    f.on_time_rate = ratio(f.on_time, f.resolved);
-    f.satisfaction_rate = ratio(f.satisfied + f.basically, f.return_visited);
-    f.coverage_rate = ratio(f.coverage.visited, f.coverage.due);
-    f
+    f.with_rates()
+}
+
+/// A unit's grids' figures for a period: what the statistics and the ranking are made of.
+pub(crate) struct PeriodFigures {
+    from: Day,
+    to: Day,
+    us: UnitScope,
+    per_grid: BTreeMap<String, Figures>,
+    behind: u64,
+}
+
+pub(crate) async fn period_figures(
+    state: &AppState,
+    caller: &Caller,
+    q: PeriodQuery,
+) -> Result<PeriodFigures, ApiError> {
+    let (from, to) = period(&q)?;
+    let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
+    let (per_grid, behind) = grid_figures(state, &us, (from, to)).await?;
+    Ok(PeriodFigures {
+        from,
+        to,
+        us,
+        per_grid,
+        behind,
+    })
 }
 
 /// `GET /api/v1/stats`: demands received and resolved, on-time and satisfaction rates,
@@ -1283,22 +1293,29 @@ pub(crate) async fn stats_for(
     caller: &Caller,
     q: PeriodQuery,
 ) -> Result<StatsReport, ApiError> {
-    let (from, to) = period(&q)?;
-    let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
-    let (per_grid, behind) = grid_figures(state, &us, (from, to)).await?;
+    Ok(stats_of(&period_figures(state, caller, q).await?))
+}
+
+pub(crate) fn stats_of(pf: &PeriodFigures) -> StatsReport {
     let figures_of = |u: &Unit, grids: &[String]| UnitFigures {
         id: u.id.clone(),
         name: u.name.clone(),
         kind: u.kind,
-        figures: total(&per_grid, grids),
+        figures: total(&pf.per_grid, grids),
     };
-    Ok(StatsReport {
-        from: from.to_string(),
-        to: to.to_string(),
+    StatsReport {
+        from: pf.from.to_string(),
+        to: pf.to.to_string(),
         today: today().to_string(),
-        unit: figures_of(&us.unit, &us.grids),
-        children: us.children.iter().map(|(u, g)| figures_of(u, g)).collect(),
-        grids: per_grid
+        unit: figures_of(&pf.us.unit, &pf.us.grids),
+        children: pf
+            .us
+            .children
+            .iter()
+            .map(|(u, g)| figures_of(u, g))
+            .collect(),
+        grids: pf
+            .per_grid
             .iter()
             .map(|(g, f)| UnitFigures {
                 id: g.clone(),
@@ -1307,8 +1324,8 @@ pub(crate) async fn stats_for(
                 figures: f.clone(),
             })
             .collect(),
-        behind,
-    })
+        behind: pf.behind,
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -1339,15 +1356,21 @@ pub(crate) async fn ranking_for(
     caller: &Caller,
     q: PeriodQuery,
 ) -> Result<RankingReport, ApiError> {
-    let (from, to) = period(&q)?;
-    let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
-    let (per_grid, _) = grid_figures(state, &us, (from, to)).await?;
-    let (red, black) = stats::red_black(per_grid.into_iter().collect());
-    Ok(RankingReport {
-        from: from.to_string(),
-        to: to.to_string(),
+    Ok(ranking_of(&period_figures(state, caller, q).await?))
+}
+
+pub(crate) fn ranking_of(pf: &PeriodFigures) -> RankingReport {
+    let (red, black) = stats::red_black(
+        pf.per_grid
+            .iter()
+            .map(|(g, f)| (g.clone(), f.clone()))
+            .collect(),
+    );
+    RankingReport {
+        from: pf.from.to_string(),
+        to: pf.to.to_string(),
         rule: stats::RANKING_RULE.into(),
         red,
         black,
-    })
+    }
 }
