@@ -110,6 +110,7 @@ pub async fn start(
         limits: Arc::new(http::auth::Limits::default()),
         response_budget: config.response_budget,
         index,
+        workflow: Arc::new(config.workflow.clone()),
     });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

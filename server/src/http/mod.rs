@@ -45,6 +45,8 @@ pub struct AppState {
     pub response_budget: usize,
     /// The read model for coverage, work orders and statistics.
     pub index: Arc<Mutex<crate::index::Index>>,
+    /// Work-order deadlines and the visit rotation (read without the read model's lock).
+    pub workflow: Arc<crate::index::Workflow>,
 }
 
 /// JSON numbers that must be whole: `15` and `15.0` are the same integer to JSON Schema (and

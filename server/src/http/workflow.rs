@@ -214,13 +214,7 @@ pub(crate) async fn coverage_for(
     let (rows, behind) = state
         .index(move |ix| Ok((ix.households(&grids)?, ix.behind()?)))
         .await?;
-    let policy = state
-        .index
-        .lock()
-        .expect("index lock")
-        .workflow
-        .coverage
-        .clone();
+    let policy = state.workflow.coverage.clone();
     let mut per_grid: BTreeMap<String, Tally> = BTreeMap::new();
     let mut households = Vec::new();
     let is_grid = us.unit.kind == UnitKind::Grid;
@@ -463,13 +457,7 @@ pub(crate) async fn order_detail(
         .await?
         .ok_or_else(no_order)?;
     let key = row.demand.clone();
-    let rules = state
-        .index
-        .lock()
-        .expect("index lock")
-        .workflow
-        .deadlines
-        .clone();
+    let rules = state.workflow.deadlines.clone();
     let (address, d) = tokio::task::spawn_blocking(move || {
         let doc = qiaomen_protocol::doc::HouseholdDoc::load(&bytes).ok()?;
         let h = doc.household().ok()?;
@@ -785,13 +773,7 @@ pub(crate) async fn take_step(
     }
     let id: HouseholdId = row.household.parse().map_err(|_| ApiError::Internal)?;
     let demand_id: DemandId = row.demand.parse().map_err(|_| ApiError::Internal)?;
-    let rules = state
-        .index
-        .lock()
-        .expect("index lock")
-        .workflow
-        .deadlines
-        .clone();
+    let rules = state.workflow.deadlines.clone();
     let team_of_order = row.team.clone();
     web_change(
         state,
@@ -1213,13 +1195,7 @@ async fn grid_figures(
             ))
         })
         .await?;
-    let policy = state
-        .index
-        .lock()
-        .expect("index lock")
-        .workflow
-        .coverage
-        .clone();
+    let policy = state.workflow.coverage.clone();
     let today = today();
     let mut out = BTreeMap::new();
     for g in &us.grids {
