@@ -469,6 +469,11 @@ fn hotline_orders_import_from_csv_and_json_once_and_bad_rows_are_reported() {
             Urgency::Urgent
         )
     );
+    // The grid's worker is first-responsible (首问负责) for a hotline order from the start.
+    assert_eq!(
+        (d.raised_by == worker.author.user, d.responsible()),
+        (false, worker.author.user)
+    );
     let (_, list) = call(
         "GET",
         &format!("{}/api/v1/orders?status=Raised", server.url),

@@ -502,6 +502,21 @@ impl AccessDb {
         Ok(scope)
     }
 
+    /// The grid worker of `grid` at `at_ms` (the longest-assigned if several), if any.
+    pub fn grid_worker(&self, grid: &str, at_ms: i64) -> Result<Option<UserId>> {
+        let id: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT user FROM assignments
+                  WHERE unit = ?1 AND role = 'grid_worker' AND valid_from_ms <= ?2
+                    AND (valid_until_ms IS NULL OR ?2 < valid_until_ms)
+                  ORDER BY valid_from_ms, id LIMIT 1",
+            )?
+            .query_row(params![grid, at_ms], |r| r.get(0))
+            .optional()?;
+        Ok(id.and_then(|s| s.parse().ok()))
+    }
+
     /// Every assignment, for the CLI.
     pub fn assignments(&self) -> Result<Vec<AssignmentRow>> {
         let mut stmt = self.conn.prepare(

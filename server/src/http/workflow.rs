@@ -1097,7 +1097,7 @@ pub async fn import_orders(
             ));
             continue;
         };
-        let d = new_demand(
+        let mut d = new_demand(
             caller.user(),
             cat,
             o.text.trim().to_string(),
@@ -1105,6 +1105,11 @@ pub async fn import_orders(
             DemandSource::Hotline,
             Some(o.reference.trim().to_string()),
         );
+        // 首问负责: a hotline order is the grid worker's from the start.
+        let grid = o.grid.clone();
+        d.first_responsible = state
+            .access(move |db| db.grid_worker(&grid, now_ms()))
+            .await?;
         let demand_id = d.id;
         match add_demand(&state, &caller, household, d, "import_order").await {
             Ok(()) => report.created.push(DemandCreated {
