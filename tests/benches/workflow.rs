@@ -110,9 +110,10 @@ fn main() {
     // The read model taking in the whole log (what it does after a visit day's uploads).
     let mut ix = Index::open(dir.path(), Workflow::default()).unwrap();
     let t = Instant::now();
+    // A household whose changes straddle two batches is read twice.
     let reindexed = ix.refresh().unwrap();
     let rebuild = t.elapsed();
-    assert_eq!(reindexed, n);
+    assert!(reindexed >= n, "{reindexed} < {n}");
 
     // Coverage of the town for one visit day: read model vs every document read.
     let runs = if quick { 5 } else { 3 };
@@ -185,7 +186,7 @@ fn main() {
         ms(median(stats_runs))
     );
     println!(
-        "| read model taking in the whole log | {:.0} ms ({:.0} households/s) | | |",
+        "| read model taking in the whole log | {:.0} ms ({:.0} households/s, {reindexed} reads) | | |",
         ms(rebuild),
         n as f64 / rebuild.as_secs_f64()
     );
