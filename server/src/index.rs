@@ -182,8 +182,8 @@ impl Index {
         }
     }
 
-    /// How many logged changes the tables do not reflect yet.
-    pub fn behind(&self) -> Result<u64, StorageError> {
+    /// The tables' cursor and the log's end.
+    fn positions(&self) -> Result<(i64, i64), StorageError> {
         let cursor: i64 = self
             .conn
             .query_row("SELECT seq FROM idx_cursor", [], |r| r.get(0))?;
@@ -192,20 +192,19 @@ impl Index {
                 .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
                     r.get(0)
                 })?;
+        Ok((cursor, end))
+    }
+
+    /// How many logged changes the tables do not reflect yet.
+    pub fn behind(&self) -> Result<u64, StorageError> {
+        let (cursor, end) = self.positions()?;
         Ok(end.saturating_sub(cursor) as u64)
     }
 
     /// Takes in at most `max_rows` logged changes past the cursor (one transaction): returns
     /// how many households were re-read and whether the tables reached the log's end.
     pub fn refresh_batch(&mut self, max_rows: i64) -> Result<(usize, bool), StorageError> {
-        let cursor: i64 = self
-            .conn
-            .query_row("SELECT seq FROM idx_cursor", [], |r| r.get(0))?;
-        let log_end: i64 =
-            self.conn
-                .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
-                    r.get(0)
-                })?;
+        let (cursor, log_end) = self.positions()?;
         if log_end <= cursor {
             return Ok((0, true));
         }

@@ -66,20 +66,9 @@ fn main() {
                     v.outcome = VisitOutcome::NobodyHome;
                 }
                 let demands = if k == 1 && i % 10 == 0 {
-                    vec![Demand {
-                        id: DemandId::new(),
-                        raised_on_visit: Some(v.id),
-                        raised_by: a.user,
-                        raised_at_ms: 1_763_164_800_000,
-                        category: NeedCategory::Housing,
-                        text: "屋顶漏雨".into(),
-                        urgency: Urgency::Normal,
-                        status: DemandStatus::Raised,
-                        history: vec![],
-                        first_responsible: None,
-                        source: Some(DemandSource::Visit),
-                        external_ref: None,
-                    }]
+                    let mut d = qiaomen_tests::sample_demand(&a, 1_763_164_800_000, "屋顶漏雨");
+                    d.raised_on_visit = Some(v.id);
+                    vec![d]
                 } else {
                     vec![]
                 };

@@ -31,6 +31,24 @@ pub fn sample_visit(author: &Author, visit_day: Day, note: &str) -> Visit {
     }
 }
 
+/// A resident's demand raised by `author` at `at_ms`, waiting to be taken or dispatched.
+pub fn sample_demand(author: &Author, at_ms: i64, text: &str) -> Demand {
+    Demand {
+        id: DemandId::new(),
+        raised_on_visit: None,
+        raised_by: author.user,
+        raised_at_ms: at_ms,
+        category: NeedCategory::Housing,
+        text: text.into(),
+        urgency: Urgency::Normal,
+        status: DemandStatus::Raised,
+        history: vec![],
+        first_responsible: None,
+        source: Some(DemandSource::Visit),
+        external_ref: None,
+    }
+}
+
 use std::path::{Path, PathBuf};
 
 use qiaomen_client_core::{Store, StoreOptions, SyncClient, SyncError, SyncReport};

@@ -44,20 +44,11 @@ fn household(phone: &mut Phone, grid: &str, door: &str) -> HouseholdId {
 }
 
 fn demand(by: UserId, at_ms: i64, text: &str) -> Demand {
-    Demand {
-        id: DemandId::new(),
-        raised_on_visit: None,
-        raised_by: by,
-        raised_at_ms: at_ms,
-        category: NeedCategory::Housing,
-        text: text.into(),
-        urgency: Urgency::Normal,
-        status: DemandStatus::Raised,
-        history: vec![],
-        first_responsible: None,
-        source: Some(DemandSource::Visit),
-        external_ref: None,
-    }
+    let author = qiaomen_protocol::doc::Author {
+        user: by,
+        device: DeviceId::new(),
+    };
+    qiaomen_tests::sample_demand(&author, at_ms, text)
 }
 
 /// Records a visit for `day` on `h` raising `demands`.
