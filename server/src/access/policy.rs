@@ -128,6 +128,9 @@ fn check_demands(
     times: &[i64],
     grid: &str,
 ) -> Result<(), RejectCode> {
+    if !touched.entries.iter().any(|(c, _)| c == "demands") {
+        return Ok(());
+    }
     let at = times.iter().copied().min().unwrap_or(p.scope.at_ms);
     let party = p.scope.party(grid, at);
     let rules = Deadlines::default();

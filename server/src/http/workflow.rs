@@ -459,14 +459,10 @@ pub(crate) async fn order_detail(
     let key = row.demand.clone();
     let rules = state.workflow.deadlines.clone();
     let (address, d) = tokio::task::spawn_blocking(move || {
+        // The one demand and the address, not the whole record.
         let doc = qiaomen_protocol::doc::HouseholdDoc::load(&bytes).ok()?;
-        let h = doc.household().ok()?;
-        let d = h
-            .demands
-            .values()
-            .find(|d| d.id.to_string() == key)?
-            .clone();
-        Some((h.address, d))
+        let d = doc.demand_at(&key, None).ok()??;
+        Some((doc.root_text("address", None).unwrap_or_default(), d))
     })
     .await
     .map_err(|_| ApiError::Internal)?
