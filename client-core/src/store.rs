@@ -834,7 +834,7 @@ impl Store {
         demand: DemandId,
         step: &NewStep<'_>,
     ) -> Result<()> {
-        let rules = Deadlines::default();
+        let (rules, _) = self.workflow()?;
         self.commit_edit(
             id,
             |doc, a, now| {
@@ -849,7 +849,7 @@ impl Store {
     /// due day, those waiting for the grid (feedback, return visit) first, then by due day.
     /// Works offline: the orders are replayed from the households' histories.
     pub fn work_orders(&mut self, grid: &GridId) -> Result<Vec<WorkOrderLine>> {
-        let rules = Deadlines::default();
+        let (rules, _) = self.workflow()?;
         let ids: Vec<HouseholdId> = self
             .households_in_grid(grid)?
             .into_iter()
@@ -1056,6 +1056,16 @@ impl Store {
             key(a).cmp(&key(b))
         });
         Ok(lines)
+    }
+
+    /// The server's workflow settings as of the last sync (the defaults before the first):
+    /// what deadlines and the visit-day coverage are computed with on the phone.
+    pub fn workflow(&self) -> Result<(Deadlines, CoveragePolicy)> {
+        Ok(meta_json(&self.conn, "workflow")?.unwrap_or_default())
+    }
+
+    pub fn set_workflow(&self, deadlines: &Deadlines, coverage: &CoveragePolicy) -> Result<()> {
+        set_meta_json(&self.conn, "workflow", &(deadlines, coverage))
     }
 
     /// The weekly task lists of the device's grids as of the last sync, with the tasks done

@@ -237,8 +237,9 @@ impl SyncClient {
         }
     }
 
-    /// Sends the tasks marked done on this device and fetches the weekly task lists of its
-    /// grids (the JSON API, `/api/v1/tasks`; each report is idempotent on the server).
+    /// Sends the tasks marked done on this device, fetches the server's workflow settings and
+    /// the weekly task lists of its grids (the JSON API, `/api/v1/workflow` and
+    /// `/api/v1/tasks`; each report is idempotent on the server).
     async fn sync_tasks(
         &self,
         store: &mut Store,
@@ -266,6 +267,16 @@ impl SyncClient {
                 Err(e) => return Err(e),
             }
         }
+        #[derive(serde::Deserialize)]
+        struct Settings {
+            deadlines: qiaomen_protocol::workorder::Deadlines,
+            coverage: qiaomen_protocol::coverage::CoveragePolicy,
+        }
+        let url = self.endpoint("/api/v1/workflow");
+        let reply = self.send(|http| http.get(&url).bearer_auth(&token)).await?;
+        let settings: Settings = serde_json::from_slice(&reply.body)
+            .map_err(|_| SyncError::Protocol("workflow settings".into()))?;
+        store.set_workflow(&settings.deadlines, &settings.coverage)?;
         let url = self.endpoint("/api/v1/tasks");
         let reply = self.send(|http| http.get(&url).bearer_auth(&token)).await?;
         let lists: Vec<crate::TaskList> = serde_json::from_slice(&reply.body)

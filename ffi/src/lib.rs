@@ -138,13 +138,9 @@ impl Phone {
     pub fn coverage(&self, grid: String, day: String) -> Result<Vec<CoverageItem>> {
         let store = self.store.blocking_lock();
         let today = store.today();
+        let (_, policy) = store.workflow()?;
         Ok(store
-            .coverage(
-                &grid.into_grid(),
-                parse("date", &day)?,
-                today,
-                &qiaomen_protocol::coverage::CoveragePolicy::default(),
-            )?
+            .coverage(&grid.into_grid(), parse("date", &day)?, today, &policy)?
             .into_iter()
             .map(Into::into)
             .collect())

@@ -123,6 +123,17 @@ impl TestServer {
         listen: std::net::SocketAddr,
         response_budget: usize,
     ) -> TestServer {
+        Self::start_with(data_dir, listen, |config| {
+            config.response_budget = response_budget
+        })
+    }
+
+    /// A server whose configuration `configure` adjusts.
+    pub fn start_with(
+        data_dir: &Path,
+        listen: std::net::SocketAddr,
+        configure: impl FnOnce(&mut qiaomen_server::Config),
+    ) -> TestServer {
         seed_test_org(data_dir);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -130,7 +141,7 @@ impl TestServer {
             .build()
             .expect("runtime");
         let mut config = qiaomen_server::Config::new(listen, data_dir);
-        config.response_budget = response_budget;
+        configure(&mut config);
         let server = runtime
             .block_on(qiaomen_server::start(config, std::future::pending()))
             .expect("server starts");

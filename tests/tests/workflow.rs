@@ -1014,3 +1014,58 @@ fn a_weekly_task_list_reaches_the_grids_phones_and_their_offline_reports_come_ba
     assert_eq!(mine[0]["grids"], json!(["g2"]));
     assert_eq!(mine[0]["done"], json!([]));
 }
+
+/// A server configured with its own time limits and catch-up days: after a sync the phone
+/// shows the same due days as the supervisors' pages.
+#[test]
+fn the_servers_workflow_settings_reach_the_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(
+        &dir.path().join("server"),
+        "127.0.0.1:0".parse().unwrap(),
+        |config| {
+            config.workflow.deadlines.limits.triage = 4;
+            config.workflow.coverage.catch_up_days = 2;
+        },
+    );
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
+    let h = household(&mut worker, "g1", "1");
+    let d = demand(worker.author.user, noon(today()), "路灯不亮");
+    let day = calendar::cycle_of(today());
+    visit_with(
+        &mut worker,
+        h,
+        day,
+        VisitOutcome::NobodyHome,
+        std::slice::from_ref(&d),
+    );
+    // Before the first sync the phone counts with the defaults.
+    let policy = |w: &Phone| w.store.workflow().unwrap().1;
+    assert_eq!(policy(&worker), CoveragePolicy::default());
+    worker.sync().unwrap();
+    assert_eq!(policy(&worker).catch_up_days, 2);
+    let (_, o) = order(&server, &centre, d.id);
+    let lines = worker.store.work_orders(&GridId::new("g1")).unwrap();
+    assert_eq!(
+        lines[0].due.to_string(),
+        o["order"]["step_due"].as_str().unwrap()
+    );
+    assert_eq!(
+        lines[0].due,
+        Deadlines::default().calendar.add_working_days(today(), 4)
+    );
+    let (_, cov) = call(
+        "GET",
+        &format!("{}/api/v1/coverage?unit=g1&day={day}", server.url),
+        &centre,
+        None,
+    );
+    let cover_policy = policy(&worker);
+    let phone_line = &worker
+        .store
+        .coverage(&GridId::new("g1"), day, today(), &cover_policy)
+        .unwrap()[0];
+    assert_eq!(cov["catch_up_by"], phone_line.due.catch_up_by.to_string());
+    assert_eq!(phone_line.due.catch_up_by, cover_policy.catch_up_by(day));
+}

@@ -345,6 +345,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks", get(tasks::lists).post(tasks::push_list))
         .route("/api/v1/tasks/{id}", get(tasks::list))
         .route("/api/v1/tasks/{id}/done", post(tasks::done))
+        .route("/api/v1/workflow", get(tasks::workflow))
         .route("/api/v1/grids/{grid}/households", get(api::grid_households))
         .route("/api/v1/grids/{grid}/export", get(api::grid_export))
         .route("/api/v1/devices", get(api::devices))

@@ -37,6 +37,7 @@ use super::{api, auth, tasks, workflow};
         tasks::lists,
         tasks::list,
         tasks::done,
+        tasks::workflow,
         auth::enroll,
         auth::rotate,
         auth::login,

@@ -260,3 +260,29 @@ pub async fn done(
         .await
         .map(Json)
 }
+
+/// The server's workflow settings, for phones: work-order time limits in working days, the
+/// holiday calendar, the visit rotation and catch-up days.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WorkflowSettings {
+    /// `{"limits": {"triage", "accept", "handle_immediate", "handle_coordinate",
+    /// "handle_leader_case", "feedback", "return_visit", "close"}, "calendar": {"holidays",
+    /// "workdays"}}`.
+    #[schema(value_type = Object)]
+    pub deadlines: qiaomen_protocol::workorder::Deadlines,
+    /// `{"rotation", "catch_up_days"}`.
+    #[schema(value_type = Object)]
+    pub coverage: qiaomen_protocol::coverage::CoveragePolicy,
+}
+
+/// `GET /api/v1/workflow`: the settings deadlines and coverage are computed with, so that a
+/// phone shows the same due days as the supervisors' pages.
+#[utoipa::path(get, path = "/api/v1/workflow", tag = "tasks", security(("bearer" = [])),
+    responses((status = 200, body = WorkflowSettings),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn workflow(State(state): State<AppState>, _caller: Caller) -> Json<WorkflowSettings> {
+    Json(WorkflowSettings {
+        deadlines: state.workflow.deadlines.clone(),
+        coverage: state.workflow.coverage.clone(),
+    })
+}
