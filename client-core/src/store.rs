@@ -1068,6 +1068,15 @@ impl Store {
         set_meta_json(&self.conn, "workflow", &(deadlines, coverage))
     }
 
+    /// The server's digest (`t`) of the settings and task lists this store holds.
+    pub fn extras_digest(&self) -> Result<Option<u64>> {
+        meta_json(&self.conn, "extras_digest")
+    }
+
+    pub fn set_extras_digest(&self, digest: u64) -> Result<()> {
+        set_meta_json(&self.conn, "extras_digest", &digest)
+    }
+
     /// The weekly task lists of the device's grids as of the last sync, with the tasks done
     /// (the server's reports, and this device's not sent yet). Works offline.
     pub fn task_lists(&self) -> Result<Vec<TaskList>> {
@@ -1521,7 +1530,7 @@ impl Store {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }
         tx.execute(
-            "DELETE FROM meta WHERE key IN ('credentials', 'cursor', 'cursor_check', 'scope')",
+            "DELETE FROM meta WHERE key IN ('credentials', 'cursor', 'cursor_check', 'scope', 'extras_digest')",
             [],
         )?;
         tx.commit()?;

@@ -78,8 +78,10 @@ pub struct SyncReport {
     pub dropped_households: usize,
     /// Task reports of this device the server stored in this sync.
     pub tasks_sent: usize,
-    /// Weekly task lists of the device's grids now on the phone.
+    /// Weekly task lists of the device's grids now on the phone (when they were fetched).
     pub task_lists: usize,
+    /// The server's digest of the settings and task lists, when it changed (`t`).
+    pub extras_digest: Option<u64>,
 }
 
 /// Enrolls the store at `path` with the server at `server_url` using a one-time `code`, and
@@ -221,8 +223,22 @@ impl SyncClient {
             other => other,
         };
         let result = match result {
-            Ok(mut report) => self.sync_tasks(store, &mut report).await.map(|()| report),
-            err => err,
+            // Settings and task lists travel only when the server says they changed, or to
+            // send this device's reports: an idle check stays one round trip.
+            Ok(mut report)
+                if report.extras_digest.is_some() || !store.task_reports(false)?.is_empty() =>
+            {
+                match self.sync_tasks(store, &mut report).await {
+                    Ok(()) => {
+                        if let Some(t) = report.extras_digest {
+                            store.set_extras_digest(t)?;
+                        }
+                        Ok(report)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
         };
         match result {
             Err(SyncError::Unauthorized { code })
@@ -329,6 +345,7 @@ impl SyncClient {
             let chunk = chunks.next().unwrap_or_default();
             let request = SyncRequest {
                 features: qiaomen_protocol::wire::FEATURES,
+                extras_digest: store.extras_digest()?,
                 scope_digest: store
                     .sync_scope()?
                     .map(|s| qiaomen_protocol::wire::scope_digest(&s)),
@@ -363,6 +380,9 @@ impl SyncClient {
             report.progress.round_trips += 1;
             let response: SyncResponse = wire::decode(&reply.body, 256 * 1024 * 1024)
                 .map_err(|e| SyncError::Protocol(e.to_string()))?;
+            if response.extras_digest.is_some() {
+                report.extras_digest = response.extras_digest;
+            }
             if let Some(s) = &response.scope {
                 scope = Some(s.clone());
             }

@@ -65,6 +65,11 @@ pub struct SyncRequest {
     /// means none. The server sends a reject code only to a phone that announced it.
     #[serde(rename = "f", default, skip_serializing_if = "is_zero")]
     pub features: u32,
+    /// The `t` of the last response that had one: the digest of the workflow settings and
+    /// task lists the phone holds. The server sends `t` only when its digest differs, and the
+    /// phone fetches them (JSON API) only then, so an idle check stays one tiny round trip.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub extras_digest: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -95,12 +100,20 @@ pub fn scope_digest<S: AsRef<str>>(grids: &[S]) -> u64 {
     let mut sorted: Vec<&str> = grids.iter().map(AsRef::as_ref).collect();
     sorted.sort_unstable();
     sorted.dedup();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut bytes = Vec::new();
     for g in sorted {
-        for b in g.bytes().chain(std::iter::once(b'\n')) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        bytes.extend_from_slice(g.as_bytes());
+        bytes.push(b'\n');
+    }
+    fnv1a(&bytes)
+}
+
+/// FNV-1a, 64 bits: the digests of the protocol (not a security measure).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
 }
@@ -145,6 +158,10 @@ pub struct SyncResponse {
     /// scope, and catches up on grids that entered it with one sync from no cursor.
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Vec<String>>,
+    /// **extras digest**: [`fnv1a`] of what `GET /api/v1/workflow` and `GET /api/v1/tasks`
+    /// answer this device now; sent only when it differs from the request's `t`.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub extras_digest: Option<u64>,
 }
 
 /// A refused change.
@@ -260,6 +277,7 @@ mod tests {
     fn messages_round_trip() {
         let req = SyncRequest {
             features: 0,
+            extras_digest: None,
             cursor_check: None,
             version: 1,
             cursor: Some(42),
@@ -287,6 +305,7 @@ mod tests {
     fn an_idle_check_is_tiny() {
         let req = SyncRequest {
             features: 0,
+            extras_digest: None,
             scope_digest: None,
             cursor_check: None,
             version: 1,
@@ -309,6 +328,7 @@ mod tests {
         );
         let good = encode(&SyncRequest {
             features: 0,
+            extras_digest: None,
             scope_digest: None,
             cursor_check: None,
             version: 1,
@@ -322,6 +342,7 @@ mod tests {
         );
         let other = encode(&SyncRequest {
             features: 0,
+            extras_digest: None,
             scope_digest: None,
             cursor_check: None,
             version: 9,

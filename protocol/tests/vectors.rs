@@ -201,6 +201,9 @@ impl Msg {
                 if r.features != 0 {
                     o.insert("f".into(), json!(r.features));
                 }
+                if let Some(t) = r.extras_digest {
+                    o.insert("t".into(), json!(t));
+                }
                 Json::Object(o)
             }
             Msg::Response(r) => {
@@ -215,6 +218,9 @@ impl Msg {
                 if let Some(scope) = &r.scope {
                     o["s"] = json!(scope);
                 }
+                if let Some(t) = r.extras_digest {
+                    o["t"] = json!(t);
+                }
                 o
             }
             Msg::Rejection(r) => rejection_to_json(r),
@@ -224,8 +230,12 @@ impl Msg {
     fn from_json(type_name: &str, v: &Json) -> Result<Msg, String> {
         Ok(match type_name {
             "SyncRequest" => {
-                let o = object(v, &["v", "c", "d", "g", "s", "f"])?;
+                let o = object(v, &["v", "c", "d", "g", "s", "f", "t"])?;
                 Msg::Request(SyncRequest {
+                    extras_digest: match o.get("t") {
+                        None => None,
+                        Some(_) => Some(uint(o, "t")?),
+                    },
                     features: match o.get("f") {
                         None => 0,
                         Some(_) => uint(o, "f")? as u32,
@@ -248,8 +258,12 @@ impl Msg {
                 })
             }
             "SyncResponse" => {
-                let o = object(v, &["v", "c", "a", "r", "d", "m", "s"])?;
+                let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t"])?;
                 Msg::Response(SyncResponse {
+                    extras_digest: match o.get("t") {
+                        None => None,
+                        Some(_) => Some(uint(o, "t")?),
+                    },
                     scope: match o.get("s") {
                         None => None,
                         Some(g) => {
@@ -474,6 +488,7 @@ fn vectors() -> Vec<Vector> {
     let request = |cursor, docs, grids: &[&str]| {
         Msg::Request(SyncRequest {
             features: 0,
+            extras_digest: None,
             scope_digest: None,
             cursor_check: None,
             version: PROTOCOL_VERSION,
@@ -484,6 +499,7 @@ fn vectors() -> Vec<Vector> {
     };
     let response = |cursor, accepted, rejected, docs, more| {
         Msg::Response(SyncResponse {
+            extras_digest: None,
             scope: None,
             cursor_check: None,
             version: PROTOCOL_VERSION,
@@ -614,6 +630,7 @@ fn vectors() -> Vec<Vector> {
         "An idle check from a phone whose last response gave it the scope [dongcun-03, dongcun-04]: s is scope_digest of those grids (FNV-1a 64 over the sorted codes, each followed by a newline), so the server leaves s out of its answer while the scope is unchanged.",
         Msg::Request(SyncRequest {
             features: 0,
+            extras_digest: None,
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
             cursor_check: None,
             version: PROTOCOL_VERSION,
@@ -627,6 +644,7 @@ fn vectors() -> Vec<Vector> {
         "An idle check from a phone that understands the reject code stale_order (feature bit 1 in f): only such a phone is sent it; another gets not_allowed in its place.",
         Msg::Request(SyncRequest {
             features: qiaomen_protocol::wire::FEATURE_STALE_ORDER,
+            extras_digest: None,
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
             cursor_check: None,
             version: PROTOCOL_VERSION,
@@ -636,9 +654,39 @@ fn vectors() -> Vec<Vector> {
         }),
     ));
     out.push(vector(
+        "request-idle-extras",
+        "An idle check from a phone that holds workflow settings and task lists whose digest (t, FNV-1a 64 of the JSON the server answered) it got from an earlier response: the server sends t back only when what it would answer has changed, and only then does the phone call GET /api/v1/workflow and /api/v1/tasks.",
+        Msg::Request(SyncRequest {
+            features: qiaomen_protocol::wire::FEATURES,
+            extras_digest: Some(qiaomen_protocol::wire::fnv1a(b"[]")),
+            scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
+            cursor_check: None,
+            version: PROTOCOL_VERSION,
+            cursor: Some(44),
+            docs: vec![],
+            grids: vec![],
+        }),
+    ));
+    out.push(vector(
+        "response-extras",
+        "An idle answer telling the phone that its workflow settings or task lists changed (t differs from the request's): the phone fetches them with the JSON API and keeps t for its next request.",
+        Msg::Response(SyncResponse {
+            extras_digest: Some(0x0123_4567_89ab_cdef),
+            scope: None,
+            cursor_check: None,
+            version: PROTOCOL_VERSION,
+            cursor: 44,
+            accepted: 0,
+            rejected: vec![],
+            docs: vec![],
+            more: false,
+        }),
+    ));
+    out.push(vector(
         "response-scope",
         "An idle answer that carries the device's scope (s): the grids its user may read now. A phone drops households of other grids, and fetches the whole scope once from no cursor when a grid is new to it.",
         Msg::Response(SyncResponse {
+            extras_digest: None,
             scope: Some(vec!["dongcun-03".into(), "dongcun-04".into()]),
             cursor_check: None,
             version: PROTOCOL_VERSION,
@@ -925,6 +973,7 @@ fn response_from(v: &Cbor) -> Result<SyncResponse, WireError> {
 fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
     let idle_first = SyncRequest {
         features: 0,
+        extras_digest: None,
         scope_digest: None,
         cursor_check: None,
         version: 1,
@@ -947,6 +996,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         .unwrap(),
         SyncRequest {
             features: 0,
+            extras_digest: None,
             scope_digest: None,
             cursor: Some(7),
             ..idle_first.clone()
@@ -961,6 +1011,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         ]))
         .unwrap(),
         SyncResponse {
+            extras_digest: None,
             scope: None,
             cursor_check: None,
             version: 1,

@@ -131,6 +131,7 @@ fn upload_body(w: &mut Worker, cursor: Option<u64>, grids: Vec<String>) -> Vec<u
         .collect();
     qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
         features: 0,
+        extras_digest: None,
         scope_digest: None,
         version: 1,
         cursor,

@@ -252,6 +252,7 @@ pub fn raw_upload(
     use qiaomen_protocol::wire::{self, CONTENT_TYPE, DocChanges, SyncRequest};
     let req = SyncRequest {
         features: 0,
+        extras_digest: None,
         scope_digest: None,
         cursor_check: None,
         version: 1,

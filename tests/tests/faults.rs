@@ -216,6 +216,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
 
     let good = wire::encode(&SyncRequest {
         features: 0,
+        extras_digest: None,
         scope_digest: None,
         cursor_check: None,
         version: 1,
@@ -258,6 +259,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
                 features: 0,
+                extras_digest: None,
                 scope_digest: None,
                 cursor_check: None,
                 version: 2,
@@ -287,6 +289,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
                 features: 0,
+                extras_digest: None,
                 scope_digest: None,
                 cursor_check: None,
                 version: 1,
@@ -336,6 +339,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     // Well-formed requests carrying bad changes: refused per change, nothing stored.
     let bad = SyncRequest {
         features: 0,
+        extras_digest: None,
         scope_digest: None,
         cursor_check: None,
         version: 1,

@@ -1009,6 +1009,22 @@ fn a_weekly_task_list_reaches_the_grids_phones_and_their_offline_reports_come_ba
     );
     assert_eq!(status, 200);
     assert_eq!(kept["evidence"], "走访独居老人 6 户，更换插线板 2 个");
+    // An idle sync does not fetch settings or lists again (the sync answer's `t` says
+    // nothing changed: one round trip); a new list is fetched on the next sync.
+    let idle = two.sync().unwrap();
+    assert_eq!(
+        (
+            idle.extras_digest,
+            idle.task_lists,
+            idle.progress.round_trips
+        ),
+        (None, 0, 1)
+    );
+    let next = json!({"title": "第49周清单", "items": ["清理河道垃圾"], "units": ["g2"]});
+    assert_eq!(call("POST", &tasks, &centre, Some(next)).0, 201);
+    let fetched = two.sync().unwrap();
+    assert!(fetched.extras_digest.is_some());
+    assert_eq!(fetched.task_lists, 2);
     // A worker reads only the lists of their grids.
     let (_, mine) = call("GET", &tasks, &token(&two), None);
     assert_eq!(mine[0]["grids"], json!(["g2"]));

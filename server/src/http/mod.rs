@@ -451,9 +451,18 @@ async fn sync(
     }
     // What the device's user may read and write, now (and the grants of earlier periods).
     let user = device.user;
-    let scope = state
-        .access(move |db| db.scope(user, crate::access::now_ms()))
+    let (scope, lists) = state
+        .access(move |db| {
+            let now = crate::access::now_ms();
+            let scope = db.scope(user, now)?;
+            let grids: Vec<String> = scope.read.iter().cloned().collect();
+            let lists = db.task_lists(&grids, tasks::since_default(now))?;
+            Ok((scope, lists))
+        })
         .await?;
+    // What the phone would fetch from the JSON API (settings, task lists): it does so only
+    // when this digest differs from the one it holds.
+    let extras = wire::fnv1a(&serde_json::to_vec(&(&*state.workflow, &lists)).unwrap_or_default());
     let outcome = if n_changes > 0 {
         let principal = Arc::new(Principal {
             user: device.user,
@@ -543,6 +552,7 @@ async fn sync(
         })
         .collect();
     let response = SyncResponse {
+        extras_digest: (req.extras_digest != Some(extras)).then_some(extras),
         cursor_check: check.map(ByteBuf::from),
         version: PROTOCOL_VERSION,
         cursor: slice.cursor,

@@ -15,6 +15,11 @@ use crate::{
     tasks::{Done, NewList, TaskList},
 };
 
+/// Lists are shown until 30 days after they were due.
+pub(crate) fn since_default(now_ms: i64) -> Day {
+    qiaomen_protocol::workorder::day_of(now_ms).add_days(-30)
+}
+
 fn today() -> Day {
     qiaomen_protocol::workorder::day_of(now_ms())
 }
@@ -165,7 +170,7 @@ pub(crate) async fn task_lists(
 ) -> Result<Vec<TaskList>, ApiError> {
     let since = match q.since.as_deref() {
         Some(s) => day(s, "since")?,
-        None => today().add_days(-30),
+        None => since_default(now_ms()),
     };
     let user = caller.user();
     state
