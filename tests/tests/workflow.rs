@@ -83,6 +83,11 @@ fn order(server: &TestServer, token: &str, demand: DemandId) -> (u16, Value) {
     )
 }
 
+/// The status of a GET of `path` with `token`.
+fn get_status(server: &TestServer, path: &str, token: &str) -> u16 {
+    call("GET", &format!("{}{path}", server.url), token, None).0
+}
+
 fn add_team(server: &TestServer, id: &str) {
     server
         .access()
@@ -613,34 +618,16 @@ fn coverage_lists_every_due_household_not_met_with_its_reason_and_deadline() {
     assert_eq!(later["visit_day"], day.to_string());
     assert_eq!(later["unit"]["tally"], *t);
     assert_eq!(
-        call(
-            "GET",
-            &format!("{}/api/v1/coverage?unit=g2&day=2026-02-30", server.url),
-            &town,
-            None
-        )
-        .0,
+        get_status(&server, "/api/v1/coverage?unit=g2&day=2026-02-30", &town),
         400
     );
     assert_eq!(
-        call(
-            "GET",
-            &format!("{}/api/v1/coverage?unit=nowhere", server.url),
-            &town,
-            None
-        )
-        .0,
+        get_status(&server, "/api/v1/coverage?unit=nowhere", &town),
         404
     );
     let outsider = session(&server, "other", "g1", Role::GridHead);
     assert_eq!(
-        call(
-            "GET",
-            &format!("{}/api/v1/coverage?unit=g2", server.url),
-            &outsider,
-            None
-        )
-        .0,
+        get_status(&server, "/api/v1/coverage?unit=g2", &outsider),
         404
     );
 }
@@ -905,23 +892,15 @@ fn statistics_and_the_red_black_list_are_recomputed_from_the_raw_records() {
     );
     // Bad periods are typed errors.
     assert_eq!(
-        call(
-            "GET",
-            &format!("{}/api/v1/stats?from=2026-02-30", server.url),
-            &town,
-            None
-        )
-        .0,
+        get_status(&server, "/api/v1/stats?from=2026-02-30", &town),
         400
     );
     assert_eq!(
-        call(
-            "GET",
-            &format!("{}/api/v1/stats?from=2026-11-02&to=2026-11-01", server.url),
-            &town,
-            None
-        )
-        .0,
+        get_status(
+            &server,
+            "/api/v1/stats?from=2026-11-02&to=2026-11-01",
+            &town
+        ),
         400
     );
 }
