@@ -115,6 +115,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (list, item, grid)
     ) WITHOUT ROWID;
     "#,
+    // 4 -> 5: the demands each household holds, so the grid's work orders are read from the
+    // households that have any (the rows of households stored before: `reindex`).
+    r#"
+    CREATE TABLE demand_index (
+        doc    BLOB NOT NULL,
+        demand BLOB NOT NULL,
+        PRIMARY KEY (doc, demand)
+    ) WITHOUT ROWID;
+    INSERT OR REPLACE INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
+    "#,
 ];
 
 /// What enrollment gave this device: kept in the store, so the phone syncs after a restart.
@@ -536,6 +546,19 @@ impl Store {
         Ok(())
     }
 
+    fn write_demand(
+        tx: &rusqlite::Transaction<'_>,
+        doc: HouseholdId,
+        demand: DemandId,
+    ) -> Result<()> {
+        tx.prepare_cached("INSERT OR IGNORE INTO demand_index (doc, demand) VALUES (?1, ?2)")?
+            .execute(params![
+                doc.as_bytes().as_slice(),
+                demand.as_bytes().as_slice()
+            ])?;
+        Ok(())
+    }
+
     /// Writes the index rows of every household, once, after a migration asked for it.
     fn reindex_if_asked(&mut self) -> Result<()> {
         let asked = self
@@ -594,6 +617,10 @@ impl Store {
         for v in h.visits.values() {
             visit.execute(params![id, v.visit_day.to_string()])?;
             Self::write_outcome(tx, h.id, v.id, v.visit_day, v.outcome)?;
+        }
+        tx.execute("DELETE FROM demand_index WHERE doc = ?1", [id])?;
+        for d in h.demands.keys() {
+            Self::write_demand(tx, h.id, *d)?;
         }
         tx.execute("DELETE FROM review_index WHERE doc = ?1", [id])?;
         if h.reviews
@@ -702,12 +729,15 @@ impl Store {
             Self::append_change(&tx, id, &hash, &bytes, true)?;
             match (&index, &household) {
                 (IndexUpdate::Full, Some(h)) => Self::write_index(&tx, h)?,
-                (IndexUpdate::Visit(visit, day, outcome), _) => {
+                (IndexUpdate::Visit(visit, day, outcome, demands), _) => {
                     tx.execute(
                         "INSERT OR IGNORE INTO visit_index (doc, visit_day) VALUES (?1, ?2)",
                         params![id.as_bytes().as_slice(), day.to_string()],
                     )?;
                     Self::write_outcome(&tx, id, *visit, *day, *outcome)?;
+                    for d in demands {
+                        Self::write_demand(&tx, id, *d)?;
+                    }
                 }
                 _ => {}
             }
@@ -793,7 +823,12 @@ impl Store {
         self.commit_edit(
             id,
             |doc, a, now| doc.add_visit(a, now, visit, demands).map(|h| ((), Some(h))),
-            IndexUpdate::Visit(visit.id, visit.visit_day, visit.outcome),
+            IndexUpdate::Visit(
+                visit.id,
+                visit.visit_day,
+                visit.outcome,
+                demands.iter().map(|d| d.id).collect(),
+            ),
         )
     }
 
@@ -850,11 +885,16 @@ impl Store {
     /// Works offline: the orders are replayed from the households' histories.
     pub fn work_orders(&mut self, grid: &GridId) -> Result<Vec<WorkOrderLine>> {
         let (rules, _) = self.workflow()?;
-        let ids: Vec<HouseholdId> = self
-            .households_in_grid(grid)?
-            .into_iter()
-            .map(|h| h.id)
-            .collect();
+        // Only the households that hold a demand are read.
+        let ids: Vec<HouseholdId> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT DISTINCT d.id FROM docs d JOIN demand_index i ON i.doc = d.id
+                  WHERE d.grid = ?1 ORDER BY d.id",
+            )?;
+            stmt.query_map([grid.as_str()], |r| r.get::<_, Vec<u8>>(0))?
+                .filter_map(|r| r.ok().and_then(|b| uuid_from(&b)))
+                .collect()
+        };
         let mut lines = Vec::new();
         for id in ids {
             let h = self.household(id)?;
@@ -1494,6 +1534,7 @@ impl Store {
                 "tag_index",
                 "visit_index",
                 "visit_outcomes",
+                "demand_index",
                 "review_index",
                 "rejected",
             ] {
@@ -1522,6 +1563,7 @@ impl Store {
             "tag_index",
             "visit_index",
             "visit_outcomes",
+            "demand_index",
             "review_index",
             "rejected",
             "task_lists",
@@ -1626,6 +1668,7 @@ impl Store {
                         "tag_index",
                         "visit_index",
                         "visit_outcomes",
+                        "demand_index",
                         "review_index",
                     ] {
                         tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
@@ -1717,8 +1760,8 @@ impl Store {
 enum IndexUpdate {
     None,
     Full,
-    /// A new visit: its id, day and outcome.
-    Visit(VisitId, Day, VisitOutcome),
+    /// A new visit: its id, day, outcome and the demands raised on it.
+    Visit(VisitId, Day, VisitOutcome, Vec<DemandId>),
 }
 
 fn uuid_from(bytes: &[u8]) -> Option<HouseholdId> {

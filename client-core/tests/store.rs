@@ -586,7 +586,24 @@ fn coverage_on_the_phone_follows_the_shared_rule_and_survives_an_upgrade() {
             .unwrap();
         let mut nobody = visit(&me, "2026-11-15");
         nobody.outcome = VisitOutcome::NobodyHome;
-        store.record_visit(away, &nobody, &[]).unwrap();
+        let demand = Demand {
+            id: DemandId::new(),
+            raised_on_visit: Some(nobody.id),
+            raised_by: me.user,
+            raised_at_ms: 1,
+            category: NeedCategory::Housing,
+            text: "门口路灯坏了".into(),
+            urgency: Urgency::Normal,
+            status: DemandStatus::Raised,
+            history: vec![],
+            first_responsible: None,
+            source: Some(DemandSource::Visit),
+            external_ref: None,
+        };
+        let mut raising = nobody.clone();
+        raising.demands_raised = vec![demand.id];
+        store.record_visit(away, &raising, &[demand]).unwrap();
+        assert_eq!(store.work_orders(&GridId::new("g1")).unwrap().len(), 1);
         store.record_visit(met, &nobody, &[]).unwrap();
         let mut second = visit(&me, "2026-11-15");
         second.id = VisitId::new();
@@ -620,13 +637,15 @@ fn coverage_on_the_phone_follows_the_shared_rule_and_survives_an_upgrade() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE visit_outcomes; DROP TABLE task_lists; DROP TABLE task_done;
+            "DROP TABLE visit_outcomes; DROP TABLE task_lists; DROP TABLE task_done; DROP TABLE demand_index;
              PRAGMA user_version = 2;",
         )
         .unwrap();
     }
-    let store = Store::open(&path, me, options()).unwrap();
+    let mut store = Store::open(&path, me, options()).unwrap();
     assert_eq!(states(&store, "2026-11-18").len(), 4);
+    // The demand index was rebuilt too: the grid's open order is still listed.
+    assert_eq!(store.work_orders(&GridId::new("g1")).unwrap().len(), 1);
     assert_eq!(
         states(&store, "2026-11-18")[1].1,
         CoverageState::NotMet(VisitOutcome::NobodyHome)
