@@ -8,6 +8,8 @@
 //! (migration 5 of the store), next to the org, and travel over the JSON API (the phone library
 //! calls it with its device token after each sync), not in household documents.
 
+use std::collections::BTreeSet;
+
 use qiaomen_protocol::{
     calendar::Day,
     ids::{DeviceId, UserId},
@@ -175,21 +177,19 @@ impl AccessDb {
     }
 
     /// The lists pushed to any of `grids` whose week is not over before `since`, newest
-    /// first, with only those grids and their completions.
-    pub fn task_lists(&self, grids: &[String], since: Day) -> Result<Vec<TaskList>> {
-        let mut ids: Vec<String> = Vec::new();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT DISTINCT l.id FROM task_lists l JOIN task_targets t ON t.list = l.id
-              WHERE t.grid = ?1 AND l.due >= ?2",
-        )?;
-        for g in grids {
-            for id in stmt.query_map(params![g, since.to_string()], |r| r.get::<_, String>(0))? {
-                let id = id?;
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
-            }
-        }
+    /// first, with only those grids and their completions. One query finds the lists however
+    /// many grids there are (a command centre's device reads a county's; this runs on every
+    /// sync, for the extras digest).
+    pub fn task_lists(&self, grids: &BTreeSet<String>, since: Day) -> Result<Vec<TaskList>> {
+        let codes = serde_json::to_string(grids).map_err(|e| invalid(&e.to_string()))?;
+        let ids: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT l.id FROM task_lists l JOIN task_targets t ON t.list = l.id
+                  WHERE t.grid IN (SELECT value FROM json_each(?1)) AND l.due >= ?2",
+            )?
+            .query_map(params![codes, since.to_string()], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::new();
         for id in ids {
             if let Some(l) = self.task_list(&id, grids)? {
@@ -201,7 +201,7 @@ impl AccessDb {
     }
 
     /// One list, limited to the targets among `grids`; `None` if it reaches none of them.
-    pub fn task_list(&self, id: &str, grids: &[String]) -> Result<Option<TaskList>> {
+    pub fn task_list(&self, id: &str, grids: &BTreeSet<String>) -> Result<Option<TaskList>> {
         let head: Option<(String, String, String)> = self
             .conn
             .prepare_cached("SELECT title, week_start, due FROM task_lists WHERE id = ?1")?

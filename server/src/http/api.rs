@@ -588,17 +588,18 @@ pub(crate) async fn web_change(
         })
         .await
         .map_err(|_| ApiError::Unavailable)?;
-    if let Some(r) = outcome.rejected.first() {
-        record(
-            state,
-            user,
-            Some(device.to_string()),
-            action,
-            id.to_string(),
-            "refused",
-        )
-        .await?;
-        return Err(match r.code {
+    let refused = outcome.rejected.first().map(|r| r.code);
+    record(
+        state,
+        user,
+        Some(device.to_string()),
+        action,
+        id.to_string(),
+        if refused.is_some() { "refused" } else { "ok" },
+    )
+    .await?;
+    if let Some(code) = refused {
+        return Err(match code {
             RejectCode::StaleOrder => ApiError::Conflict {
                 code: "stale_order",
                 message: "the work order moved on meanwhile; read it again".into(),
@@ -613,15 +614,6 @@ pub(crate) async fn web_change(
             },
         });
     }
-    record(
-        state,
-        user,
-        Some(device.to_string()),
-        action,
-        id.to_string(),
-        "ok",
-    )
-    .await?;
     Ok(())
 }
 

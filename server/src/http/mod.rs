@@ -455,8 +455,7 @@ async fn sync(
         .access(move |db| {
             let now = crate::access::now_ms();
             let scope = db.scope(user, now)?;
-            let grids: Vec<String> = scope.read.iter().cloned().collect();
-            let lists = db.task_lists(&grids, tasks::since_default(now))?;
+            let lists = db.task_lists(&scope.read, tasks::since_default(now))?;
             Ok((scope, lists))
         })
         .await?;

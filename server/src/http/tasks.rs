@@ -174,10 +174,7 @@ pub(crate) async fn task_lists(
     };
     let user = caller.user();
     state
-        .access(move |db| {
-            let grids: Vec<String> = db.scope(user, now_ms())?.read.into_iter().collect();
-            db.task_lists(&grids, since)
-        })
+        .access(move |db| db.task_lists(&db.scope(user, now_ms())?.read, since))
         .await
 }
 
@@ -193,10 +190,7 @@ pub async fn list(
 ) -> Result<Json<TaskList>, ApiError> {
     let user = caller.user();
     state
-        .access(move |db| {
-            let grids: Vec<String> = db.scope(user, now_ms())?.read.into_iter().collect();
-            db.task_list(&id, &grids)
-        })
+        .access(move |db| db.task_list(&id, &db.scope(user, now_ms())?.read))
         .await?
         .map(Json)
         .ok_or_else(no_list)
