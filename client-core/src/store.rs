@@ -1117,6 +1117,16 @@ impl Store {
         set_meta_json(&self.conn, "extras_digest", &digest)
     }
 
+    /// The feature bits (`f`) of the server's last answer: the phone packs its uploads only
+    /// when they include [`qiaomen_protocol::wire::FEATURE_PACKED`].
+    pub fn server_features(&self) -> Result<u32> {
+        Ok(meta_json(&self.conn, "server_features")?.unwrap_or(0))
+    }
+
+    pub fn set_server_features(&self, features: u32) -> Result<()> {
+        set_meta_json(&self.conn, "server_features", &features)
+    }
+
     /// The weekly task lists of the device's grids as of the last sync, with the tasks done
     /// (the server's reports, and this device's not sent yet). Works offline.
     pub fn task_lists(&self) -> Result<Vec<TaskList>> {

@@ -334,16 +334,54 @@ impl SyncClient {
         for id in households {
             pending.push((id, store.pending_changes(id)?));
         }
-        let chunks = plan_chunks(pending, self.chunk_bytes);
-        let mut chunks = chunks.into_iter();
+        let mut chunks: std::collections::VecDeque<Chunk> =
+            plan_chunks(pending, self.chunk_bytes).into();
+        // Households whose changes go as they are: the server could not rebuild one packed.
+        let mut send_raw: std::collections::HashSet<HouseholdId> = Default::default();
         let mut uploaded_docs = std::collections::HashSet::new();
         let mut received_docs = std::collections::HashSet::new();
         let mut rotate = false;
         let mut scope: Option<Vec<String>> = None;
         let mut caught_up_scope = false;
         loop {
-            let chunk = chunks.next().unwrap_or_default();
+            let chunk = chunks.pop_front().unwrap_or_default();
+            // Packed (SYNC-v1 §4.4) once the server has said it takes packed changes.
+            let mut packer = (store.server_features()? & wire::FEATURE_PACKED != 0)
+                .then(qiaomen_protocol::pack::Packer::new);
+            let mut packed: std::collections::HashSet<(HouseholdId, usize)> = Default::default();
+            let docs: Vec<DocChanges> = chunk
+                .iter()
+                .map(|(id, changes)| DocChanges {
+                    id: *id,
+                    changes: changes
+                        .iter()
+                        .enumerate()
+                        .map(|(n, (_, b))| {
+                            let as_packed = packer
+                                .as_mut()
+                                .filter(|_| !send_raw.contains(id))
+                                .and_then(|p| p.pack_bytes(b));
+                            match as_packed {
+                                Some(p) => {
+                                    packed.insert((*id, n));
+                                    ByteBuf::from(p)
+                                }
+                                None => ByteBuf::from(b.clone()),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect();
+            let (table, base_ms) = match &packer {
+                Some(p) if !packed.is_empty() => (
+                    p.table().iter().cloned().map(ByteBuf::from).collect(),
+                    p.base_ms(),
+                ),
+                _ => (Vec::new(), 0),
+            };
             let request = SyncRequest {
+                table,
+                base_ms,
                 features: qiaomen_protocol::wire::FEATURES,
                 extras_digest: store.extras_digest()?,
                 scope_digest: store
@@ -353,18 +391,9 @@ impl SyncClient {
                 version: PROTOCOL_VERSION,
                 cursor: store.sync_cursor()?,
                 grids: self.grids.clone(),
-                docs: chunk
-                    .iter()
-                    .map(|(id, changes)| DocChanges {
-                        id: *id,
-                        changes: changes
-                            .iter()
-                            .map(|(_, b)| ByteBuf::from(b.clone()))
-                            .collect(),
-                    })
-                    .collect(),
+                docs,
             };
-            let body = wire::encode(&request);
+            let body = wire::encode_request(&request);
             report.progress.bytes_up += body.len() as u64;
             let token = store.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
             let reply = self
@@ -378,8 +407,23 @@ impl SyncClient {
             rotate |= reply.rotate;
             report.progress.bytes_down += reply.body.len() as u64;
             report.progress.round_trips += 1;
-            let response: SyncResponse = wire::decode(&reply.body, 256 * 1024 * 1024)
+            let mut response: SyncResponse = wire::decode(&reply.body, 256 * 1024 * 1024)
                 .map_err(|e| SyncError::Protocol(e.to_string()))?;
+            // A server that answers without the packing bit takes changes only as they are.
+            store.set_server_features(response.features)?;
+            // A packed change the server could not read (`send_raw`, or `malformed` from a
+            // server that does not pack) is not refused: it goes again, as it is, in this sync.
+            let mut again = Vec::new();
+            for r in response.rejected.iter_mut() {
+                if packed.contains(&(r.doc, r.n as usize))
+                    && matches!(r.code, RejectCode::SendRaw | RejectCode::Malformed)
+                {
+                    r.code = RejectCode::SendRaw;
+                    if send_raw.insert(r.doc) {
+                        again.push(r.doc);
+                    }
+                }
+            }
             if response.extras_digest.is_some() {
                 report.extras_digest = response.extras_digest;
             }
@@ -390,13 +434,20 @@ impl SyncClient {
             for (id, _) in &chunk {
                 uploaded_docs.insert(*id);
             }
+            if !again.is_empty() {
+                let mut raw = Vec::new();
+                for id in again {
+                    raw.push((id, store.pending_changes(id)?));
+                }
+                chunks.extend(plan_chunks(raw, self.chunk_bytes));
+            }
             for d in &response.docs {
                 received_docs.insert(d.id);
             }
             report.progress.docs_uploaded = uploaded_docs.len();
             report.progress.docs_received = received_docs.len();
             progress(&report.progress);
-            if chunks.len() == 0 && !response.more {
+            if chunks.is_empty() && !response.more {
                 // Grids new to this device's scope: their households' earlier history is before
                 // the cursor, so fetch the whole scope once more from no cursor (what the phone
                 // has is skipped by hash; only the missing history lands).
@@ -456,7 +507,11 @@ impl SyncClient {
                 .collect();
             store.mark_acknowledged(*id, &acked)?;
             report.accepted += acked.len() as u64;
-            for r in response.rejected.iter().filter(|r| r.doc == *id) {
+            for r in response
+                .rejected
+                .iter()
+                .filter(|r| r.doc == *id && r.code != RejectCode::SendRaw)
+            {
                 if let Some((h, _)) = changes.get(r.n as usize) {
                     report.rejected.push((*id, *h, r.code));
                 }
@@ -468,7 +523,9 @@ impl SyncClient {
             let temporary = response.rejected.iter().filter(|r| r.doc == *id).any(|r| {
                 matches!(
                     r.code,
-                    RejectCode::MissingDependencies | RejectCode::UnknownDocument
+                    RejectCode::MissingDependencies
+                        | RejectCode::UnknownDocument
+                        | RejectCode::SendRaw
                 )
             });
             if !temporary {

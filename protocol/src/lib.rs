@@ -14,6 +14,7 @@ pub mod error;
 pub mod hostile;
 pub mod ids;
 pub mod migrate;
+pub mod pack;
 pub mod review;
 pub mod schema;
 pub mod wire;

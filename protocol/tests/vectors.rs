@@ -232,6 +232,8 @@ impl Msg {
             "SyncRequest" => {
                 let o = object(v, &["v", "c", "d", "g", "s", "f", "t"])?;
                 Msg::Request(SyncRequest {
+                    table: vec![],
+                    base_ms: 0,
                     extras_digest: match o.get("t") {
                         None => None,
                         Some(_) => Some(uint(o, "t")?),
@@ -260,6 +262,7 @@ impl Msg {
             "SyncResponse" => {
                 let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t"])?;
                 Msg::Response(SyncResponse {
+                    features: 0,
                     extras_digest: match o.get("t") {
                         None => None,
                         Some(_) => Some(uint(o, "t")?),
@@ -487,6 +490,8 @@ fn vectors() -> Vec<Vector> {
     let c = id(HOUSEHOLD_C);
     let request = |cursor, docs, grids: &[&str]| {
         Msg::Request(SyncRequest {
+            table: vec![],
+            base_ms: 0,
             features: 0,
             extras_digest: None,
             scope_digest: None,
@@ -499,6 +504,7 @@ fn vectors() -> Vec<Vector> {
     };
     let response = |cursor, accepted, rejected, docs, more| {
         Msg::Response(SyncResponse {
+            features: 0,
             extras_digest: None,
             scope: None,
             cursor_check: None,
@@ -629,6 +635,7 @@ fn vectors() -> Vec<Vector> {
         "request-idle-scope-digest",
         "An idle check from a phone whose last response gave it the scope [dongcun-03, dongcun-04]: s is scope_digest of those grids (FNV-1a 64 over the sorted codes, each followed by a newline), so the server leaves s out of its answer while the scope is unchanged.",
         Msg::Request(SyncRequest {
+table: vec![], base_ms: 0,
             features: 0,
             extras_digest: None,
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
@@ -643,6 +650,7 @@ fn vectors() -> Vec<Vector> {
         "request-idle-features",
         "An idle check from a phone that understands the reject code stale_order (feature bit 1 in f): only such a phone is sent it; another gets not_allowed in its place.",
         Msg::Request(SyncRequest {
+table: vec![], base_ms: 0,
             features: qiaomen_protocol::wire::FEATURE_STALE_ORDER,
             extras_digest: None,
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
@@ -657,6 +665,7 @@ fn vectors() -> Vec<Vector> {
         "request-idle-extras",
         "An idle check from a phone that holds workflow settings and task lists whose digest (t, FNV-1a 64 of the JSON the server answered) it got from an earlier response: the server sends t back only when what it would answer has changed, and only then does the phone call GET /api/v1/workflow and /api/v1/tasks.",
         Msg::Request(SyncRequest {
+table: vec![], base_ms: 0,
             features: qiaomen_protocol::wire::FEATURES,
             extras_digest: Some(qiaomen_protocol::wire::fnv1a(b"[]")),
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
@@ -671,6 +680,7 @@ fn vectors() -> Vec<Vector> {
         "response-extras",
         "An idle answer telling the phone that its workflow settings or task lists changed (t differs from the request's): the phone fetches them with the JSON API and keeps t for its next request.",
         Msg::Response(SyncResponse {
+features: 0,
             extras_digest: Some(0x0123_4567_89ab_cdef),
             scope: None,
             cursor_check: None,
@@ -686,6 +696,7 @@ fn vectors() -> Vec<Vector> {
         "response-scope",
         "An idle answer that carries the device's scope (s): the grids its user may read now. A phone drops households of other grids, and fetches the whole scope once from no cursor when a grid is new to it.",
         Msg::Response(SyncResponse {
+features: 0,
             extras_digest: None,
             scope: Some(vec!["dongcun-03".into(), "dongcun-04".into()]),
             cursor_check: None,
@@ -972,6 +983,8 @@ fn response_from(v: &Cbor) -> Result<SyncResponse, WireError> {
 #[test]
 fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
     let idle_first = SyncRequest {
+        table: vec![],
+        base_ms: 0,
         features: 0,
         extras_digest: None,
         scope_digest: None,
@@ -995,6 +1008,8 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         ]))
         .unwrap(),
         SyncRequest {
+            table: vec![],
+            base_ms: 0,
             features: 0,
             extras_digest: None,
             scope_digest: None,
@@ -1011,6 +1026,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         ]))
         .unwrap(),
         SyncResponse {
+            features: 0,
             extras_digest: None,
             scope: None,
             cursor_check: None,

@@ -436,6 +436,7 @@ pub fn seed_demo(data_dir: &Path) -> Result<Demo, Box<dyn std::error::Error>> {
     let upload = Upload {
         principal: None,
         docs,
+        packing: None,
     };
     let outcome = ingestor.process_group(&[&upload])?.remove(0);
     if !outcome.rejected.is_empty() {

@@ -592,6 +592,7 @@ mod tests {
         let upload = Upload {
             principal: None,
             docs,
+            packing: None,
         };
         let outcome = ingestor.process_group(&[&upload]).unwrap().remove(0);
         assert_eq!(outcome.accepted, 3);

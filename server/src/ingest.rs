@@ -13,6 +13,7 @@ use automerge::{Change, ChangeHash};
 use qiaomen_protocol::{
     doc::HouseholdDoc,
     ids::HouseholdId,
+    pack,
     wire::{DocChanges, RejectCode, Rejection, limits},
 };
 use serde_bytes::ByteBuf;
@@ -48,6 +49,15 @@ pub struct Upload {
     /// (benchmarks, tests of the write path), which skip the access rules.
     pub principal: Option<Arc<Principal>>,
     pub docs: Vec<DocChanges>,
+    /// The request's table and base time, for its packed changes (`None`: no packed change).
+    pub packing: Option<Arc<Packing>>,
+}
+
+/// What a request's packed changes refer to ([`qiaomen_protocol::pack`]).
+#[derive(Debug, Default)]
+pub struct Packing {
+    pub table: Vec<ByteBuf>,
+    pub base_ms: i64,
 }
 
 /// What became of an upload.
@@ -123,6 +133,7 @@ impl Writer {
                 upload: Upload {
                     principal: upload.principal.clone(),
                     docs,
+                    packing: upload.packing.clone(),
                 },
                 reply,
             };
@@ -469,10 +480,87 @@ impl<S: Storage> Ingestor<S> {
         good
     }
 
+    /// A packed change rebuilt: each dependency found by its prefix among the household's
+    /// changes uploaded before it in this request, then in the log; the change checked against
+    /// the checksum it came with. A change that cannot be rebuilt exactly is refused
+    /// `send_raw`, and the phone sends its own bytes.
+    fn unpacked(
+        &mut self,
+        id: HouseholdId,
+        bytes: &[u8],
+        packing: Option<&Packing>,
+        before: &[(usize, Change)],
+    ) -> Result<Result<Change, RejectCode>, StorageError> {
+        let empty = Packing::default();
+        let packing = packing.unwrap_or(&empty);
+        let Ok(unpacked) = pack::unpack(bytes, &packing.table, packing.base_ms) else {
+            return Ok(Err(RejectCode::SendRaw));
+        };
+        let mut unpacked = Some(unpacked);
+        let mut options: Vec<Vec<ChangeHash>> = Vec::new();
+        for prefix in unpacked.as_ref().expect("just made").dep_prefixes() {
+            let mut found: Vec<ChangeHash> = before
+                .iter()
+                .map(|(_, c)| c.hash())
+                .filter(|h| h.as_ref()[..pack::DEP_PREFIX] == prefix[..])
+                .collect();
+            for h in self.storage.hashes_with_prefix(id, prefix)? {
+                let h = ChangeHash(h);
+                if !found.contains(&h) {
+                    found.push(h);
+                }
+            }
+            if found.is_empty() {
+                // What it builds on is not here (yet): as for a change sent whole.
+                let code = if self.doc(id)?.is_some() {
+                    RejectCode::MissingDependencies
+                } else {
+                    RejectCode::UnknownDocument
+                };
+                return Ok(Err(code));
+            }
+            options.push(found);
+        }
+        // Almost always one candidate per prefix; when two changes of the household share a
+        // prefix, the checksum tells which combination is meant.
+        let combinations = options
+            .iter()
+            .try_fold(1usize, |n, o| n.checked_mul(o.len()))
+            .filter(|n| *n <= 16);
+        let Some(combinations) = combinations else {
+            return Ok(Err(RejectCode::SendRaw));
+        };
+        for k in 0..combinations {
+            let mut rest = k;
+            let deps: Vec<ChangeHash> = options
+                .iter()
+                .map(|o| {
+                    let h = o[rest % o.len()];
+                    rest /= o.len();
+                    h
+                })
+                .collect();
+            let attempt = if k + 1 == combinations {
+                unpacked.take()
+            } else {
+                unpacked.clone()
+            };
+            if let Some(Ok(change)) = attempt.map(|u| u.build(deps)) {
+                return Ok(Ok(change));
+            }
+        }
+        Ok(Err(RejectCode::SendRaw))
+    }
+
     fn process(&mut self, upload: &Upload) -> Result<Outcome, StorageError> {
         let mut outcome = Outcome::default();
         for dc in &upload.docs {
-            self.process_doc(upload.principal.as_deref(), dc, &mut outcome)?;
+            self.process_doc(
+                upload.principal.as_deref(),
+                upload.packing.as_deref(),
+                dc,
+                &mut outcome,
+            )?;
         }
         Ok(outcome)
     }
@@ -480,18 +568,29 @@ impl<S: Storage> Ingestor<S> {
     fn process_doc(
         &mut self,
         principal: Option<&Principal>,
+        packing: Option<&Packing>,
         dc: &DocChanges,
         outcome: &mut Outcome,
     ) -> Result<(), StorageError> {
         let id = dc.id;
         self.pinned.insert(id);
-        // 1. Decode; refuse what is not a change.
+        // 1. Decode (rebuild the packed ones); refuse what is not a change.
         let mut decoded: Vec<(usize, Change)> = Vec::new();
         for (n, bytes) in dc.changes.iter().enumerate() {
             if bytes.len() > limits::MAX_CHANGE_BYTES {
                 outcome
                     .rejected
                     .push(reject(id, n, None, RejectCode::Malformed));
+                continue;
+            }
+            if bytes.first() == Some(&pack::PACKED_FORMAT) {
+                match self.unpacked(id, bytes, packing, &decoded)? {
+                    Ok(change) => {
+                        outcome.uploaded.push(change.hash());
+                        decoded.push((n, change));
+                    }
+                    Err(code) => outcome.rejected.push(reject(id, n, None, code)),
+                }
                 continue;
             }
             match qiaomen_protocol::doc::decode_changes([bytes.as_slice()]) {
@@ -710,7 +809,122 @@ mod tests {
                 id,
                 changes: changes.into_iter().map(ByteBuf::from).collect(),
             }],
+            packing: None,
         }
+    }
+
+    /// A household stored, and two edits of it on a phone: the second builds on the first.
+    fn two_edits() -> (
+        tempfile::TempDir,
+        Ingestor<SqliteStorage>,
+        HouseholdId,
+        Vec<Change>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingestor =
+            Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), Default::default());
+        let (id, creation, raw) = created();
+        assert_eq!(
+            ingestor
+                .process_group(&[&upload(id, vec![creation])])
+                .unwrap()[0]
+                .accepted,
+            1
+        );
+        let mut doc = HouseholdDoc::load(&raw.clone().save()).unwrap();
+        let a = Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        };
+        let mut edits = Vec::new();
+        for (door, t) in [("2", 10), ("3", 20)] {
+            let (_, hash) = doc
+                .edit(&a, t, |h| {
+                    h.door_number = door.into();
+                    Ok(())
+                })
+                .unwrap();
+            let bytes = doc.change_bytes(&hash.unwrap()).unwrap();
+            edits.push(Change::from_bytes(bytes).unwrap());
+        }
+        (dir, ingestor, id, edits)
+    }
+
+    fn packed_upload(id: HouseholdId, changes: &[Change]) -> Upload {
+        let mut packer = pack::Packer::new();
+        let packed = changes
+            .iter()
+            .map(|c| ByteBuf::from(packer.pack(c).unwrap()))
+            .collect();
+        Upload {
+            principal: None,
+            docs: vec![DocChanges {
+                id,
+                changes: packed,
+            }],
+            packing: Some(Arc::new(Packing {
+                table: packer.table().iter().cloned().map(ByteBuf::from).collect(),
+                base_ms: packer.base_ms(),
+            })),
+        }
+    }
+
+    #[test]
+    fn packed_changes_are_rebuilt_byte_for_byte_with_dependencies_from_the_log_and_the_upload() {
+        let (dir, mut ingestor, id, edits) = two_edits();
+        let up = packed_upload(id, &edits);
+        let outcome = ingestor.process_group(&[&up]).unwrap().remove(0);
+        assert_eq!((outcome.accepted, outcome.rejected.len()), (2, 0));
+        assert_eq!(
+            outcome.uploaded,
+            edits.iter().map(Change::hash).collect::<Vec<_>>()
+        );
+        // What is logged is the phone's very change.
+        let mut reader = SqliteStorage::open(dir.path()).unwrap();
+        let logged = reader.doc_log(id, 1 << 40).unwrap();
+        for e in &edits {
+            let row = logged
+                .iter()
+                .find(|c| c.hash == e.hash().as_ref())
+                .expect("logged");
+            assert_eq!(row.bytes, e.raw_bytes());
+        }
+        // A retry is acknowledged again, stored once.
+        let again = ingestor.process_group(&[&up]).unwrap().remove(0);
+        assert_eq!((again.accepted, again.rejected.len()), (2, 0));
+        assert_eq!(reader.doc_log(id, 1 << 40).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_packed_change_that_does_not_rebuild_is_sent_back_raw_and_one_without_its_dependency_waits()
+    {
+        let (dir, mut ingestor, id, edits) = two_edits();
+        // A checksum that does not match: `send_raw`, nothing stored.
+        let mut up = packed_upload(id, &edits[..1]);
+        up.docs[0].changes[0][1] ^= 0x55;
+        let outcome = ingestor.process_group(&[&up]).unwrap().remove(0);
+        assert_eq!(outcome.accepted, 0);
+        assert_eq!(outcome.rejected[0].code, RejectCode::SendRaw);
+        assert!(outcome.rejected[0].hash.is_empty());
+        // Garbage after the format byte, or no table: the same.
+        let mut up = packed_upload(id, &edits[..1]);
+        up.docs[0].changes[0].truncate(6);
+        assert_eq!(
+            ingestor.process_group(&[&up]).unwrap()[0].rejected[0].code,
+            RejectCode::SendRaw
+        );
+        let mut up = packed_upload(id, &edits[..1]);
+        up.packing = None;
+        assert_eq!(
+            ingestor.process_group(&[&up]).unwrap()[0].rejected[0].code,
+            RejectCode::SendRaw
+        );
+        // The second edit alone: what it builds on is not on the server yet.
+        let up = packed_upload(id, &edits[1..]);
+        let outcome = ingestor.process_group(&[&up]).unwrap().remove(0);
+        assert_eq!(outcome.rejected[0].code, RejectCode::MissingDependencies);
+        let mut reader = SqliteStorage::open(dir.path()).unwrap();
+        assert_eq!(reader.doc_log(id, 1 << 40).unwrap().len(), 1);
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub trait Storage: Send + 'static {
     fn load_doc(&mut self, id: HouseholdId) -> Result<Option<Vec<u8>>>;
     /// Whether the log holds a change.
     fn has_change(&mut self, hash: &[u8; 32]) -> Result<bool>;
+    /// Hashes of the document's logged changes (the open transaction's included) that begin
+    /// with `prefix`: how a packed change's dependencies are found. At most 16.
+    fn hashes_with_prefix(&mut self, doc: HouseholdId, prefix: &[u8]) -> Result<Vec<[u8; 32]>>;
     /// Starts a write transaction; the writer thread groups many requests in one.
     fn begin(&mut self) -> Result<()>;
     /// Appends changes of one document to the log inside the open transaction, recording the
@@ -331,6 +334,28 @@ impl Storage for SqliteStorage {
             .conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM changes WHERE hash = ?1)")?
             .query_row([hash.as_slice()], |r| r.get(0))?)
+    }
+
+    fn hashes_with_prefix(&mut self, doc: HouseholdId, prefix: &[u8]) -> Result<Vec<[u8; 32]>> {
+        // A range of the unique index on `hash`: every hash from prefix·00… to prefix·ff….
+        let prefix = &prefix[..prefix.len().min(32)];
+        let mut low = prefix.to_vec();
+        low.resize(32, 0x00);
+        let mut high = prefix.to_vec();
+        high.resize(32, 0xff);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT hash FROM changes WHERE hash >= ?1 AND hash <= ?2 AND doc = ?3 LIMIT 16",
+        )?;
+        let rows = stmt.query_map(params![low, high, doc.as_bytes().as_slice()], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Ok(hash) = <[u8; 32]>::try_from(row?.as_slice()) {
+                out.push(hash);
+            }
+        }
+        Ok(out)
     }
 
     fn begin(&mut self) -> Result<()> {

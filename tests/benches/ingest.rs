@@ -77,6 +77,7 @@ fn main() {
     let setup = Upload {
         principal: Some(principal.clone()),
         docs: creates,
+        packing: None,
     };
     ingestor.process_group(&[&setup]).unwrap();
     let uploads: Vec<Upload> = visits
@@ -84,6 +85,7 @@ fn main() {
         .map(|c| Upload {
             principal: Some(principal.clone()),
             docs: c.to_vec(),
+            packing: None,
         })
         .collect();
 

@@ -130,6 +130,8 @@ fn upload_body(w: &mut Worker, cursor: Option<u64>, grids: Vec<String>) -> Vec<u
         })
         .collect();
     qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
+        table: vec![],
+        base_ms: 0,
         features: 0,
         extras_digest: None,
         scope_digest: None,
@@ -398,6 +400,86 @@ fn main() {
         .iter()
         .map(|l| (*l, zstd::bulk::compress(&cbor, *l).unwrap().len()))
         .collect();
+    {
+        let mut packer = qiaomen_protocol::pack::Packer::new();
+        let mut fallback = 0;
+        let docs: Vec<_> = workers[0]
+            .households
+            .clone()
+            .into_iter()
+            .map(|id| {
+                let changes = workers[0]
+                    .store
+                    .pending_changes(id)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, b)| {
+                        let c = automerge::Change::from_bytes(b.clone()).unwrap();
+                        if std::env::var_os("PROBE_DUMP").is_some() {
+                            eprintln!(
+                                "PROBE change {}",
+                                serde_json::to_string(&c.decode()).unwrap()
+                            );
+                        }
+                        serde_bytes::ByteBuf::from(packer.pack(&c).unwrap_or_else(|| {
+                            fallback += 1;
+                            b
+                        }))
+                    })
+                    .collect();
+                qiaomen_protocol::wire::DocChanges { id, changes }
+            })
+            .collect();
+        let req = qiaomen_protocol::wire::SyncRequest {
+            table: packer
+                .table()
+                .iter()
+                .cloned()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+            base_ms: packer.base_ms(),
+            features: 0,
+            extras_digest: None,
+            scope_digest: None,
+            version: 1,
+            cursor: Some(0),
+            docs,
+            grids: vec![],
+            cursor_check: None,
+        };
+        let body = qiaomen_protocol::wire::encode(&req);
+        let raw = zstd::stream::decode_all(body.as_slice()).unwrap();
+        {
+            let id1 = workers[1].households[0];
+            let (_, b1) = workers[1].store.pending_changes(id1).unwrap().remove(0);
+            let mut p1 = qiaomen_protocol::pack::Packer::new();
+            let mut dict = p1
+                .pack(&automerge::Change::from_bytes(b1).unwrap())
+                .unwrap();
+            for t in p1.table() {
+                dict.extend_from_slice(t);
+            }
+            for l in [3, 19] {
+                let mut c = zstd::bulk::Compressor::with_dictionary(l, &dict).unwrap();
+                let n = c.compress(&raw).unwrap().len();
+                eprintln!(
+                    "PROBE dict {} B level {l}: {n} -> {:.2}x",
+                    dict.len(),
+                    n as f64 / floor as f64
+                );
+            }
+        }
+        eprintln!(
+            "PROBE packed: cbor {} zstd3 {} zstd19 {} fallback {} floor {} -> {:.2}x / {:.2}x",
+            raw.len(),
+            body.len(),
+            zstd::bulk::compress(&raw, 19).unwrap().len(),
+            fallback,
+            floor,
+            body.len() as f64 / floor as f64,
+            zstd::bulk::compress(&raw, 19).unwrap().len() as f64 / floor as f64
+        );
+    }
     // A protocol-v2 candidate: a zstd dictionary trained on other workers' changes (never
     // worker 0's), shipped with both ends.
     let samples: Vec<Vec<u8>> = workers

@@ -251,6 +251,8 @@ pub fn raw_upload(
 ) -> (u16, Option<qiaomen_protocol::wire::SyncResponse>) {
     use qiaomen_protocol::wire::{self, CONTENT_TYPE, DocChanges, SyncRequest};
     let req = SyncRequest {
+        table: vec![],
+        base_ms: 0,
         features: 0,
         extras_digest: None,
         scope_digest: None,

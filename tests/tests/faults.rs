@@ -215,6 +215,8 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     let heads = phone.store.document(id).unwrap().heads();
 
     let good = wire::encode(&SyncRequest {
+        table: vec![],
+        base_ms: 0,
         features: 0,
         extras_digest: None,
         scope_digest: None,
@@ -258,6 +260,8 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "future version",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                table: vec![],
+                base_ms: 0,
                 features: 0,
                 extras_digest: None,
                 scope_digest: None,
@@ -288,6 +292,8 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "cursor past the log",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                table: vec![],
+                base_ms: 0,
                 features: 0,
                 extras_digest: None,
                 scope_digest: None,
@@ -338,6 +344,8 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     }
     // Well-formed requests carrying bad changes: refused per change, nothing stored.
     let bad = SyncRequest {
+        table: vec![],
+        base_ms: 0,
         features: 0,
         extras_digest: None,
         scope_digest: None,

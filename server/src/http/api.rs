@@ -585,6 +585,7 @@ pub(crate) async fn web_change(
                 id,
                 changes: vec![serde_bytes::ByteBuf::from(change)],
             }],
+            packing: None,
         })
         .await
         .map_err(|_| ApiError::Unavailable)?;

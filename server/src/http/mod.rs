@@ -473,6 +473,12 @@ async fn sync(
             .submit(Upload {
                 principal: Some(principal),
                 docs: std::mem::take(&mut req.docs),
+                packing: (!req.table.is_empty()).then(|| {
+                    Arc::new(crate::ingest::Packing {
+                        table: std::mem::take(&mut req.table),
+                        base_ms: req.base_ms,
+                    })
+                }),
             })
             .await
             .map_err(|_| ApiError::Unavailable)?
@@ -551,6 +557,11 @@ async fn sync(
         })
         .collect();
     let response = SyncResponse {
+        features: if req.features & wire::FEATURE_PACKED != 0 {
+            wire::FEATURES
+        } else {
+            0
+        },
         extras_digest: (req.extras_digest != Some(extras)).then_some(extras),
         cursor_check: check.map(ByteBuf::from),
         version: PROTOCOL_VERSION,
