@@ -41,7 +41,7 @@ const ACTOR: &str = "0192f49f-cccc-7ddd-8eee-ffff00001111";
 const T_CREATE_MS: i64 = 1_763_172_000_000;
 const T_EDIT_MS: i64 = 1_763_172_210_000;
 
-const ALL_CODES: [RejectCode; 10] = [
+const ALL_CODES: [RejectCode; 11] = [
     RejectCode::Malformed,
     RejectCode::SchemaViolation,
     RejectCode::DependsOnRejected,
@@ -52,6 +52,7 @@ const ALL_CODES: [RejectCode; 10] = [
     RejectCode::OutOfScope,
     RejectCode::NotAllowed,
     RejectCode::StaleOrder,
+    RejectCode::SendRaw,
 ];
 
 fn id(s: &str) -> HouseholdId {
@@ -204,6 +205,15 @@ impl Msg {
                 if let Some(t) = r.extras_digest {
                     o.insert("t".into(), json!(t));
                 }
+                if !r.table.is_empty() {
+                    o.insert(
+                        "a".into(),
+                        json!(r.table.iter().map(|e| hex(e)).collect::<Vec<_>>()),
+                    );
+                }
+                if r.base_ms != 0 {
+                    o.insert("b".into(), json!(r.base_ms));
+                }
                 Json::Object(o)
             }
             Msg::Response(r) => {
@@ -221,6 +231,9 @@ impl Msg {
                 if let Some(t) = r.extras_digest {
                     o["t"] = json!(t);
                 }
+                if r.features != 0 {
+                    o["f"] = json!(r.features);
+                }
                 o
             }
             Msg::Rejection(r) => rejection_to_json(r),
@@ -230,10 +243,25 @@ impl Msg {
     fn from_json(type_name: &str, v: &Json) -> Result<Msg, String> {
         Ok(match type_name {
             "SyncRequest" => {
-                let o = object(v, &["v", "c", "d", "g", "s", "f", "t"])?;
+                let o = object(v, &["v", "c", "d", "g", "s", "f", "t", "a", "b"])?;
                 Msg::Request(SyncRequest {
-                    table: vec![],
-                    base_ms: 0,
+                    table: match o.get("a") {
+                        None => vec![],
+                        Some(Json::Array(a)) => a
+                            .iter()
+                            .map(|e| {
+                                e.as_str()
+                                    .ok_or("a table entry is not a hex string".to_string())
+                                    .and_then(unhex)
+                                    .map(ByteBuf::from)
+                            })
+                            .collect::<Result<_, _>>()?,
+                        Some(other) => return Err(format!("a is not an array: {other}")),
+                    },
+                    base_ms: match o.get("b") {
+                        None => 0,
+                        Some(b) => b.as_i64().ok_or(format!("b is not an integer: {b}"))?,
+                    },
                     extras_digest: match o.get("t") {
                         None => None,
                         Some(_) => Some(uint(o, "t")?),
@@ -260,9 +288,12 @@ impl Msg {
                 })
             }
             "SyncResponse" => {
-                let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t"])?;
+                let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t", "f"])?;
                 Msg::Response(SyncResponse {
-                    features: 0,
+                    features: match o.get("f") {
+                        None => 0,
+                        Some(_) => uint(o, "f")? as u32,
+                    },
                     extras_digest: match o.get("t") {
                         None => None,
                         Some(_) => Some(uint(o, "t")?),
@@ -729,6 +760,30 @@ features: 0,
         ));
     }
     let real = real_changes();
+    let mut packer = qiaomen_protocol::pack::Packer::new();
+    let packed: Vec<ByteBuf> = real
+        .iter()
+        .map(|c| ByteBuf::from(packer.pack_bytes(c).expect("packs")))
+        .collect();
+    let mut packed_request = request(
+        None,
+        vec![DocChanges {
+            id: a,
+            changes: packed,
+        }],
+        &["dongcun-03"],
+    );
+    if let Msg::Request(r) = &mut packed_request {
+        r.features = wire::FEATURES;
+        r.table = packer.table().iter().cloned().map(ByteBuf::from).collect();
+        r.base_ms = packer.base_ms();
+    }
+    out.push(Vector {
+        name: "request-upload-packed".into(),
+        description: "The two changes of request-upload-automerge as packed changes (SYNC-v1 §4.4), with the request's table `a` (the actor id, then the author message) and base time `b` (the first change's time). The second change's one dependency is the first change's hash prefix. A server rebuilds exactly the chunks of request-upload-automerge.".into(),
+        notes: Some(json!({ "changes": real_change_notes(&real) })),
+        msg: packed_request,
+    });
     out.push(Vector {
         name: "request-upload-automerge".into(),
         description: "An upload of two real Automerge changes of household A, made deterministically (fixed actor, fixed times, author message): its creation by a phone (schema_version 2, grid dongcun-03) and a door-number edit that depends on it. A v1 server accepts both.".into(),
@@ -1161,6 +1216,14 @@ fn the_spec_states_the_codes_constants() {
             "SYNC-v1.md must state `{name}` = {value} in its limits table"
         );
     }
+    // Packed changes (§4.4): the constants the layout names.
+    use qiaomen_protocol::pack::{DEP_PREFIX, MAX_OPS, PACKED_FORMAT};
+    assert!(spec.contains(&format!("packed  = {PACKED_FORMAT:02x} checksum[4]")));
+    assert!(spec.contains(&format!("dep[{DEP_PREFIX}]")));
+    assert!(spec.contains(&format!("first {DEP_PREFIX} bytes of a dependency's hash")));
+    let max_ops = format!("{},{:03}", MAX_OPS / 1000, MAX_OPS % 1000);
+    assert!(spec.contains(&format!("at most {max_ops} operations")));
+    assert!(spec.contains(&format!("Bit {} (`FEATURE_PACKED`)", wire::FEATURE_PACKED)));
     for code in ALL_CODES {
         assert!(
             spec.contains(&format!("`{}`", code_name(code))),
@@ -1168,4 +1231,50 @@ fn the_spec_states_the_codes_constants() {
             code_name(code)
         );
     }
+}
+
+#[test]
+fn the_packed_vector_rebuilds_the_automerge_vector_byte_for_byte() {
+    let all = vectors();
+    let find = |name: &str| {
+        all.iter()
+            .find(|v| v.name == name)
+            .map(|v| match &v.msg {
+                Msg::Request(r) => r.clone(),
+                _ => panic!("{name} is a request"),
+            })
+            .expect("vector present")
+    };
+    let (packed, chunks) = (
+        find("request-upload-packed"),
+        find("request-upload-automerge"),
+    );
+    let mut rebuilt: Vec<automerge::Change> = Vec::new();
+    for bytes in &packed.docs[0].changes {
+        assert_eq!(bytes[0], qiaomen_protocol::pack::PACKED_FORMAT);
+        let u = qiaomen_protocol::pack::unpack(bytes, &packed.table, packed.base_ms).unwrap();
+        // Each dependency is found by its prefix among the changes before it.
+        let deps = u
+            .dep_prefixes()
+            .iter()
+            .map(|p| {
+                rebuilt
+                    .iter()
+                    .map(automerge::Change::hash)
+                    .find(|h| h.as_ref()[..p.len()] == p[..])
+                    .expect("found")
+            })
+            .collect();
+        rebuilt.push(u.build(deps).unwrap());
+    }
+    let raw: Vec<&[u8]> = chunks.docs[0]
+        .changes
+        .iter()
+        .map(|c| c.as_slice())
+        .collect();
+    let got: Vec<&[u8]> = rebuilt.iter().map(|c| c.raw_bytes()).collect();
+    assert_eq!(got, raw);
+    // And smaller, before compression.
+    let size = |r: &SyncRequest| r.docs[0].changes.iter().map(|c| c.len()).sum::<usize>();
+    assert!(size(&packed) < size(&chunks));
 }

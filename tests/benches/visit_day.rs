@@ -112,8 +112,15 @@ fn varied_visit(author: &Author, day: Day, seed: u64) -> Visit {
     v
 }
 
-/// A worker's whole pending upload as one encoded sync request.
-fn upload_body(w: &mut Worker, cursor: Option<u64>, grids: Vec<String>) -> Vec<u8> {
+/// A worker's whole pending upload as one sync request, its changes packed (SYNC-v1 §4.4)
+/// as the phone packs them, or sent as Automerge chunks.
+fn upload_request(
+    w: &mut Worker,
+    cursor: Option<u64>,
+    grids: Vec<String>,
+    packed: bool,
+) -> qiaomen_protocol::wire::SyncRequest {
+    let mut packer = qiaomen_protocol::pack::Packer::new();
     let docs = w
         .households
         .clone()
@@ -125,14 +132,22 @@ fn upload_body(w: &mut Worker, cursor: Option<u64>, grids: Vec<String>) -> Vec<u
                 .pending_changes(id)
                 .unwrap()
                 .into_iter()
-                .map(|(_, b)| serde_bytes::ByteBuf::from(b))
+                .map(|(_, b)| {
+                    let p = if packed { packer.pack_bytes(&b) } else { None };
+                    serde_bytes::ByteBuf::from(p.unwrap_or(b))
+                })
                 .collect(),
         })
         .collect();
-    qiaomen_protocol::wire::encode(&qiaomen_protocol::wire::SyncRequest {
-        table: vec![],
-        base_ms: 0,
-        features: 0,
+    qiaomen_protocol::wire::SyncRequest {
+        table: packer
+            .table()
+            .iter()
+            .cloned()
+            .map(serde_bytes::ByteBuf::from)
+            .collect(),
+        base_ms: if packed { packer.base_ms() } else { 0 },
+        features: qiaomen_protocol::wire::FEATURES,
         extras_digest: None,
         scope_digest: None,
         version: 1,
@@ -140,7 +155,11 @@ fn upload_body(w: &mut Worker, cursor: Option<u64>, grids: Vec<String>) -> Vec<u
         docs,
         grids,
         cursor_check: None,
-    })
+    }
+}
+
+fn cbor(req: &qiaomen_protocol::wire::SyncRequest) -> Vec<u8> {
+    zstd::stream::decode_all(qiaomen_protocol::wire::encode(req).as_slice()).unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -393,107 +412,34 @@ fn main() {
         }
     }
 
-    // The same upload of worker 0 at other zstd levels (what a protocol v2 could choose).
-    let upload = upload_body(&mut workers[0], Some(0), vec![]);
-    let cbor = zstd::stream::decode_all(upload.as_slice()).unwrap();
-    let levels: Vec<(i32, usize)> = [3, 9, 19]
-        .iter()
-        .map(|l| (*l, zstd::bulk::compress(&cbor, *l).unwrap().len()))
-        .collect();
-    {
-        let mut packer = qiaomen_protocol::pack::Packer::new();
-        let mut fallback = 0;
-        let docs: Vec<_> = workers[0]
-            .households
-            .clone()
-            .into_iter()
-            .map(|id| {
-                let changes = workers[0]
-                    .store
-                    .pending_changes(id)
-                    .unwrap()
-                    .into_iter()
-                    .map(|(_, b)| {
-                        let c = automerge::Change::from_bytes(b.clone()).unwrap();
-                        if std::env::var_os("PROBE_DUMP").is_some() {
-                            eprintln!(
-                                "PROBE change {}",
-                                serde_json::to_string(&c.decode()).unwrap()
-                            );
-                        }
-                        serde_bytes::ByteBuf::from(packer.pack(&c).unwrap_or_else(|| {
-                            fallback += 1;
-                            b
-                        }))
-                    })
-                    .collect();
-                qiaomen_protocol::wire::DocChanges { id, changes }
-            })
-            .collect();
-        let req = qiaomen_protocol::wire::SyncRequest {
-            table: packer
-                .table()
-                .iter()
-                .cloned()
-                .map(serde_bytes::ByteBuf::from)
-                .collect(),
-            base_ms: packer.base_ms(),
-            features: 0,
-            extras_digest: None,
-            scope_digest: None,
-            version: 1,
-            cursor: Some(0),
-            docs,
-            grids: vec![],
-            cursor_check: None,
-        };
-        let body = qiaomen_protocol::wire::encode(&req);
-        let raw = zstd::stream::decode_all(body.as_slice()).unwrap();
-        {
-            let id1 = workers[1].households[0];
-            let (_, b1) = workers[1].store.pending_changes(id1).unwrap().remove(0);
-            let mut p1 = qiaomen_protocol::pack::Packer::new();
-            let mut dict = p1
-                .pack(&automerge::Change::from_bytes(b1).unwrap())
-                .unwrap();
-            for t in p1.table() {
-                dict.extend_from_slice(t);
-            }
-            for l in [3, 19] {
-                let mut c = zstd::bulk::Compressor::with_dictionary(l, &dict).unwrap();
-                let n = c.compress(&raw).unwrap().len();
-                eprintln!(
-                    "PROBE dict {} B level {l}: {n} -> {:.2}x",
-                    dict.len(),
-                    n as f64 / floor as f64
-                );
-            }
-        }
-        eprintln!(
-            "PROBE packed: cbor {} zstd3 {} zstd19 {} fallback {} floor {} -> {:.2}x / {:.2}x",
-            raw.len(),
-            body.len(),
-            zstd::bulk::compress(&raw, 19).unwrap().len(),
-            fallback,
-            floor,
-            body.len() as f64 / floor as f64,
-            zstd::bulk::compress(&raw, 19).unwrap().len() as f64 / floor as f64
-        );
-    }
-    // A protocol-v2 candidate: a zstd dictionary trained on other workers' changes (never
-    // worker 0's), shipped with both ends.
+    // Worker 0's upload, as chunks (how v1 sent it before packing) and packed, at zstd levels.
+    let chunks_cbor = cbor(&upload_request(&mut workers[0], Some(0), vec![], false));
+    let packed_cbor = cbor(&upload_request(&mut workers[0], Some(0), vec![], true));
+    let levels: Vec<(&str, i32, usize)> = [
+        ("Automerge chunks", &chunks_cbor, 3),
+        ("Automerge chunks", &chunks_cbor, 19),
+        ("packed", &packed_cbor, 3),
+        ("packed", &packed_cbor, 19),
+    ]
+    .iter()
+    .map(|(form, body, l)| (*form, *l, zstd::bulk::compress(body, *l).unwrap().len()))
+    .collect();
+    // A protocol-v2 candidate: a zstd dictionary trained on other workers' packed changes
+    // (never worker 0's), shipped with both ends.
     let samples: Vec<Vec<u8>> = workers
         .iter_mut()
         .skip(1)
         .flat_map(|w| {
             let ids = w.households.clone();
+            let mut packer = qiaomen_protocol::pack::Packer::new();
             ids.into_iter()
                 .flat_map(|id| {
                     w.store
                         .pending_changes(id)
                         .unwrap()
                         .into_iter()
-                        .map(|(_, b)| b)
+                        .filter_map(|(_, b)| packer.pack_bytes(&b))
+                        .collect::<Vec<_>>()
                 })
                 .collect::<Vec<_>>()
         })
@@ -501,7 +447,11 @@ fn main() {
     let dict_size = if samples.len() >= 50 {
         let dict = zstd::dict::from_samples(&samples, 32 * 1024).unwrap();
         let mut c = zstd::bulk::Compressor::with_dictionary(19, &dict).unwrap();
-        Some((dict.len(), samples.len(), c.compress(&cbor).unwrap().len()))
+        Some((
+            dict.len(),
+            samples.len(),
+            c.compress(&packed_cbor).unwrap().len(),
+        ))
     } else {
         None
     };
@@ -520,7 +470,8 @@ fn main() {
         .map(|mut w| {
             let cursor = w.store.sync_cursor().unwrap();
             let token = w.store.credentials().unwrap().unwrap().token;
-            (upload_body(&mut w, cursor, vec!["g-none".into()]), token)
+            let req = upload_request(&mut w, cursor, vec!["g-none".into()], true);
+            (qiaomen_protocol::wire::encode_request(&req), token)
         })
         .collect();
     let raw_visits = bodies.len() * h;
@@ -634,19 +585,20 @@ fn main() {
     );
     println!();
     println!(
-        "| worker 0's upload body ({} B of CBOR) | bytes | ÷ floor |",
-        cbor.len()
+        "| worker 0's upload body (CBOR: {} B as chunks, {} B packed) | bytes | ÷ floor |",
+        chunks_cbor.len(),
+        packed_cbor.len()
     );
     println!("|---|---|---|");
-    for (l, n) in &levels {
+    for (form, l, n) in &levels {
         println!(
-            "| zstd level {l} | {n} | {:.2}× |",
+            "| {form}, zstd level {l} | {n} | {:.2}× |",
             *n as f64 / floor as f64
         );
     }
     if let Some((dict_len, n_samples, n)) = dict_size {
         println!(
-            "| zstd level 19 + a {dict_len} B dictionary trained on {n_samples} other workers' changes | {n} | {:.2}× |",
+            "| packed, zstd level 19 + a {dict_len} B dictionary trained on {n_samples} other workers' packed changes (not in the protocol) | {n} | {:.2}× |",
             n as f64 / floor as f64
         );
     }
