@@ -348,7 +348,7 @@ pub fn unpack<T: AsRef<[u8]>>(
     let mut operations: Vec<Op> = Vec::with_capacity(nrows);
     let mut uuids: Vec<[u8; 16]> = Vec::new();
     let read_ref = |r: &mut Reader, v: u64, counter: u64| -> Result<OpId, PackError> {
-        if v % 2 == 0 {
+        if v.is_multiple_of(2) {
             let back = v / 2 + 1;
             if back > counter {
                 return Err(PackError::Malformed);
@@ -377,7 +377,7 @@ pub fn unpack<T: AsRef<[u8]>>(
             }
         } else {
             let n = r.u()?;
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 let s = r.take(usize::try_from(n / 2).map_err(|_| PackError::Malformed)?)?;
                 Key::Map(
                     std::str::from_utf8(s)

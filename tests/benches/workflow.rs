@@ -88,6 +88,7 @@ fn main() {
         let upload = Upload {
             principal: None,
             docs,
+            packing: None,
         };
         let out = ingestor.process_group(&[&upload]).unwrap().remove(0);
         assert!(out.rejected.is_empty());

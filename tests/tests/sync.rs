@@ -535,3 +535,110 @@ fn a_household_moved_between_grids_arrives_whole_on_the_new_grid_and_leaves_the_
     fresh.sync().unwrap();
     assert_eq!(fresh.store.household(moved).unwrap().visits.len(), 2);
 }
+
+#[test]
+fn a_visit_day_goes_up_packed_and_the_server_holds_the_phones_very_changes() {
+    use qiaomen_protocol::wire::{self, DocChanges, SyncRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let mut worker = server.phone(&dir.path().join("w.db"), &[]);
+    let mut other = server.phone(&dir.path().join("o.db"), &[]);
+    let ids: Vec<HouseholdId> = (0..10)
+        .map(|i| {
+            let h = Household::new(
+                HouseholdId::new(),
+                GridId::new("g1"),
+                "东村",
+                format!("{i}"),
+            );
+            worker.store.create_household(&h).unwrap()
+        })
+        .collect();
+    // The first sync goes as chunks and learns that the server takes packed changes.
+    assert_eq!(worker.store.server_features().unwrap(), 0);
+    worker.sync().unwrap();
+    assert_ne!(
+        worker.store.server_features().unwrap() & wire::FEATURE_PACKED,
+        0
+    );
+    other.sync().unwrap();
+    // Another device visits half of the households meanwhile, so the worker's changes build
+    // on changes that are no longer the server's heads.
+    for id in &ids[..5] {
+        let v = sample_visit(&other.author, day("2026-11-15"), "另一台设备的走访");
+        other.store.record_visit(*id, &v, &[]).unwrap();
+    }
+    other.sync().unwrap();
+    // The worker's visit day, offline: a visit to each household, and a second edit of the
+    // first one, which builds on the visit in the same upload.
+    for id in &ids {
+        let v = sample_visit(
+            &worker.author,
+            day("2026-11-15"),
+            "老人独居，身体状况一般。",
+        );
+        worker.store.record_visit(*id, &v, &[]).unwrap();
+    }
+    worker
+        .store
+        .edit_household(ids[0], |h| {
+            h.door_number = "1A".into();
+            Ok(())
+        })
+        .unwrap();
+    // What the same upload costs as Automerge chunks.
+    let docs = worker
+        .store
+        .pending_households()
+        .unwrap()
+        .into_iter()
+        .map(|id| DocChanges {
+            id,
+            changes: worker
+                .store
+                .pending_changes(id)
+                .unwrap()
+                .into_iter()
+                .map(|(_, b)| serde_bytes::ByteBuf::from(b))
+                .collect(),
+        })
+        .collect();
+    let as_chunks = wire::encode_request(&SyncRequest {
+        table: vec![],
+        base_ms: 0,
+        features: wire::FEATURES,
+        extras_digest: worker.store.extras_digest().unwrap(),
+        scope_digest: None,
+        cursor_check: None,
+        version: 1,
+        cursor: worker.store.sync_cursor().unwrap(),
+        docs,
+        grids: vec![],
+    })
+    .len() as u64;
+    let report = worker.sync().unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(report.progress.round_trips, 1);
+    assert_eq!(report.accepted, 11);
+    assert_eq!(worker.store.pending_change_count().unwrap(), 0);
+    assert!(
+        report.progress.bytes_up * 10 < as_chunks * 9,
+        "packed {} B, as chunks {as_chunks} B",
+        report.progress.bytes_up
+    );
+    // The server rebuilt the phone's very changes: a fresh phone gets the same hashes.
+    let mut fresh = server.phone(&dir.path().join("f.db"), &[]);
+    fresh.sync().unwrap();
+    other.sync().unwrap();
+    worker.sync().unwrap();
+    for id in &ids {
+        let heads = worker.store.document(*id).unwrap().heads();
+        assert_eq!(fresh.store.document(*id).unwrap().heads(), heads);
+        assert_eq!(other.store.document(*id).unwrap().heads(), heads);
+        assert_eq!(
+            worker.store.household(*id).unwrap().visits.len(),
+            if ids[..5].contains(id) { 2 } else { 1 }
+        );
+    }
+    assert_eq!(fresh.store.household(ids[0]).unwrap().door_number, "1A");
+}
