@@ -523,3 +523,137 @@ fn every_change_a_phone_saw_acknowledged_survives_a_server_sigkill() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// A proxy in front of the server that spoils the checksum of every packed change in the
+/// sync requests it forwards, as a server whose Automerge encoded changes differently would
+/// see them; everything else passes untouched. One request per connection.
+fn start_spoiling_proxy(upstream: std::net::SocketAddr) -> (String, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let spoiled = Arc::new(Mutex::new(0usize));
+    let count = spoiled.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { break };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let _ = spoil_one(&mut client, upstream, &count);
+            });
+        }
+    });
+    (url, spoiled)
+}
+
+fn spoil_one(
+    client: &mut TcpStream,
+    upstream: std::net::SocketAddr,
+    count: &Mutex<usize>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let head_end = loop {
+        let n = client.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = client.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let mut body = buf[head_end..head_end + length].to_vec();
+    if head.starts_with("POST /v1/sync")
+        && let Ok(mut req) = wire::decode_request(&body, wire::limits::MAX_DECODED_BYTES)
+    {
+        for d in req.docs.iter_mut() {
+            for ch in d.changes.iter_mut() {
+                if ch.first() == Some(&qiaomen_protocol::pack::PACKED_FORMAT) {
+                    ch[1] ^= 0xff;
+                    *count.lock().unwrap() += 1;
+                }
+            }
+        }
+        body = wire::encode(&req);
+    }
+    let mut lines: Vec<&str> = head
+        .trim_end()
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("content-length") && !l.starts_with("connection")
+        })
+        .collect();
+    let length = format!("content-length: {}", body.len());
+    lines.push(&length);
+    lines.push("connection: close");
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())?;
+    up.write_all(&body)?;
+    std::io::copy(&mut up, client)?;
+    client.shutdown(Shutdown::Both)
+}
+
+#[test]
+fn packed_changes_the_server_cannot_rebuild_go_again_as_chunks_in_the_same_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let (proxy, spoiled) = start_spoiling_proxy(server.addr);
+    let mut phone = server.phone(&dir.path().join("p.db"), &[]);
+    phone.client = qiaomen_client_core::SyncClient::new(&proxy)
+        .unwrap()
+        .with_retry(fast_retry());
+    let ids: Vec<HouseholdId> = (0..3)
+        .map(|i| {
+            let h = Household::new(
+                HouseholdId::new(),
+                GridId::new("g1"),
+                "东村",
+                format!("{i}"),
+            );
+            phone.store.create_household(&h).unwrap()
+        })
+        .collect();
+    phone.sync().unwrap();
+    assert_eq!(*spoiled.lock().unwrap(), 0, "the first sync sends chunks");
+    for id in &ids {
+        let v = sample_visit(&phone.author, day("2026-11-15"), "已宣传防诈骗知识。");
+        phone.store.record_visit(*id, &v, &[]).unwrap();
+    }
+    let report = phone.sync().unwrap();
+    assert_eq!(
+        *spoiled.lock().unwrap(),
+        3,
+        "the visits went packed, and were spoiled"
+    );
+    // Refused `send_raw`, sent again as chunks: nothing refused, nothing rolled back.
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(report.progress.round_trips, 2);
+    assert_eq!(phone.store.pending_change_count().unwrap(), 0);
+    assert!(phone.store.rejected_changes().unwrap().is_empty());
+    let mut other = server.phone(&dir.path().join("o.db"), &[]);
+    other.sync().unwrap();
+    for id in &ids {
+        assert_eq!(
+            other.store.document(*id).unwrap().heads(),
+            phone.store.document(*id).unwrap().heads()
+        );
+        assert_eq!(other.store.household(*id).unwrap().visits.len(), 1);
+    }
+}
