@@ -235,6 +235,21 @@ impl Phone {
         }
     }
 
+    /// Creates `n` households in `grid` (door numbers 0, 1, …), offline.
+    pub fn create_households(&mut self, grid: &str, n: usize) -> Vec<HouseholdId> {
+        (0..n)
+            .map(|i| {
+                let h = qiaomen_protocol::schema::Household::new(
+                    HouseholdId::new(),
+                    qiaomen_protocol::ids::GridId::new(grid),
+                    "东村",
+                    format!("{i}"),
+                );
+                self.store.create_household(&h).expect("created")
+            })
+            .collect()
+    }
+
     /// Runs one sync to completion on a private single-threaded runtime.
     pub fn sync(&mut self) -> Result<SyncReport, SyncError> {
         block_on(self.client.sync(&mut self.store, |_| {}))

@@ -619,17 +619,7 @@ fn packed_changes_the_server_cannot_rebuild_go_again_as_chunks_in_the_same_sync(
     phone.client = qiaomen_client_core::SyncClient::new(&proxy)
         .unwrap()
         .with_retry(fast_retry());
-    let ids: Vec<HouseholdId> = (0..3)
-        .map(|i| {
-            let h = Household::new(
-                HouseholdId::new(),
-                GridId::new("g1"),
-                "东村",
-                format!("{i}"),
-            );
-            phone.store.create_household(&h).unwrap()
-        })
-        .collect();
+    let ids = phone.create_households("g1", 3);
     phone.sync().unwrap();
     assert_eq!(*spoiled.lock().unwrap(), 0, "the first sync sends chunks");
     for id in &ids {

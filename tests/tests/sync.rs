@@ -322,17 +322,7 @@ fn a_phone_offline_for_months_catches_up_page_by_page_in_one_sync() {
     );
     let mut busy = server.phone(&dir.path().join("busy.db"), &["g1"]);
     let mut away = server.phone(&dir.path().join("away.db"), &["g1"]);
-    let ids: Vec<HouseholdId> = (0..10)
-        .map(|i| {
-            let h = Household::new(
-                HouseholdId::new(),
-                GridId::new("g1"),
-                "东村",
-                format!("{i}"),
-            );
-            busy.store.create_household(&h).unwrap()
-        })
-        .collect();
+    let ids = busy.create_households("g1", 10);
     busy.sync().unwrap();
     away.sync().unwrap();
     // Six months of visit days on the busy phone, synced as they go; the away phone makes its
@@ -543,17 +533,7 @@ fn a_visit_day_goes_up_packed_and_the_server_holds_the_phones_very_changes() {
     let server = TestServer::start(&dir.path().join("server"));
     let mut worker = server.phone(&dir.path().join("w.db"), &[]);
     let mut other = server.phone(&dir.path().join("o.db"), &[]);
-    let ids: Vec<HouseholdId> = (0..10)
-        .map(|i| {
-            let h = Household::new(
-                HouseholdId::new(),
-                GridId::new("g1"),
-                "东村",
-                format!("{i}"),
-            );
-            worker.store.create_household(&h).unwrap()
-        })
-        .collect();
+    let ids = worker.create_households("g1", 10);
     // The first sync goes as chunks and learns that the server takes packed changes.
     assert_eq!(worker.store.server_features().unwrap(), 0);
     worker.sync().unwrap();
