@@ -410,7 +410,9 @@ impl SyncClient {
             let mut response: SyncResponse = wire::decode(&reply.body, 256 * 1024 * 1024)
                 .map_err(|e| SyncError::Protocol(e.to_string()))?;
             // A server that answers without the packing bit takes changes only as they are.
-            store.set_server_features(response.features)?;
+            if store.server_features()? != response.features {
+                store.set_server_features(response.features)?;
+            }
             // A packed change the server could not read (`send_raw`, or `malformed` from a
             // server that does not pack) is not refused: it goes again, as it is, in this sync.
             let mut again = Vec::new();

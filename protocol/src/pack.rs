@@ -50,6 +50,9 @@ pub const PACKED_FORMAT: u8 = 0x01;
 pub const DEP_PREFIX: usize = 4;
 /// Operations one packed change may expand to (a visit has a few hundred).
 pub const MAX_OPS: usize = 200_000;
+/// Dependencies one packed change may have (each is looked up on the server; a change has as
+/// many as the household had concurrent heads, rarely more than a few).
+pub const MAX_DEPS: usize = 64;
 
 /// Why packed bytes do not make a change. Never quotes the bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +61,9 @@ pub enum PackError {
     Malformed,
     #[error("the packed change refers to an entry the request's table does not have")]
     BadIndex,
-    #[error("the packed change expands to more than {MAX_OPS} operations")]
+    #[error(
+        "the packed change expands to more than {MAX_OPS} operations or has more than {MAX_DEPS} dependencies"
+    )]
     TooLarge,
     #[error("a dependency does not match its prefix")]
     DependencyMismatch,
@@ -126,7 +131,7 @@ impl Packer {
 
     fn encode(&mut self, change: &Change) -> Option<Vec<u8>> {
         let e = catch_unwind(AssertUnwindSafe(|| change.decode())).ok()?;
-        if e.operations.len() > MAX_OPS {
+        if e.operations.len() > MAX_OPS || e.deps.len() > MAX_DEPS {
             return None;
         }
         let base = *self.base_ms.get_or_insert(e.time);
@@ -339,6 +344,9 @@ pub fn unpack<T: AsRef<[u8]>>(
         i => Some(String::from_utf8(entry(i - 1)?.to_vec()).map_err(|_| PackError::Malformed)?),
     };
     let ndeps = r.count()?;
+    if ndeps > MAX_DEPS {
+        return Err(PackError::TooLarge);
+    }
     let mut deps = Vec::with_capacity(ndeps);
     for _ in 0..ndeps {
         deps.push(r.take(DEP_PREFIX)?.try_into().expect("prefix"));

@@ -1217,7 +1217,8 @@ fn the_spec_states_the_codes_constants() {
         );
     }
     // Packed changes (§4.4): the constants the layout names.
-    use qiaomen_protocol::pack::{DEP_PREFIX, MAX_OPS, PACKED_FORMAT};
+    use qiaomen_protocol::pack::{DEP_PREFIX, MAX_DEPS, MAX_OPS, PACKED_FORMAT};
+    assert!(spec.contains(&format!("at most {MAX_DEPS} dependencies")));
     assert!(spec.contains(&format!("packed  = {PACKED_FORMAT:02x} checksum[4]")));
     assert!(spec.contains(&format!("dep[{DEP_PREFIX}]")));
     assert!(spec.contains(&format!("first {DEP_PREFIX} bytes of a dependency's hash")));
