@@ -349,6 +349,17 @@ fn meta_json<T: serde::de::DeserializeOwned>(conn: &Connection, key: &str) -> Re
     Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
+/// The tables holding a household's own rows by `doc` (its changes and its indexes): what
+/// leaves the phone with a household. A new index table belongs here.
+const HOUSEHOLD_TABLES: [&str; 6] = [
+    "changes",
+    "tag_index",
+    "visit_index",
+    "visit_outcomes",
+    "demand_index",
+    "review_index",
+];
+
 fn set_meta_json<T: serde::Serialize>(conn: &Connection, key: &str, value: &T) -> Result<()> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -1539,15 +1550,7 @@ impl Store {
         };
         let tx = self.conn.unchecked_transaction()?;
         for key in &ids {
-            for table in [
-                "changes",
-                "tag_index",
-                "visit_index",
-                "visit_outcomes",
-                "demand_index",
-                "review_index",
-                "rejected",
-            ] {
+            for table in HOUSEHOLD_TABLES.iter().chain(&["rejected"]) {
                 tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
             }
             tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;
@@ -1566,19 +1569,8 @@ impl Store {
     /// empty, unenrolled store.
     pub fn wipe(&mut self) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
-        for table in [
-            "docs",
-            "changes",
-            "pending",
-            "tag_index",
-            "visit_index",
-            "visit_outcomes",
-            "demand_index",
-            "review_index",
-            "rejected",
-            "task_lists",
-            "task_done",
-        ] {
+        let others = ["docs", "pending", "rejected", "task_lists", "task_done"];
+        for table in HOUSEHOLD_TABLES.iter().chain(&others) {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }
         tx.execute(
@@ -1673,14 +1665,7 @@ impl Store {
                 }
                 None => {
                     let key = id.as_bytes().as_slice();
-                    for table in [
-                        "changes",
-                        "tag_index",
-                        "visit_index",
-                        "visit_outcomes",
-                        "demand_index",
-                        "review_index",
-                    ] {
+                    for table in HOUSEHOLD_TABLES {
                         tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
                     }
                     tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;

@@ -269,8 +269,9 @@ fn text_run(ops: &[Op], i: usize, counter: u64, own: &ActorId) -> usize {
     }
     let mut n = 1;
     while let Some(op) = ops.get(i + n) {
-        let prev = OpId(counter + n as u64 - 1, own.clone());
-        if !(single_char(op) && op.obj == ops[i].obj && op.key == Key::Seq(ElementId::Id(prev))) {
+        let after_prev = matches!(&op.key, Key::Seq(ElementId::Id(OpId(c, a)))
+            if *c == counter + n as u64 - 1 && a == own);
+        if !(single_char(op) && op.obj == ops[i].obj && after_prev) {
             break;
         }
         n += 1;
@@ -498,7 +499,10 @@ fn put_str(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// The 16 bytes of `s` if it is a UUID in its canonical form (lowercase, hyphenated).
 fn uuid_form(s: &str) -> Option<[u8; 16]> {
-    let id = uuid::Uuid::try_parse(s).ok().filter(|_| s.len() == 36)?;
+    if s.len() != 36 {
+        return None;
+    }
+    let id = uuid::Uuid::try_parse(s).ok()?;
     (id.hyphenated().to_string() == s).then(|| *id.as_bytes())
 }
 

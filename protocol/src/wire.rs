@@ -256,8 +256,7 @@ pub enum WireError {
 /// visit day's upload is a few dozen KB, where zstd level 19 costs milliseconds and saves
 /// 5-7 % of the bytes on a weak link; above [`HARD_COMPRESSION_MAX`] it is level 3.
 pub fn encode_request(req: &SyncRequest) -> Vec<u8> {
-    let mut cbor = Vec::new();
-    ciborium::into_writer(req, &mut cbor).expect("serializing to memory cannot fail");
+    let cbor = to_cbor(req);
     let level = if cbor.len() <= HARD_COMPRESSION_MAX {
         19
     } else {
@@ -271,9 +270,14 @@ pub const HARD_COMPRESSION_MAX: usize = 256 * 1024;
 
 /// Encodes a message: CBOR, then one zstd frame (level 3).
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    zstd::bulk::compress(&to_cbor(msg), 3).expect("compressing in memory cannot fail")
+}
+
+/// A message's CBOR, before compression: its canonical form (§4.2 of the spec).
+pub fn to_cbor<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut cbor = Vec::new();
     ciborium::into_writer(msg, &mut cbor).expect("writing to a Vec cannot fail");
-    zstd::bulk::compress(&cbor, 3).expect("compressing in memory cannot fail")
+    cbor
 }
 
 /// Decodes a message, decompressing at most `max_decoded` bytes.

@@ -496,9 +496,8 @@ impl<S: Storage> Ingestor<S> {
         let Ok(unpacked) = pack::unpack(bytes, &packing.table, packing.base_ms) else {
             return Ok(Err(RejectCode::SendRaw));
         };
-        let mut unpacked = Some(unpacked);
         let mut options: Vec<Vec<ChangeHash>> = Vec::new();
-        for prefix in unpacked.as_ref().expect("just made").dep_prefixes() {
+        for prefix in unpacked.dep_prefixes() {
             let mut found: Vec<ChangeHash> = before
                 .iter()
                 .map(|(_, c)| c.hash())
@@ -530,24 +529,28 @@ impl<S: Storage> Ingestor<S> {
         let Some(combinations) = combinations else {
             return Ok(Err(RejectCode::SendRaw));
         };
-        for k in 0..combinations {
-            let mut rest = k;
-            let deps: Vec<ChangeHash> = options
-                .iter()
-                .map(|o| {
-                    let h = o[rest % o.len()];
-                    rest /= o.len();
-                    h
-                })
-                .collect();
-            let attempt = if k + 1 == combinations {
-                unpacked.take()
-            } else {
-                unpacked.clone()
-            };
-            if let Some(Ok(change)) = attempt.map(|u| u.build(deps)) {
+        let mut candidates: Vec<Vec<ChangeHash>> = (0..combinations)
+            .map(|k| {
+                let mut rest = k;
+                options
+                    .iter()
+                    .map(|o| {
+                        let h = o[rest % o.len()];
+                        rest /= o.len();
+                        h
+                    })
+                    .collect()
+            })
+            .collect();
+        // The last candidate (the only one, as a rule) takes the change without a copy.
+        let last = candidates.pop().expect("at least one combination");
+        for deps in candidates {
+            if let Ok(change) = unpacked.clone().build(deps) {
                 return Ok(Ok(change));
             }
+        }
+        if let Ok(change) = unpacked.build(last) {
+            return Ok(Ok(change));
         }
         Ok(Err(RejectCode::SendRaw))
     }

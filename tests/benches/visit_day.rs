@@ -17,7 +17,7 @@ use std::{
 
 use automerge::{AutoCommit, sync::SyncDoc};
 use qiaomen_client_core::{Durability, Store, StoreOptions, SyncClient};
-use qiaomen_protocol::{calendar::Day, doc::Author, ids::*, schema::*};
+use qiaomen_protocol::{calendar::Day, doc::Author, ids::*, schema::*, wire::to_cbor};
 use qiaomen_tests::sample_visit;
 
 struct Worker {
@@ -156,10 +156,6 @@ fn upload_request(
         grids,
         cursor_check: None,
     }
-}
-
-fn cbor(req: &qiaomen_protocol::wire::SyncRequest) -> Vec<u8> {
-    zstd::stream::decode_all(qiaomen_protocol::wire::encode(req).as_slice()).unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -413,8 +409,8 @@ fn main() {
     }
 
     // Worker 0's upload, as chunks (how v1 sent it before packing) and packed, at zstd levels.
-    let chunks_cbor = cbor(&upload_request(&mut workers[0], Some(0), vec![], false));
-    let packed_cbor = cbor(&upload_request(&mut workers[0], Some(0), vec![], true));
+    let chunks_cbor = to_cbor(&upload_request(&mut workers[0], Some(0), vec![], false));
+    let packed_cbor = to_cbor(&upload_request(&mut workers[0], Some(0), vec![], true));
     let levels: Vec<(&str, i32, usize)> = [
         ("Automerge chunks", &chunks_cbor, 3),
         ("Automerge chunks", &chunks_cbor, 19),
