@@ -12,6 +12,7 @@ pub mod admin;
 pub mod http;
 pub mod index;
 pub mod ingest;
+pub mod panics;
 pub mod stats;
 pub mod storage;
 pub mod tasks;
@@ -31,6 +32,8 @@ pub struct Config {
     pub response_budget: usize,
     /// Work-order deadlines and the visit rotation.
     pub workflow: index::Workflow,
+    /// Body limits, timeouts, connections per peer, trusted proxies, TLS.
+    pub edge: http::edge::EdgeConfig,
 }
 
 impl Config {
@@ -42,6 +45,7 @@ impl Config {
             ingest: Default::default(),
             response_budget: qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES,
             workflow: Default::default(),
+            edge: Default::default(),
         }
     }
 }
@@ -95,6 +99,8 @@ pub async fn start(
     }
     storages.push(storage);
     let (writer, writer_threads) = ingest::Writer::start(storages, config.ingest.clone());
+    panics::install_hook();
+    let edge = Arc::new(config.edge.clone());
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let access_db = access::AccessDb::open(&config.data_dir)?;
@@ -111,22 +117,15 @@ pub async fn start(
         response_budget: config.response_budget,
         index,
         workflow: Arc::new(config.workflow.clone()),
+        edge: edge.clone(),
     });
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = rx => {}
-                _ = stop => {}
-            }
-            tracing::info!("shutting down: finishing in-flight syncs");
-        })
-        .await
-    });
+    let task = tokio::spawn(http::edge::serve(listener, app, edge, async move {
+        tokio::select! {
+            _ = rx => {}
+            _ = stop => {}
+        }
+    }));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "qiaomen-server listening");
     Ok(RunningServer {
         addr,

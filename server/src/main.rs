@@ -28,6 +28,29 @@ struct Args {
     /// `server/workflow.example.json`). Defaults apply to whatever it leaves out.
     #[arg(long, env = "QIAOMEN_WORKFLOW")]
     workflow: Option<PathBuf>,
+    /// Largest request body in bytes, for every route but sync and the hotline import (which
+    /// have their own documented limits).
+    #[arg(long, env = "QIAOMEN_BODY_LIMIT", default_value_t = qiaomen_server::http::edge::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+    /// Seconds a client has to send a request's headers; an idle kept-alive connection is
+    /// closed after as long.
+    #[arg(long, env = "QIAOMEN_HEADER_TIMEOUT", default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds the server waits for the next bytes of a request body before answering 408 and
+    /// closing the connection.
+    #[arg(long, env = "QIAOMEN_BODY_TIMEOUT", default_value_t = 30.0)]
+    body_timeout: f64,
+    /// Connections open at once from one address (a trusted proxy is not limited).
+    #[arg(long, env = "QIAOMEN_MAX_CONNECTIONS_PER_PEER", default_value_t = 64)]
+    max_connections_per_peer: usize,
+    /// A reverse proxy (address or CIDR) whose X-Forwarded-For / X-Real-IP name the client;
+    /// repeat it, or separate with commas. Without it the TCP peer is the client.
+    #[arg(long, env = "QIAOMEN_TRUST_PROXY", value_delimiter = ',', value_parser = qiaomen_server::http::edge::parse_cidr)]
+    trust_proxy: Vec<ipnet::IpNet>,
+    /// The server is reached over HTTPS (at the reverse proxy): the session cookie is
+    /// `Secure` and named `__Host-qiaomen_session`.
+    #[arg(long, env = "QIAOMEN_PUBLIC_HTTPS")]
+    public_https: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -56,6 +79,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .init();
     let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
     config.ingest.cache_capacity = args.cache_docs;
+    let seconds = |s: f64, what: &str| {
+        std::time::Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("--{what} must be a positive number of seconds"))
+    };
+    config.edge = qiaomen_server::http::edge::EdgeConfig {
+        body_limit: args.body_limit,
+        header_read_timeout: seconds(args.header_timeout, "header-timeout")?,
+        body_read_timeout: seconds(args.body_timeout, "body-timeout")?,
+        max_connections_per_peer: args.max_connections_per_peer.max(1),
+        trust_proxy: args.trust_proxy,
+        public_https: args.public_https,
+    };
     if let Some(path) = &args.workflow {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading the workflow file {}: {e}", path.display()))?;

@@ -14,7 +14,7 @@
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
 use base64::Engine;
 use qiaomen_protocol::ids::{DeviceId, UserId};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 use super::{AccessDb, AccessError, Result, now_ms};
@@ -57,6 +57,41 @@ fn normalize_code(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_uppercase())
         .collect()
+}
+
+/// Runs `f` in a transaction that takes SQLite's write lock when it begins (`BEGIN
+/// IMMEDIATE`): a transaction that reads, then writes, cannot then fail on the upgrade while
+/// the writers commit (`SQLITE_BUSY` without waiting, "database is locked"). Still busy after
+/// the connection's busy timeout, it is tried again a few times after a short pause. `f`
+/// commits nothing itself: its `Ok` commits, its `Err` rolls back.
+fn immediate<T>(
+    conn: &mut rusqlite::Connection,
+    mut f: impl FnMut(&Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut run = || -> Result<T> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        match run() {
+            Err(AccessError::Sqlite(e)) if is_busy(&e) && attempt < ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(10 << attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// A device as the server knows it after authenticating its token.
@@ -161,70 +196,70 @@ impl AccessDb {
         install_id: &str,
     ) -> Result<std::result::Result<Enrolled, EnrollRefusal>> {
         let hash = sha256(&normalize_code(code));
-        let tx = self.conn.transaction()?;
-        let row: Option<(String, i64, Option<String>)> = tx
-            .query_row(
-                "SELECT user, expires_ms, device FROM enrollment_codes WHERE hash = ?1",
-                [&hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((user, expires_ms, device)) = row else {
-            return Ok(Err(EnrollRefusal::Invalid));
-        };
-        let now = now_ms();
-        let device = match device {
-            None => {
-                if now >= expires_ms {
-                    return Ok(Err(EnrollRefusal::Expired));
-                }
-                let device = DeviceId::new();
-                tx.execute(
-                    "INSERT INTO devices (id, user, install_id, enrolled_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![device.to_string(), user, install_id, now],
-                )?;
-                tx.execute(
-                    "UPDATE enrollment_codes SET device = ?2, used_ms = ?3 WHERE hash = ?1",
-                    params![&hash, device.to_string(), now],
-                )?;
-                device
-            }
-            Some(device) => {
-                // A retry after a lost answer: the same install, its token never used.
-                let same: Option<(String, Option<i64>)> = tx
-                    .query_row(
-                        "SELECT install_id, revoked_ms FROM devices WHERE id = ?1",
-                        [&device],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                let used: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM device_tokens WHERE device = ?1 AND used_ms IS NOT NULL)",
-                    [&device],
-                    |r| r.get(0),
-                )?;
-                match same {
-                    Some((install, None)) if install == install_id && !used => {
-                        tx.execute("DELETE FROM device_tokens WHERE device = ?1", [&device])?;
-                        device
-                            .parse()
-                            .map_err(|_| AccessError::NotFound("device"))?
+        immediate(&mut self.conn, |tx| {
+            let row: Option<(String, i64, Option<String>)> = tx
+                .query_row(
+                    "SELECT user, expires_ms, device FROM enrollment_codes WHERE hash = ?1",
+                    [&hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((user, expires_ms, device)) = row else {
+                return Ok(Err(EnrollRefusal::Invalid));
+            };
+            let now = now_ms();
+            let device = match device {
+                None => {
+                    if now >= expires_ms {
+                        return Ok(Err(EnrollRefusal::Expired));
                     }
-                    _ => return Ok(Err(EnrollRefusal::Used)),
+                    let device = DeviceId::new();
+                    tx.execute(
+                        "INSERT INTO devices (id, user, install_id, enrolled_ms) VALUES (?1, ?2, ?3, ?4)",
+                        params![device.to_string(), user, install_id, now],
+                    )?;
+                    tx.execute(
+                        "UPDATE enrollment_codes SET device = ?2, used_ms = ?3 WHERE hash = ?1",
+                        params![&hash, device.to_string(), now],
+                    )?;
+                    device
                 }
-            }
-        };
-        let token = new_token("qm_d_");
-        tx.execute(
-            "INSERT INTO device_tokens (hash, device, created_ms, state) VALUES (?1, ?2, ?3, 'active')",
-            params![sha256(&token), device.to_string(), now],
-        )?;
-        tx.commit()?;
-        Ok(Ok(Enrolled {
-            device,
-            user: user.parse().map_err(|_| AccessError::NotFound("user"))?,
-            token,
-        }))
+                Some(device) => {
+                    // A retry after a lost answer: the same install, its token never used.
+                    let same: Option<(String, Option<i64>)> = tx
+                        .query_row(
+                            "SELECT install_id, revoked_ms FROM devices WHERE id = ?1",
+                            [&device],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?;
+                    let used: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM device_tokens WHERE device = ?1 AND used_ms IS NOT NULL)",
+                        [&device],
+                        |r| r.get(0),
+                    )?;
+                    match same {
+                        Some((install, None)) if install == install_id && !used => {
+                            tx.execute("DELETE FROM device_tokens WHERE device = ?1", [&device])?;
+                            device
+                                .parse()
+                                .map_err(|_| AccessError::NotFound("device"))?
+                        }
+                        _ => return Ok(Err(EnrollRefusal::Used)),
+                    }
+                }
+            };
+            let token = new_token("qm_d_");
+            tx.execute(
+                "INSERT INTO device_tokens (hash, device, created_ms, state) VALUES (?1, ?2, ?3, 'active')",
+                params![sha256(&token), device.to_string(), now],
+            )?;
+            Ok(Ok(Enrolled {
+                device,
+                user: user.parse().map_err(|_| AccessError::NotFound("user"))?,
+                token,
+            }))
+        })
     }
 
     /// Authenticates a device token.
@@ -324,34 +359,33 @@ impl AccessDb {
             Err(e) => return Ok(Err(e)),
         };
         let hash = sha256(token);
-        let tx = self.conn.transaction()?;
-        let successor: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT successor FROM device_tokens WHERE hash = ?1",
-                [&hash],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
-        if let Some(old) = successor {
+        immediate(&mut self.conn, |tx| {
+            let successor: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT successor FROM device_tokens WHERE hash = ?1",
+                    [&hash],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            if let Some(old) = successor {
+                tx.execute(
+                    "DELETE FROM device_tokens WHERE hash = ?1 AND used_ms IS NULL",
+                    [&old],
+                )?;
+            }
+            let next = new_token("qm_d_");
+            let next_hash = sha256(&next);
             tx.execute(
-                "DELETE FROM device_tokens WHERE hash = ?1 AND used_ms IS NULL",
-                [&old],
+                "INSERT INTO device_tokens (hash, device, created_ms, state) VALUES (?1, ?2, ?3, 'active')",
+                params![next_hash, principal.device.to_string(), now_ms()],
             )?;
-        }
-        let next = new_token("qm_d_");
-        let next_hash = sha256(&next);
-        let now = now_ms();
-        tx.execute(
-            "INSERT INTO device_tokens (hash, device, created_ms, state) VALUES (?1, ?2, ?3, 'active')",
-            params![next_hash, principal.device.to_string(), now],
-        )?;
-        tx.execute(
-            "UPDATE device_tokens SET state = 'rotated', successor = ?2 WHERE hash = ?1",
-            params![&hash, next_hash],
-        )?;
-        tx.commit()?;
-        Ok(Ok(next))
+            tx.execute(
+                "UPDATE device_tokens SET state = 'rotated', successor = ?2 WHERE hash = ?1",
+                params![&hash, next_hash],
+            )?;
+            Ok(Ok(next))
+        })
     }
 
     /// Revokes a device: its tokens stop working at once.
@@ -441,8 +475,22 @@ impl AccessDb {
         Ok(())
     }
 
-    /// Checks a login and password; on success opens a session and returns its token.
+    /// Checks a login and password; on success opens a session and returns its token. The
+    /// server does the three steps itself ([`Self::password_hash`], [`verify_password`],
+    /// [`Self::open_session`]) so that argon2 runs without holding the access tables.
     pub fn login(&self, login: &str, password: &str) -> Result<Option<(UserId, String, i64)>> {
+        let stored = self.password_hash(login)?;
+        let hash = stored.as_ref().and_then(|(_, h)| h.as_deref());
+        match stored {
+            Some((user, Some(_))) if verify_password(hash, password) => {
+                Ok(Some(self.open_session(user)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The user of `login` and their stored password hash (none if no password was set).
+    pub fn password_hash(&self, login: &str) -> Result<Option<(UserId, Option<String>)>> {
         let row: Option<(String, Option<String>)> = self
             .conn
             .query_row(
@@ -451,33 +499,25 @@ impl AccessDb {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some((user, Some(stored))) = row else {
-            // Spend the same work on an unknown login, so timing does not tell which exist.
-            let dummy = dummy_hash();
-            if let Ok(h) = PasswordHash::new(dummy) {
-                let _ = Argon2::default().verify_password(password.as_bytes(), &h);
-            }
-            return Ok(None);
-        };
-        let parsed = PasswordHash::new(&stored).map_err(|_| AccessError::Hash)?;
-        if Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_err()
-        {
-            return Ok(None);
-        }
+        row.map(|(user, hash)| {
+            Ok((
+                user.parse().map_err(|_| AccessError::NotFound("user"))?,
+                hash,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Opens a session for `user` (whose password was verified): its token and end.
+    pub fn open_session(&self, user: UserId) -> Result<(UserId, String, i64)> {
         let token = new_token("qm_s_");
         let now = now_ms();
         let expires = now + SESSION_LIFETIME_MS;
         self.conn.execute(
             "INSERT INTO sessions (hash, user, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![sha256(&token), user, now, expires],
+            params![sha256(&token), user.to_string(), now, expires],
         )?;
-        Ok(Some((
-            user.parse().map_err(|_| AccessError::NotFound("user"))?,
-            token,
-            expires,
-        )))
+        Ok((user, token, expires))
     }
 
     /// The user of a live session.
@@ -506,6 +546,23 @@ impl AccessDb {
             params![sha256(token), now_ms()],
         )?;
         Ok(())
+    }
+}
+
+/// Whether `password` matches the stored argon2 hash. With no hash (an unknown login, or no
+/// password set) the same work is spent on a dummy, so timing does not tell which exist.
+/// Pure CPU (tens of ms): call it off the async threads and outside the access lock.
+pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
+    let argon = Argon2::default();
+    match stored.map(PasswordHash::new) {
+        Some(Ok(h)) => argon.verify_password(password.as_bytes(), &h).is_ok(),
+        Some(Err(_)) => false,
+        None => {
+            if let Ok(h) = PasswordHash::new(dummy_hash()) {
+                let _ = argon.verify_password(password.as_bytes(), &h);
+            }
+            false
+        }
     }
 }
 

@@ -89,7 +89,8 @@ pub struct MemberView {
     pub name: String,
     pub relation: String,
     pub birth_date: Option<String>,
-    /// Masked (`410***********1234`).
+    /// Its last 4 characters only (`**************1234`): beside the birth date, any more
+    /// digits would leave too few to guess (the check digit confirms a guess).
     pub id_number: Option<String>,
     pub key_groups: Vec<String>,
 }
@@ -160,6 +161,50 @@ async fn record(
         .await
 }
 
+/// Only the last 4 characters of an ID number, the rest `*` (as many as there were).
+fn last_four(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    let keep = chars.len().saturating_sub(4);
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i < keep || chars.len() <= 4 {
+                '*'
+            } else {
+                *c
+            }
+        })
+        .collect()
+}
+
+/// A concurrent value as a conflict view shows it: ID numbers with their last 4 characters
+/// only, phone numbers masked like everywhere else (`138****5678`); other fields as they are.
+fn masked_conflict_value(path: &[String], value: serde_json::Value) -> serde_json::Value {
+    let field = path.last().map(String::as_str).unwrap_or("");
+    let mask: fn(&str) -> String = match field {
+        "id_number" => last_four,
+        "phone" => |s| qiaomen_protocol::schema::Sensitive::new(s).masked(),
+        _ => return value,
+    };
+    match value {
+        serde_json::Value::String(s) => serde_json::Value::String(mask(&s)),
+        serde_json::Value::Null => serde_json::Value::Null,
+        // Not a string where a number is kept: nothing of it is shown.
+        _ => serde_json::Value::String("****".into()),
+    }
+}
+
+/// A spreadsheet cell that cannot be read as a formula: a leading `=`, `+`, `-`, `@`, TAB
+/// or CR gets a `'` before it.
+fn inert_cell(c: &str) -> std::borrow::Cow<'_, str> {
+    if c.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{c}").into()
+    } else {
+        c.into()
+    }
+}
+
 fn not_found() -> ApiError {
     ApiError::NotFound {
         code: "not_found",
@@ -215,6 +260,7 @@ pub async fn household_view(
         return Err(not_found());
     }
     let view = tokio::task::spawn_blocking(move || -> Option<HouseholdView> {
+        let _named = crate::panics::household(id);
         let mut doc = HouseholdDoc::load(&bytes).ok()?;
         let h = doc.household().ok()?;
         let reviews = h
@@ -235,18 +281,18 @@ pub async fn household_view(
             .ok()?
             .into_iter()
             .map(|c| ConflictView {
-                path: c.path,
                 values: c
                     .values
                     .into_iter()
                     .map(|v| ConflictValue {
-                        value: v.value,
+                        value: masked_conflict_value(&c.path, v.value),
                         op: v.op,
                         user: v.author.map(|a| a.user.to_string()),
                         device: v.author.map(|a| a.device.to_string()),
                         at_ms: v.at_ms,
                     })
                     .collect(),
+                path: c.path,
             })
             .collect();
         let open_tasks = open_tasks(&mut doc, &h)
@@ -270,7 +316,7 @@ pub async fn household_view(
                     name: m.name.clone(),
                     relation: format!("{:?}", m.relation),
                     birth_date: m.birth_date.map(|d| d.to_string()),
-                    id_number: m.id_number.as_ref().map(|n| n.masked()),
+                    id_number: m.id_number.as_ref().map(|n| last_four(n.reveal())),
                     key_groups: m.tags.iter().map(|t| format!("{:?}", t.group)).collect(),
                 })
                 .collect(),
@@ -609,9 +655,16 @@ pub(crate) async fn web_change(
                 code: "not_allowed",
                 message: "the caller's role may not do this".into(),
             },
+            RejectCode::Quarantined => ApiError::Unavailable,
             code => ApiError::Forbidden {
                 code: "refused",
-                message: format!("the change was refused: {code:?}"),
+                message: format!(
+                    "the change was refused: {}",
+                    serde_json::to_value(code)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ),
             },
         });
     }
@@ -866,13 +919,9 @@ pub async fn grid_export(
                 let cells: Vec<String> = row
                     .iter()
                     .map(|c| {
-                        // Quote every cell; a leading =,+,-,@ would be a formula in a spreadsheet.
-                        let c = if c.starts_with(['=', '+', '-', '@']) {
-                            format!("'{c}")
-                        } else {
-                            c.clone()
-                        };
-                        format!("\"{}\"", c.replace('"', "\"\""))
+                        // Quote every cell; a leading =,+,-,@,TAB,CR would be a formula in
+                        // a spreadsheet.
+                        format!("\"{}\"", inert_cell(c).replace('"', "\"\""))
                     })
                     .collect();
                 out.push_str(&cells.join(","));

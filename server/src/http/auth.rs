@@ -5,6 +5,13 @@
 //! Every 401 carries a code the client acts on: `unauthenticated` (no or unknown token),
 //! `device_revoked` and `token_reused` (the phone wipes this user's data and must enroll
 //! again), `session_expired` (log in again).
+//!
+//! Guessing is bounded by failure counts ([`Limits`]): per client address (the reverse proxy's
+//! client when it is trusted, [`super::edge::client_addr`]) for logins, enrollments and token
+//! rotations, and per login name for logins. A success gives its token back, and so does an
+//! answer the server could not give (5xx): only the client's own failures count. A password is
+//! checked (argon2, ~tens of ms of CPU) outside the lock on the access tables, at most
+//! [`ARGON2_AT_ONCE`] at a time, so logins never hold up a sync.
 
 use std::{
     collections::HashMap,
@@ -67,13 +74,23 @@ impl RateLimiter {
     }
 }
 
+/// Password checks running at once (each is argon2's memory and a core for tens of ms).
+pub const ARGON2_AT_ONCE: usize = 2;
+
 /// The rate limits of a server.
 #[derive(Debug)]
 pub struct Limits {
     /// Requests per enrolled device.
     pub device: RateLimiter,
-    /// Failed enrollments and logins per client address (guessing codes or passwords).
+    /// Failed enrollments, logins and token rotations per client address (guessing codes,
+    /// passwords or tokens).
     pub failures: RateLimiter,
+    /// Failed logins per login name (guessing one person's password from many addresses).
+    pub names: RateLimiter,
+    /// Token rotations per token.
+    pub rotations: RateLimiter,
+    /// Bounds the CPU spent on argon2 ([`ARGON2_AT_ONCE`]).
+    pub argon2: tokio::sync::Semaphore,
 }
 
 impl Default for Limits {
@@ -81,6 +98,9 @@ impl Default for Limits {
         Self {
             device: RateLimiter::new(120, 20.0),
             failures: RateLimiter::new(20, 20.0 / 60.0),
+            names: RateLimiter::new(10, 10.0 / 600.0),
+            rotations: RateLimiter::new(10, 1.0 / 60.0),
+            argon2: tokio::sync::Semaphore::new(ARGON2_AT_ONCE),
         }
     }
 }
@@ -91,13 +111,34 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session cookie's name: `__Host-` prefixed over TLS (then the browser keeps it only if
+/// it is `Secure`, for this host and path `/`, so no other site or subdomain can plant one).
+pub fn session_cookie_name(public_https: bool) -> &'static str {
+    if public_https {
+        "__Host-qiaomen_session"
+    } else {
+        "qiaomen_session"
+    }
+}
+
+fn session_cookie(headers: &HeaderMap, public_https: bool) -> Option<&str> {
+    let name = session_cookie_name(public_https);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("qiaomen_session="))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
+        })
+}
+
+/// Whether a request carries a session cookie (of either name): a browser may have sent it
+/// on its own, so the request must show it comes from this site ([`super::edge::check_origin`]).
+pub fn has_session_cookie(headers: &HeaderMap) -> bool {
+    session_cookie(headers, false).is_some() || session_cookie(headers, true).is_some()
 }
 
 fn unauthorized(refusal: TokenRefusal) -> ApiError {
@@ -147,7 +188,7 @@ impl FromRequestParts<AppState> for SessionAuth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers)
-            .or_else(|| session_cookie(&parts.headers))
+            .or_else(|| session_cookie(&parts.headers, state.edge.public_https))
             .filter(|t| t.starts_with("qm_s_"))
             .ok_or_else(|| unauthorized(TokenRefusal::Unknown))?
             .to_string();
@@ -183,14 +224,18 @@ pub struct EnrollResponse {
     pub token: String,
 }
 
-/// The client's address (unspecified when the server runs without connection info, as in
-/// tests that call the router directly).
+/// The client's address: set by the edge ([`super::edge::client_addr`]: the TCP peer, or the
+/// client a trusted proxy names), else the peer, else unspecified (tests that call the router
+/// directly).
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub IpAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(addr) = parts.extensions.get::<ClientAddr>() {
+            return Ok(*addr);
+        }
         Ok(ClientAddr(
             parts
                 .extensions
@@ -199,6 +244,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
                 .unwrap_or(IpAddr::from([0, 0, 0, 0])),
         ))
     }
+}
+
+/// Whether an answer is the server's failure, not the client's: it must not spend the
+/// client's failure budget.
+fn server_failed(e: &ApiError) -> bool {
+    matches!(e, ApiError::Unavailable | ApiError::Internal)
 }
 
 /// `POST /v1/enroll`: a phone becomes an enrolled device of the code's user.
@@ -243,7 +294,12 @@ pub async fn enroll(
             }
             Ok(r)
         })
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if server_failed(e) {
+                state.limits.failures.refund(&format!("probe:{ip}"));
+            }
+        })?;
     match result {
         Ok(e) => {
             state.limits.failures.refund(&format!("probe:{ip}"));
@@ -275,16 +331,42 @@ pub struct TokenResponse {
     responses((status = 200, body = TokenResponse), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn rotate(
     State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let token = bearer(&headers)
         .filter(|t| t.starts_with("qm_d_"))
         .ok_or_else(|| unauthorized(TokenRefusal::Unknown))?
         .to_string();
+    // Per token (a phone rotates once a week, and again after a lost answer), keyed by a
+    // digest so the limiter holds no secret; unknown tokens spend the address's failures.
+    let token_key = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(token.as_bytes());
+        format!(
+            "rot:{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD_NO_PAD, &d[..12])
+        )
+    };
+    let ip_key = format!("probe:{ip}");
+    if !state.limits.failures.allow(&ip_key) {
+        return Err(ApiError::TooManyRequests);
+    }
+    if !state.limits.rotations.allow(&token_key) {
+        state.limits.failures.refund(&ip_key);
+        return Err(ApiError::TooManyRequests);
+    }
     let next = state
         .access(move |db| db.rotate(&token))
-        .await?
+        .await
+        .inspect_err(|e| {
+            if server_failed(e) {
+                state.limits.failures.refund(&ip_key);
+                state.limits.rotations.refund(&token_key);
+            }
+        })?
         .map_err(unauthorized)?;
+    state.limits.failures.refund(&ip_key);
     Ok(Json(TokenResponse { token: next }))
 }
 
@@ -316,7 +398,10 @@ pub async fn login(
 ) -> Result<([(header::HeaderName, String); 1], Json<LoginResponse>), ApiError> {
     let (user_id, token, expires_ms) = sign_in(&state, ip, req).await?;
     Ok((
-        [(header::SET_COOKIE, session_cookie_for(&token))],
+        [(
+            header::SET_COOKIE,
+            session_cookie_for(&token, state.edge.public_https),
+        )],
         Json(LoginResponse {
             user_id,
             token,
@@ -325,58 +410,113 @@ pub async fn login(
     ))
 }
 
-/// The `Set-Cookie` value that carries a session to the pages.
-pub fn session_cookie_for(token: &str) -> String {
+/// The `Set-Cookie` value that carries a session to the pages (`Secure` and `__Host-` when
+/// the server is reached over TLS).
+pub fn session_cookie_for(token: &str, public_https: bool) -> String {
     format!(
-        "qiaomen_session={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        crate::access::tokens::SESSION_LIFETIME_MS / 1000
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        session_cookie_name(public_https),
+        crate::access::tokens::SESSION_LIFETIME_MS / 1000,
+        if public_https { "; Secure" } else { "" }
     )
 }
 
-/// Checks a password login (limited per address, audited) and opens a session: the API's and
-/// the pages'.
+/// The `Set-Cookie` value that ends a session in the browser.
+pub fn session_cookie_cleared(public_https: bool) -> String {
+    format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        session_cookie_name(public_https),
+        if public_https { "; Secure" } else { "" }
+    )
+}
+
+/// Checks a password login (limited per client address and per login name, audited) and
+/// opens a session: the API's and the pages'. The password is verified outside the access
+/// lock, at most [`ARGON2_AT_ONCE`] at a time.
 pub async fn sign_in(
     state: &AppState,
     ip: IpAddr,
     req: LoginRequest,
 ) -> Result<(UserId, String, i64), ApiError> {
-    let ip = ip.to_string();
     if req.login.chars().count() > 64 || req.password.chars().count() > 1024 {
         return Err(ApiError::BadRequest {
             code: "malformed",
             message: "login or password too long".into(),
         });
     }
-    if !state.limits.failures.allow(&format!("probe:{ip}")) {
+    let ip_key = format!("probe:{ip}");
+    let name_key = format!("login:{}", req.login);
+    if !state.limits.failures.allow(&ip_key) {
         return Err(ApiError::TooManyRequests);
     }
+    if !state.limits.names.allow(&name_key) {
+        // The name is being guessed from elsewhere; this address did nothing wrong yet.
+        state.limits.failures.refund(&ip_key);
+        return Err(ApiError::TooManyRequests);
+    }
+    let give_back = || {
+        state.limits.failures.refund(&ip_key);
+        state.limits.names.refund(&name_key);
+    };
+    let result = check_password(state, req).await;
+    match &result {
+        Ok(Some(_)) => give_back(),
+        Err(e) if server_failed(e) => give_back(),
+        _ => {}
+    }
+    result?.ok_or_else(|| ApiError::Unauthorized {
+        code: "bad_credentials",
+        message: "wrong login or password".into(),
+    })
+}
+
+/// Reads the stored hash under the access lock, verifies outside it, and opens a session
+/// (or records the failure) under it again.
+async fn check_password(
+    state: &AppState,
+    req: LoginRequest,
+) -> Result<Option<(UserId, String, i64)>, ApiError> {
     let login = req.login.clone();
-    let result = state
+    let stored = state.access(move |db| db.password_hash(&login)).await?;
+    let verified = {
+        let _permit = state
+            .limits
+            .argon2
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal)?;
+        let hash = stored.as_ref().and_then(|(_, h)| h.clone());
+        let password = req.password;
+        tokio::task::spawn_blocking(move || {
+            crate::access::tokens::verify_password(hash.as_deref(), &password)
+        })
+        .await
+        .map_err(|_| ApiError::Internal)?
+    };
+    let user = stored.map(|(u, _)| u);
+    let login = req.login;
+    state
         .access(move |db| {
-            let r = db.login(&req.login, &req.password)?;
+            let session = match user {
+                Some(u) if verified => Some(db.open_session(u)?),
+                _ => None,
+            };
             // The login name is recorded only if it is one: a password typed into the login
             // box by mistake must not end up in the audit log.
-            let known = r.is_some() || db.user_by_login(&login).is_ok();
             db.audit(Event {
-                user: r.as_ref().map(|(u, _, _)| u.to_string()).as_deref(),
+                user: session.as_ref().map(|(u, _, _)| u.to_string()).as_deref(),
                 device: None,
                 action: "login",
-                target: known.then_some(login.as_str()),
-                outcome: if r.is_some() { "ok" } else { "bad_credentials" },
+                target: user.is_some().then_some(login.as_str()),
+                outcome: if session.is_some() {
+                    "ok"
+                } else {
+                    "bad_credentials"
+                },
             })?;
-            Ok(r)
-        })
-        .await?;
-    match result {
-        Some(session) => {
-            state.limits.failures.refund(&format!("probe:{ip}"));
             Ok(session)
-        }
-        None => Err(ApiError::Unauthorized {
-            code: "bad_credentials",
-            message: "wrong login or password".into(),
-        }),
-    }
+        })
+        .await
 }
 
 /// `POST /v1/logout`: ends the session.
@@ -463,6 +603,21 @@ mod tests {
             header::COOKIE,
             "a=1; qiaomen_session=qm_s_x".parse().unwrap(),
         );
-        assert_eq!(session_cookie(&h), Some("qm_s_x"));
+        assert_eq!(session_cookie(&h, false), Some("qm_s_x"));
+        assert_eq!(
+            session_cookie(&h, true),
+            None,
+            "over TLS only the __Host- cookie counts"
+        );
+        h.insert(
+            header::COOKIE,
+            "__Host-qiaomen_session=qm_s_y; qiaomen_session_x=z"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(session_cookie(&h, true), Some("qm_s_y"));
+        assert_eq!(session_cookie(&h, false), None);
+        assert!(has_session_cookie(&h));
+        assert!(session_cookie_for("t", true).ends_with("; Secure"));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod edge;
 pub mod openapi;
 pub mod pages;
 pub mod tasks;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub index: Arc<Mutex<crate::index::Index>>,
     /// Work-order deadlines and the visit rotation (read without the read model's lock).
     pub workflow: Arc<crate::index::Workflow>,
+    /// Body limits, timeouts, trusted proxies, TLS ([`edge`]).
+    pub edge: Arc<edge::EdgeConfig>,
 }
 
 /// JSON numbers that must be whole: `15` and `15.0` are the same integer to JSON Schema (and
@@ -178,14 +181,34 @@ impl ReaderPool {
 /// An error answer: a status and a typed JSON body `{"error": {"code", "message"}}`.
 #[derive(Debug)]
 pub enum ApiError {
-    BadRequest { code: &'static str, message: String },
-    PayloadTooLarge { code: &'static str, message: String },
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    PayloadTooLarge {
+        code: &'static str,
+        message: String,
+    },
     UnsupportedMediaType,
-    Unauthorized { code: &'static str, message: String },
-    Forbidden { code: &'static str, message: String },
-    NotFound { code: &'static str, message: String },
-    Conflict { code: &'static str, message: String },
+    Unauthorized {
+        code: &'static str,
+        message: String,
+    },
+    Forbidden {
+        code: &'static str,
+        message: String,
+    },
+    NotFound {
+        code: &'static str,
+        message: String,
+    },
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
     TooManyRequests,
+    /// The client stopped sending its body (`408`; the connection is closed).
+    BodyTimeout,
     Unavailable,
     Internal,
 }
@@ -232,6 +255,23 @@ impl IntoResponse for ApiError {
                 "rate_limited",
                 "too many requests; retry later".into(),
             ),
+            ApiError::BodyTimeout => {
+                let mut resp = (
+                    StatusCode::REQUEST_TIMEOUT,
+                    Json(ErrorBody {
+                        error: ErrorDetail {
+                            code: "body_timeout",
+                            message: "the body did not arrive in time".into(),
+                        },
+                    }),
+                )
+                    .into_response();
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+                return resp;
+            }
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -283,11 +323,18 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| ApiJson(v))
-            .map_err(|_| ApiError::BadRequest {
-                code: "malformed",
-                message:
-                    "the body must be JSON (content-type application/json) of the documented shape"
-                        .into(),
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+                    code: "too_large",
+                    message: "the body is larger than this endpoint takes".into(),
+                },
+                StatusCode::REQUEST_TIMEOUT => ApiError::BodyTimeout,
+                _ => ApiError::BadRequest {
+                    code: "malformed",
+                    message:
+                        "the body must be JSON (content-type application/json) of the documented shape"
+                            .into(),
+                },
             })
     }
 }
@@ -314,58 +361,79 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
     }
 }
 
-/// The router.
+/// The router. Every route takes bodies of at most `edge.body_limit` bytes (64 KiB by
+/// default) except sync ([`limits::MAX_BODY_BYTES`]) and the hotline import
+/// ([`edge::IMPORT_BODY_LIMIT`]); every POST passes the cross-site check and every answer gets
+/// the edge's headers ([`edge`]).
 pub fn router(state: AppState) -> Router {
+    use axum::middleware::{from_fn, from_fn_with_state};
+    let small = state.edge.body_limit;
+    let bounded = |limit: usize| from_fn_with_state(limit, edge::limit_body);
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/sync", post(sync))
-        .route("/v1/enroll", post(auth::enroll))
-        .route("/v1/token", post(auth::rotate))
-        .route("/v1/login", post(auth::login))
-        .route("/v1/logout", post(auth::logout))
-        .route("/v1/me", get(api::me))
-        .route("/api/v1/households/{id}", get(api::household))
-        .route("/api/v1/households/{id}/reviews", post(api::review))
         .route(
-            "/api/v1/households/{id}/conflicts/resolve",
-            post(api::resolve),
+            "/v1/sync",
+            post(sync).layer(bounded(limits::MAX_BODY_BYTES)),
         )
-        .route("/api/v1/org", get(api::org))
-        .route("/api/v1/coverage", get(workflow::coverage_report))
-        .route("/api/v1/orders", get(workflow::orders))
-        .route("/api/v1/orders/import", post(workflow::import_orders))
-        .route("/api/v1/orders/{demand}", get(workflow::order))
-        .route("/api/v1/orders/{demand}/steps", post(workflow::order_step))
         .route(
-            "/api/v1/households/{id}/demands",
-            post(workflow::create_demand),
+            "/api/v1/orders/import",
+            post(workflow::import_orders)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    edge::IMPORT_BODY_LIMIT,
+                ))
+                .layer(bounded(edge::IMPORT_BODY_LIMIT)),
         )
-        .route("/api/v1/stats", get(workflow::stats_report))
-        .route("/api/v1/ranking", get(workflow::ranking))
-        .route("/api/v1/tasks", get(tasks::lists).post(tasks::push_list))
-        .route("/api/v1/tasks/{id}", get(tasks::list))
-        .route("/api/v1/tasks/{id}/done", post(tasks::done))
-        .route("/api/v1/workflow", get(tasks::workflow))
-        .route("/api/v1/grids/{grid}/households", get(api::grid_households))
-        .route("/api/v1/grids/{grid}/export", get(api::grid_export))
-        .route("/api/v1/devices", get(api::devices))
-        .route("/api/v1/devices/{id}/revoke", post(api::revoke))
-        .route("/api/v1/audit", get(api::audit))
-        .route("/api/v1/openapi.json", get(openapi::openapi_json))
-        .route("/", get(pages::org_page))
-        .route("/login", get(pages::login_page).post(pages::login_submit))
-        .route("/logout", post(pages::logout))
-        .route("/grids/{grid}", get(pages::grid_page))
-        .route("/households/{id}", get(pages::household_page))
-        .route("/households/{id}/review", post(pages::review_submit))
-        .route("/households/{id}/resolve", post(pages::resolve_submit))
-        .route("/coverage", get(pages::coverage_page))
-        .route("/orders", get(pages::orders_page))
-        .route("/orders/{demand}", get(pages::order_page))
-        .route("/orders/{demand}/step", post(pages::order_step_submit))
-        .route("/stats", get(pages::stats_page))
-        .route("/tasks", get(pages::tasks_page).post(pages::tasks_submit))
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .merge(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/v1/enroll", post(auth::enroll))
+                .route("/v1/token", post(auth::rotate))
+                .route("/v1/login", post(auth::login))
+                .route("/v1/logout", post(auth::logout))
+                .route("/v1/me", get(api::me))
+                .route("/api/v1/households/{id}", get(api::household))
+                .route("/api/v1/households/{id}/reviews", post(api::review))
+                .route(
+                    "/api/v1/households/{id}/conflicts/resolve",
+                    post(api::resolve),
+                )
+                .route("/api/v1/org", get(api::org))
+                .route("/api/v1/coverage", get(workflow::coverage_report))
+                .route("/api/v1/orders", get(workflow::orders))
+                .route("/api/v1/orders/{demand}", get(workflow::order))
+                .route("/api/v1/orders/{demand}/steps", post(workflow::order_step))
+                .route(
+                    "/api/v1/households/{id}/demands",
+                    post(workflow::create_demand),
+                )
+                .route("/api/v1/stats", get(workflow::stats_report))
+                .route("/api/v1/ranking", get(workflow::ranking))
+                .route("/api/v1/tasks", get(tasks::lists).post(tasks::push_list))
+                .route("/api/v1/tasks/{id}", get(tasks::list))
+                .route("/api/v1/tasks/{id}/done", post(tasks::done))
+                .route("/api/v1/workflow", get(tasks::workflow))
+                .route("/api/v1/grids/{grid}/households", get(api::grid_households))
+                .route("/api/v1/grids/{grid}/export", get(api::grid_export))
+                .route("/api/v1/devices", get(api::devices))
+                .route("/api/v1/devices/{id}/revoke", post(api::revoke))
+                .route("/api/v1/audit", get(api::audit))
+                .route("/api/v1/openapi.json", get(openapi::openapi_json))
+                .route("/", get(pages::org_page))
+                .route("/login", get(pages::login_page).post(pages::login_submit))
+                .route("/logout", post(pages::logout))
+                .route("/grids/{grid}", get(pages::grid_page))
+                .route("/households/{id}", get(pages::household_page))
+                .route("/households/{id}/review", post(pages::review_submit))
+                .route("/households/{id}/resolve", post(pages::resolve_submit))
+                .route("/coverage", get(pages::coverage_page))
+                .route("/orders", get(pages::orders_page))
+                .route("/orders/{demand}", get(pages::order_page))
+                .route("/orders/{demand}/step", post(pages::order_step_submit))
+                .route("/stats", get(pages::stats_page))
+                .route("/tasks", get(pages::tasks_page).post(pages::tasks_submit))
+                .layer(bounded(small)),
+        )
+        .layer(from_fn(edge::same_origin))
+        .layer(from_fn(edge::security_headers))
         .with_state(state)
 }
 
@@ -395,10 +463,7 @@ async fn sync(
     }
     let body: Bytes = axum::body::to_bytes(body, limits::MAX_BODY_BYTES)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge {
-            code: "too_large",
-            message: format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES),
-        })?;
+        .map_err(|e| edge::body_error(e, limits::MAX_BODY_BYTES))?;
     let bytes_in = body.len();
     let mut req =
         tokio::task::spawn_blocking(move || wire::decode_request(&body, limits::MAX_DECODED_BYTES))
@@ -481,7 +546,13 @@ async fn sync(
                 }),
             })
             .await
-            .map_err(|_| ApiError::Unavailable)?
+            .map_err(|e| match e {
+                crate::ingest::WriteFailed::TooManyOps => ApiError::PayloadTooLarge {
+                    code: "too_many",
+                    message: e.to_string(),
+                },
+                crate::ingest::WriteFailed::Storage => ApiError::Unavailable,
+            })?
     } else {
         Default::default()
     };

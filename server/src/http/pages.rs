@@ -4,9 +4,13 @@
 //! API uses (`api::household_view`, `api::list_households`, `api::add_review`, ...), so scope
 //! checks and audit are the API's.
 //!
-//! A page needs a session (the `qiaomen_session` cookie set by the login form); without one it
-//! redirects to `/login`. Forms post back and redirect (post/redirect/get); the session
-//! cookie is `SameSite=Strict`, so another site cannot make a supervisor's browser post here.
+//! A page needs a session (the `qiaomen_session` cookie set by the login form, `Secure` and
+//! `__Host-qiaomen_session` over TLS); without one it redirects to `/login`. Forms post back
+//! and redirect (post/redirect/get). Another site cannot make a supervisor's browser post
+//! here: the cookie is `SameSite=Strict`, and the edge refuses a POST whose `Origin` (or
+//! `Referer`) is another site's, or a signed-in POST that names neither
+//! ([`super::edge::check_origin`]). Pages are never cached or framed
+//! ([`super::edge::security_headers`]).
 
 use std::sync::OnceLock;
 
@@ -238,7 +242,10 @@ pub async fn login_submit(
 ) -> Response {
     match super::auth::sign_in(&state, ip, form).await {
         Ok((_, token, _)) => (
-            [(header::SET_COOKIE, super::auth::session_cookie_for(&token))],
+            [(
+                header::SET_COOKIE,
+                super::auth::session_cookie_for(&token, state.edge.public_https),
+            )],
             Redirect::to("/"),
         )
             .into_response(),
@@ -266,7 +273,7 @@ pub async fn logout(State(state): State<AppState>, session: SessionAuth) -> Resp
     (
         [(
             header::SET_COOKIE,
-            "qiaomen_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0".to_string(),
+            super::auth::session_cookie_cleared(state.edge.public_https),
         )],
         Redirect::to("/login"),
     )

@@ -48,9 +48,11 @@ pub struct NewTaskList {
     /// The tasks, 1-50, each 1-500 characters.
     #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<String>,
-    /// The units whose grids get the list (default: the caller's topmost unit). Only grids the
-    /// caller dispatches for (command centre, town supervisor) are included.
+    /// The units whose grids get the list (default: the caller's topmost unit), at most
+    /// [`MAX_UNITS`]. Only grids the caller dispatches for (command centre, town supervisor)
+    /// are included.
     #[serde(default)]
+    #[schema(max_items = 500)]
     pub units: Vec<String>,
     /// The Monday of the week, YYYY-MM-DD (default: this week's).
     #[schema(value_type = Option<String>, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
@@ -65,6 +67,9 @@ pub struct TaskListCreated {
     pub id: String,
     pub grids: Vec<String>,
 }
+
+/// Units named in one pushed list (each is looked up; a county has a few hundred grids).
+pub const MAX_UNITS: usize = 500;
 
 fn day(s: &str, what: &str) -> Result<Day, ApiError> {
     s.parse()
@@ -82,6 +87,12 @@ pub async fn push_list(
     caller: Caller,
     ApiJson(req): ApiJson<NewTaskList>,
 ) -> Result<(axum::http::StatusCode, Json<TaskListCreated>), ApiError> {
+    if req.units.len() > MAX_UNITS {
+        return Err(ApiError::BadRequest {
+            code: "too_many_units",
+            message: format!("at most {MAX_UNITS} units per task list"),
+        });
+    }
     let today = today();
     let monday = today.add_days(-i64::from(today.0.weekday().number_days_from_monday()));
     let week_start = match &req.week_start {
@@ -95,7 +106,10 @@ pub async fn push_list(
     let units = if req.units.is_empty() {
         vec![None]
     } else {
-        req.units.iter().cloned().map(Some).collect()
+        let mut units = req.units.clone();
+        units.sort();
+        units.dedup();
+        units.into_iter().map(Some).collect()
     };
     let user = caller.user();
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;

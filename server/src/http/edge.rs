@@ -1,0 +1,496 @@
+//! The HTTP edge: what every connection and request passes before a handler sees it.
+//!
+//! 1. **Connections** ([`serve`]): HTTP/1.1 on hyper, with a timeout for reading a request's
+//!    headers (a connection that sends half of them, or sits idle, is closed) and a cap on the
+//!    connections open from one peer address at once (a trusted proxy is exempt).
+//! 2. **Bodies**: an idle timeout between body frames (a client that promises 100 KB and sends
+//!    one byte is answered `408` and the connection closed), and a size limit per route
+//!    ([`limit_body`]: small by default, the sync and import routes have their own). A
+//!    `Content-Length` over the limit is refused `413` before a byte of the body is read; a
+//!    chunked body is cut at the limit.
+//! 3. **The client's address** ([`client_addr`]): the TCP peer, or, when the peer is a trusted
+//!    reverse proxy (`--trust-proxy CIDR`), the right-most untrusted address of
+//!    `X-Forwarded-For` (else `X-Real-IP`). Rate limits and failure counts key on it.
+//! 4. **Browsers** ([`same_origin`], [`security_headers`]): a POST whose `Origin` (or, without
+//!    one, `Referer`) names another host is refused `403`, and so is a cookie-authenticated
+//!    POST that names neither; every answer is `Cache-Control: no-store` unless its handler
+//!    said otherwise, and may not be framed (`X-Frame-Options: DENY`, `frame-ancestors 'none'`).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderValue, Method, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use super::{ApiError, auth::ClientAddr};
+
+/// How the edge treats connections and requests (`serve` flags; see README).
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Largest request body, in bytes, of every route but sync and import.
+    pub body_limit: usize,
+    /// Time a client has to send a request's headers (also how long an idle kept-alive
+    /// connection stays open).
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body.
+    pub body_read_timeout: Duration,
+    /// Connections open at once from one peer address (trusted proxies are not limited).
+    pub max_connections_per_peer: usize,
+    /// Reverse proxies whose `X-Forwarded-For` / `X-Real-IP` name the client.
+    pub trust_proxy: Vec<IpNet>,
+    /// The server is reached over TLS (at a reverse proxy): the session cookie is `Secure`
+    /// and `__Host-` prefixed.
+    pub public_https: bool,
+}
+
+/// The default body limit: a login, a review or a task list fits many times over.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+/// The body limit of `POST /api/v1/orders/import` (at most 1,000 hotline orders).
+pub const IMPORT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: DEFAULT_BODY_LIMIT,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections_per_peer: 64,
+            trust_proxy: Vec::new(),
+            public_https: false,
+        }
+    }
+}
+
+impl EdgeConfig {
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.trust_proxy.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Parses a `--trust-proxy` value: a CIDR (`10.0.0.0/8`) or one address.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR (10.0.0.0/8)"))
+}
+
+/// An address as written in a forwarding header: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:80`.
+fn forwarded_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// The client of a request from TCP peer `peer`: the peer itself unless it is a trusted
+/// proxy; then the right-most address of `X-Forwarded-For` that is not a trusted proxy (the
+/// left-most if all are; entries left of an unreadable one are not believed), else
+/// `X-Real-IP`, else the peer.
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    let trusts = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !trusts(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    if !hops.is_empty() {
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            match forwarded_ip(hop) {
+                Some(ip) => {
+                    client = ip;
+                    if !trusts(&ip) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        return client;
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(forwarded_ip)
+        .unwrap_or(peer)
+}
+
+/// Set on requests that came through a trusted proxy (its `X-Forwarded-Host` is believed).
+#[derive(Clone, Copy, Debug)]
+pub struct ViaTrustedProxy;
+
+/// Open connections per peer address.
+#[derive(Debug, Default)]
+struct PeerConnections(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection, counted until dropped.
+#[derive(Debug)]
+struct ConnectionSlot {
+    peers: Arc<PeerConnections>,
+    ip: IpAddr,
+}
+
+impl PeerConnections {
+    fn open(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ConnectionSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a peer over its connection cap reads before the connection is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 83\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections\"}}\n";
+
+/// Serves `app` on `listener` until `stop` resolves, then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    edge: Arc<EdgeConfig>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let peers = Arc::new(PeerConnections::default());
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let ip = peer.ip().to_canonical();
+        let slot = if edge.trusts(ip) {
+            None
+        } else {
+            match peers.open(ip, edge.max_connections_per_peer) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!(peer = %ip, "connection refused: too many from this address");
+                    let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+                    continue;
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let config = edge.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let client = client_addr(peer.ip(), req.headers(), &config.trust_proxy);
+                let timeout = config.body_read_timeout;
+                let mut req =
+                    req.map(|b| Body::new(tower_http::timeout::TimeoutBody::new(timeout, b)));
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(ClientAddr(client));
+                if config.trusts(ip) {
+                    req.extensions_mut().insert(ViaTrustedProxy);
+                }
+                app.clone().oneshot(req)
+            });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(edge.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight syncs");
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A `413` for a body over `limit` bytes.
+pub fn too_large(limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge {
+        code: "too_large",
+        message: format!("the body exceeds {limit} bytes"),
+    }
+}
+
+/// What a body that could not be read is answered: `413` over the limit, `408` when the
+/// client stopped sending (then the connection closes), else `400`.
+pub fn body_error(e: axum::Error, limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return too_large(limit);
+        }
+        if s.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::BodyTimeout;
+        }
+        source = s.source();
+    }
+    ApiError::BadRequest {
+        code: "malformed",
+        message: "the body could not be read".into(),
+    }
+}
+
+/// Middleware: a body over `limit` bytes is refused `413` — by its `Content-Length` before it
+/// is read, or, chunked, when the limit is reached while reading it.
+pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        // The body is never read: the connection cannot carry another request.
+        let mut resp = too_large(limit).into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    let req = req.map(|b| Body::new(http_body_util::Limited::new(b, limit)));
+    next.run(req).await
+}
+
+/// Where a browser says a request comes from: the authority (`host:port`) of its `Origin`,
+/// or, without one, of its `Referer`. `Some(None)` for an opaque origin (`null`) or one that
+/// does not parse, `None` when neither header is there.
+fn claimed_origin(headers: &HeaderMap) -> Option<Option<String>> {
+    let value = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))?;
+    let authority = value.to_str().ok().and_then(|v| {
+        let rest = v
+            .strip_prefix("https://")
+            .or_else(|| v.strip_prefix("http://"))?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        // No credentials in an origin.
+        (!authority.is_empty() && !authority.contains('@')).then(|| authority.to_ascii_lowercase())
+    });
+    Some(authority)
+}
+
+/// The cross-site rule for a request ([`same_origin`]); `Err` with why it is refused.
+pub fn check_origin(
+    method: &Method,
+    headers: &HeaderMap,
+    via_proxy: bool,
+) -> Result<(), &'static str> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    // A bearer token is not sent by a browser on its own: nothing to forge.
+    if headers.get(header::AUTHORIZATION).is_some_and(|v| {
+        v.as_bytes().len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ")
+    }) {
+        return Ok(());
+    }
+    let host = via_proxy
+        .then(|| headers.get("x-forwarded-host"))
+        .flatten()
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .map(|h| {
+            h.split(',')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match claimed_origin(headers) {
+        Some(Some(origin)) if host.as_deref() == Some(origin.as_str()) => Ok(()),
+        Some(_) => Err("the request comes from another site"),
+        None if super::auth::has_session_cookie(headers) => {
+            Err("a signed-in form must say where it comes from (Origin or Referer)")
+        }
+        None => Ok(()),
+    }
+}
+
+/// Middleware: refuses cross-site POSTs ([`check_origin`]) with `403 cross_origin`.
+pub async fn same_origin(req: Request, next: Next) -> Response {
+    let via_proxy = req.extensions().get::<ViaTrustedProxy>().is_some();
+    match check_origin(req.method(), req.headers(), via_proxy) {
+        Ok(()) => next.run(req).await,
+        Err(why) => ApiError::Forbidden {
+            code: "cross_origin",
+            message: why.into(),
+        }
+        .into_response(),
+    }
+}
+
+/// Middleware: answers are not cached (shared office PCs) unless the handler set a policy,
+/// and never framed by another page.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let trusted = vec![
+            parse_cidr("10.0.0.0/8").unwrap(),
+            parse_cidr("192.168.1.5").unwrap(),
+        ];
+        let xff = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4")]);
+        // An untrusted peer's header is ignored.
+        assert_eq!(client_addr(ip("8.8.8.8"), &xff, &trusted), ip("8.8.8.8"));
+        // Trusted: the right-most untrusted hop (6.6.6.6 is whatever the client wrote).
+        assert_eq!(client_addr(ip("10.1.1.1"), &xff, &trusted), ip("1.2.3.4"));
+        // Chained trusted proxies are skipped; several header lines are one list.
+        let chained = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 1.2.3.4"),
+            ("x-forwarded-for", "192.168.1.5"),
+        ]);
+        assert_eq!(
+            client_addr(ip("10.1.1.1"), &chained, &trusted),
+            ip("1.2.3.4")
+        );
+        // Ports and brackets are read; IPv4-mapped IPv6 is IPv4.
+        let ported = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
+        assert_eq!(
+            client_addr(ip("::ffff:10.0.0.1"), &ported, &trusted),
+            ip("2001:db8::1")
+        );
+        // Garbage right of the client: nothing left of it is believed.
+        let garbage = headers(&[("x-forwarded-for", "1.2.3.4, nonsense")]);
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &garbage, &trusted),
+            ip("10.0.0.1")
+        );
+        let real = headers(&[("x-real-ip", "5.6.7.8")]);
+        assert_eq!(client_addr(ip("10.0.0.1"), &real, &trusted), ip("5.6.7.8"));
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+        assert!(parse_cidr("10.0.0.0/33").is_err() && parse_cidr("x").is_err());
+    }
+
+    #[test]
+    fn posts_from_another_site_or_signed_in_without_an_origin_are_refused() {
+        let post = Method::POST;
+        let same = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]);
+        assert_eq!(check_origin(&post, &same, false), Ok(()));
+        let cross = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(check_origin(&post, &cross, false).is_err());
+        assert_eq!(
+            check_origin(&Method::GET, &cross, false),
+            Ok(()),
+            "GET is not checked"
+        );
+        let null = headers(&[("host", "a"), ("origin", "null")]);
+        assert!(check_origin(&post, &null, false).is_err());
+        let referer = headers(&[("host", "a:1"), ("referer", "http://a:1/households/x")]);
+        assert_eq!(check_origin(&post, &referer, false), Ok(()));
+        let bad_referer = headers(&[("host", "a:1"), ("referer", "http://a:1@evil/")]);
+        assert!(check_origin(&post, &bad_referer, false).is_err());
+        let cookie = headers(&[("host", "a"), ("cookie", "qiaomen_session=qm_s_x")]);
+        assert!(
+            check_origin(&post, &cookie, false).is_err(),
+            "signed in, no origin"
+        );
+        assert_eq!(
+            check_origin(&post, &headers(&[("host", "a")]), false),
+            Ok(())
+        );
+        let bearer = headers(&[
+            ("host", "a"),
+            ("origin", "http://b"),
+            ("authorization", "Bearer qm_s_x"),
+        ]);
+        assert_eq!(check_origin(&post, &bearer, false), Ok(()));
+        // Behind a trusted proxy the public host is the forwarded one.
+        let proxied = headers(&[
+            ("host", "backend:8080"),
+            ("x-forwarded-host", "qiaomen.example.cn"),
+            ("origin", "https://qiaomen.example.cn"),
+        ]);
+        assert_eq!(check_origin(&post, &proxied, true), Ok(()));
+        assert!(check_origin(&post, &proxied, false).is_err());
+    }
+}
