@@ -262,20 +262,28 @@ pub fn too_large(limit: usize) -> ApiError {
 /// What a body that could not be read is answered: `413` over the limit, `408` when the
 /// client stopped sending (then the connection closes), else `400`.
 pub fn body_error(e: axum::Error, limit: usize) -> ApiError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    body_failure(&e, limit).unwrap_or(ApiError::BadRequest {
+        code: "malformed",
+        message: "the body could not be read".into(),
+    })
+}
+
+/// The answer for an error whose causes include the body limit or the body timeout.
+pub fn body_failure(e: &(dyn std::error::Error + 'static), limit: usize) -> Option<ApiError> {
+    use http_body_util::LengthLimitError;
+    use tower_http::timeout::TimeoutError;
+    // axum's rejections keep the cause boxed once more (`Box<LengthLimitError>`).
+    let mut source = Some(e);
     while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return too_large(limit);
+        if s.is::<LengthLimitError>() || s.is::<Box<LengthLimitError>>() {
+            return Some(too_large(limit));
         }
-        if s.is::<tower_http::timeout::TimeoutError>() {
-            return ApiError::BodyTimeout;
+        if s.is::<TimeoutError>() || s.is::<Box<TimeoutError>>() {
+            return Some(ApiError::BodyTimeout);
         }
         source = s.source();
     }
-    ApiError::BadRequest {
-        code: "malformed",
-        message: "the body could not be read".into(),
-    }
+    None
 }
 
 /// Middleware: a body over `limit` bytes is refused `413` — by its `Content-Length` before it

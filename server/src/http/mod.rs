@@ -323,13 +323,13 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| ApiJson(v))
-            .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
-                    code: "too_large",
+            .map_err(|e| match edge::body_failure(&e, 0) {
+                Some(ApiError::PayloadTooLarge { code, .. }) => ApiError::PayloadTooLarge {
+                    code,
                     message: "the body is larger than this endpoint takes".into(),
                 },
-                StatusCode::REQUEST_TIMEOUT => ApiError::BodyTimeout,
-                _ => ApiError::BadRequest {
+                Some(failure) => failure,
+                None => ApiError::BadRequest {
                     code: "malformed",
                     message:
                         "the body must be JSON (content-type application/json) of the documented shape"
