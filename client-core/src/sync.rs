@@ -335,7 +335,7 @@ impl SyncClient {
             pending.push((id, store.pending_changes(id)?));
         }
         let mut chunks: std::collections::VecDeque<Chunk> =
-            plan_chunks(pending, self.chunk_bytes).into();
+            plan_chunks(pending, self.chunk_bytes, change_ops).into();
         // Households whose changes go as they are: the server could not rebuild one packed.
         let mut send_raw: std::collections::HashSet<HouseholdId> = Default::default();
         let mut uploaded_docs = std::collections::HashSet::new();
@@ -441,7 +441,7 @@ impl SyncClient {
                 for id in again {
                     raw.push((id, store.pending_changes(id)?));
                 }
-                chunks.extend(plan_chunks(raw, self.chunk_bytes));
+                chunks.extend(plan_chunks(raw, self.chunk_bytes, change_ops));
             }
             for d in &response.docs {
                 received_docs.insert(d.id);
@@ -518,7 +518,7 @@ impl SyncClient {
                     report.rejected.push((*id, *h, r.code));
                 }
             }
-            // `missing_dependencies` and `unknown_document` can pass (what the change builds on
+            // `missing_dependencies`, `unknown_document` and `quarantined` can pass (what the change builds on
             // may reach the server later, e.g. after a server restore): such a household's
             // refused changes stay pending, to be offered again, and nothing is rolled back.
             // Every other code is final: the document goes back to what the server accepted.
@@ -528,6 +528,7 @@ impl SyncClient {
                     RejectCode::MissingDependencies
                         | RejectCode::UnknownDocument
                         | RejectCode::SendRaw
+                        | RejectCode::Quarantined
                 )
             });
             if !temporary {
@@ -614,27 +615,32 @@ impl SyncClient {
 }
 
 /// Splits uploads into requests of about `chunk_bytes` raw change bytes, within the protocol's
-/// per-request limits, keeping every change's order. A household appears at most once in a
+/// per-request limits (changes, households, and the operations the server will expand them to,
+/// counted by `ops`), keeping every change's order. A household appears at most once in a
 /// request (its changes may continue in the next), because refusals name a change by its
 /// household and position.
-fn plan_chunks(docs: Chunk, chunk_bytes: usize) -> Vec<Chunk> {
+fn plan_chunks(docs: Chunk, chunk_bytes: usize, ops: impl Fn(&[u8]) -> usize) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     let mut current: Chunk = Vec::new();
-    let (mut bytes, mut changes) = (0usize, 0usize);
+    let (mut bytes, mut changes, mut n_ops) = (0usize, 0usize, 0usize);
     for (id, list) in docs {
         for (hash, change) in list {
             let new_doc = current.last().map(|(d, _)| *d) != Some(id);
+            let change_ops = ops(&change);
             let full = !current.is_empty()
                 && (bytes + change.len() > chunk_bytes
                     || changes + 1 > limits::MAX_CHANGES
+                    || n_ops + change_ops > limits::MAX_REQUEST_OPS
                     || (new_doc && current.len() + 1 > limits::MAX_DOCS));
             if full {
                 chunks.push(std::mem::take(&mut current));
                 bytes = 0;
                 changes = 0;
+                n_ops = 0;
             }
             bytes += change.len();
             changes += 1;
+            n_ops += change_ops;
             match current.last_mut() {
                 Some((d, v)) if *d == id => v.push((hash, change)),
                 _ => current.push((id, vec![(hash, change)])),
@@ -645,6 +651,13 @@ fn plan_chunks(docs: Chunk, chunk_bytes: usize) -> Vec<Chunk> {
         chunks.push(current);
     }
     chunks
+}
+
+/// The operations a change holds (what the server counts against `MAX_REQUEST_OPS`).
+fn change_ops(bytes: &[u8]) -> usize {
+    qiaomen_protocol::doc::decode_changes([bytes])
+        .map(|c| c.iter().map(|c| c.len()).sum())
+        .unwrap_or(0)
 }
 
 fn code_text(code: RejectCode) -> String {
@@ -674,7 +687,9 @@ mod tests {
                 .collect();
             let flat: Vec<(HouseholdId, usize)> =
                 docs.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))).collect();
-            let chunks = plan_chunks(docs, chunk);
+            // Operations grow with bytes here, so the operation limit splits requests too.
+            let ops = |b: &[u8]| b.len() * 40;
+            let chunks = plan_chunks(docs, chunk, ops);
             let mut again = Vec::new();
             for c in &chunks {
                 let ids: std::collections::HashSet<_> = c.iter().map(|(id, _)| *id).collect();
@@ -682,6 +697,8 @@ mod tests {
                 let total: usize = c.iter().flat_map(|(_, l)| l.iter().map(|(_, b)| b.len())).sum();
                 let n: usize = c.iter().map(|(_, l)| l.len()).sum();
                 prop_assert!(total <= chunk || n == 1, "over budget with {} changes", n);
+                let total_ops: usize = c.iter().flat_map(|(_, l)| l.iter().map(|(_, b)| ops(b))).sum();
+                prop_assert!(total_ops <= limits::MAX_REQUEST_OPS || n == 1, "over the operation limit with {} changes", n);
                 again.extend(c.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))));
             }
             prop_assert_eq!(again, flat);

@@ -743,6 +743,31 @@ impl HouseholdDoc {
         self.doc.get_missing_deps(&[])
     }
 
+    /// The per-actor state of the history, for checking changes before they are applied
+    /// ([`crate::integrity`]).
+    pub fn lineage(&mut self) -> crate::integrity::Lineage {
+        crate::integrity::Lineage::of(self.doc.document())
+    }
+
+    /// Checks `change` against Automerge's own rules for this document
+    /// ([`crate::integrity::Lineage::check`]).
+    pub fn check_change(
+        &mut self,
+        lineage: &crate::integrity::Lineage,
+        change: &Change,
+    ) -> std::result::Result<(), crate::integrity::Fault> {
+        lineage.check(self.doc.document(), change)
+    }
+
+    /// Whether the document, with `change` applied, gives it back byte for byte
+    /// ([`crate::integrity::Lineage::round_trips`]).
+    pub fn round_trips(
+        &mut self,
+        change: &Change,
+    ) -> std::result::Result<(), crate::integrity::Fault> {
+        crate::integrity::Lineage::round_trips(self.doc.document(), change)
+    }
+
     /// The underlying Automerge document, read-only.
     pub fn automerge(&self) -> &AutoCommit {
         &self.doc

@@ -13,6 +13,7 @@ pub mod doc;
 pub mod error;
 pub mod hostile;
 pub mod ids;
+pub mod integrity;
 pub mod migrate;
 pub mod pack;
 pub mod review;

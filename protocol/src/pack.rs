@@ -49,7 +49,7 @@ pub const PACKED_FORMAT: u8 = 0x01;
 /// Bytes of a dependency's hash a packed change carries.
 pub const DEP_PREFIX: usize = 4;
 /// Operations one packed change may expand to (a visit has a few hundred).
-pub const MAX_OPS: usize = 200_000;
+pub const MAX_OPS: usize = crate::wire::limits::MAX_CHANGE_OPS;
 /// Dependencies one packed change may have (each is looked up on the server; a change has as
 /// many as the household had concurrent heads, rarely more than a few).
 pub const MAX_DEPS: usize = 64;
@@ -291,6 +291,11 @@ impl Unpacked {
     /// The prefixes of the change's dependencies, in order.
     pub fn dep_prefixes(&self) -> &[[u8; DEP_PREFIX]] {
         &self.deps
+    }
+
+    /// The operations the change expands to (at most [`MAX_OPS`]).
+    pub fn op_count(&self) -> usize {
+        self.change.operations.len()
     }
 
     /// The first 4 bytes of the change's hash.

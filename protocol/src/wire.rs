@@ -27,6 +27,19 @@ pub mod limits {
     pub const MAX_CHANGES: usize = 5_000;
     /// One change.
     pub const MAX_CHANGE_BYTES: usize = 1024 * 1024;
+    /// Operations in one change (a character typed into a note is one operation). Over →
+    /// that change is refused `over_limit`.
+    pub const MAX_CHANGE_OPS: usize = 20_000;
+    /// Operations in one request, all changes together: what one request may cost a writer.
+    /// Over → the changes past it are refused `over_limit` (the phone sends them in a later
+    /// request; the reference phone splits its uploads to stay under it).
+    pub const MAX_REQUEST_OPS: usize = 100_000;
+    /// Operations in one household's whole history. A change that would take it past this
+    /// is refused `over_limit`.
+    pub const MAX_DOC_OPS: u64 = 2_000_000;
+    /// Large request bodies (over 64 KiB compressed) a server decodes at the same time;
+    /// others wait their turn.
+    pub const MAX_CONCURRENT_DECODES: usize = 4;
     /// A client splits its upload into requests of about this many raw change bytes.
     pub const CLIENT_CHUNK_BYTES: usize = 512 * 1024;
     /// A server fills a response with about this many raw change bytes, then sets `more`.
@@ -98,7 +111,12 @@ pub const FEATURE_PACKED: u32 = 2;
 
 /// Every feature this build understands: what the reference phone sends in `f`, and what the
 /// reference server answers in `f` (the bits both ends share).
-pub const FEATURES: u32 = FEATURE_STALE_ORDER | FEATURE_PACKED;
+pub const FEATURES: u32 = FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY;
+
+/// Feature bit: the phone understands the reject codes `broken_history`, `over_limit` and
+/// `quarantined` (a phone without it is sent `malformed` for the first two and
+/// `missing_dependencies`, also temporary, for the third).
+pub const FEATURE_INTEGRITY: u32 = 4;
 
 impl RejectCode {
     /// The code as a phone announcing `features` may receive it: codes added after the first
@@ -107,6 +125,14 @@ impl RejectCode {
         match self {
             RejectCode::StaleOrder if features & FEATURE_STALE_ORDER == 0 => RejectCode::NotAllowed,
             RejectCode::SendRaw if features & FEATURE_PACKED == 0 => RejectCode::Malformed,
+            RejectCode::BrokenHistory | RejectCode::OverLimit
+                if features & FEATURE_INTEGRITY == 0 =>
+            {
+                RejectCode::Malformed
+            }
+            RejectCode::Quarantined if features & FEATURE_INTEGRITY == 0 => {
+                RejectCode::MissingDependencies
+            }
             code => code,
         }
     }
@@ -237,6 +263,19 @@ pub enum RejectCode {
     /// The phone keeps it and sends its own bytes instead. Temporary, like
     /// `missing_dependencies`.
     SendRaw,
+    /// The change breaks Automerge's own rules within its household (a sequence number that
+    /// is not the actor's next, operation ids reused or out of order, no dependency on the
+    /// actor's previous change, a checksum that does not match, references to operations that
+    /// do not exist): stored, it would make the household unloadable. Final.
+    BrokenHistory,
+    /// The change, or the request so far, exceeds a limit of §12 (operations per change, per
+    /// request, per household). Final for a change over `MAX_CHANGE_OPS` or `MAX_DOC_OPS`;
+    /// for `MAX_REQUEST_OPS` the phone sends it again in a smaller request.
+    OverLimit,
+    /// The household is quarantined on the server (it cannot be loaded or checked there until
+    /// an operator repairs it): nothing is wrong with the change. Temporary: the phone keeps
+    /// it pending, like `missing_dependencies`.
+    Quarantined,
 }
 
 /// Errors decoding a message.

@@ -41,7 +41,7 @@ const ACTOR: &str = "0192f49f-cccc-7ddd-8eee-ffff00001111";
 const T_CREATE_MS: i64 = 1_763_172_000_000;
 const T_EDIT_MS: i64 = 1_763_172_210_000;
 
-const ALL_CODES: [RejectCode; 11] = [
+const ALL_CODES: [RejectCode; 14] = [
     RejectCode::Malformed,
     RejectCode::SchemaViolation,
     RejectCode::DependsOnRejected,
@@ -53,6 +53,9 @@ const ALL_CODES: [RejectCode; 11] = [
     RejectCode::NotAllowed,
     RejectCode::StaleOrder,
     RejectCode::SendRaw,
+    RejectCode::BrokenHistory,
+    RejectCode::OverLimit,
+    RejectCode::Quarantined,
 ];
 
 fn id(s: &str) -> HouseholdId {
@@ -1211,6 +1214,10 @@ fn the_spec_states_the_codes_constants() {
         ("MAX_DOCS", limits::MAX_DOCS),
         ("MAX_CHANGES", limits::MAX_CHANGES),
         ("MAX_CHANGE_BYTES", limits::MAX_CHANGE_BYTES),
+        ("MAX_CHANGE_OPS", limits::MAX_CHANGE_OPS),
+        ("MAX_REQUEST_OPS", limits::MAX_REQUEST_OPS),
+        ("MAX_DOC_OPS", limits::MAX_DOC_OPS as usize),
+        ("MAX_CONCURRENT_DECODES", limits::MAX_CONCURRENT_DECODES),
         ("CLIENT_CHUNK_BYTES", limits::CLIENT_CHUNK_BYTES),
         ("RESPONSE_BUDGET_BYTES", limits::RESPONSE_BUDGET_BYTES),
     ] {

@@ -22,7 +22,7 @@ use crate::{
         org::{UnitKind, day_start_ms},
     },
     ingest::{Ingestor, Upload},
-    storage::SqliteStorage,
+    storage::{SqliteStorage, Storage},
 };
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +69,10 @@ pub enum AdminCommand {
         #[arg(long)]
         device: DeviceId,
     },
+    /// List quarantined households (their stored document does not load; uploads to them
+    /// are refused `quarantined` and phones keep their changes), or release one after a fix.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Print the audit log.
     Audit {
         #[arg(long, default_value_t = 0)]
@@ -77,6 +81,18 @@ pub enum AdminCommand {
     /// Create a small demo county (a town, two villages, three grids, workers, supervisors,
     /// households with members and key-group tags) and print enrollment codes and passwords.
     SeedDemo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// One line per quarantined household: id, reason, since (ms), and whether its stored
+    /// document loads now.
+    List,
+    /// Take a household out of quarantine: its uploads are checked again from the next sync.
+    Release {
+        #[arg(long)]
+        household: HouseholdId,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,6 +271,29 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             db.revoke_device(device)?;
             admin_event("revoke", &device.to_string())?;
             println!("device {device} revoked");
+        }
+        AdminCommand::Quarantine(QuarantineCommand::List) => {
+            let mut storage = SqliteStorage::open(data_dir)?;
+            for q in storage.quarantined()? {
+                let loads = storage
+                    .load_doc(q.doc)?
+                    .is_some_and(|bytes| HouseholdDoc::load(&bytes).is_ok());
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    q.doc,
+                    q.reason,
+                    q.at_ms,
+                    if loads { "loads" } else { "does_not_load" }
+                );
+            }
+        }
+        AdminCommand::Quarantine(QuarantineCommand::Release { household }) => {
+            let mut storage = SqliteStorage::open(data_dir)?;
+            if !storage.release(household)? {
+                return Err(format!("household {household} is not quarantined").into());
+            }
+            admin_event("quarantine_release", &household.to_string())?;
+            println!("household {household} released");
         }
         AdminCommand::Audit { after } => {
             for e in db.audit_log(after, 10_000)? {

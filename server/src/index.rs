@@ -225,12 +225,16 @@ impl Index {
             let Some(stored) = self.storage.load_doc(id)? else {
                 continue;
             };
-            // A document that does not load or read is left out of the read model (it is
-            // still in the log); the server never stores one, so this is defensive.
-            let household = HouseholdDoc::load(&stored).and_then(|d| d.household());
+            // A document that does not load or read (or makes a reader panic) is left out of
+            // the read model, with a warning: it is still in the log, and one household must
+            // never stop the figures of every other. The server does not store such a
+            // document (`qiaomen_protocol::integrity`), so this is defence in depth.
+            let household = std::panic::catch_unwind(|| {
+                HouseholdDoc::load(&stored).and_then(|d| d.household())
+            });
             match household {
-                Ok(h) => rows.push((raw.clone(), Some(h))),
-                Err(_) => {
+                Ok(Ok(h)) => rows.push((raw.clone(), Some(h))),
+                Ok(Err(_)) | Err(_) => {
                     tracing::warn!(household = %id, "a stored document does not read; not indexed");
                     rows.push((raw.clone(), None));
                 }
@@ -242,7 +246,20 @@ impl Index {
                 tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [raw])?;
             }
             if let Some(h) = household {
-                write_rows(&tx, raw, h, &self.workflow.deadlines)?;
+                // Rows are derived by the protocol's pure functions; should one panic on a
+                // household, that household's rows are left out, not the batch.
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    write_rows(&tx, raw, h, &self.workflow.deadlines)
+                }));
+                match written {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        tracing::warn!("a household's rows could not be derived; not indexed");
+                        for table in ["idx_households", "idx_visits", "idx_orders"] {
+                            tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [raw])?;
+                        }
+                    }
+                }
             }
         }
         tx.execute("UPDATE idx_cursor SET seq = ?1", [end])?;
@@ -406,7 +423,9 @@ pub async fn refresh_in_background(index: std::sync::Arc<std::sync::Mutex<Index>
     loop {
         let ix = index.clone();
         let caught_up = tokio::task::spawn_blocking(move || {
-            let mut ix = ix.lock().expect("index lock");
+            // The read model's state is its tables, changed only in transactions: a panic
+            // while the lock was held rolled its transaction back, so the lock is taken over.
+            let mut ix = ix.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match ix.refresh_batch(BATCH_ROWS) {
                 Ok((_, caught_up)) => caught_up,
                 Err(e) => {

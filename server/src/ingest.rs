@@ -3,6 +3,20 @@
 //! Many concurrent requests are **group-committed**: the writer takes every upload waiting in
 //! its queue, processes them in one transaction and fsyncs once, then answers each. An upload
 //! is acknowledged only after that commit returns.
+//!
+//! **A broken household fails only itself.** A change is checked against Automerge's own rules
+//! within its household ([`qiaomen_protocol::integrity`]) before it is applied, and applied it
+//! must give itself back byte for byte, so a stored change never makes its household
+//! unloadable. A household whose stored document still does not load (or whose processing
+//! panics) is quarantined: its changes are refused `quarantined` and every other household and
+//! request of the group is committed as usual. Only a failing store fails a whole group.
+//!
+//! **Bounded cost.** Changes are parsed (and packed ones expanded) before they reach a writer,
+//! on a blocking thread of the request: a request whose changes expand to more than
+//! [`limits::MAX_REQUEST_OPS`] operations never reaches one. A change over
+//! [`limits::MAX_CHANGE_OPS`], or one taking its household past [`limits::MAX_DOC_OPS`], is
+//! refused `over_limit`. When a batch of changes fails, the culprits are found by bisection
+//! (a copy of the document per halving, not one per change).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,6 +27,7 @@ use automerge::{Change, ChangeHash};
 use qiaomen_protocol::{
     doc::HouseholdDoc,
     ids::HouseholdId,
+    integrity::Lineage,
     pack,
     wire::{DocChanges, RejectCode, Rejection, limits},
 };
@@ -20,7 +35,10 @@ use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
 use crate::{
-    access::policy::{self, Principal},
+    access::{
+        org::Role,
+        policy::{self, Principal},
+    },
     storage::{NewChange, Storage, StorageError},
 };
 
@@ -40,6 +58,25 @@ fn verdict(
         Some(p) => policy::check_effect(p, doc, before, &touched, times),
         None => Ok(()),
     }
+}
+
+/// Applies `batch` to `doc` and checks the result: each change gives itself back byte for
+/// byte (what a saved document verifies when it loads) and the household is valid and the
+/// principal's to make. On an error `doc` holds part of the batch: the caller throws it away.
+fn apply_checked(
+    principal: Option<&Principal>,
+    doc: &mut HouseholdDoc,
+    id: HouseholdId,
+    batch: &[(usize, Change)],
+) -> Result<(), RejectCode> {
+    let before = doc.heads();
+    doc.apply_decoded(batch.iter().map(|(_, c)| c.clone()).collect())
+        .map_err(|_| RejectCode::BrokenHistory)?;
+    for (_, c) in batch {
+        doc.round_trips(c).map_err(|_| RejectCode::BrokenHistory)?;
+    }
+    let times: Vec<i64> = batch.iter().map(|(_, c)| c.timestamp()).collect();
+    verdict(principal, doc, &before, id, &times)
 }
 
 /// One request's uploads.
@@ -70,8 +107,78 @@ pub struct Outcome {
     pub uploaded: Vec<ChangeHash>,
 }
 
+/// A change of an upload as parsed before it reaches a writer.
+#[derive(Debug)]
+enum Incoming {
+    Raw(Box<Change>),
+    /// Expanded, waiting for its dependencies to be resolved against the household.
+    Packed(Box<pack::Unpacked>),
+    /// Refused on sight (not a change, too large, a packed change that does not read).
+    Refused(RejectCode),
+}
+
+#[derive(Debug)]
+struct ParsedDoc {
+    id: HouseholdId,
+    changes: Vec<Incoming>,
+}
+
+/// An upload parsed: what a writer works on.
+#[derive(Debug)]
+struct Parsed {
+    principal: Option<Arc<Principal>>,
+    docs: Vec<ParsedDoc>,
+}
+
+/// Parses every change of an upload (and expands the packed ones), counting operations.
+fn parse(upload: &Upload) -> Result<Parsed, WriteFailed> {
+    let empty = Packing::default();
+    let packing = upload.packing.as_deref().unwrap_or(&empty);
+    let mut ops = 0usize;
+    let mut docs = Vec::with_capacity(upload.docs.len());
+    for dc in &upload.docs {
+        let mut changes = Vec::with_capacity(dc.changes.len());
+        for bytes in &dc.changes {
+            let incoming = if bytes.len() > limits::MAX_CHANGE_BYTES {
+                Incoming::Refused(RejectCode::Malformed)
+            } else if bytes.first() == Some(&pack::PACKED_FORMAT) {
+                match pack::unpack(bytes, &packing.table, packing.base_ms) {
+                    Ok(u) => {
+                        ops += u.op_count();
+                        Incoming::Packed(Box::new(u))
+                    }
+                    Err(pack::PackError::TooLarge) => Incoming::Refused(RejectCode::OverLimit),
+                    Err(_) => Incoming::Refused(RejectCode::SendRaw),
+                }
+            } else {
+                match qiaomen_protocol::doc::decode_changes([bytes.as_slice()]) {
+                    Ok(mut c) => {
+                        let change = c.remove(0);
+                        if change.len() > limits::MAX_CHANGE_OPS {
+                            Incoming::Refused(RejectCode::OverLimit)
+                        } else {
+                            ops += change.len();
+                            Incoming::Raw(Box::new(change))
+                        }
+                    }
+                    Err(_) => Incoming::Refused(RejectCode::Malformed),
+                }
+            };
+            if ops > limits::MAX_REQUEST_OPS {
+                return Err(WriteFailed::TooManyOps);
+            }
+            changes.push(incoming);
+        }
+        docs.push(ParsedDoc { id: dc.id, changes });
+    }
+    Ok(Parsed {
+        principal: upload.principal.clone(),
+        docs,
+    })
+}
+
 struct Job {
-    upload: Upload,
+    upload: Parsed,
     reply: oneshot::Sender<Result<Outcome, String>>,
 }
 
@@ -81,10 +188,19 @@ pub struct Writer {
     shards: Vec<mpsc::SyncSender<Job>>,
 }
 
-/// Why an upload could not be processed (the storage failed; the phone should retry).
+/// Why an upload could not be processed.
 #[derive(Debug, thiserror::Error)]
-#[error("the server could not store the upload")]
-pub struct WriteFailed;
+pub enum WriteFailed {
+    /// The storage failed; the phone should retry.
+    #[error("the server could not store the upload")]
+    Storage,
+    /// The request's changes expand to more operations than a request may cost.
+    #[error(
+        "the request's changes expand to more than {} operations",
+        limits::MAX_REQUEST_OPS
+    )]
+    TooManyOps,
+}
 
 impl Writer {
     /// Starts one writer thread per storage connection. Households are sharded across them
@@ -115,12 +231,16 @@ impl Writer {
         u16::from_le_bytes([b[14], b[15]]) as usize % self.shards.len()
     }
 
-    /// Hands an upload to the writers and waits until it is durably stored (or refused).
+    /// Hands an upload to the writers and waits until it is durably stored (or refused). Its
+    /// changes are parsed first, off the async threads and off the writers.
     pub async fn submit(&self, upload: Upload) -> Result<Outcome, WriteFailed> {
-        let mut parts: Vec<Vec<DocChanges>> = vec![Vec::new(); self.shards.len()];
-        for dc in upload.docs {
-            let shard = self.shard_of(&dc.id);
-            parts[shard].push(dc);
+        let parsed = tokio::task::spawn_blocking(move || parse(&upload))
+            .await
+            .map_err(|_| WriteFailed::Storage)??;
+        let mut parts: Vec<Vec<ParsedDoc>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
+        for doc in parsed.docs {
+            let shard = self.shard_of(&doc.id);
+            parts[shard].push(doc);
         }
         let mut waiting = Vec::new();
         for (shard, docs) in parts.into_iter().enumerate() {
@@ -130,26 +250,25 @@ impl Writer {
             let (reply, rx) = oneshot::channel();
             let tx = self.shards[shard].clone();
             let job = Job {
-                upload: Upload {
-                    principal: upload.principal.clone(),
+                upload: Parsed {
+                    principal: parsed.principal.clone(),
                     docs,
-                    packing: upload.packing.clone(),
                 },
                 reply,
             };
             // The queues are bounded; wait for room off the async threads.
             tokio::task::spawn_blocking(move || tx.send(job))
                 .await
-                .map_err(|_| WriteFailed)?
-                .map_err(|_| WriteFailed)?;
+                .map_err(|_| WriteFailed::Storage)?
+                .map_err(|_| WriteFailed::Storage)?;
             waiting.push(rx);
         }
         let mut outcome = Outcome::default();
         for rx in waiting {
             let part = rx
                 .await
-                .map_err(|_| WriteFailed)?
-                .map_err(|_| WriteFailed)?;
+                .map_err(|_| WriteFailed::Storage)?
+                .map_err(|_| WriteFailed::Storage)?;
             outcome.accepted += part.accepted;
             outcome.rejected.extend(part.rejected);
             outcome.uploaded.extend(part.uploaded);
@@ -167,11 +286,13 @@ fn run_shard<S: Storage>(mut ingestor: Ingestor<S>, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let uploads: Vec<&Upload> = jobs.iter().map(|j| &j.upload).collect();
-        // A panic (Automerge on hostile input, say) must not end the shard: drop what it held
-        // in memory, roll back, and answer the group with errors; phones retry.
+        let (uploads, replies): (Vec<Parsed>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.upload, j.reply)).unzip();
+        // A panic outside one household's processing (which is caught per household) must
+        // not end the shard: drop what it held in memory, roll back, and answer the group
+        // with errors; phones retry.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ingestor.process_group(&uploads)
+            ingestor.process_parsed(uploads)
         }))
         .unwrap_or_else(|_| {
             ingestor.reset();
@@ -179,14 +300,14 @@ fn run_shard<S: Storage>(mut ingestor: Ingestor<S>, rx: mpsc::Receiver<Job>) {
         });
         match result {
             Ok(outcomes) => {
-                for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, group = jobs.len(), "write group failed; rolled back");
-                for job in jobs {
-                    let _ = job.reply.send(Err("storage".into()));
+                tracing::error!(error = %e, group = replies.len(), "write group failed; rolled back");
+                for reply in replies {
+                    let _ = reply.send(Err("storage".into()));
                 }
             }
         }
@@ -226,6 +347,8 @@ struct Queued {
 
 struct Cached {
     doc: HouseholdDoc,
+    /// The per-actor state of `doc`'s history, for checking the next changes.
+    lineage: Lineage,
     last_used: u64,
 }
 
@@ -242,18 +365,6 @@ pub struct Ingestor<S: Storage> {
     pinned: HashSet<HouseholdId>,
 }
 
-/// Refuses every change of `candidates` with `code`.
-fn reject_all(
-    outcome: &mut Outcome,
-    id: HouseholdId,
-    candidates: Vec<(usize, Change)>,
-    code: RejectCode,
-) {
-    for (n, c) in candidates {
-        outcome.rejected.push(reject(id, n, Some(c.hash()), code));
-    }
-}
-
 fn reject(doc: HouseholdId, n: usize, hash: Option<ChangeHash>, code: RejectCode) -> Rejection {
     Rejection {
         doc,
@@ -263,12 +374,36 @@ fn reject(doc: HouseholdId, n: usize, hash: Option<ChangeHash>, code: RejectCode
     }
 }
 
+/// Refuses every change of a household's upload with `code` (those parsed with their hash).
+fn reject_incoming(outcome: &mut Outcome, doc: &ParsedDoc, code: RejectCode) {
+    for (n, inc) in doc.changes.iter().enumerate() {
+        let hash = match inc {
+            Incoming::Raw(c) => Some(c.hash()),
+            _ => None,
+        };
+        outcome.rejected.push(reject(doc.id, n, hash, code));
+    }
+}
+
+/// Whether the principal could ever write a household of `grid`: a grant on it (now or in
+/// the past), or a team's work orders. Checked before the household is loaded.
+fn may_touch(p: &Principal, grid: &str) -> bool {
+    p.scope.roles.contains(&Role::TeamMember) || p.scope.grants.iter().any(|g| g.grid == grid)
+}
+
 impl<S: Storage> std::fmt::Debug for Ingestor<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ingestor")
             .field("cached", &self.cache.len())
             .finish_non_exhaustive()
     }
+}
+
+/// How a household's processing ended, short of a storage failure.
+enum DocEnd {
+    Done,
+    /// Its stored document does not load: quarantined.
+    Unloadable,
 }
 
 impl<S: Storage> Ingestor<S> {
@@ -283,8 +418,6 @@ impl<S: Storage> Ingestor<S> {
         }
     }
 
-    /// Processes uploads in one transaction. On a storage error everything is rolled back,
-    /// the cache is dropped (it may hold changes that are not stored) and the error returned.
     /// Forgets everything held in memory and abandons any open transaction.
     pub fn reset(&mut self) {
         self.storage.rollback();
@@ -293,7 +426,39 @@ impl<S: Storage> Ingestor<S> {
         self.pinned.clear();
     }
 
+    /// Processes uploads in one transaction (parsing them first, as [`Writer::submit`] does).
+    /// On a storage error everything is rolled back, the cache is dropped (it may hold
+    /// changes that are not stored) and the error returned. An upload over
+    /// [`limits::MAX_REQUEST_OPS`] gets an outcome refusing all its changes `over_limit`.
     pub fn process_group(&mut self, uploads: &[&Upload]) -> Result<Vec<Outcome>, StorageError> {
+        let mut parsed = Vec::with_capacity(uploads.len());
+        let mut over = Vec::new();
+        for (i, u) in uploads.iter().enumerate() {
+            match parse(u) {
+                Ok(p) => parsed.push(p),
+                Err(_) => {
+                    over.push(i);
+                    parsed.push(Parsed {
+                        principal: None,
+                        docs: Vec::new(),
+                    });
+                }
+            }
+        }
+        let mut outcomes = self.process_parsed(parsed)?;
+        for i in over {
+            for dc in &uploads[i].docs {
+                for n in 0..dc.changes.len() {
+                    outcomes[i]
+                        .rejected
+                        .push(reject(dc.id, n, None, RejectCode::OverLimit));
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn process_parsed(&mut self, uploads: Vec<Parsed>) -> Result<Vec<Outcome>, StorageError> {
         let started = std::time::Instant::now();
         let result = self.check_and_store(uploads, started);
         self.pending.clear();
@@ -309,10 +474,11 @@ impl<S: Storage> Ingestor<S> {
     /// appends what was accepted and commits, in one transaction.
     fn check_and_store(
         &mut self,
-        uploads: &[&Upload],
+        uploads: Vec<Parsed>,
         started: std::time::Instant,
     ) -> Result<Vec<Outcome>, StorageError> {
-        let mut outcomes = Vec::with_capacity(uploads.len());
+        let n_uploads = uploads.len();
+        let mut outcomes = Vec::with_capacity(n_uploads);
         for upload in uploads {
             outcomes.push(self.process(upload)?);
         }
@@ -348,7 +514,7 @@ impl<S: Storage> Ingestor<S> {
             return Err(e);
         }
         tracing::debug!(
-            uploads = uploads.len(),
+            uploads = n_uploads,
             accepted = outcomes.iter().map(|o| o.accepted).sum::<u32>(),
             process_us = processed.as_micros() as u64,
             commit_us = (started.elapsed() - processed).as_micros() as u64,
@@ -391,18 +557,19 @@ impl<S: Storage> Ingestor<S> {
     }
 
     fn doc(&mut self, id: HouseholdId) -> Result<Option<&mut HouseholdDoc>, StorageError> {
+        Ok(self.cached(id)?.map(|c| &mut c.doc))
+    }
+
+    fn cached(&mut self, id: HouseholdId) -> Result<Option<&mut Cached>, StorageError> {
         self.tick += 1;
         let tick = self.tick;
         if !self.cache.contains_key(&id) {
             let Some(bytes) = self.storage.load_doc(id)? else {
                 return Ok(None);
             };
-            // A stored document that does not load is a server fault: fail the request (the
-            // phone retries) rather than drop its changes silently.
-            let doc = HouseholdDoc::load(&bytes).map_err(|_| {
-                tracing::error!(household = %id, "stored document does not load");
-                StorageError::Corrupt(id)
-            })?;
+            // A stored document that does not load is quarantined by the caller: its
+            // uploads are refused (temporarily) and nothing else is held up.
+            let mut doc = HouseholdDoc::load(&bytes).map_err(|_| StorageError::Corrupt(id))?;
             if self.cache.len() >= self.options.cache_capacity.max(1)
                 && let Some(oldest) = self
                     .cache
@@ -413,71 +580,84 @@ impl<S: Storage> Ingestor<S> {
             {
                 self.cache.remove(&oldest);
             }
+            let lineage = doc.lineage();
             self.cache.insert(
                 id,
                 Cached {
                     doc,
+                    lineage,
                     last_used: tick,
                 },
             );
         }
         let c = self.cache.get_mut(&id).expect("present");
         c.last_used = tick;
-        Ok(Some(&mut c.doc))
+        Ok(Some(c))
     }
 
-    fn cache_put(&mut self, id: HouseholdId, doc: HouseholdDoc) {
+    fn cache_put(&mut self, id: HouseholdId, mut doc: HouseholdDoc) {
         self.tick += 1;
+        let lineage = doc.lineage();
         self.cache.insert(
             id,
             Cached {
                 doc,
+                lineage,
                 last_used: self.tick,
             },
         );
     }
 
-    /// Applies `candidates` one at a time on top of `doc`, keeping those whose result is valid;
-    /// the others (and what builds on them) are refused. The result becomes the cached
-    /// document. Returns the accepted changes.
-    fn one_by_one(
-        &mut self,
+    /// Applies what it can of `batch` on top of `doc`, refusing the culprits (and what
+    /// builds on them): the whole batch on a copy, and on failure each half in turn, down to
+    /// single changes. A copy of the document per halving: `O(k log n)` copies for `k` bad
+    /// changes among `n`, never one per change.
+    fn settle(
         principal: Option<&Principal>,
         id: HouseholdId,
-        mut doc: HouseholdDoc,
-        candidates: Vec<(usize, Change)>,
+        doc: HouseholdDoc,
+        batch: Vec<(usize, Change)>,
+        bad: &mut HashSet<ChangeHash>,
+        good: &mut Vec<(usize, Change)>,
         outcome: &mut Outcome,
-    ) -> Vec<(usize, Change)> {
-        let mut good = Vec::new();
-        let mut bad: HashSet<ChangeHash> = HashSet::new();
-        for (n, change) in candidates {
-            let hash = change.hash();
+    ) -> HouseholdDoc {
+        let mut batch_ok = Vec::with_capacity(batch.len());
+        for (n, change) in batch {
             if change.deps().iter().any(|d| bad.contains(d)) {
-                bad.insert(hash);
-                outcome
-                    .rejected
-                    .push(reject(id, n, Some(hash), RejectCode::DependsOnRejected));
-                continue;
-            }
-            let mut trial = doc.clone();
-            let before = trial.heads();
-            let result = match trial.apply_decoded(vec![change.clone()]) {
-                Ok(()) => verdict(principal, &mut trial, &before, id, &[change.timestamp()]),
-                Err(_) => Err(RejectCode::SchemaViolation),
-            };
-            match result {
-                Ok(()) => {
-                    doc = trial;
-                    good.push((n, change));
-                }
-                Err(code) => {
-                    bad.insert(hash);
-                    outcome.rejected.push(reject(id, n, Some(hash), code));
-                }
+                bad.insert(change.hash());
+                outcome.rejected.push(reject(
+                    id,
+                    n,
+                    Some(change.hash()),
+                    RejectCode::DependsOnRejected,
+                ));
+            } else {
+                batch_ok.push((n, change));
             }
         }
-        self.cache_put(id, doc);
-        good
+        if batch_ok.is_empty() {
+            return doc;
+        }
+        let mut trial = doc.clone();
+        match apply_checked(principal, &mut trial, id, &batch_ok) {
+            Ok(()) => {
+                good.extend(batch_ok);
+                trial
+            }
+            Err(code) if batch_ok.len() == 1 => {
+                let (n, change) = batch_ok.remove(0);
+                bad.insert(change.hash());
+                outcome
+                    .rejected
+                    .push(reject(id, n, Some(change.hash()), code));
+                doc
+            }
+            Err(_) => {
+                let second = batch_ok.split_off(batch_ok.len() / 2);
+                let doc = Self::settle(principal, id, doc, batch_ok, bad, good, outcome);
+                Self::settle(principal, id, doc, second, bad, good, outcome)
+            }
+        }
     }
 
     /// A packed change rebuilt: each dependency found by its prefix among the household's
@@ -487,15 +667,10 @@ impl<S: Storage> Ingestor<S> {
     fn unpacked(
         &mut self,
         id: HouseholdId,
-        bytes: &[u8],
-        packing: Option<&Packing>,
+        unpacked: pack::Unpacked,
+        exists: bool,
         before: &[(usize, Change)],
     ) -> Result<Result<Change, RejectCode>, StorageError> {
-        let empty = Packing::default();
-        let packing = packing.unwrap_or(&empty);
-        let Ok(unpacked) = pack::unpack(bytes, &packing.table, packing.base_ms) else {
-            return Ok(Err(RejectCode::SendRaw));
-        };
         let mut options: Vec<Vec<ChangeHash>> = Vec::new();
         for prefix in unpacked.dep_prefixes() {
             let mut found: Vec<ChangeHash> = before
@@ -511,7 +686,7 @@ impl<S: Storage> Ingestor<S> {
             }
             if found.is_empty() {
                 // What it builds on is not here (yet): as for a change sent whole.
-                let code = if self.doc(id)?.is_some() {
+                let code = if exists {
                     RejectCode::MissingDependencies
                 } else {
                     RejectCode::UnknownDocument
@@ -555,60 +730,121 @@ impl<S: Storage> Ingestor<S> {
         Ok(Err(RejectCode::SendRaw))
     }
 
-    fn process(&mut self, upload: &Upload) -> Result<Outcome, StorageError> {
+    fn process(&mut self, upload: Parsed) -> Result<Outcome, StorageError> {
         let mut outcome = Outcome::default();
-        for dc in &upload.docs {
-            self.process_doc(
-                upload.principal.as_deref(),
-                upload.packing.as_deref(),
-                dc,
-                &mut outcome,
-            )?;
+        let principal = upload.principal.as_deref();
+        for dc in upload.docs {
+            let id = dc.id;
+            let mark = (
+                outcome.accepted,
+                outcome.rejected.len(),
+                outcome.uploaded.len(),
+            );
+            let hashes: Vec<Option<ChangeHash>> = dc
+                .changes
+                .iter()
+                .map(|c| match c {
+                    Incoming::Raw(c) => Some(c.hash()),
+                    _ => None,
+                })
+                .collect();
+            let n_changes = dc.changes.len();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.process_doc(principal, dc, &mut outcome)
+            }));
+            let refuse_all = |outcome: &mut Outcome, code: RejectCode| {
+                outcome.accepted = mark.0;
+                outcome.rejected.truncate(mark.1);
+                outcome.uploaded.truncate(mark.2);
+                for n in 0..n_changes {
+                    outcome
+                        .rejected
+                        .push(reject(id, n, hashes.get(n).copied().flatten(), code));
+                }
+            };
+            match result {
+                Ok(Ok(DocEnd::Done)) => {}
+                Ok(Ok(DocEnd::Unloadable)) | Ok(Err(StorageError::Corrupt(_))) => {
+                    tracing::error!(household = %id, "stored household does not load; quarantined");
+                    self.storage.quarantine(id, "does_not_load")?;
+                    self.forget(id);
+                    refuse_all(&mut outcome, RejectCode::Quarantined);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    // One line, no backtrace and no content: the household's id.
+                    tracing::error!(household = %id, "a change made the write path panic; refused");
+                    self.forget(id);
+                    refuse_all(&mut outcome, RejectCode::BrokenHistory);
+                }
+            }
         }
         Ok(outcome)
+    }
+
+    /// Drops what this writer holds in memory of a household whose processing failed, keeping
+    /// what the group accepted for it earlier (the cached copy is rebuilt from those).
+    fn forget(&mut self, id: HouseholdId) {
+        match self.reload(id) {
+            Ok(Some(doc)) => self.cache_put(id, doc),
+            _ => {
+                self.cache.remove(&id);
+            }
+        }
     }
 
     fn process_doc(
         &mut self,
         principal: Option<&Principal>,
-        packing: Option<&Packing>,
-        dc: &DocChanges,
+        dc: ParsedDoc,
         outcome: &mut Outcome,
-    ) -> Result<(), StorageError> {
+    ) -> Result<DocEnd, StorageError> {
         let id = dc.id;
+        // 0. Before anything is loaded: a quarantined household waits; a household of a grid
+        //    the device's user never held is not theirs.
+        if !self.cache.contains_key(&id) && self.storage.is_quarantined(id)? {
+            reject_incoming(outcome, &dc, RejectCode::Quarantined);
+            return Ok(DocEnd::Done);
+        }
+        if let Some(p) = principal
+            && !self.cache.contains_key(&id)
+            && let Some(grid) = self.storage.doc_grid(id)?
+            && !may_touch(p, &grid)
+        {
+            reject_incoming(outcome, &dc, RejectCode::OutOfScope);
+            return Ok(DocEnd::Done);
+        }
         self.pinned.insert(id);
-        // 1. Decode (rebuild the packed ones); refuse what is not a change.
+        let exists = match self.doc(id) {
+            Ok(d) => d.is_some(),
+            Err(StorageError::Corrupt(_)) => return Ok(DocEnd::Unloadable),
+            Err(e) => return Err(e),
+        };
+        // 1. Rebuild the packed changes; refuse what is not a change.
         let mut decoded: Vec<(usize, Change)> = Vec::new();
-        for (n, bytes) in dc.changes.iter().enumerate() {
-            if bytes.len() > limits::MAX_CHANGE_BYTES {
-                outcome
-                    .rejected
-                    .push(reject(id, n, None, RejectCode::Malformed));
-                continue;
-            }
-            if bytes.first() == Some(&pack::PACKED_FORMAT) {
-                match self.unpacked(id, bytes, packing, &decoded)? {
-                    Ok(change) => {
-                        outcome.uploaded.push(change.hash());
-                        decoded.push((n, change));
-                    }
-                    Err(code) => outcome.rejected.push(reject(id, n, None, code)),
-                }
-                continue;
-            }
-            match qiaomen_protocol::doc::decode_changes([bytes.as_slice()]) {
-                Ok(mut c) => {
-                    let change = c.remove(0);
+        for (n, incoming) in dc.changes.into_iter().enumerate() {
+            match incoming {
+                Incoming::Raw(change) => {
                     outcome.uploaded.push(change.hash());
-                    decoded.push((n, change));
+                    decoded.push((n, *change));
                 }
-                Err(_) => outcome
-                    .rejected
-                    .push(reject(id, n, None, RejectCode::Malformed)),
+                Incoming::Packed(unpacked) => {
+                    match self.unpacked(id, *unpacked, exists, &decoded)? {
+                        Ok(change) => {
+                            outcome.uploaded.push(change.hash());
+                            decoded.push((n, change));
+                        }
+                        Err(code) => outcome.rejected.push(reject(id, n, None, code)),
+                    }
+                }
+                Incoming::Refused(code) => outcome.rejected.push(reject(id, n, None, code)),
             }
         }
-        // 2. Sort out duplicates and dependencies.
-        let exists = self.doc(id)?.is_some();
+        // 2. Sort out duplicates, dependencies, authors and Automerge's rules.
+        let mut lineage = match self.cache.get(&id) {
+            Some(c) => c.lineage.clone(),
+            None => Lineage::default(),
+        };
         let mut known: HashSet<ChangeHash> = HashSet::new();
         let mut refused: HashSet<ChangeHash> = HashSet::new();
         let mut candidates: Vec<(usize, Change)> = Vec::new();
@@ -659,78 +895,124 @@ impl<S: Storage> Ingestor<S> {
                 outcome.rejected.push(reject(id, n, Some(hash), code));
                 continue;
             }
+            // Automerge's own rules: stored, a change that breaks them would make the
+            // household unloadable for everyone.
+            let fault = match self.cache.get_mut(&id) {
+                Some(c) => c.doc.check_change(&lineage, &change),
+                None => lineage.check(&automerge::Automerge::new(), &change),
+            };
+            let code = match fault {
+                Err(qiaomen_protocol::integrity::Fault::TooManyOps) => Some(RejectCode::OverLimit),
+                Err(f) => {
+                    tracing::info!(household = %id, fault = f.as_str(), "change breaks its history; refused");
+                    Some(RejectCode::BrokenHistory)
+                }
+                Ok(()) if lineage.ops() + change.len() as u64 > limits::MAX_DOC_OPS => {
+                    Some(RejectCode::OverLimit)
+                }
+                Ok(()) => None,
+            };
+            if let Some(code) = code {
+                refused.insert(hash);
+                outcome.rejected.push(reject(id, n, Some(hash), code));
+                continue;
+            }
+            lineage.record(&change);
             known.insert(hash);
             candidates.push((n, change));
         }
         if candidates.is_empty() {
-            return Ok(());
+            return Ok(DocEnd::Done);
         }
-        // 3. Apply and check: all at once (the common case), else one by one.
-        let times: Vec<i64> = candidates.iter().map(|(_, c)| c.timestamp()).collect();
+        // 3. Apply and check: all at once (the common case), else by bisection.
         let grid_before = self.doc(id)?.map(|doc| doc.grid());
         let accepted: Vec<(usize, Change)> = if exists {
-            let doc = self.doc(id)?.expect("exists");
-            let before = doc.heads();
-            let all_ok = doc
-                .apply_decoded(candidates.iter().map(|(_, c)| c.clone()).collect())
-                .is_ok()
-                && verdict(principal, doc, &before, id, &times).is_ok();
-            if all_ok {
+            let c = self.cached(id)?.expect("exists");
+            if apply_checked(principal, &mut c.doc, id, &candidates).is_ok() {
+                lineage.settle();
+                c.lineage = lineage;
                 candidates
             } else {
                 // Start again from what is stored (and accepted earlier in this group) and
                 // find the culprits.
-                let doc = match self.reload(id)? {
-                    Some(d) => d,
-                    None => {
+                let doc = match self.reload(id) {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
                         // Never leave a change neither accepted nor refused: the phone takes
                         // silence for an acknowledgement.
-                        reject_all(outcome, id, candidates, RejectCode::UnknownDocument);
-                        return Ok(());
+                        for (n, c) in candidates {
+                            outcome.rejected.push(reject(
+                                id,
+                                n,
+                                Some(c.hash()),
+                                RejectCode::UnknownDocument,
+                            ));
+                        }
+                        return Ok(DocEnd::Done);
                     }
+                    Err(StorageError::Corrupt(_)) => return Ok(DocEnd::Unloadable),
+                    Err(e) => return Err(e),
                 };
-                self.one_by_one(principal, id, doc, candidates, outcome)
+                let mut good = Vec::new();
+                let doc = Self::settle(
+                    principal,
+                    id,
+                    doc,
+                    candidates,
+                    &mut HashSet::new(),
+                    &mut good,
+                    outcome,
+                );
+                self.cache_put(id, doc);
+                good
             }
         } else {
-            // A household new to the server: its changes must build a valid household of this id.
+            // A household new to the server: its changes must build a valid household of this
+            // id, checked whole, with the same rules as an edit (visit days, entries under
+            // their own ids). Its first change alone must create it; the rest settle on it.
             let mut bytes = Vec::new();
             for (_, c) in &candidates {
                 bytes.extend_from_slice(c.raw_bytes());
             }
-            // It is checked whole, with the same rules as an edit (visit days, entries under
-            // their own ids).
-            let built = HouseholdDoc::load(&bytes)
-                .ok()
-                .and_then(|mut d| d.missing_deps().is_empty().then_some(d))
-                .map(|mut d| {
-                    let valid = verdict(principal, &mut d, &[], id, &times).is_ok();
-                    (d, valid)
-                });
-            match built {
+            let built = HouseholdDoc::load(&bytes).ok().and_then(|mut d| {
+                let complete = d.missing_deps().is_empty()
+                    && candidates.iter().all(|(_, c)| d.round_trips(c).is_ok());
+                complete.then_some(d)
+            });
+            let whole = built.map(|mut d| {
+                let times: Vec<i64> = candidates.iter().map(|(_, c)| c.timestamp()).collect();
+                let valid = verdict(principal, &mut d, &[], id, &times).is_ok();
+                (d, valid)
+            });
+            match whole {
                 Some((doc, true)) => {
                     self.cache_put(id, doc);
                     candidates
                 }
-                Some((_, false)) => {
-                    // Find the culprits: the creation alone, then each change in turn, so
-                    // one bad change does not take the household's creation with it.
+                _ => {
                     let mut rest = candidates.into_iter();
                     let (n0, first) = rest.next().expect("candidates is not empty");
                     let base = HouseholdDoc::load(first.raw_bytes())
                         .map_err(|_| RejectCode::SchemaViolation)
                         .and_then(|mut d| {
+                            d.round_trips(&first)
+                                .map_err(|_| RejectCode::BrokenHistory)?;
                             verdict(principal, &mut d, &[], id, &[first.timestamp()]).map(|()| d)
                         });
                     match base {
                         Ok(doc) => {
+                            let mut bad = HashSet::new();
                             let mut good = vec![(n0, first)];
-                            good.extend(self.one_by_one(
+                            let doc = Self::settle(
                                 principal,
                                 id,
                                 doc,
                                 rest.collect(),
+                                &mut bad,
+                                &mut good,
                                 outcome,
-                            ));
+                            );
+                            self.cache_put(id, doc);
                             good
                         }
                         Err(first_code) => {
@@ -739,18 +1021,14 @@ impl<S: Storage> Ingestor<S> {
                                 outcome.rejected.push(reject(id, n, Some(c.hash()), code));
                                 code = RejectCode::DependsOnRejected;
                             }
-                            return Ok(());
+                            return Ok(DocEnd::Done);
                         }
                     }
-                }
-                None => {
-                    reject_all(outcome, id, candidates, RejectCode::UnknownDocument);
-                    return Ok(());
                 }
             }
         };
         if accepted.is_empty() {
-            return Ok(());
+            return Ok(DocEnd::Done);
         }
         // 4. Queue for the log: appended when the group commits.
         let rows: Vec<NewChange> = accepted
@@ -775,7 +1053,7 @@ impl<S: Storage> Ingestor<S> {
             grid_before,
             grid_after,
         });
-        Ok(())
+        Ok(DocEnd::Done)
     }
 }
 

@@ -103,6 +103,15 @@ pub trait Storage: Send + 'static {
     fn grid_docs(&mut self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>>;
     /// Every logged change of a document, oldest first, up to `until`.
     fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>>;
+    /// Puts a household in quarantine (kept if it already is), outside any open transaction's
+    /// fate: called before a group's transaction begins.
+    fn quarantine(&mut self, id: HouseholdId, reason: &str) -> Result<()>;
+    /// Whether a household is quarantined.
+    fn is_quarantined(&mut self, id: HouseholdId) -> Result<bool>;
+    /// Every quarantined household, oldest first.
+    fn quarantined(&mut self) -> Result<Vec<Quarantined>>;
+    /// Takes a household out of quarantine; whether it was in.
+    fn release(&mut self, id: HouseholdId) -> Result<bool>;
 }
 
 /// Schema migrations, in order: the store's `user_version` counts those applied.
@@ -112,6 +121,7 @@ const MIGRATIONS: &[&str] = &[
     TEAMS_SCHEMA,
     crate::index::INDEX_SCHEMA,
     crate::tasks::TASKS_SCHEMA,
+    QUARANTINE_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"
@@ -134,6 +144,25 @@ CREATE TABLE IF NOT EXISTS docs (
     snapshot_seq  INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 "#;
+
+/// Households the server cannot load or check: their uploads are refused `quarantined`
+/// until an operator releases them (`qiaomen-server admin quarantine`).
+const QUARANTINE_SCHEMA: &str = r#"
+CREATE TABLE quarantine (
+    doc    BLOB PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// A quarantined household.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Quarantined {
+    pub doc: HouseholdId,
+    /// A stable code: `does_not_load`, `panicked`.
+    pub reason: String,
+    pub at_ms: i64,
+}
 
 /// Teams (departments and service teams that handle dispatched work orders) become a kind of
 /// org unit: SQLite cannot change a CHECK constraint, so the table is rebuilt (foreign keys
@@ -573,6 +602,55 @@ impl Storage for SqliteStorage {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn quarantine(&mut self, id: HouseholdId, reason: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO quarantine (doc, reason, at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (doc) DO NOTHING",
+            )?
+            .execute(params![id.as_bytes().as_slice(), reason, now_ms()])?;
+        Ok(())
+    }
+
+    fn is_quarantined(&mut self, id: HouseholdId) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM quarantine WHERE doc = ?1)")?
+            .query_row([id.as_bytes().as_slice()], |r| r.get(0))?)
+    }
+
+    fn quarantined(&mut self) -> Result<Vec<Quarantined>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT doc, reason, at_ms FROM quarantine ORDER BY at_ms, doc")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (doc, reason, at_ms) = row?;
+            if let Ok(b) = <[u8; 16]>::try_from(doc.as_slice()) {
+                out.push(Quarantined {
+                    doc: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(b)),
+                    reason,
+                    at_ms,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn release(&mut self, id: HouseholdId) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM quarantine WHERE doc = ?1")?
+            .execute([id.as_bytes().as_slice()])?
+            > 0)
     }
 
     fn doc_count(&mut self) -> Result<u64> {

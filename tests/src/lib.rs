@@ -264,11 +264,22 @@ pub fn raw_upload(
     id: HouseholdId,
     changes: Vec<Vec<u8>>,
 ) -> (u16, Option<qiaomen_protocol::wire::SyncResponse>) {
+    raw_upload_with(url, token, id, changes, 0)
+}
+
+/// [`raw_upload`] from a client announcing `features` (`wire::FEATURE_*` bits).
+pub fn raw_upload_with(
+    url: &str,
+    token: &str,
+    id: HouseholdId,
+    changes: Vec<Vec<u8>>,
+    features: u32,
+) -> (u16, Option<qiaomen_protocol::wire::SyncResponse>) {
     use qiaomen_protocol::wire::{self, CONTENT_TYPE, DocChanges, SyncRequest};
     let req = SyncRequest {
         table: vec![],
         base_ms: 0,
-        features: 0,
+        features,
         extras_digest: None,
         scope_digest: None,
         cursor_check: None,

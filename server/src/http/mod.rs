@@ -93,7 +93,11 @@ impl AppState {
     ) -> Result<T, ApiError> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || {
-            let mut ix = index.lock().expect("index lock");
+            // A panic under the lock rolled back its transaction (the read model is its
+            // tables): take the lock over rather than fail every later read.
+            let mut ix = index
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             ix.refresh_batch(crate::index::READ_ROWS)?;
             f(&ix)
         })
