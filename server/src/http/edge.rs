@@ -6,7 +6,8 @@
 //! 2. **Bodies**: an idle timeout between body frames (a client that promises 100 KB and sends
 //!    one byte is answered `408` and the connection closed), and a size limit per route
 //!    ([`limit_body`]: small by default, the sync and import routes have their own). A
-//!    `Content-Length` over the limit is refused `413` before a byte of the body is read; a
+//!    `Content-Length` over the limit is refused `413` at once (then at most twice the limit
+//!    is read and dropped, for a second, so the client reads the answer; nothing is kept); a
 //!    chunked body is cut at the limit.
 //! 3. **The client's address** ([`client_addr`]): the TCP peer, or, when the peer is a trusted
 //!    reverse proxy (`--trust-proxy CIDR`), the right-most untrusted address of
@@ -294,8 +295,12 @@ pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) ->
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        // The body is never read: the connection cannot carry another request.
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
+        // Answered at once, and the connection closes after. Until then a little of the body
+        // is read and dropped (never kept), so that a client still sending it reads the
+        // answer instead of a reset connection.
+        let cap = declared.min(2 * limit as u64);
+        tokio::spawn(discard(req.into_body(), cap));
         let mut resp = too_large(limit).into_response();
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -303,6 +308,23 @@ pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) ->
     }
     let req = req.map(|b| Body::new(http_body_util::Limited::new(b, limit)));
     next.run(req).await
+}
+
+/// How long a refused body is waited for ([`discard`]).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and drops up to `cap` bytes of `body`, while they keep coming ([`LINGER`]).
+async fn discard(mut body: Body, cap: u64) {
+    use http_body_util::BodyExt;
+    let mut seen = 0u64;
+    while seen < cap {
+        match tokio::time::timeout(LINGER, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            _ => break,
+        }
+    }
 }
 
 /// Where a browser says a request comes from: the authority (`host:port`) of its `Origin`,
