@@ -64,3 +64,186 @@ pub fn base_document() -> (HouseholdId, HouseholdDoc) {
     let doc = HouseholdDoc::load(&raw.save()).expect("a fixed household loads");
     (id, doc)
 }
+
+/// A household's history built by several actors from `data`, each change possibly mutated at
+/// the Automerge level (sequence numbers, actors, dependencies, operation ids, operations,
+/// bytes), with the invariant the server relies on: **a change that passes
+/// [`crate::integrity`] and round-trips keeps the household loadable** — saved and loaded
+/// again, and loaded from its changes alone as a fresh phone would. Panics (an assertion) if
+/// the invariant breaks; the fuzzer reports that as a crash.
+pub fn history(data: &[u8]) {
+    use automerge::{
+        ActorId, AutoCommit, Change, ROOT, ReadDoc,
+        legacy::{ElementId, Key, ObjectId, OpId},
+        transaction::{CommitOptions, Transactable},
+    };
+    let mut input = Bytes(data);
+    let (_, mut doc) = base_document();
+    let mut lineage = doc.lineage();
+    let mut log: Vec<Vec<u8>> = doc.changes_since(&[]);
+    let actors: Vec<ActorId> = (0u8..3)
+        .map(|i| {
+            let mut a = DeviceId(uuid::Uuid::from_u128(2 + u128::from(i / 2)))
+                .as_bytes()
+                .to_vec();
+            a.extend_from_slice(&[7 + i; 16]);
+            ActorId::from(a)
+        })
+        .collect();
+    for _ in 0..12 {
+        if input.0.is_empty() {
+            break;
+        }
+        // 1. A valid change of one actor, on the document as it stands.
+        let actor = actors[input.byte() as usize % actors.len()].clone();
+        let mut am: AutoCommit = doc.automerge().clone().with_actor(actor);
+        let ok = crate::doc::guarded(|| {
+            match input.byte() % 4 {
+                0 => am.put(ROOT, "door_number", input.byte().to_string())?,
+                1 => {
+                    let t = am.put_object(
+                        ROOT,
+                        format!("t{}", input.byte() % 4),
+                        automerge::ObjType::Text,
+                    )?;
+                    am.splice_text(&t, 0, 0, "ab")?;
+                }
+                2 => {
+                    let key = format!("t{}", input.byte() % 4);
+                    if let Some((automerge::Value::Object(_), t)) = am.get(ROOT, key.as_str())? {
+                        let len = am.length(&t);
+                        am.splice_text(&t, len.min(1), 0, "字")?;
+                    } else {
+                        am.put(ROOT, "address", "东村")?;
+                    }
+                }
+                _ => am.delete(ROOT, "door_number")?,
+            }
+            Ok(())
+        })
+        .is_ok();
+        am.commit_with(CommitOptions::default().with_message("m").with_time(1));
+        let Some(honest) = ok.then(|| am.get_last_local_change()).flatten() else {
+            continue;
+        };
+        // 2. Mutated at the Automerge level, or not.
+        let mut e = honest.decode();
+        e.hash = None;
+        let pick = |input: &mut Bytes, n: u64| {
+            OpId(
+                u64::from(input.byte()) % n + 1,
+                actors[input.byte() as usize % actors.len()].clone(),
+            )
+        };
+        let mut flip: Option<(usize, u8)> = None;
+        match input.byte() % 12 {
+            0 => e.seq += 1 + u64::from(input.byte() % 2),
+            1 => e.seq = e.seq.saturating_sub(1).max(1),
+            2 => e.actor_id = actors[input.byte() as usize % actors.len()].clone(),
+            3 => e.deps.clear(),
+            4 => {
+                let known: Vec<_> = log
+                    .iter()
+                    .filter_map(|b| Change::try_from(&b[..]).ok())
+                    .map(|c| c.hash())
+                    .collect();
+                if !known.is_empty() {
+                    e.deps = vec![known[input.byte() as usize % known.len()]];
+                }
+            }
+            5 => {
+                let s = e.start_op.get();
+                let n = u64::from(input.byte() % 8);
+                e.start_op =
+                    std::num::NonZeroU64::new(s.saturating_sub(n).max(1)).expect("non-zero");
+            }
+            6 => e.start_op = e.start_op.saturating_add(u64::from(input.byte())),
+            7 if !e.operations.is_empty() => {
+                let i = input.byte() as usize % e.operations.len();
+                e.operations[i].pred = vec![pick(&mut input, 40)].into();
+            }
+            8 if !e.operations.is_empty() => {
+                let i = input.byte() as usize % e.operations.len();
+                e.operations[i].obj = ObjectId::Id(pick(&mut input, 40));
+            }
+            9 if !e.operations.is_empty() => {
+                let i = input.byte() as usize % e.operations.len();
+                if e.operations[i].insert {
+                    e.operations[i].key = Key::Seq(ElementId::Id(pick(&mut input, 40)));
+                } else {
+                    let op = e.operations[i].clone();
+                    e.operations.push(op);
+                }
+            }
+            10 if !e.operations.is_empty() => {
+                let i = input.byte() as usize % e.operations.len();
+                e.operations.remove(i);
+            }
+            11 => flip = Some((input.byte() as usize, 1 << (input.byte() % 8))),
+            _ => {}
+        }
+        let Ok(rebuilt) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Change::from(e)))
+        else {
+            continue;
+        };
+        let mut bytes = rebuilt.raw_bytes().to_vec();
+        if let Some((at, bit)) = flip {
+            let at = at % bytes.len();
+            bytes[at] ^= bit;
+        }
+        // 3. What the server does: decode, check, apply on a copy, give back byte for byte.
+        let Ok(mut decoded) = crate::doc::decode_changes([bytes.as_slice()]) else {
+            continue;
+        };
+        let change = decoded.remove(0);
+        if doc.has_change(&change.hash()) || doc.check_change(&lineage, &change).is_err() {
+            continue;
+        }
+        let mut trial = doc.clone();
+        if trial.apply_decoded(vec![change.clone()]).is_err()
+            || !trial.missing_deps().is_empty()
+            || trial.round_trips(&change).is_err()
+        {
+            continue;
+        }
+        // 4. Accepted: the household must load, saved and as its changes alone.
+        let saved = trial.save();
+        let load = |b: &[u8]| {
+            AutoCommit::load_with_options(
+                b,
+                automerge::LoadOptions::new()
+                    .on_partial_load(automerge::OnPartialLoad::Error)
+                    .verification_mode(automerge::VerificationMode::Check),
+            )
+            .is_ok()
+        };
+        assert!(
+            load(&saved),
+            "an accepted change left the saved household unloadable"
+        );
+        log.push(bytes);
+        assert!(
+            load(&log.concat()),
+            "an accepted change left the household's changes unloadable"
+        );
+        doc = trial;
+        lineage.record(&change);
+        lineage.settle();
+    }
+}
+
+/// Reads `data` a byte at a time, then zeros.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+}
