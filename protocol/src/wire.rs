@@ -328,6 +328,13 @@ pub fn decode<T: for<'de> Deserialize<'de>>(
     if body.len() < 4 || body[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
         return Err(WireError::NotCompressed);
     }
+    // A frame that declares more than the limit is refused before anything is inflated (a
+    // bomb that declares nothing is cut at the limit below).
+    if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(body)
+        && declared > max_decoded as u64
+    {
+        return Err(WireError::TooLarge(max_decoded));
+    }
     let decoder =
         zstd::stream::read::Decoder::with_buffer(body).map_err(|_| WireError::Malformed)?;
     let mut cbor = Vec::new();
@@ -359,6 +366,16 @@ pub fn decode_request(body: &[u8], max_decoded: usize) -> Result<SyncRequest, Wi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_declaring_more_than_the_limit_is_refused_before_it_is_inflated() {
+        let bomb = zstd::bulk::compress(&vec![0u8; 2 << 20], 3).unwrap();
+        assert!(bomb.len() < 1024);
+        assert_eq!(
+            decode::<SyncRequest>(&bomb, 1 << 20),
+            Err(WireError::TooLarge(1 << 20))
+        );
+    }
 
     #[test]
     fn messages_round_trip() {

@@ -451,6 +451,12 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
     ))
 }
 
+/// A request body above this size (compressed) waits for one of [`LARGE_DECODES`].
+const LARGE_BODY: usize = 64 * 1024;
+/// Large bodies decoded at once, in this process (`limits::MAX_CONCURRENT_DECODES`).
+static LARGE_DECODES: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(limits::MAX_CONCURRENT_DECODES);
+
 async fn sync(
     State(state): State<AppState>,
     auth::DeviceAuth(device): auth::DeviceAuth,
@@ -469,10 +475,23 @@ async fn sync(
         .await
         .map_err(|e| edge::body_error(e, limits::MAX_BODY_BYTES))?;
     let bytes_in = body.len();
+    // A large body may inflate to `MAX_DECODED_BYTES`: only a few are decoded at once, so a
+    // storm of them costs waiting, not memory.
+    let permit = if bytes_in > LARGE_BODY {
+        Some(
+            LARGE_DECODES
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Unavailable)?,
+        )
+    } else {
+        None
+    };
     let mut req =
         tokio::task::spawn_blocking(move || wire::decode_request(&body, limits::MAX_DECODED_BYTES))
             .await
             .map_err(|_| ApiError::internal("decode task failed"))??;
+    drop(permit);
     let n_changes: usize = req.docs.iter().map(|d| d.changes.len()).sum();
     if req.docs.len() > limits::MAX_DOCS || n_changes > limits::MAX_CHANGES {
         return Err(ApiError::PayloadTooLarge {
