@@ -735,3 +735,78 @@ fn a_task_list_for_too_many_units_is_refused() {
     );
     assert_eq!(status, 201);
 }
+
+#[test]
+fn token_rotation_is_rate_limited_per_token_and_guessed_tokens_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&dir, |_| {});
+    let phone = server.phone(&dir.path().join("p.db"), &["g1"]);
+    let token = phone.store.credentials().unwrap().unwrap().token;
+    let rotate = |token: &str| {
+        block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/v1/token", server.url))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // A lost answer is retried with the same token: a few times, not without end.
+    let statuses: Vec<u16> = (0..11).map(|_| rotate(&token)).collect();
+    assert_eq!(statuses[..10], [200; 10]);
+    assert_eq!(statuses[10], 429);
+    // Guessing tokens spends the address's failures.
+    let guesses: Vec<u16> = (0..21).map(|i| rotate(&format!("qm_d_guess{i}"))).collect();
+    assert_eq!(guesses[..20], [401; 20]);
+    assert_eq!(guesses[20], 429);
+}
+
+#[test]
+fn phones_enroll_while_others_sync_without_database_locked_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&dir, |_| {});
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four phones keep the writers busy.
+    let syncing: Vec<_> = (0..4)
+        .map(|i| {
+            let mut phone = server.phone(&dir.path().join(format!("s{i}.db")), &["g1"]);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut rounds = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    phone.create_households("g1", 5);
+                    phone.sync().expect("a busy phone syncs");
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    // Twelve phones enroll meanwhile, three at a time.
+    let codes: Vec<String> = (0..12)
+        .map(|_| qiaomen_tests::enrollment_code(&server.data_dir, &["g2"]).1)
+        .collect();
+    for batch in codes.chunks(3) {
+        let enrolling: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, code)| {
+                let path = dir.path().join(format!("e-{code}-{i}.db"));
+                let (url, code) = (server.url.clone(), code.clone());
+                std::thread::spawn(move || {
+                    qiaomen_tests::Phone::enroll(&path, &url, &code).map(|_| ())
+                })
+            })
+            .collect();
+        for e in enrolling {
+            e.join().unwrap().expect("enrolls during syncs");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in syncing {
+        assert!(s.join().unwrap() > 0);
+    }
+}

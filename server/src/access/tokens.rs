@@ -652,6 +652,33 @@ mod tests {
     }
 
     #[test]
+    fn enrollment_and_rotation_wait_for_a_writer_instead_of_failing_on_a_stale_read() {
+        let (dir, mut db, user) = setup();
+        let code = db.issue_enrollment_code(user).unwrap();
+        // Another connection (a writer thread of the log) holds the write lock for a moment.
+        let hold = |dir: &std::path::Path| {
+            let other = rusqlite::Connection::open(dir.join("qiaomen.db")).unwrap();
+            other
+                .execute_batch("BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS scratch (x);")
+                .unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                other
+                    .execute_batch("INSERT INTO scratch VALUES (1); COMMIT;")
+                    .unwrap();
+            })
+        };
+        // A transaction that read first would find its snapshot stale once it may write
+        // (SQLITE_BUSY, "database is locked"); one that takes the lock first just waits.
+        let writer = hold(dir.path());
+        let enrolled = db.enroll(&code, "i").unwrap().unwrap();
+        writer.join().unwrap();
+        let writer = hold(dir.path());
+        assert!(db.rotate(&enrolled.token).unwrap().is_ok());
+        writer.join().unwrap();
+    }
+
+    #[test]
     fn passwords_and_sessions() {
         let (_d, db, user) = setup();
         assert!(db.set_password(user, "short").is_err());
