@@ -426,6 +426,31 @@ fn a_cross_site_post_is_refused_and_a_same_origin_one_passes() {
         403,
         "signed in, says nothing"
     );
+    // The JSON API answers with its typed body, the pages with a page.
+    let (api, page) = block_on(async {
+        let api = browser()
+            .post(format!("{}/api/v1/tasks", server.url))
+            .header("cookie", &cookie)
+            .header("origin", "http://evil.example")
+            .header("content-type", "application/json")
+            .body(r#"{"title":"x","items":["y"]}"#)
+            .send()
+            .await
+            .unwrap();
+        let api = (api.status().as_u16(), api.text().await.unwrap());
+        let page = browser()
+            .post(format!("{}/logout", server.url))
+            .header("cookie", &cookie)
+            .header("origin", "http://evil.example")
+            .send()
+            .await
+            .unwrap();
+        (api, (page.status().as_u16(), page.text().await.unwrap()))
+    });
+    assert_eq!(api.0, 403);
+    assert!(api.1.contains("\"cross_origin\""), "{}", api.1);
+    assert_eq!(page.0, 403);
+    assert!(page.1.contains("请求被拒绝"), "{}", page.1);
     // A cross-site login form (login CSRF) is refused as well.
     let status = block_on(async {
         browser()

@@ -383,11 +383,17 @@ pub fn check_origin(
     }
 }
 
-/// Middleware: refuses cross-site POSTs ([`check_origin`]) with `403 cross_origin`.
+/// Middleware: refuses cross-site POSTs ([`check_origin`]) with `403 cross_origin` (a page's
+/// form: the error page, in Chinese).
 pub async fn same_origin(req: Request, next: Next) -> Response {
     let via_proxy = req.extensions().get::<ViaTrustedProxy>().is_some();
     match check_origin(req.method(), req.headers(), via_proxy) {
         Ok(()) => next.run(req).await,
+        Err(_)
+            if !req.uri().path().starts_with("/api/") && !req.uri().path().starts_with("/v1/") =>
+        {
+            super::pages::cross_site_refused()
+        }
         Err(why) => ApiError::Forbidden {
             code: "cross_origin",
             message: why.into(),

@@ -111,6 +111,20 @@ impl IntoResponse for PageError {
     }
 }
 
+/// The page a refused cross-site form post gets ([`super::edge::same_origin`]).
+pub fn cross_site_refused() -> Response {
+    let mut page = render(
+        "error.html",
+        context! {
+            title => "请求被拒绝",
+            message => "这个表单不是从本系统的页面提交的。请回到本系统的页面重新操作。",
+            signed_in => false,
+        },
+    );
+    *page.status_mut() = StatusCode::FORBIDDEN;
+    page
+}
+
 /// A signed-in person for the pages; without a session, a redirect to the login page.
 #[derive(Debug)]
 pub struct PageSession(Caller);
