@@ -44,7 +44,7 @@ use super::{api, auth, tasks, workflow};
         auth::logout,
     ),
     components(schemas(api::ExportFormat)),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &BodyLimits)
 )]
 pub struct ApiDoc;
 
@@ -65,6 +65,42 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every operation that takes a body may answer `413 too_large` (the edge's body limit,
+/// SYNC-v1 §12.1), whatever its handler says.
+#[derive(Debug)]
+struct BodyLimits;
+
+impl Modify for BodyLimits {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.post, &mut item.put, &mut item.patch]
+                .into_iter()
+                .flatten()
+            {
+                if op.request_body.is_none() {
+                    continue;
+                }
+                op.responses
+                    .responses
+                    .entry("413".into())
+                    .or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description("the body is larger than this endpoint takes")
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                    .build(),
+                            )
+                            .build()
+                            .into()
+                    });
+            }
+        }
     }
 }
 
