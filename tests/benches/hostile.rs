@@ -69,7 +69,7 @@ impl Attacker {
     fn next_change(&mut self, rng: &mut Rng) -> Change {
         let mut fork = self.mirror.fork();
         fork.set_actor(self.mirror.get_actor().clone());
-        fork.put(ROOT, "door_number", format!("{}", rng.below(1000)))
+        fork.put(ROOT, "door_number", format!("{}", rng.next()))
             .unwrap();
         fork.commit_with(
             CommitOptions::default()
