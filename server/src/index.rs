@@ -230,6 +230,7 @@ impl Index {
             // never stop the figures of every other. The server does not store such a
             // document (`qiaomen_protocol::integrity`), so this is defence in depth.
             let household = std::panic::catch_unwind(|| {
+                let _named = crate::panics::household(id);
                 HouseholdDoc::load(&stored).and_then(|d| d.household())
             });
             match household {

@@ -750,6 +750,8 @@ impl<S: Storage> Ingestor<S> {
                 .collect();
             let n_changes = dc.changes.len();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // A caught panic's log line names this household (`crate::panics`).
+                let _named = crate::panics::household(id);
                 self.process_doc(principal, dc, &mut outcome)
             }));
             let refuse_all = |outcome: &mut Outcome, code: RejectCode| {
