@@ -496,11 +496,7 @@ impl SyncClient {
                 .rejected
                 .iter()
                 .filter(|r| r.doc == *id)
-                .filter_map(|r| {
-                    changes
-                        .get(r.n as usize)
-                        .map(|(h, _)| (*h, code_text(r.code)))
-                })
+                .filter_map(|r| changes.get(r.n as usize).map(|(h, _)| (*h, r.code.name())))
                 .collect();
             let acked: Vec<ChangeHash> = changes
                 .iter()
@@ -658,13 +654,6 @@ fn change_ops(bytes: &[u8]) -> usize {
     qiaomen_protocol::doc::decode_changes([bytes])
         .map(|c| c.iter().map(|c| c.len()).sum())
         .unwrap_or(0)
-}
-
-fn code_text(code: RejectCode) -> String {
-    serde_json::to_value(code)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

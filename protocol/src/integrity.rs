@@ -30,9 +30,8 @@ use std::collections::{HashMap, HashSet};
 use automerge::legacy::{ElementId, Key, ObjectId, OpId};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
-/// Why a change breaks its document's history. Stable names, for logs and tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Why a change breaks its document's history. Stable names ([`Fault::as_str`]), for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Fault {
     /// The chunk's checksum does not match its bytes.
     BadChecksum,
@@ -57,7 +56,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The stable name (the serde name), for log lines.
+    /// The stable name, for log lines.
     pub fn as_str(self) -> &'static str {
         match self {
             Fault::BadChecksum => "bad_checksum",

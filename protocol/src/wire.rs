@@ -119,6 +119,14 @@ pub const FEATURES: u32 = FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRI
 pub const FEATURE_INTEGRITY: u32 = 4;
 
 impl RejectCode {
+    /// The code's wire name (its serde name, e.g. `broken_history`), for records and messages.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     /// The code as a phone announcing `features` may receive it: codes added after the first
     /// v1 release fall back to the nearest one it knows.
     pub fn for_features(self, features: u32) -> RejectCode {

@@ -243,9 +243,7 @@ impl Index {
         }
         let tx = self.conn.unchecked_transaction()?;
         for (raw, household) in &rows {
-            for table in ["idx_households", "idx_visits", "idx_orders"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [raw])?;
-            }
+            clear_rows(&tx, raw)?;
             if let Some(h) = household {
                 // Rows are derived by the protocol's pure functions; should one panic on a
                 // household, that household's rows are left out, not the batch.
@@ -256,9 +254,7 @@ impl Index {
                     Ok(r) => r?,
                     Err(_) => {
                         tracing::warn!("a household's rows could not be derived; not indexed");
-                        for table in ["idx_households", "idx_visits", "idx_orders"] {
-                            tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [raw])?;
-                        }
+                        clear_rows(&tx, raw)?;
                     }
                 }
             }
@@ -477,6 +473,14 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
         external_ref: r.get(20)?,
         overdue: false,
     })
+}
+
+/// Removes a household's rows from every table of the read model.
+fn clear_rows(tx: &rusqlite::Transaction<'_>, raw: &[u8]) -> rusqlite::Result<()> {
+    for table in ["idx_households", "idx_visits", "idx_orders"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [raw])?;
+    }
+    Ok(())
 }
 
 fn write_rows(

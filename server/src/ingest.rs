@@ -399,13 +399,6 @@ impl<S: Storage> std::fmt::Debug for Ingestor<S> {
     }
 }
 
-/// How a household's processing ended, short of a storage failure.
-enum DocEnd {
-    Done,
-    /// Its stored document does not load: quarantined.
-    Unloadable,
-}
-
 impl<S: Storage> Ingestor<S> {
     pub fn new(storage: S, options: IngestOptions) -> Self {
         Self {
@@ -765,8 +758,9 @@ impl<S: Storage> Ingestor<S> {
                 }
             };
             match result {
-                Ok(Ok(DocEnd::Done)) => {}
-                Ok(Ok(DocEnd::Unloadable)) | Ok(Err(StorageError::Corrupt(_))) => {
+                Ok(Ok(())) => {}
+                // Its stored document (or what this group accepted for it) does not load.
+                Ok(Err(StorageError::Corrupt(_))) => {
                     tracing::error!(household = %id, "stored household does not load; quarantined");
                     self.storage.quarantine(id, "does_not_load")?;
                     self.forget(id);
@@ -800,13 +794,13 @@ impl<S: Storage> Ingestor<S> {
         principal: Option<&Principal>,
         dc: ParsedDoc,
         outcome: &mut Outcome,
-    ) -> Result<DocEnd, StorageError> {
+    ) -> Result<(), StorageError> {
         let id = dc.id;
         // 0. Before anything is loaded: a quarantined household waits; a household of a grid
         //    the device's user never held is not theirs.
         if !self.cache.contains_key(&id) && self.storage.is_quarantined(id)? {
             reject_incoming(outcome, &dc, RejectCode::Quarantined);
-            return Ok(DocEnd::Done);
+            return Ok(());
         }
         if let Some(p) = principal
             && !self.cache.contains_key(&id)
@@ -814,14 +808,10 @@ impl<S: Storage> Ingestor<S> {
             && !may_touch(p, &grid)
         {
             reject_incoming(outcome, &dc, RejectCode::OutOfScope);
-            return Ok(DocEnd::Done);
+            return Ok(());
         }
         self.pinned.insert(id);
-        let exists = match self.doc(id) {
-            Ok(d) => d.is_some(),
-            Err(StorageError::Corrupt(_)) => return Ok(DocEnd::Unloadable),
-            Err(e) => return Err(e),
-        };
+        let exists = self.doc(id)?.is_some();
         // 1. Rebuild the packed changes; refuse what is not a change.
         let mut decoded: Vec<(usize, Change)> = Vec::new();
         for (n, incoming) in dc.changes.into_iter().enumerate() {
@@ -850,6 +840,8 @@ impl<S: Storage> Ingestor<S> {
         let mut known: HashSet<ChangeHash> = HashSet::new();
         let mut refused: HashSet<ChangeHash> = HashSet::new();
         let mut candidates: Vec<(usize, Change)> = Vec::new();
+        // A household new to the server: its changes are checked against an empty history.
+        let empty = (!exists).then(automerge::Automerge::new);
         for (n, change) in decoded {
             let hash = change.hash();
             let have = match self.doc(id)? {
@@ -899,9 +891,11 @@ impl<S: Storage> Ingestor<S> {
             }
             // Automerge's own rules: stored, a change that breaks them would make the
             // household unloadable for everyone.
-            let fault = match self.cache.get_mut(&id) {
-                Some(c) => c.doc.check_change(&lineage, &change),
-                None => lineage.check(&automerge::Automerge::new(), &change),
+            let fault = match (self.cache.get_mut(&id), &empty) {
+                (Some(c), _) => c.doc.check_change(&lineage, &change),
+                (None, Some(empty)) => lineage.check(empty, &change),
+                // A stored household stays cached (pinned) while it is processed.
+                (None, None) => lineage.check(&automerge::Automerge::new(), &change),
             };
             let code = match fault {
                 Err(qiaomen_protocol::integrity::Fault::TooManyOps) => Some(RejectCode::OverLimit),
@@ -924,7 +918,7 @@ impl<S: Storage> Ingestor<S> {
             candidates.push((n, change));
         }
         if candidates.is_empty() {
-            return Ok(DocEnd::Done);
+            return Ok(());
         }
         // 3. Apply and check: all at once (the common case), else by bisection.
         let grid_before = self.doc(id)?.map(|doc| doc.grid());
@@ -937,9 +931,9 @@ impl<S: Storage> Ingestor<S> {
             } else {
                 // Start again from what is stored (and accepted earlier in this group) and
                 // find the culprits.
-                let doc = match self.reload(id) {
-                    Ok(Some(d)) => d,
-                    Ok(None) => {
+                let doc = match self.reload(id)? {
+                    Some(d) => d,
+                    None => {
                         // Never leave a change neither accepted nor refused: the phone takes
                         // silence for an acknowledgement.
                         for (n, c) in candidates {
@@ -950,10 +944,8 @@ impl<S: Storage> Ingestor<S> {
                                 RejectCode::UnknownDocument,
                             ));
                         }
-                        return Ok(DocEnd::Done);
+                        return Ok(());
                     }
-                    Err(StorageError::Corrupt(_)) => return Ok(DocEnd::Unloadable),
-                    Err(e) => return Err(e),
                 };
                 let mut good = Vec::new();
                 let doc = Self::settle(
@@ -1023,14 +1015,14 @@ impl<S: Storage> Ingestor<S> {
                                 outcome.rejected.push(reject(id, n, Some(c.hash()), code));
                                 code = RejectCode::DependsOnRejected;
                             }
-                            return Ok(DocEnd::Done);
+                            return Ok(());
                         }
                     }
                 }
             }
         };
         if accepted.is_empty() {
-            return Ok(DocEnd::Done);
+            return Ok(());
         }
         // 4. Queue for the log: appended when the group commits.
         let rows: Vec<NewChange> = accepted
@@ -1055,7 +1047,7 @@ impl<S: Storage> Ingestor<S> {
             grid_before,
             grid_after,
         });
-        Ok(DocEnd::Done)
+        Ok(())
     }
 }
 

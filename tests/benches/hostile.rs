@@ -28,10 +28,10 @@ use qiaomen_protocol::{
     calendar::Day,
     doc::{HouseholdDoc, actor_for},
     ids::HouseholdId,
-    wire::{self, CONTENT_TYPE, DocChanges, FEATURES, SyncRequest},
+    wire::{self, CONTENT_TYPE, FEATURES, SyncRequest},
 };
 use qiaomen_server::storage::{SqliteStorage, Storage};
-use qiaomen_tests::{Phone, enrollment_code, sample_visit, seed_test_org};
+use qiaomen_tests::{Phone, enrollment_code, sample_visit, seed_test_org, upload_request};
 
 struct Rng(u64);
 impl Rng {
@@ -81,24 +81,7 @@ impl Attacker {
 }
 
 fn request(id: HouseholdId, changes: Vec<Vec<u8>>) -> SyncRequest {
-    SyncRequest {
-        table: vec![],
-        base_ms: 0,
-        features: FEATURES,
-        extras_digest: None,
-        scope_digest: None,
-        cursor_check: None,
-        version: 1,
-        cursor: None,
-        docs: vec![DocChanges {
-            id,
-            changes: changes
-                .into_iter()
-                .map(serde_bytes::ByteBuf::from)
-                .collect(),
-        }],
-        grids: vec![],
-    }
+    upload_request(id, changes, FEATURES)
 }
 
 /// A mutated request body; `Some(change)` when it is the unmutated honest change.
@@ -263,7 +246,7 @@ fn main() {
             .unwrap()
             .with_actor(actor_for(p.author.device));
         attackers.push(Attacker {
-            token: p.store.credentials().unwrap().unwrap().token,
+            token: p.token(),
             id,
             mirror,
             message: p.author.to_message(),
@@ -419,7 +402,7 @@ fn main() {
         p.sync().unwrap();
         let bytes = p.store.document(id).unwrap().save();
         heavy.push((
-            p.store.credentials().unwrap().unwrap().token,
+            p.token(),
             id,
             AutoCommit::load(&bytes)
                 .unwrap()

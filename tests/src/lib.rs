@@ -250,6 +250,15 @@ impl Phone {
             .collect()
     }
 
+    /// The device token the phone syncs with.
+    pub fn token(&self) -> String {
+        self.store
+            .credentials()
+            .expect("credentials read")
+            .expect("an enrolled phone")
+            .token
+    }
+
     /// Runs one sync to completion on a private single-threaded runtime.
     pub fn sync(&mut self) -> Result<SyncReport, SyncError> {
         block_on(self.client.sync(&mut self.store, |_| {}))
@@ -275,8 +284,32 @@ pub fn raw_upload_with(
     changes: Vec<Vec<u8>>,
     features: u32,
 ) -> (u16, Option<qiaomen_protocol::wire::SyncResponse>) {
-    use qiaomen_protocol::wire::{self, CONTENT_TYPE, DocChanges, SyncRequest};
-    let req = SyncRequest {
+    use qiaomen_protocol::wire::{self, CONTENT_TYPE};
+    let req = upload_request(id, changes, features);
+    block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/v1/sync"))
+            .header("content-type", CONTENT_TYPE)
+            .bearer_auth(token)
+            .body(wire::encode(&req))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.expect("a body");
+        (status, wire::decode(&body, 1 << 24).ok())
+    })
+}
+
+/// A sync request from no cursor carrying `changes` of household `id`, from a client
+/// announcing `features`.
+pub fn upload_request(
+    id: HouseholdId,
+    changes: Vec<Vec<u8>>,
+    features: u32,
+) -> qiaomen_protocol::wire::SyncRequest {
+    use qiaomen_protocol::wire::{DocChanges, SyncRequest};
+    SyncRequest {
         table: vec![],
         base_ms: 0,
         features,
@@ -293,20 +326,7 @@ pub fn raw_upload_with(
                 .collect(),
         }],
         grids: vec![],
-    };
-    block_on(async {
-        let resp = reqwest::Client::new()
-            .post(format!("{url}/v1/sync"))
-            .header("content-type", CONTENT_TYPE)
-            .bearer_auth(token)
-            .body(wire::encode(&req))
-            .send()
-            .await
-            .expect("the server answers");
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.expect("a body");
-        (status, wire::decode(&body, 1 << 24).ok())
-    })
+    }
 }
 
 /// Calls the JSON API with a bearer token; returns the status and the body (`Null` if the

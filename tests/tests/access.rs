@@ -25,10 +25,6 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .block_on(f)
 }
 
-fn token(p: &Phone) -> String {
-    p.store.credentials().unwrap().unwrap().token
-}
-
 /// A sync request carrying `changes` of household `id`, posted with `token`.
 fn upload(url: &str, token: &str, id: HouseholdId, changes: Vec<Vec<u8>>) -> SyncResponse {
     let (status, resp) = qiaomen_tests::raw_upload(url, token, id, changes);
@@ -128,9 +124,9 @@ fn a_rotated_token_replayed_after_its_successor_was_used_revokes_the_device() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
     let mut phone = server.phone(&dir.path().join("p.db"), &["g1"]);
-    let old = token(&phone);
+    let old = phone.token();
     block_on(phone.client.rotate_token(&mut phone.store)).unwrap();
-    let new = token(&phone);
+    let new = phone.token();
     assert_ne!(old, new);
     // Until the new token is used, the old one still works (the answer may have been lost).
     let (status, _) = http("GET", &format!("{}/v1/me", server.url), Some(&old), None);
@@ -191,7 +187,7 @@ fn forged_or_borrowed_actor_ids_and_authors_are_refused_per_change() {
     let before = json(&http("GET", &format!("{}/healthz", server.url), None, None).1)["log_seq"]
         .as_u64()
         .unwrap();
-    let resp = upload(&server.url, &token(&b), id, changes);
+    let resp = upload(&server.url, &b.token(), id, changes);
     let codes: Vec<_> = resp.rejected.iter().map(|r| (r.n, r.code)).collect();
     assert_eq!(
         codes,
@@ -319,7 +315,7 @@ fn field_rules_hold_workers_to_their_grid_their_visits_and_no_deletions() {
     let (status, body) = http(
         "GET",
         &format!("{}/api/v1/households/{id}", server.url),
-        Some(&token(&sup)),
+        Some(&sup.token()),
         None,
     );
     assert_eq!(status, 200);
@@ -441,7 +437,7 @@ fn a_worker_moved_to_another_grid_keeps_the_work_done_before_and_holds_only_the_
             .with_time(qiaomen_server::access::now_ms()),
     );
     let bytes = raw.get_last_local_change().unwrap().raw_bytes().to_vec();
-    let resp = upload(&server.url, &token(&w), old[1], vec![bytes]);
+    let resp = upload(&server.url, &w.token(), old[1], vec![bytes]);
     assert_eq!(resp.rejected[0].code, RejectCode::OutOfScope);
 }
 
@@ -537,7 +533,7 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
                 .unwrap();
             let bytes = doc.change_bytes(&hash).unwrap();
             let (status, resp) =
-                qiaomen_tests::raw_upload(&server.url, &token(&phone), target, vec![bytes]);
+                qiaomen_tests::raw_upload(&server.url, &phone.token(), target, vec![bytes]);
             let accepted = status == 200 && resp.is_some_and(|r| r.rejected.is_empty());
             check(
                 format!(
@@ -583,7 +579,7 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
                 want,
             );
             // The device token reads the same way.
-            let (status, _) = http("GET", &url, Some(&token(&phone)), None);
+            let (status, _) = http("GET", &url, Some(&phone.token()), None);
             check(
                 format!(
                     "{r} api (device) reads {}",
@@ -653,7 +649,7 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
             check(format!("{r} lists grid {grid}"), status == 200, reads);
             let view_url = format!("{}/api/v1/households/{target}", server.url);
             let heads =
-                json(&http("GET", &view_url, Some(&token(&creator)), None).1)["heads"].clone();
+                json(&http("GET", &view_url, Some(&creator.token()), None).1)["heads"].clone();
             let body = serde_json::json!({"visit_id": visits[&target].to_string(),
                                           "decision": "Approved", "heads": heads});
             let (status, _) = http(
@@ -729,13 +725,13 @@ fn guessed_household_ids_answer_exactly_like_missing_ones() {
     let a = http(
         "GET",
         &format!("{}/api/v1/households/{hidden}", server.url),
-        Some(&token(&w)),
+        Some(&w.token()),
         None,
     );
     let b = http(
         "GET",
         &format!("{}/api/v1/households/{}", server.url, HouseholdId::new()),
-        Some(&token(&w)),
+        Some(&w.token()),
         None,
     );
     assert_eq!(a, b, "an existing out-of-scope household looks missing");
@@ -751,7 +747,7 @@ fn guessed_household_ids_answer_exactly_like_missing_ones() {
             .with_time(1_763_000_000_000),
     );
     let bytes = raw.get_last_local_change().unwrap().raw_bytes().to_vec();
-    let resp = upload(&server.url, &token(&w), hidden, vec![bytes]);
+    let resp = upload(&server.url, &w.token(), hidden, vec![bytes]);
     assert_eq!(resp.rejected[0].code, RejectCode::OutOfScope);
     assert!(
         resp.docs.iter().all(|d| d.id != hidden),

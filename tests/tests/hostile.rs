@@ -22,13 +22,9 @@ use qiaomen_server::{
 };
 use qiaomen_tests::{Phone, TestServer, call, raw_upload_with, sample_visit, session};
 
-fn token(p: &Phone) -> String {
-    p.store.credentials().unwrap().unwrap().token
-}
-
 /// Posts `changes` of household `id` as a client that understands every reject code.
 fn upload(server: &TestServer, p: &Phone, id: HouseholdId, changes: Vec<Vec<u8>>) -> SyncResponse {
-    let (status, resp) = raw_upload_with(&server.url, &token(p), id, changes, FEATURES);
+    let (status, resp) = raw_upload_with(&server.url, &p.token(), id, changes, FEATURES);
     assert_eq!(status, 200);
     resp.expect("a sync answer")
 }
@@ -127,7 +123,7 @@ fn forged_changes_are_refused_and_every_household_stays_loadable_for_everyone() 
     // A phone that does not announce the codes gets the nearest one it knows.
     let mut e = honest.clone();
     e.seq += 1;
-    let (_, old) = qiaomen_tests::raw_upload(&server.url, &token(&a), id, vec![encode(e)]);
+    let (_, old) = qiaomen_tests::raw_upload(&server.url, &a.token(), id, vec![encode(e)]);
     assert_eq!(old.unwrap().rejected[0].code, RejectCode::Malformed);
 
     // The honest change itself is accepted, and the phone keeps working.
@@ -287,7 +283,7 @@ fn a_request_costs_a_bounded_number_of_operations() {
     }
     // Six changes of 19,000 operations: over the request's limit, refused whole (413) before
     // a writer sees them.
-    let (status, _) = raw_upload_with(&server.url, &token(&a), id, chain.clone(), FEATURES);
+    let (status, _) = raw_upload_with(&server.url, &a.token(), id, chain.clone(), FEATURES);
     assert_eq!(status, 413);
     // One change over the per-change limit: refused `over_limit`.
     let mut big = AutoCommit::load(&base)

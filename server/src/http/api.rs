@@ -658,13 +658,7 @@ pub(crate) async fn web_change(
             RejectCode::Quarantined => ApiError::Unavailable,
             code => ApiError::Forbidden {
                 code: "refused",
-                message: format!(
-                    "the change was refused: {}",
-                    serde_json::to_value(code)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
-                ),
+                message: format!("the change was refused: {}", code.name()),
             },
         });
     }
