@@ -26,6 +26,7 @@ use qiaomen_protocol::{
     ids::{DemandId, GridId, HouseholdId, VisitId},
     schema::{Demand, DemandStatus, Household, HouseholdStatus, KeyGroup, Visit},
     schema::{TagSpan, VisitOutcome},
+    wire::RejectCode,
     workorder::{self, Deadlines, NewStep, StepKind},
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -124,6 +125,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (doc, demand)
     ) WITHOUT ROWID;
     INSERT OR REPLACE INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
+    "#,
+    // 5 -> 6: what a refused change held (JSON of `qiaomen_protocol::refused::RefusedContent`),
+    // kept when its household leaves the phone.
+    r#"
+    ALTER TABLE rejected ADD COLUMN content TEXT;
     "#,
 ];
 
@@ -258,14 +264,20 @@ pub struct CoverageLine {
     pub due: coverage::Due,
 }
 
-/// A change of this device that a server refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A change of this device that a server refused, with what it held: kept until the app
+/// clears it ([`Store::clear_rejected`]), also when the household leaves the phone.
+#[derive(Clone, Debug, PartialEq)]
 pub struct RejectedChange {
     pub household: HouseholdId,
     pub hash: ChangeHash,
     /// The protocol's reason code (`schema_violation`, `forbidden`, `depends_on_rejected`, ...).
     pub code: String,
+    /// Why, in words the worker reads ([`RejectCode::reason_zh`]).
+    pub reason: String,
     pub at_ms: i64,
+    /// Which visit, demand, member or field the change wrote, with what was typed; empty for
+    /// refusals recorded before the phone kept content.
+    pub content: qiaomen_protocol::refused::RefusedContent,
 }
 
 struct Cached {
@@ -1550,7 +1562,8 @@ impl Store {
         };
         let tx = self.conn.unchecked_transaction()?;
         for key in &ids {
-            for table in HOUSEHOLD_TABLES.iter().chain(&["rejected"]) {
+            // Its refusals stay: what the worker typed is not lost with the household.
+            for table in HOUSEHOLD_TABLES {
                 tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
             }
             tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;
@@ -1642,6 +1655,17 @@ impl Store {
         let hashes: Vec<ChangeHash> = refused.iter().map(|(h, _)| *h).collect();
         let cached = self.doc_mut(id)?;
         let (rebuilt, left_out) = cached.doc.without_changes(&hashes)?;
+        // What each change held, read before the document forgets it.
+        let contents: Vec<Option<String>> = left_out
+            .iter()
+            .map(|h| {
+                cached
+                    .doc
+                    .refused_content(h)
+                    .ok()
+                    .map(|c| serde_json::to_string(&c).expect("content serializes"))
+            })
+            .collect();
         // Nothing left: the household's creation itself was refused; it leaves this device.
         let rebuilt = match rebuilt {
             Some(mut doc) => {
@@ -1671,7 +1695,7 @@ impl Store {
                     tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;
                 }
             }
-            for h in &left_out {
+            for (h, content) in left_out.iter().zip(&contents) {
                 let code = refused
                     .iter()
                     .find(|(r, _)| r == h)
@@ -1682,8 +1706,9 @@ impl Store {
                     params![id.as_bytes().as_slice(), h.as_ref()],
                 )?;
                 tx.execute(
-                    "INSERT OR REPLACE INTO rejected (doc, hash, code, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![id.as_bytes().as_slice(), h.as_ref(), code, now],
+                    "INSERT OR REPLACE INTO rejected (doc, hash, code, at_ms, content)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id.as_bytes().as_slice(), h.as_ref(), code, now, content],
                 )?;
             }
             tx.commit()?;
@@ -1711,11 +1736,11 @@ impl Store {
         }
     }
 
-    /// Changes of this device that a server refused: (household, change hash, reason code,
-    /// when the refusal arrived).
+    /// Changes of this device that a server refused, oldest first, with the reason and what
+    /// each held.
     pub fn rejected_changes(&self) -> Result<Vec<RejectedChange>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT doc, hash, code, at_ms FROM rejected ORDER BY at_ms, doc, hash",
+            "SELECT doc, hash, code, at_ms, content FROM rejected ORDER BY at_ms, doc, hash",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -1723,21 +1748,40 @@ impl Store {
                 r.get::<_, Vec<u8>>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (doc, hash, code, at_ms) = row?;
+            let (doc, hash, code, at_ms, content) = row?;
             if let (Some(household), Some(hash)) = (uuid_from(&doc), hash_from(&hash)) {
+                let reason =
+                    serde_json::from_value::<RejectCode>(serde_json::Value::String(code.clone()))
+                        .map_or("服务器未接收这条修改。", RejectCode::reason_zh)
+                        .to_string();
                 out.push(RejectedChange {
                     household,
                     hash,
                     code,
+                    reason,
                     at_ms,
+                    content: content
+                        .and_then(|c| serde_json::from_str(&c).ok())
+                        .unwrap_or_default(),
                 });
             }
         }
         Ok(out)
+    }
+
+    /// Forgets a refusal the worker has seen (and, where it mattered, entered again).
+    /// Returns whether there was one.
+    pub fn clear_rejected(&mut self, household: HouseholdId, hash: ChangeHash) -> Result<bool> {
+        let n = self.conn.execute(
+            "DELETE FROM rejected WHERE doc = ?1 AND hash = ?2",
+            params![household.as_bytes().as_slice(), hash.as_ref()],
+        )?;
+        Ok(n > 0)
     }
 
     /// The raw connection, for tests that need to damage the file on purpose.

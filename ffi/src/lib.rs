@@ -265,7 +265,9 @@ impl Phone {
             .collect())
     }
 
-    /// Changes a server refused, with the reason code, for the worker to see.
+    /// Changes a server refused, with the reason (a code and words in Chinese) and what each
+    /// held (the visits, demands, members and fields typed), for the worker to see and enter
+    /// again. Kept until [`Phone::clear_rejected`], also when the household leaves the phone.
     pub fn rejected_changes(&self) -> Result<Vec<RejectedChange>> {
         Ok(self
             .store
@@ -274,6 +276,13 @@ impl Phone {
             .into_iter()
             .map(Into::into)
             .collect())
+    }
+
+    /// Forgets a refusal the worker has seen. Returns whether there was one.
+    pub fn clear_rejected(&self, household_id: String, change_hash: String) -> Result<bool> {
+        let household: HouseholdId = parse("household id", &household_id)?;
+        let hash: qiaomen_protocol::ChangeHash = parse("change hash", &change_hash)?;
+        Ok(self.store.blocking_lock().clear_rejected(household, hash)?)
     }
 
     /// Changes made here that no server has acknowledged yet.

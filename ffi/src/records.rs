@@ -424,7 +424,51 @@ pub struct RejectedChange {
     pub change_hash: String,
     /// `schema_violation`, `depends_on_rejected`, `forbidden`, ...
     pub code: String,
+    /// Why, in Chinese, for the worker.
+    pub reason: String,
     pub at_ms: i64,
+    /// The change created the household.
+    pub creates_household: bool,
+    /// The household's own fields it set (`address`, `door_number`, ...).
+    pub fields: Vec<String>,
+    /// The visits it wrote, with what was typed: the app can show them and offer to record
+    /// them again.
+    pub visits: Vec<RefusedVisit>,
+    pub demands: Vec<RefusedDemand>,
+    /// Members added or changed: (id, name).
+    pub members: Vec<RefusedMember>,
+    /// Entries it deleted, as `collection/id`.
+    pub deleted: Vec<String>,
+}
+
+/// A visit as a refused change wrote it.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct RefusedVisit {
+    pub id: String,
+    pub visit_day: String,
+    pub outcome: VisitOutcome,
+    pub started_at_ms: i64,
+    pub note: String,
+    pub needs: Vec<String>,
+    pub disputes: Vec<String>,
+    pub hazards: Vec<String>,
+}
+
+/// A demand as a refused change wrote it: what was asked, and the comments of the steps it
+/// added.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct RefusedDemand {
+    pub id: String,
+    pub text: String,
+    pub category: NeedCategory,
+    pub urgency: Urgency,
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct RefusedMember {
+    pub id: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, uniffi::Record)]
@@ -791,11 +835,49 @@ impl From<Conflict> for ConflictRecord {
 
 impl From<core::RejectedChange> for RejectedChange {
     fn from(r: core::RejectedChange) -> Self {
+        let c = r.content;
         RejectedChange {
             household_id: r.household.to_string(),
             change_hash: r.hash.to_string(),
             code: r.code,
+            reason: r.reason,
             at_ms: r.at_ms,
+            creates_household: c.creates_household,
+            fields: c.fields,
+            visits: c
+                .visits
+                .into_iter()
+                .map(|v| RefusedVisit {
+                    id: v.id.to_string(),
+                    visit_day: v.visit_day.to_string(),
+                    outcome: v.outcome,
+                    started_at_ms: v.started_at_ms,
+                    note: v.note,
+                    needs: v.needs,
+                    disputes: v.disputes,
+                    hazards: v.hazards,
+                })
+                .collect(),
+            demands: c
+                .demands
+                .into_iter()
+                .map(|d| RefusedDemand {
+                    id: d.id.to_string(),
+                    text: d.text,
+                    category: d.category,
+                    urgency: d.urgency,
+                    steps: d.steps,
+                })
+                .collect(),
+            members: c
+                .members
+                .into_iter()
+                .map(|m| RefusedMember {
+                    id: m.id.to_string(),
+                    name: m.name,
+                })
+                .collect(),
+            deleted: c.deleted,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod integrity;
 pub mod migrate;
 pub mod pack;
+pub mod refused;
 pub mod review;
 pub mod schema;
 pub mod wire;

@@ -127,6 +127,52 @@ impl RejectCode {
             .unwrap_or_default()
     }
 
+    /// Whether the refusal is final and the change held what a person typed: the phone and
+    /// the server keep its content ([`crate::refused`]) for a person to see and enter again.
+    /// Temporary codes (the phone keeps the change pending) and changes that are not the
+    /// uploader's or do not read are not kept.
+    pub fn keeps_content(self) -> bool {
+        matches!(
+            self,
+            RejectCode::SchemaViolation
+                | RejectCode::DependsOnRejected
+                | RejectCode::Forbidden
+                | RejectCode::OutOfScope
+                | RejectCode::NotAllowed
+                | RejectCode::StaleOrder
+                | RejectCode::OverLimit
+        )
+    }
+
+    /// Why the change was refused, in words a grid worker or supervisor reads (zh-CN).
+    pub fn reason_zh(self) -> &'static str {
+        match self {
+            RejectCode::Malformed => "数据无法读取，未能保存到服务器。",
+            RejectCode::SchemaViolation => {
+                "填写的内容不符合规则（如走访日不对、必填项为空或超长），服务器未接收。"
+            }
+            RejectCode::DependsOnRejected => "这条修改建立在另一条未被接收的修改之上，一并未接收。",
+            RejectCode::MissingDependencies | RejectCode::UnknownDocument => {
+                "服务器还缺少这户之前的记录，下次同步时会再试。"
+            }
+            RejectCode::Forbidden => "没有修改这项内容的权限。",
+            RejectCode::NotYourDevice => "这条修改不是本机所做，服务器未接收。",
+            RejectCode::OutOfScope => "这户不在你负责的网格内（当时和现在都不在），服务器未接收。",
+            RejectCode::NotAllowed => {
+                "你的角色不能做这项修改（如删除记录、修改他人的走访、移交网格、办理不属于你的工单步骤），需由主管处理。"
+            }
+            RejectCode::StaleOrder => {
+                "工单已被他人推进，请同步后查看工单的最新状态，再决定是否重做这一步。"
+            }
+            RejectCode::SendRaw => "需要重新发送，下次同步时会自动完成。",
+            RejectCode::BrokenHistory => "这条修改的数据已损坏，服务器无法保存。",
+            RejectCode::OverLimit => "内容超过了大小限制，服务器未接收。",
+            RejectCode::Quarantined => {
+                "这户的记录正在服务器上检修，修改保留在手机上，稍后会再发送。"
+            }
+        }
+    }
+
     /// The code as a phone announcing `features` may receive it: codes added after the first
     /// v1 release fall back to the nearest one it knows.
     pub fn for_features(self, features: u32) -> RejectCode {

@@ -2,7 +2,10 @@
 //! on the server machine against its data folder (the server may be running: SQLite's WAL
 //! lets both work on the file).
 
-use std::path::Path;
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
 
 use clap::{Args, Subcommand};
 use qiaomen_protocol::{
@@ -73,6 +76,10 @@ pub enum AdminCommand {
     /// are refused `quarantined` and phones keep their changes), or release one after a fix.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Export the changes the server refused (kept, never applied), newest first, one JSON
+    /// object a line: household, grid, device, user, code, reason, time and what each held.
+    #[command(subcommand)]
+    Refused(RefusedCommand),
     /// Print the audit log.
     Audit {
         #[arg(long, default_value_t = 0)]
@@ -92,6 +99,18 @@ pub enum QuarantineCommand {
     Release {
         #[arg(long)]
         household: HouseholdId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RefusedCommand {
+    /// Write every kept refusal (of one grid with `--grid`) as JSON lines to `--to` (or
+    /// standard output). Holds residents' data: keep the file as the records are kept.
+    Export {
+        #[arg(long)]
+        grid: Option<String>,
+        #[arg(long)]
+        to: Option<PathBuf>,
     },
 }
 
@@ -294,6 +313,29 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             }
             admin_event("quarantine_release", &household.to_string())?;
             println!("household {household} released");
+        }
+        AdminCommand::Refused(RefusedCommand::Export { grid, to }) => {
+            let mut storage = SqliteStorage::open(data_dir)?;
+            let grids = grid.map(|g| vec![g]);
+            let rows = storage.refused(grids.as_deref(), usize::MAX >> 1)?;
+            let n = rows.len();
+            let views = crate::http::workflow::refused_views(&mut storage, rows)?;
+            let mut out: Box<dyn std::io::Write> = match &to {
+                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            for v in &views {
+                serde_json::to_writer(&mut out, v)?;
+                writeln!(out)?;
+            }
+            out.flush()?;
+            admin_event(
+                "refused_export",
+                grids.as_ref().map_or("*", |g| g[0].as_str()),
+            )?;
+            if to.is_some() {
+                println!("{n} refused changes exported");
+            }
         }
         AdminCommand::Audit { after } => {
             for e in db.audit_log(after, 10_000)? {

@@ -39,25 +39,35 @@ use crate::{
         org::Role,
         policy::{self, Principal},
     },
-    storage::{NewChange, Storage, StorageError},
+    storage::{NewChange, RefusedRow, Storage, StorageError},
 };
 
 /// Whether the changes applied on top of `before` (empty for a new household) leave a valid
 /// household that the principal may have made.
-fn verdict(
+fn verdict<'a>(
     principal: Option<&Principal>,
     doc: &mut HouseholdDoc,
     before: &[ChangeHash],
     id: HouseholdId,
-    times: &[i64],
+    changes: impl IntoIterator<Item = &'a Change>,
 ) -> Result<(), RejectCode> {
     let touched = doc
         .validate_since(before, id)
         .map_err(|_| RejectCode::SchemaViolation)?;
-    match principal {
-        Some(p) => policy::check_effect(p, doc, before, &touched, times),
-        None => Ok(()),
-    }
+    let Some(p) = principal else {
+        return Ok(());
+    };
+    // Each change as its author made it: when, and on which version (its dependencies).
+    let made: Vec<policy::Made> = changes
+        .into_iter()
+        .map(|c| policy::Made {
+            at_ms: c.timestamp(),
+            seen_grid: (!c.deps().is_empty())
+                .then(|| doc.root_text("grid", Some(c.deps())))
+                .flatten(),
+        })
+        .collect();
+    policy::check_effect(p, doc, before, &touched, &made)
 }
 
 /// Applies `batch` to `doc` and checks the result: each change gives itself back byte for
@@ -75,8 +85,7 @@ fn apply_checked(
     for (_, c) in batch {
         doc.round_trips(c).map_err(|_| RejectCode::BrokenHistory)?;
     }
-    let times: Vec<i64> = batch.iter().map(|(_, c)| c.timestamp()).collect();
-    verdict(principal, doc, &before, id, &times)
+    verdict(principal, doc, &before, id, batch.iter().map(|(_, c)| c))
 }
 
 /// One request's uploads.
@@ -363,6 +372,11 @@ pub struct Ingestor<S: Storage> {
     /// Households touched by the current group: their cached documents hold changes that are
     /// not stored yet, so they must not be evicted before the commit.
     pinned: HashSet<HouseholdId>,
+    /// Refused changes of the current group that held what a person typed, kept in the
+    /// group's transaction ([`Storage::keep_refused`]).
+    refusals: Vec<RefusedRow>,
+    /// The bytes of the household's changes being processed, for keeping refused ones.
+    seen_bytes: HashMap<ChangeHash, Vec<u8>>,
 }
 
 fn reject(doc: HouseholdId, n: usize, hash: Option<ChangeHash>, code: RejectCode) -> Rejection {
@@ -385,10 +399,12 @@ fn reject_incoming(outcome: &mut Outcome, doc: &ParsedDoc, code: RejectCode) {
     }
 }
 
-/// Whether the principal could ever write a household of `grid`: a grant on it (now or in
-/// the past), or a team's work orders. Checked before the household is loaded.
-fn may_touch(p: &Principal, grid: &str) -> bool {
-    p.scope.roles.contains(&Role::TeamMember) || p.scope.grants.iter().any(|g| g.grid == grid)
+/// Whether the principal could ever write a household that has been in `grids`: a grant on
+/// one of them (now or in the past: a change made before the household moved is judged by
+/// the grid it was made in), or a team's work orders. Checked before the household is loaded.
+fn may_touch(p: &Principal, grids: &[String]) -> bool {
+    p.scope.roles.contains(&Role::TeamMember)
+        || p.scope.grants.iter().any(|g| grids.contains(&g.grid))
 }
 
 impl<S: Storage> std::fmt::Debug for Ingestor<S> {
@@ -408,6 +424,8 @@ impl<S: Storage> Ingestor<S> {
             tick: 0,
             pending: Vec::new(),
             pinned: HashSet::new(),
+            refusals: Vec::new(),
+            seen_bytes: HashMap::new(),
         }
     }
 
@@ -417,6 +435,7 @@ impl<S: Storage> Ingestor<S> {
         self.cache.clear();
         self.pending.clear();
         self.pinned.clear();
+        self.refusals.clear();
     }
 
     /// Processes uploads in one transaction (parsing them first, as [`Writer::submit`] does).
@@ -456,6 +475,7 @@ impl<S: Storage> Ingestor<S> {
         let result = self.check_and_store(uploads, started);
         self.pending.clear();
         self.pinned.clear();
+        self.refusals.clear();
         if result.is_err() {
             // The cache may hold changes that are not stored: start again from the disk.
             self.cache.clear();
@@ -476,11 +496,13 @@ impl<S: Storage> Ingestor<S> {
             outcomes.push(self.process(upload)?);
         }
         let processed = started.elapsed();
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.refusals.is_empty() {
             return Ok(outcomes);
         }
         self.storage.begin()?;
         let written = (|| {
+            self.storage
+                .keep_refused(&std::mem::take(&mut self.refusals))?;
             let pending = std::mem::take(&mut self.pending);
             for q in &pending {
                 // A move to another grid is logged under the grid it leaves, so the phones of
@@ -758,7 +780,11 @@ impl<S: Storage> Ingestor<S> {
                 }
             };
             match result {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if let Some(p) = principal {
+                        self.keep_refused(p, id, &outcome.rejected[mark.1..])?;
+                    }
+                }
                 // Its stored document (or what this group accepted for it) does not load.
                 Ok(Err(StorageError::Corrupt(_))) => {
                     tracing::error!(household = %id, "stored household does not load; quarantined");
@@ -776,6 +802,58 @@ impl<S: Storage> Ingestor<S> {
             }
         }
         Ok(outcome)
+    }
+
+    /// Queues the refused changes of household `id` that held what a person typed (their
+    /// bytes, as uploaded) for the group's transaction.
+    fn keep_refused(
+        &mut self,
+        p: &Principal,
+        id: HouseholdId,
+        rejected: &[Rejection],
+    ) -> Result<(), StorageError> {
+        let seen = std::mem::take(&mut self.seen_bytes);
+        let kept: Vec<(ChangeHash, RejectCode)> = rejected
+            .iter()
+            .filter(|r| r.code.keeps_content())
+            .filter_map(|r| Some((ChangeHash(r.hash.as_slice().try_into().ok()?), r.code)))
+            .collect();
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let grid = match self.cache.get(&id) {
+            Some(c) => c.doc.grid(),
+            None => match self.storage.doc_grid(id)? {
+                Some(g) => g,
+                // Refused at its creation: the grid its first change names.
+                None => kept
+                    .iter()
+                    .find_map(|(h, _)| {
+                        let bytes = seen.get(h)?;
+                        HouseholdDoc::load(bytes).ok().map(|d| d.grid())
+                    })
+                    .unwrap_or_default(),
+            },
+        };
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for (hash, code) in kept {
+            let Some(bytes) = seen.get(&hash) else {
+                continue;
+            };
+            self.refusals.push(RefusedRow {
+                doc: id,
+                hash: hash.as_ref().try_into().expect("32 bytes"),
+                grid: grid.clone(),
+                device: Some(*p.device.as_bytes()),
+                user: Some(*p.user.as_bytes()),
+                code: code.name(),
+                at_ms,
+                bytes: bytes.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Drops what this writer holds in memory of a household whose processing failed, keeping
@@ -797,15 +875,16 @@ impl<S: Storage> Ingestor<S> {
     ) -> Result<(), StorageError> {
         let id = dc.id;
         // 0. Before anything is loaded: a quarantined household waits; a household of a grid
-        //    the device's user never held is not theirs.
+        //    the device's user never held (in none of the grids it has been in) is not theirs.
         if !self.cache.contains_key(&id) && self.storage.is_quarantined(id)? {
             reject_incoming(outcome, &dc, RejectCode::Quarantined);
             return Ok(());
         }
         if let Some(p) = principal
             && !self.cache.contains_key(&id)
-            && let Some(grid) = self.storage.doc_grid(id)?
-            && !may_touch(p, &grid)
+            && let grids = self.storage.doc_grids(id)?
+            && !grids.is_empty()
+            && !may_touch(p, &grids)
         {
             reject_incoming(outcome, &dc, RejectCode::OutOfScope);
             return Ok(());
@@ -813,17 +892,27 @@ impl<S: Storage> Ingestor<S> {
         self.pinned.insert(id);
         let exists = self.doc(id)?.is_some();
         // 1. Rebuild the packed changes; refuse what is not a change.
+        let keep_bytes = principal.is_some();
+        self.seen_bytes.clear();
         let mut decoded: Vec<(usize, Change)> = Vec::new();
         for (n, incoming) in dc.changes.into_iter().enumerate() {
             match incoming {
                 Incoming::Raw(change) => {
                     outcome.uploaded.push(change.hash());
+                    if keep_bytes {
+                        self.seen_bytes
+                            .insert(change.hash(), change.raw_bytes().to_vec());
+                    }
                     decoded.push((n, *change));
                 }
                 Incoming::Packed(unpacked) => {
                     match self.unpacked(id, *unpacked, exists, &decoded)? {
                         Ok(change) => {
                             outcome.uploaded.push(change.hash());
+                            if keep_bytes {
+                                self.seen_bytes
+                                    .insert(change.hash(), change.raw_bytes().to_vec());
+                            }
                             decoded.push((n, change));
                         }
                         Err(code) => outcome.rejected.push(reject(id, n, None, code)),
@@ -974,8 +1063,14 @@ impl<S: Storage> Ingestor<S> {
                 complete.then_some(d)
             });
             let whole = built.map(|mut d| {
-                let times: Vec<i64> = candidates.iter().map(|(_, c)| c.timestamp()).collect();
-                let valid = verdict(principal, &mut d, &[], id, &times).is_ok();
+                let valid = verdict(
+                    principal,
+                    &mut d,
+                    &[],
+                    id,
+                    candidates.iter().map(|(_, c)| c),
+                )
+                .is_ok();
                 (d, valid)
             });
             match whole {
@@ -991,7 +1086,7 @@ impl<S: Storage> Ingestor<S> {
                         .and_then(|mut d| {
                             d.round_trips(&first)
                                 .map_err(|_| RejectCode::BrokenHistory)?;
-                            verdict(principal, &mut d, &[], id, &[first.timestamp()]).map(|()| d)
+                            verdict(principal, &mut d, &[], id, [&first]).map(|()| d)
                         });
                     match base {
                         Ok(doc) => {

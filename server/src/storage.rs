@@ -91,6 +91,9 @@ pub trait Storage: Send + 'static {
     fn doc_count(&mut self) -> Result<u64>;
     /// The grid a document was last stored under.
     fn doc_grid(&mut self, id: HouseholdId) -> Result<Option<String>>;
+    /// Every grid the household has been in (its moves' grids and its current one); empty
+    /// for a household the server does not hold.
+    fn doc_grids(&mut self, id: HouseholdId) -> Result<Vec<String>>;
     /// Records, inside the open transaction, that a document moved between grids at the last
     /// appended log row, and sets its grid.
     fn record_move(&mut self, id: HouseholdId, from: &str, to: &str) -> Result<()>;
@@ -112,6 +115,30 @@ pub trait Storage: Send + 'static {
     fn quarantined(&mut self) -> Result<Vec<Quarantined>>;
     /// Takes a household out of quarantine; whether it was in.
     fn release(&mut self, id: HouseholdId) -> Result<bool>;
+    /// Keeps refused changes (inside the open transaction): a change refused again is kept
+    /// once; a device keeps its latest [`MAX_REFUSED_PER_DEVICE`].
+    fn keep_refused(&mut self, rows: &[RefusedRow]) -> Result<()>;
+    /// Kept refusals, newest first: of `grids` (every grid when `None`), at most `limit`.
+    fn refused(&mut self, grids: Option<&[String]>, limit: usize) -> Result<Vec<RefusedRow>>;
+}
+
+/// Refused changes a device keeps on the server at most: the oldest beyond are dropped, so a
+/// broken or hostile phone cannot fill the disk (SYNC-v1 §5.6).
+pub const MAX_REFUSED_PER_DEVICE: i64 = 2_000;
+
+/// A change the server refused, kept with its bytes (not applied) for supervisors to see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedRow {
+    pub doc: HouseholdId,
+    pub hash: [u8; 32],
+    /// The household's grid when it was refused (for a new household, the grid it named).
+    pub grid: String,
+    pub device: Option<[u8; 16]>,
+    pub user: Option<[u8; 16]>,
+    /// The reject code's wire name.
+    pub code: String,
+    pub at_ms: i64,
+    pub bytes: Vec<u8>,
 }
 
 /// Schema migrations, in order: the store's `user_version` counts those applied.
@@ -122,6 +149,7 @@ const MIGRATIONS: &[&str] = &[
     crate::index::INDEX_SCHEMA,
     crate::tasks::TASKS_SCHEMA,
     QUARANTINE_SCHEMA,
+    REFUSED_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"
@@ -153,6 +181,25 @@ CREATE TABLE quarantine (
     reason TEXT NOT NULL,
     at_ms  INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// Refused changes, kept with their bytes and never applied: what a worker typed and the
+/// server could not take, for the grid's supervisors (`GET /api/v1/refused`) and the admin's
+/// export (`qiaomen-server admin refused export`).
+const REFUSED_SCHEMA: &str = r#"
+CREATE TABLE refused (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc    BLOB NOT NULL,
+    hash   BLOB NOT NULL UNIQUE,
+    grid   TEXT NOT NULL,
+    device BLOB,
+    user   BLOB,
+    code   TEXT NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    bytes  BLOB NOT NULL
+);
+CREATE INDEX refused_grid ON refused (grid, id);
+CREATE INDEX refused_device ON refused (device, id);
 "#;
 
 /// A quarantined household.
@@ -523,6 +570,16 @@ impl Storage for SqliteStorage {
             .optional()?)
     }
 
+    fn doc_grids(&mut self, id: HouseholdId) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT grid FROM docs WHERE id = ?1
+             UNION SELECT from_grid FROM doc_moves WHERE doc = ?1
+             UNION SELECT to_grid FROM doc_moves WHERE doc = ?1",
+        )?;
+        let rows = stmt.query_map([id.as_bytes().as_slice()], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn record_move(&mut self, id: HouseholdId, from: &str, to: &str) -> Result<()> {
         let key = id.as_bytes().as_slice();
         self.conn
@@ -651,6 +708,75 @@ impl Storage for SqliteStorage {
             .prepare_cached("DELETE FROM quarantine WHERE doc = ?1")?
             .execute([id.as_bytes().as_slice()])?
             > 0)
+    }
+
+    fn keep_refused(&mut self, rows: &[RefusedRow]) -> Result<()> {
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO refused (doc, hash, grid, device, user, code, at_ms, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (hash) DO NOTHING",
+        )?;
+        for r in rows {
+            insert.execute(params![
+                r.doc.as_bytes().as_slice(),
+                r.hash.as_slice(),
+                r.grid,
+                r.device.as_ref().map(|d| d.as_slice()),
+                r.user.as_ref().map(|u| u.as_slice()),
+                r.code,
+                r.at_ms,
+                r.bytes,
+            ])?;
+        }
+        drop(insert);
+        let devices: std::collections::BTreeSet<_> = rows.iter().filter_map(|r| r.device).collect();
+        let mut trim = self.conn.prepare_cached(
+            "DELETE FROM refused WHERE device = ?1 AND id <= (
+                SELECT id FROM refused WHERE device = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )?;
+        for d in devices {
+            trim.execute(params![d.as_slice(), MAX_REFUSED_PER_DEVICE])?;
+        }
+        Ok(())
+    }
+
+    fn refused(&mut self, grids: Option<&[String]>, limit: usize) -> Result<Vec<RefusedRow>> {
+        let grids_json = grids.map(|g| serde_json::to_string(g).expect("strings serialize"));
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT doc, hash, grid, device, user, code, at_ms, bytes FROM refused
+              WHERE ?1 IS NULL OR grid IN (SELECT value FROM json_each(?1))
+              ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![grids_json, limit as i64], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, Vec<u8>>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (doc, hash, grid, device, user, code, at_ms, bytes) = row?;
+            let (Ok(doc), Ok(hash)) = (<[u8; 16]>::try_from(doc.as_slice()), hash.try_into())
+            else {
+                continue;
+            };
+            out.push(RefusedRow {
+                doc: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(doc)),
+                hash,
+                grid,
+                device: device.and_then(|d| d.try_into().ok()),
+                user: user.and_then(|u| u.try_into().ok()),
+                code,
+                at_ms,
+                bytes,
+            });
+        }
+        Ok(out)
     }
 
     fn doc_count(&mut self) -> Result<u64> {

@@ -387,6 +387,7 @@ fn the_openapi_document_matches_the_served_api() {
         "GET /api/v1/orders/{demand}",
         "GET /api/v1/org",
         "GET /api/v1/ranking",
+        "GET /api/v1/refused",
         "GET /api/v1/stats",
         "GET /api/v1/tasks",
         "GET /api/v1/tasks/{id}",

@@ -3,9 +3,11 @@
 //! 1. **Identity** ([`check_author`]): the change's Automerge actor begins with the uploading
 //!    device's id ([`qiaomen_protocol::doc::actor_for`]) and its author message names that
 //!    device and its user. A forged or borrowed actor id is `not_your_device`.
-//! 2. **Scope** ([`check_effect`]): the household's grid, before and after the change, is one
-//!    the user may write — now, or at the time the change was made (work done on a visit day
-//!    is accepted when it arrives after the worker moved on). Else `out_of_scope`.
+//! 2. **Scope** ([`check_effect`]): the household's grid in the version the change was made
+//!    on is one the user may write — now, or at the time the change was made (work done on a
+//!    visit day is accepted when it arrives after the worker moved on, and a visit made
+//!    offline before the household moved to another grid travels with it). A move is judged
+//!    by the grid it leaves and the grid it enters. Else `out_of_scope`.
 //! 3. **Field rules**: only a supervisor of the grid may move a household to another grid,
 //!    mark it merged, delete an entry (member, visit, demand), touch a visit whose worker is
 //!    someone else, or write a review (signed by themselves); a new visit must name its author
@@ -46,41 +48,68 @@ pub fn check_author(p: &Principal, change: &Change) -> Result<(), RejectCode> {
     }
 }
 
+/// One change of a batch as the rules judge it: when it was made, and the household's grid
+/// in the version it was made on (its dependencies; `None` for the change that creates the
+/// household).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Made {
+    pub at_ms: i64,
+    pub seen_grid: Option<String>,
+}
+
 /// What the changes did to `doc` (applied on top of `before`; empty for a new household) is
-/// within the principal's rights. `times` are the changes' own times (ms).
+/// within the principal's rights.
+///
+/// A change is judged by what its author could see and edit when they made it: the grid of
+/// the version it was made on (SYNC-v1 §6.4). A worker's visit made offline on a household
+/// of their grid is theirs to make even when a supervisor moved the household to another grid
+/// meanwhile: it is accepted and travels with the household. Moving a household is judged by
+/// the grid it leaves as the server holds it and the grid it enters.
 pub fn check_effect(
     p: &Principal,
     doc: &HouseholdDoc,
     before: &[ChangeHash],
     touched: &Touched,
-    times: &[i64],
+    made: &[Made],
 ) -> Result<(), RejectCode> {
     let prior = (!before.is_empty()).then_some(before);
     let grid_before = prior.and_then(|h| doc.root_text("grid", Some(h)));
     let grid_after = doc.root_text("grid", None).unwrap_or_default();
+    let times: Vec<i64> = made.iter().map(|m| m.at_ms).collect();
     let writable = |grid: &str| times.iter().all(|t| p.scope.may_write(grid, *t));
     let supervised = |grid: &str| times.iter().all(|t| p.scope.supervises(grid, *t));
+    // Each change in the grid it was made in (the household's creation: the grid it creates).
+    let seen = |m: &Made| m.seen_grid.clone().unwrap_or_else(|| grid_after.clone());
+    let writable_seen = made.iter().all(|m| p.scope.may_write(&seen(m), m.at_ms));
+    let supervised_seen = made.iter().all(|m| p.scope.supervises(&seen(m), m.at_ms));
+    let moves = grid_before.as_deref().is_some_and(|g| g != grid_after);
+    // The grid whose rules the batch is judged by: where its changes were made, when they
+    // agree (a batch from one phone does), else where the household is.
+    let judged = match made.first().map(seen) {
+        Some(g) if !moves && made.iter().all(|m| seen(m) == g) => g,
+        _ => grid_after.clone(),
+    };
     // A team member touches nothing but the steps of orders dispatched to their team.
     let demands_only = touched.facts.is_empty()
         && touched.deleted.is_empty()
         && !touched.entries.is_empty()
         && touched.entries.iter().all(|(c, _)| c == "demands");
     let team_work = demands_only && !p.scope.teams.is_empty();
-    if (grid_before.as_deref().is_some_and(|g| !writable(g)) || !writable(&grid_after))
-        && !team_work
-    {
+    let in_scope = if moves {
+        grid_before.as_deref().is_some_and(writable) && writable(&grid_after) && writable_seen
+    } else {
+        writable_seen
+    };
+    if !in_scope && !team_work {
         return Err(RejectCode::OutOfScope);
     }
-    check_demands(p, doc, prior, touched, times, &grid_after)?;
+    check_demands(p, doc, prior, touched, &times, &judged)?;
     let mut needs_supervisor = false;
-    if let Some(g) = &grid_before
-        && *g != grid_after
-    {
+    if moves {
         // Moving a household between grids: a supervisor of both.
-        if !supervised(g) {
+        if !grid_before.as_deref().is_some_and(supervised) || !supervised(&grid_after) {
             return Err(RejectCode::NotAllowed);
         }
-        needs_supervisor = true;
     }
     if touched.facts.contains("status")
         && doc.root_text("status", None).as_deref() == Some("Merged")
@@ -113,7 +142,7 @@ pub fn check_effect(
             needs_supervisor = true;
         }
     }
-    if needs_supervisor && !supervised(&grid_after) {
+    if needs_supervisor && !supervised_seen {
         return Err(RejectCode::NotAllowed);
     }
     Ok(())

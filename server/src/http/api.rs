@@ -140,7 +140,7 @@ pub struct Writer {
 }
 
 /// Records an audit event (ids and action names only).
-async fn record(
+pub(crate) async fn record(
     state: &AppState,
     user: UserId,
     device: Option<String>,

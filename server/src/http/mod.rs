@@ -411,6 +411,7 @@ pub fn router(state: AppState) -> Router {
                 )
                 .route("/api/v1/stats", get(workflow::stats_report))
                 .route("/api/v1/ranking", get(workflow::ranking))
+                .route("/api/v1/refused", get(workflow::refused))
                 .route("/api/v1/tasks", get(tasks::lists).post(tasks::push_list))
                 .route("/api/v1/tasks/{id}", get(tasks::list))
                 .route("/api/v1/tasks/{id}/done", post(tasks::done))

@@ -33,6 +33,7 @@ use super::{api, auth, tasks, workflow};
         workflow::import_orders,
         workflow::stats_report,
         workflow::ranking,
+        workflow::refused,
         tasks::push_list,
         tasks::lists,
         tasks::list,

@@ -1351,3 +1351,124 @@ pub(crate) fn ranking_of(pf: &PeriodFigures) -> RankingReport {
         black,
     }
 }
+
+// ---------------------------------------------------------------- refused changes
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RefusedQuery {
+    /// An org unit id (default: the caller's topmost unit). Only grids the caller supervises
+    /// (every grid, for an admin) are listed.
+    pub unit: Option<String>,
+    /// At most this many, newest first (default 100, at most 500).
+    #[param(value_type = String, required = false, pattern = "^[0-9]{1,3}$")]
+    pub limit: Option<String>,
+}
+
+/// A change the server refused, kept (not applied) with what it held.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RefusedView {
+    pub household: String,
+    /// The household's grid when the change was refused.
+    pub grid: String,
+    /// The change's hash (hex).
+    pub change: String,
+    /// The device and user that made it.
+    pub device: Option<String>,
+    pub user: Option<String>,
+    /// The reject code (SYNC-v1 §5.5).
+    pub code: String,
+    /// Why, in Chinese.
+    pub reason: String,
+    pub at_ms: i64,
+    /// Which visits, demands, members and fields it wrote, with what was typed
+    /// (`qiaomen_protocol::refused::RefusedContent`); `null` when it cannot be read.
+    #[schema(value_type = Object)]
+    pub content: Option<qiaomen_protocol::refused::RefusedContent>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads kept refusals with what they held (each on a copy of its household as stored).
+pub(crate) fn refused_views(
+    storage: &mut impl crate::storage::Storage,
+    rows: Vec<crate::storage::RefusedRow>,
+) -> Result<Vec<RefusedView>, crate::storage::StorageError> {
+    let mut households: std::collections::HashMap<HouseholdId, Option<Vec<u8>>> =
+        Default::default();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let stored = match households.get(&r.doc) {
+            Some(s) => s.clone(),
+            None => {
+                let s = storage.load_doc(r.doc)?;
+                households.insert(r.doc, s.clone());
+                s
+            }
+        };
+        let content = qiaomen_protocol::refused::content_of(stored.as_deref(), &r.bytes).ok();
+        let code: Option<qiaomen_protocol::wire::RejectCode> =
+            serde_json::from_value(serde_json::Value::String(r.code.clone())).ok();
+        out.push(RefusedView {
+            household: r.doc.to_string(),
+            grid: r.grid,
+            change: hex(&r.hash),
+            device: r
+                .device
+                .map(|d| qiaomen_protocol::ids::Uuid::from_bytes(d).to_string()),
+            user: r
+                .user
+                .map(|u| qiaomen_protocol::ids::Uuid::from_bytes(u).to_string()),
+            reason: code
+                .map_or("服务器未接收这条修改。", |c| c.reason_zh())
+                .to_string(),
+            code: r.code,
+            at_ms: r.at_ms,
+            content,
+        });
+    }
+    Ok(out)
+}
+
+/// `GET /api/v1/refused`: changes the server refused in the grids the caller supervises,
+/// newest first, with their reason and what they held — nothing a worker typed is lost
+/// without a trace (SYNC-v1 §5.6). Audited.
+#[utoipa::path(get, path = "/api/v1/refused", tag = "workflow", security(("bearer" = [])),
+    params(RefusedQuery),
+    responses((status = 200, body = Vec<RefusedView>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn refused(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<RefusedQuery>,
+) -> Result<Json<Vec<RefusedView>>, ApiError> {
+    let limit = match given(&q.limit) {
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| bad("limit must be 1 to 500"))?,
+        None => 100,
+    };
+    let us = unit_scope(&state, &caller, given(&q.unit).map(str::to_string)).await?;
+    let user = caller.user();
+    let scope: Scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    let admin = scope.roles.contains(&crate::access::org::Role::Admin);
+    let at = now_ms();
+    let grids: Vec<String> = us
+        .grids
+        .into_iter()
+        .filter(|g| admin || scope.supervises(g, at))
+        .collect();
+    let views = state
+        .readers
+        .with(move |s| {
+            let rows = crate::storage::Storage::refused(s, Some(&grids), limit)?;
+            refused_views(s, rows)
+        })
+        .await?;
+    super::api::record(&state, user, None, "refused_list", us.unit.id, "ok").await?;
+    Ok(Json(views))
+}

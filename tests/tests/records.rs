@@ -1,0 +1,166 @@
+//! Nothing a worker records is lost without a trace, against the real server on 127.0.0.1:
+//! a visit made offline on a household that was moved meanwhile travels with it; a refused
+//! change keeps its content on the phone (also after its household left the phone) and on
+//! the server, for the grid's supervisors.
+
+use qiaomen_protocol::{
+    calendar::{self, Day},
+    ids::*,
+    schema::*,
+};
+use qiaomen_server::access::Role;
+use qiaomen_tests::{Phone, TestServer, call, enrollment_code, sample_demand, sample_visit};
+
+fn today() -> Day {
+    Day::from_unix_ms(qiaomen_server::access::now_ms(), 8 * 3600).unwrap()
+}
+
+fn new_household(grid: &str, door: &str) -> Household {
+    Household::new(HouseholdId::new(), GridId::new(grid), "东村", door)
+}
+
+#[test]
+fn an_offline_visit_to_a_household_moved_meanwhile_is_kept_and_travels_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    // The command centre (supervises every grid), a worker of g1 and one of g2.
+    let mut centre = server.phone(&dir.path().join("centre.db"), &[]);
+    let mut a = server.phone(&dir.path().join("a.db"), &["g1"]);
+    let mut b = server.phone(&dir.path().join("b.db"), &["g2"]);
+    let id = centre
+        .store
+        .create_household(&new_household("g1", "7"))
+        .unwrap();
+    centre.sync().unwrap();
+    a.sync().unwrap();
+    assert!(a.store.contains(id).unwrap());
+
+    // Offline, a visits the household and raises a demand on it ...
+    let mut visit = sample_visit(&a.author, calendar::cycle_of(today()), "屋顶漏雨，老人独居");
+    let demand = sample_demand(&a.author, qiaomen_server::access::now_ms(), "请修屋顶");
+    visit.demands_raised = vec![demand.id];
+    a.store.record_visit(id, &visit, &[demand.clone()]).unwrap();
+    // ... while the town moves it to g2.
+    centre
+        .store
+        .edit_household(id, |h| {
+            h.grid = GridId::new("g2");
+            Ok(())
+        })
+        .unwrap();
+    assert!(centre.sync().unwrap().rejected.is_empty());
+
+    // a's work was made on the version a saw (in g1): accepted, then the household leaves a.
+    let report = a.sync().unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(a.store.pending_change_count().unwrap(), 0);
+    assert!(a.store.rejected_changes().unwrap().is_empty());
+    assert!(
+        !a.store.contains(id).unwrap(),
+        "g2's household leaves a's phone"
+    );
+    // It travels with the household: g2's worker has the visit and the demand.
+    b.sync().unwrap();
+    let h = b.store.household(id).unwrap();
+    assert_eq!(h.grid, GridId::new("g2"));
+    assert_eq!(h.visits[&visit.id].note.as_str(), "屋顶漏雨，老人独居");
+    assert_eq!(h.demands[&demand.id].text, "请修屋顶");
+    // And the server's record of the order finds it.
+    let (status, order) = call(
+        "GET",
+        &format!("{}/api/v1/orders/{}", server.url, demand.id),
+        &centre.token(),
+        None,
+    );
+    assert_eq!(status, 200, "{order}");
+}
+
+#[test]
+fn a_refused_visit_keeps_its_content_on_the_phone_and_on_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let mut centre = server.phone(&dir.path().join("centre.db"), &[]);
+    let id = centre
+        .store
+        .create_household(&new_household("g1", "9"))
+        .unwrap();
+    centre.sync().unwrap();
+    let (user, code) = enrollment_code(&server.data_dir, &["g1"]);
+    let mut w = Phone::enroll(&dir.path().join("w.db"), &server.url, &code).unwrap();
+    w.sync().unwrap();
+    // The worker is taken off g1; the phone does not know yet and records a visit after
+    // that: nobody could accept it (the worker holds g1 neither now nor when they made it).
+    let db = server.access();
+    db.unassign(user, "g1", qiaomen_server::access::now_ms())
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let visit = sample_visit(
+        &w.author,
+        calendar::cycle_of(today()),
+        "张大爷说腿疼，想申请轮椅",
+    );
+    w.store.record_visit(id, &visit, &[]).unwrap();
+    let report = w.sync().unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert!(
+        !w.store.contains(id).unwrap(),
+        "the household left the phone"
+    );
+
+    // On the phone: the refusal, why in Chinese, and what was typed — after the household left.
+    let refused = w.store.rejected_changes().unwrap();
+    assert_eq!(refused.len(), 1);
+    let r = &refused[0];
+    assert_eq!((r.household, r.code.as_str()), (id, "out_of_scope"));
+    assert!(r.reason.contains("网格"), "{}", r.reason);
+    assert_eq!(r.content.visits.len(), 1);
+    assert_eq!(r.content.visits[0].id, visit.id);
+    assert_eq!(r.content.visits[0].note, "张大爷说腿疼，想申请轮椅");
+    assert_eq!(r.content.visits[0].visit_day, visit.visit_day);
+    // The app clears it once seen.
+    assert!(w.store.clear_rejected(id, r.hash).unwrap());
+    assert!(w.store.rejected_changes().unwrap().is_empty());
+
+    // On the server: kept, not applied, for the grid's supervisors.
+    let village = qiaomen_tests::session(&server, "sup-v", "v", Role::VillageSupervisor);
+    let (status, list) = call(
+        "GET",
+        &format!("{}/api/v1/refused?unit=v", server.url),
+        &village,
+        None,
+    );
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["household"], id.to_string());
+    assert_eq!(list[0]["grid"], "g1");
+    assert_eq!(list[0]["code"], "out_of_scope");
+    assert_eq!(list[0]["user"], user.to_string());
+    assert_eq!(
+        list[0]["content"]["visits"][0]["note"],
+        "张大爷说腿疼，想申请轮椅"
+    );
+    let stored = centre.store.household(id).unwrap();
+    centre.sync().unwrap();
+    assert_eq!(centre.store.household(id).unwrap().visits, stored.visits);
+    assert!(
+        !centre
+            .store
+            .household(id)
+            .unwrap()
+            .visits
+            .contains_key(&visit.id),
+        "refused: kept, never applied"
+    );
+    // A grid worker is no supervisor: they see none of it.
+    let mut other = server.phone(&dir.path().join("o.db"), &["g1"]);
+    other.sync().unwrap();
+    let (status, list) = call(
+        "GET",
+        &format!("{}/api/v1/refused", server.url),
+        &other.token(),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list:?}");
+}
