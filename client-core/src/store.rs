@@ -1103,6 +1103,9 @@ impl Store {
                     .filter_map(|r| r.ok())
                     .filter_map(|(d, o)| Some((d.parse().ok()?, outcome_from(&o)?)))
                     .collect(),
+                // The phone lists every household it holds; the server's figures count a
+                // household from its registration (SYNC-v1 §10).
+                registered: None,
             };
             if let Some(due) = coverage::coverage(&input, day, today, policy) {
                 lines.push(CoverageLine { household: h, due });

@@ -2,7 +2,8 @@
 //! each — the phone's roster and the server's "no household missed" report use this one rule.
 //!
 //! **Who is due.** On each visit day (a *cycle*, see [`crate::calendar`]) every active
-//! household whose key-group tags hold that day is due. Other households are due when they
+//! household registered by that day ([`CoverageInput::registered`]) whose key-group tags hold
+//! that day is due. Other households are due when they
 //! were not met in the last `rotation - 1` cycles ([`CoveragePolicy::rotation`]; 1 = every
 //! household every cycle, "户户见干部").
 //!
@@ -56,6 +57,9 @@ pub struct CoverageInput {
     pub tags: Vec<TagSpan>,
     /// Every visit: the visit day it counts for and its outcome.
     pub visits: Vec<(Day, VisitOutcome)>,
+    /// The day the household was registered, when known: it is not due on visit days before
+    /// it (a household registered in January never counts as missed in December).
+    pub registered: Option<Day>,
 }
 
 impl CoverageInput {
@@ -73,6 +77,7 @@ impl CoverageInput {
                 .values()
                 .map(|v| (v.visit_day, v.outcome))
                 .collect(),
+            registered: None,
         }
     }
 
@@ -121,7 +126,7 @@ pub fn coverage(
     today: Day,
     policy: &CoveragePolicy,
 ) -> Option<Due> {
-    if h.status != HouseholdStatus::Active {
+    if h.status != HouseholdStatus::Active || h.registered.is_some_and(|r| visit_day < r) {
         return None;
     }
     let key_groups = h.key_groups_on(visit_day);
@@ -238,6 +243,7 @@ mod tests {
             status: HouseholdStatus::Active,
             tags: vec![],
             visits: visits.iter().map(|(s, o)| (d(s), *o)).collect(),
+            registered: None,
         }
     }
 
@@ -285,6 +291,18 @@ mod tests {
             ..plain(&[])
         };
         assert_eq!(coverage(&gone, day, day, &p), None);
+        // Registered after the visit day: not due that day, due from the next.
+        let late = CoverageInput {
+            registered: Some(d("2026-11-16")),
+            ..plain(&[])
+        };
+        assert_eq!(coverage(&late, day, d("2026-12-01"), &p), None);
+        assert!(coverage(&late, d("2026-11-30"), d("2026-12-01"), &p).is_some());
+        let on_the_day = CoverageInput {
+            registered: Some(day),
+            ..plain(&[])
+        };
+        assert!(coverage(&on_the_day, day, day, &p).is_some());
     }
 
     #[test]

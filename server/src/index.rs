@@ -26,7 +26,7 @@ use qiaomen_protocol::{
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{SqliteStorage, Storage, StorageError};
+use crate::storage::{SqliteStorage, Storage, StorageError, Timeline};
 
 /// Log rows one refresh transaction takes in.
 pub const BATCH_ROWS: i64 = 2_000;
@@ -99,13 +99,78 @@ CREATE INDEX idx_orders_ref ON idx_orders (external_ref);
 CREATE INDEX idx_orders_demand ON idx_orders (demand);
 "#;
 
+/// Registration and moves of every household, for figures as of their day (migration 6 of
+/// the store; the read model is rebuilt from the log).
+pub const INDEX_SPANS_SCHEMA: &str = r#"
+ALTER TABLE idx_households ADD COLUMN registered TEXT;
+CREATE TABLE idx_spans (
+    doc   BLOB NOT NULL,
+    since TEXT NOT NULL,
+    grid  TEXT NOT NULL,
+    PRIMARY KEY (doc, since)
+) WITHOUT ROWID;
+CREATE INDEX idx_spans_grid ON idx_spans (grid);
+DELETE FROM idx_households;
+DELETE FROM idx_visits;
+DELETE FROM idx_orders;
+UPDATE idx_cursor SET seq = 0;
+"#;
+
 /// A household as the read model holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HouseholdRow {
     pub id: HouseholdId,
+    /// Its grid now.
     pub grid: String,
     pub door: String,
+    /// What coverage needs, with the day it was registered.
     pub input: CoverageInput,
+    /// The grids it has been in: (from that day on, grid), oldest first.
+    pub spans: Vec<(Day, String)>,
+}
+
+impl HouseholdRow {
+    /// The grid the household belonged to on `day` (at the start of it).
+    pub fn grid_on(&self, day: Day) -> &str {
+        self.spans
+            .iter()
+            .rev()
+            .find(|(since, _)| *since <= day)
+            .or(self.spans.first())
+            .map_or(self.grid.as_str(), |(_, g)| g.as_str())
+    }
+}
+
+/// When a household counts, and where, as the log says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsOf {
+    pub registered: Day,
+    /// (from that day on, grid), oldest first.
+    pub spans: Vec<(Day, String)>,
+}
+
+/// A household's registration day and grids over time, from its timeline. It is registered
+/// on the day its creation was made (the phone's clock), but never after the server received
+/// it nor earlier than `catch_up_days` before that: a household arriving after a visit day's
+/// catch-up window closed does not change that day's figures. A move counts from the day
+/// after the server received it, so the grid on a visit day is the one it began the day in.
+pub fn as_of(t: &Timeline, grid_now: &str, catch_up_days: u32) -> AsOf {
+    let arrived = workorder::day_of(t.arrived_ms);
+    let registered = workorder::day_of(t.created_ms.min(t.arrived_ms))
+        .max(arrived.add_days(-i64::from(catch_up_days)));
+    let first = t
+        .moves
+        .first()
+        .map_or(grid_now, |(from, _, _)| from.as_str());
+    let mut spans = vec![(registered, first.to_string())];
+    for (_, to, at) in &t.moves {
+        let since = workorder::day_of(*at).add_days(1).max(registered);
+        match spans.last_mut() {
+            Some(last) if last.0 == since => last.1 = to.clone(),
+            _ => spans.push((since, to.clone())),
+        }
+    }
+    AsOf { registered, spans }
 }
 
 /// A work order as the read model holds it (no resident's text: that stays in the document).
@@ -234,7 +299,15 @@ impl Index {
                 HouseholdDoc::load(&stored).and_then(|d| d.household())
             });
             match household {
-                Ok(Ok(h)) => rows.push((raw.clone(), Some(h))),
+                Ok(Ok(h)) => {
+                    let timeline = self.storage.doc_timeline(id)?.unwrap_or_default();
+                    let when = as_of(
+                        &timeline,
+                        h.grid.as_str(),
+                        self.workflow.coverage.catch_up_days,
+                    );
+                    rows.push((raw.clone(), Some((h, when))));
+                }
                 Ok(Err(_)) | Err(_) => {
                     tracing::warn!(household = %id, "a stored document does not read; not indexed");
                     rows.push((raw.clone(), None));
@@ -244,11 +317,11 @@ impl Index {
         let tx = self.conn.unchecked_transaction()?;
         for (raw, household) in &rows {
             clear_rows(&tx, raw)?;
-            if let Some(h) = household {
+            if let Some((h, when)) = household {
                 // Rows are derived by the protocol's pure functions; should one panic on a
                 // household, that household's rows are left out, not the batch.
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    write_rows(&tx, raw, h, &self.workflow.deadlines)
+                    write_rows(&tx, raw, h, when, &self.workflow.deadlines)
                 }));
                 match written {
                     Ok(r) => r?,
@@ -264,62 +337,93 @@ impl Index {
         Ok((rows.len(), end == log_end))
     }
 
-    /// The households of `grids`, with what coverage needs.
+    /// The households that are or have been in `grids` (each once), with what coverage needs
+    /// and where they were when: a figure for a day counts a household in the grid it was in
+    /// that day ([`HouseholdRow::grid_on`]).
     pub fn households(&self, grids: &[String]) -> Result<Vec<HouseholdRow>, StorageError> {
-        let mut out = Vec::new();
+        let grids_json = serde_json::to_string(grids).expect("strings serialize");
         let mut hh = self.conn.prepare_cached(
-            "SELECT doc, door, status, tags FROM idx_households WHERE grid = ?1 ORDER BY door, doc",
+            "SELECT doc, grid, door, status, tags, registered FROM idx_households
+              WHERE doc IN (SELECT doc FROM idx_spans WHERE grid IN (SELECT value FROM json_each(?1)))
+                 OR grid IN (SELECT value FROM json_each(?1))
+              ORDER BY grid, door, doc",
         )?;
-        let mut visits = self
-            .conn
-            .prepare_cached("SELECT doc, visit_day, outcome FROM idx_visits WHERE grid = ?1")?;
-        for grid in grids {
-            let mut by_doc: std::collections::HashMap<Vec<u8>, Vec<(Day, VisitOutcome)>> =
-                Default::default();
-            for row in visits.query_map([grid], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })? {
-                let (doc, day, outcome) = row?;
-                if let (Ok(day), Some(o)) = (day.parse(), outcome_from(&outcome)) {
-                    by_doc.entry(doc).or_default().push((day, o));
-                }
+        const OF_GRIDS: &str =
+            "(SELECT doc FROM idx_spans WHERE grid IN (SELECT value FROM json_each(?1))
+            UNION SELECT doc FROM idx_households WHERE grid IN (SELECT value FROM json_each(?1)))";
+        let mut visits: std::collections::HashMap<Vec<u8>, Vec<(Day, VisitOutcome)>> =
+            Default::default();
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT doc, visit_day, outcome FROM idx_visits WHERE doc IN {OF_GRIDS}"
+        ))?;
+        for row in stmt.query_map([&grids_json], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            let (doc, day, outcome) = row?;
+            if let (Ok(day), Some(o)) = (day.parse(), outcome_from(&outcome)) {
+                visits.entry(doc).or_default().push((day, o));
             }
-            for row in hh.query_map([grid], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })? {
-                let (doc, door, status, tags) = row?;
-                let Ok(bytes) = <[u8; 16]>::try_from(doc.as_slice()) else {
-                    continue;
-                };
-                let tags: Vec<(KeyGroup, Day, Option<Day>)> =
-                    serde_json::from_str(&tags).unwrap_or_default();
-                out.push(HouseholdRow {
-                    id: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes)),
-                    grid: grid.clone(),
-                    door,
-                    input: CoverageInput {
-                        status: status_from(&status),
-                        tags: tags
-                            .into_iter()
-                            .map(|(group, since, until)| TagSpan {
-                                group,
-                                since,
-                                until,
-                            })
-                            .collect(),
-                        visits: by_doc.remove(&doc).unwrap_or_default(),
-                    },
-                });
+        }
+        let mut spans: std::collections::HashMap<Vec<u8>, Vec<(Day, String)>> = Default::default();
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT doc, since, grid FROM idx_spans WHERE doc IN {OF_GRIDS} ORDER BY doc, since"
+        ))?;
+        for row in stmt.query_map([&grids_json], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            let (doc, since, grid) = row?;
+            if let Ok(since) = since.parse() {
+                spans.entry(doc).or_default().push((since, grid));
             }
+        }
+        let rows: Vec<(Vec<u8>, String, String, String, String, Option<String>)> = hh
+            .query_map([&grids_json], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (doc, grid, door, status, tags, registered) in rows {
+            let Ok(bytes) = <[u8; 16]>::try_from(doc.as_slice()) else {
+                continue;
+            };
+            let tags: Vec<(KeyGroup, Day, Option<Day>)> =
+                serde_json::from_str(&tags).unwrap_or_default();
+            let spans = spans.remove(&doc).unwrap_or_default();
+            let visits = visits.remove(&doc).unwrap_or_default();
+            out.push(HouseholdRow {
+                id: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes)),
+                grid,
+                door,
+                input: CoverageInput {
+                    status: status_from(&status),
+                    tags: tags
+                        .into_iter()
+                        .map(|(group, since, until)| TagSpan {
+                            group,
+                            since,
+                            until,
+                        })
+                        .collect(),
+                    visits,
+                    registered: registered.and_then(|d| d.parse().ok()),
+                },
+                spans,
+            });
         }
         Ok(out)
     }
@@ -477,7 +581,7 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
 
 /// Removes a household's rows from every table of the read model.
 fn clear_rows(tx: &rusqlite::Transaction<'_>, raw: &[u8]) -> rusqlite::Result<()> {
-    for table in ["idx_households", "idx_visits", "idx_orders"] {
+    for table in ["idx_households", "idx_visits", "idx_orders", "idx_spans"] {
         tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [raw])?;
     }
     Ok(())
@@ -487,6 +591,7 @@ fn write_rows(
     tx: &rusqlite::Transaction<'_>,
     raw: &[u8],
     h: &Household,
+    when: &AsOf,
     rules: &Deadlines,
 ) -> rusqlite::Result<()> {
     let grid = h.grid.as_str();
@@ -497,24 +602,42 @@ fn write_rows(
         .map(|t| (t.group, t.since, t.until))
         .collect();
     tx.execute(
-        "INSERT INTO idx_households (doc, grid, door, status, tags) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO idx_households (doc, grid, door, status, tags, registered)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             raw,
             grid,
             h.door_number,
             enum_name(&h.status),
-            serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into())
+            serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()),
+            when.registered.to_string(),
         ],
     )?;
+    let mut span =
+        tx.prepare_cached("INSERT INTO idx_spans (doc, since, grid) VALUES (?1, ?2, ?3)")?;
+    for (since, g) in &when.spans {
+        span.execute(params![raw, since.to_string(), g])?;
+    }
+    let row = HouseholdRow {
+        id: h.id,
+        grid: grid.to_string(),
+        door: String::new(),
+        input: CoverageInput {
+            registered: Some(when.registered),
+            ..input
+        },
+        spans: when.spans.clone(),
+    };
     let mut visit = tx.prepare_cached(
         "INSERT INTO idx_visits (doc, visit, grid, visit_day, outcome, worker, started_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for v in h.visits.values() {
+        // Counted for the grid the household was in on the visit's day.
         visit.execute(params![
             raw,
             v.id.to_string(),
-            grid,
+            row.grid_on(v.visit_day),
             v.visit_day.to_string(),
             enum_name(&v.outcome),
             v.worker.to_string(),

@@ -66,8 +66,10 @@ pub fn visit_days(from: Day, to: Day, today: Day) -> Vec<Day> {
     out
 }
 
-/// The coverage of `households` over `days`, as of `today`.
+/// The coverage of `grid` over `days`, as of `today`: each day, the `households` that were in
+/// the grid that day (and registered by it).
 pub fn coverage_of(
+    grid: &str,
     households: &[HouseholdRow],
     days: &[Day],
     today: Day,
@@ -75,7 +77,7 @@ pub fn coverage_of(
 ) -> Tally {
     let mut t = Tally::default();
     for day in days {
-        for h in households {
+        for h in households.iter().filter(|h| h.grid_on(*day) == grid) {
             if let Some(due) = coverage::coverage(&h.input, *day, today, policy) {
                 t.add(&due);
             }
@@ -84,9 +86,10 @@ pub fn coverage_of(
     t
 }
 
-/// The figures of `orders`, `households` and `visits` (already limited to one set of grids)
-/// over `from..=to`, as of `today`.
+/// The figures of `grid` over `from..=to`, as of `today`, from its `orders` and `visits`
+/// and the `households` that have been in it.
 pub fn figures(
+    grid: &str,
     orders: &[OrderRow],
     households: &[HouseholdRow],
     visits: u64,
@@ -123,7 +126,13 @@ pub fn figures(
         }
         f.return_visited += 1;
     }
-    f.coverage = coverage_of(households, &visit_days(from, to, today), today, policy);
+    f.coverage = coverage_of(
+        grid,
+        households,
+        &visit_days(from, to, today),
+        today,
+        policy,
+    );
     f.with_rates()
 }
 

@@ -91,6 +91,9 @@ pub trait Storage: Send + 'static {
     fn doc_count(&mut self) -> Result<u64>;
     /// The grid a document was last stored under.
     fn doc_grid(&mut self, id: HouseholdId) -> Result<Option<String>>;
+    /// When the household was first stored and how it moved since (`None`: not stored):
+    /// what figures "as of their day" are computed from.
+    fn doc_timeline(&mut self, id: HouseholdId) -> Result<Option<Timeline>>;
     /// Every grid the household has been in (its moves' grids and its current one); empty
     /// for a household the server does not hold.
     fn doc_grids(&mut self, id: HouseholdId) -> Result<Vec<String>>;
@@ -122,6 +125,18 @@ pub trait Storage: Send + 'static {
     fn refused(&mut self, grids: Option<&[String]>, limit: usize) -> Result<Vec<RefusedRow>>;
 }
 
+/// A household's registration and moves, as the log holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Timeline {
+    /// The creating change's own time (the phone's clock), in ms.
+    pub created_ms: i64,
+    /// When the server received it, in ms.
+    pub arrived_ms: i64,
+    /// Each move, oldest first: the grid left, the grid entered, and when the server received
+    /// the change that made it (ms).
+    pub moves: Vec<(String, String, i64)>,
+}
+
 /// Refused changes a device keeps on the server at most: the oldest beyond are dropped, so a
 /// broken or hostile phone cannot fill the disk (SYNC-v1 §5.6).
 pub const MAX_REFUSED_PER_DEVICE: i64 = 2_000;
@@ -150,6 +165,7 @@ const MIGRATIONS: &[&str] = &[
     crate::tasks::TASKS_SCHEMA,
     QUARANTINE_SCHEMA,
     REFUSED_SCHEMA,
+    crate::index::INDEX_SPANS_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"
@@ -568,6 +584,35 @@ impl Storage for SqliteStorage {
             .prepare_cached("SELECT grid FROM docs WHERE id = ?1")?
             .query_row([id.as_bytes().as_slice()], |r| r.get(0))
             .optional()?)
+    }
+
+    fn doc_timeline(&mut self, id: HouseholdId) -> Result<Option<Timeline>> {
+        let key = id.as_bytes().as_slice();
+        let first: Option<(Vec<u8>, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT bytes, received_ms FROM changes WHERE doc = ?1 ORDER BY seq LIMIT 1",
+            )?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((bytes, arrived_ms)) = first else {
+            return Ok(None);
+        };
+        let created_ms =
+            automerge::Change::try_from(bytes.as_slice()).map_or(arrived_ms, |c| c.timestamp());
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT m.from_grid, m.to_grid, c.received_ms FROM doc_moves m
+               JOIN changes c ON c.seq = m.seq
+              WHERE m.doc = ?1 ORDER BY m.seq",
+        )?;
+        let moves = stmt
+            .query_map([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some(Timeline {
+            created_ms,
+            arrived_ms,
+            moves,
+        }))
     }
 
     fn doc_grids(&mut self, id: HouseholdId) -> Result<Vec<String>> {

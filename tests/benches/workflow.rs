@@ -146,14 +146,21 @@ fn main() {
             .unwrap()
             .values()
             .sum();
-        let f = stats::figures(
-            &orders,
-            &households,
-            visits,
-            (day("2026-11-01"), today),
-            today,
-            &policy,
-        );
+        let mut f = stats::Figures::default();
+        for g in &grid_ids {
+            let of_grid: Vec<_> = orders.iter().filter(|o| &o.grid == g).cloned().collect();
+            f.add(&stats::figures(
+                g,
+                &of_grid,
+                &households,
+                0,
+                (day("2026-11-01"), today),
+                today,
+                &policy,
+            ));
+        }
+        f.visits = visits;
+        let f = f.with_rates();
         assert_eq!(f.coverage.due as usize, n);
         stats_runs.push(t.elapsed());
     }

@@ -219,10 +219,15 @@ pub(crate) async fn coverage_for(
     let mut households = Vec::new();
     let is_grid = us.unit.kind == UnitKind::Grid;
     for h in &rows {
+        // Where the household was that day, counted from its registration.
+        let grid = h.grid_on(day);
+        if !us.grids.iter().any(|g| g == grid) {
+            continue;
+        }
         let Some(due) = coverage::coverage(&h.input, day, today, &policy) else {
             continue;
         };
-        per_grid.entry(h.grid.clone()).or_default().add(&due);
+        per_grid.entry(grid.to_string()).or_default().add(&due);
         if is_grid || due.state != CoverageState::Visited {
             let (state, reason) = match due.state {
                 CoverageState::Visited => ("visited", None),
@@ -242,7 +247,7 @@ pub(crate) async fn coverage_for(
             };
             households.push(HouseholdCoverage {
                 id: h.id.to_string(),
-                grid: h.grid.clone(),
+                grid: grid.to_string(),
                 door_number: h.door.clone(),
                 key_groups: due.key_groups.iter().map(|g| format!("{g:?}")).collect(),
                 state: state.into(),
@@ -1201,15 +1206,10 @@ async fn grid_figures(
     let mut out = BTreeMap::new();
     for g in &us.grids {
         let o: Vec<OrderRow> = orders.iter().filter(|r| &r.grid == g).cloned().collect();
-        let h: Vec<_> = households
-            .iter()
-            .filter(|r| &r.grid == g)
-            .cloned()
-            .collect();
         let v = visits.get(g).copied().unwrap_or(0);
         out.insert(
             g.clone(),
-            stats::figures(&o, &h, v, (from, to), today, &policy),
+            stats::figures(g, &o, &households, v, (from, to), today, &policy),
         );
     }
     Ok((out, behind))
