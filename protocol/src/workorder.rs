@@ -590,7 +590,9 @@ impl Party {
 /// step must be the uploader's (`by`), follow from the state before it, carry its data, be
 /// one `party` may take, and be dated neither before the step before it (nor before the
 /// demand was raised) nor more than [`CLOCK_SKEW_MS`] after `arrival_ms`, the time the server
-/// received it; and the stored status must be the one the history leads to.
+/// received it; and the stored status must be the one the history leads to. A new step dated
+/// before the last step the server held is [`StepError::Stale`]: it was made without seeing
+/// that step (or backdated).
 pub fn check_steps(
     before: Option<&Demand>,
     after: &Demand,
@@ -615,6 +617,7 @@ pub fn check_steps(
         rules,
     );
     let mut previous_ms = held.last().map_or(after.raised_at_ms, |e| e.at_ms);
+    let mut previous_is_held = !held.is_empty();
     for e in &after.history[held.len()..] {
         let action = e.action.ok_or(StepError::Missing(
             DemandAction::Comment,
@@ -627,12 +630,20 @@ pub fn check_steps(
             return Err(StepError::NotPermitted(action));
         }
         if e.at_ms < previous_ms {
-            return Err(StepError::BeforePrevious(action));
+            // Dated before a step the server holds: made without seeing it (or backdated):
+            // stale, so the phone rolls it back and sees the order as it is. Before its own
+            // earlier step or before the demand was raised: refused.
+            return Err(if previous_is_held {
+                StepError::Stale
+            } else {
+                StepError::BeforePrevious(action)
+            });
         }
         if e.at_ms > latest {
             return Err(StepError::InTheFuture(action));
         }
         previous_ms = e.at_ms;
+        previous_is_held = false;
         step(&mut order, e, rules).map_err(|err| match err {
             StepError::NotFromHere { .. } | StepError::WrongStates { .. } => StepError::Stale,
             other => other,
@@ -1144,11 +1155,17 @@ mod tests {
         };
         let check = |after: &Demand| check_steps(Some(&taken), after, by, &worker, &rules, arrival);
         assert_eq!(check(&with(noon("2026-11-09"))), Ok(()));
-        // Backdated before the take.
-        assert_eq!(
-            check(&with(noon("2026-11-04"))),
-            Err(StepError::BeforePrevious(A::Finish))
-        );
+        // Backdated before the take the server holds: stale (made without seeing it, or a lie).
+        assert_eq!(check(&with(noon("2026-11-04"))), Err(StepError::Stale));
+        // Before the upload's own earlier step: refused.
+        let mut two = with(noon("2026-11-09"));
+        let (mut fb, to) = NewStep::new(A::Feedback, "")
+            .entry(&two, by, None, noon("2026-11-09"), &rules)
+            .unwrap();
+        fb.at_ms = noon("2026-11-08");
+        two.history.push(fb);
+        two.status = to;
+        assert_eq!(check(&two), Err(StepError::BeforePrevious(A::Feedback)));
         // Within the allowance after its arrival: fine; beyond it: refused.
         assert_eq!(check(&with(arrival + CLOCK_SKEW_MS)), Ok(()));
         assert_eq!(
