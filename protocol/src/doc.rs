@@ -640,9 +640,9 @@ impl HouseholdDoc {
     pub fn household_id(&self) -> Option<crate::ids::HouseholdId> {
         match self.doc.get(ROOT, "id").ok()?? {
             (automerge::Value::Scalar(s), _) => match s.as_ref() {
-                automerge::ScalarValue::Bytes(b) => uuid::Uuid::from_slice(b)
-                    .ok()
-                    .map(crate::ids::HouseholdId),
+                automerge::ScalarValue::Bytes(b) => {
+                    uuid::Uuid::from_slice(b).ok().map(crate::ids::HouseholdId)
+                }
                 _ => None,
             },
             _ => None,

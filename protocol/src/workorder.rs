@@ -43,7 +43,7 @@ use crate::{
 /// China Standard Time, for the day a step happened on.
 pub const CST_OFFSET_SECS: i32 = 8 * 3600;
 
-/// The clock-skew allowance (SYNC-v1 §10.4): how far a step's time may be after the server
+/// The clock-skew allowance (SYNC-v1 §13.6.1): how far a step's time may be after the server
 /// received it, and how far before its arrival it may be and still be taken at its word for
 /// lateness.
 pub const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
@@ -1009,7 +1009,10 @@ mod tests {
         let base = demand("2026-11-02");
         let by = base.raised_by;
         // A new demand with no steps is fine; with a bad status it is not.
-        assert_eq!(check_steps(None, &base, by, &worker, &rules, noon("2026-11-30")), Ok(()));
+        assert_eq!(
+            check_steps(None, &base, by, &worker, &rules, noon("2026-11-30")),
+            Ok(())
+        );
         let wrong_status = Demand {
             status: S::Done,
             ..base.clone()
@@ -1022,58 +1025,124 @@ mod tests {
         let mut dispatched = base.clone();
         take(&mut dispatched, A::Dispatch, "2026-11-02").unwrap();
         assert_eq!(
-            check_steps(Some(&base), &dispatched, by, &worker, &rules, noon("2026-11-30")),
+            check_steps(
+                Some(&base),
+                &dispatched,
+                by,
+                &worker,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::NotPermitted(A::Dispatch))
         );
         assert_eq!(
-            check_steps(Some(&base), &dispatched, by, &centre, &rules, noon("2026-11-30")),
+            check_steps(
+                Some(&base),
+                &dispatched,
+                by,
+                &centre,
+                &rules,
+                noon("2026-11-30")
+            ),
             Ok(())
         );
         // Steps signed by someone else are refused.
         assert_eq!(
-            check_steps(Some(&base), &dispatched, UserId::new(), &centre, &rules, noon("2026-11-30")),
+            check_steps(
+                Some(&base),
+                &dispatched,
+                UserId::new(),
+                &centre,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::NotPermitted(A::Dispatch))
         );
         // Only the team it went to accepts it.
         let mut accepted = dispatched.clone();
         take(&mut accepted, A::Accept, "2026-11-03").unwrap();
         assert_eq!(
-            check_steps(Some(&dispatched), &accepted, by, &team, &rules, noon("2026-11-30")),
+            check_steps(
+                Some(&dispatched),
+                &accepted,
+                by,
+                &team,
+                &rules,
+                noon("2026-11-30")
+            ),
             Ok(())
         );
         let other_team = Party {
             teams: ["dept-roads".to_string()].into(),
             ..Party::default()
         };
-        assert!(check_steps(Some(&dispatched), &accepted, by, &other_team, &rules, noon("2026-11-30")).is_err());
+        assert!(
+            check_steps(
+                Some(&dispatched),
+                &accepted,
+                by,
+                &other_team,
+                &rules,
+                noon("2026-11-30")
+            )
+            .is_err()
+        );
         // A step made without seeing the server's latest (inserted before it) is stale.
         let mut bounced = dispatched.clone();
         take(&mut bounced, A::Bounce, "2026-11-03").unwrap();
         let mut interleaved = accepted.clone();
         interleaved.history.insert(1, bounced.history[1].clone());
         assert_eq!(
-            check_steps(Some(&accepted), &interleaved, by, &team, &rules, noon("2026-11-30")),
+            check_steps(
+                Some(&accepted),
+                &interleaved,
+                by,
+                &team,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::Stale)
         );
         // ... and one appended after it that no longer follows is stale too.
         let mut late_bounce = accepted.clone();
         late_bounce.history.push(bounced.history[1].clone());
         assert_eq!(
-            check_steps(Some(&accepted), &late_bounce, by, &team, &rules, noon("2026-11-30")),
+            check_steps(
+                Some(&accepted),
+                &late_bounce,
+                by,
+                &team,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::Stale)
         );
         // Rewriting a held entry is refused.
         let mut rewritten = accepted.clone();
         rewritten.history[0].comment = "改过".into();
         assert_eq!(
-            check_steps(Some(&accepted), &rewritten, by, &team, &rules, noon("2026-11-30")),
+            check_steps(
+                Some(&accepted),
+                &rewritten,
+                by,
+                &team,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::Stale)
         );
         // A chase-up by the command centre after the accept is fine.
         let mut chased = accepted.clone();
         take(&mut chased, A::ChaseUp, "2026-11-05").unwrap();
         assert_eq!(
-            check_steps(Some(&accepted), &chased, by, &centre, &rules, noon("2026-11-30")),
+            check_steps(
+                Some(&accepted),
+                &chased,
+                by,
+                &centre,
+                &rules,
+                noon("2026-11-30")
+            ),
             Ok(())
         );
         assert_eq!(replay(&chased, &rules).chase_ups, 1);
@@ -1083,13 +1152,25 @@ mod tests {
     fn the_shipped_calendar_has_the_state_councils_2026_days_and_2027s_statutory_days() {
         let cal = WorkCalendar::china();
         // 2026 in full, as the notice has it.
-        for day in ["2026-01-02", "2026-02-16", "2026-02-23", "2026-04-06", "2026-05-05"] {
+        for day in [
+            "2026-01-02",
+            "2026-02-16",
+            "2026-02-23",
+            "2026-04-06",
+            "2026-05-05",
+        ] {
             assert!(!cal.is_working_day(d(day)), "{day}");
         }
         for day in ["2026-06-19", "2026-09-25", "2026-10-01", "2026-10-07"] {
             assert!(!cal.is_working_day(d(day)), "{day}");
         }
-        for day in ["2026-01-04", "2026-02-14", "2026-02-28", "2026-05-09", "2026-09-20"] {
+        for day in [
+            "2026-01-04",
+            "2026-02-14",
+            "2026-02-28",
+            "2026-05-09",
+            "2026-09-20",
+        ] {
             assert!(cal.is_working_day(d(day)), "{day}");
         }
         assert!(cal.is_working_day(d("2026-10-10")));

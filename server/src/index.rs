@@ -419,12 +419,17 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare("SELECT demand, doc FROM idx_orders ORDER BY raised_ms, doc")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (demand, doc) = row?;
             if let (Ok(d), Ok(bytes)) = (demand.parse(), <[u8; 16]>::try_from(doc.as_slice())) {
-                out.push((d, HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes))));
+                out.push((
+                    d,
+                    HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes)),
+                ));
             }
         }
         Ok(out)

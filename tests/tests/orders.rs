@@ -18,6 +18,9 @@ use serde_json::json;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
+/// A door number and what a modified app sets on the demand raised there.
+type Forgery = (&'static str, Box<dyn Fn(&mut Demand)>);
+
 fn today() -> Day {
     workorder::day_of(now_ms())
 }
@@ -125,10 +128,16 @@ fn a_phone_cannot_give_a_demand_the_hotlines_source_number_or_a_first_responsibl
     let centre = session(&server, "cc", "c", Role::CommandCentre);
     let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
     let colleague = UserId::new();
-    let cases: [(&str, Box<dyn Fn(&mut Demand)>); 3] = [
+    let cases: [Forgery; 3] = [
         ("21", Box::new(|d| d.source = Some(DemandSource::Hotline))),
-        ("22", Box::new(|d| d.external_ref = Some("12345-777".into()))),
-        ("23", Box::new(move |d| d.first_responsible = Some(colleague))),
+        (
+            "22",
+            Box::new(|d| d.external_ref = Some("12345-777".into())),
+        ),
+        (
+            "23",
+            Box::new(move |d| d.first_responsible = Some(colleague)),
+        ),
     ];
     let mut forged = Vec::new();
     for (door, set) in &cases {
@@ -156,8 +165,10 @@ fn a_phone_cannot_give_a_demand_the_hotlines_source_number_or_a_first_responsibl
         "POST",
         &format!("{}/api/v1/orders/import", server.url),
         &centre,
-        Some(json!([{"ref": "12345-777", "grid": "g1", "door_number": "22",
-                     "category": "其他", "text": "路灯不亮"}])),
+        Some(
+            json!([{"ref": "12345-777", "grid": "g1", "door_number": "22",
+                     "category": "其他", "text": "路灯不亮"}]),
+        ),
     );
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["created"].as_array().unwrap().len(), 1, "{report}");
@@ -169,7 +180,10 @@ fn a_phone_cannot_give_a_demand_the_hotlines_source_number_or_a_first_responsibl
         .unwrap();
     let (_, o) = order(&server, &centre, id);
     assert_eq!(
-        (o["order"]["source"].as_str(), o["order"]["external_ref"].as_str()),
+        (
+            o["order"]["source"].as_str(),
+            o["order"]["external_ref"].as_str()
+        ),
         (Some("Hotline"), Some("12345-777"))
     );
 }
@@ -214,7 +228,13 @@ fn a_demand_id_belongs_to_one_household_on_the_server_even_after_a_restart() {
     let fresh = sample_demand(&b.author, now_ms(), "新诉求");
     raise(&mut b, again_h, &fresh);
     b.sync().unwrap();
-    assert!(b.store.household(again_h).unwrap().demands.contains_key(&fresh.id));
+    assert!(
+        b.store
+            .household(again_h)
+            .unwrap()
+            .demands
+            .contains_key(&fresh.id)
+    );
     assert_eq!(refusals(&b, again_h), ["not_allowed"]);
 }
 
@@ -240,7 +260,10 @@ fn a_step_dated_before_the_last_one_or_after_its_arrival_is_refused() {
         .store
         .demand_step(h, d.id, &NewStep::new(DemandAction::Finish, "已修好"))
         .unwrap_err();
-    assert!(err.to_string().contains("before the step before it"), "{err}");
+    assert!(
+        err.to_string().contains("before the step before it"),
+        "{err}"
+    );
 
     // A modified app backdating the finish is refused by the server.
     let mut e = worker.store.household(h).unwrap().demands[&d.id].history[0].clone();
@@ -267,7 +290,10 @@ fn a_step_dated_before_the_last_one_or_after_its_arrival_is_refused() {
     worker.sync().unwrap();
     assert_eq!(refusals(&worker, h), ["not_allowed"]);
     let held = worker.store.household(h).unwrap().demands[&d.id].clone();
-    assert_eq!((held.status, held.history.len()), (DemandStatus::Handling, 1));
+    assert_eq!(
+        (held.status, held.history.len()),
+        (DemandStatus::Handling, 1)
+    );
     worker.store.set_clock(move || now_ms() + CLOCK_SKEW_MS / 2);
     worker
         .store
@@ -302,7 +328,11 @@ fn lateness_is_judged_by_arrival_when_a_step_claims_an_earlier_time() {
     worker.store.set_clock(move || raised + DAY_MS);
     worker
         .store
-        .demand_step(late_h, late.id, &NewStep::new(DemandAction::Finish, "已补装"))
+        .demand_step(
+            late_h,
+            late.id,
+            &NewStep::new(DemandAction::Finish, "已补装"),
+        )
         .unwrap();
     // By its own times, the order was resolved on time.
     let record = worker.store.household(late_h).unwrap().demands[&late.id].clone();
@@ -373,12 +403,21 @@ fn a_review_is_never_of_the_reviewers_own_visit_and_never_rewrites_another() {
         "POST",
         &format!("{}/api/v1/households/{h}/reviews", server.url),
         &other,
-        Some(json!({"visit_id": theirs.id.to_string(), "decision": "Returned",
-                    "comment": "缺照片", "heads": heads})),
+        Some(
+            json!({"visit_id": theirs.id.to_string(), "decision": "Returned",
+                    "comment": "缺照片", "heads": heads}),
+        ),
     );
     assert_eq!(status, 201, "{body}");
     boss.sync().unwrap();
-    let first = boss.store.household(h).unwrap().reviews.into_values().next().unwrap();
+    let first = boss
+        .store
+        .household(h)
+        .unwrap()
+        .reviews
+        .into_values()
+        .next()
+        .unwrap();
     // Rewriting it as one's own approval is refused; a new review beside it is accepted.
     let rewritten = first.id;
     let me = boss.author;
@@ -425,10 +464,23 @@ fn a_demand_is_never_deleted_and_only_the_command_centre_withdraws_it_with_a_rea
     });
     assert_eq!(codes, [RejectCode::NotAllowed]);
     // A village supervisor may not withdraw it; the command centre needs a reason.
-    let (status, body) = step(&server, &village, d.id, json!({"action": "withdraw", "comment": "重复"}));
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("not_allowed")), "{body}");
+    let (status, body) = step(
+        &server,
+        &village,
+        d.id,
+        json!({"action": "withdraw", "comment": "重复"}),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("not_allowed")),
+        "{body}"
+    );
     let (status, body) = step(&server, &centre, d.id, json!({"action": "withdraw"}));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("malformed")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("malformed")),
+        "{body}"
+    );
     let (status, o) = step(
         &server,
         &centre,
@@ -439,12 +491,18 @@ fn a_demand_is_never_deleted_and_only_the_command_centre_withdraws_it_with_a_rea
     assert_eq!(o["order"]["status"], "Closed");
     assert_eq!(o["order"]["step"], serde_json::Value::Null);
     let last = o["history"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((last["action"].as_str(), last["comment"].as_str()), (Some("withdraw"), Some("与另一工单重复")));
+    assert_eq!(
+        (last["action"].as_str(), last["comment"].as_str()),
+        (Some("withdraw"), Some("与另一工单重复"))
+    );
     // The phone keeps the demand, closed, with the reason in its history.
     worker.sync().unwrap();
     let held = worker.store.household(h).unwrap().demands[&d.id].clone();
     assert_eq!(held.status, DemandStatus::Closed);
-    assert_eq!(held.history.last().unwrap().action, Some(DemandAction::Withdraw));
+    assert_eq!(
+        held.history.last().unwrap().action,
+        Some(DemandAction::Withdraw)
+    );
 }
 
 #[test]
@@ -478,7 +536,19 @@ fn urgent_orders_have_their_own_limit_on_the_shipped_work_calendar() {
     // The phone receives the same calendar with the server's settings.
     worker.sync().unwrap();
     let (deadlines, _) = worker.store.workflow().unwrap();
-    assert!(!deadlines.calendar.is_working_day("2026-10-01".parse().unwrap()));
-    assert!(deadlines.calendar.is_working_day("2026-10-10".parse().unwrap()));
-    assert!(!deadlines.calendar.is_working_day("2027-01-01".parse().unwrap()));
+    assert!(
+        !deadlines
+            .calendar
+            .is_working_day("2026-10-01".parse().unwrap())
+    );
+    assert!(
+        deadlines
+            .calendar
+            .is_working_day("2026-10-10".parse().unwrap())
+    );
+    assert!(
+        !deadlines
+            .calendar
+            .is_working_day("2027-01-01".parse().unwrap())
+    );
 }

@@ -767,7 +767,7 @@ fn statistics_and_the_red_black_list_are_recomputed_from_the_raw_records() {
 
     // Recount each grid from the households on its phone, with the protocol's rules. The
     // steps were typed with the phone's clock set back weeks and reached the server at its
-    // sync: lateness is judged by that arrival (SYNC-v1 §10.4), as the server does.
+    // sync: lateness is judged by that arrival (SYNC-v1 §13.6.1), as the server does.
     let rules = Deadlines::default();
     let policy = CoveragePolicy::default();
     let mut expected: BTreeMap<&str, Recount> = BTreeMap::new();

@@ -125,7 +125,8 @@ pub fn check_effect(
                     return Err(RejectCode::NotAllowed);
                 }
                 let existed = prior.is_some_and(|h| {
-                    doc.entry_user("reviews", key, "reviewer", Some(h)).is_some()
+                    doc.entry_user("reviews", key, "reviewer", Some(h))
+                        .is_some()
                 });
                 if existed {
                     return Err(RejectCode::NotAllowed);
@@ -133,7 +134,9 @@ pub fn check_effect(
                 let visit = doc.entry_uuid("reviews", key, "visit", None);
                 let own = visit.is_some_and(|v| {
                     doc.visit_worker(&v.to_string(), None) == Some(p.user)
-                        || prior.is_some_and(|h| doc.visit_worker(&v.to_string(), Some(h)) == Some(p.user))
+                        || prior.is_some_and(|h| {
+                            doc.visit_worker(&v.to_string(), Some(h)) == Some(p.user)
+                        })
                 });
                 if own {
                     return Err(RejectCode::NotAllowed);
