@@ -124,6 +124,7 @@ pub enum DemandAction {
     ChaseUp,
     Extend,
     Comment,
+    Withdraw,
 }
 
 #[uniffi::remote(Enum)]

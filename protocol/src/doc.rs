@@ -610,6 +610,18 @@ impl HouseholdDoc {
         field: &str,
         heads: Option<&[ChangeHash]>,
     ) -> Option<UserId> {
+        self.entry_uuid(collection, key, field, heads).map(UserId)
+    }
+
+    /// An id (a user, a visit, ...) held in `field` of the entry `key` of the map
+    /// `collection`, at `heads` (`None`: now).
+    pub fn entry_uuid(
+        &self,
+        collection: &str,
+        key: &str,
+        field: &str,
+        heads: Option<&[ChangeHash]>,
+    ) -> Option<uuid::Uuid> {
         let read = |obj: &automerge::ObjId, key: &str| match heads {
             Some(h) => self.doc.get_at(obj, key, h),
             None => self.doc.get(obj, key),
@@ -618,8 +630,21 @@ impl HouseholdDoc {
         let (_, entry) = read(&map, key).ok()??;
         let (value, _) = read(&entry, field).ok()??;
         match value.as_scalar()? {
-            automerge::ScalarValue::Bytes(b) => uuid::Uuid::from_slice(b).ok().map(UserId),
+            automerge::ScalarValue::Bytes(b) => uuid::Uuid::from_slice(b).ok(),
             automerge::ScalarValue::Str(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The household's id, as its document holds it.
+    pub fn household_id(&self) -> Option<crate::ids::HouseholdId> {
+        match self.doc.get(ROOT, "id").ok()?? {
+            (automerge::Value::Scalar(s), _) => match s.as_ref() {
+                automerge::ScalarValue::Bytes(b) => {
+                    uuid::Uuid::from_slice(b).ok().map(crate::ids::HouseholdId)
+                }
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -682,6 +707,61 @@ impl HouseholdDoc {
                 Ok(autosurgeon::hydrate_prop(&old, &demands, demand)?)
             }
         }
+    }
+
+    /// For each demand (by key), the change that appended each entry of its history, in
+    /// order (`None` where it cannot be told): what the server's read model dates each step's
+    /// arrival by. Reads every change's metadata once.
+    pub fn history_changes(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<Option<ChangeHash>>>> {
+        let mut ops: std::collections::BTreeMap<String, Vec<Option<(ActorId, u64)>>> =
+            Default::default();
+        let Some((_, demands)) = self.doc.get(ROOT, "demands")? else {
+            return Ok(Default::default());
+        };
+        for key in self.doc.keys(&demands).collect::<Vec<_>>() {
+            let Some((_, demand)) = self.doc.get(&demands, key.as_str())? else {
+                continue;
+            };
+            let Some((_, history)) = self.doc.get(&demand, "history")? else {
+                continue;
+            };
+            let mut entries = Vec::new();
+            for i in 0..self.doc.length(&history) {
+                // An entry is a map: its id is the operation that made it.
+                entries.push(match self.doc.get(&history, i)? {
+                    Some((_, automerge::ObjId::Id(counter, actor, _))) => Some((actor, counter)),
+                    _ => None,
+                });
+            }
+            ops.insert(key, entries);
+        }
+        let mut by_actor: std::collections::HashMap<ActorId, Vec<(u64, u64, ChangeHash)>> =
+            Default::default();
+        if !ops.is_empty() {
+            for m in self.doc.get_changes_meta(&[]) {
+                by_actor
+                    .entry(m.actor.into_owned())
+                    .or_default()
+                    .push((m.start_op, m.max_op, m.hash));
+            }
+        }
+        Ok(ops
+            .into_iter()
+            .map(|(key, entries)| {
+                let hashes = entries
+                    .into_iter()
+                    .map(|op| {
+                        let (actor, counter) = op?;
+                        by_actor.get(&actor)?.iter().find_map(|(start, max, hash)| {
+                            (*start <= counter && counter <= *max).then_some(*hash)
+                        })
+                    })
+                    .collect();
+                (key, hashes)
+            })
+            .collect())
     }
 
     /// A root field's value as text (strings and enum names), at `heads` (`None`: now).

@@ -17,6 +17,17 @@
 //! make-up working days 调休) from the day a step started, in China Standard Time, per
 //! [`DeadlinePolicy`]; an extension (延期) adds working days to the open step. A step is *late*
 //! when it ended after its due day; an open step is *overdue* once its due day has passed.
+//! Urgent demands get their own handling limit ([`DeadlinePolicy::handle_urgent`]). The
+//! default calendar ([`WorkCalendar::china`]) is shipped data (`protocol/data/`): the State
+//! Council's public holidays and make-up working days; a server's `--workflow` file replaces it.
+//!
+//! **Times the server vouches for.** A step's `at_ms` is the phone's clock. The server
+//! refuses a step that claims a time before the step before it (or before the demand was
+//! raised), or more than [`CLOCK_SKEW_MS`] after the server received it ([`check_steps`]).
+//! Lateness is judged by the step's time only where it agrees with the step's arrival at
+//! the server within that allowance; a step that arrived later is judged by its arrival
+//! ([`judged_ms`], [`replay_arrived`]): a time the server did not see cannot make a step on
+//! time.
 
 use std::collections::BTreeSet;
 
@@ -26,11 +37,16 @@ use serde::{Deserialize, Serialize};
 use crate::{
     calendar::Day,
     ids::UserId,
-    schema::{Demand, DemandStatus, DemandTransition, Satisfaction, Tier},
+    schema::{Demand, DemandStatus, DemandTransition, Satisfaction, Tier, Urgency},
 };
 
 /// China Standard Time, for the day a step happened on.
 pub const CST_OFFSET_SECS: i32 = 8 * 3600;
+
+/// The clock-skew allowance (SYNC-v1 §13.6.1): how far a step's time may be after the server
+/// received it, and how far before its arrival it may be and still be taken at its word for
+/// lateness.
+pub const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
 
 /// A step of a work order.
 #[derive(
@@ -76,10 +92,13 @@ pub enum DemandAction {
     Extend,
     /// A comment: the state does not change.
     Comment,
+    /// Withdrawn by the command centre (撤销), with a reason: closed without being done. A
+    /// demand is never deleted; this is how one that should not have been raised ends.
+    Withdraw,
 }
 
 impl DemandAction {
-    pub const ALL: [DemandAction; 13] = [
+    pub const ALL: [DemandAction; 14] = [
         DemandAction::Take,
         DemandAction::Dispatch,
         DemandAction::Accept,
@@ -93,6 +112,7 @@ impl DemandAction {
         DemandAction::ChaseUp,
         DemandAction::Extend,
         DemandAction::Comment,
+        DemandAction::Withdraw,
     ];
 
     /// The state the step leads to from `from`, or `None` if it cannot be taken there.
@@ -111,6 +131,7 @@ impl DemandAction {
             (A::Close, S::ReturnVisited) => S::Closed,
             (A::Reopen, S::ReturnVisited | S::Closed) => S::Raised,
             (A::ChaseUp | A::Extend | A::Comment, s) if s.is_open() => s,
+            (A::Withdraw, s) if s.is_open() => S::Closed,
             _ => return None,
         })
     }
@@ -162,6 +183,8 @@ pub struct DeadlinePolicy {
     pub handle_coordinate: u32,
     /// Handling a leader case (包案).
     pub handle_leader_case: u32,
+    /// Handling an urgent demand, whatever its tier (when shorter than the tier's limit).
+    pub handle_urgent: u32,
     pub feedback: u32,
     pub return_visit: u32,
     pub close: u32,
@@ -175,6 +198,7 @@ impl Default for DeadlinePolicy {
             handle_immediate: 2,
             handle_coordinate: 7,
             handle_leader_case: 15,
+            handle_urgent: 1,
             feedback: 2,
             return_visit: 5,
             close: 2,
@@ -183,16 +207,22 @@ impl Default for DeadlinePolicy {
 }
 
 impl DeadlinePolicy {
-    /// The working days allowed for `step` of an order of `tier`.
-    pub fn limit(&self, step: StepKind, tier: Option<Tier>) -> u32 {
+    /// The working days allowed for `step` of an order of `tier` and `urgency`.
+    pub fn limit(&self, step: StepKind, tier: Option<Tier>, urgency: Urgency) -> u32 {
         match step {
             StepKind::Triage => self.triage,
             StepKind::Accept => self.accept,
-            StepKind::Handle => match tier {
-                Some(Tier::Immediate) => self.handle_immediate,
-                Some(Tier::LeaderCase) => self.handle_leader_case,
-                Some(Tier::Coordinate) | None => self.handle_coordinate,
-            },
+            StepKind::Handle => {
+                let by_tier = match tier {
+                    Some(Tier::Immediate) => self.handle_immediate,
+                    Some(Tier::LeaderCase) => self.handle_leader_case,
+                    Some(Tier::Coordinate) | None => self.handle_coordinate,
+                };
+                match urgency {
+                    Urgency::Urgent => by_tier.min(self.handle_urgent),
+                    Urgency::Normal => by_tier,
+                }
+            }
             StepKind::Feedback => self.feedback,
             StepKind::ReturnVisit => self.return_visit,
             StepKind::Close => self.close,
@@ -201,15 +231,31 @@ impl DeadlinePolicy {
 }
 
 /// Which days are working days: Monday to Friday, except `holidays`, plus the weekend days
-/// in `workdays` (调休, make-up working days around the statutory holidays).
+/// in `workdays` (调休, make-up working days around the statutory holidays). The default
+/// ([`Default`]) has none of either; [`WorkCalendar::china`] is the shipped one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkCalendar {
+    /// Where the days come from (free text, not read).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub holidays: BTreeSet<Day>,
     pub workdays: BTreeSet<Day>,
 }
 
+/// The shipped calendar: `protocol/data/work-calendar-cn.json`.
+const CHINA_CALENDAR: &str = include_str!("../data/work-calendar-cn.json");
+
 impl WorkCalendar {
+    /// The State Council's public holidays and make-up working days for 2026, and the
+    /// statutory days of 2027 (provisional: the 2027 notice could not be confirmed when the
+    /// data was written, so 2027 has no make-up days; see the file's notes). The calendar of
+    /// [`Deadlines::default`]; a `--workflow` file's `calendar` replaces it whole.
+    pub fn china() -> WorkCalendar {
+        // The file is part of the crate and read by a test; it cannot fail to parse.
+        serde_json::from_str(CHINA_CALENDAR).unwrap_or_default()
+    }
+
     pub fn is_working_day(&self, day: Day) -> bool {
         if self.workdays.contains(&day) {
             return true;
@@ -238,12 +284,22 @@ impl WorkCalendar {
     }
 }
 
-/// The configuration deadlines are computed with.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The configuration deadlines are computed with. The default has the default limits and
+/// the shipped calendar ([`WorkCalendar::china`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Deadlines {
     pub limits: DeadlinePolicy,
     pub calendar: WorkCalendar,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            limits: DeadlinePolicy::default(),
+            calendar: WorkCalendar::china(),
+        }
+    }
 }
 
 /// A step of the loop as it happened (or is happening): when it started, when it is due and
@@ -275,6 +331,7 @@ impl Step {
 pub struct Order {
     pub status: DemandStatus,
     pub tier: Option<Tier>,
+    pub urgency: Urgency,
     /// The team it was last dispatched to.
     pub unit: Option<String>,
     /// The first-responsible cadre.
@@ -342,6 +399,12 @@ pub enum StepError {
     Stale,
     #[error("the demand's stored status does not match its history")]
     StatusMismatch,
+    #[error("step {0:?} is dated before the step before it (or before the demand was raised)")]
+    BeforePrevious(DemandAction),
+    #[error("step {0:?} is dated after the server received it (beyond the clock-skew allowance)")]
+    InTheFuture(DemandAction),
+    #[error("the demand is dated after the server received it (beyond the clock-skew allowance)")]
+    RaisedInTheFuture,
 }
 
 /// Folds a demand's history into its order. Old entries (no action) that do not follow from
@@ -351,6 +414,7 @@ pub fn replay(demand: &Demand, rules: &Deadlines) -> Order {
     let mut order = Order {
         status: DemandStatus::Raised,
         tier: None,
+        urgency: demand.urgency,
         unit: None,
         responsible: demand.responsible(),
         raised_ms: demand.raised_at_ms,
@@ -373,7 +437,7 @@ pub fn replay(demand: &Demand, rules: &Deadlines) -> Order {
 
 fn open_step(order: &mut Order, at_ms: i64, rules: &Deadlines) {
     if let Some(kind) = StepKind::of(order.status) {
-        let days = rules.limits.limit(kind, order.tier);
+        let days = rules.limits.limit(kind, order.tier, order.urgency);
         order.steps.push(Step {
             kind,
             started_ms: at_ms,
@@ -442,6 +506,9 @@ fn step(order: &mut Order, e: &DemandTransition, rules: &Deadlines) -> Result<()
             order.unit = None;
             order.tier = None;
         }
+        DemandAction::Withdraw if e.comment.trim().is_empty() => {
+            return Err(StepError::Missing(action, "a reason"));
+        }
         DemandAction::ChaseUp => order.chase_ups += 1,
         DemandAction::Extend => {
             let days = e
@@ -484,6 +551,9 @@ pub struct Party {
     pub supervisor: bool,
     /// Dispatches orders to teams: the command centre or a town supervisor.
     pub dispatcher: bool,
+    /// The command centre (指挥中心) of the household's grid: the only one who withdraws an
+    /// order.
+    pub command_centre: bool,
     /// The teams (org unit ids) the user works in.
     pub teams: BTreeSet<String>,
 }
@@ -509,24 +579,35 @@ impl Party {
             A::Close | A::Reopen => self.supervisor,
             A::ChaseUp | A::Extend => self.supervisor || self.dispatcher,
             A::Comment => of_grid || of_team || self.dispatcher,
+            A::Withdraw => self.command_centre,
         }
     }
 }
 
-/// Checks the steps an upload appended to a demand's history, for the server: the history
-/// held before (`before`, `None` for a new demand) must be a prefix of the one after, every
-/// new step must be the uploader's (`by`), follow from the state before it, carry its data,
-/// and be one `party` may take; and the stored status must be the one the history leads to.
+/// Checks the steps an upload appended to a demand's history, for the server (and for the
+/// phone before it commits a step, with its own clock as `arrival_ms`): the history held
+/// before (`before`, `None` for a new demand) must be a prefix of the one after, every new
+/// step must be the uploader's (`by`), follow from the state before it, carry its data, be
+/// one `party` may take, and be dated neither before the step before it (nor before the
+/// demand was raised) nor more than [`CLOCK_SKEW_MS`] after `arrival_ms`, the time the server
+/// received it; and the stored status must be the one the history leads to. A new step dated
+/// before the last step the server held is [`StepError::Stale`]: it was made without seeing
+/// that step (or backdated).
 pub fn check_steps(
     before: Option<&Demand>,
     after: &Demand,
     by: UserId,
     party: &Party,
     rules: &Deadlines,
+    arrival_ms: i64,
 ) -> Result<(), StepError> {
     let held = before.map_or(&[][..], |d| d.history.as_slice());
     if after.history.len() < held.len() || after.history[..held.len()] != *held {
         return Err(StepError::Stale);
+    }
+    let latest = arrival_ms.saturating_add(CLOCK_SKEW_MS);
+    if before.is_none() && after.raised_at_ms > latest {
+        return Err(StepError::RaisedInTheFuture);
     }
     let mut order = replay(
         &Demand {
@@ -535,6 +616,8 @@ pub fn check_steps(
         },
         rules,
     );
+    let mut previous_ms = held.last().map_or(after.raised_at_ms, |e| e.at_ms);
+    let mut previous_is_held = !held.is_empty();
     for e in &after.history[held.len()..] {
         let action = e.action.ok_or(StepError::Missing(
             DemandAction::Comment,
@@ -546,6 +629,21 @@ pub fn check_steps(
         if !party.may(action, &order) {
             return Err(StepError::NotPermitted(action));
         }
+        if e.at_ms < previous_ms {
+            // Dated before a step the server holds: made without seeing it (or backdated):
+            // stale, so the phone rolls it back and sees the order as it is. Before its own
+            // earlier step or before the demand was raised: refused.
+            return Err(if previous_is_held {
+                StepError::Stale
+            } else {
+                StepError::BeforePrevious(action)
+            });
+        }
+        if e.at_ms > latest {
+            return Err(StepError::InTheFuture(action));
+        }
+        previous_ms = e.at_ms;
+        previous_is_held = false;
         step(&mut order, e, rules).map_err(|err| match err {
             StepError::NotFromHere { .. } | StepError::WrongStates { .. } => StepError::Stale,
             other => other,
@@ -555,6 +653,31 @@ pub fn check_steps(
         return Err(StepError::StatusMismatch);
     }
     Ok(())
+}
+
+/// The time a step is judged by for lateness: its own (`at_ms`, the phone's clock) where it
+/// is within [`CLOCK_SKEW_MS`] of its arrival at the server, else its arrival.
+pub fn judged_ms(at_ms: i64, arrival_ms: i64) -> i64 {
+    if arrival_ms.saturating_sub(at_ms) > CLOCK_SKEW_MS {
+        arrival_ms
+    } else {
+        at_ms
+    }
+}
+
+/// [`replay`], with each history entry's time judged against its arrival at the server
+/// (`arrivals[i]` for `history[i]`; `None`, or a missing entry, takes the step at its word):
+/// what the server's figures count. Judged times never go backwards.
+pub fn replay_arrived(demand: &Demand, rules: &Deadlines, arrivals: &[Option<i64>]) -> Order {
+    let mut judged = demand.clone();
+    let mut floor = i64::MIN;
+    for (e, arrival) in judged.history.iter_mut().zip(arrivals) {
+        if let Some(a) = arrival {
+            e.at_ms = judged_ms(e.at_ms, *a).max(floor);
+        }
+        floor = floor.max(e.at_ms);
+    }
+    replay(&judged, rules)
 }
 
 /// A step a user takes on a work order, with its data.
@@ -596,6 +719,14 @@ impl<'a> NewStep<'a> {
             action: self.action,
             status: from,
         })?;
+        let previous_ms = demand
+            .history
+            .last()
+            .map_or(demand.raised_at_ms, |e| e.at_ms);
+        if at_ms < previous_ms {
+            // The device's clock is behind the order's last step: the server would refuse it.
+            return Err(StepError::BeforePrevious(self.action));
+        }
         let entry = DemandTransition {
             by,
             device,
@@ -735,6 +866,9 @@ mod tests {
                     .map(|(_, _, t)| *t)
                     .or_else(|| {
                         let neutral = matches!(action, A::ChaseUp | A::Extend | A::Comment);
+                        if action == A::Withdraw {
+                            return (*state != S::Closed).then_some(S::Closed);
+                        }
                         (neutral && *state != S::Closed).then_some(*state)
                     });
                 let got = take(&mut dm, action, "2026-11-03");
@@ -814,6 +948,7 @@ mod tests {
         let cal = WorkCalendar {
             holidays: (16..=23).map(|n| d(&format!("2026-02-{n:02}"))).collect(),
             workdays: [d("2026-02-14"), d("2026-02-28")].into(),
+            ..WorkCalendar::default()
         };
         assert!(cal.is_working_day(d("2026-02-14")));
         assert!(!cal.is_working_day(d("2026-02-16")));
@@ -874,74 +1009,320 @@ mod tests {
         let base = demand("2026-11-02");
         let by = base.raised_by;
         // A new demand with no steps is fine; with a bad status it is not.
-        assert_eq!(check_steps(None, &base, by, &worker, &rules), Ok(()));
+        assert_eq!(
+            check_steps(None, &base, by, &worker, &rules, noon("2026-11-30")),
+            Ok(())
+        );
         let wrong_status = Demand {
             status: S::Done,
             ..base.clone()
         };
         assert_eq!(
-            check_steps(None, &wrong_status, by, &worker, &rules),
+            check_steps(None, &wrong_status, by, &worker, &rules, noon("2026-11-30")),
             Err(StepError::StatusMismatch)
         );
         // The worker may not dispatch; the command centre may.
         let mut dispatched = base.clone();
         take(&mut dispatched, A::Dispatch, "2026-11-02").unwrap();
         assert_eq!(
-            check_steps(Some(&base), &dispatched, by, &worker, &rules),
+            check_steps(
+                Some(&base),
+                &dispatched,
+                by,
+                &worker,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::NotPermitted(A::Dispatch))
         );
         assert_eq!(
-            check_steps(Some(&base), &dispatched, by, &centre, &rules),
+            check_steps(
+                Some(&base),
+                &dispatched,
+                by,
+                &centre,
+                &rules,
+                noon("2026-11-30")
+            ),
             Ok(())
         );
         // Steps signed by someone else are refused.
         assert_eq!(
-            check_steps(Some(&base), &dispatched, UserId::new(), &centre, &rules),
+            check_steps(
+                Some(&base),
+                &dispatched,
+                UserId::new(),
+                &centre,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::NotPermitted(A::Dispatch))
         );
         // Only the team it went to accepts it.
         let mut accepted = dispatched.clone();
         take(&mut accepted, A::Accept, "2026-11-03").unwrap();
         assert_eq!(
-            check_steps(Some(&dispatched), &accepted, by, &team, &rules),
+            check_steps(
+                Some(&dispatched),
+                &accepted,
+                by,
+                &team,
+                &rules,
+                noon("2026-11-30")
+            ),
             Ok(())
         );
         let other_team = Party {
             teams: ["dept-roads".to_string()].into(),
             ..Party::default()
         };
-        assert!(check_steps(Some(&dispatched), &accepted, by, &other_team, &rules).is_err());
+        assert!(
+            check_steps(
+                Some(&dispatched),
+                &accepted,
+                by,
+                &other_team,
+                &rules,
+                noon("2026-11-30")
+            )
+            .is_err()
+        );
         // A step made without seeing the server's latest (inserted before it) is stale.
         let mut bounced = dispatched.clone();
         take(&mut bounced, A::Bounce, "2026-11-03").unwrap();
         let mut interleaved = accepted.clone();
         interleaved.history.insert(1, bounced.history[1].clone());
         assert_eq!(
-            check_steps(Some(&accepted), &interleaved, by, &team, &rules),
+            check_steps(
+                Some(&accepted),
+                &interleaved,
+                by,
+                &team,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::Stale)
         );
         // ... and one appended after it that no longer follows is stale too.
         let mut late_bounce = accepted.clone();
         late_bounce.history.push(bounced.history[1].clone());
         assert_eq!(
-            check_steps(Some(&accepted), &late_bounce, by, &team, &rules),
+            check_steps(
+                Some(&accepted),
+                &late_bounce,
+                by,
+                &team,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::Stale)
         );
         // Rewriting a held entry is refused.
         let mut rewritten = accepted.clone();
         rewritten.history[0].comment = "改过".into();
         assert_eq!(
-            check_steps(Some(&accepted), &rewritten, by, &team, &rules),
+            check_steps(
+                Some(&accepted),
+                &rewritten,
+                by,
+                &team,
+                &rules,
+                noon("2026-11-30")
+            ),
             Err(StepError::Stale)
         );
         // A chase-up by the command centre after the accept is fine.
         let mut chased = accepted.clone();
         take(&mut chased, A::ChaseUp, "2026-11-05").unwrap();
         assert_eq!(
-            check_steps(Some(&accepted), &chased, by, &centre, &rules),
+            check_steps(
+                Some(&accepted),
+                &chased,
+                by,
+                &centre,
+                &rules,
+                noon("2026-11-30")
+            ),
             Ok(())
         );
         assert_eq!(replay(&chased, &rules).chase_ups, 1);
+    }
+
+    #[test]
+    fn the_shipped_calendar_has_the_state_councils_2026_days_and_2027s_statutory_days() {
+        let cal = WorkCalendar::china();
+        // 2026 in full, as the notice has it.
+        for day in [
+            "2026-01-02",
+            "2026-02-16",
+            "2026-02-23",
+            "2026-04-06",
+            "2026-05-05",
+        ] {
+            assert!(!cal.is_working_day(d(day)), "{day}");
+        }
+        for day in ["2026-06-19", "2026-09-25", "2026-10-01", "2026-10-07"] {
+            assert!(!cal.is_working_day(d(day)), "{day}");
+        }
+        for day in [
+            "2026-01-04",
+            "2026-02-14",
+            "2026-02-28",
+            "2026-05-09",
+            "2026-09-20",
+        ] {
+            assert!(cal.is_working_day(d(day)), "{day}");
+        }
+        assert!(cal.is_working_day(d("2026-10-10")));
+        // National Day: Wednesday 30 September + 1 working day is Thursday 8 October.
+        assert_eq!(cal.add_working_days(d("2026-09-30"), 1), d("2026-10-08"));
+        // A due date never lands on New Year's Day 2027.
+        assert_eq!(cal.add_working_days(d("2026-12-31"), 1), d("2027-01-04"));
+        // Spring Festival 2027 (statutory days only: provisional).
+        assert_eq!(cal.add_working_days(d("2027-02-04"), 1), d("2027-02-09"));
+        // The default deadlines use it; a `--workflow` calendar replaces it whole.
+        assert_eq!(Deadlines::default().calendar, cal);
+        let replaced: Deadlines =
+            serde_json::from_str(r#"{"calendar": {"holidays": ["2026-12-01"]}}"#).unwrap();
+        assert!(replaced.calendar.is_working_day(d("2026-10-01")));
+        assert!(!replaced.calendar.is_working_day(d("2026-12-01")));
+        assert_eq!(replaced.limits, DeadlinePolicy::default());
+    }
+
+    #[test]
+    fn an_urgent_demand_is_handled_within_its_own_limit() {
+        let rules = Deadlines::default();
+        let mut ordinary = demand("2026-11-02"); // Monday
+        take(&mut ordinary, A::Dispatch, "2026-11-02").unwrap();
+        take(&mut ordinary, A::Accept, "2026-11-02").unwrap();
+        let mut urgent = ordinary.clone();
+        urgent.urgency = Urgency::Urgent;
+        let due = |dm: &Demand| replay(dm, &rules).open_step().unwrap().due;
+        assert_eq!(due(&ordinary), d("2026-11-11"));
+        assert_eq!(due(&urgent), d("2026-11-03"));
+        let slower = Deadlines {
+            limits: DeadlinePolicy {
+                handle_urgent: 3,
+                ..DeadlinePolicy::default()
+            },
+            ..Deadlines::default()
+        };
+        assert_eq!(
+            replay(&urgent, &slower).open_step().unwrap().due,
+            d("2026-11-05")
+        );
+    }
+
+    #[test]
+    fn steps_dated_before_the_last_one_or_after_their_arrival_are_refused() {
+        let rules = Deadlines::default();
+        let worker = Party {
+            grid_member: true,
+            ..Party::default()
+        };
+        let mut taken = demand("2026-11-02");
+        take(&mut taken, A::Take, "2026-11-05").unwrap();
+        let by = taken.raised_by;
+        let arrival = noon("2026-11-10");
+        let with = |at_ms: i64| {
+            let mut after = taken.clone();
+            let (mut e, to) = NewStep::new(A::Finish, "修好了")
+                .entry(&taken, by, None, noon("2026-11-09"), &rules)
+                .unwrap();
+            e.at_ms = at_ms;
+            after.history.push(e);
+            after.status = to;
+            after
+        };
+        let check = |after: &Demand| check_steps(Some(&taken), after, by, &worker, &rules, arrival);
+        assert_eq!(check(&with(noon("2026-11-09"))), Ok(()));
+        // Backdated before the take the server holds: stale (made without seeing it, or a lie).
+        assert_eq!(check(&with(noon("2026-11-04"))), Err(StepError::Stale));
+        // Before the upload's own earlier step: refused.
+        let mut two = with(noon("2026-11-09"));
+        let (mut fb, to) = NewStep::new(A::Feedback, "")
+            .entry(&two, by, None, noon("2026-11-09"), &rules)
+            .unwrap();
+        fb.at_ms = noon("2026-11-08");
+        two.history.push(fb);
+        two.status = to;
+        assert_eq!(check(&two), Err(StepError::BeforePrevious(A::Feedback)));
+        // Within the allowance after its arrival: fine; beyond it: refused.
+        assert_eq!(check(&with(arrival + CLOCK_SKEW_MS)), Ok(()));
+        assert_eq!(
+            check(&with(arrival + CLOCK_SKEW_MS + 1)),
+            Err(StepError::InTheFuture(A::Finish))
+        );
+        // A new demand dated in the future is refused too.
+        let future = demand("2026-11-20");
+        assert_eq!(
+            check_steps(None, &future, by, &worker, &rules, arrival),
+            Err(StepError::RaisedInTheFuture)
+        );
+        // The phone refuses to make a step its clock puts before the last one.
+        assert_eq!(
+            NewStep::new(A::Finish, "修好了").entry(&taken, by, None, noon("2026-11-04"), &rules),
+            Err(StepError::BeforePrevious(A::Finish))
+        );
+    }
+
+    #[test]
+    fn lateness_is_judged_by_arrival_when_the_step_claims_an_earlier_time() {
+        let rules = Deadlines::default();
+        let mut dm = demand("2026-11-02"); // Monday
+        take(&mut dm, A::Take, "2026-11-02").unwrap(); // handle (immediate): due Wednesday 4th
+        take(&mut dm, A::Finish, "2026-11-04").unwrap(); // claims the due day
+        let claimed = replay(&dm, &rules);
+        assert!(!claimed.steps[1].late());
+        // It arrived on Friday: judged by its arrival, it was late.
+        let arrivals = [Some(noon("2026-11-02")), Some(noon("2026-11-06"))];
+        let judged = replay_arrived(&dm, &rules, &arrivals);
+        assert!(judged.steps[1].late());
+        assert_eq!(judged.resolved_on_time(), Some(false));
+        // Arriving within the allowance, it is taken at its word.
+        let prompt = [None, Some(noon("2026-11-04") + CLOCK_SKEW_MS)];
+        assert!(!replay_arrived(&dm, &rules, &prompt).steps[1].late());
+        assert_eq!(judged_ms(5, 5 + CLOCK_SKEW_MS + 1), 5 + CLOCK_SKEW_MS + 1);
+    }
+
+    #[test]
+    fn only_the_command_centre_withdraws_an_order_and_with_a_reason() {
+        let rules = Deadlines::default();
+        let supervisor = Party {
+            supervisor: true,
+            dispatcher: true,
+            ..Party::default()
+        };
+        let centre = Party {
+            command_centre: true,
+            ..supervisor.clone()
+        };
+        let base = demand("2026-11-02");
+        let by = base.raised_by;
+        let at = noon("2026-11-03");
+        assert!(matches!(
+            NewStep::new(A::Withdraw, " ").entry(&base, by, None, at, &rules),
+            Err(StepError::Missing(A::Withdraw, _))
+        ));
+        let (e, to) = NewStep::new(A::Withdraw, "重复诉求")
+            .entry(&base, by, None, at, &rules)
+            .unwrap();
+        assert_eq!(to, S::Closed);
+        let mut withdrawn = base.clone();
+        withdrawn.history.push(e);
+        withdrawn.status = to;
+        let arrival = noon("2026-11-03");
+        assert_eq!(
+            check_steps(Some(&base), &withdrawn, by, &supervisor, &rules, arrival),
+            Err(StepError::NotPermitted(A::Withdraw))
+        );
+        assert_eq!(
+            check_steps(Some(&base), &withdrawn, by, &centre, &rules, arrival),
+            Ok(())
+        );
+        let o = replay(&withdrawn, &rules);
+        assert_eq!((o.status, o.open_step()), (S::Closed, None));
+        assert_eq!(withdrawn.history[0].comment, "重复诉求");
     }
 
     #[test]

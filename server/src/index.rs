@@ -19,7 +19,7 @@ use qiaomen_protocol::{
     calendar::Day,
     coverage::{CoverageInput, CoveragePolicy},
     doc::HouseholdDoc,
-    ids::HouseholdId,
+    ids::{DemandId, HouseholdId},
     schema::{Household, HouseholdStatus, KeyGroup, TagSpan, VisitOutcome},
     workorder::{self, Deadlines},
 };
@@ -296,17 +296,20 @@ impl Index {
             // document (`qiaomen_protocol::integrity`), so this is defence in depth.
             let household = std::panic::catch_unwind(|| {
                 let _named = crate::panics::household(id);
-                HouseholdDoc::load(&stored).and_then(|d| d.household())
+                let mut doc = HouseholdDoc::load(&stored)?;
+                let h = doc.household()?;
+                Ok::<_, qiaomen_protocol::error::DocError>((h, doc.history_changes()?))
             });
             match household {
-                Ok(Ok(h)) => {
+                Ok(Ok((h, steps))) => {
+                    let arrivals = self.arrivals(steps)?;
                     let timeline = self.storage.doc_timeline(id)?.unwrap_or_default();
                     let when = as_of(
                         &timeline,
                         h.grid.as_str(),
                         self.workflow.coverage.catch_up_days,
                     );
-                    rows.push((raw.clone(), Some((h, when))));
+                    rows.push((raw.clone(), Some((h, when, arrivals))));
                 }
                 Ok(Err(_)) | Err(_) => {
                     tracing::warn!(household = %id, "a stored document does not read; not indexed");
@@ -317,11 +320,11 @@ impl Index {
         let tx = self.conn.unchecked_transaction()?;
         for (raw, household) in &rows {
             clear_rows(&tx, raw)?;
-            if let Some((h, when)) = household {
+            if let Some((h, when, arrivals)) = household {
                 // Rows are derived by the protocol's pure functions; should one panic on a
                 // household, that household's rows are left out, not the batch.
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    write_rows(&tx, raw, h, when, &self.workflow.deadlines)
+                    write_rows(&tx, raw, h, when, arrivals, &self.workflow.deadlines)
                 }));
                 match written {
                     Ok(r) => r?,
@@ -335,6 +338,41 @@ impl Index {
         tx.execute("UPDATE idx_cursor SET seq = ?1", [end])?;
         tx.commit()?;
         Ok((rows.len(), end == log_end))
+    }
+
+    /// When the server received the change that appended each step of each demand (by
+    /// demand key), from the log: what lateness is judged by where a step's own time is
+    /// earlier ([`workorder::replay_arrived`]).
+    fn arrivals(
+        &self,
+        steps: std::collections::BTreeMap<String, Vec<Option<qiaomen_protocol::ChangeHash>>>,
+    ) -> Result<Arrivals, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT received_ms FROM changes WHERE hash = ?1")?;
+        let mut known: std::collections::HashMap<qiaomen_protocol::ChangeHash, Option<i64>> =
+            Default::default();
+        let mut out = Arrivals::new();
+        for (key, hashes) in steps {
+            let mut times = Vec::with_capacity(hashes.len());
+            for hash in hashes {
+                times.push(match hash {
+                    Some(h) => match known.get(&h) {
+                        Some(t) => *t,
+                        None => {
+                            let t = stmt
+                                .query_row([h.as_ref()], |r| r.get::<_, i64>(0))
+                                .optional()?;
+                            known.insert(h, t);
+                            t
+                        }
+                    },
+                    None => None,
+                });
+            }
+            out.insert(key, times);
+        }
+        Ok(out)
     }
 
     /// The households that are or have been in `grids` (each once), with what coverage needs
@@ -477,13 +515,38 @@ impl Index {
         Ok(out)
     }
 
-    /// One work order.
-    pub fn order(&self, demand: &str) -> Result<Option<OrderRow>, StorageError> {
-        Ok(self
+    /// Every demand id with the household holding it, oldest raised first (for the register
+    /// of demand ids, [`crate::orders`]).
+    pub fn demand_owners(&self) -> Result<Vec<(DemandId, HouseholdId)>, StorageError> {
+        let mut stmt = self
             .conn
-            .prepare_cached(&format!("{ORDER_SELECT} WHERE demand = ?1"))?
-            .query_row([demand], order_row)
-            .optional()?)
+            .prepare("SELECT demand, doc FROM idx_orders ORDER BY raised_ms, doc")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (demand, doc) = row?;
+            if let (Ok(d), Ok(bytes)) = (demand.parse(), <[u8; 16]>::try_from(doc.as_slice())) {
+                out.push((
+                    d,
+                    HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes)),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every order with this demand id: one, but for two households that held the same id
+    /// before ids were unique on the server.
+    pub fn orders_with_id(&self, demand: &str) -> Result<Vec<OrderRow>, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{ORDER_SELECT} WHERE demand = ?1"))?;
+        let rows = stmt
+            .query_map([demand], order_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// Whether an imported hotline order with this number exists already.
@@ -587,11 +650,15 @@ fn clear_rows(tx: &rusqlite::Transaction<'_>, raw: &[u8]) -> rusqlite::Result<()
     Ok(())
 }
 
+/// For each demand (by key), when the server received each step of its history.
+type Arrivals = std::collections::BTreeMap<String, Vec<Option<i64>>>;
+
 fn write_rows(
     tx: &rusqlite::Transaction<'_>,
     raw: &[u8],
     h: &Household,
     when: &AsOf,
+    arrivals: &Arrivals,
     rules: &Deadlines,
 ) -> rusqlite::Result<()> {
     let grid = h.grid.as_str();
@@ -652,7 +719,10 @@ fn write_rows(
             ?19, ?20, ?21)",
     )?;
     for d in h.demands.values() {
-        let o = workorder::replay(d, rules);
+        let arrived = arrivals
+            .get(&d.id.to_string())
+            .map_or(&[][..], Vec::as_slice);
+        let o = workorder::replay_arrived(d, rules, arrived);
         let open = o.open_step();
         order.execute(params![
             raw,

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod http;
 pub mod index;
 pub mod ingest;
+pub mod orders;
 pub mod panics;
 pub mod stats;
 pub mod storage;
@@ -108,6 +109,19 @@ pub async fn start(
         &config.data_dir,
         config.workflow.clone(),
     )?));
+    // The register of demand ids, from the read model brought up to the log's end, before
+    // the first change is taken in.
+    let demand_ids = {
+        let ix = index.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || {
+                let mut ix = ix.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                ix.refresh()?;
+                ix.demand_owners().map(orders::DemandIds::new)
+            })
+            .await??,
+        )
+    };
     tokio::spawn(index::refresh_in_background(index.clone()));
     let app = http::router(http::AppState {
         writer,
@@ -118,6 +132,7 @@ pub async fn start(
         index,
         workflow: Arc::new(config.workflow.clone()),
         edge: edge.clone(),
+        demand_ids,
     });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(http::edge::serve(listener, app, edge, async move {

@@ -73,6 +73,8 @@ fn main() {
             teams: Default::default(),
             at_ms: i64::MAX / 2,
         },
+        server_built: false,
+        demand_ids: Some(Default::default()),
     });
     let setup = Upload {
         principal: Some(principal.clone()),

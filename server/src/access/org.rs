@@ -195,6 +195,7 @@ impl Scope {
             dispatcher: self.holds(grid, change_ms, |r| {
                 matches!(r, Role::CommandCentre | Role::TownSupervisor)
             }),
+            command_centre: self.holds(grid, change_ms, |r| r == Role::CommandCentre),
             teams: self.teams.clone(),
         }
     }

@@ -9,24 +9,33 @@
 //!    offline before the household moved to another grid travels with it). A move is judged
 //!    by the grid it leaves and the grid it enters. Else `out_of_scope`.
 //! 3. **Field rules**: only a supervisor of the grid may move a household to another grid,
-//!    mark it merged, delete an entry (member, visit, demand), touch a visit whose worker is
+//!    mark it merged, delete an entry (member, visit), touch a visit whose worker is
 //!    someone else, or write a review (signed by themselves); a new visit must name its author
-//!    as the worker. Else `not_allowed`.
+//!    as the worker. A demand is never deleted, by anyone (it is closed, or withdrawn by the
+//!    command centre). A review is never of the reviewer's own visit, and once written it is
+//!    never changed (a later decision is a new review). Else `not_allowed`.
 //! 4. **Work orders** ([`qiaomen_protocol::workorder::check_steps`]): a demand's history only
-//!    grows at its end, each new step is the uploader's, follows from the order's state and is
+//!    grows at its end, each new step is the uploader's, follows from the order's state, is
 //!    one their role may take (a team member, who reads no grid, may write only steps of
-//!    orders dispatched to their team). Else `not_allowed`, or `stale_order` when the step was
-//!    made without seeing the order's latest steps.
+//!    orders dispatched to their team; only the command centre withdraws), and is dated
+//!    neither before the step before it nor more than
+//!    [`qiaomen_protocol::workorder::CLOCK_SKEW_MS`] after the server received it. A new
+//!    demand's id is held by no other household ([`crate::orders`]), and only a change the
+//!    server built itself (the hotline import) gives a demand the `hotline` source, a hotline
+//!    number (`external_ref`) or a first-responsible cadre. Else `not_allowed`, or
+//!    `stale_order` when the step was made without seeing the order's latest steps.
 
 use automerge::{Change, ChangeHash};
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, Touched, actor_device},
     ids::{DeviceId, UserId},
+    schema::DemandSource,
     wire::RejectCode,
     workorder::{self, Deadlines, StepError},
 };
 
 use super::Scope;
+use crate::orders::DemandIds;
 
 /// An authenticated device and what its user may do.
 #[derive(Clone, Debug)]
@@ -34,6 +43,13 @@ pub struct Principal {
     pub user: UserId,
     pub device: DeviceId,
     pub scope: Scope,
+    /// The change was built by the server itself for this user (the JSON API and pages,
+    /// `api::web_change`), not uploaded by a device: only such a change may carry what the
+    /// server vouches for (a hotline order's source, number and first-responsible cadre).
+    pub server_built: bool,
+    /// The server's register of demand ids, which a new demand's id must be free in (`None`
+    /// for tools that load trusted data).
+    pub demand_ids: Option<std::sync::Arc<DemandIds>>,
 }
 
 /// The change is made by this device and its user.
@@ -121,15 +137,37 @@ pub fn check_effect(
         needs_supervisor = true;
     }
     if !touched.deleted.is_empty() {
+        // A demand is closed or withdrawn, never deleted: its history is the order's record.
+        if touched.deleted.iter().any(|(c, _)| c == "demands") {
+            return Err(RejectCode::NotAllowed);
+        }
         needs_supervisor = true;
     }
     for (collection, key) in &touched.entries {
         let field = match collection.as_str() {
             "visits" => "worker",
             "reviews" => {
-                // Reviews are supervisors' only, and signed by their reviewer.
+                // Reviews are supervisors' only, signed by their reviewer, never of the
+                // reviewer's own visit, and never rewritten: a new decision is a new review.
                 needs_supervisor = true;
                 if doc.entry_user("reviews", key, "reviewer", None) != Some(p.user) {
+                    return Err(RejectCode::NotAllowed);
+                }
+                let existed = prior.is_some_and(|h| {
+                    doc.entry_user("reviews", key, "reviewer", Some(h))
+                        .is_some()
+                });
+                if existed {
+                    return Err(RejectCode::NotAllowed);
+                }
+                let visit = doc.entry_uuid("reviews", key, "visit", None);
+                let own = visit.is_some_and(|v| {
+                    doc.visit_worker(&v.to_string(), None) == Some(p.user)
+                        || prior.is_some_and(|h| {
+                            doc.visit_worker(&v.to_string(), Some(h)) == Some(p.user)
+                        })
+                });
+                if own {
                     return Err(RejectCode::NotAllowed);
                 }
                 "reviewer"
@@ -163,6 +201,9 @@ fn check_demands(
     let at = times.iter().copied().min().unwrap_or(p.scope.at_ms);
     let party = p.scope.party(grid, at);
     let rules = Deadlines::default();
+    // When the server received the change: its scope is computed as the request arrives.
+    let arrival_ms = p.scope.at_ms;
+    let household = doc.household_id();
     for (_, key) in touched.entries.iter().filter(|(c, _)| c == "demands") {
         let before = match prior {
             Some(h) => doc
@@ -177,9 +218,22 @@ fn check_demands(
             continue; // deleted: the supervisor rule covers it
         };
         if before.is_none() {
-            // A new demand: raised by the uploader, on the grid's side or by a dispatcher.
+            // A new demand: raised by the uploader, on the grid's side or by a dispatcher,
+            // with what only the server vouches for set only by the server, under an id no
+            // other household holds.
             let raises = party.grid_member || party.supervisor || party.dispatcher;
             if !raises || after.raised_by != p.user {
+                return Err(RejectCode::NotAllowed);
+            }
+            let vouched = after.source == Some(DemandSource::Hotline)
+                || after.external_ref.is_some()
+                || after.first_responsible.is_some();
+            if vouched && !p.server_built {
+                return Err(RejectCode::NotAllowed);
+            }
+            if let (Some(ids), Some(h)) = (&p.demand_ids, household)
+                && !ids.claim(after.id, h)
+            {
                 return Err(RejectCode::NotAllowed);
             }
         } else if let Some(b) = &before {
@@ -197,12 +251,11 @@ fn check_demands(
                 return Err(RejectCode::NotAllowed);
             }
         }
-        workorder::check_steps(before.as_ref(), &after, p.user, &party, &rules).map_err(
-            |e| match e {
+        workorder::check_steps(before.as_ref(), &after, p.user, &party, &rules, arrival_ms)
+            .map_err(|e| match e {
                 StepError::Stale => RejectCode::StaleOrder,
                 _ => RejectCode::NotAllowed,
-            },
-        )?;
+            })?;
     }
     Ok(())
 }

@@ -622,6 +622,8 @@ pub(crate) async fn web_change(
         user,
         device,
         scope,
+        server_built: true,
+        demand_ids: Some(state.demand_ids.clone()),
     });
     let outcome = state
         .writer

@@ -50,6 +50,8 @@ pub struct AppState {
     pub workflow: Arc<crate::index::Workflow>,
     /// Body limits, timeouts, trusted proxies, TLS ([`edge`]).
     pub edge: Arc<edge::EdgeConfig>,
+    /// Which household holds each demand id ([`crate::orders`]).
+    pub demand_ids: Arc<crate::orders::DemandIds>,
 }
 
 /// JSON numbers that must be whole: `15` and `15.0` are the same integer to JSON Schema (and
@@ -556,6 +558,8 @@ async fn sync(
             user: device.user,
             device: device.device,
             scope: scope.clone(),
+            server_built: false,
+            demand_ids: Some(state.demand_ids.clone()),
         });
         state
             .writer

@@ -157,7 +157,7 @@ const ORDER_STATUSES: [(&str, &str); 9] = [
     ("ReturnVisited", "已回访"),
     ("Closed", "已归档"),
 ];
-const ACTIONS: [(&str, &str); 13] = [
+const ACTIONS: [(&str, &str); 14] = [
     ("take", "即办受理"),
     ("dispatch", "派单"),
     ("accept", "接单"),
@@ -171,6 +171,7 @@ const ACTIONS: [(&str, &str); 13] = [
     ("chase_up", "催办"),
     ("extend", "延期"),
     ("comment", "备注"),
+    ("withdraw", "撤销"),
 ];
 const STEPS: [(&str, &str); 6] = [
     ("Triage", "分派"),

@@ -410,17 +410,19 @@ async fn visible_order(
     caller: &Caller,
     demand: &str,
 ) -> Result<(OrderRow, Scope), ApiError> {
-    let demand = demand
-        .parse::<DemandId>()
-        .map_err(|_| no_order())?
-        .to_string();
+    let id = demand.parse::<DemandId>().map_err(|_| no_order())?;
+    let demand = id.to_string();
     let user = caller.user();
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;
-    let row = state
-        .index(move |ix| ix.order(&demand))
-        .await?
-        .ok_or_else(no_order)?;
-    let mut row = row;
+    let rows = state.index(move |ix| ix.orders_with_id(&demand)).await?;
+    // A demand id is one household's (`crate::orders`); should two hold it from before that
+    // rule, the order is the registered owner's, never whichever row comes first.
+    let owner = state.demand_ids.owner(id).map(|h| h.to_string());
+    let mut row = match owner {
+        Some(h) => rows.into_iter().find(|r| r.household == h),
+        None => rows.into_iter().next(),
+    }
+    .ok_or_else(no_order)?;
     row.overdue = row
         .step_due
         .as_deref()
@@ -539,6 +541,7 @@ fn action_name(a: DemandAction) -> &'static str {
         DemandAction::ChaseUp => "chase_up",
         DemandAction::Extend => "extend",
         DemandAction::Comment => "comment",
+        DemandAction::Withdraw => "withdraw",
     }
 }
 
@@ -671,6 +674,12 @@ pub enum StepRequest {
         #[schema(max_length = 2000)]
         comment: String,
     },
+    /// 撤销: the command centre withdraws the order, with the reason (kept in its history; a
+    /// demand is never deleted).
+    Withdraw {
+        #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
+        comment: String,
+    },
 }
 
 /// A step's parts: action, comment, tier, team, satisfaction, working days.
@@ -726,6 +735,7 @@ impl StepRequest {
                 comment,
             } => (A::Extend, comment, None, None, None, Some(extend_days)),
             StepRequest::Comment { comment } => (A::Comment, comment, None, None, None, None),
+            StepRequest::Withdraw { comment } => (A::Withdraw, comment, None, None, None, None),
         }
     }
 }
