@@ -250,7 +250,7 @@ impl SyncClient {
             other => other,
         };
         // A retired device: once the server holds everything, say so; the device then ends
-        // and the phone wipes (SYNC-v1 §3.5.4).
+        // and the phone wipes (SYNC-v1 §3.5.6).
         let result = match result {
             Ok(report) if report.retire == Some(wire::Retire::Retiring) => {
                 if Self::holds_nothing(store)? {
