@@ -215,6 +215,25 @@ fn the_api_refuses_to_revoke_a_device_with_pending_work_unless_forced_and_retire
     assert_eq!(listed["pending"], 2);
     assert_eq!(listed["status"], "active");
     assert!(listed["last_sync_ms"].is_i64());
+    // The devices page shows the same, and its revoke form is refused without force.
+    let device = phone.author.device.to_string();
+    let (status, html) = page(&server, &admin, "/devices", None);
+    assert_eq!(status, 200);
+    let line = html
+        .split("<tr ")
+        .find(|r| r.contains(&format!("id=\"device-{device}\"")))
+        .expect("the device's row");
+    assert!(line.contains("在用") && line.contains("<td class=\"pending\">2</td>"));
+    assert!(!line.contains("从未"), "last sync shown");
+    let (status, _) = page(
+        &server,
+        &admin,
+        &format!("/devices/{device}/revoke"),
+        Some(""),
+    );
+    assert_eq!(status, 303);
+    let (_, page_held) = page(&server, &admin, &format!("/devices?held={device}"), None);
+    assert!(page_held.contains("id=\"held\""));
     let revoke = format!(
         "{}/api/v1/devices/{}/revoke",
         server.url, phone.author.device
@@ -236,6 +255,32 @@ fn the_api_refuses_to_revoke_a_device_with_pending_work_unless_forced_and_retire
         Err(SyncError::Revoked) => {}
         other => panic!("expected Revoked, got {other:?}"),
     }
+}
+
+/// A page request (a form post with `form`) with the admin's session as bearer (no cookie, so no origin check);
+/// redirects are not followed.
+fn page(
+    server: &TestServer,
+    session: &str,
+    path: &str,
+    form: Option<&str>,
+) -> (u16, String) {
+    block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let url = format!("{}{path}", server.url);
+        let req = match form {
+            None => client.get(url),
+            Some(body) => client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.to_string()),
+        };
+        let resp = req.bearer_auth(session).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    })
 }
 
 #[test]

@@ -843,6 +843,64 @@ mod tests {
     }
 
     #[test]
+    fn a_retired_device_syncs_until_it_reports_nothing_left_then_its_token_is_refused() {
+        let (_d, mut db, user) = setup();
+        let code = db.issue_enrollment_code(user).unwrap();
+        let e = db.enroll(&code, "i").unwrap().unwrap();
+        let p = db.authenticate_device(&e.token).unwrap().unwrap();
+        assert!(!p.retiring && p.last_sync_ms.is_none());
+        db.record_sync(e.device, 1_000, Some(2), false).unwrap();
+        let before = db.retire_device(e.device).unwrap();
+        assert_eq!(
+            (before.status, before.last_sync_ms, before.pending),
+            (DeviceStatus::Active, Some(1_000), Some(2))
+        );
+        // Retiring again changes nothing; it still authenticates, as retiring.
+        db.retire_device(e.device).unwrap();
+        let p = db.authenticate_device(&e.token).unwrap().unwrap();
+        assert!(p.retiring && p.last_pending == Some(2));
+        assert_eq!(db.device(e.device).unwrap().status, DeviceStatus::Retiring);
+        // Not ended while it reports work; ended once it reports nothing left.
+        assert!(!db.record_sync(e.device, 2_000, Some(0), false).unwrap());
+        assert!(db.record_sync(e.device, 3_000, Some(0), true).unwrap());
+        assert!(!db.record_sync(e.device, 3_001, Some(0), true).unwrap(), "once");
+        assert_eq!(
+            db.authenticate_device(&e.token).unwrap(),
+            Err(TokenRefusal::Retired)
+        );
+        assert_eq!(TokenRefusal::Retired.code(), "device_retired");
+        assert_eq!(db.device(e.device).unwrap().status, DeviceStatus::Retired);
+        assert!(db.retire_device(e.device).is_err());
+        // A revocation still applies (a phone that kept unacknowledged work is wiped by it).
+        db.revoke_device(e.device).unwrap();
+        assert_eq!(
+            db.authenticate_device(&e.token).unwrap(),
+            Err(TokenRefusal::Revoked)
+        );
+    }
+
+    #[test]
+    fn a_revocation_waits_for_force_while_the_device_reported_pending_work() {
+        let (_d, mut db, user) = setup();
+        let code = db.issue_enrollment_code(user).unwrap();
+        let e = db.enroll(&code, "i").unwrap().unwrap();
+        db.record_sync(e.device, 1_000, Some(3), false).unwrap();
+        let held = db.revoke_device_guarded(e.device, false).unwrap().unwrap_err();
+        assert_eq!(held.0.pending, Some(3));
+        assert!(db.authenticate_device(&e.token).unwrap().is_ok(), "not revoked");
+        let before = db.revoke_device_guarded(e.device, true).unwrap().unwrap();
+        assert_eq!(before.status, DeviceStatus::Active);
+        assert_eq!(
+            db.authenticate_device(&e.token).unwrap(),
+            Err(TokenRefusal::Revoked)
+        );
+        // A device that never reported (an older phone) is revoked without force.
+        let code = db.issue_enrollment_code(user).unwrap();
+        let old = db.enroll(&code, "j").unwrap().unwrap();
+        assert!(db.revoke_device_guarded(old.device, false).unwrap().is_ok());
+    }
+
+    #[test]
     fn enrollment_and_rotation_wait_for_a_writer_instead_of_failing_on_a_stale_read() {
         let (dir, mut db, user) = setup();
         let code = db.issue_enrollment_code(user).unwrap();
