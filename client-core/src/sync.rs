@@ -262,9 +262,10 @@ impl SyncClient {
             other => other,
         };
         match result {
-            Ok(report) if report.retire.is_some() => {
-                Err(Self::end_retired(store, report.retire == Some(wire::Retire::Retired))?)
-            }
+            Ok(report) if report.retire.is_some() => Err(Self::end_retired(
+                store,
+                report.retire == Some(wire::Retire::Retired),
+            )?),
             Err(SyncError::Unauthorized { code }) if code == "device_retired" => {
                 Err(Self::end_retired(store, true)?)
             }

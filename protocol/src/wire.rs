@@ -119,8 +119,7 @@ pub const FEATURE_PACKED: u32 = 2;
 
 /// Every feature this build understands: what the reference phone sends in `f`, and what the
 /// reference server answers in `f` (the bits both ends share).
-pub const FEATURES: u32 =
-    FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY | FEATURE_RETIRE;
+pub const FEATURES: u32 = FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY | FEATURE_RETIRE;
 
 /// Feature bit: the phone understands the reject codes `broken_history`, `over_limit` and
 /// `quarantined` (a phone without it is sent `malformed` for the first two and

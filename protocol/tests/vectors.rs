@@ -786,11 +786,20 @@ fn vectors() -> Vec<Vector> {
         }),
     ));
     for (x, text) in [
-        (wire::Retire::Retiring, "retiring: an administrator retired the device; the phone uploads what it holds, then sends a request with no changes and p = 0. No changes are sent down; c is the request's"),
-        (wire::Retire::Retired, "retired: the answer to a retiring device's request with no changes and p = 0; the device has ended and the phone wipes the enrollment's data now"),
+        (
+            wire::Retire::Retiring,
+            "retiring: an administrator retired the device; the phone uploads what it holds, then sends a request with no changes and p = 0. No changes are sent down; c is the request's",
+        ),
+        (
+            wire::Retire::Retired,
+            "retired: the answer to a retiring device's request with no changes and p = 0; the device has ended and the phone wipes the enrollment's data now",
+        ),
     ] {
         out.push(vector(
-            &format!("response-{}", serde_json::to_value(x).unwrap().as_str().unwrap()),
+            &format!(
+                "response-{}",
+                serde_json::to_value(x).unwrap().as_str().unwrap()
+            ),
             &format!("An answer to a phone that announced feature bit 8, with x = {text}."),
             Msg::Response(SyncResponse {
                 features: wire::FEATURES,

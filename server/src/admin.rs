@@ -19,8 +19,8 @@ use crate::{
         AccessDb, AccessError, Role,
         audit::Event,
         now_ms,
-        tokens::DeviceRow,
         org::{UnitKind, day_start_ms},
+        tokens::DeviceRow,
     },
     ingest::{Ingestor, Upload},
     storage::{SqliteStorage, Storage},
@@ -280,33 +280,33 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
                 "device {device} retiring: at its next sync it uploads what it holds, then wipes"
             );
         }
-        AdminCommand::Revoke { device, force } => {
-            match db.revoke_device_guarded(device, force)? {
-                Ok(before) => {
-                    admin_event("revoke", &device.to_string())?;
-                    println!("{}", device_line(&before));
-                    if before.pending.is_none() {
-                        println!("(this phone does not report what it holds: anything it did not upload is lost)");
-                    }
-                    println!("device {device} revoked: it wipes at its next request");
+        AdminCommand::Revoke { device, force } => match db.revoke_device_guarded(device, force)? {
+            Ok(before) => {
+                admin_event("revoke", &device.to_string())?;
+                println!("{}", device_line(&before));
+                if before.pending.is_none() {
+                    println!(
+                        "(this phone does not report what it holds: anything it did not upload is lost)"
+                    );
                 }
-                Err(held) => {
-                    db.audit(Event {
-                        user: None,
-                        device: None,
-                        action: "revoke",
-                        target: Some(&device.to_string()),
-                        outcome: "device_has_pending",
-                    })?;
-                    println!("{}", device_line(&held.0));
-                    return Err(format!(
+                println!("device {device} revoked: it wipes at its next request");
+            }
+            Err(held) => {
+                db.audit(Event {
+                    user: None,
+                    device: None,
+                    action: "revoke",
+                    target: Some(&device.to_string()),
+                    outcome: "device_has_pending",
+                })?;
+                println!("{}", device_line(&held.0));
+                return Err(format!(
                         "device {device} last reported {} records it has not uploaded: retire it if you have the phone (admin retire), or revoke with --force if it is lost",
                         held.0.pending.unwrap_or_default()
                     )
                     .into());
-                }
             }
-        }
+        },
         AdminCommand::Quarantine(QuarantineCommand::List) => {
             let mut storage = SqliteStorage::open(data_dir)?;
             for q in storage.quarantined()? {

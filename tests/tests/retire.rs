@@ -167,19 +167,16 @@ fn a_revoked_phone_is_wiped_at_once_and_the_admin_saw_its_pending_count_first() 
         server.access().device(device).unwrap().status,
         DeviceStatus::Revoked
     );
-    assert!(audited(&server, "revoke", "device_has_pending") && audited(&server, "revoke", "ok:cli"));
+    assert!(
+        audited(&server, "revoke", "device_has_pending") && audited(&server, "revoke", "ok:cli")
+    );
 }
 
 #[test]
 fn the_api_refuses_to_revoke_a_device_with_pending_work_unless_forced_and_retires() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let admin = qiaomen_tests::session(
-        &server,
-        "admin1",
-        "c",
-        qiaomen_server::access::Role::Admin,
-    );
+    let admin = qiaomen_tests::session(&server, "admin1", "c", qiaomen_server::access::Role::Admin);
     let mut phone = server.phone(&dir.path().join("p.db"), &["g1"]);
     phone.sync().unwrap();
     // A phone reports two records it still holds (as after a cut sync).
@@ -244,7 +241,10 @@ fn the_api_refuses_to_revoke_a_device_with_pending_work_unless_forced_and_retire
     // Retire instead; then a revoke (the phone turned out lost) needs force.
     let (status, _) = call(
         "POST",
-        &format!("{}/api/v1/devices/{}/retire", server.url, phone.author.device),
+        &format!(
+            "{}/api/v1/devices/{}/retire",
+            server.url, phone.author.device
+        ),
         &admin,
         None,
     );
@@ -259,12 +259,7 @@ fn the_api_refuses_to_revoke_a_device_with_pending_work_unless_forced_and_retire
 
 /// A page request (a form post with `form`) with the admin's session as bearer (no cookie, so no origin check);
 /// redirects are not followed.
-fn page(
-    server: &TestServer,
-    session: &str,
-    path: &str,
-    form: Option<&str>,
-) -> (u16, String) {
+fn page(server: &TestServer, session: &str, path: &str, form: Option<&str>) -> (u16, String) {
     block_on(async {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -316,5 +311,8 @@ fn a_retiring_device_still_uploads_receives_nothing_and_an_old_phone_is_told_rev
         DeviceStatus::Retired
     );
     let (status, body) = call("GET", &format!("{}/v1/me", server.url), &token, None);
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("device_retired")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("device_retired"))
+    );
 }

@@ -566,7 +566,9 @@ impl AccessDb {
             params![device.to_string(), now_ms()],
         )?;
         if n == 0 {
-            return Err(AccessError::NotFound("device that is not revoked or retired"));
+            return Err(AccessError::NotFound(
+                "device that is not revoked or retired",
+            ));
         }
         Ok(before)
     }
@@ -863,7 +865,10 @@ mod tests {
         // Not ended while it reports work; ended once it reports nothing left.
         assert!(!db.record_sync(e.device, 2_000, Some(0), false).unwrap());
         assert!(db.record_sync(e.device, 3_000, Some(0), true).unwrap());
-        assert!(!db.record_sync(e.device, 3_001, Some(0), true).unwrap(), "once");
+        assert!(
+            !db.record_sync(e.device, 3_001, Some(0), true).unwrap(),
+            "once"
+        );
         assert_eq!(
             db.authenticate_device(&e.token).unwrap(),
             Err(TokenRefusal::Retired)
@@ -885,9 +890,15 @@ mod tests {
         let code = db.issue_enrollment_code(user).unwrap();
         let e = db.enroll(&code, "i").unwrap().unwrap();
         db.record_sync(e.device, 1_000, Some(3), false).unwrap();
-        let held = db.revoke_device_guarded(e.device, false).unwrap().unwrap_err();
+        let held = db
+            .revoke_device_guarded(e.device, false)
+            .unwrap()
+            .unwrap_err();
         assert_eq!(held.0.pending, Some(3));
-        assert!(db.authenticate_device(&e.token).unwrap().is_ok(), "not revoked");
+        assert!(
+            db.authenticate_device(&e.token).unwrap().is_ok(),
+            "not revoked"
+        );
         let before = db.revoke_device_guarded(e.device, true).unwrap().unwrap();
         assert_eq!(before.status, DeviceStatus::Active);
         assert_eq!(
