@@ -625,8 +625,47 @@ async fn sync(
     let scope_out: Vec<String> = scope.read.iter().cloned().collect();
     let budget = state.response_budget;
     let uploaded: HashSet<&[u8]> = outcome.uploaded.iter().map(|h| h.as_ref()).collect();
+    let (slice, check) = state
+        .readers
+        .with(move |s| {
+            let slice = if grids.is_empty() {
+                // Nothing in scope: nothing to send, and the cursor moves to the log's end.
+                crate::storage::LogSlice {
+                    cursor: s.max_seq()?.max(cursor),
+                    ..Default::default()
+                }
+            } else {
+                let mut slice = s.log_since(cursor, budget, &grids)?;
+                // Households that moved into the phone's grids since its cursor: their whole
+                // history (rows logged under their earlier grid included), once.
+                let moved = s.moved_into(cursor, slice.cursor, &grids)?;
+                if !moved.is_empty() {
+                    let have: HashSet<Vec<u8>> =
+                        slice.changes.iter().map(|c| c.hash.clone()).collect();
+                    let mut extra = Vec::new();
+                    for id in moved {
+                        extra.extend(
+                            s.doc_log(id, slice.cursor)?
+                                .into_iter()
+                                .filter(|c| !have.contains(&c.hash)),
+                        );
+                    }
+                    extra.extend(std::mem::take(&mut slice.changes));
+                    extra.sort_by_key(|c| c.seq);
+                    slice.changes = extra;
+                }
+                slice
+            };
+            let check = if slice.cursor > 0 {
+                s.hash_at(slice.cursor)?
+            } else {
+                None
+            };
+            Ok((slice, check))
+        })
+        .await?;
+    // A retiring phone is being handed over: it receives nothing more, and keeps its cursor.
     let (slice, check) = if device.retiring {
-        // A retiring phone is being handed over: it receives nothing more, and keeps its cursor.
         (
             crate::storage::LogSlice {
                 cursor,
@@ -635,45 +674,7 @@ async fn sync(
             req.cursor_check.clone().map(ByteBuf::into_vec),
         )
     } else {
-        state
-            .readers
-            .with(move |s| {
-                let slice = if grids.is_empty() {
-                    // Nothing in scope: nothing to send, and the cursor moves to the log's end.
-                    crate::storage::LogSlice {
-                        cursor: s.max_seq()?.max(cursor),
-                        ..Default::default()
-                    }
-                } else {
-                    let mut slice = s.log_since(cursor, budget, &grids)?;
-                    // Households that moved into the phone's grids since its cursor: their whole
-                    // history (rows logged under their earlier grid included), once.
-                    let moved = s.moved_into(cursor, slice.cursor, &grids)?;
-                    if !moved.is_empty() {
-                        let have: HashSet<Vec<u8>> =
-                            slice.changes.iter().map(|c| c.hash.clone()).collect();
-                        let mut extra = Vec::new();
-                        for id in moved {
-                            extra.extend(
-                                s.doc_log(id, slice.cursor)?
-                                    .into_iter()
-                                    .filter(|c| !have.contains(&c.hash)),
-                            );
-                        }
-                        extra.extend(std::mem::take(&mut slice.changes));
-                        extra.sort_by_key(|c| c.seq);
-                        slice.changes = extra;
-                    }
-                    slice
-                };
-                let check = if slice.cursor > 0 {
-                    s.hash_at(slice.cursor)?
-                } else {
-                    None
-                };
-                Ok((slice, check))
-            })
-            .await?
+        (slice, check)
     };
     let mut order = Vec::new();
     let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
