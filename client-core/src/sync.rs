@@ -46,6 +46,13 @@ pub enum SyncError {
     /// been wiped from the phone, which must enroll again.
     #[error("this device was revoked; its data was wiped")]
     Revoked,
+    /// An administrator retired this device (a handover). With `wiped`, everything it held is
+    /// on the server and this user's data has been wiped from the phone, which must enroll
+    /// again. Without, the phone still holds changes or task reports the server has not
+    /// acknowledged (refused for now, e.g. `quarantined`) and keeps them: sync again later, or
+    /// the administrator revokes the device.
+    #[error("this device was retired")]
+    Retired { wiped: bool },
 }
 
 /// How far a sync has come, reported after each round trip.
@@ -82,6 +89,8 @@ pub struct SyncReport {
     pub task_lists: usize,
     /// The server's digest of the settings and task lists, when it changed (`t`).
     pub extras_digest: Option<u64>,
+    /// The server's last word on this device's retirement (`x`), if it was retired.
+    pub retire: Option<wire::Retire>,
 }
 
 /// Enrolls the store at `path` with the server at `server_url` using a one-time `code`, and
@@ -240,7 +249,26 @@ impl SyncClient {
             }
             other => other,
         };
+        // A retired device: once the server holds everything, say so; the device then ends
+        // and the phone wipes (SYNC-v1 §3.5.6).
+        let result = match result {
+            Ok(report) if report.retire == Some(wire::Retire::Retiring) => {
+                if Self::holds_nothing(store)? {
+                    self.sync_once(store, &mut progress).await
+                } else {
+                    Err(SyncError::Retired { wiped: false })
+                }
+            }
+            other => other,
+        };
         match result {
+            Ok(report) if report.retire.is_some() => Err(Self::end_retired(
+                store,
+                report.retire == Some(wire::Retire::Retired),
+            )?),
+            Err(SyncError::Unauthorized { code }) if code == "device_retired" => {
+                Err(Self::end_retired(store, true)?)
+            }
             Err(SyncError::Unauthorized { code })
                 if code == "device_revoked" || code == "token_reused" =>
             {
@@ -250,6 +278,29 @@ impl SyncClient {
                 Err(SyncError::Revoked)
             }
             other => other,
+        }
+    }
+
+    /// Whether the phone holds nothing the server has not acknowledged: no pending change,
+    /// no unsent task report.
+    fn holds_nothing(store: &Store) -> Result<bool, SyncError> {
+        Ok(store.pending_change_count()? == 0 && store.task_reports(false)?.is_empty())
+    }
+
+    /// What the phone holds unacknowledged, as a request reports it (`p`).
+    fn pending_count(store: &Store) -> Result<u64, SyncError> {
+        Ok(store.pending_change_count()? + store.task_reports(false)?.len() as u64)
+    }
+
+    /// A retired device has `ended` (the server said so): the phone wipes, unless it still
+    /// holds something unacknowledged, which it keeps (never destroyed without a revocation).
+    fn end_retired(store: &mut Store, ended: bool) -> Result<SyncError, SyncError> {
+        if ended && Self::holds_nothing(store)? {
+            tracing::warn!("device retired; wiping the store");
+            store.wipe()?;
+            Ok(SyncError::Retired { wiped: true })
+        } else {
+            Ok(SyncError::Retired { wiped: false })
         }
     }
 
@@ -382,6 +433,7 @@ impl SyncClient {
             let request = SyncRequest {
                 table,
                 base_ms,
+                pending: Some(Self::pending_count(store)?),
                 features: qiaomen_protocol::wire::FEATURES,
                 extras_digest: store.extras_digest()?,
                 scope_digest: store
@@ -433,6 +485,13 @@ impl SyncClient {
                 scope = Some(s.clone());
             }
             self.take_response(store, &chunk, response.clone(), &mut report)?;
+            if let Some(x) = response.retire {
+                // A retiring device receives nothing; a retired one has ended.
+                report.retire = Some(x);
+                if x == wire::Retire::Retired {
+                    return Ok(report);
+                }
+            }
             for (id, _) in &chunk {
                 uploaded_docs.insert(*id);
             }

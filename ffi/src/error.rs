@@ -18,6 +18,13 @@ pub enum QiaomenError {
     /// the enrollment screen.
     #[error("revoked: {reason}")]
     Revoked { reason: String },
+    /// An administrator retired this device (a handover). `wiped`: everything it held reached
+    /// the server and the user's data has been wiped from the phone; show the enrollment
+    /// screen. Not `wiped`: some changes or task reports were not accepted yet and stay on the
+    /// phone (see `pending_change_count`, `rejected_changes`); sync again later, or hand the
+    /// phone back to the administrator.
+    #[error("retired: {reason}")]
+    Retired { wiped: bool, reason: String },
     /// The server refused the request for another reason.
     #[error("server: {reason}")]
     Server { reason: String },
@@ -77,6 +84,10 @@ impl From<SyncError> for QiaomenError {
             }
             | SyncError::Unauthorized { .. } => QiaomenError::Unauthorized { reason: message },
             SyncError::Revoked => QiaomenError::Revoked { reason: message },
+            SyncError::Retired { wiped } => QiaomenError::Retired {
+                wiped,
+                reason: message,
+            },
             SyncError::Server { .. } | SyncError::Protocol(_) => {
                 QiaomenError::Server { reason: message }
             }

@@ -90,6 +90,14 @@ pub struct SyncRequest {
     /// The time (ms since the epoch) packed changes count their times from.
     #[serde(rename = "b", default, skip_serializing_if = "is_zero_i64")]
     pub base_ms: i64,
+    /// **pending**: what the phone holds that the server has not acknowledged when it sends
+    /// this request (its unacknowledged changes, those in this request included, plus task
+    /// reports not yet sent), sent by a phone announcing [`FEATURE_RETIRE`]; absent from older
+    /// phones. The server keeps what is left of it after this request's acknowledgements, for
+    /// an administrator to see before taking the device away; a retiring device ends only on
+    /// a request with no changes and `p = 0`.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -111,12 +119,18 @@ pub const FEATURE_PACKED: u32 = 2;
 
 /// Every feature this build understands: what the reference phone sends in `f`, and what the
 /// reference server answers in `f` (the bits both ends share).
-pub const FEATURES: u32 = FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY;
+pub const FEATURES: u32 = FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY | FEATURE_RETIRE;
 
 /// Feature bit: the phone understands the reject codes `broken_history`, `over_limit` and
 /// `quarantined` (a phone without it is sent `malformed` for the first two and
 /// `missing_dependencies`, also temporary, for the third).
 pub const FEATURE_INTEGRITY: u32 = 4;
+
+/// Feature bit: the phone reports what it holds pending (`p`) and understands `x` (a retired
+/// device, [`Retire`]) and the 401 code `device_retired`. A retiring device that does not
+/// announce it is answered `401 device_revoked` on its first request with no changes (then
+/// it holds nothing unacknowledged but its task reports, which are lost).
+pub const FEATURE_RETIRE: u32 = 8;
 
 impl RejectCode {
     /// The code's wire name (its serde name, e.g. `broken_history`), for records and messages.
@@ -264,6 +278,23 @@ pub struct SyncResponse {
     /// answer this device now; sent only when it differs from the request's `t`.
     #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
     pub extras_digest: Option<u64>,
+    /// An administrator retired this device (a handover), sent to a phone that announced
+    /// [`FEATURE_RETIRE`]: `retiring` while it may still hold work (it uploads what it holds,
+    /// then sends a request with no changes and `p = 0`), `retired` in answer to that request
+    /// (the device has ended: the phone wipes the enrollment's data now; its token is no longer
+    /// accepted). A retiring device is sent no changes (`d` empty, `c` and `k` as requested).
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub retire: Option<Retire>,
+}
+
+/// Where a retired device stands ([`SyncResponse::retire`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retire {
+    /// Upload what you hold, then report nothing pending.
+    Retiring,
+    /// Everything was acknowledged and the device has ended: wipe now.
+    Retired,
 }
 
 /// A refused change.
@@ -436,6 +467,7 @@ mod tests {
         let req = SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: 0,
             extras_digest: None,
             cursor_check: None,
@@ -466,6 +498,7 @@ mod tests {
         let req = SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: 0,
             extras_digest: None,
             scope_digest: None,
@@ -491,6 +524,7 @@ mod tests {
         let good = encode(&SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: 0,
             extras_digest: None,
             scope_digest: None,
@@ -507,6 +541,7 @@ mod tests {
         let other = encode(&SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: 0,
             extras_digest: None,
             scope_digest: None,

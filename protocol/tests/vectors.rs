@@ -217,6 +217,9 @@ impl Msg {
                 if r.base_ms != 0 {
                     o.insert("b".into(), json!(r.base_ms));
                 }
+                if let Some(p) = r.pending {
+                    o.insert("p".into(), json!(p));
+                }
                 Json::Object(o)
             }
             Msg::Response(r) => {
@@ -237,6 +240,9 @@ impl Msg {
                 if r.features != 0 {
                     o["f"] = json!(r.features);
                 }
+                if let Some(x) = r.retire {
+                    o["x"] = json!(x);
+                }
                 o
             }
             Msg::Rejection(r) => rejection_to_json(r),
@@ -246,7 +252,7 @@ impl Msg {
     fn from_json(type_name: &str, v: &Json) -> Result<Msg, String> {
         Ok(match type_name {
             "SyncRequest" => {
-                let o = object(v, &["v", "c", "d", "g", "s", "f", "t", "a", "b"])?;
+                let o = object(v, &["v", "c", "d", "g", "s", "f", "t", "a", "b", "p"])?;
                 Msg::Request(SyncRequest {
                     table: match o.get("a") {
                         None => vec![],
@@ -264,6 +270,10 @@ impl Msg {
                     base_ms: match o.get("b") {
                         None => 0,
                         Some(b) => b.as_i64().ok_or(format!("b is not an integer: {b}"))?,
+                    },
+                    pending: match o.get("p") {
+                        None => None,
+                        Some(_) => Some(uint(o, "p")?),
                     },
                     extras_digest: match o.get("t") {
                         None => None,
@@ -291,11 +301,17 @@ impl Msg {
                 })
             }
             "SyncResponse" => {
-                let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t", "f"])?;
+                let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t", "f", "x"])?;
                 Msg::Response(SyncResponse {
                     features: match o.get("f") {
                         None => 0,
                         Some(_) => uint(o, "f")? as u32,
+                    },
+                    retire: match o.get("x") {
+                        None => None,
+                        Some(x) => {
+                            Some(serde_json::from_value(x.clone()).map_err(|e| e.to_string())?)
+                        }
                     },
                     extras_digest: match o.get("t") {
                         None => None,
@@ -526,6 +542,7 @@ fn vectors() -> Vec<Vector> {
         Msg::Request(SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: 0,
             extras_digest: None,
             scope_digest: None,
@@ -539,6 +556,7 @@ fn vectors() -> Vec<Vector> {
     let response = |cursor, accepted, rejected, docs, more| {
         Msg::Response(SyncResponse {
             features: 0,
+            retire: None,
             extras_digest: None,
             scope: None,
             cursor_check: None,
@@ -671,6 +689,7 @@ fn vectors() -> Vec<Vector> {
         Msg::Request(SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: 0,
             extras_digest: None,
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
@@ -687,6 +706,7 @@ fn vectors() -> Vec<Vector> {
         Msg::Request(SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: qiaomen_protocol::wire::FEATURE_STALE_ORDER,
             extras_digest: None,
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
@@ -703,6 +723,7 @@ fn vectors() -> Vec<Vector> {
         Msg::Request(SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: qiaomen_protocol::wire::FEATURES,
             extras_digest: Some(qiaomen_protocol::wire::fnv1a(b"[]")),
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
@@ -718,6 +739,7 @@ fn vectors() -> Vec<Vector> {
         "An idle answer telling the phone that its workflow settings or task lists changed (t differs from the request's): the phone fetches them with the JSON API and keeps t for its next request.",
         Msg::Response(SyncResponse {
             features: 0,
+            retire: None,
             extras_digest: Some(0x0123_4567_89ab_cdef),
             scope: None,
             cursor_check: None,
@@ -734,6 +756,7 @@ fn vectors() -> Vec<Vector> {
         "An idle answer that carries the device's scope (s): the grids its user may read now. A phone drops households of other grids, and fetches the whole scope once from no cursor when a grid is new to it.",
         Msg::Response(SyncResponse {
             features: 0,
+            retire: None,
             extras_digest: None,
             scope: Some(vec!["dongcun-03".into(), "dongcun-04".into()]),
             cursor_check: None,
@@ -745,6 +768,54 @@ fn vectors() -> Vec<Vector> {
             more: false,
         }),
     ));
+    out.push(vector(
+        "request-idle-pending",
+        "An idle check from a phone that reports what it holds unacknowledged (p: changes plus unsent task reports; feature bit 8 in f). A retiring device ends on such a request with no changes and p = 0.",
+        Msg::Request(SyncRequest {
+            table: vec![],
+            base_ms: 0,
+            pending: Some(0),
+            features: qiaomen_protocol::wire::FEATURES,
+            extras_digest: None,
+            scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
+            cursor_check: None,
+            version: PROTOCOL_VERSION,
+            cursor: Some(44),
+            docs: vec![],
+            grids: vec![],
+        }),
+    ));
+    for (x, text) in [
+        (
+            wire::Retire::Retiring,
+            "retiring: an administrator retired the device; the phone uploads what it holds, then sends a request with no changes and p = 0. No changes are sent down; c is the request's",
+        ),
+        (
+            wire::Retire::Retired,
+            "retired: the answer to a retiring device's request with no changes and p = 0; the device has ended and the phone wipes the enrollment's data now",
+        ),
+    ] {
+        out.push(vector(
+            &format!(
+                "response-{}",
+                serde_json::to_value(x).unwrap().as_str().unwrap()
+            ),
+            &format!("An answer to a phone that announced feature bit 8, with x = {text}."),
+            Msg::Response(SyncResponse {
+                features: wire::FEATURES,
+                retire: Some(x),
+                extras_digest: None,
+                scope: None,
+                cursor_check: None,
+                version: PROTOCOL_VERSION,
+                cursor: 44,
+                accepted: 0,
+                rejected: vec![],
+                docs: vec![],
+                more: false,
+            }),
+        ));
+    }
     for (n, code) in ALL_CODES.iter().enumerate() {
         let name = code_name(*code);
         let hash = if *code == RejectCode::Malformed {
@@ -1046,6 +1117,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
     let idle_first = SyncRequest {
         table: vec![],
         base_ms: 0,
+        pending: None,
         features: 0,
         extras_digest: None,
         scope_digest: None,
@@ -1071,6 +1143,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         SyncRequest {
             table: vec![],
             base_ms: 0,
+            pending: None,
             features: 0,
             extras_digest: None,
             scope_digest: None,
@@ -1088,6 +1161,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         .unwrap(),
         SyncResponse {
             features: 0,
+            retire: None,
             extras_digest: None,
             scope: None,
             cursor_check: None,
@@ -1235,6 +1309,8 @@ fn the_spec_states_the_codes_constants() {
     let max_ops = format!("{},{:03}", MAX_OPS / 1000, MAX_OPS % 1000);
     assert!(spec.contains(&format!("at most {max_ops} operations")));
     assert!(spec.contains(&format!("Bit {} (`FEATURE_PACKED`)", wire::FEATURE_PACKED)));
+    assert!(spec.contains(&format!("Bit {} (`FEATURE_RETIRE`)", wire::FEATURE_RETIRE)));
+    assert!(spec.contains("`device_retired`"));
     for code in ALL_CODES {
         assert!(
             spec.contains(&format!("`{}`", code_name(code))),

@@ -23,6 +23,7 @@ use crate::{
         audit::Event,
         now_ms,
         org::{UnitKind, day_start_ms},
+        tokens::DeviceRow,
     },
     ingest::{Ingestor, Upload},
     storage::{SqliteStorage, Storage},
@@ -65,12 +66,25 @@ pub enum AdminCommand {
         #[arg(long)]
         login: String,
     },
-    /// List enrolled devices.
+    /// List enrolled devices: id, login, status (active, retiring, retired, revoked), when it
+    /// last synced, and what it reported still holding then (changes and task reports not yet
+    /// on the server; `?` for a phone that does not report it).
     Devices,
-    /// Revoke a device: its next request gets 401 and the phone wipes the user's data.
+    /// Retire a device (a handover: you have the phone). It goes on syncing and uploads what it
+    /// holds; then it wipes the user's data and its token is refused (`device_retired`).
+    Retire {
+        #[arg(long)]
+        device: DeviceId,
+    },
+    /// Revoke a device (lost or stolen): its next request gets 401 and the phone wipes the
+    /// user's data at once, losing what it had not uploaded. Refused while the device last
+    /// reported such work, unless --force.
     Revoke {
         #[arg(long)]
         device: DeviceId,
+        /// Revoke even though the device last reported work it has not uploaded.
+        #[arg(long)]
+        force: bool,
     },
     /// List quarantined households (their stored document does not load; uploads to them
     /// are refused `quarantined` and phones keep their changes), or release one after a fix.
@@ -272,25 +286,46 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             println!("{code}");
         }
         AdminCommand::Devices => {
+            println!("device\tlogin\tstatus\tlast sync\tpending");
             for d in db.devices()? {
-                println!(
-                    "{}\t{}\tenrolled {}\t{}",
-                    d.device,
-                    d.login,
-                    d.enrolled_ms,
-                    if d.revoked_ms.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    }
-                );
+                println!("{}", device_line(&d));
             }
         }
-        AdminCommand::Revoke { device } => {
-            db.revoke_device(device)?;
-            admin_event("revoke", &device.to_string())?;
-            println!("device {device} revoked");
+        AdminCommand::Retire { device } => {
+            let before = db.retire_device(device)?;
+            admin_event("retire", &device.to_string())?;
+            println!("{}", device_line(&before));
+            println!(
+                "device {device} retiring: at its next sync it uploads what it holds, then wipes"
+            );
         }
+        AdminCommand::Revoke { device, force } => match db.revoke_device_guarded(device, force)? {
+            Ok(before) => {
+                admin_event("revoke", &device.to_string())?;
+                println!("{}", device_line(&before));
+                if before.pending.is_none() {
+                    println!(
+                        "(this phone does not report what it holds: anything it did not upload is lost)"
+                    );
+                }
+                println!("device {device} revoked: it wipes at its next request");
+            }
+            Err(held) => {
+                db.audit(Event {
+                    user: None,
+                    device: None,
+                    action: "revoke",
+                    target: Some(&device.to_string()),
+                    outcome: "device_has_pending",
+                })?;
+                println!("{}", device_line(&held.0));
+                return Err(format!(
+                        "device {device} last reported {} records it has not uploaded: retire it if you have the phone (admin retire), or revoke with --force if it is lost",
+                        held.0.pending.unwrap_or_default()
+                    )
+                    .into());
+            }
+        },
         AdminCommand::Quarantine(QuarantineCommand::List) => {
             let mut storage = SqliteStorage::open(data_dir)?;
             for q in storage.quarantined()? {
@@ -365,6 +400,33 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
         }
     }
     Ok(())
+}
+
+/// A device as one line for an admin: id, login, status, last sync (China time), pending.
+pub fn device_line(d: &DeviceRow) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}",
+        d.device,
+        d.login,
+        d.status.as_str(),
+        d.last_sync_ms
+            .map_or_else(|| "never".to_string(), china_time),
+        d.pending.map_or_else(|| "?".to_string(), |p| p.to_string()),
+    )
+}
+
+/// `2027-01-15 08:10 +08`.
+fn china_time(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .map(|t| t.to_offset(time::macros::offset!(+8)))
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute] +08"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// What [`seed_demo`] made.

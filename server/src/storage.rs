@@ -166,6 +166,7 @@ const MIGRATIONS: &[&str] = &[
     QUARANTINE_SCHEMA,
     REFUSED_SCHEMA,
     crate::index::INDEX_SPANS_SCHEMA,
+    DEVICE_END_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"
@@ -216,6 +217,18 @@ CREATE TABLE refused (
 );
 CREATE INDEX refused_grid ON refused (grid, id);
 CREATE INDEX refused_device ON refused (device, id);
+"#;
+
+/// Two ways a device ends, and what the admin sees first: `retire_ms` (an admin retired it: a
+/// handover, it may still upload what it holds), `retired_ms` (it then reported nothing pending
+/// and ended: its token is refused `device_retired`), the time of its last sync and what it
+/// reported still holding then (`last_pending`: unacknowledged changes and unsent task
+/// reports after that sync's acknowledgements; NULL for a phone that does not report it).
+const DEVICE_END_SCHEMA: &str = r#"
+ALTER TABLE devices ADD COLUMN retire_ms INTEGER;
+ALTER TABLE devices ADD COLUMN retired_ms INTEGER;
+ALTER TABLE devices ADD COLUMN last_sync_ms INTEGER;
+ALTER TABLE devices ADD COLUMN last_pending INTEGER;
 "#;
 
 /// A quarantined household.

@@ -147,6 +147,7 @@ fn upload_request(
             .map(serde_bytes::ByteBuf::from)
             .collect(),
         base_ms: if packed { packer.base_ms() } else { 0 },
+        pending: None,
         features: qiaomen_protocol::wire::FEATURES,
         extras_digest: None,
         scope_digest: None,

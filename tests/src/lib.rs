@@ -312,6 +312,7 @@ pub fn upload_request(
     SyncRequest {
         table: vec![],
         base_ms: 0,
+        pending: None,
         features,
         extras_digest: None,
         scope_digest: None,

@@ -611,6 +611,16 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
         let (status, _) = http(
             "POST",
             &format!(
+                "{}/api/v1/devices/{}/retire",
+                server.url, creator.author.device
+            ),
+            Some(&session),
+            None,
+        );
+        check(format!("{r} retires a device"), status == 204, is_admin);
+        let (status, _) = http(
+            "POST",
+            &format!(
                 "{}/api/v1/devices/{}/revoke",
                 server.url, creator.author.device
             ),
@@ -670,6 +680,10 @@ fn the_access_matrix_allows_exactly_what_each_role_may_do() {
         (
             "POST",
             format!("/api/v1/devices/{}/revoke", creator.author.device),
+        ),
+        (
+            "POST",
+            format!("/api/v1/devices/{}/retire", creator.author.device),
         ),
         ("POST", "/v1/sync".to_string()),
         ("POST", "/v1/token".to_string()),

@@ -217,6 +217,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     let good = wire::encode(&SyncRequest {
         table: vec![],
         base_ms: 0,
+        pending: None,
         features: 0,
         extras_digest: None,
         scope_digest: None,
@@ -262,6 +263,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             wire::encode(&SyncRequest {
                 table: vec![],
                 base_ms: 0,
+                pending: None,
                 features: 0,
                 extras_digest: None,
                 scope_digest: None,
@@ -294,6 +296,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             wire::encode(&SyncRequest {
                 table: vec![],
                 base_ms: 0,
+                pending: None,
                 features: 0,
                 extras_digest: None,
                 scope_digest: None,
@@ -346,6 +349,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     let bad = SyncRequest {
         table: vec![],
         base_ms: 0,
+        pending: None,
         features: 0,
         extras_digest: None,
         scope_digest: None,

@@ -393,6 +393,7 @@ fn the_openapi_document_matches_the_served_api() {
         "GET /api/v1/tasks/{id}",
         "GET /api/v1/workflow",
         "GET /v1/me",
+        "POST /api/v1/devices/{id}/retire",
         "POST /api/v1/devices/{id}/revoke",
         "POST /api/v1/households/{id}/conflicts/resolve",
         "POST /api/v1/households/{id}/demands",

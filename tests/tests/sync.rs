@@ -586,6 +586,7 @@ fn a_visit_day_goes_up_packed_and_the_server_holds_the_phones_very_changes() {
     let as_chunks = wire::encode_request(&SyncRequest {
         table: vec![],
         base_ms: 0,
+        pending: None,
         features: wire::FEATURES,
         extras_digest: worker.store.extras_digest().unwrap(),
         scope_digest: None,

@@ -136,6 +136,19 @@ fun revokedPhoneIsWiped(org: Org) {
     check(phone.householdIds().isEmpty() && phone.pendingCount() == 0uL, "wiped")
 }
 
+fun retiredPhoneUploadsThenIsWiped(org: Org) {
+    val grid = org.grid()
+    val phone = org.worker(grid); val colleague = org.worker(grid)
+    val hid = phone.createHousehold(household(grid))
+    sync(phone)
+    phone.recordVisit(hid, visit("recorded before the handover"))
+    org.admin("retire", "--device", phone.deviceId())
+    try { sync(phone); check(false, "no error") } catch (e: QiaomenException.Retired) { check(e.wiped, "wiped") }
+    check(phone.householdIds().isEmpty() && phone.pendingCount() == 0uL, "wiped")
+    sync(colleague)
+    check(colleague.household(hid).visits.map { it.note } == listOf("recorded before the handover"), "the visit is on the server")
+}
+
 fun main(args: Array<String>) {
     val serverBin = args[0]
     val port = ServerSocket(0).use { it.localPort }
@@ -160,6 +173,7 @@ fun main(args: Array<String>) {
         "a refused change is reported and the phone keeps working" to ::refusedChangeReported,
         "enrollment and other errors arrive as the documented exceptions" to ::errorsAreTyped,
         "a revoked phone is wiped on its next sync" to ::revokedPhoneIsWiped,
+        "a retired phone uploads what it holds, then is wiped" to ::retiredPhoneUploadsThenIsWiped,
     )
     var passed = 0; var failed = 0
     for ((name, test) in tests) {

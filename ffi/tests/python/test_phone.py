@@ -167,6 +167,31 @@ def test_a_revoked_phone_is_wiped_on_its_next_sync(org):
     assert phone.household_ids() == [] and phone.pending_count() == 0
 
 
+def device_line(org, device_id):
+    """The device's line in `admin devices`: id, login, status, last sync, pending."""
+    return next(l for l in org.admin("devices").splitlines() if l.startswith(device_id)).split("\t")
+
+
+def test_a_retired_phone_uploads_its_visits_then_is_wiped(org):
+    grid = org.grid()
+    phone, colleague = worker(org, grid), worker(org, grid)
+    hid = phone.create_household(household(grid))
+    sync(phone)
+    status, _last_sync, pending = device_line(org, phone.device_id())[2:]
+    assert (status, pending) == ("active", "0")
+    phone.record_visit(hid, visit("recorded before the handover"))
+    # A revoke would lose nothing known to the server, but a retire uploads first.
+    org.admin("retire", "--device", phone.device_id())
+    assert device_line(org, phone.device_id())[2] == "retiring"
+    with pytest.raises(q.QiaomenError.Retired) as e:
+        sync(phone)
+    assert e.value.wiped
+    assert phone.household_ids() == [] and phone.pending_count() == 0
+    assert device_line(org, phone.device_id())[2] == "retired"
+    sync(colleague)
+    assert [v.note for v in colleague.household(hid).visits] == ["recorded before the handover"]
+
+
 class Gate:
     """A TCP proxy to the server that can stop answering (connections accepted, never served)."""
 

@@ -10,6 +10,15 @@
 //!   (the answer may have been lost), then it is retired. A retired token presented again means
 //!   two parties hold it: the device is revoked and must enroll again (reuse detection).
 //! - A **session** (`qm_s_…`) follows a password login (argon2id); it lasts 12 hours.
+//! - A device is taken away in one of two ways. **Retire** (a handover, the phone is in the
+//!   admin's hands): its syncs go on being accepted and stored, each answer says `retiring`, and
+//!   when the phone reports nothing left to upload (a request with no changes and `p = 0`) the
+//!   device ends (`retired`): the phone wipes, its token is refused `device_retired`.
+//!   **Revoke** (lost or stolen): its tokens are refused `device_revoked` at once and the phone
+//!   wipes on its next request, losing what it had not uploaded. Each sync records when it
+//!   happened and what the phone still held after it ([`AccessDb::record_sync`]), so an admin
+//!   sees both before choosing; [`AccessDb::revoke_device_guarded`] refuses to revoke a device
+//!   that last reported pending work unless forced.
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
 use base64::Engine;
@@ -25,6 +34,11 @@ pub const CODE_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
 pub const SESSION_LIFETIME_MS: i64 = 12 * 3600 * 1000;
 /// How precisely a device's `last_seen` is kept (a write at most this often per device).
 pub const LAST_SEEN_GRAIN_MS: i64 = 3600 * 1000;
+/// How precisely a device's last sync is kept for idle checks: a sync that uploaded, changed
+/// what the phone reports pending, or came from a retiring device is always recorded; an idle
+/// check at most this often per device (idle checks stay read-only, see
+/// [`AccessDb::authenticate_device`]).
+pub const LAST_SYNC_GRAIN_MS: i64 = 10 * 60 * 1000;
 /// A device token older than this is rotated after the next sync.
 pub const ROTATE_AFTER_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -101,6 +115,11 @@ pub struct DevicePrincipal {
     pub user: UserId,
     /// The token should be rotated ([`AccessDb::rotate`]) after this request.
     pub rotate: bool,
+    /// An admin retired the device: it may upload what it holds, then it ends.
+    pub retiring: bool,
+    /// When its last sync was recorded, and what it reported pending then.
+    pub last_sync_ms: Option<i64>,
+    pub last_pending: Option<i64>,
 }
 
 /// Why a token was not accepted; each is a 401 with its own code.
@@ -110,6 +129,9 @@ pub enum TokenRefusal {
     Unknown,
     /// The device was revoked: the phone must wipe this user's data.
     Revoked,
+    /// The device was retired and has ended (it had uploaded everything): the phone wipes
+    /// this user's data (if it still holds some, it keeps what is unacknowledged).
+    Retired,
     /// A retired token came back: it was copied. The device is revoked.
     Reused,
     /// The session expired.
@@ -121,6 +143,7 @@ impl TokenRefusal {
         match self {
             TokenRefusal::Unknown => "unauthenticated",
             TokenRefusal::Revoked => "device_revoked",
+            TokenRefusal::Retired => "device_retired",
             TokenRefusal::Reused => "token_reused",
             TokenRefusal::Expired => "session_expired",
         }
@@ -155,14 +178,80 @@ impl EnrollRefusal {
     }
 }
 
+/// Where a device stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    Active,
+    /// Retired by an admin; it may still upload what it holds, then it ends.
+    Retiring,
+    /// Retired, and it ended after uploading everything: its data is off the phone.
+    Retired,
+    /// Revoked: refused at once; whatever it had not uploaded is lost.
+    Revoked,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Active => "active",
+            DeviceStatus::Retiring => "retiring",
+            DeviceStatus::Retired => "retired",
+            DeviceStatus::Revoked => "revoked",
+        }
+    }
+}
+
 /// A device as listed for an admin.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DeviceRow {
     pub device: String,
     pub login: String,
+    pub status: DeviceStatus,
     pub enrolled_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// When an admin retired it.
+    pub retire_ms: Option<i64>,
+    /// When it ended after its retirement (it had uploaded everything).
+    pub retired_ms: Option<i64>,
     pub last_seen_ms: Option<i64>,
+    /// When it last synced (exact for a sync that uploaded; within
+    /// [`LAST_SYNC_GRAIN_MS`] for idle checks).
+    pub last_sync_ms: Option<i64>,
+    /// What it reported still holding after its last sync: changes the server has not
+    /// acknowledged and task reports not yet sent. `None`: it never reported (a phone older
+    /// than `FEATURE_RETIRE`, or one that never synced). What it recorded since is not known.
+    pub pending: Option<i64>,
+}
+
+/// A revocation refused: the device last reported work it has not uploaded (retire it, or
+/// revoke it with force if the phone is lost).
+#[derive(Clone, Debug)]
+pub struct HoldsPending(pub DeviceRow);
+
+const DEVICE_COLUMNS: &str = "d.id, u.login, d.enrolled_ms, d.revoked_ms, d.retire_ms, d.retired_ms, d.last_seen_ms, d.last_sync_ms, d.last_pending";
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    let revoked_ms: Option<i64> = r.get(3)?;
+    let retire_ms: Option<i64> = r.get(4)?;
+    let retired_ms: Option<i64> = r.get(5)?;
+    Ok(DeviceRow {
+        device: r.get(0)?,
+        login: r.get(1)?,
+        status: match (revoked_ms, retired_ms, retire_ms) {
+            (Some(_), ..) => DeviceStatus::Revoked,
+            (None, Some(_), _) => DeviceStatus::Retired,
+            (None, None, Some(_)) => DeviceStatus::Retiring,
+            (None, None, None) => DeviceStatus::Active,
+        },
+        enrolled_ms: r.get(2)?,
+        revoked_ms,
+        retire_ms,
+        retired_ms,
+        last_seen_ms: r.get(6)?,
+        last_sync_ms: r.get(7)?,
+        pending: r.get(8)?,
+    })
 }
 
 impl AccessDb {
@@ -272,38 +361,63 @@ impl AccessDb {
         // SQLite's write lock and an fsync (measured: 16 concurrent syncs each writing
         // `last_seen` cut ingest from 2,278 to 1,504 visits/s). Writes happen on a token's
         // first use, on reuse, and at most once an hour for `last_seen`.
-        type Row = (
-            String,
-            String,
-            i64,
-            Option<i64>,
-            String,
-            Option<i64>,
-            Option<i64>,
-        );
+        struct Row {
+            device: String,
+            user: String,
+            created_ms: i64,
+            used_ms: Option<i64>,
+            state: String,
+            revoked_ms: Option<i64>,
+            last_seen: Option<i64>,
+            retire_ms: Option<i64>,
+            retired_ms: Option<i64>,
+            last_sync_ms: Option<i64>,
+            last_pending: Option<i64>,
+        }
         let row: Option<Row> = self
             .conn
             .prepare_cached(
-                "SELECT t.device, d.user, t.created_ms, t.used_ms, t.state, d.revoked_ms, d.last_seen_ms
+                "SELECT t.device, d.user, t.created_ms, t.used_ms, t.state, d.revoked_ms, d.last_seen_ms,
+                        d.retire_ms, d.retired_ms, d.last_sync_ms, d.last_pending
                    FROM device_tokens t JOIN devices d ON d.id = t.device WHERE t.hash = ?1",
             )?
             .query_row([&hash], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
+                Ok(Row {
+                    device: r.get(0)?,
+                    user: r.get(1)?,
+                    created_ms: r.get(2)?,
+                    used_ms: r.get(3)?,
+                    state: r.get(4)?,
+                    revoked_ms: r.get(5)?,
+                    last_seen: r.get(6)?,
+                    retire_ms: r.get(7)?,
+                    retired_ms: r.get(8)?,
+                    last_sync_ms: r.get(9)?,
+                    last_pending: r.get(10)?,
+                })
             })
             .optional()?;
-        let Some((device, user, created_ms, used_ms, state, revoked_ms, last_seen)) = row else {
+        let Some(Row {
+            device,
+            user,
+            created_ms,
+            used_ms,
+            state,
+            revoked_ms,
+            last_seen,
+            retire_ms,
+            retired_ms,
+            last_sync_ms,
+            last_pending,
+        }) = row
+        else {
             return Ok(Err(TokenRefusal::Unknown));
         };
         if revoked_ms.is_some() {
             return Ok(Err(TokenRefusal::Revoked));
+        }
+        if retired_ms.is_some() {
+            return Ok(Err(TokenRefusal::Retired));
         }
         let now = now_ms();
         if state == "retired" {
@@ -348,6 +462,9 @@ impl AccessDb {
             // Also while a successor waits unused: the answer that carried it may have been
             // lost, or a copy of this token asked for it. Rotating again replaces it.
             rotate: (state == "active" && now - created_ms > ROTATE_AFTER_MS) || state == "rotated",
+            retiring: retire_ms.is_some(),
+            last_sync_ms,
+            last_pending,
         }))
     }
 
@@ -388,6 +505,90 @@ impl AccessDb {
         })
     }
 
+    /// Records a sync of `device` at `at_ms` and what it reported still holding after it
+    /// (`None`: a phone that does not report it). With `end`, a retiring device ends now (it
+    /// reported nothing left): its token is refused `device_retired` from here on, and the
+    /// end is audited. Returns whether it ended.
+    pub fn record_sync(
+        &mut self,
+        device: DeviceId,
+        at_ms: i64,
+        pending: Option<u64>,
+        end: bool,
+    ) -> Result<bool> {
+        let device = device.to_string();
+        let pending = pending.map(|p| i64::try_from(p).unwrap_or(i64::MAX));
+        immediate(&mut self.conn, |tx| {
+            tx.execute(
+                "UPDATE devices SET last_sync_ms = ?2, last_pending = ?3 WHERE id = ?1",
+                params![device, at_ms, pending],
+            )?;
+            if !end {
+                return Ok(false);
+            }
+            let n = tx.execute(
+                "UPDATE devices SET retired_ms = ?2
+                  WHERE id = ?1 AND retire_ms IS NOT NULL AND retired_ms IS NULL AND revoked_ms IS NULL",
+                params![device, at_ms],
+            )?;
+            if n > 0 {
+                tx.execute(
+                    "INSERT INTO audit (at_ms, actor_device, action, target, outcome) VALUES (?1, ?2, 'retired', ?2, 'ok')",
+                    params![at_ms, device],
+                )?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    /// One device as listed for an admin.
+    pub fn device(&self, device: DeviceId) -> Result<DeviceRow> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices d JOIN users u ON u.id = d.user WHERE d.id = ?1"
+                ),
+                [device.to_string()],
+                device_row,
+            )
+            .optional()?
+            .ok_or(AccessError::NotFound("device"))
+    }
+
+    /// Retires a device (a handover): it goes on syncing, uploads what it holds, and ends when
+    /// it reports nothing left (then the phone wipes). Returns the device as it was (its last
+    /// sync and pending). Retiring a retiring device again changes nothing.
+    pub fn retire_device(&self, device: DeviceId) -> Result<DeviceRow> {
+        let before = self.device(device)?;
+        let n = self.conn.execute(
+            "UPDATE devices SET retire_ms = coalesce(retire_ms, ?2)
+              WHERE id = ?1 AND revoked_ms IS NULL AND retired_ms IS NULL",
+            params![device.to_string(), now_ms()],
+        )?;
+        if n == 0 {
+            return Err(AccessError::NotFound(
+                "device that is not revoked or retired",
+            ));
+        }
+        Ok(before)
+    }
+
+    /// Revokes a device as an admin asks (lost or stolen): refused while it last reported
+    /// work it has not uploaded, unless `force` (the phone is gone: its work is lost anyway).
+    /// Returns the device as it was.
+    pub fn revoke_device_guarded(
+        &self,
+        device: DeviceId,
+        force: bool,
+    ) -> Result<std::result::Result<DeviceRow, HoldsPending>> {
+        let before = self.device(device)?;
+        if !force && before.pending.is_some_and(|p| p > 0) {
+            return Ok(Err(HoldsPending(before)));
+        }
+        self.revoke_device(device)?;
+        Ok(Ok(before))
+    }
+
     /// Revokes a device: its tokens stop working at once.
     pub fn revoke_device(&self, device: DeviceId) -> Result<()> {
         let n = self.conn.execute(
@@ -400,20 +601,12 @@ impl AccessDb {
         Ok(())
     }
 
+    /// Every device, oldest enrollment first.
     pub fn devices(&self) -> Result<Vec<DeviceRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT d.id, u.login, d.enrolled_ms, d.revoked_ms, d.last_seen_ms
-               FROM devices d JOIN users u ON u.id = d.user ORDER BY d.enrolled_ms",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(DeviceRow {
-                device: r.get(0)?,
-                login: r.get(1)?,
-                enrolled_ms: r.get(2)?,
-                revoked_ms: r.get(3)?,
-                last_seen_ms: r.get(4)?,
-            })
-        })?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d JOIN users u ON u.id = d.user ORDER BY d.enrolled_ms"
+        ))?;
+        let rows = stmt.query_map([], device_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -649,6 +842,73 @@ mod tests {
             db.authenticate_device(&t2b).unwrap(),
             Err(TokenRefusal::Revoked)
         );
+    }
+
+    #[test]
+    fn a_retired_device_syncs_until_it_reports_nothing_left_then_its_token_is_refused() {
+        let (_d, mut db, user) = setup();
+        let code = db.issue_enrollment_code(user).unwrap();
+        let e = db.enroll(&code, "i").unwrap().unwrap();
+        let p = db.authenticate_device(&e.token).unwrap().unwrap();
+        assert!(!p.retiring && p.last_sync_ms.is_none());
+        db.record_sync(e.device, 1_000, Some(2), false).unwrap();
+        let before = db.retire_device(e.device).unwrap();
+        assert_eq!(
+            (before.status, before.last_sync_ms, before.pending),
+            (DeviceStatus::Active, Some(1_000), Some(2))
+        );
+        // Retiring again changes nothing; it still authenticates, as retiring.
+        db.retire_device(e.device).unwrap();
+        let p = db.authenticate_device(&e.token).unwrap().unwrap();
+        assert!(p.retiring && p.last_pending == Some(2));
+        assert_eq!(db.device(e.device).unwrap().status, DeviceStatus::Retiring);
+        // Not ended while it reports work; ended once it reports nothing left.
+        assert!(!db.record_sync(e.device, 2_000, Some(0), false).unwrap());
+        assert!(db.record_sync(e.device, 3_000, Some(0), true).unwrap());
+        assert!(
+            !db.record_sync(e.device, 3_001, Some(0), true).unwrap(),
+            "once"
+        );
+        assert_eq!(
+            db.authenticate_device(&e.token).unwrap(),
+            Err(TokenRefusal::Retired)
+        );
+        assert_eq!(TokenRefusal::Retired.code(), "device_retired");
+        assert_eq!(db.device(e.device).unwrap().status, DeviceStatus::Retired);
+        assert!(db.retire_device(e.device).is_err());
+        // A revocation still applies (a phone that kept unacknowledged work is wiped by it).
+        db.revoke_device(e.device).unwrap();
+        assert_eq!(
+            db.authenticate_device(&e.token).unwrap(),
+            Err(TokenRefusal::Revoked)
+        );
+    }
+
+    #[test]
+    fn a_revocation_waits_for_force_while_the_device_reported_pending_work() {
+        let (_d, mut db, user) = setup();
+        let code = db.issue_enrollment_code(user).unwrap();
+        let e = db.enroll(&code, "i").unwrap().unwrap();
+        db.record_sync(e.device, 1_000, Some(3), false).unwrap();
+        let held = db
+            .revoke_device_guarded(e.device, false)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(held.0.pending, Some(3));
+        assert!(
+            db.authenticate_device(&e.token).unwrap().is_ok(),
+            "not revoked"
+        );
+        let before = db.revoke_device_guarded(e.device, true).unwrap().unwrap();
+        assert_eq!(before.status, DeviceStatus::Active);
+        assert_eq!(
+            db.authenticate_device(&e.token).unwrap(),
+            Err(TokenRefusal::Revoked)
+        );
+        // A device that never reported (an older phone) is revoked without force.
+        let code = db.issue_enrollment_code(user).unwrap();
+        let old = db.enroll(&code, "j").unwrap().unwrap();
+        assert!(db.revoke_device_guarded(old.device, false).unwrap().is_ok());
     }
 
     #[test]

@@ -359,7 +359,7 @@ pub async fn household_view(
     Ok(view)
 }
 
-async fn require_admin(state: &AppState, session: &SessionAuth) -> Result<(), ApiError> {
+pub(super) async fn require_admin(state: &AppState, session: &SessionAuth) -> Result<(), ApiError> {
     let user = session.user;
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;
     if scope.roles.contains(&Role::Admin) {
@@ -383,34 +383,91 @@ pub async fn devices(
     Ok(Json(state.access(|db| db.devices()).await?))
 }
 
-/// `POST /api/v1/devices/{id}/revoke` (admin).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RevokeQuery {
+    /// Revoke even though the device last reported work it has not uploaded (the phone is
+    /// lost: that work is lost with it).
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn device_id(id: &str) -> Result<qiaomen_protocol::ids::DeviceId, ApiError> {
+    id.parse().map_err(|_| ApiError::NotFound {
+        code: "not_found",
+        message: "no such device".into(),
+    })
+}
+
+/// `POST /api/v1/devices/{id}/revoke?force=` (admin): a lost or stolen phone. Its token is
+/// refused at once (`401 device_revoked`) and the phone wipes on its next request, losing what
+/// it had not uploaded. Refused `409 device_has_pending` while the device last reported such
+/// work (retire it instead if you have the phone), unless `force=true`. `GET /api/v1/devices`
+/// shows each device's last sync and pending first.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", tag = "admin", security(("bearer" = [])),
-    params(("id" = String, Path, description = "device id")),
-    responses((status = 204, description = "revoked"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+    params(("id" = String, Path, description = "device id"), RevokeQuery),
+    responses((status = 204, description = "revoked"), (status = 409, description = "device_has_pending: it last reported work it has not uploaded", body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn revoke(
+    State(state): State<AppState>,
+    session: SessionAuth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<RevokeQuery>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    require_admin(&state, &session).await?;
+    end_device(&state, session.user, device_id(&id)?, Some(q.force)).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/devices/{id}/retire` (admin): a handover. The phone goes on syncing: it
+/// uploads what it holds, then it ends and wipes, and its token is refused
+/// `401 device_retired`.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/retire", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 204, description = "retiring"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn retire(
     State(state): State<AppState>,
     session: SessionAuth,
     Path(id): Path<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     require_admin(&state, &session).await?;
-    let device = id.parse().map_err(|_| ApiError::NotFound {
-        code: "not_found",
-        message: "no such device".into(),
-    })?;
-    let user = session.user;
+    end_device(&state, session.user, device_id(&id)?, None).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Revokes (`Some(force)`) or retires (`None`) a device for an admin, audited; the device as it
+/// was. The pages call it too.
+pub async fn end_device(
+    state: &AppState,
+    user: UserId,
+    device: qiaomen_protocol::ids::DeviceId,
+    revoke: Option<bool>,
+) -> Result<crate::access::tokens::DeviceRow, ApiError> {
     state
         .access(move |db| {
-            db.revoke_device(device)?;
+            let (action, done) = match revoke {
+                Some(force) => (
+                    "revoke",
+                    db.revoke_device_guarded(device, force)?.map_err(|held| held.0),
+                ),
+                None => ("retire", Ok(db.retire_device(device)?)),
+            };
             db.audit(Event {
                 user: Some(&user.to_string()),
                 device: None,
-                action: "revoke",
+                action,
                 target: Some(&device.to_string()),
-                outcome: "ok",
-            })
+                outcome: if done.is_ok() { "ok" } else { "device_has_pending" },
+            })?;
+            Ok(done)
         })
-        .await?;
-    Ok(axum::http::StatusCode::NO_CONTENT)
+        .await?
+        .map_err(|held| ApiError::Conflict {
+            code: "device_has_pending",
+            message: format!(
+                "the device last reported {} records it has not uploaded; retire it instead, or revoke with force=true if the phone is lost",
+                held.pending.unwrap_or_default()
+            ),
+        })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -4,7 +4,8 @@
 //!
 //! Every 401 carries a code the client acts on: `unauthenticated` (no or unknown token),
 //! `device_revoked` and `token_reused` (the phone wipes this user's data and must enroll
-//! again), `session_expired` (log in again).
+//! again), `device_retired` (the device was retired and has ended after uploading everything:
+//! the phone wipes what is left), `session_expired` (log in again).
 //!
 //! Guessing is bounded by failure counts ([`Limits`]): per client address (the reverse proxy's
 //! client when it is trusted, [`super::edge::client_addr`]) for logins, enrollments and token
@@ -145,6 +146,7 @@ fn unauthorized(refusal: TokenRefusal) -> ApiError {
     let message = match refusal {
         TokenRefusal::Unknown => "sign in or enroll this device first",
         TokenRefusal::Revoked => "this device was revoked; its data must be wiped",
+        TokenRefusal::Retired => "this device was retired; its data must be wiped",
         TokenRefusal::Reused => "this token was used twice; the device is revoked",
         TokenRefusal::Expired => "the session expired; sign in again",
     };

@@ -422,6 +422,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/api/v1/grids/{grid}/export", get(api::grid_export))
                 .route("/api/v1/devices", get(api::devices))
                 .route("/api/v1/devices/{id}/revoke", post(api::revoke))
+                .route("/api/v1/devices/{id}/retire", post(api::retire))
                 .route("/api/v1/audit", get(api::audit))
                 .route("/api/v1/openapi.json", get(openapi::openapi_json))
                 .route("/", get(pages::org_page))
@@ -437,6 +438,9 @@ pub fn router(state: AppState) -> Router {
                 .route("/orders/{demand}/step", post(pages::order_step_submit))
                 .route("/stats", get(pages::stats_page))
                 .route("/tasks", get(pages::tasks_page).post(pages::tasks_submit))
+                .route("/devices", get(pages::devices_page))
+                .route("/devices/{id}/retire", post(pages::retire_submit))
+                .route("/devices/{id}/revoke", post(pages::revoke_submit))
                 .layer(bounded(small)),
         )
         .layer(from_fn(edge::same_origin))
@@ -584,6 +588,38 @@ async fn sync(
     } else {
         Default::default()
     };
+    // When the device synced and what it still holds after this request's acknowledgements,
+    // as it reported (`p`, counted before them), for an admin to see before taking it away.
+    // A retiring device ends on a request with nothing to upload and nothing pending (a phone
+    // that does not report `p`: nothing to upload).
+    let knows_retire = req.features & wire::FEATURE_RETIRE != 0;
+    let pending_after = req
+        .pending
+        .map(|p| p.saturating_sub(u64::from(outcome.accepted)));
+    let end = device.retiring && n_changes == 0 && (!knows_retire || req.pending == Some(0));
+    let now = crate::access::now_ms();
+    // Idle checks stay read-only but once per grain: only what changed is written.
+    let stale = device
+        .last_sync_ms
+        .is_none_or(|t| t < now - crate::access::tokens::LAST_SYNC_GRAIN_MS);
+    let reported = pending_after.map(|p| i64::try_from(p).unwrap_or(i64::MAX));
+    if device.retiring || n_changes > 0 || stale || reported != device.last_pending {
+        let id = device.device;
+        state
+            .access(move |db| db.record_sync(id, now, pending_after, end))
+            .await?;
+    }
+    if end {
+        tracing::info!(device = %device.device, "retired device ended");
+        if !knows_retire {
+            // An older phone knows only revocation: it wipes on this, holding nothing
+            // unacknowledged (its unsent task reports are lost).
+            return Err(ApiError::Unauthorized {
+                code: "device_revoked",
+                message: "this device was retired; its data must be wiped".into(),
+            });
+        }
+    }
     // The phone receives its scope, narrowed by the grids it asks for (if any).
     let grids: Vec<String> = scope
         .read
@@ -633,6 +669,18 @@ async fn sync(
             Ok((slice, check))
         })
         .await?;
+    // A retiring phone is being handed over: it receives nothing more, and keeps its cursor.
+    let (slice, check) = if device.retiring {
+        (
+            crate::storage::LogSlice {
+                cursor,
+                ..Default::default()
+            },
+            req.cursor_check.clone().map(ByteBuf::into_vec),
+        )
+    } else {
+        (slice, check)
+    };
     let mut order = Vec::new();
     let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
     for c in slice.changes {
@@ -677,7 +725,13 @@ async fn sync(
         docs,
         more: slice.more,
         // Sent only when the phone's copy differs: an idle check stays tiny.
-        scope: (req.scope_digest != Some(wire::scope_digest(&scope_out))).then_some(scope_out),
+        scope: (!device.retiring && req.scope_digest != Some(wire::scope_digest(&scope_out)))
+            .then_some(scope_out),
+        retire: (device.retiring && knows_retire).then_some(if end {
+            wire::Retire::Retired
+        } else {
+            wire::Retire::Retiring
+        }),
     };
     let n_down = response.docs.len();
     let n_rejected = response.rejected.len();

@@ -24,6 +24,7 @@ use super::{api, auth, tasks, workflow};
         api::grid_export,
         api::devices,
         api::revoke,
+        api::retire,
         api::audit,
         workflow::coverage_report,
         workflow::orders,

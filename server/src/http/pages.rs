@@ -51,6 +51,7 @@ fn templates() -> &'static Environment<'static> {
             ("order.html", include_str!("../../templates/order.html")),
             ("stats.html", include_str!("../../templates/stats.html")),
             ("tasks.html", include_str!("../../templates/tasks.html")),
+            ("devices.html", include_str!("../../templates/devices.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
@@ -647,6 +648,93 @@ pub async fn tasks_submit(
     Ok(Redirect::to("/tasks").into_response())
 }
 
+const DEVICE_STATUSES: [(&str, &str); 4] = [
+    ("active", "在用"),
+    ("retiring", "交接中"),
+    ("retired", "已交接"),
+    ("revoked", "已挂失"),
+];
+
+#[derive(Debug, Deserialize)]
+pub struct DevicesQuery {
+    /// A device whose revocation was just refused (it reported work not yet uploaded).
+    pub held: Option<String>,
+}
+
+/// `GET /devices` (admin): every device with its status, last sync and what it last reported
+/// pending, and the two ways to take a phone away (retire: a handover; revoke: lost).
+pub async fn devices_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Query(q): Query<DevicesQuery>,
+) -> Result<Response, PageError> {
+    let Caller::Session(session) = &caller else {
+        return Ok(Redirect::to("/login").into_response());
+    };
+    api::require_admin(&state, session).await?;
+    let devices = state.access(|db| db.devices()).await?;
+    let held = q
+        .held
+        .and_then(|id| devices.iter().find(|d| d.device == id).cloned());
+    Ok(render(
+        "devices.html",
+        context! {
+            title => "设备", signed_in => true, devices, held, statuses => map(&DEVICE_STATUSES),
+        },
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RevokeForm {
+    #[serde(default)]
+    pub force: Option<String>,
+}
+
+/// `POST /devices/{id}/retire` (form): a handover, then back to the devices.
+pub async fn retire_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let Caller::Session(session) = &caller else {
+        return Ok(Redirect::to("/login").into_response());
+    };
+    api::require_admin(&state, session).await?;
+    let device = id.parse().map_err(|_| ApiError::NotFound {
+        code: "not_found",
+        message: "no such device".into(),
+    })?;
+    api::end_device(&state, session.user, device, None).await?;
+    Ok(Redirect::to("/devices").into_response())
+}
+
+/// `POST /devices/{id}/revoke` (form, `force` to revoke a device holding unsent work): then
+/// back to the devices, which say why when it was refused.
+pub async fn revoke_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(id): Path<String>,
+    Form(form): Form<RevokeForm>,
+) -> Result<Response, PageError> {
+    let Caller::Session(session) = &caller else {
+        return Ok(Redirect::to("/login").into_response());
+    };
+    api::require_admin(&state, session).await?;
+    let device: qiaomen_protocol::ids::DeviceId = id.parse().map_err(|_| ApiError::NotFound {
+        code: "not_found",
+        message: "no such device".into(),
+    })?;
+    let force = form.force.is_some_and(|f| f == "true" || f == "on");
+    match api::end_device(&state, session.user, device, Some(force)).await {
+        Ok(_) => Ok(Redirect::to("/devices").into_response()),
+        Err(ApiError::Conflict {
+            code: "device_has_pending",
+            ..
+        }) => Ok(Redirect::to(&format!("/devices?held={device}")).into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,6 +757,7 @@ mod tests {
             "order.html",
             "stats.html",
             "tasks.html",
+            "devices.html",
         ] {
             assert!(templates().get_template(name).is_ok(), "{name}");
         }
