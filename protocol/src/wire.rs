@@ -111,12 +111,17 @@ pub const FEATURE_PACKED: u32 = 2;
 
 /// Every feature this build understands: what the reference phone sends in `f`, and what the
 /// reference server answers in `f` (the bits both ends share).
-pub const FEATURES: u32 = FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY;
+pub const FEATURES: u32 =
+    FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY | FEATURE_FIELD_RULES;
 
 /// Feature bit: the phone understands the reject codes `broken_history`, `over_limit` and
 /// `quarantined` (a phone without it is sent `malformed` for the first two and
 /// `missing_dependencies`, also temporary, for the third).
 pub const FEATURE_INTEGRITY: u32 = 4;
+
+/// Feature bit: the phone understands the reject code `invalid_field` (a phone without it is
+/// sent `schema_violation`).
+pub const FEATURE_FIELD_RULES: u32 = 8;
 
 impl RejectCode {
     /// The code's wire name (its serde name, e.g. `broken_history`), for records and messages.
@@ -140,6 +145,9 @@ impl RejectCode {
             }
             RejectCode::Quarantined if features & FEATURE_INTEGRITY == 0 => {
                 RejectCode::MissingDependencies
+            }
+            RejectCode::InvalidField if features & FEATURE_FIELD_RULES == 0 => {
+                RejectCode::SchemaViolation
             }
             code => code,
         }
@@ -244,6 +252,11 @@ pub enum RejectCode {
     /// Applying the change would leave the household record invalid (wrong type, a visit not
     /// on a visit day, a changed household id, ...).
     SchemaViolation,
+    /// A value the change writes breaks a field rule or limit of §13 (an empty name, door
+    /// number or address; an ID or phone number that is not one; a note or text over its
+    /// length; too many members, or visits for one day). Final: the phone refuses the same
+    /// edit before committing it, so only a phone with other rules sends one.
+    InvalidField,
     /// The change depends on a change the server refused.
     DependsOnRejected,
     /// The change depends on changes the server does not have and that were not uploaded.

@@ -53,7 +53,7 @@ fn verdict(
 ) -> Result<(), RejectCode> {
     let touched = doc
         .validate_since(before, id)
-        .map_err(|_| RejectCode::SchemaViolation)?;
+        .map_err(|e| e.reject_code())?;
     match principal {
         Some(p) => policy::check_effect(p, doc, before, &touched, times),
         None => Ok(()),

@@ -50,7 +50,7 @@ fun twoPhonesSeeBothVisits(org: Org) {
     val grid = org.grid()
     val a = org.worker(grid); val b = org.worker(grid)
     val hid = a.createHousehold(household(grid))
-    a.addMember(hid, NewMember(Relation.HEAD, "王建国", "410105195001011234", "1950-01-01", null, listOf()))
+    a.addMember(hid, NewMember(Relation.HEAD, "王建国", "410108195001011234", "1950-01-01", null, listOf()))
     sync(a); sync(b)
     check(b.householdIds() == listOf(hid), "b received the household")
     check(b.grids() == listOf(grid), "b knows its grid")

@@ -52,7 +52,7 @@ def test_two_phones_record_visits_offline_and_both_see_both(org):
     a, b = worker(org, grid), worker(org, grid)
     assert a.user_id() != b.user_id() and a.device_id() != b.device_id()
     hid = a.create_household(household(grid))
-    a.add_member(hid, q.NewMember(relation=q.Relation.HEAD, name="王建国", id_number="410105195001011234",
+    a.add_member(hid, q.NewMember(relation=q.Relation.HEAD, name="王建国", id_number="410108195001011234",
                                   birth_date="1950-01-01", phone=None, tags=[]))
     sync(a)
     sync(b)
