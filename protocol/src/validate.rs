@@ -732,6 +732,211 @@ mod tests {
         assert_eq!(edit(Some(&old), &crowd), fail(Field::Members, Rule::TooMany));
     }
 
+    fn sample_visit(a: &crate::doc::Author, note: &str) -> Visit {
+        use crate::ids::*;
+        use crate::schema::*;
+        Visit {
+            id: VisitId::new(),
+            visit_day: "2026-11-15".parse().unwrap(),
+            worker: a.user,
+            device: a.device,
+            started_at_ms: 1,
+            ended_at_ms: None,
+            gps: None,
+            outcome: VisitOutcome::Met,
+            people_met: vec![],
+            needs: vec![],
+            disputes: vec![],
+            hazards: vec![],
+            publicity: vec![],
+            note: autosurgeon::Text::with_value(note),
+            demands_raised: vec![],
+        }
+    }
+
+    fn field_error(e: crate::DocError) -> FieldError {
+        match e {
+            crate::DocError::Field(f) => f,
+            other => panic!("not a field error: {other}"),
+        }
+    }
+
+    /// A server judges what an uploaded change wrote: changes made with raw Automerge (past
+    /// the typed edits) on a stored household that breaks later rules.
+    #[test]
+    fn validate_since_judges_only_what_a_change_wrote() {
+        use automerge::{ROOT, ReadDoc, transaction::Transactable};
+
+        use crate::{doc::*, ids::*, schema::*};
+        let a = Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        };
+        let id = HouseholdId::new();
+        // A household stored before the rules: no door number, a member with a bad ID number,
+        // a demand whose first step has a comment over today's limit.
+        let mut old = Household::new(id, GridId::new("g1"), "东村", "");
+        let m = MemberId::new();
+        old.members.insert(
+            m,
+            Member {
+                id: m,
+                relation: Relation::Head,
+                name: "王建国".into(),
+                id_number: Some(Sensitive::new("12345")),
+                birth_date: None,
+                phone: None,
+                tags: vec![],
+            },
+        );
+        let mut raw = automerge::AutoCommit::new().with_actor(actor_for(a.device));
+        autosurgeon::reconcile(&mut raw, &old).unwrap();
+        raw.commit();
+        let mut doc = HouseholdDoc::load(&raw.save()).unwrap();
+        // Judged whole, as a new household: refused.
+        assert_eq!(
+            field_error(doc.validate_since(&[], id).unwrap_err()),
+            FieldError {
+                field: Field::DoorNumber,
+                rule: Rule::Empty
+            }
+        );
+        // Each case: a change made on the stored household, and the verdict.
+        let cases: Vec<(&str, Box<dyn Fn(&mut automerge::AutoCommit)>, Option<FieldError>)> = vec![
+            (
+                "another fact",
+                Box::new(|d| d.put(ROOT, "address", "西村").unwrap()),
+                None,
+            ),
+            (
+                "the empty door number written",
+                Box::new(|d| d.put(ROOT, "door_number", " ").unwrap()),
+                Some(FieldError { field: Field::DoorNumber, rule: Rule::Empty }),
+            ),
+            (
+                "the member's name",
+                Box::new(move |d| {
+                    let (_, ms) = d.get(ROOT, "members").unwrap().unwrap();
+                    let (_, e) = d.get(&ms, m.to_string()).unwrap().unwrap();
+                    d.put(&e, "name", "王建民").unwrap();
+                }),
+                None,
+            ),
+            (
+                "an empty name",
+                Box::new(move |d| {
+                    let (_, ms) = d.get(ROOT, "members").unwrap().unwrap();
+                    let (_, e) = d.get(&ms, m.to_string()).unwrap().unwrap();
+                    d.put(&e, "name", "").unwrap();
+                }),
+                Some(FieldError { field: Field::MemberName, rule: Rule::Empty }),
+            ),
+            (
+                "a bad ID number written",
+                Box::new(move |d| {
+                    let (_, ms) = d.get(ROOT, "members").unwrap().unwrap();
+                    let (_, e) = d.get(&ms, m.to_string()).unwrap().unwrap();
+                    d.put(&e, "id_number", "110105194912310021").unwrap();
+                }),
+                Some(FieldError { field: Field::MemberIdNumber, rule: Rule::IdCheckDigit }),
+            ),
+            (
+                "a visit with an oversized note",
+                Box::new(move |d| {
+                    let v = sample_visit(&a, &"字".repeat(MAX_NOTE_CHARS + 1));
+                    let (_, vs) = d.get(ROOT, "visits").unwrap().unwrap();
+                    autosurgeon::reconcile_prop(d, &vs, v.id.to_string().as_str(), &v).unwrap();
+                }),
+                Some(FieldError { field: Field::Note, rule: Rule::TooLong }),
+            ),
+        ];
+        for (what, change, verdict) in cases {
+            let mut copy = doc.clone();
+            let before = copy.heads();
+            change(copy.automerge_mut());
+            copy.commit(&a, 2);
+            let got = copy.validate_since(&before, id).err().map(field_error);
+            assert_eq!(got, verdict, "{what}");
+        }
+        // A note grown past its limit by splicing, in a later change.
+        let v = sample_visit(&a, "见到户主");
+        doc.add_visit(&a, 3, &v, &[]).unwrap();
+        let before = doc.heads();
+        {
+            let d = doc.automerge_mut();
+            let (_, vs) = d.get(ROOT, "visits").unwrap().unwrap();
+            let (_, e) = d.get(&vs, v.id.to_string()).unwrap().unwrap();
+            let (_, note) = d.get(&e, "note").unwrap().unwrap();
+            d.splice_text(&note, 0, 0, &"字".repeat(MAX_NOTE_CHARS)).unwrap();
+        }
+        doc.commit(&a, 4);
+        assert_eq!(
+            doc.validate_since(&before, id).err().map(field_error),
+            Some(FieldError { field: Field::Note, rule: Rule::TooLong })
+        );
+        assert!(
+            doc.automerge().get(ROOT, "visits").unwrap().is_some(),
+            "the document itself is untouched by validation"
+        );
+    }
+
+    /// The typed edits refuse before anything is written.
+    #[test]
+    fn the_typed_edits_refuse_before_writing() {
+        use crate::{doc::*, ids::*, schema::*};
+        let a = Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        };
+        let id = HouseholdId::new();
+        let bad = Household::new(id, GridId::new("g1"), "", "3");
+        assert_eq!(
+            field_error(HouseholdDoc::create(&bad, &a, 1).unwrap_err()).field,
+            Field::Address
+        );
+        let mut doc =
+            HouseholdDoc::create(&Household::new(id, GridId::new("g1"), "东村", "3"), &a, 1)
+                .unwrap();
+        let heads = doc.heads();
+        let big = sample_visit(&a, &"x".repeat(10 * 1024 * 1024));
+        assert_eq!(
+            field_error(doc.add_visit(&a, 2, &big, &[]).unwrap_err()).field,
+            Field::Note
+        );
+        let v = sample_visit(&a, "ok");
+        doc.add_visit(&a, 2, &v, &[]).unwrap();
+        let after_visit = doc.heads();
+        assert_ne!(after_visit, heads);
+        let e = doc
+            .splice_note(&a, 3, v.id, 0, 0, &"x".repeat(MAX_NOTE_CHARS - 1))
+            .unwrap_err();
+        assert_eq!(field_error(e).field, Field::Note);
+        let e = doc
+            .replace_note(&a, 3, v.id, &"x".repeat(MAX_NOTE_CHARS + 1))
+            .unwrap_err();
+        assert_eq!(field_error(e).field, Field::Note);
+        let e = doc
+            .edit(&a, 3, |h| {
+                h.phone = Some(Sensitive::new("12345"));
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(field_error(e).field, Field::HouseholdPhone);
+        // Ten visits for one day, not eleven.
+        for i in 1..MAX_VISITS_PER_DAY {
+            doc.add_visit(&a, 4 + i as i64, &sample_visit(&a, "again"), &[])
+                .unwrap();
+        }
+        let e = doc
+            .add_visit(&a, 20, &sample_visit(&a, "once more"), &[])
+            .unwrap_err();
+        assert_eq!(
+            field_error(e),
+            FieldError { field: Field::Visits, rule: Rule::TooMany }
+        );
+        assert_eq!(doc.household().unwrap().visits.len(), MAX_VISITS_PER_DAY);
+    }
+
     #[test]
     fn errors_name_the_field_never_the_value() {
         let e = FieldError {
