@@ -122,6 +122,11 @@ fun errorsAreTyped(org: Org) {
     try { p.household(UUID.randomUUID().toString()); check(false, "no error") } catch (e: QiaomenException.NotFound) {}
     val hid = p.createHousehold(household(grid))
     try { p.recordVisit(hid, visit("x", "2026-11-16")); check(false, "no error") } catch (e: QiaomenException.InvalidInput) {}
+    try {
+        p.addMember(hid, NewMember(Relation.HEAD, "王建国", "12345", null, null, listOf())); check(false, "no error")
+    } catch (e: QiaomenException.InvalidInput) {
+        check(e.invalidField == "member_id_number" && e.rule == "id_format", "names the field")
+    }
     check(Phone.open(path).deviceId() == p.deviceId(), "reopened as the same device")
 }
 
