@@ -247,9 +247,10 @@ fn a_refused_edit_stores_nothing() {
 
 fn field_of<T: std::fmt::Debug>(r: Result<T, StoreError>) -> (Field, Rule) {
     match r {
-        Err(StoreError::Document(qiaomen_protocol::DocError::Field(FieldError { field, rule }))) => {
-            (field, rule)
-        }
+        Err(StoreError::Document(qiaomen_protocol::DocError::Field(FieldError {
+            field,
+            rule,
+        }))) => (field, rule),
         other => panic!("not a field error: {other:?}"),
     }
 }
@@ -406,7 +407,10 @@ fn a_stored_household_that_breaks_a_later_rule_still_loads_and_takes_other_edits
         .record_visit(id, &visit(&me, "2026-11-15"), &[])
         .unwrap();
     let h = store.household(id).unwrap();
-    assert_eq!((h.address.as_str(), h.door_number.as_str()), ("东村三组", ""));
+    assert_eq!(
+        (h.address.as_str(), h.door_number.as_str()),
+        ("东村三组", "")
+    );
     // Writing the old value's field judges it.
     assert_eq!(
         field_of(store.edit_household(id, |h| {

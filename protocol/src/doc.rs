@@ -266,7 +266,9 @@ impl HouseholdDoc {
                 "a visit with this id already exists".into(),
             ));
         }
-        if self.visits_on(&visits, &visit.visit_day.to_string()) >= crate::validate::MAX_VISITS_PER_DAY {
+        if self.visits_on(&visits, &visit.visit_day.to_string())
+            >= crate::validate::MAX_VISITS_PER_DAY
+        {
             return Err(crate::validate::FieldError {
                 field: crate::validate::Field::Visits,
                 rule: crate::validate::Rule::TooMany,

@@ -291,10 +291,12 @@ impl Parts {
 
     /// Marks items of the list field `name` written.
     pub fn items(&mut self, name: &str, items: impl IntoIterator<Item = usize>) {
-        if let Parts::Fields(f) = self {
-            if let Some(set) = f.entry(name.to_string()).or_insert_with(|| Some(BTreeSet::new())) {
-                set.extend(items);
-            }
+        if let Parts::Fields(f) = self
+            && let Some(set) = f
+                .entry(name.to_string())
+                .or_insert_with(|| Some(BTreeSet::new()))
+        {
+            set.extend(items);
         }
     }
 
@@ -386,20 +388,19 @@ pub fn member(m: &Member, parts: &Parts) -> Result {
     if parts.has("name") {
         required(Field::MemberName, &m.name, MAX_NAME_CHARS)?;
     }
-    if parts.has("id_number") {
-        if let Some(n) = &m.id_number {
-            id_number(n.reveal()).map_err(|rule| FieldError {
-                field: Field::MemberIdNumber,
-                rule,
-            })?;
-        }
+    if parts.has("id_number")
+        && let Some(n) = &m.id_number
+    {
+        id_number(n.reveal()).map_err(|rule| FieldError {
+            field: Field::MemberIdNumber,
+            rule,
+        })?;
     }
-    if parts.has("phone") {
-        if let Some(p) = &m.phone {
-            if !mobile(p.reveal()) {
-                return fail(Field::MemberPhone, Rule::PhoneFormat);
-            }
-        }
+    if parts.has("phone")
+        && let Some(p) = &m.phone
+        && !mobile(p.reveal())
+    {
+        return fail(Field::MemberPhone, Rule::PhoneFormat);
     }
     Ok(())
 }
@@ -483,7 +484,10 @@ pub fn edit(before: Option<&Household>, after: &Household) -> Result {
             m,
             &[
                 ("name", FieldDiff::Value(|a, b| a.name != b.name)),
-                ("id_number", FieldDiff::Value(|a, b| a.id_number != b.id_number)),
+                (
+                    "id_number",
+                    FieldDiff::Value(|a, b| a.id_number != b.id_number),
+                ),
                 ("phone", FieldDiff::Value(|a, b| a.phone != b.phone)),
             ],
         );
@@ -499,10 +503,22 @@ pub fn edit(before: Option<&Household>, after: &Household) -> Result {
             old,
             v,
             &[
-                ("note", FieldDiff::Value(|a, b| a.note.as_str() != b.note.as_str())),
-                ("needs", FieldDiff::List(|a, b| changed_items(&a.needs, &b.needs))),
-                ("disputes", FieldDiff::List(|a, b| changed_items(&a.disputes, &b.disputes))),
-                ("hazards", FieldDiff::List(|a, b| changed_items(&a.hazards, &b.hazards))),
+                (
+                    "note",
+                    FieldDiff::Value(|a, b| a.note.as_str() != b.note.as_str()),
+                ),
+                (
+                    "needs",
+                    FieldDiff::List(|a, b| changed_items(&a.needs, &b.needs)),
+                ),
+                (
+                    "disputes",
+                    FieldDiff::List(|a, b| changed_items(&a.disputes, &b.disputes)),
+                ),
+                (
+                    "hazards",
+                    FieldDiff::List(|a, b| changed_items(&a.hazards, &b.hazards)),
+                ),
             ],
         );
         visit(v, &parts)?;
@@ -529,7 +545,10 @@ pub fn edit(before: Option<&Household>, after: &Household) -> Result {
             d,
             &[
                 ("text", FieldDiff::Value(|a, b| a.text != b.text)),
-                ("history", FieldDiff::List(|a, b| changed_items(&a.history, &b.history))),
+                (
+                    "history",
+                    FieldDiff::List(|a, b| changed_items(&a.history, &b.history)),
+                ),
             ],
         );
         demand(d, &parts)?;
@@ -654,10 +673,21 @@ mod tests {
         ] {
             assert!(!mobile(bad), "{bad}");
         }
-        for ok in ["010-12345678", "0571-1234567", "01012345678", "057112345678"] {
+        for ok in [
+            "010-12345678",
+            "0571-1234567",
+            "01012345678",
+            "057112345678",
+        ] {
             assert!(landline(ok), "{ok}");
         }
-        for bad in ["12345678", "010-123456", "10-12345678", "010-123456789", "0101234567890"] {
+        for bad in [
+            "12345678",
+            "010-123456",
+            "10-12345678",
+            "010-123456789",
+            "0101234567890",
+        ] {
             assert!(!landline(bad), "{bad}");
         }
         let p = |s: &str| Some(Sensitive::new(s));
@@ -729,7 +759,10 @@ mod tests {
             x.id_number = None;
             crowd.members.insert(id, x);
         }
-        assert_eq!(edit(Some(&old), &crowd), fail(Field::Members, Rule::TooMany));
+        assert_eq!(
+            edit(Some(&old), &crowd),
+            fail(Field::Members, Rule::TooMany)
+        );
     }
 
     fn sample_visit(a: &crate::doc::Author, note: &str) -> Visit {
@@ -802,7 +835,12 @@ mod tests {
             }
         );
         // Each case: a change made on the stored household, and the verdict.
-        let cases: Vec<(&str, Box<dyn Fn(&mut automerge::AutoCommit)>, Option<FieldError>)> = vec![
+        type Case = (
+            &'static str,
+            Box<dyn Fn(&mut automerge::AutoCommit)>,
+            Option<FieldError>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "another fact",
                 Box::new(|d| d.put(ROOT, "address", "西村").unwrap()),
@@ -811,7 +849,10 @@ mod tests {
             (
                 "the empty door number written",
                 Box::new(|d| d.put(ROOT, "door_number", " ").unwrap()),
-                Some(FieldError { field: Field::DoorNumber, rule: Rule::Empty }),
+                Some(FieldError {
+                    field: Field::DoorNumber,
+                    rule: Rule::Empty,
+                }),
             ),
             (
                 "the member's name",
@@ -829,7 +870,10 @@ mod tests {
                     let (_, e) = d.get(&ms, m.to_string()).unwrap().unwrap();
                     d.put(&e, "name", "").unwrap();
                 }),
-                Some(FieldError { field: Field::MemberName, rule: Rule::Empty }),
+                Some(FieldError {
+                    field: Field::MemberName,
+                    rule: Rule::Empty,
+                }),
             ),
             (
                 "a bad ID number written",
@@ -838,7 +882,10 @@ mod tests {
                     let (_, e) = d.get(&ms, m.to_string()).unwrap().unwrap();
                     d.put(&e, "id_number", "110105194912310021").unwrap();
                 }),
-                Some(FieldError { field: Field::MemberIdNumber, rule: Rule::IdCheckDigit }),
+                Some(FieldError {
+                    field: Field::MemberIdNumber,
+                    rule: Rule::IdCheckDigit,
+                }),
             ),
             (
                 "a visit with an oversized note",
@@ -847,7 +894,10 @@ mod tests {
                     let (_, vs) = d.get(ROOT, "visits").unwrap().unwrap();
                     autosurgeon::reconcile_prop(d, &vs, v.id.to_string().as_str(), &v).unwrap();
                 }),
-                Some(FieldError { field: Field::Note, rule: Rule::TooLong }),
+                Some(FieldError {
+                    field: Field::Note,
+                    rule: Rule::TooLong,
+                }),
             ),
         ];
         for (what, change, verdict) in cases {
@@ -867,12 +917,16 @@ mod tests {
             let (_, vs) = d.get(ROOT, "visits").unwrap().unwrap();
             let (_, e) = d.get(&vs, v.id.to_string()).unwrap().unwrap();
             let (_, note) = d.get(&e, "note").unwrap().unwrap();
-            d.splice_text(&note, 0, 0, &"字".repeat(MAX_NOTE_CHARS)).unwrap();
+            d.splice_text(&note, 0, 0, &"字".repeat(MAX_NOTE_CHARS))
+                .unwrap();
         }
         doc.commit(&a, 4);
         assert_eq!(
             doc.validate_since(&before, id).err().map(field_error),
-            Some(FieldError { field: Field::Note, rule: Rule::TooLong })
+            Some(FieldError {
+                field: Field::Note,
+                rule: Rule::TooLong
+            })
         );
         assert!(
             doc.automerge().get(ROOT, "visits").unwrap().is_some(),
@@ -932,7 +986,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             field_error(e),
-            FieldError { field: Field::Visits, rule: Rule::TooMany }
+            FieldError {
+                field: Field::Visits,
+                rule: Rule::TooMany
+            }
         );
         assert_eq!(doc.household().unwrap().visits.len(), MAX_VISITS_PER_DAY);
     }

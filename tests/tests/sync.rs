@@ -708,8 +708,13 @@ fn a_value_crafted_past_the_phones_rules_is_refused_invalid_field_and_nothing_is
         ),
     ];
     for (what, change) in &bad {
-        let (status, resp) =
-            qiaomen_tests::raw_upload_with(&server.url, &a.token(), id, vec![change.clone()], FEATURES);
+        let (status, resp) = qiaomen_tests::raw_upload_with(
+            &server.url,
+            &a.token(),
+            id,
+            vec![change.clone()],
+            FEATURES,
+        );
         assert_eq!(status, 200, "{what}");
         let codes: Vec<RejectCode> = resp.unwrap().rejected.iter().map(|r| r.code).collect();
         assert_eq!(codes, vec![RejectCode::InvalidField], "{what}");
