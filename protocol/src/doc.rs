@@ -604,6 +604,13 @@ impl HouseholdDoc {
         }
         touched.entries = entries.keys().cloned().collect();
         if self.schema_version()? < SCHEMA_VERSION {
+            // A change that writes an old version (none would: migrations only raise it) would
+            // take the household out of the field rules below.
+            if !before.is_empty() && touched.facts.contains("schema_version") {
+                return Err(DocError::InvalidEdit(
+                    "schema_version cannot be lowered".into(),
+                ));
+            }
             // Old documents are checked whole, through the migration.
             let h = self.household()?;
             return if h.id == expected_id {

@@ -908,6 +908,18 @@ mod tests {
             let got = copy.validate_since(&before, id).err().map(field_error);
             assert_eq!(got, verdict, "{what}");
         }
+        // A change lowering the schema version to slip past the field rules.
+        let mut copy = doc.clone();
+        let before = copy.heads();
+        copy.automerge_mut()
+            .put(ROOT, "schema_version", 1u64)
+            .unwrap();
+        copy.automerge_mut().put(ROOT, "door_number", "").unwrap();
+        copy.commit(&a, 2);
+        assert!(matches!(
+            copy.validate_since(&before, id),
+            Err(crate::DocError::InvalidEdit(_))
+        ));
         // A note grown past its limit by splicing, in a later change.
         let v = sample_visit(&a, "见到户主");
         doc.add_visit(&a, 3, &v, &[]).unwrap();
