@@ -108,7 +108,7 @@ fn household(grid: &str, i: usize) -> Household {
             id: MemberId::new(),
             relation: rel,
             name: "张某某".into(),
-            id_number: Some(Sensitive::new("410105195001011234")),
+            id_number: Some(Sensitive::new("410108195001011234")),
             birth_date: Some("1950-01-01".parse().unwrap()),
             phone: Some(Sensitive::new("13812345678")),
             tags: vec![],

@@ -655,9 +655,10 @@ impl Store {
         Ok(())
     }
 
-    /// Visits returned by a supervisor for a fix and not fixed yet, on every household of
-    /// this phone: the worker's task list. A task disappears once the visit is changed (or
-    /// reviewed again).
+    /// Visits of this phone's user returned by a supervisor for a fix and not fixed yet, on
+    /// every household of this phone: the worker's task list (a colleague's returned visit is
+    /// the colleague's task, not this phone's). A task disappears once the visit is changed
+    /// (or reviewed again).
     pub fn fix_tasks(&mut self) -> Result<Vec<(HouseholdId, qiaomen_protocol::review::FixTask)>> {
         let ids: Vec<HouseholdId> = {
             let mut stmt = self.conn.prepare_cached("SELECT doc FROM review_index")?;
@@ -665,12 +666,15 @@ impl Store {
                 .filter_map(|b| b.ok().and_then(|b| uuid_from(&b)))
                 .collect()
         };
+        let user = self.author.user;
         let mut out = Vec::new();
         for id in ids {
             let doc = &mut self.doc_mut(id)?.doc;
             let household = doc.household()?;
             for task in qiaomen_protocol::review::open_tasks(doc, &household)? {
-                out.push((id, task));
+                if task.worker == user {
+                    out.push((id, task));
+                }
             }
         }
         out.sort_by_key(|(_, t)| t.at_ms);
@@ -728,8 +732,19 @@ impl Store {
         let author = self.author;
         let compact_after = self.options.compact_after;
         let cached = self.doc_mut(id)?;
+        let before = cached.doc.heads();
         let (out, hash) = edit(&mut cached.doc, &author, now)?;
         let Some(hash) = hash else { return Ok(out) };
+        // The server's own checks of what the change wrote (field rules, §13.8) and of its
+        // size (§12), before anything is stored: an edit the server would refuse fails here.
+        if let Err(e) = cached
+            .doc
+            .validate_since(&before, id)
+            .and_then(|_| cached.doc.check_size(&hash))
+        {
+            self.cache.remove(&id);
+            return Err(e.into());
+        }
         let bytes = cached
             .doc
             .change_bytes(&hash)

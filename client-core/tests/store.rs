@@ -2,7 +2,13 @@
 
 use autosurgeon::Text;
 use qiaomen_client_core::{Store, StoreError, StoreOptions};
-use qiaomen_protocol::{calendar::Day, doc::Author, ids::*, schema::*};
+use qiaomen_protocol::{
+    calendar::Day,
+    doc::Author,
+    ids::*,
+    schema::*,
+    validate::{Field, FieldError, MAX_NOTE_CHARS, Rule},
+};
 
 fn author() -> Author {
     Author {
@@ -237,6 +243,182 @@ fn a_refused_edit_stores_nothing() {
         store.household(HouseholdId::new()),
         Err(StoreError::NotFound { .. })
     ));
+}
+
+fn field_of<T: std::fmt::Debug>(r: Result<T, StoreError>) -> (Field, Rule) {
+    match r {
+        Err(StoreError::Document(qiaomen_protocol::DocError::Field(FieldError {
+            field,
+            rule,
+        }))) => (field, rule),
+        other => panic!("not a field error: {other:?}"),
+    }
+}
+
+#[test]
+fn a_ten_megabyte_note_is_refused_naming_the_field_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let me = author();
+    let mut store = Store::open(&path, me, options()).unwrap();
+    let id = store.create_household(&household("g1", "1")).unwrap();
+    let huge = "走访记录".repeat(10 * 1024 * 1024 / 12);
+    let mut big = visit(&me, "2026-11-15");
+    big.note = Text::with_value(huge.as_str());
+    assert_eq!(
+        field_of(store.record_visit(id, &big, &[])),
+        (Field::Note, Rule::TooLong)
+    );
+    // A note grown past the limit by edits of a visit already recorded.
+    let v = visit(&me, "2026-11-15");
+    store.record_visit(id, &v, &[]).unwrap();
+    assert_eq!(
+        field_of(store.replace_note(id, v.id, &huge)),
+        (Field::Note, Rule::TooLong)
+    );
+    assert_eq!(
+        field_of(store.splice_note(id, v.id, 0, 0, &"字".repeat(MAX_NOTE_CHARS))),
+        (Field::Note, Rule::TooLong)
+    );
+    // Only the household and the small visit are stored, on disk as in memory.
+    assert_eq!(store.pending_change_count().unwrap(), 2);
+    drop(store);
+    let mut store = Store::open(&path, me, options()).unwrap();
+    let h = store.household(id).unwrap();
+    assert_eq!(h.visits.keys().collect::<Vec<_>>(), vec![&v.id]);
+    assert_eq!(h.visits[&v.id].note.as_str(), "一切正常");
+    // A note at the limit is fine.
+    store
+        .replace_note(id, v.id, &"字".repeat(MAX_NOTE_CHARS))
+        .unwrap();
+}
+
+#[test]
+fn values_the_server_would_refuse_are_refused_on_the_phone_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = author();
+    let mut store = Store::open(dir.path().join("p.db"), me, options()).unwrap();
+    assert_eq!(
+        field_of(store.create_household(&household("g1", " "))),
+        (Field::DoorNumber, Rule::Empty)
+    );
+    assert_eq!(
+        field_of(store.create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "",
+            "3"
+        ))),
+        (Field::Address, Rule::Empty)
+    );
+    let id = store.create_household(&household("g1", "1")).unwrap();
+    let member = |name: &str, id_number: Option<&str>, phone: Option<&str>| {
+        let m = MemberId::new();
+        Member {
+            id: m,
+            relation: Relation::Head,
+            name: name.into(),
+            id_number: id_number.map(Sensitive::new),
+            birth_date: None,
+            phone: phone.map(Sensitive::new),
+            tags: vec![],
+        }
+    };
+    let cases = [
+        (member("", None, None), (Field::MemberName, Rule::Empty)),
+        (
+            member("王建国", Some("12345"), None),
+            (Field::MemberIdNumber, Rule::IdFormat),
+        ),
+        (
+            member("王建国", Some("110105194912310021"), None),
+            (Field::MemberIdNumber, Rule::IdCheckDigit),
+        ),
+        (
+            member("王建国", Some("110105199002300019"), None),
+            (Field::MemberIdNumber, Rule::IdBirthDate),
+        ),
+        (
+            member("王建国", None, Some("010-12345678")),
+            (Field::MemberPhone, Rule::PhoneFormat),
+        ),
+    ];
+    for (m, expected) in cases {
+        let got = field_of(store.edit_household(id, |h| {
+            h.members.insert(m.id, m.clone());
+            Ok(())
+        }));
+        assert_eq!(got, expected);
+    }
+    assert_eq!(
+        field_of(store.edit_household(id, |h| {
+            h.door_number.clear();
+            Ok(())
+        })),
+        (Field::DoorNumber, Rule::Empty)
+    );
+    assert_eq!(store.pending_change_count().unwrap(), 1, "nothing stored");
+    store.clear_cache();
+    assert!(store.household(id).unwrap().members.is_empty());
+    // Valid values go in: a checked ID number (X as its check character), a mobile, and a
+    // landline as the household's phone.
+    store
+        .edit_household(id, |h| {
+            let m = member("王建国", Some("11010519491231002X"), Some("13812345678"));
+            h.members.insert(m.id, m);
+            h.phone = Some(Sensitive::new("0371-65432100"));
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_stored_household_that_breaks_a_later_rule_still_loads_and_takes_other_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = author();
+    let mut store = Store::open(dir.path().join("p.db"), me, options()).unwrap();
+    // Made before the rules: no door number, a member with a short ID number.
+    let mut old = Household::new(HouseholdId::new(), GridId::new("g1"), "东村", "");
+    let m = MemberId::new();
+    old.members.insert(
+        m,
+        Member {
+            id: m,
+            relation: Relation::Head,
+            name: "王建国".into(),
+            id_number: Some(Sensitive::new("12345")),
+            birth_date: None,
+            phone: None,
+            tags: vec![],
+        },
+    );
+    let mut raw = automerge::AutoCommit::new();
+    autosurgeon::reconcile(&mut raw, &old).unwrap();
+    raw.commit();
+    let id = store.import_document(&raw.save()).unwrap();
+    store
+        .edit_household(id, |h| {
+            h.address = "东村三组".into();
+            h.members.get_mut(&m).unwrap().name = "王建民".into();
+            Ok(())
+        })
+        .unwrap();
+    store
+        .record_visit(id, &visit(&me, "2026-11-15"), &[])
+        .unwrap();
+    let h = store.household(id).unwrap();
+    assert_eq!(
+        (h.address.as_str(), h.door_number.as_str()),
+        ("东村三组", "")
+    );
+    // Writing the old value's field judges it.
+    assert_eq!(
+        field_of(store.edit_household(id, |h| {
+            h.members.get_mut(&m).unwrap().id_number = Some(Sensitive::new("123456"));
+            Ok(())
+        })),
+        (Field::MemberIdNumber, Rule::IdFormat)
+    );
 }
 
 #[test]

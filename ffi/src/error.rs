@@ -32,8 +32,15 @@ pub enum QiaomenError {
     #[error("storage: {reason}")]
     Storage { reason: String },
     /// The input is not acceptable (bad id, date, value, or an edit the record refuses).
+    /// Nothing was stored. When a field rule refused a value (SYNC-v1 §13.8), `invalid_field`
+    /// names the field and `rule` the rule by their stable codes (`note` / `too_long`,
+    /// `member_id_number` / `id_check_digit`, ...): show the worker which field to correct.
     #[error("invalid input: {reason}")]
-    InvalidInput { reason: String },
+    InvalidInput {
+        reason: String,
+        invalid_field: Option<String>,
+        rule: Option<String>,
+    },
     /// No such household, visit, demand or field.
     #[error("not found: {reason}")]
     NotFound { reason: String },
@@ -44,8 +51,13 @@ impl From<DocError> for QiaomenError {
         let message = e.to_string();
         match e {
             DocError::NotFound { .. } => QiaomenError::NotFound { reason: message },
+            DocError::Field(f) => QiaomenError::InvalidInput {
+                reason: message,
+                invalid_field: Some(f.field.code().into()),
+                rule: Some(f.rule.code().into()),
+            },
             DocError::InvalidEdit(_) | DocError::Schema(_) | DocError::TooNew { .. } => {
-                QiaomenError::InvalidInput { reason: message }
+                QiaomenError::invalid(message)
             }
             DocError::Corrupt | DocError::Poisoned | DocError::Automerge(_) => {
                 QiaomenError::Storage { reason: message }
@@ -61,7 +73,7 @@ impl From<StoreError> for QiaomenError {
             StoreError::Document(d) => d.into(),
             StoreError::NotFound { .. } => QiaomenError::NotFound { reason: message },
             StoreError::AlreadyExists { .. } | StoreError::AlreadyEnrolled => {
-                QiaomenError::InvalidInput { reason: message }
+                QiaomenError::invalid(message)
             }
             StoreError::NotEnrolled | StoreError::WrongUser => {
                 QiaomenError::Unauthorized { reason: message }
@@ -98,7 +110,45 @@ impl From<SyncError> for QiaomenError {
 
 /// Parses an id or date from the app, as `InvalidInput` when it is not one.
 pub(crate) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, QiaomenError> {
-    s.parse().map_err(|_| QiaomenError::InvalidInput {
-        reason: format!("not a valid {what}"),
-    })
+    s.parse()
+        .map_err(|_| QiaomenError::invalid(format!("not a valid {what}")))
+}
+
+impl QiaomenError {
+    /// `InvalidInput` that no one field rule refused.
+    pub(crate) fn invalid(reason: String) -> Self {
+        QiaomenError::InvalidInput {
+            reason,
+            invalid_field: None,
+            rule: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qiaomen_protocol::validate::{Field, FieldError, Rule};
+
+    use super::*;
+
+    #[test]
+    fn a_field_rule_reaches_the_app_as_invalid_input_naming_the_field_not_the_value() {
+        let e: QiaomenError = StoreError::Document(DocError::Field(FieldError {
+            field: Field::MemberIdNumber,
+            rule: Rule::IdCheckDigit,
+        }))
+        .into();
+        match e {
+            QiaomenError::InvalidInput {
+                reason,
+                invalid_field,
+                rule,
+            } => {
+                assert_eq!(invalid_field.as_deref(), Some("member_id_number"));
+                assert_eq!(rule.as_deref(), Some("id_check_digit"));
+                assert!(reason.contains("member_id_number"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

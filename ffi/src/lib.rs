@@ -412,7 +412,25 @@ mod tests {
         phone
             .update_visit_note(hid.clone(), visit.clone(), "第一次走访：已按时服药".into())
             .unwrap();
-        let h = phone.household(hid).unwrap();
+        let h = phone.household(hid.clone()).unwrap();
         assert_eq!(h.visits[0].note, "第一次走访：已按时服药");
+        // A note over the limit: refused at once, naming the field; nothing is stored.
+        let pending = phone.pending_count().unwrap();
+        let err = phone
+            .update_visit_note(hid.clone(), visit, "字".repeat(10 * 1024 * 1024))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                QiaomenError::InvalidInput { invalid_field: Some(f), rule: Some(r), .. }
+                    if f == "note" && r == "too_long"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(phone.pending_count().unwrap(), pending);
+        assert_eq!(
+            phone.household(hid).unwrap().visits[0].note,
+            "第一次走访：已按时服药"
+        );
     }
 }

@@ -30,6 +30,7 @@ use crate::{
     ids::{DemandId, DeviceId, UserId, VisitId},
     migrate,
     schema::{Demand, Household, SCHEMA_VERSION, Visit},
+    validate::{self, Parts},
 };
 
 /// Who makes a change: the signed-in user and the enrolled device.
@@ -98,8 +99,10 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 impl HouseholdDoc {
     /// A new document holding `household`, as one change by `author` (with an actor bound to
-    /// the author's device, [`actor_for`]).
+    /// the author's device, [`actor_for`]). Refused with [`DocError::Field`] if a value breaks
+    /// a field rule ([`crate::validate`]).
     pub fn create(household: &Household, author: &Author, now_ms: i64) -> Result<Self> {
+        crate::validate::household(household)?;
         let mut doc = AutoCommit::new().with_actor(actor_for(author.device));
         autosurgeon::reconcile(&mut doc, household)?;
         doc.commit_with(commit_options(author, now_ms));
@@ -206,7 +209,8 @@ impl HouseholdDoc {
 
     /// Edits the household through its typed record: `f` changes the record, and only the
     /// differences are written, as one change by `author`. If `f` fails, or the edited record
-    /// is refused, nothing is written. Returns `f`'s value and the change's hash (`None` when
+    /// is refused (a value it changed breaks a field rule: [`DocError::Field`]), nothing is
+    /// written. Returns `f`'s value and the change's hash (`None` when
     /// nothing changed).
     pub fn edit<T>(
         &mut self,
@@ -215,13 +219,14 @@ impl HouseholdDoc {
         f: impl FnOnce(&mut Household) -> Result<T>,
     ) -> Result<(T, Option<ChangeHash>)> {
         let mut household = self.household()?;
-        let before_id = household.id;
+        let before = household.clone();
         let out = f(&mut household)?;
-        if household.id != before_id {
+        if household.id != before.id {
             return Err(DocError::InvalidEdit(
                 "a household's id cannot change".into(),
             ));
         }
+        crate::validate::edit(Some(&before), &household)?;
         if let Err(e) = autosurgeon::reconcile(&mut self.doc, &household) {
             self.doc.rollback();
             return Err(e.into());
@@ -250,11 +255,25 @@ impl HouseholdDoc {
                 ));
             }
         }
+        let all = crate::validate::Parts::All;
+        crate::validate::visit(visit, &all)?;
+        for d in demands {
+            crate::validate::demand(d, &all)?;
+        }
         let visits = self.map_obj("visits")?;
         if self.doc.get(&visits, visit.id.to_string())?.is_some() {
             return Err(DocError::InvalidEdit(
                 "a visit with this id already exists".into(),
             ));
+        }
+        if self.visits_on(&visits, &visit.visit_day.to_string())
+            >= crate::validate::MAX_VISITS_PER_DAY
+        {
+            return Err(crate::validate::FieldError {
+                field: crate::validate::Field::Visits,
+                rule: crate::validate::Rule::TooMany,
+            }
+            .into());
         }
         let demand_map = self.map_obj("demands")?;
         let result = (|| {
@@ -309,6 +328,7 @@ impl HouseholdDoc {
         let (entry, to) = step
             .entry(&d, author.user, Some(author.device), now_ms, rules)
             .map_err(|e| DocError::InvalidEdit(e.to_string()))?;
+        crate::validate::step(&entry)?;
         d.history.push(entry);
         d.status = to;
         if let Err(e) = autosurgeon::reconcile_prop(&mut self.doc, &demands, key.as_str(), &d) {
@@ -347,11 +367,19 @@ impl HouseholdDoc {
         };
         // Positions count characters (Unicode scalar values), like Automerge's splice; its
         // `length` of a text counts UTF-8 bytes, so a note in Chinese would be misjudged.
+        crate::validate::note(insert)?;
         let len = self.doc.text(&note)?.chars().count();
         if pos > len || pos + delete > len {
             return Err(DocError::InvalidEdit(
                 "the note edit lies outside the note".into(),
             ));
+        }
+        if len - delete + insert.chars().count() > crate::validate::MAX_NOTE_CHARS {
+            return Err(crate::validate::FieldError {
+                field: crate::validate::Field::Note,
+                rule: crate::validate::Rule::TooLong,
+            }
+            .into());
         }
         use automerge::transaction::Transactable;
         if let Err(e) = self.doc.splice_text(&note, pos, delete as isize, insert) {
@@ -373,6 +401,7 @@ impl HouseholdDoc {
         text: &str,
     ) -> Result<ChangeHash> {
         use automerge::transaction::Transactable;
+        crate::validate::note(text)?;
         let visits = self.map_obj("visits")?;
         let note = match self.doc.get(&visits, visit.to_string())? {
             Some((automerge::Value::Object(automerge::ObjType::Map), v)) => {
@@ -395,6 +424,58 @@ impl HouseholdDoc {
         self.doc
             .commit_with(commit_options(author, now_ms))
             .ok_or_else(|| DocError::InvalidEdit("the note is unchanged".into()))
+    }
+
+    /// How many visits of the map `visits` are for the visit day `day` (as stored: the
+    /// date's text). Reads one field a visit.
+    fn visits_on(&self, visits: &automerge::ObjId, day: &str) -> usize {
+        self.doc
+            .keys(visits)
+            .filter(|k| {
+                let Ok(Some((_, visit))) = self.doc.get(visits, k.as_str()) else {
+                    return false;
+                };
+                matches!(
+                    self.doc.get(&visit, "visit_day"),
+                    Ok(Some((automerge::Value::Scalar(v), _))) if v.as_str() == Some(day)
+                )
+            })
+            .count()
+    }
+
+    /// Checks the size of the change `hash` just made, and of the document with it, against
+    /// the limits a server applies ([`crate::wire::limits`]: `MAX_CHANGE_BYTES`,
+    /// `MAX_CHANGE_OPS`, `MAX_DOC_OPS`), so that a phone refuses an edit the server would
+    /// refuse `over_limit` ([`crate::validate::Field::Document`], `too_large`).
+    pub fn check_size(&mut self, hash: &ChangeHash) -> Result<()> {
+        use crate::wire::limits;
+        let too_large = || {
+            Err(crate::validate::FieldError {
+                field: crate::validate::Field::Document,
+                rule: crate::validate::Rule::TooLarge,
+            }
+            .into())
+        };
+        let Some((bytes, change_ops)) = self
+            .doc
+            .get_change_by_hash(hash)
+            .map(|c| (c.raw_bytes().len(), c.len()))
+        else {
+            return Ok(());
+        };
+        if bytes > limits::MAX_CHANGE_BYTES || change_ops > limits::MAX_CHANGE_OPS {
+            return too_large();
+        }
+        let ops: u64 = self
+            .doc
+            .get_changes_meta(&[])
+            .iter()
+            .map(|m| (m.max_op + 1).saturating_sub(m.start_op))
+            .sum();
+        if ops > limits::MAX_DOC_OPS {
+            return too_large();
+        }
+        Ok(())
     }
 
     fn map_obj(&self, key: &str) -> Result<automerge::ObjId> {
@@ -480,7 +561,7 @@ impl HouseholdDoc {
         let patches = guarded(|| Ok(self.doc.diff(before, &after)))?;
         let mut facts = false;
         let mut whole = false;
-        let mut entries: std::collections::BTreeSet<(String, String)> = Default::default();
+        let mut entries: std::collections::BTreeMap<(String, String), Parts> = Default::default();
         let mut touched = Touched::default();
         for p in &patches {
             let root_key = match (p.path.first(), &p.action) {
@@ -502,10 +583,13 @@ impl HouseholdDoc {
                 }
                 "members" | "visits" | "demands" | "reviews" => match (p.path.get(1), &p.action) {
                     (Some((_, Prop::Map(k))), _) => {
-                        entries.insert((root_key, k.clone()));
+                        entries
+                            .entry((root_key, k.clone()))
+                            .or_insert_with(Parts::none)
+                            .add(&p.path[2..], &p.action);
                     }
                     (None, automerge::PatchAction::PutMap { key, .. }) => {
-                        entries.insert((root_key, key.clone()));
+                        entries.insert((root_key, key.clone()), Parts::All);
                     }
                     (None, automerge::PatchAction::DeleteMap { key }) => {
                         touched.deleted.insert((root_key, key.clone()));
@@ -518,8 +602,15 @@ impl HouseholdDoc {
                 }
             }
         }
-        touched.entries = entries.clone();
+        touched.entries = entries.keys().cloned().collect();
         if self.schema_version()? < SCHEMA_VERSION {
+            // A change that writes an old version (none would: migrations only raise it) would
+            // take the household out of the field rules below.
+            if !before.is_empty() && touched.facts.contains("schema_version") {
+                return Err(DocError::InvalidEdit(
+                    "schema_version cannot be lowered".into(),
+                ));
+            }
             // Old documents are checked whole, through the migration.
             let h = self.household()?;
             return if h.id == expected_id {
@@ -533,6 +624,17 @@ impl HouseholdDoc {
         }
         if facts || whole || patches.is_empty() {
             let f: crate::schema::HouseholdFacts = autosurgeon::hydrate(&self.doc)?;
+            // Field rules judge the facts this change wrote (all of them for a new household).
+            let wrote = |k: &str| before.is_empty() || touched.facts.contains(k);
+            if wrote("address") {
+                validate::address(&f.address)?;
+            }
+            if wrote("door_number") {
+                validate::door_number(&f.door_number)?;
+            }
+            if wrote("phone") {
+                validate::household_phone(f.phone.as_ref())?;
+            }
             if f.schema_version > SCHEMA_VERSION {
                 return Err(DocError::TooNew {
                     found: f.schema_version,
@@ -543,11 +645,15 @@ impl HouseholdDoc {
                 return Err(DocError::InvalidEdit("the household id changed".into()));
             }
         }
-        for (collection, key) in entries {
+        let mut added: std::collections::BTreeSet<&str> = Default::default();
+        for ((collection, key), parts) in &entries {
+            let (collection, key) = (collection.clone(), key.clone());
             let obj = self.map_obj(&collection)?;
             if self.doc.get(&obj, key.as_str())?.is_none() {
                 continue; // deleted
             }
+            // An entry written whole is new (or replaced): judged with the counts below.
+            let new = *parts == Parts::All;
             let bad_key = || {
                 DocError::InvalidEdit(format!("an entry of {collection} is not under its own id"))
             };
@@ -561,6 +667,17 @@ impl HouseholdDoc {
                         return Err(DocError::InvalidEdit(
                             "a visit is not on a visit day".into(),
                         ));
+                    }
+                    validate::visit(&v, parts)?;
+                    if new
+                        && self.visits_on(&obj, &v.visit_day.to_string())
+                            > validate::MAX_VISITS_PER_DAY
+                    {
+                        return Err(validate::FieldError {
+                            field: validate::Field::Visits,
+                            rule: validate::Rule::TooMany,
+                        }
+                        .into());
                     }
                 }
                 "reviews" => {
@@ -576,6 +693,7 @@ impl HouseholdDoc {
                             "a review must name the document version it saw".into(),
                         ));
                     }
+                    validate::review(&r, parts)?;
                 }
                 "members" => {
                     let m: crate::schema::Member =
@@ -583,14 +701,28 @@ impl HouseholdDoc {
                     if m.id.to_string() != key {
                         return Err(bad_key());
                     }
+                    validate::member(&m, parts)?;
+                    if new {
+                        added.insert("members");
+                    }
                 }
                 _ => {
                     let d: Demand = autosurgeon::hydrate_prop(&self.doc, &obj, key.as_str())?;
                     if d.id.to_string() != key {
                         return Err(bad_key());
                     }
+                    validate::demand(&d, parts)?;
                 }
             }
+        }
+        if added.contains("members")
+            && self.doc.length(&self.map_obj("members")?) > validate::MAX_MEMBERS
+        {
+            return Err(validate::FieldError {
+                field: validate::Field::Members,
+                rule: validate::Rule::TooMany,
+            }
+            .into());
         }
         Ok(touched)
     }
@@ -658,6 +790,7 @@ impl HouseholdDoc {
         review: &crate::schema::Review,
     ) -> Result<ChangeHash> {
         use automerge::transaction::Transactable;
+        crate::validate::review(review, &crate::validate::Parts::All)?;
         let result = (|| {
             let reviews = match self.doc.get(ROOT, "reviews")? {
                 Some((automerge::Value::Object(automerge::ObjType::Map), id)) => id,

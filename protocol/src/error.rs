@@ -19,6 +19,10 @@ pub enum DocError {
     /// The edit is not allowed by the record's rules (e.g. a demand moved from Raised to Closed).
     #[error("invalid edit: {0}")]
     InvalidEdit(String),
+    /// A value breaks a field rule or a limit ([`crate::validate`]): names the field and the
+    /// rule, never the value.
+    #[error("invalid field: {0}")]
+    Field(#[from] crate::validate::FieldError),
     /// Automerge refused an operation.
     #[error("automerge: {0}")]
     Automerge(String),
@@ -47,6 +51,17 @@ impl From<autosurgeon::HydrateError> for DocError {
 impl From<autosurgeon::ReconcileError> for DocError {
     fn from(e: autosurgeon::ReconcileError) -> Self {
         DocError::Automerge(first_clause(&e.to_string()))
+    }
+}
+
+impl DocError {
+    /// The code a server refuses a change with when validating it gives this error: a field
+    /// rule's `invalid_field`, else `schema_violation`.
+    pub fn reject_code(&self) -> crate::wire::RejectCode {
+        match self {
+            DocError::Field(_) => crate::wire::RejectCode::InvalidField,
+            _ => crate::wire::RejectCode::SchemaViolation,
+        }
     }
 }
 

@@ -119,7 +119,11 @@ pub const FEATURE_PACKED: u32 = 2;
 
 /// Every feature this build understands: what the reference phone sends in `f`, and what the
 /// reference server answers in `f` (the bits both ends share).
-pub const FEATURES: u32 = FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY | FEATURE_RETIRE;
+pub const FEATURES: u32 = FEATURE_STALE_ORDER
+    | FEATURE_PACKED
+    | FEATURE_INTEGRITY
+    | FEATURE_RETIRE
+    | FEATURE_FIELD_RULES;
 
 /// Feature bit: the phone understands the reject codes `broken_history`, `over_limit` and
 /// `quarantined` (a phone without it is sent `malformed` for the first two and
@@ -131,6 +135,10 @@ pub const FEATURE_INTEGRITY: u32 = 4;
 /// announce it is answered `401 device_revoked` on its first request with no changes (then
 /// it holds nothing unacknowledged but its task reports, which are lost).
 pub const FEATURE_RETIRE: u32 = 8;
+
+/// Feature bit: the phone understands the reject code `invalid_field` (a phone without it is
+/// sent `schema_violation`).
+pub const FEATURE_FIELD_RULES: u32 = 16;
 
 impl RejectCode {
     /// The code's wire name (its serde name, e.g. `broken_history`), for records and messages.
@@ -149,6 +157,7 @@ impl RejectCode {
         matches!(
             self,
             RejectCode::SchemaViolation
+                | RejectCode::InvalidField
                 | RejectCode::DependsOnRejected
                 | RejectCode::Forbidden
                 | RejectCode::OutOfScope
@@ -181,6 +190,7 @@ impl RejectCode {
             RejectCode::SendRaw => "需要重新发送，下次同步时会自动完成。",
             RejectCode::BrokenHistory => "这条修改的数据已损坏，服务器无法保存。",
             RejectCode::OverLimit => "内容超过了大小限制，服务器未接收。",
+            RejectCode::InvalidField => "有一项填写不符合规则（如姓名、门牌号、地址为空，身份证号或手机号不对，文字超长），服务器未接收。",
             RejectCode::Quarantined => {
                 "这户的记录正在服务器上检修，修改保留在手机上，稍后会再发送。"
             }
@@ -200,6 +210,9 @@ impl RejectCode {
             }
             RejectCode::Quarantined if features & FEATURE_INTEGRITY == 0 => {
                 RejectCode::MissingDependencies
+            }
+            RejectCode::InvalidField if features & FEATURE_FIELD_RULES == 0 => {
+                RejectCode::SchemaViolation
             }
             code => code,
         }
@@ -321,6 +334,11 @@ pub enum RejectCode {
     /// Applying the change would leave the household record invalid (wrong type, a visit not
     /// on a visit day, a changed household id, ...).
     SchemaViolation,
+    /// A value the change writes breaks a field rule or limit of §13 (an empty name, door
+    /// number or address; an ID or phone number that is not one; a note or text over its
+    /// length; too many members, or visits for one day). Final: the phone refuses the same
+    /// edit before committing it, so only a phone with other rules sends one.
+    InvalidField,
     /// The change depends on a change the server refused.
     DependsOnRejected,
     /// The change depends on changes the server does not have and that were not uploaded.

@@ -30,7 +30,7 @@ use qiaomen_protocol::{
 };
 use uuid::Uuid;
 
-const DOOR_NUMBERS: [&str; 5] = ["17", "17A", "17B", "18", ""];
+const DOOR_NUMBERS: [&str; 5] = ["17", "17A", "17B", "18", "17-1"];
 const ADDRESSES: [&str; 4] = ["东村三组", "东村四组", "西村一组", "East Village 3"];
 const PHONES: [Option<&str>; 3] = [None, Some("13812345678"), Some("13900000001")];
 const STATUSES: [HouseholdStatus; 3] = [
@@ -313,7 +313,7 @@ impl World {
             id: MemberId(w.uuid()),
             relation: Relation::Head,
             name: NAMES[0].into(),
-            id_number: Some(Sensitive::new("410105195001011234")),
+            id_number: Some(Sensitive::new("410108195001011234")),
             birth_date: Day::ymd(1950, 1, 1),
             phone: PHONES[1].map(Sensitive::new),
             tags: vec![TagSpan {

@@ -41,7 +41,7 @@ const ACTOR: &str = "0192f49f-cccc-7ddd-8eee-ffff00001111";
 const T_CREATE_MS: i64 = 1_763_172_000_000;
 const T_EDIT_MS: i64 = 1_763_172_210_000;
 
-const ALL_CODES: [RejectCode; 14] = [
+const ALL_CODES: [RejectCode; 15] = [
     RejectCode::Malformed,
     RejectCode::SchemaViolation,
     RejectCode::DependsOnRejected,
@@ -56,6 +56,7 @@ const ALL_CODES: [RejectCode; 14] = [
     RejectCode::BrokenHistory,
     RejectCode::OverLimit,
     RejectCode::Quarantined,
+    RejectCode::InvalidField,
 ];
 
 fn id(s: &str) -> HouseholdId {
@@ -1300,6 +1301,27 @@ fn the_spec_states_the_codes_constants() {
             "SYNC-v1.md must state `{name}` = {value} in its limits table"
         );
     }
+    // Field rules and limits (§13.8).
+    use qiaomen_protocol::validate;
+    for (name, value) in [
+        ("MAX_NOTE_CHARS", validate::MAX_NOTE_CHARS),
+        ("MAX_TEXT_CHARS", validate::MAX_TEXT_CHARS),
+        ("MAX_NAME_CHARS", validate::MAX_NAME_CHARS),
+        ("MAX_ADDRESS_CHARS", validate::MAX_ADDRESS_CHARS),
+        ("MAX_DOOR_NUMBER_CHARS", validate::MAX_DOOR_NUMBER_CHARS),
+        ("MAX_MEMBERS", validate::MAX_MEMBERS),
+        ("MAX_VISITS_PER_DAY", validate::MAX_VISITS_PER_DAY),
+    ] {
+        assert!(
+            spec.contains(&format!("| `{name}` | {value} |")),
+            "SYNC-v1.md must state `{name}` = {value} in §13.8"
+        );
+    }
+    assert!(spec.contains(&format!(
+        "Bit {} (`FEATURE_FIELD_RULES`)",
+        wire::FEATURE_FIELD_RULES
+    )));
+    assert!(spec.contains(&format!("The reference phone sends `{}`", wire::FEATURES)));
     // Packed changes (§4.4): the constants the layout names.
     use qiaomen_protocol::pack::{DEP_PREFIX, MAX_DEPS, MAX_OPS, PACKED_FORMAT};
     assert!(spec.contains(&format!("at most {MAX_DEPS} dependencies")));

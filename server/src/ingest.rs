@@ -53,7 +53,7 @@ fn verdict<'a>(
 ) -> Result<(), RejectCode> {
     let touched = doc
         .validate_since(before, id)
-        .map_err(|_| RejectCode::SchemaViolation)?;
+        .map_err(|e| e.reject_code())?;
     let Some(p) = principal else {
         return Ok(());
     };

@@ -567,7 +567,7 @@ fn household_with_member(
             id: m,
             relation: Relation::Head,
             name: "王建国".into(),
-            id_number: Some(Sensitive::new("110105199001011234")),
+            id_number: Some(Sensitive::new("110105199001011232")),
             birth_date: Some("1990-01-01".parse().unwrap()),
             phone: Some(Sensitive::new("13812345678")),
             tags: vec![],
@@ -630,8 +630,8 @@ fn an_id_number_shows_only_its_last_four_digits_and_conflicting_ones_are_masked(
     b.sync().unwrap();
     // Two phones correct the ID and phone numbers differently, offline.
     for (phone, id_number, mobile) in [
-        (&mut a, "110105199001015678", "13900001111"),
-        (&mut b, "110105199001019999", "13700002222"),
+        (&mut a, "110105199001015671", "13900001111"),
+        (&mut b, "110105199001019998", "13700002222"),
     ] {
         phone
             .store

@@ -80,6 +80,12 @@ fn a_sign_off_pins_a_version_and_a_returned_visit_is_a_task_on_the_phone_until_f
     assert_eq!(tasks[0].0, id);
     assert_eq!(tasks[0].1.visit, second.id);
     assert_eq!(tasks[0].1.comment, "请补充老人用药情况");
+    // A colleague of the same grid holds the household and the review, but the returned
+    // visit is not their task.
+    let mut colleague = server.phone(&dir.path().join("c.db"), &["g1"]);
+    colleague.sync().unwrap();
+    assert_eq!(colleague.store.household(id).unwrap().reviews.len(), 2);
+    assert_eq!(colleague.store.fix_tasks().unwrap(), vec![]);
     // The worker fixes the visit: the task is gone on the phone, then on the server, and
     // the sign-off of the same version is now stale.
     worker

@@ -623,3 +623,143 @@ fn a_visit_day_goes_up_packed_and_the_server_holds_the_phones_very_changes() {
     }
     assert_eq!(fresh.store.household(ids[0]).unwrap().door_number, "1A");
 }
+
+/// A change of household `id` made with raw Automerge on the phone's copy (past the phone's
+/// own checks), as a phone with other rules would make it.
+fn crafted(
+    phone: &mut Phone,
+    id: HouseholdId,
+    edit: impl FnOnce(&mut automerge::AutoCommit),
+) -> Vec<u8> {
+    use automerge::transaction::CommitOptions;
+    let bytes = phone.store.document(id).unwrap().save();
+    let mut raw = automerge::AutoCommit::load(&bytes)
+        .unwrap()
+        .with_actor(qiaomen_protocol::doc::actor_for(phone.author.device));
+    edit(&mut raw);
+    raw.commit_with(
+        CommitOptions::default()
+            .with_message(phone.author.to_message())
+            .with_time(phone.store.now_ms()),
+    );
+    raw.get_last_local_change().unwrap().raw_bytes().to_vec()
+}
+
+#[test]
+fn a_value_crafted_past_the_phones_rules_is_refused_invalid_field_and_nothing_is_stored() {
+    use automerge::{ROOT, ReadDoc, transaction::Transactable};
+    use qiaomen_protocol::{
+        validate::MAX_NOTE_CHARS,
+        wire::{FEATURE_INTEGRITY, FEATURES, RejectCode},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let mut a = server.phone(&dir.path().join("a.db"), &["g1"]);
+    let mut h = Household::new(HouseholdId::new(), GridId::new("g1"), "东村", "3");
+    let m = MemberId::new();
+    h.members.insert(
+        m,
+        Member {
+            id: m,
+            relation: Relation::Head,
+            name: "王建国".into(),
+            id_number: None,
+            birth_date: None,
+            phone: None,
+            tags: vec![],
+        },
+    );
+    let id = a.store.create_household(&h).unwrap();
+    a.sync().unwrap();
+    let author = a.author;
+    let visit = |note: String| {
+        move |d: &mut automerge::AutoCommit| {
+            let v = sample_visit(&author, day("2026-11-15"), &note);
+            let (_, visits) = d.get(ROOT, "visits").unwrap().unwrap();
+            autosurgeon::reconcile_prop(d, &visits, v.id.to_string().as_str(), &v).unwrap();
+        }
+    };
+    let member_field = |field: &'static str, value: &'static str| {
+        move |d: &mut automerge::AutoCommit| {
+            let (_, members) = d.get(ROOT, "members").unwrap().unwrap();
+            let (_, member) = d.get(&members, m.to_string()).unwrap().unwrap();
+            d.put(&member, field, value).unwrap();
+        }
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "an empty door number",
+            crafted(&mut a, id, |d| d.put(ROOT, "door_number", "").unwrap()),
+        ),
+        (
+            "an ID number of five digits",
+            crafted(&mut a, id, member_field("id_number", "12345")),
+        ),
+        (
+            "an empty member name",
+            crafted(&mut a, id, member_field("name", " ")),
+        ),
+        (
+            "a mobile number of the wrong length",
+            crafted(&mut a, id, member_field("phone", "1381234567")),
+        ),
+        (
+            "a note over the limit",
+            crafted(&mut a, id, visit("字".repeat(MAX_NOTE_CHARS + 1))),
+        ),
+    ];
+    for (what, change) in &bad {
+        let (status, resp) = qiaomen_tests::raw_upload_with(
+            &server.url,
+            &a.token(),
+            id,
+            vec![change.clone()],
+            FEATURES,
+        );
+        assert_eq!(status, 200, "{what}");
+        let codes: Vec<RejectCode> = resp.unwrap().rejected.iter().map(|r| r.code).collect();
+        assert_eq!(codes, vec![RejectCode::InvalidField], "{what}");
+        // A phone that does not know the code is told `schema_violation`.
+        let (_, resp) = qiaomen_tests::raw_upload_with(
+            &server.url,
+            &a.token(),
+            id,
+            vec![change.clone()],
+            FEATURE_INTEGRITY,
+        );
+        let codes: Vec<RejectCode> = resp.unwrap().rejected.iter().map(|r| r.code).collect();
+        assert_eq!(codes, vec![RejectCode::SchemaViolation], "{what}");
+    }
+    // The same craft with good values is taken: the refusals were the rules'.
+    let good = crafted(&mut a, id, |d| {
+        d.put(ROOT, "door_number", "3A").unwrap();
+        visit("见到户主".into())(d);
+    });
+    let (_, resp) =
+        qiaomen_tests::raw_upload_with(&server.url, &a.token(), id, vec![good], FEATURES);
+    let resp = resp.unwrap();
+    assert_eq!((resp.accepted, resp.rejected.len()), (1, 0));
+    // Nothing refused is on the server: a fresh phone gets the household as accepted.
+    let mut fresh = server.phone(&dir.path().join("fresh.db"), &["g1"]);
+    fresh.sync().unwrap();
+    let got = fresh.store.household(id).unwrap();
+    assert_eq!(got.door_number, "3A");
+    assert_eq!(got.visits.len(), 1);
+    assert_eq!(got.members[&m].id_number, None);
+    assert_eq!(got.members[&m].name, "王建国");
+    // And the honest phone's own edit of the same kind fails before it is stored.
+    let err = a.store.edit_household(id, |h| {
+        h.door_number = String::new();
+        Ok(())
+    });
+    assert!(
+        matches!(
+            err,
+            Err(qiaomen_client_core::StoreError::Document(
+                qiaomen_protocol::DocError::Field(_)
+            ))
+        ),
+        "{err:?}"
+    );
+    assert_eq!(a.store.pending_change_count().unwrap(), 0);
+}

@@ -50,7 +50,7 @@ fun twoPhonesSeeBothVisits(org: Org) {
     val grid = org.grid()
     val a = org.worker(grid); val b = org.worker(grid)
     val hid = a.createHousehold(household(grid))
-    a.addMember(hid, NewMember(Relation.HEAD, "王建国", "410105195001011234", "1950-01-01", null, listOf()))
+    a.addMember(hid, NewMember(Relation.HEAD, "王建国", "410108195001011234", "1950-01-01", null, listOf()))
     sync(a); sync(b)
     check(b.householdIds() == listOf(hid), "b received the household")
     check(b.grids() == listOf(grid), "b knows its grid")
@@ -122,6 +122,11 @@ fun errorsAreTyped(org: Org) {
     try { p.household(UUID.randomUUID().toString()); check(false, "no error") } catch (e: QiaomenException.NotFound) {}
     val hid = p.createHousehold(household(grid))
     try { p.recordVisit(hid, visit("x", "2026-11-16")); check(false, "no error") } catch (e: QiaomenException.InvalidInput) {}
+    try {
+        p.addMember(hid, NewMember(Relation.HEAD, "王建国", "12345", null, null, listOf())); check(false, "no error")
+    } catch (e: QiaomenException.InvalidInput) {
+        check(e.invalidField == "member_id_number" && e.rule == "id_format", "names the field")
+    }
     check(Phone.open(path).deviceId() == p.deviceId(), "reopened as the same device")
 }
 

@@ -52,7 +52,7 @@ def test_two_phones_record_visits_offline_and_both_see_both(org):
     a, b = worker(org, grid), worker(org, grid)
     assert a.user_id() != b.user_id() and a.device_id() != b.device_id()
     hid = a.create_household(household(grid))
-    a.add_member(hid, q.NewMember(relation=q.Relation.HEAD, name="王建国", id_number="410105195001011234",
+    a.add_member(hid, q.NewMember(relation=q.Relation.HEAD, name="王建国", id_number="410108195001011234",
                                   birth_date="1950-01-01", phone=None, tags=[]))
     sync(a)
     sync(b)
@@ -150,6 +150,16 @@ def test_enrollment_errors_and_other_errors_arrive_as_the_documented_exceptions(
     hid = phone.create_household(household(grid))
     with pytest.raises(q.QiaomenError.InvalidInput):
         phone.record_visit(hid, visit("not a visit day", day="2026-11-16"))
+    # A value the server would refuse is refused on the phone, naming the field (SYNC-v1 §13.8).
+    with pytest.raises(q.QiaomenError.InvalidInput) as refused:
+        phone.add_member(hid, q.NewMember(relation=q.Relation.HEAD, name="王建国", id_number="12345",
+                                          birth_date=None, phone=None, tags=[]))
+    assert (refused.value.invalid_field, refused.value.rule) == ("member_id_number", "id_format")
+    assert "12345" not in str(refused.value)
+    with pytest.raises(q.QiaomenError.InvalidInput) as refused:
+        phone.record_visit(hid, visit("字" * 5001))
+    assert (refused.value.invalid_field, refused.value.rule) == ("note", "too_long")
+    assert phone.household(hid).members == [] and phone.household(hid).visits == []
     # Reopened after a restart: the same user and device.
     again = q.Phone.open(path)
     assert again.device_id() == phone.device_id()

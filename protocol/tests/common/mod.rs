@@ -26,7 +26,7 @@ pub fn household() -> Household {
         id: MemberId::new(),
         relation: Relation::Head,
         name: "王建国".into(),
-        id_number: Some(Sensitive::new("410105195001011234")),
+        id_number: Some(Sensitive::new("410108195001011234")),
         birth_date: Some(day("1950-01-01")),
         phone: Some(Sensitive::new("13812345678")),
         tags: vec![TagSpan {

@@ -571,7 +571,8 @@ pub async fn add_review(
         .visit_id
         .parse()
         .map_err(|_| bad("visit_id is not an id"))?;
-    if req.comment.chars().count() > 2000 {
+    // The field rule of SYNC-v1 §13.8 (`review_comment`), told before the change is made.
+    if req.comment.chars().count() > qiaomen_protocol::validate::MAX_TEXT_CHARS {
         return Err(bad("the comment has more than 2000 characters"));
     }
     let heads = req.heads;

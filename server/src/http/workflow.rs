@@ -883,7 +883,8 @@ fn category(s: &str) -> Option<NeedCategory> {
 
 fn check_text(text: &str) -> Result<(), String> {
     let n = text.trim().chars().count();
-    if n == 0 || n > 2000 {
+    // `MAX_TEXT_CHARS` (SYNC-v1 §13.8, `demand_text`), told before the change is made.
+    if n == 0 || n > qiaomen_protocol::validate::MAX_TEXT_CHARS {
         return Err("the text must have 1-2000 characters".into());
     }
     Ok(())
