@@ -39,7 +39,9 @@ fn an_offline_visit_to_a_household_moved_meanwhile_is_kept_and_travels_with_it()
     let mut visit = sample_visit(&a.author, calendar::cycle_of(today()), "屋顶漏雨，老人独居");
     let demand = sample_demand(&a.author, qiaomen_server::access::now_ms(), "请修屋顶");
     visit.demands_raised = vec![demand.id];
-    a.store.record_visit(id, &visit, &[demand.clone()]).unwrap();
+    a.store
+        .record_visit(id, &visit, std::slice::from_ref(&demand))
+        .unwrap();
     // ... while the town moves it to g2.
     centre
         .store
@@ -163,4 +165,71 @@ fn a_refused_visit_keeps_its_content_on_the_phone_and_on_the_server() {
     );
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 0, "{list:?}");
+}
+
+#[test]
+fn visits_for_a_day_to_come_or_a_cycle_before_the_assignment_are_refused_on_both_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let mut centre = server.phone(&dir.path().join("centre.db"), &[]);
+    let id = centre
+        .store
+        .create_household(&new_household("g1", "3"))
+        .unwrap();
+    centre.sync().unwrap();
+    // A worker assigned to g1 just now (not since the org began).
+    let (user, code) = {
+        let db = server.access();
+        let user = db.add_user("w-new", "新网格员").unwrap();
+        db.assign(
+            user,
+            "g1",
+            Role::GridWorker,
+            qiaomen_server::access::now_ms(),
+        )
+        .unwrap();
+        (user, db.issue_enrollment_code(user).unwrap())
+    };
+    let mut w = Phone::enroll(&dir.path().join("w.db"), &server.url, &code).unwrap();
+    assert_eq!(w.author.user, user);
+    w.sync().unwrap();
+    let this_cycle = calendar::cycle_of(today());
+    let next_cycle = calendar::next_visit_day(this_cycle);
+    let last_cycle = calendar::cycle_of(this_cycle.add_days(-1));
+
+    // The phone refuses a visit day to come at once, naming the field; nothing is pending.
+    let early = sample_visit(&w.author, next_cycle, "提前记录");
+    let err = w.store.record_visit(id, &early, &[]).unwrap_err();
+    assert!(format!("{err}").contains("visit_day"), "{err}");
+    assert_eq!(w.store.pending_change_count().unwrap(), 0);
+    // A phone whose clock runs a month ahead takes it; the server, by its own clock, does not.
+    let ahead = qiaomen_server::access::now_ms() + 31 * 86_400_000;
+    w.store.set_clock(move || ahead);
+    let early = sample_visit(&w.author, next_cycle, "提前记录");
+    w.store.record_visit(id, &early, &[]).unwrap();
+    w.store.set_clock(qiaomen_server::access::now_ms);
+    let report = w.sync().unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert_eq!(report.rejected[0].2.name(), "invalid_field");
+
+    // A visit for the cycle before the worker's assignment: refused, and kept on the phone.
+    let before = sample_visit(&w.author, last_cycle, "接手前的走访");
+    w.store.record_visit(id, &before, &[]).unwrap();
+    let report = w.sync().unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    let refused = w.store.rejected_changes().unwrap();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.content.visits.iter().any(|v| v.note == "接手前的走访")),
+        "{refused:?}"
+    );
+    // This cycle's visit is the worker's to record.
+    let now_visit = sample_visit(&w.author, this_cycle, "本期走访");
+    w.store.record_visit(id, &now_visit, &[]).unwrap();
+    assert!(w.sync().unwrap().rejected.is_empty());
+    centre.sync().unwrap();
+    let visits = centre.store.household(id).unwrap().visits;
+    assert!(visits.contains_key(&now_visit.id));
+    assert!(!visits.contains_key(&before.id) && !visits.contains_key(&early.id));
 }
