@@ -448,9 +448,15 @@ impl SyncClient {
             let body = wire::encode_request(&request);
             report.progress.bytes_up += body.len() as u64;
             let token = store.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
+            // The phone's clock, so the server knows whether to take its changes' times at
+            // their word (SYNC-v1 §13.6.1).
+            let clock = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(store.now_ms().max(0) as u64);
+            let date = httpdate::fmt_http_date(clock);
             let reply = self
                 .send(|http| {
                     http.post(self.endpoint("/v1/sync"))
+                        .header(reqwest::header::DATE, &date)
                         .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
                         .bearer_auth(&token)
                         .body(body.clone())

@@ -349,7 +349,7 @@ impl Index {
     ) -> Result<Arrivals, StorageError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT received_ms FROM changes WHERE hash = ?1")?;
+            .prepare_cached("SELECT received_ms, clock_ok FROM changes WHERE hash = ?1")?;
         let mut known: std::collections::HashMap<qiaomen_protocol::ChangeHash, Option<i64>> =
             Default::default();
         let mut out = Arrivals::new();
@@ -360,9 +360,14 @@ impl Index {
                     Some(h) => match known.get(&h) {
                         Some(t) => *t,
                         None => {
+                            // A step from a phone whose clock agreed with the server's is
+                            // taken at its word (made offline, it is still on time).
                             let t = stmt
-                                .query_row([h.as_ref()], |r| r.get::<_, i64>(0))
-                                .optional()?;
+                                .query_row([h.as_ref()], |r| {
+                                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<bool>>(1)?))
+                                })
+                                .optional()?
+                                .and_then(|(at, ok)| (ok != Some(true)).then_some(at));
                             known.insert(h, t);
                             t
                         }

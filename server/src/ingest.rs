@@ -1179,6 +1179,7 @@ impl<S: Storage> Ingestor<S> {
                 bytes: c.raw_bytes().to_vec(),
                 device: principal.map(|p| *p.device.as_bytes()),
                 user: principal.map(|p| *p.user.as_bytes()),
+                clock_ok: principal.and_then(|p| p.clock_ok),
             })
             .collect();
         outcome.accepted += rows.len() as u32;

@@ -38,6 +38,9 @@ pub struct NewChange {
     /// The authenticated device that uploaded it, and its user.
     pub device: Option<[u8; 16]>,
     pub user: Option<[u8; 16]>,
+    /// Whether the uploader's clock agreed with the server's (`None`: unknown); see
+    /// [`crate::access::policy::Principal::clock_ok`].
+    pub clock_ok: Option<bool>,
 }
 
 /// A change read back from the log.
@@ -167,6 +170,7 @@ const MIGRATIONS: &[&str] = &[
     REFUSED_SCHEMA,
     crate::index::INDEX_SPANS_SCHEMA,
     DEVICE_END_SCHEMA,
+    CLOCK_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"
@@ -230,6 +234,10 @@ ALTER TABLE devices ADD COLUMN retired_ms INTEGER;
 ALTER TABLE devices ADD COLUMN last_sync_ms INTEGER;
 ALTER TABLE devices ADD COLUMN last_pending INTEGER;
 "#;
+
+/// Whether the uploading phone's clock agreed with the server's when it sent each change
+/// (NULL: it did not say, or the change came before this was kept).
+const CLOCK_SCHEMA: &str = "ALTER TABLE changes ADD COLUMN clock_ok INTEGER;";
 
 /// A quarantined household.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -482,9 +490,9 @@ impl Storage for SqliteStorage {
             }
             self.conn
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO changes (doc, hash, bytes, device, user, received_ms, grid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR IGNORE INTO changes (doc, hash, bytes, device, user, received_ms, grid, clock_ok) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
-                .execute(params![c.doc.as_bytes().as_slice(), c.hash.as_slice(), c.bytes, c.device.map(|d| d.to_vec()), c.user.map(|u| u.to_vec()), now, grid])?;
+                .execute(params![c.doc.as_bytes().as_slice(), c.hash.as_slice(), c.bytes, c.device.map(|d| d.to_vec()), c.user.map(|u| u.to_vec()), now, grid, c.clock_ok])?;
             last_doc = Some(c.doc);
         }
         let Some(doc) = last_doc else { return Ok(0) };

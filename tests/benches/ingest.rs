@@ -75,6 +75,7 @@ fn main() {
         },
         server_built: false,
         demand_ids: Some(Default::default()),
+        clock_ok: Some(true),
     });
     let setup = Upload {
         principal: Some(principal.clone()),

@@ -307,55 +307,52 @@ fn a_step_dated_before_the_last_one_or_after_its_arrival_is_refused() {
     );
 }
 
-#[test]
-fn lateness_is_judged_by_arrival_when_a_step_claims_an_earlier_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server"));
-    let centre = session(&server, "cc", "c", Role::CommandCentre);
-    let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
-    // Raised ten days ago, taken and finished the next hour and day by the phone's clock,
-    // but uploaded only now.
-    let raised = now_ms() - 10 * DAY_MS;
-    let late_h = household(&mut worker, "g1", "8");
-    let late = sample_demand(&worker.author, raised, "井盖缺失");
+/// Raises a demand at `raised` by the phone's clock, takes it an hour later and finishes it
+/// the next day, all offline: on time by its own times.
+fn offline_order(worker: &mut Phone, door: &str, raised: i64) -> (HouseholdId, Demand) {
+    let h = household(worker, "g1", door);
+    let d = sample_demand(&worker.author, raised, "井盖缺失");
     worker.store.set_clock(move || raised);
-    raise(&mut worker, late_h, &late);
+    raise(worker, h, &d);
     worker.store.set_clock(move || raised + 3600 * 1000);
     worker
         .store
-        .demand_step(late_h, late.id, &NewStep::new(DemandAction::Take, ""))
+        .demand_step(h, d.id, &NewStep::new(DemandAction::Take, ""))
         .unwrap();
     worker.store.set_clock(move || raised + DAY_MS);
     worker
         .store
-        .demand_step(
-            late_h,
-            late.id,
-            &NewStep::new(DemandAction::Finish, "已补装"),
-        )
+        .demand_step(h, d.id, &NewStep::new(DemandAction::Finish, "已补装"))
         .unwrap();
-    // By its own times, the order was resolved on time.
-    let record = worker.store.household(late_h).unwrap().demands[&late.id].clone();
+    let record = worker.store.household(h).unwrap().demands[&d.id].clone();
     let claimed = workorder::replay(&record, &Deadlines::default());
     assert_eq!(claimed.resolved_on_time(), Some(true));
-    // A control order, done and synced at once.
-    worker.store.set_clock(now_ms);
-    let prompt_h = household(&mut worker, "g1", "9");
-    let prompt = sample_demand(&worker.author, now_ms(), "路面坑洼");
-    raise(&mut worker, prompt_h, &prompt);
-    for s in [
-        NewStep::new(DemandAction::Take, ""),
-        NewStep::new(DemandAction::Finish, "已填平"),
-    ] {
-        worker.store.demand_step(prompt_h, prompt.id, &s).unwrap();
-    }
-    worker.sync().unwrap();
-    assert!(refusals(&worker, late_h).is_empty());
+    (h, d)
+}
 
-    let (_, o) = order(&server, &centre, late.id);
-    assert_eq!(o["order"]["on_time"], false, "{o}");
-    let (_, o) = order(&server, &centre, prompt.id);
+#[test]
+fn lateness_is_judged_by_arrival_when_the_phones_clock_disagrees_and_offline_work_keeps_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let raised = now_ms() - 10 * DAY_MS;
+    // Worked offline ten days ago, synced now with a right clock: taken at its word.
+    let mut honest = server.phone(&dir.path().join("honest.db"), &["g1"]);
+    let (h1, offline) = offline_order(&mut honest, "8", raised);
+    honest.store.set_clock(now_ms);
+    honest.sync().unwrap();
+    assert!(refusals(&honest, h1).is_empty());
+    // The same times from a phone whose clock is still ten days behind when it syncs (its
+    // `Date` header disagrees with the server's): judged by when the steps arrived.
+    let mut skewed = server.phone(&dir.path().join("skewed.db"), &["g1"]);
+    let (h2, backdated) = offline_order(&mut skewed, "9", raised);
+    skewed.sync().unwrap();
+    assert!(refusals(&skewed, h2).is_empty());
+
+    let (_, o) = order(&server, &centre, offline.id);
     assert_eq!(o["order"]["on_time"], true, "{o}");
+    let (_, o) = order(&server, &centre, backdated.id);
+    assert_eq!(o["order"]["on_time"], false, "{o}");
 }
 
 #[test]

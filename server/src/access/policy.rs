@@ -50,6 +50,10 @@ pub struct Principal {
     /// The server's register of demand ids, which a new demand's id must be free in (`None`
     /// for tools that load trusted data).
     pub demand_ids: Option<std::sync::Arc<DemandIds>>,
+    /// Whether the uploading phone's clock agreed with the server's when it sent the changes
+    /// (its `Date` header, within [`workorder::CLOCK_SKEW_MS`]); `None`: it did not say. Kept
+    /// with each logged change: lateness takes a step's own time only where it did.
+    pub clock_ok: Option<bool>,
 }
 
 /// The change is made by this device and its user.

@@ -682,6 +682,8 @@ pub(crate) async fn web_change(
         scope,
         server_built: true,
         demand_ids: Some(state.demand_ids.clone()),
+        // Built here, stamped with the server's clock.
+        clock_ok: Some(true),
     });
     let outcome = state
         .writer

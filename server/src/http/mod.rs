@@ -557,6 +557,17 @@ async fn sync(
     // What the phone would fetch from the JSON API (settings, task lists): it does so only
     // when this digest differs from the one it holds.
     let extras = wire::fnv1a(&serde_json::to_vec(&(&*state.workflow, &lists)).unwrap_or_default());
+    // Whether the phone's clock (its `Date` header) agrees with the server's: then its changes'
+    // times are taken at their word for lateness (SYNC-v1 §13.6.1).
+    let clock_ok = headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            let phone = d.as_millis() as i64;
+            (phone - crate::access::now_ms()).abs() <= qiaomen_protocol::workorder::CLOCK_SKEW_MS
+        });
     let outcome = if n_changes > 0 {
         let principal = Arc::new(Principal {
             user: device.user,
@@ -564,6 +575,7 @@ async fn sync(
             scope: scope.clone(),
             server_built: false,
             demand_ids: Some(state.demand_ids.clone()),
+            clock_ok,
         });
         state
             .writer
