@@ -504,3 +504,267 @@ fn check_demands(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use autosurgeon::Text;
+
+    use super::*;
+    use crate::{
+        calendar::Day,
+        ids::{GridId, VisitId},
+        schema::{Demand, DemandStatus, Household, NeedCategory, Satisfaction, Urgency, Visit},
+        schema::VisitOutcome,
+        workorder::{DemandAction, NewStep},
+    };
+
+    /// 2026-11-15, 18:00 in China: a visit day.
+    const NOW: i64 = 1_794_736_800_000;
+
+    fn author() -> Author {
+        Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        }
+    }
+
+    fn rights(grants: &[(&str, Role)]) -> Rights {
+        Rights {
+            grants: grants
+                .iter()
+                .map(|(g, r)| Grant {
+                    grid: (*g).into(),
+                    role: *r,
+                    from_ms: 0,
+                    until_ms: None,
+                })
+                .collect(),
+            teams: BTreeSet::new(),
+            at_ms: NOW,
+        }
+    }
+
+    /// What the rules say of the change(s) made on `doc` since `before`, by `user`.
+    fn judge(
+        rights: &Rights,
+        user: UserId,
+        doc: &mut HouseholdDoc,
+        before: &[ChangeHash],
+    ) -> Result<(), Refusal> {
+        let id = doc.household_id().expect("a household");
+        let touched = doc.validate_since(before, id).expect("valid");
+        let made = Made {
+            at_ms: NOW,
+            seen_grid: (!before.is_empty())
+                .then(|| doc.root_text("grid", Some(before)))
+                .flatten(),
+        };
+        let actor = Actor {
+            user,
+            rights,
+            server_built: false,
+            demand_ids: None,
+        };
+        check_effect(&actor, doc, before, &touched, &[made])
+    }
+
+    fn household(grid: &str, by: &Author) -> HouseholdDoc {
+        let h = Household::new(HouseholdId::new(), GridId::new(grid), "东村", "3号");
+        HouseholdDoc::create(&h, by, NOW).expect("created")
+    }
+
+    fn visit(by: &Author) -> Visit {
+        Visit {
+            id: VisitId::new(),
+            visit_day: Day::ymd(2026, 11, 15).expect("day"),
+            worker: by.user,
+            device: by.device,
+            started_at_ms: NOW - 3_600_000,
+            ended_at_ms: Some(NOW - 3_000_000),
+            gps: None,
+            outcome: VisitOutcome::Met,
+            people_met: vec![],
+            needs: vec![],
+            disputes: vec![],
+            hazards: vec![],
+            publicity: vec![],
+            note: Text::with_value("走访"),
+            demands_raised: vec![],
+        }
+    }
+
+    fn not_allowed(what: Subject) -> Result<(), Refusal> {
+        Err(Refusal {
+            code: RejectCode::NotAllowed,
+            what,
+        })
+    }
+
+    #[test]
+    fn a_household_is_created_only_in_a_grid_its_user_may_write() {
+        let w = author();
+        let mine = rights(&[("g1", Role::GridWorker)]);
+        assert_eq!(judge(&mine, w.user, &mut household("g1", &w), &[]), Ok(()));
+        assert_eq!(
+            judge(&mine, w.user, &mut household("g2", &w), &[]),
+            Err(Refusal {
+                code: RejectCode::OutOfScope,
+                what: Subject::Household
+            })
+        );
+        // An administrator reads no records, so writes none.
+        let admin = rights(&[("g1", Role::Admin)]);
+        assert!(judge(&admin, w.user, &mut household("g1", &w), &[]).is_err());
+    }
+
+    #[test]
+    fn a_worker_may_not_touch_a_colleagues_visit_but_a_supervisor_may() {
+        let (a, b, s) = (author(), author(), author());
+        let mut doc = household("g1", &a);
+        let v = visit(&a);
+        doc.add_visit(&a, NOW, &v, &[]).expect("visit");
+        let workers = rights(&[("g1", Role::GridWorker)]);
+        let before = doc.heads();
+        doc.replace_note(&a, NOW, v.id, "补记").expect("own fix");
+        assert_eq!(judge(&workers, a.user, &mut doc, &before), Ok(()));
+        let before = doc.heads();
+        doc.replace_note(&b, NOW, v.id, "改别人的").expect("edit");
+        assert_eq!(
+            judge(&workers, b.user, &mut doc, &before),
+            not_allowed(Subject::Visits)
+        );
+        let supervisor = rights(&[("g1", Role::VillageSupervisor)]);
+        assert_eq!(judge(&supervisor, s.user, &mut doc, &before), Ok(()));
+    }
+
+    #[test]
+    fn only_a_supervisor_of_both_grids_moves_a_household_or_deletes_an_entry() {
+        let w = author();
+        let mut doc = household("g1", &w);
+        doc.add_visit(&w, NOW, &visit(&w), &[]).expect("visit");
+        let before = doc.heads();
+        doc.edit(&w, NOW, |h| {
+            h.grid = GridId::new("g2");
+            Ok(())
+        })
+        .expect("moved");
+        let both = rights(&[("g1", Role::GridWorker), ("g2", Role::GridWorker)]);
+        assert_eq!(
+            judge(&both, w.user, &mut doc, &before),
+            not_allowed(Subject::Grid)
+        );
+        let one = rights(&[("g1", Role::TownSupervisor)]);
+        assert_eq!(
+            judge(&one, w.user, &mut doc, &before).map_err(|r| r.code),
+            Err(RejectCode::OutOfScope)
+        );
+        let sup = rights(&[("g1", Role::TownSupervisor), ("g2", Role::TownSupervisor)]);
+        assert_eq!(judge(&sup, w.user, &mut doc, &before), Ok(()));
+
+        let mut doc = household("g1", &w);
+        doc.add_visit(&w, NOW, &visit(&w), &[]).expect("visit");
+        let before = doc.heads();
+        doc.edit(&w, NOW, |h| {
+            h.visits.clear();
+            Ok(())
+        })
+        .expect("deleted");
+        let worker = rights(&[("g1", Role::GridWorker)]);
+        assert_eq!(
+            judge(&worker, w.user, &mut doc, &before),
+            not_allowed(Subject::Visits)
+        );
+    }
+
+    #[test]
+    fn a_worker_takes_an_order_to_its_return_visit_but_only_a_supervisor_closes_it() {
+        let w = author();
+        let worker = rights(&[("g1", Role::GridWorker)]);
+        let mut doc = household("g1", &w);
+        let d = Demand {
+            id: DemandId::new(),
+            raised_on_visit: None,
+            raised_by: w.user,
+            raised_at_ms: NOW,
+            category: NeedCategory::Housing,
+            text: "屋顶漏水".into(),
+            urgency: Urgency::Normal,
+            status: DemandStatus::Raised,
+            history: vec![],
+            first_responsible: None,
+            source: Some(crate::schema::DemandSource::Visit),
+            external_ref: None,
+        };
+        let mut v = visit(&w);
+        v.demands_raised.push(d.id);
+        let d = Demand {
+            raised_on_visit: Some(v.id),
+            ..d
+        };
+        let before = doc.heads();
+        doc.add_visit(&w, NOW, &v, std::slice::from_ref(&d))
+            .expect("raised");
+        assert_eq!(judge(&worker, w.user, &mut doc, &before), Ok(()));
+        let rules = Deadlines::default();
+        let mut satisfied = NewStep::new(DemandAction::ReturnVisit, "已回访");
+        satisfied.satisfaction = Some(Satisfaction::Satisfied);
+        let steps = [
+            NewStep::new(DemandAction::Take, "我来办"),
+            NewStep::new(DemandAction::Finish, "已修好"),
+            NewStep::new(DemandAction::Feedback, "已告知"),
+            satisfied,
+        ];
+        for (n, step) in steps.iter().enumerate() {
+            let before = doc.heads();
+            doc.demand_step(&w, NOW + n as i64 + 1, d.id, step, &rules)
+                .expect("step");
+            assert_eq!(judge(&worker, w.user, &mut doc, &before), Ok(()), "{n}");
+        }
+        let before = doc.heads();
+        doc.demand_step(&w, NOW + 10, d.id, &NewStep::new(DemandAction::Close, "办结"), &rules)
+            .expect("the state allows it");
+        assert_eq!(
+            judge(&worker, w.user, &mut doc, &before),
+            not_allowed(Subject::DemandStep)
+        );
+        let both = rights(&[("g1", Role::GridWorker), ("g1", Role::VillageSupervisor)]);
+        assert_eq!(judge(&both, w.user, &mut doc, &before), Ok(()));
+    }
+
+    #[test]
+    fn a_grant_that_ended_covers_only_changes_made_while_it_held() {
+        let r = Rights {
+            grants: vec![Grant {
+                grid: "g1".into(),
+                role: Role::GridWorker,
+                from_ms: 1_000,
+                until_ms: Some(5_000),
+            }],
+            teams: BTreeSet::new(),
+            at_ms: 9_000,
+        };
+        assert!(r.may_write("g1", 2_000), "made while assigned");
+        assert!(!r.may_write("g1", 6_000));
+        assert!(!r.may_write("g1", 500));
+        assert!(!r.may_write("g2", 2_000));
+        assert!(!r.supervises("g1", 2_000));
+        let p = r.party("g1", 2_000);
+        assert!(p.grid_member && !p.supervisor && !p.dispatcher);
+    }
+
+    #[test]
+    fn rights_travel_as_short_keys_and_their_digest_ignores_when_they_were_computed() {
+        let mut r = rights(&[("g1", Role::GridWorker)]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"g": [{"g": "g1", "r": "grid_worker", "f": 0}], "n": NOW})
+        );
+        let d = crate::wire::rights_digest(&["g1"], &r);
+        assert_ne!(d, crate::wire::scope_digest(&["g1"]));
+        r.at_ms += 1;
+        assert_eq!(crate::wire::rights_digest(&["g1"], &r), d);
+        r.teams.insert("t1".into());
+        assert_ne!(crate::wire::rights_digest(&["g1"], &r), d);
+    }
+}
