@@ -162,7 +162,10 @@ mod tests {
         .into();
         match e {
             QiaomenError::NotAllowed { reason, what, code } => {
-                assert_eq!((what.as_str(), code.as_str()), ("demand_step", "not_allowed"));
+                assert_eq!(
+                    (what.as_str(), code.as_str()),
+                    ("demand_step", "not_allowed")
+                );
                 assert!(reason.contains("demand_step"), "{reason}");
             }
             other => panic!("{other:?}"),

@@ -44,9 +44,7 @@ use crate::{
 };
 
 /// What a user does at an org unit (serde names are the stable codes: `grid_worker`, ...).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// 网格员: visits the households of a grid.
@@ -186,12 +184,24 @@ impl Rights {
     /// Whether the user may write a household of `grid` with a change made at `change_ms`:
     /// a grant covers the grid now, or covered it at the time the change claims.
     pub fn may_write(&self, grid: &str, change_ms: i64) -> bool {
-        held(&self.grants, self.at_ms, grid, change_ms, Role::reads_records)
+        held(
+            &self.grants,
+            self.at_ms,
+            grid,
+            change_ms,
+            Role::reads_records,
+        )
     }
 
     /// Whether the user supervises `grid` (now, or at `change_ms`).
     pub fn supervises(&self, grid: &str, change_ms: i64) -> bool {
-        held(&self.grants, self.at_ms, grid, change_ms, Role::is_supervisor)
+        held(
+            &self.grants,
+            self.at_ms,
+            grid,
+            change_ms,
+            Role::is_supervisor,
+        )
     }
 
     /// What the user is to the work orders of `grid`'s households, for a step made at
@@ -513,8 +523,8 @@ mod tests {
     use crate::{
         calendar::Day,
         ids::{GridId, VisitId},
-        schema::{Demand, DemandStatus, Household, NeedCategory, Satisfaction, Urgency, Visit},
         schema::VisitOutcome,
+        schema::{Demand, DemandStatus, Household, NeedCategory, Satisfaction, Urgency, Visit},
         workorder::{DemandAction, NewStep},
     };
 
@@ -721,8 +731,14 @@ mod tests {
             assert_eq!(judge(&worker, w.user, &mut doc, &before), Ok(()), "{n}");
         }
         let before = doc.heads();
-        doc.demand_step(&w, NOW + 10, d.id, &NewStep::new(DemandAction::Close, "办结"), &rules)
-            .expect("the state allows it");
+        doc.demand_step(
+            &w,
+            NOW + 10,
+            d.id,
+            &NewStep::new(DemandAction::Close, "办结"),
+            &rules,
+        )
+        .expect("the state allows it");
         assert_eq!(
             judge(&worker, w.user, &mut doc, &before),
             not_allowed(Subject::DemandStep)

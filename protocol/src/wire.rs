@@ -197,7 +197,9 @@ impl RejectCode {
             RejectCode::SendRaw => "需要重新发送，下次同步时会自动完成。",
             RejectCode::BrokenHistory => "这条修改的数据已损坏，服务器无法保存。",
             RejectCode::OverLimit => "内容超过了大小限制，服务器未接收。",
-            RejectCode::InvalidField => "有一项填写不符合规则（如姓名、门牌号、地址为空，身份证号或手机号不对，文字超长），服务器未接收。",
+            RejectCode::InvalidField => {
+                "有一项填写不符合规则（如姓名、门牌号、地址为空，身份证号或手机号不对，文字超长），服务器未接收。"
+            }
             RejectCode::Quarantined => {
                 "这户的记录正在服务器上检修，修改保留在手机上，稍后会再发送。"
             }

@@ -68,7 +68,10 @@ fn a_household_in_a_grid_the_worker_does_not_have_is_refused_on_the_phone_and_th
     let server = TestServer::start(&dir.path().join("server"));
     let mut w = server.phone(&dir.path().join("w.db"), &["g1"]);
     w.sync().unwrap();
-    assert!(w.store.rights().unwrap().is_some(), "the server sent rights");
+    assert!(
+        w.store.rights().unwrap().is_some(),
+        "the server sent rights"
+    );
 
     let foreign = new_household("g2", "9");
     assert_refused(
@@ -141,7 +144,13 @@ fn a_workers_close_of_a_work_order_is_refused_on_the_phone_and_the_server() {
     // The same step made past the phone: the server refuses it with the same code.
     let mut doc = copy_of(&mut w, id);
     let hash = doc
-        .demand_step(&w.author, now_ms(), demand.id, &close, &Deadlines::default())
+        .demand_step(
+            &w.author,
+            now_ms(),
+            demand.id,
+            &close,
+            &Deadlines::default(),
+        )
         .unwrap();
     let change = doc.change_bytes(&hash).unwrap();
     assert_eq!(
@@ -169,8 +178,10 @@ fn an_edit_of_a_visit_returned_to_a_colleague_is_refused_on_the_phone_and_the_se
         "POST",
         &format!("{url}/reviews"),
         &boss,
-        Some(serde_json::json!({"visit_id": visit.id.to_string(), "decision": "Returned",
-                                "comment": "请补充用药情况", "heads": view["heads"]})),
+        Some(
+            serde_json::json!({"visit_id": visit.id.to_string(), "decision": "Returned",
+                                "comment": "请补充用药情况", "heads": view["heads"]}),
+        ),
     );
     assert_eq!(status, 201, "{body}");
     b.sync().unwrap();
@@ -184,7 +195,9 @@ fn an_edit_of_a_visit_returned_to_a_colleague_is_refused_on_the_phone_and_the_se
     );
     assert_eq!(b.store.pending_change_count().unwrap(), 0);
     assert_eq!(
-        b.store.household(id).unwrap().visits[&visit.id].note.as_str(),
+        b.store.household(id).unwrap().visits[&visit.id]
+            .note
+            .as_str(),
         "第一次走访"
     );
 
@@ -202,7 +215,9 @@ fn an_edit_of_a_visit_returned_to_a_colleague_is_refused_on_the_phone_and_the_se
     // A fixes their own visit: accepted, and the task closes.
     a.sync().unwrap();
     assert_eq!(a.store.fix_tasks().unwrap().len(), 1);
-    a.store.replace_note(id, visit.id, "已补充用药情况").unwrap();
+    a.store
+        .replace_note(id, visit.id, "已补充用药情况")
+        .unwrap();
     assert!(a.sync().unwrap().rejected.is_empty());
     assert!(a.store.fix_tasks().unwrap().is_empty());
 }
@@ -219,9 +234,16 @@ fn a_phone_without_rights_from_its_server_refuses_nothing_the_server_does() {
     assert_eq!(w.store.pending_change_count().unwrap(), 1);
     let report = w.sync().unwrap();
     let codes: Vec<RejectCode> = report.rejected.iter().map(|r| r.2).collect();
-    assert_eq!(codes, vec![RejectCode::OutOfScope], "the server still refuses it");
+    assert_eq!(
+        codes,
+        vec![RejectCode::OutOfScope],
+        "the server still refuses it"
+    );
     assert!(!w.store.contains(foreign).unwrap());
-    assert!(w.store.rights().unwrap().is_some(), "and sends the rights again");
+    assert!(
+        w.store.rights().unwrap().is_some(),
+        "and sends the rights again"
+    );
 }
 
 #[test]

@@ -102,12 +102,24 @@ impl Scope {
     /// Whether the user may write a household of `grid` with a change made at `change_ms`:
     /// a grant covers the grid now, or covered it at the time the change claims.
     pub fn may_write(&self, grid: &str, change_ms: i64) -> bool {
-        held(&self.grants, self.at_ms, grid, change_ms, Role::reads_records)
+        held(
+            &self.grants,
+            self.at_ms,
+            grid,
+            change_ms,
+            Role::reads_records,
+        )
     }
 
     /// Whether the user supervises `grid` (now, or at `change_ms`).
     pub fn supervises(&self, grid: &str, change_ms: i64) -> bool {
-        held(&self.grants, self.at_ms, grid, change_ms, Role::is_supervisor)
+        held(
+            &self.grants,
+            self.at_ms,
+            grid,
+            change_ms,
+            Role::is_supervisor,
+        )
     }
 
     pub fn may_read(&self, grid: &str) -> bool {
