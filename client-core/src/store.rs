@@ -883,6 +883,9 @@ impl Store {
         visit: &Visit,
         demands: &[Demand],
     ) -> Result<()> {
+        // A visit day that has not come yet is refused here as on the server (§13.8).
+        qiaomen_protocol::validate::visit_day(visit.visit_day, self.now_ms())
+            .map_err(|e| StoreError::from(DocError::Field(e)))?;
         self.commit_edit(
             id,
             |doc, a, now| doc.add_visit(a, now, visit, demands).map(|h| ((), Some(h))),

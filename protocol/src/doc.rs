@@ -822,6 +822,25 @@ impl HouseholdDoc {
 
     /// A demand as it is now, or as it was at `heads`; `None` when it is not there. Reading an
     /// earlier version copies the document, so callers ask only for demands that changed.
+    /// The own time (ms) of the change that created the household: when it was registered,
+    /// by the clock of the phone that did. Reads the whole history: call it only when needed.
+    pub fn created_ms(&mut self) -> Option<i64> {
+        guarded(|| Ok(self.doc.get_changes(&[]).first().map(|c| c.timestamp())))
+            .ok()
+            .flatten()
+    }
+
+    /// One visit as the document holds it now (`None`: not there).
+    pub fn visit(&self, visit: &str) -> Result<Option<Visit>> {
+        let Some((_, visits)) = self.doc.get(ROOT, "visits")? else {
+            return Ok(None);
+        };
+        if self.doc.get(&visits, visit)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(autosurgeon::hydrate_prop(&self.doc, &visits, visit)?))
+    }
+
     pub fn demand_at(&self, demand: &str, heads: Option<&[ChangeHash]>) -> Result<Option<Demand>> {
         let Some((_, demands)) = self.doc.get(ROOT, "demands")? else {
             return Ok(None);

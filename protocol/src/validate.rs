@@ -64,6 +64,8 @@ pub enum Field {
     ReviewComment,
     /// The household document as a whole (its size).
     Document,
+    /// The visit day a visit counts for.
+    VisitDay,
 }
 
 impl Field {
@@ -86,6 +88,7 @@ impl Field {
             Field::StepComment => "step_comment",
             Field::ReviewComment => "review_comment",
             Field::Document => "document",
+            Field::VisitDay => "visit_day",
         }
     }
 }
@@ -112,6 +115,12 @@ pub enum Rule {
     /// Not a mainland mobile number (11 digits starting with 1, then 3-9), nor, for a
     /// household's phone, a landline (0, area code, number).
     PhoneFormat,
+    /// A visit for a visit day that has not come yet.
+    FutureDay,
+    /// A visit for a cycle before its worker held the grid.
+    BeforeAssignment,
+    /// A visit for a cycle before the household was registered.
+    BeforeRegistration,
 }
 
 impl Rule {
@@ -126,6 +135,9 @@ impl Rule {
             Rule::IdCheckDigit => "id_check_digit",
             Rule::IdBirthDate => "id_birth_date",
             Rule::PhoneFormat => "phone_format",
+            Rule::FutureDay => "future_day",
+            Rule::BeforeAssignment => "before_assignment",
+            Rule::BeforeRegistration => "before_registration",
         }
     }
 
@@ -139,6 +151,9 @@ impl Rule {
             Rule::IdCheckDigit => "has a wrong check digit",
             Rule::IdBirthDate => "holds an impossible birth date",
             Rule::PhoneFormat => "is not a valid phone number",
+            Rule::FutureDay => "has not come yet",
+            Rule::BeforeAssignment => "is before the worker held the grid",
+            Rule::BeforeRegistration => "is before the household was registered",
         }
     }
 }
@@ -160,6 +175,25 @@ pub type Result<T = ()> = std::result::Result<T, FieldError>;
 
 fn fail(field: Field, rule: Rule) -> Result {
     Err(FieldError { field, rule })
+}
+
+/// A visit's day, as of `now_ms` (the phone's clock when the worker records it, the server's
+/// when the visit arrives): never a visit day that has not come yet (allowing
+/// [`crate::workorder::CLOCK_SKEW_MS`] of clock difference).
+pub fn visit_day(day: Day, now_ms: i64) -> Result {
+    if day > crate::workorder::day_of(now_ms.saturating_add(crate::workorder::CLOCK_SKEW_MS)) {
+        return fail(Field::VisitDay, Rule::FutureDay);
+    }
+    Ok(())
+}
+
+/// A visit's day for a household registered on `registered` (the day of its creation): not
+/// a cycle before that one.
+pub fn visit_day_registered(day: Day, registered: Day) -> Result {
+    if day < crate::calendar::cycle_of(registered) {
+        return fail(Field::VisitDay, Rule::BeforeRegistration);
+    }
+    Ok(())
 }
 
 /// Free text of at most `max` characters.
@@ -574,6 +608,31 @@ mod tests {
     fn with_check(first17: &str) -> String {
         let b: &[u8; 17] = first17.as_bytes().try_into().unwrap();
         format!("{first17}{}", id_check_char(b) as char)
+    }
+
+    #[test]
+    fn a_visit_day_is_not_in_the_future_nor_before_the_household() {
+        let d = |s: &str| -> Day { s.parse().unwrap() };
+        // Noon on 2026-12-15, China time.
+        let noon = 1_797_307_200_000;
+        assert_eq!(crate::workorder::day_of(noon), d("2026-12-15"));
+        assert!(visit_day(d("2026-12-15"), noon).is_ok());
+        assert!(visit_day(d("2026-11-30"), noon).is_ok());
+        assert_eq!(
+            visit_day(d("2027-01-15"), noon),
+            Err(FieldError {
+                field: Field::VisitDay,
+                rule: Rule::FutureDay
+            })
+        );
+        assert!(visit_day(d("2026-12-30"), noon).is_err());
+        // Registered on the 16th: the 15th's cycle still counts (a catch-up), the one before
+        // does not.
+        assert!(visit_day_registered(d("2026-12-15"), d("2026-12-16")).is_ok());
+        assert_eq!(
+            visit_day_registered(d("2026-11-30"), d("2026-12-16")).map_err(|e| e.rule),
+            Err(Rule::BeforeRegistration)
+        );
     }
 
     #[test]

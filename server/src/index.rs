@@ -422,7 +422,7 @@ impl Index {
                 spans.entry(doc).or_default().push((since, grid));
             }
         }
-        let rows: Vec<(Vec<u8>, String, String, String, String, Option<String>)> = hh
+        let rows: Vec<HouseholdDbRow> = hh
             .query_map([&grids_json], |r| {
                 Ok((
                     r.get(0)?,
@@ -649,6 +649,9 @@ fn clear_rows(tx: &rusqlite::Transaction<'_>, raw: &[u8]) -> rusqlite::Result<()
     }
     Ok(())
 }
+
+/// An `idx_households` row: doc, grid, door, status, tags, registered.
+type HouseholdDbRow = (Vec<u8>, String, String, String, String, Option<String>);
 
 /// For each demand (by key), when the server received each step of its history.
 type Arrivals = std::collections::BTreeMap<String, Vec<Option<i64>>>;

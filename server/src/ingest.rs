@@ -54,9 +54,6 @@ fn verdict<'a>(
     let touched = doc
         .validate_since(before, id)
         .map_err(|e| e.reject_code())?;
-    let Some(p) = principal else {
-        return Ok(());
-    };
     // Each change as its author made it: when, and on which version (its dependencies).
     let made: Vec<policy::Made> = changes
         .into_iter()
@@ -67,7 +64,61 @@ fn verdict<'a>(
                 .flatten(),
         })
         .collect();
+    check_visit_days(principal, doc, &touched, &made)?;
+    let Some(p) = principal else {
+        return Ok(());
+    };
     policy::check_effect(p, doc, before, &touched, &made)
+}
+
+/// Every visit the changes wrote counts for a visit day that has come (by the server's
+/// clock), of a cycle its worker held the grid in (when the uploader is its worker, not a
+/// supervisor) and not of a cycle before the household was created (SYNC-v1 §13.8).
+fn check_visit_days(
+    principal: Option<&Principal>,
+    doc: &mut HouseholdDoc,
+    touched: &qiaomen_protocol::doc::Touched,
+    made: &[policy::Made],
+) -> Result<(), RejectCode> {
+    use qiaomen_protocol::validate;
+    let now = crate::access::now_ms();
+    let grid = doc.grid();
+    // The grids the changes were made in (a visit made before its household moved counts
+    // for the grid it was made in).
+    let grids: Vec<&str> = made
+        .iter()
+        .map(|m| m.seen_grid.as_deref().unwrap_or(grid.as_str()))
+        .collect();
+    // The household's registration (its creating change's own time), read only for a visit
+    // older than the last cycle: reading it costs the household's history.
+    let recent = qiaomen_protocol::calendar::cycle_of(
+        qiaomen_protocol::calendar::cycle_of(qiaomen_protocol::workorder::day_of(now)).add_days(-1),
+    );
+    let mut registered: Option<Option<qiaomen_protocol::calendar::Day>> = None;
+    for (_, key) in touched.entries.iter().filter(|(c, _)| c == "visits") {
+        let Ok(Some(v)) = doc.visit(key) else {
+            continue; // deleted, or refused by validation already
+        };
+        validate::visit_day(v.visit_day, now).map_err(|_| RejectCode::InvalidField)?;
+        if v.visit_day < recent {
+            let created = *registered
+                .get_or_insert_with(|| doc.created_ms().map(qiaomen_protocol::workorder::day_of));
+            if let Some(r) = created {
+                validate::visit_day_registered(v.visit_day, r)
+                    .map_err(|_| RejectCode::InvalidField)?;
+            }
+        }
+        // Before the worker held the grid: the uploader's own visits (a supervisor may
+        // enter one for a worker).
+        if let Some(p) = principal
+            && v.worker == p.user
+            && !p.scope.roles.iter().any(|r| r.is_supervisor())
+            && !grids.iter().any(|g| p.scope.held_for_cycle(g, v.visit_day))
+        {
+            return Err(RejectCode::InvalidField);
+        }
+    }
+    Ok(())
 }
 
 /// Applies `batch` to `doc` and checks the result: each change gives itself back byte for

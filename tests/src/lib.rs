@@ -171,6 +171,27 @@ impl TestServer {
         AccessDb::open(&self.data_dir).expect("access db")
     }
 
+    /// Stops the server, makes everything in its log look received `days` days earlier (as
+    /// if the phones had synced then: figures count a household from its arrival, within the
+    /// catch-up window), drops the read model so it is rebuilt from the log, and starts it
+    /// again on the same store (at a new address).
+    pub fn with_log_received_earlier(mut self, days: i64) -> TestServer {
+        self.stop_inner();
+        let conn = rusqlite::Connection::open(self.data_dir.join("qiaomen.db")).expect("store");
+        conn.execute(
+            "UPDATE changes SET received_ms = received_ms - ?1",
+            [days * 86_400_000],
+        )
+        .expect("backdated");
+        conn.execute_batch(
+            "DELETE FROM idx_households; DELETE FROM idx_visits; DELETE FROM idx_orders;
+             DELETE FROM idx_spans; UPDATE idx_cursor SET seq = 0;",
+        )
+        .expect("read model dropped");
+        drop(conn);
+        TestServer::start(&self.data_dir)
+    }
+
     /// Graceful stop: in-flight syncs finish.
     pub fn stop(mut self) {
         self.stop_inner();

@@ -322,7 +322,7 @@ fn the_phone_splits_an_upload_to_stay_under_the_request_operation_limit() {
     // the request limit of 100,000, in 120 KB (well under the byte budget of a request).
     let ids = a.create_households("g1", 30);
     a.sync().unwrap();
-    let day = Day::ymd(2026, 12, 15).unwrap();
+    let day = Day::ymd(2026, 11, 15).unwrap();
     for id in &ids {
         let visit = sample_visit(&a.author, day, &"a".repeat(4_000));
         a.store.record_visit(*id, &visit, &[]).unwrap();

@@ -39,7 +39,9 @@ fn an_offline_visit_to_a_household_moved_meanwhile_is_kept_and_travels_with_it()
     let mut visit = sample_visit(&a.author, calendar::cycle_of(today()), "屋顶漏雨，老人独居");
     let demand = sample_demand(&a.author, qiaomen_server::access::now_ms(), "请修屋顶");
     visit.demands_raised = vec![demand.id];
-    a.store.record_visit(id, &visit, &[demand.clone()]).unwrap();
+    a.store
+        .record_visit(id, &visit, std::slice::from_ref(&demand))
+        .unwrap();
     // ... while the town moves it to g2.
     centre
         .store
@@ -163,4 +165,201 @@ fn a_refused_visit_keeps_its_content_on_the_phone_and_on_the_server() {
     );
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 0, "{list:?}");
+}
+
+#[test]
+fn visits_for_a_day_to_come_or_a_cycle_before_the_assignment_are_refused_on_both_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let mut centre = server.phone(&dir.path().join("centre.db"), &[]);
+    let id = centre
+        .store
+        .create_household(&new_household("g1", "3"))
+        .unwrap();
+    centre.sync().unwrap();
+    // A worker assigned to g1 just now (not since the org began).
+    let (user, code) = {
+        let db = server.access();
+        let user = db.add_user("w-new", "新网格员").unwrap();
+        db.assign(
+            user,
+            "g1",
+            Role::GridWorker,
+            qiaomen_server::access::now_ms(),
+        )
+        .unwrap();
+        (user, db.issue_enrollment_code(user).unwrap())
+    };
+    let mut w = Phone::enroll(&dir.path().join("w.db"), &server.url, &code).unwrap();
+    assert_eq!(w.author.user, user);
+    w.sync().unwrap();
+    let this_cycle = calendar::cycle_of(today());
+    let next_cycle = calendar::next_visit_day(this_cycle);
+    let last_cycle = calendar::cycle_of(this_cycle.add_days(-1));
+
+    // The phone refuses a visit day to come at once, naming the field; nothing is pending.
+    let early = sample_visit(&w.author, next_cycle, "提前记录");
+    let err = w.store.record_visit(id, &early, &[]).unwrap_err();
+    assert!(format!("{err}").contains("visit_day"), "{err}");
+    assert_eq!(w.store.pending_change_count().unwrap(), 0);
+    // A phone whose clock runs a month ahead takes it; the server, by its own clock, does not.
+    let ahead = qiaomen_server::access::now_ms() + 31 * 86_400_000;
+    w.store.set_clock(move || ahead);
+    let early = sample_visit(&w.author, next_cycle, "提前记录");
+    w.store.record_visit(id, &early, &[]).unwrap();
+    w.store.set_clock(qiaomen_server::access::now_ms);
+    let report = w.sync().unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert_eq!(report.rejected[0].2.name(), "invalid_field");
+
+    // A visit for the cycle before the worker's assignment: refused, and kept on the phone.
+    let before = sample_visit(&w.author, last_cycle, "接手前的走访");
+    w.store.record_visit(id, &before, &[]).unwrap();
+    let report = w.sync().unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    let refused = w.store.rejected_changes().unwrap();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.content.visits.iter().any(|v| v.note == "接手前的走访")),
+        "{refused:?}"
+    );
+    // This cycle's visit is the worker's to record.
+    let now_visit = sample_visit(&w.author, this_cycle, "本期走访");
+    w.store.record_visit(id, &now_visit, &[]).unwrap();
+    assert!(w.sync().unwrap().rejected.is_empty());
+    centre.sync().unwrap();
+    let visits = centre.store.household(id).unwrap().visits;
+    assert!(visits.contains_key(&now_visit.id));
+    assert!(!visits.contains_key(&before.id) && !visits.contains_key(&early.id));
+}
+
+/// Noon (China time) of `day`, in ms.
+fn noon(day: Day) -> i64 {
+    let base = Day::ymd(1970, 1, 1).unwrap();
+    (day.0 - base.0).whole_days() * 86_400_000 + 4 * 3_600_000
+}
+
+/// The unit's tally and its grids' tallies from a coverage answer.
+fn tallies(report: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!([report["unit"]["tally"], report["households"]])
+}
+
+#[test]
+fn past_figures_stay_put_when_households_are_registered_and_moved_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let town = qiaomen_tests::session(&server, "st", "t", Role::TownSupervisor);
+    // A visit day whose catch-up window has closed.
+    let past = calendar::cycle_of(today().add_days(-20));
+    let mut centre = server.phone(&dir.path().join("centre.db"), &[]);
+    let before = noon(past.add_days(-1));
+    centre.store.set_clock(move || before);
+    let g1: Vec<HouseholdId> = (0..4)
+        .map(|i| {
+            centre
+                .store
+                .create_household(&new_household("g1", &format!("1-{i}")))
+                .unwrap()
+        })
+        .collect();
+    let g2: Vec<HouseholdId> = (0..3)
+        .map(|i| {
+            centre
+                .store
+                .create_household(&new_household("g2", &format!("2-{i}")))
+                .unwrap()
+        })
+        .collect();
+    centre.store.set_clock(qiaomen_server::access::now_ms);
+    centre.sync().unwrap();
+    let mut w1 = server.phone(&dir.path().join("w1.db"), &["g1"]);
+    let mut w2 = server.phone(&dir.path().join("w2.db"), &["g2"]);
+    w1.sync().unwrap();
+    w2.sync().unwrap();
+    for id in &g1[..3] {
+        let v = sample_visit(&w1.author, past, "走访");
+        w1.store.record_visit(*id, &v, &[]).unwrap();
+    }
+    let v = sample_visit(&w2.author, past, "走访");
+    w2.store.record_visit(g2[0], &v, &[]).unwrap();
+    assert!(w1.sync().unwrap().rejected.is_empty());
+    assert!(w2.sync().unwrap().rejected.is_empty());
+    // As if all that had reached the server in its time.
+    let server = server.with_log_received_earlier(40);
+
+    let read = |server: &TestServer| {
+        let get = |path: String| {
+            let (status, body) = call("GET", &format!("{}{path}", server.url), &town, None);
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        };
+        let c1 = tallies(&get(format!("/api/v1/coverage?unit=g1&day={past}")));
+        let c2 = tallies(&get(format!("/api/v1/coverage?unit=g2&day={past}")));
+        let mut stats = get(format!("/api/v1/stats?unit=v&from={past}&to={past}"));
+        stats["today"] = serde_json::Value::Null;
+        stats["behind"] = serde_json::Value::Null;
+        let ranking = get(format!("/api/v1/ranking?unit=v&from={past}&to={past}"));
+        (c1, c2, stats, ranking)
+    };
+    let then = read(&server);
+    // Recounted from the raw records: g1 had 4 households, 3 visited; g2 had 3, 1 visited.
+    assert_eq!(then.0[0]["due"], 4, "{}", then.0);
+    assert_eq!(then.0[0]["visited"], 3);
+    assert_eq!(then.0[0]["missed"], 1);
+    assert_eq!(then.1[0]["due"], 3, "{}", then.1);
+    assert_eq!(then.1[0]["visited"], 1);
+    assert_eq!(then.1[0]["missed"], 2);
+
+    // Now: five households are registered in g1, a visited household of g1 moves to g2 and
+    // a missed one of g2 moves to g1.
+    let mut centre = Phone::open(&dir.path().join("centre.db"), &server.url);
+    let new: Vec<HouseholdId> = (0..5)
+        .map(|i| {
+            centre
+                .store
+                .create_household(&new_household("g1", &format!("new-{i}")))
+                .unwrap()
+        })
+        .collect();
+    centre.sync().unwrap();
+    for (id, to) in [(g1[0], "g2"), (g2[2], "g1")] {
+        centre
+            .store
+            .edit_household(id, |h| {
+                h.grid = GridId::new(to);
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert!(centre.sync().unwrap().rejected.is_empty());
+
+    let now = read(&server);
+    assert_eq!(now.0, then.0, "g1's past coverage is unchanged");
+    assert_eq!(now.1, then.1, "g2's past coverage is unchanged");
+    assert_eq!(now.2, then.2, "the past period's statistics are unchanged");
+    assert_eq!(
+        now.3, then.3,
+        "the past period's red/black list is unchanged"
+    );
+
+    // From the next visit day, the households count where they are now.
+    let next = calendar::next_visit_day(calendar::cycle_of(today()));
+    let (_, c) = call(
+        "GET",
+        &format!("{}/api/v1/coverage?unit=g1&day={next}", server.url),
+        &town,
+        None,
+    );
+    let doors: Vec<&str> = c["households"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["door_number"].as_str().unwrap())
+        .collect();
+    assert_eq!(c["unit"]["tally"]["due"], 4 - 1 + 1 + new.len(), "{c}");
+    assert!(
+        doors.contains(&"2-2") && !doors.contains(&"1-0"),
+        "{doors:?}"
+    );
 }

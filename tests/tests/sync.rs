@@ -232,7 +232,7 @@ fn a_phone_that_lost_its_state_converges_again() {
         .store
         .record_visit(
             id,
-            &sample_visit(&restored.author, day("2026-12-15"), "restored"),
+            &sample_visit(&restored.author, day("2026-11-30"), "restored"),
             &[],
         )
         .unwrap();
@@ -322,7 +322,11 @@ fn a_phone_offline_for_months_catches_up_page_by_page_in_one_sync() {
     );
     let mut busy = server.phone(&dir.path().join("busy.db"), &["g1"]);
     let mut away = server.phone(&dir.path().join("away.db"), &["g1"]);
+    // Registered before the months of visits (a visit never counts for a cycle before its
+    // household was created, SYNC-v1 §13.8).
+    busy.store.set_clock(|| 1_767_225_600_000); // 2026-01-01 China time
     let ids = busy.create_households("g1", 10);
+    busy.store.set_clock(qiaomen_server::access::now_ms);
     busy.sync().unwrap();
     away.sync().unwrap();
     // Six months of visit days on the busy phone, synced as they go; the away phone makes its

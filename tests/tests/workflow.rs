@@ -521,8 +521,10 @@ fn coverage_lists_every_due_household_not_met_with_its_reason_and_deadline() {
     let server = TestServer::start(&dir.path().join("server"));
     let town = session(&server, "st", "t", Role::TownSupervisor);
     let mut worker = server.phone(&dir.path().join("w.db"), &["g2"]);
-    // A visit day whose catch-up deadline has passed.
+    // A visit day whose catch-up deadline has passed, and households registered before it.
     let day = calendar::cycle_of(today().add_days(-20));
+    let registered = noon(day.add_days(-1));
+    worker.store.set_clock(move || registered);
     let met = household(&mut worker, "g2", "1");
     let nobody = household(&mut worker, "g2", "2");
     let refused = household(&mut worker, "g2", "3");
@@ -546,11 +548,15 @@ fn coverage_lists_every_due_household_not_met_with_its_reason_and_deadline() {
             Ok(())
         })
         .unwrap();
+    worker.store.set_clock(now_ms);
     visit_with(&mut worker, met, day, VisitOutcome::Met, &[]);
     visit_with(&mut worker, nobody, day, VisitOutcome::NobodyHome, &[]);
     visit_with(&mut worker, refused, day, VisitOutcome::NobodyHome, &[]);
     visit_with(&mut worker, refused, day, VisitOutcome::Refused, &[]);
     worker.sync().unwrap();
+    // The households count from their registration: as if the phone had synced them before
+    // that visit day.
+    let server = server.with_log_received_earlier(50);
 
     let (status, r) = call(
         "GET",
@@ -673,12 +679,24 @@ fn statistics_and_the_red_black_list_are_recomputed_from_the_raw_records() {
     }
     // Three grids with different records: the phone's clock is set per step, so deadlines
     // are met or missed for real.
-    let mut phones = Vec::new();
-    for (g, grid) in ["g10", "g11", "g12"].into_iter().enumerate() {
+    let mut registered = Vec::new();
+    for grid in ["g10", "g11", "g12"] {
         let mut p = server.phone(&dir.path().join(format!("{grid}.db")), &[grid]);
+        let at = noon(from.add_days(-1));
+        p.store.set_clock(move || at);
         let households: Vec<HouseholdId> = (0..4)
             .map(|n| household(&mut p, grid, &n.to_string()))
             .collect();
+        p.store.set_clock(now_ms);
+        p.sync().unwrap();
+        registered.push((grid, households));
+    }
+    // The households count from their registration: as if they had reached the server two
+    // months ago, before the period (figures as of their day, SYNC-v1 §10).
+    let server = server.with_log_received_earlier(60);
+    let mut phones = Vec::new();
+    for (g, (grid, households)) in registered.into_iter().enumerate() {
+        let mut p = Phone::open(&dir.path().join(format!("{grid}.db")), &server.url);
         for (i, day) in visit_days.iter().enumerate() {
             for (n, h) in households.iter().enumerate() {
                 // g10 visits everyone; g11 misses one household a cycle; g12 meets half.
