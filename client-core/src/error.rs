@@ -1,7 +1,7 @@
 //! The store's errors. Messages name the failure and at most a household id, never a
 //! resident's data.
 
-use qiaomen_protocol::{DocError, ids::HouseholdId};
+use qiaomen_protocol::{DocError, ids::HouseholdId, policy::Subject, wire::RejectCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -21,6 +21,13 @@ pub enum StoreError {
     /// The document refused the edit or the input (see [`DocError`]).
     #[error(transparent)]
     Document(#[from] DocError),
+    /// The server's rules (SYNC-v1 §6.4) refuse the edit: this user may not make it. `what`
+    /// names what was refused (`household`: a grid the user may not write; `grid`: moving the
+    /// household; `visits`: a colleague's visit; `demand_step`: a work-order step the role
+    /// may not take; ...), `code` is what the server would answer (`out_of_scope`,
+    /// `not_allowed`, `stale_order`). Nothing was stored.
+    #[error("not allowed: {} ({})", .what.code(), .code.name())]
+    NotAllowed { what: Subject, code: RejectCode },
     /// The store is not enrolled with a server yet.
     #[error("this store is not enrolled; enroll with a code first")]
     NotEnrolled,

@@ -24,6 +24,7 @@ use qiaomen_protocol::{
     coverage::{self, CoverageInput, CoveragePolicy},
     doc::{Author, HouseholdDoc},
     ids::{DemandId, GridId, HouseholdId, VisitId},
+    policy::{self, Actor, Made, Rights},
     schema::{Demand, DemandStatus, Household, HouseholdStatus, KeyGroup, Visit},
     schema::{TagSpan, VisitOutcome},
     wire::RejectCode,
@@ -731,19 +732,32 @@ impl Store {
         let now = self.now_ms();
         let author = self.author;
         let compact_after = self.options.compact_after;
+        let rights = self.rights()?;
         let cached = self.doc_mut(id)?;
         let before = cached.doc.heads();
         let (out, hash) = edit(&mut cached.doc, &author, now)?;
         let Some(hash) = hash else { return Ok(out) };
-        // The server's own checks of what the change wrote (field rules, §13.8) and of its
-        // size (§12), before anything is stored: an edit the server would refuse fails here.
-        if let Err(e) = cached
+        // The server's own checks of what the change wrote (field rules, §13.8), of its size
+        // (§12) and of who may make it (§6.4), before anything is stored: an edit the server
+        // would refuse fails here.
+        let checked = cached
             .doc
             .validate_since(&before, id)
-            .and_then(|_| cached.doc.check_size(&hash))
-        {
+            .and_then(|touched| cached.doc.check_size(&hash).map(|()| touched))
+            .map_err(StoreError::from)
+            .and_then(|touched| {
+                Self::check_rights(
+                    rights.as_ref(),
+                    author.user,
+                    &cached.doc,
+                    &before,
+                    &touched,
+                    now,
+                )
+            });
+        if let Err(e) = checked {
             self.cache.remove(&id);
-            return Err(e.into());
+            return Err(e);
         }
         let bytes = cached
             .doc
@@ -822,7 +836,18 @@ impl Store {
         }
         let mut h = household.clone();
         h.schema_version = qiaomen_protocol::schema::SCHEMA_VERSION;
-        let mut doc = HouseholdDoc::create(&h, &self.author, self.now_ms())?;
+        let now = self.now_ms();
+        let mut doc = HouseholdDoc::create(&h, &self.author, now)?;
+        // A household only in a grid its user may write (the server's rule, §6.4).
+        let touched = doc.validate_since(&[], id)?;
+        Self::check_rights(
+            self.rights()?.as_ref(),
+            self.author.user,
+            &doc,
+            &[],
+            &touched,
+            now,
+        )?;
         doc.set_actor(self.actor.clone());
         let hash = doc.heads()[0];
         let snapshot = doc.save();
@@ -902,8 +927,10 @@ impl Store {
     }
 
     /// Takes a step of a demand's work order (a return visit, a feedback, ...), appending it
-    /// to the history. Refused here if it does not follow from the order's state; the server
-    /// also checks who may take it.
+    /// to the history. Refused here if it does not follow from the order's state, and, once
+    /// the server has sent this user's rights, if it is not one their role may take
+    /// ([`workorder::check_steps`] with the user's [`workorder::Party`] for the household's
+    /// grid, as the server judges it): [`StoreError::NotAllowed`] naming `demand_step`.
     pub fn demand_step(
         &mut self,
         id: HouseholdId,
@@ -1568,6 +1595,65 @@ impl Store {
         set_meta_json(&self.conn, "scope", &grids)
     }
 
+    /// What the server last said this device's user may do (the sync response's `u`), if it
+    /// said: the store runs the server's rules with it before it commits an edit. `None`
+    /// (an older server, or no sync yet): the phone refuses nothing the rules would.
+    pub fn rights(&self) -> Result<Option<Rights>> {
+        meta_json(&self.conn, "rights")
+    }
+
+    /// Keeps `rights` (`None`: forgets them; the server sends none).
+    pub fn set_rights(&self, rights: Option<&Rights>) -> Result<()> {
+        match rights {
+            Some(r) => set_meta_json(&self.conn, "rights", r),
+            None => {
+                self.conn
+                    .execute("DELETE FROM meta WHERE key = 'rights'", [])?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The server's rules (SYNC-v1 §6.4, [`policy::check_effect`]) on what the change just
+    /// made on `doc` on top of `before` touched, with the rights the server last sent. Nothing
+    /// is refused while the phone holds no rights.
+    fn check_rights(
+        rights: Option<&Rights>,
+        user: qiaomen_protocol::ids::UserId,
+        doc: &HouseholdDoc,
+        before: &[ChangeHash],
+        touched: &qiaomen_protocol::doc::Touched,
+        now: i64,
+    ) -> Result<()> {
+        let Some(rights) = rights else {
+            return Ok(());
+        };
+        // Judged as the server will when the change arrives: no earlier than when the server
+        // computed the rights (a phone's clock a little behind does not lose a fresh grant).
+        let rights = Rights {
+            at_ms: rights.at_ms.max(now),
+            ..rights.clone()
+        };
+        let actor = Actor {
+            user,
+            rights: &rights,
+            server_built: false,
+            demand_ids: None,
+        };
+        let made = Made {
+            at_ms: now,
+            seen_grid: (!before.is_empty())
+                .then(|| doc.root_text("grid", Some(before)))
+                .flatten(),
+        };
+        policy::check_effect(&actor, doc, before, touched, &[made]).map_err(|r| {
+            StoreError::NotAllowed {
+                what: r.what,
+                code: r.code,
+            }
+        })
+    }
+
     /// Removes the households of grids outside `grids` that hold nothing unacknowledged: the
     /// worker moved on, and residents' records leave the phone. Returns how many left.
     pub fn drop_households_outside(&mut self, grids: &[String]) -> Result<usize> {
@@ -1608,7 +1694,7 @@ impl Store {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }
         tx.execute(
-            "DELETE FROM meta WHERE key IN ('credentials', 'cursor', 'cursor_check', 'scope', 'extras_digest')",
+            "DELETE FROM meta WHERE key IN ('credentials', 'cursor', 'cursor_check', 'scope', 'rights', 'extras_digest')",
             [],
         )?;
         tx.commit()?;

@@ -392,7 +392,7 @@ impl SyncClient {
         let mut uploaded_docs = std::collections::HashSet::new();
         let mut received_docs = std::collections::HashSet::new();
         let mut rotate = false;
-        let mut scope: Option<Vec<String>> = None;
+        let mut scope: Option<(Vec<String>, Option<qiaomen_protocol::policy::Rights>)> = None;
         let mut caught_up_scope = false;
         loop {
             let chunk = chunks.pop_front().unwrap_or_default();
@@ -436,9 +436,7 @@ impl SyncClient {
                 pending: Some(Self::pending_count(store)?),
                 features: qiaomen_protocol::wire::FEATURES,
                 extras_digest: store.extras_digest()?,
-                scope_digest: store
-                    .sync_scope()?
-                    .map(|s| qiaomen_protocol::wire::scope_digest(&s)),
+                scope_digest: Self::scope_digest(store)?,
                 cursor_check: store.sync_cursor_check()?.map(ByteBuf::from),
                 version: PROTOCOL_VERSION,
                 cursor: store.sync_cursor()?,
@@ -488,7 +486,8 @@ impl SyncClient {
                 report.extras_digest = response.extras_digest;
             }
             if let Some(s) = &response.scope {
-                scope = Some(s.clone());
+                // With the scope, what the user may do (absent: the server sends no rights).
+                scope = Some((s.clone(), response.rights.clone()));
             }
             self.take_response(store, &chunk, response.clone(), &mut report)?;
             if let Some(x) = response.retire {
@@ -518,12 +517,13 @@ impl SyncClient {
                 // Grids new to this device's scope: their households' earlier history is before
                 // the cursor, so fetch the whole scope once more from no cursor (what the phone
                 // has is skipped by hash; only the missing history lands).
-                if let Some(now) = &scope {
+                if let Some((now, rights)) = &scope {
                     let known = store.sync_scope()?;
                     let grew = known
                         .as_ref()
                         .is_some_and(|k| now.iter().any(|g| !k.contains(g)));
                     store.set_sync_scope(now)?;
+                    store.set_rights(rights.as_ref())?;
                     if grew && !caught_up_scope {
                         caught_up_scope = true;
                         store.set_sync_position(None, None)?;
@@ -535,7 +535,7 @@ impl SyncClient {
         }
         // Households whose grid is outside the scope leave the phone: the scope shrank, or a
         // household moved to a grid this device does not hold.
-        if let Some(now) = scope.or(store.sync_scope()?) {
+        if let Some(now) = scope.map(|(s, _)| s).or(store.sync_scope()?) {
             report.dropped_households = store.drop_households_outside(&now)?;
         }
         if rotate {
@@ -545,6 +545,18 @@ impl SyncClient {
             }
         }
         Ok(report)
+    }
+
+    /// The `s` of a request: the digest of the scope the phone holds, and of the rights with
+    /// it once the server sent some (SYNC-v1 §5.1).
+    fn scope_digest(store: &Store) -> Result<Option<u64>, SyncError> {
+        let Some(grids) = store.sync_scope()? else {
+            return Ok(None);
+        };
+        Ok(Some(match store.rights()? {
+            Some(r) => wire::rights_digest(&grids, &r),
+            None => wire::scope_digest(&grids),
+        }))
     }
 
     /// Stores what a response says: acknowledgements, refusals, new changes, then the cursor.

@@ -834,3 +834,88 @@ fn coverage_on_the_phone_follows_the_shared_rule_and_survives_an_upgrade() {
         CoverageState::NotMet(VisitOutcome::NobodyHome)
     );
 }
+
+fn worker_rights(grid: &str) -> qiaomen_protocol::policy::Rights {
+    use qiaomen_protocol::policy::{Grant, Rights, Role};
+    Rights {
+        grants: vec![Grant {
+            grid: grid.into(),
+            role: Role::GridWorker,
+            from_ms: 0,
+            until_ms: None,
+        }],
+        teams: Default::default(),
+        at_ms: 0,
+    }
+}
+
+fn not_allowed<T: std::fmt::Debug>(
+    r: Result<T, StoreError>,
+) -> (&'static str, qiaomen_protocol::wire::RejectCode) {
+    match r {
+        Err(StoreError::NotAllowed { what, code }) => (what.code(), code),
+        other => panic!("expected NotAllowed, got {other:?}"),
+    }
+}
+
+#[test]
+fn with_the_servers_rights_the_store_refuses_what_the_server_would_and_stores_nothing() {
+    use qiaomen_protocol::wire::RejectCode;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (author(), author());
+    let mut sa = Store::open(dir.path().join("a.db"), a, options()).unwrap();
+    let mut sb = Store::open(dir.path().join("b.db"), b, options()).unwrap();
+    // Without rights (no sync with a server that sends them): nothing refused.
+    let foreign = sb.create_household(&household("g2", "1")).unwrap();
+    assert!(sb.contains(foreign).unwrap());
+    sb.set_rights(Some(&worker_rights("g1"))).unwrap();
+    sa.set_rights(Some(&worker_rights("g1"))).unwrap();
+    assert_eq!(sb.rights().unwrap(), Some(worker_rights("g1")));
+
+    // A household in a grid not theirs.
+    let h = household("g2", "2");
+    assert_eq!(
+        not_allowed(sb.create_household(&h)),
+        ("household", RejectCode::OutOfScope)
+    );
+    assert!(!sb.contains(h.id).unwrap());
+
+    // A's visit on B's phone: B may add their own, not touch A's, delete none, move nothing.
+    let id = sa.create_household(&household("g1", "3")).unwrap();
+    let v = visit(&a, "2026-11-15");
+    sa.record_visit(id, &v, &[]).unwrap();
+    let bytes = sa.document(id).unwrap().save();
+    sb.import_document(&bytes).unwrap();
+    let pending_b = sb.pending_change_count().unwrap();
+    assert_eq!(
+        not_allowed(sb.replace_note(id, v.id, "改别人的")),
+        ("visits", RejectCode::NotAllowed)
+    );
+    assert_eq!(
+        not_allowed(sb.edit_household(id, |h| {
+            h.visits.clear();
+            Ok(())
+        })),
+        ("visits", RejectCode::NotAllowed)
+    );
+    assert_eq!(
+        not_allowed(sb.edit_household(id, |h| {
+            h.grid = GridId::new("g2");
+            Ok(())
+        })),
+        ("grid", RejectCode::OutOfScope)
+    );
+    assert_eq!(sb.pending_change_count().unwrap(), pending_b);
+    assert_eq!(
+        sb.household(id).unwrap().visits[&v.id].note.as_str(),
+        "一切正常"
+    );
+    sb.record_visit(id, &visit(&b, "2026-11-15"), &[]).unwrap();
+    assert_eq!(sb.household(id).unwrap().visits.len(), 2);
+    // A fixes their own.
+    sa.replace_note(id, v.id, "补记").unwrap();
+
+    // Rights forgotten (an older server): today's behaviour again.
+    sb.set_rights(None).unwrap();
+    sb.replace_note(id, v.id, "改别人的").unwrap();
+}

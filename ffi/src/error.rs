@@ -41,6 +41,19 @@ pub enum QiaomenError {
         invalid_field: Option<String>,
         rule: Option<String>,
     },
+    /// The server's rules (SYNC-v1 §6.4), run on the phone, refuse the edit: this user may
+    /// not make it. Nothing was stored. `what` names what was refused by its stable code
+    /// (`household`: a grid the user may not write; `grid`: moving the household; `status`;
+    /// `members` / `visits`: deleting one, or a colleague's visit; `demands`; `demand_step`:
+    /// a work-order step the role may not take; `reviews`), `code` the reject code the
+    /// server would answer (`out_of_scope`, `not_allowed`, `stale_order`): show the worker
+    /// that a supervisor must do it.
+    #[error("not allowed: {reason}")]
+    NotAllowed {
+        reason: String,
+        what: String,
+        code: String,
+    },
     /// No such household, visit, demand or field.
     #[error("not found: {reason}")]
     NotFound { reason: String },
@@ -75,6 +88,11 @@ impl From<StoreError> for QiaomenError {
             StoreError::AlreadyExists { .. } | StoreError::AlreadyEnrolled => {
                 QiaomenError::invalid(message)
             }
+            StoreError::NotAllowed { what, code } => QiaomenError::NotAllowed {
+                reason: message,
+                what: what.code().into(),
+                code: code.name(),
+            },
             StoreError::NotEnrolled | StoreError::WrongUser => {
                 QiaomenError::Unauthorized { reason: message }
             }
@@ -127,9 +145,32 @@ impl QiaomenError {
 
 #[cfg(test)]
 mod tests {
-    use qiaomen_protocol::validate::{Field, FieldError, Rule};
+    use qiaomen_protocol::{
+        policy::Subject,
+        validate::{Field, FieldError, Rule},
+        wire::RejectCode,
+    };
 
     use super::*;
+
+    #[test]
+    fn a_refusal_by_the_rules_reaches_the_app_as_not_allowed_naming_what() {
+        let e: QiaomenError = StoreError::NotAllowed {
+            what: Subject::DemandStep,
+            code: RejectCode::NotAllowed,
+        }
+        .into();
+        match e {
+            QiaomenError::NotAllowed { reason, what, code } => {
+                assert_eq!(
+                    (what.as_str(), code.as_str()),
+                    ("demand_step", "not_allowed")
+                );
+                assert!(reason.contains("demand_step"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn a_field_rule_reaches_the_app_as_invalid_input_naming_the_field_not_the_value() {

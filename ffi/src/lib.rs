@@ -209,7 +209,9 @@ impl Phone {
     /// Takes a step of a demand's work order on the phone — typically the feedback to the
     /// resident and the return visit, offline; it syncs like any edit, and the server
     /// refuses it (`stale_order`) if the order moved on meanwhile. `InvalidInput` when the
-    /// step does not follow from the order's state or lacks its data.
+    /// step does not follow from the order's state or lacks its data; `NotAllowed`
+    /// (`what` = `demand_step`) when the user's role may not take it (closing is a
+    /// supervisor's, dispatching a dispatcher's), as the server would refuse it.
     pub fn demand_step(
         &self,
         household_id: String,

@@ -1,8 +1,8 @@
 //! What a Qiaomen phone and the Qiaomen server must agree on, with no IO at all:
 //! identifiers ([`ids`]), the visit-day calendar ([`calendar`]), the household document's
 //! schema ([`schema`]) and its migrations ([`migrate`]), the typed document itself ([`doc`])
-//! and its concurrent values ([`conflicts`]), and the field rules and limits both ends
-//! enforce ([`validate`]).
+//! and its concurrent values ([`conflicts`]), the field rules and limits both ends
+//! enforce ([`validate`]), and who may make a change ([`policy`]), which both ends run too.
 //!
 //! Nothing here opens a file, a socket or reads a clock: time comes in as arguments
 //! (`now_ms`), so tests can run many replicas deterministically in one thread.
@@ -17,6 +17,7 @@ pub mod ids;
 pub mod integrity;
 pub mod migrate;
 pub mod pack;
+pub mod policy;
 pub mod refused;
 pub mod review;
 pub mod schema;

@@ -119,8 +119,12 @@ pub const FEATURE_PACKED: u32 = 2;
 
 /// Every feature this build understands: what the reference phone sends in `f`, and what the
 /// reference server answers in `f` (the bits both ends share).
-pub const FEATURES: u32 =
-    FEATURE_STALE_ORDER | FEATURE_PACKED | FEATURE_INTEGRITY | FEATURE_RETIRE | FEATURE_FIELD_RULES;
+pub const FEATURES: u32 = FEATURE_STALE_ORDER
+    | FEATURE_PACKED
+    | FEATURE_INTEGRITY
+    | FEATURE_RETIRE
+    | FEATURE_FIELD_RULES
+    | FEATURE_RIGHTS;
 
 /// Feature bit: the phone understands the reject codes `broken_history`, `over_limit` and
 /// `quarantined` (a phone without it is sent `malformed` for the first two and
@@ -136,6 +140,12 @@ pub const FEATURE_RETIRE: u32 = 8;
 /// Feature bit: the phone understands the reject code `invalid_field` (a phone without it is
 /// sent `schema_violation`).
 pub const FEATURE_FIELD_RULES: u32 = 16;
+
+/// Feature bit: the phone runs the server's rules ([`crate::policy`]) before it commits an
+/// edit, and wants what its user may do (`u`, [`SyncResponse::rights`]) with its scope: for
+/// such a phone the request's `s` is the [`rights_digest`] of the scope and rights it holds
+/// (the [`scope_digest`] while it holds no rights).
+pub const FEATURE_RIGHTS: u32 = 32;
 
 impl RejectCode {
     /// The code's wire name (its serde name, e.g. `broken_history`), for records and messages.
@@ -232,6 +242,27 @@ pub fn scope_digest<S: AsRef<str>>(grids: &[S]) -> u64 {
     fnv1a(&bytes)
 }
 
+/// The digest of a scope and the rights sent with it (`s` of a phone announcing
+/// [`FEATURE_RIGHTS`] that holds rights): FNV-1a (64 bit) over the bytes [`scope_digest`]
+/// digests, a `0x00` byte, and the canonical CBOR of the rights with `n` omitted.
+pub fn rights_digest<S: AsRef<str>>(grids: &[S], rights: &crate::policy::Rights) -> u64 {
+    let mut sorted: Vec<&str> = grids.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut bytes = Vec::new();
+    for g in sorted {
+        bytes.extend_from_slice(g.as_bytes());
+        bytes.push(b'\n');
+    }
+    bytes.push(0);
+    let undated = crate::policy::Rights {
+        at_ms: 0,
+        ..rights.clone()
+    };
+    bytes.extend_from_slice(&to_cbor(&undated));
+    fnv1a(&bytes)
+}
+
 /// FNV-1a, 64 bits: the digests of the protocol (not a security measure).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -297,6 +328,12 @@ pub struct SyncResponse {
     /// accepted). A retiring device is sent no changes (`d` empty, `c` and `k` as requested).
     #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
     pub retire: Option<Retire>,
+    /// **rights**: what the device's user may do (every grant with its role and period, the
+    /// teams), sent with `s` to a phone that announced [`FEATURE_RIGHTS`]: the phone keeps it
+    /// and runs the server's rules ([`crate::policy`]) before it commits an edit. `s` without
+    /// `u` means the server sends no rights: the phone forgets any it held.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub rights: Option<crate::policy::Rights>,
 }
 
 /// Where a retired device stands ([`SyncResponse::retire`]).

@@ -244,6 +244,9 @@ impl Msg {
                 if let Some(x) = r.retire {
                     o["x"] = json!(x);
                 }
+                if let Some(u) = &r.rights {
+                    o["u"] = serde_json::to_value(u).expect("rights as JSON");
+                }
                 o
             }
             Msg::Rejection(r) => rejection_to_json(r),
@@ -302,8 +305,14 @@ impl Msg {
                 })
             }
             "SyncResponse" => {
-                let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t", "f", "x"])?;
+                let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t", "f", "x", "u"])?;
                 Msg::Response(SyncResponse {
+                    rights: match o.get("u") {
+                        None => None,
+                        Some(u) => {
+                            Some(serde_json::from_value(u.clone()).map_err(|e| e.to_string())?)
+                        }
+                    },
                     features: match o.get("f") {
                         None => 0,
                         Some(_) => uint(o, "f")? as u32,
@@ -558,6 +567,7 @@ fn vectors() -> Vec<Vector> {
         Msg::Response(SyncResponse {
             features: 0,
             retire: None,
+            rights: None,
             extras_digest: None,
             scope: None,
             cursor_check: None,
@@ -741,6 +751,7 @@ fn vectors() -> Vec<Vector> {
         Msg::Response(SyncResponse {
             features: 0,
             retire: None,
+            rights: None,
             extras_digest: Some(0x0123_4567_89ab_cdef),
             scope: None,
             cursor_check: None,
@@ -758,8 +769,44 @@ fn vectors() -> Vec<Vector> {
         Msg::Response(SyncResponse {
             features: 0,
             retire: None,
+            rights: None,
             extras_digest: None,
             scope: Some(vec!["dongcun-03".into(), "dongcun-04".into()]),
+            cursor_check: None,
+            version: PROTOCOL_VERSION,
+            cursor: 44,
+            accepted: 0,
+            rejected: vec![],
+            docs: vec![],
+            more: false,
+        }),
+    ));
+    out.push(vector(
+        "response-rights",
+        "An idle answer to a phone that announced feature bit 32: with the scope (s), what its user may do (u): every grant (grid g, role r, from f, until u, in ms) and the teams (t), computed at n. The phone keeps both and runs the server's rules before it commits an edit; its next s is the rights digest of the two.",
+        Msg::Response(SyncResponse {
+            features: wire::FEATURES,
+            retire: None,
+            rights: Some(qiaomen_protocol::policy::Rights {
+                grants: vec![
+                    qiaomen_protocol::policy::Grant {
+                        grid: "dongcun-03".into(),
+                        role: qiaomen_protocol::policy::Role::GridWorker,
+                        from_ms: 1_767_196_800_000,
+                        until_ms: Some(1_780_243_200_000),
+                    },
+                    qiaomen_protocol::policy::Grant {
+                        grid: "dongcun-04".into(),
+                        role: qiaomen_protocol::policy::Role::GridWorker,
+                        from_ms: 1_780_243_200_000,
+                        until_ms: None,
+                    },
+                ],
+                teams: Default::default(),
+                at_ms: 1_781_000_000_000,
+            }),
+            extras_digest: None,
+            scope: Some(vec!["dongcun-04".into()]),
             cursor_check: None,
             version: PROTOCOL_VERSION,
             cursor: 44,
@@ -805,6 +852,7 @@ fn vectors() -> Vec<Vector> {
             Msg::Response(SyncResponse {
                 features: wire::FEATURES,
                 retire: Some(x),
+                rights: None,
                 extras_digest: None,
                 scope: None,
                 cursor_check: None,
@@ -1163,6 +1211,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         SyncResponse {
             features: 0,
             retire: None,
+            rights: None,
             extras_digest: None,
             scope: None,
             cursor_check: None,

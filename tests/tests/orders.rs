@@ -145,6 +145,24 @@ fn a_phone_cannot_give_a_demand_the_hotlines_source_number_or_a_first_responsibl
         worker.sync().unwrap();
         let mut d = sample_demand(&worker.author, now_ms(), "路灯不亮");
         set(&mut d);
+        // The phone refuses it at once, as the server would.
+        let copy = d.clone();
+        let refused = worker.store.edit_household(h, move |hh| {
+            hh.demands.insert(copy.id, copy);
+            Ok(())
+        });
+        assert!(
+            matches!(
+                refused,
+                Err(qiaomen_client_core::StoreError::NotAllowed {
+                    what: qiaomen_protocol::policy::Subject::Demands,
+                    code: RejectCode::NotAllowed
+                })
+            ),
+            "{refused:?}"
+        );
+        // Past the phone (as one that holds no rights): the server refuses it.
+        worker.store.set_rights(None).unwrap();
         raise(&mut worker, h, &d);
         forged.push((h, d.id));
     }

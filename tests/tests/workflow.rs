@@ -154,19 +154,19 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
         "{o}"
     );
 
-    // The worker may not dispatch: the step is taken offline, refused on sync with its
-    // reason, and rolled back on the phone.
-    worker
-        .store
-        .demand_step(
-            h,
-            d.id,
-            &NewStep {
-                unit: Some("team-water"),
-                ..NewStep::new(DemandAction::Dispatch, "")
-            },
-        )
-        .unwrap();
+    // The worker may not dispatch: the phone refuses the step at once; taken offline past
+    // it (as by a phone holding no rights), it is refused on sync with its reason, and
+    // rolled back on the phone.
+    let dispatch = NewStep {
+        unit: Some("team-water"),
+        ..NewStep::new(DemandAction::Dispatch, "")
+    };
+    assert!(matches!(
+        worker.store.demand_step(h, d.id, &dispatch),
+        Err(qiaomen_client_core::StoreError::NotAllowed { .. })
+    ));
+    worker.store.set_rights(None).unwrap();
+    worker.store.demand_step(h, d.id, &dispatch).unwrap();
     worker.sync().unwrap();
     assert_eq!(refusals(&worker, h), ["not_allowed"]);
     assert_eq!(
@@ -360,10 +360,13 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
     assert_eq!(o["order"]["status"], "ReturnVisited", "{o}");
     assert_eq!(o["order"]["satisfaction"], "Satisfied");
     assert!(!o["may"].as_array().unwrap().is_empty());
-    worker
-        .store
-        .demand_step(h, d.id, &NewStep::new(DemandAction::Close, ""))
-        .unwrap();
+    let close = NewStep::new(DemandAction::Close, "");
+    assert!(matches!(
+        worker.store.demand_step(h, d.id, &close),
+        Err(qiaomen_client_core::StoreError::NotAllowed { .. })
+    ));
+    worker.store.set_rights(None).unwrap();
+    worker.store.demand_step(h, d.id, &close).unwrap();
     worker.sync().unwrap();
     assert_eq!(
         refusals(&worker, h),

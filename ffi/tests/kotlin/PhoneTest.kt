@@ -95,17 +95,20 @@ fun conflictVisibleAndResolved(org: Org) {
     check(b.household(hid).doorNumber == "17-1" && b.conflicts(hid).isEmpty(), "resolution reached b")
 }
 
-fun refusedChangeReported(org: Org) {
+fun forbiddenEditRefusedAtOnce(org: Org) {
     val grid = org.grid()
     val phone = org.worker(grid)
     val hid = phone.createHousehold(household(grid))
     sync(phone)
-    // Marking a household merged is a supervisor's decision: the server refuses it.
-    phone.updateHousehold(hid, HouseholdUpdate(null, null, null, HouseholdStatus.MERGED))
-    check(sync(phone).rejected == 1uL, "one change refused")
-    val refused = phone.rejectedChanges()
-    check(refused.size == 1 && refused[0].code == "not_allowed" && refused[0].householdId == hid, "reason code")
-    check(phone.household(hid).status == HouseholdStatus.ACTIVE, "rolled back")
+    // Marking a household merged is a supervisor's decision: with the rights its sync brought,
+    // the phone refuses it at once (as the server would), naming what, and stores nothing.
+    try {
+        phone.updateHousehold(hid, HouseholdUpdate(null, null, null, HouseholdStatus.MERGED)); check(false, "no error")
+    } catch (e: QiaomenException.NotAllowed) {
+        check(e.what == "status" && e.code == "not_allowed", "names what was refused")
+    }
+    check(phone.pendingCount() == 0uL && phone.rejectedChanges().isEmpty(), "nothing stored")
+    check(phone.household(hid).status == HouseholdStatus.ACTIVE, "unchanged")
     phone.recordVisit(hid, visit("recorded"))
     check(sync(phone).rejected == 0uL && phone.pendingCount() == 0uL, "keeps working")
 }
@@ -175,7 +178,7 @@ fun main(args: Array<String>) {
     val tests = listOf(
         "two phones record visits offline and both see both" to ::twoPhonesSeeBothVisits,
         "a conflict is visible and resolved" to ::conflictVisibleAndResolved,
-        "a refused change is reported and the phone keeps working" to ::refusedChangeReported,
+        "an edit the server would refuse is refused at once and the phone keeps working" to ::forbiddenEditRefusedAtOnce,
         "enrollment and other errors arrive as the documented exceptions" to ::errorsAreTyped,
         "a revoked phone is wiped on its next sync" to ::revokedPhoneIsWiped,
         "a retired phone uploads what it holds, then is wiped" to ::retiredPhoneUploadsThenIsWiped,

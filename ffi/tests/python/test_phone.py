@@ -111,19 +111,23 @@ def test_a_conflict_is_visible_and_resolved(org):
     assert b.conflicts(hid) == [] and b.household(hid).door_number == "17-1"
 
 
-def test_a_refused_change_is_reported_and_the_phone_keeps_working(org):
+def test_an_edit_the_server_would_refuse_is_refused_at_once_and_the_phone_keeps_working(org):
     grid = org.grid()
     phone = worker(org, grid)
     hid = phone.create_household(household(grid))
     sync(phone)
-    # Marking a household merged is a supervisor's decision: the server refuses it.
-    phone.update_household(hid, q.HouseholdUpdate(address=None, door_number=None, phone=None,
-                                                  status=q.HouseholdStatus.MERGED))
-    summary = sync(phone)
-    assert summary.rejected == 1
-    refused = phone.rejected_changes()
-    assert [(r.household_id, r.code) for r in refused] == [(hid, "not_allowed")]
+    # Marking a household merged is a supervisor's decision: with the rights its sync brought,
+    # the phone refuses it at once (as the server would), naming what, and stores nothing.
+    with pytest.raises(q.QiaomenError.NotAllowed) as refused:
+        phone.update_household(hid, q.HouseholdUpdate(address=None, door_number=None, phone=None,
+                                                      status=q.HouseholdStatus.MERGED))
+    assert (refused.value.what, refused.value.code) == ("status", "not_allowed")
+    assert phone.pending_count() == 0 and phone.rejected_changes() == []
     assert phone.household(hid).status == q.HouseholdStatus.ACTIVE
+    # A household in a grid that is not the worker's: refused too.
+    with pytest.raises(q.QiaomenError.NotAllowed) as refused:
+        phone.create_household(household(org.grid()))
+    assert (refused.value.what, refused.value.code) == ("household", "out_of_scope")
     phone.record_visit(hid, visit("recorded"))
     assert sync(phone).rejected == 0 and phone.pending_count() == 0
 

@@ -7,7 +7,11 @@
 
 use std::collections::BTreeSet;
 
-use qiaomen_protocol::{calendar::Day, ids::UserId};
+use qiaomen_protocol::{
+    calendar::Day,
+    ids::UserId,
+    policy::{Rights, held, party_of},
+};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -61,83 +65,9 @@ impl UnitKind {
     }
 }
 
-/// What a user does at an org unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// 网格员: visits the households of a grid.
-    GridWorker,
-    /// 网格长: leads a grid.
-    GridHead,
-    /// A village or community supervisor (村/社区书记).
-    VillageSupervisor,
-    /// A town supervisor (乡镇干部).
-    TownSupervisor,
-    /// The county or town command centre (指挥中心).
-    CommandCentre,
-    /// Administers the org, users and devices; reads no resident's record.
-    Admin,
-    /// Works in a department or service team: accepts, bounces and handles the work orders
-    /// dispatched to it (reads those orders, not the grids' records).
-    TeamMember,
-}
-
-impl Role {
-    pub const ALL: [Role; 7] = [
-        Role::GridWorker,
-        Role::GridHead,
-        Role::VillageSupervisor,
-        Role::TownSupervisor,
-        Role::CommandCentre,
-        Role::Admin,
-        Role::TeamMember,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::GridWorker => "grid_worker",
-            Role::GridHead => "grid_head",
-            Role::VillageSupervisor => "village_supervisor",
-            Role::TownSupervisor => "town_supervisor",
-            Role::CommandCentre => "command_centre",
-            Role::Admin => "admin",
-            Role::TeamMember => "team_member",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// Supervisors review and correct records below their unit: they may move a household to
-    /// another grid, mark it merged, delete entries and correct others' visits.
-    pub fn is_supervisor(self) -> bool {
-        matches!(
-            self,
-            Role::VillageSupervisor | Role::TownSupervisor | Role::CommandCentre
-        )
-    }
-
-    /// Whether the role sees residents' records at all.
-    pub fn reads_records(self) -> bool {
-        self != Role::Admin
-    }
-}
-
-/// One grid a user may write, during a period, with the role that grants it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grant {
-    pub grid: String,
-    pub role: Role,
-    pub from_ms: i64,
-    pub until_ms: Option<i64>,
-}
-
-impl Grant {
-    fn covers(&self, t: i64) -> bool {
-        self.from_ms <= t && self.until_ms.is_none_or(|u| t < u)
-    }
-}
+/// What a user does at an org unit, and one grid a user may write during a period: the
+/// protocol's, so phone and server judge by the same types.
+pub use qiaomen_protocol::policy::{Grant, Role};
 
 /// What a user may read and write: computed from their assignments.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -156,21 +86,40 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// What the user may do, as the protocol's rules ([`qiaomen_protocol::policy`]) and the
+    /// phone (the sync response's `u`) see it: every grant, in a stable order, and the teams.
+    pub fn rights(&self) -> Rights {
+        let mut grants = self.grants.clone();
+        grants.sort();
+        grants.dedup();
+        Rights {
+            grants,
+            teams: self.teams.clone(),
+            at_ms: self.at_ms,
+        }
+    }
+
     /// Whether the user may write a household of `grid` with a change made at `change_ms`:
     /// a grant covers the grid now, or covered it at the time the change claims.
     pub fn may_write(&self, grid: &str, change_ms: i64) -> bool {
-        self.grants
-            .iter()
-            .filter(|g| g.grid == grid && g.role.reads_records())
-            .any(|g| g.covers(self.at_ms) || g.covers(change_ms.min(self.at_ms)))
+        held(
+            &self.grants,
+            self.at_ms,
+            grid,
+            change_ms,
+            Role::reads_records,
+        )
     }
 
     /// Whether the user supervises `grid` (now, or at `change_ms`).
     pub fn supervises(&self, grid: &str, change_ms: i64) -> bool {
-        self.grants
-            .iter()
-            .filter(|g| g.grid == grid && g.role.is_supervisor())
-            .any(|g| g.covers(self.at_ms) || g.covers(change_ms.min(self.at_ms)))
+        held(
+            &self.grants,
+            self.at_ms,
+            grid,
+            change_ms,
+            Role::is_supervisor,
+        )
     }
 
     /// Whether the user held `grid` (a role that records visits) in the cycle of `visit_day`:
@@ -191,27 +140,10 @@ impl Scope {
         self.read.contains(grid)
     }
 
-    fn holds(&self, grid: &str, change_ms: i64, role: impl Fn(Role) -> bool) -> bool {
-        self.grants
-            .iter()
-            .filter(|g| g.grid == grid && role(g.role))
-            .any(|g| g.covers(self.at_ms) || g.covers(change_ms.min(self.at_ms)))
-    }
-
     /// What the user is to the work orders of `grid`'s households, for a step made at
     /// `change_ms`.
     pub fn party(&self, grid: &str, change_ms: i64) -> qiaomen_protocol::workorder::Party {
-        qiaomen_protocol::workorder::Party {
-            grid_member: self.holds(grid, change_ms, |r| {
-                matches!(r, Role::GridWorker | Role::GridHead)
-            }),
-            supervisor: self.supervises(grid, change_ms),
-            dispatcher: self.holds(grid, change_ms, |r| {
-                matches!(r, Role::CommandCentre | Role::TownSupervisor)
-            }),
-            command_centre: self.holds(grid, change_ms, |r| r == Role::CommandCentre),
-            teams: self.teams.clone(),
-        }
+        party_of(&self.grants, &self.teams, self.at_ms, grid, change_ms)
     }
 }
 

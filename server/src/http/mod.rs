@@ -640,6 +640,14 @@ async fn sync(
         .cloned()
         .collect();
     let scope_out: Vec<String> = scope.read.iter().cloned().collect();
+    // A phone that runs the rules itself (feature bit 32) receives what its user may do with
+    // its scope, and its scope digest covers both (SYNC-v1 §5.2).
+    let rights = (req.features & wire::FEATURE_RIGHTS != 0).then(|| scope.rights());
+    let scope_digest = match &rights {
+        Some(r) => wire::rights_digest(&scope_out, r),
+        None => wire::scope_digest(&scope_out),
+    };
+    let send_scope = !device.retiring && req.scope_digest != Some(scope_digest);
     let budget = state.response_budget;
     let uploaded: HashSet<&[u8]> = outcome.uploaded.iter().map(|h| h.as_ref()).collect();
     let (slice, check) = state
@@ -736,9 +744,10 @@ async fn sync(
             .collect(),
         docs,
         more: slice.more,
-        // Sent only when the phone's copy differs: an idle check stays tiny.
-        scope: (!device.retiring && req.scope_digest != Some(wire::scope_digest(&scope_out)))
-            .then_some(scope_out),
+        // Sent only when the phone's copy differs: an idle check stays tiny. A phone that
+        // holds no rights yet sends the digest of its scope alone, so it gets both.
+        rights: rights.filter(|_| send_scope),
+        scope: send_scope.then_some(scope_out),
         retire: (device.retiring && knows_retire).then_some(if end {
             wire::Retire::Retired
         } else {
