@@ -883,9 +883,23 @@ impl Store {
         visit: &Visit,
         demands: &[Demand],
     ) -> Result<()> {
-        // A visit day that has not come yet is refused here as on the server (§13.8).
+        // A visit day that has not come yet, or (with the rights the server sent) of a cycle
+        // before the worker held the grid, is refused here as on the server (§13.2).
+        use qiaomen_protocol::validate::{Field, FieldError, Rule};
         qiaomen_protocol::validate::visit_day(visit.visit_day, self.now_ms())
             .map_err(|e| StoreError::from(DocError::Field(e)))?;
+        if visit.worker == self.author.user
+            && let Some(rights) = self.rights()?
+            && !rights.is_supervisor_now()
+        {
+            let grid = self.doc_mut(id)?.doc.grid();
+            if !rights.held_for_cycle(&grid, visit.visit_day) {
+                return Err(StoreError::from(DocError::Field(FieldError {
+                    field: Field::VisitDay,
+                    rule: Rule::BeforeAssignment,
+                })));
+            }
+        }
         self.commit_edit(
             id,
             |doc, a, now| doc.add_visit(a, now, visit, demands).map(|h| ((), Some(h))),

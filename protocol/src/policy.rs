@@ -181,6 +181,29 @@ fn is_zero(n: &i64) -> bool {
 }
 
 impl Rights {
+    /// Whether the user held `grid` in a role that records visits in the cycle of
+    /// `visit_day`: assigned on or before it (from any moment of the cycle it falls in) and
+    /// not ended before it began (SYNC-v1 §13.2).
+    pub fn held_for_cycle(&self, grid: &str, visit_day: crate::calendar::Day) -> bool {
+        use crate::{calendar::cycle_of, workorder::day_of};
+        self.grants
+            .iter()
+            .filter(|g| g.grid == grid && g.role.reads_records())
+            .any(|g| {
+                cycle_of(day_of(g.from_ms)) <= visit_day
+                    && g.until_ms.is_none_or(|u| day_of(u) >= visit_day)
+            })
+    }
+
+    /// Whether any role the user holds now supervises grids.
+    pub fn is_supervisor_now(&self) -> bool {
+        self.grants.iter().any(|g| {
+            g.role.is_supervisor()
+                && g.from_ms <= self.at_ms
+                && g.until_ms.is_none_or(|u| self.at_ms < u)
+        })
+    }
+
     /// Whether the user may write a household of `grid` with a change made at `change_ms`:
     /// a grant covers the grid now, or covered it at the time the change claims.
     pub fn may_write(&self, grid: &str, change_ms: i64) -> bool {

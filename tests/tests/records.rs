@@ -212,9 +212,17 @@ fn visits_for_a_day_to_come_or_a_cycle_before_the_assignment_are_refused_on_both
     assert_eq!(report.rejected.len(), 1, "{report:?}");
     assert_eq!(report.rejected[0].2.name(), "invalid_field");
 
-    // A visit for the cycle before the worker's assignment: refused, and kept on the phone.
+    // A visit for the cycle before the worker's assignment: the phone refuses it at once ...
     let before = sample_visit(&w.author, last_cycle, "接手前的走访");
+    let err = w.store.record_visit(id, &before, &[]).unwrap_err();
+    assert!(format!("{err}").contains("visit_day"), "{err}");
+    assert_eq!(w.store.pending_change_count().unwrap(), 0);
+    // ... and the server, when it comes past the phone (one holding no rights): refused, and
+    // kept on the phone with what it held.
+    let rights = w.store.rights().unwrap();
+    w.store.set_rights(None).unwrap();
     w.store.record_visit(id, &before, &[]).unwrap();
+    w.store.set_rights(rights.as_ref()).unwrap();
     let report = w.sync().unwrap();
     assert_eq!(report.rejected.len(), 1, "{report:?}");
     let refused = w.store.rejected_changes().unwrap();
@@ -362,4 +370,249 @@ fn past_figures_stay_put_when_households_are_registered_and_moved_later() {
         doors.contains(&"2-2") && !doors.contains(&"1-0"),
         "{doors:?}"
     );
+}
+
+/// The month played as one scenario: two grids, a closed visit day, registrations and moves
+/// after it, a retired and a revoked phone, an oversized note, a backdated step. Every visit
+/// typed on a phone ends on the server or, with its content, in the refusals of the phone and
+/// of the server; a closed day's figures stay put.
+#[test]
+fn a_month_in_two_grids_loses_no_visit_and_keeps_the_closed_days_figures() {
+    use qiaomen_client_core::SyncError;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let town = qiaomen_tests::session(&server, "st", "t", Role::TownSupervisor);
+    let past = calendar::cycle_of(today().add_days(-20));
+    let this = calendar::cycle_of(today());
+    let path = |name: &str| dir.path().join(format!("{name}.db"));
+    // Registered before the closed day: three households in each grid.
+    let mut centre = server.phone(&path("centre"), &[]);
+    let before = noon(past.add_days(-1));
+    centre.store.set_clock(move || before);
+    let mut grid = |g: &str| -> Vec<HouseholdId> {
+        (0..3)
+            .map(|i| {
+                centre
+                    .store
+                    .create_household(&new_household(g, &format!("{g}-{i}")))
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (h1, h2) = (grid("g1"), grid("g2"));
+    centre.store.set_clock(qiaomen_server::access::now_ms);
+    centre.sync().unwrap();
+    for name in ["w1", "w3"] {
+        let _ = server.phone(&path(name), &["g1"]);
+    }
+    for name in ["w2", "w4"] {
+        let _ = server.phone(&path(name), &["g2"]);
+    }
+    // Every visit typed, with its note: it must end on the server or among the refusals.
+    type Typed = Vec<(String, VisitId, String)>;
+    let mut typed: Typed = Vec::new();
+    fn visit(typed: &mut Typed, p: &mut Phone, who: &str, id: HouseholdId, day: Day, note: &str) {
+        let v = sample_visit(&p.author, day, note);
+        p.store.record_visit(id, &v, &[]).unwrap();
+        typed.push((who.to_string(), v.id, note.to_string()));
+    }
+    // The closed visit day.
+    let mut w1 = Phone::open(&path("w1"), &server.url);
+    let mut w2 = Phone::open(&path("w2"), &server.url);
+    w1.sync().unwrap();
+    w2.sync().unwrap();
+    visit(&mut typed, &mut w1, "w1", h1[0], past, "上期走访一");
+    visit(&mut typed, &mut w1, "w1", h1[1], past, "上期走访二");
+    visit(&mut typed, &mut w2, "w2", h2[0], past, "上期走访三");
+    w1.sync().unwrap();
+    w2.sync().unwrap();
+    let server = server.with_log_received_earlier(40);
+    let read_past = |server: &TestServer| {
+        let get = |unit: &str| {
+            let (status, body) = call(
+                "GET",
+                &format!("{}/api/v1/coverage?unit={unit}&day={past}", server.url),
+                &town,
+                None,
+            );
+            assert_eq!(status, 200, "{body}");
+            tallies(&body)
+        };
+        let (_, stats) = call(
+            "GET",
+            &format!("{}/api/v1/ranking?unit=v&from={past}&to={past}", server.url),
+            &town,
+            None,
+        );
+        (get("g1"), get("g2"), stats)
+    };
+    let closed = read_past(&server);
+    assert_eq!(
+        (
+            closed.0[0]["visited"].clone(),
+            closed.1[0]["visited"].clone()
+        ),
+        (serde_json::json!(2), serde_json::json!(1))
+    );
+
+    // This visit day.
+    let open = |name: &str| Phone::open(&path(name), &server.url);
+    let (mut centre, mut w1, mut w2, mut w3, mut w4) = (
+        open("centre"),
+        open("w1"),
+        open("w2"),
+        open("w3"),
+        open("w4"),
+    );
+    for p in [&mut centre, &mut w1, &mut w2, &mut w3, &mut w4] {
+        p.sync().unwrap();
+    }
+    // w1 visits offline a household the town moves to g2 meanwhile: kept, it travels.
+    visit(
+        &mut typed,
+        &mut w1,
+        "w1",
+        h1[2],
+        this,
+        "本期走访，户已调整网格",
+    );
+    centre
+        .store
+        .edit_household(h1[2], |h| {
+            h.grid = GridId::new("g2");
+            Ok(())
+        })
+        .unwrap();
+    assert!(centre.sync().unwrap().rejected.is_empty());
+    assert!(w1.sync().unwrap().rejected.is_empty());
+    // An oversized note is refused on the phone, before anything is stored.
+    let mut big = sample_visit(&w1.author, this, "");
+    big.note = autosurgeon::Text::with_value("字".repeat(10_000));
+    let err = w1.store.record_visit(h1[0], &big, &[]).unwrap_err();
+    assert!(format!("{err}").contains("note"), "{err}");
+    // A step backdated before the one before it is refused on the phone too.
+    let demand = sample_demand(&w2.author, qiaomen_server::access::now_ms(), "路灯不亮");
+    let mut raised = sample_visit(&w2.author, this, "本期走访，提诉求");
+    raised.demands_raised = vec![demand.id];
+    w2.store
+        .record_visit(h2[1], &raised, std::slice::from_ref(&demand))
+        .unwrap();
+    typed.push(("w2".into(), raised.id, "本期走访，提诉求".into()));
+    w2.store
+        .demand_step(
+            h2[1],
+            demand.id,
+            &qiaomen_protocol::workorder::NewStep::new(
+                qiaomen_protocol::workorder::DemandAction::Take,
+                "",
+            ),
+        )
+        .unwrap();
+    let earlier = qiaomen_server::access::now_ms() - 86_400_000;
+    w2.store.set_clock(move || earlier);
+    assert!(
+        w2.store
+            .demand_step(
+                h2[1],
+                demand.id,
+                &qiaomen_protocol::workorder::NewStep::new(
+                    qiaomen_protocol::workorder::DemandAction::Finish,
+                    "已修好",
+                ),
+            )
+            .is_err()
+    );
+    w2.store.set_clock(qiaomen_server::access::now_ms);
+    assert!(w2.sync().unwrap().rejected.is_empty());
+    // w3's phone is handed in with two visits not yet synced: uploaded, then wiped.
+    visit(&mut typed, &mut w3, "w3", h1[0], this, "交接前走访一");
+    visit(&mut typed, &mut w3, "w3", h1[1], this, "交接前走访二");
+    server.access().retire_device(w3.author.device).unwrap();
+    assert!(matches!(w3.sync(), Err(SyncError::Retired { wiped: true })));
+    // w4's phone is lost after it synced a visit: the admin sees it reported nothing left,
+    // revokes it, and it is wiped at once. (What a lost phone typed after its last sync is
+    // lost with it; the admin saw what it last reported.)
+    visit(&mut typed, &mut w4, "w4", h2[2], this, "挂失前已同步");
+    w4.sync().unwrap();
+    let row = server
+        .access()
+        .devices()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.device == w4.author.device.to_string())
+        .unwrap();
+    assert_eq!(row.pending, Some(0));
+    assert!(row.last_sync_ms.is_some());
+    server.access().revoke_device(w4.author.device).unwrap();
+    assert!(matches!(w4.sync(), Err(SyncError::Revoked)));
+    // A worker taken off g2 who did not know yet: the visit is refused and kept.
+    let (user, code) = enrollment_code(&server.data_dir, &["g2"]);
+    let mut w5 = Phone::enroll(&path("w5"), &server.url, &code).unwrap();
+    w5.sync().unwrap();
+    server
+        .access()
+        .unassign(user, "g2", qiaomen_server::access::now_ms())
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    visit(&mut typed, &mut w5, "w5", h2[0], this, "调离后补录");
+    assert_eq!(w5.sync().unwrap().rejected.len(), 1);
+    // After the closed day: new households in g1, a household of g2 moved to g1.
+    for i in 0..3 {
+        centre
+            .store
+            .create_household(&new_household("g1", &format!("new-{i}")))
+            .unwrap();
+    }
+    centre
+        .store
+        .edit_household(h2[0], |h| {
+            h.grid = GridId::new("g1");
+            Ok(())
+        })
+        .unwrap();
+    assert!(centre.sync().unwrap().rejected.is_empty());
+
+    // Every visit typed is on the server, or refused with its content on the phone and on
+    // the server.
+    let (status, refused) = call(
+        "GET",
+        &format!("{}/api/v1/refused?unit=t", server.url),
+        &town,
+        None,
+    );
+    assert_eq!(status, 200, "{refused}");
+    let refused_notes: Vec<&str> = refused
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["content"]["visits"].as_array().unwrap())
+        .map(|v| v["note"].as_str().unwrap())
+        .collect();
+    let on_phone = w5.store.rejected_changes().unwrap();
+    let mut held: std::collections::HashMap<VisitId, String> = Default::default();
+    for id in h1.iter().chain(&h2) {
+        for (vid, v) in centre.store.household(*id).unwrap().visits {
+            held.insert(vid, v.note.as_str().to_string());
+        }
+    }
+    for (who, id, note) in &typed {
+        match held.get(id) {
+            Some(n) => assert_eq!(n, note, "{who}"),
+            None => {
+                assert!(refused_notes.contains(&note.as_str()), "{who}: {note} lost");
+                assert!(
+                    on_phone.iter().any(|r| r
+                        .content
+                        .visits
+                        .iter()
+                        .any(|v| v.id == *id && v.note == *note)),
+                    "{who}: {note} not listed on the phone"
+                );
+            }
+        }
+    }
+    assert_eq!(typed.len(), 9);
+    assert_eq!(held.len(), 8, "all but the refused one");
+    // The closed day's figures stay put.
+    assert_eq!(read_past(&server), closed);
 }

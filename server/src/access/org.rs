@@ -122,18 +122,10 @@ impl Scope {
         )
     }
 
-    /// Whether the user held `grid` (a role that records visits) in the cycle of `visit_day`:
-    /// assigned on or before it (from any moment of the cycle it falls in) and not ended
-    /// before it began.
+    /// Whether the user held `grid` in a role that records visits in the cycle of
+    /// `visit_day` ([`qiaomen_protocol::policy::Rights::held_for_cycle`]).
     pub fn held_for_cycle(&self, grid: &str, visit_day: qiaomen_protocol::calendar::Day) -> bool {
-        use qiaomen_protocol::{calendar::cycle_of, workorder::day_of};
-        self.grants
-            .iter()
-            .filter(|g| g.grid == grid && g.role.reads_records())
-            .any(|g| {
-                cycle_of(day_of(g.from_ms)) <= visit_day
-                    && g.until_ms.is_none_or(|u| day_of(u) >= visit_day)
-            })
+        self.rights().held_for_cycle(grid, visit_day)
     }
 
     pub fn may_read(&self, grid: &str) -> bool {
