@@ -142,6 +142,21 @@ fn a_refused_visit_keeps_its_content_on_the_phone_and_on_the_server() {
         list[0]["content"]["visits"][0]["note"],
         "张大爷说腿疼，想申请轮椅"
     );
+    // The page shows the same, in Chinese.
+    let page = qiaomen_tests::block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/refused", server.url))
+            .header("cookie", format!("qiaomen_session={village}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(page.contains("未接收的修改"), "page: {page:?}");
+    assert!(page.contains("张大爷说腿疼，想申请轮椅"), "{page}");
+    assert!(page.contains("不在你负责的网格"), "{page}");
     let stored = centre.store.household(id).unwrap();
     centre.sync().unwrap();
     assert_eq!(centre.store.household(id).unwrap().visits, stored.visits);

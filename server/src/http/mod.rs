@@ -434,6 +434,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/households/{id}/resolve", post(pages::resolve_submit))
                 .route("/coverage", get(pages::coverage_page))
                 .route("/orders", get(pages::orders_page))
+                .route("/refused", get(pages::refused_page))
                 .route("/orders/{demand}", get(pages::order_page))
                 .route("/orders/{demand}/step", post(pages::order_step_submit))
                 .route("/stats", get(pages::stats_page))

@@ -52,6 +52,7 @@ fn templates() -> &'static Environment<'static> {
             ("stats.html", include_str!("../../templates/stats.html")),
             ("tasks.html", include_str!("../../templates/tasks.html")),
             ("devices.html", include_str!("../../templates/devices.html")),
+            ("refused.html", include_str!("../../templates/refused.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
@@ -495,6 +496,26 @@ pub async fn orders_page(
         context! {
             title => "诉求工单", signed_in => true, rows, status, overdue,
             ..order_labels()
+        },
+    ))
+}
+
+/// `GET /refused`: what the server refused from the phones of the caller's grids, with why
+/// and what was typed (kept, never applied).
+pub async fn refused_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Query(q): Query<workflow::RefusedQuery>,
+) -> Result<Response, PageError> {
+    let rows = workflow::refused_for(&state, &caller, q).await?;
+    Ok(render(
+        "refused.html",
+        context! {
+            title => "未接收的修改", signed_in => true, rows,
+            fields => context! {
+                address => "地址", door_number => "门牌号", grid => "网格", status => "状态",
+                phone => "电话", gps => "位置", tags => "重点人群",
+            },
         },
     ))
 }

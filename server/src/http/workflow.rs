@@ -1455,6 +1455,15 @@ pub async fn refused(
     caller: Caller,
     ApiQuery(q): ApiQuery<RefusedQuery>,
 ) -> Result<Json<Vec<RefusedView>>, ApiError> {
+    refused_for(&state, &caller, q).await.map(Json)
+}
+
+/// The refused changes `caller` may see (the API's and the page's).
+pub(crate) async fn refused_for(
+    state: &AppState,
+    caller: &Caller,
+    q: RefusedQuery,
+) -> Result<Vec<RefusedView>, ApiError> {
     let limit = match given(&q.limit) {
         Some(s) => s
             .parse::<usize>()
@@ -1463,7 +1472,7 @@ pub async fn refused(
             .ok_or_else(|| bad("limit must be 1 to 500"))?,
         None => 100,
     };
-    let us = unit_scope(&state, &caller, given(&q.unit).map(str::to_string)).await?;
+    let us = unit_scope(state, caller, given(&q.unit).map(str::to_string)).await?;
     let user = caller.user();
     let scope: Scope = state.access(move |db| db.scope(user, now_ms())).await?;
     let admin = scope.roles.contains(&crate::access::org::Role::Admin);
@@ -1480,6 +1489,6 @@ pub async fn refused(
             refused_views(s, rows)
         })
         .await?;
-    super::api::record(&state, user, None, "refused_list", us.unit.id, "ok").await?;
-    Ok(Json(views))
+    super::api::record(state, user, None, "refused_list", us.unit.id, "ok").await?;
+    Ok(views)
 }
