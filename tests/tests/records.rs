@@ -142,6 +142,29 @@ fn a_refused_visit_keeps_its_content_on_the_phone_and_on_the_server() {
         list[0]["content"]["visits"][0]["note"],
         "张大爷说腿疼，想申请轮椅"
     );
+    // The admin exports them, one JSON object a line.
+    let export = dir.path().join("refused.jsonl");
+    qiaomen_server::admin::run(
+        &server.data_dir,
+        qiaomen_server::admin::AdminCommand::Refused(
+            qiaomen_server::admin::RefusedCommand::Export {
+                grid: Some("g1".into()),
+                to: Some(export.clone()),
+            },
+        ),
+    )
+    .unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        lines[0]["content"]["visits"][0]["note"],
+        "张大爷说腿疼，想申请轮椅"
+    );
+    assert_eq!(lines[0]["code"], "out_of_scope");
     // The page shows the same, in Chinese.
     let page = qiaomen_tests::block_on(async {
         reqwest::Client::new()
