@@ -142,6 +142,19 @@ pub fn held(
         .any(|g| g.covers(at_ms) || g.covers(change_ms.min(at_ms)))
 }
 
+/// Whether `grants` give a role that records visits on `grid` in the cycle of `visit_day`
+/// ([`Rights::held_for_cycle`]).
+pub fn held_for_cycle(grants: &[Grant], grid: &str, visit_day: crate::calendar::Day) -> bool {
+    use crate::{calendar::cycle_of, workorder::day_of};
+    grants
+        .iter()
+        .filter(|g| g.grid == grid && g.role.reads_records())
+        .any(|g| {
+            cycle_of(day_of(g.from_ms)) <= visit_day
+                && g.until_ms.is_none_or(|u| day_of(u) >= visit_day)
+        })
+}
+
 /// What `grants` and `teams` make a user to the work orders of `grid`'s households, for a
 /// step made at `change_ms`.
 pub fn party_of(
@@ -185,14 +198,7 @@ impl Rights {
     /// `visit_day`: assigned on or before it (from any moment of the cycle it falls in) and
     /// not ended before it began (SYNC-v1 §13.2).
     pub fn held_for_cycle(&self, grid: &str, visit_day: crate::calendar::Day) -> bool {
-        use crate::{calendar::cycle_of, workorder::day_of};
-        self.grants
-            .iter()
-            .filter(|g| g.grid == grid && g.role.reads_records())
-            .any(|g| {
-                cycle_of(day_of(g.from_ms)) <= visit_day
-                    && g.until_ms.is_none_or(|u| day_of(u) >= visit_day)
-            })
+        held_for_cycle(&self.grants, grid, visit_day)
     }
 
     /// Whether any role the user holds now supervises grids.

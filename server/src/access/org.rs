@@ -125,7 +125,7 @@ impl Scope {
     /// Whether the user held `grid` in a role that records visits in the cycle of
     /// `visit_day` ([`qiaomen_protocol::policy::Rights::held_for_cycle`]).
     pub fn held_for_cycle(&self, grid: &str, visit_day: qiaomen_protocol::calendar::Day) -> bool {
-        self.rights().held_for_cycle(grid, visit_day)
+        qiaomen_protocol::policy::held_for_cycle(&self.grants, grid, visit_day)
     }
 
     pub fn may_read(&self, grid: &str) -> bool {
