@@ -33,6 +33,11 @@ use qiaomen_protocol::{
 use qiaomen_server::storage::{SqliteStorage, Storage};
 use qiaomen_tests::{Phone, enrollment_code, sample_visit, seed_test_org, upload_request};
 
+/// Today, China time.
+fn today() -> Day {
+    qiaomen_protocol::workorder::day_of(qiaomen_server::access::now_ms())
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -272,12 +277,22 @@ fn main() {
     for (mut p, ids) in honest {
         let (stop, syncs, failures) = (stop.clone(), honest_syncs.clone(), honest_failures.clone());
         honest_threads.push(std::thread::spawn(move || {
-            let day = Day::ymd(2026, 12, 15).unwrap();
+            // One visit of this cycle per household, then its note edited at each sync (a
+            // household takes at most `MAX_VISITS_PER_DAY` visits for one day).
+            let day = qiaomen_protocol::calendar::cycle_of(today());
+            let visits: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let visit = sample_visit(&p.author, day, "走访正常");
+                    p.store.record_visit(*id, &visit, &[]).unwrap();
+                    visit.id
+                })
+                .collect();
             let mut k = 0;
             while !stop.load(Ordering::Relaxed) {
-                let visit = sample_visit(&p.author, day, "走访正常");
+                let n = k % ids.len();
                 p.store
-                    .record_visit(ids[k % ids.len()], &visit, &[])
+                    .replace_note(ids[n], visits[n], &format!("走访正常，第 {k} 次补记"))
                     .unwrap();
                 k += 1;
                 match p.sync() {
@@ -457,9 +472,16 @@ fn main() {
     let hid = hids[0];
     let mut latencies = Vec::new();
     let mut heavy_failures = 0;
-    for _ in 0..40 {
-        let visit = sample_visit(&p.author, Day::ymd(2026, 12, 30).unwrap(), "走访正常");
-        p.store.record_visit(hid, &visit, &[]).unwrap();
+    let visit = sample_visit(
+        &p.author,
+        qiaomen_protocol::calendar::cycle_of(today()),
+        "走访",
+    );
+    p.store.record_visit(hid, &visit, &[]).unwrap();
+    for k in 0..40 {
+        p.store
+            .replace_note(hid, visit.id, &format!("走访正常 {k}"))
+            .unwrap();
         let t = Instant::now();
         if p.sync().is_err() {
             heavy_failures += 1;
