@@ -36,11 +36,33 @@ fn main() {
         );
         ids.push(store.create_household(&h).expect("create"));
     }
-    let day: Day = "2026-11-15".parse().expect("date");
+    // A household takes at most `MAX_VISITS_PER_DAY` visits for one visit day: every round
+    // of that many visits per household goes one cycle further back.
+    // A run after a kill goes on before the earliest day the store holds.
+    let earliest = ids
+        .iter()
+        .filter_map(|id| {
+            store
+                .household(*id)
+                .expect("read")
+                .visits
+                .values()
+                .map(|v| v.visit_day)
+                .min()
+        })
+        .min();
+    let mut day: Day = match earliest {
+        Some(d) => qiaomen_protocol::calendar::cycle_of(d.add_days(-1)),
+        None => "2026-11-15".parse().expect("date"),
+    };
+    let per_day = ids.len() * qiaomen_protocol::validate::MAX_VISITS_PER_DAY;
     let out = std::io::stdout();
     let started = Instant::now();
     let mut i = 0usize;
     while started.elapsed() < Duration::from_secs(30) {
+        if i > 0 && i % per_day == 0 {
+            day = qiaomen_protocol::calendar::cycle_of(day.add_days(-1));
+        }
         let hh = ids[i % ids.len()];
         let visit = qiaomen_tests::sample_visit(&author, day, "崩溃测试");
         store.record_visit(hh, &visit, &[]).expect("record");
