@@ -60,7 +60,7 @@ fn main() {
     let started = Instant::now();
     let mut i = 0usize;
     while started.elapsed() < Duration::from_secs(30) {
-        if i > 0 && i % per_day == 0 {
+        if i > 0 && i.is_multiple_of(per_day) {
             day = qiaomen_protocol::calendar::cycle_of(day.add_days(-1));
         }
         let hh = ids[i % ids.len()];
