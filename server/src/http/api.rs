@@ -406,7 +406,7 @@ fn device_id(id: &str) -> Result<qiaomen_protocol::ids::DeviceId, ApiError> {
 /// shows each device's last sync and pending first.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", tag = "admin", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id"), RevokeQuery),
-    responses((status = 204, description = "revoked"), (status = 409, description = "device_has_pending: it last reported work it has not uploaded", body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+    responses((status = 204, description = "revoked"), (status = 400, description = "malformed: the query is not the documented one", body = ErrorBody), (status = 409, description = "device_has_pending: it last reported work it has not uploaded", body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn revoke(
     State(state): State<AppState>,
     session: SessionAuth,

@@ -1372,7 +1372,7 @@ pub struct RefusedQuery {
     /// (every grid, for an admin) are listed.
     pub unit: Option<String>,
     /// At most this many, newest first (default 100, at most 500).
-    #[param(value_type = String, required = false, pattern = "^[0-9]{1,3}$")]
+    #[param(value_type = String, required = false, pattern = "^([1-9][0-9]?|[1-4][0-9]{2}|500)$")]
     pub limit: Option<String>,
 }
 
