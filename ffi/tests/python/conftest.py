@@ -51,7 +51,9 @@ class Org:
         """A one-time enrollment code for a new user with `role` at `unit`."""
         login = "u-" + uuid.uuid4().hex[:12]
         self.admin("user", "add", "--login", login, "--name", "测试员")
-        self.admin("assign", "--login", login, "--unit", unit, "--role", role)
+        # Assigned since the start of the year: the tests record visits for fixed past days,
+        # and a visit may not be for a cycle before its worker held the grid.
+        self.admin("assign", "--login", login, "--unit", unit, "--role", role, "--from", "2026-01-01")
         return self.admin("enroll-code", "--login", login)
 
 
@@ -61,7 +63,9 @@ class Org:
         login = "s-" + uuid.uuid4().hex[:12]
         password = "py-" + uuid.uuid4().hex
         self.admin("user", "add", "--login", login, "--name", "督导")
-        self.admin("assign", "--login", login, "--unit", unit, "--role", role)
+        # Assigned since the start of the year: the tests record visits for fixed past days,
+        # and a visit may not be for a cycle before its worker held the grid.
+        self.admin("assign", "--login", login, "--unit", unit, "--role", role, "--from", "2026-01-01")
         self.admin("user", "password", "--login", login, env={"QIAOMEN_PASSWORD": password})
         return self.request("POST", "/v1/login", None, {"login": login, "password": password})["token"]
 

@@ -1464,8 +1464,9 @@ pub(crate) async fn refused_for(
     caller: &Caller,
     q: RefusedQuery,
 ) -> Result<Vec<RefusedView>, ApiError> {
-    let limit = match given(&q.limit) {
+    let limit = match q.limit.as_deref() {
         Some(s) => s
+            .trim()
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=500).contains(n))
