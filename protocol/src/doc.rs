@@ -830,6 +830,17 @@ impl HouseholdDoc {
             .flatten()
     }
 
+    /// A visit's day as the document holds it now, read as one scalar (`None`: no such visit,
+    /// or no readable day).
+    pub fn visit_day_of(&self, visit: &str) -> Option<crate::calendar::Day> {
+        let (_, visits) = self.doc.get(ROOT, "visits").ok()??;
+        let (_, v) = self.doc.get(&visits, visit).ok()??;
+        match self.doc.get(&v, "visit_day").ok()?? {
+            (automerge::Value::Scalar(s), _) => s.to_str()?.parse().ok(),
+            _ => None,
+        }
+    }
+
     /// One visit as the document holds it now (`None`: not there).
     pub fn visit(&self, visit: &str) -> Result<Option<Visit>> {
         let Some((_, visits)) = self.doc.get(ROOT, "visits")? else {

@@ -116,24 +116,26 @@ fn check_visit_days(
     );
     let mut registered: Option<Option<qiaomen_protocol::calendar::Day>> = None;
     for (_, key) in touched.entries.iter().filter(|(c, _)| c == "visits") {
-        let Ok(Some(v)) = doc.visit(key) else {
+        // Two scalars, not the whole visit: validation read it through its type already.
+        let Some(visit_day) = doc.visit_day_of(key) else {
             continue; // deleted, or refused by validation already
         };
-        validate::visit_day(v.visit_day, now).map_err(|_| RejectCode::InvalidField)?;
-        if v.visit_day < recent {
+        let worker = doc.visit_worker(key, None);
+        validate::visit_day(visit_day, now).map_err(|_| RejectCode::InvalidField)?;
+        if visit_day < recent {
             let created = *registered
                 .get_or_insert_with(|| doc.created_ms().map(qiaomen_protocol::workorder::day_of));
             if let Some(r) = created {
-                validate::visit_day_registered(v.visit_day, r)
+                validate::visit_day_registered(visit_day, r)
                     .map_err(|_| RejectCode::InvalidField)?;
             }
         }
         // Before the worker held the grid: the uploader's own visits (a supervisor may
         // enter one for a worker).
         if let Some(p) = principal
-            && v.worker == p.user
+            && worker == Some(p.user)
             && !p.scope.roles.iter().any(|r| r.is_supervisor())
-            && !grids.iter().any(|g| p.scope.held_for_cycle(g, v.visit_day))
+            && !grids.iter().any(|g| p.scope.held_for_cycle(g, visit_day))
         {
             return Err(RejectCode::InvalidField);
         }
