@@ -836,7 +836,7 @@ impl HouseholdDoc {
         let (_, visits) = self.doc.get(ROOT, "visits").ok()??;
         let (_, v) = self.doc.get(&visits, visit).ok()??;
         match self.doc.get(&v, "visit_day").ok()?? {
-            (automerge::Value::Scalar(s), _) => s.to_str()?.parse().ok(),
+            (automerge::Value::Scalar(s), _) => s.as_str()?.parse().ok(),
             _ => None,
         }
     }
