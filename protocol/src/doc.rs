@@ -93,6 +93,69 @@ pub struct HouseholdDoc {
 
 /// Runs `f`, turning a panic inside Automerge into [`DocError::Poisoned`]. Automerge has open
 /// issues where hostile input panics; a phone or a server must never crash on a bad blob.
+/// What a diff's patches touched: the root facts, the entries of the collections (with the
+/// parts of each that were written), the entries deleted, and whether something outside
+/// that shape changed (`whole`: the record is read whole).
+pub(crate) struct Classified {
+    pub touched: Touched,
+    pub entries: std::collections::BTreeMap<(String, String), Parts>,
+    pub facts: bool,
+    pub whole: bool,
+}
+
+/// Sorts `patches` (of a diff from `before`; `from_empty`: from no version) into what they
+/// touched: what validation judges and what a refused change is shown as.
+pub(crate) fn classify(patches: &[automerge::Patch], from_empty: bool) -> Classified {
+    use automerge::Prop;
+    let mut out = Classified {
+        touched: Touched::default(),
+        entries: Default::default(),
+        facts: false,
+        whole: false,
+    };
+    for p in patches {
+        let root_key = match (p.path.first(), &p.action) {
+            (Some((_, Prop::Map(k))), _) => k.clone(),
+            (None, automerge::PatchAction::PutMap { key, .. }) => key.clone(),
+            (None, automerge::PatchAction::DeleteMap { key }) => key.clone(),
+            _ => {
+                out.whole = true;
+                continue;
+            }
+        };
+        match root_key.as_str() {
+            // The collection itself, put or deleted at the root: made with the household,
+            // or (later) replaced, which drops every entry it held.
+            "members" | "visits" | "demands" | "reviews" if p.path.is_empty() => {
+                if !from_empty {
+                    out.touched.deleted.insert((root_key, "*".into()));
+                }
+            }
+            "members" | "visits" | "demands" | "reviews" => match (p.path.get(1), &p.action) {
+                (Some((_, Prop::Map(k))), _) => {
+                    out.entries
+                        .entry((root_key, k.clone()))
+                        .or_insert_with(Parts::none)
+                        .add(&p.path[2..], &p.action);
+                }
+                (None, automerge::PatchAction::PutMap { key, .. }) => {
+                    out.entries.insert((root_key, key.clone()), Parts::All);
+                }
+                (None, automerge::PatchAction::DeleteMap { key }) => {
+                    out.touched.deleted.insert((root_key, key.clone()));
+                }
+                _ => out.whole = true,
+            },
+            _ => {
+                out.facts = true;
+                out.touched.facts.insert(root_key);
+            }
+        }
+    }
+    out.touched.entries = out.entries.keys().cloned().collect();
+    out
+}
+
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(DocError::Poisoned))
 }
@@ -556,53 +619,14 @@ impl HouseholdDoc {
         before: &[ChangeHash],
         expected_id: crate::ids::HouseholdId,
     ) -> Result<Touched> {
-        use automerge::Prop;
         let after = self.doc.get_heads();
         let patches = guarded(|| Ok(self.doc.diff(before, &after)))?;
-        let mut facts = false;
-        let mut whole = false;
-        let mut entries: std::collections::BTreeMap<(String, String), Parts> = Default::default();
-        let mut touched = Touched::default();
-        for p in &patches {
-            let root_key = match (p.path.first(), &p.action) {
-                (Some((_, Prop::Map(k))), _) => k.clone(),
-                (None, automerge::PatchAction::PutMap { key, .. }) => key.clone(),
-                (None, automerge::PatchAction::DeleteMap { key }) => key.clone(),
-                _ => {
-                    whole = true;
-                    continue;
-                }
-            };
-            match root_key.as_str() {
-                // The collection itself, put or deleted at the root: made with the household,
-                // or (later) replaced, which drops every entry it held.
-                "members" | "visits" | "demands" | "reviews" if p.path.is_empty() => {
-                    if !before.is_empty() {
-                        touched.deleted.insert((root_key, "*".into()));
-                    }
-                }
-                "members" | "visits" | "demands" | "reviews" => match (p.path.get(1), &p.action) {
-                    (Some((_, Prop::Map(k))), _) => {
-                        entries
-                            .entry((root_key, k.clone()))
-                            .or_insert_with(Parts::none)
-                            .add(&p.path[2..], &p.action);
-                    }
-                    (None, automerge::PatchAction::PutMap { key, .. }) => {
-                        entries.insert((root_key, key.clone()), Parts::All);
-                    }
-                    (None, automerge::PatchAction::DeleteMap { key }) => {
-                        touched.deleted.insert((root_key, key.clone()));
-                    }
-                    _ => whole = true,
-                },
-                _ => {
-                    facts = true;
-                    touched.facts.insert(root_key);
-                }
-            }
-        }
-        touched.entries = entries.keys().cloned().collect();
+        let Classified {
+            touched,
+            entries,
+            facts,
+            whole,
+        } = classify(&patches, before.is_empty());
         if self.schema_version()? < SCHEMA_VERSION {
             // A change that writes an old version (none would: migrations only raise it) would
             // take the household out of the field rules below.

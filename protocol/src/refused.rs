@@ -10,7 +10,7 @@
 //! Sensitive values (ID-card and phone numbers) are never copied into it: a field is named,
 //! not shown.
 
-use automerge::{ChangeHash, Prop, ReadDoc};
+use automerge::{ChangeHash, ReadDoc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -100,36 +100,19 @@ impl HouseholdDoc {
         };
         let patches = doc.diff(&before, &after);
         let doc = &*doc;
-        let mut entries: std::collections::BTreeSet<(String, String)> = Default::default();
-        let mut fields: std::collections::BTreeSet<String> = Default::default();
-        for p in &patches {
-            let root_key = match (p.path.first(), &p.action) {
-                (Some((_, Prop::Map(k))), _) => k.clone(),
-                (None, automerge::PatchAction::PutMap { key, .. }) => key.clone(),
-                (None, automerge::PatchAction::DeleteMap { key }) => key.clone(),
-                _ => continue,
-            };
-            match root_key.as_str() {
-                "members" | "visits" | "demands" | "reviews" if p.path.is_empty() => {}
-                "members" | "visits" | "demands" | "reviews" => match (p.path.get(1), &p.action) {
-                    (Some((_, Prop::Map(k))), _) => {
-                        entries.insert((root_key, k.clone()));
-                    }
-                    (None, automerge::PatchAction::PutMap { key, .. }) => {
-                        entries.insert((root_key, key.clone()));
-                    }
-                    (None, automerge::PatchAction::DeleteMap { key }) => {
-                        out.deleted.push(format!("{root_key}/{key}"));
-                    }
-                    _ => {}
-                },
-                "schema_version" | "id" => {}
-                _ => {
-                    fields.insert(root_key);
-                }
-            }
-        }
-        out.fields = fields.into_iter().collect();
+        // What it touched, sorted as validation sorts it (`doc::classify`).
+        let touched = crate::doc::classify(&patches, before.is_empty()).touched;
+        out.fields = touched
+            .facts
+            .into_iter()
+            .filter(|k| k != "schema_version" && k != "id")
+            .collect();
+        out.deleted = touched
+            .deleted
+            .into_iter()
+            .map(|(c, k)| format!("{c}/{k}"))
+            .collect();
+        let entries = touched.entries;
         if entries.is_empty() {
             return Ok(out);
         }

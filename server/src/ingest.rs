@@ -477,7 +477,11 @@ fn reject_incoming(outcome: &mut Outcome, doc: &ParsedDoc, code: RejectCode) {
 /// the grid it was made in), or a team's work orders. Checked before the household is loaded.
 fn may_touch(p: &Principal, grids: &[String]) -> bool {
     p.scope.roles.contains(&Role::TeamMember)
-        || p.scope.grants.iter().any(|g| grids.contains(&g.grid))
+        || p.scope
+            .rights
+            .grants
+            .iter()
+            .any(|g| grids.contains(&g.grid))
 }
 
 impl<S: Storage> std::fmt::Debug for Ingestor<S> {

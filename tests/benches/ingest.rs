@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use qiaomen_protocol::policy::Rights;
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc},
     ids::*,
@@ -62,16 +63,18 @@ fn main() {
         user: a.user,
         device: a.device,
         scope: Scope {
-            grants: vec![Grant {
-                grid: "g".into(),
-                role: Role::GridWorker,
-                from_ms: 0,
-                until_ms: None,
-            }],
+            rights: Rights {
+                grants: vec![Grant {
+                    grid: "g".into(),
+                    role: Role::GridWorker,
+                    from_ms: 0,
+                    until_ms: None,
+                }],
+                teams: Default::default(),
+                at_ms: i64::MAX / 2,
+            },
             roles: [Role::GridWorker].into(),
             read: ["g".to_string()].into(),
-            teams: Default::default(),
-            at_ms: i64::MAX / 2,
         },
         server_built: false,
         demand_ids: Some(Default::default()),

@@ -7,11 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use qiaomen_protocol::{
-    calendar::Day,
-    ids::UserId,
-    policy::{Rights, held, party_of},
-};
+use qiaomen_protocol::{calendar::Day, ids::UserId, policy::Rights};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -73,59 +69,37 @@ pub use qiaomen_protocol::policy::{Grant, Role};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scope {
     /// Every grant, past and present (a change made while the user held a grid is accepted
-    /// when it arrives after the user moved on).
-    pub grants: Vec<Grant>,
+    /// when it arrives after the user moved on), in a stable order, the teams the user works
+    /// in now and when it was computed: what the protocol's rules
+    /// ([`qiaomen_protocol::policy`]) and the phone (the sync response's `u`) judge by.
+    pub rights: Rights,
     /// The roles the user holds now.
     pub roles: BTreeSet<Role>,
     /// Grids whose households the user may read now.
     pub read: BTreeSet<String>,
-    /// Teams (org unit ids) the user works in now.
-    pub teams: BTreeSet<String>,
-    /// When the scope was computed.
-    pub at_ms: i64,
 }
 
 impl Scope {
-    /// What the user may do, as the protocol's rules ([`qiaomen_protocol::policy`]) and the
-    /// phone (the sync response's `u`) see it: every grant, in a stable order, and the teams.
-    pub fn rights(&self) -> Rights {
-        let mut grants = self.grants.clone();
-        grants.sort();
-        grants.dedup();
-        Rights {
-            grants,
-            teams: self.teams.clone(),
-            at_ms: self.at_ms,
-        }
+    /// What the user may do, as the protocol's rules see it.
+    pub fn rights(&self) -> &Rights {
+        &self.rights
     }
 
-    /// Whether the user may write a household of `grid` with a change made at `change_ms`:
-    /// a grant covers the grid now, or covered it at the time the change claims.
+    /// Whether the user may write a household of `grid` with a change made at `change_ms`
+    /// ([`Rights::may_write`]).
     pub fn may_write(&self, grid: &str, change_ms: i64) -> bool {
-        held(
-            &self.grants,
-            self.at_ms,
-            grid,
-            change_ms,
-            Role::reads_records,
-        )
+        self.rights.may_write(grid, change_ms)
     }
 
     /// Whether the user supervises `grid` (now, or at `change_ms`).
     pub fn supervises(&self, grid: &str, change_ms: i64) -> bool {
-        held(
-            &self.grants,
-            self.at_ms,
-            grid,
-            change_ms,
-            Role::is_supervisor,
-        )
+        self.rights.supervises(grid, change_ms)
     }
 
     /// Whether the user held `grid` in a role that records visits in the cycle of
-    /// `visit_day` ([`qiaomen_protocol::policy::Rights::held_for_cycle`]).
+    /// `visit_day` ([`Rights::held_for_cycle`]).
     pub fn held_for_cycle(&self, grid: &str, visit_day: qiaomen_protocol::calendar::Day) -> bool {
-        qiaomen_protocol::policy::held_for_cycle(&self.grants, grid, visit_day)
+        self.rights.held_for_cycle(grid, visit_day)
     }
 
     pub fn may_read(&self, grid: &str) -> bool {
@@ -135,7 +109,7 @@ impl Scope {
     /// What the user is to the work orders of `grid`'s households, for a step made at
     /// `change_ms`.
     pub fn party(&self, grid: &str, change_ms: i64) -> qiaomen_protocol::workorder::Party {
-        party_of(&self.grants, &self.teams, self.at_ms, grid, change_ms)
+        self.rights.party(grid, change_ms)
     }
 }
 
@@ -411,10 +385,8 @@ impl AccessDb {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let mut scope = Scope {
-            at_ms,
-            ..Default::default()
-        };
+        let mut scope = Scope::default();
+        scope.rights.at_ms = at_ms;
         for (unit, role, from_ms, until_ms) in rows {
             let Some(role) = Role::parse(&role) else {
                 continue;
@@ -423,14 +395,14 @@ impl AccessDb {
             if grant_now {
                 scope.roles.insert(role);
                 if role == Role::TeamMember {
-                    scope.teams.insert(unit.clone());
+                    scope.rights.teams.insert(unit.clone());
                 }
             }
             for grid in self.grids_below(&unit)? {
                 if grant_now && role.reads_records() {
                     scope.read.insert(grid.clone());
                 }
-                scope.grants.push(Grant {
+                scope.rights.grants.push(Grant {
                     grid,
                     role,
                     from_ms,
@@ -438,6 +410,8 @@ impl AccessDb {
                 });
             }
         }
+        scope.rights.grants.sort();
+        scope.rights.grants.dedup();
         Ok(scope)
     }
 

@@ -55,10 +55,9 @@ pub fn check_effect(
     touched: &Touched,
     made: &[Made],
 ) -> Result<(), RejectCode> {
-    let rights = p.scope.rights();
     let actor = Actor {
         user: p.user,
-        rights: &rights,
+        rights: p.scope.rights(),
         server_built: p.server_built,
         demand_ids: p.demand_ids.as_deref().map(|d| d as &dyn DemandRegister),
     };

@@ -643,7 +643,7 @@ async fn sync(
     let scope_out: Vec<String> = scope.read.iter().cloned().collect();
     // A phone that runs the rules itself (feature bit 32) receives what its user may do with
     // its scope, and its scope digest covers both (SYNC-v1 §5.2).
-    let rights = (req.features & wire::FEATURE_RIGHTS != 0).then(|| scope.rights());
+    let rights = (req.features & wire::FEATURE_RIGHTS != 0).then(|| scope.rights().clone());
     let scope_digest = match &rights {
         Some(r) => wire::rights_digest(&scope_out, r),
         None => wire::scope_digest(&scope_out),

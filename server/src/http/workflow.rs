@@ -330,7 +330,7 @@ pub(crate) async fn order_list(
             let scope = state.access(move |db| db.scope(user, now_ms())).await?;
             (
                 scope.read.into_iter().collect::<Vec<_>>(),
-                scope.teams.into_iter().collect(),
+                scope.rights.teams.into_iter().collect(),
             )
         }
     };
@@ -427,7 +427,10 @@ async fn visible_order(
         .step_due
         .as_deref()
         .is_some_and(|d| d < today().to_string().as_str());
-    let of_team = row.team.as_ref().is_some_and(|t| scope.teams.contains(t));
+    let of_team = row
+        .team
+        .as_ref()
+        .is_some_and(|t| scope.rights.teams.contains(t));
     if !scope.may_read(&row.grid) && !of_team {
         return Err(no_order());
     }
@@ -794,7 +797,7 @@ pub(crate) async fn take_step(
         move |scope, grid| {
             let of_team = team_of_order
                 .as_ref()
-                .is_some_and(|t| scope.teams.contains(t));
+                .is_some_and(|t| scope.rights.teams.contains(t));
             if scope.may_read(grid) || of_team {
                 Ok(())
             } else {
