@@ -27,6 +27,7 @@ use qiaomen_protocol::{
     policy::{self, Actor, Made, Rights},
     schema::{Demand, DemandStatus, Household, HouseholdStatus, KeyGroup, Visit},
     schema::{TagSpan, VisitOutcome},
+    vocab::Term,
     wire::RejectCode,
     workorder::{self, Deadlines, NewStep, StepKind},
 };
@@ -131,6 +132,11 @@ const MIGRATIONS: &[&str] = &[
     // kept when its household leaves the phone.
     r#"
     ALTER TABLE rejected ADD COLUMN content TEXT;
+    "#,
+    // 6 -> 7: the lists' rows hold the vocabulary's stable codes (`met`, `elderly_alone`)
+    // instead of the first release's variant names: rebuilt from the documents (`reindex`).
+    r#"
+    INSERT OR REPLACE INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
     "#,
 ];
 
@@ -331,27 +337,22 @@ fn status_from(s: &str) -> HouseholdStatus {
     }
 }
 
-const OUTCOMES: [VisitOutcome; 4] = [
-    VisitOutcome::Met,
-    VisitOutcome::NobodyHome,
-    VisitOutcome::Refused,
-    VisitOutcome::Moved,
-];
-
-fn outcome_text(o: VisitOutcome) -> String {
-    format!("{o:?}")
+/// The stable code a list's row holds (`qiaomen_protocol::vocab`); reading also takes the
+/// first release's variant names.
+fn outcome_text(o: VisitOutcome) -> &'static str {
+    o.code()
 }
 
 fn outcome_from(s: &str) -> Option<VisitOutcome> {
-    OUTCOMES.into_iter().find(|o| outcome_text(*o) == s)
+    VisitOutcome::from_code(s)
 }
 
-fn group_text(g: KeyGroup) -> String {
-    format!("{g:?}")
+fn group_text(g: KeyGroup) -> &'static str {
+    g.code()
 }
 
 fn group_from(s: &str) -> Option<KeyGroup> {
-    KeyGroup::ALL.into_iter().find(|g| group_text(*g) == s)
+    KeyGroup::from_code(s)
 }
 
 /// A JSON value kept in the `meta` table (`None` if absent or unreadable).

@@ -18,10 +18,12 @@ pub mod integrity;
 pub mod migrate;
 pub mod pack;
 pub mod policy;
+pub mod present;
 pub mod refused;
 pub mod review;
 pub mod schema;
 pub mod validate;
+pub mod vocab;
 pub mod wire;
 pub mod workorder;
 

@@ -80,7 +80,7 @@ pub struct Gps {
 }
 
 /// Whether a household still lives at its address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum HouseholdStatus {
     Active,
     Moved,
@@ -89,20 +89,7 @@ pub enum HouseholdStatus {
 }
 
 /// Key groups (重点人群): their households are visited first and every cycle.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Reconcile,
-    Hydrate,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reconcile, Hydrate)]
 pub enum KeyGroup {
     /// 脱贫户 / 监测户
     PoorOrMonitored,
@@ -148,7 +135,7 @@ impl TagSpan {
 }
 
 /// A member's relation to the head of the household.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum Relation {
     Head,
     Spouse,
@@ -175,20 +162,7 @@ pub struct Member {
 }
 
 /// What a visit found: whether anyone was met. Ordered by how final a failed attempt is.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Reconcile,
-    Hydrate,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reconcile, Hydrate)]
 pub enum VisitOutcome {
     Met,
     NobodyHome,
@@ -197,7 +171,7 @@ pub enum VisitOutcome {
 }
 
 /// Categories of needs and demands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum NeedCategory {
     Housing,
     HealthCare,
@@ -213,7 +187,7 @@ pub struct Need {
     pub detail: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum DisputeKind {
     Neighbours,
     Family,
@@ -229,7 +203,7 @@ pub struct Dispute {
     pub detail: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum HazardKind {
     Fire,
     Building,
@@ -247,7 +221,7 @@ pub struct Hazard {
 }
 
 /// Publicity done on the doorstep.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum Publicity {
     StrawBurningBan,
     AntiFraud,
@@ -279,7 +253,7 @@ pub struct Visit {
     pub demands_raised: Vec<DemandId>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum Urgency {
     Normal,
     Urgent,
@@ -288,20 +262,7 @@ pub enum Urgency {
 /// Where a demand's work order (诉求工单) is in its life: collect → dispatch → accept (or
 /// bounce back) → handle → done → feedback to the resident → return visit → closed, or
 /// reopened. The steps, who may take them and their deadlines are in [`crate::workorder`].
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Reconcile,
-    Hydrate,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reconcile, Hydrate)]
 pub enum DemandStatus {
     /// Collected (收集): raised, not yet taken or dispatched. A reopened order is back here.
     Raised,
@@ -349,20 +310,7 @@ impl DemandStatus {
 /// How a demand is handled (分级): done at once by whoever took it, coordinated across
 /// departments ("the town blows the whistle, departments report", 吹哨报到), or assigned as a
 /// case to a leader (包案).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Reconcile,
-    Hydrate,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reconcile, Hydrate)]
 pub enum Tier {
     /// 即办
     Immediate,
@@ -373,20 +321,7 @@ pub enum Tier {
 }
 
 /// The resident's verdict at the return visit (回访).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Reconcile,
-    Hydrate,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reconcile, Hydrate)]
 pub enum Satisfaction {
     /// 满意
     Satisfied,
@@ -397,7 +332,7 @@ pub enum Satisfaction {
 }
 
 /// Where a demand came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum DemandSource {
     /// Raised on a household visit.
     Visit,
@@ -464,7 +399,7 @@ impl Demand {
 }
 
 /// A supervisor's decision on a visit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Reconcile, Hydrate)]
 pub enum ReviewDecision {
     /// Signed off.
     Approved,

@@ -21,6 +21,7 @@ use qiaomen_protocol::{
     doc::HouseholdDoc,
     ids::{DemandId, HouseholdId},
     schema::{Household, HouseholdStatus, KeyGroup, TagSpan, VisitOutcome},
+    vocab::Term,
     workorder::{self, Deadlines},
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -111,6 +112,17 @@ CREATE TABLE idx_spans (
 ) WITHOUT ROWID;
 CREATE INDEX idx_spans_grid ON idx_spans (grid);
 DELETE FROM idx_households;
+DELETE FROM idx_visits;
+DELETE FROM idx_orders;
+UPDATE idx_cursor SET seq = 0;
+"#;
+
+/// The read model's values become stable codes (`met`, `closed`: the vocabulary's, see
+/// `qiaomen_protocol::vocab`) instead of the first release's variant names (migration 10 of
+/// the store; the read model is rebuilt from the log).
+pub const INDEX_CODES_SCHEMA: &str = r#"
+DELETE FROM idx_households;
+DELETE FROM idx_spans;
 DELETE FROM idx_visits;
 DELETE FROM idx_orders;
 UPDATE idx_cursor SET seq = 0;
@@ -217,8 +229,9 @@ impl std::fmt::Debug for Index {
     }
 }
 
-fn enum_name<T: std::fmt::Debug>(v: &T) -> String {
-    format!("{v:?}")
+/// The stable code the read model stores for a value (its serde name, never `Debug`).
+fn code<T: Term>(v: &T) -> &'static str {
+    v.code()
 }
 
 impl Index {
@@ -683,7 +696,7 @@ fn write_rows(
             raw,
             grid,
             h.door_number,
-            enum_name(&h.status),
+            code(&h.status),
             serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()),
             when.registered.to_string(),
         ],
@@ -714,7 +727,7 @@ fn write_rows(
             v.id.to_string(),
             row.grid_on(v.visit_day),
             v.visit_day.to_string(),
-            enum_name(&v.outcome),
+            code(&v.outcome),
             v.worker.to_string(),
             v.started_at_ms
         ])?;
@@ -737,18 +750,18 @@ fn write_rows(
             d.id.to_string(),
             grid,
             h.door_number,
-            enum_name(&o.status),
-            o.tier.map(|t| enum_name(&t)),
+            code(&o.status),
+            o.tier.map(|t| code(&t)),
             o.unit,
             o.responsible.to_string(),
-            d.source.map(|s| enum_name(&s)),
-            enum_name(&d.category),
-            enum_name(&d.urgency),
+            d.source.map(|s| code(&s)),
+            code(&d.category),
+            code(&d.urgency),
             o.raised_ms,
             o.done_ms,
             o.resolved_on_time(),
-            o.satisfaction.map(|(s, _)| enum_name(&s)),
-            open.map(|s| enum_name(&s.kind)),
+            o.satisfaction.map(|(s, _)| code(&s)),
+            open.map(|s| code(&s.kind)),
             open.map(|s| s.due.to_string()),
             o.chase_ups,
             o.bounces,
@@ -760,21 +773,11 @@ fn write_rows(
 }
 
 fn outcome_from(s: &str) -> Option<VisitOutcome> {
-    Some(match s {
-        "Met" => VisitOutcome::Met,
-        "NobodyHome" => VisitOutcome::NobodyHome,
-        "Refused" => VisitOutcome::Refused,
-        "Moved" => VisitOutcome::Moved,
-        _ => return None,
-    })
+    VisitOutcome::from_code(s)
 }
 
 fn status_from(s: &str) -> HouseholdStatus {
-    match s {
-        "Moved" => HouseholdStatus::Moved,
-        "Merged" => HouseholdStatus::Merged,
-        _ => HouseholdStatus::Active,
-    }
+    HouseholdStatus::from_code(s).unwrap_or(HouseholdStatus::Active)
 }
 
 #[cfg(test)]

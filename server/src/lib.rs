@@ -17,6 +17,7 @@ pub mod panics;
 pub mod stats;
 pub mod storage;
 pub mod tasks;
+pub mod vocab;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 

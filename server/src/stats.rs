@@ -23,6 +23,8 @@
 use qiaomen_protocol::{
     calendar::{self, Day},
     coverage::{self, CoveragePolicy, Tally},
+    schema::Satisfaction,
+    vocab::Term,
 };
 use serde::Serialize;
 
@@ -118,11 +120,11 @@ pub fn figures(
             f.resolved += 1;
             f.on_time += u64::from(o.on_time == Some(true));
         }
-        match o.satisfaction.as_deref() {
-            Some("Satisfied") => f.satisfied += 1,
-            Some("Basically") => f.basically += 1,
-            Some("Dissatisfied") => f.dissatisfied += 1,
-            _ => continue,
+        match o.satisfaction.as_deref().and_then(Satisfaction::from_code) {
+            Some(Satisfaction::Satisfied) => f.satisfied += 1,
+            Some(Satisfaction::Basically) => f.basically += 1,
+            Some(Satisfaction::Dissatisfied) => f.dissatisfied += 1,
+            None => continue,
         }
         f.return_visited += 1;
     }

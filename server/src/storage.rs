@@ -171,6 +171,7 @@ const MIGRATIONS: &[&str] = &[
     crate::index::INDEX_SPANS_SCHEMA,
     DEVICE_END_SCHEMA,
     CLOCK_SCHEMA,
+    crate::index::INDEX_CODES_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"

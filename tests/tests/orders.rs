@@ -202,7 +202,7 @@ fn a_phone_cannot_give_a_demand_the_hotlines_source_number_or_a_first_responsibl
             o["order"]["source"].as_str(),
             o["order"]["external_ref"].as_str()
         ),
-        (Some("Hotline"), Some("12345-777"))
+        (Some("hotline"), Some("12345-777"))
     );
 }
 
@@ -503,7 +503,7 @@ fn a_demand_is_never_deleted_and_only_the_command_centre_withdraws_it_with_a_rea
         json!({"action": "withdraw", "comment": "与另一工单重复"}),
     );
     assert_eq!(status, 200, "{o}");
-    assert_eq!(o["order"]["status"], "Closed");
+    assert_eq!(o["order"]["status"], "closed");
     assert_eq!(o["order"]["step"], serde_json::Value::Null);
     let last = o["history"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(

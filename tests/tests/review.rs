@@ -100,7 +100,7 @@ fn a_sign_off_pins_a_version_and_a_returned_visit_is_a_task_on_the_phone_until_f
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["decision"] == "Approved")
+        .find(|r| r["decision"] == "approved")
         .unwrap();
     assert_eq!(
         approved["state"], "stale",
@@ -303,7 +303,7 @@ fn a_supervisor_resolves_a_conflict_and_searches_a_grid_and_the_phones_follow() 
     );
     assert_eq!(status, 400);
     let (_, view) = call("GET", &url, &boss, None);
-    assert_eq!(view["status"], "Active");
+    assert_eq!(view["status"], "active");
 
     // Exports of the grid's list: CSV with a byte-order mark and quoted cells, and XLSX; both
     // carry the Chinese text, and both are audited.

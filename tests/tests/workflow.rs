@@ -146,8 +146,8 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
 
     let (status, o) = order(&server, &centre, d.id);
     assert_eq!(status, 200, "{o}");
-    assert_eq!(o["order"]["status"], "Raised");
-    assert_eq!(o["order"]["step"], "Triage");
+    assert_eq!(o["order"]["status"], "raised");
+    assert_eq!(o["order"]["step"], "triage");
     assert_eq!(o["text"], "门前排水沟堵塞");
     assert!(
         o["may"].as_array().unwrap().contains(&json!("dispatch")),
@@ -191,12 +191,12 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
         &server,
         &centre,
         d.id,
-        json!({"action": "dispatch", "team": "team-water", "tier": "Coordinate", "comment": "请水利局处理"}),
+        json!({"action": "dispatch", "team": "team-water", "tier": "coordinate", "comment": "请水利局处理"}),
     );
     assert_eq!(status, 200, "{o}");
     assert_eq!(
         (o["order"]["status"].as_str(), o["order"]["team"].as_str()),
-        (Some("Dispatched"), Some("team-water"))
+        (Some("dispatched"), Some("team-water"))
     );
 
     // The roads team can neither see nor accept it; the water team reads the order but not
@@ -242,7 +242,7 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
         json!({"action": "bounce", "comment": "属道路养护,非水利"}),
     );
     assert_eq!(status, 200, "{o}");
-    assert_eq!(o["order"]["status"], "Bounced");
+    assert_eq!(o["order"]["status"], "bounced");
     // The team still sees the order it bounced but may not re-dispatch it; the command
     // centre arbitrates to the roads team.
     assert_eq!(
@@ -287,14 +287,14 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
         403
     );
     let (_, o) = order(&server, &centre, d.id);
-    assert_eq!(o["order"]["status"], "Done");
+    assert_eq!(o["order"]["status"], "done");
     assert_eq!(o["order"]["chase_ups"], 1);
     assert_eq!(o["order"]["bounces"], 1);
     let handle = o["steps"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["kind"] == "Handle")
+        .find(|s| s["kind"] == "handle")
         .unwrap()
         .clone();
     assert_eq!(handle["extended_days"], 3, "{o}");
@@ -357,8 +357,8 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
         .unwrap();
     worker.sync().unwrap();
     let (_, o) = order(&server, &village, d.id);
-    assert_eq!(o["order"]["status"], "ReturnVisited", "{o}");
-    assert_eq!(o["order"]["satisfaction"], "Satisfied");
+    assert_eq!(o["order"]["status"], "return_visited", "{o}");
+    assert_eq!(o["order"]["satisfaction"], "satisfied");
     assert!(!o["may"].as_array().unwrap().is_empty());
     let close = NewStep::new(DemandAction::Close, "");
     assert!(matches!(
@@ -374,7 +374,7 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
     );
     let (status, o) = step(&server, &village, d.id, json!({"action": "close"}));
     assert_eq!(status, 200, "{o}");
-    assert_eq!(o["order"]["status"], "Closed");
+    assert_eq!(o["order"]["status"], "closed");
     assert_eq!(o["order"]["step"], Value::Null);
     // Every step is in the history with who took it; names for people.
     let who: Vec<(&str, &str)> = o["history"]

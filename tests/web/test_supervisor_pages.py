@@ -41,10 +41,16 @@ def sync(p):
     return asyncio.run(p.sync(None))
 
 
-def visit(note):
+def visit(note, hazards=()):
     return q.NewVisit(visit_day="2026-11-15", started_at_ms=1_763_164_800_000, ended_at_ms=None, gps=None,
-                      outcome=q.VisitOutcome.MET, people_met=[], needs=[], disputes=[], hazards=[],
+                      outcome=q.VisitOutcome.MET, people_met=[], needs=[], disputes=[], hazards=list(hazards),
                       publicity=[q.Publicity.ANTI_FRAUD], note=note, demands=[])
+
+
+def line(browser, visit_id, field):
+    """The text of one line of a visit as the household page shows it."""
+    return browser.find_element(
+        By.CSS_SELECTOR, f'[data-visit="{visit_id}"] tr[data-field="{field}"] td.text').text
 
 
 def door(door_number):
@@ -60,7 +66,7 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     wang.update_household(hid, door("10A"))
     sun.update_household(hid, door("10-1"))
     first = wang.record_visit(hid, visit("第一次走访"))
-    second = wang.record_visit(hid, visit("第二次走访"))
+    second = wang.record_visit(hid, visit("第二次走访", [q.Hazard(kind=q.HazardKind.FIRE, detail="楼道堆放杂物")]))
     for p in (wang, sun, wang):
         sync(p)
 
@@ -99,7 +105,8 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     assert sorted(v.text for v in values) == ["10-1", "10A"]
     row = [r for r in browser.find_elements(By.CSS_SELECTOR, ".conflict tr")
            if r.find_elements(By.CSS_SELECTOR, "td.value") and r.find_element(By.CSS_SELECTOR, "td.value").text == "10-1"][0]
-    assert sun.device_id() in row.text and "孙伟" in row.text, "who wrote it (by name), from which device"
+    assert "孙伟的手机" in row.text and "登记" in row.text, "who wrote it (by name), from which phone (by name)"
+    assert sun.device_id() not in row.text, "a phone by name, not by id"
     navigate(browser, row.find_element(By.CSS_SELECTOR, "button.choose"))
     assert browser.find_element(By.ID, "no-conflicts")
     # Another household's conflict is settled with a value of the supervisor's own.
@@ -114,10 +121,18 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     assert browser.find_element(By.ID, "no-conflicts")
     browser.get(demo.url + "/households/" + hid)
 
+    # The supervisor reads what each visit says before deciding.
+    assert line(browser, first, "note") == "第一次走访"
+    assert line(browser, second, "note") == "第二次走访"
+    assert line(browser, second, "hazards") == "消防隐患：楼道堆放杂物"
+    assert line(browser, second, "publicity") == "防范电信诈骗"
+    assert "王" in browser.find_element(By.CSS_SELECTOR, f'[data-visit="{second}"] tr[data-field="note"]').text, \
+        "who recorded the note"
+
     # Approve the first visit; return the second with a comment.
-    navigate(browser, browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{first}"] button.approve'))
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{second}"] input.comment').send_keys("请补充老人用药情况")
-    navigate(browser, browser.find_element(By.CSS_SELECTOR, f'tr[data-visit="{second}"] button.return'))
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, f'[data-visit="{first}"] button.approve'))
+    browser.find_element(By.CSS_SELECTOR, f'[data-visit="{second}"] input.comment').send_keys("请补充老人用药情况")
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, f'[data-visit="{second}"] button.return'))
     reviews = browser.find_element(By.ID, "reviews").text
     assert "通过" in reviews and "退回整改" in reviews and "请补充老人用药情况" in reviews
     assert "陈书记" in reviews, "the reviewer by name"
@@ -140,8 +155,21 @@ def test_a_supervisor_reviews_in_the_browser_and_the_phones_follow(demo, browser
     browser.refresh()
     assert browser.find_element(By.ID, "open-tasks").text == "0"
     assert "已过期" in browser.find_element(By.ID, "reviews").text
-    assert wang.device_id() in browser.find_element(By.ID, "provenance").text
+    # The fix, read as a difference: the note before and after, nothing else.
+    changes = browser.find_elements(By.CSS_SELECTOR, "#reviews tr.change")
+    fields = sorted({c.get_attribute("data-field") for c in changes})
+    assert fields == ["note"], fields
+    note_change = [c for c in changes if "第二次走访：老人按时服用降压药" in c.text]
+    assert note_change and "第二次走访" in note_change[0].find_element(By.CSS_SELECTOR, "td.before").text
+    assert line(browser, second, "note") == "第二次走访：老人按时服用降压药"
+    provenance = browser.find_element(By.ID, "provenance").text
+    assert "王" in provenance and "的手机" in provenance and wang.device_id() not in provenance
+    assert "走访 · 走访记录" in provenance, "fields by name, not by path"
     shot(browser, "5-fixed")
+    # Seen the fix: approve it; the new review is current.
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, f'[data-visit="{second}"] button.approve'))
+    assert "有效" in browser.find_element(By.ID, "reviews").text
+    shot(browser, "6-fix-approved")
 
     # Sign out: the pages ask for a login again.
     navigate(browser, browser.find_element(By.ID, "logout"))

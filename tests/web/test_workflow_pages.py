@@ -31,7 +31,8 @@ def take_step(browser, action, comment="", team="", tier=""):
     if comment:
         browser.find_element(By.ID, "comment").send_keys(comment)
     if team:
-        browser.find_element(By.ID, "team").send_keys(team)
+        # A team is chosen by its name from the list, not typed as an id.
+        Select(browser.find_element(By.ID, "team")).select_by_visible_text(team)
     if tier:
         Select(browser.find_element(By.ID, "tier")).select_by_value(tier)
     navigate(browser, browser.find_element(By.ID, "submit-step"))
@@ -53,7 +54,7 @@ def test_a_hotline_order_goes_round_the_loop_between_the_pages_and_the_phone(dem
     assert any(h.endswith(order.demand_id) for h in links), links
     browser.get(f"{demo.url}/orders/{order.demand_id}")
     assert browser.find_element(By.ID, "order-status").text == "待分派"
-    assert take_step(browser, "dispatch", "请水利局处理", team="water", tier="Coordinate") == "已派单"
+    assert take_step(browser, "dispatch", "请水利局处理", team="县水利局", tier="coordinate") == "已派单"
     shot(browser, "order-dispatched")
 
     # The team accepts, handles and finishes it.

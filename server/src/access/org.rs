@@ -37,16 +37,17 @@ impl UnitKind {
         }
     }
 
+    /// Every kind, top to bottom.
+    pub const ALL: [UnitKind; 5] = [
+        Self::County,
+        Self::Town,
+        Self::Village,
+        Self::Grid,
+        Self::Team,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::County,
-            Self::Town,
-            Self::Village,
-            Self::Grid,
-            Self::Team,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// The kinds a unit's parent may have (empty: a root).
@@ -325,6 +326,42 @@ impl AccessDb {
         for id in ids {
             if let Some(name) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? {
                 out.insert(id.clone(), name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Devices as a person names them: `张伟的手机，12-01 登记` (a web session's device:
+    /// `张伟（网页）`). Unknown ids are left out.
+    pub fn device_labels(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT u.name, d.install_id, d.enrolled_ms FROM devices d JOIN users u ON u.id = d.user
+             WHERE d.id = ?1",
+        )?;
+        let mut out = std::collections::BTreeMap::new();
+        for id in ids {
+            let row = stmt
+                .query_row([id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((name, install, enrolled_ms)) = row {
+                let label = if install == "web" {
+                    format!("{name}（网页）")
+                } else {
+                    // `2026-12-01 09:30` → `12-01`.
+                    let day = qiaomen_protocol::present::datetime(enrolled_ms);
+                    let md = day.get(5..10).unwrap_or("");
+                    format!("{name}的手机，{md} 登记")
+                };
+                out.insert(id.clone(), label);
             }
         }
         Ok(out)

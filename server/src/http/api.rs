@@ -9,8 +9,10 @@ use axum::{
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, actor_for},
     ids::{HouseholdId, ReviewId, UserId, VisitId},
+    present,
     review::{ReviewState, heads_hex, known_version, open_tasks, review_state},
-    schema::{Review, ReviewDecision},
+    schema::{Household, Review, ReviewDecision, Visit},
+    vocab::Term,
     wire::{DocChanges, RejectCode},
 };
 use serde::{Deserialize, Serialize};
@@ -48,13 +50,75 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
     }))
 }
 
+/// A visit whole, as a supervisor reviews it: what was recorded (codes for machines) and
+/// the same as lines in words (`lines`, zh-CN, `qiaomen_protocol::present`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct VisitSummary {
+pub struct VisitView {
     pub id: String,
     pub visit_day: String,
     pub worker: String,
     pub device: String,
+    /// `met`, `nobody_home`, `refused`, `moved`.
     pub outcome: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub gps: Option<GpsView>,
+    /// Members met, by id and name.
+    pub people_met: Vec<PersonRef>,
+    /// `{kind: need category code, detail}`.
+    pub needs: Vec<ItemView>,
+    /// `{kind: dispute kind code, detail}`.
+    pub disputes: Vec<ItemView>,
+    /// `{kind: hazard kind code, detail}`.
+    pub hazards: Vec<ItemView>,
+    /// Publicity codes (`anti_fraud`, ...).
+    pub publicity: Vec<String>,
+    pub note: String,
+    /// The demands raised on this visit.
+    pub demands: Vec<DemandBrief>,
+    /// The visit in words, line by line.
+    #[schema(value_type = Vec<Object>)]
+    pub lines: Vec<qiaomen_protocol::present::Line>,
+    /// Who wrote each of the visit's fields, from which device, when (`field` is the line's
+    /// code).
+    pub recorded_by: Vec<FieldWriter>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GpsView {
+    pub lat: f64,
+    pub lon: f64,
+    pub accuracy_m: Option<f64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PersonRef {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ItemView {
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DemandBrief {
+    pub id: String,
+    pub category: String,
+    pub text: String,
+    pub urgency: String,
+    pub status: String,
+}
+
+/// Who wrote a visit's field.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FieldWriter {
+    pub field: String,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    pub at_ms: i64,
 }
 
 /// A household as a supervisor reads it (the pages of the review issue build on this).
@@ -69,7 +133,7 @@ pub struct HouseholdView {
     pub key_groups: Vec<String>,
     /// The people of the household (ID-card and phone numbers masked).
     pub people: Vec<MemberView>,
-    pub visits: Vec<VisitSummary>,
+    pub visits: Vec<VisitView>,
     /// The exact document version read (Automerge heads, hex).
     pub heads: Vec<String>,
     /// For every field: who wrote its current value, from which device, when.
@@ -98,6 +162,8 @@ pub struct MemberView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConflictView {
     pub path: Vec<String>,
+    /// The field by name (`成员 王建国 · 出生日期`).
+    pub label: String,
     pub values: Vec<ConflictValue>,
 }
 
@@ -115,7 +181,7 @@ pub struct ConflictValue {
 pub struct ReviewView {
     pub id: String,
     pub visit: String,
-    #[schema(value_type = String, example = "Approved")]
+    #[schema(value_type = String, example = "approved")]
     pub decision: ReviewDecision,
     pub comment: String,
     pub reviewer: String,
@@ -123,12 +189,18 @@ pub struct ReviewView {
     pub heads: Vec<String>,
     #[schema(value_type = String, example = "current")]
     pub state: ReviewState,
+    /// What changed in the visit between the version reviewed and now, line by line (empty
+    /// while the review is current; `None` when the version reviewed is not held).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub changes: Option<Vec<qiaomen_protocol::present::Change>>,
 }
 
 /// Who wrote a field's current value(s).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldProvenance {
     pub path: Vec<String>,
+    /// The field by name (`2026-12-15 的走访 · 走访记录`).
+    pub label: String,
     pub writers: Vec<Writer>,
 }
 
@@ -263,10 +335,36 @@ pub async fn household_view(
         let _named = crate::panics::household(id);
         let mut doc = HouseholdDoc::load(&bytes).ok()?;
         let h = doc.household().ok()?;
-        let reviews = h
-            .reviews
-            .values()
-            .map(|r| ReviewView {
+        Some(view_of(&mut doc, &h, grid))
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .ok_or(ApiError::Internal)?;
+    Ok(view)
+}
+
+/// The household view of a loaded document: the record, each visit whole, reviews with
+/// what changed since, conflicts and who wrote each field, fields named in words.
+fn view_of(doc: &mut HouseholdDoc, h: &Household, grid: String) -> HouseholdView {
+    let origins = qiaomen_protocol::conflicts::field_origins(doc).unwrap_or_default();
+    let reviews = h
+        .reviews
+        .values()
+        .map(|r| {
+            let state = review_state(doc, h, r);
+            let changes = if state == ReviewState::Current {
+                Some(Vec::new())
+            } else {
+                known_version(doc, &r.heads)
+                    .and_then(|heads| doc.household_at(&heads).ok())
+                    .map(|then| {
+                        present::visit_changes(
+                            then.visits.get(&r.visit).map(|v| (v, &then)),
+                            h.visits.get(&r.visit).map(|v| (v, h)),
+                        )
+                    })
+            };
+            ReviewView {
                 id: r.id.to_string(),
                 visit: r.visit.to_string(),
                 decision: r.decision,
@@ -274,89 +372,174 @@ pub async fn household_view(
                 reviewer: r.reviewer.to_string(),
                 at_ms: r.at_ms,
                 heads: r.heads.clone(),
-                state: review_state(&mut doc, &h, r),
+                state,
+                changes,
+            }
+        })
+        .collect();
+    let conflicts = qiaomen_protocol::conflicts::conflicts(doc)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| ConflictView {
+            label: present::field_label(&c.path, h),
+            values: c
+                .values
+                .into_iter()
+                .map(|v| ConflictValue {
+                    value: masked_conflict_value(&c.path, v.value),
+                    op: v.op,
+                    user: v.author.map(|a| a.user.to_string()),
+                    device: v.author.map(|a| a.device.to_string()),
+                    at_ms: v.at_ms,
+                })
+                .collect(),
+            path: c.path,
+        })
+        .collect();
+    let open_tasks = open_tasks(doc, h)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.visit.to_string())
+        .collect();
+    HouseholdView {
+        id: h.id.to_string(),
+        grid,
+        address: h.address.clone(),
+        door_number: h.door_number.clone(),
+        status: h.status.code().to_string(),
+        members: h.members.len(),
+        key_groups: h.tags.iter().map(|t| t.group.code().to_string()).collect(),
+        people: h
+            .members
+            .values()
+            .map(|m| MemberView {
+                id: m.id.to_string(),
+                name: m.name.clone(),
+                relation: m.relation.code().to_string(),
+                birth_date: m.birth_date.map(|d| d.to_string()),
+                id_number: m.id_number.as_ref().map(|n| last_four(n.reveal())),
+                key_groups: m.tags.iter().map(|t| t.group.code().to_string()).collect(),
             })
-            .collect();
-        let conflicts = qiaomen_protocol::conflicts::conflicts(&mut doc)
-            .ok()?
+            .collect(),
+        visits: h
+            .visits
+            .values()
+            .map(|v| visit_view(v, h, &origins))
+            .collect(),
+        heads: heads_hex(doc),
+        reviews,
+        open_tasks,
+        conflicts,
+        provenance: origins
             .into_iter()
-            .map(|c| ConflictView {
-                values: c
-                    .values
+            .map(|o| FieldProvenance {
+                label: present::field_label(&o.path, h),
+                path: o.path,
+                writers: o
+                    .writers
                     .into_iter()
-                    .map(|v| ConflictValue {
-                        value: masked_conflict_value(&c.path, v.value),
-                        op: v.op,
-                        user: v.author.map(|a| a.user.to_string()),
-                        device: v.author.map(|a| a.device.to_string()),
-                        at_ms: v.at_ms,
+                    .map(|(author, at_ms)| Writer {
+                        user: author.map(|a| a.user.to_string()),
+                        device: author.map(|a| a.device.to_string()),
+                        at_ms,
                     })
                     .collect(),
-                path: c.path,
             })
-            .collect();
-        let open_tasks = open_tasks(&mut doc, &h)
-            .ok()?
-            .into_iter()
-            .map(|t| t.visit.to_string())
-            .collect();
-        Some(HouseholdView {
-            id: h.id.to_string(),
-            grid,
-            address: h.address.clone(),
-            door_number: h.door_number.clone(),
-            status: format!("{:?}", h.status),
-            members: h.members.len(),
-            key_groups: h.tags.iter().map(|t| format!("{:?}", t.group)).collect(),
-            people: h
-                .members
-                .values()
-                .map(|m| MemberView {
-                    id: m.id.to_string(),
-                    name: m.name.clone(),
-                    relation: format!("{:?}", m.relation),
-                    birth_date: m.birth_date.map(|d| d.to_string()),
-                    id_number: m.id_number.as_ref().map(|n| last_four(n.reveal())),
-                    key_groups: m.tags.iter().map(|t| format!("{:?}", t.group)).collect(),
-                })
-                .collect(),
-            visits: h
-                .visits
-                .values()
-                .map(|v| VisitSummary {
-                    id: v.id.to_string(),
-                    visit_day: v.visit_day.to_string(),
-                    worker: v.worker.to_string(),
-                    device: v.device.to_string(),
-                    outcome: format!("{:?}", v.outcome),
-                })
-                .collect(),
-            heads: heads_hex(&mut doc),
-            reviews,
-            open_tasks,
-            conflicts,
-            provenance: qiaomen_protocol::conflicts::field_origins(&mut doc)
-                .ok()?
-                .into_iter()
-                .map(|o| FieldProvenance {
-                    path: o.path,
-                    writers: o
-                        .writers
-                        .into_iter()
-                        .map(|(author, at_ms)| Writer {
-                            user: author.map(|a| a.user.to_string()),
-                            device: author.map(|a| a.device.to_string()),
-                            at_ms,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        })
-    })
-    .await
-    .map_err(|_| ApiError::Internal)?
-    .ok_or(ApiError::Internal)?;
-    Ok(view)
+            .collect(),
+    }
+}
+
+fn visit_view(
+    v: &Visit,
+    h: &Household,
+    origins: &[qiaomen_protocol::conflicts::FieldOrigin],
+) -> VisitView {
+    let id = v.id.to_string();
+    let item = |kind: &str, detail: &str| ItemView {
+        kind: kind.to_string(),
+        detail: detail.to_string(),
+    };
+    // The writers of the visit's fields: the first path element under the visit is the
+    // line's field (`needs/0/detail` is `needs`).
+    let mut recorded_by: Vec<FieldWriter> = Vec::new();
+    for o in origins {
+        let [top, vid, field, ..] = o.path.as_slice() else {
+            continue;
+        };
+        if top != "visits" || *vid != id {
+            continue;
+        }
+        for (author, at_ms) in &o.writers {
+            let w = FieldWriter {
+                field: field.clone(),
+                user: author.map(|a| a.user.to_string()),
+                device: author.map(|a| a.device.to_string()),
+                at_ms: *at_ms,
+            };
+            let seen = recorded_by
+                .iter()
+                .any(|x| x.field == w.field && x.user == w.user && x.device == w.device);
+            if !seen {
+                recorded_by.push(w);
+            }
+        }
+    }
+    VisitView {
+        id,
+        visit_day: v.visit_day.to_string(),
+        worker: v.worker.to_string(),
+        device: v.device.to_string(),
+        outcome: v.outcome.code().to_string(),
+        started_at_ms: v.started_at_ms,
+        ended_at_ms: v.ended_at_ms,
+        gps: v.gps.as_ref().map(|g| GpsView {
+            lat: g.lat,
+            lon: g.lon,
+            accuracy_m: g.accuracy_m,
+        }),
+        people_met: v
+            .people_met
+            .iter()
+            .map(|m| PersonRef {
+                id: m.to_string(),
+                name: h
+                    .members
+                    .get(m)
+                    .map_or_else(|| "已删除的成员".to_string(), |x| x.name.clone()),
+            })
+            .collect(),
+        needs: v
+            .needs
+            .iter()
+            .map(|n| item(n.category.code(), &n.detail))
+            .collect(),
+        disputes: v
+            .disputes
+            .iter()
+            .map(|d| item(d.kind.code(), &d.detail))
+            .collect(),
+        hazards: v
+            .hazards
+            .iter()
+            .map(|d| item(d.kind.code(), &d.detail))
+            .collect(),
+        publicity: v.publicity.iter().map(|p| p.code().to_string()).collect(),
+        note: v.note.as_str().to_string(),
+        demands: v
+            .demands_raised
+            .iter()
+            .filter_map(|d| h.demands.get(d))
+            .map(|d| DemandBrief {
+                id: d.id.to_string(),
+                category: d.category.code().to_string(),
+                text: d.text.clone(),
+                urgency: d.urgency.code().to_string(),
+                status: d.status.code().to_string(),
+            })
+            .collect(),
+        lines: present::visit_lines(v, h),
+        recorded_by,
+    }
 }
 
 pub(super) async fn require_admin(state: &AppState, session: &SessionAuth) -> Result<(), ApiError> {
@@ -510,9 +693,13 @@ pub struct ReviewRequest {
 }
 
 /// A supervisor's decision (the API's name for `schema::ReviewDecision`).
+/// Codes as in `qiaomen_protocol::vocab`; the first release's `Approved`/`Returned` still parse.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Decision {
+    #[serde(alias = "Approved")]
     Approved,
+    #[serde(alias = "Returned")]
     Returned,
 }
 
@@ -812,9 +999,10 @@ fn matching_households(
                 || h.members
                     .values()
                     .any(|m| m.name.to_lowercase().contains(needle))
-                || key_groups(h)
-                    .iter()
-                    .any(|g| g.to_lowercase().contains(needle))
+                // A key group by its label (独居) or its code (elderly_alone).
+                || h.tags.iter().any(|t| {
+                    t.group.label().contains(needle) || t.group.code().contains(needle)
+                })
         })
         .collect();
     found.sort_by(|a, b| a.door_number.cmp(&b.door_number).then(a.id.cmp(&b.id)));
@@ -822,7 +1010,7 @@ fn matching_households(
 }
 
 fn key_groups(h: &qiaomen_protocol::schema::Household) -> Vec<String> {
-    h.tags.iter().map(|t| format!("{:?}", t.group)).collect()
+    h.tags.iter().map(|t| t.group.code().to_string()).collect()
 }
 
 /// A household in a grid's list.
@@ -894,7 +1082,7 @@ pub async fn list_households(
                 key_groups: key_groups(&h),
                 door_number: h.door_number,
                 address: h.address,
-                status: format!("{:?}", h.status),
+                status: h.status.code().to_string(),
                 members: h.members.len(),
                 visits: h.visits.len(),
             })
@@ -957,8 +1145,12 @@ pub async fn grid_export(
                     h.id.to_string(),
                     h.door_number.clone(),
                     h.address.clone(),
-                    format!("{:?}", h.status),
-                    key_groups(&h).join(" "),
+                    h.status.label().to_string(),
+                    h.tags
+                        .iter()
+                        .map(|t| t.group.label())
+                        .collect::<Vec<_>>()
+                        .join("、"),
                     h.members.len().to_string(),
                     h.visits.len().to_string(),
                     h.visits

@@ -21,6 +21,7 @@ use axum::{
     response::{Html, IntoResponse, Redirect, Response},
 };
 use minijinja::{Environment, context};
+use qiaomen_protocol::{schema::ReviewDecision, vocab::Term};
 use serde::Deserialize;
 
 use super::{
@@ -56,6 +57,20 @@ fn templates() -> &'static Environment<'static> {
         ] {
             env.add_template(name, source).expect("templates parse");
         }
+        // `{{ code|label("key_group") }}`: the zh-CN label of a code (the code itself if the
+        // vocabulary does not know it; empty stays empty, so `or "—"` works);
+        // `entries("tier")`: every (code, label) of a vocabulary, for a list to choose from.
+        env.add_filter("label", |code: Option<String>, kind: String| -> String {
+            match code {
+                Some(c) if !c.is_empty() => {
+                    crate::vocab::label(&kind, &c).map_or(c.clone(), str::to_string)
+                }
+                _ => String::new(),
+            }
+        });
+        env.add_function("entries", |kind: String| -> minijinja::Value {
+            minijinja::Value::from_serialize(crate::vocab::entries(&kind).unwrap_or_default())
+        });
         env.add_filter("pct", |x: Option<f64>| -> String {
             x.map_or("—".to_string(), |x| format!("{:.1}%", x * 100.0))
         });
@@ -84,6 +99,19 @@ fn render(name: &str, ctx: minijinja::Value) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// Renders a page with `unit_names` (every org unit's id → name) beside `ctx`, so that a page
+/// names grids, villages and teams, never shows their codes.
+async fn render_named(
+    state: &AppState,
+    name: &str,
+    ctx: minijinja::Value,
+) -> Result<Response, PageError> {
+    let units = state.access(|db| db.units()).await?;
+    let unit_names: std::collections::BTreeMap<String, String> =
+        units.into_iter().map(|u| (u.id, u.name)).collect();
+    Ok(render(name, context! { unit_names, ..ctx }))
 }
 
 /// An API error shown as a page, with the API's status.
@@ -139,108 +167,6 @@ impl FromRequestParts<AppState> for PageSession {
             .map(|s| PageSession(Caller::Session(s)))
             .map_err(|_| Redirect::to("/login").into_response())
     }
-}
-
-const KINDS: [(&str, &str); 5] = [
-    ("county", "县"),
-    ("town", "乡镇"),
-    ("village", "村/社区"),
-    ("grid", "网格"),
-    ("team", "承办单位"),
-];
-const ORDER_STATUSES: [(&str, &str); 9] = [
-    ("Raised", "待分派"),
-    ("Dispatched", "已派单"),
-    ("Accepted", "已接单"),
-    ("Bounced", "已退单"),
-    ("Handling", "办理中"),
-    ("Done", "已办结"),
-    ("FedBack", "已反馈"),
-    ("ReturnVisited", "已回访"),
-    ("Closed", "已归档"),
-];
-const ACTIONS: [(&str, &str); 14] = [
-    ("take", "即办受理"),
-    ("dispatch", "派单"),
-    ("accept", "接单"),
-    ("bounce", "退单"),
-    ("start", "开始办理"),
-    ("finish", "办结"),
-    ("feedback", "反馈群众"),
-    ("return_visit", "回访"),
-    ("close", "归档"),
-    ("reopen", "重新办理"),
-    ("chase_up", "催办"),
-    ("extend", "延期"),
-    ("comment", "备注"),
-    ("withdraw", "撤销"),
-];
-const STEPS: [(&str, &str); 6] = [
-    ("Triage", "分派"),
-    ("Accept", "接单"),
-    ("Handle", "办理"),
-    ("Feedback", "反馈"),
-    ("ReturnVisit", "回访"),
-    ("Close", "归档"),
-];
-const TIERS: [(&str, &str); 3] = [
-    ("Immediate", "即办"),
-    ("Coordinate", "协调办理"),
-    ("LeaderCase", "领导包案"),
-];
-const SATISFACTIONS: [(&str, &str); 3] = [
-    ("Satisfied", "满意"),
-    ("Basically", "基本满意"),
-    ("Dissatisfied", "不满意"),
-];
-const CATEGORIES: [(&str, &str); 5] = [
-    ("Housing", "住房"),
-    ("HealthCare", "医疗"),
-    ("Education", "教育"),
-    ("ElderlyCare", "养老"),
-    ("Other", "其他"),
-];
-const SOURCES: [(&str, &str); 3] = [
-    ("Visit", "走访"),
-    ("Supervisor", "督导录入"),
-    ("Hotline", "12345"),
-];
-const COVERAGE_STATES: [(&str, &str); 4] = [
-    ("visited", "已见面"),
-    ("not_met", "未见面"),
-    ("pending", "待访"),
-    ("missed", "漏访"),
-];
-const REASONS: [(&str, &str); 6] = [
-    ("nobody_home", "无人在家"),
-    ("refused", "拒访"),
-    ("moved", "已搬离"),
-    ("score_below_0.80", "得分低于80%"),
-    ("missed_households", "有漏访"),
-    ("overdue_orders", "有超期工单"),
-];
-const STATUSES: [(&str, &str); 3] = [
-    ("Active", "在住"),
-    ("Moved", "已迁出"),
-    ("Merged", "已合户"),
-];
-const RELATIONS: [(&str, &str); 9] = [
-    ("Head", "户主"),
-    ("Spouse", "配偶"),
-    ("Child", "子女"),
-    ("Parent", "父母"),
-    ("Grandchild", "孙辈"),
-    ("Grandparent", "祖父母"),
-    ("Sibling", "兄弟姐妹"),
-    ("ChildInLaw", "儿媳/女婿"),
-    ("Other", "其他"),
-];
-
-fn map(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// `GET /login`.
@@ -322,7 +248,7 @@ pub async fn org_page(
         .collect();
     Ok(render(
         "org.html",
-        context! { title => "辖区", signed_in => true, units => rows, kinds => map(&KINDS) },
+        context! { title => "辖区", signed_in => true, units => rows },
     ))
 }
 
@@ -339,13 +265,15 @@ pub async fn grid_page(
     Query(q): Query<SearchQuery>,
 ) -> Result<Response, PageError> {
     let rows = api::list_households(&state, &caller, grid.clone(), q.q.clone()).await?;
-    Ok(render(
+    render_named(
+        &state,
         "grid.html",
         context! {
-            title => format!("网格 {grid}"), signed_in => true, grid, rows,
-            q => q.q.unwrap_or_default(), statuses => map(&STATUSES),
+            title => "网格住户", signed_in => true, grid, rows,
+            q => q.q.unwrap_or_default(),
         },
-    ))
+    )
+    .await
 }
 
 /// `GET /households/{id}`: the record, conflicts, visits with review buttons, reviews and
@@ -371,14 +299,40 @@ pub async fn household_page(
     );
     ids.sort();
     ids.dedup();
-    let names = state.access(move |db| db.user_names(&ids)).await?;
-    Ok(render(
+    // Which phone, by its owner and enrolment day.
+    let mut devices: Vec<String> = h.visits.iter().map(|v| v.device.clone()).collect();
+    devices.extend(
+        h.provenance
+            .iter()
+            .flat_map(|f| f.writers.iter().filter_map(|w| w.device.clone())),
+    );
+    devices.extend(
+        h.conflicts
+            .iter()
+            .flat_map(|c| c.values.iter().filter_map(|v| v.device.clone())),
+    );
+    devices.sort();
+    devices.dedup();
+    let (names, device_names) = state
+        .access(move |db| Ok((db.user_names(&ids)?, db.device_labels(&devices)?)))
+        .await?;
+    // The visits newest first, as a supervisor reads them.
+    let mut h = h;
+    h.visits.sort_by(|a, b| {
+        b.visit_day
+            .cmp(&a.visit_day)
+            .then(b.started_at_ms.cmp(&a.started_at_ms))
+    });
+    render_named(
+        &state,
         "household.html",
         context! {
             title => format!("{} {}", h.address, h.door_number), signed_in => true,
-            h, names, statuses => map(&STATUSES), relations => map(&RELATIONS),
+            devices => device_names,
+            h, names,
         },
-    ))
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -398,9 +352,9 @@ pub async fn review_submit(
     Path(id): Path<String>,
     Form(form): Form<ReviewForm>,
 ) -> Result<Response, PageError> {
-    let decision = match form.decision.as_str() {
-        "Approved" => api::Decision::Approved,
-        "Returned" => api::Decision::Returned,
+    let decision = match ReviewDecision::from_code(&form.decision) {
+        Some(ReviewDecision::Approved) => api::Decision::Approved,
+        Some(ReviewDecision::Returned) => api::Decision::Returned,
         _ => {
             return Err(PageError(ApiError::BadRequest {
                 code: "invalid",
@@ -465,21 +419,14 @@ pub async fn coverage_page(
     Query(q): Query<workflow::CoverageQuery>,
 ) -> Result<Response, PageError> {
     let r = workflow::coverage_for(&state, &caller, q).await?;
-    Ok(render(
+    render_named(
+        &state,
         "coverage.html",
         context! {
-            title => "走访覆盖", signed_in => true, r, kinds => map(&KINDS),
-            coverage_states => map(&COVERAGE_STATES), reasons => map(&REASONS),
+            title => "走访覆盖", signed_in => true, r,
         },
-    ))
-}
-
-fn order_labels() -> minijinja::Value {
-    context! {
-        statuses => map(&ORDER_STATUSES), actions => map(&ACTIONS), steps => map(&STEPS),
-        tiers => map(&TIERS), satisfactions => map(&SATISFACTIONS),
-        categories => map(&CATEGORIES), sources => map(&SOURCES),
-    }
+    )
+    .await
 }
 
 /// `GET /orders?status=&overdue=`: the caller's work orders.
@@ -491,13 +438,14 @@ pub async fn orders_page(
     let status = q.status.clone().unwrap_or_default();
     let overdue = q.overdue.as_deref() == Some("true");
     let rows = workflow::order_list(&state, &caller, q).await?;
-    Ok(render(
+    render_named(
+        &state,
         "orders.html",
         context! {
             title => "诉求工单", signed_in => true, rows, status, overdue,
-            ..order_labels()
         },
-    ))
+    )
+    .await
 }
 
 /// `GET /refused`: what the server refused from the phones of the caller's grids, with why
@@ -508,7 +456,8 @@ pub async fn refused_page(
     Query(q): Query<workflow::RefusedQuery>,
 ) -> Result<Response, PageError> {
     let rows = workflow::refused_for(&state, &caller, q).await?;
-    Ok(render(
+    render_named(
+        &state,
         "refused.html",
         context! {
             title => "未接收的修改", signed_in => true, rows,
@@ -517,7 +466,8 @@ pub async fn refused_page(
                 phone => "电话", gps => "位置", tags => "重点人群",
             },
         },
-    ))
+    )
+    .await
 }
 
 /// `GET /orders/{demand}`: one work order, its deadlines and history, and a form for the
@@ -528,10 +478,20 @@ pub async fn order_page(
     Path(demand): Path<String>,
 ) -> Result<Response, PageError> {
     let o = workflow::order_detail(&state, &caller, &demand).await?;
-    Ok(render(
+    // Dispatch picks a team from the open teams, by name.
+    let teams: Vec<minijinja::Value> = state
+        .access(|db| db.units())
+        .await?
+        .into_iter()
+        .filter(|u| u.kind == crate::access::org::UnitKind::Team && u.valid_until.is_none())
+        .map(|u| context! { id => u.id, name => u.name })
+        .collect();
+    render_named(
+        &state,
         "order.html",
-        context! { title => "工单", signed_in => true, o, ..order_labels() },
-    ))
+        context! { title => "工单", signed_in => true, o, teams },
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -599,13 +559,14 @@ pub async fn stats_page(
     } else {
         s.grids.iter().collect()
     };
-    Ok(render(
+    render_named(
+        &state,
         "stats.html",
         context! {
-            title => "统计", signed_in => true, grids, s, rank, kinds => map(&KINDS),
-            reasons => map(&REASONS),
+            title => "统计", signed_in => true, grids, s, rank,
         },
-    ))
+    )
+    .await
 }
 
 /// `GET /tasks`: the weekly task lists of the caller's grids, task by grid, and a form to push
@@ -624,10 +585,12 @@ pub async fn tasks_page(
                 || roles.contains(&crate::access::Role::TownSupervisor))
         })
         .await?;
-    Ok(render(
+    render_named(
+        &state,
         "tasks.html",
         context! { title => "周清单", signed_in => true, lists, may_push },
-    ))
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -669,13 +632,6 @@ pub async fn tasks_submit(
     Ok(Redirect::to("/tasks").into_response())
 }
 
-const DEVICE_STATUSES: [(&str, &str); 4] = [
-    ("active", "在用"),
-    ("retiring", "交接中"),
-    ("retired", "已交接"),
-    ("revoked", "已挂失"),
-];
-
 #[derive(Debug, Deserialize)]
 pub struct DevicesQuery {
     /// A device whose revocation was just refused (it reported work not yet uploaded).
@@ -697,12 +653,14 @@ pub async fn devices_page(
     let held = q
         .held
         .and_then(|id| devices.iter().find(|d| d.device == id).cloned());
-    Ok(render(
+    render_named(
+        &state,
         "devices.html",
         context! {
-            title => "设备", signed_in => true, devices, held, statuses => map(&DEVICE_STATUSES),
+            title => "设备", signed_in => true, devices, held,
         },
-    ))
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,7 @@ use qiaomen_protocol::{
     coverage::{self, CoverageState, Tally},
     ids::{DemandId, HouseholdId, UserId},
     schema::{Demand, DemandSource, NeedCategory, Satisfaction, Tier, Urgency},
+    vocab::Term,
     workorder::{self, DemandAction, NewStep, Step},
 };
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,8 @@ pub(crate) struct UnitScope {
     pub unit: Unit,
     pub grids: Vec<String>,
     pub children: Vec<(Unit, Vec<String>)>,
+    /// The name of each of `grids`.
+    pub grid_names: BTreeMap<String, String>,
 }
 
 /// Resolves `unit` (default: the caller's topmost unit) within what the caller may see.
@@ -104,6 +107,11 @@ pub(crate) async fn unit_scope(
                     .collect())
             };
             let grids = readable(&unit.id)?;
+            let grid_names = visible
+                .iter()
+                .filter(|u| grids.contains(&u.id))
+                .map(|u| (u.id.clone(), u.name.clone()))
+                .collect();
             let mut children = Vec::new();
             for child in visible
                 .iter()
@@ -115,6 +123,7 @@ pub(crate) async fn unit_scope(
                 unit,
                 grids,
                 children,
+                grid_names,
             }))
         })
         .await?
@@ -233,14 +242,8 @@ pub(crate) async fn coverage_for(
                 CoverageState::Visited => ("visited", None),
                 CoverageState::NotMet(o) => (
                     "not_met",
-                    Some(
-                        match o {
-                            qiaomen_protocol::schema::VisitOutcome::Refused => "refused",
-                            qiaomen_protocol::schema::VisitOutcome::Moved => "moved",
-                            _ => "nobody_home",
-                        }
-                        .to_string(),
-                    ),
+                    // The latest attempt's outcome, by its code (`nobody_home`).
+                    Some(o.code().to_string()),
                 ),
                 CoverageState::Pending => ("pending", None),
                 CoverageState::Missed => ("missed", None),
@@ -249,7 +252,11 @@ pub(crate) async fn coverage_for(
                 id: h.id.to_string(),
                 grid: grid.to_string(),
                 door_number: h.door.clone(),
-                key_groups: due.key_groups.iter().map(|g| format!("{g:?}")).collect(),
+                key_groups: due
+                    .key_groups
+                    .iter()
+                    .map(|g| g.code().to_string())
+                    .collect(),
                 state: state.into(),
                 reason,
                 attempts: due.attempts,
@@ -295,7 +302,7 @@ pub(crate) async fn coverage_for(
 pub struct OrdersQuery {
     /// An org unit id (default: every grid the caller reads, and their teams' orders).
     pub unit: Option<String>,
-    /// Only orders in this state (`Raised`, `Dispatched`, ..., `Closed`).
+    /// Only orders in this state, by its code (`raised`, `dispatched`, ..., `closed`).
     pub status: Option<String>,
     /// `true`: only open orders whose step is past its due day.
     #[param(value_type = String, required = false, pattern = "^(true|false)$")]
@@ -340,7 +347,12 @@ pub(crate) async fn order_list(
         r.overdue = r.step_due.as_deref().is_some_and(|d| d < today.as_str());
     }
     if let Some(s) = given(&q.status) {
-        rows.retain(|r| r.status == s);
+        let Some(status) = qiaomen_protocol::schema::DemandStatus::from_code(s) else {
+            return Err(bad(
+                "status is not a work-order state (raised, dispatched, ...)",
+            ));
+        };
+        rows.retain(|r| r.status == status.code());
     }
     match q.overdue.as_deref() {
         None | Some("false") => {}
@@ -381,7 +393,7 @@ pub struct StepView {
 impl StepView {
     fn of(s: &Step, today: Day) -> Self {
         Self {
-            kind: format!("{:?}", s.kind),
+            kind: s.kind.code().to_string(),
             started_ms: s.started_ms,
             due: s.due.to_string(),
             extended_days: s.extended_days,
@@ -512,12 +524,12 @@ pub(crate) async fn order_detail(
                 device: e.device.map(|d| d.to_string()),
                 at_ms: e.at_ms,
                 action: e.action.map(|a| action_name(a).to_string()),
-                from: format!("{:?}", e.from),
-                to: format!("{:?}", e.to),
+                from: e.from.code().to_string(),
+                to: e.to.code().to_string(),
                 comment: e.comment.clone(),
-                tier: e.tier.map(|t| format!("{t:?}")),
+                tier: e.tier.map(|t| t.code().to_string()),
                 team: e.unit.clone(),
-                satisfaction: e.satisfaction.map(|s| format!("{s:?}")),
+                satisfaction: e.satisfaction.map(|s| s.code().to_string()),
                 extend_days: e.extend_days,
             })
             .collect(),
@@ -550,12 +562,16 @@ fn action_name(a: DemandAction) -> &'static str {
 
 /// A tier, as the API names it.
 #[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum TierName {
     /// 即办
+    #[serde(alias = "Immediate")]
     Immediate,
     /// 协调
+    #[serde(alias = "Coordinate")]
     Coordinate,
     /// 包案
+    #[serde(alias = "LeaderCase")]
     LeaderCase,
 }
 
@@ -571,12 +587,16 @@ impl From<TierName> for Tier {
 
 /// The resident's verdict at a return visit.
 #[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum SatisfactionName {
     /// 满意
+    #[serde(alias = "Satisfied")]
     Satisfied,
     /// 基本满意
+    #[serde(alias = "Basically")]
     Basically,
     /// 不满意
+    #[serde(alias = "Dissatisfied")]
     Dissatisfied,
 }
 
@@ -826,21 +846,27 @@ pub(crate) async fn take_step(
 
 /// A demand's category.
 #[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum CategoryName {
     /// 住房
     #[serde(alias = "住房")]
+    #[serde(alias = "Housing")]
     Housing,
     /// 医疗
     #[serde(alias = "医疗")]
+    #[serde(alias = "HealthCare")]
     HealthCare,
     /// 教育
     #[serde(alias = "教育")]
+    #[serde(alias = "Education")]
     Education,
     /// 养老
     #[serde(alias = "养老")]
+    #[serde(alias = "ElderlyCare")]
     ElderlyCare,
     /// 其他
     #[serde(alias = "其他")]
+    #[serde(alias = "Other")]
     Other,
 }
 
@@ -873,15 +899,9 @@ pub struct DemandCreated {
     pub demand_id: String,
 }
 
+/// A category by its code, its first-release name or its label (`housing`, `Housing`, `住房`).
 fn category(s: &str) -> Option<NeedCategory> {
-    Some(match s.trim() {
-        "Housing" | "住房" => NeedCategory::Housing,
-        "HealthCare" | "医疗" => NeedCategory::HealthCare,
-        "Education" | "教育" => NeedCategory::Education,
-        "ElderlyCare" | "养老" => NeedCategory::ElderlyCare,
-        "Other" | "其他" => NeedCategory::Other,
-        _ => return None,
-    })
+    NeedCategory::from_text(s)
 }
 
 fn check_text(text: &str) -> Result<(), String> {
@@ -1310,7 +1330,7 @@ pub(crate) fn stats_of(pf: &PeriodFigures) -> StatsReport {
             .iter()
             .map(|(g, f)| UnitFigures {
                 id: g.clone(),
-                name: g.clone(),
+                name: pf.us.grid_names.get(g).unwrap_or(g).clone(),
                 kind: UnitKind::Grid,
                 figures: f.clone(),
             })

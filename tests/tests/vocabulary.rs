@@ -1,0 +1,521 @@
+//! Supervisors read what was recorded, in their own language (issue 15): a visit's content
+//! whole in the API and on the household page, a returned visit's fix as a difference, and
+//! one vocabulary — no stored or served value is a `Debug` string, no page shows an English
+//! enum name or an id where a name exists, and search finds a key group by its Chinese name.
+
+use std::collections::BTreeSet;
+
+use qiaomen_protocol::{
+    calendar::{self, Day},
+    ids::*,
+    policy::Role,
+    review::ReviewState,
+    schema::*,
+    vocab::Term,
+    workorder::{self, DemandAction, StepKind},
+};
+use qiaomen_server::access::org::UnitKind;
+use qiaomen_tests::{Phone, TestServer, block_on, call, sample_visit, session};
+use serde_json::{Value, json};
+
+/// Every value's first-release name (its `Debug` form): none may be stored or served.
+fn debug_names() -> BTreeSet<String> {
+    fn names<T: Term + std::fmt::Debug>() -> Vec<String> {
+        T::ALL.iter().map(|t| format!("{t:?}")).collect()
+    }
+    [
+        names::<HouseholdStatus>(),
+        names::<KeyGroup>(),
+        names::<Relation>(),
+        names::<VisitOutcome>(),
+        names::<NeedCategory>(),
+        names::<DisputeKind>(),
+        names::<HazardKind>(),
+        names::<Publicity>(),
+        names::<Urgency>(),
+        names::<DemandStatus>(),
+        names::<Tier>(),
+        names::<Satisfaction>(),
+        names::<DemandSource>(),
+        names::<ReviewDecision>(),
+        names::<ReviewState>(),
+        names::<DemandAction>(),
+        names::<StepKind>(),
+        names::<Role>(),
+    ]
+    .concat()
+    .into_iter()
+    .collect()
+}
+
+/// Every string in a JSON value.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+/// A page's or an export's raw body, read with a session token.
+fn get_text(url: &str, token: &str) -> (u16, String) {
+    block_on(async {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("a body"))
+    })
+}
+
+/// What a person reads on a page: the text between the tags (attributes, links and hidden
+/// form fields are for the browser).
+fn visible(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn today() -> Day {
+    workorder::day_of(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+}
+
+struct World {
+    server: TestServer,
+    worker: Phone,
+    supervisor: String,
+    centre: String,
+    household: HouseholdId,
+    other: HouseholdId,
+    visit: VisitId,
+    demand: DemandId,
+    member: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A grid (东村第一网格, code `dc-1`) with two households: one an elderly person living alone,
+/// visited and met, a hazard and a need noted, a demand raised and dispatched to 县水利局;
+/// the other visited with nobody home.
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let day = "2026-01-01".parse().unwrap();
+    let db = server.access();
+    db.add_unit("dc-1", UnitKind::Grid, Some("v"), "东村第一网格", day)
+        .unwrap();
+    db.add_unit("team-water", UnitKind::Team, Some("c"), "县水利局", day)
+        .unwrap();
+    let supervisor = session(&server, "sv-chen", "v", Role::VillageSupervisor);
+    let centre = session(&server, "cc-zhou", "c", Role::CommandCentre);
+    let mut worker = server.phone(&dir.path().join("w.db"), &["dc-1"]);
+
+    let visit_day = calendar::cycle_of(today());
+    let mut h = Household::new(HouseholdId::new(), GridId::new("dc-1"), "东村", "17号");
+    let member = Member {
+        id: MemberId::new(),
+        relation: Relation::Head,
+        name: "王建国".into(),
+        id_number: None,
+        birth_date: None,
+        phone: None,
+        tags: vec![TagSpan {
+            group: KeyGroup::ElderlyAlone,
+            since: "2026-01-01".parse().unwrap(),
+            until: None,
+        }],
+    };
+    let member_id = member.id;
+    h.members.insert(member.id, member);
+    h.tags.push(TagSpan {
+        group: KeyGroup::ElderlyAlone,
+        since: "2026-01-01".parse().unwrap(),
+        until: None,
+    });
+    let household = worker.store.create_household(&h).unwrap();
+    let other = worker
+        .store
+        .create_household(&Household::new(
+            HouseholdId::new(),
+            GridId::new("dc-1"),
+            "东村",
+            "18号",
+        ))
+        .unwrap();
+
+    let mut d = qiaomen_tests::sample_demand(&worker.author, 0, "门前排水沟堵塞，雨天积水");
+    d.raised_at_ms = worker_now();
+    d.urgency = Urgency::Urgent;
+    let mut v = sample_visit(&worker.author, visit_day, "老人独居，身体尚可");
+    v.outcome = VisitOutcome::Met;
+    v.people_met = vec![member_id];
+    v.gps = Some(Gps {
+        lat: 31.2301,
+        lon: 121.4737,
+        accuracy_m: Some(15.0),
+    });
+    v.needs = vec![Need {
+        category: NeedCategory::HealthCare,
+        detail: "需要降压药".into(),
+    }];
+    v.hazards = vec![Hazard {
+        kind: HazardKind::Fire,
+        detail: "楼道堆放杂物".into(),
+    }];
+    v.disputes = vec![Dispute {
+        kind: DisputeKind::Neighbours,
+        detail: "与邻居因排水沟争执".into(),
+    }];
+    v.publicity = vec![Publicity::AntiFraud];
+    v.demands_raised = vec![d.id];
+    worker
+        .store
+        .record_visit(household, &v, std::slice::from_ref(&d))
+        .unwrap();
+    let mut absent = sample_visit(&worker.author, visit_day, "");
+    absent.outcome = VisitOutcome::NobodyHome;
+    worker.store.record_visit(other, &absent, &[]).unwrap();
+    worker.sync().unwrap();
+
+    let (status, o) = call(
+        "POST",
+        &format!("{}/api/v1/orders/{}/steps", server.url, d.id),
+        &centre,
+        Some(json!({"action": "dispatch", "team": "team-water", "tier": "coordinate"})),
+    );
+    assert_eq!(status, 200, "{o}");
+    World {
+        server,
+        worker,
+        supervisor,
+        centre,
+        household,
+        other,
+        visit: v.id,
+        demand: d.id,
+        member: member_id.to_string(),
+        _dir: dir,
+    }
+}
+
+fn worker_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn view(w: &World) -> Value {
+    let (status, v) = call(
+        "GET",
+        &format!("{}/api/v1/households/{}", w.server.url, w.household),
+        &w.supervisor,
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[test]
+fn a_visit_reads_whole_and_a_fix_reads_as_its_difference() {
+    let mut w = world();
+    let v = view(&w);
+    let visit = &v["visits"][0];
+    assert_eq!(visit["id"], w.visit.to_string());
+    assert_eq!(visit["outcome"], "met");
+    assert_eq!(visit["note"], "老人独居，身体尚可");
+    assert_eq!(
+        visit["hazards"],
+        json!([{"kind": "fire", "detail": "楼道堆放杂物"}])
+    );
+    assert_eq!(
+        visit["needs"],
+        json!([{"kind": "health_care", "detail": "需要降压药"}])
+    );
+    assert_eq!(visit["disputes"][0]["kind"], "neighbours");
+    assert_eq!(visit["publicity"], json!(["anti_fraud"]));
+    assert_eq!(visit["gps"]["lat"], 31.2301);
+    assert_eq!(
+        visit["people_met"],
+        json!([{"id": w.member, "name": "王建国"}])
+    );
+    assert_eq!(visit["demands"][0]["id"], w.demand.to_string());
+    assert_eq!(visit["demands"][0]["text"], "门前排水沟堵塞，雨天积水");
+    assert_eq!(visit["demands"][0]["urgency"], "urgent");
+    assert_eq!(visit["demands"][0]["status"], "dispatched");
+    let line = |field: &str| -> String {
+        visit["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["field"] == field)
+            .unwrap_or_else(|| panic!("a {field} line"))["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(line("hazards"), "消防隐患：楼道堆放杂物");
+    assert_eq!(line("outcome"), "见到住户");
+    assert_eq!(line("people_met"), "王建国");
+    let writers: Vec<&Value> = visit["recorded_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["field"] == "note")
+        .collect();
+    assert_eq!(writers.len(), 1, "{visit}");
+    assert_eq!(writers[0]["user"], w.worker.author.user.to_string());
+    assert_eq!(writers[0]["device"], w.worker.author.device.to_string());
+
+    // Returned with a comment; the worker fixes the note on the phone.
+    let heads = v["heads"].clone();
+    let (status, r) = call(
+        "POST",
+        &format!("{}/api/v1/households/{}/reviews", w.server.url, w.household),
+        &w.supervisor,
+        Some(
+            json!({"visit_id": w.visit.to_string(), "decision": "returned",
+                    "comment": "请补充用药情况", "heads": heads}),
+        ),
+    );
+    assert_eq!(status, 201, "{r}");
+    let v = view(&w);
+    assert_eq!(v["reviews"][0]["decision"], "returned");
+    assert_eq!(v["reviews"][0]["state"], "current");
+    assert_eq!(v["reviews"][0]["changes"], json!([]));
+    w.worker.sync().unwrap();
+    w.worker
+        .store
+        .replace_note(
+            w.household,
+            w.visit,
+            "老人独居，身体尚可；每日服用降压药一次",
+        )
+        .unwrap();
+    w.worker.sync().unwrap();
+
+    let v = view(&w);
+    let review = &v["reviews"][0];
+    assert_eq!(review["state"], "stale");
+    assert_eq!(
+        review["changes"],
+        json!([{"field": "note", "label": "走访记录",
+                "before": "老人独居，身体尚可",
+                "after": "老人独居，身体尚可；每日服用降压药一次"}]),
+        "the fix, line by line, and nothing else"
+    );
+    // Fields by name: provenance and the page never show a path of ids.
+    let labels: Vec<&str> = v["provenance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect();
+    assert!(labels.contains(&"成员 王建国 · 姓名"), "{labels:?}");
+    let visit_day = v["visits"][0]["visit_day"].as_str().unwrap().to_string();
+    assert!(
+        labels.contains(&format!("{visit_day} 的走访 · 走访记录").as_str()),
+        "{labels:?}"
+    );
+    assert!(labels.iter().all(|l| !l.contains(&w.member)));
+
+    let (status, page) = get_text(
+        &format!("{}/households/{}", w.server.url, w.household),
+        &w.supervisor,
+    );
+    assert_eq!(status, 200);
+    let text = visible(&page);
+    for seen in [
+        "楼道堆放杂物",
+        "需要降压药",
+        "与邻居因排水沟争执",
+        "防范电信诈骗",
+        "门前排水沟堵塞",
+        "审核之后的修改",
+        "每日服用降压药一次",
+        "东村第一网格",
+        "测试的手机",
+    ] {
+        assert!(text.contains(seen), "the household page shows {seen}");
+    }
+}
+
+#[test]
+fn nothing_stored_or_served_is_a_debug_name_and_pages_name_things() {
+    let w = world();
+    let debug = debug_names();
+    let url = &w.server.url;
+    let day = calendar::cycle_of(today());
+
+    // The API: every string of every answer a supervisor or the centre reads.
+    let mut served = Vec::new();
+    for (path, token) in [
+        (format!("/api/v1/households/{}", w.household), &w.supervisor),
+        (format!("/api/v1/households/{}", w.other), &w.supervisor),
+        ("/api/v1/grids/dc-1/households".to_string(), &w.supervisor),
+        ("/api/v1/orders".to_string(), &w.centre),
+        (format!("/api/v1/orders/{}", w.demand), &w.centre),
+        (format!("/api/v1/coverage?unit=v&day={day}"), &w.supervisor),
+        (
+            format!("/api/v1/coverage?unit=dc-1&day={day}"),
+            &w.supervisor,
+        ),
+        ("/api/v1/stats?unit=v".to_string(), &w.supervisor),
+        ("/v1/me".to_string(), &w.supervisor),
+    ] {
+        let (status, body) = call("GET", &format!("{url}{path}"), token, None);
+        assert_eq!(status, 200, "{path}: {body}");
+        strings(&body, &mut served);
+    }
+    assert!(served.len() > 100, "the answers hold the data set");
+    let bad: Vec<&String> = served.iter().filter(|s| debug.contains(*s)).collect();
+    assert!(bad.is_empty(), "Debug names served: {bad:?}");
+    for code in [
+        "met",
+        "nobody_home",
+        "elderly_alone",
+        "dispatched",
+        "coordinate",
+    ] {
+        assert!(served.iter().any(|s| s == code), "{code} is served");
+    }
+
+    // Search by a key group's Chinese name, or its code.
+    for q in ["独居", "elderly_alone"] {
+        let (_, rows) = call(
+            "GET",
+            &format!("{url}/api/v1/grids/dc-1/households?q={q}"),
+            &w.supervisor,
+            None,
+        );
+        assert_eq!(
+            rows.as_array().unwrap().len(),
+            1,
+            "{q} finds the household: {rows}"
+        );
+    }
+
+    // The pages and the export: no English enum name, no id where a name exists.
+    let ids = [
+        w.worker.author.user.to_string(),
+        w.worker.author.device.to_string(),
+        "dc-1".to_string(),
+        "team-water".to_string(),
+    ];
+    for (path, token) in [
+        (format!("/households/{}", w.household), &w.supervisor),
+        (format!("/households/{}", w.other), &w.supervisor),
+        ("/grids/dc-1".to_string(), &w.supervisor),
+        ("/orders".to_string(), &w.centre),
+        (format!("/orders/{}", w.demand), &w.centre),
+        (format!("/coverage?unit=dc-1&day={day}"), &w.supervisor),
+        ("/stats?unit=v".to_string(), &w.supervisor),
+        (
+            "/api/v1/grids/dc-1/export?format=csv".to_string(),
+            &w.supervisor,
+        ),
+    ] {
+        let (status, body) = get_text(&format!("{url}{path}"), token);
+        assert_eq!(status, 200, "{path}");
+        let text = if path.contains("export") {
+            body
+        } else {
+            visible(&body)
+        };
+        let found: Vec<String> = words(&text).intersection(&debug).cloned().collect();
+        assert!(found.is_empty(), "{path} shows {found:?}");
+        for id in &ids {
+            assert!(!text.contains(id.as_str()), "{path} shows the id {id}");
+        }
+    }
+    let (_, grid_page) = get_text(&format!("{url}/grids/dc-1"), &w.supervisor);
+    assert!(visible(&grid_page).contains("独居老人") && grid_page.contains("东村第一网格"));
+    let (_, order_page) = get_text(&format!("{url}/orders/{}", w.demand), &w.centre);
+    let order_text = visible(&order_page);
+    assert!(order_text.contains("县水利局") && order_text.contains("协调办理"));
+    assert!(
+        order_page.contains(r#"<option value="team-water">县水利局</option>"#),
+        "dispatch picks a team by name"
+    );
+
+    // The read model holds codes.
+    let db = rusqlite::Connection::open(w.server.data_dir.join("qiaomen.db")).unwrap();
+    let column = |sql: &str| -> Vec<String> {
+        let mut stmt = db.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get::<_, Option<String>>(0))
+            .unwrap()
+            .filter_map(|r| r.unwrap())
+            .collect()
+    };
+    let statuses = column("SELECT status FROM idx_households");
+    assert_eq!(statuses, ["active", "active"]);
+    let outcomes: BTreeSet<String> = column("SELECT outcome FROM idx_visits")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["met", "nobody_home"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+    for (sql, parses) in [
+        (
+            "SELECT status FROM idx_orders",
+            (|s: &str| DemandStatus::from_code(s).map(Term::code)) as fn(&str) -> Option<&str>,
+        ),
+        ("SELECT tier FROM idx_orders", |s| {
+            Tier::from_code(s).map(Term::code)
+        }),
+        ("SELECT source FROM idx_orders", |s| {
+            DemandSource::from_code(s).map(Term::code)
+        }),
+        ("SELECT category FROM idx_orders", |s| {
+            NeedCategory::from_code(s).map(Term::code)
+        }),
+        ("SELECT urgency FROM idx_orders", |s| {
+            Urgency::from_code(s).map(Term::code)
+        }),
+        ("SELECT step FROM idx_orders", |s| {
+            StepKind::from_code(s).map(Term::code)
+        }),
+    ] {
+        let values = column(sql);
+        assert!(!values.is_empty(), "{sql}");
+        for v in values {
+            assert_eq!(parses(&v), Some(v.as_str()), "{sql}: {v} is a code");
+        }
+    }
+    let tags = column("SELECT tags FROM idx_households");
+    assert!(
+        tags.iter().any(|t| t.contains("\"elderly_alone\"")),
+        "{tags:?}"
+    );
+    assert!(tags.iter().all(|t| !t.contains("ElderlyAlone")), "{tags:?}");
+}
