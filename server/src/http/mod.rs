@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod edge;
+pub mod import;
 pub mod openapi;
 pub mod pages;
 pub mod tasks;
@@ -382,7 +383,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/orders/import",
-            post(workflow::import_orders)
+            post(import::import_orders)
                 .layer(axum::extract::DefaultBodyLimit::max(
                     edge::IMPORT_BODY_LIMIT,
                 ))
