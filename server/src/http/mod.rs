@@ -370,7 +370,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
 
 /// The router. Every route takes bodies of at most `edge.body_limit` bytes (64 KiB by
 /// default) except sync ([`limits::MAX_BODY_BYTES`]) and the hotline import
-/// ([`edge::IMPORT_BODY_LIMIT`]); every POST passes the cross-site check and every answer gets
+/// ([`edge::IMPORT_BODY_LIMIT`], and its page [`edge::IMPORT_PAGE_BODY_LIMIT`]); every POST passes the cross-site check and every answer gets
 /// the edge's headers ([`edge`]).
 pub fn router(state: AppState) -> Router {
     use axum::middleware::{from_fn, from_fn_with_state};
@@ -388,6 +388,15 @@ pub fn router(state: AppState) -> Router {
                     edge::IMPORT_BODY_LIMIT,
                 ))
                 .layer(bounded(edge::IMPORT_BODY_LIMIT)),
+        )
+        .route(
+            "/orders/import",
+            get(pages::import_page)
+                .post(pages::import_submit)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    edge::IMPORT_PAGE_BODY_LIMIT,
+                ))
+                .layer(bounded(edge::IMPORT_PAGE_BODY_LIMIT)),
         )
         .merge(
             Router::new()
