@@ -441,8 +441,10 @@ pub fn decode(bytes: &[u8]) -> Result<String, FileError> {
 
 /// A spreadsheet cell, read as text, or an error value.
 type Cell = Result<String, ()>;
+/// A record of a table: its index in the file (0-based) and its cells.
+type Record = (usize, Vec<Cell>);
 
-fn csv_records(text: &str) -> Vec<Vec<Cell>> {
+fn csv_records(text: &str) -> Vec<Record> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -454,49 +456,81 @@ fn csv_records(text: &str) -> Vec<Vec<Cell>> {
         .map_while(Result::ok)
         .take(MAX_ROWS + 2)
         .map(|r| r.iter().map(|c| Ok(c.to_string())).collect())
+        .enumerate()
         .collect()
 }
 
-fn xlsx_records(bytes: &[u8]) -> Result<Vec<Vec<Cell>>, FileError> {
-    use calamine::{Data, Reader, Xlsx};
+/// Most bytes an XLSX file may unzip to (its declared sizes, which the zip reader holds it
+/// to): 1000 rows of the longest requests fit many times over.
+pub const MAX_XLSX_UNZIPPED: u128 = 64 * 1024 * 1024;
+/// Columns of a sheet that are read (the others are ignored).
+pub const MAX_COLUMNS: u32 = 64;
+
+fn xlsx_records(bytes: &[u8]) -> Result<Vec<Record>, FileError> {
+    use calamine::{DataRef, Reader, Xlsx};
+    // A small file may unzip to gigabytes: look at the sizes before anything is unzipped.
+    let archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|_| FileError::Xlsx)?;
+    if archive
+        .decompressed_size()
+        .is_none_or(|n| n > MAX_XLSX_UNZIPPED)
+    {
+        return Err(FileError::Xlsx);
+    }
     let mut book: Xlsx<_> = Xlsx::new(std::io::Cursor::new(bytes)).map_err(|_| FileError::Xlsx)?;
-    let range = match book.worksheet_range_at(0) {
-        Some(Ok(range)) => range,
-        Some(Err(_)) => return Err(FileError::Xlsx),
-        None => return Err(FileError::Empty),
-    };
-    Ok(range
-        .rows()
-        .take(MAX_ROWS + 2)
-        .map(|row| {
-            row.iter()
-                .map(|cell| match cell {
-                    Data::Empty => Ok(String::new()),
-                    Data::String(s) | Data::DateTimeIso(s) | Data::DurationIso(s) => Ok(s.clone()),
-                    Data::Int(i) => Ok(i.to_string()),
-                    // A number typed into a cell (a door number 12, a hotline number): as
-                    // written, without a trailing ".0".
-                    Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => {
-                        Ok(format!("{}", *f as i64))
-                    }
-                    Data::Float(f) => Ok(f.to_string()),
-                    Data::Bool(b) => Ok(b.to_string()),
-                    Data::DateTime(d) => Ok(d.as_f64().to_string()),
-                    Data::Error(_) => Err(()),
-                })
-                .collect()
-        })
+    let first = book
+        .sheet_names()
+        .first()
+        .cloned()
+        .ok_or(FileError::Empty)?;
+    // Cell by cell, not as a range: a sheet that names cell XFD1048576 would be a range of
+    // billions of cells.
+    let mut cells = book
+        .worksheet_cells_reader(&first)
+        .map_err(|_| FileError::Xlsx)?;
+    let mut rows: std::collections::BTreeMap<u32, Vec<Cell>> = Default::default();
+    while let Some(cell) = cells.next_cell().map_err(|_| FileError::Xlsx)? {
+        let (r, c) = cell.get_position();
+        let value = match cell.get_value() {
+            DataRef::Empty => continue,
+            DataRef::String(s) | DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => Ok(s.clone()),
+            DataRef::SharedString(s) => Ok(s.to_string()),
+            DataRef::Int(i) => Ok(i.to_string()),
+            // A number typed into a cell (a door number 12, a hotline number): as written,
+            // without a trailing ".0".
+            DataRef::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => Ok(format!("{}", *f as i64)),
+            DataRef::Float(f) => Ok(f.to_string()),
+            DataRef::Bool(b) => Ok(b.to_string()),
+            DataRef::DateTime(d) => Ok(d.as_f64().to_string()),
+            DataRef::Error(_) => Err(()),
+        };
+        if c >= MAX_COLUMNS {
+            continue;
+        }
+        if !rows.contains_key(&r) && rows.len() > MAX_ROWS + 1 {
+            // The header and more rows than an import takes: enough to say so.
+            break;
+        }
+        let row = rows.entry(r).or_default();
+        if row.len() <= c as usize {
+            row.resize(c as usize + 1, Ok(String::new()));
+        }
+        row[c as usize] = value;
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(r, cells)| (r as usize, cells))
         .collect())
 }
 
-/// A table's first non-blank record as the header, the rest as rows.
-fn table(records: Vec<Vec<Cell>>) -> Result<Vec<(usize, Cells, Vec<CellError>)>, FileError> {
-    let blank = |r: &Vec<Cell>| {
-        r.iter()
+/// A table's first non-blank record as the header, the records after it as rows, numbered
+/// from the header (the first record after it is row 1).
+fn table(records: Vec<Record>) -> Result<Vec<(usize, Cells, Vec<CellError>)>, FileError> {
+    let blank = |r: &Record| {
+        r.1.iter()
             .all(|c| c.as_ref().is_ok_and(|s| s.trim().is_empty()))
     };
     let mut records = records.into_iter().skip_while(blank);
-    let header = records.next().ok_or(FileError::Empty)?;
+    let (header_at, header) = records.next().ok_or(FileError::Empty)?;
     let mut at: [Option<usize>; 6] = [None; 6];
     for (i, cell) in header.iter().enumerate() {
         let Some(col) = cell.as_deref().ok().and_then(Column::of_header) else {
@@ -514,7 +548,7 @@ fn table(records: Vec<Vec<Cell>>) -> Result<Vec<(usize, Cells, Vec<CellError>)>,
         return Err(FileError::MissingColumns(missing));
     }
     let mut rows = Vec::new();
-    for (i, record) in records.enumerate() {
+    for (index, record) in records {
         let mut bad = Vec::new();
         let cells = Cells(Column::ALL.map(|col| {
             let cell = record.get(at[col as usize]?)?;
@@ -532,7 +566,7 @@ fn table(records: Vec<Vec<Cell>>) -> Result<Vec<(usize, Cells, Vec<CellError>)>,
         if rows.len() == MAX_ROWS {
             return Err(FileError::TooManyRows);
         }
-        rows.push((i + 1, cells, bad));
+        rows.push((index - header_at, cells, bad));
     }
     if rows.is_empty() {
         return Err(FileError::Empty);
@@ -883,6 +917,51 @@ mod tests {
             codes(&rows[1]),
             vec![(Column::Category, RowErrorCode::UnknownCategory)]
         );
+    }
+
+    #[test]
+    fn a_hostile_xlsx_file_is_bounded_before_it_is_read() {
+        // A cell at the sheet's far corner is not a range of billions of cells.
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let sheet = book.add_worksheet();
+        for (c, h) in ["ref", "grid", "door_number", "category", "text"]
+            .iter()
+            .enumerate()
+        {
+            sheet.write_string(0, c as u16, *h).unwrap();
+        }
+        for (c, v) in ["r1", "g1", "12", "住房", "漏雨"].iter().enumerate() {
+            sheet.write_string(1, c as u16, *v).unwrap();
+        }
+        sheet.write_string(1_048_575, 16_383, "far").unwrap();
+        let rows = parse(Format::Xlsx, &book.save_to_buffer().unwrap()).unwrap();
+        assert_eq!(rows.len(), 1, "the far cell is past the columns read");
+        assert!(rows[0].order.is_ok());
+
+        // A good workbook with one more entry that would unzip to more than an import
+        // needs: refused before it is read.
+        use std::io::Write;
+        let good = {
+            let mut book = rust_xlsxwriter::Workbook::new();
+            let sheet = book.add_worksheet();
+            sheet.write_string(0, 0, "ref").unwrap();
+            book.save_to_buffer().unwrap()
+        };
+        let mut zipped = zip::ZipWriter::new_append(std::io::Cursor::new(good)).unwrap();
+        zipped
+            .start_file(
+                "xl/media/padding.bin",
+                zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Deflated),
+            )
+            .unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..=(MAX_XLSX_UNZIPPED >> 20) {
+            zipped.write_all(&zeros).unwrap();
+        }
+        let bomb = zipped.finish().unwrap().into_inner();
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        assert_eq!(parse(Format::Xlsx, &bomb).unwrap_err(), FileError::Xlsx);
     }
 
     #[test]
