@@ -312,3 +312,107 @@ fn an_xlsx_workbook_imports_by_its_content_type_or_its_zip_signature() {
         (400, Some("unreadable_xlsx"))
     );
 }
+
+/// A part of a multipart form: its name, its file name and content type if a file, its value.
+type Part<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a [u8]);
+
+/// A multipart form: its content type and body.
+fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+    let boundary = "----qiaomen-test-boundary-7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    for (name, file, value) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some((file_name, content_type)) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\n\
+                     Content-Type: {content_type}\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A page POST with the session cookie; returns the status and the page.
+fn page_post(
+    server: &TestServer,
+    token: &str,
+    origin: &str,
+    form: (String, Vec<u8>),
+) -> (u16, String) {
+    let url = format!("{}/orders/import", server.url);
+    let (cookie, origin) = (format!("qiaomen_session={token}"), origin.to_string());
+    block_on(async move {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header("cookie", cookie)
+            .header("origin", origin)
+            .header("content-type", form.0)
+            .body(form.1)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    })
+}
+
+#[test]
+fn the_import_page_previews_then_imports_and_refuses_a_cross_site_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
+    household(&mut worker, "g1", "12");
+    worker.sync().unwrap();
+    let (gbk, _, _) = encoding_rs::GBK.encode(
+        "工单编号,网格,门牌号,类别,诉求内容,紧急\r\nP-1,g1,12,住房,房屋漏雨,是\r\nP-2,g1,12,交通,修路,否\r\n",
+    );
+    // Windows names a .csv file this way.
+    let upload = || {
+        multipart(&[(
+            "file",
+            Some(("工单.csv", "application/vnd.ms-excel")),
+            gbk.as_ref(),
+        )])
+    };
+
+    let (status, _) = page_post(&server, &centre, "http://evil.example", upload());
+    assert_eq!(status, 403);
+    let (status, page) = page_post(&server, &centre, &server.url, upload());
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(r#"<b id="would-create">1</b>"#), "{page}");
+    assert!(page.contains("“类别”应为"), "{page}");
+    assert!(
+        order_refs(&server, &centre).is_empty(),
+        "a preview writes nothing"
+    );
+
+    // The confirmation posts the file back as the page carries it.
+    let data = page
+        .split(r#"name="data" value=""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the preview carries the file")
+        .to_string();
+    let confirm = multipart(&[
+        ("data", None, data.as_bytes()),
+        ("format", None, b"csv"),
+        ("confirm", None, b"true"),
+    ]);
+    let (status, page) = page_post(&server, &centre, &server.url, confirm);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(r#"<b id="created">1</b>"#), "{page}");
+    assert!(
+        page.contains(r#"<tr class="bad-row"><td>2</td><td>P-2</td>"#),
+        "{page}"
+    );
+    assert_eq!(order_refs(&server, &centre), ["P-1"]);
+}

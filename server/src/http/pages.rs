@@ -595,8 +595,8 @@ pub async fn import_page(PageSession(_): PageSession) -> Response {
 }
 
 /// The import page's form: an uploaded `file`, or (`confirm`) the same file sent back in
-/// base64 (`data`) with its `format` and `name`.
-#[derive(Debug, Default)]
+/// base64 (`data`) with its `format` and `name`. (No `Debug`: it holds residents' records.)
+#[derive(Default)]
 struct ImportForm {
     file: Option<(String, axum::body::Bytes)>,
     data: Option<String>,
