@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod hotline;
 pub mod http;
 pub mod index;
 pub mod ingest;

@@ -437,10 +437,16 @@ fn hotline_orders_import_from_csv_and_json_once_and_bad_rows_are_reported() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["row"].as_u64().unwrap(), e["reason"].as_str().unwrap()))
+        .map(|e| (e["row"].as_u64().unwrap(), e["code"].as_str().unwrap()))
         .collect();
-    assert_eq!(errors.len(), 3, "{errors:?}");
-    assert_eq!(errors[1], (3, "unknown category"));
+    assert_eq!(
+        errors,
+        [
+            (2, "no_household"),
+            (3, "unknown_category"),
+            (4, "no_household")
+        ]
+    );
     // The same CSV again creates nothing; JSON works too.
     let (_, again) = post("text/csv", csv);
     assert_eq!(

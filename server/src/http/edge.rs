@@ -62,6 +62,10 @@ pub struct EdgeConfig {
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// The body limit of `POST /api/v1/orders/import` (at most 1,000 hotline orders).
 pub const IMPORT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// The body limit of `POST /orders/import`, the import page's form: a file of at most
+/// [`IMPORT_BODY_LIMIT`] bytes, or (its confirmation) that file again in base64, with the
+/// form's other fields.
+pub const IMPORT_PAGE_BODY_LIMIT: usize = IMPORT_BODY_LIMIT / 3 * 4 + 64 * 1024;
 
 impl Default for EdgeConfig {
     fn default() -> Self {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod edge;
+pub mod import;
 pub mod openapi;
 pub mod pages;
 pub mod tasks;
@@ -369,7 +370,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
 
 /// The router. Every route takes bodies of at most `edge.body_limit` bytes (64 KiB by
 /// default) except sync ([`limits::MAX_BODY_BYTES`]) and the hotline import
-/// ([`edge::IMPORT_BODY_LIMIT`]); every POST passes the cross-site check and every answer gets
+/// ([`edge::IMPORT_BODY_LIMIT`], and its page [`edge::IMPORT_PAGE_BODY_LIMIT`]); every POST passes the cross-site check and every answer gets
 /// the edge's headers ([`edge`]).
 pub fn router(state: AppState) -> Router {
     use axum::middleware::{from_fn, from_fn_with_state};
@@ -382,11 +383,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/orders/import",
-            post(workflow::import_orders)
+            post(import::import_orders)
                 .layer(axum::extract::DefaultBodyLimit::max(
                     edge::IMPORT_BODY_LIMIT,
                 ))
                 .layer(bounded(edge::IMPORT_BODY_LIMIT)),
+        )
+        .route(
+            "/orders/import",
+            get(pages::import_page)
+                .post(pages::import_submit)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    edge::IMPORT_PAGE_BODY_LIMIT,
+                ))
+                .layer(bounded(edge::IMPORT_PAGE_BODY_LIMIT)),
         )
         .merge(
             Router::new()

@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth, tasks, workflow};
+use super::{api, auth, import, tasks, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -31,7 +31,7 @@ use super::{api, auth, tasks, workflow};
         workflow::order,
         workflow::order_step,
         workflow::create_demand,
-        workflow::import_orders,
+        import::import_orders,
         workflow::stats_report,
         workflow::ranking,
         workflow::refused,

@@ -54,6 +54,7 @@ fn templates() -> &'static Environment<'static> {
             ("tasks.html", include_str!("../../templates/tasks.html")),
             ("devices.html", include_str!("../../templates/devices.html")),
             ("refused.html", include_str!("../../templates/refused.html")),
+            ("import.html", include_str!("../../templates/import.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
@@ -545,6 +546,146 @@ pub async fn order_step_submit(
     Ok(Redirect::to(&format!("/orders/{demand}")).into_response())
 }
 
+/// `GET /orders/import`: the 12345 hotline import's upload form.
+pub async fn import_page(PageSession(_): PageSession) -> Response {
+    render(
+        "import.html",
+        context! { title => "导入12345工单", signed_in => true },
+    )
+}
+
+/// The import page's form: an uploaded `file`, or (`confirm`) the same file sent back in
+/// base64 (`data`) with its `format` and `name`. (No `Debug`: it holds residents' records.)
+#[derive(Default)]
+struct ImportForm {
+    file: Option<(String, axum::body::Bytes)>,
+    data: Option<String>,
+    format: Option<String>,
+    name: String,
+    confirm: bool,
+}
+
+async fn read_import_form(mut form: axum::extract::Multipart) -> Option<ImportForm> {
+    let mut out = ImportForm::default();
+    while let Some(field) = form.next_field().await.ok()? {
+        match field.name().unwrap_or("") {
+            "file" => {
+                let content_type = field.content_type().unwrap_or("").to_string();
+                if let Some(name) = field.file_name() {
+                    out.name = name.chars().take(100).collect();
+                }
+                let bytes = field.bytes().await.ok()?;
+                if !bytes.is_empty() {
+                    out.file = Some((content_type, bytes));
+                }
+            }
+            "data" => out.data = Some(field.text().await.ok()?),
+            "format" => out.format = Some(field.text().await.ok()?),
+            "name" => out.name = field.text().await.ok()?.chars().take(100).collect(),
+            "confirm" => out.confirm = true,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// `POST /orders/import` (multipart form): an uploaded file is checked row by row and shown
+/// (a preview: nothing written) with a button that posts it back to be imported; that post
+/// imports the good rows and shows how many were created, skipped as imported before, and the
+/// bad rows with their reasons. Cells are shown on the page, never logged.
+pub async fn import_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, PageError> {
+    use crate::hotline::{Column, Format};
+    use base64::Engine;
+    let title = "导入12345工单";
+    let failed = |error: String| {
+        let mut page = render("import.html", context! { title, signed_in => true, error });
+        *page.status_mut() = StatusCode::BAD_REQUEST;
+        page
+    };
+    let Some(form) = (match form {
+        Ok(f) => read_import_form(f).await,
+        Err(_) => None,
+    }) else {
+        return Ok(failed("上传没有完成，请重新选择文件。".into()));
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (format, bytes, confirm) = match (form.file, form.data) {
+        (Some((content_type, bytes)), _) => (
+            Format::detect(&content_type, &bytes).unwrap_or(Format::Csv),
+            bytes,
+            false,
+        ),
+        (None, Some(data)) if form.confirm => {
+            let Ok(bytes) = b64.decode(data.trim()) else {
+                return Ok(failed("上传没有完成，请重新选择文件。".into()));
+            };
+            let format = match form.format.as_deref() {
+                Some("xlsx") => Format::Xlsx,
+                Some("json") => Format::Json,
+                _ => Format::Csv,
+            };
+            (format, axum::body::Bytes::from(bytes), true)
+        }
+        _ => return Ok(failed("请选择要导入的文件（CSV 或 Excel）。".into())),
+    };
+    if bytes.len() > super::edge::IMPORT_BODY_LIMIT {
+        return Ok(failed("文件太大：一次最多 4 MB、1000 行。".into()));
+    }
+    let data = (!confirm).then(|| b64.encode(&bytes));
+    let rows = match super::import::read_file(format, bytes).await {
+        Ok(rows) => rows,
+        Err(ApiError::BadRequest { message, .. }) => return Ok(failed(message)),
+        Err(e) => return Err(e.into()),
+    };
+    let report = super::import::import(&state, &caller, &rows, !confirm).await?;
+    let shown: Vec<minijinja::Value> = rows
+        .iter()
+        .zip(&report.rows)
+        .map(|(r, outcome)| {
+            let text = r.cells.get(Column::Text);
+            let short: String = text.chars().take(30).collect();
+            let reasons: Vec<&str> = report
+                .errors
+                .iter()
+                .filter(|e| e.row == r.row)
+                .map(|e| e.reason_zh.as_str())
+                .collect();
+            context! {
+                row => r.row, reference => r.cells.get(Column::Ref), grid => r.cells.get(Column::Grid),
+                door => r.cells.get(Column::DoorNumber), category => r.cells.get(Column::Category),
+                urgent => r.cells.get(Column::Urgent),
+                text => if short.len() < text.len() { format!("{short}…") } else { short },
+                status => outcome.status, reasons,
+            }
+        })
+        .collect();
+    let bad: Vec<minijinja::Value> = report
+        .bad_rows()
+        .into_iter()
+        .map(|(row, errors)| {
+            let reference = rows
+                .iter()
+                .find(|r| r.row == row)
+                .map_or("", |r| r.cells.get(Column::Ref));
+            let reasons: Vec<&str> = errors.iter().map(|e| e.reason_zh.as_str()).collect();
+            context! { row, reference, reasons }
+        })
+        .collect();
+    Ok(render(
+        "import.html",
+        context! {
+            title, signed_in => true, rows => shown, bad, data, name => form.name,
+            format => format, preview => !confirm,
+            created => report.created.len(), would_create => report.would_create,
+            skipped => report.skipped,
+        },
+    ))
+}
+
 /// `GET /stats?unit=&from=&to=`: the figures and the red/black list.
 pub async fn stats_page(
     State(state): State<AppState>,
@@ -737,6 +878,8 @@ mod tests {
             "stats.html",
             "tasks.html",
             "devices.html",
+            "refused.html",
+            "import.html",
         ] {
             assert!(templates().get_template(name).is_ok(), "{name}");
         }

@@ -1,15 +1,13 @@
-//! The grid workflows' API: visit-day coverage, demand work orders (enter, import from the
-//! 12345 hotline, dispatch, accept, bounce, handle, chase up, extend, close), statistics and
-//! the red/black list. Reads come from the read model ([`crate::index`]); every step is a
+//! The grid workflows' API: visit-day coverage, demand work orders (enter, dispatch, accept,
+//! bounce, handle, chase up, extend, close; the 12345 hotline import is [`super::import`]),
+//! statistics and the red/black list. Reads come from the read model ([`crate::index`]); every step is a
 //! change of the caller's web device, checked by the writer's policy like a phone's.
 
 use std::collections::BTreeMap;
 
 use axum::{
     Json,
-    body::Bytes,
     extract::{Path, State},
-    http::HeaderMap,
 };
 use qiaomen_protocol::{
     calendar::{self, Day},
@@ -899,11 +897,6 @@ pub struct DemandCreated {
     pub demand_id: String,
 }
 
-/// A category by its code, its first-release name or its label (`housing`, `Housing`, `住房`).
-fn category(s: &str) -> Option<NeedCategory> {
-    NeedCategory::from_text(s)
-}
-
 fn check_text(text: &str) -> Result<(), String> {
     let n = text.trim().chars().count();
     // `MAX_TEXT_CHARS` (SYNC-v1 §13.8, `demand_text`), told before the change is made.
@@ -914,7 +907,7 @@ fn check_text(text: &str) -> Result<(), String> {
 }
 
 /// Adds a demand to a household as a change of the caller's web device.
-async fn add_demand(
+pub(crate) async fn add_demand(
     state: &AppState,
     caller: &Caller,
     id: HouseholdId,
@@ -949,7 +942,7 @@ async fn add_demand(
     .await
 }
 
-fn new_demand(
+pub(crate) fn new_demand(
     by: UserId,
     category: NeedCategory,
     text: String,
@@ -1011,155 +1004,6 @@ pub async fn create_demand(
             demand_id: demand_id.to_string(),
         }),
     ))
-}
-
-/// One 12345 hotline work order to import.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HotlineOrder {
-    /// The hotline's work-order number (imports are idempotent by it).
-    #[serde(rename = "ref")]
-    pub reference: String,
-    pub grid: String,
-    pub door_number: String,
-    pub category: String,
-    pub text: String,
-    #[serde(default)]
-    pub urgent: bool,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ImportError {
-    /// 1-based row of the input (CSV: data rows after the header).
-    pub row: usize,
-    pub reason: String,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ImportReport {
-    pub created: Vec<DemandCreated>,
-    /// Rows whose number was imported before.
-    pub skipped: usize,
-    pub errors: Vec<ImportError>,
-}
-
-fn parse_csv(body: &[u8]) -> Result<Vec<HotlineOrder>, ApiError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body));
-    let mut out = Vec::new();
-    for (i, row) in reader.deserialize::<HotlineOrder>().enumerate() {
-        out.push(row.map_err(|e| bad(format!("CSV row {}: {}", i + 1, csv_reason(&e))))?);
-    }
-    Ok(out)
-}
-
-/// A CSV error without the field's content (it may be personal).
-fn csv_reason(e: &csv::Error) -> &'static str {
-    match e.kind() {
-        csv::ErrorKind::Utf8 { .. } => "not UTF-8",
-        csv::ErrorKind::UnequalLengths { .. } => "wrong number of fields",
-        csv::ErrorKind::Deserialize { .. } => "missing or malformed field",
-        _ => "malformed",
-    }
-}
-
-/// `POST /api/v1/orders/import`: imports 12345 hotline work orders as demands of the
-/// households they name (grid + door number), as JSON (an array) or CSV (`text/csv`, header
-/// `ref,grid,door_number,category,text,urgent`). Idempotent by `ref`; each bad row is
-/// reported and the rest imported.
-#[utoipa::path(post, path = "/api/v1/orders/import", tag = "workflow", security(("bearer" = [])),
-    request_body(content = Vec<HotlineOrder>, description = "JSON array, or CSV with content type text/csv"),
-    responses((status = 200, body = ImportReport), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody),
-              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
-pub async fn import_orders(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<ImportReport>, ApiError> {
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let orders: Vec<HotlineOrder> = if content_type.starts_with("text/csv") {
-        parse_csv(&body)?
-    } else if content_type.starts_with("application/json") {
-        serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest {
-            code: "malformed",
-            message: "the body is not a JSON array of hotline orders".into(),
-        })?
-    } else {
-        return Err(ApiError::UnsupportedMediaType);
-    };
-    if orders.len() > 1000 {
-        return Err(bad("at most 1000 orders per import"));
-    }
-    let mut report = ImportReport {
-        created: Vec::new(),
-        skipped: 0,
-        errors: Vec::new(),
-    };
-    for (i, o) in orders.into_iter().enumerate() {
-        let row = i + 1;
-        let fail = |reason: &str| ImportError {
-            row,
-            reason: reason.into(),
-        };
-        let Some(cat) = category(&o.category) else {
-            report.errors.push(fail("unknown category"));
-            continue;
-        };
-        if let Err(e) = check_text(&o.text) {
-            report.errors.push(fail(&e));
-            continue;
-        }
-        if o.reference.trim().is_empty() || o.reference.len() > 64 {
-            report.errors.push(fail("ref must have 1-64 characters"));
-            continue;
-        }
-        let (r, g, door) = (o.reference.clone(), o.grid.clone(), o.door_number.clone());
-        let (exists, household) = state
-            .index(move |ix| Ok((ix.has_external_ref(&r)?, ix.household_by_door(&g, &door)?)))
-            .await?;
-        if exists {
-            report.skipped += 1;
-            continue;
-        }
-        let Some(household) = household else {
-            report.errors.push(fail(
-                "no single household of this grid has this door number",
-            ));
-            continue;
-        };
-        let mut d = new_demand(
-            caller.user(),
-            cat,
-            o.text.trim().to_string(),
-            o.urgent,
-            DemandSource::Hotline,
-            Some(o.reference.trim().to_string()),
-        );
-        // 首问负责: a hotline order is the grid worker's from the start.
-        let grid = o.grid.clone();
-        d.first_responsible = state
-            .access(move |db| db.grid_worker(&grid, now_ms()))
-            .await?;
-        let demand_id = d.id;
-        match add_demand(&state, &caller, household, d, "import_order").await {
-            Ok(()) => report.created.push(DemandCreated {
-                demand_id: demand_id.to_string(),
-            }),
-            Err(ApiError::NotFound { .. }) => report.errors.push(fail(
-                "no single household of this grid has this door number",
-            )),
-            Err(ApiError::Forbidden { .. }) => {
-                report.errors.push(fail("not allowed for this grid"))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Json(report))
 }
 
 // ---------------------------------------------------------------- statistics
