@@ -8,7 +8,7 @@ use axum::{
 };
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, actor_for},
-    ids::{HouseholdId, ReviewId, UserId, VisitId},
+    ids::{GridId, HouseholdId, ReviewId, UserId, VisitId},
     present,
     review::{ReviewState, heads_hex, known_version, open_tasks, review_state},
     schema::{Household, Review, ReviewDecision, Visit},
@@ -945,6 +945,91 @@ pub async fn resolve(
 ) -> Result<axum::http::StatusCode, ApiError> {
     resolve_conflict(&state, &caller, &id, req).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// The grid the household moves to (its unit id).
+    #[schema(min_length = 1, max_length = 64)]
+    pub grid: String,
+}
+
+/// `POST /api/v1/households/{id}/move`: moves a household to another grid, as a change of the
+/// caller's web device. Only a supervisor of both grids may (SYNC-v1 §6 check 6.3, the same
+/// rule a phone's change is judged by); work recorded before the move travels with the
+/// household, and figures before the move stay with the old grid.
+#[utoipa::path(post, path = "/api/v1/households/{id}/move", tag = "households", security(("bearer" = [])),
+    params(("id" = String, Path, description = "household id")), request_body = MoveRequest,
+    responses((status = 204, description = "moved"), (status = 400, body = ErrorBody), (status = 403, description = "not a supervisor of both grids", body = ErrorBody),
+              (status = 404, description = "no such household or grid", body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn move_to(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<MoveRequest>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    move_household(&state, &caller, &id, req.grid).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Moves a household to `to` as the caller (the API's and the pages').
+pub async fn move_household(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    to: String,
+) -> Result<(), ApiError> {
+    let Ok(id) = id.parse::<HouseholdId>() else {
+        return Err(not_found());
+    };
+    let target = to.clone();
+    let kind = if to.len() > 64 {
+        None
+    } else {
+        state.access(move |db| db.unit_kind_of(&target)).await?
+    };
+    if kind != Some(crate::access::org::UnitKind::Grid) {
+        return Err(ApiError::NotFound {
+            code: "no_such_grid",
+            message: "no such grid to move to".into(),
+        });
+    }
+    let now = now_ms();
+    let target = GridId::new(&to);
+    web_change(
+        state,
+        caller,
+        id,
+        "household_move",
+        move |scope, grid| {
+            if !scope.may_read(grid) {
+                Err(not_found())
+            } else if grid == to {
+                Err(ApiError::BadRequest {
+                    code: "same_grid",
+                    message: "the household is in this grid already".into(),
+                })
+            } else if !(scope.supervises(grid, now) && scope.supervises(&to, now)) {
+                Err(ApiError::Forbidden {
+                    code: "not_allowed",
+                    message: "only a supervisor of both grids may move a household".into(),
+                })
+            } else {
+                Ok(())
+            }
+        },
+        move |doc, author| {
+            doc.edit(author, now, |h| {
+                h.grid = target;
+                Ok(())
+            })
+            .map_err(|_| ApiError::Internal)?
+            .1
+            .ok_or(ApiError::Internal)
+        },
+    )
+    .await
 }
 
 /// Settles a conflict as the caller (the API's and the pages').

@@ -408,6 +408,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/v1/me", get(api::me))
                 .route("/api/v1/households/{id}", get(api::household))
                 .route("/api/v1/households/{id}/reviews", post(api::review))
+                .route("/api/v1/households/{id}/move", post(api::move_to))
                 .route(
                     "/api/v1/households/{id}/conflicts/resolve",
                     post(api::resolve),
@@ -442,6 +443,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/households/{id}", get(pages::household_page))
                 .route("/households/{id}/review", post(pages::review_submit))
                 .route("/households/{id}/resolve", post(pages::resolve_submit))
+                .route("/households/{id}/move", post(pages::move_submit))
                 .route("/coverage", get(pages::coverage_page))
                 .route("/orders", get(pages::orders_page))
                 .route("/refused", get(pages::refused_page))

@@ -20,6 +20,7 @@ use super::{api, auth, import, tasks, workflow};
         api::household,
         api::review,
         api::resolve,
+        api::move_to,
         api::grid_households,
         api::grid_export,
         api::devices,

@@ -104,15 +104,50 @@ fn render(name: &str, ctx: minijinja::Value) -> Response {
 
 /// Renders a page with `unit_names` (every org unit's id → name) beside `ctx`, so that a page
 /// names grids, villages and teams, never shows their codes.
+/// The caller's menu shows only the pages their roles can open ([`Menu`]).
 async fn render_named(
     state: &AppState,
+    caller: &Caller,
     name: &str,
     ctx: minijinja::Value,
 ) -> Result<Response, PageError> {
-    let units = state.access(|db| db.units()).await?;
+    let user = caller.user();
+    let (units, scope) = state
+        .access(move |db| Ok((db.units()?, db.scope(user, crate::access::now_ms())?)))
+        .await?;
     let unit_names: std::collections::BTreeMap<String, String> =
         units.into_iter().map(|u| (u.id, u.name)).collect();
-    Ok(render(name, context! { unit_names, ..ctx }))
+    let menu = Menu::of(&scope);
+    Ok(render(name, context! { unit_names, menu, ..ctx }))
+}
+
+/// Which pages a signed-in person's menu links to: those their roles can open, so a team
+/// member or an admin never follows a link to "未找到". Each entry is `(id, href, label)`.
+#[derive(Debug)]
+pub struct Menu;
+
+impl Menu {
+    pub fn of(
+        scope: &crate::access::org::Scope,
+    ) -> Vec<(&'static str, &'static str, &'static str)> {
+        // The records of some grid: 辖区, 走访覆盖, 周清单, 统计, 未接收.
+        let grids = !scope.read.is_empty();
+        // A grid's orders, or a team's.
+        let orders = grids || !scope.rights.teams.is_empty();
+        let admin = scope.roles.contains(&crate::access::Role::Admin);
+        [
+            (grids, ("nav-org", "/", "辖区")),
+            (grids, ("nav-coverage", "/coverage", "走访覆盖")),
+            (orders, ("nav-orders", "/orders", "诉求工单")),
+            (grids, ("nav-tasks", "/tasks", "周清单")),
+            (grids, ("nav-stats", "/stats", "统计")),
+            (grids, ("nav-refused", "/refused", "未接收")),
+            (admin, ("nav-devices", "/devices", "设备")),
+        ]
+        .into_iter()
+        .filter_map(|(shown, entry)| shown.then_some(entry))
+        .collect()
+    }
 }
 
 /// An API error shown as a page, with the API's status.
@@ -247,10 +282,13 @@ pub async fn org_page(
             }
         })
         .collect();
-    Ok(render(
+    render_named(
+        &state,
+        &caller,
         "org.html",
         context! { title => "辖区", signed_in => true, units => rows },
-    ))
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +306,7 @@ pub async fn grid_page(
     let rows = api::list_households(&state, &caller, grid.clone(), q.q.clone()).await?;
     render_named(
         &state,
+        &caller,
         "grid.html",
         context! {
             title => "网格住户", signed_in => true, grid, rows,
@@ -284,7 +323,18 @@ pub async fn household_page(
     PageSession(caller): PageSession,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let h = api::household_view(&state, &caller, &id).await?;
+    household_view_page(&state, &caller, &id, None, StatusCode::OK).await
+}
+
+/// The household page, with a notice (a refused move) and its status.
+async fn household_view_page(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    notice: Option<&str>,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let h = api::household_view(state, caller, id).await?;
     // Who did what, by name: workers and supervisors (staff), never residents.
     let mut ids: Vec<String> = h.visits.iter().map(|v| v.worker.clone()).collect();
     ids.extend(h.reviews.iter().map(|r| r.reviewer.clone()));
@@ -314,9 +364,27 @@ pub async fn household_page(
     );
     devices.sort();
     devices.dedup();
-    let (names, device_names) = state
-        .access(move |db| Ok((db.user_names(&ids)?, db.device_labels(&devices)?)))
+    let user = caller.user();
+    let (names, device_names, scope) = state
+        .access(move |db| {
+            Ok((
+                db.user_names(&ids)?,
+                db.device_labels(&devices)?,
+                db.scope(user, crate::access::now_ms())?,
+            ))
+        })
         .await?;
+    // Where a supervisor of this grid may move the household: the other grids they supervise.
+    let now = crate::access::now_ms();
+    let move_to: Vec<&String> = if scope.supervises(&h.grid, now) {
+        scope
+            .read
+            .iter()
+            .filter(|g| **g != h.grid && scope.supervises(g, now))
+            .collect()
+    } else {
+        Vec::new()
+    };
     // The visits newest first, as a supervisor reads them.
     let mut h = h;
     h.visits.sort_by(|a, b| {
@@ -324,14 +392,50 @@ pub async fn household_page(
             .cmp(&a.visit_day)
             .then(b.started_at_ms.cmp(&a.started_at_ms))
     });
-    render_named(
-        &state,
+    let mut page = render_named(
+        state,
+        caller,
         "household.html",
         context! {
             title => format!("{} {}", h.address, h.door_number), signed_in => true,
-            devices => device_names,
+            devices => device_names, move_to, notice,
             h, names,
         },
+    )
+    .await?;
+    *page.status_mut() = status;
+    Ok(page)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MoveForm {
+    pub grid: String,
+}
+
+/// `POST /households/{id}/move` (form): moves the household to another grid the supervisor
+/// also supervises; a refusal is said on the household page.
+pub async fn move_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(id): Path<String>,
+    Form(form): Form<MoveForm>,
+) -> Result<Response, PageError> {
+    let notice = match api::move_household(&state, &caller, &id, form.grid.clone()).await {
+        Ok(()) => return Ok(Redirect::to(&format!("/households/{id}?moved=1")).into_response()),
+        Err(ApiError::Forbidden { .. }) => "只有两个网格的督导都是您时，才能迁移这户。",
+        Err(ApiError::BadRequest { .. }) => "这户已经在这个网格。",
+        Err(ApiError::NotFound {
+            code: "no_such_grid",
+            ..
+        }) => "没有这个网格，请从列表中选择。",
+        Err(e) => return Err(e.into()),
+    };
+    household_view_page(
+        &state,
+        &caller,
+        &id,
+        Some(notice),
+        StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await
 }
@@ -422,6 +526,7 @@ pub async fn coverage_page(
     let r = workflow::coverage_for(&state, &caller, q).await?;
     render_named(
         &state,
+        &caller,
         "coverage.html",
         context! {
             title => "走访覆盖", signed_in => true, r,
@@ -441,6 +546,7 @@ pub async fn orders_page(
     let rows = workflow::order_list(&state, &caller, q).await?;
     render_named(
         &state,
+        &caller,
         "orders.html",
         context! {
             title => "诉求工单", signed_in => true, rows, status, overdue,
@@ -459,6 +565,7 @@ pub async fn refused_page(
     let rows = workflow::refused_for(&state, &caller, q).await?;
     render_named(
         &state,
+        &caller,
         "refused.html",
         context! {
             title => "未接收的修改", signed_in => true, rows,
@@ -478,7 +585,17 @@ pub async fn order_page(
     PageSession(caller): PageSession,
     Path(demand): Path<String>,
 ) -> Result<Response, PageError> {
-    let o = workflow::order_detail(&state, &caller, &demand).await?;
+    order_view(&state, &caller, &demand, None).await
+}
+
+/// The order page, with a refused step's form as it was typed and what was wrong with it.
+async fn order_view(
+    state: &AppState,
+    caller: &Caller,
+    demand: &str,
+    refused: Option<(&StepForm, StepProblem)>,
+) -> Result<Response, PageError> {
+    let o = workflow::order_detail(state, caller, demand).await?;
     // Dispatch picks a team from the open teams, by name.
     let teams: Vec<minijinja::Value> = state
         .access(|db| db.units())
@@ -487,12 +604,64 @@ pub async fn order_page(
         .filter(|u| u.kind == crate::access::org::UnitKind::Team && u.valid_until.is_none())
         .map(|u| context! { id => u.id, name => u.name })
         .collect();
-    render_named(
-        &state,
+    let (typed, problem) = match refused {
+        Some((form, p)) => (
+            Some(context! {
+                action => form.action, comment => form.comment, tier => form.tier,
+                team => form.team, satisfaction => form.satisfaction,
+                extend_days => form.extend_days,
+            }),
+            Some(context! { field => p.field, message => p.message }),
+        ),
+        None => (None, None),
+    };
+    let mut page = render_named(
+        state,
+        caller,
         "order.html",
-        context! { title => "工单", signed_in => true, o, teams },
+        context! { title => "工单", signed_in => true, o, teams, typed, problem },
     )
-    .await
+    .await?;
+    if problem.is_some() {
+        *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(page)
+}
+
+/// What was wrong with a step's form: the field (the form's input id) and why, in words.
+#[derive(Debug)]
+pub struct StepProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl StepForm {
+    /// What the step needs that the form lacks, before it is sent (the step's own rules are
+    /// the work order's; this names the field).
+    fn missing(&self) -> Option<StepProblem> {
+        let need = |field: &'static str, message: &str| {
+            Some(StepProblem {
+                field,
+                message: message.to_string(),
+            })
+        };
+        let empty = |v: &str| v.trim().is_empty();
+        match self.action.as_str() {
+            "dispatch" if empty(&self.team) => need("team", "派单需要选择承办单位。"),
+            "bounce" if empty(&self.comment) => need("comment", "退单需要填写退单理由。"),
+            "finish" if empty(&self.comment) => need("comment", "办结需要填写办理结果。"),
+            "withdraw" if empty(&self.comment) => need("comment", "撤销需要填写撤销原因。"),
+            "return_visit" if empty(&self.satisfaction) => {
+                need("satisfaction", "回访需要选择回访结果。")
+            }
+            "extend" => match self.extend_days.trim().parse::<u32>() {
+                Ok(1..=30) => None,
+                _ => need("extend_days", "延期需要填写 1 到 30 个工作日。"),
+            },
+            _ if self.comment.chars().count() > 2000 => need("comment", "说明最多 2000 字。"),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -517,41 +686,66 @@ pub async fn order_step_submit(
     Path(demand): Path<String>,
     Form(form): Form<StepForm>,
 ) -> Result<Response, PageError> {
-    let invalid = || {
-        PageError(ApiError::BadRequest {
-            code: "invalid",
-            message: "step".into(),
-        })
+    if let Some(problem) = form.missing() {
+        return order_view(&state, &caller, &demand, Some((&form, problem))).await;
+    }
+    let problem = |field: &'static str, message: &str| StepProblem {
+        field,
+        message: message.to_string(),
     };
     // The form's empty fields are left out; the step's own data decide what it needs.
     let mut req = serde_json::Map::new();
-    req.insert("action".into(), form.action.into());
+    req.insert("action".into(), form.action.clone().into());
     for (key, value) in [
-        ("comment", form.comment),
-        ("tier", form.tier),
-        ("team", form.team),
-        ("satisfaction", form.satisfaction),
+        ("comment", &form.comment),
+        ("tier", &form.tier),
+        ("team", &form.team),
+        ("satisfaction", &form.satisfaction),
     ] {
         if !value.trim().is_empty() {
             req.insert(key.into(), value.trim().into());
         }
     }
-    if !form.extend_days.trim().is_empty() {
-        let days: u32 = form.extend_days.trim().parse().map_err(|_| invalid())?;
+    if let Ok(days) = form.extend_days.trim().parse::<u32>() {
         req.insert("extend_days".into(), days.into());
     }
-    let req: workflow::StepRequest =
-        serde_json::from_value(serde_json::Value::Object(req)).map_err(|_| invalid())?;
-    workflow::take_step(&state, &caller, &demand, req).await?;
-    Ok(Redirect::to(&format!("/orders/{demand}")).into_response())
+    let Ok(req) = serde_json::from_value::<workflow::StepRequest>(serde_json::Value::Object(req))
+    else {
+        let p = problem("action", "请选择要办理的步骤，并填写它需要的内容。");
+        return order_view(&state, &caller, &demand, Some((&form, p))).await;
+    };
+    let refused = match workflow::take_step(&state, &caller, &demand, req).await {
+        Ok(()) => return Ok(Redirect::to(&format!("/orders/{demand}")).into_response()),
+        Err(ApiError::NotFound {
+            code: "no_such_team",
+            ..
+        }) => problem("team", "没有这个承办单位，请从列表中选择。"),
+        Err(ApiError::Conflict {
+            code: "invalid_step",
+            ..
+        }) => problem(
+            "action",
+            "工单的状态已经变化，这一步现在不能办理。请查看办理记录后重新选择。",
+        ),
+        Err(ApiError::Forbidden { .. }) => problem("action", "这一步不归您办理。"),
+        Err(ApiError::BadRequest { .. }) => problem("comment", "说明最多 2000 字。"),
+        Err(e) => return Err(e.into()),
+    };
+    order_view(&state, &caller, &demand, Some((&form, refused))).await
 }
 
 /// `GET /orders/import`: the 12345 hotline import's upload form.
-pub async fn import_page(PageSession(_): PageSession) -> Response {
-    render(
+pub async fn import_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+) -> Result<Response, PageError> {
+    render_named(
+        &state,
+        &caller,
         "import.html",
         context! { title => "导入12345工单", signed_in => true },
     )
+    .await
 }
 
 /// The import page's form: an uploaded `file`, or (`confirm`) the same file sent back in
@@ -675,7 +869,9 @@ pub async fn import_submit(
             context! { row, reference, reasons }
         })
         .collect();
-    Ok(render(
+    render_named(
+        &state,
+        &caller,
         "import.html",
         context! {
             title, signed_in => true, rows => shown, bad, data, name => form.name,
@@ -683,7 +879,8 @@ pub async fn import_submit(
             created => report.created.len(), would_create => report.would_create,
             skipped => report.skipped,
         },
-    ))
+    )
+    .await
 }
 
 /// `GET /stats?unit=&from=&to=`: the figures and the red/black list.
@@ -702,6 +899,7 @@ pub async fn stats_page(
     };
     render_named(
         &state,
+        &caller,
         "stats.html",
         context! {
             title => "统计", signed_in => true, grids, s, rank,
@@ -728,6 +926,7 @@ pub async fn tasks_page(
         .await?;
     render_named(
         &state,
+        &caller,
         "tasks.html",
         context! { title => "周清单", signed_in => true, lists, may_push },
     )
@@ -796,6 +995,7 @@ pub async fn devices_page(
         .and_then(|id| devices.iter().find(|d| d.device == id).cloned());
     render_named(
         &state,
+        &caller,
         "devices.html",
         context! {
             title => "设备", signed_in => true, devices, held,

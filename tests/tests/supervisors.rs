@@ -519,3 +519,199 @@ fn nothing_stored_or_served_is_a_debug_name_and_pages_name_things() {
     );
     assert!(tags.iter().all(|t| !t.contains("ElderlyAlone")), "{tags:?}");
 }
+
+/// Posts a page's form as a browser would (same-site `Origin`), returning the status and the
+/// page (a redirect is not followed: its status says the form was taken).
+fn post_form(server: &TestServer, path: &str, token: &str, form: &[(&str, &str)]) -> (u16, String) {
+    block_on(async {
+        let resp = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}{path}", server.url))
+            .bearer_auth(token)
+            .header("Origin", &server.url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(urlencoded(form))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("a body"))
+    })
+}
+
+/// `application/x-www-form-urlencoded`, as a browser sends a form.
+fn urlencoded(form: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    form.iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The links of a page's menu.
+fn menu(page: &str) -> Vec<String> {
+    let nav = page
+        .split("<nav id=\"nav\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</nav>").next())
+        .unwrap_or("");
+    nav.split("href=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(|href| href.replace("&#x2f;", "/"))
+        .collect()
+}
+
+#[test]
+fn menus_link_only_to_what_a_role_can_open() {
+    let w = world();
+    let url = &w.server.url;
+    let team = session(&w.server, "t-water", "team-water", Role::TeamMember);
+    let admin = session(&w.server, "admin-1", "c", Role::Admin);
+    for (token, landing, expect) in [
+        (&team, "/orders", vec!["/orders"]),
+        (&admin, "/devices", vec!["/devices"]),
+        (
+            &w.supervisor,
+            "/",
+            vec!["/", "/coverage", "/orders", "/tasks", "/stats", "/refused"],
+        ),
+    ] {
+        let (status, page) = get_text(&format!("{url}{landing}"), token);
+        assert_eq!(status, 200, "{landing}");
+        let links = menu(&page);
+        assert_eq!(links, expect, "the menu of {landing}");
+        for link in links {
+            let (status, _) = get_text(&format!("{url}{link}"), token);
+            assert_eq!(status, 200, "{link} opens for whoever the menu shows it to");
+        }
+    }
+}
+
+#[test]
+fn a_refused_step_keeps_what_was_typed_and_names_the_field() {
+    let w = world();
+    let team = session(&w.server, "t-water", "team-water", Role::TeamMember);
+    let path = format!("/orders/{}/step", w.demand);
+    // An extension of 99 working days: refused, the comment kept, the field named.
+    let (status, page) = post_form(
+        &w.server,
+        &path,
+        &team,
+        &[
+            ("action", "extend"),
+            ("comment", "等待配件到货"),
+            ("extend_days", "99"),
+        ],
+    );
+    assert_eq!(status, 422);
+    assert!(
+        page.contains(r#"data-field="extend_days""#),
+        "names the field"
+    );
+    assert!(page.contains("1 到 30 个工作日"), "says why");
+    assert!(
+        page.contains(r#"value="等待配件到货""#),
+        "keeps what was typed"
+    );
+    // A bounce without its reason.
+    let (status, page) = post_form(&w.server, &path, &team, &[("action", "bounce")]);
+    assert_eq!(status, 422);
+    assert!(page.contains(r#"data-field="comment""#) && page.contains("退单理由"));
+    assert!(
+        page.contains(r#"<option value="bounce" selected>"#),
+        "the step chosen stays chosen"
+    );
+    // A step this member may not take (the order waits for the team to accept it; a
+    // feedback is the grid's) is refused in words, with the form kept.
+    let (status, page) = post_form(
+        &w.server,
+        &path,
+        &team,
+        &[("action", "feedback"), ("comment", "已告知群众")],
+    );
+    assert_eq!(status, 422, "{}", visible(&page));
+    assert!(page.contains(r#"id="step-problem""#) && page.contains(r#"value="已告知群众""#));
+    // Nothing of these was written; a complete bounce is.
+    let (_, o) = call(
+        "GET",
+        &format!("{}/api/v1/orders/{}", w.server.url, w.demand),
+        &w.centre,
+        None,
+    );
+    assert_eq!(o["order"]["status"], "dispatched");
+    let (status, _) = post_form(
+        &w.server,
+        &path,
+        &team,
+        &[("action", "bounce"), ("comment", "不属于本单位职责")],
+    );
+    assert_eq!(status, 303);
+    let (_, o) = call(
+        "GET",
+        &format!("{}/api/v1/orders/{}", w.server.url, w.demand),
+        &w.centre,
+        None,
+    );
+    assert_eq!(o["order"]["status"], "bounced");
+}
+
+#[test]
+fn a_supervisor_of_both_grids_moves_a_household_on_its_page() {
+    let w = world();
+    let url = &w.server.url;
+    // 陈 supervises the village (every grid of it); 李 only grid g1.
+    let li = session(&w.server, "sv-li", "g1", Role::VillageSupervisor);
+    let (_, page) = get_text(&format!("{url}/households/{}", w.household), &w.supervisor);
+    assert!(
+        page.contains(r#"id="move-form""#),
+        "the village's supervisor may move it"
+    );
+    assert!(page.contains(r#"<option value="g1">g1</option>"#));
+    let (status, _) = post_form(
+        &w.server,
+        &format!("/households/{}/move", w.household),
+        &w.supervisor,
+        &[("grid", "g1")],
+    );
+    assert_eq!(status, 303);
+    let v = view(&w);
+    assert_eq!(v["grid"], "g1");
+    assert_eq!(
+        v["visits"].as_array().unwrap().len(),
+        1,
+        "its visit travels with it"
+    );
+
+    // 李 reads it now, but does not supervise 东村第一网格: no form, and the API refuses.
+    let (status, page) = get_text(&format!("{url}/households/{}", w.household), &li);
+    assert_eq!(status, 200);
+    assert!(!page.contains(r#"id="move-form""#));
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/api/v1/households/{}/move", w.household),
+        &li,
+        Some(json!({"grid": "dc-1"})),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/api/v1/households/{}/move", w.household),
+        &w.supervisor,
+        Some(json!({"grid": "nowhere"})),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(view(&w)["grid"], "g1", "a refused move changes nothing");
+}
