@@ -173,7 +173,12 @@ pub struct SyncClient {
     retry: Retry,
     chunk_bytes: usize,
     grids: Vec<String>,
+    /// What the request's `agent` says: this library's version and the app's, if it said.
+    agent: String,
 }
+
+/// This library as a request's `agent` names it.
+pub const LIBRARY_AGENT: &str = concat!("qiaomen/", env!("CARGO_PKG_VERSION"));
 
 impl SyncClient {
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
@@ -188,12 +193,26 @@ impl SyncClient {
             base: base_url.trim_end_matches('/').to_string(),
             retry: Retry::default(),
             chunk_bytes: limits::CLIENT_CHUNK_BYTES,
+            agent: LIBRARY_AGENT.to_string(),
             grids: Vec::new(),
         })
     }
 
     pub fn with_retry(mut self, retry: Retry) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Names the app and its version in the requests' `agent` (`qiaomen/0.1.0 gridapp/2.3`),
+    /// for the supervisors' list of phones. Kept within the protocol's bound
+    /// (`limits::MAX_AGENT_BYTES`); control characters are dropped.
+    pub fn with_app(mut self, app: &str) -> Self {
+        let app: String = app.chars().filter(|c| !c.is_control()).collect();
+        let mut agent = format!("{LIBRARY_AGENT} {}", app.trim());
+        while agent.len() > limits::MAX_AGENT_BYTES {
+            agent.pop();
+        }
+        self.agent = agent.trim_end().to_string();
         self
     }
 
@@ -431,6 +450,7 @@ impl SyncClient {
                 _ => (Vec::new(), 0),
             };
             let request = SyncRequest {
+                agent: Some(self.agent.clone()),
                 table,
                 base_ms,
                 pending: Some(Self::pending_count(store)?),

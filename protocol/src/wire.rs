@@ -17,6 +17,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const CONTENT_TYPE: &str = "application/vnd.qiaomen.sync.v1+cbor+zstd";
 /// Default limits a server applies; a client stays under them.
 pub mod limits {
+    /// A request's `agent` (`y`), in bytes.
+    pub const MAX_AGENT_BYTES: usize = 64;
     /// Compressed request body.
     pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
     /// Decompressed request body (the decompression-bomb limit).
@@ -98,6 +100,21 @@ pub struct SyncRequest {
     /// a request with no changes and `p = 0`.
     #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<u64>,
+    /// **agent**: the phone's library and app, as `qiaomen/<library version>` optionally
+    /// followed by ` <app>/<version>`, for the supervisors' list of phones (SYNC-v1 §5.1).
+    /// OPTIONAL; at most [`limits::MAX_AGENT_BYTES`] printable bytes: a server ignores (does not
+    /// store) a longer one, or one with control characters, and the sync goes on.
+    #[serde(rename = "y", default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// The `agent` of a request as a server keeps it: `None` when absent, too long or not
+/// printable (SYNC-v1 §5.1).
+pub fn agent_of(req: &SyncRequest) -> Option<&str> {
+    req.agent
+        .as_deref()
+        .filter(|a| !a.is_empty() && a.len() <= limits::MAX_AGENT_BYTES)
+        .filter(|a| !a.chars().any(char::is_control))
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -503,6 +520,38 @@ pub fn decode_request(body: &[u8], max_decoded: usize) -> Result<SyncRequest, Wi
 }
 
 #[cfg(test)]
+mod agent_tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_is_kept_only_when_short_and_printable() {
+        let mut req = SyncRequest {
+            agent: Some("qiaomen/0.1.0 gridapp/2.3".into()),
+            version: PROTOCOL_VERSION,
+            cursor: None,
+            docs: vec![],
+            grids: vec![],
+            cursor_check: None,
+            scope_digest: None,
+            features: 0,
+            extras_digest: None,
+            table: vec![],
+            base_ms: 0,
+            pending: None,
+        };
+        assert_eq!(agent_of(&req), Some("qiaomen/0.1.0 gridapp/2.3"));
+        let back = decode_request(&encode_request(&req), limits::MAX_DECODED_BYTES).unwrap();
+        assert_eq!(back.agent, req.agent, "`y` round-trips");
+        req.agent = Some("x".repeat(limits::MAX_AGENT_BYTES + 1));
+        assert_eq!(agent_of(&req), None);
+        req.agent = Some("qiaomen/0.1.0\napp".into());
+        assert_eq!(agent_of(&req), None);
+        req.agent = Some(String::new());
+        assert_eq!(agent_of(&req), None);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -519,6 +568,7 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let req = SyncRequest {
+            agent: None,
             table: vec![],
             base_ms: 0,
             pending: None,
@@ -550,6 +600,7 @@ mod tests {
     #[test]
     fn an_idle_check_is_tiny() {
         let req = SyncRequest {
+            agent: None,
             table: vec![],
             base_ms: 0,
             pending: None,
@@ -576,6 +627,7 @@ mod tests {
             Err(WireError::NotCompressed)
         );
         let good = encode(&SyncRequest {
+            agent: None,
             table: vec![],
             base_ms: 0,
             pending: None,
@@ -593,6 +645,7 @@ mod tests {
             Err(WireError::Malformed)
         );
         let other = encode(&SyncRequest {
+            agent: None,
             table: vec![],
             base_ms: 0,
             pending: None,

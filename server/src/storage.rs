@@ -172,6 +172,7 @@ const MIGRATIONS: &[&str] = &[
     DEVICE_END_SCHEMA,
     CLOCK_SCHEMA,
     crate::index::INDEX_CODES_SCHEMA,
+    DEVICE_AGENT_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 const LOG_SCHEMA: &str = r#"
@@ -238,6 +239,9 @@ ALTER TABLE devices ADD COLUMN last_pending INTEGER;
 
 /// Whether the uploading phone's clock agreed with the server's when it sent each change
 /// (NULL: it did not say, or the change came before this was kept).
+/// What each phone last said it runs (the sync request's `agent`: library and app versions),
+/// for the supervisors' list of phones.
+const DEVICE_AGENT_SCHEMA: &str = "ALTER TABLE devices ADD COLUMN agent TEXT;";
 const CLOCK_SCHEMA: &str = "ALTER TABLE changes ADD COLUMN clock_ok INTEGER;";
 
 /// A quarantined household.

@@ -140,6 +140,7 @@ fn upload_request(
         })
         .collect();
     qiaomen_protocol::wire::SyncRequest {
+        agent: None,
         table: packer
             .table()
             .iter()

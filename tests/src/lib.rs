@@ -331,6 +331,7 @@ pub fn upload_request(
 ) -> qiaomen_protocol::wire::SyncRequest {
     use qiaomen_protocol::wire::{DocChanges, SyncRequest};
     SyncRequest {
+        agent: None,
         table: vec![],
         base_ms: 0,
         pending: None,

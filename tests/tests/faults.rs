@@ -215,6 +215,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     let heads = phone.store.document(id).unwrap().heads();
 
     let good = wire::encode(&SyncRequest {
+        agent: None,
         table: vec![],
         base_ms: 0,
         pending: None,
@@ -261,6 +262,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "future version",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                agent: None,
                 table: vec![],
                 base_ms: 0,
                 pending: None,
@@ -294,6 +296,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "cursor past the log",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                agent: None,
                 table: vec![],
                 base_ms: 0,
                 pending: None,
@@ -347,6 +350,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     }
     // Well-formed requests carrying bad changes: refused per change, nothing stored.
     let bad = SyncRequest {
+        agent: None,
         table: vec![],
         base_ms: 0,
         pending: None,

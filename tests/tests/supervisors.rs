@@ -88,7 +88,13 @@ fn visible(html: &str) -> String {
             _ => {}
         }
     }
-    out
+    // The entities the templates' escaping writes.
+    out.replace("&#x2f;", "/")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
 }
 
 fn words(text: &str) -> BTreeSet<String> {
@@ -586,7 +592,15 @@ fn menus_link_only_to_what_a_role_can_open() {
         (
             &w.supervisor,
             "/",
-            vec!["/", "/coverage", "/orders", "/tasks", "/stats", "/refused"],
+            vec![
+                "/",
+                "/coverage",
+                "/orders",
+                "/tasks",
+                "/stats",
+                "/refused",
+                "/phones",
+            ],
         ),
     ] {
         let (status, page) = get_text(&format!("{url}{landing}"), token);
@@ -714,4 +728,81 @@ fn a_supervisor_of_both_grids_moves_a_household_on_its_page() {
     );
     assert_eq!(status, 404);
     assert_eq!(view(&w)["grid"], "g1", "a refused move changes nothing");
+}
+
+#[test]
+fn supervisors_see_each_phone_its_last_sync_what_it_holds_and_what_it_runs() {
+    let mut w = world();
+    let url = w.server.url.clone();
+    // The worker's app names itself; a second phone of the grid never synced.
+    w.worker.client = w.worker.client.clone().with_app("gridapp/2.3.1");
+    w.worker.sync().unwrap();
+    let _idle = w.server.phone(&w._dir.path().join("idle.db"), &["dc-1"]);
+    let phones = |q: &str| -> Vec<Value> {
+        let (status, rows) = call(
+            "GET",
+            &format!("{url}/api/v1/phones{q}"),
+            &w.supervisor,
+            None,
+        );
+        assert_eq!(status, 200, "{rows}");
+        rows.as_array().unwrap().clone()
+    };
+    let all = phones("?unit=v");
+    assert_eq!(all.len(), 2, "{all:?}");
+    let mine = all
+        .iter()
+        .find(|p| p["device"] == w.worker.author.device.to_string())
+        .expect("the worker's phone");
+    assert_eq!(mine["grid_name"], "东村第一网格");
+    assert_eq!(mine["worker_name"], "测试");
+    assert_eq!(mine["days_since_sync"], 0);
+    assert_eq!(mine["pending"], 0, "it holds nothing unsent");
+    assert_eq!(
+        mine["agent"],
+        format!("{} gridapp/2.3.1", qiaomen_client_core::sync::LIBRARY_AGENT)
+    );
+    assert!(mine["label"].as_str().unwrap().starts_with("测试的手机，"));
+    let never = all.iter().find(|p| p != &mine).unwrap();
+    assert_eq!(never["last_sync_ms"], Value::Null);
+
+    // Five days without a sync: listed among the phones not synced for 3 days, not for 7.
+    let db = rusqlite::Connection::open(w.server.data_dir.join("qiaomen.db")).unwrap();
+    db.execute(
+        "UPDATE devices SET last_sync_ms = last_sync_ms - 5 * 86400000 WHERE id = ?1",
+        [w.worker.author.device.to_string()],
+    )
+    .unwrap();
+    let stale: Vec<Value> = phones("?unit=v&stale_days=3");
+    assert_eq!(stale.len(), 2);
+    assert!(stale.iter().any(|p| p["days_since_sync"] == 5));
+    let stale: Vec<Value> = phones("?unit=v&stale_days=7");
+    assert_eq!(stale, vec![never.clone()], "only the one that never synced");
+    let (status, _) = call(
+        "GET",
+        &format!("{url}/api/v1/phones?stale_days=99999"),
+        &w.supervisor,
+        None,
+    );
+    assert_eq!(status, 400);
+
+    let (status, page) = get_text(&format!("{url}/phones?stale_days=3"), &w.supervisor);
+    assert_eq!(status, 200);
+    let text = visible(&page);
+    assert!(text.contains("5 天前") && text.contains("从未同步") && text.contains("gridapp/2.3.1"));
+    assert!(text.contains("东村第一网格") && !text.contains("dc-1"));
+    // A grid worker watches no one's phone (it reads the grid, it does not supervise it); a
+    // team member has no grid at all.
+    let (status, rows) = call(
+        "GET",
+        &format!("{url}/api/v1/phones"),
+        &w.worker.token(),
+        None,
+    );
+    assert_eq!((status, rows), (200, json!([])));
+    let team = session(&w.server, "t-water", "team-water", Role::TeamMember);
+    assert_eq!(
+        call("GET", &format!("{url}/api/v1/phones"), &team, None).0,
+        404
+    );
 }

@@ -117,6 +117,24 @@ impl Scope {
 /// An assignment as listed: (login, role, unit, from ms, until ms).
 pub type AssignmentRow = (String, String, String, i64, Option<i64>);
 
+/// A phone of a grid's worker, as the supervisors' list of phones shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GridPhone {
+    pub grid: String,
+    pub device: String,
+    pub user: String,
+    /// The worker's name.
+    pub worker: String,
+    pub enrolled_ms: i64,
+    pub last_sync_ms: Option<i64>,
+    /// What it reported still holding after its last sync.
+    pub pending: Option<i64>,
+    /// What it said it runs (library and app versions).
+    pub agent: Option<String>,
+    /// An admin retired it: it uploads what it holds, then ends.
+    pub retiring: bool,
+}
+
 /// An org unit as listed.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Unit {
@@ -362,6 +380,47 @@ impl AccessDb {
                     format!("{name}的手机，{md} 登记")
                 };
                 out.insert(id.clone(), label);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The phones of the workers of `grids` at `at_ms` (grid workers and grid heads, devices
+    /// not revoked nor retired, web sessions' devices left out), by grid and worker.
+    pub fn grid_phones(&self, grids: &[String], at_ms: i64) -> Result<Vec<GridPhone>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.id, d.user, u.name, d.enrolled_ms, d.last_sync_ms, d.last_pending, d.agent,
+                    d.retire_ms IS NOT NULL
+               FROM assignments a JOIN users u ON u.id = a.user JOIN devices d ON d.user = a.user
+              WHERE a.unit = ?1 AND a.role IN ('grid_worker', 'grid_head')
+                AND a.valid_from_ms <= ?2 AND (a.valid_until_ms IS NULL OR a.valid_until_ms > ?2)
+                AND d.install_id <> 'web' AND d.revoked_ms IS NULL AND d.retired_ms IS NULL
+              ORDER BY u.name, d.enrolled_ms",
+        )?;
+        let mut out: Vec<GridPhone> = Vec::new();
+        for grid in grids {
+            let rows = stmt.query_map(params![grid, at_ms], |r| {
+                Ok(GridPhone {
+                    grid: grid.clone(),
+                    device: r.get(0)?,
+                    user: r.get(1)?,
+                    worker: r.get(2)?,
+                    enrolled_ms: r.get(3)?,
+                    last_sync_ms: r.get(4)?,
+                    pending: r.get(5)?,
+                    agent: r.get(6)?,
+                    retiring: r.get(7)?,
+                })
+            })?;
+            for row in rows {
+                let row = row?;
+                // A grid head who is also its worker holds one phone once.
+                if !out
+                    .iter()
+                    .any(|p| p.grid == row.grid && p.device == row.device)
+                {
+                    out.push(row);
+                }
             }
         }
         Ok(out)

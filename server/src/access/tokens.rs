@@ -120,6 +120,8 @@ pub struct DevicePrincipal {
     /// When its last sync was recorded, and what it reported pending then.
     pub last_sync_ms: Option<i64>,
     pub last_pending: Option<i64>,
+    /// The digest ([`qiaomen_protocol::wire::fnv1a`]) of the agent it last reported.
+    pub agent_digest: Option<u64>,
 }
 
 /// Why a token was not accepted; each is a 401 with its own code.
@@ -222,6 +224,8 @@ pub struct DeviceRow {
     /// acknowledged and task reports not yet sent. `None`: it never reported (a phone older
     /// than `FEATURE_RETIRE`, or one that never synced). What it recorded since is not known.
     pub pending: Option<i64>,
+    /// What it last said it runs: `qiaomen/<library version>` and the app's name and version.
+    pub agent: Option<String>,
 }
 
 /// A revocation refused: the device last reported work it has not uploaded (retire it, or
@@ -229,7 +233,7 @@ pub struct DeviceRow {
 #[derive(Clone, Debug)]
 pub struct HoldsPending(pub DeviceRow);
 
-const DEVICE_COLUMNS: &str = "d.id, u.login, d.enrolled_ms, d.revoked_ms, d.retire_ms, d.retired_ms, d.last_seen_ms, d.last_sync_ms, d.last_pending";
+const DEVICE_COLUMNS: &str = "d.id, u.login, d.enrolled_ms, d.revoked_ms, d.retire_ms, d.retired_ms, d.last_seen_ms, d.last_sync_ms, d.last_pending, d.agent";
 
 fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
     let revoked_ms: Option<i64> = r.get(3)?;
@@ -251,6 +255,7 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         last_seen_ms: r.get(6)?,
         last_sync_ms: r.get(7)?,
         pending: r.get(8)?,
+        agent: r.get(9)?,
     })
 }
 
@@ -373,12 +378,13 @@ impl AccessDb {
             retired_ms: Option<i64>,
             last_sync_ms: Option<i64>,
             last_pending: Option<i64>,
+            agent: Option<String>,
         }
         let row: Option<Row> = self
             .conn
             .prepare_cached(
                 "SELECT t.device, d.user, t.created_ms, t.used_ms, t.state, d.revoked_ms, d.last_seen_ms,
-                        d.retire_ms, d.retired_ms, d.last_sync_ms, d.last_pending
+                        d.retire_ms, d.retired_ms, d.last_sync_ms, d.last_pending, d.agent
                    FROM device_tokens t JOIN devices d ON d.id = t.device WHERE t.hash = ?1",
             )?
             .query_row([&hash], |r| {
@@ -394,6 +400,7 @@ impl AccessDb {
                     retired_ms: r.get(8)?,
                     last_sync_ms: r.get(9)?,
                     last_pending: r.get(10)?,
+                    agent: r.get(11)?,
                 })
             })
             .optional()?;
@@ -409,6 +416,7 @@ impl AccessDb {
             retired_ms,
             last_sync_ms,
             last_pending,
+            agent,
         }) = row
         else {
             return Ok(Err(TokenRefusal::Unknown));
@@ -465,6 +473,7 @@ impl AccessDb {
             retiring: retire_ms.is_some(),
             last_sync_ms,
             last_pending,
+            agent_digest: agent.map(|a| qiaomen_protocol::wire::fnv1a(a.as_bytes())),
         }))
     }
 
@@ -515,13 +524,15 @@ impl AccessDb {
         at_ms: i64,
         pending: Option<u64>,
         end: bool,
+        agent: Option<&str>,
     ) -> Result<bool> {
         let device = device.to_string();
         let pending = pending.map(|p| i64::try_from(p).unwrap_or(i64::MAX));
         immediate(&mut self.conn, |tx| {
             tx.execute(
-                "UPDATE devices SET last_sync_ms = ?2, last_pending = ?3 WHERE id = ?1",
-                params![device, at_ms, pending],
+                "UPDATE devices SET last_sync_ms = ?2, last_pending = ?3, agent = COALESCE(?4, agent)
+                  WHERE id = ?1",
+                params![device, at_ms, pending, agent],
             )?;
             if !end {
                 return Ok(false);
@@ -851,7 +862,8 @@ mod tests {
         let e = db.enroll(&code, "i").unwrap().unwrap();
         let p = db.authenticate_device(&e.token).unwrap().unwrap();
         assert!(!p.retiring && p.last_sync_ms.is_none());
-        db.record_sync(e.device, 1_000, Some(2), false).unwrap();
+        db.record_sync(e.device, 1_000, Some(2), false, None)
+            .unwrap();
         let before = db.retire_device(e.device).unwrap();
         assert_eq!(
             (before.status, before.last_sync_ms, before.pending),
@@ -863,10 +875,17 @@ mod tests {
         assert!(p.retiring && p.last_pending == Some(2));
         assert_eq!(db.device(e.device).unwrap().status, DeviceStatus::Retiring);
         // Not ended while it reports work; ended once it reports nothing left.
-        assert!(!db.record_sync(e.device, 2_000, Some(0), false).unwrap());
-        assert!(db.record_sync(e.device, 3_000, Some(0), true).unwrap());
         assert!(
-            !db.record_sync(e.device, 3_001, Some(0), true).unwrap(),
+            !db.record_sync(e.device, 2_000, Some(0), false, None)
+                .unwrap()
+        );
+        assert!(
+            db.record_sync(e.device, 3_000, Some(0), true, None)
+                .unwrap()
+        );
+        assert!(
+            !db.record_sync(e.device, 3_001, Some(0), true, None)
+                .unwrap(),
             "once"
         );
         assert_eq!(
@@ -889,7 +908,8 @@ mod tests {
         let (_d, mut db, user) = setup();
         let code = db.issue_enrollment_code(user).unwrap();
         let e = db.enroll(&code, "i").unwrap().unwrap();
-        db.record_sync(e.device, 1_000, Some(3), false).unwrap();
+        db.record_sync(e.device, 1_000, Some(3), false, None)
+            .unwrap();
         let held = db
             .revoke_device_guarded(e.device, false)
             .unwrap()

@@ -7,6 +7,7 @@ pub mod edge;
 pub mod import;
 pub mod openapi;
 pub mod pages;
+pub mod phones;
 pub mod tasks;
 pub mod workflow;
 
@@ -409,6 +410,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/api/v1/households/{id}", get(api::household))
                 .route("/api/v1/households/{id}/reviews", post(api::review))
                 .route("/api/v1/households/{id}/move", post(api::move_to))
+                .route("/api/v1/phones", get(phones::phones))
                 .route(
                     "/api/v1/households/{id}/conflicts/resolve",
                     post(api::resolve),
@@ -444,6 +446,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/households/{id}/review", post(pages::review_submit))
                 .route("/households/{id}/resolve", post(pages::resolve_submit))
                 .route("/households/{id}/move", post(pages::move_submit))
+                .route("/phones", get(phones::phones_page))
                 .route("/coverage", get(pages::coverage_page))
                 .route("/orders", get(pages::orders_page))
                 .route("/refused", get(pages::refused_page))
@@ -628,10 +631,15 @@ async fn sync(
         .last_sync_ms
         .is_none_or(|t| t < now - crate::access::tokens::LAST_SYNC_GRAIN_MS);
     let reported = pending_after.map(|p| i64::try_from(p).unwrap_or(i64::MAX));
-    if device.retiring || n_changes > 0 || stale || reported != device.last_pending {
+    // What it runs, when it says (SYNC-v1 §5.1: bounded; an unfit one is not kept).
+    let agent = wire::agent_of(&req).map(str::to_string);
+    let new_agent = agent
+        .as_deref()
+        .is_some_and(|a| Some(wire::fnv1a(a.as_bytes())) != device.agent_digest);
+    if device.retiring || n_changes > 0 || stale || reported != device.last_pending || new_agent {
         let id = device.device;
         state
-            .access(move |db| db.record_sync(id, now, pending_after, end))
+            .access(move |db| db.record_sync(id, now, pending_after, end, agent.as_deref()))
             .await?;
     }
     if end {

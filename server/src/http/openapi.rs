@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth, import, tasks, workflow};
+use super::{api, auth, import, phones, tasks, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -21,6 +21,7 @@ use super::{api, auth, import, tasks, workflow};
         api::review,
         api::resolve,
         api::move_to,
+        phones::phones,
         api::grid_households,
         api::grid_export,
         api::devices,

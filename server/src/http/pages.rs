@@ -55,6 +55,7 @@ fn templates() -> &'static Environment<'static> {
             ("devices.html", include_str!("../../templates/devices.html")),
             ("refused.html", include_str!("../../templates/refused.html")),
             ("import.html", include_str!("../../templates/import.html")),
+            ("phones.html", include_str!("../../templates/phones.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
@@ -105,7 +106,7 @@ fn render(name: &str, ctx: minijinja::Value) -> Response {
 /// Renders a page with `unit_names` (every org unit's id → name) beside `ctx`, so that a page
 /// names grids, villages and teams, never shows their codes.
 /// The caller's menu shows only the pages their roles can open ([`Menu`]).
-async fn render_named(
+pub(crate) async fn render_named(
     state: &AppState,
     caller: &Caller,
     name: &str,
@@ -135,6 +136,17 @@ impl Menu {
         // A grid's orders, or a team's.
         let orders = grids || !scope.rights.teams.is_empty();
         let admin = scope.roles.contains(&crate::access::Role::Admin);
+        // Supervisors watch their grids' phones.
+        let supervises = grids
+            && scope.roles.iter().any(|r| {
+                matches!(
+                    r,
+                    crate::access::Role::GridHead
+                        | crate::access::Role::VillageSupervisor
+                        | crate::access::Role::TownSupervisor
+                        | crate::access::Role::CommandCentre
+                )
+            });
         [
             (grids, ("nav-org", "/", "辖区")),
             (grids, ("nav-coverage", "/coverage", "走访覆盖")),
@@ -142,6 +154,7 @@ impl Menu {
             (grids, ("nav-tasks", "/tasks", "周清单")),
             (grids, ("nav-stats", "/stats", "统计")),
             (grids, ("nav-refused", "/refused", "未接收")),
+            (supervises, ("nav-phones", "/phones", "手机")),
             (admin, ("nav-devices", "/devices", "设备")),
         ]
         .into_iter()
@@ -193,7 +206,7 @@ pub fn cross_site_refused() -> Response {
 
 /// A signed-in person for the pages; without a session, a redirect to the login page.
 #[derive(Debug)]
-pub struct PageSession(Caller);
+pub struct PageSession(pub(crate) Caller);
 
 impl FromRequestParts<AppState> for PageSession {
     type Rejection = Response;
