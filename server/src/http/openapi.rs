@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth, tasks, workflow};
+use super::{api, auth, reports, tasks, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -27,6 +27,7 @@ use super::{api, auth, tasks, workflow};
         api::retire,
         api::audit,
         workflow::coverage_report,
+        reports::coverage_series,
         workflow::orders,
         workflow::order,
         workflow::order_step,
@@ -34,6 +35,7 @@ use super::{api, auth, tasks, workflow};
         workflow::import_orders,
         workflow::stats_report,
         workflow::ranking,
+        reports::stats_export,
         workflow::refused,
         tasks::push_list,
         tasks::lists,
