@@ -385,6 +385,7 @@ fn the_openapi_document_matches_the_served_api() {
     let want = [
         "GET /api/v1/audit",
         "GET /api/v1/coverage",
+        "GET /api/v1/coverage/series",
         "GET /api/v1/devices",
         "GET /api/v1/grids/{grid}/export",
         "GET /api/v1/grids/{grid}/households",
@@ -395,6 +396,7 @@ fn the_openapi_document_matches_the_served_api() {
         "GET /api/v1/ranking",
         "GET /api/v1/refused",
         "GET /api/v1/stats",
+        "GET /api/v1/stats/export",
         "GET /api/v1/tasks",
         "GET /api/v1/tasks/{id}",
         "GET /api/v1/workflow",
