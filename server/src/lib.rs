@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod charts;
 pub mod hotline;
 pub mod http;
 pub mod index;

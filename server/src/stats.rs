@@ -88,6 +88,59 @@ pub fn coverage_of(
     t
 }
 
+/// Whether `o` was raised in `from..=to` (China days): one of the period's received demands.
+fn raised_in(o: &OrderRow, (from, to): (Day, Day)) -> bool {
+    let raised = qiaomen_protocol::workorder::day_of(o.raised_ms);
+    from <= raised && raised <= to
+}
+
+/// A month's first and last day.
+pub fn month_span(year: i32, month: u8) -> Option<(Day, Day)> {
+    let first = Day::ymd(year, month, 1)?;
+    let next = if month == 12 {
+        Day::ymd(year + 1, 1, 1)?
+    } else {
+        Day::ymd(year, month + 1, 1)?
+    };
+    Some((first, next.add_days(-1)))
+}
+
+/// The `n` months ending with the one holding `last`, oldest first, as (year, month).
+pub fn months_to(last: Day, n: usize) -> Vec<(i32, u8)> {
+    let (mut y, mut m) = (last.year(), last.month());
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push((y, m));
+        if m == 1 {
+            (y, m) = (y - 1, 12);
+        } else {
+            m -= 1;
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// Demands received and resolved in each of `months`, by the definitions of [`figures`]
+/// (received: raised in the month; resolved: of those, done by now), from the same order
+/// rows.
+pub fn demands_by_month(orders: &[OrderRow], months: &[(i32, u8)]) -> Vec<(u64, u64)> {
+    months
+        .iter()
+        .map(|&(y, m)| {
+            let Some(span) = month_span(y, m) else {
+                return (0, 0);
+            };
+            orders
+                .iter()
+                .filter(|o| raised_in(o, span))
+                .fold((0, 0), |(rec, res), o| {
+                    (rec + 1, res + u64::from(o.done_ms.is_some()))
+                })
+        })
+        .collect()
+}
+
 /// The figures of `grid` over `from..=to`, as of `today`, from its `orders` and `visits`
 /// and the `households` that have been in it.
 pub fn figures(
@@ -111,8 +164,7 @@ pub fn figures(
         {
             f.overdue += 1;
         }
-        let raised = qiaomen_protocol::workorder::day_of(o.raised_ms);
-        if raised < from || raised > to {
+        if !raised_in(o, (from, to)) {
             continue;
         }
         f.received += 1;
@@ -251,6 +303,66 @@ mod tests {
             vec![d("2026-11-15")]
         );
         assert!(visit_days(d("2026-11-16"), d("2026-11-29"), d("2026-12-01")).is_empty());
+    }
+
+    #[test]
+    fn demands_per_month_add_up_to_the_periods_figures() {
+        let at = |s: &str| {
+            let day = d(s);
+            (day.0.midnight().assume_utc().unix_timestamp() + 4 * 3600) * 1000
+        };
+        let order = |raised: &str, done: bool| OrderRow {
+            household: "h".into(),
+            demand: "d".into(),
+            grid: "g".into(),
+            door_number: "1".into(),
+            status: "raised".into(),
+            tier: None,
+            team: None,
+            responsible: "u".into(),
+            source: None,
+            category: "other".into(),
+            urgency: "normal".into(),
+            raised_ms: at(raised),
+            done_ms: done.then_some(at(raised)),
+            on_time: None,
+            satisfaction: None,
+            step: None,
+            step_due: None,
+            chase_ups: 0,
+            bounces: 0,
+            reopened: 0,
+            external_ref: None,
+            overdue: false,
+        };
+        let orders = [
+            order("2025-12-31", true),
+            order("2026-01-01", true),
+            order("2026-01-31", false),
+            order("2026-02-28", true),
+            order("2026-03-01", false),
+        ];
+        let months = months_to(d("2026-02-10"), 3);
+        assert_eq!(months, [(2025, 12), (2026, 1), (2026, 2)]);
+        let per_month = demands_by_month(&orders, &months);
+        assert_eq!(per_month, [(1, 1), (2, 1), (1, 1)]);
+        let f = figures(
+            "g",
+            &orders,
+            &[],
+            0,
+            (d("2025-12-01"), d("2026-02-28")),
+            d("2026-03-02"),
+            &CoveragePolicy::default(),
+        );
+        let sum = per_month
+            .iter()
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+        assert_eq!((f.received, f.resolved), sum);
+        assert_eq!(
+            month_span(2024, 2),
+            Some((d("2024-02-01"), d("2024-02-29")))
+        );
     }
 
     #[test]

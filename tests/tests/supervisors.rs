@@ -442,8 +442,14 @@ fn nothing_stored_or_served_is_a_debug_name_and_pages_name_things() {
         (format!("/orders/{}", w.demand), &w.centre),
         (format!("/coverage?unit=dc-1&day={day}"), &w.supervisor),
         ("/stats?unit=v".to_string(), &w.supervisor),
+        (format!("/grids/dc-1/map?day={day}"), &w.supervisor),
+        ("/report?unit=v".to_string(), &w.supervisor),
         (
             "/api/v1/grids/dc-1/export?format=csv".to_string(),
+            &w.supervisor,
+        ),
+        (
+            "/api/v1/stats/export?unit=v&format=csv".to_string(),
             &w.supervisor,
         ),
     ] {

@@ -1,7 +1,8 @@
 """A hotline work order goes round the loop in a real headless Chromium and on a phone: the
 command centre dispatches it, the water team accepts and finishes it, the grid worker tells the
 resident and does the return visit offline on the phone (the Python bindings), and the town
-supervisor closes it. The coverage and statistics pages render with their drill-down; a weekly
+supervisor closes it. The coverage and statistics pages render with their drill-down and their
+SVG charts, the monthly report and a grid's map render (the report without navigation in print); a weekly
 task list pushed from the page reaches the phone and the worker's report comes back.
 Screenshots go to target/screenshots/."""
 import asyncio
@@ -101,7 +102,33 @@ def test_a_hotline_order_goes_round_the_loop_between_the_pages_and_the_phone(dem
     # 6 hotline orders were received in the town this month; one is resolved.
     assert cells[1].text == "6" and cells[2].text == "1", [c.text for c in cells]
     assert browser.find_elements(By.ID, "red") and browser.find_elements(By.ID, "black")
+    # The charts are inline SVG drawn on the server: six visit days, two bars a month.
+    chart = browser.find_element(By.CSS_SELECTOR, "#coverage-chart svg")
+    assert chart.size["width"] > 100 and chart.size["height"] > 20, chart.size
+    assert len(chart.find_elements(By.CSS_SELECTOR, "rect.bar")) == 6
+    demands = browser.find_element(By.CSS_SELECTOR, "#demand-chart svg")
+    received = demands.find_elements(By.CSS_SELECTOR, "rect.received")
+    assert len(received) == 6 and len(demands.find_elements(By.CSS_SELECTOR, "rect.resolved")) == 6
+    # This month's bar counts the six hotline orders, as the table does.
+    assert received[-1].get_attribute("data-value") == "6"
+    assert received[-1].size["height"] > 0
     shot(browser, "stats")
+    # The printable monthly report: both charts; printed, no navigation.
+    navigate(browser, browser.find_element(By.ID, "report-link"))
+    assert "访情通报" in browser.find_element(By.TAG_NAME, "h1").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "figure.chart svg")) == 2
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    assert not browser.find_element(By.ID, "nav").is_displayed()
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+    shot(browser, "report")
+    # A grid's map: the marks' legend and the households without a position counted.
+    browser.get(demo.url + "/grids/xicun-1/map")
+    svg = browser.find_element(By.CSS_SELECTOR, "#map svg")
+    assert svg.size["width"] > 100
+    assert len(svg.find_elements(By.CSS_SELECTOR, "g.legend g.key")) == 4
+    assert "无定位的住户" in browser.find_element(By.ID, "without-gps").text
+    shot(browser, "map")
+    navigate(browser, browser.find_element(By.ID, "nav-stats"))
     asyncio.run(zhao.sync(None))
     assert all(o.demand_id != order.demand_id for o in zhao.work_orders("xicun-1"))
 

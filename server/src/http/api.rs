@@ -269,7 +269,7 @@ fn masked_conflict_value(path: &[String], value: serde_json::Value) -> serde_jso
 
 /// A spreadsheet cell that cannot be read as a formula: a leading `=`, `+`, `-`, `@`, TAB
 /// or CR gets a `'` before it.
-fn inert_cell(c: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn inert_cell(c: &str) -> std::borrow::Cow<'_, str> {
     if c.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{c}").into()
     } else {
@@ -1070,7 +1070,7 @@ pub async fn resolve_conflict(
 
 /// The households among `docs` that `needle` (lower-case; empty: all) matches by door
 /// number, address, a member's name or a key group, by door number.
-fn matching_households(
+pub(crate) fn matching_households(
     docs: Vec<(HouseholdId, Vec<u8>)>,
     needle: &str,
 ) -> Vec<qiaomen_protocol::schema::Household> {
@@ -1132,7 +1132,7 @@ pub async fn grid_households(
 }
 
 /// The stored documents of a grid the caller may read (else the same 404 as a missing grid).
-async fn grid_documents(
+pub(crate) async fn grid_documents(
     state: &AppState,
     caller: &Caller,
     grid: &str,

@@ -8,6 +8,7 @@ pub mod import;
 pub mod openapi;
 pub mod pages;
 pub mod phones;
+pub mod reports;
 pub mod tasks;
 pub mod workflow;
 
@@ -417,6 +418,7 @@ pub fn router(state: AppState) -> Router {
                 )
                 .route("/api/v1/org", get(api::org))
                 .route("/api/v1/coverage", get(workflow::coverage_report))
+                .route("/api/v1/coverage/series", get(reports::coverage_series))
                 .route("/api/v1/orders", get(workflow::orders))
                 .route("/api/v1/orders/{demand}", get(workflow::order))
                 .route("/api/v1/orders/{demand}/steps", post(workflow::order_step))
@@ -425,6 +427,7 @@ pub fn router(state: AppState) -> Router {
                     post(workflow::create_demand),
                 )
                 .route("/api/v1/stats", get(workflow::stats_report))
+                .route("/api/v1/stats/export", get(reports::stats_export))
                 .route("/api/v1/ranking", get(workflow::ranking))
                 .route("/api/v1/refused", get(workflow::refused))
                 .route("/api/v1/tasks", get(tasks::lists).post(tasks::push_list))
@@ -442,6 +445,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/login", get(pages::login_page).post(pages::login_submit))
                 .route("/logout", post(pages::logout))
                 .route("/grids/{grid}", get(pages::grid_page))
+                .route("/grids/{grid}/map", get(pages::map_page))
                 .route("/households/{id}", get(pages::household_page))
                 .route("/households/{id}/review", post(pages::review_submit))
                 .route("/households/{id}/resolve", post(pages::resolve_submit))
@@ -453,6 +457,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/orders/{demand}", get(pages::order_page))
                 .route("/orders/{demand}/step", post(pages::order_step_submit))
                 .route("/stats", get(pages::stats_page))
+                .route("/report", get(pages::report_page))
                 .route("/tasks", get(pages::tasks_page).post(pages::tasks_submit))
                 .route("/devices", get(pages::devices_page))
                 .route("/devices/{id}/retire", post(pages::retire_submit))

@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth, import, phones, tasks, workflow};
+use super::{api, auth, import, phones, reports, tasks, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -29,6 +29,7 @@ use super::{api, auth, import, phones, tasks, workflow};
         api::retire,
         api::audit,
         workflow::coverage_report,
+        reports::coverage_series,
         workflow::orders,
         workflow::order,
         workflow::order_step,
@@ -36,6 +37,7 @@ use super::{api, auth, import, phones, tasks, workflow};
         import::import_orders,
         workflow::stats_report,
         workflow::ranking,
+        reports::stats_export,
         workflow::refused,
         tasks::push_list,
         tasks::lists,

@@ -22,12 +22,14 @@ use axum::{
 };
 use minijinja::{Environment, context};
 use qiaomen_protocol::{schema::ReviewDecision, vocab::Term};
+
+use crate::charts;
 use serde::Deserialize;
 
 use super::{
     ApiError, AppState, api,
     auth::{Caller, ClientAddr, LoginRequest, SessionAuth},
-    workflow,
+    reports, workflow,
 };
 
 fn templates() -> &'static Environment<'static> {
@@ -56,6 +58,8 @@ fn templates() -> &'static Environment<'static> {
             ("refused.html", include_str!("../../templates/refused.html")),
             ("import.html", include_str!("../../templates/import.html")),
             ("phones.html", include_str!("../../templates/phones.html")),
+            ("map.html", include_str!("../../templates/map.html")),
+            ("report.html", include_str!("../../templates/report.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
@@ -536,13 +540,21 @@ pub async fn coverage_page(
     PageSession(caller): PageSession,
     Query(q): Query<workflow::CoverageQuery>,
 ) -> Result<Response, PageError> {
+    let series_q = reports::SeriesQuery {
+        unit: q.unit.clone(),
+        cycles: None,
+        day: q.day.clone(),
+    };
     let r = workflow::coverage_for(&state, &caller, q).await?;
+    // The last six visit days up to the one shown, counted as this report counts each.
+    let series = reports::series_for(&state, &caller, series_q).await?;
+    let chart = svg(charts::coverage_bars(&points_of(&series.days)));
     render_named(
         &state,
         &caller,
         "coverage.html",
         context! {
-            title => "走访覆盖", signed_in => true, r,
+            title => "走访覆盖", signed_in => true, r, chart,
         },
     )
     .await
@@ -910,12 +922,86 @@ pub async fn stats_page(
     } else {
         s.grids.iter().collect()
     };
+    // Six visit days and six months up to the period's end (twelve months for a longer one).
+    let months = if pf.to.0 - pf.from.0 > time::Duration::days(183) {
+        12
+    } else {
+        6
+    };
+    let c = reports::unit_charts(&state, &pf.us, pf.to, 6, months).await?;
+    let report_month = format!("{:04}-{:02}", pf.to.year(), pf.to.month());
     render_named(
         &state,
         &caller,
         "stats.html",
         context! {
-            title => "统计", signed_in => true, grids, s, rank,
+            title => "统计", signed_in => true, grids, s, rank, report_month,
+            coverage_chart => svg(c.coverage_svg), demand_chart => svg(c.demands_svg),
+        },
+    )
+    .await
+}
+
+/// An SVG drawn by [`crate::charts`] (every text in it escaped there), put in a page as it is.
+fn svg(markup: String) -> minijinja::Value {
+    minijinja::Value::from_safe_string(markup)
+}
+
+fn points_of(days: &[reports::SeriesDay]) -> Vec<charts::CoveragePoint> {
+    days.iter()
+        .map(|d| charts::CoveragePoint {
+            day: d.visit_day.clone(),
+            due: d.due,
+            visited: d.visited,
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MapQuery {
+    pub day: Option<String>,
+}
+
+/// `GET /grids/{grid}/map?day=`: the grid's due households and the visit day's visits placed
+/// by GPS (met / not met / not visited), and how many have no position.
+pub async fn map_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(grid): Path<String>,
+    Query(q): Query<MapQuery>,
+) -> Result<Response, PageError> {
+    let mut m = reports::grid_map(&state, &caller, grid, q.day).await?;
+    let chart = svg(std::mem::take(&mut m.svg));
+    render_named(
+        &state,
+        &caller,
+        "map.html",
+        context! { title => "走访分布图", signed_in => true, m, chart },
+    )
+    .await
+}
+
+/// `GET /report?unit=&month=YYYY-MM`: the printable monthly report (访情通报) of a unit.
+pub async fn report_page(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Query(q): Query<reports::ReportQuery>,
+) -> Result<Response, PageError> {
+    let mut r = reports::monthly_report(&state, &caller, q).await?;
+    let coverage_chart = svg(std::mem::take(&mut r.charts.coverage_svg));
+    let demand_chart = svg(std::mem::take(&mut r.charts.demands_svg));
+    let grids: Vec<_> = if r.s.unit.kind == crate::access::org::UnitKind::Grid {
+        Vec::new()
+    } else {
+        r.s.grids.iter().collect()
+    };
+    render_named(
+        &state,
+        &caller,
+        "report.html",
+        context! {
+            title => format!("{} {} 访情通报", r.s.unit.name, r.month), signed_in => true,
+            grids, r, coverage_chart, demand_chart,
         },
     )
     .await
@@ -1093,6 +1179,8 @@ mod tests {
             "devices.html",
             "refused.html",
             "import.html",
+            "map.html",
+            "report.html",
         ] {
             assert!(templates().get_template(name).is_ok(), "{name}");
         }

@@ -11,7 +11,7 @@ use axum::{
 };
 use qiaomen_protocol::{
     calendar::{self, Day},
-    coverage::{self, CoverageState, Tally},
+    coverage::{self, CoveragePolicy, CoverageState, Tally},
     ids::{DemandId, HouseholdId, UserId},
     schema::{Demand, DemandSource, NeedCategory, Satisfaction, Tier, Urgency},
     vocab::Term,
@@ -25,15 +25,15 @@ use crate::{
         Scope, now_ms,
         org::{Unit, UnitKind},
     },
-    index::OrderRow,
+    index::{HouseholdRow, OrderRow},
     stats::{self, Figures, Ranked},
 };
 
-fn today() -> Day {
+pub(crate) fn today() -> Day {
     workorder::day_of(now_ms())
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest {
         code: "invalid",
         message: message.into(),
@@ -55,11 +55,11 @@ fn no_order() -> ApiError {
 }
 
 /// A query parameter given empty (as a form sends a field left blank) counts as absent.
-fn given(v: &Option<String>) -> Option<&str> {
+pub(crate) fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn parse_day(s: &str, what: &str) -> Result<Day, ApiError> {
+pub(crate) fn parse_day(s: &str, what: &str) -> Result<Day, ApiError> {
     s.parse()
         .map_err(|_| bad(format!("{what} is not a date (YYYY-MM-DD)")))
 }
@@ -206,6 +206,27 @@ pub async fn coverage_report(
     coverage_for(&state, &caller, q).await.map(Json)
 }
 
+/// The households of `rows` due on the visit day `day` (as of `today`) in one of `grids`,
+/// each with the grid it was in that day (counted from its registration): what the coverage
+/// report, its series and the map count.
+pub(crate) fn due_on<'a>(
+    rows: &'a [HouseholdRow],
+    grids: &'a [String],
+    day: Day,
+    today: Day,
+    policy: &'a CoveragePolicy,
+) -> impl Iterator<Item = (&'a HouseholdRow, &'a str, coverage::Due)> + 'a {
+    rows.iter().filter_map(move |h| {
+        // Where the household was that day, counted from its registration.
+        let grid = h.grid_on(day);
+        if !grids.iter().any(|g| g == grid) {
+            return None;
+        }
+        let due = coverage::coverage(&h.input, day, today, policy)?;
+        Some((h, grid, due))
+    })
+}
+
 pub(crate) async fn coverage_for(
     state: &AppState,
     caller: &Caller,
@@ -225,15 +246,7 @@ pub(crate) async fn coverage_for(
     let mut per_grid: BTreeMap<String, Tally> = BTreeMap::new();
     let mut households = Vec::new();
     let is_grid = us.unit.kind == UnitKind::Grid;
-    for h in &rows {
-        // Where the household was that day, counted from its registration.
-        let grid = h.grid_on(day);
-        if !us.grids.iter().any(|g| g == grid) {
-            continue;
-        }
-        let Some(due) = coverage::coverage(&h.input, day, today, &policy) else {
-            continue;
-        };
+    for (h, grid, due) in due_on(&rows, &us.grids, day, today, &policy) {
         per_grid.entry(grid.to_string()).or_default().add(&due);
         if is_grid || due.state != CoverageState::Visited {
             let (state, reason) = match due.state {
@@ -1104,11 +1117,11 @@ fn total(per_grid: &BTreeMap<String, Figures>, grids: &[String]) -> Figures {
 
 /// A unit's grids' figures for a period: what the statistics and the ranking are made of.
 pub(crate) struct PeriodFigures {
-    from: Day,
-    to: Day,
-    us: UnitScope,
-    per_grid: BTreeMap<String, Figures>,
-    behind: u64,
+    pub from: Day,
+    pub to: Day,
+    pub us: UnitScope,
+    pub per_grid: BTreeMap<String, Figures>,
+    pub behind: u64,
 }
 
 pub(crate) async fn period_figures(
