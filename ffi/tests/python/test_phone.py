@@ -288,3 +288,17 @@ def test_a_visit_returned_by_a_supervisor_is_a_task_until_fixed(org):
     assert phone.fix_tasks() == []
     assert sync(phone).rejected == 0
     assert org.request("GET", f"/api/v1/households/{hid}", boss)["open_tasks"] == []
+
+
+def test_the_app_names_itself_and_a_supervisor_sees_the_phone_and_what_it_runs(org):
+    grid = org.grid()
+    phone = worker(org, grid)
+    phone.set_app("pytest-app/1.2.3")
+    phone.create_household(household(grid))
+    sync(phone)
+    boss = org.supervisor_session("py-village")
+    rows = org.request("GET", "/api/v1/phones?unit=py-village", boss)
+    mine = [r for r in rows if r["device"] == phone.device_id()]
+    assert len(mine) == 1, rows
+    assert mine[0]["agent"].startswith("qiaomen/") and mine[0]["agent"].endswith(" pytest-app/1.2.3")
+    assert mine[0]["pending"] == 0 and mine[0]["days_since_sync"] == 0
