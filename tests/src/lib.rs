@@ -402,3 +402,120 @@ pub fn session(server: &TestServer, login: &str, unit: &str, role: Role) -> Stri
     assert_eq!(status, 200, "{body}");
     body["token"].as_str().expect("a token").to_string()
 }
+
+/// Now, in ms since the epoch (the machine's clock: servers and phones in tests use it too).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as i64
+}
+
+/// Today in China.
+pub fn today() -> Day {
+    qiaomen_protocol::workorder::day_of(now_ms())
+}
+
+/// Noon (China time) of a day, in ms.
+pub fn noon(day: Day) -> i64 {
+    (day.0.midnight().assume_utc().unix_timestamp() + 4 * 3600) * 1000
+}
+
+/// `ms`, or a minute ago if that is earlier: a time a phone may have recorded by now. (Noon of
+/// today in China is still to come between midnight and noon there, and a step dated after
+/// its arrival is refused.)
+pub fn by_now(ms: i64) -> i64 {
+    ms.min(now_ms() - 60_000)
+}
+
+/// A GET with a bearer token (a device's or a session's): the status, the content type and
+/// the raw body (a page, an export).
+pub fn get_raw(url: &str, token: &str) -> (u16, String, Vec<u8>) {
+    block_on(async {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (status, ct, resp.bytes().await.expect("a body").to_vec())
+    })
+}
+
+/// A GET of a page or a text export: the status and the body as text.
+pub fn get_text(url: &str, token: &str) -> (u16, String) {
+    let (status, _, body) = get_raw(url, token);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// What a person reads on a page: the text between the tags (attributes, links and hidden
+/// form fields are for the browser), with the entities the templates' escaping writes decoded.
+pub fn visible(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&#x2f;", "/")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// Every vocabulary value's first-release name (its `Debug` form) and the org unit kinds'
+/// Rust names: none may be stored, served or shown.
+pub fn debug_names() -> std::collections::BTreeSet<String> {
+    use qiaomen_protocol::{
+        policy::Role,
+        review::ReviewState,
+        vocab::Term,
+        workorder::{DemandAction, StepKind},
+    };
+    fn names<T: Term + std::fmt::Debug>() -> Vec<String> {
+        T::ALL.iter().map(|t| format!("{t:?}")).collect()
+    }
+    let mut all: std::collections::BTreeSet<String> = [
+        names::<HouseholdStatus>(),
+        names::<KeyGroup>(),
+        names::<Relation>(),
+        names::<VisitOutcome>(),
+        names::<NeedCategory>(),
+        names::<DisputeKind>(),
+        names::<HazardKind>(),
+        names::<Publicity>(),
+        names::<Urgency>(),
+        names::<DemandStatus>(),
+        names::<Tier>(),
+        names::<Satisfaction>(),
+        names::<DemandSource>(),
+        names::<ReviewDecision>(),
+        names::<ReviewState>(),
+        names::<DemandAction>(),
+        names::<StepKind>(),
+        names::<Role>(),
+    ]
+    .concat()
+    .into_iter()
+    .collect();
+    for k in UnitKind::ALL {
+        all.insert(format!("{k:?}"));
+    }
+    all
+}

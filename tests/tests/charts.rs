@@ -5,65 +5,29 @@
 //! as XLSX (a zip whose strings name the units and their kinds in Chinese, never an English
 //! enum name) and as CSV.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use qiaomen_protocol::{
     calendar::{self, Day},
     coverage::CoveragePolicy,
     ids::*,
     policy::Role,
-    review::ReviewState,
     schema::*,
-    vocab::Term,
-    workorder::{self, DemandAction, StepKind},
 };
 use qiaomen_server::access::org::UnitKind;
-use qiaomen_tests::{Phone, TestServer, block_on, call, sample_visit, session};
+use qiaomen_tests::{
+    Phone, TestServer, by_now, call, debug_names, get_raw, noon, now_ms, sample_visit, session,
+    today,
+};
 use serde_json::json;
-
-fn today() -> Day {
-    workorder::day_of(now_ms())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Noon (China time) of a day, in ms.
-fn noon(day: Day) -> i64 {
-    (day.0.midnight().assume_utc().unix_timestamp() + 4 * 3600) * 1000
-}
 
 /// The visit day before `day`'s cycle.
 fn previous(day: Day) -> Day {
     calendar::cycle_of(calendar::cycle_of(day).add_days(-1))
 }
 
-/// A page's or an export's raw body, read with a session token.
-fn get_bytes(url: &str, token: &str) -> (u16, String, Vec<u8>) {
-    block_on(async {
-        let resp = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("the server answers");
-        let status = resp.status().as_u16();
-        let ct = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        (status, ct, resp.bytes().await.expect("a body").to_vec())
-    })
-}
-
 fn get_page(server: &TestServer, path: &str, token: &str) -> String {
-    let (status, _, body) = get_bytes(&format!("{}{path}", server.url), token);
+    let (status, _, body) = get_raw(&format!("{}{path}", server.url), token);
     let html = String::from_utf8(body).unwrap();
     assert_eq!(status, 200, "{path}: {html}");
     html
@@ -84,35 +48,6 @@ fn attr<'a>(el: &'a str, name: &str) -> &'a str {
     let key = format!(" {name}=\"");
     let start = el.find(&key).unwrap_or_else(|| panic!("{name} in {el}")) + key.len();
     &el[start..start + el[start..].find('"').unwrap()]
-}
-
-/// Every value's first-release name (its `Debug` form), and the unit kinds' Rust names.
-fn debug_names() -> BTreeSet<String> {
-    fn names<T: Term + std::fmt::Debug>() -> Vec<String> {
-        T::ALL.iter().map(|t| format!("{t:?}")).collect()
-    }
-    let mut all: BTreeSet<String> = [
-        names::<HouseholdStatus>(),
-        names::<KeyGroup>(),
-        names::<VisitOutcome>(),
-        names::<NeedCategory>(),
-        names::<DemandStatus>(),
-        names::<Tier>(),
-        names::<Satisfaction>(),
-        names::<DemandSource>(),
-        names::<ReviewState>(),
-        names::<DemandAction>(),
-        names::<StepKind>(),
-        names::<Role>(),
-    ]
-    .concat()
-    .into_iter()
-    .collect();
-    for k in UnitKind::ALL {
-        all.insert(format!("{k:?}"));
-        all.insert(k.as_str().to_string());
-    }
-    all
 }
 
 /// Records a visit for `day` on `h`, at `gps`, raising `demands`.
@@ -191,7 +126,7 @@ fn charts_show_what_the_coverage_report_and_the_statistics_count() {
     let here = |i: usize| gps[i].map(|(lat, lon)| (lat + 0.0001, lon + 0.0001));
 
     // d2: 1 and 2 met (1 raises a demand), 3 nobody home, 4 and 5 never visited.
-    let a = demand(&worker, noon(d2), "路灯不亮");
+    let a = demand(&worker, by_now(noon(d2)), "路灯不亮");
     visit(
         &mut worker,
         hh[0],
@@ -210,8 +145,8 @@ fn charts_show_what_the_coverage_report_and_the_statistics_count() {
         &[],
     );
     // d1: 1-4 met (2 raises two demands), 5 refused.
-    let b = demand(&worker, noon(d1), "门前排水沟堵塞");
-    let c = demand(&worker, noon(d1), "申请低保复核");
+    let b = demand(&worker, by_now(noon(d1)), "门前排水沟堵塞");
+    let c = demand(&worker, by_now(noon(d1)), "申请低保复核");
     for (i, h) in hh.iter().enumerate().take(4) {
         let raised = if i == 1 {
             vec![b.clone(), c.clone()]
@@ -413,9 +348,9 @@ fn charts_show_what_the_coverage_report_and_the_statistics_count() {
     assert_eq!(elements(&html, "not_visited").len(), 1);
     assert_eq!(elements(&html, "visit").len(), 3);
     // Scope: another grid's head finds no such grid; a bad day is refused.
-    let (status, _, _) = get_bytes(&format!("{}/grids/hc-1/map", server.url), &outsider);
+    let (status, _, _) = get_raw(&format!("{}/grids/hc-1/map", server.url), &outsider);
     assert_eq!(status, 404);
-    let (status, _, _) = get_bytes(
+    let (status, _, _) = get_raw(
         &format!("{}/grids/hc-1/map?day=2026-13-01", server.url),
         &village,
     );
@@ -450,7 +385,7 @@ fn charts_show_what_the_coverage_report_and_the_statistics_count() {
         "{html}"
     );
     for bad in ["2026-13", "2026-1", "x"] {
-        let (status, _, _) = get_bytes(
+        let (status, _, _) = get_raw(
             &format!("{}/report?unit=v&month={bad}", server.url),
             &village,
         );
@@ -464,7 +399,7 @@ fn charts_show_what_the_coverage_report_and_the_statistics_count() {
         server.url,
         today()
     );
-    let (status, ct, xlsx) = get_bytes(&url, &village);
+    let (status, ct, xlsx) = get_raw(&url, &village);
     assert_eq!(status, 200);
     assert!(ct.contains("spreadsheetml"), "{ct}");
     assert!(xlsx.starts_with(b"PK"));
@@ -498,13 +433,15 @@ fn charts_show_what_the_coverage_report_and_the_statistics_count() {
         .map(|(t, _)| t)
         .collect();
     assert!(!texts.is_empty());
-    let english = debug_names();
+    // And the unit kinds' codes: a spreadsheet for people says 乡镇, not `town`.
+    let mut english = debug_names();
+    english.extend(UnitKind::ALL.iter().map(|k| k.as_str().to_string()));
     for t in &texts {
         assert!(!english.contains(*t), "an English name in the sheet: {t}");
         assert!(!t.contains("hc-1"), "an id where a name exists: {t}");
     }
     // The CSV has the same rows: the grid's demands and coverage over the period.
-    let (status, ct, csv) = get_bytes(&url.replace("format=xlsx", "format=csv"), &village);
+    let (status, ct, csv) = get_raw(&url.replace("format=xlsx", "format=csv"), &village);
     assert_eq!(status, 200);
     assert!(ct.starts_with("text/csv"));
     let csv = String::from_utf8(csv).unwrap();
@@ -523,9 +460,9 @@ fn charts_show_what_the_coverage_report_and_the_statistics_count() {
     assert_eq!(row[15], "7", "{csv}");
     // One row per unit: the village's grids once.
     assert_eq!(csv.matches("\"和村第一网格\"").count(), 1);
-    let (status, _, _) = get_bytes(&url.replace("format=xlsx", "format=pdf"), &village);
+    let (status, _, _) = get_raw(&url.replace("format=xlsx", "format=pdf"), &village);
     assert_eq!(status, 400);
-    let (status, _, _) = get_bytes(&url.replace("unit=v", "unit=hc-1"), &outsider);
+    let (status, _, _) = get_raw(&url.replace("unit=v", "unit=hc-1"), &outsider);
     assert_eq!(status, 404);
     let log = server.access().audit_log(0, 1000).unwrap();
     assert!(log.iter().any(|e| e.action == "export"));

@@ -6,47 +6,19 @@
 use std::collections::BTreeSet;
 
 use qiaomen_protocol::{
-    calendar::{self, Day},
+    calendar::{self},
     ids::*,
     policy::Role,
-    review::ReviewState,
     schema::*,
     vocab::Term,
-    workorder::{self, DemandAction, StepKind},
+    workorder::StepKind,
 };
 use qiaomen_server::access::org::UnitKind;
-use qiaomen_tests::{Phone, TestServer, block_on, call, sample_visit, session};
+use qiaomen_tests::{
+    Phone, TestServer, block_on, call, debug_names, get_text, now_ms, sample_visit, session, today,
+    visible,
+};
 use serde_json::{Value, json};
-
-/// Every value's first-release name (its `Debug` form): none may be stored or served.
-fn debug_names() -> BTreeSet<String> {
-    fn names<T: Term + std::fmt::Debug>() -> Vec<String> {
-        T::ALL.iter().map(|t| format!("{t:?}")).collect()
-    }
-    [
-        names::<HouseholdStatus>(),
-        names::<KeyGroup>(),
-        names::<Relation>(),
-        names::<VisitOutcome>(),
-        names::<NeedCategory>(),
-        names::<DisputeKind>(),
-        names::<HazardKind>(),
-        names::<Publicity>(),
-        names::<Urgency>(),
-        names::<DemandStatus>(),
-        names::<Tier>(),
-        names::<Satisfaction>(),
-        names::<DemandSource>(),
-        names::<ReviewDecision>(),
-        names::<ReviewState>(),
-        names::<DemandAction>(),
-        names::<StepKind>(),
-        names::<Role>(),
-    ]
-    .concat()
-    .into_iter()
-    .collect()
-}
 
 /// Every string in a JSON value.
 fn strings(v: &Value, out: &mut Vec<String>) {
@@ -58,59 +30,11 @@ fn strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// A page's or an export's raw body, read with a session token.
-fn get_text(url: &str, token: &str) -> (u16, String) {
-    block_on(async {
-        let resp = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("the server answers");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.expect("a body"))
-    })
-}
-
-/// What a person reads on a page: the text between the tags (attributes, links and hidden
-/// form fields are for the browser).
-fn visible(html: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                out.push(' ');
-            }
-            _ if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    // The entities the templates' escaping writes.
-    out.replace("&#x2f;", "/")
-        .replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
 fn words(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
         .filter(|w| !w.is_empty())
         .map(str::to_string)
         .collect()
-}
-
-fn today() -> Day {
-    workorder::day_of(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
 }
 
 struct World {
@@ -176,7 +100,7 @@ fn world() -> World {
         .unwrap();
 
     let mut d = qiaomen_tests::sample_demand(&worker.author, 0, "门前排水沟堵塞，雨天积水");
-    d.raised_at_ms = worker_now();
+    d.raised_at_ms = now_ms();
     d.urgency = Urgency::Urgent;
     let mut v = sample_visit(&worker.author, visit_day, "老人独居，身体尚可");
     v.outcome = VisitOutcome::Met;
@@ -228,13 +152,6 @@ fn world() -> World {
         member: member_id.to_string(),
         _dir: dir,
     }
-}
-
-fn worker_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 fn view(w: &World) -> Value {

@@ -14,29 +14,10 @@ use qiaomen_protocol::{
     workorder::{self, Deadlines, DemandAction, NewStep},
 };
 use qiaomen_server::access::{Role, org::UnitKind};
-use qiaomen_tests::{Phone, TestServer, block_on, call, sample_visit, session};
+use qiaomen_tests::{
+    Phone, TestServer, block_on, by_now, call, noon, now_ms, sample_visit, session, today,
+};
 use serde_json::{Value, json};
-
-fn today() -> Day {
-    workorder::day_of(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Noon (China time) of a day, in ms.
-fn noon(day: Day) -> i64 {
-    (day.0.midnight().assume_utc().unix_timestamp() + 4 * 3600) * 1000
-}
 
 fn household(phone: &mut Phone, grid: &str, door: &str) -> HouseholdId {
     phone
@@ -134,7 +115,7 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
 
     // Raised on a visit, offline; synced.
     let h = household(&mut worker, "g1", "7");
-    let d = demand(worker.author.user, noon(today()), "门前排水沟堵塞");
+    let d = demand(worker.author.user, by_now(noon(today())), "门前排水沟堵塞");
     visit_with(
         &mut worker,
         h,
@@ -1070,7 +1051,7 @@ fn the_servers_workflow_settings_reach_the_phone() {
     let centre = session(&server, "cc", "c", Role::CommandCentre);
     let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
     let h = household(&mut worker, "g1", "1");
-    let d = demand(worker.author.user, noon(today()), "路灯不亮");
+    let d = demand(worker.author.user, by_now(noon(today())), "路灯不亮");
     let day = calendar::cycle_of(today());
     visit_with(
         &mut worker,
