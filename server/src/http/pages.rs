@@ -80,19 +80,8 @@ fn templates() -> &'static Environment<'static> {
         env.add_filter("pct", |x: Option<f64>| -> String {
             x.map_or("—".to_string(), |x| format!("{:.1}%", x * 100.0))
         });
-        env.add_filter("datetime", |ms: i64| -> String {
-            // China Standard Time, to the minute.
-            time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-                .map(|t| t.to_offset(time::macros::offset!(+8)))
-                .ok()
-                .and_then(|t| {
-                    t.format(time::macros::format_description!(
-                        "[year]-[month]-[day] [hour]:[minute]"
-                    ))
-                    .ok()
-                })
-                .unwrap_or_default()
-        });
+        // China Standard Time, to the minute: the same words as the phone's (`present`).
+        env.add_filter("datetime", qiaomen_protocol::present::datetime);
         env
     })
 }
