@@ -111,49 +111,44 @@ pub(crate) async fn render_named(
         .await?;
     let unit_names: std::collections::BTreeMap<String, String> =
         units.into_iter().map(|u| (u.id, u.name)).collect();
-    let menu = Menu::of(&scope);
+    let menu = menu_of(&scope);
     Ok(render(name, context! { unit_names, menu, ..ctx }))
 }
 
 /// Which pages a signed-in person's menu links to: those their roles can open, so a team
 /// member or an admin never follows a link to "未找到". Each entry is `(id, href, label)`.
-#[derive(Debug)]
-pub struct Menu;
-
-impl Menu {
-    pub fn of(
-        scope: &crate::access::org::Scope,
-    ) -> Vec<(&'static str, &'static str, &'static str)> {
-        // The records of some grid: 辖区, 走访覆盖, 周清单, 统计, 未接收.
-        let grids = !scope.read.is_empty();
-        // A grid's orders, or a team's.
-        let orders = grids || !scope.rights.teams.is_empty();
-        let admin = scope.roles.contains(&crate::access::Role::Admin);
-        // Supervisors watch their grids' phones.
-        let supervises = grids
-            && scope.roles.iter().any(|r| {
-                matches!(
-                    r,
-                    crate::access::Role::GridHead
-                        | crate::access::Role::VillageSupervisor
-                        | crate::access::Role::TownSupervisor
-                        | crate::access::Role::CommandCentre
-                )
-            });
-        [
-            (grids, ("nav-org", "/", "辖区")),
-            (grids, ("nav-coverage", "/coverage", "走访覆盖")),
-            (orders, ("nav-orders", "/orders", "诉求工单")),
-            (grids, ("nav-tasks", "/tasks", "周清单")),
-            (grids, ("nav-stats", "/stats", "统计")),
-            (grids, ("nav-refused", "/refused", "未接收")),
-            (supervises, ("nav-phones", "/phones", "手机")),
-            (admin, ("nav-devices", "/devices", "设备")),
-        ]
-        .into_iter()
-        .filter_map(|(shown, entry)| shown.then_some(entry))
-        .collect()
-    }
+pub fn menu_of(
+    scope: &crate::access::org::Scope,
+) -> Vec<(&'static str, &'static str, &'static str)> {
+    // The records of some grid: 辖区, 走访覆盖, 周清单, 统计, 未接收.
+    let grids = !scope.read.is_empty();
+    // A grid's orders, or a team's.
+    let orders = grids || !scope.rights.teams.is_empty();
+    let admin = scope.roles.contains(&crate::access::Role::Admin);
+    // Supervisors watch their grids' phones.
+    let supervises = grids
+        && scope.roles.iter().any(|r| {
+            matches!(
+                r,
+                crate::access::Role::GridHead
+                    | crate::access::Role::VillageSupervisor
+                    | crate::access::Role::TownSupervisor
+                    | crate::access::Role::CommandCentre
+            )
+        });
+    [
+        (grids, ("nav-org", "/", "辖区")),
+        (grids, ("nav-coverage", "/coverage", "走访覆盖")),
+        (orders, ("nav-orders", "/orders", "诉求工单")),
+        (grids, ("nav-tasks", "/tasks", "周清单")),
+        (grids, ("nav-stats", "/stats", "统计")),
+        (grids, ("nav-refused", "/refused", "未接收")),
+        (supervises, ("nav-phones", "/phones", "手机")),
+        (admin, ("nav-devices", "/devices", "设备")),
+    ]
+    .into_iter()
+    .filter_map(|(shown, entry)| shown.then_some(entry))
+    .collect()
 }
 
 /// An API error shown as a page, with the API's status.

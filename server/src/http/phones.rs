@@ -67,7 +67,7 @@ pub(crate) async fn phones_of(
     let user = caller.user();
     let now = now_ms();
     let grids = us.grids.clone();
-    let (scope, phones) = state
+    let phones = state
         .access(move |db| {
             let scope = db.scope(user, now)?;
             // Only a supervisor of a grid watches its phones.
@@ -75,10 +75,9 @@ pub(crate) async fn phones_of(
                 .into_iter()
                 .filter(|g| scope.supervises(g, now))
                 .collect();
-            Ok((scope, db.grid_phones(&grids, now)?))
+            db.grid_phones(&grids, now)
         })
         .await?;
-    drop(scope);
     let devices: Vec<String> = phones.iter().map(|p| p.device.clone()).collect();
     let labels = state.access(move |db| db.device_labels(&devices)).await?;
     let rows = phones
