@@ -222,7 +222,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     seed_test_org(&data);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_test_server"))
+    // `HOSTILE_SERVER=path`: another build of the server (a baseline, side by side).
+    let server_bin = std::env::var("HOSTILE_SERVER")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_test_server").to_string());
+    let mut child = std::process::Command::new(server_bin)
         .arg(&data)
         .arg("3600")
         .stdout(std::process::Stdio::piped())
@@ -378,6 +381,9 @@ fn main() {
     sampler.join().unwrap();
     std::thread::sleep(Duration::from_secs(5));
     let rss_after = rss_kb(pid);
+    // And once freed memory had time to go back (allocators trim or decay within seconds).
+    std::thread::sleep(Duration::from_secs(25));
+    let rss_settled = rss_kb(pid);
 
     // Every stored household loads on the server...
     let mut storage = SqliteStorage::open(&data).unwrap();
@@ -533,10 +539,11 @@ fn main() {
         failures.len()
     );
     println!(
-        "| server RSS before / peak / 5 s after | {} / {} / {} MB |",
+        "| server RSS before / peak / 5 s after / 30 s after | {} / {} / {} / {} MB |",
         rss_before / 1024,
         peak.load(Ordering::Relaxed) / 1024,
-        rss_after / 1024
+        rss_after / 1024,
+        rss_settled / 1024
     );
     println!();
     println!("| phase 2: 4 devices sending 5 x 19,999-operation changes per request | value |");

@@ -961,7 +961,7 @@ pub struct MoveRequest {
 /// household, and figures before the move stay with the old grid.
 #[utoipa::path(post, path = "/api/v1/households/{id}/move", tag = "households", security(("bearer" = [])),
     params(("id" = String, Path, description = "household id")), request_body = MoveRequest,
-    responses((status = 204, description = "moved"), (status = 400, body = ErrorBody), (status = 403, description = "not a supervisor of both grids", body = ErrorBody),
+    responses((status = 204, description = "moved"), (status = 400, body = ErrorBody), (status = 409, description = "same_grid: the household is in this grid already", body = ErrorBody), (status = 403, description = "not a supervisor of both grids", body = ErrorBody),
               (status = 404, description = "no such household or grid", body = ErrorBody), (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
 pub async fn move_to(
     State(state): State<AppState>,
@@ -1006,7 +1006,7 @@ pub async fn move_household(
             if !scope.may_read(grid) {
                 Err(not_found())
             } else if grid == to {
-                Err(ApiError::BadRequest {
+                Err(ApiError::Conflict {
                     code: "same_grid",
                     message: "the household is in this grid already".into(),
                 })

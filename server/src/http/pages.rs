@@ -424,7 +424,7 @@ pub async fn move_submit(
     let notice = match api::move_household(&state, &caller, &id, form.grid.clone()).await {
         Ok(()) => return Ok(Redirect::to(&format!("/households/{id}?moved=1")).into_response()),
         Err(ApiError::Forbidden { .. }) => "只有两个网格的督导都是您时，才能迁移这户。",
-        Err(ApiError::BadRequest { .. }) => "这户已经在这个网格。",
+        Err(ApiError::Conflict { .. }) => "这户已经在这个网格。",
         Err(ApiError::NotFound {
             code: "no_such_grid",
             ..

@@ -161,7 +161,8 @@ pub(crate) async fn series_for(
     caller: &Caller,
     q: SeriesQuery,
 ) -> Result<CoverageSeries, ApiError> {
-    let cycles = match given(&q.cycles) {
+    // An empty `cycles=` is not a number of cycles (the schema's pattern says so too).
+    let cycles = match q.cycles.as_deref() {
         Some(s) => s
             .parse::<usize>()
             .ok()

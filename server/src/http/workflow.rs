@@ -313,7 +313,10 @@ pub(crate) async fn coverage_for(
 pub struct OrdersQuery {
     /// An org unit id (default: every grid the caller reads, and their teams' orders).
     pub unit: Option<String>,
-    /// Only orders in this state, by its code (`raised`, `dispatched`, ..., `closed`).
+    /// Only orders in this state, by its code (`raised`, `dispatched`, ..., `closed`; the first
+    /// release's `Raised`, ... still parse); empty: every state.
+    #[param(value_type = String, required = false,
+        pattern = "^(|raised|dispatched|accepted|bounced|handling|done|fed_back|return_visited|closed|Raised|Dispatched|Accepted|Bounced|Handling|Done|FedBack|ReturnVisited|Closed)$")]
     pub status: Option<String>,
     /// `true`: only open orders whose step is past its due day.
     #[param(value_type = String, required = false, pattern = "^(true|false)$")]
