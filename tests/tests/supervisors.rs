@@ -15,10 +15,24 @@ use qiaomen_protocol::{
 };
 use qiaomen_server::access::org::UnitKind;
 use qiaomen_tests::{
-    Phone, TestServer, block_on, call, debug_names, get_text, now_ms, sample_visit, session, today,
-    visible,
+    Phone, TestServer, block_on, call, debug_names, get_raw, get_text, now_ms, sample_visit,
+    session, today, visible,
 };
 use serde_json::{Value, json};
+
+/// The text cells of a spreadsheet (its shared strings; rust_xlsxwriter writes every text
+/// cell there).
+fn xlsx_strings(xlsx: Vec<u8>) -> String {
+    assert!(xlsx.starts_with(b"PK"), "an XLSX is a zip");
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(xlsx)).unwrap();
+    let mut strings = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("xl/sharedStrings.xml").unwrap(),
+        &mut strings,
+    )
+    .unwrap();
+    visible(&strings)
+}
 
 /// Every string in a JSON value.
 fn strings(v: &Value, out: &mut Vec<String>) {
@@ -369,14 +383,30 @@ fn nothing_stored_or_served_is_a_debug_name_and_pages_name_things() {
             "/api/v1/stats/export?unit=v&format=csv".to_string(),
             &w.supervisor,
         ),
+        (
+            "/api/v1/grids/dc-1/export?format=xlsx".to_string(),
+            &w.supervisor,
+        ),
+        (
+            "/api/v1/stats/export?unit=v&format=xlsx".to_string(),
+            &w.supervisor,
+        ),
     ] {
-        let (status, body) = get_text(&format!("{url}{path}"), token);
+        let (status, _, body) = get_raw(&format!("{url}{path}"), token);
         assert_eq!(status, 200, "{path}");
-        let text = if path.contains("export") {
-            body
+        let text = if path.contains("format=xlsx") {
+            xlsx_strings(body)
+        } else if path.contains("export") {
+            String::from_utf8(body).unwrap()
         } else {
-            visible(&body)
+            visible(&String::from_utf8(body).unwrap())
         };
+        if path.contains("grids/dc-1/export") {
+            assert!(
+                text.contains("独居老人") && text.contains("在住"),
+                "{path} says it in words"
+            );
+        }
         let found: Vec<String> = words(&text).intersection(&debug).cloned().collect();
         assert!(found.is_empty(), "{path} shows {found:?}");
         for id in &ids {
