@@ -449,6 +449,32 @@ pub fn get_raw(url: &str, token: &str) -> (u16, String, Vec<u8>) {
     })
 }
 
+/// A POST of a raw body with its content type and a bearer token: the status and the JSON
+/// answer (`Null` if it is not JSON).
+pub fn post_body(
+    url: &str,
+    token: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    block_on(async {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("a body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    })
+}
+
 /// A GET of a page or a text export: the status and the body as text.
 pub fn get_text(url: &str, token: &str) -> (u16, String) {
     let (status, _, body) = get_raw(url, token);

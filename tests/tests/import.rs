@@ -4,7 +4,7 @@
 
 use qiaomen_protocol::{ids::*, schema::*};
 use qiaomen_server::access::Role;
-use qiaomen_tests::{Phone, TestServer, block_on, call, session};
+use qiaomen_tests::{Phone, TestServer, block_on, call, post_body, session};
 use serde_json::Value;
 
 const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
@@ -22,23 +22,7 @@ fn household(phone: &mut Phone, grid: &str, door: &str) -> HouseholdId {
 }
 
 fn post(url: &str, token: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-    let (url, token, content_type) = (url.to_string(), token.to_string(), content_type.to_string());
-    block_on(async move {
-        let resp = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(token)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    })
+    post_body(url, token, content_type, body)
 }
 
 /// (row, column, code) of each error of a report.

@@ -15,7 +15,7 @@ use qiaomen_protocol::{
 };
 use qiaomen_server::access::{Role, org::UnitKind};
 use qiaomen_tests::{
-    Phone, TestServer, block_on, by_now, call, noon, now_ms, sample_visit, session, today,
+    Phone, TestServer, by_now, call, noon, now_ms, post_body, sample_visit, session, today,
 };
 use serde_json::{Value, json};
 
@@ -478,28 +478,7 @@ fn hotline_orders_import_from_csv_and_json_once_and_bad_rows_are_reported() {
 
 /// A blocking POST of `body` with a content type (the helper `call` sends JSON only).
 fn post_raw(url: &str, token: &str, content_type: &str, body: &str) -> (u16, Value) {
-    let (url, token, content_type, body) = (
-        url.to_string(),
-        token.to_string(),
-        content_type.to_string(),
-        body.to_string(),
-    );
-    block_on(async move {
-        let resp = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(token)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    })
+    post_body(url, token, content_type, body.as_bytes().to_vec())
 }
 
 #[test]
