@@ -171,7 +171,8 @@ pub(crate) async fn series_for(
         None => 6,
     };
     let today = today();
-    let last = match given(&q.day) {
+    // As in the coverage report: an empty `day=` is not a date.
+    let last = match q.day.as_deref() {
         Some(s) => parse_day(s, "day")?.min(today),
         None => today,
     };
