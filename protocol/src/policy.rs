@@ -75,16 +75,9 @@ impl Role {
         Role::TeamMember,
     ];
 
+    /// The role's stable code (its serde name), from the vocabulary's table.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::GridWorker => "grid_worker",
-            Role::GridHead => "grid_head",
-            Role::VillageSupervisor => "village_supervisor",
-            Role::TownSupervisor => "town_supervisor",
-            Role::CommandCentre => "command_centre",
-            Role::Admin => "admin",
-            Role::TeamMember => "team_member",
-        }
+        crate::vocab::Term::code(self)
     }
 
     pub fn parse(s: &str) -> Option<Self> {

@@ -229,11 +229,6 @@ impl std::fmt::Debug for Index {
     }
 }
 
-/// The stable code the read model stores for a value (its serde name, never `Debug`).
-fn code<T: Term>(v: &T) -> &'static str {
-    v.code()
-}
-
 impl Index {
     /// Opens the read model of the store in `dir` (the store's migrations made its tables).
     pub fn open(dir: &Path, workflow: Workflow) -> Result<Self, StorageError> {
@@ -696,7 +691,7 @@ fn write_rows(
             raw,
             grid,
             h.door_number,
-            code(&h.status),
+            h.status.code(),
             serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()),
             when.registered.to_string(),
         ],
@@ -727,7 +722,7 @@ fn write_rows(
             v.id.to_string(),
             row.grid_on(v.visit_day),
             v.visit_day.to_string(),
-            code(&v.outcome),
+            v.outcome.code(),
             v.worker.to_string(),
             v.started_at_ms
         ])?;
@@ -750,18 +745,18 @@ fn write_rows(
             d.id.to_string(),
             grid,
             h.door_number,
-            code(&o.status),
-            o.tier.map(|t| code(&t)),
+            o.status.code(),
+            o.tier.map(|t| t.code()),
             o.unit,
             o.responsible.to_string(),
-            d.source.map(|s| code(&s)),
-            code(&d.category),
-            code(&d.urgency),
+            d.source.map(|s| s.code()),
+            d.category.code(),
+            d.urgency.code(),
             o.raised_ms,
             o.done_ms,
             o.resolved_on_time(),
-            o.satisfaction.map(|(s, _)| code(&s)),
-            open.map(|s| code(&s.kind)),
+            o.satisfaction.map(|(s, _)| s.code()),
+            open.map(|s| s.kind.code()),
             open.map(|s| s.due.to_string()),
             o.chase_ups,
             o.bounces,

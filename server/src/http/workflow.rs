@@ -513,7 +513,7 @@ pub(crate) async fn order_detail(
     let may = DemandAction::ALL
         .iter()
         .filter(|a| a.next(order.status).is_some() && party.may(**a, &order))
-        .map(|a| action_name(*a).to_string())
+        .map(|a| a.code().to_string())
         .collect();
     let user = caller.user();
     let target = row.household.clone();
@@ -537,7 +537,7 @@ pub(crate) async fn order_detail(
                 by_name: names.get(&e.by.to_string()).cloned(),
                 device: e.device.map(|d| d.to_string()),
                 at_ms: e.at_ms,
-                action: e.action.map(|a| action_name(a).to_string()),
+                action: e.action.map(|a| a.code().to_string()),
                 from: e.from.code().to_string(),
                 to: e.to.code().to_string(),
                 comment: e.comment.clone(),
@@ -553,25 +553,6 @@ pub(crate) async fn order_detail(
         text: d.text,
         order: row,
     })
-}
-
-fn action_name(a: DemandAction) -> &'static str {
-    match a {
-        DemandAction::Take => "take",
-        DemandAction::Dispatch => "dispatch",
-        DemandAction::Accept => "accept",
-        DemandAction::Bounce => "bounce",
-        DemandAction::Start => "start",
-        DemandAction::Finish => "finish",
-        DemandAction::Feedback => "feedback",
-        DemandAction::ReturnVisit => "return_visit",
-        DemandAction::Close => "close",
-        DemandAction::Reopen => "reopen",
-        DemandAction::ChaseUp => "chase_up",
-        DemandAction::Extend => "extend",
-        DemandAction::Comment => "comment",
-        DemandAction::Withdraw => "withdraw",
-    }
 }
 
 /// A tier, as the API names it.
