@@ -605,7 +605,7 @@ impl HouseholdDoc {
     ) -> Result<Vec<ChangeHash>> {
         let decoded = decode_changes(changes)?;
         let hashes = decoded.iter().map(|c| c.hash()).collect();
-        guarded(|| self.doc.apply_changes(decoded).map_err(DocError::from))?;
+        self.apply_decoded(decoded)?;
         Ok(hashes)
     }
 
@@ -991,17 +991,30 @@ impl HouseholdDoc {
 
     /// Applies changes already decoded (and hash-checked) with [`decode_changes`].
     pub fn apply_decoded(&mut self, changes: Vec<Change>) -> Result<()> {
-        guarded(|| self.doc.apply_changes(changes).map_err(DocError::from))
+        let applied = guarded(|| self.doc.apply_changes(changes).map_err(DocError::from));
+        self.forget_patches();
+        applied
     }
 
     /// Takes every change of `other` that this document lacks.
     pub fn merge(&mut self, other: &mut HouseholdDoc) -> Result<()> {
-        guarded(|| {
+        let merged = guarded(|| {
             self.doc
                 .merge(&mut other.doc)
                 .map(|_| ())
                 .map_err(DocError::from)
-        })
+        });
+        self.forget_patches();
+        merged
+    }
+
+    /// Drops the patches Automerge recorded while applying others' changes. Nothing here
+    /// reads them (diffs are taken between heads), but automerge 0.12 records a text
+    /// insertion's patch even in an inactive patch log, one event per character, and keeps
+    /// it as long as the document lives: about 200 bytes an applied operation, which a server
+    /// holding documents in memory (or a phone) never got back.
+    fn forget_patches(&mut self) {
+        self.doc.reset_diff_cursor();
     }
 
     /// Hashes of changes this document is waiting for (named as dependencies of changes it

@@ -37,8 +37,10 @@ pub mod limits {
     /// request; the reference phone splits its uploads to stay under it).
     pub const MAX_REQUEST_OPS: usize = 100_000;
     /// Operations in one household's whole history. A change that would take it past this
-    /// is refused `over_limit`.
-    pub const MAX_DOC_OPS: u64 = 2_000_000;
+    /// is refused `over_limit`. A year of visits is a few thousand; a document in memory
+    /// costs about 250 bytes an operation on the server and on the phone, so this keeps one
+    /// household under ~125 MB however it was written.
+    pub const MAX_DOC_OPS: u64 = 500_000;
     /// Large request bodies (over 64 KiB compressed) a server decodes at the same time;
     /// others wait their turn.
     pub const MAX_CONCURRENT_DECODES: usize = 4;

@@ -20,7 +20,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, mpsc},
+    sync::Arc,
 };
 
 use automerge::{Change, ChangeHash};
@@ -264,10 +264,14 @@ struct Job {
     reply: oneshot::Sender<Result<Outcome, String>>,
 }
 
+/// Uploads waiting for one writer. A waiting request holds its parsed changes (bounded by
+/// the request caps) and no thread.
+const QUEUED_JOBS: usize = 1024;
+
 /// A handle to the writer threads.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    shards: Vec<mpsc::SyncSender<Job>>,
+    shards: Vec<tokio::sync::mpsc::Sender<Job>>,
 }
 
 /// Why an upload could not be processed.
@@ -295,7 +299,7 @@ impl Writer {
         let mut shards = Vec::new();
         let mut handles = Vec::new();
         for (i, storage) in storages.into_iter().enumerate() {
-            let (tx, rx) = mpsc::sync_channel::<Job>(1024);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Job>(QUEUED_JOBS);
             let options = options.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("qiaomen-writer-{i}"))
@@ -338,11 +342,8 @@ impl Writer {
                 },
                 reply,
             };
-            // The queues are bounded; wait for room off the async threads.
-            tokio::task::spawn_blocking(move || tx.send(job))
-                .await
-                .map_err(|_| WriteFailed::Storage)?
-                .map_err(|_| WriteFailed::Storage)?;
+            // The queues are bounded: a request waits for room without holding a thread.
+            tx.send(job).await.map_err(|_| WriteFailed::Storage)?;
             waiting.push(rx);
         }
         let mut outcome = Outcome::default();
@@ -359,8 +360,8 @@ impl Writer {
     }
 }
 
-fn run_shard<S: Storage>(mut ingestor: Ingestor<S>, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+fn run_shard<S: Storage>(mut ingestor: Ingestor<S>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < 256 {
             match rx.try_recv() {
@@ -404,6 +405,11 @@ pub struct IngestOptions {
     pub writers: usize,
     /// Household documents kept in memory, per writer.
     pub cache_capacity: usize,
+    /// Operations of the household documents kept in memory, per writer, all together: a
+    /// document in memory costs about 250 bytes an operation, so this bounds the cache in
+    /// bytes (the default, about 250 MB a writer) whatever the size of its documents. A
+    /// document larger than this alone is still loaded to be processed, then dropped first.
+    pub cache_ops: u64,
     /// Write a new snapshot of a document after this many log rows past the old one.
     pub snapshot_after: u64,
 }
@@ -413,6 +419,7 @@ impl Default for IngestOptions {
         Self {
             writers: 2,
             cache_capacity: 2_000,
+            cache_ops: 1_000_000,
             snapshot_after: 32,
         }
     }
@@ -662,17 +669,8 @@ impl<S: Storage> Ingestor<S> {
             // A stored document that does not load is quarantined by the caller: its
             // uploads are refused (temporarily) and nothing else is held up.
             let mut doc = HouseholdDoc::load(&bytes).map_err(|_| StorageError::Corrupt(id))?;
-            if self.cache.len() >= self.options.cache_capacity.max(1)
-                && let Some(oldest) = self
-                    .cache
-                    .iter()
-                    .filter(|(k, _)| !self.pinned.contains(*k))
-                    .min_by_key(|(_, c)| c.last_used)
-                    .map(|(k, _)| *k)
-            {
-                self.cache.remove(&oldest);
-            }
             let lineage = doc.lineage();
+            self.make_room(id, lineage.ops());
             self.cache.insert(
                 id,
                 Cached {
@@ -690,6 +688,7 @@ impl<S: Storage> Ingestor<S> {
     fn cache_put(&mut self, id: HouseholdId, mut doc: HouseholdDoc) {
         self.tick += 1;
         let lineage = doc.lineage();
+        self.make_room(id, lineage.ops());
         self.cache.insert(
             id,
             Cached {
@@ -698,6 +697,34 @@ impl<S: Storage> Ingestor<S> {
                 last_used: self.tick,
             },
         );
+    }
+
+    /// Evicts the least recently used documents (never one the current group holds changes
+    /// of) until one of `ops` operations fits within both the count and the operations budget.
+    fn make_room(&mut self, id: HouseholdId, ops: u64) {
+        let others = |c: &HashMap<HouseholdId, Cached>| c.keys().filter(|k| **k != id).count();
+        let mut held: u64 = self
+            .cache
+            .iter()
+            .filter(|(k, _)| **k != id)
+            .map(|(_, c)| c.lineage.ops())
+            .sum();
+        while others(&self.cache) >= self.options.cache_capacity.max(1)
+            || held + ops > self.options.cache_ops
+        {
+            let Some(oldest) = self
+                .cache
+                .iter()
+                .filter(|(k, _)| **k != id && !self.pinned.contains(*k))
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| *k)
+            else {
+                return;
+            };
+            if let Some(c) = self.cache.remove(&oldest) {
+                held -= c.lineage.ops();
+            }
+        }
     }
 
     /// Applies what it can of `batch` on top of `doc`, refusing the culprits (and what
@@ -1373,6 +1400,39 @@ mod tests {
         assert_eq!(outcome.rejected[0].code, RejectCode::MissingDependencies);
         let mut reader = SqliteStorage::open(dir.path()).unwrap();
         assert_eq!(reader.doc_log(id, 1 << 40).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_document_cache_stays_within_its_operations_budget_and_reloads_what_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, creation, _) = created();
+        let one = Change::from_bytes(creation).unwrap().len() as u64;
+        // Room for two households' operations, whatever the count allows.
+        let options = IngestOptions {
+            cache_ops: 2 * one + one / 2,
+            ..Default::default()
+        };
+        let mut ingestor = Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), options);
+        let mut households = Vec::new();
+        for _ in 0..5 {
+            let (id, creation, raw) = created();
+            let up = upload(id, vec![creation]);
+            assert_eq!(ingestor.process_group(&[&up]).unwrap()[0].accepted, 1);
+            let held: u64 = ingestor.cache.values().map(|c| c.lineage.ops()).sum();
+            assert!(held <= 2 * one + one / 2, "{held} operations cached");
+            households.push((id, raw));
+        }
+        assert_eq!(ingestor.cache.len(), 2);
+        // The first household was dropped from memory: its next change is checked against
+        // the stored document, loaded again.
+        let (id, raw) = &mut households[0];
+        assert!(!ingestor.cache.contains_key(id));
+        raw.put(ROOT, "door_number", "9").unwrap();
+        raw.commit();
+        let edit = raw.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let outcome = &ingestor.process_group(&[&upload(*id, vec![edit])]).unwrap()[0];
+        assert_eq!((outcome.accepted, outcome.rejected.len()), (1, 0));
+        assert!(ingestor.cache.contains_key(id));
     }
 
     #[test]

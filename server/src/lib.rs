@@ -16,6 +16,7 @@ pub mod index;
 pub mod ingest;
 pub mod orders;
 pub mod panics;
+pub mod process;
 pub mod stats;
 pub mod storage;
 pub mod tasks;

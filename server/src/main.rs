@@ -20,9 +20,13 @@ struct Args {
         global = true
     )]
     data_dir: PathBuf,
-    /// Household documents kept in memory.
+    /// Household documents kept in memory, per writer.
     #[arg(long, env = "QIAOMEN_CACHE_DOCS", default_value_t = 2000)]
     cache_docs: usize,
+    /// Operations of the documents kept in memory, per writer, all together (a document in
+    /// memory costs about 250 bytes an operation).
+    #[arg(long, env = "QIAOMEN_CACHE_OPS", default_value_t = 1_000_000)]
+    cache_ops: u64,
     /// A JSON file of workflow settings: work-order time limits in working days, holidays
     /// and make-up working days, the visit rotation and catch-up days (see
     /// `server/workflow.example.json`). Defaults apply to whatever it leaves out.
@@ -63,8 +67,9 @@ enum Command {
     Admin(qiaomen_server::admin::AdminArgs),
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     if let Some(Command::Admin(admin)) = args.command {
         return qiaomen_server::admin::run(&args.data_dir, admin.command).map_err(|e| {
@@ -72,6 +77,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             std::process::exit(2)
         });
     }
+    qiaomen_server::process::tune_allocator();
+    qiaomen_server::process::runtime()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -79,6 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .init();
     let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
     config.ingest.cache_capacity = args.cache_docs;
+    config.ingest.cache_ops = args.cache_ops;
     let seconds = |s: f64, what: &str| {
         std::time::Duration::try_from_secs_f64(s)
             .ok()

@@ -147,6 +147,9 @@ impl From<AccessError> for ApiError {
     }
 }
 
+/// Reader connections kept open between requests.
+const IDLE_READERS: usize = 4;
+
 /// Read connections, reused across requests.
 #[derive(Debug)]
 pub struct ReaderPool {
@@ -175,7 +178,12 @@ impl ReaderPool {
                 None => pool.template.lock().expect("pool lock").reopen()?,
             };
             let out = f(&mut conn);
-            pool.idle.lock().expect("pool lock").push(conn);
+            // Each connection holds its own page cache: keep a few for the next requests and
+            // close the rest, so a burst of readers does not stay in memory.
+            let mut idle = pool.idle.lock().expect("pool lock");
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
             out
         })
         .await

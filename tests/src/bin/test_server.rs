@@ -2,8 +2,15 @@
 //! its memory: `test_server DATA_DIR [SECONDS]`. Prints `listening <addr>` once it accepts
 //! connections. Stops by itself after SECONDS (default 120).
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // As the server's own main: the allocator's settings, then the runtime.
+    qiaomen_server::process::tune_allocator();
+    qiaomen_server::process::runtime()
+        .expect("runtime")
+        .block_on(serve());
+}
+
+async fn serve() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -15,7 +22,14 @@ async fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let config = qiaomen_server::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir);
+    let mut config = qiaomen_server::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir);
+    // As the server's own `--cache-docs`, for benchmarks that measure memory.
+    if let Some(n) = std::env::var("QIAOMEN_CACHE_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.ingest.cache_capacity = n;
+    }
     let server = qiaomen_server::start(
         config,
         tokio::time::sleep(std::time::Duration::from_secs(seconds)),
