@@ -24,4 +24,4 @@ pub use store::{
     CoverageLine, Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store,
     StoreOptions, TaskDone, TaskList, TaskReport, WorkOrderLine,
 };
-pub use sync::{SyncClient, SyncError, SyncProgress, SyncReport, enroll};
+pub use sync::{StoreAccess, SyncClient, SyncError, SyncProgress, SyncReport, enroll};

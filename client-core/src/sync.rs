@@ -22,6 +22,52 @@ use serde_bytes::ByteBuf;
 
 use crate::{Store, StoreError};
 
+/// Where a sync finds the phone's store. A sync takes it for one short step at a time (read
+/// what to send, store what came back) and never while it waits for the network, so the app
+/// records and reads while a sync runs on a slow link.
+pub trait StoreAccess: Sync {
+    /// The store, for one step.
+    fn store(&self) -> impl std::ops::DerefMut<Target = Store> + '_;
+}
+
+/// A store shared with the app (the FFI's `Phone`). A step that panicked leaves the store as
+/// its last committed transaction left it (each edit is one SQLite transaction), so the lock
+/// is taken over rather than failing every later call.
+impl StoreAccess for std::sync::Mutex<Store> {
+    fn store(&self) -> impl std::ops::DerefMut<Target = Store> + '_ {
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A store the caller lends for the whole sync ([`SyncClient::sync`]).
+struct Lent<'s>(std::sync::Mutex<&'s mut Store>);
+
+struct LentGuard<'a, 's>(std::sync::MutexGuard<'a, &'s mut Store>);
+
+impl std::ops::Deref for LentGuard<'_, '_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for LentGuard<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        &mut self.0
+    }
+}
+
+impl StoreAccess for Lent<'_> {
+    fn store(&self) -> impl std::ops::DerefMut<Target = Store> + '_ {
+        LentGuard(
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
 /// Why a sync did not complete. Whatever was acknowledged before the failure stays
 /// acknowledged; calling `sync` again resumes.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +283,17 @@ impl SyncClient {
     pub async fn sync(
         &self,
         store: &mut Store,
+        progress: impl FnMut(&SyncProgress),
+    ) -> Result<SyncReport, SyncError> {
+        self.sync_shared(&Lent(std::sync::Mutex::new(store)), progress)
+            .await
+    }
+
+    /// Syncs a store the app keeps using meanwhile: it is taken for short steps only
+    /// ([`StoreAccess`]). Edits made during the sync stay pending and go with the next one.
+    pub async fn sync_shared(
+        &self,
+        store: &impl StoreAccess,
         mut progress: impl FnMut(&SyncProgress),
     ) -> Result<SyncReport, SyncError> {
         let result = match self.sync_once(store, &mut progress).await {
@@ -245,7 +302,7 @@ impl SyncClient {
             {
                 // The server lost state this phone had seen: send it everything again.
                 tracing::warn!("server log is behind this device; full resync");
-                store.mark_everything_pending()?;
+                store.store().mark_everything_pending()?;
                 self.sync_once(store, &mut progress).await
             }
             other => other,
@@ -254,12 +311,13 @@ impl SyncClient {
             // Settings and task lists travel only when the server says they changed, or to
             // send this device's reports: an idle check stays one round trip.
             Ok(mut report)
-                if report.extras_digest.is_some() || !store.task_reports(false)?.is_empty() =>
+                if report.extras_digest.is_some()
+                    || !store.store().task_reports(false)?.is_empty() =>
             {
                 match self.sync_tasks(store, &mut report).await {
                     Ok(()) => {
                         if let Some(t) = report.extras_digest {
-                            store.set_extras_digest(t)?;
+                            store.store().set_extras_digest(t)?;
                         }
                         Ok(report)
                     }
@@ -272,7 +330,8 @@ impl SyncClient {
         // and the phone wipes (SYNC-v1 §3.5.6).
         let result = match result {
             Ok(report) if report.retire == Some(wire::Retire::Retiring) => {
-                if Self::holds_nothing(store)? {
+                let holds_nothing = Self::holds_nothing(&store.store())?;
+                if holds_nothing {
                     self.sync_once(store, &mut progress).await
                 } else {
                     Err(SyncError::Retired { wiped: false })
@@ -293,7 +352,7 @@ impl SyncClient {
             {
                 // The device may no longer hold this user's residents' records.
                 tracing::warn!("device revoked; wiping the store");
-                store.wipe()?;
+                store.store().wipe()?;
                 Err(SyncError::Revoked)
             }
             other => other,
@@ -313,8 +372,9 @@ impl SyncClient {
 
     /// A retired device has `ended` (the server said so): the phone wipes, unless it still
     /// holds something unacknowledged, which it keeps (never destroyed without a revocation).
-    fn end_retired(store: &mut Store, ended: bool) -> Result<SyncError, SyncError> {
-        if ended && Self::holds_nothing(store)? {
+    fn end_retired(store: &impl StoreAccess, ended: bool) -> Result<SyncError, SyncError> {
+        let mut store = store.store();
+        if ended && Self::holds_nothing(&store)? {
             tracing::warn!("device retired; wiping the store");
             store.wipe()?;
             Ok(SyncError::Retired { wiped: true })
@@ -328,11 +388,16 @@ impl SyncClient {
     /// `/api/v1/tasks`; each report is idempotent on the server).
     async fn sync_tasks(
         &self,
-        store: &mut Store,
+        store: &impl StoreAccess,
         report: &mut SyncReport,
     ) -> Result<(), SyncError> {
-        let token = store.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
-        for (list, item, grid, done_ms, evidence) in store.task_reports(false)? {
+        let token = store
+            .store()
+            .credentials()?
+            .ok_or(StoreError::NotEnrolled)?
+            .token;
+        let reports = store.store().task_reports(false)?;
+        for (list, item, grid, done_ms, evidence) in reports {
             let body = serde_json::json!({
                 "grid": grid, "item": item, "done_ms": done_ms, "evidence": evidence,
             });
@@ -342,13 +407,13 @@ impl SyncClient {
                 .await
             {
                 Ok(_) => {
-                    store.mark_task_report_sent(&list, item, &grid)?;
+                    store.store().mark_task_report_sent(&list, item, &grid)?;
                     report.tasks_sent += 1;
                 }
                 // The list or the grid is no longer this device's: it can never be stored.
                 Err(SyncError::Server { status: 404, .. }) => {
                     tracing::warn!("a task report was refused: no such task for the grid");
-                    store.mark_task_report_sent(&list, item, &grid)?;
+                    store.store().mark_task_report_sent(&list, item, &grid)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -362,12 +427,14 @@ impl SyncClient {
         let reply = self.send(|http| http.get(&url).bearer_auth(&token)).await?;
         let settings: Settings = serde_json::from_slice(&reply.body)
             .map_err(|_| SyncError::Protocol("workflow settings".into()))?;
-        store.set_workflow(&settings.deadlines, &settings.coverage)?;
+        store
+            .store()
+            .set_workflow(&settings.deadlines, &settings.coverage)?;
         let url = self.endpoint("/api/v1/tasks");
         let reply = self.send(|http| http.get(&url).bearer_auth(&token)).await?;
         let lists: Vec<crate::TaskList> = serde_json::from_slice(&reply.body)
             .map_err(|_| SyncError::Protocol("task lists".into()))?;
-        store.set_task_lists(&lists)?;
+        store.store().set_task_lists(&lists)?;
         report.task_lists = lists.len();
         Ok(())
     }
@@ -375,7 +442,15 @@ impl SyncClient {
     /// Replaces the device token with a fresh one from the server. The old token keeps working
     /// until the new one is first used, so a lost answer costs nothing.
     pub async fn rotate_token(&self, store: &mut Store) -> Result<(), SyncError> {
-        let mut credentials = store.credentials()?.ok_or(StoreError::NotEnrolled)?;
+        self.rotate_token_shared(&Lent(std::sync::Mutex::new(store)))
+            .await
+    }
+
+    async fn rotate_token_shared(&self, store: &impl StoreAccess) -> Result<(), SyncError> {
+        let mut credentials = store
+            .store()
+            .credentials()?
+            .ok_or(StoreError::NotEnrolled)?;
         let token = credentials.token.clone();
         let reply = self
             .send(|http| http.post(self.endpoint("/v1/token")).bearer_auth(&token))
@@ -387,22 +462,22 @@ impl SyncClient {
         let r: Rotated = serde_json::from_slice(&reply.body)
             .map_err(|_| SyncError::Protocol("token answer".into()))?;
         credentials.token = r.token;
-        store.set_credentials(&credentials)?;
+        store.store().set_credentials(&credentials)?;
         Ok(())
     }
 
     async fn sync_once(
         &self,
-        store: &mut Store,
+        store: &impl StoreAccess,
         progress: &mut impl FnMut(&SyncProgress),
     ) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         // Gather what the server has not acknowledged, in chunks.
-        let households = store.pending_households()?;
+        let households = store.store().pending_households()?;
         report.progress.docs_to_upload = households.len();
         let mut pending = Vec::with_capacity(households.len());
         for id in households {
-            pending.push((id, store.pending_changes(id)?));
+            pending.push((id, store.store().pending_changes(id)?));
         }
         let mut chunks: std::collections::VecDeque<Chunk> =
             plan_chunks(pending, self.chunk_bytes, change_ops).into();
@@ -416,7 +491,7 @@ impl SyncClient {
         loop {
             let chunk = chunks.pop_front().unwrap_or_default();
             // Packed (SYNC-v1 §4.4) once the server has said it takes packed changes.
-            let mut packer = (store.server_features()? & wire::FEATURE_PACKED != 0)
+            let mut packer = (store.store().server_features()? & wire::FEATURE_PACKED != 0)
                 .then(qiaomen_protocol::pack::Packer::new);
             let mut packed: std::collections::HashSet<(HouseholdId, usize)> = Default::default();
             let docs: Vec<DocChanges> = chunk
@@ -449,27 +524,32 @@ impl SyncClient {
                 ),
                 _ => (Vec::new(), 0),
             };
-            let request = SyncRequest {
-                agent: Some(self.agent.clone()),
-                table,
-                base_ms,
-                pending: Some(Self::pending_count(store)?),
-                features: qiaomen_protocol::wire::FEATURES,
-                extras_digest: store.extras_digest()?,
-                scope_digest: Self::scope_digest(store)?,
-                cursor_check: store.sync_cursor_check()?.map(ByteBuf::from),
-                version: PROTOCOL_VERSION,
-                cursor: store.sync_cursor()?,
-                grids: self.grids.clone(),
-                docs,
+            // One step on the store: what the request says about the phone.
+            let (request, token, now_ms) = {
+                let s = store.store();
+                let request = SyncRequest {
+                    agent: Some(self.agent.clone()),
+                    table,
+                    base_ms,
+                    pending: Some(Self::pending_count(&s)?),
+                    features: qiaomen_protocol::wire::FEATURES,
+                    extras_digest: s.extras_digest()?,
+                    scope_digest: Self::scope_digest(&s)?,
+                    cursor_check: s.sync_cursor_check()?.map(ByteBuf::from),
+                    version: PROTOCOL_VERSION,
+                    cursor: s.sync_cursor()?,
+                    grids: self.grids.clone(),
+                    docs,
+                };
+                let token = s.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
+                (request, token, s.now_ms())
             };
             let body = wire::encode_request(&request);
             report.progress.bytes_up += body.len() as u64;
-            let token = store.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
             // The phone's clock, so the server knows whether to take its changes' times at
             // their word (SYNC-v1 §13.6.1).
-            let clock = std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(store.now_ms().max(0) as u64);
+            let clock =
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64);
             let date = httpdate::fmt_http_date(clock);
             let reply = self
                 .send(|http| {
@@ -486,8 +566,8 @@ impl SyncClient {
             let mut response: SyncResponse = wire::decode(&reply.body, 256 * 1024 * 1024)
                 .map_err(|e| SyncError::Protocol(e.to_string()))?;
             // A server that answers without the packing bit takes changes only as they are.
-            if store.server_features()? != response.features {
-                store.set_server_features(response.features)?;
+            if store.store().server_features()? != response.features {
+                store.store().set_server_features(response.features)?;
             }
             // A packed change the server could not read (`send_raw`, or `malformed` from a
             // server that does not pack) is not refused: it goes again, as it is, in this sync.
@@ -523,7 +603,7 @@ impl SyncClient {
             if !again.is_empty() {
                 let mut raw = Vec::new();
                 for id in again {
-                    raw.push((id, store.pending_changes(id)?));
+                    raw.push((id, store.store().pending_changes(id)?));
                 }
                 chunks.extend(plan_chunks(raw, self.chunk_bytes, change_ops));
             }
@@ -538,15 +618,15 @@ impl SyncClient {
                 // the cursor, so fetch the whole scope once more from no cursor (what the phone
                 // has is skipped by hash; only the missing history lands).
                 if let Some((now, rights)) = &scope {
-                    let known = store.sync_scope()?;
+                    let known = store.store().sync_scope()?;
                     let grew = known
                         .as_ref()
                         .is_some_and(|k| now.iter().any(|g| !k.contains(g)));
-                    store.set_sync_scope(now)?;
-                    store.set_rights(rights.as_ref())?;
+                    store.store().set_sync_scope(now)?;
+                    store.store().set_rights(rights.as_ref())?;
                     if grew && !caught_up_scope {
                         caught_up_scope = true;
-                        store.set_sync_position(None, None)?;
+                        store.store().set_sync_position(None, None)?;
                         continue;
                     }
                 }
@@ -555,12 +635,13 @@ impl SyncClient {
         }
         // Households whose grid is outside the scope leave the phone: the scope shrank, or a
         // household moved to a grid this device does not hold.
-        if let Some(now) = scope.map(|(s, _)| s).or(store.sync_scope()?) {
-            report.dropped_households = store.drop_households_outside(&now)?;
+        let held_scope = store.store().sync_scope()?;
+        if let Some(now) = scope.map(|(s, _)| s).or(held_scope) {
+            report.dropped_households = store.store().drop_households_outside(&now)?;
         }
         if rotate {
             // Housekeeping after the sync; a failure here is retried on the next sync.
-            if let Err(e) = self.rotate_token(store).await {
+            if let Err(e) = self.rotate_token_shared(store).await {
                 tracing::warn!(error = %e, "token rotation failed; will retry");
             }
         }
@@ -582,7 +663,7 @@ impl SyncClient {
     /// Stores what a response says: acknowledgements, refusals, new changes, then the cursor.
     fn take_response(
         &self,
-        store: &mut Store,
+        store: &impl StoreAccess,
         chunk: &Chunk,
         response: SyncResponse,
         report: &mut SyncReport,
@@ -600,7 +681,7 @@ impl SyncClient {
                 .map(|(h, _)| *h)
                 .filter(|h| !refused.iter().any(|(r, _)| r == h))
                 .collect();
-            store.mark_acknowledged(*id, &acked)?;
+            store.store().mark_acknowledged(*id, &acked)?;
             report.accepted += acked.len() as u64;
             for r in response
                 .rejected
@@ -625,7 +706,7 @@ impl SyncClient {
                 )
             });
             if !temporary {
-                store.apply_rejections(*id, &refused)?;
+                store.store().apply_rejections(*id, &refused)?;
             }
         }
         // 2. Changes from elsewhere.
@@ -633,7 +714,8 @@ impl SyncClient {
             let changes: Vec<Vec<u8>> = doc.changes.into_iter().map(|b| b.into_vec()).collect();
             // Counted as new only: on a paged catch-up a later page may carry this phone's own
             // changes from the first request back; they are already here.
-            match store.apply_remote_changes(doc.id, &changes) {
+            let applied = store.store().apply_remote_changes(doc.id, &changes);
+            match applied {
                 Ok(n) => report.received_changes += n as u64,
                 // A household whose history this page cannot complete (it moved into this
                 // phone's grids after the phone's cursor: SYNC-v1.md §15.2) is skipped rather
@@ -646,7 +728,7 @@ impl SyncClient {
             }
         }
         // 3. Only now the cursor: a crash before this line re-downloads, harmlessly.
-        store.set_sync_position(
+        store.store().set_sync_position(
             Some(response.cursor),
             response.cursor_check.as_deref().map(|k| k.as_slice()),
         )?;

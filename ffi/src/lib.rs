@@ -37,7 +37,11 @@ pub trait SyncListener: Send + Sync {
 /// One phone: its store of households and its connection to a server.
 #[derive(uniffi::Object)]
 pub struct Phone {
-    store: tokio::sync::Mutex<Store>,
+    /// Taken for one call, or one short step of a sync: never across the network, so the
+    /// app records and reads while a sync waits on a slow link.
+    store: std::sync::Mutex<Store>,
+    /// One sync at a time; a second waits for the first.
+    syncing: tokio::sync::Mutex<()>,
     client: SyncClient,
     /// The app's name and version, as the app said (`set_app`), for the requests' agent.
     app: std::sync::Mutex<Option<String>>,
@@ -61,25 +65,24 @@ impl Phone {
 
     /// The enrolled user's id.
     pub fn user_id(&self) -> String {
-        self.store.blocking_lock().author().user.to_string()
+        self.store().author().user.to_string()
     }
 
     /// This device's id, as the server enrolled it.
     pub fn device_id(&self) -> String {
-        self.store.blocking_lock().author().device.to_string()
+        self.store().author().device.to_string()
     }
 
     /// The grids this user may work in, as the server said at the last sync (empty before the
     /// first sync).
     pub fn grids(&self) -> Result<Vec<String>> {
-        Ok(self.store.blocking_lock().sync_scope()?.unwrap_or_default())
+        Ok(self.store().sync_scope()?.unwrap_or_default())
     }
 
     /// Registers a household; returns its id.
     pub fn create_household(&self, household: NewHousehold) -> Result<String> {
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .create_household(&household.into_record()?)?
             .to_string())
     }
@@ -88,8 +91,7 @@ impl Phone {
     pub fn add_member(&self, household_id: String, member: NewMember) -> Result<String> {
         let member = member.into_record()?;
         let id = member.id;
-        self.store
-            .blocking_lock()
+        self.store()
             .edit_household(parse("household id", &household_id)?, |h| {
                 h.members.insert(id, member);
                 Ok(())
@@ -100,24 +102,21 @@ impl Phone {
     /// Changes the household's own facts; fields left `None` stay as they are.
     pub fn update_household(&self, household_id: String, update: HouseholdUpdate) -> Result<()> {
         let id: HouseholdId = parse("household id", &household_id)?;
-        self.store
-            .blocking_lock()
-            .edit_household(id, |h| update.apply(h))?;
+        self.store().edit_household(id, |h| update.apply(h))?;
         Ok(())
     }
 
     /// The household's current merged record (ID-card and phone numbers masked).
     pub fn household(&self, household_id: String) -> Result<HouseholdRecord> {
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .household(parse("household id", &household_id)?)?
             .into())
     }
 
     /// Records a visit and the demands raised on it; returns the visit's id.
     pub fn record_visit(&self, household_id: String, visit: NewVisit) -> Result<String> {
-        let mut store = self.store.blocking_lock();
+        let mut store = self.store();
         let (visit, demands) = visit.into_records(store.author())?;
         store.record_visit(parse("household id", &household_id)?, &visit, &demands)?;
         Ok(visit.id.to_string())
@@ -125,7 +124,7 @@ impl Phone {
 
     /// The roster of `grid` for a visit day (`YYYY-MM-DD`): key-group households first.
     pub fn roster(&self, grid: String, visit_day: String) -> Result<Vec<RosterItem>> {
-        let store = self.store.blocking_lock();
+        let store = self.store();
         Ok(store
             .roster(&grid.into_grid(), parse("date", &visit_day)?)?
             .into_iter()
@@ -138,7 +137,7 @@ impl Phone {
     /// catch-up deadline, key-group households first, then those still to visit. The same
     /// rule as the supervisors' report; works offline.
     pub fn coverage(&self, grid: String, day: String) -> Result<Vec<CoverageItem>> {
-        let store = self.store.blocking_lock();
+        let store = self.store();
         let today = store.today();
         let (_, policy) = store.workflow()?;
         Ok(store
@@ -152,8 +151,7 @@ impl Phone {
     /// the server stored it, and this phone's reports not sent yet). Works offline.
     pub fn task_lists(&self) -> Result<Vec<TaskListRecord>> {
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .task_lists()?
             .into_iter()
             .map(Into::into)
@@ -170,14 +168,13 @@ impl Phone {
         evidence: String,
     ) -> Result<()> {
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .complete_task(&list_id, item, &grid, &evidence)?)
     }
 
     /// Households of `grid` not yet visited in the cycle containing `today` (`YYYY-MM-DD`).
     pub fn not_visited(&self, grid: String, today: String) -> Result<Vec<RosterItem>> {
-        let store = self.store.blocking_lock();
+        let store = self.store();
         Ok(store
             .not_visited(&grid.into_grid(), parse("date", &today)?)?
             .into_iter()
@@ -188,8 +185,7 @@ impl Phone {
     /// Fields of the household holding concurrent values, each with who wrote it and when.
     pub fn conflicts(&self, household_id: String) -> Result<Vec<ConflictRecord>> {
         let conflicts = self
-            .store
-            .blocking_lock()
+            .store()
             .conflicts(parse("household id", &household_id)?)?;
         Ok(conflicts.into_iter().map(Into::into).collect())
     }
@@ -203,8 +199,7 @@ impl Phone {
     ) -> Result<()> {
         let id = parse("household id", &household_id)?;
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .resolve_conflict(id, &path, Resolution::Choose(op))?)
     }
 
@@ -224,7 +219,7 @@ impl Phone {
             satisfaction: step.satisfaction,
             ..qiaomen_protocol::workorder::NewStep::new(step.action, &step.comment)
         };
-        Ok(self.store.blocking_lock().demand_step(
+        Ok(self.store().demand_step(
             parse("household id", &household_id)?,
             parse("demand id", &demand_id)?,
             &new,
@@ -235,8 +230,7 @@ impl Phone {
     /// resident, return visit) first, then by due day. Works offline.
     pub fn work_orders(&self, grid: String) -> Result<Vec<WorkOrderItem>> {
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .work_orders(&grid.into_grid())?
             .into_iter()
             .map(Into::into)
@@ -250,7 +244,7 @@ impl Phone {
         visit_id: String,
         note: String,
     ) -> Result<()> {
-        Ok(self.store.blocking_lock().replace_note(
+        Ok(self.store().replace_note(
             parse("household id", &household_id)?,
             parse("visit id", &visit_id)?,
             &note,
@@ -261,8 +255,7 @@ impl Phone {
     /// visit is changed (e.g. `update_visit_note`) or reviewed again.
     pub fn fix_tasks(&self) -> Result<Vec<FixTask>> {
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .fix_tasks()?
             .into_iter()
             .map(Into::into)
@@ -274,8 +267,7 @@ impl Phone {
     /// again. Kept until [`Phone::clear_rejected`], also when the household leaves the phone.
     pub fn rejected_changes(&self) -> Result<Vec<RejectedChange>> {
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .rejected_changes()?
             .into_iter()
             .map(Into::into)
@@ -286,25 +278,24 @@ impl Phone {
     pub fn clear_rejected(&self, household_id: String, change_hash: String) -> Result<bool> {
         let household: HouseholdId = parse("household id", &household_id)?;
         let hash: qiaomen_protocol::ChangeHash = parse("change hash", &change_hash)?;
-        Ok(self.store.blocking_lock().clear_rejected(household, hash)?)
+        Ok(self.store().clear_rejected(household, hash)?)
     }
 
     /// Changes made here that no server has acknowledged yet.
     pub fn pending_count(&self) -> Result<u64> {
-        Ok(self.store.blocking_lock().pending_change_count()?)
+        Ok(self.store().pending_change_count()?)
     }
 
     /// Changes made here that servers have acknowledged as durably stored (over the store's
     /// life).
     pub fn acknowledged_count(&self) -> Result<u64> {
-        Ok(self.store.blocking_lock().acknowledged_change_count()?)
+        Ok(self.store().acknowledged_change_count()?)
     }
 
     /// Every household id on this phone.
     pub fn household_ids(&self) -> Result<Vec<String>> {
         Ok(self
-            .store
-            .blocking_lock()
+            .store()
             .household_ids()?
             .iter()
             .map(ToString::to_string)
@@ -327,9 +318,9 @@ impl Phone {
             Some(app) => self.client.clone().with_app(&app),
             None => self.client.clone(),
         };
-        let mut store = self.store.lock().await;
+        let _one_at_a_time = self.syncing.lock().await;
         let report = client
-            .sync(&mut store, |p| {
+            .sync_shared(&self.store, |p| {
                 if let Some(l) = &listener {
                     l.on_progress(p.clone().into());
                 }
@@ -340,13 +331,21 @@ impl Phone {
 }
 
 impl Phone {
+    /// The store, for one call (taken over after a panic: see `StoreAccess`).
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn wrap(store: Store) -> Result<Arc<Self>> {
         let credentials = store
             .credentials()?
             .ok_or(qiaomen_client_core::StoreError::NotEnrolled)?;
         let client = SyncClient::new(&credentials.server_url)?;
         Ok(Arc::new(Phone {
-            store: tokio::sync::Mutex::new(store),
+            store: std::sync::Mutex::new(store),
+            syncing: tokio::sync::Mutex::new(()),
             client,
             app: std::sync::Mutex::new(None),
         }))

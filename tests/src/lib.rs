@@ -1,5 +1,7 @@
 //! End-to-end tests of Qiaomen live in `tests/`; this library holds what they share.
 
+pub mod link;
+
 use autosurgeon::Text;
 use qiaomen_protocol::{calendar::Day, doc::Author, ids::*, schema::*};
 
