@@ -24,4 +24,6 @@ pub use store::{
     CoverageLine, Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store,
     StoreOptions, TaskDone, TaskList, TaskReport, WorkOrderLine,
 };
-pub use sync::{StoreAccess, SyncClient, SyncError, SyncProgress, SyncReport, enroll};
+pub use sync::{
+    NetworkFailure, Retry, StoreAccess, SyncClient, SyncError, SyncProgress, SyncReport, enroll,
+};

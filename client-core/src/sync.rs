@@ -72,9 +72,13 @@ impl StoreAccess for Lent<'_> {
 /// acknowledged; calling `sync` again resumes.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// No answer from the server after the retries (no signal, timeout, connection cut).
-    #[error("network: {0}")]
-    Network(String),
+    /// No answer from the server after the retries: `failure` says which way it failed
+    /// (the last attempt's), `detail` the transport's words (no residents' data).
+    #[error("network ({}): {detail}", failure.code())]
+    Network {
+        failure: NetworkFailure,
+        detail: String,
+    },
     /// The server answered with an error status.
     #[error("the server refused the request: {status} {code}")]
     Server { status: u16, code: String },
@@ -99,6 +103,42 @@ pub enum SyncError {
     /// the administrator revokes the device.
     #[error("this device was retired")]
     Retired { wiped: bool },
+}
+
+/// How a request failed to reach an answer, so an app can tell a dead link from a slow one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkFailure {
+    /// No connection could be made (no signal, no route, the server is down).
+    Unreachable,
+    /// Connected, then nothing arrived for [`Retry::stall`]: the link stopped moving.
+    Stalled,
+    /// The connection closed in the middle of a request or an answer.
+    Cut,
+    /// The server answered "busy" (5xx, 429) every time.
+    Refused,
+}
+
+impl NetworkFailure {
+    /// The stable code (`unreachable`, `stalled`, `cut`, `refused`).
+    pub fn code(self) -> &'static str {
+        match self {
+            NetworkFailure::Unreachable => "unreachable",
+            NetworkFailure::Stalled => "stalled",
+            NetworkFailure::Cut => "cut",
+            NetworkFailure::Refused => "refused",
+        }
+    }
+
+    fn of(e: &reqwest::Error) -> Self {
+        if e.is_connect() {
+            NetworkFailure::Unreachable
+        } else if e.is_timeout() {
+            NetworkFailure::Stalled
+        } else {
+            NetworkFailure::Cut
+        }
+    }
 }
 
 /// How far a sync has come, reported after each round trip.
@@ -193,12 +233,20 @@ struct Reply {
 /// One request's uploads: households with their pending changes (hash, bytes), in order.
 type Chunk = Vec<(HouseholdId, Vec<(ChangeHash, Vec<u8>)>)>;
 
-/// Retry policy for one request.
+/// Retry policy for one request. Time is judged by progress, not by the clock: a transfer
+/// that keeps moving is never cut, however long it takes; one that brings no byte for `stall`
+/// is abandoned and retried (after a backoff with jitter), and the retries end after
+/// `attempts`, or once `give_up_after` has passed without the server answering, whichever
+/// comes first, so the app learns within about that time that there is no network.
 #[derive(Clone, Debug)]
 pub struct Retry {
     pub attempts: u32,
     pub first_backoff: Duration,
     pub max_backoff: Duration,
+    /// No byte for this long: the link stalled.
+    pub stall: Duration,
+    /// No answer from the server for this long: stop retrying, report the failure.
+    pub give_up_after: Duration,
 }
 
 impl Default for Retry {
@@ -207,8 +255,23 @@ impl Default for Retry {
             attempts: 6,
             first_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            stall: Duration::from_secs(25),
+            give_up_after: Duration::from_secs(60),
         }
     }
+}
+
+/// Connecting takes at most this long (a 2G link's handshake is a few round trips).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `backoff` scaled by a random factor in [0.5, 1.5), so phones that lost the same link do
+/// not all come back at the same moment.
+fn jittered(backoff: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    backoff.mul_f64(0.5 + (random >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 /// A connection to a Qiaomen server.
@@ -229,22 +292,30 @@ pub const LIBRARY_AGENT: &str = concat!("qiaomen/", env!("CARGO_PKG_VERSION"));
 impl SyncClient {
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base_url: &str) -> Result<Self, SyncError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| SyncError::Network(e.to_string()))?;
+        let retry = Retry::default();
         Ok(Self {
-            http,
+            http: Self::http(&retry)?,
             base: base_url.trim_end_matches('/').to_string(),
-            retry: Retry::default(),
+            retry,
             chunk_bytes: limits::CLIENT_CHUNK_BYTES,
             agent: LIBRARY_AGENT.to_string(),
             grids: Vec::new(),
         })
     }
 
+    /// The HTTP client for a retry policy: no overall deadline, a stall timeout on reads.
+    fn http(retry: &Retry) -> Result<reqwest::Client, SyncError> {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(retry.stall)
+            .build()
+            .map_err(|e| SyncError::Protocol(format!("the HTTP client could not be built: {e}")))
+    }
+
     pub fn with_retry(mut self, retry: Retry) -> Self {
+        if let Ok(http) = Self::http(&retry) {
+            self.http = http;
+        }
         self.retry = retry;
         self
     }
@@ -741,22 +812,29 @@ impl SyncClient {
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Reply, SyncError> {
         let mut backoff = self.retry.first_backoff;
-        let mut last = String::new();
+        let mut last = (NetworkFailure::Unreachable, String::new());
+        // Extended whenever the server answers: only time without an answer counts.
+        let mut deadline = tokio::time::Instant::now() + self.retry.give_up_after;
         for attempt in 0..self.retry.attempts.max(1) {
             if attempt > 0 {
-                tokio::time::sleep(backoff).await;
+                let pause = jittered(backoff);
+                if tokio::time::Instant::now() + pause > deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(self.retry.max_backoff);
             }
             let resp = match build(&self.http).send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = e.to_string();
+                    last = (NetworkFailure::of(&e), e.to_string());
                     continue;
                 }
             };
+            deadline = tokio::time::Instant::now() + self.retry.give_up_after;
             let status = resp.status();
             if status.is_server_error() || status.as_u16() == 429 {
-                last = format!("status {status}");
+                last = (NetworkFailure::Refused, format!("status {status}"));
                 continue;
             }
             if !status.is_success() {
@@ -782,10 +860,18 @@ impl SyncClient {
                         rotate,
                     });
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => {
+                    last = (NetworkFailure::of(&e), e.to_string());
+                    if last.0 == NetworkFailure::Unreachable {
+                        last.0 = NetworkFailure::Cut;
+                    }
+                }
             }
         }
-        Err(SyncError::Network(last))
+        Err(SyncError::Network {
+            failure: last.0,
+            detail: last.1,
+        })
     }
 }
 

@@ -7,9 +7,13 @@ use qiaomen_protocol::DocError;
 /// What went wrong, in terms an app can act on.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum QiaomenError {
-    /// No connection to the server, or it timed out: keep working offline, retry later.
+    /// No answer from the server: keep working offline, retry later. `failure` says how it
+    /// failed, by a stable code: `unreachable` (no connection could be made: no signal, or
+    /// the server is down), `stalled` (connected, then nothing moved for the stall time),
+    /// `cut` (the connection closed mid-transfer), `refused` (the server was busy every time).
+    /// What was acknowledged before stays acknowledged; the next `sync` resumes.
     #[error("network: {reason}")]
-    Network { reason: String },
+    Network { failure: String, reason: String },
     /// Not enrolled, or the server does not accept these credentials (a wrong, used or
     /// expired enrollment code; an unknown token). Nothing was changed.
     #[error("unauthorized: {reason}")]
@@ -108,7 +112,10 @@ impl From<SyncError> for QiaomenError {
     fn from(e: SyncError) -> Self {
         let message = e.to_string();
         match e {
-            SyncError::Network(_) => QiaomenError::Network { reason: message },
+            SyncError::Network { failure, .. } => QiaomenError::Network {
+                failure: failure.code().to_string(),
+                reason: message,
+            },
             SyncError::Server {
                 status: 401 | 403, ..
             }

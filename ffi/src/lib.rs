@@ -42,7 +42,8 @@ pub struct Phone {
     store: std::sync::Mutex<Store>,
     /// One sync at a time; a second waits for the first.
     syncing: tokio::sync::Mutex<()>,
-    client: SyncClient,
+    /// With the retry policy and piece size the app set (`set_sync_policy`).
+    client: std::sync::Mutex<SyncClient>,
     /// The app's name and version, as the app said (`set_app`), for the requests' agent.
     app: std::sync::Mutex<Option<String>>,
 }
@@ -310,13 +311,30 @@ impl Phone {
         }
     }
 
+    /// How syncs treat a weak link (the defaults suit 2G: see `SyncPolicy`). Takes effect
+    /// from the next sync. Values out of range are brought within it.
+    pub fn set_sync_policy(&self, policy: SyncPolicy) {
+        let retry = qiaomen_client_core::Retry {
+            attempts: policy.attempts.clamp(1, 20),
+            stall: seconds(policy.stall_seconds, 5.0, 300.0),
+            give_up_after: seconds(policy.give_up_after_seconds, 5.0, 3600.0),
+            ..Default::default()
+        };
+        let piece = (policy.upload_piece_bytes as usize).clamp(4 * 1024, 512 * 1024);
+        let mut client = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *client = client.clone().with_retry(retry).with_chunk_bytes(piece);
+    }
+
     /// Syncs with the server: sends what it has not acknowledged, receives what this phone
     /// lacks. One round trip for a phone that synced before.
     pub async fn sync(&self, listener: Option<Arc<dyn SyncListener>>) -> Result<SyncSummary> {
         let app = self.app.lock().map(|a| a.clone()).unwrap_or(None);
         let client = match app {
-            Some(app) => self.client.clone().with_app(&app),
-            None => self.client.clone(),
+            Some(app) => self.client().with_app(&app),
+            None => self.client(),
         };
         let _one_at_a_time = self.syncing.lock().await;
         let report = client
@@ -330,7 +348,23 @@ impl Phone {
     }
 }
 
+fn seconds(s: f64, min: f64, max: f64) -> std::time::Duration {
+    let s = if s.is_finite() {
+        s.clamp(min, max)
+    } else {
+        min
+    };
+    std::time::Duration::from_secs_f64(s)
+}
+
 impl Phone {
+    fn client(&self) -> SyncClient {
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The store, for one call (taken over after a panic: see `StoreAccess`).
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store
@@ -346,7 +380,7 @@ impl Phone {
         Ok(Arc::new(Phone {
             store: std::sync::Mutex::new(store),
             syncing: tokio::sync::Mutex::new(()),
-            client,
+            client: std::sync::Mutex::new(client),
             app: std::sync::Mutex::new(None),
         }))
     }

@@ -28,6 +28,7 @@ fn fast_retry() -> Retry {
         attempts: 8,
         first_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
+        ..Retry::default()
     }
 }
 
@@ -449,6 +450,7 @@ fn every_change_a_phone_saw_acknowledged_survives_a_server_sigkill() {
                     attempts: 1,
                     first_backoff: Duration::from_millis(1),
                     max_backoff: Duration::from_millis(1),
+                    ..Retry::default()
                 });
                 let mut ids = Vec::new();
                 for round in 0..200 {

@@ -133,3 +133,139 @@ fn the_app_records_and_reads_while_a_sync_waits_on_a_stalled_link() {
     assert_eq!(on_server.visits.len(), 1);
     assert_eq!(on_server.visits[0].id, visit_id);
 }
+
+fn quick_to_give_up() -> qiaomen_client_core::Retry {
+    qiaomen_client_core::Retry {
+        attempts: 6,
+        first_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        stall: Duration::from_secs(1),
+        give_up_after: Duration::from_secs(3),
+    }
+}
+
+#[test]
+fn a_stalled_link_is_reported_as_stalled_and_the_next_sync_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    seed_test_org(&data);
+    let server = TestServer::start(&data);
+    let link = Link::start(server.addr, LinkConfig::village_2g());
+    let mut phone = server.phone_via(&dir.path().join("p.db"), &link.url, &["g1"]);
+    phone.client = phone.client.clone().with_retry(quick_to_give_up());
+    phone.create_households("g1", 3);
+
+    link.stall(true);
+    match phone.sync() {
+        Err(qiaomen_client_core::SyncError::Network { failure, .. }) => {
+            assert_eq!(failure, qiaomen_client_core::NetworkFailure::Stalled)
+        }
+        other => panic!("a stalled link gave {other:?}"),
+    }
+    assert_eq!(phone.store.pending_change_count().unwrap(), 3);
+
+    link.stall(false);
+    let report = phone.sync().expect("the next sync resumes");
+    assert_eq!(report.accepted, 3);
+    assert_eq!(phone.store.pending_change_count().unwrap(), 0);
+}
+
+#[test]
+fn no_server_is_reported_as_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    seed_test_org(&data);
+    let server = TestServer::start(&data);
+    let mut phone = server.phone(&dir.path().join("p.db"), &["g1"]);
+    phone.create_households("g1", 1);
+    // Nothing listens there any more.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    phone.client = qiaomen_client_core::SyncClient::new(&format!("http://{addr}"))
+        .unwrap()
+        .with_retry(quick_to_give_up());
+    match phone.sync() {
+        Err(qiaomen_client_core::SyncError::Network { failure, .. }) => {
+            assert_eq!(failure, qiaomen_client_core::NetworkFailure::Unreachable)
+        }
+        other => panic!("no server gave {other:?}"),
+    }
+    // The FFI names it by its code.
+    let e: qiaomen::QiaomenError = qiaomen_client_core::SyncError::Network {
+        failure: qiaomen_client_core::NetworkFailure::Unreachable,
+        detail: String::new(),
+    }
+    .into();
+    assert!(
+        matches!(e, qiaomen::QiaomenError::Network { failure, .. } if failure == "unreachable")
+    );
+}
+
+#[test]
+fn a_slow_transfer_that_keeps_moving_is_never_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    seed_test_org(&data);
+    let server = TestServer::start(&data);
+    // Another worker's grid history: what a new phone downloads.
+    let mut first = server.phone(&dir.path().join("first.db"), &["g1"]);
+    let ids = first.create_households("g1", 40);
+    let day = "2026-11-15".parse().unwrap();
+    for id in &ids {
+        let v = qiaomen_tests::sample_visit(&first.author, day, &"走访记录，".repeat(40));
+        first.store.record_visit(*id, &v, &[]).unwrap();
+    }
+    first.sync().unwrap();
+
+    // 4 KB/s: the download takes several times the stall time, moving all along.
+    let link = Link::start(
+        server.addr,
+        LinkConfig {
+            rate: 4_000,
+            ..LinkConfig::village_2g()
+        },
+    );
+    let mut phone = server.phone_via(&dir.path().join("new.db"), &link.url, &["g1"]);
+    phone.client = phone.client.clone().with_retry(quick_to_give_up());
+    let before = link.bytes_down();
+    let started = std::time::Instant::now();
+    phone.sync().expect("a slow but moving download completes");
+    let took = started.elapsed();
+    assert_eq!(phone.store.household_ids().unwrap().len(), 40);
+    assert!(
+        took > Duration::from_secs(3),
+        "the download should outlast the stall time ({took:?}, {} bytes): the link is too fast for this test",
+        link.bytes_down() - before
+    );
+}
+
+#[test]
+fn the_app_sets_the_policy_and_learns_that_the_link_stalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    seed_test_org(&data);
+    let server = TestServer::start(&data);
+    let link = Link::start(server.addr, LinkConfig::village_2g());
+    let (_, code) = enrollment_code(&data, &["g1"]);
+    let rt = runtime();
+    let path = dir.path().join("phone.db").to_string_lossy().into_owned();
+    let phone = rt
+        .block_on(qiaomen::enroll(path, link.url.clone(), code))
+        .expect("enrolled over the link");
+    phone.set_sync_policy(qiaomen::SyncPolicy {
+        attempts: 3,
+        stall_seconds: 5.0,
+        give_up_after_seconds: 5.0,
+        upload_piece_bytes: 16 * 1024,
+    });
+    link.stall(true);
+    match rt.block_on(phone.sync(None)) {
+        Err(qiaomen::QiaomenError::Network { failure, .. }) => assert_eq!(failure, "stalled"),
+        other => panic!("a stalled link gave {other:?}"),
+    }
+    link.stall(false);
+    rt.block_on(phone.sync(None))
+        .expect("the next sync resumes");
+}

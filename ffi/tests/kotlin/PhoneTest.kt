@@ -119,8 +119,12 @@ fun errorsAreTyped(org: Org) {
     val grid = org.grid()
     val code = org.code(grid)
     val path = tempPath()
-    try { runBlocking { enroll(path, "http://127.0.0.1:9", code) }; check(false, "no error") } catch (e: QiaomenException.Network) {}
+    try { runBlocking { enroll(path, "http://127.0.0.1:9", code) }; check(false, "no error") } catch (e: QiaomenException.Network) {
+        check(e.failure == "unreachable", "says how the network failed")
+    }
     val p = runBlocking { enroll(path, org.url, code) }
+    p.setSyncPolicy(SyncPolicy(3u, 10.0, 30.0, 16384uL))
+    check(sync(p).rejected == 0uL, "syncs with the app's policy")
     try { runBlocking { enroll(tempPath(), org.url, code) }; check(false, "no error") } catch (e: QiaomenException.Unauthorized) {}
     try { Phone.open(tempPath()); check(false, "no error") } catch (e: QiaomenException.Unauthorized) {}
     try { p.household("not-a-uuid"); check(false, "no error") } catch (e: QiaomenException.InvalidInput) {}

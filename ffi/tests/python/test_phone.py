@@ -137,9 +137,14 @@ def test_enrollment_errors_and_other_errors_arrive_as_the_documented_exceptions(
     code = org.code(grid)
     # Offline: the code is not spent, and enrolling later works.
     path = temp_path()
-    with pytest.raises(q.QiaomenError.Network):
+    with pytest.raises(q.QiaomenError.Network) as offline:
         asyncio.run(q.enroll(path, "http://127.0.0.1:9", code))
+    # It says how: nothing listens there.
+    assert offline.value.failure == "unreachable"
     phone, _ = enroll(org.url, code, path)
+    # The app may tune how syncs treat a weak link; a sync with it still works.
+    phone.set_sync_policy(q.SyncPolicy(attempts=3, stall_seconds=10.0, give_up_after_seconds=30.0, upload_piece_bytes=16 * 1024))
+    assert sync(phone).rejected == 0
     # The same code again (another phone): refused.
     with pytest.raises(q.QiaomenError.Unauthorized):
         enroll(org.url, code)
