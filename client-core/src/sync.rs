@@ -8,7 +8,7 @@
 //! server says they are durably stored; refused changes come back with a reason and the
 //! document returns to what the server accepted.
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use qiaomen_protocol::{
     ChangeHash,
@@ -284,6 +284,32 @@ pub struct SyncClient {
     grids: Vec<String>,
     /// What the request's `agent` says: this library's version and the app's, if it said.
     agent: String,
+    /// The link's measured speed, in bytes a second down (0: not measured yet), shared by
+    /// this client's clones: what the next response's piece is sized to.
+    down_rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The bounds of the response pieces asked for (raw change bytes).
+    pieces: (usize, usize),
+}
+
+/// A response piece takes about this long on the link as measured: short beside the time
+/// between cuts of a village's 2G (~20 s), so a cut loses little.
+const PIECE_SECONDS: f64 = 8.0;
+/// Raw change bytes per byte on the wire (responses are compressed; about 3× for records).
+const RAW_PER_WIRE: f64 = 3.0;
+/// The piece asked for before the link is measured.
+const FIRST_PIECE_BYTES: usize = 256 * 1024;
+/// The smallest piece asked for.
+const MIN_PIECE_BYTES: usize = 16 * 1024;
+
+/// The response piece (`r`, raw change bytes) for a link of `rate` bytes a second down,
+/// within `(min, max)`.
+fn piece_for(rate: u64, (min, max): (usize, usize)) -> usize {
+    let bytes = if rate == 0 {
+        FIRST_PIECE_BYTES
+    } else {
+        (rate as f64 * PIECE_SECONDS * RAW_PER_WIRE) as usize
+    };
+    bytes.clamp(min, max.max(min))
 }
 
 /// This library as a request's `agent` names it.
@@ -300,6 +326,8 @@ impl SyncClient {
             chunk_bytes: limits::CLIENT_CHUNK_BYTES,
             agent: LIBRARY_AGENT.to_string(),
             grids: Vec::new(),
+            down_rate: Default::default(),
+            pieces: (MIN_PIECE_BYTES, limits::RESPONSE_BUDGET_BYTES),
         })
     }
 
@@ -337,6 +365,16 @@ impl SyncClient {
     /// one sync with no cursor ([`Store::set_sync_cursor`]`(None)`).
     pub fn with_grids(mut self, grids: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.grids = grids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Bounds of the response pieces this client asks for, in raw change bytes (by default
+    /// 16 KiB to the server's budget; within them, about 8 s of the link as measured).
+    pub fn with_download_pieces(mut self, min: usize, max: usize) -> Self {
+        self.pieces = (
+            min.max(limits::MIN_RESPONSE_BUDGET_BYTES),
+            max.max(limits::MIN_RESPONSE_BUDGET_BYTES),
+        );
         self
     }
 
@@ -599,6 +637,9 @@ impl SyncClient {
             let (request, token, now_ms) = {
                 let s = store.store();
                 let request = SyncRequest {
+                    response_budget: Some(
+                        piece_for(self.down_rate.load(Relaxed), self.pieces) as u32
+                    ),
                     agent: Some(self.agent.clone()),
                     table,
                     base_ms,
@@ -622,6 +663,7 @@ impl SyncClient {
             let clock =
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64);
             let date = httpdate::fmt_http_date(clock);
+            let asked = std::time::Instant::now();
             let reply = self
                 .send(|http| {
                     http.post(self.endpoint("/v1/sync"))
@@ -633,6 +675,16 @@ impl SyncClient {
                 .await?;
             rotate |= reply.rotate;
             report.progress.bytes_down += reply.body.len() as u64;
+            // The link's speed down, from this answer (round trip and server time included,
+            // so an underestimate), smoothed: what the next piece is sized to. Small answers
+            // say more about the round trip than the rate and are not counted.
+            if reply.body.len() >= 8 * 1024 {
+                let secs = asked.elapsed().as_secs_f64().max(0.001);
+                let now = (reply.body.len() as f64 / secs) as u64;
+                let before = self.down_rate.load(Relaxed);
+                let rate = if before == 0 { now } else { (before + now) / 2 };
+                self.down_rate.store(rate.max(1), Relaxed);
+            }
             report.progress.round_trips += 1;
             let mut response: SyncResponse = wire::decode(&reply.body, 256 * 1024 * 1024)
                 .map_err(|e| SyncError::Protocol(e.to_string()))?;

@@ -48,6 +48,8 @@ pub mod limits {
     pub const CLIENT_CHUNK_BYTES: usize = 512 * 1024;
     /// A server fills a response with about this many raw change bytes, then sets `more`.
     pub const RESPONSE_BUDGET_BYTES: usize = 2 * 1024 * 1024;
+    /// The smallest piece a phone may ask for (`r`); a smaller `r` counts as this.
+    pub const MIN_RESPONSE_BUDGET_BYTES: usize = 4 * 1024;
 }
 
 /// Phone → server: what the server has not acknowledged, and where the phone's copy of the
@@ -108,6 +110,13 @@ pub struct SyncRequest {
     /// store) a longer one, or one with control characters, and the sync goes on.
     #[serde(rename = "y", default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// The most bytes of changes the phone wants in this response (`r`, OPTIONAL): a phone
+    /// on a weak link asks for pieces it can take before the link cuts, and for a small one
+    /// while it uploads, so its acknowledgements never wait behind a large download. A server
+    /// sends at most this much (and its own budget), but always at least one change when any
+    /// is due, and sets `more` as usual; absent, its own budget applies.
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub response_budget: Option<u32>,
 }
 
 /// The `agent` of a request as a server keeps it: `None` when absent, too long or not
@@ -528,6 +537,7 @@ mod agent_tests {
     #[test]
     fn an_agent_is_kept_only_when_short_and_printable() {
         let mut req = SyncRequest {
+            response_budget: None,
             agent: Some("qiaomen/0.1.0 gridapp/2.3".into()),
             version: PROTOCOL_VERSION,
             cursor: None,
@@ -570,6 +580,7 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let req = SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -602,6 +613,7 @@ mod tests {
     #[test]
     fn an_idle_check_is_tiny() {
         let req = SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -629,6 +641,7 @@ mod tests {
             Err(WireError::NotCompressed)
         );
         let good = encode(&SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -647,6 +660,7 @@ mod tests {
             Err(WireError::Malformed)
         );
         let other = encode(&SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,

@@ -258,6 +258,7 @@ impl Msg {
             "SyncRequest" => {
                 let o = object(v, &["v", "c", "d", "g", "s", "f", "t", "a", "b", "p"])?;
                 Msg::Request(SyncRequest {
+                    response_budget: None,
                     agent: None,
                     table: match o.get("a") {
                         None => vec![],
@@ -551,6 +552,7 @@ fn vectors() -> Vec<Vector> {
     let c = id(HOUSEHOLD_C);
     let request = |cursor, docs, grids: &[&str]| {
         Msg::Request(SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -700,6 +702,7 @@ fn vectors() -> Vec<Vector> {
         "request-idle-scope-digest",
         "An idle check from a phone whose last response gave it the scope [dongcun-03, dongcun-04]: s is scope_digest of those grids (FNV-1a 64 over the sorted codes, each followed by a newline), so the server leaves s out of its answer while the scope is unchanged.",
         Msg::Request(SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -718,6 +721,7 @@ fn vectors() -> Vec<Vector> {
         "request-idle-features",
         "An idle check from a phone that understands the reject code stale_order (feature bit 1 in f): only such a phone is sent it; another gets not_allowed in its place.",
         Msg::Request(SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -736,6 +740,7 @@ fn vectors() -> Vec<Vector> {
         "request-idle-extras",
         "An idle check from a phone that holds workflow settings and task lists whose digest (t, FNV-1a 64 of the JSON the server answered) it got from an earlier response: the server sends t back only when what it would answer has changed, and only then does the phone call GET /api/v1/workflow and /api/v1/tasks.",
         Msg::Request(SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -825,6 +830,7 @@ fn vectors() -> Vec<Vector> {
         "request-idle-pending",
         "An idle check from a phone that reports what it holds unacknowledged (p: changes plus unsent task reports; feature bit 8 in f). A retiring device ends on such a request with no changes and p = 0.",
         Msg::Request(SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -1170,6 +1176,7 @@ fn response_from(v: &Cbor) -> Result<SyncResponse, WireError> {
 #[test]
 fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
     let idle_first = SyncRequest {
+        response_budget: None,
         agent: None,
         table: vec![],
         base_ms: 0,
@@ -1197,6 +1204,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         ]))
         .unwrap(),
         SyncRequest {
+            response_budget: None,
             agent: None,
             table: vec![],
             base_ms: 0,
@@ -1352,6 +1360,10 @@ fn the_spec_states_the_codes_constants() {
         ("MAX_CONCURRENT_DECODES", limits::MAX_CONCURRENT_DECODES),
         ("CLIENT_CHUNK_BYTES", limits::CLIENT_CHUNK_BYTES),
         ("RESPONSE_BUDGET_BYTES", limits::RESPONSE_BUDGET_BYTES),
+        (
+            "MIN_RESPONSE_BUDGET_BYTES",
+            limits::MIN_RESPONSE_BUDGET_BYTES,
+        ),
     ] {
         assert!(
             spec.contains(&format!("| `{name}` | {value} |")),

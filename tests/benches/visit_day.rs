@@ -140,6 +140,7 @@ fn upload_request(
         })
         .collect();
     qiaomen_protocol::wire::SyncRequest {
+        response_budget: None,
         agent: None,
         table: packer
             .table()

@@ -333,6 +333,7 @@ pub fn upload_request(
 ) -> qiaomen_protocol::wire::SyncRequest {
     use qiaomen_protocol::wire::{DocChanges, SyncRequest};
     SyncRequest {
+        response_budget: None,
         agent: None,
         table: vec![],
         base_ms: 0,

@@ -216,6 +216,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     let heads = phone.store.document(id).unwrap().heads();
 
     let good = wire::encode(&SyncRequest {
+        response_budget: None,
         agent: None,
         table: vec![],
         base_ms: 0,
@@ -263,6 +264,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "future version",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                response_budget: None,
                 agent: None,
                 table: vec![],
                 base_ms: 0,
@@ -297,6 +299,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             "cursor past the log",
             CONTENT_TYPE,
             wire::encode(&SyncRequest {
+                response_budget: None,
                 agent: None,
                 table: vec![],
                 base_ms: 0,
@@ -351,6 +354,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
     }
     // Well-formed requests carrying bad changes: refused per change, nothing stored.
     let bad = SyncRequest {
+        response_budget: None,
         agent: None,
         table: vec![],
         base_ms: 0,

@@ -269,3 +269,74 @@ fn the_app_sets_the_policy_and_learns_that_the_link_stalled() {
     rt.block_on(phone.sync(None))
         .expect("the next sync resumes");
 }
+
+/// A grid's history from another worker: `n` households with a visit each, on the server.
+fn history(server: &TestServer, dir: &std::path::Path, n: usize) {
+    let mut first = server.phone(&dir.join("first.db"), &["g1"]);
+    let ids = first.create_households("g1", n);
+    let day = "2026-11-15".parse().unwrap();
+    for id in &ids {
+        let v = qiaomen_tests::sample_visit(&first.author, day, &"走访记录，".repeat(40));
+        first.store.record_visit(*id, &v, &[]).unwrap();
+    }
+    first.sync().unwrap();
+}
+
+#[test]
+fn responses_come_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    seed_test_org(&data);
+    let server = TestServer::start(&data);
+    history(&server, dir.path(), 60);
+
+    // On 127.0.0.1 directly: the whole grid in one answer.
+    let mut near = server.phone(&dir.path().join("near.db"), &["g1"]);
+    let report = near.sync().unwrap();
+    assert_eq!(near.store.household_ids().unwrap().len(), 60);
+    assert_eq!(
+        report.progress.round_trips, 1,
+        "a fast link takes it at once"
+    );
+
+    // Through 3 KB/s that is cut every 6 s on average: the phone asks for pieces of about
+    // 8 s of link once it has measured it (here at most 48 KiB, so that a test-sized grid
+    // takes several), stores each on arrival, and gets there.
+    let link = Link::start(
+        server.addr,
+        LinkConfig {
+            rate: 3_000,
+            mean_time_between_cuts: Some(Duration::from_secs(6)),
+            seed: 7,
+            ..LinkConfig::village_2g()
+        },
+    );
+    let mut far = server.phone_via(&dir.path().join("far.db"), &link.url, &["g1"]);
+    far.client = far.client.clone().with_retry(qiaomen_client_core::Retry {
+        attempts: 30,
+        first_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(500),
+        stall: Duration::from_secs(5),
+        give_up_after: Duration::from_secs(60),
+    });
+    far.client = far.client.clone().with_download_pieces(8 * 1024, 48 * 1024);
+    let mut syncs = 0;
+    let report = loop {
+        syncs += 1;
+        assert!(
+            syncs <= 20,
+            "the first sync never completes through the cut link"
+        );
+        match far.sync() {
+            Ok(r) => break r,
+            Err(qiaomen_client_core::SyncError::Network { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(far.store.household_ids().unwrap().len(), 60);
+    assert!(
+        report.progress.round_trips > 1,
+        "the slow link's answers came in pieces"
+    );
+    assert!(link.stats.cuts.load(std::sync::atomic::Ordering::Relaxed) > 0 || syncs == 1);
+}

@@ -588,6 +588,7 @@ fn a_visit_day_goes_up_packed_and_the_server_holds_the_phones_very_changes() {
         })
         .collect();
     let as_chunks = wire::encode_request(&SyncRequest {
+        response_budget: None,
         agent: None,
         table: vec![],
         base_ms: 0,

@@ -682,7 +682,10 @@ async fn sync(
         None => wire::scope_digest(&scope_out),
     };
     let send_scope = !device.retiring && req.scope_digest != Some(scope_digest);
-    let budget = state.response_budget;
+    // The phone's piece size, within the server's own budget (SYNC-v1 §7.5).
+    let budget = req.response_budget.map_or(state.response_budget, |r| {
+        (r as usize).clamp(limits::MIN_RESPONSE_BUDGET_BYTES, state.response_budget)
+    });
     let uploaded: HashSet<&[u8]> = outcome.uploaded.iter().map(|h| h.as_ref()).collect();
     let (slice, check) = state
         .readers
