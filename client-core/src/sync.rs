@@ -300,6 +300,9 @@ const RAW_PER_WIRE: f64 = 3.0;
 const FIRST_PIECE_BYTES: usize = 256 * 1024;
 /// The smallest piece asked for.
 const MIN_PIECE_BYTES: usize = 16 * 1024;
+/// The most asked for with an upload: its acknowledgements never wait behind a large
+/// download (a visit day's download is ~25 KiB raw, so it still comes in the same answer).
+const UPLOAD_PIECE_BYTES: usize = 64 * 1024;
 
 /// The response piece (`r`, raw change bytes) for a link of `rate` bytes a second down,
 /// within `(min, max)`.
@@ -599,6 +602,8 @@ impl SyncClient {
         let mut caught_up_scope = false;
         loop {
             let chunk = chunks.pop_front().unwrap_or_default();
+            let uploading = !chunk.is_empty();
+            let piece = piece_for(self.down_rate.load(Relaxed), self.pieces);
             // Packed (SYNC-v1 §4.4) once the server has said it takes packed changes.
             let mut packer = (store.store().server_features()? & wire::FEATURE_PACKED != 0)
                 .then(qiaomen_protocol::pack::Packer::new);
@@ -637,9 +642,12 @@ impl SyncClient {
             let (request, token, now_ms) = {
                 let s = store.store();
                 let request = SyncRequest {
-                    response_budget: Some(
-                        piece_for(self.down_rate.load(Relaxed), self.pieces) as u32
-                    ),
+                    response_budget: Some(if uploading {
+                        // Acknowledgements first: a small answer while uploads remain.
+                        piece.min(UPLOAD_PIECE_BYTES)
+                    } else {
+                        piece
+                    } as u32),
                     agent: Some(self.agent.clone()),
                     table,
                     base_ms,

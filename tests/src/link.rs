@@ -60,6 +60,7 @@ pub struct LinkStats {
 pub struct Link {
     pub url: String,
     pub stats: Arc<LinkStats>,
+    rate: Arc<AtomicU64>,
     stalled: Arc<watch::Sender<bool>>,
     cut: Arc<watch::Sender<u64>>,
     stop: Arc<AtomicBool>,
@@ -82,9 +83,15 @@ impl Link {
         let stalled = Arc::new(watch::channel(false).0);
         let cut = Arc::new(watch::channel(0u64).0);
         let stop = Arc::new(AtomicBool::new(false));
+        let rate = Arc::new(AtomicU64::new(config.rate.max(1)));
         let thread = {
-            let (stats, stalled, cut, stop) =
-                (stats.clone(), stalled.clone(), cut.clone(), stop.clone());
+            let (stats, stalled, cut, stop, rate) = (
+                stats.clone(),
+                stalled.clone(),
+                cut.clone(),
+                stop.clone(),
+                rate.clone(),
+            );
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -103,11 +110,16 @@ impl Link {
                             continue;
                         };
                         stats.connections.fetch_add(1, Ordering::Relaxed);
-                        let (config, stats, stalled, cut) =
-                            (config.clone(), stats.clone(), stalled.clone(), cut.clone());
+                        let (config, stats, stalled, cut, rate) = (
+                            config.clone(),
+                            stats.clone(),
+                            stalled.clone(),
+                            cut.clone(),
+                            rate.clone(),
+                        );
                         tokio::spawn(async move {
                             if let Ok(server) = TcpStream::connect(upstream).await {
-                                carry(phone, server, config, stats, stalled, cut).await;
+                                carry(phone, server, config, rate, stats, stalled, cut).await;
                             }
                         });
                     }
@@ -117,11 +129,17 @@ impl Link {
         Link {
             url: format!("http://{addr}"),
             stats,
+            rate,
             stalled,
             cut,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Changes the rate (bytes a second, each way), for the bytes read from now on.
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate.max(1), Ordering::Relaxed);
     }
 
     /// While stalled, nothing crosses the link; connections stay open.
@@ -180,6 +198,7 @@ async fn carry(
     phone: TcpStream,
     server: TcpStream,
     config: LinkConfig,
+    rate: Arc<AtomicU64>,
     stats: Arc<LinkStats>,
     stalled: Arc<watch::Sender<bool>>,
     cut: Arc<watch::Sender<u64>>,
@@ -188,13 +207,20 @@ async fn carry(
     cut_rx.mark_unchanged();
     let (phone_r, phone_w) = phone.into_split();
     let (server_r, server_w) = server.into_split();
-    let up = direction(phone_r, server_w, config.clone(), stalled.subscribe(), {
-        let stats = stats.clone();
-        move |n| {
-            stats.bytes_up.fetch_add(n, Ordering::Relaxed);
-        }
-    });
-    let down = direction(server_r, phone_w, config, stalled.subscribe(), {
+    let up = direction(
+        phone_r,
+        server_w,
+        config.clone(),
+        rate.clone(),
+        stalled.subscribe(),
+        {
+            let stats = stats.clone();
+            move |n| {
+                stats.bytes_up.fetch_add(n, Ordering::Relaxed);
+            }
+        },
+    );
+    let down = direction(server_r, phone_w, config, rate, stalled.subscribe(), {
         let stats = stats.clone();
         move |n| {
             stats.bytes_down.fetch_add(n, Ordering::Relaxed);
@@ -215,6 +241,7 @@ async fn direction(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     config: LinkConfig,
+    rate: Arc<AtomicU64>,
     mut stalled: watch::Receiver<bool>,
     count: impl Fn(u64),
 ) {
@@ -234,7 +261,8 @@ async fn direction(
             };
             // The link carries `rate` bytes a second: this piece leaves when it is through.
             let now = Instant::now();
-            free_at = free_at.max(now) + Duration::from_secs_f64(n as f64 / config.rate as f64);
+            let rate = rate.load(Ordering::Relaxed) as f64;
+            free_at = free_at.max(now) + Duration::from_secs_f64(n as f64 / rate);
             tokio::time::sleep_until(free_at).await;
             if tx
                 .send((free_at + config.one_way_delay, buf[..n].to_vec()))

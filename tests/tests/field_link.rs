@@ -340,3 +340,79 @@ fn responses_come_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_there() 
     );
     assert!(link.stats.cuts.load(std::sync::atomic::Ordering::Relaxed) > 0 || syncs == 1);
 }
+
+struct Watch {
+    phone: std::sync::Mutex<Option<Arc<Phone>>>,
+    seen: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl qiaomen::SyncListener for Watch {
+    fn on_progress(&self, p: qiaomen::SyncProgress) {
+        // The store is free during a sync: the app may read it from the listener itself.
+        let phone = self.phone.lock().unwrap().clone().expect("phone");
+        let pending = phone.pending_count().unwrap();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((p.round_trips as u64, pending));
+    }
+}
+
+#[test]
+fn an_upload_is_acknowledged_in_the_first_answer_not_behind_the_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    seed_test_org(&data);
+    let server = TestServer::start(&data);
+    let link = Link::start(
+        server.addr,
+        LinkConfig {
+            rate: 10_000_000,
+            one_way_delay: Duration::from_millis(20),
+            ..LinkConfig::village_2g()
+        },
+    );
+    let (_, code) = enrollment_code(&data, &["g1"]);
+    let rt = runtime();
+    let path = dir.path().join("phone.db").to_string_lossy().into_owned();
+    let phone = rt
+        .block_on(qiaomen::enroll(path, link.url.clone(), code))
+        .unwrap();
+    let household = phone
+        .create_household(NewHousehold {
+            grid: "g1".into(),
+            address: "东村".into(),
+            door_number: "1".into(),
+            phone: None,
+            gps: None,
+            tags: vec![],
+        })
+        .unwrap();
+    rt.block_on(phone.sync(None)).unwrap();
+    // While the phone is away, another worker records a lot; the phone records three visits.
+    history(&server, dir.path(), 80);
+    for note in ["一", "二", "三"] {
+        phone
+            .record_visit(household.clone(), visit("2026-11-15", note))
+            .unwrap();
+    }
+    assert_eq!(phone.pending_count().unwrap(), 3);
+    link.set_rate(20_000);
+    let watch = Arc::new(Watch {
+        phone: std::sync::Mutex::new(Some(phone.clone())),
+        seen: Default::default(),
+    });
+    let summary = rt.block_on(phone.sync(Some(watch.clone()))).unwrap();
+    watch.phone.lock().unwrap().take();
+    let seen = watch.seen.lock().unwrap().clone();
+    assert!(
+        summary.progress.round_trips > 1,
+        "the download came in pieces: {seen:?}"
+    );
+    assert_eq!(
+        seen.first(),
+        Some(&(1, 0)),
+        "the three visits were acknowledged by the first answer"
+    );
+    assert_eq!(phone.household_ids().unwrap().len(), 81);
+}
