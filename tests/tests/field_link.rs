@@ -36,6 +36,28 @@ fn visit(day: &str, note: &str) -> NewVisit {
     }
 }
 
+/// An FFI phone enrolled for grid `g1` through `url` (a link), its store in `dir`.
+fn ffi_phone(rt: &tokio::runtime::Runtime, dir: &std::path::Path, url: &str) -> Arc<Phone> {
+    let (_, code) = enrollment_code(&dir.join("server"), &["g1"]);
+    let path = dir.join("phone.db").to_string_lossy().into_owned();
+    rt.block_on(qiaomen::enroll(path, url.to_string(), code))
+        .expect("enrolled over the link")
+}
+
+/// A household of grid `g1` created on `phone`.
+fn new_household(phone: &Phone, door: &str) -> String {
+    phone
+        .create_household(NewHousehold {
+            grid: "g1".into(),
+            address: "东村".into(),
+            door_number: door.into(),
+            phone: None,
+            gps: None,
+            tags: vec![],
+        })
+        .unwrap()
+}
+
 /// Waits (a bounded number of times) until `ready` holds.
 fn eventually(mut ready: impl FnMut() -> bool) -> bool {
     for _ in 0..400 {
@@ -54,22 +76,9 @@ fn the_app_records_and_reads_while_a_sync_waits_on_a_stalled_link() {
     seed_test_org(&data);
     let server = TestServer::start(&data);
     let link = Link::start(server.addr, LinkConfig::village_2g());
-    let (_, code) = enrollment_code(&data, &["g1"]);
     let rt = runtime();
-    let path = dir.path().join("phone.db").to_string_lossy().into_owned();
-    let phone: Arc<Phone> = rt
-        .block_on(qiaomen::enroll(path, link.url.clone(), code))
-        .expect("enrolled over the link");
-    let household = phone
-        .create_household(NewHousehold {
-            grid: "g1".into(),
-            address: "东村".into(),
-            door_number: "17".into(),
-            phone: None,
-            gps: None,
-            tags: vec![],
-        })
-        .unwrap();
+    let phone = ffi_phone(&rt, dir.path(), &link.url);
+    let household = new_household(&phone, "17");
     assert_eq!(phone.pending_count().unwrap(), 1);
 
     // A sync starts; once its request is on the link, the link stalls: the sync cannot end.
@@ -248,12 +257,8 @@ fn the_app_sets_the_policy_and_learns_that_the_link_stalled() {
     seed_test_org(&data);
     let server = TestServer::start(&data);
     let link = Link::start(server.addr, LinkConfig::village_2g());
-    let (_, code) = enrollment_code(&data, &["g1"]);
     let rt = runtime();
-    let path = dir.path().join("phone.db").to_string_lossy().into_owned();
-    let phone = rt
-        .block_on(qiaomen::enroll(path, link.url.clone(), code))
-        .expect("enrolled over the link");
+    let phone = ffi_phone(&rt, dir.path(), &link.url);
     phone.set_sync_policy(qiaomen::SyncPolicy {
         attempts: 3,
         stall_seconds: 5.0,
@@ -372,22 +377,9 @@ fn an_upload_is_acknowledged_in_the_first_answer_not_behind_the_download() {
             ..LinkConfig::village_2g()
         },
     );
-    let (_, code) = enrollment_code(&data, &["g1"]);
     let rt = runtime();
-    let path = dir.path().join("phone.db").to_string_lossy().into_owned();
-    let phone = rt
-        .block_on(qiaomen::enroll(path, link.url.clone(), code))
-        .unwrap();
-    let household = phone
-        .create_household(NewHousehold {
-            grid: "g1".into(),
-            address: "东村".into(),
-            door_number: "1".into(),
-            phone: None,
-            gps: None,
-            tags: vec![],
-        })
-        .unwrap();
+    let phone = ffi_phone(&rt, dir.path(), &link.url);
+    let household = new_household(&phone, "1");
     rt.block_on(phone.sync(None)).unwrap();
     // While the phone is away, another worker records a lot; the phone records three visits.
     history(&server, dir.path(), 80);
