@@ -37,9 +37,9 @@ pub mod limits {
     /// request; the reference phone splits its uploads to stay under it).
     pub const MAX_REQUEST_OPS: usize = 100_000;
     /// Operations in one household's whole history. A change that would take it past this
-    /// is refused `over_limit`. A year of visits is a few thousand; a document in memory
-    /// costs about 250 bytes an operation on the server and on the phone, so this keeps one
-    /// household under ~125 MB however it was written.
+    /// is refused `over_limit`. A year of visits is a few thousand; loading, checking and
+    /// holding a household cost in proportion to its operations on the server and on the
+    /// phone, so one household cannot take a writer (or a phone) for seconds.
     pub const MAX_DOC_OPS: u64 = 500_000;
     /// Large request bodies (over 64 KiB compressed) a server decodes at the same time;
     /// others wait their turn.

@@ -405,10 +405,11 @@ pub struct IngestOptions {
     pub writers: usize,
     /// Household documents kept in memory, per writer.
     pub cache_capacity: usize,
-    /// Operations of the household documents kept in memory, per writer, all together: a
-    /// document in memory costs about 250 bytes an operation, so this bounds the cache in
-    /// bytes (the default, about 250 MB a writer) whatever the size of its documents. A
-    /// document larger than this alone is still loaded to be processed, then dropped first.
+    /// Operations of the household documents kept in memory, per writer, all together: what
+    /// a document costs in memory grows with its operations (a few bytes each for a run of
+    /// typed text, more for scattered edits), so this bounds the cache whatever the size of
+    /// its documents, where a count alone does not. A document larger than this alone is
+    /// still loaded to be processed, then dropped first.
     pub cache_ops: u64,
     /// Write a new snapshot of a document after this many log rows past the old one.
     pub snapshot_after: u64,

@@ -23,8 +23,8 @@ struct Args {
     /// Household documents kept in memory, per writer.
     #[arg(long, env = "QIAOMEN_CACHE_DOCS", default_value_t = 2000)]
     cache_docs: usize,
-    /// Operations of the documents kept in memory, per writer, all together (a document in
-    /// memory costs about 250 bytes an operation).
+    /// Operations of the documents kept in memory, per writer, all together (what a
+    /// document costs in memory grows with its operations).
     #[arg(long, env = "QIAOMEN_CACHE_OPS", default_value_t = 1_000_000)]
     cache_ops: u64,
     /// A JSON file of workflow settings: work-order time limits in working days, holidays
