@@ -1328,7 +1328,25 @@ impl Store {
     /// Stores changes of an existing household received from a server or another replica.
     /// They are checked first; bad bytes are refused and nothing is stored. Returns how many
     /// were new.
+    ///
+    /// What came from the server comes again if it is lost, so these commits do not wait for
+    /// the disk (`synchronous=NORMAL`, for this call): the sync's next commit that does (the
+    /// cursor's, after the page) makes them durable with it, as the log is one file synced
+    /// in order. A page of a first sync over 2G is hundreds of such commits; the app's own
+    /// edits, taking turns with them, then wait for none of their fsyncs.
     pub fn apply_remote_changes(&mut self, id: HouseholdId, changes: &[Vec<u8>]) -> Result<usize> {
+        let relax = self.options.durability == Durability::Full;
+        if relax {
+            self.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        }
+        let applied = self.apply_remote_changes_now(id, changes);
+        if relax {
+            self.conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        }
+        applied
+    }
+
+    fn apply_remote_changes_now(&mut self, id: HouseholdId, changes: &[Vec<u8>]) -> Result<usize> {
         let decoded = qiaomen_protocol::doc::decode_changes(changes.iter().map(|c| c.as_slice()))?;
         if !self.contains(id)? {
             // A household new to this device: its changes arrive from its first one.
