@@ -36,6 +36,15 @@ fn visit(day: &str, note: &str) -> NewVisit {
     }
 }
 
+/// A server on a fresh test org, its data under the returned directory.
+fn started() -> (tempfile::TempDir, std::path::PathBuf, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    seed_test_org(&data);
+    let server = TestServer::start(&data);
+    (dir, data, server)
+}
+
 /// An FFI phone enrolled for grid `g1` through `url` (a link), its store in `dir`.
 fn ffi_phone(rt: &tokio::runtime::Runtime, dir: &std::path::Path, url: &str) -> Arc<Phone> {
     let (_, code) = enrollment_code(&dir.join("server"), &["g1"]);
@@ -71,10 +80,7 @@ fn eventually(mut ready: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn the_app_records_and_reads_while_a_sync_waits_on_a_stalled_link() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    seed_test_org(&data);
-    let server = TestServer::start(&data);
+    let (dir, data, server) = started();
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let rt = runtime();
     let phone = ffi_phone(&rt, dir.path(), &link.url);
@@ -155,10 +161,7 @@ fn quick_to_give_up() -> qiaomen_client_core::Retry {
 
 #[test]
 fn a_stalled_link_is_reported_as_stalled_and_the_next_sync_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    seed_test_org(&data);
-    let server = TestServer::start(&data);
+    let (dir, _, server) = started();
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let mut phone = server.phone_via(&dir.path().join("p.db"), &link.url, &["g1"]);
     phone.client = phone.client.clone().with_retry(quick_to_give_up());
@@ -181,10 +184,7 @@ fn a_stalled_link_is_reported_as_stalled_and_the_next_sync_resumes() {
 
 #[test]
 fn no_server_is_reported_as_unreachable() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    seed_test_org(&data);
-    let server = TestServer::start(&data);
+    let (dir, _, server) = started();
     let mut phone = server.phone(&dir.path().join("p.db"), &["g1"]);
     phone.create_households("g1", 1);
     // Nothing listens there any more.
@@ -214,10 +214,7 @@ fn no_server_is_reported_as_unreachable() {
 
 #[test]
 fn a_slow_transfer_that_keeps_moving_is_never_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    seed_test_org(&data);
-    let server = TestServer::start(&data);
+    let (dir, _, server) = started();
     // Another worker's grid history: what a new phone downloads.
     let mut first = server.phone(&dir.path().join("first.db"), &["g1"]);
     let ids = first.create_households("g1", 40);
@@ -252,10 +249,7 @@ fn a_slow_transfer_that_keeps_moving_is_never_cut() {
 
 #[test]
 fn the_app_sets_the_policy_and_learns_that_the_link_stalled() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    seed_test_org(&data);
-    let server = TestServer::start(&data);
+    let (dir, data, server) = started();
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let rt = runtime();
     let phone = ffi_phone(&rt, dir.path(), &link.url);
@@ -289,10 +283,7 @@ fn history(server: &TestServer, dir: &std::path::Path, n: usize) {
 
 #[test]
 fn responses_come_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    seed_test_org(&data);
-    let server = TestServer::start(&data);
+    let (dir, data, server) = started();
     history(&server, dir.path(), 60);
 
     // On 127.0.0.1 directly: the whole grid in one answer.
@@ -365,10 +356,7 @@ impl qiaomen::SyncListener for Watch {
 
 #[test]
 fn an_upload_is_acknowledged_in_the_first_answer_not_behind_the_download() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    seed_test_org(&data);
-    let server = TestServer::start(&data);
+    let (dir, data, server) = started();
     let link = Link::start(
         server.addr,
         LinkConfig {
