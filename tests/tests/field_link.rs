@@ -249,7 +249,7 @@ fn a_slow_transfer_that_keeps_moving_is_never_cut() {
 
 #[test]
 fn the_app_sets_the_policy_and_learns_that_the_link_stalled() {
-    let (dir, data, server) = started();
+    let (dir, _, server) = started();
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let rt = runtime();
     let phone = ffi_phone(&rt, dir.path(), &link.url);
@@ -283,7 +283,7 @@ fn history(server: &TestServer, dir: &std::path::Path, n: usize) {
 
 #[test]
 fn responses_come_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_there() {
-    let (dir, data, server) = started();
+    let (dir, _, server) = started();
     history(&server, dir.path(), 60);
 
     // On 127.0.0.1 directly: the whole grid in one answer.
@@ -356,7 +356,7 @@ impl qiaomen::SyncListener for Watch {
 
 #[test]
 fn an_upload_is_acknowledged_in_the_first_answer_not_behind_the_download() {
-    let (dir, data, server) = started();
+    let (dir, _, server) = started();
     let link = Link::start(
         server.addr,
         LinkConfig {
