@@ -106,8 +106,8 @@ pub enum SyncError {
 }
 
 /// How a request failed to reach an answer, so an app can tell a dead link from a slow one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Named to apps by [`NetworkFailure::code`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NetworkFailure {
     /// No connection could be made (no signal, no route, the server is down).
     Unreachable,
@@ -130,6 +130,8 @@ impl NetworkFailure {
         }
     }
 
+    /// A connection that could not be made is unreachable; one that went quiet for the stall
+    /// time stalled; any other transport error (reset, closed mid-body) is a cut.
     fn of(e: &reqwest::Error) -> Self {
         if e.is_connect() {
             NetworkFailure::Unreachable
@@ -920,12 +922,7 @@ impl SyncClient {
                         rotate,
                     });
                 }
-                Err(e) => {
-                    last = (NetworkFailure::of(&e), e.to_string());
-                    if last.0 == NetworkFailure::Unreachable {
-                        last.0 = NetworkFailure::Cut;
-                    }
-                }
+                Err(e) => last = (NetworkFailure::of(&e), e.to_string()),
             }
         }
         Err(SyncError::Network {

@@ -365,11 +365,9 @@ impl Phone {
             .clone()
     }
 
-    /// The store, for one call (taken over after a panic: see `StoreAccess`).
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The store, for one call, as a sync's steps take it (taken over after a panic).
+    fn store(&self) -> impl std::ops::DerefMut<Target = Store> + '_ {
+        qiaomen_client_core::StoreAccess::store(&self.store)
     }
 
     fn wrap(store: Store) -> Result<Arc<Self>> {

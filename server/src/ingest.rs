@@ -703,16 +703,14 @@ impl<S: Storage> Ingestor<S> {
     /// Evicts the least recently used documents (never one the current group holds changes
     /// of) until one of `ops` operations fits within both the count and the operations budget.
     fn make_room(&mut self, id: HouseholdId, ops: u64) {
-        let others = |c: &HashMap<HouseholdId, Cached>| c.keys().filter(|k| **k != id).count();
+        let mut others = self.cache.len() - usize::from(self.cache.contains_key(&id));
         let mut held: u64 = self
             .cache
             .iter()
             .filter(|(k, _)| **k != id)
             .map(|(_, c)| c.lineage.ops())
             .sum();
-        while others(&self.cache) >= self.options.cache_capacity.max(1)
-            || held + ops > self.options.cache_ops
-        {
+        while others >= self.options.cache_capacity.max(1) || held + ops > self.options.cache_ops {
             let Some(oldest) = self
                 .cache
                 .iter()
@@ -724,6 +722,7 @@ impl<S: Storage> Ingestor<S> {
             };
             if let Some(c) = self.cache.remove(&oldest) {
                 held -= c.lineage.ops();
+                others -= 1;
             }
         }
     }
