@@ -126,9 +126,12 @@ pub(crate) fn classify(patches: &[automerge::Patch], from_empty: bool) -> Classi
         match root_key.as_str() {
             // The collection itself, put or deleted at the root: made with the household,
             // or (later) replaced, which drops every entry it held.
+            // Whatever took its place must still read as a collection (a string there, or
+            // nothing, leaves the household unreadable to every phone): read whole.
             "members" | "visits" | "demands" | "reviews" if p.path.is_empty() => {
                 if !from_empty {
                     out.touched.deleted.insert((root_key, "*".into()));
+                    out.whole = true;
                 }
             }
             "members" | "visits" | "demands" | "reviews" => match (p.path.get(1), &p.action) {

@@ -967,6 +967,45 @@ mod tests {
             let got = copy.validate_since(&before, id).err().map(field_error);
             assert_eq!(got, verdict, "{what}");
         }
+        // A collection replaced by something that is not one, or deleted: every phone would
+        // fail to read the household. Replaced by an empty map, it reads.
+        type Replaced = (&'static str, Box<dyn Fn(&mut automerge::AutoCommit)>, bool);
+        let replaced: [Replaced; 4] = [
+            (
+                "visits as a string",
+                Box::new(|d| d.put(ROOT, "visits", "x").unwrap()),
+                false,
+            ),
+            (
+                "members deleted",
+                Box::new(|d| d.delete(ROOT, "members").unwrap()),
+                false,
+            ),
+            (
+                "demands as a list",
+                Box::new(|d| {
+                    d.put_object(ROOT, "demands", automerge::ObjType::List)
+                        .unwrap();
+                }),
+                false,
+            ),
+            (
+                "visits as an empty map",
+                Box::new(|d| {
+                    d.put_object(ROOT, "visits", automerge::ObjType::Map)
+                        .unwrap();
+                }),
+                true,
+            ),
+        ];
+        for (what, change, reads) in replaced {
+            let mut copy = doc.clone();
+            let before = copy.heads();
+            change(copy.automerge_mut());
+            copy.commit(&a, 2);
+            assert_eq!(copy.validate_since(&before, id).is_ok(), reads, "{what}");
+            assert_eq!(copy.household().is_ok(), reads, "{what}");
+        }
         // A change lowering the schema version to slip past the field rules.
         let mut copy = doc.clone();
         let before = copy.heads();

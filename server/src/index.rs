@@ -236,6 +236,7 @@ impl Index {
         let conn = Connection::open(dir.join("qiaomen.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
+        crate::storage::size_page_cache(&conn)?;
         Ok(Self {
             conn,
             storage,

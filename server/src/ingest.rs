@@ -303,12 +303,23 @@ impl Writer {
             let options = options.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("qiaomen-writer-{i}"))
-                .spawn(move || run_shard(Ingestor::new(storage, options), rx))
+                .spawn(move || {
+                    let groups = options.group_sizes.clone();
+                    run_shard(Ingestor::new(storage, options), rx, groups)
+                })
                 .expect("spawn writer thread");
             shards.push(tx);
             handles.push(handle);
         }
         (Writer { shards }, handles)
+    }
+
+    /// Uploads waiting in the writers' queues now.
+    pub fn queued(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .sum()
     }
 
     fn shard_of(&self, id: &HouseholdId) -> usize {
@@ -360,7 +371,11 @@ impl Writer {
     }
 }
 
-fn run_shard<S: Storage>(mut ingestor: Ingestor<S>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+fn run_shard<S: Storage>(
+    mut ingestor: Ingestor<S>,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
+    group_sizes: Option<prometheus_client::metrics::histogram::Histogram>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < 256 {
@@ -368,6 +383,9 @@ fn run_shard<S: Storage>(mut ingestor: Ingestor<S>, mut rx: tokio::sync::mpsc::R
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
             }
+        }
+        if let Some(h) = &group_sizes {
+            h.observe(jobs.len() as f64);
         }
         let (uploads, replies): (Vec<Parsed>, Vec<_>) =
             jobs.into_iter().map(|j| (j.upload, j.reply)).unzip();
@@ -413,6 +431,8 @@ pub struct IngestOptions {
     pub cache_ops: u64,
     /// Write a new snapshot of a document after this many log rows past the old one.
     pub snapshot_after: u64,
+    /// Where each group commit's number of uploads is recorded (the metrics), if anywhere.
+    pub group_sizes: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Default for IngestOptions {
@@ -422,6 +442,7 @@ impl Default for IngestOptions {
             cache_capacity: 2_000,
             cache_ops: 1_000_000,
             snapshot_after: 32,
+            group_sizes: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod hotline;
 pub mod http;
 pub mod index;
 pub mod ingest;
+pub mod metrics;
 pub mod orders;
 pub mod panics;
 pub mod process;
@@ -97,13 +98,16 @@ pub async fn start(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, Box<dyn std::error::Error + Send + Sync>> {
     let storage = storage::SqliteStorage::open(&config.data_dir)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let mut ingest_options = config.ingest.clone();
+    ingest_options.group_sizes = Some(metrics.write_groups.clone());
     let readers = Arc::new(http::ReaderPool::new(storage.reopen()?));
     let mut storages = Vec::new();
     for _ in 1..config.ingest.writers.max(1) {
         storages.push(storage.reopen()?);
     }
     storages.push(storage);
-    let (writer, writer_threads) = ingest::Writer::start(storages, config.ingest.clone());
+    let (writer, writer_threads) = ingest::Writer::start(storages, ingest_options);
     panics::install_hook();
     let edge = Arc::new(config.edge.clone());
     let listener = TcpListener::bind(config.listen).await?;
@@ -137,6 +141,7 @@ pub async fn start(
         workflow: Arc::new(config.workflow.clone()),
         edge: edge.clone(),
         demand_ids,
+        metrics,
     });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(http::edge::serve(listener, app, edge, async move {

@@ -27,6 +27,10 @@ struct Args {
     /// document costs in memory grows with its operations).
     #[arg(long, env = "QIAOMEN_CACHE_OPS", default_value_t = 1_000_000)]
     cache_ops: u64,
+    /// The page cache of each SQLite connection, in KiB (about ten are open; SQLite's
+    /// default is 2000). Lower it on a small machine: reads then come from the OS's cache.
+    #[arg(long, env = "QIAOMEN_SQLITE_CACHE_KIB")]
+    sqlite_cache_kib: Option<u32>,
     /// A JSON file of workflow settings: work-order time limits in working days, holidays
     /// and make-up working days, the visit rotation and catch-up days (see
     /// `server/workflow.example.json`). Defaults apply to whatever it leaves out.
@@ -55,6 +59,17 @@ struct Args {
     /// `Secure` and named `__Host-qiaomen_session`.
     #[arg(long, env = "QIAOMEN_PUBLIC_HTTPS")]
     public_https: bool,
+    /// A file holding the token Prometheus presents (`Authorization: Bearer …`) to scrape
+    /// `GET /metrics`. Without it there is no metrics route.
+    #[arg(long, env = "QIAOMEN_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
+    /// `GET /readyz` answers 503 while the read model leaves changes older than this many
+    /// seconds uncounted.
+    #[arg(long, env = "QIAOMEN_READY_LAG", default_value_t = 120)]
+    ready_lag: u64,
+    /// `text` (for people) or `json` (one object a line, for a log collector).
+    #[arg(long, env = "QIAOMEN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -82,11 +97,34 @@ fn main() -> Result<(), BoxError> {
 }
 
 async fn serve(args: Args) -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let metrics_token = match &args.metrics_token_file {
+        None => None,
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading the metrics token file {}: {e}", path.display()))?;
+            if token.trim().len() < 16 {
+                return Err(format!(
+                    "the metrics token in {} must be at least 16 characters",
+                    path.display()
+                )
+                .into());
+            }
+            Some(qiaomen_server::http::ops::MetricsToken::new(&token))
+        }
+    };
+    if let Some(kib) = args.sqlite_cache_kib {
+        qiaomen_server::storage::set_page_cache_kib(kib);
+    }
     let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
     config.ingest.cache_capacity = args.cache_docs;
     config.ingest.cache_ops = args.cache_ops;
@@ -103,6 +141,8 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         max_connections_per_peer: args.max_connections_per_peer.max(1),
         trust_proxy: args.trust_proxy,
         public_https: args.public_https,
+        metrics_token,
+        ready_lag: std::time::Duration::from_secs(args.ready_lag),
     };
     if let Some(path) = &args.workflow {
         let text = std::fs::read_to_string(path)

@@ -358,6 +358,33 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#;
 
+/// The page cache of each SQLite connection this process opens, in KiB (`None`: SQLite's
+/// default, 2,000 KiB). Set once at start (`--sqlite-cache-kib`): a server holds about ten
+/// connections, so this is most of the memory it keeps beyond its documents.
+static PAGE_CACHE_KIB: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Sets [`PAGE_CACHE_KIB`] for the connections opened from now on; the first call wins.
+pub fn set_page_cache_kib(kib: u32) {
+    let _ = PAGE_CACHE_KIB.set(kib.max(64));
+}
+
+/// Applies the process's page cache size to a new connection.
+pub(crate) fn size_page_cache(conn: &Connection) -> Result<()> {
+    if let Some(kib) = PAGE_CACHE_KIB.get() {
+        conn.pragma_update(None, "cache_size", -i64::from(*kib))?;
+    }
+    Ok(())
+}
+
+/// How far the read model is behind the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadModelLag {
+    /// Logged changes it does not count yet.
+    pub behind: u64,
+    /// When the oldest of them was received (`None`: none).
+    pub oldest_ms: Option<i64>,
+}
+
 /// The embedded SQLite backend: one file, WAL, `synchronous=FULL`.
 #[derive(Debug)]
 pub struct SqliteStorage {
@@ -401,10 +428,44 @@ impl SqliteStorage {
         Ok(Self { conn, path })
     }
 
+    /// How far the read model ([`crate::index`]) is behind the log, read from its cursor
+    /// without its lock: for `/readyz` and the metrics.
+    pub fn read_model_lag(&mut self) -> Result<ReadModelLag> {
+        let (cursor, end): (i64, i64) = self.conn.query_row(
+            "SELECT (SELECT seq FROM idx_cursor), (SELECT coalesce(max(seq), 0) FROM changes)",
+            [],
+            |r| Ok((r.get::<_, Option<i64>>(0)?.unwrap_or(0), r.get(1)?)),
+        )?;
+        let oldest_ms = if end > cursor {
+            self.conn
+                .prepare_cached(
+                    "SELECT received_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                )?
+                .query_row([cursor], |r| r.get(0))
+                .optional()?
+        } else {
+            None
+        };
+        Ok(ReadModelLag {
+            behind: end.saturating_sub(cursor).max(0) as u64,
+            oldest_ms,
+        })
+    }
+
+    /// How many households are quarantined.
+    pub fn quarantined_count(&mut self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM quarantine", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
     fn connect(path: &Path) -> Result<Connection> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
+        size_page_cache(&conn)?;
         Ok(conn)
     }
 

@@ -406,8 +406,11 @@ fn main() {
     let broken_server = ids
         .iter()
         .filter(|id| {
+            // Loaded and read as a record, as a phone reads it.
             let bytes = storage.load_doc(**id).unwrap().unwrap();
-            HouseholdDoc::load(&bytes).is_err()
+            HouseholdDoc::load(&bytes)
+                .and_then(|d| d.household())
+                .is_err()
         })
         .count();
     // ... and on a fresh phone that reads the whole county.

@@ -55,6 +55,7 @@ impl AccessDb {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
         )?;
+        crate::storage::size_page_cache(&conn).map_err(|e| AccessError::Invalid(e.to_string()))?;
         Ok(Self { conn })
     }
 }

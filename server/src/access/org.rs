@@ -385,6 +385,17 @@ impl AccessDb {
         Ok(out)
     }
 
+    /// When each phone in service (not revoked nor retired, web sessions left out) last
+    /// synced (`None`: never), for the metrics.
+    pub fn active_device_syncs(&self) -> Result<Vec<Option<i64>>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT last_sync_ms FROM devices
+              WHERE install_id <> 'web' AND revoked_ms IS NULL AND retired_ms IS NULL",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The phones of the workers of `grids` at `at_ms` (grid workers and grid heads, devices
     /// not revoked nor retired, web sessions' devices left out), by grid and worker.
     pub fn grid_phones(&self, grids: &[String], at_ms: i64) -> Result<Vec<GridPhone>> {

@@ -56,6 +56,11 @@ pub struct EdgeConfig {
     /// The server is reached over TLS (at a reverse proxy): the session cookie is `Secure`
     /// and `__Host-` prefixed.
     pub public_https: bool,
+    /// The token a scraper presents for `GET /metrics` (none: no metrics route).
+    pub metrics_token: Option<super::ops::MetricsToken>,
+    /// `GET /readyz` answers 503 while the read model leaves changes older than this
+    /// uncounted.
+    pub ready_lag: Duration,
 }
 
 /// The default body limit: a login, a review or a task list fits many times over.
@@ -76,6 +81,8 @@ impl Default for EdgeConfig {
             max_connections_per_peer: 64,
             trust_proxy: Vec::new(),
             public_https: false,
+            metrics_token: None,
+            ready_lag: Duration::from_secs(120),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod edge;
 pub mod import;
 pub mod openapi;
+pub mod ops;
 pub mod pages;
 pub mod phones;
 pub mod reports;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub edge: Arc<edge::EdgeConfig>,
     /// Which household holds each demand id ([`crate::orders`]).
     pub demand_ids: Arc<crate::orders::DemandIds>,
+    /// What `/metrics` exports ([`crate::metrics`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// JSON numbers that must be whole: `15` and `15.0` are the same integer to JSON Schema (and
@@ -287,6 +290,7 @@ impl IntoResponse for ApiError {
                     header::CONNECTION,
                     axum::http::HeaderValue::from_static("close"),
                 );
+                resp.extensions_mut().insert(ErrorCode("body_timeout"));
                 return resp;
             }
             ApiError::Unavailable => (
@@ -300,15 +304,21 @@ impl IntoResponse for ApiError {
                 "internal error".into(),
             ),
         };
-        (
+        let mut resp = (
             status,
             Json(ErrorBody {
                 error: ErrorDetail { code, message },
             }),
         )
-            .into_response()
+            .into_response();
+        resp.extensions_mut().insert(ErrorCode(code));
+        resp
     }
 }
+
+/// The code of an error answer, kept on the response for the metrics ([`crate::metrics`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 
 impl From<WireError> for ApiError {
     fn from(e: WireError) -> Self {
@@ -411,6 +421,8 @@ pub fn router(state: AppState) -> Router {
         .merge(
             Router::new()
                 .route("/healthz", get(healthz))
+                .route("/readyz", get(ops::readyz))
+                .route("/metrics", get(ops::metrics))
                 .route("/v1/enroll", post(auth::enroll))
                 .route("/v1/token", post(auth::rotate))
                 .route("/v1/login", post(auth::login))
@@ -474,6 +486,7 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(from_fn(edge::same_origin))
         .layer(from_fn(edge::security_headers))
+        .layer(from_fn_with_state(state.metrics.clone(), ops::observe))
         .with_state(state)
 }
 
@@ -499,6 +512,7 @@ async fn sync(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -555,6 +569,13 @@ async fn sync(
     let cursor = req.cursor.unwrap_or(0);
     let max_seq = state.readers.with(|s| s.max_seq()).await?;
     if cursor > max_seq {
+        state
+            .metrics
+            .resyncs
+            .get_or_create(&crate::metrics::Reason {
+                reason: "cursor_ahead",
+            })
+            .inc();
         return Err(ApiError::Conflict {
             code: "cursor_ahead",
             message: "the cursor is past the end of this server's log; resync with no cursor and every change".into(),
@@ -567,6 +588,13 @@ async fn sync(
     {
         let at = state.readers.with(move |s| s.hash_at(cursor)).await?;
         if at.as_deref() != Some(check.as_slice()) {
+            state
+                .metrics
+                .resyncs
+                .get_or_create(&crate::metrics::Reason {
+                    reason: "cursor_diverged",
+                })
+                .inc();
             return Err(ApiError::Conflict {
                 code: "cursor_diverged",
                 message: "this server's log differs at the cursor; resync with no cursor and every change".into(),
@@ -794,9 +822,20 @@ async fn sync(
     let n_down = response.docs.len();
     let n_rejected = response.rejected.len();
     let accepted = response.accepted;
+    let m = &state.metrics;
+    m.changes_accepted.inc_by(u64::from(accepted));
+    for r in &response.rejected {
+        m.changes_refused
+            .get_or_create(&crate::metrics::Code {
+                code: r.code.name(),
+            })
+            .inc();
+    }
     let body = tokio::task::spawn_blocking(move || wire::encode(&response))
         .await
         .map_err(|_| ApiError::internal("encode task failed"))?;
+    m.sync_bytes_in.inc_by(bytes_in as u64);
+    m.sync_bytes_out.inc_by(body.len() as u64);
     tracing::info!(
         device = %device.device,
         bytes_in,
@@ -804,6 +843,7 @@ async fn sync(
         accepted,
         rejected = n_rejected,
         docs_down = n_down,
+        ms = started.elapsed().as_millis() as u64,
         "sync"
     );
     let mut response = ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response();

@@ -30,6 +30,13 @@ async fn serve() {
     {
         config.ingest.cache_capacity = n;
     }
+    // As `--sqlite-cache-kib`.
+    if let Some(kib) = std::env::var("QIAOMEN_SQLITE_CACHE_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        qiaomen_server::storage::set_page_cache_kib(kib);
+    }
     let server = qiaomen_server::start(
         config,
         tokio::time::sleep(std::time::Duration::from_secs(seconds)),
