@@ -99,6 +99,19 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 0)]
         after: i64,
     },
+    /// Copy the whole store to a new file while the server serves (SQLite's online backup:
+    /// the store at one moment, every change acknowledged before it in the copy).
+    Backup {
+        /// The file to write; it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup in place of the store; the server must be stopped. The store it
+    /// replaces is kept in `before-restore-<ms>/` in the data folder.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Create a small demo county (a town, two villages, three grids, workers, supervisors,
     /// households with members and key-group tags) and print enrollment codes and passwords.
     SeedDemo,
@@ -185,6 +198,35 @@ fn user_id(db: &AccessDb, login: &str) -> Result<UserId, AccessError> {
 
 /// Runs one admin command against the store in `data_dir`, printing its result.
 pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::error::Error>> {
+    // These two take the store's file as it is: opening the access tables would migrate it.
+    match &command {
+        AdminCommand::Backup { to } => {
+            let s = crate::backup::backup(data_dir, to)?;
+            println!(
+                "备份完成：{}（日志序号 {}，{} 户，{} 字节）",
+                to.display(),
+                s.log_seq,
+                s.households,
+                s.bytes
+            );
+            return Ok(());
+        }
+        AdminCommand::Restore { from } => {
+            let (s, aside) = crate::backup::restore(data_dir, from)?;
+            println!(
+                "已恢复：{}（日志序号 {}，{} 户）。",
+                from.display(),
+                s.log_seq,
+                s.households
+            );
+            if let Some(dir) = aside {
+                println!("原来的数据已移到 {}，未删除。", dir.display());
+            }
+            println!("备份之后同步过的手机会在下次同步时重新上传它们记录的内容。");
+            return Ok(());
+        }
+        _ => {}
+    }
     let db = AccessDb::open(data_dir)?;
     let admin_event = |action: &str, target: &str| {
         db.audit(Event {
@@ -397,6 +439,9 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             for (login, role, password) in &demo.passwords {
                 println!("  {login:<10} {role:<20} {password}");
             }
+        }
+        AdminCommand::Backup { .. } | AdminCommand::Restore { .. } => {
+            unreachable!("handled before the access tables are opened")
         }
     }
     Ok(())

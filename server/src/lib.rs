@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod backup;
 pub mod charts;
 pub mod hotline;
 pub mod http;
@@ -63,6 +64,8 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     writers: Vec<std::thread::JoinHandle<()>>,
+    /// Held while the server runs: no second server (or restore) on the same store.
+    _lock: backup::DataLock,
 }
 
 impl RunningServer {
@@ -97,6 +100,12 @@ pub async fn start(
     config: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, Box<dyn std::error::Error + Send + Sync>> {
+    let lock = backup::DataLock::try_take(&config.data_dir)?.ok_or_else(|| {
+        format!(
+            "another qiaomen-server is serving {}; one server per data folder",
+            config.data_dir.display()
+        )
+    })?;
     let storage = storage::SqliteStorage::open(&config.data_dir)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let mut ingest_options = config.ingest.clone();
@@ -156,5 +165,6 @@ pub async fn start(
         shutdown: Some(tx),
         task,
         writers: writer_threads,
+        _lock: lock,
     })
 }

@@ -19,7 +19,10 @@ pub enum StorageError {
     Sqlite(#[from] rusqlite::Error),
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the store was written by a newer server (format {0})")]
+    #[error(
+        "the store was written by a newer server (store format {0}; this server reads up to {max}): run that server's version, or restore a backup this version made",
+        max = FORMAT
+    )]
     TooNew(i64),
     #[error("the stored document of household {0} does not load")]
     Corrupt(HouseholdId),
@@ -175,6 +178,12 @@ const MIGRATIONS: &[&str] = &[
     DEVICE_AGENT_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
+
+/// The store format this server writes (the migrations it knows): a store of a higher
+/// `user_version` was made by a newer server and is refused.
+pub fn format() -> i64 {
+    FORMAT
+}
 const LOG_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS changes (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -160,3 +160,141 @@ fn metrics_need_the_token_and_exist_only_when_one_is_set() {
     // Readiness needs no token: a load balancer asks.
     assert_eq!(get_text(&format!("{}/readyz", plain.url), "").0, 200);
 }
+
+/// A backup taken while phones sync holds every change acknowledged before it began; the
+/// server restored from it (stopped, restored, started) gets back from the phones what they
+/// had sent since, through the `cursor_diverged` / `cursor_ahead` path.
+#[test]
+fn a_backup_taken_during_syncs_restores_everything_acknowledged_before_it() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = TestServer::start(&data);
+    let day = cycle_of(today());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for i in 0..3 {
+        let grid = format!("g{i}");
+        let mut phone = server.phone(&dir.path().join(format!("p{i}.db")), &[&grid]);
+        let ids = phone.create_households(&grid, 3);
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let visits: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let v = sample_visit(&phone.author, day, "走访正常");
+                    phone.store.record_visit(*id, &v, &[]).unwrap();
+                    v.id
+                })
+                .collect();
+            // (when the phone learned it, every head of its households) after each sync
+            // that left nothing pending.
+            let mut acknowledged: Vec<(Instant, Vec<qiaomen_protocol::ChangeHash>)> = Vec::new();
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let n = k % ids.len();
+                phone
+                    .store
+                    .replace_note(ids[n], visits[n], &format!("第 {k} 次补记"))
+                    .unwrap();
+                k += 1;
+                phone.sync().unwrap();
+                if phone.store.pending_change_count().unwrap() == 0 {
+                    let mut heads = Vec::new();
+                    for id in &ids {
+                        heads.extend(phone.store.document(*id).unwrap().heads());
+                    }
+                    acknowledged.push((Instant::now(), heads));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (phone, acknowledged)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let backup_file = dir.path().join("backup.db");
+    let began = Instant::now();
+    let summary = qiaomen_server::backup::backup(&data, &backup_file).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let phones: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+
+    // Everything acknowledged before the backup began is in it.
+    let copy = rusqlite::Connection::open(&backup_file).unwrap();
+    let has = |h: &qiaomen_protocol::ChangeHash| -> bool {
+        copy.query_row(
+            "SELECT EXISTS (SELECT 1 FROM changes WHERE hash = ?1)",
+            [h.0.as_slice()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let mut checked = 0;
+    for (_, acknowledged) in &phones {
+        let before: Vec<_> = acknowledged.iter().filter(|(t, _)| *t < began).collect();
+        assert!(!before.is_empty(), "a phone synced before the backup");
+        let (_, heads) = before.last().unwrap();
+        for h in heads {
+            assert!(has(h), "an acknowledged change is missing from the backup");
+            checked += 1;
+        }
+        // The phones went on after it: the backup is older than the store.
+        assert!(acknowledged.iter().any(|(t, _)| *t > began));
+    }
+    assert!(checked >= 9);
+    let seq_at_stop: i64 = rusqlite::Connection::open(data.join("qiaomen.db"))
+        .unwrap()
+        .query_row("SELECT max(seq) FROM changes", [], |r| r.get(0))
+        .unwrap();
+    assert!(summary.log_seq < seq_at_stop as u64);
+    drop(copy);
+
+    // A restore refuses a serving store, then (stopped) puts the backup in place.
+    assert!(matches!(
+        qiaomen_server::backup::restore(&data, &backup_file),
+        Err(qiaomen_server::backup::BackupError::Serving(_))
+    ));
+    server.stop();
+    let (restored, aside) = qiaomen_server::backup::restore(&data, &backup_file).unwrap();
+    assert_eq!(restored.log_seq, summary.log_seq);
+    assert!(aside.unwrap().join("qiaomen.db").exists());
+    let server = TestServer::start(&data);
+    // Each phone syncs: its cursor is past the restored log (or the log differs at it), so it
+    // sends everything it authored again; then a fresh phone sees every phone's last version.
+    let mut finals = Vec::new();
+    for (mut phone, _) in phones {
+        phone.client = qiaomen_client_core::SyncClient::new(&server.url).unwrap();
+        phone.sync().unwrap();
+        assert_eq!(phone.store.pending_change_count().unwrap(), 0);
+        for id in phone.store.household_ids().unwrap() {
+            finals.push((id, phone.store.household(id).unwrap()));
+        }
+    }
+    let mut observer = server.phone(&dir.path().join("o.db"), &[]);
+    observer.sync().unwrap();
+    assert_eq!(finals.len(), 9);
+    for (id, household) in finals {
+        assert_eq!(observer.store.household(id).unwrap(), household);
+    }
+}
+
+/// One server per data folder: a second one on the same store is refused with the reason
+/// (two processes would each take their document cache for the truth).
+#[test]
+fn a_second_server_on_the_same_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let _server = TestServer::start(&data);
+    let config = qiaomen_server::Config::new("127.0.0.1:0".parse().unwrap(), &data);
+    let err = block_on(qiaomen_server::start(config, std::future::pending())).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("another qiaomen-server is serving"),
+        "{err}"
+    );
+}
