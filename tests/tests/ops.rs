@@ -298,3 +298,83 @@ fn a_second_server_on_the_same_store_is_refused() {
         "{err}"
     );
 }
+
+/// A store of the first release's format (12, `admin seed-demo`'s county, kept in
+/// `tests/fixtures/`) opens with today's server: migrated, every household readable, the org
+/// and its users there, served. When a migration is added, this file stays as it is.
+#[test]
+fn a_store_of_the_previous_format_opens_migrated_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir_all(&data).unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/store-format-12.db");
+    std::fs::copy(&fixture, data.join("qiaomen.db")).unwrap();
+    let server = TestServer::start(&data);
+    let db = server.access();
+    let names: Vec<String> = db.units().unwrap().into_iter().map(|u| u.name).collect();
+    assert!(names.contains(&"清河县".to_string()) && names.contains(&"东村".to_string()));
+    let mut storage = qiaomen_server::storage::SqliteStorage::open(&data).unwrap();
+    use qiaomen_server::storage::Storage;
+    let ids: Vec<Vec<u8>> = rusqlite::Connection::open(data.join("qiaomen.db"))
+        .unwrap()
+        .prepare("SELECT id FROM docs")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ids.len(), 24);
+    for raw in ids {
+        let id = qiaomen_protocol::ids::HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(
+            raw.as_slice().try_into().unwrap(),
+        ));
+        let bytes = storage.load_doc(id).unwrap().unwrap();
+        let household = qiaomen_protocol::doc::HouseholdDoc::load(&bytes)
+            .and_then(|d| d.household())
+            .unwrap();
+        assert_eq!(household.id, id);
+    }
+    // A phone of the demo county's command centre receives them all.
+    let user = db.add_user("cc-upgrade", "指挥中心").unwrap();
+    db.assign(
+        user,
+        "qinghe",
+        qiaomen_server::access::Role::CommandCentre,
+        0,
+    )
+    .unwrap();
+    let code = db.issue_enrollment_code(user).unwrap();
+    let mut phone =
+        qiaomen_tests::Phone::enroll(&dir.path().join("p.db"), &server.url, &code).unwrap();
+    phone.sync().unwrap();
+    assert_eq!(phone.store.household_ids().unwrap().len(), 24);
+}
+
+/// A store written by a newer server is refused at start, naming both versions; nothing in
+/// it is touched.
+#[test]
+fn a_store_of_a_newer_format_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    qiaomen_server::storage::SqliteStorage::open(&data).unwrap();
+    let newer = qiaomen_server::storage::format() + 1;
+    rusqlite::Connection::open(data.join("qiaomen.db"))
+        .unwrap()
+        .pragma_update(None, "user_version", newer)
+        .unwrap();
+    let before = std::fs::read(data.join("qiaomen.db")).unwrap();
+    let config = qiaomen_server::Config::new("127.0.0.1:0".parse().unwrap(), &data);
+    let err = block_on(qiaomen_server::start(config, std::future::pending())).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("newer server"), "{message}");
+    assert!(
+        message.contains(&format!("store format {newer}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("reads up to {}", newer - 1)),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(data.join("qiaomen.db")).unwrap(), before);
+}
