@@ -26,4 +26,5 @@ pub use store::{
 };
 pub use sync::{
     NetworkFailure, Retry, StoreAccess, SyncClient, SyncError, SyncProgress, SyncReport, enroll,
+    enroll_trusting,
 };

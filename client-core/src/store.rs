@@ -148,6 +148,9 @@ pub struct Credentials {
     pub device: qiaomen_protocol::ids::DeviceId,
     /// The device token (secret: never logged).
     pub token: String,
+    /// A CA the server's certificate chains to, trusted beside the system's (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {

@@ -103,6 +103,10 @@ pub enum SyncError {
     /// the administrator revokes the device.
     #[error("this device was retired")]
     Retired { wiped: bool },
+    /// The CA certificate given to trust is not one (PEM, `-----BEGIN CERTIFICATE-----`).
+    /// Nothing was changed.
+    #[error("the trusted CA is not a PEM certificate")]
+    BadCertificate,
 }
 
 /// How a request failed to reach an answer, so an app can tell a dead link from a slow one.
@@ -117,29 +121,61 @@ pub enum NetworkFailure {
     Cut,
     /// The server answered "busy" (5xx, 429) every time.
     Refused,
+    /// The server's certificate is not trusted (not signed by a CA this phone trusts, or
+    /// not for this address, or expired). Not retried: it will not heal by itself.
+    Untrusted,
 }
 
 impl NetworkFailure {
-    /// The stable code (`unreachable`, `stalled`, `cut`, `refused`).
+    /// The stable code (`unreachable`, `stalled`, `cut`, `refused`, `untrusted`).
     pub fn code(self) -> &'static str {
         match self {
             NetworkFailure::Unreachable => "unreachable",
             NetworkFailure::Stalled => "stalled",
             NetworkFailure::Cut => "cut",
             NetworkFailure::Refused => "refused",
+            NetworkFailure::Untrusted => "untrusted",
         }
     }
 
     /// A connection that could not be made is unreachable; one that went quiet for the stall
     /// time stalled; any other transport error (reset, closed mid-body) is a cut.
     fn of(e: &reqwest::Error) -> Self {
-        if e.is_connect() {
+        if Self::is_untrusted(e) {
+            NetworkFailure::Untrusted
+        } else if e.is_connect() {
             NetworkFailure::Unreachable
         } else if e.is_timeout() {
             NetworkFailure::Stalled
         } else {
             NetworkFailure::Cut
         }
+    }
+
+    /// Whether TLS refused the server's certificate: rustls' error somewhere in the causes
+    /// (inside `io::Error`s, whose `source` skips what they wrap: followed by `get_ref`).
+    fn is_untrusted(e: &reqwest::Error) -> bool {
+        let refused = |err: &(dyn std::error::Error + 'static)| {
+            err.downcast_ref::<rustls::Error>().is_some_and(|r| {
+                matches!(
+                    r,
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                )
+            })
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cause {
+            if refused(err) {
+                return true;
+            }
+            cause = match err.downcast_ref::<std::io::Error>() {
+                Some(io) => io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                None => err.source(),
+            };
+        }
+        false
     }
 }
 
@@ -190,12 +226,30 @@ pub async fn enroll(
     code: &str,
     options: crate::StoreOptions,
 ) -> Result<Store, SyncError> {
+    enroll_trusting(path, server_url, code, options, None).await
+}
+
+/// [`enroll`] with a server whose certificate chains to `trusted_ca_pem` (a county's own
+/// CA, PEM): kept with the credentials, trusted by every later sync of this store.
+pub async fn enroll_trusting(
+    path: impl AsRef<std::path::Path>,
+    server_url: &str,
+    code: &str,
+    options: crate::StoreOptions,
+    trusted_ca_pem: Option<&str>,
+) -> Result<Store, SyncError> {
     let path = path.as_ref();
+    if let Some(pem) = trusted_ca_pem {
+        parse_ca(pem)?;
+    }
     if Store::open_enrolled(path, options.clone()).is_ok() {
         return Err(SyncError::Store(StoreError::AlreadyEnrolled));
     }
     let install_id = Store::install_id_at(path)?;
-    let client = SyncClient::new(server_url)?;
+    let client = match trusted_ca_pem {
+        Some(pem) => SyncClient::new(server_url)?.with_trusted_ca(pem)?,
+        None => SyncClient::new(server_url)?,
+    };
     let body = serde_json::json!({ "code": code, "install_id": install_id });
     let reply = client
         .send(|http| http.post(client.endpoint("/v1/enroll")).json(&body))
@@ -221,8 +275,17 @@ pub async fn enroll(
         user: e.user_id,
         device: e.device_id,
         token: e.token,
+        trusted_ca_pem: trusted_ca_pem.map(str::to_string),
     })?;
     Ok(store)
+}
+
+/// A CA certificate from PEM (one certificate).
+fn parse_ca(pem: &str) -> Result<reqwest::Certificate, SyncError> {
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(SyncError::BadCertificate);
+    }
+    reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|_| SyncError::BadCertificate)
 }
 
 /// A successful answer.
@@ -291,6 +354,8 @@ pub struct SyncClient {
     down_rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The bounds of the response pieces asked for (raw change bytes).
     pieces: (usize, usize),
+    /// A CA the server's certificate may chain to, beside the system's (a county's own).
+    trusted_ca: Option<reqwest::Certificate>,
 }
 
 /// A response piece takes about this long on the link as measured: short beside the time
@@ -325,7 +390,7 @@ impl SyncClient {
     pub fn new(base_url: &str) -> Result<Self, SyncError> {
         let retry = Retry::default();
         Ok(Self {
-            http: Self::http(&retry)?,
+            http: Self::http(&retry, None)?,
             base: base_url.trim_end_matches('/').to_string(),
             retry,
             chunk_bytes: limits::CLIENT_CHUNK_BYTES,
@@ -333,20 +398,47 @@ impl SyncClient {
             grids: Vec::new(),
             down_rate: Default::default(),
             pieces: (MIN_PIECE_BYTES, limits::RESPONSE_BUDGET_BYTES),
+            trusted_ca: None,
         })
     }
 
+    /// A client for the server an enrolled store names, trusting the CA it was enrolled
+    /// with (if any).
+    pub fn for_credentials(credentials: &crate::Credentials) -> Result<Self, SyncError> {
+        let client = Self::new(&credentials.server_url)?;
+        match &credentials.trusted_ca_pem {
+            Some(pem) => client.with_trusted_ca(pem),
+            None => Ok(client),
+        }
+    }
+
+    /// Trusts `pem` (a CA certificate) for the server's certificate, beside the system's
+    /// roots: a county that runs its server with a certificate of its own CA.
+    pub fn with_trusted_ca(mut self, pem: &str) -> Result<Self, SyncError> {
+        let ca = parse_ca(pem)?;
+        self.http = Self::http(&self.retry, Some(&ca))?;
+        self.trusted_ca = Some(ca);
+        Ok(self)
+    }
+
     /// The HTTP client for a retry policy: no overall deadline, a stall timeout on reads.
-    fn http(retry: &Retry) -> Result<reqwest::Client, SyncError> {
-        reqwest::Client::builder()
+    fn http(
+        retry: &Retry,
+        ca: Option<&reqwest::Certificate>,
+    ) -> Result<reqwest::Client, SyncError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(retry.stall)
+            .read_timeout(retry.stall);
+        if let Some(ca) = ca {
+            builder = builder.add_root_certificate(ca.clone());
+        }
+        builder
             .build()
             .map_err(|e| SyncError::Protocol(format!("the HTTP client could not be built: {e}")))
     }
 
     pub fn with_retry(mut self, retry: Retry) -> Self {
-        if let Ok(http) = Self::http(&retry) {
+        if let Ok(http) = Self::http(&retry, self.trusted_ca.as_ref()) {
             self.http = http;
         }
         self.retry = retry;
@@ -890,6 +982,9 @@ impl SyncClient {
                 Ok(r) => r,
                 Err(e) => {
                     last = (NetworkFailure::of(&e), e.to_string());
+                    if last.0 == NetworkFailure::Untrusted {
+                        break;
+                    }
                     continue;
                 }
             };

@@ -129,6 +129,7 @@ impl From<SyncError> for QiaomenError {
                 QiaomenError::Server { reason: message }
             }
             SyncError::Store(s) => s.into(),
+            SyncError::BadCertificate => QiaomenError::invalid(message),
         }
     }
 }

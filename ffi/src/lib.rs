@@ -311,6 +311,24 @@ impl Phone {
         }
     }
 
+    /// Trusts `pem` (the county's CA certificate) for the server's certificate from the next
+    /// sync on, and keeps it with the credentials (a county that moved its server to its own
+    /// CA). `InvalidInput` if it is not a PEM certificate; then nothing changes.
+    pub fn set_trusted_ca(&self, pem: String) -> Result<()> {
+        let client = self.client().with_trusted_ca(&pem)?;
+        let store = self.store();
+        let mut credentials = store
+            .credentials()?
+            .ok_or(qiaomen_client_core::StoreError::NotEnrolled)?;
+        credentials.trusted_ca_pem = Some(pem);
+        store.set_credentials(&credentials)?;
+        *self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        Ok(())
+    }
+
     /// How syncs treat a weak link (the defaults suit 2G: see `SyncPolicy`). Takes effect
     /// from the next sync. Values out of range are brought within it.
     pub fn set_sync_policy(&self, policy: SyncPolicy) {
@@ -374,7 +392,7 @@ impl Phone {
         let credentials = store
             .credentials()?
             .ok_or(qiaomen_client_core::StoreError::NotEnrolled)?;
-        let client = SyncClient::new(&credentials.server_url)?;
+        let client = SyncClient::for_credentials(&credentials)?;
         Ok(Arc::new(Phone {
             store: std::sync::Mutex::new(store),
             syncing: tokio::sync::Mutex::new(()),
@@ -390,6 +408,28 @@ impl Phone {
 pub async fn enroll(path: String, server_url: String, code: String) -> Result<Arc<Phone>> {
     let store =
         qiaomen_client_core::enroll(&path, &server_url, &code, StoreOptions::default()).await?;
+    Phone::wrap(store)
+}
+
+/// [`enroll`] with a server whose certificate is signed by the county's own CA:
+/// `trusted_ca_pem` is that CA's certificate (PEM). It is kept with the phone's credentials
+/// and trusted, beside the system's roots, by every later sync. `InvalidInput` if it is not a
+/// PEM certificate.
+#[uniffi::export(async_runtime = "tokio")]
+pub async fn enroll_with_ca(
+    path: String,
+    server_url: String,
+    code: String,
+    trusted_ca_pem: String,
+) -> Result<Arc<Phone>> {
+    let store = qiaomen_client_core::enroll_trusting(
+        &path,
+        &server_url,
+        &code,
+        StoreOptions::default(),
+        Some(&trusted_ca_pem),
+    )
+    .await?;
     Phone::wrap(store)
 }
 
@@ -421,6 +461,7 @@ mod tests {
                 user: author.user,
                 device: author.device,
                 token: "qm_d_x".into(),
+                trusted_ca_pem: None,
             })
             .unwrap();
         let phone = Phone::wrap(store).unwrap();

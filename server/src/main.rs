@@ -59,6 +59,13 @@ struct Args {
     /// `Secure` and named `__Host-qiaomen_session`.
     #[arg(long, env = "QIAOMEN_PUBLIC_HTTPS")]
     public_https: bool,
+    /// Serve HTTPS with this certificate chain (PEM; the server's certificate first). Needs
+    /// `--tls-key`. Implies `--public-https`.
+    #[arg(long, env = "QIAOMEN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "QIAOMEN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// A file holding the token Prometheus presents (`Authorization: Bearer …`) to scrape
     /// `GET /metrics`. Without it there is no metrics route.
     #[arg(long, env = "QIAOMEN_METRICS_TOKEN_FILE")]
@@ -140,8 +147,12 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         body_read_timeout: seconds(args.body_timeout, "body-timeout")?,
         max_connections_per_peer: args.max_connections_per_peer.max(1),
         trust_proxy: args.trust_proxy,
-        public_https: args.public_https,
+        public_https: args.public_https || args.tls_cert.is_some(),
         metrics_token,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(qiaomen_server::http::edge::tls_config(cert, key)?),
+            _ => None,
+        },
         ready_lag: std::time::Duration::from_secs(args.ready_lag),
     };
     if let Some(path) = &args.workflow {

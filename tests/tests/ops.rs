@@ -378,3 +378,113 @@ fn a_store_of_a_newer_format_is_refused_at_start() {
     );
     assert_eq!(std::fs::read(data.join("qiaomen.db")).unwrap(), before);
 }
+
+/// A county's own CA (self-signed) and a certificate for 127.0.0.1 it signed, as PEM files
+/// in `dir`: (the CA's PEM, the certificate's path, the key's path).
+fn county_ca(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "清河县信息中心 CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "qiaomen.qinghe");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca.pem(), cert_path, key_path)
+}
+
+/// The server serves HTTPS with a certificate of the county's own CA; a phone enrolled
+/// through the FFI with that CA syncs, and keeps trusting it after a restart; a phone
+/// without it is told `untrusted` at once (not after a minute of retries), and a CA that is
+/// not a certificate is refused as bad input.
+#[test]
+fn tls_with_a_countys_own_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, cert, key) = county_ca(dir.path());
+    let tls = qiaomen_server::http::edge::tls_config(&cert, &key).unwrap();
+    let server = TestServer::start_with(
+        &dir.path().join("server"),
+        "127.0.0.1:0".parse().unwrap(),
+        |config| config.edge.tls = Some(tls),
+    );
+    let https = format!("https://{}", server.addr);
+    let (_, code) = qiaomen_tests::enrollment_code(&server.data_dir, &["g1"]);
+    let path = dir.path().join("p.db").to_string_lossy().into_owned();
+    let phone = block_on(qiaomen::enroll_with_ca(
+        path.clone(),
+        https.clone(),
+        code,
+        ca_pem.clone(),
+    ))
+    .unwrap();
+    let summary = block_on(phone.sync(None)).unwrap();
+    assert!(summary.progress.round_trips >= 1);
+    drop(phone);
+    // After a restart of the app, from the store alone.
+    let phone = qiaomen::Phone::open(path).unwrap();
+    block_on(phone.sync(None)).unwrap();
+    // Plain HTTP to a TLS port is no answer.
+    assert!(get_text_result(&format!("http://{}/healthz", server.addr)).is_err());
+
+    // Without the county's CA: refused at once, named.
+    let (_, code) = qiaomen_tests::enrollment_code(&server.data_dir, &["g1"]);
+    let started = std::time::Instant::now();
+    let err = block_on(qiaomen::enroll(
+        dir.path().join("q.db").to_string_lossy().into_owned(),
+        https.clone(),
+        code.clone(),
+    ))
+    .err()
+    .unwrap(); // an untrusted certificate is refused
+    match err {
+        qiaomen::QiaomenError::Network { failure, .. } => assert_eq!(failure, "untrusted"),
+        other => panic!("not a network error: {other}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Not a certificate: bad input, nothing enrolled; the code still works afterwards.
+    let err = block_on(qiaomen::enroll_with_ca(
+        dir.path().join("r.db").to_string_lossy().into_owned(),
+        https.clone(),
+        code.clone(),
+        "not a certificate".into(),
+    ))
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, qiaomen::QiaomenError::InvalidInput { .. }),
+        "{err}"
+    );
+    block_on(qiaomen::enroll_with_ca(
+        dir.path().join("r.db").to_string_lossy().into_owned(),
+        https,
+        code,
+        ca_pem,
+    ))
+    .unwrap();
+}
+
+fn get_text_result(url: &str) -> Result<u16, String> {
+    block_on(async {
+        reqwest::Client::new()
+            .get(url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    })
+}

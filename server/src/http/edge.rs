@@ -61,6 +61,9 @@ pub struct EdgeConfig {
     /// `GET /readyz` answers 503 while the read model leaves changes older than this
     /// uncounted.
     pub ready_lag: Duration,
+    /// Serve HTTPS with this certificate and key (`--tls-cert`/`--tls-key`; [`tls_config`])
+    /// instead of plain HTTP behind a TLS-terminating proxy.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// The default body limit: a login, a review or a task list fits many times over.
@@ -83,6 +86,7 @@ impl Default for EdgeConfig {
             public_https: false,
             metrics_token: None,
             ready_lag: Duration::from_secs(120),
+            tls: None,
         }
     }
 }
@@ -190,6 +194,32 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// The TLS settings of a server from PEM files: the certificate chain (the server's first,
+/// then its intermediates) and its private key. TLS 1.2 and 1.3, rustls' safe defaults.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("reading the certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("reading the private key {}: {e}", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and the key do not go together: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// What a peer over its connection cap reads before the connection is closed.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 83\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections\"}}\n";
 
@@ -245,17 +275,53 @@ pub async fn serve(
                 }
                 app.clone().oneshot(req)
             });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(edge.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let http = {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(edge.header_read_timeout);
+            b
+        };
+        let watcher = graceful.watcher();
+        match &edge.tls {
+            None => {
+                let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(tls) => {
+                // The handshake on the connection's own task, within the header timeout: a
+                // client that stalls in it holds one slot of its address, never the loop.
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                let handshake_timeout = edge.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!("shutting down: finishing in-flight syncs");
