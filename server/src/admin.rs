@@ -20,6 +20,7 @@ use serde_bytes::ByteBuf;
 use crate::{
     access::{
         AccessDb, AccessError, Role,
+        admin_ops::{self, By},
         audit::Event,
         now_ms,
         org::{UnitKind, day_start_ms},
@@ -227,7 +228,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
         }
         _ => {}
     }
-    let db = AccessDb::open(data_dir)?;
+    let mut db = AccessDb::open(data_dir)?;
     let admin_event = |action: &str, target: &str| {
         db.audit(Event {
             user: None,
@@ -245,12 +246,11 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             name,
             from,
         }) => {
-            let kind = UnitKind::parse(&kind).ok_or_else(|| {
-                AccessError::Invalid("kind is county, town, village or grid".into())
-            })?;
-            db.add_unit(
+            admin_ops::add_unit(
+                &mut db,
+                By::Cli,
                 &id,
-                kind,
+                &kind,
                 parent.as_deref(),
                 &name,
                 from.unwrap_or_else(today),
@@ -258,7 +258,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             println!("unit {id} created");
         }
         AdminCommand::Unit(UnitCommand::Close { id, on }) => {
-            db.close_unit(&id, on)?;
+            admin_ops::close_unit(&mut db, By::Cli, &id, on)?;
             println!("unit {id} closed on {on}");
         }
         AdminCommand::Unit(UnitCommand::List) => {
@@ -275,7 +275,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             }
         }
         AdminCommand::User(UserCommand::Add { login, name }) => {
-            let id = db.add_user(&login, &name)?;
+            let id = admin_ops::add_user(&mut db, By::Cli, &login, &name)?;
             println!("user {login} created: {id}");
         }
         AdminCommand::User(UserCommand::Password { login }) => {
@@ -297,21 +297,13 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             role,
             from,
         } => {
-            let role = Role::parse(&role).ok_or_else(|| {
-                AccessError::Invalid(format!(
-                    "role is one of {}",
-                    Role::ALL.map(|r| r.as_str()).join(", ")
-                ))
-            })?;
             let from_ms = from.map(day_start_ms).unwrap_or_else(now_ms);
-            db.assign(user_id(&db, &login)?, &unit, role, from_ms)?;
-            admin_event("assign", &login)?;
+            let role = admin_ops::assign(&mut db, By::Cli, &login, &unit, &role, from_ms)?;
             println!("{login} is {} at {unit}", role.as_str());
         }
         AdminCommand::Unassign { login, unit, on } => {
             let until = on.map(day_start_ms).unwrap_or_else(now_ms);
-            db.unassign(user_id(&db, &login)?, &unit, until)?;
-            admin_event("unassign", &login)?;
+            admin_ops::unassign(&mut db, By::Cli, &login, &unit, until)?;
             println!("{login} no longer at {unit}");
         }
         AdminCommand::Assignments => {
@@ -323,8 +315,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             }
         }
         AdminCommand::EnrollCode { login } => {
-            let code = db.issue_enrollment_code(user_id(&db, &login)?)?;
-            admin_event("enrollment_code", &login)?;
+            let code = admin_ops::issue_code(&mut db, By::Cli, &login)?;
             println!("{code}");
         }
         AdminCommand::Devices => {

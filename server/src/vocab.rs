@@ -40,7 +40,30 @@ const DEVICE_STATUS: &[(&str, &str)] = &[
     ("revoked", "已挂失"),
 ];
 
+/// What the audit log records (`access::audit`): its actions as people read them.
+const AUDIT_ACTION: &[(&str, &str)] = &[
+    ("login", "登录"),
+    ("enroll", "手机登记"),
+    ("enrollment_code", "生成登记码"),
+    ("revoke", "挂失设备"),
+    ("retire", "交接设备"),
+    ("token_reuse", "令牌被重复使用"),
+    ("household_read", "查看住户"),
+    ("household_move", "迁移住户"),
+    ("read_order", "查看工单"),
+    ("push_task_list", "下发周清单"),
+    ("task_done", "完成任务"),
+    ("add_unit", "新增单位"),
+    ("close_unit", "撤销单位"),
+    ("add_user", "新增用户"),
+    ("set_password", "设置密码"),
+    ("assign", "任职"),
+    ("unassign", "卸任"),
+    ("quarantine_release", "解除隔离"),
+];
+
 const TABLES: &[(&str, &[(&str, &str)])] = &[
+    ("audit_action", AUDIT_ACTION),
     ("coverage_state", COVERAGE_STATE),
     ("rank_reason", RANK_REASON),
     ("device_status", DEVICE_STATUS),

@@ -488,3 +488,205 @@ fn get_text_result(url: &str) -> Result<u16, String> {
             .map_err(|e| e.to_string())
     })
 }
+
+/// A POST of a form with a bearer session: the status and the page.
+fn post_form(url: &str, token: &str, form: &[(&str, &str)]) -> (u16, String) {
+    block_on(async {
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        let body: Vec<String> = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect();
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    })
+}
+
+/// Reads the QR code of the admin page's SVG back, as a phone's camera would: the SVG's
+/// dark rectangles (`M{x} {y}h{w}v{h}H{x}V{y}`) drawn on a grey image, decoded by `rqrr`.
+fn read_qr(svg: &str) -> String {
+    let number = |s: &str, at: &str| -> u32 {
+        let i = s.find(at).unwrap() + at.len();
+        s[i..].split('"').next().unwrap().parse().unwrap()
+    };
+    let (w, h) = (number(svg, "width=\""), number(svg, "height=\""));
+    let mut dark = vec![false; (w * h) as usize];
+    let d = svg
+        .rsplit(" d=\"")
+        .next()
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    for rect in d.split('M').filter(|r| !r.is_empty()) {
+        let nums: Vec<u32> = rect
+            .split(|c: char| c.is_ascii_alphabetic() || c == ' ')
+            .filter(|n| !n.is_empty())
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let (x, y, rw, rh) = (nums[0], nums[1], nums[2], nums[3]);
+        for yy in y..(y + rh).min(h) {
+            for xx in x..(x + rw).min(w) {
+                dark[(yy * w + xx) as usize] = true;
+            }
+        }
+    }
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w as usize, h as usize, |x, y| {
+        if dark[y * w as usize + x] { 0 } else { 255 }
+    });
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code on the page");
+    grids[0].decode().unwrap().1
+}
+
+/// An admin with no command line: adds a grid, a worker and the worker's assignment on the
+/// admin page, issues an enrollment code and reads its QR code; a phone enrolls with what
+/// the code encodes and receives that grid. The audit page names each step; a supervisor
+/// cannot open the page.
+#[test]
+fn an_admin_sets_up_a_worker_on_the_web_and_the_phone_enrolls_from_the_qr_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let admin = qiaomen_tests::session(
+        &server,
+        "admin-web",
+        "c",
+        qiaomen_server::access::Role::Admin,
+    );
+    let url = |p: &str| format!("{}{p}", server.url);
+    let (status, html) = get_text(&url("/admin"), &admin);
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("测试县"));
+
+    let (status, html) = post_form(
+        &url("/admin/units"),
+        &admin,
+        &[
+            ("id", "g-web"),
+            ("name", "新村一网格"),
+            ("kind", "grid"),
+            ("parent", "v"),
+            ("from", ""),
+        ],
+    );
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("已新增单位") && html.contains("新村一网格"),
+        "{html}"
+    );
+    // The same id again: refused with a reason, nothing changed.
+    let (_, html) = post_form(
+        &url("/admin/units"),
+        &admin,
+        &[
+            ("id", "g-web"),
+            ("name", "重复"),
+            ("kind", "grid"),
+            ("parent", "v"),
+        ],
+    );
+    assert!(html.contains("id=\"error\""), "{html}");
+    assert!(!html.contains("重复"));
+    let (_, html) = post_form(
+        &url("/admin/users"),
+        &admin,
+        &[("login", "w-web"), ("name", "王小网")],
+    );
+    assert!(html.contains("已新增用户"), "{html}");
+    let (_, html) = post_form(
+        &url("/admin/assign"),
+        &admin,
+        &[
+            ("login", "w-web"),
+            ("unit", "g-web"),
+            ("role", "grid_worker"),
+            ("from", ""),
+        ],
+    );
+    assert!(html.contains("已任职"), "{html}");
+    assert!(html.contains("网格员") && html.contains("新村一网格"));
+
+    let (status, html) = post_form(&url("/admin/codes"), &admin, &[("login", "w-web")]);
+    assert_eq!(status, 200);
+    let svg_start = html.find("<svg").expect("a QR code");
+    let svg = &html[svg_start..svg_start + html[svg_start..].find("</svg>").unwrap() + 6];
+    let scanned = read_qr(svg);
+    let query = scanned
+        .strip_prefix("qiaomen:enroll?")
+        .expect("an enrollment URI");
+    let field = |k: &str| -> String {
+        let v = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap();
+        let mut out = Vec::new();
+        let b = v.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    let (server_url, code) = (field("server"), field("code"));
+    assert_eq!(server_url, server.url);
+    assert!(html.contains(&code), "the code is also shown as text");
+    let mut phone =
+        qiaomen_tests::Phone::enroll(&dir.path().join("w.db"), &server_url, &code).unwrap();
+    phone.sync().unwrap();
+    assert_eq!(
+        phone.store.sync_scope().unwrap(),
+        Some(vec!["g-web".to_string()])
+    );
+
+    let (status, html) = get_text(&url("/admin/audit"), &admin);
+    assert_eq!(status, 200);
+    for step in ["新增单位", "新增用户", "任职", "生成登记码", "手机登记"] {
+        assert!(html.contains(step), "{step} in the audit log");
+    }
+    // Unassigned on the page: the assignment ends.
+    let (_, html) = post_form(
+        &url("/admin/unassign"),
+        &admin,
+        &[("login", "w-web"), ("unit", "g-web")],
+    );
+    assert!(html.contains("已卸任"), "{html}");
+
+    let supervisor = qiaomen_tests::session(
+        &server,
+        "sup-web",
+        "v",
+        qiaomen_server::access::Role::VillageSupervisor,
+    );
+    assert_eq!(get_text(&url("/admin"), &supervisor).0, 403);
+    assert_eq!(
+        post_form(
+            &url("/admin/users"),
+            &supervisor,
+            &[("login", "x"), ("name", "x")]
+        )
+        .0,
+        403
+    );
+}

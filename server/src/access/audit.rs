@@ -53,10 +53,26 @@ impl AccessDb {
 
     /// The newest `limit` entries after `after` (oldest first).
     pub fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
-        let mut stmt = self.conn.prepare_cached(
+        self.audit_rows(
             "SELECT seq, at_ms, actor_user, actor_device, action, target, outcome
                FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
+            after,
+            limit,
+        )
+    }
+
+    /// The latest `limit` entries, newest first.
+    pub fn audit_latest(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.audit_rows(
+            "SELECT seq, at_ms, actor_user, actor_device, action, target, outcome
+               FROM audit WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2",
+            0,
+            limit,
+        )
+    }
+
+    fn audit_rows(&self, sql: &str, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(params![after, limit], |r| {
             Ok(AuditEntry {
                 seq: r.get(0)?,

@@ -11,6 +11,7 @@
 //! [`AccessDb`] keeps all of it in the server's database (the same SQLite file as the change
 //! log; tables created by the storage migrations). Every call is blocking.
 
+pub mod admin_ops;
 pub mod audit;
 pub mod org;
 pub mod policy;

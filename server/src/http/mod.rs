@@ -1,6 +1,7 @@
 //! The HTTP surface: `POST /v1/sync` (enrolled devices), enrollment, token rotation and
 //! login ([`auth`]), the JSON API ([`api`]) and `GET /healthz`.
 
+pub mod admin_pages;
 pub mod api;
 pub mod auth;
 pub mod edge;
@@ -480,6 +481,17 @@ pub fn router(state: AppState) -> Router {
                 .route("/report", get(pages::report_page))
                 .route("/tasks", get(pages::tasks_page).post(pages::tasks_submit))
                 .route("/devices", get(pages::devices_page))
+                .route("/admin", get(admin_pages::admin_page))
+                .route("/admin/audit", get(admin_pages::audit_page))
+                .route("/admin/codes", post(admin_pages::code_submit))
+                .route("/admin/units", post(admin_pages::unit_submit))
+                .route(
+                    "/admin/units/{id}/close",
+                    post(admin_pages::unit_close_submit),
+                )
+                .route("/admin/users", post(admin_pages::user_submit))
+                .route("/admin/assign", post(admin_pages::assign_submit))
+                .route("/admin/unassign", post(admin_pages::unassign_submit))
                 .route("/devices/{id}/retire", post(pages::retire_submit))
                 .route("/devices/{id}/revoke", post(pages::revoke_submit))
                 .layer(bounded(small)),

@@ -55,6 +55,8 @@ fn templates() -> &'static Environment<'static> {
             ("stats.html", include_str!("../../templates/stats.html")),
             ("tasks.html", include_str!("../../templates/tasks.html")),
             ("devices.html", include_str!("../../templates/devices.html")),
+            ("admin.html", include_str!("../../templates/admin.html")),
+            ("audit.html", include_str!("../../templates/audit.html")),
             ("refused.html", include_str!("../../templates/refused.html")),
             ("import.html", include_str!("../../templates/import.html")),
             ("phones.html", include_str!("../../templates/phones.html")),
@@ -145,6 +147,7 @@ pub fn menu_of(
         (grids, ("nav-refused", "/refused", "未接收")),
         (supervises, ("nav-phones", "/phones", "手机")),
         (admin, ("nav-devices", "/devices", "设备")),
+        (admin, ("nav-admin", "/admin", "管理")),
     ]
     .into_iter()
     .filter_map(|(shown, entry)| shown.then_some(entry))
