@@ -478,6 +478,41 @@ pub fn post_body(
     })
 }
 
+/// An `application/x-www-form-urlencoded` body, as a browser sends a form.
+pub fn form_body(fields: &[(&str, &str)]) -> String {
+    let encode = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A POST of a form with a bearer token (a session's): the status and the page.
+pub fn post_form(url: &str, token: &str, fields: &[(&str, &str)]) -> (u16, String) {
+    block_on(async {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_body(fields))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("a body"))
+    })
+}
+
 /// A GET of a page or a text export: the status and the body as text.
 pub fn get_text(url: &str, token: &str) -> (u16, String) {
     let (status, _, body) = get_raw(url, token);

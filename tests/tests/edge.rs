@@ -11,7 +11,7 @@ use std::{
 
 use qiaomen_protocol::{ids::*, schema::*};
 use qiaomen_server::access::Role;
-use qiaomen_tests::{TestServer, block_on, call, session};
+use qiaomen_tests::{TestServer, block_on, call, form_body, session};
 
 const PASSWORD: &str = "edge-password-1";
 
@@ -326,25 +326,6 @@ fn connections_from_one_peer_are_capped() {
     }
 }
 
-/// An `application/x-www-form-urlencoded` body.
-fn form(fields: &[(&str, &str)]) -> String {
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// A browser-like client: no redirects followed, cookies by hand.
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
@@ -360,7 +341,7 @@ fn form_login(server: &TestServer, name: &str) -> String {
             .post(format!("{}/login", server.url))
             .header("origin", &server.url)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&[("login", name), ("password", PASSWORD)]))
+            .body(form_body(&[("login", name), ("password", PASSWORD)]))
             .send()
             .await
             .unwrap();
@@ -379,7 +360,7 @@ fn form_post(server: &TestServer, path: &str, cookie: &str, headers: &[(&str, &s
             .post(format!("{}{path}", server.url))
             .header("cookie", cookie)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&[
+            .body(form_body(&[
                 ("title", "本周清单"),
                 ("items", "走访独居老人"),
                 ("units", "g1"),
@@ -457,7 +438,7 @@ fn a_cross_site_post_is_refused_and_a_same_origin_one_passes() {
             .post(format!("{}/login", server.url))
             .header("origin", "http://evil.example")
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&[("login", "s-town"), ("password", PASSWORD)]))
+            .body(form_body(&[("login", "s-town"), ("password", PASSWORD)]))
             .send()
             .await
             .unwrap()
@@ -522,7 +503,7 @@ fn with_public_https_the_session_cookie_is_secure_and_host_prefixed() {
             .post(format!("{}/login", server.url))
             .header("origin", &server.url)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&[("login", "s-tls"), ("password", PASSWORD)]))
+            .body(form_body(&[("login", "s-tls"), ("password", PASSWORD)]))
             .send()
             .await
             .unwrap();

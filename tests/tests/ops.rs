@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use qiaomen_protocol::{calendar::cycle_of, wire};
 use qiaomen_server::http::ops::MetricsToken;
 use qiaomen_tests::{
-    TestServer, block_on, get_raw, get_text, raw_upload, sample_visit, today, upload_request,
+    TestServer, block_on, get_raw, get_text, post_form, raw_upload, sample_visit, today,
+    upload_request,
 };
 
 const METRICS_TOKEN: &str = "scrape-token-0123456789";
@@ -486,35 +487,6 @@ fn get_text_result(url: &str) -> Result<u16, String> {
             .await
             .map(|r| r.status().as_u16())
             .map_err(|e| e.to_string())
-    })
-}
-
-/// A POST of a form with a bearer session: the status and the page.
-fn post_form(url: &str, token: &str, form: &[(&str, &str)]) -> (u16, String) {
-    block_on(async {
-        let enc = |s: &str| -> String {
-            s.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect()
-        };
-        let body: Vec<String> = form
-            .iter()
-            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-            .collect();
-        let resp = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(token)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body.join("&"))
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
     })
 }
 
