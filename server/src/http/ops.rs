@@ -30,7 +30,18 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
     };
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     if route == "/v1/sync" {
-        metrics.sync_answered(code.unwrap_or("ok"), started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        metrics.sync_answered(code.unwrap_or("ok"), seconds);
+        // An answered sync logs its own line (device, bytes, changes); a refused one here,
+        // except the rate limit's (a flood of those would flood the log: they are counted).
+        if let Some(code) = code.filter(|c| *c != "rate_limited") {
+            tracing::info!(
+                status = response.status().as_u16(),
+                code,
+                ms = (seconds * 1000.0) as u64,
+                "sync refused"
+            );
+        }
     }
     if code == Some("rate_limited") {
         metrics.rate_limited.get_or_create(&Route { route }).inc();
