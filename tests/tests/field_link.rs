@@ -396,3 +396,62 @@ fn an_upload_is_acknowledged_in_the_first_answer_not_behind_the_download() {
     );
     assert_eq!(phone.household_ids().unwrap().len(), 81);
 }
+
+/// The app cancels a sync (the user leaves the screen: the future is dropped) at several
+/// moments of a first sync over 2G, uploads pending; each time the store stays whole and the
+/// app keeps working, and the next sync that runs to its end leaves nothing pending and the
+/// phone holding the whole grid, each change once.
+#[test]
+fn a_sync_cancelled_at_any_moment_leaves_the_store_whole_and_the_next_one_completes() {
+    let (dir, data, server) = started();
+    // The grid already holds 30 households of another worker.
+    let mut other = server.phone(&dir.path().join("other.db"), &["g1"]);
+    other.create_households("g1", 30);
+    other.sync().unwrap();
+    let link = Link::start(server.addr, LinkConfig::village_2g());
+    let rt = runtime();
+    let phone = ffi_phone(&rt, dir.path(), &link.url);
+    let mine: Vec<String> = (0..5)
+        .map(|i| new_household(&phone, &format!("{i}号")))
+        .collect();
+    for h in &mine {
+        phone
+            .record_visit(h.clone(), visit("2026-11-15", "走访正常"))
+            .unwrap();
+    }
+    let pending = phone.pending_count().unwrap();
+    assert_eq!(pending, 10);
+    let mut cut_short = 0;
+    for wait_ms in [150u64, 700, 1500, 2500] {
+        let task = {
+            let phone = phone.clone();
+            rt.spawn(async move { phone.sync(None).await })
+        };
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        cut_short += usize::from(!task.is_finished());
+        task.abort();
+        let _ = rt.block_on(task);
+        // The app goes on at once: reads, and records.
+        assert_eq!(phone.household(mine[0].clone()).unwrap().visits.len(), 1);
+        assert!(phone.pending_count().unwrap() <= pending);
+    }
+    assert!(cut_short >= 2, "the syncs were cancelled while running");
+    let extra = phone
+        .record_visit(mine[1].clone(), visit("2026-11-30", "第二次走访"))
+        .unwrap();
+    rt.block_on(phone.sync(None))
+        .expect("a sync left to finish");
+    assert_eq!(phone.pending_count().unwrap(), 0);
+    assert_eq!(phone.household_ids().unwrap().len(), 35);
+    // The server holds each of this phone's changes once: a fresh phone reads them.
+    let (_, code) = enrollment_code(&data, &["g1"]);
+    let fresh_path = dir.path().join("fresh.db").to_string_lossy().into_owned();
+    let fresh = rt
+        .block_on(qiaomen::enroll(fresh_path, server.url.clone(), code))
+        .unwrap();
+    rt.block_on(fresh.sync(None)).unwrap();
+    assert_eq!(fresh.household_ids().unwrap().len(), 35);
+    let second = fresh.household(mine[1].clone()).unwrap();
+    assert_eq!(second.visits.len(), 2);
+    assert!(second.visits.iter().any(|v| v.id == extra));
+}
