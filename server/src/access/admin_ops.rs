@@ -49,12 +49,12 @@ pub fn add_unit(
     from: Day,
 ) -> Result<()> {
     let kind = UnitKind::parse(kind).ok_or_else(|| {
-        AccessError::Invalid("kind is county, town, village, grid or team".into())
+        AccessError::Invalid("类别须为 county、town、village、grid 或 team".into())
     })?;
     let id = id.trim();
     let name = name.trim();
     if id.is_empty() || name.is_empty() {
-        return Err(AccessError::Invalid("a unit needs an id and a name".into()));
+        return Err(AccessError::Invalid("单位需要编号和名称".into()));
     }
     db.in_transaction(|db| {
         db.add_unit(id, kind, parent.filter(|p| !p.is_empty()), name, from)?;
@@ -74,9 +74,7 @@ pub fn close_unit(db: &mut AccessDb, by: By, id: &str, on: Day) -> Result<()> {
 pub fn add_user(db: &mut AccessDb, by: By, login: &str, name: &str) -> Result<UserId> {
     let (login, name) = (login.trim(), name.trim());
     if login.is_empty() || name.is_empty() {
-        return Err(AccessError::Invalid(
-            "a user needs a login and a name".into(),
-        ));
+        return Err(AccessError::Invalid("用户需要登录名和姓名".into()));
     }
     db.in_transaction(|db| {
         let id = db.add_user(login, name)?;
@@ -96,7 +94,7 @@ pub fn assign(
 ) -> Result<Role> {
     let role = Role::parse(role).ok_or_else(|| {
         AccessError::Invalid(format!(
-            "role is one of {}",
+            "角色须为 {} 之一",
             Role::ALL.map(|r| r.as_str()).join(", ")
         ))
     })?;

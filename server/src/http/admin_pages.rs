@@ -161,7 +161,7 @@ fn day_or_today(s: &str) -> Result<qiaomen_protocol::calendar::Day, AccessError>
     }
     s.trim()
         .parse()
-        .map_err(|_| AccessError::Invalid("a date is YYYY-MM-DD".into()))
+        .map_err(|_| AccessError::Invalid("日期须为 YYYY-MM-DD".into()))
 }
 
 #[derive(Debug, Deserialize)]
