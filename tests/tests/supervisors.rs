@@ -541,7 +541,7 @@ fn menus_link_only_to_what_a_role_can_open() {
     let admin = session(&w.server, "admin-1", "c", Role::Admin);
     for (token, landing, expect) in [
         (&team, "/orders", vec!["/orders"]),
-        (&admin, "/devices", vec!["/devices"]),
+        (&admin, "/devices", vec!["/devices", "/admin"]),
         (
             &w.supervisor,
             "/",
