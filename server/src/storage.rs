@@ -394,6 +394,13 @@ pub struct ReadModelLag {
     pub oldest_ms: Option<i64>,
 }
 
+impl ReadModelLag {
+    /// How many whole seconds the oldest uncounted change has waited at `now_ms` (0: none).
+    pub fn seconds_behind(&self, now_ms: i64) -> i64 {
+        self.oldest_ms.map_or(0, |t| (now_ms - t).max(0) / 1000)
+    }
+}
+
 /// The embedded SQLite backend: one file, WAL, `synchronous=FULL`.
 #[derive(Debug)]
 pub struct SqliteStorage {

@@ -3,11 +3,7 @@
 //! pages (`/admin`, [`crate::http::admin_pages`]) call these and nothing else, so both do
 //! the same checks and leave the same trace.
 
-use super::{
-    AccessDb, AccessError, Result, Role,
-    audit::Event,
-    org::{UnitKind, day_start_ms},
-};
+use super::{AccessDb, AccessError, Result, Role, audit::Event, org::UnitKind};
 use qiaomen_protocol::{calendar::Day, ids::UserId};
 
 /// Who does it: an admin signed in on the web (their user), or the command line on the
@@ -120,9 +116,4 @@ pub fn issue_code(db: &mut AccessDb, by: By, login: &str) -> Result<String> {
         by.record(db, "enrollment_code", login)?;
         Ok(code)
     })
-}
-
-/// The start of `day` (China time), in ms: when an assignment given by day begins.
-pub fn day_ms(day: Day) -> i64 {
-    day_start_ms(day)
 }

@@ -273,7 +273,7 @@ pub async fn assign_submit(
         let from_ms = if f.from.trim().is_empty() {
             crate::access::now_ms()
         } else {
-            admin_ops::day_ms(day_or_today(&f.from)?)
+            crate::access::org::day_start_ms(day_or_today(&f.from)?)
         };
         admin_ops::assign(db, by, &f.login, &f.unit, &f.role, from_ms).map(|_| ())
     })

@@ -282,46 +282,40 @@ pub async fn serve(
             b
         };
         let watcher = graceful.watcher();
-        match &edge.tls {
-            None => {
-                let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    drop(slot);
-                });
-            }
-            Some(tls) => {
-                // The handshake on the connection's own task, within the header timeout: a
-                // client that stalls in it holds one slot of its address, never the loop.
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-                let handshake_timeout = edge.header_read_timeout;
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(
-                        handshake_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
+        // With TLS, the handshake runs on the connection's own task within the header
+        // timeout: a client that stalls in it holds one slot of its address, never the loop.
+        let tls = edge.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let handshake_timeout = edge.header_read_timeout;
+        tokio::spawn(async move {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), service))
+                                .await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
+                            Ok(())
                         }
                         Err(_) => {
                             tracing::debug!("TLS handshake timed out");
-                            return;
+                            Ok(())
                         }
-                    };
-                    let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    drop(slot);
-                });
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-        }
+            drop(slot);
+        });
     }
     drop(listener);
     tracing::info!("shutting down: finishing in-flight syncs");

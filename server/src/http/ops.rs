@@ -19,15 +19,14 @@ use crate::metrics::{AuthFailure, Metrics, Route};
 /// route, refused logins, enrollments and token rotations by code. Answers without an error
 /// code (a page's own HTML errors) count as their status only where it matters (none yet).
 pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
+    // A cheap clone (shared): the route's name is copied only when a metric keeps it.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(req).await;
     let Some(route) = route else {
         return response;
     };
+    let route = route.as_str();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     if route == "/v1/sync" {
         let seconds = started.elapsed().as_secs_f64();
@@ -44,10 +43,15 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
         }
     }
     if code == Some("rate_limited") {
-        metrics.rate_limited.get_or_create(&Route { route }).inc();
+        metrics
+            .rate_limited
+            .get_or_create(&Route {
+                route: route.to_string(),
+            })
+            .inc();
         return response;
     }
-    let kind = match route.as_str() {
+    let kind = match route {
         "/v1/login" | "/login" => "login",
         "/v1/enroll" => "enroll",
         "/v1/token" => "token",
@@ -118,8 +122,7 @@ pub async fn metrics(
         .with(|s| Ok((s.read_model_lag()?, s.quarantined_count()?)))
         .await?;
     m.read_model_behind.set(lag.behind as i64);
-    m.read_model_behind_seconds
-        .set(lag.oldest_ms.map_or(0, |t| (now - t).max(0) / 1000));
+    m.read_model_behind_seconds.set(lag.seconds_behind(now));
     m.quarantined.set(quarantined as i64);
     let last_syncs = state.access(|db| db.active_device_syncs()).await?;
     m.set_phones(last_syncs, now);
@@ -146,7 +149,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             serde_json::json!({ "status": "unavailable", "reason": "store" }),
         ),
         Ok(lag) => {
-            let behind_s = lag.oldest_ms.map_or(0, |t| (now - t).max(0) / 1000);
+            let behind_s = lag.seconds_behind(now);
             let ready = behind_s <= state.edge.ready_lag.as_secs() as i64;
             (
                 if ready {
