@@ -55,7 +55,7 @@ def demo():
 
 
 @pytest.fixture(scope="session")
-def browser():
+def _chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
@@ -68,3 +68,10 @@ def browser():
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def browser(_chromium):
+    """The one Chromium of the run, signed out: each test starts without the cookies of the last."""
+    _chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    return _chromium
