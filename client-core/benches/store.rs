@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use automerge::{AutoCommit, ROOT, ReadDoc, transaction::CommitOptions};
 use autosurgeon::Text;
-use qiaomen_client_core::{Durability, Store, StoreOptions};
+use qiaomen_client_core::{Durability, Store, StoreKey, StoreOptions};
 use qiaomen_protocol::{
     calendar::{Day, visit_days_of_month},
     doc::{Author, HouseholdDoc},
@@ -185,13 +185,23 @@ fn main() {
     // 1. Record a visit durably: commit + SQLite write (WAL, synchronous=FULL / NORMAL).
     let a = author();
     let days = visit_days(24);
-    for durability in [Durability::Full, Durability::Normal] {
-        let path = dir.path().join(format!("record-{durability:?}.db"));
+    let key = StoreKey::new(&[0x5a; StoreKey::LEN]).unwrap();
+    let mut plaintext_full = None;
+    for (durability, key) in [
+        (Durability::Full, None),
+        (Durability::Normal, None),
+        (Durability::Full, Some(key)),
+    ] {
+        let encrypted = key.is_some();
+        let path = dir
+            .path()
+            .join(format!("record-{durability:?}-{encrypted}.db"));
         let mut store = Store::open(
             &path,
             a,
             StoreOptions {
                 durability,
+                key,
                 ..StoreOptions::default()
             },
         )
@@ -230,11 +240,26 @@ fn main() {
             doc.commit_with(CommitOptions::default().with_message("m").with_time(0));
             j += 1;
         });
-        let label = match durability {
-            Durability::Full => "record a visit durably (synchronous=FULL)",
-            Durability::Normal => "record a visit (synchronous=NORMAL)",
-        };
-        row(label, &stats, Some(("bare commit", &bare_stats)));
+        match (durability, encrypted) {
+            (Durability::Full, false) => {
+                row(
+                    "record a visit durably (synchronous=FULL)",
+                    &stats,
+                    Some(("bare commit", &bare_stats)),
+                );
+                plaintext_full = Some(stats);
+            }
+            (Durability::Normal, _) => row(
+                "record a visit (synchronous=NORMAL)",
+                &stats,
+                Some(("bare commit", &bare_stats)),
+            ),
+            (Durability::Full, true) => row(
+                "record a visit durably, encrypted (SQLCipher, FULL)",
+                &stats,
+                plaintext_full.as_ref().map(|p| ("plaintext, FULL", p)),
+            ),
+        }
     }
 
     // 2. Open a store of 500 households (each with 12 visits), and load all of them.

@@ -5,9 +5,25 @@ use qiaomen_protocol::{DocError, ids::HouseholdId, policy::Subject, wire::Reject
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store file is not a SQLite database, or its pages are damaged.
-    #[error("the store file is corrupt or not a Qiaomen store")]
+    /// The store file is not a SQLite database, or its pages are damaged (or it is encrypted
+    /// and was opened without its key).
+    #[error(
+        "the store file is corrupt, not a Qiaomen store, or encrypted and opened without its key"
+    )]
     CorruptStore,
+    /// The key does not open this encrypted store (or the file is not a store). The file is
+    /// unchanged.
+    #[error("this key does not open the store; the file is unchanged")]
+    WrongKey,
+    /// A store key must be exactly 32 bytes.
+    #[error("a store key is 32 bytes, not {len}")]
+    BadKey { len: usize },
+    /// The plaintext store is open elsewhere, so it cannot be encrypted now; it is unchanged.
+    #[error("the store is open elsewhere; close it before opening it with a key")]
+    InUse,
+    /// The file system failed (permissions, disk full) around the store file.
+    #[error("file system failure: {0}")]
+    Io(std::io::Error),
     /// One household's stored document cannot be read; other households are unaffected.
     #[error("the stored document of household {household} is corrupt")]
     CorruptDocument { household: HouseholdId },

@@ -15,10 +15,12 @@
 //! assert_eq!(store.pending_change_count().unwrap(), 1); // not yet on a server
 //! ```
 
+pub mod encryption;
 pub mod error;
 pub mod store;
 pub mod sync;
 
+pub use encryption::StoreKey;
 pub use error::{Result, StoreError};
 pub use store::{
     CoverageLine, Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store,

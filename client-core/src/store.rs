@@ -28,11 +28,12 @@ use qiaomen_protocol::{
     schema::{Demand, DemandStatus, Household, HouseholdStatus, KeyGroup, Visit},
     schema::{TagSpan, VisitOutcome},
     vocab::Term,
-    wire::RejectCode,
+    wire::{RejectCode, WholePosition},
     workorder::{self, Deadlines, NewStep, StepKind},
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::encryption::StoreKey;
 use crate::error::{Result, StoreError};
 
 /// The store file's format version (`PRAGMA user_version`).
@@ -184,6 +185,9 @@ pub struct StoreOptions {
     pub cache_capacity: usize,
     /// The device's UTC offset in seconds (China: +8 h), for "today".
     pub utc_offset_secs: i32,
+    /// The key the file is encrypted with (SQLCipher); `None`: a plaintext file. A plaintext
+    /// store opened with a key is encrypted on that opening.
+    pub key: Option<StoreKey>,
 }
 
 impl Default for StoreOptions {
@@ -193,6 +197,7 @@ impl Default for StoreOptions {
             compact_after: 64,
             cache_capacity: 64,
             utc_offset_secs: 8 * 3600,
+            key: None,
         }
     }
 }
@@ -397,8 +402,7 @@ impl Store {
     /// Opens (or creates) the store at `path` for `author` (the signed-in user on this
     /// device). A file that is not a Qiaomen store gives [`StoreError::CorruptStore`].
     pub fn open(path: impl AsRef<Path>, author: Author, options: StoreOptions) -> Result<Store> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = crate::encryption::connect(path.as_ref(), options.key.as_ref())?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::CorruptStore);
@@ -1416,14 +1420,47 @@ impl Store {
     /// Stores a whole household document received from elsewhere (new to this device), or
     /// merges it into the copy already here.
     pub fn import_document(&mut self, bytes: &[u8]) -> Result<HouseholdId> {
+        self.import(bytes, None).map(|(id, _)| id)
+    }
+
+    /// Stores household `id` received whole from a server (a first sync, SYNC-v1 §7.3.1):
+    /// new to this device, or merged into the copy here. Checked first: a document that does
+    /// not load, or is another household, is refused and nothing is stored. Like
+    /// [`Store::apply_remote_changes`], it does not wait for the disk. Returns how many
+    /// changes were new.
+    pub fn apply_remote_document(&mut self, id: HouseholdId, bytes: &[u8]) -> Result<usize> {
+        let relax = self.options.durability == Durability::Full;
+        if relax {
+            self.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        }
+        let imported = self.import(bytes, Some(id)).map(|(_, n)| n);
+        if relax {
+            self.conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        }
+        imported
+    }
+
+    /// [`Store::import_document`], refusing a document of another household than `expect`;
+    /// with how many of its changes were new here.
+    fn import(
+        &mut self,
+        bytes: &[u8],
+        expect: Option<HouseholdId>,
+    ) -> Result<(HouseholdId, usize)> {
         let mut incoming = HouseholdDoc::load(bytes)?;
         let household = incoming.household()?;
         let id = household.id;
+        if expect.is_some_and(|e| e != id) {
+            return Err(StoreError::Document(DocError::InvalidEdit(
+                "the document is another household".into(),
+            )));
+        }
         if self.contains(id)? {
             let changes = incoming.changes_since(&[]);
-            self.apply_remote_changes(id, &changes)?;
-            return Ok(id);
+            let fresh = self.apply_remote_changes(id, &changes)?;
+            return Ok((id, fresh));
         }
+        let count = incoming.change_count();
         let snapshot = incoming.save();
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
@@ -1432,7 +1469,7 @@ impl Store {
         )?;
         Self::write_index(&tx, &household)?;
         tx.commit()?;
-        Ok(id)
+        Ok((id, count))
     }
 
     /// The changes of `id` made here that no server has acknowledged, oldest first.
@@ -1543,9 +1580,29 @@ impl Store {
             .optional()?)
     }
 
-    /// Stores the cursor and its check value together (after the changes they cover).
+    /// Where a first sync by whole documents stands (SYNC-v1 §7.3.1), while it goes on.
+    pub fn whole_position(&self) -> Result<Option<WholePosition>> {
+        meta_json(&self.conn, "whole")
+    }
+
+    /// Keeps where a first sync by whole documents stands (after the page's households are
+    /// stored): the phone has no cursor until the last page gives one.
+    pub fn set_whole_position(&self, position: &WholePosition) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM meta WHERE key IN ('cursor', 'cursor_check')",
+            [],
+        )?;
+        set_meta_json(&tx, "whole", position)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores the cursor and its check value together (after the changes they cover). A
+    /// first sync by whole documents under way ends here (a cursor, or none to start over).
     pub fn set_sync_position(&self, cursor: Option<u64>, check: Option<&[u8]>) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM meta WHERE key = 'whole'", [])?;
         match check {
             Some(k) => tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('cursor_check', ?1)
@@ -1586,8 +1643,7 @@ impl Store {
     pub fn open_enrolled(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let path = path.as_ref();
         let credentials = {
-            let conn = Connection::open(path)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            let conn = crate::encryption::connect(path, options.key.as_ref())?;
             Self::migrate(&conn)?;
             Self::read_credentials(&conn)?
         };
@@ -1604,9 +1660,8 @@ impl Store {
 
     /// The random id of this install, made once and kept: an enrollment retried after a lost
     /// answer names the same install, so the code is not spent twice.
-    pub fn install_id_at(path: impl AsRef<Path>) -> Result<String> {
-        let conn = Connection::open(path.as_ref())?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    pub fn install_id_at(path: impl AsRef<Path>, key: Option<&StoreKey>) -> Result<String> {
+        let conn = crate::encryption::connect(path.as_ref(), key)?;
         let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         Self::migrate(&conn)?;
         conn.execute(

@@ -245,7 +245,7 @@ pub async fn enroll_trusting(
     if Store::open_enrolled(path, options.clone()).is_ok() {
         return Err(SyncError::Store(StoreError::AlreadyEnrolled));
     }
-    let install_id = Store::install_id_at(path)?;
+    let install_id = Store::install_id_at(path, options.key.as_ref())?;
     let client = match trusted_ca_pem {
         Some(pem) => SyncClient::new(server_url)?.with_trusted_ca(pem)?,
         None => SyncClient::new(server_url)?,
@@ -723,6 +723,7 @@ impl SyncClient {
                             }
                         })
                         .collect(),
+                    whole: None,
                 })
                 .collect();
             let (table, base_ms) = match &packer {
@@ -754,6 +755,10 @@ impl SyncClient {
                     cursor: s.sync_cursor()?,
                     grids: self.grids.clone(),
                     docs,
+                    whole: match s.sync_cursor()? {
+                        None => s.whole_position()?,
+                        Some(_) => None,
+                    },
                 };
                 let token = s.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
                 (request, token, s.now_ms())
@@ -939,7 +944,20 @@ impl SyncClient {
             let changes: Vec<Vec<u8>> = doc.changes.into_iter().map(|b| b.into_vec()).collect();
             // Counted as new only: on a paged catch-up a later page may carry this phone's own
             // changes from the first request back; they are already here.
-            let applied = store.store().apply_remote_changes(doc.id, &changes);
+            let applied = match &doc.whole {
+                // A first sync: the household whole (SYNC-v1 §7.3.1), then any changes.
+                Some(whole) => store
+                    .store()
+                    .apply_remote_document(doc.id, whole)
+                    .and_then(|n| {
+                        Ok(n + if changes.is_empty() {
+                            0
+                        } else {
+                            store.store().apply_remote_changes(doc.id, &changes)?
+                        })
+                    }),
+                None => store.store().apply_remote_changes(doc.id, &changes),
+            };
             match applied {
                 Ok(n) => report.received_changes += n as u64,
                 // A household whose history this page cannot complete (it moved into this
@@ -952,11 +970,15 @@ impl SyncClient {
                 Err(e) => return Err(e.into()),
             }
         }
-        // 3. Only now the cursor: a crash before this line re-downloads, harmlessly.
-        store.store().set_sync_position(
-            Some(response.cursor),
-            response.cursor_check.as_deref().map(|k| k.as_slice()),
-        )?;
+        // 3. Only now the cursor (or, during a first sync by whole documents, where it
+        // stands): a crash before this line re-downloads, harmlessly.
+        match &response.whole {
+            Some(position) => store.store().set_whole_position(position)?,
+            None => store.store().set_sync_position(
+                Some(response.cursor),
+                response.cursor_check.as_deref().map(|k| k.as_slice()),
+            )?,
+        }
         Ok(())
     }
 

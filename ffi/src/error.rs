@@ -32,9 +32,15 @@ pub enum QiaomenError {
     /// The server refused the request for another reason.
     #[error("server: {reason}")]
     Server { reason: String },
-    /// The phone's storage failed (disk full, corrupt file).
+    /// The phone's storage failed (disk full, corrupt file, or an encrypted store opened
+    /// without its key).
     #[error("storage: {reason}")]
     Storage { reason: String },
+    /// The key does not open this encrypted store (the keystore lost or replaced it, or the
+    /// file is not a store). The file is unchanged: open it again with the right key; a store
+    /// whose key is gone cannot be read by anyone, so enroll a new one.
+    #[error("wrong key: {reason}")]
+    WrongKey { reason: String },
     /// The input is not acceptable (bad id, date, value, or an edit the record refuses).
     /// Nothing was stored. When a field rule refused a value (SYNC-v1 §13.8), `invalid_field`
     /// names the field and `rule` the rule by their stable codes (`note` / `too_long`,
@@ -89,9 +95,10 @@ impl From<StoreError> for QiaomenError {
         match e {
             StoreError::Document(d) => d.into(),
             StoreError::NotFound { .. } => QiaomenError::NotFound { reason: message },
-            StoreError::AlreadyExists { .. } | StoreError::AlreadyEnrolled => {
-                QiaomenError::invalid(message)
-            }
+            StoreError::WrongKey => QiaomenError::WrongKey { reason: message },
+            StoreError::AlreadyExists { .. }
+            | StoreError::AlreadyEnrolled
+            | StoreError::BadKey { .. } => QiaomenError::invalid(message),
             StoreError::NotAllowed { what, code } => QiaomenError::NotAllowed {
                 reason: message,
                 what: what.code().into(),
@@ -103,6 +110,8 @@ impl From<StoreError> for QiaomenError {
             StoreError::CorruptStore
             | StoreError::CorruptDocument { .. }
             | StoreError::TooNew { .. }
+            | StoreError::InUse
+            | StoreError::Io(_)
             | StoreError::Sqlite(_) => QiaomenError::Storage { reason: message },
         }
     }

@@ -58,9 +58,14 @@ impl std::fmt::Debug for Phone {
 impl Phone {
     /// Opens the store at `path`, enrolled earlier with [`enroll`]. A store that is not
     /// enrolled gives `Unauthorized`.
-    #[uniffi::constructor]
-    pub fn open(path: String) -> Result<Arc<Self>> {
-        let store = Store::open_enrolled(path, StoreOptions::default())?;
+    ///
+    /// `key`: the 32 bytes the store is encrypted with (kept in the platform's keystore; see
+    /// ffi/README.md). A plaintext store opened with a key is encrypted now, once. A key that
+    /// does not open the store gives `WrongKey` and leaves the file as it was; a key that is
+    /// not 32 bytes gives `InvalidInput`.
+    #[uniffi::constructor(default(key = None))]
+    pub fn open(path: String, key: Option<Vec<u8>>) -> Result<Arc<Self>> {
+        let store = Store::open_enrolled(path, store_options(key)?)?;
         Self::wrap(store)
     }
 
@@ -404,29 +409,47 @@ impl Phone {
 
 /// Enrolls this phone with the server at `server_url` using the one-time `code` an admin gave
 /// the worker, creating the store at `path`. Safe to retry after a network failure.
-#[uniffi::export(async_runtime = "tokio")]
-pub async fn enroll(path: String, server_url: String, code: String) -> Result<Arc<Phone>> {
-    let store =
-        qiaomen_client_core::enroll(&path, &server_url, &code, StoreOptions::default()).await?;
+/// With a `key` (32 bytes from the platform's keystore) the store is encrypted from its first
+/// byte; open it later with the same key ([`Phone::open`]).
+#[uniffi::export(async_runtime = "tokio", default(key = None))]
+pub async fn enroll(
+    path: String,
+    server_url: String,
+    code: String,
+    key: Option<Vec<u8>>,
+) -> Result<Arc<Phone>> {
+    let store = qiaomen_client_core::enroll(&path, &server_url, &code, store_options(key)?).await?;
     Phone::wrap(store)
+}
+
+/// The store's options with the app's key, if it gave one.
+fn store_options(key: Option<Vec<u8>>) -> Result<StoreOptions> {
+    let key = key
+        .map(|k| qiaomen_client_core::StoreKey::new(&zeroize::Zeroizing::new(k)))
+        .transpose()?;
+    Ok(StoreOptions {
+        key,
+        ..StoreOptions::default()
+    })
 }
 
 /// [`enroll`] with a server whose certificate is signed by the county's own CA:
 /// `trusted_ca_pem` is that CA's certificate (PEM). It is kept with the phone's credentials
 /// and trusted, beside the system's roots, by every later sync. `InvalidInput` if it is not a
 /// PEM certificate.
-#[uniffi::export(async_runtime = "tokio")]
+#[uniffi::export(async_runtime = "tokio", default(key = None))]
 pub async fn enroll_with_ca(
     path: String,
     server_url: String,
     code: String,
     trusted_ca_pem: String,
+    key: Option<Vec<u8>>,
 ) -> Result<Arc<Phone>> {
     let store = qiaomen_client_core::enroll_trusting(
         &path,
         &server_url,
         &code,
-        StoreOptions::default(),
+        store_options(key)?,
         Some(&trusted_ca_pem),
     )
     .await?;

@@ -568,6 +568,11 @@ impl HouseholdDoc {
 
     /// The changes made since the last `save()` or `save_incremental()`, as bytes to append to
     /// a saved document.
+    /// How many changes the document holds.
+    pub fn change_count(&mut self) -> usize {
+        self.doc.get_changes_meta(&[]).len()
+    }
+
     pub fn save_incremental(&mut self) -> Vec<u8> {
         self.doc.save_incremental()
     }

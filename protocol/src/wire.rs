@@ -117,6 +117,24 @@ pub struct SyncRequest {
     /// is due, and sets `more` as usual; absent, its own budget applies.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub response_budget: Option<u32>,
+    /// **whole**: the `w` of the last response, sent back (with no cursor) while a first
+    /// sync of whole documents is under way ([`FEATURE_WHOLE_DOCS`], SYNC-v1 §7.3.1).
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub whole: Option<WholePosition>,
+}
+
+/// Where a first sync of whole documents stands (SYNC-v1 §7.3.1): the log position the
+/// documents are taken at, and the last household sent. The phone keeps it and sends it back
+/// until the server gives it a cursor instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WholePosition {
+    /// The log position every whole document is taken at; the cursor the phone gets after
+    /// the last of them.
+    #[serde(rename = "s")]
+    pub seq: u64,
+    /// The last household sent (households go in id order).
+    #[serde(rename = "a")]
+    pub after: HouseholdId,
 }
 
 /// The `agent` of a request as a server keeps it: `None` when absent, too long or not
@@ -152,7 +170,13 @@ pub const FEATURES: u32 = FEATURE_STALE_ORDER
     | FEATURE_INTEGRITY
     | FEATURE_RETIRE
     | FEATURE_FIELD_RULES
-    | FEATURE_RIGHTS;
+    | FEATURE_RIGHTS
+    | FEATURE_WHOLE_DOCS;
+
+/// Feature bit: on a sync with no cursor the phone takes each household as one whole
+/// document (`w` of [`DocChanges`], Automerge's saved form) instead of every change, in
+/// pages that go on by [`WholePosition`] (SYNC-v1 §7.3.1).
+pub const FEATURE_WHOLE_DOCS: u32 = 64;
 
 /// Feature bit: the phone understands the reject codes `broken_history`, `over_limit` and
 /// `quarantined` (a phone without it is sent `malformed` for the first two and
@@ -308,6 +332,12 @@ pub struct DocChanges {
     pub id: HouseholdId,
     #[serde(rename = "ch")]
     pub changes: Vec<ByteBuf>,
+    /// **whole**: in a response of a first sync to a phone announcing [`FEATURE_WHOLE_DOCS`],
+    /// the household's whole document up to the [`WholePosition`]'s log position (Automerge's
+    /// saved form, columns uncompressed: the message's zstd compresses them), in place of its
+    /// changes; `ch` is then empty. Never in a request (the server refuses one that has it).
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub whole: Option<ByteBuf>,
 }
 
 /// Server → phone.
@@ -362,6 +392,11 @@ pub struct SyncResponse {
     /// `u` means the server sends no rights: the phone forgets any it held.
     #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
     pub rights: Option<crate::policy::Rights>,
+    /// **whole**: a first sync of whole documents goes on (SYNC-v1 §7.3.1): the phone keeps
+    /// this, keeps no cursor (`c` is 0), and sends it back as the request's `w`. Absent on the
+    /// last page of whole documents, which gives the cursor.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub whole: Option<WholePosition>,
 }
 
 /// Where a retired device stands ([`SyncResponse::retire`]).
@@ -550,6 +585,7 @@ mod agent_tests {
             table: vec![],
             base_ms: 0,
             pending: None,
+            whole: None,
         };
         assert_eq!(agent_of(&req), Some("qiaomen/0.1.0 gridapp/2.3"));
         let back = decode_request(&encode_request(&req), limits::MAX_DECODED_BYTES).unwrap();
@@ -595,7 +631,9 @@ mod tests {
             docs: vec![DocChanges {
                 id: HouseholdId::new(),
                 changes: vec![ByteBuf::from(vec![1, 2, 3])],
+                whole: None,
             }],
+            whole: None,
         };
         assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 20).unwrap(), req);
     }
@@ -626,6 +664,7 @@ mod tests {
             cursor: Some(123_456),
             docs: vec![],
             grids: vec![],
+            whole: None,
         };
         assert!(encode(&req).len() < 40, "{}", encode(&req).len());
     }
@@ -654,6 +693,7 @@ mod tests {
             cursor: None,
             docs: vec![],
             grids: vec![],
+            whole: None,
         });
         assert_eq!(
             decode::<SyncRequest>(&good[..good.len() - 2], 100),
@@ -673,6 +713,7 @@ mod tests {
             cursor: None,
             docs: vec![],
             grids: vec![],
+            whole: None,
         });
         assert_eq!(
             decode_request(&other, 100),

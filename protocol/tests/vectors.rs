@@ -73,6 +73,10 @@ fn fake_hash(seed: u8) -> ByteBuf {
 }
 
 /// Opaque stand-ins for change bytes: the wire does not look inside a change.
+/// The feature bits the vectors written before bit 64 carry (bits 1 to 32): they keep them,
+/// so their bytes stay what they were.
+const VECTOR_FEATURES: u32 = 63;
+
 fn fake_change(text: &str) -> ByteBuf {
     ByteBuf::from(text.as_bytes().to_vec())
 }
@@ -221,6 +225,9 @@ impl Msg {
                 if let Some(p) = r.pending {
                     o.insert("p".into(), json!(p));
                 }
+                if let Some(w) = r.whole {
+                    o.insert("w".into(), whole_to_json(w));
+                }
                 Json::Object(o)
             }
             Msg::Response(r) => {
@@ -247,6 +254,9 @@ impl Msg {
                 if let Some(u) = &r.rights {
                     o["u"] = serde_json::to_value(u).expect("rights as JSON");
                 }
+                if let Some(w) = r.whole {
+                    o["w"] = whole_to_json(w);
+                }
                 o
             }
             Msg::Rejection(r) => rejection_to_json(r),
@@ -256,7 +266,7 @@ impl Msg {
     fn from_json(type_name: &str, v: &Json) -> Result<Msg, String> {
         Ok(match type_name {
             "SyncRequest" => {
-                let o = object(v, &["v", "c", "d", "g", "s", "f", "t", "a", "b", "p"])?;
+                let o = object(v, &["v", "c", "d", "g", "s", "f", "t", "a", "b", "p", "w"])?;
                 Msg::Request(SyncRequest {
                     response_budget: None,
                     agent: None,
@@ -304,10 +314,14 @@ impl Msg {
                         None => Vec::new(),
                         Some(g) => serde_json::from_value(g.clone()).map_err(|e| e.to_string())?,
                     },
+                    whole: o.get("w").map(whole_from_json).transpose()?,
                 })
             }
             "SyncResponse" => {
-                let o = object(v, &["v", "c", "a", "r", "d", "m", "s", "t", "f", "x", "u"])?;
+                let o = object(
+                    v,
+                    &["v", "c", "a", "r", "d", "m", "s", "t", "f", "x", "u", "w"],
+                )?;
                 Msg::Response(SyncResponse {
                     rights: match o.get("u") {
                         None => None,
@@ -353,6 +367,7 @@ impl Msg {
                         Some(Json::Bool(b)) => *b,
                         Some(other) => return Err(format!("m is not a bool: {other}")),
                     },
+                    whole: o.get("w").map(whole_from_json).transpose()?,
                 })
             }
             "Rejection" => Msg::Rejection(rejection_from_json(v)?),
@@ -365,13 +380,29 @@ fn docs_to_json(docs: &[DocChanges]) -> Json {
     Json::Array(
         docs.iter()
             .map(|d| {
-                json!({
+                let mut o = json!({
                     "i": d.id.to_string(),
                     "ch": d.changes.iter().map(|c| hex(c)).collect::<Vec<_>>(),
-                })
+                });
+                if let Some(w) = &d.whole {
+                    o["w"] = json!(hex(w));
+                }
+                o
             })
             .collect(),
     )
+}
+
+fn whole_to_json(w: wire::WholePosition) -> Json {
+    json!({ "s": w.seq, "a": w.after.to_string() })
+}
+
+fn whole_from_json(v: &Json) -> Result<wire::WholePosition, String> {
+    let o = object(v, &["s", "a"])?;
+    Ok(wire::WholePosition {
+        seq: uint(o, "s")?,
+        after: text(o, "a")?.parse().map_err(|e| format!("a: {e}"))?,
+    })
 }
 
 fn rejection_to_json(r: &Rejection) -> Json {
@@ -403,7 +434,7 @@ fn docs_from_json(v: Option<&Json>) -> Result<Vec<DocChanges>, String> {
     let a = v.as_array().ok_or("d is not an array")?;
     a.iter()
         .map(|d| {
-            let o = object(d, &["i", "ch"])?;
+            let o = object(d, &["i", "ch", "w"])?;
             let changes = o
                 .get("ch")
                 .and_then(Json::as_array)
@@ -419,6 +450,10 @@ fn docs_from_json(v: Option<&Json>) -> Result<Vec<DocChanges>, String> {
             Ok(DocChanges {
                 id: text(o, "i")?.parse().map_err(|e| format!("i: {e}"))?,
                 changes,
+                whole: match o.get("w") {
+                    None => None,
+                    Some(_) => Some(ByteBuf::from(unhex(text(o, "w")?)?)),
+                },
             })
         })
         .collect()
@@ -565,6 +600,7 @@ fn vectors() -> Vec<Vector> {
             cursor,
             docs,
             grids: grids.iter().map(|g| g.to_string()).collect(),
+            whole: None,
         })
     };
     let response = |cursor, accepted, rejected, docs, more| {
@@ -581,6 +617,7 @@ fn vectors() -> Vec<Vector> {
             rejected,
             docs,
             more,
+            whole: None,
         })
     };
     let rejection = |doc, n, hash, code| Rejection { doc, n, hash, code };
@@ -618,6 +655,7 @@ fn vectors() -> Vec<Vector> {
                 vec![DocChanges {
                     id: a,
                     changes: vec![fake_change("change-1"), fake_change("change-2")],
+                    whole: None,
                 }],
                 &["dongcun-03"],
             ),
@@ -631,10 +669,12 @@ fn vectors() -> Vec<Vector> {
                     DocChanges {
                         id: a,
                         changes: vec![fake_change("a-1")],
+                        whole: None,
                     },
                     DocChanges {
                         id: b,
                         changes: vec![fake_change("b-1"), fake_change("b-2"), fake_change("b-3")],
+                        whole: None,
                     },
                 ],
                 &[],
@@ -666,10 +706,12 @@ fn vectors() -> Vec<Vector> {
                     DocChanges {
                         id: b,
                         changes: vec![fake_change("b-4"), fake_change("b-5")],
+                        whole: None,
                     },
                     DocChanges {
                         id: c,
                         changes: vec![fake_change("c-1")],
+                        whole: None,
                     },
                 ],
                 true,
@@ -715,6 +757,7 @@ fn vectors() -> Vec<Vector> {
             cursor: Some(44),
             docs: vec![],
             grids: vec![],
+            whole: None,
         }),
     ));
     out.push(vector(
@@ -734,6 +777,7 @@ fn vectors() -> Vec<Vector> {
             cursor: Some(44),
             docs: vec![],
             grids: vec![],
+            whole: None,
         }),
     ));
     out.push(vector(
@@ -745,7 +789,7 @@ fn vectors() -> Vec<Vector> {
             table: vec![],
             base_ms: 0,
             pending: None,
-            features: qiaomen_protocol::wire::FEATURES,
+            features: VECTOR_FEATURES,
             extras_digest: Some(qiaomen_protocol::wire::fnv1a(b"[]")),
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
             cursor_check: None,
@@ -753,6 +797,7 @@ fn vectors() -> Vec<Vector> {
             cursor: Some(44),
             docs: vec![],
             grids: vec![],
+            whole: None,
         }),
     ));
     out.push(vector(
@@ -771,6 +816,7 @@ fn vectors() -> Vec<Vector> {
             rejected: vec![],
             docs: vec![],
             more: false,
+            whole: None,
         }),
     ));
     out.push(vector(
@@ -789,13 +835,14 @@ fn vectors() -> Vec<Vector> {
             rejected: vec![],
             docs: vec![],
             more: false,
+            whole: None,
         }),
     ));
     out.push(vector(
         "response-rights",
         "An idle answer to a phone that announced feature bit 32: with the scope (s), what its user may do (u): every grant (grid g, role r, from f, until u, in ms) and the teams (t), computed at n. The phone keeps both and runs the server's rules before it commits an edit; its next s is the rights digest of the two.",
         Msg::Response(SyncResponse {
-            features: wire::FEATURES,
+            features: VECTOR_FEATURES,
             retire: None,
             rights: Some(qiaomen_protocol::policy::Rights {
                 grants: vec![
@@ -824,6 +871,7 @@ fn vectors() -> Vec<Vector> {
             rejected: vec![],
             docs: vec![],
             more: false,
+            whole: None,
         }),
     ));
     out.push(vector(
@@ -835,7 +883,7 @@ fn vectors() -> Vec<Vector> {
             table: vec![],
             base_ms: 0,
             pending: Some(0),
-            features: qiaomen_protocol::wire::FEATURES,
+            features: VECTOR_FEATURES,
             extras_digest: None,
             scope_digest: Some(qiaomen_protocol::wire::scope_digest(&["dongcun-04", "dongcun-03"])),
             cursor_check: None,
@@ -843,6 +891,7 @@ fn vectors() -> Vec<Vector> {
             cursor: Some(44),
             docs: vec![],
             grids: vec![],
+            whole: None,
         }),
     ));
     for (x, text) in [
@@ -862,7 +911,7 @@ fn vectors() -> Vec<Vector> {
             ),
             &format!("An answer to a phone that announced feature bit 8, with x = {text}."),
             Msg::Response(SyncResponse {
-                features: wire::FEATURES,
+                features: VECTOR_FEATURES,
                 retire: Some(x),
                 rights: None,
                 extras_digest: None,
@@ -874,6 +923,7 @@ fn vectors() -> Vec<Vector> {
                 rejected: vec![],
                 docs: vec![],
                 more: false,
+                whole: None,
             }),
         ));
     }
@@ -908,11 +958,12 @@ fn vectors() -> Vec<Vector> {
         vec![DocChanges {
             id: a,
             changes: packed,
+            whole: None,
         }],
         &["dongcun-03"],
     );
     if let Msg::Request(r) = &mut packed_request {
-        r.features = wire::FEATURES;
+        r.features = VECTOR_FEATURES;
         r.table = packer.table().iter().cloned().map(ByteBuf::from).collect();
         r.base_ms = packer.base_ms();
     }
@@ -922,6 +973,46 @@ fn vectors() -> Vec<Vector> {
         notes: Some(json!({ "changes": real_change_notes(&real) })),
         msg: packed_request,
     });
+    // A first sync by whole documents (SYNC-v1 §7.3.1): household A whole, made of the two
+    // real changes, then the phone's next request.
+    let whole = automerge::Automerge::load(&real.concat())
+        .expect("the real changes load")
+        .save_nocompress();
+    let position = wire::WholePosition { seq: 2, after: a };
+    out.push(Vector {
+        name: "response-first-sync-whole".into(),
+        description: "A page of a first sync by whole documents (feature bit 64, SYNC-v1 §7.3.1) to a phone that sent f = 127: household A as one whole document `w` (Automerge's saved form with uncompressed columns, holding the two changes of request-upload-automerge), `ch` empty. Households are left after it, so c is 0, m is true and `w` says where the next page goes on: position 2 of the log, after household A.".into(),
+        notes: Some(json!({ "changes": real_change_notes(&real) })),
+        msg: Msg::Response(SyncResponse {
+            features: wire::FEATURES,
+            retire: None,
+            rights: None,
+            extras_digest: None,
+            scope: None,
+            cursor_check: None,
+            version: PROTOCOL_VERSION,
+            cursor: 0,
+            accepted: 0,
+            rejected: vec![],
+            docs: vec![DocChanges {
+                id: a,
+                changes: vec![],
+                whole: Some(ByteBuf::from(whole)),
+            }],
+            more: true,
+            whole: Some(position),
+        }),
+    });
+    let mut next = request(None, vec![], &[]);
+    if let Msg::Request(r) = &mut next {
+        r.features = wire::FEATURES;
+        r.whole = Some(position);
+    }
+    out.push(vector(
+        "request-first-sync-whole-next",
+        "The phone's request after response-first-sync-whole: still no cursor, the response's `w` sent back, f = 127.",
+        next,
+    ));
     out.push(Vector {
         name: "request-upload-automerge".into(),
         description: "An upload of two real Automerge changes of household A, made deterministically (fixed actor, fixed times, author message): its creation by a phone (schema_version 2, grid dongcun-03) and a door-number edit that depends on it. A v1 server accepts both.".into(),
@@ -931,6 +1022,7 @@ fn vectors() -> Vec<Vector> {
             vec![DocChanges {
                 id: a,
                 changes: real.into_iter().map(ByteBuf::from).collect(),
+                whole: None,
             }],
             &["dongcun-03"],
         ),
@@ -1189,6 +1281,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         cursor: None,
         docs: vec![],
         grids: vec![],
+        whole: None,
     };
     // Only v: c, d and g take their defaults.
     assert_eq!(
@@ -1237,6 +1330,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
             rejected: vec![],
             docs: vec![],
             more: false,
+            whole: None,
         }
     );
 }

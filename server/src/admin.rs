@@ -606,6 +606,7 @@ pub fn seed_demo(data_dir: &Path) -> Result<Demo, Box<dyn std::error::Error>> {
                     .into_iter()
                     .map(ByteBuf::from)
                     .collect(),
+                whole: None,
             });
             demo.households.push((grid.to_string(), id));
         }

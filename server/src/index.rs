@@ -810,6 +810,7 @@ mod tests {
                         .into_iter()
                         .map(serde_bytes::ByteBuf::from)
                         .collect(),
+                    whole: None,
                 }
             })
             .collect();

@@ -1304,6 +1304,7 @@ mod tests {
             docs: vec![DocChanges {
                 id,
                 changes: changes.into_iter().map(ByteBuf::from).collect(),
+                whole: None,
             }],
             packing: None,
         }
@@ -1357,6 +1358,7 @@ mod tests {
             docs: vec![DocChanges {
                 id,
                 changes: packed,
+                whole: None,
             }],
             packing: Some(Arc::new(Packing {
                 table: packer.table().iter().cloned().map(ByteBuf::from).collect(),

@@ -37,6 +37,9 @@ pub struct Config {
     /// About how many bytes of changes one sync response carries before it sets `more`
     /// (default [`qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES`]).
     pub response_budget: usize,
+    /// A first sync gets each household as one whole document, to a phone that takes them
+    /// (SYNC-v1 §7.3.1). On by default; off, every change is sent as it was logged.
+    pub whole_docs: bool,
     /// Work-order deadlines and the visit rotation.
     pub workflow: index::Workflow,
     /// Body limits, timeouts, connections per peer, trusted proxies, TLS.
@@ -51,6 +54,7 @@ impl Config {
             data_dir: data_dir.into(),
             ingest: Default::default(),
             response_budget: qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES,
+            whole_docs: true,
             workflow: Default::default(),
             edge: Default::default(),
         }
@@ -146,6 +150,7 @@ pub async fn start(
         access_db: Arc::new(std::sync::Mutex::new(access_db)),
         limits: Arc::new(http::auth::Limits::default()),
         response_budget: config.response_budget,
+        whole_docs: config.whole_docs,
         index,
         workflow: Arc::new(config.workflow.clone()),
         edge: edge.clone(),

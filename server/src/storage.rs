@@ -65,6 +65,17 @@ pub struct LogSlice {
     pub more: bool,
 }
 
+/// A page of households, each with its history ([`Storage::whole_page`]).
+#[derive(Debug, Clone, Default)]
+pub struct WholePage {
+    pub docs: Vec<(HouseholdId, Vec<LoggedChange>)>,
+    /// The last household looked at (those without changes up to the page's position
+    /// included): where the next page starts.
+    pub last: Option<HouseholdId>,
+    /// No household is left after these.
+    pub done: bool,
+}
+
 /// A storage backend.
 pub trait Storage: Send + 'static {
     /// The stored bytes of a document (its snapshot followed by the changes logged after it),
@@ -115,6 +126,17 @@ pub trait Storage: Send + 'static {
     fn grid_docs(&mut self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>>;
     /// Every logged change of a document, oldest first, up to `until`.
     fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>>;
+    /// A page of a first sync by whole documents (SYNC-v1 §7.3.1): the households now in
+    /// `grids` with an id after `after`, in id order, each with its changes logged up to
+    /// `until` (a household with none is left out), until about `budget` bytes of changes —
+    /// always one household when any is left. One read transaction.
+    fn whole_page(
+        &mut self,
+        grids: &[String],
+        after: Option<HouseholdId>,
+        until: u64,
+        budget: usize,
+    ) -> Result<WholePage>;
     /// Puts a household in quarantine (kept if it already is), outside any open transaction's
     /// fate: called before a group's transaction begins.
     fn quarantine(&mut self, id: HouseholdId, reason: &str) -> Result<()>;
@@ -807,6 +829,65 @@ impl Storage for SqliteStorage {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn whole_page(
+        &mut self,
+        grids: &[String],
+        after: Option<HouseholdId>,
+        until: u64,
+        budget: usize,
+    ) -> Result<WholePage> {
+        const BATCH: i64 = 64;
+        let tx = self.conn.transaction()?;
+        let grids_json = serde_json::to_string(grids).expect("strings serialize");
+        let mut page = WholePage::default();
+        let mut used = 0usize;
+        let mut last: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+        'pages: loop {
+            let ids: Vec<Vec<u8>> = tx
+                .prepare_cached(
+                    "SELECT id FROM docs WHERE grid IN (SELECT value FROM json_each(?1)) AND id > ?2
+                      ORDER BY id LIMIT ?3",
+                )?
+                .query_map(params![grids_json, last, BATCH], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            if ids.is_empty() {
+                page.done = true;
+                break;
+            }
+            for id in ids {
+                if used >= budget && !page.docs.is_empty() {
+                    break 'pages;
+                }
+                last = id.clone();
+                let Ok(arr) = <[u8; 16]>::try_from(id.as_slice()) else {
+                    continue;
+                };
+                let doc = HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr));
+                page.last = Some(doc);
+                let changes: Vec<LoggedChange> = tx
+                    .prepare_cached(
+                        "SELECT seq, bytes, hash FROM changes WHERE doc = ?1 AND seq <= ?2 ORDER BY seq",
+                    )?
+                    .query_map(params![id, until as i64], |r| {
+                        Ok(LoggedChange {
+                            seq: r.get::<_, i64>(0)? as u64,
+                            doc,
+                            bytes: r.get(1)?,
+                            hash: r.get(2)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                if changes.is_empty() {
+                    continue;
+                }
+                used += changes.iter().map(|c| c.bytes.len()).sum::<usize>();
+                page.docs.push((doc, changes));
+            }
+        }
+        tx.commit()?;
+        Ok(page)
     }
 
     fn quarantine(&mut self, id: HouseholdId, reason: &str) -> Result<()> {

@@ -3,9 +3,11 @@
 //! qiaomen-tests --bench field`. `QIAOMEN_FIELD_HOUSEHOLDS` (default 300) sets the grid's size,
 //! 12 visits each (a year); `QIAOMEN_FIELD_LIMIT_S` (default 900) bounds each scenario.
 //!
-//! 1. A new phone's first sync of the grid: pieces sized to the link (the phone measures it
-//!    and asks for ~8 s of it, `r`) beside pieces of the server's budget (2 MiB, what a phone
-//!    got before `r`), in one run. Time, syncs it took, bytes down.
+//! 1. A new phone's first sync of the grid (a year of visits): whole documents (SYNC-v1
+//!    §7.3.1) beside every change as logged (a second server on a copy of the store, whole
+//!    documents off: today's main), pieces sized to the link (the phone measures it and asks
+//!    for ~8 s of it, `r`), and whole documents in pieces of the server's budget (2 MiB), in
+//!    one run. Time, syncs it took, bytes down.
 //! 2. A visit day through the same link: 25 visits up, others' work down.
 //! 3. `record_visit` through the FFI while a first sync crawls over the link: its latency.
 
@@ -60,29 +62,42 @@ fn main() {
     seed_test_org(&data);
     let server = TestServer::start(&data);
     let mut worker = server.phone(&dir.path().join("worker.db"), &["g1"]);
+    // The grid's history, a year of it: households registered a year ago (the phone's clock
+    // set back while it creates them: a visit never counts for a day before its household
+    // existed), then a visit on the 15th of each of the last 12 months and two corrections
+    // of the last note, 15 changes a household, as in the grid.
+    let today = qiaomen_tests::today();
+    let a_year_ago = today.add_days(-366);
+    let back = qiaomen_tests::now_ms() - 366 * 86_400_000;
+    worker.store.set_clock(move || back);
     let ids = worker.create_households("g1", households);
-
-    // The grid's history: a visit to every household and 11 later corrections of its note,
-    // 12 changes a household, about a year of visits in size. (The server takes visits only
-    // for days since the household and the worker's grant existed, both created by this
-    // bench today, so a year of real visit days cannot be made here.)
+    worker.store.set_clock(qiaomen_tests::now_ms);
+    let days: Vec<Day> = (a_year_ago.year()..=today.year())
+        .flat_map(|y| (1..=12u8).map(move |m| (y, m)))
+        .filter_map(|(y, m)| qiaomen_protocol::calendar::visit_days_of_month(y, m))
+        .map(|[fifteenth, _]| fifteenth)
+        .filter(|d| *d > a_year_ago && *d <= today)
+        .collect();
+    let day = qiaomen_protocol::calendar::cycle_of(today);
     let visit_on = |author: &qiaomen_protocol::doc::Author, day: Day| {
         let mut v = sample_visit(author, day, "老人在家，身体尚可，按时服药。");
         v.started_at_ms = qiaomen_tests::now_ms();
         v.ended_at_ms = Some(v.started_at_ms + 15 * 60_000);
         v
     };
-    let today = qiaomen_tests::today();
-    let day = qiaomen_protocol::calendar::cycle_of(today);
     for id in &ids {
-        let v = visit_on(&worker.author, day);
-        worker.store.record_visit(*id, &v, &[]).unwrap();
-        for k in 1..12 {
+        let mut last = None;
+        for d in &days {
+            let v = visit_on(&worker.author, *d);
+            worker.store.record_visit(*id, &v, &[]).unwrap();
+            last = Some(v.id);
+        }
+        for k in 1..3 {
             worker
                 .store
                 .replace_note(
                     *id,
-                    v.id,
+                    last.unwrap(),
                     &format!("老人在家，身体尚可，按时服药。第{k}次补记：血压正常。"),
                 )
                 .unwrap();
@@ -98,6 +113,22 @@ fn main() {
             .map(|r| r.2.name())
             .collect::<std::collections::BTreeSet<_>>()
     );
+    // The same store behind a second server that sends every change as it was logged (today's
+    // main before whole documents), for the first sync side by side.
+    server.stop();
+    let logged = dir.path().join("as-logged");
+    std::fs::create_dir_all(&logged).unwrap();
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), logged.join(entry.file_name())).unwrap();
+        }
+    }
+    let server = TestServer::start(&data);
+    let as_logged = TestServer::start_with(&logged, "127.0.0.1:0".parse().unwrap(), |c| {
+        c.whole_docs = false
+    });
+    worker.client = qiaomen_client_core::SyncClient::new(&server.url).unwrap();
     let changes = worker.store.acknowledged_change_count().unwrap();
 
     let retry = Retry {
@@ -110,16 +141,34 @@ fn main() {
     println!();
     println!("| new phone, first sync of the grid | time | syncs | bytes down | connections |");
     println!("|---|---|---|---|---|");
-    for (name, pieces) in [
-        ("pieces sized to the link (r)", None::<(usize, usize)>),
+    for (n, (name, pieces, whole)) in [
         (
-            "pieces of the server's budget (2 MiB, as before r)",
-            Some((2 << 20, 2 << 20)),
+            "whole documents, pieces sized to the link (r)",
+            None::<(usize, usize)>,
+            true,
         ),
-    ] {
-        let link = Link::start(server.addr, village(11));
-        let (_, code) = enrollment_code(&data, &["g1"]);
-        let path = dir.path().join(format!("new-{}.db", pieces.is_some()));
+        (
+            "changes as logged, pieces sized to the link (today's main)",
+            None,
+            false,
+        ),
+        (
+            "whole documents, pieces of the server's budget (2 MiB)",
+            Some((2 << 20, 2 << 20)),
+            true,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (to, folder) = if whole {
+            (&server, &data)
+        } else {
+            (&as_logged, &logged)
+        };
+        let link = Link::start(to.addr, village(11));
+        let (_, code) = enrollment_code(folder, &["g1"]);
+        let path = dir.path().join(format!("new-{n}.db"));
         let mut phone = Phone::enroll(&path, &link.url, &code).unwrap();
         let mut client = phone.client.clone().with_retry(retry.clone());
         if let Some((min, max)) = pieces {
@@ -183,7 +232,7 @@ fn main() {
         .unwrap();
     let path = dir.path().join("ffi.db").to_string_lossy().into_owned();
     let ffi: Arc<qiaomen::Phone> = rt
-        .block_on(qiaomen::enroll(path, link.url.clone(), code))
+        .block_on(qiaomen::enroll(path, link.url.clone(), code, None))
         .unwrap();
     // Households of its own to visit while the sync runs (created first: they travel with it).
     let mine: Vec<String> = (0..200)

@@ -46,6 +46,7 @@ fn main() {
                 .into_iter()
                 .map(serde_bytes::ByteBuf::from)
                 .collect(),
+            whole: None,
         });
         let v = qiaomen_tests::sample_visit(
             &a,
@@ -56,6 +57,7 @@ fn main() {
         visits.push(DocChanges {
             id,
             changes: vec![serde_bytes::ByteBuf::from(d.change_bytes(&h).unwrap())],
+            whole: None,
         });
     }
     // The real access path: an authenticated worker of grid `g`.

@@ -137,6 +137,7 @@ fn upload_request(
                     serde_bytes::ByteBuf::from(p.unwrap_or(b))
                 })
                 .collect(),
+            whole: None,
         })
         .collect();
     qiaomen_protocol::wire::SyncRequest {
@@ -158,6 +159,7 @@ fn upload_request(
         docs,
         grids,
         cursor_check: None,
+        whole: None,
     }
 }
 

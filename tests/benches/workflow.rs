@@ -83,6 +83,7 @@ fn main() {
                     .into_iter()
                     .map(serde_bytes::ByteBuf::from)
                     .collect(),
+                whole: None,
             });
         }
         let upload = Upload {

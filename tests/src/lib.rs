@@ -350,8 +350,10 @@ pub fn upload_request(
                 .into_iter()
                 .map(serde_bytes::ByteBuf::from)
                 .collect(),
+            whole: None,
         }],
         grids: vec![],
+        whole: None,
     }
 }
 

@@ -229,6 +229,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
         cursor: Some(0),
         docs: vec![],
         grids: vec![],
+        whole: None,
     });
     let mut cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
         (
@@ -277,6 +278,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
                 cursor: None,
                 docs: vec![],
                 grids: vec![],
+                whole: None,
             }),
             400,
             "unsupported_version",
@@ -312,6 +314,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
                 cursor: Some(seq + 1000),
                 docs: vec![],
                 grids: vec![],
+                whole: None,
             }),
             409,
             "cursor_ahead",
@@ -369,15 +372,18 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
             DocChanges {
                 id,
                 changes: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+                whole: None,
             },
             DocChanges {
                 id: HouseholdId::new(),
                 changes: vec![serde_bytes::ByteBuf::from(vec![
                     0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0,
                 ])],
+                whole: None,
             },
         ],
         grids: vec![],
+        whole: None,
     };
     let (status, _) = post(&server.url, Some(&token), CONTENT_TYPE, wire::encode(&bad));
     assert_eq!(status, 200);

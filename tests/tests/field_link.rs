@@ -49,7 +49,7 @@ fn started() -> (tempfile::TempDir, std::path::PathBuf, TestServer) {
 fn ffi_phone(rt: &tokio::runtime::Runtime, dir: &std::path::Path, url: &str) -> Arc<Phone> {
     let (_, code) = enrollment_code(&dir.join("server"), &["g1"]);
     let path = dir.join("phone.db").to_string_lossy().into_owned();
-    rt.block_on(qiaomen::enroll(path, url.to_string(), code))
+    rt.block_on(qiaomen::enroll(path, url.to_string(), code, None))
         .expect("enrolled over the link")
 }
 
@@ -140,7 +140,7 @@ fn the_app_records_and_reads_while_a_sync_waits_on_a_stalled_link() {
         .block_on(async {
             let other_dir = dir.path().join("other.db").to_string_lossy().into_owned();
             let (_, code) = enrollment_code(&data, &["g1"]);
-            let other = qiaomen::enroll(other_dir, server.url.clone(), code).await?;
+            let other = qiaomen::enroll(other_dir, server.url.clone(), code, None).await?;
             other.sync(None).await?;
             other.household(household.clone())
         })
@@ -447,7 +447,7 @@ fn a_sync_cancelled_at_any_moment_leaves_the_store_whole_and_the_next_one_comple
     let (_, code) = enrollment_code(&data, &["g1"]);
     let fresh_path = dir.path().join("fresh.db").to_string_lossy().into_owned();
     let fresh = rt
-        .block_on(qiaomen::enroll(fresh_path, server.url.clone(), code))
+        .block_on(qiaomen::enroll(fresh_path, server.url.clone(), code, None))
         .unwrap();
     rt.block_on(fresh.sync(None)).unwrap();
     assert_eq!(fresh.household_ids().unwrap().len(), 35);

@@ -430,13 +430,14 @@ fn tls_with_a_countys_own_ca() {
         https.clone(),
         code,
         ca_pem.clone(),
+        None,
     ))
     .unwrap();
     let summary = block_on(phone.sync(None)).unwrap();
     assert!(summary.progress.round_trips >= 1);
     drop(phone);
     // After a restart of the app, from the store alone.
-    let phone = qiaomen::Phone::open(path).unwrap();
+    let phone = qiaomen::Phone::open(path, None).unwrap();
     block_on(phone.sync(None)).unwrap();
     // Plain HTTP to a TLS port is no answer.
     assert!(get_text_result(&format!("http://{}/healthz", server.addr)).is_err());
@@ -448,6 +449,7 @@ fn tls_with_a_countys_own_ca() {
         dir.path().join("q.db").to_string_lossy().into_owned(),
         https.clone(),
         code.clone(),
+        None,
     ))
     .err()
     .unwrap(); // an untrusted certificate is refused
@@ -462,6 +464,7 @@ fn tls_with_a_countys_own_ca() {
         https.clone(),
         code.clone(),
         "not a certificate".into(),
+        None,
     ))
     .err()
     .unwrap();
@@ -474,6 +477,7 @@ fn tls_with_a_countys_own_ca() {
         https,
         code,
         ca_pem,
+        None,
     ))
     .unwrap();
 }

@@ -585,6 +585,7 @@ fn a_visit_day_goes_up_packed_and_the_server_holds_the_phones_very_changes() {
                 .into_iter()
                 .map(|(_, b)| serde_bytes::ByteBuf::from(b))
                 .collect(),
+            whole: None,
         })
         .collect();
     let as_chunks = wire::encode_request(&SyncRequest {
@@ -601,6 +602,7 @@ fn a_visit_day_goes_up_packed_and_the_server_holds_the_phones_very_changes() {
         cursor: worker.store.sync_cursor().unwrap(),
         docs,
         grids: vec![],
+        whole: None,
     })
     .len() as u64;
     let report = worker.sync().unwrap();
@@ -768,4 +770,95 @@ fn a_value_crafted_past_the_phones_rules_is_refused_invalid_field_and_nothing_is
         "{err:?}"
     );
     assert_eq!(a.store.pending_change_count().unwrap(), 0);
+}
+
+#[test]
+fn a_new_phone_gets_each_household_whole_in_pieces_and_then_follows_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start(&data);
+    let mut busy = server.phone(&dir.path().join("busy.db"), &["g1"]);
+    busy.store.set_clock(|| 1_767_225_600_000); // 2026-01-01 China time
+    let ids = busy.create_households("g1", 24);
+    busy.store.set_clock(qiaomen_server::access::now_ms);
+    let days: Vec<Day> = (1..=4u8)
+        .flat_map(|m| qiaomen_protocol::calendar::visit_days_of_month(2026, m).unwrap())
+        .collect();
+    for d in &days {
+        for id in &ids {
+            busy.store
+                .record_visit(
+                    *id,
+                    &sample_visit(&busy.author, *d, "每月走访，一切正常"),
+                    &[],
+                )
+                .unwrap();
+        }
+    }
+    busy.sync().unwrap();
+    // A household of another grid, which the new phone must never get.
+    let mut elsewhere = server.phone(&dir.path().join("g2.db"), &["g2"]);
+    let foreign = elsewhere.create_households("g2", 1)[0];
+    elsewhere.sync().unwrap();
+    server.stop();
+    // The same log on a second server that sends every change as it was logged.
+    copy_dir(&data, &dir.path().join("changes"));
+    let whole = TestServer::start_with(&data, addr, |c| c.response_budget = 8 * 1024);
+    let changes = TestServer::start_with(&dir.path().join("changes"), addr, |c| {
+        c.response_budget = 8 * 1024;
+        c.whole_docs = false;
+    });
+
+    let mut fresh = whole.phone(&dir.path().join("fresh.db"), &["g1"]);
+    let report = fresh.sync().unwrap();
+    assert!(
+        report.progress.round_trips > 3,
+        "in pieces: {} round trips",
+        report.progress.round_trips
+    );
+    // Every change once: the households' creation and each visit.
+    assert_eq!(
+        report.received_changes as usize,
+        ids.len() * (1 + days.len())
+    );
+    let mut held = fresh.store.household_ids().unwrap();
+    held.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(held, expected, "the grid's households, and no other");
+    assert!(!held.contains(&foreign));
+    for id in &ids {
+        assert_eq!(
+            fresh.store.household(*id).unwrap(),
+            busy.store.household(*id).unwrap()
+        );
+    }
+    assert!(fresh.store.whole_position().unwrap().is_none());
+    assert!(fresh.store.sync_cursor().unwrap().is_some());
+
+    // The same first sync with every change as logged costs more bytes down.
+    let mut by_changes = changes.phone(&dir.path().join("by-changes.db"), &["g1"]);
+    let baseline = by_changes.sync().unwrap();
+    assert_eq!(by_changes.store.household_ids().unwrap().len(), ids.len());
+    assert!(
+        report.progress.bytes_down < baseline.progress.bytes_down,
+        "whole documents {} bytes, changes {} bytes",
+        report.progress.bytes_down,
+        baseline.progress.bytes_down
+    );
+
+    // Afterwards the phone follows the log from the cursor it was given: a new visit
+    // arrives as one change.
+    busy.client = qiaomen_client_core::SyncClient::new(&whole.url).unwrap();
+    busy.store
+        .record_visit(ids[0], &sample_visit(&busy.author, days[0], "补记"), &[])
+        .unwrap();
+    busy.sync().unwrap();
+    let next = fresh.sync().unwrap();
+    assert_eq!(next.received_changes, 1);
+    assert_eq!(
+        fresh.store.household(ids[0]).unwrap(),
+        busy.store.household(ids[0]).unwrap()
+    );
 }

@@ -163,6 +163,32 @@ fun retiredPhoneUploadsThenIsWiped(org: Org) {
     check(colleague.household(hid).visits.map { it.note } == listOf("recorded before the handover"), "the visit is on the server")
 }
 
+val secrets = listOf("欧阳秀英", "11010519491231002X", "13912345678")
+
+/** Which of the resident's data the store file and its journals show in the clear. */
+fun leaked(path: String): List<String> {
+    val f = File(path)
+    val raw = f.parentFile.listFiles()!!.filter { it.name.startsWith(f.name) }
+        .joinToString("") { String(it.readBytes(), Charsets.ISO_8859_1) }
+    return secrets.filter { raw.contains(String(it.toByteArray(), Charsets.ISO_8859_1)) }
+}
+
+fun encryptedStoreOpensOnlyWithItsKey(org: Org) {
+    val grid = org.grid()
+    val key = ByteArray(32).also { java.security.SecureRandom().nextBytes(it) }
+    val path = tempPath()
+    val p = runBlocking { enroll(path, org.url, org.code(grid), key) }
+    val hid = p.createHousehold(household(grid))
+    p.addMember(hid, NewMember(Relation.HEAD, secrets[0], secrets[1], null, secrets[2], listOf()))
+    p.recordVisit(hid, visit("老人独居"))
+    check(sync(p).rejected == 0uL, "syncs")
+    check(leaked(path).isEmpty(), "the file shows none of the resident's data: ${leaked(path).size} leaked")
+    try { Phone.open(path, ByteArray(32)); check(false, "no error") } catch (e: QiaomenException.WrongKey) {}
+    try { Phone.open(path, ByteArray(5)); check(false, "no error") } catch (e: QiaomenException.InvalidInput) {}
+    val again = Phone.open(path, key)
+    check(again.household(hid).members.map { it.name } == listOf(secrets[0]), "reopened with its key")
+}
+
 fun main(args: Array<String>) {
     val serverBin = args[0]
     val port = ServerSocket(0).use { it.localPort }
@@ -188,6 +214,7 @@ fun main(args: Array<String>) {
         "enrollment and other errors arrive as the documented exceptions" to ::errorsAreTyped,
         "a revoked phone is wiped on its next sync" to ::revokedPhoneIsWiped,
         "a retired phone uploads what it holds, then is wiped" to ::retiredPhoneUploadsThenIsWiped,
+        "an encrypted store shows no resident's data and opens only with its key" to ::encryptedStoreOpensOnlyWithItsKey,
     )
     var passed = 0; var failed = 0
     for ((name, test) in tests) {

@@ -1,5 +1,6 @@
 """Enrolled phones, a real server, the generated Python bindings."""
 import asyncio
+import gc
 import os
 import socket
 import tempfile
@@ -307,3 +308,63 @@ def test_the_app_names_itself_and_a_supervisor_sees_the_phone_and_what_it_runs(o
     assert len(mine) == 1, rows
     assert mine[0]["agent"].startswith("qiaomen/") and mine[0]["agent"].endswith(" pytest-app/1.2.3")
     assert mine[0]["pending"] == 0 and mine[0]["days_since_sync"] == 0
+
+
+SECRETS = ("欧阳秀英", "11010519491231002X", "13912345678")
+
+
+def store_bytes(path):
+    """The store file and its journals, as a thief would copy them."""
+    import glob
+    return b"".join(open(p, "rb").read() for p in sorted(glob.glob(path + "*")))
+
+
+def add_resident(phone, grid):
+    hid = phone.create_household(household(grid))
+    phone.add_member(hid, q.NewMember(relation=q.Relation.HEAD, name=SECRETS[0], id_number=SECRETS[1],
+                                      birth_date=None, phone=SECRETS[2], tags=[]))
+    return hid
+
+
+def test_an_encrypted_store_hides_residents_and_opens_only_with_its_key(org):
+    grid = org.grid()
+    key = os.urandom(32)
+    path = temp_path()
+    phone = asyncio.run(q.enroll(path, org.url, org.code(grid), key))
+    hid = add_resident(phone, grid)
+    phone.record_visit(hid, visit("老人独居，血压偏高"))
+    sync(phone)
+    raw = store_bytes(path)
+    assert raw and not [s for s in SECRETS if s.encode() in raw]
+    del phone
+    gc.collect()
+
+    before = store_bytes(path)
+    with pytest.raises(q.QiaomenError.WrongKey):
+        q.Phone.open(path, os.urandom(32))
+    with pytest.raises(q.QiaomenError.InvalidInput):
+        q.Phone.open(path, b"sixteen byte key")
+    with pytest.raises(q.QiaomenError.Storage):
+        q.Phone.open(path)  # encrypted, opened without its key
+    assert store_bytes(path) == before, "a wrong key leaves the file as it was"
+
+    again = q.Phone.open(path, key)
+    assert [m.name for m in again.household(hid).members] == [SECRETS[0]]
+    assert again.pending_count() == 0
+
+
+def test_a_plaintext_store_is_encrypted_when_first_opened_with_a_key(org):
+    grid = org.grid()
+    phone, path = enroll(org.url, org.code(grid))
+    hid = add_resident(phone, grid)
+    assert [s for s in SECRETS if s.encode() in store_bytes(path)], "the scan sees plaintext"
+    pending = phone.pending_count()
+    del phone
+    gc.collect()
+
+    key = os.urandom(32)
+    encrypted = q.Phone.open(path, key)
+    assert not [s for s in SECRETS if s.encode() in store_bytes(path)]
+    assert encrypted.pending_count() == pending
+    sync(encrypted)
+    assert encrypted.pending_count() == 0 and encrypted.household(hid).members[0].name == SECRETS[0]

@@ -879,6 +879,7 @@ pub(crate) async fn web_change(
             docs: vec![DocChanges {
                 id,
                 changes: vec![serde_bytes::ByteBuf::from(change)],
+                whole: None,
             }],
             packing: None,
         })

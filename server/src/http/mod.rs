@@ -49,6 +49,8 @@ pub struct AppState {
     pub limits: Arc<auth::Limits>,
     /// About how many bytes of changes one response carries before it sets `more`.
     pub response_budget: usize,
+    /// Whole documents on a first sync (SYNC-v1 §7.3.1).
+    pub whole_docs: bool,
     /// The read model for coverage, work orders and statistics.
     pub index: Arc<Mutex<crate::index::Index>>,
     /// Work-order deadlines and the visit rotation (read without the read model's lock).
@@ -578,9 +580,17 @@ async fn sync(
             message: "at most 1000 grids".into(),
         });
     }
+    if req.docs.iter().any(|d| d.whole.is_some()) {
+        return Err(ApiError::BadRequest {
+            code: "malformed",
+            message: "a request carries changes, never whole documents".into(),
+        });
+    }
     let cursor = req.cursor.unwrap_or(0);
     let max_seq = state.readers.with(|s| s.max_seq()).await?;
-    if cursor > max_seq {
+    // A first sync by whole documents goes on from a log position, like a cursor.
+    let position = req.whole.filter(|_| cursor == 0).map_or(cursor, |w| w.seq);
+    if position > max_seq {
         state
             .metrics
             .resyncs
@@ -726,80 +736,93 @@ async fn sync(
     let budget = req.response_budget.map_or(state.response_budget, |r| {
         (r as usize).clamp(limits::MIN_RESPONSE_BUDGET_BYTES, state.response_budget)
     });
-    let uploaded: HashSet<&[u8]> = outcome.uploaded.iter().map(|h| h.as_ref()).collect();
-    let (slice, check) = state
-        .readers
-        .with(move |s| {
-            let slice = if grids.is_empty() {
-                // Nothing in scope: nothing to send, and the cursor moves to the log's end.
-                crate::storage::LogSlice {
-                    cursor: s.max_seq()?.max(cursor),
-                    ..Default::default()
-                }
-            } else {
-                let mut slice = s.log_since(cursor, budget, &grids)?;
-                // Households that moved into the phone's grids since its cursor: their whole
-                // history (rows logged under their earlier grid included), once.
-                let moved = s.moved_into(cursor, slice.cursor, &grids)?;
-                if !moved.is_empty() {
-                    let have: HashSet<Vec<u8>> =
-                        slice.changes.iter().map(|c| c.hash.clone()).collect();
-                    let mut extra = Vec::new();
-                    for id in moved {
-                        extra.extend(
-                            s.doc_log(id, slice.cursor)?
-                                .into_iter()
-                                .filter(|c| !have.contains(&c.hash)),
-                        );
-                    }
-                    extra.extend(std::mem::take(&mut slice.changes));
-                    extra.sort_by_key(|c| c.seq);
-                    slice.changes = extra;
-                }
-                slice
-            };
-            let check = if slice.cursor > 0 {
-                s.hash_at(slice.cursor)?
-            } else {
-                None
-            };
-            Ok((slice, check))
-        })
-        .await?;
-    // A retiring phone is being handed over: it receives nothing more, and keeps its cursor.
-    let (slice, check) = if device.retiring {
-        (
-            crate::storage::LogSlice {
-                cursor,
-                ..Default::default()
-            },
-            req.cursor_check.clone().map(ByteBuf::into_vec),
-        )
+    // A phone with nothing yet takes each household as one whole document (SYNC-v1 §7.3.1).
+    let whole_from = (state.whole_docs
+        && req.features & wire::FEATURE_WHOLE_DOCS != 0
+        && cursor == 0
+        && !device.retiring
+        && !grids.is_empty())
+    .then_some(req.whole);
+    let (docs, cursor_out, check, more, whole_next) = if let Some(from) = whole_from {
+        whole_page(&state, grids, from, budget).await?
     } else {
-        (slice, check)
-    };
-    let mut order = Vec::new();
-    let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
-    for c in slice.changes {
-        // What this phone uploads it has: not sent back.
-        if uploaded.contains(c.hash.as_slice()) {
-            continue;
-        }
-        by_doc
-            .entry(c.doc)
-            .or_insert_with(|| {
-                order.push(c.doc);
-                Vec::new()
+        let uploaded: HashSet<&[u8]> = outcome.uploaded.iter().map(|h| h.as_ref()).collect();
+        let (slice, check) = state
+            .readers
+            .with(move |s| {
+                let slice = if grids.is_empty() {
+                    // Nothing in scope: nothing to send, and the cursor moves to the log's end.
+                    crate::storage::LogSlice {
+                        cursor: s.max_seq()?.max(cursor),
+                        ..Default::default()
+                    }
+                } else {
+                    let mut slice = s.log_since(cursor, budget, &grids)?;
+                    // Households that moved into the phone's grids since its cursor: their whole
+                    // history (rows logged under their earlier grid included), once.
+                    let moved = s.moved_into(cursor, slice.cursor, &grids)?;
+                    if !moved.is_empty() {
+                        let have: HashSet<Vec<u8>> =
+                            slice.changes.iter().map(|c| c.hash.clone()).collect();
+                        let mut extra = Vec::new();
+                        for id in moved {
+                            extra.extend(
+                                s.doc_log(id, slice.cursor)?
+                                    .into_iter()
+                                    .filter(|c| !have.contains(&c.hash)),
+                            );
+                        }
+                        extra.extend(std::mem::take(&mut slice.changes));
+                        extra.sort_by_key(|c| c.seq);
+                        slice.changes = extra;
+                    }
+                    slice
+                };
+                let check = if slice.cursor > 0 {
+                    s.hash_at(slice.cursor)?
+                } else {
+                    None
+                };
+                Ok((slice, check))
             })
-            .push(ByteBuf::from(c.bytes));
-    }
-    let docs: Vec<DocChanges> = order
-        .into_iter()
-        .map(|id| DocChanges {
-            id,
-            changes: by_doc.remove(&id).unwrap_or_default(),
-        })
-        .collect();
+            .await?;
+        // A retiring phone is being handed over: it receives nothing more, and keeps its cursor.
+        let (slice, check) = if device.retiring {
+            (
+                crate::storage::LogSlice {
+                    cursor,
+                    ..Default::default()
+                },
+                req.cursor_check.clone().map(ByteBuf::into_vec),
+            )
+        } else {
+            (slice, check)
+        };
+        let mut order = Vec::new();
+        let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
+        for c in slice.changes {
+            // What this phone uploads it has: not sent back.
+            if uploaded.contains(c.hash.as_slice()) {
+                continue;
+            }
+            by_doc
+                .entry(c.doc)
+                .or_insert_with(|| {
+                    order.push(c.doc);
+                    Vec::new()
+                })
+                .push(ByteBuf::from(c.bytes));
+        }
+        let docs: Vec<DocChanges> = order
+            .into_iter()
+            .map(|id| DocChanges {
+                id,
+                changes: by_doc.remove(&id).unwrap_or_default(),
+                whole: None,
+            })
+            .collect();
+        (docs, slice.cursor, check, slice.more, None)
+    };
     let response = SyncResponse {
         features: if req.features & wire::FEATURE_PACKED != 0 {
             wire::FEATURES
@@ -809,7 +832,7 @@ async fn sync(
         extras_digest: (req.extras_digest != Some(extras)).then_some(extras),
         cursor_check: check.map(ByteBuf::from),
         version: PROTOCOL_VERSION,
-        cursor: slice.cursor,
+        cursor: cursor_out,
         accepted: outcome.accepted,
         rejected: outcome
             .rejected
@@ -820,7 +843,7 @@ async fn sync(
             })
             .collect(),
         docs,
-        more: slice.more,
+        more,
         // Sent only when the phone's copy differs: an idle check stays tiny. A phone that
         // holds no rights yet sends the digest of its scope alone, so it gets both.
         rights: rights.filter(|_| send_scope),
@@ -830,6 +853,7 @@ async fn sync(
         } else {
             wire::Retire::Retiring
         }),
+        whole: whole_next,
     };
     let n_down = response.docs.len();
     let n_rejected = response.rejected.len();
@@ -866,4 +890,90 @@ async fn sync(
         );
     }
     Ok(response)
+}
+/// What one page of a first sync by whole documents answers (SYNC-v1 §7.3.1): the
+/// households of the page, each as one whole document at the page's log position; the
+/// cursor (that position) and its check on the last page, or the position to go on from.
+async fn whole_page(
+    state: &AppState,
+    grids: Vec<String>,
+    from: Option<wire::WholePosition>,
+    budget: usize,
+) -> Result<
+    (
+        Vec<DocChanges>,
+        u64,
+        Option<Vec<u8>>,
+        bool,
+        Option<wire::WholePosition>,
+    ),
+    ApiError,
+> {
+    let (page, at, check, behind) = state
+        .readers
+        .with(move |s| {
+            let at = match from {
+                Some(w) => w.seq,
+                None => s.max_seq()?,
+            };
+            let page = s.whole_page(&grids, from.map(|w| w.after), at, budget)?;
+            let check = if page.done && at > 0 {
+                s.hash_at(at)?
+            } else {
+                None
+            };
+            Ok((page, at, check, s.max_seq()? > at))
+        })
+        .await?;
+    let next = page
+        .last
+        .filter(|_| !page.done)
+        .map(|after| wire::WholePosition { seq: at, after });
+    let docs = tokio::task::spawn_blocking(move || {
+        page.docs
+            .into_iter()
+            .map(|(id, changes)| whole_doc(id, changes))
+            .collect()
+    })
+    .await
+    .map_err(|_| ApiError::internal("whole documents task failed"))?;
+    Ok(match next {
+        // More households to come: no cursor yet.
+        Some(next) => (docs, 0, None, true, Some(next)),
+        // The last page: the cursor is the position the documents were taken at, and what
+        // the log holds after it comes by the ordinary sync from there.
+        None => (docs, at, check, behind, None),
+    })
+}
+
+/// A household as one whole document built from its logged changes (Automerge's saved form,
+/// columns uncompressed: the response's zstd does better over them than DEFLATE under it).
+/// A history the server cannot load (a quarantined household) goes as its changes, as the
+/// log holds them, so it fails only itself, on the phone as it would have before.
+fn whole_doc(
+    id: qiaomen_protocol::ids::HouseholdId,
+    changes: Vec<crate::storage::LoggedChange>,
+) -> DocChanges {
+    let bytes: Vec<u8> = changes
+        .iter()
+        .flat_map(|c| c.bytes.iter().copied())
+        .collect();
+    let saved = std::panic::catch_unwind(|| {
+        automerge::Automerge::load(&bytes).map(|doc| doc.save_nocompress())
+    });
+    match saved {
+        Ok(Ok(whole)) => DocChanges {
+            id,
+            changes: vec![],
+            whole: Some(ByteBuf::from(whole)),
+        },
+        _ => DocChanges {
+            id,
+            changes: changes
+                .into_iter()
+                .map(|c| ByteBuf::from(c.bytes))
+                .collect(),
+            whole: None,
+        },
+    }
 }
