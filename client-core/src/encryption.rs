@@ -160,7 +160,9 @@ fn encrypt(path: &Path, copy: &Path, key: &StoreKey) -> Result<()> {
     {
         let plain = Connection::open(path)?;
         plain.busy_timeout(std::time::Duration::from_secs(5))?;
-        let copy_name = copy.to_str().ok_or(StoreError::CorruptStore)?;
+        let copy_name = copy.to_str().ok_or_else(|| {
+            StoreError::Io(std::io::Error::other("the store's path is not UTF-8"))
+        })?;
         plain.execute(
             "ATTACH DATABASE ?1 AS encrypted KEY ?2",
             rusqlite::params![copy_name, key.literal().as_str()],

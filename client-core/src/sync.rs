@@ -945,17 +945,17 @@ impl SyncClient {
             // Counted as new only: on a paged catch-up a later page may carry this phone's own
             // changes from the first request back; they are already here.
             let applied = match &doc.whole {
-                // A first sync: the household whole (SYNC-v1 §7.3.1), then any changes.
-                Some(whole) => store
-                    .store()
-                    .apply_remote_document(doc.id, whole)
-                    .and_then(|n| {
-                        Ok(n + if changes.is_empty() {
-                            0
-                        } else {
-                            store.store().apply_remote_changes(doc.id, &changes)?
-                        })
-                    }),
+                // A first sync: the household whole (SYNC-v1 §7.3.1), then any changes, in
+                // one step on the store.
+                Some(whole) => {
+                    let mut s = store.store();
+                    match s.apply_remote_document(doc.id, whole) {
+                        Ok(n) if !changes.is_empty() => s
+                            .apply_remote_changes(doc.id, &changes)
+                            .map(|more| n + more),
+                        other => other,
+                    }
+                }
                 None => store.store().apply_remote_changes(doc.id, &changes),
             };
             match applied {

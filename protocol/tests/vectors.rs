@@ -979,29 +979,26 @@ fn vectors() -> Vec<Vector> {
         .expect("the real changes load")
         .save_nocompress();
     let position = wire::WholePosition { seq: 2, after: a };
+    let mut first_page = response(
+        0,
+        0,
+        vec![],
+        vec![DocChanges {
+            id: a,
+            changes: vec![],
+            whole: Some(ByteBuf::from(whole)),
+        }],
+        true,
+    );
+    if let Msg::Response(r) = &mut first_page {
+        r.features = wire::FEATURES;
+        r.whole = Some(position);
+    }
     out.push(Vector {
         name: "response-first-sync-whole".into(),
         description: "A page of a first sync by whole documents (feature bit 64, SYNC-v1 §7.3.1) to a phone that sent f = 127: household A as one whole document `w` (Automerge's saved form with uncompressed columns, holding the two changes of request-upload-automerge), `ch` empty. Households are left after it, so c is 0, m is true and `w` says where the next page goes on: position 2 of the log, after household A.".into(),
         notes: Some(json!({ "changes": real_change_notes(&real) })),
-        msg: Msg::Response(SyncResponse {
-            features: wire::FEATURES,
-            retire: None,
-            rights: None,
-            extras_digest: None,
-            scope: None,
-            cursor_check: None,
-            version: PROTOCOL_VERSION,
-            cursor: 0,
-            accepted: 0,
-            rejected: vec![],
-            docs: vec![DocChanges {
-                id: a,
-                changes: vec![],
-                whole: Some(ByteBuf::from(whole)),
-            }],
-            more: true,
-            whole: Some(position),
-        }),
+        msg: first_page,
     });
     let mut next = request(None, vec![], &[]);
     if let Msg::Request(r) = &mut next {

@@ -523,6 +523,22 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Every logged change of a document up to `until`, oldest first ([`Storage::doc_log`]).
+fn doc_log_of(conn: &Connection, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, bytes, hash FROM changes WHERE doc = ?1 AND seq <= ?2 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![id.as_bytes().as_slice(), until as i64], |r| {
+        Ok(LoggedChange {
+            seq: r.get::<_, i64>(0)? as u64,
+            doc: id,
+            bytes: r.get(1)?,
+            hash: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 impl Storage for SqliteStorage {
     fn load_doc(&mut self, id: HouseholdId) -> Result<Option<Vec<u8>>> {
         let key = id.as_bytes().as_slice();
@@ -817,18 +833,7 @@ impl Storage for SqliteStorage {
     }
 
     fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, bytes, hash FROM changes WHERE doc = ?1 AND seq <= ?2 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map(params![id.as_bytes().as_slice(), until as i64], |r| {
-            Ok(LoggedChange {
-                seq: r.get::<_, i64>(0)? as u64,
-                doc: id,
-                bytes: r.get(1)?,
-                hash: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        doc_log_of(&self.conn, id, until)
     }
 
     fn whole_page(
@@ -866,19 +871,7 @@ impl Storage for SqliteStorage {
                 };
                 let doc = HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr));
                 page.last = Some(doc);
-                let changes: Vec<LoggedChange> = tx
-                    .prepare_cached(
-                        "SELECT seq, bytes, hash FROM changes WHERE doc = ?1 AND seq <= ?2 ORDER BY seq",
-                    )?
-                    .query_map(params![id, until as i64], |r| {
-                        Ok(LoggedChange {
-                            seq: r.get::<_, i64>(0)? as u64,
-                            doc,
-                            bytes: r.get(1)?,
-                            hash: r.get(2)?,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
+                let changes = doc_log_of(&tx, doc, until)?;
                 if changes.is_empty() {
                     continue;
                 }
@@ -1018,6 +1011,66 @@ impl Storage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(doc: HouseholdId, n: u8) -> NewChange {
+        NewChange {
+            doc,
+            hash: [n; 32],
+            bytes: vec![n; 100],
+            device: None,
+            user: None,
+            clock_ok: None,
+        }
+    }
+
+    /// Pages of a first sync by whole documents: the grid's households in id order, each with
+    /// its changes up to the position, about `budget` bytes a page, and `done` at the end.
+    #[test]
+    fn whole_pages_go_through_a_grids_households_at_one_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStorage::open(dir.path()).unwrap();
+        let mut ids: Vec<HouseholdId> = (0..3).map(|_| HouseholdId::new()).collect();
+        ids.sort();
+        let (elsewhere, later) = (HouseholdId::new(), HouseholdId::new());
+        s.begin().unwrap();
+        s.append(&[change(ids[0], 1), change(ids[0], 2)], "g1")
+            .unwrap();
+        s.append(&[change(ids[1], 3)], "g1").unwrap();
+        s.append(&[change(elsewhere, 4)], "g2").unwrap();
+        s.append(&[change(ids[2], 5)], "g1").unwrap();
+        s.commit().unwrap();
+        let at = s.max_seq().unwrap();
+        // Logged after the position: not in these pages (it comes by the log).
+        s.begin().unwrap();
+        s.append(&[change(later, 6)], "g1").unwrap();
+        s.append(&[change(ids[0], 7)], "g1").unwrap();
+        s.commit().unwrap();
+
+        let grids = vec!["g1".to_string()];
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = s.whole_page(&grids, after, at, 150).unwrap();
+            pages += 1;
+            for (id, changes) in &page.docs {
+                assert!(changes.iter().all(|c| c.seq <= at));
+                seen.push((*id, changes.len()));
+            }
+            if page.done {
+                break;
+            }
+            after = page.last;
+            assert!(pages < 10, "the pages end");
+        }
+        let mut expected = vec![(ids[0], 2), (ids[1], 1), (ids[2], 1)];
+        expected.sort();
+        assert_eq!(seen, expected, "g1's households, once each, in id order");
+        assert!(pages >= 3, "about 150 bytes a page: {pages} pages");
+        // A page always holds one household, however small the budget.
+        let one = s.whole_page(&grids, None, at, 0).unwrap();
+        assert_eq!(one.docs.len(), 1);
+    }
 
     /// A store written before teams existed (format 2) keeps its org units and assignments
     /// through the table rebuild, and takes teams afterwards.

@@ -1,7 +1,8 @@
 //! The phone in the field, over a link of our own that behaves like a village's 2G (50 kbit/s
 //! each way, 600 ms round trip, the connection cut every 20 s on average): `cargo bench -p
 //! qiaomen-tests --bench field`. `QIAOMEN_FIELD_HOUSEHOLDS` (default 300) sets the grid's size,
-//! 12 visits each (a year); `QIAOMEN_FIELD_LIMIT_S` (default 900) bounds each scenario.
+//! 12 visits each (a year); `QIAOMEN_FIELD_LIMIT_S` (default 900) bounds each scenario;
+//! `QIAOMEN_FIELD_KBPS` (default 50) the link's rate.
 //!
 //! 1. A new phone's first sync of the grid (a year of visits): whole documents (SYNC-v1
 //!    §7.3.1) beside every change as logged (a second server on a copy of the store, whole
@@ -31,8 +32,11 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The village's link: 2G (`QIAOMEN_FIELD_KBPS` kbit/s each way, default 50), cut every 20 s
+/// on average.
 fn village(seed: u64) -> LinkConfig {
     LinkConfig {
+        rate: env("QIAOMEN_FIELD_KBPS", 50) * 1000 / 8,
         mean_time_between_cuts: Some(Duration::from_secs(20)),
         seed,
         ..LinkConfig::village_2g()
@@ -136,7 +140,8 @@ fn main() {
         ..Retry::default()
     };
     println!(
-        "the phone in the field: {households} households, {changes} changes; link 50 kbit/s each way, 600 ms round trip, a cut every 20 s on average (127.0.0.1)"
+        "the phone in the field: {households} households, {changes} changes; link {} kbit/s each way, 600 ms round trip, a cut every 20 s on average (127.0.0.1)",
+        env("QIAOMEN_FIELD_KBPS", 50)
     );
     println!();
     println!("| new phone, first sync of the grid | time | syncs | bytes down | connections |");

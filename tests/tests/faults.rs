@@ -163,6 +163,81 @@ fn a_connection_cut_mid_request_or_mid_response_retries_without_loss_or_duplicat
     }
 }
 
+/// Syncs until one completes (a failed one resumes where it was); at most `n` tries.
+fn sync_until_done(phone: &mut Phone, n: usize) -> qiaomen_client_core::SyncReport {
+    for _ in 0..n {
+        match phone.sync() {
+            Ok(r) => return r,
+            Err(qiaomen_client_core::SyncError::Network { .. }) => continue,
+            Err(e) => panic!("sync failed: {e}"),
+        }
+    }
+    panic!("no sync completed in {n} tries");
+}
+
+#[test]
+fn cuts_at_twenty_byte_offsets_of_requests_and_responses_lose_and_repeat_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    // Ten cuts into requests and ten into responses, at offsets from the first bytes of the
+    // headers to deep into the bodies (a connection's bytes count across the requests it
+    // carries), one connection each; then the link behaves.
+    let mut plan = Vec::new();
+    for k in 0..10 {
+        plan.push(Fault::CutRequestAfter(37 + k * 517));
+        plan.push(Fault::CutResponseAfter(11 + k * 263));
+    }
+    let (proxy, cuts) = start_proxy(server.addr, plan);
+    let mut phone = server.phone(&dir.path().join("p.db"), &[]);
+    phone.client = qiaomen_client_core::SyncClient::new(&proxy)
+        .unwrap()
+        .with_retry(fast_retry())
+        .with_chunk_bytes(2 * 1024);
+    let mut visits = Vec::new();
+    for i in 0..30 {
+        let h = Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "东村",
+            format!("{i}"),
+        );
+        let id = phone.store.create_household(&h).unwrap();
+        let v = sample_visit(&phone.author, day("2026-11-15"), "断线重传二十次");
+        phone.store.record_visit(id, &v, &[]).unwrap();
+        visits.push((id, v.id));
+    }
+    sync_until_done(&mut phone, 10);
+    // The rest of the faults fall on a new phone's first sync (whole documents, in pieces).
+    let mut observer = server.phone(&dir.path().join("o.db"), &[]);
+    observer.client = qiaomen_client_core::SyncClient::new(&proxy)
+        .unwrap()
+        .with_retry(fast_retry())
+        .with_download_pieces(4 * 1024, 4 * 1024);
+    sync_until_done(&mut observer, 10);
+    // Idle syncs of both phones use up what is left of the plan on the connections each
+    // holds open (bounded). A connection the client opened and then left idle in its pool
+    // may keep its planned cut: at least 18 of the 20 happen.
+    for _ in 0..100 {
+        if *cuts.lock().unwrap() >= 20 {
+            break;
+        }
+        sync_until_done(&mut phone, 10);
+        sync_until_done(&mut observer, 10);
+    }
+    let happened = *cuts.lock().unwrap();
+    assert!(happened >= 18, "{happened} of the 20 planned cuts happened");
+    assert_eq!(phone.store.pending_change_count().unwrap(), 0);
+    // Exactly once: the server log holds each of the 60 changes once.
+    assert_eq!(log_seq(&server.url), 60);
+    sync_until_done(&mut observer, 10);
+    assert_eq!(observer.store.household_ids().unwrap().len(), 30);
+    for (id, visit) in visits {
+        let h = observer.store.household(id).unwrap();
+        assert_eq!(h.visits.keys().copied().collect::<Vec<_>>(), vec![visit]);
+        assert_eq!(h, phone.store.household(id).unwrap());
+    }
+}
+
 fn post(
     url: &str,
     token: Option<&str>,

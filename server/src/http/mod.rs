@@ -743,85 +743,20 @@ async fn sync(
         && !device.retiring
         && !grids.is_empty())
     .then_some(req.whole);
-    let (docs, cursor_out, check, more, whole_next) = if let Some(from) = whole_from {
-        whole_page(&state, grids, from, budget).await?
-    } else {
-        let uploaded: HashSet<&[u8]> = outcome.uploaded.iter().map(|h| h.as_ref()).collect();
-        let (slice, check) = state
-            .readers
-            .with(move |s| {
-                let slice = if grids.is_empty() {
-                    // Nothing in scope: nothing to send, and the cursor moves to the log's end.
-                    crate::storage::LogSlice {
-                        cursor: s.max_seq()?.max(cursor),
-                        ..Default::default()
-                    }
-                } else {
-                    let mut slice = s.log_since(cursor, budget, &grids)?;
-                    // Households that moved into the phone's grids since its cursor: their whole
-                    // history (rows logged under their earlier grid included), once.
-                    let moved = s.moved_into(cursor, slice.cursor, &grids)?;
-                    if !moved.is_empty() {
-                        let have: HashSet<Vec<u8>> =
-                            slice.changes.iter().map(|c| c.hash.clone()).collect();
-                        let mut extra = Vec::new();
-                        for id in moved {
-                            extra.extend(
-                                s.doc_log(id, slice.cursor)?
-                                    .into_iter()
-                                    .filter(|c| !have.contains(&c.hash)),
-                            );
-                        }
-                        extra.extend(std::mem::take(&mut slice.changes));
-                        extra.sort_by_key(|c| c.seq);
-                        slice.changes = extra;
-                    }
-                    slice
-                };
-                let check = if slice.cursor > 0 {
-                    s.hash_at(slice.cursor)?
-                } else {
-                    None
-                };
-                Ok((slice, check))
-            })
-            .await?;
-        // A retiring phone is being handed over: it receives nothing more, and keeps its cursor.
-        let (slice, check) = if device.retiring {
-            (
-                crate::storage::LogSlice {
-                    cursor,
-                    ..Default::default()
-                },
+    let page = match whole_from {
+        Some(from) => whole_page(&state, grids, from, budget).await?,
+        None => {
+            log_page(
+                &state,
+                grids,
+                cursor,
+                budget,
+                &outcome.uploaded,
+                device.retiring,
                 req.cursor_check.clone().map(ByteBuf::into_vec),
             )
-        } else {
-            (slice, check)
-        };
-        let mut order = Vec::new();
-        let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
-        for c in slice.changes {
-            // What this phone uploads it has: not sent back.
-            if uploaded.contains(c.hash.as_slice()) {
-                continue;
-            }
-            by_doc
-                .entry(c.doc)
-                .or_insert_with(|| {
-                    order.push(c.doc);
-                    Vec::new()
-                })
-                .push(ByteBuf::from(c.bytes));
+            .await?
         }
-        let docs: Vec<DocChanges> = order
-            .into_iter()
-            .map(|id| DocChanges {
-                id,
-                changes: by_doc.remove(&id).unwrap_or_default(),
-                whole: None,
-            })
-            .collect();
-        (docs, slice.cursor, check, slice.more, None)
     };
     let response = SyncResponse {
         features: if req.features & wire::FEATURE_PACKED != 0 {
@@ -830,9 +765,9 @@ async fn sync(
             0
         },
         extras_digest: (req.extras_digest != Some(extras)).then_some(extras),
-        cursor_check: check.map(ByteBuf::from),
+        cursor_check: page.check.map(ByteBuf::from),
         version: PROTOCOL_VERSION,
-        cursor: cursor_out,
+        cursor: page.cursor,
         accepted: outcome.accepted,
         rejected: outcome
             .rejected
@@ -842,8 +777,8 @@ async fn sync(
                 r
             })
             .collect(),
-        docs,
-        more,
+        docs: page.docs,
+        more: page.more,
         // Sent only when the phone's copy differs: an idle check stays tiny. A phone that
         // holds no rights yet sends the digest of its scope alone, so it gets both.
         rights: rights.filter(|_| send_scope),
@@ -853,7 +788,7 @@ async fn sync(
         } else {
             wire::Retire::Retiring
         }),
-        whole: whole_next,
+        whole: page.whole,
     };
     let n_down = response.docs.len();
     let n_rejected = response.rejected.len();
@@ -891,6 +826,113 @@ async fn sync(
     }
     Ok(response)
 }
+/// What a sync answer sends down: households' changes (or whole documents), the cursor they
+/// bring the phone to with its check, and whether to go on.
+struct Page {
+    docs: Vec<DocChanges>,
+    cursor: u64,
+    check: Option<Vec<u8>>,
+    more: bool,
+    /// A first sync by whole documents goes on from here (SYNC-v1 §7.3.1).
+    whole: Option<wire::WholePosition>,
+}
+
+/// The log after the phone's cursor in its grids, up to `budget` bytes (SYNC-v1 §7.1, §7.5),
+/// with the whole history of households that moved into them; what the phone uploaded in
+/// this request left out. A retiring phone gets nothing and keeps its cursor.
+async fn log_page(
+    state: &AppState,
+    grids: Vec<String>,
+    cursor: u64,
+    budget: usize,
+    uploaded: &[qiaomen_protocol::ChangeHash],
+    retiring: bool,
+    request_check: Option<Vec<u8>>,
+) -> Result<Page, ApiError> {
+    let uploaded: HashSet<&[u8]> = uploaded.iter().map(|h| h.as_ref()).collect();
+    let (slice, check) = state
+        .readers
+        .with(move |s| {
+            let slice = if grids.is_empty() {
+                // Nothing in scope: nothing to send, and the cursor moves to the log's end.
+                crate::storage::LogSlice {
+                    cursor: s.max_seq()?.max(cursor),
+                    ..Default::default()
+                }
+            } else {
+                let mut slice = s.log_since(cursor, budget, &grids)?;
+                // Households that moved into the phone's grids since its cursor: their whole
+                // history (rows logged under their earlier grid included), once.
+                let moved = s.moved_into(cursor, slice.cursor, &grids)?;
+                if !moved.is_empty() {
+                    let have: HashSet<Vec<u8>> =
+                        slice.changes.iter().map(|c| c.hash.clone()).collect();
+                    let mut extra = Vec::new();
+                    for id in moved {
+                        extra.extend(
+                            s.doc_log(id, slice.cursor)?
+                                .into_iter()
+                                .filter(|c| !have.contains(&c.hash)),
+                        );
+                    }
+                    extra.extend(std::mem::take(&mut slice.changes));
+                    extra.sort_by_key(|c| c.seq);
+                    slice.changes = extra;
+                }
+                slice
+            };
+            let check = if slice.cursor > 0 {
+                s.hash_at(slice.cursor)?
+            } else {
+                None
+            };
+            Ok((slice, check))
+        })
+        .await?;
+    // A retiring phone is being handed over: it receives nothing more, and keeps its cursor.
+    let (slice, check) = if retiring {
+        (
+            crate::storage::LogSlice {
+                cursor,
+                ..Default::default()
+            },
+            request_check,
+        )
+    } else {
+        (slice, check)
+    };
+    let mut order = Vec::new();
+    let mut by_doc: HashMap<_, Vec<ByteBuf>> = HashMap::new();
+    for c in slice.changes {
+        // What this phone uploads it has: not sent back.
+        if uploaded.contains(c.hash.as_slice()) {
+            continue;
+        }
+        by_doc
+            .entry(c.doc)
+            .or_insert_with(|| {
+                order.push(c.doc);
+                Vec::new()
+            })
+            .push(ByteBuf::from(c.bytes));
+    }
+    let docs: Vec<DocChanges> = order
+        .into_iter()
+        .map(|id| DocChanges {
+            id,
+            changes: by_doc.remove(&id).unwrap_or_default(),
+            whole: None,
+        })
+        .collect();
+    Ok(Page {
+        docs,
+        cursor: slice.cursor,
+        check,
+        more: slice.more,
+        whole: None,
+    })
+}
+
 /// What one page of a first sync by whole documents answers (SYNC-v1 §7.3.1): the
 /// households of the page, each as one whole document at the page's log position; the
 /// cursor (that position) and its check on the last page, or the position to go on from.
@@ -899,16 +941,7 @@ async fn whole_page(
     grids: Vec<String>,
     from: Option<wire::WholePosition>,
     budget: usize,
-) -> Result<
-    (
-        Vec<DocChanges>,
-        u64,
-        Option<Vec<u8>>,
-        bool,
-        Option<wire::WholePosition>,
-    ),
-    ApiError,
-> {
+) -> Result<Page, ApiError> {
     let (page, at, check, behind) = state
         .readers
         .with(move |s| {
@@ -939,10 +972,22 @@ async fn whole_page(
     .map_err(|_| ApiError::internal("whole documents task failed"))?;
     Ok(match next {
         // More households to come: no cursor yet.
-        Some(next) => (docs, 0, None, true, Some(next)),
+        Some(next) => Page {
+            docs,
+            cursor: 0,
+            check: None,
+            more: true,
+            whole: Some(next),
+        },
         // The last page: the cursor is the position the documents were taken at, and what
         // the log holds after it comes by the ordinary sync from there.
-        None => (docs, at, check, behind, None),
+        None => Page {
+            docs,
+            cursor: at,
+            check,
+            more: behind,
+            whole: None,
+        },
     })
 }
 
