@@ -694,9 +694,17 @@ impl SyncClient {
         let mut rotate = false;
         let mut scope: Option<(Vec<String>, Option<qiaomen_protocol::policy::Rights>)> = None;
         let mut caught_up_scope = false;
+        // An upload whose answer was lost: the next request asks which of its changes the
+        // server holds before any body goes again (SYNC-v1 §7.4.1).
+        let mut lost: Option<Chunk> = None;
+        let mut lost_in_a_row = 0u32;
         loop {
-            let chunk = chunks.pop_front().unwrap_or_default();
-            let uploading = !chunk.is_empty();
+            let asking = lost.take();
+            let chunk = match asking {
+                Some(_) => Chunk::default(),
+                None => chunks.pop_front().unwrap_or_default(),
+            };
+            let uploading = !chunk.is_empty() || asking.is_some();
             let piece = piece_for(self.down_rate.load(Relaxed), self.pieces);
             // Packed (SYNC-v1 §4.4) once the server has said it takes packed changes.
             let mut packer = (store.store().server_features()? & wire::FEATURE_PACKED != 0)
@@ -759,6 +767,12 @@ impl SyncClient {
                         None => s.whole_position()?,
                         Some(_) => None,
                     },
+                    held_query: asking
+                        .iter()
+                        .flatten()
+                        .flat_map(|(_, changes)| changes.iter())
+                        .map(|(h, _)| ByteBuf::from(h.as_ref().to_vec()))
+                        .collect(),
                 };
                 let token = s.credentials()?.ok_or(StoreError::NotEnrolled)?.token;
                 (request, token, s.now_ms())
@@ -771,15 +785,35 @@ impl SyncClient {
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64);
             let date = httpdate::fmt_http_date(clock);
             let asked = std::time::Instant::now();
-            let reply = self
-                .send(|http| {
-                    http.post(self.endpoint("/v1/sync"))
-                        .header(reqwest::header::DATE, &date)
-                        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-                        .bearer_auth(&token)
-                        .body(body.clone())
-                })
-                .await?;
+            let build = |http: &reqwest::Client| {
+                http.post(self.endpoint("/v1/sync"))
+                    .header(reqwest::header::DATE, &date)
+                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                    .bearer_auth(&token)
+                    .body(body.clone())
+            };
+            let reply = if chunk.is_empty() {
+                self.send(build).await?
+            } else {
+                // An upload is sent once: if its answer does not come, the server may hold
+                // its changes already, so the retry is a question, not the body again.
+                match self.send_tries(build, 1).await {
+                    Ok(reply) => {
+                        lost_in_a_row = 0;
+                        reply
+                    }
+                    Err(e @ SyncError::Network { .. }) => {
+                        lost_in_a_row += 1;
+                        if lost_in_a_row >= self.retry.attempts.max(1) {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(jittered(self.retry.first_backoff)).await;
+                        lost = Some(chunk);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             rotate |= reply.rotate;
             report.progress.bytes_down += reply.body.len() as u64;
             // The link's speed down, from this answer (round trip and server time included,
@@ -820,6 +854,13 @@ impl SyncClient {
                 scope = Some((s.clone(), response.rights.clone()));
             }
             self.take_response(store, &chunk, response.clone(), &mut report)?;
+            if let Some(asked) = asking {
+                // What the server holds of the lost upload is acknowledged; the rest goes again.
+                let rest = Self::take_held(store, asked, response.held.as_deref(), &mut report)?;
+                if !rest.is_empty() {
+                    chunks.push_front(rest);
+                }
+            }
             if let Some(x) = response.retire {
                 // A retiring device receives nothing; a retired one has ended.
                 report.retire = Some(x);
@@ -888,6 +929,36 @@ impl SyncClient {
             Some(r) => wire::rights_digest(&grids, &r),
             None => wire::scope_digest(&grids),
         }))
+    }
+
+    /// After a lost answer (SYNC-v1 §7.4.1): acknowledges the changes of `asked` the server
+    /// says it holds (`held`: their positions in the request's `h`), and returns what is left
+    /// to send again (all of it when the server did not say).
+    fn take_held(
+        store: &impl StoreAccess,
+        asked: Chunk,
+        held: Option<&[u32]>,
+        report: &mut SyncReport,
+    ) -> Result<Chunk, SyncError> {
+        let Some(held) = held else { return Ok(asked) };
+        let held: std::collections::HashSet<u32> = held.iter().copied().collect();
+        let mut n = 0u32;
+        let mut rest = Chunk::default();
+        for (id, changes) in asked {
+            let (acked, again): (Vec<_>, Vec<_>) = changes.into_iter().partition(|_| {
+                n += 1;
+                held.contains(&(n - 1))
+            });
+            let hashes: Vec<ChangeHash> = acked.iter().map(|(h, _)| *h).collect();
+            if !hashes.is_empty() {
+                store.store().mark_acknowledged(id, &hashes)?;
+                report.accepted += hashes.len() as u64;
+            }
+            if !again.is_empty() {
+                rest.push((id, again));
+            }
+        }
+        Ok(rest)
     }
 
     /// Stores what a response says: acknowledgements, refusals, new changes, then the cursor.
@@ -987,11 +1058,20 @@ impl SyncClient {
         &self,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Reply, SyncError> {
+        self.send_tries(build, self.retry.attempts).await
+    }
+
+    /// [`Self::send`] with at most `attempts` tries.
+    async fn send_tries(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        attempts: u32,
+    ) -> Result<Reply, SyncError> {
         let mut backoff = self.retry.first_backoff;
         let mut last = (NetworkFailure::Unreachable, String::new());
         // Extended whenever the server answers: only time without an answer counts.
         let mut deadline = tokio::time::Instant::now() + self.retry.give_up_after;
-        for attempt in 0..self.retry.attempts.max(1) {
+        for attempt in 0..attempts.max(1) {
             if attempt > 0 {
                 let pause = jittered(backoff);
                 if tokio::time::Instant::now() + pause > deadline {

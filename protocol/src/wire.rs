@@ -121,6 +121,11 @@ pub struct SyncRequest {
     /// sync of whole documents is under way ([`FEATURE_WHOLE_DOCS`], SYNC-v1 §7.3.1).
     #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     pub whole: Option<WholePosition>,
+    /// **held?**: hashes of changes the phone sent in a request whose answer it lost; the
+    /// server says which of them it holds (the response's `h`), so the phone sends again only
+    /// the others (SYNC-v1 §7.4.1). At most [`limits::MAX_CHANGES`].
+    #[serde(rename = "h", default, skip_serializing_if = "Vec::is_empty")]
+    pub held_query: Vec<ByteBuf>,
 }
 
 /// Where a first sync of whole documents stands (SYNC-v1 §7.3.1): the log position the
@@ -397,6 +402,11 @@ pub struct SyncResponse {
     /// last page of whole documents, which gives the cursor.
     #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     pub whole: Option<WholePosition>,
+    /// **held**: the answer to the request's `h`: the positions in it of the changes the
+    /// server's log holds (durably). Absent when the request had no `h` (or the server does
+    /// not know `h`: then the phone sends every change again).
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Vec<u32>>,
 }
 
 /// Where a retired device stands ([`SyncResponse::retire`]).
@@ -586,6 +596,7 @@ mod agent_tests {
             base_ms: 0,
             pending: None,
             whole: None,
+            held_query: vec![],
         };
         assert_eq!(agent_of(&req), Some("qiaomen/0.1.0 gridapp/2.3"));
         let back = decode_request(&encode_request(&req), limits::MAX_DECODED_BYTES).unwrap();
@@ -634,6 +645,7 @@ mod tests {
                 whole: None,
             }],
             whole: None,
+            held_query: vec![],
         };
         assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 20).unwrap(), req);
     }
@@ -665,6 +677,7 @@ mod tests {
             docs: vec![],
             grids: vec![],
             whole: None,
+            held_query: vec![],
         };
         assert!(encode(&req).len() < 40, "{}", encode(&req).len());
     }
@@ -694,6 +707,7 @@ mod tests {
             docs: vec![],
             grids: vec![],
             whole: None,
+            held_query: vec![],
         });
         assert_eq!(
             decode::<SyncRequest>(&good[..good.len() - 2], 100),
@@ -714,6 +728,7 @@ mod tests {
             docs: vec![],
             grids: vec![],
             whole: None,
+            held_query: vec![],
         });
         assert_eq!(
             decode_request(&other, 100),

@@ -228,6 +228,12 @@ impl Msg {
                 if let Some(w) = r.whole {
                     o.insert("w".into(), whole_to_json(w));
                 }
+                if !r.held_query.is_empty() {
+                    o.insert(
+                        "h".into(),
+                        json!(r.held_query.iter().map(|h| hex(h)).collect::<Vec<_>>()),
+                    );
+                }
                 Json::Object(o)
             }
             Msg::Response(r) => {
@@ -257,6 +263,9 @@ impl Msg {
                 if let Some(w) = r.whole {
                     o["w"] = whole_to_json(w);
                 }
+                if let Some(h) = &r.held {
+                    o["h"] = json!(h);
+                }
                 o
             }
             Msg::Rejection(r) => rejection_to_json(r),
@@ -266,7 +275,10 @@ impl Msg {
     fn from_json(type_name: &str, v: &Json) -> Result<Msg, String> {
         Ok(match type_name {
             "SyncRequest" => {
-                let o = object(v, &["v", "c", "d", "g", "s", "f", "t", "a", "b", "p", "w"])?;
+                let o = object(
+                    v,
+                    &["v", "c", "d", "g", "s", "f", "t", "a", "b", "p", "w", "h"],
+                )?;
                 Msg::Request(SyncRequest {
                     response_budget: None,
                     agent: None,
@@ -315,12 +327,27 @@ impl Msg {
                         Some(g) => serde_json::from_value(g.clone()).map_err(|e| e.to_string())?,
                     },
                     whole: o.get("w").map(whole_from_json).transpose()?,
+                    held_query: match o.get("h") {
+                        None => Vec::new(),
+                        Some(Json::Array(a)) => a
+                            .iter()
+                            .map(|h| {
+                                h.as_str()
+                                    .ok_or_else(|| "a hash in h is not a hex string".to_string())
+                                    .and_then(unhex)
+                                    .map(ByteBuf::from)
+                            })
+                            .collect::<Result<_, _>>()?,
+                        Some(other) => return Err(format!("h is not an array: {other}")),
+                    },
                 })
             }
             "SyncResponse" => {
                 let o = object(
                     v,
-                    &["v", "c", "a", "r", "d", "m", "s", "t", "f", "x", "u", "w"],
+                    &[
+                        "v", "c", "a", "r", "d", "m", "s", "t", "f", "x", "u", "w", "h",
+                    ],
                 )?;
                 Msg::Response(SyncResponse {
                     rights: match o.get("u") {
@@ -368,6 +395,12 @@ impl Msg {
                         Some(other) => return Err(format!("m is not a bool: {other}")),
                     },
                     whole: o.get("w").map(whole_from_json).transpose()?,
+                    held: match o.get("h") {
+                        None => None,
+                        Some(h) => {
+                            Some(serde_json::from_value(h.clone()).map_err(|e| e.to_string())?)
+                        }
+                    },
                 })
             }
             "Rejection" => Msg::Rejection(rejection_from_json(v)?),
@@ -391,6 +424,16 @@ fn docs_to_json(docs: &[DocChanges]) -> Json {
             })
             .collect(),
     )
+}
+
+/// The hash of a real change.
+fn hash_of_change(change: &[u8]) -> Vec<u8> {
+    decode_changes([change])
+        .expect("a real change")
+        .remove(0)
+        .hash()
+        .0
+        .to_vec()
 }
 
 fn whole_to_json(w: wire::WholePosition) -> Json {
@@ -601,6 +644,7 @@ fn vectors() -> Vec<Vector> {
             docs,
             grids: grids.iter().map(|g| g.to_string()).collect(),
             whole: None,
+            held_query: vec![],
         })
     };
     let response = |cursor, accepted, rejected, docs, more| {
@@ -618,6 +662,7 @@ fn vectors() -> Vec<Vector> {
             docs,
             more,
             whole: None,
+            held: None,
         })
     };
     let rejection = |doc, n, hash, code| Rejection { doc, n, hash, code };
@@ -758,6 +803,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             grids: vec![],
             whole: None,
+            held_query: vec![],
         }),
     ));
     out.push(vector(
@@ -778,6 +824,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             grids: vec![],
             whole: None,
+            held_query: vec![],
         }),
     ));
     out.push(vector(
@@ -798,6 +845,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             grids: vec![],
             whole: None,
+            held_query: vec![],
         }),
     ));
     out.push(vector(
@@ -817,6 +865,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             more: false,
             whole: None,
+            held: None,
         }),
     ));
     out.push(vector(
@@ -836,6 +885,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             more: false,
             whole: None,
+            held: None,
         }),
     ));
     out.push(vector(
@@ -872,6 +922,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             more: false,
             whole: None,
+            held: None,
         }),
     ));
     out.push(vector(
@@ -892,6 +943,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             grids: vec![],
             whole: None,
+            held_query: vec![],
         }),
     ));
     for (x, text) in [
@@ -924,6 +976,7 @@ fn vectors() -> Vec<Vector> {
                 docs: vec![],
                 more: false,
                 whole: None,
+                held: None,
             }),
         ));
     }
@@ -1005,6 +1058,29 @@ fn vectors() -> Vec<Vector> {
         r.features = wire::FEATURES;
         r.whole = Some(position);
     }
+    // After a lost answer (SYNC-v1 §7.4.1): the hashes of the lost upload's changes, and
+    // the answer saying the server holds the second.
+    let mut asking = request(Some(44), vec![], &[]);
+    if let Msg::Request(r) = &mut asking {
+        r.held_query = [hash_of_change(&real[0]), hash_of_change(&real[1])]
+            .into_iter()
+            .map(ByteBuf::from)
+            .collect();
+    }
+    out.push(vector(
+        "request-held-query",
+        "After an upload whose answer was lost (the two changes of request-upload-automerge): the phone asks which of them the server holds, by hash (`h`), before sending any body again.",
+        asking,
+    ));
+    let mut answer = response(44, 0, vec![], vec![], false);
+    if let Msg::Response(r) = &mut answer {
+        r.held = Some(vec![1]);
+    }
+    out.push(vector(
+        "response-held",
+        "The answer to request-held-query: the server holds the second change (`h`: its position in the request's `h`); the phone acknowledges it and sends the first again.",
+        answer,
+    ));
     out.push(vector(
         "request-first-sync-whole-next",
         "The phone's request after response-first-sync-whole: still no cursor, the response's `w` sent back, f = 127.",
@@ -1279,6 +1355,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         docs: vec![],
         grids: vec![],
         whole: None,
+        held_query: vec![],
     };
     // Only v: c, d and g take their defaults.
     assert_eq!(
@@ -1328,6 +1405,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
             docs: vec![],
             more: false,
             whole: None,
+            held: None,
         }
     );
 }

@@ -160,6 +160,7 @@ fn upload_request(
         grids,
         cursor_check: None,
         whole: None,
+        held_query: vec![],
     }
 }
 

@@ -354,6 +354,7 @@ pub fn upload_request(
         }],
         grids: vec![],
         whole: None,
+        held_query: vec![],
     }
 }
 

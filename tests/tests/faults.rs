@@ -5,7 +5,10 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -44,15 +47,27 @@ enum Fault {
 
 /// A TCP proxy on 127.0.0.1 that applies one planned fault per accepted connection.
 fn start_proxy(upstream: std::net::SocketAddr, plan: Vec<Fault>) -> (String, Arc<Mutex<usize>>) {
+    let (url, cuts, _) = start_counting_proxy(upstream, plan);
+    (url, cuts)
+}
+
+/// [`start_proxy`], counting the bytes it forwards to the server.
+fn start_counting_proxy(
+    upstream: std::net::SocketAddr,
+    plan: Vec<Fault>,
+) -> (String, Arc<Mutex<usize>>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let cuts = Arc::new(Mutex::new(0usize));
     let cuts2 = cuts.clone();
+    let up = Arc::new(AtomicUsize::new(0));
+    let up2 = up.clone();
     std::thread::spawn(move || {
         for (i, conn) in listener.incoming().enumerate() {
             let Ok(client) = conn else { break };
             let fault = plan.get(i).copied().unwrap_or(Fault::Pass);
             let cuts = cuts2.clone();
+            let up = up2.clone();
             std::thread::spawn(move || {
                 let server = TcpStream::connect(upstream).unwrap();
                 let (up_limit, down_limit) = match fault {
@@ -63,7 +78,8 @@ fn start_proxy(upstream: std::net::SocketAddr, plan: Vec<Fault>) -> (String, Arc
                 let pump = |mut from: TcpStream,
                             mut to: TcpStream,
                             limit: usize,
-                            cuts: Arc<Mutex<usize>>| {
+                            cuts: Arc<Mutex<usize>>,
+                            count: Option<Arc<AtomicUsize>>| {
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 1024];
                         let mut sent = 0usize;
@@ -75,6 +91,9 @@ fn start_proxy(upstream: std::net::SocketAddr, plan: Vec<Fault>) -> (String, Arc
                             let n_ok = n.min(limit - sent);
                             if to.write_all(&buf[..n_ok]).is_err() {
                                 break;
+                            }
+                            if let Some(c) = &count {
+                                c.fetch_add(n_ok, Ordering::Relaxed);
                             }
                             sent += n_ok;
                             if sent >= limit {
@@ -92,14 +111,15 @@ fn start_proxy(upstream: std::net::SocketAddr, plan: Vec<Fault>) -> (String, Arc
                     server.try_clone().unwrap(),
                     up_limit,
                     cuts.clone(),
+                    Some(up),
                 );
-                let b = pump(server, client, down_limit, cuts);
+                let b = pump(server, client, down_limit, cuts, None);
                 let _ = a.join();
                 let _ = b.join();
             });
         }
     });
-    (format!("http://{addr}"), cuts)
+    (format!("http://{addr}"), cuts, up)
 }
 
 fn log_seq(url: &str) -> u64 {
@@ -161,6 +181,51 @@ fn a_connection_cut_mid_request_or_mid_response_retries_without_loss_or_duplicat
         assert_eq!(h.visits.keys().copied().collect::<Vec<_>>(), vec![visit]);
         assert_eq!(h, phone.store.household(id).unwrap());
     }
+}
+
+#[test]
+fn after_a_lost_answer_the_phone_asks_what_the_server_holds_before_sending_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    // 40 households with a visit each (about 50 KB up); the same again through a link that loses
+    // the first answer (cut after its first bytes, once the server has stored the upload).
+    let upload = |name: &str, plan: Vec<Fault>| {
+        let (proxy, cuts, up) = start_counting_proxy(server.addr, plan);
+        let mut phone = server.phone(&dir.path().join(name), &[]);
+        phone.client = qiaomen_client_core::SyncClient::new(&proxy)
+            .unwrap()
+            .with_retry(fast_retry());
+        for i in 0..40 {
+            let h = Household::new(
+                HouseholdId::new(),
+                GridId::new("g1"),
+                "东村",
+                format!("{i}"),
+            );
+            let id = phone.store.create_household(&h).unwrap();
+            // A note of its own for each visit (what a worker types does not repeat), so the
+            // body is mostly the visits' information.
+            let note: String = (0..400u32)
+                .map(|k| char::from_u32(0x4e00 + (k * 7919 + i * 104_729) % 20_000).unwrap())
+                .collect();
+            let v = sample_visit(&phone.author, day("2026-11-15"), &note);
+            phone.store.record_visit(id, &v, &[]).unwrap();
+        }
+        let report = phone.sync().unwrap();
+        assert_eq!(phone.store.pending_change_count().unwrap(), 0);
+        assert_eq!(report.accepted, 80);
+        (up.load(Ordering::Relaxed), *cuts.lock().unwrap())
+    };
+    let (clean, _) = upload("clean.db", vec![]);
+    let before = log_seq(&server.url);
+    let (lost, cuts) = upload("lost.db", vec![Fault::CutResponseAfter(20)]);
+    assert_eq!(cuts, 1, "the first answer was lost");
+    assert_eq!(log_seq(&server.url), before + 80, "each change once");
+    // The body went once; the retry asked about 80 hashes (~3 KB) instead of sending it again.
+    assert!(
+        (lost as f64) < 1.25 * clean as f64,
+        "bytes up: {lost} after a lost answer, {clean} without"
+    );
 }
 
 /// Syncs until one completes (a failed one resumes where it was); at most `n` tries.
@@ -305,6 +370,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
         docs: vec![],
         grids: vec![],
         whole: None,
+        held_query: vec![],
     });
     let mut cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
         (
@@ -354,6 +420,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
                 docs: vec![],
                 grids: vec![],
                 whole: None,
+                held_query: vec![],
             }),
             400,
             "unsupported_version",
@@ -390,6 +457,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
                 docs: vec![],
                 grids: vec![],
                 whole: None,
+                held_query: vec![],
             }),
             409,
             "cursor_ahead",
@@ -459,6 +527,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
         ],
         grids: vec![],
         whole: None,
+        held_query: vec![],
     };
     let (status, _) = post(&server.url, Some(&token), CONTENT_TYPE, wire::encode(&bad));
     assert_eq!(status, 200);

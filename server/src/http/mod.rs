@@ -580,6 +580,22 @@ async fn sync(
             message: "at most 1000 grids".into(),
         });
     }
+    // After a lost answer a phone asks which of its changes the log holds (SYNC-v1 §7.4.1).
+    if req.held_query.len() > limits::MAX_CHANGES {
+        return Err(ApiError::PayloadTooLarge {
+            code: "too_many",
+            message: format!("at most {} hashes in h", limits::MAX_CHANGES),
+        });
+    }
+    let held_query: Vec<[u8; 32]> = req
+        .held_query
+        .iter()
+        .map(|h| <[u8; 32]>::try_from(h.as_slice()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| ApiError::BadRequest {
+            code: "malformed",
+            message: "a hash in h is not 32 bytes".into(),
+        })?;
     if req.docs.iter().any(|d| d.whole.is_some()) {
         return Err(ApiError::BadRequest {
             code: "malformed",
@@ -758,6 +774,24 @@ async fn sync(
             .await?
         }
     };
+    let held = if held_query.is_empty() {
+        None
+    } else {
+        Some(
+            state
+                .readers
+                .with(move |s| {
+                    let mut held = Vec::new();
+                    for (i, h) in held_query.iter().enumerate() {
+                        if s.has_change(h)? {
+                            held.push(i as u32);
+                        }
+                    }
+                    Ok(held)
+                })
+                .await?,
+        )
+    };
     let response = SyncResponse {
         features: if req.features & wire::FEATURE_PACKED != 0 {
             wire::FEATURES
@@ -789,6 +823,7 @@ async fn sync(
             wire::Retire::Retiring
         }),
         whole: page.whole,
+        held,
     };
     let n_down = response.docs.len();
     let n_rejected = response.rejected.len();
