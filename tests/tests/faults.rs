@@ -149,25 +149,8 @@ fn a_connection_cut_mid_request_or_mid_response_retries_without_loss_or_duplicat
         Fault::CutResponseAfter(600),
     ];
     let (proxy, cuts) = start_proxy(server.addr, plan);
-    // Enrolled directly; every sync goes through the proxy.
-    let mut phone = server.phone(&dir.path().join("p.db"), &[]);
-    phone.client = qiaomen_client_core::SyncClient::new(&proxy)
-        .unwrap()
-        .with_retry(fast_retry())
-        .with_chunk_bytes(2 * 1024);
-    let mut visits = Vec::new();
-    for i in 0..30 {
-        let h = Household::new(
-            HouseholdId::new(),
-            GridId::new("g1"),
-            "东村",
-            format!("{i}"),
-        );
-        let id = phone.store.create_household(&h).unwrap();
-        let v = sample_visit(&phone.author, day("2026-11-15"), "断线重传");
-        phone.store.record_visit(id, &v, &[]).unwrap();
-        visits.push((id, v.id));
-    }
+    let mut phone = phone_through(&server, &dir.path().join("p.db"), &proxy, Some(2 * 1024));
+    let visits = households_with_a_visit(&mut phone, 30, |_| "断线重传".into());
     let report = phone.sync().unwrap();
     assert!(report.progress.round_trips > 1, "the upload went in chunks");
     assert!(*cuts.lock().unwrap() >= 4, "the faults happened");
@@ -191,26 +174,14 @@ fn after_a_lost_answer_the_phone_asks_what_the_server_holds_before_sending_again
     // the first answer (cut after its first bytes, once the server has stored the upload).
     let upload = |name: &str, plan: Vec<Fault>| {
         let (proxy, cuts, up) = start_counting_proxy(server.addr, plan);
-        let mut phone = server.phone(&dir.path().join(name), &[]);
-        phone.client = qiaomen_client_core::SyncClient::new(&proxy)
-            .unwrap()
-            .with_retry(fast_retry());
-        for i in 0..40 {
-            let h = Household::new(
-                HouseholdId::new(),
-                GridId::new("g1"),
-                "东村",
-                format!("{i}"),
-            );
-            let id = phone.store.create_household(&h).unwrap();
-            // A note of its own for each visit (what a worker types does not repeat), so the
-            // body is mostly the visits' information.
-            let note: String = (0..400u32)
+        let mut phone = phone_through(&server, &dir.path().join(name), &proxy, None);
+        // A note of its own for each visit (what a worker types does not repeat), so the
+        // body is mostly the visits' information.
+        households_with_a_visit(&mut phone, 40, |i| {
+            (0..400u32)
                 .map(|k| char::from_u32(0x4e00 + (k * 7919 + i * 104_729) % 20_000).unwrap())
-                .collect();
-            let v = sample_visit(&phone.author, day("2026-11-15"), &note);
-            phone.store.record_visit(id, &v, &[]).unwrap();
-        }
+                .collect()
+        });
         let report = phone.sync().unwrap();
         assert_eq!(phone.store.pending_change_count().unwrap(), 0);
         assert_eq!(report.accepted, 80);
@@ -226,6 +197,47 @@ fn after_a_lost_answer_the_phone_asks_what_the_server_holds_before_sending_again
         (lost as f64) < 1.25 * clean as f64,
         "bytes up: {lost} after a lost answer, {clean} without"
     );
+}
+
+/// A phone enrolled directly (as a new user of g1's test org) that syncs through `proxy`,
+/// quick to retry, in chunks of `chunk` bytes if given.
+fn phone_through(
+    server: &TestServer,
+    path: &std::path::Path,
+    proxy: &str,
+    chunk: Option<usize>,
+) -> Phone {
+    let mut phone = server.phone(path, &[]);
+    let client = qiaomen_client_core::SyncClient::new(proxy)
+        .unwrap()
+        .with_retry(fast_retry());
+    phone.client = match chunk {
+        Some(bytes) => client.with_chunk_bytes(bytes),
+        None => client,
+    };
+    phone
+}
+
+/// `n` households of g1 made offline, each with a visit of 2026-11-15 noted `note(i)`.
+fn households_with_a_visit(
+    phone: &mut Phone,
+    n: u32,
+    note: impl Fn(u32) -> String,
+) -> Vec<(HouseholdId, VisitId)> {
+    (0..n)
+        .map(|i| {
+            let h = Household::new(
+                HouseholdId::new(),
+                GridId::new("g1"),
+                "东村",
+                format!("{i}"),
+            );
+            let id = phone.store.create_household(&h).unwrap();
+            let v = sample_visit(&phone.author, day("2026-11-15"), &note(i));
+            phone.store.record_visit(id, &v, &[]).unwrap();
+            (id, v.id)
+        })
+        .collect()
 }
 
 /// Syncs until one completes (a failed one resumes where it was); at most `n` tries.
@@ -253,24 +265,8 @@ fn cuts_at_twenty_byte_offsets_of_requests_and_responses_lose_and_repeat_nothing
         plan.push(Fault::CutResponseAfter(11 + k * 263));
     }
     let (proxy, cuts) = start_proxy(server.addr, plan);
-    let mut phone = server.phone(&dir.path().join("p.db"), &[]);
-    phone.client = qiaomen_client_core::SyncClient::new(&proxy)
-        .unwrap()
-        .with_retry(fast_retry())
-        .with_chunk_bytes(2 * 1024);
-    let mut visits = Vec::new();
-    for i in 0..30 {
-        let h = Household::new(
-            HouseholdId::new(),
-            GridId::new("g1"),
-            "东村",
-            format!("{i}"),
-        );
-        let id = phone.store.create_household(&h).unwrap();
-        let v = sample_visit(&phone.author, day("2026-11-15"), "断线重传二十次");
-        phone.store.record_visit(id, &v, &[]).unwrap();
-        visits.push((id, v.id));
-    }
+    let mut phone = phone_through(&server, &dir.path().join("p.db"), &proxy, Some(2 * 1024));
+    let visits = households_with_a_visit(&mut phone, 30, |_| "断线重传二十次".into());
     sync_until_done(&mut phone, 10);
     // The rest of the faults fall on a new phone's first sync (whole documents, in pieces).
     let mut observer = server.phone(&dir.path().join("o.db"), &[]);
