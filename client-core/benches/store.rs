@@ -193,9 +193,10 @@ fn main() {
         (Durability::Full, Some(key)),
     ] {
         let encrypted = key.is_some();
-        let path = dir
-            .path()
-            .join(format!("record-{durability:?}-{encrypted}.db"));
+        let path = dir.path().join(format!(
+            "record-{}-{encrypted}.db",
+            durability == Durability::Full
+        ));
         let mut store = Store::open(
             &path,
             a,

@@ -144,14 +144,16 @@ fn with_journals(path: &Path) -> [PathBuf; 4] {
 }
 
 fn remove_with_journals(path: &Path) -> Result<()> {
-    for p in with_journals(path) {
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::Io(e)),
-        }
+    with_journals(path)
+        .iter()
+        .try_for_each(|p| remove_if_present(p))
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io(e)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Encrypts the plaintext store at `path` with `key`: a full copy at `copy`, made durable,
@@ -191,14 +193,8 @@ fn encrypt(path: &Path, copy: &Path, key: &StoreKey) -> Result<()> {
         }
     }
     // What is left of the plaintext's journals belongs to it, not to the encrypted file.
-    for p in [wal, shm] {
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::Io(e)),
-        }
-    }
-    Ok(())
+    remove_if_present(&wal)?;
+    remove_if_present(&shm)
 }
 
 #[cfg(test)]

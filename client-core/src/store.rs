@@ -1342,15 +1342,21 @@ impl Store {
     /// in order. A page of a first sync over 2G is hundreds of such commits; the app's own
     /// edits, taking turns with them, then wait for none of their fsyncs.
     pub fn apply_remote_changes(&mut self, id: HouseholdId, changes: &[Vec<u8>]) -> Result<usize> {
+        self.without_waiting_for_disk(|s| s.apply_remote_changes_now(id, changes))
+    }
+
+    /// Runs `f` with `synchronous=NORMAL`: for what came from a server, which comes again if
+    /// it is lost (see [`Store::apply_remote_changes`]).
+    fn without_waiting_for_disk<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let relax = self.options.durability == Durability::Full;
         if relax {
             self.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         }
-        let applied = self.apply_remote_changes_now(id, changes);
+        let out = f(self);
         if relax {
             self.conn.execute_batch("PRAGMA synchronous=FULL;")?;
         }
-        applied
+        out
     }
 
     fn apply_remote_changes_now(&mut self, id: HouseholdId, changes: &[Vec<u8>]) -> Result<usize> {
@@ -1429,15 +1435,7 @@ impl Store {
     /// [`Store::apply_remote_changes`], it does not wait for the disk. Returns how many
     /// changes were new.
     pub fn apply_remote_document(&mut self, id: HouseholdId, bytes: &[u8]) -> Result<usize> {
-        let relax = self.options.durability == Durability::Full;
-        if relax {
-            self.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
-        }
-        let imported = self.import(bytes, Some(id)).map(|(_, n)| n);
-        if relax {
-            self.conn.execute_batch("PRAGMA synchronous=FULL;")?;
-        }
-        imported
+        self.without_waiting_for_disk(|s| s.import(bytes, Some(id)).map(|(_, n)| n))
     }
 
     /// [`Store::import_document`], refusing a document of another household than `expect`;

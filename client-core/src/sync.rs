@@ -744,6 +744,7 @@ impl SyncClient {
             // One step on the store: what the request says about the phone.
             let (request, token, now_ms) = {
                 let s = store.store();
+                let cursor = s.sync_cursor()?;
                 let request = SyncRequest {
                     response_budget: Some(if uploading {
                         // Acknowledgements first: a small answer while uploads remain.
@@ -760,13 +761,13 @@ impl SyncClient {
                     scope_digest: Self::scope_digest(&s)?,
                     cursor_check: s.sync_cursor_check()?.map(ByteBuf::from),
                     version: PROTOCOL_VERSION,
-                    cursor: s.sync_cursor()?,
-                    grids: self.grids.clone(),
-                    docs,
-                    whole: match s.sync_cursor()? {
+                    whole: match cursor {
                         None => s.whole_position()?,
                         Some(_) => None,
                     },
+                    cursor,
+                    grids: self.grids.clone(),
+                    docs,
                     held_query: asking
                         .iter()
                         .flatten()
@@ -942,14 +943,20 @@ impl SyncClient {
     ) -> Result<Chunk, SyncError> {
         let Some(held) = held else { return Ok(asked) };
         let held: std::collections::HashSet<u32> = held.iter().copied().collect();
-        let mut n = 0u32;
+        // Positions in the request's `h`: the asked changes in order.
+        let mut position = 0u32;
         let mut rest = Chunk::default();
         for (id, changes) in asked {
-            let (acked, again): (Vec<_>, Vec<_>) = changes.into_iter().partition(|_| {
-                n += 1;
-                held.contains(&(n - 1))
-            });
-            let hashes: Vec<ChangeHash> = acked.iter().map(|(h, _)| *h).collect();
+            let mut hashes = Vec::new();
+            let mut again = Vec::new();
+            for change in changes {
+                if held.contains(&position) {
+                    hashes.push(change.0);
+                } else {
+                    again.push(change);
+                }
+                position += 1;
+            }
             if !hashes.is_empty() {
                 store.store().mark_acknowledged(id, &hashes)?;
                 report.accepted += hashes.len() as u64;

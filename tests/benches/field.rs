@@ -121,13 +121,7 @@ fn main() {
     // main before whole documents), for the first sync side by side.
     server.stop();
     let logged = dir.path().join("as-logged");
-    std::fs::create_dir_all(&logged).unwrap();
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), logged.join(entry.file_name())).unwrap();
-        }
-    }
+    qiaomen_tests::copy_dir(&data, &logged);
     let server = TestServer::start(&data);
     let as_logged = TestServer::start_with(&logged, "127.0.0.1:0".parse().unwrap(), |c| {
         c.whole_docs = false

@@ -223,6 +223,18 @@ pub struct Phone {
     pub author: Author,
 }
 
+/// Copies the files of folder `from` into `to` (a server's data folder, stopped: the store
+/// and its journals as they are on disk).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("folder");
+    for entry in std::fs::read_dir(from).expect("folder read") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("file type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copied");
+        }
+    }
+}
+
 /// Runs `f` to completion on a private single-threaded runtime.
 pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()

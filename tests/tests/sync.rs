@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use qiaomen_protocol::{calendar::Day, ids::*, schema::*};
-use qiaomen_tests::{Phone, TestServer, sample_visit};
+use qiaomen_tests::{Phone, TestServer, copy_dir, sample_visit};
 
 fn day(s: &str) -> Day {
     s.parse().unwrap()
@@ -366,14 +366,6 @@ fn a_phone_offline_for_months_catches_up_page_by_page_in_one_sync() {
         assert!(h.visits.len() >= days.len());
     }
     assert_eq!(away.store.pending_change_count().unwrap(), 0);
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
 }
 
 #[test]
