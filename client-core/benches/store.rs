@@ -356,7 +356,10 @@ fn main() {
     );
     let record_big = {
         let mut i = 0;
-        let prepared: Vec<_> = (0..scale(100)).map(|_| visit(&a, day)).collect();
+        // Spread over 24 visit days: at most 10 visits a household a day (validate.rs).
+        let prepared: Vec<_> = (0..scale(100))
+            .map(|k| visit(&a, days[k % days.len()]))
+            .collect();
         measure(prepared.len(), || {
             let (v, ds) = &prepared[i];
             store.record_visit(id, v, ds).unwrap();

@@ -743,17 +743,23 @@ impl Store {
         let rights = self.rights()?;
         let cached = self.doc_mut(id)?;
         let before = cached.doc.heads();
-        let (out, hash) = edit(&mut cached.doc, &author, now)?;
-        let Some(hash) = hash else { return Ok(out) };
+        // What the edit writes is recorded as it is written, so the checks below read the
+        // change itself rather than a diff of the whole household before and after it.
+        cached.doc.record_edits();
+        let edited = edit(&mut cached.doc, &author, now);
+        let Ok((out, Some(hash))) = edited else {
+            cached.doc.stop_recording();
+            return Ok(edited?.0);
+        };
         // The server's own checks of what the change wrote (field rules, §13.8), of its size
         // (§12) and of who may make it (§6.4), before anything is stored: an edit the server
         // would refuse fails here.
         let checked = cached
             .doc
             .validate_since(&before, id)
-            .and_then(|touched| cached.doc.check_size(&hash).map(|()| touched))
+            .and_then(|touched| cached.doc.check_size(&hash).map(|bytes| (touched, bytes)))
             .map_err(StoreError::from)
-            .and_then(|touched| {
+            .and_then(|(touched, bytes)| {
                 Self::check_rights(
                     rights.as_ref(),
                     author.user,
@@ -762,15 +768,16 @@ impl Store {
                     &touched,
                     now,
                 )
+                .map(|()| bytes)
             });
-        if let Err(e) = checked {
-            self.cache.remove(&id);
-            return Err(e);
-        }
-        let bytes = cached
-            .doc
-            .change_bytes(&hash)
-            .expect("the change was just made");
+        cached.doc.stop_recording();
+        let bytes = match checked {
+            Ok(bytes) => bytes.expect("the change was just made"),
+            Err(e) => {
+                self.cache.remove(&id);
+                return Err(e);
+            }
+        };
         let household = match &index {
             IndexUpdate::Full => match cached.doc.household() {
                 Ok(h) => Some(h),
@@ -1357,6 +1364,71 @@ impl Store {
             self.conn.execute_batch("PRAGMA synchronous=FULL;")?;
         }
         out
+    }
+
+    /// The changes of household `id` in a response as Automerge chunks: each packed one
+    /// (SYNC-v1 §4.4.1; `table` and `base_ms` are the response's) rebuilt, every dependency
+    /// found by its prefix among the changes before it in `changes`, then among the
+    /// household's heads here, then its whole history. `None` when one does not rebuild
+    /// exactly (then the phone asks for the page again without packed changes); nothing is
+    /// stored.
+    pub fn rebuild_packed<T: AsRef<[u8]>>(
+        &mut self,
+        id: HouseholdId,
+        changes: Vec<Vec<u8>>,
+        table: &[T],
+        base_ms: i64,
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        use qiaomen_protocol::pack;
+        let held = self.contains(id)?;
+        let mut earlier: Vec<ChangeHash> = Vec::new();
+        let mut out = Vec::with_capacity(changes.len());
+        for bytes in changes {
+            if bytes.first() != Some(&pack::PACKED_FORMAT) {
+                // A chunk: what a later packed change may build on. One that does not read
+                // is refused with the rest when the changes are applied.
+                if let Ok(mut c) = qiaomen_protocol::doc::decode_changes([bytes.as_slice()]) {
+                    earlier.extend(c.pop().map(|c| c.hash()));
+                }
+                out.push(bytes);
+                continue;
+            }
+            let Ok(unpacked) = pack::unpack(&bytes, table, base_ms) else {
+                return Ok(None);
+            };
+            let mut rebuilt = None;
+            for history in [false, true] {
+                let mut options = Vec::new();
+                for prefix in unpacked.dep_prefixes() {
+                    let mut found: Vec<ChangeHash> = earlier
+                        .iter()
+                        .filter(|h| h.as_ref().starts_with(prefix))
+                        .copied()
+                        .collect();
+                    if held {
+                        for h in self.doc_mut(id)?.doc.hashes_with_prefix(prefix, history) {
+                            if !found.contains(&h) {
+                                found.push(h);
+                            }
+                        }
+                    }
+                    options.push(found);
+                }
+                if let Ok(change) = unpacked.clone().build_among(&options) {
+                    rebuilt = Some(change);
+                    break;
+                }
+                if !held {
+                    break;
+                }
+            }
+            let Some(change) = rebuilt else {
+                return Ok(None);
+            };
+            earlier.push(change.hash());
+            out.push(change.raw_bytes().to_vec());
+        }
+        Ok(Some(out))
     }
 
     fn apply_remote_changes_now(&mut self, id: HouseholdId, changes: &[Vec<u8>]) -> Result<usize> {

@@ -698,6 +698,9 @@ impl SyncClient {
         // server holds before any body goes again (SYNC-v1 §7.4.1).
         let mut lost: Option<Chunk> = None;
         let mut lost_in_a_row = 0u32;
+        // A packed change of a response that did not rebuild here: the rest of this sync asks
+        // for changes as Automerge's chunks (SYNC-v1 §4.4.1).
+        let mut chunks_down = false;
         loop {
             let asking = lost.take();
             let chunk = match asking {
@@ -756,7 +759,11 @@ impl SyncClient {
                     table,
                     base_ms,
                     pending: Some(Self::pending_count(&s)?),
-                    features: qiaomen_protocol::wire::FEATURES,
+                    features: if chunks_down {
+                        wire::FEATURES & !wire::FEATURE_PACKED_DOWN
+                    } else {
+                        wire::FEATURES
+                    },
                     extras_digest: s.extras_digest()?,
                     scope_digest: Self::scope_digest(&s)?,
                     cursor_check: s.sync_cursor_check()?.map(ByteBuf::from),
@@ -854,7 +861,17 @@ impl SyncClient {
                 // With the scope, what the user may do (absent: the server sends no rights).
                 scope = Some((s.clone(), response.rights.clone()));
             }
-            self.take_response(store, &chunk, response.clone(), &mut report)?;
+            let complete = self.take_response(store, &chunk, response.clone(), &mut report)?;
+            if !complete {
+                if chunks_down {
+                    // Asked for chunks, sent packed changes again: not a server to follow.
+                    return Err(SyncError::Protocol(
+                        "packed changes after asking for chunks".into(),
+                    ));
+                }
+                tracing::warn!("a packed change of the answer did not rebuild; asking for chunks");
+                chunks_down = true;
+            }
             if let Some(asked) = asking {
                 // What the server holds of the lost upload is acknowledged; the rest goes again.
                 let rest = Self::take_held(store, asked, response.held.as_deref(), &mut report)?;
@@ -885,7 +902,7 @@ impl SyncClient {
             report.progress.docs_uploaded = uploaded_docs.len();
             report.progress.docs_received = received_docs.len();
             progress(&report.progress);
-            if chunks.is_empty() && !response.more {
+            if chunks.is_empty() && !response.more && complete {
                 // Grids new to this device's scope: their households' earlier history is before
                 // the cursor, so fetch the whole scope once more from no cursor (what the phone
                 // has is skipped by hash; only the missing history lands).
@@ -969,13 +986,15 @@ impl SyncClient {
     }
 
     /// Stores what a response says: acknowledgements, refusals, new changes, then the cursor.
+    /// `false` when a packed change of it did not rebuild: the cursor stays, for the page to
+    /// come again as chunks.
     fn take_response(
         &self,
         store: &impl StoreAccess,
         chunk: &Chunk,
         response: SyncResponse,
         report: &mut SyncReport,
-    ) -> Result<(), SyncError> {
+    ) -> Result<bool, SyncError> {
         // 1. Acknowledgements: every uploaded change not refused is durably on the server.
         for (id, changes) in chunk {
             let refused: Vec<(ChangeHash, String)> = response
@@ -1017,25 +1036,39 @@ impl SyncClient {
                 store.store().apply_rejections(*id, &refused)?;
             }
         }
-        // 2. Changes from elsewhere.
+        // 2. Changes from elsewhere: for each household, in one step on the store, its whole
+        // document on a first sync (SYNC-v1 §7.3.1), then its changes, the packed ones rebuilt
+        // (§4.4.1).
+        let mut complete = true;
         for doc in response.docs {
             let changes: Vec<Vec<u8>> = doc.changes.into_iter().map(|b| b.into_vec()).collect();
+            let packed = changes
+                .iter()
+                .any(|c| c.first() == Some(&qiaomen_protocol::pack::PACKED_FORMAT));
+            let mut s = store.store();
             // Counted as new only: on a paged catch-up a later page may carry this phone's own
             // changes from the first request back; they are already here.
-            let applied = match &doc.whole {
-                // A first sync: the household whole (SYNC-v1 §7.3.1), then any changes, in
-                // one step on the store.
-                Some(whole) => {
-                    let mut s = store.store();
-                    match s.apply_remote_document(doc.id, whole) {
-                        Ok(n) if !changes.is_empty() => s
-                            .apply_remote_changes(doc.id, &changes)
-                            .map(|more| n + more),
-                        other => other,
-                    }
-                }
-                None => store.store().apply_remote_changes(doc.id, &changes),
+            let whole = match &doc.whole {
+                Some(whole) => s.apply_remote_document(doc.id, whole),
+                None => Ok(0),
             };
+            let applied = match whole {
+                Ok(n) if !changes.is_empty() => {
+                    let changes = if packed {
+                        s.rebuild_packed(doc.id, changes, &response.table, response.base_ms)?
+                    } else {
+                        Some(changes)
+                    };
+                    let Some(changes) = changes else {
+                        complete = false;
+                        continue;
+                    };
+                    s.apply_remote_changes(doc.id, &changes)
+                        .map(|more| n + more)
+                }
+                other => other,
+            };
+            drop(s);
             match applied {
                 Ok(n) => report.received_changes += n as u64,
                 // A household whose history this page cannot complete (it moved into this
@@ -1048,6 +1081,9 @@ impl SyncClient {
                 Err(e) => return Err(e.into()),
             }
         }
+        if !complete {
+            return Ok(false);
+        }
         // 3. Only now the cursor (or, during a first sync by whole documents, where it
         // stands): a crash before this line re-downloads, harmlessly.
         match &response.whole {
@@ -1057,7 +1093,7 @@ impl SyncClient {
                 response.cursor_check.as_deref().map(|k| k.as_slice()),
             )?,
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends a request, retrying with exponential backoff on network failures and 5xx/429.

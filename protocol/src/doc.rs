@@ -512,8 +512,9 @@ impl HouseholdDoc {
     /// Checks the size of the change `hash` just made, and of the document with it, against
     /// the limits a server applies ([`crate::wire::limits`]: `MAX_CHANGE_BYTES`,
     /// `MAX_CHANGE_OPS`, `MAX_DOC_OPS`), so that a phone refuses an edit the server would
-    /// refuse `over_limit` ([`crate::validate::Field::Document`], `too_large`).
-    pub fn check_size(&mut self, hash: &ChangeHash) -> Result<()> {
+    /// refuse `over_limit` ([`crate::validate::Field::Document`], `too_large`). Returns the
+    /// change's bytes (read once for the check and the caller; `None`: no such change).
+    pub fn check_size(&mut self, hash: &ChangeHash) -> Result<Option<Vec<u8>>> {
         use crate::wire::limits;
         let too_large = || {
             Err(crate::validate::FieldError {
@@ -525,11 +526,11 @@ impl HouseholdDoc {
         let Some((bytes, change_ops)) = self
             .doc
             .get_change_by_hash(hash)
-            .map(|c| (c.raw_bytes().len(), c.len()))
+            .map(|c| (c.raw_bytes().to_vec(), c.len()))
         else {
-            return Ok(());
+            return Ok(None);
         };
-        if bytes > limits::MAX_CHANGE_BYTES || change_ops > limits::MAX_CHANGE_OPS {
+        if bytes.len() > limits::MAX_CHANGE_BYTES || change_ops > limits::MAX_CHANGE_OPS {
             return too_large();
         }
         let ops: u64 = self
@@ -541,7 +542,7 @@ impl HouseholdDoc {
         if ops > limits::MAX_DOC_OPS {
             return too_large();
         }
-        Ok(())
+        Ok(Some(bytes))
     }
 
     fn map_obj(&self, key: &str) -> Result<automerge::ObjId> {
@@ -582,6 +583,19 @@ impl HouseholdDoc {
         self.doc.get_heads()
     }
 
+    /// Records what the next edits write, from the heads of now, so that
+    /// [`Self::validate_since`] from those heads reads the edits from the record (cost as the
+    /// change) instead of comparing two versions of the whole document (cost as its history).
+    /// [`Self::stop_recording`] ends it; the outcome of the check is the same either way.
+    pub fn record_edits(&mut self) {
+        self.doc.update_diff_cursor();
+    }
+
+    /// Ends [`Self::record_edits`].
+    pub fn stop_recording(&mut self) {
+        self.doc.reset_diff_cursor();
+    }
+
     /// The raw bytes of every change not reachable from `have`.
     pub fn changes_since(&mut self, have: &[ChangeHash]) -> Vec<Vec<u8>> {
         self.doc
@@ -601,6 +615,22 @@ impl HouseholdDoc {
     /// Whether the document holds the change `hash`.
     pub fn has_change(&mut self, hash: &ChangeHash) -> bool {
         self.doc.get_change_meta_by_hash(hash).is_some()
+    }
+
+    /// The hashes of the document's changes that start with `prefix` (a packed change's
+    /// dependency, [`crate::pack`]): among its heads only (what a change from elsewhere
+    /// builds on, as a rule), or among its whole history.
+    pub fn hashes_with_prefix(&mut self, prefix: &[u8], history: bool) -> Vec<ChangeHash> {
+        let starts = |h: &ChangeHash| h.as_ref().starts_with(prefix);
+        if !history {
+            return self.doc.get_heads().into_iter().filter(starts).collect();
+        }
+        self.doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .map(|m| m.hash)
+            .filter(starts)
+            .collect()
     }
 
     /// Applies changes received from elsewhere. Each change's bytes and hash are checked

@@ -69,7 +69,12 @@ pub enum PackError {
     DependencyMismatch,
     #[error("the rebuilt change does not match its checksum")]
     ChecksumMismatch,
+    #[error("too many changes share the prefixes of the packed change's dependencies")]
+    Ambiguous,
 }
+
+/// The most combinations of candidate dependencies [`Unpacked::build_among`] tries.
+pub const MAX_COMBINATIONS: usize = 16;
 
 /// Packs the changes of one request, collecting the table of actor ids and messages they
 /// refer to.
@@ -301,6 +306,40 @@ impl Unpacked {
     /// The first 4 bytes of the change's hash.
     pub fn checksum(&self) -> [u8; 4] {
         self.checksum
+    }
+
+    /// The change, given for each of its dependencies (in the order of
+    /// [`Self::dep_prefixes`]) the hashes of the household that carry its prefix: almost
+    /// always one; when two share a prefix, the combination whose rebuilt change matches the
+    /// checksum is taken, trying at most [`MAX_COMBINATIONS`]. What server and phone both do
+    /// with a packed change (SYNC-v1 §4.4).
+    pub fn build_among(self, options: &[Vec<ChangeHash>]) -> Result<Change, PackError> {
+        if options.len() != self.deps.len() || options.iter().any(Vec::is_empty) {
+            return Err(PackError::DependencyMismatch);
+        }
+        let combinations = options
+            .iter()
+            .try_fold(1usize, |n, o| n.checked_mul(o.len()))
+            .filter(|n| *n <= MAX_COMBINATIONS)
+            .ok_or(PackError::Ambiguous)?;
+        let pick = |k: usize| -> Vec<ChangeHash> {
+            let mut rest = k;
+            options
+                .iter()
+                .map(|o| {
+                    let h = o[rest % o.len()];
+                    rest /= o.len();
+                    h
+                })
+                .collect()
+        };
+        for k in 0..combinations - 1 {
+            if let Ok(change) = self.clone().build(pick(k)) {
+                return Ok(change);
+            }
+        }
+        // The last combination (the only one, as a rule) takes the change without a copy.
+        self.build(pick(combinations - 1))
     }
 
     /// The change, given the full hashes of its dependencies (in the order of

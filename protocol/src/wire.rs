@@ -176,7 +176,15 @@ pub const FEATURES: u32 = FEATURE_STALE_ORDER
     | FEATURE_RETIRE
     | FEATURE_FIELD_RULES
     | FEATURE_RIGHTS
-    | FEATURE_WHOLE_DOCS;
+    | FEATURE_WHOLE_DOCS
+    | FEATURE_PACKED_DOWN;
+
+/// Feature bit: the phone takes packed changes in a response (SYNC-v1 §4.4.1): the server
+/// may send a change of `d` packed, with the response's table `p` and base time `b`; the
+/// phone rebuilds it, finding each dependency by its prefix among the household's changes it
+/// holds and those before it in the response, and asks again without the bit when one does
+/// not rebuild.
+pub const FEATURE_PACKED_DOWN: u32 = 128;
 
 /// Feature bit: on a sync with no cursor the phone takes each household as one whole
 /// document (`w` of [`DocChanges`], Automerge's saved form) instead of every change, in
@@ -407,6 +415,14 @@ pub struct SyncResponse {
     /// not know `h`: then the phone sends every change again).
     #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Vec<u32>>,
+    /// The table the response's packed changes refer to (actor ids and author messages, each
+    /// once), sent to a phone announcing [`FEATURE_PACKED_DOWN`] when `d` holds a packed
+    /// change ([`crate::pack`], SYNC-v1 §4.4.1). Absent otherwise.
+    #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
+    pub table: Vec<ByteBuf>,
+    /// The time (ms since the epoch) the response's packed changes count their times from.
+    #[serde(rename = "b", default, skip_serializing_if = "is_zero_i64")]
+    pub base_ms: i64,
 }
 
 /// Where a retired device stands ([`SyncResponse::retire`]).

@@ -19,6 +19,7 @@ use ciborium::Value as Cbor;
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, decode_changes},
     ids::{DeviceId, GridId, HouseholdId, UserId, Uuid},
+    pack,
     schema::Household,
     wire::{
         self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, RejectCode, Rejection, SyncRequest,
@@ -76,6 +77,8 @@ fn fake_hash(seed: u8) -> ByteBuf {
 /// The feature bits the vectors written before bit 64 carry (bits 1 to 32): they keep them,
 /// so their bytes stay what they were.
 const VECTOR_FEATURES: u32 = 63;
+/// The feature bits of the vectors written before bit 128 (bits 1 to 64).
+const WHOLE_VECTOR_FEATURES: u32 = 127;
 
 fn fake_change(text: &str) -> ByteBuf {
     ByteBuf::from(text.as_bytes().to_vec())
@@ -266,6 +269,12 @@ impl Msg {
                 if let Some(h) = &r.held {
                     o["h"] = json!(h);
                 }
+                if !r.table.is_empty() {
+                    o["p"] = json!(r.table.iter().map(|e| hex(e)).collect::<Vec<_>>());
+                }
+                if r.base_ms != 0 {
+                    o["b"] = json!(r.base_ms);
+                }
                 o
             }
             Msg::Rejection(r) => rejection_to_json(r),
@@ -346,7 +355,7 @@ impl Msg {
                 let o = object(
                     v,
                     &[
-                        "v", "c", "a", "r", "d", "m", "s", "t", "f", "x", "u", "w", "h",
+                        "v", "c", "a", "r", "d", "m", "s", "t", "f", "x", "u", "w", "h", "p", "b",
                     ],
                 )?;
                 Msg::Response(SyncResponse {
@@ -400,6 +409,23 @@ impl Msg {
                         Some(h) => {
                             Some(serde_json::from_value(h.clone()).map_err(|e| e.to_string())?)
                         }
+                    },
+                    table: match o.get("p") {
+                        None => vec![],
+                        Some(Json::Array(a)) => a
+                            .iter()
+                            .map(|e| {
+                                e.as_str()
+                                    .ok_or("a table entry is not a hex string".to_string())
+                                    .and_then(unhex)
+                                    .map(ByteBuf::from)
+                            })
+                            .collect::<Result<_, _>>()?,
+                        Some(other) => return Err(format!("p is not an array: {other}")),
+                    },
+                    base_ms: match o.get("b") {
+                        None => 0,
+                        Some(b) => b.as_i64().ok_or(format!("b is not an integer: {b}"))?,
                     },
                 })
             }
@@ -663,6 +689,8 @@ fn vectors() -> Vec<Vector> {
             more,
             whole: None,
             held: None,
+            table: vec![],
+            base_ms: 0,
         })
     };
     let rejection = |doc, n, hash, code| Rejection { doc, n, hash, code };
@@ -866,6 +894,8 @@ fn vectors() -> Vec<Vector> {
             more: false,
             whole: None,
             held: None,
+            table: vec![],
+            base_ms: 0,
         }),
     ));
     out.push(vector(
@@ -886,6 +916,8 @@ fn vectors() -> Vec<Vector> {
             more: false,
             whole: None,
             held: None,
+            table: vec![],
+            base_ms: 0,
         }),
     ));
     out.push(vector(
@@ -923,6 +955,8 @@ fn vectors() -> Vec<Vector> {
             more: false,
             whole: None,
             held: None,
+            table: vec![],
+            base_ms: 0,
         }),
     ));
     out.push(vector(
@@ -977,6 +1011,8 @@ fn vectors() -> Vec<Vector> {
                 more: false,
                 whole: None,
                 held: None,
+                table: vec![],
+                base_ms: 0,
             }),
         ));
     }
@@ -1044,7 +1080,7 @@ fn vectors() -> Vec<Vector> {
         true,
     );
     if let Msg::Response(r) = &mut first_page {
-        r.features = wire::FEATURES;
+        r.features = WHOLE_VECTOR_FEATURES;
         r.whole = Some(position);
     }
     out.push(Vector {
@@ -1055,7 +1091,7 @@ fn vectors() -> Vec<Vector> {
     });
     let mut next = request(None, vec![], &[]);
     if let Msg::Request(r) = &mut next {
-        r.features = wire::FEATURES;
+        r.features = WHOLE_VECTOR_FEATURES;
         r.whole = Some(position);
     }
     // After a lost answer (SYNC-v1 §7.4.1): the hashes of the lost upload's changes, and
@@ -1081,6 +1117,34 @@ fn vectors() -> Vec<Vector> {
         "The answer to request-held-query: the server holds the second change (`h`: its position in the request's `h`); the phone acknowledges it and sends the first again.",
         answer,
     ));
+    // Packed changes in a response (SYNC-v1 §4.4.1): a phone holding household A's first
+    // change receives the second packed.
+    let mut down = pack::Packer::new();
+    let second = down
+        .pack_bytes(&real[1])
+        .expect("the real change packs to itself");
+    let mut packed_down = response(
+        2,
+        0,
+        vec![],
+        vec![DocChanges {
+            id: a,
+            changes: vec![ByteBuf::from(second)],
+            whole: None,
+        }],
+        false,
+    );
+    if let Msg::Response(r) = &mut packed_down {
+        r.features = wire::FEATURES;
+        r.table = down.table().iter().cloned().map(ByteBuf::from).collect();
+        r.base_ms = down.base_ms();
+    }
+    out.push(Vector {
+        name: "response-packed".into(),
+        description: "A response to a phone that announced bit 128 (f = 255) and holds household A's first change: the second change of request-upload-automerge packed (SYNC-v1 §4.4.1), with the response's table `p` (the actor id, then the author message) and base time `b` (the change's own time). Its one dependency is the first change's hash prefix, which the phone finds among what it holds.".into(),
+        notes: Some(json!({ "changes": real_change_notes(&real) })),
+        msg: packed_down,
+    });
     out.push(vector(
         "request-first-sync-whole-next",
         "The phone's request after response-first-sync-whole: still no cursor, the response's `w` sent back, f = 127.",
@@ -1406,6 +1470,8 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
             more: false,
             whole: None,
             held: None,
+            table: vec![],
+            base_ms: 0,
         }
     );
 }
@@ -1624,4 +1690,40 @@ fn the_packed_vector_rebuilds_the_automerge_vector_byte_for_byte() {
     // And smaller, before compression.
     let size = |r: &SyncRequest| r.docs[0].changes.iter().map(|c| c.len()).sum::<usize>();
     assert!(size(&packed) < size(&chunks));
+}
+
+#[test]
+fn the_packed_response_rebuilds_the_second_change_among_what_the_phone_holds() {
+    let all = vectors();
+    let find = |name: &str| all.iter().find(|v| v.name == name).expect("vector present");
+    let Msg::Response(down) = &find("response-packed").msg else {
+        panic!("response-packed is a response");
+    };
+    let Msg::Request(chunks) = &find("request-upload-automerge").msg else {
+        panic!("request-upload-automerge is a request");
+    };
+    assert_eq!(
+        down.features & wire::FEATURE_PACKED_DOWN,
+        wire::FEATURE_PACKED_DOWN
+    );
+    // The phone holds the first change; the second comes packed and rebuilds exactly.
+    let mut phone = HouseholdDoc::load(&chunks.docs[0].changes[0]).unwrap();
+    let bytes = &down.docs[0].changes[0];
+    assert_eq!(bytes[0], pack::PACKED_FORMAT);
+    let u = pack::unpack(bytes, &down.table, down.base_ms).unwrap();
+    let options: Vec<_> = u
+        .dep_prefixes()
+        .iter()
+        .map(|p| phone.hashes_with_prefix(p, false))
+        .collect();
+    assert_eq!(options, vec![phone.heads()]);
+    let change = u.clone().build_among(&options).unwrap();
+    assert_eq!(change.raw_bytes(), chunks.docs[0].changes[1].as_slice());
+    // Smaller than the chunk it stands for, before compression.
+    assert!(bytes.len() < chunks.docs[0].changes[1].len());
+    // Without what it builds on, it does not rebuild.
+    assert_eq!(
+        u.build_among(&[vec![]]).unwrap_err(),
+        pack::PackError::DependencyMismatch
+    );
 }

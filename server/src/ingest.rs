@@ -837,37 +837,10 @@ impl<S: Storage> Ingestor<S> {
         }
         // Almost always one candidate per prefix; when two changes of the household share a
         // prefix, the checksum tells which combination is meant.
-        let combinations = options
-            .iter()
-            .try_fold(1usize, |n, o| n.checked_mul(o.len()))
-            .filter(|n| *n <= 16);
-        let Some(combinations) = combinations else {
-            return Ok(Err(RejectCode::SendRaw));
-        };
-        let mut candidates: Vec<Vec<ChangeHash>> = (0..combinations)
-            .map(|k| {
-                let mut rest = k;
-                options
-                    .iter()
-                    .map(|o| {
-                        let h = o[rest % o.len()];
-                        rest /= o.len();
-                        h
-                    })
-                    .collect()
-            })
-            .collect();
-        // The last candidate (the only one, as a rule) takes the change without a copy.
-        let last = candidates.pop().expect("at least one combination");
-        for deps in candidates {
-            if let Ok(change) = unpacked.clone().build(deps) {
-                return Ok(Ok(change));
-            }
+        match unpacked.build_among(&options) {
+            Ok(change) => Ok(Ok(change)),
+            Err(_) => Ok(Err(RejectCode::SendRaw)),
         }
-        if let Ok(change) = unpacked.build(last) {
-            return Ok(Ok(change));
-        }
-        Ok(Err(RejectCode::SendRaw))
     }
 
     fn process(&mut self, upload: Parsed) -> Result<Outcome, StorageError> {

@@ -40,6 +40,9 @@ pub struct Config {
     /// A first sync gets each household as one whole document, to a phone that takes them
     /// (SYNC-v1 §7.3.1). On by default; off, every change is sent as it was logged.
     pub whole_docs: bool,
+    /// Changes go down packed to a phone that takes them (SYNC-v1 §4.4.1). On by default;
+    /// off, every change goes as Automerge's chunk.
+    pub packed_downloads: bool,
     /// Work-order deadlines and the visit rotation.
     pub workflow: index::Workflow,
     /// Body limits, timeouts, connections per peer, trusted proxies, TLS.
@@ -55,6 +58,7 @@ impl Config {
             ingest: Default::default(),
             response_budget: qiaomen_protocol::wire::limits::RESPONSE_BUDGET_BYTES,
             whole_docs: true,
+            packed_downloads: true,
             workflow: Default::default(),
             edge: Default::default(),
         }
@@ -151,6 +155,7 @@ pub async fn start(
         limits: Arc::new(http::auth::Limits::default()),
         response_budget: config.response_budget,
         whole_docs: config.whole_docs,
+        packed_downloads: config.packed_downloads,
         index,
         workflow: Arc::new(config.workflow.clone()),
         edge: edge.clone(),

@@ -9,8 +9,12 @@
 //!    documents off: today's main), pieces sized to the link (the phone measures it and asks
 //!    for ~8 s of it, `r`), and whole documents in pieces of the server's budget (2 MiB), in
 //!    one run. Time, syncs it took, bytes down.
-//! 2. A visit day through the same link: 25 visits up, others' work down.
-//! 3. `record_visit` through the FFI while a first sync crawls over the link: its latency.
+//! 2. A phone back after 90 days (another worker's six visit days reached the server
+//!    meanwhile), beside today's main (changes as chunks): time, bytes on the wire ÷ bytes of
+//!    the changes it keeps.
+//! 3. A visit day through the same link, cut every 20 s and every 2 s on average: 25 visits
+//!    up, a supervisor's 25 down; bytes down ÷ the zstd floor of the visits that came down.
+//! 4. `record_visit` through the FFI while a first sync crawls over the link: its latency.
 
 use std::{
     sync::Arc,
@@ -124,7 +128,8 @@ fn main() {
     qiaomen_tests::copy_dir(&data, &logged);
     let server = TestServer::start(&data);
     let as_logged = TestServer::start_with(&logged, "127.0.0.1:0".parse().unwrap(), |c| {
-        c.whole_docs = false
+        c.whole_docs = false;
+        c.packed_downloads = false;
     });
     worker.client = qiaomen_client_core::SyncClient::new(&server.url).unwrap();
     let changes = worker.store.acknowledged_change_count().unwrap();
@@ -193,35 +198,136 @@ fn main() {
         );
     }
 
-    // 2. A visit day: the worker's 25 visits up, a supervisor's 25 down.
+    // 2. A phone back after 90 days: in step with the grid when it left; meanwhile another
+    // worker's six visit days (a visit to every household on each) reached the server.
+    let recent: Vec<Day> = {
+        let mut d: Vec<Day> = (today.year() - 1..=today.year())
+            .flat_map(|y| (1..=12u8).map(move |m| (y, m)))
+            .filter_map(|(y, m)| qiaomen_protocol::calendar::visit_days_of_month(y, m))
+            .flatten()
+            .filter(|d| *d <= today)
+            .collect();
+        d.sort();
+        d.split_off(d.len().saturating_sub(6))
+    };
     println!();
-    println!("| a visit day through the link (25 visits up) | value |");
-    println!("|---|---|");
-    let link = Link::start(server.addr, village(12));
-    let (_, code) = enrollment_code(&data, &["g1"]);
-    let mut phone = Phone::enroll(&dir.path().join("day.db"), &link.url, &code).unwrap();
-    phone.client = phone.client.clone().with_retry(retry.clone());
-    sync_through(&mut phone, limit);
-    for id in ids.iter().take(25) {
-        phone
+    println!(
+        "| a phone back after 90 days ({} visit days of another worker, {} visits) | time | syncs | bytes on the wire | bytes kept | wire ÷ kept |",
+        recent.len(),
+        recent.len() * ids.len()
+    );
+    println!("|---|---|---|---|---|---|");
+    for (n, (name, to, folder)) in [
+        ("packed changes, pieces sized to the link", &server, &data),
+        ("changes as chunks (today's main)", &as_logged, &logged),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_, code) = enrollment_code(folder, &["g1"]);
+        let mut back =
+            Phone::enroll(&dir.path().join(format!("back-{n}.db")), &to.url, &code).unwrap();
+        back.sync().unwrap();
+        let (_, code) = enrollment_code(folder, &["g1"]);
+        let mut other =
+            Phone::enroll(&dir.path().join(format!("other-{n}.db")), &to.url, &code).unwrap();
+        other.sync().unwrap();
+        for d in &recent {
+            for id in &ids {
+                other
+                    .store
+                    .record_visit(*id, &visit_on(&other.author, *d), &[])
+                    .unwrap();
+            }
+        }
+        let kept: usize = other
             .store
-            .record_visit(*id, &visit_on(&phone.author, day), &[])
-            .unwrap();
+            .pending_households()
+            .unwrap()
+            .into_iter()
+            .flat_map(|id| other.store.pending_changes(id).unwrap())
+            .map(|(_, bytes)| bytes.len())
+            .sum();
+        other.sync().unwrap();
+        let link = Link::start(to.addr, village(13));
+        back.client = qiaomen_client_core::SyncClient::new(&link.url)
+            .unwrap()
+            .with_retry(retry.clone());
+        let (took, syncs) = sync_through(&mut back, limit);
+        let wire = link.bytes_down() + link.bytes_up();
+        println!(
+            "| {name} | {} | {syncs} | {} KB | {} KB | {:.2}× |",
+            took.map(|t| format!("{:.0} s", t.as_secs_f64()))
+                .unwrap_or_else(|| "not done".into()),
+            wire / 1024,
+            kept / 1024,
+            wire as f64 / kept as f64
+        );
     }
-    let (up, down) = (link.bytes_up(), link.bytes_down());
-    let (took, syncs) = sync_through(&mut phone, limit);
-    println!(
-        "| time / syncs | {} / {syncs} |",
-        took.map(|t| format!("{:.1} s", t.as_secs_f64()))
-            .unwrap_or_else(|| "not done".into())
-    );
-    println!(
-        "| bytes up / down | {} / {} |",
-        link.bytes_up() - up,
-        link.bytes_down() - down
-    );
 
-    // 3. The app while a first sync crawls over the link.
+    // 3. A visit day: the phone's 25 visits up, a supervisor's 25 visits to the same
+    // households down, with a cut every 20 s and every 2 s on average.
+    println!();
+    println!(
+        "| a visit day through the link (25 visits up, 25 down) | cut every | time | syncs | bytes up / down | down ÷ floor of the visits down |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut row = 0;
+    for (name, to, folder) in [
+        ("packed both ways", &server, &data),
+        ("packed up, chunks down (today's main)", &as_logged, &logged),
+    ] {
+        for cut in [20, 2] {
+            let mine: Vec<_> = ids
+                .iter()
+                .cycle()
+                .skip(25 * row)
+                .take(25)
+                .copied()
+                .collect();
+            row += 1;
+            let (_, code) = enrollment_code(folder, &["g1"]);
+            let mut phone =
+                Phone::enroll(&dir.path().join(format!("day-{row}.db")), &to.url, &code).unwrap();
+            sync_through(&mut phone, limit);
+            let mut supervisor = to.phone(&dir.path().join(format!("supervisor-{row}.db")), &[]);
+            supervisor.sync().unwrap();
+            let mut down = Vec::new();
+            for id in &mine {
+                phone
+                    .store
+                    .record_visit(*id, &visit_on(&phone.author, day), &[])
+                    .unwrap();
+                let mut v = visit_on(&supervisor.author, day);
+                v.note = "已宣传防诈骗知识，户主表示会提醒家人。".into();
+                supervisor.store.record_visit(*id, &v, &[]).unwrap();
+                down.push(v);
+            }
+            supervisor.sync().unwrap();
+            let (_, floor) = qiaomen_tests::visit_json_floor(&down);
+            let link = Link::start(
+                to.addr,
+                LinkConfig {
+                    mean_time_between_cuts: Some(Duration::from_secs(cut)),
+                    ..village(14 + row as u64)
+                },
+            );
+            phone.client = qiaomen_client_core::SyncClient::new(&link.url)
+                .unwrap()
+                .with_retry(retry.clone());
+            let (took, syncs) = sync_through(&mut phone, limit);
+            println!(
+                "| {name} | {cut} s | {} | {syncs} | {} / {} | {:.2}× |",
+                took.map(|t| format!("{:.1} s", t.as_secs_f64()))
+                    .unwrap_or_else(|| "not done".into()),
+                link.bytes_up(),
+                link.bytes_down(),
+                link.bytes_down() as f64 / floor as f64
+            );
+        }
+    }
+
+    // 4. The app while a first sync crawls over the link.
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let (_, code) = enrollment_code(&data, &["g1"]);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -114,6 +114,45 @@ fn varied_visit(author: &Author, day: Day, seed: u64) -> Visit {
 
 /// A worker's whole pending upload as one sync request, its changes packed (SYNC-v1 §4.4)
 /// as the phone packs them, or sent as Automerge chunks.
+/// A response carrying `docs`, their changes packed as a server packs them for a phone
+/// announcing bit 128 (SYNC-v1 §4.4.1), or as they are.
+fn download_response(
+    mut docs: Vec<qiaomen_protocol::wire::DocChanges>,
+    packed: bool,
+) -> qiaomen_protocol::wire::SyncResponse {
+    let mut packer = qiaomen_protocol::pack::Packer::new();
+    if packed {
+        for c in docs.iter_mut().flat_map(|d| d.changes.iter_mut()) {
+            if let Some(p) = packer.pack_bytes(c) {
+                *c = serde_bytes::ByteBuf::from(p);
+            }
+        }
+    }
+    qiaomen_protocol::wire::SyncResponse {
+        version: 1,
+        cursor: 1 << 20,
+        accepted: 25,
+        rejected: vec![],
+        docs,
+        more: false,
+        cursor_check: Some(serde_bytes::ByteBuf::from(vec![0x5a; 32])),
+        scope: None,
+        features: qiaomen_protocol::wire::FEATURES,
+        extras_digest: None,
+        retire: None,
+        rights: None,
+        whole: None,
+        held: None,
+        table: packer
+            .table()
+            .iter()
+            .cloned()
+            .map(serde_bytes::ByteBuf::from)
+            .collect(),
+        base_ms: packer.base_ms(),
+    }
+}
+
 fn upload_request(
     w: &mut Worker,
     cursor: Option<u64>,
@@ -166,19 +205,6 @@ fn upload_request(
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn visit_json_floor(visits: &[Visit]) -> (usize, usize) {
-    // The information of the visits: their JSON, compact; and zstd-3 of it, all visits of the
-    // worker together (the floor a batched upload can aim at).
-    let mut all = Vec::new();
-    for v in visits {
-        let mut d = AutoCommit::new();
-        autosurgeon::reconcile_prop(&mut d, automerge::ROOT, "v", v).unwrap();
-        let json = serde_json::to_vec(&automerge::AutoSerde::from(&d)).unwrap();
-        all.extend_from_slice(&json);
-    }
-    (all.len(), zstd::bulk::compress(&all, 3).unwrap().len())
 }
 
 /// A store enrolled with the server as a new worker of `grids`.
@@ -317,6 +343,7 @@ fn main() {
         .collect();
 
     // The visit day. The supervisor adds a visit to every household (one visit each side).
+    let mut supervisor0_visits = Vec::new();
     for ids in &grids {
         for id in ids {
             let v = varied_visit(
@@ -325,9 +352,36 @@ fn main() {
                 id.as_bytes()[14] as u64 * 7919 + id.as_bytes()[15] as u64,
             );
             registry.store.record_visit(*id, &v, &[]).unwrap();
+            if workers[0].households.contains(id) {
+                supervisor0_visits.push(v);
+            }
         }
     }
     sync(&mut registry);
+    // What worker 0 will download: the supervisor's visits to its households, as Automerge
+    // chunks (how v1 sent them before SYNC-v1 §4.4.1) and packed, in a response's CBOR.
+    let down_docs: Vec<qiaomen_protocol::wire::DocChanges> = workers[0]
+        .households
+        .clone()
+        .into_iter()
+        .map(|id| {
+            let have = workers[0].store.document(id).unwrap().heads();
+            qiaomen_protocol::wire::DocChanges {
+                id,
+                changes: registry
+                    .store
+                    .document(id)
+                    .unwrap()
+                    .changes_since(&have)
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+                whole: None,
+            }
+        })
+        .collect();
+    let down_chunks_cbor = to_cbor(&download_response(down_docs.clone(), false));
+    let down_packed_cbor = to_cbor(&download_response(down_docs, true));
     // Each worker records a visit to each of its households, offline.
     let mut worker0_visits = Vec::new();
     for (g, w) in workers.iter_mut().enumerate() {
@@ -345,7 +399,8 @@ fn main() {
     // Baseline, same documents and the same edits: apply worker 0's visit changes and the
     // supervisor's to the copies, then run Automerge's sync protocol per document, batching
     // every document's message into one request per round.
-    let (json_bytes, floor) = visit_json_floor(&worker0_visits);
+    let (json_bytes, floor) = qiaomen_tests::visit_json_floor(&worker0_visits);
+    let (down_json_bytes, down_floor) = qiaomen_tests::visit_json_floor(&supervisor0_visits);
     let mut base_rounds = 0;
     let (mut base_up, mut base_down) = (0usize, 0usize);
     {
@@ -585,6 +640,30 @@ fn main() {
         w0.progress.bytes_up as f64 / floor as f64,
         base_up as f64 / floor as f64
     );
+    println!(
+        "| bytes down ÷ zstd information floor of the supervisor's visits ({down_floor} B; JSON {down_json_bytes} B) | {:.2}× | {:.2}× | |",
+        w0.progress.bytes_down as f64 / down_floor as f64,
+        base_down as f64 / down_floor as f64
+    );
+    println!();
+    println!(
+        "| worker 0's download body (CBOR: {} B as chunks, {} B packed) | bytes | ÷ floor |",
+        down_chunks_cbor.len(),
+        down_packed_cbor.len()
+    );
+    println!("|---|---|---|");
+    for (form, body) in [
+        ("Automerge chunks", &down_chunks_cbor),
+        ("packed", &down_packed_cbor),
+    ] {
+        for l in [3, 9, 19] {
+            let n = zstd::bulk::compress(body, l).unwrap().len();
+            println!(
+                "| {form}, zstd level {l} | {n} | {:.2}× |",
+                n as f64 / down_floor as f64
+            );
+        }
+    }
     println!();
     println!(
         "| worker 0's upload body (CBOR: {} B as chunks, {} B packed) | bytes | ÷ floor |",

@@ -598,3 +598,19 @@ pub fn debug_names() -> std::collections::BTreeSet<String> {
     }
     all
 }
+
+/// The information in `visits`: their JSON, compact, and the zstd (level 3) of it, all
+/// together: the floor a batched sync of them can aim at (BENCHMARKS.md).
+pub fn visit_json_floor(visits: &[Visit]) -> (usize, usize) {
+    let mut all = Vec::new();
+    for v in visits {
+        let mut d = automerge::AutoCommit::new();
+        autosurgeon::reconcile_prop(&mut d, automerge::ROOT, "v", v).expect("a visit reconciles");
+        let json = serde_json::to_vec(&automerge::AutoSerde::from(&d)).expect("JSON");
+        all.extend_from_slice(&json);
+    }
+    (
+        all.len(),
+        zstd::bulk::compress(&all, 3).expect("zstd").len(),
+    )
+}

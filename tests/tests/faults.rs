@@ -684,37 +684,52 @@ fn every_change_a_phone_saw_acknowledged_survives_a_server_sigkill() {
     server.wait().unwrap();
 }
 
+/// Which messages a spoiling proxy spoils.
+#[derive(Clone, Copy, PartialEq)]
+enum Spoil {
+    Requests,
+    Responses,
+}
+
+/// What a spoiling proxy saw: how many packed changes it spoiled, and the `f` of each sync
+/// request it forwarded.
+#[derive(Default)]
+struct Spoiled {
+    changes: usize,
+    request_features: Vec<u32>,
+}
+
 /// A proxy in front of the server that spoils the checksum of every packed change in the
-/// sync requests it forwards, as a server whose Automerge encoded changes differently would
-/// see them; everything else passes untouched. One request per connection.
-fn start_spoiling_proxy(upstream: std::net::SocketAddr) -> (String, Arc<Mutex<usize>>) {
+/// sync requests (or the responses) it forwards, as an end whose Automerge encoded changes
+/// differently would see them; everything else passes untouched. One request per connection.
+fn start_spoiling_proxy(
+    upstream: std::net::SocketAddr,
+    spoil: Spoil,
+) -> (String, Arc<Mutex<Spoiled>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let spoiled = Arc::new(Mutex::new(0usize));
-    let count = spoiled.clone();
+    let spoiled = Arc::new(Mutex::new(Spoiled::default()));
+    let seen = spoiled.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut client) = conn else { break };
-            let count = count.clone();
+            let seen = seen.clone();
             std::thread::spawn(move || {
-                let _ = spoil_one(&mut client, upstream, &count);
+                let _ = spoil_one(&mut client, upstream, spoil, &seen);
             });
         }
     });
     (url, spoiled)
 }
 
-fn spoil_one(
-    client: &mut TcpStream,
-    upstream: std::net::SocketAddr,
-    count: &Mutex<usize>,
-) -> std::io::Result<()> {
+/// One HTTP message read whole: its head and its body (by its content length).
+fn read_message(from: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     let head_end = loop {
-        let n = client.read(&mut tmp)?;
+        let n = from.read(&mut tmp)?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         buf.extend_from_slice(&tmp[..n]);
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -732,26 +747,17 @@ fn spoil_one(
         })
         .unwrap_or(0);
     while buf.len() < head_end + length {
-        let n = client.read(&mut tmp)?;
+        let n = from.read(&mut tmp)?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    let mut body = buf[head_end..head_end + length].to_vec();
-    if head.starts_with("POST /v1/sync")
-        && let Ok(mut req) = wire::decode_request(&body, wire::limits::MAX_DECODED_BYTES)
-    {
-        for d in req.docs.iter_mut() {
-            for ch in d.changes.iter_mut() {
-                if ch.first() == Some(&qiaomen_protocol::pack::PACKED_FORMAT) {
-                    ch[1] ^= 0xff;
-                    *count.lock().unwrap() += 1;
-                }
-            }
-        }
-        body = wire::encode(&req);
-    }
+    Ok(Some((head, buf[head_end..head_end + length].to_vec())))
+}
+
+/// `head` with `body`'s length and `connection: close`.
+fn with_body(head: &str, body: &[u8]) -> Vec<u8> {
     let mut lines: Vec<&str> = head
         .trim_end()
         .split("\r\n")
@@ -763,10 +769,53 @@ fn spoil_one(
     let length = format!("content-length: {}", body.len());
     lines.push(&length);
     lines.push("connection: close");
+    let mut out = format!("{}\r\n\r\n", lines.join("\r\n")).into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Spoils the checksum of each packed change of `docs`, counting them.
+fn spoil_docs(docs: &mut [wire::DocChanges], seen: &Mutex<Spoiled>) {
+    for d in docs {
+        for ch in d.changes.iter_mut() {
+            if ch.first() == Some(&qiaomen_protocol::pack::PACKED_FORMAT) {
+                ch[1] ^= 0xff;
+                seen.lock().unwrap().changes += 1;
+            }
+        }
+    }
+}
+
+fn spoil_one(
+    client: &mut TcpStream,
+    upstream: std::net::SocketAddr,
+    spoil: Spoil,
+    seen: &Mutex<Spoiled>,
+) -> std::io::Result<()> {
+    let Some((head, mut body)) = read_message(client)? else {
+        return Ok(());
+    };
+    let sync = head.starts_with("POST /v1/sync");
+    if sync && let Ok(mut req) = wire::decode_request(&body, wire::limits::MAX_DECODED_BYTES) {
+        seen.lock().unwrap().request_features.push(req.features);
+        if spoil == Spoil::Requests {
+            spoil_docs(&mut req.docs, seen);
+            body = wire::encode(&req);
+        }
+    }
     let mut up = TcpStream::connect(upstream)?;
-    up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())?;
-    up.write_all(&body)?;
-    std::io::copy(&mut up, client)?;
+    up.write_all(&with_body(&head, &body))?;
+    let Some((head, mut body)) = read_message(&mut up)? else {
+        return Ok(());
+    };
+    if sync
+        && spoil == Spoil::Responses
+        && let Ok(mut res) = wire::decode::<wire::SyncResponse>(&body, 64 << 20)
+    {
+        spoil_docs(&mut res.docs, seen);
+        body = wire::encode(&res);
+    }
+    client.write_all(&with_body(&head, &body))?;
     client.shutdown(Shutdown::Both)
 }
 
@@ -774,21 +823,25 @@ fn spoil_one(
 fn packed_changes_the_server_cannot_rebuild_go_again_as_chunks_in_the_same_sync() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let (proxy, spoiled) = start_spoiling_proxy(server.addr);
+    let (proxy, spoiled) = start_spoiling_proxy(server.addr, Spoil::Requests);
     let mut phone = server.phone(&dir.path().join("p.db"), &[]);
     phone.client = qiaomen_client_core::SyncClient::new(&proxy)
         .unwrap()
         .with_retry(fast_retry());
     let ids = phone.create_households("g1", 3);
     phone.sync().unwrap();
-    assert_eq!(*spoiled.lock().unwrap(), 0, "the first sync sends chunks");
+    assert_eq!(
+        spoiled.lock().unwrap().changes,
+        0,
+        "the first sync sends chunks"
+    );
     for id in &ids {
         let v = sample_visit(&phone.author, day("2026-11-15"), "已宣传防诈骗知识。");
         phone.store.record_visit(*id, &v, &[]).unwrap();
     }
     let report = phone.sync().unwrap();
     assert_eq!(
-        *spoiled.lock().unwrap(),
+        spoiled.lock().unwrap().changes,
         3,
         "the visits went packed, and were spoiled"
     );
@@ -805,5 +858,51 @@ fn packed_changes_the_server_cannot_rebuild_go_again_as_chunks_in_the_same_sync(
             phone.store.document(*id).unwrap().heads()
         );
         assert_eq!(other.store.household(*id).unwrap().visits.len(), 1);
+    }
+}
+
+#[test]
+fn packed_changes_of_an_answer_that_do_not_rebuild_come_again_as_chunks_in_the_same_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let (proxy, spoiled) = start_spoiling_proxy(server.addr, Spoil::Responses);
+    let mut phone = server.phone(&dir.path().join("p.db"), &[]);
+    phone.client = qiaomen_client_core::SyncClient::new(&proxy)
+        .unwrap()
+        .with_retry(fast_retry());
+    let mut other = server.phone(&dir.path().join("o.db"), &[]);
+    let ids = other.create_households("g1", 3);
+    other.sync().unwrap();
+    phone.sync().unwrap();
+    // Another device's visit day, then the phone's sync: the visits come down packed, the
+    // proxy spoils them, and the phone asks for the page again as chunks.
+    for id in &ids {
+        let v = sample_visit(&other.author, day("2026-11-15"), "已宣传防诈骗知识。");
+        other.store.record_visit(*id, &v, &[]).unwrap();
+    }
+    other.sync().unwrap();
+    let cursor = phone.store.sync_cursor().unwrap();
+    let asked = spoiled.lock().unwrap().request_features.len();
+    let report = phone.sync().unwrap();
+    let seen = spoiled.lock().unwrap();
+    assert_eq!(seen.changes, 3, "the visits came packed, and were spoiled");
+    assert_eq!(report.progress.round_trips, 2);
+    let features = &seen.request_features[asked..];
+    assert_eq!(features.len(), 2);
+    assert_ne!(features[0] & wire::FEATURE_PACKED_DOWN, 0);
+    assert_eq!(
+        features[1] & wire::FEATURE_PACKED_DOWN,
+        0,
+        "then asked for chunks"
+    );
+    assert!(phone.store.sync_cursor().unwrap() > cursor);
+    assert_eq!(report.received_changes, 3, "each visit once");
+    assert!(report.skipped_households.is_empty());
+    for id in &ids {
+        assert_eq!(
+            phone.store.document(*id).unwrap().heads(),
+            other.store.document(*id).unwrap().heads()
+        );
+        assert_eq!(phone.store.household(*id).unwrap().visits.len(), 1);
     }
 }

@@ -855,3 +855,69 @@ fn a_new_phone_gets_each_household_whole_in_pieces_and_then_follows_the_log() {
         busy.store.household(ids[0]).unwrap()
     );
 }
+
+#[test]
+fn a_visit_day_comes_down_packed_and_the_phone_holds_the_servers_very_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = TestServer::start(&data);
+    let mut supervisor = server.phone(&dir.path().join("s.db"), &[]);
+    let ids = supervisor.create_households("g1", 12);
+    supervisor.sync().unwrap();
+    let mut packed = server.phone(&dir.path().join("packed.db"), &["g1"]);
+    let mut chunks = server.phone(&dir.path().join("chunks.db"), &["g1"]);
+    packed.sync().unwrap();
+    chunks.sync().unwrap();
+    // The supervisor's visit day: a visit to each household, and two edits of the first one
+    // after it, each building on the one before in the same answer.
+    for id in &ids {
+        let v = sample_visit(
+            &supervisor.author,
+            day("2026-11-15"),
+            "老人独居，身体状况一般。",
+        );
+        supervisor.store.record_visit(*id, &v, &[]).unwrap();
+    }
+    for door in ["1A", "1B"] {
+        supervisor
+            .store
+            .edit_household(ids[0], |h| {
+                h.door_number = door.into();
+                Ok(())
+            })
+            .unwrap();
+    }
+    supervisor.sync().unwrap();
+    server.stop();
+    // The same log on a second server that sends every change as its chunk.
+    copy_dir(&data, &dir.path().join("as-chunks"));
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start_with(&data, addr, |_| {});
+    let plain = TestServer::start_with(&dir.path().join("as-chunks"), addr, |c| {
+        c.packed_downloads = false;
+    });
+    packed.client = qiaomen_client_core::SyncClient::new(&server.url).unwrap();
+    chunks.client = qiaomen_client_core::SyncClient::new(&plain.url).unwrap();
+    let got = packed.sync().unwrap();
+    let baseline = chunks.sync().unwrap();
+    assert_eq!(got.received_changes, 14);
+    assert_eq!(baseline.received_changes, 14);
+    assert_eq!(got.progress.round_trips, 1);
+    assert!(
+        got.progress.bytes_down * 10 < baseline.progress.bytes_down * 8,
+        "packed {} B, as chunks {} B",
+        got.progress.bytes_down,
+        baseline.progress.bytes_down
+    );
+    // The phone rebuilt the server's very changes.
+    for id in &ids {
+        let heads = supervisor.store.document(*id).unwrap().heads();
+        assert_eq!(packed.store.document(*id).unwrap().heads(), heads);
+        assert_eq!(chunks.store.document(*id).unwrap().heads(), heads);
+        assert_eq!(
+            packed.store.household(*id).unwrap(),
+            supervisor.store.household(*id).unwrap()
+        );
+    }
+    assert_eq!(packed.store.household(ids[0]).unwrap().door_number, "1B");
+}

@@ -51,6 +51,8 @@ pub struct AppState {
     pub response_budget: usize,
     /// Whole documents on a first sync (SYNC-v1 §7.3.1).
     pub whole_docs: bool,
+    /// Packed changes in responses (SYNC-v1 §4.4.1).
+    pub packed_downloads: bool,
     /// The read model for coverage, work orders and statistics.
     pub index: Arc<Mutex<crate::index::Index>>,
     /// Work-order deadlines and the visit rotation (read without the read model's lock).
@@ -824,6 +826,8 @@ async fn sync(
         }),
         whole: page.whole,
         held,
+        table: Vec::new(),
+        base_ms: 0,
     };
     let n_down = response.docs.len();
     let n_rejected = response.rejected.len();
@@ -837,9 +841,16 @@ async fn sync(
             })
             .inc();
     }
-    let body = tokio::task::spawn_blocking(move || wire::encode(&response))
-        .await
-        .map_err(|_| ApiError::internal("encode task failed"))?;
+    let pack_down = state.packed_downloads && req.features & wire::FEATURE_PACKED_DOWN != 0;
+    let body = tokio::task::spawn_blocking(move || {
+        let mut response = response;
+        if pack_down {
+            pack_page(&mut response);
+        }
+        wire::encode(&response)
+    })
+    .await
+    .map_err(|_| ApiError::internal("encode task failed"))?;
     m.sync_bytes_in.inc_by(bytes_in as u64);
     m.sync_bytes_out.inc_by(body.len() as u64);
     tracing::info!(
@@ -861,6 +872,24 @@ async fn sync(
     }
     Ok(response)
 }
+/// Packs the changes of a response for a phone that takes them (SYNC-v1 §4.4.1): each change
+/// that packs to a form rebuilding the very same hash goes packed, any other as its chunk;
+/// the table and base time go with them.
+fn pack_page(response: &mut SyncResponse) {
+    let mut packer = qiaomen_protocol::pack::Packer::new();
+    let mut packed = false;
+    for change in response.docs.iter_mut().flat_map(|d| d.changes.iter_mut()) {
+        if let Some(p) = packer.pack_bytes(change) {
+            *change = ByteBuf::from(p);
+            packed = true;
+        }
+    }
+    if packed {
+        response.table = packer.table().iter().cloned().map(ByteBuf::from).collect();
+        response.base_ms = packer.base_ms();
+    }
+}
+
 /// What a sync answer sends down: households' changes (or whole documents), the cursor they
 /// bring the phone to with its check, and whether to go on.
 struct Page {
