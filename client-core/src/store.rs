@@ -1507,7 +1507,15 @@ impl Store {
     /// [`Store::apply_remote_changes`], it does not wait for the disk. Returns how many
     /// changes were new.
     pub fn apply_remote_document(&mut self, id: HouseholdId, bytes: &[u8]) -> Result<usize> {
-        self.without_waiting_for_disk(|s| s.import(bytes, Some(id)).map(|(_, n)| n))
+        let read = ReadDocument::read(bytes, Some(id))?;
+        self.apply_read_document(read)
+    }
+
+    /// [`Store::apply_remote_document`] for a document read beforehand
+    /// ([`ReadDocument::read`], which needs no store): a sync reads each household of a
+    /// first sync before it takes the store, so the app waits only for the writing.
+    pub fn apply_read_document(&mut self, read: ReadDocument) -> Result<usize> {
+        self.without_waiting_for_disk(|s| s.import_read(read).map(|(_, n)| n))
     }
 
     /// [`Store::import_document`], refusing a document of another household than `expect`;
@@ -1517,21 +1525,23 @@ impl Store {
         bytes: &[u8],
         expect: Option<HouseholdId>,
     ) -> Result<(HouseholdId, usize)> {
-        let mut incoming = HouseholdDoc::load(bytes)?;
-        let household = incoming.household()?;
+        let read = ReadDocument::read(bytes, expect)?;
+        self.import_read(read)
+    }
+
+    fn import_read(&mut self, read: ReadDocument) -> Result<(HouseholdId, usize)> {
+        let ReadDocument {
+            mut doc,
+            household,
+            snapshot,
+        } = read;
         let id = household.id;
-        if expect.is_some_and(|e| e != id) {
-            return Err(StoreError::Document(DocError::InvalidEdit(
-                "the document is another household".into(),
-            )));
-        }
         if self.contains(id)? {
-            let changes = incoming.changes_since(&[]);
+            let changes = doc.changes_since(&[]);
             let fresh = self.apply_remote_changes(id, &changes)?;
             return Ok((id, fresh));
         }
-        let count = incoming.change_count();
-        let snapshot = incoming.save();
+        let count = doc.change_count();
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO docs (id, snapshot, grid, door_number, status) VALUES (?1, ?2, '', '', '')",
@@ -2090,4 +2100,47 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<HouseholdSummar
         door_number,
         status: status_from(&status),
     }))
+}
+
+/// A whole household document read and checked, ready to be stored
+/// ([`Store::apply_read_document`]): loaded, read through its types, and saved as the
+/// snapshot the store keeps. Reading needs no store, so a sync does it without holding one.
+pub struct ReadDocument {
+    doc: HouseholdDoc,
+    household: Household,
+    snapshot: Vec<u8>,
+}
+
+impl ReadDocument {
+    /// Reads `bytes` (Automerge's saved form), refusing a document that does not load or
+    /// read, or is another household than `expect`.
+    pub fn read(bytes: &[u8], expect: Option<HouseholdId>) -> Result<ReadDocument> {
+        let mut doc = HouseholdDoc::load(bytes)?;
+        let household = doc.household()?;
+        if expect.is_some_and(|e| e != household.id) {
+            return Err(StoreError::Document(DocError::InvalidEdit(
+                "the document is another household".into(),
+            )));
+        }
+        let snapshot = doc.save();
+        Ok(ReadDocument {
+            doc,
+            household,
+            snapshot,
+        })
+    }
+
+    /// The household it is.
+    pub fn id(&self) -> HouseholdId {
+        self.household.id
+    }
+}
+
+/// Names the household only: what it holds about residents is never printed.
+impl std::fmt::Debug for ReadDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadDocument")
+            .field("id", &self.household.id)
+            .finish_non_exhaustive()
+    }
 }

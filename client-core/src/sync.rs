@@ -1045,11 +1045,17 @@ impl SyncClient {
             let packed = changes
                 .iter()
                 .any(|c| c.first() == Some(&qiaomen_protocol::pack::PACKED_FORMAT));
+            // A whole document is read before the store is taken: the app waits only for
+            // the writing.
+            let read = doc
+                .whole
+                .as_ref()
+                .map(|whole| crate::store::ReadDocument::read(whole, Some(doc.id)));
             let mut s = store.store();
             // Counted as new only: on a paged catch-up a later page may carry this phone's own
             // changes from the first request back; they are already here.
-            let whole = match &doc.whole {
-                Some(whole) => s.apply_remote_document(doc.id, whole),
+            let whole = match read {
+                Some(read) => read.and_then(|r| s.apply_read_document(r)),
                 None => Ok(0),
             };
             let applied = match whole {

@@ -291,23 +291,8 @@ impl Msg {
                 Msg::Request(SyncRequest {
                     response_budget: None,
                     agent: None,
-                    table: match o.get("a") {
-                        None => vec![],
-                        Some(Json::Array(a)) => a
-                            .iter()
-                            .map(|e| {
-                                e.as_str()
-                                    .ok_or("a table entry is not a hex string".to_string())
-                                    .and_then(unhex)
-                                    .map(ByteBuf::from)
-                            })
-                            .collect::<Result<_, _>>()?,
-                        Some(other) => return Err(format!("a is not an array: {other}")),
-                    },
-                    base_ms: match o.get("b") {
-                        None => 0,
-                        Some(b) => b.as_i64().ok_or(format!("b is not an integer: {b}"))?,
-                    },
+                    table: table_from_json(o, "a")?,
+                    base_ms: base_from_json(o)?,
                     pending: match o.get("p") {
                         None => None,
                         Some(_) => Some(uint(o, "p")?),
@@ -410,28 +395,38 @@ impl Msg {
                             Some(serde_json::from_value(h.clone()).map_err(|e| e.to_string())?)
                         }
                     },
-                    table: match o.get("p") {
-                        None => vec![],
-                        Some(Json::Array(a)) => a
-                            .iter()
-                            .map(|e| {
-                                e.as_str()
-                                    .ok_or("a table entry is not a hex string".to_string())
-                                    .and_then(unhex)
-                                    .map(ByteBuf::from)
-                            })
-                            .collect::<Result<_, _>>()?,
-                        Some(other) => return Err(format!("p is not an array: {other}")),
-                    },
-                    base_ms: match o.get("b") {
-                        None => 0,
-                        Some(b) => b.as_i64().ok_or(format!("b is not an integer: {b}"))?,
-                    },
+                    table: table_from_json(o, "p")?,
+                    base_ms: base_from_json(o)?,
                 })
             }
             "Rejection" => Msg::Rejection(rejection_from_json(v)?),
             other => return Err(format!("unknown message type {other:?}")),
         })
+    }
+}
+
+/// A packed changes' table (`a` of a request, `p` of a response): hex strings.
+fn table_from_json(o: &serde_json::Map<String, Json>, key: &str) -> Result<Vec<ByteBuf>, String> {
+    match o.get(key) {
+        None => Ok(vec![]),
+        Some(Json::Array(a)) => a
+            .iter()
+            .map(|e| {
+                e.as_str()
+                    .ok_or("a table entry is not a hex string".to_string())
+                    .and_then(unhex)
+                    .map(ByteBuf::from)
+            })
+            .collect(),
+        Some(other) => Err(format!("{key} is not an array: {other}")),
+    }
+}
+
+/// The base time `b` of packed changes.
+fn base_from_json(o: &serde_json::Map<String, Json>) -> Result<i64, String> {
+    match o.get("b") {
+        None => Ok(0),
+        Some(b) => b.as_i64().ok_or(format!("b is not an integer: {b}")),
     }
 }
 

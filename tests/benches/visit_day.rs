@@ -39,28 +39,7 @@ fn sync(w: &mut Worker) -> qiaomen_client_core::SyncReport {
         .expect("sync")
 }
 
-const SENTENCES: &[&str] = &[
-    "老人独居，身体状况一般。",
-    "血压偏高，近期按时服药。",
-    "家中电线有老化迹象，已提醒注意用电安全。",
-    "反映冬季取暖困难，希望申请取暖补贴。",
-    "子女在外务工，每周电话联系一次。",
-    "已宣传防诈骗知识。",
-    "已宣传医保缴费政策，户主表示年底前缴纳。",
-    "孙子上小学三年级，学习情况良好。",
-    "院墙有裂缝，建议尽快修缮。",
-    "邻里因排水沟堵塞有矛盾，已联系村委协调。",
-    "申请低保材料已提交乡镇。",
-    "残疾证年审需下月办理。",
-    "厨房燃气软管老化，已建议更换。",
-    "希望村里安排助餐服务。",
-    "家庭医生上周已上门随访。",
-    "种植大棚蔬菜，收入稳定。",
-    "户主腿脚不便，需要代办社保认证。",
-    "房屋为危房改造户，已入住新房。",
-    "秸秆已全部还田，未发现焚烧。",
-    "道路交通安全宣传资料已发放。",
-];
+use qiaomen_tests::SENTENCES;
 
 /// A visit with realistic variety: notes, needs, hazards, GPS and times differ per visit.
 fn varied_visit(author: &Author, day: Day, seed: u64) -> Visit {
@@ -381,7 +360,24 @@ fn main() {
         })
         .collect();
     let down_chunks_cbor = to_cbor(&download_response(down_docs.clone(), false));
-    let down_packed_cbor = to_cbor(&download_response(down_docs, true));
+    let down_packed_cbor = to_cbor(&download_response(down_docs.clone(), true));
+    // What packing and compressing that answer costs the server (median of 20).
+    let server_ms = |packed: bool| {
+        let mut t: Vec<Duration> = (0..20)
+            .map(|_| {
+                let started = Instant::now();
+                let body = qiaomen_protocol::wire::encode_response(&download_response(
+                    down_docs.clone(),
+                    packed,
+                ));
+                std::hint::black_box(body);
+                started.elapsed()
+            })
+            .collect();
+        t.sort();
+        t[t.len() / 2].as_secs_f64() * 1000.0
+    };
+    let (pack_ms, chunks_ms) = (server_ms(true), server_ms(false));
     // Each worker records a visit to each of its households, offline.
     let mut worker0_visits = Vec::new();
     for (g, w) in workers.iter_mut().enumerate() {
@@ -652,6 +648,9 @@ fn main() {
         down_packed_cbor.len()
     );
     println!("|---|---|---|");
+    println!(
+        "| the server's time for that answer (median of 20): packed + encoded / chunks encoded | {pack_ms:.2} / {chunks_ms:.2} ms | |"
+    );
     for (form, body) in [
         ("Automerge chunks", &down_chunks_cbor),
         ("packed", &down_packed_cbor),

@@ -614,3 +614,28 @@ pub fn visit_json_floor(visits: &[Visit]) -> (usize, usize) {
         zstd::bulk::compress(&all, 3).expect("zstd").len(),
     )
 }
+
+/// Sentences a grid worker writes in visit notes, for benches whose visits must differ as
+/// real ones do (a note repeated compresses to nothing).
+pub const SENTENCES: &[&str] = &[
+    "老人独居，身体状况一般。",
+    "血压偏高，近期按时服药。",
+    "家中电线有老化迹象，已提醒注意用电安全。",
+    "反映冬季取暖困难，希望申请取暖补贴。",
+    "子女在外务工，每周电话联系一次。",
+    "已宣传防诈骗知识。",
+    "已宣传医保缴费政策，户主表示年底前缴纳。",
+    "孙子上小学三年级，学习情况良好。",
+    "院墙有裂缝，建议尽快修缮。",
+    "邻里因排水沟堵塞有矛盾，已联系村委协调。",
+    "申请低保材料已提交乡镇。",
+    "残疾证年审需下月办理。",
+    "厨房燃气软管老化，已建议更换。",
+    "希望村里安排助餐服务。",
+    "家庭医生上周已上门随访。",
+    "种植大棚蔬菜，收入稳定。",
+    "户主腿脚不便，需要代办社保认证。",
+    "房屋为危房改造户，已入住新房。",
+    "秸秆已全部还田，未发现焚烧。",
+    "道路交通安全宣传资料已发放。",
+];

@@ -847,7 +847,7 @@ async fn sync(
         if pack_down {
             pack_page(&mut response);
         }
-        wire::encode(&response)
+        wire::encode_response(&response)
     })
     .await
     .map_err(|_| ApiError::internal("encode task failed"))?;
