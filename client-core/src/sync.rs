@@ -1061,16 +1061,21 @@ impl SyncClient {
             let applied = match whole {
                 Ok(n) if !changes.is_empty() => {
                     let changes = if packed {
-                        s.rebuild_packed(doc.id, changes, &response.table, response.base_ms)?
+                        s.rebuild_packed(doc.id, changes, &response.table, response.base_ms)
                     } else {
-                        Some(changes)
+                        Ok(Some(changes))
                     };
-                    let Some(changes) = changes else {
-                        complete = false;
-                        continue;
-                    };
-                    s.apply_remote_changes(doc.id, &changes)
-                        .map(|more| n + more)
+                    match changes {
+                        Ok(Some(changes)) => s
+                            .apply_remote_changes(doc.id, &changes)
+                            .map(|more| n + more),
+                        Ok(None) => {
+                            complete = false;
+                            continue;
+                        }
+                        // A household here that does not load: as below.
+                        Err(e) => Err(e),
+                    }
                 }
                 other => other,
             };
