@@ -70,6 +70,11 @@ struct Args {
     /// `GET /metrics`. Without it there is no metrics route.
     #[arg(long, env = "QIAOMEN_METRICS_TOKEN_FILE")]
     metrics_token_file: Option<PathBuf>,
+    /// Send phones their downloads as Automerge's chunks, not packed (SYNC-v1 §4.4.1):
+    /// packing costs the server ~0.2 ms a change and saves a visit day's download a third of
+    /// its bytes (BENCHMARKS.md).
+    #[arg(long, env = "QIAOMEN_NO_PACKED_DOWNLOADS")]
+    no_packed_downloads: bool,
     /// `GET /readyz` answers 503 while the read model leaves changes older than this many
     /// seconds uncounted.
     #[arg(long, env = "QIAOMEN_READY_LAG", default_value_t = 120)]
@@ -135,6 +140,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
     config.ingest.cache_capacity = args.cache_docs;
     config.ingest.cache_ops = args.cache_ops;
+    config.packed_downloads = !args.no_packed_downloads;
     let seconds = |s: f64, what: &str| {
         std::time::Duration::try_from_secs_f64(s)
             .ok()
