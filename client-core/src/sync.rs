@@ -738,10 +738,7 @@ impl SyncClient {
                 })
                 .collect();
             let (table, base_ms) = match &packer {
-                Some(p) if !packed.is_empty() => (
-                    p.table().iter().cloned().map(ByteBuf::from).collect(),
-                    p.base_ms(),
-                ),
+                Some(p) if !packed.is_empty() => (p.wire_table(), p.base_ms()),
                 _ => (Vec::new(), 0),
             };
             // One step on the store: what the request says about the phone.

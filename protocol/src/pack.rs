@@ -119,6 +119,15 @@ impl Packer {
         &self.table
     }
 
+    /// [`Self::table`] as a message carries it (a request's `a`, a response's `p`).
+    pub fn wire_table(&self) -> Vec<serde_bytes::ByteBuf> {
+        self.table
+            .iter()
+            .cloned()
+            .map(serde_bytes::ByteBuf::from)
+            .collect()
+    }
+
     /// The base time of the packed changes: the request's `b`.
     pub fn base_ms(&self) -> i64 {
         self.base_ms.unwrap_or(0)

@@ -1048,7 +1048,7 @@ fn vectors() -> Vec<Vector> {
     );
     if let Msg::Request(r) = &mut packed_request {
         r.features = VECTOR_FEATURES;
-        r.table = packer.table().iter().cloned().map(ByteBuf::from).collect();
+        r.table = packer.wire_table();
         r.base_ms = packer.base_ms();
     }
     out.push(Vector {
@@ -1131,7 +1131,7 @@ fn vectors() -> Vec<Vector> {
     );
     if let Msg::Response(r) = &mut packed_down {
         r.features = wire::FEATURES;
-        r.table = down.table().iter().cloned().map(ByteBuf::from).collect();
+        r.table = down.wire_table();
         r.base_ms = down.base_ms();
     }
     out.push(Vector {

@@ -1334,7 +1334,7 @@ mod tests {
                 whole: None,
             }],
             packing: Some(Arc::new(Packing {
-                table: packer.table().iter().cloned().map(ByteBuf::from).collect(),
+                table: packer.wire_table(),
                 base_ms: packer.base_ms(),
             })),
         }

@@ -122,12 +122,7 @@ fn download_response(
         rights: None,
         whole: None,
         held: None,
-        table: packer
-            .table()
-            .iter()
-            .cloned()
-            .map(serde_bytes::ByteBuf::from)
-            .collect(),
+        table: packer.wire_table(),
         base_ms: packer.base_ms(),
     }
 }
@@ -161,12 +156,7 @@ fn upload_request(
     qiaomen_protocol::wire::SyncRequest {
         response_budget: None,
         agent: None,
-        table: packer
-            .table()
-            .iter()
-            .cloned()
-            .map(serde_bytes::ByteBuf::from)
-            .collect(),
+        table: packer.wire_table(),
         base_ms: if packed { packer.base_ms() } else { 0 },
         pending: None,
         features: qiaomen_protocol::wire::FEATURES,

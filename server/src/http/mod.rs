@@ -885,7 +885,7 @@ fn pack_page(response: &mut SyncResponse) {
         }
     }
     if packed {
-        response.table = packer.table().iter().cloned().map(ByteBuf::from).collect();
+        response.table = packer.wire_table();
         response.base_ms = packer.base_ms();
     }
 }
