@@ -2129,11 +2129,6 @@ impl ReadDocument {
             snapshot,
         })
     }
-
-    /// The household it is.
-    pub fn id(&self) -> HouseholdId {
-        self.household.id
-    }
 }
 
 /// Names the household only: what it holds about residents is never printed.

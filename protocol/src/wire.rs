@@ -523,13 +523,7 @@ pub enum WireError {
 /// visit day's upload is a few dozen KB, where zstd level 19 costs milliseconds and saves
 /// 5-7 % of the bytes on a weak link; above [`HARD_COMPRESSION_MAX`] it is level 3.
 pub fn encode_request(req: &SyncRequest) -> Vec<u8> {
-    let cbor = to_cbor(req);
-    let level = if cbor.len() <= HARD_COMPRESSION_MAX {
-        19
-    } else {
-        3
-    };
-    zstd::bulk::compress(&cbor, level).expect("compressing in memory cannot fail")
+    compress_small_harder(&to_cbor(req), 19)
 }
 
 /// The largest CBOR body [`encode_request`] compresses at level 19, and
@@ -540,13 +534,17 @@ pub const HARD_COMPRESSION_MAX: usize = 256 * 1024;
 /// to [`HARD_COMPRESSION_MAX`] of CBOR (a visit day's answer of ~20 KB costs the server about
 /// a millisecond more and comes down ~4 % smaller over a weak link), level 3 above.
 pub fn encode_response(res: &SyncResponse) -> Vec<u8> {
-    let cbor = to_cbor(res);
+    compress_small_harder(&to_cbor(res), 9)
+}
+
+/// One zstd frame of `cbor`: at `level` up to [`HARD_COMPRESSION_MAX`], level 3 above.
+fn compress_small_harder(cbor: &[u8], level: i32) -> Vec<u8> {
     let level = if cbor.len() <= HARD_COMPRESSION_MAX {
-        9
+        level
     } else {
         3
     };
-    zstd::bulk::compress(&cbor, level).expect("compressing in memory cannot fail")
+    zstd::bulk::compress(cbor, level).expect("compressing in memory cannot fail")
 }
 
 /// Encodes a message: CBOR, then one zstd frame (level 3).
