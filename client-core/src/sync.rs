@@ -352,6 +352,8 @@ pub struct SyncClient {
     /// The link's measured speed, in bytes a second down (0: not measured yet), shared by
     /// this client's clones: what the next response's piece is sized to.
     down_rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The same up, from the uploads' round trips: what the next upload piece is sized to.
+    up_rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The bounds of the response pieces asked for (raw change bytes).
     pieces: (usize, usize),
     /// A CA the server's certificate may chain to, beside the system's (a county's own).
@@ -370,6 +372,27 @@ const MIN_PIECE_BYTES: usize = 16 * 1024;
 /// The most asked for with an upload: its acknowledgements never wait behind a large
 /// download (a visit day's download is ~25 KiB raw, so it still comes in the same answer).
 const UPLOAD_PIECE_BYTES: usize = 64 * 1024;
+
+/// The upload piece sent before the link is measured: a few seconds of a village's 2G.
+const FIRST_UPLOAD_PIECE_BYTES: usize = 64 * 1024;
+/// The smallest upload piece (always at least one change, however large).
+const MIN_UPLOAD_PIECE_BYTES: usize = 8 * 1024;
+
+/// The upload piece (raw change bytes) for a link of `rate` bytes a second up: about
+/// [`PIECE_SECONDS`] of it, at most `max` (the app's bound, [`SyncClient::with_chunk_bytes`]).
+fn upload_piece_for(rate: u64, max: usize) -> usize {
+    let bytes = if rate == 0 {
+        FIRST_UPLOAD_PIECE_BYTES
+    } else {
+        (rate as f64 * PIECE_SECONDS * RAW_PER_WIRE) as usize
+    };
+    bytes.clamp(MIN_UPLOAD_PIECE_BYTES.min(max), max)
+}
+
+/// A measured rate folded into the smoothed one (`0`: none yet).
+fn smoothed(before: u64, now: u64) -> u64 {
+    if before == 0 { now } else { (before + now) / 2 }.max(1)
+}
 
 /// The response piece (`r`, raw change bytes) for a link of `rate` bytes a second down,
 /// within `(min, max)`.
@@ -397,6 +420,7 @@ impl SyncClient {
             agent: LIBRARY_AGENT.to_string(),
             grids: Vec::new(),
             down_rate: Default::default(),
+            up_rate: Default::default(),
             pieces: (MIN_PIECE_BYTES, limits::RESPONSE_BUDGET_BYTES),
             trusted_ca: None,
         })
@@ -475,7 +499,9 @@ impl SyncClient {
         self
     }
 
-    /// Upload chunk size in raw change bytes (smaller for a 2G link).
+    /// The most raw change bytes one upload request carries (by default
+    /// `limits::CLIENT_CHUNK_BYTES`); within it, each piece is about 8 s of the link as
+    /// measured, 64 KiB before it is.
     pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
         self.chunk_bytes = bytes.max(1);
         self
@@ -698,6 +724,9 @@ impl SyncClient {
         // server holds before any body goes again (SYNC-v1 §7.4.1).
         let mut lost: Option<Chunk> = None;
         let mut lost_in_a_row = 0u32;
+        // The most an upload piece may carry now: halved by each upload the link lost,
+        // doubled back by each that got through.
+        let mut upload_cap = self.chunk_bytes;
         // A packed change of a response that did not rebuild here: the rest of this sync asks
         // for changes as Automerge's chunks (SYNC-v1 §4.4.1).
         let mut chunks_down = false;
@@ -705,7 +734,10 @@ impl SyncClient {
             let asking = lost.take();
             let chunk = match asking {
                 Some(_) => Chunk::default(),
-                None => chunks.pop_front().unwrap_or_default(),
+                None => next_piece(
+                    &mut chunks,
+                    upload_piece_for(self.up_rate.load(Relaxed), upload_cap),
+                ),
             };
             let uploading = !chunk.is_empty() || asking.is_some();
             let piece = piece_for(self.down_rate.load(Relaxed), self.pieces);
@@ -805,10 +837,15 @@ impl SyncClient {
                 match self.send_tries(build, 1).await {
                     Ok(reply) => {
                         lost_in_a_row = 0;
+                        upload_cap = upload_cap.saturating_mul(2).min(self.chunk_bytes);
                         reply
                     }
                     Err(e @ SyncError::Network { .. }) => {
                         lost_in_a_row += 1;
+                        upload_cap = (chunk_bytes(&chunk) / 2).clamp(
+                            MIN_UPLOAD_PIECE_BYTES.min(self.chunk_bytes),
+                            self.chunk_bytes,
+                        );
                         if lost_in_a_row >= self.retry.attempts.max(1) {
                             return Err(e);
                         }
@@ -824,12 +861,23 @@ impl SyncClient {
             // The link's speed down, from this answer (round trip and server time included,
             // so an underestimate), smoothed: what the next piece is sized to. Small answers
             // say more about the round trip than the rate and are not counted.
+            let secs = asked.elapsed().as_secs_f64().max(0.001);
+            let down_before = self.down_rate.load(Relaxed);
             if reply.body.len() >= 8 * 1024 {
-                let secs = asked.elapsed().as_secs_f64().max(0.001);
                 let now = (reply.body.len() as f64 / secs) as u64;
-                let before = self.down_rate.load(Relaxed);
-                let rate = if before == 0 { now } else { (before + now) / 2 };
-                self.down_rate.store(rate.max(1), Relaxed);
+                self.down_rate.store(smoothed(down_before, now), Relaxed);
+            }
+            // The same up, from an upload's round trip less the time its answer took down
+            // (as measured before it). Uploads compress well, so smaller ones count too.
+            if body.len() >= 4 * 1024 {
+                let answer = match down_before {
+                    0 => 0.0,
+                    rate => reply.body.len() as f64 / rate as f64,
+                };
+                let up_secs = (secs - answer).max(secs / 4.0);
+                let now = (body.len() as f64 / up_secs) as u64;
+                self.up_rate
+                    .store(smoothed(self.up_rate.load(Relaxed), now), Relaxed);
             }
             report.progress.round_trips += 1;
             let mut response: SyncResponse = wire::decode(&reply.body, 256 * 1024 * 1024)
@@ -1219,6 +1267,40 @@ fn plan_chunks(docs: Chunk, chunk_bytes: usize, ops: impl Fn(&[u8]) -> usize) ->
     chunks
 }
 
+/// The raw change bytes of a request's upload.
+fn chunk_bytes(chunk: &Chunk) -> usize {
+    chunk
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|(_, b)| b.len()))
+        .sum()
+}
+
+/// The next upload request: about `target` raw change bytes from the front of `queue` (the
+/// upload planned at the largest piece), the rest put back in order. A household's changes
+/// stay in order and in one entry.
+fn next_piece(queue: &mut std::collections::VecDeque<Chunk>, target: usize) -> Chunk {
+    let mut taken: Chunk = Vec::new();
+    let mut bytes = 0usize;
+    while bytes < target {
+        let Some(chunk) = queue.pop_front() else {
+            break;
+        };
+        bytes += chunk_bytes(&chunk);
+        for (id, list) in chunk {
+            match taken.iter_mut().find(|(d, _)| *d == id) {
+                Some((_, v)) => v.extend(list),
+                None => taken.push((id, list)),
+            }
+        }
+    }
+    let mut pieces = plan_chunks(taken, target, change_ops).into_iter();
+    let first = pieces.next().unwrap_or_default();
+    for rest in pieces.rev() {
+        queue.push_front(rest);
+    }
+    first
+}
+
 /// The operations a change holds (what the server counts against `MAX_REQUEST_OPS`).
 fn change_ops(bytes: &[u8]) -> usize {
     qiaomen_protocol::doc::decode_changes([bytes])
@@ -1261,6 +1343,37 @@ mod tests {
                 again.extend(c.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))));
             }
             prop_assert_eq!(again, flat);
+        }
+
+        #[test]
+        fn pieces_sized_as_they_go_keep_order_bounds_and_one_entry_per_household(
+            sizes in proptest::collection::vec(proptest::collection::vec(1usize..3000, 1..12), 0..20),
+            planned in 1usize..20_000,
+            targets in proptest::collection::vec(1usize..9000, 1..40),
+        ) {
+            let docs: Chunk = sizes
+                .iter()
+                .map(|list| {
+                    let id = HouseholdId::new();
+                    (id, list.iter().map(|n| (ChangeHash([0; 32]), vec![0u8; *n])).collect())
+                })
+                .collect();
+            let flat: Vec<(HouseholdId, usize)> =
+                docs.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))).collect();
+            let mut queue: std::collections::VecDeque<Chunk> =
+                plan_chunks(docs, planned, |_| 0).into();
+            let mut sent = Vec::new();
+            for target in targets.iter().cycle().take(flat.len() + 1) {
+                let piece = next_piece(&mut queue, *target);
+                let ids: std::collections::HashSet<_> = piece.iter().map(|(id, _)| *id).collect();
+                prop_assert_eq!(ids.len(), piece.len(), "a household twice in one request");
+                let total: usize = piece.iter().flat_map(|(_, l)| l.iter().map(|(_, b)| b.len())).sum();
+                let n: usize = piece.iter().map(|(_, l)| l.len()).sum();
+                prop_assert!(total <= *target || n == 1, "{} bytes over {} in {} changes", total, target, n);
+                prop_assert!(n > 0 || queue.iter().all(|c| c.is_empty()), "an empty piece while changes remain");
+                sent.extend(piece.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))));
+            }
+            prop_assert_eq!(sent, flat);
         }
     }
 }

@@ -486,8 +486,8 @@ pub struct SyncProgress {
 /// no byte for `stall_seconds` is abandoned and retried with backoff, and a sync gives up
 /// (a `Network` error saying `stalled`, `unreachable`, `cut` or `refused`) after `attempts`
 /// tries or `give_up_after_seconds` without an answer from the server. Uploads go in pieces
-/// of about `upload_piece_bytes`, each acknowledged on its own: smaller pieces lose less to a
-/// cut. Defaults: 6 attempts, 25 s, 60 s, 512 KiB.
+/// sized to the link (about 8 s of it as measured, halved after a cut), each acknowledged on
+/// its own, of at most `upload_piece_bytes`. Defaults: 6 attempts, 25 s, 60 s, 512 KiB.
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct SyncPolicy {
     pub attempts: u32,

@@ -130,16 +130,61 @@ pub struct SyncRequest {
 
 /// Where a first sync of whole documents stands (SYNC-v1 §7.3.1): the log position the
 /// documents are taken at, and the last household sent. The phone keeps it and sends it back
-/// until the server gives it a cursor instead.
+/// whole until the server gives it a cursor instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WholePosition {
     /// The log position every whole document is taken at; the cursor the phone gets after
     /// the last of them.
     #[serde(rename = "s")]
     pub seq: u64,
-    /// The last household sent (households go in id order).
+    /// The last household sent (households go in id order within a pass; the nil id: none
+    /// yet in this pass).
     #[serde(rename = "a")]
     pub after: HouseholdId,
+    /// The pass ([`FEATURE_NEEDED_FIRST`]): [`WholePass::All`] when absent.
+    #[serde(rename = "p", default, skip_serializing_if = "WholePass::is_all")]
+    pub pass: WholePass,
+    /// The day the most needed households are chosen for, in the passes that choose.
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<crate::calendar::Day>,
+}
+
+/// The passes of a first sync of whole documents (SYNC-v1 §7.3.1), as numbers on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum WholePass {
+    /// Every household, in id order (a phone without [`FEATURE_NEEDED_FIRST`]).
+    #[default]
+    All = 0,
+    /// The households most needed on the position's day, in id order.
+    Needed = 1,
+    /// The rest, in id order, leaving out each household of the first pass whose log ends
+    /// at or before the position.
+    Rest = 2,
+}
+
+impl WholePass {
+    fn is_all(&self) -> bool {
+        *self == WholePass::All
+    }
+}
+
+impl From<WholePass> for u8 {
+    fn from(pass: WholePass) -> u8 {
+        pass as u8
+    }
+}
+
+impl TryFrom<u8> for WholePass {
+    type Error = &'static str;
+    fn try_from(n: u8) -> Result<Self, Self::Error> {
+        match n {
+            0 => Ok(WholePass::All),
+            1 => Ok(WholePass::Needed),
+            2 => Ok(WholePass::Rest),
+            _ => Err("not a pass of a first sync (0, 1 or 2)"),
+        }
+    }
 }
 
 /// The `agent` of a request as a server keeps it: `None` when absent, too long or not
@@ -177,7 +222,8 @@ pub const FEATURES: u32 = FEATURE_STALE_ORDER
     | FEATURE_FIELD_RULES
     | FEATURE_RIGHTS
     | FEATURE_WHOLE_DOCS
-    | FEATURE_PACKED_DOWN;
+    | FEATURE_PACKED_DOWN
+    | FEATURE_NEEDED_FIRST;
 
 /// Feature bit: the phone takes packed changes in a response (SYNC-v1 §4.4.1): the server
 /// may send a change of `d` packed, with the response's table `p` and base time `b`; the
@@ -185,6 +231,11 @@ pub const FEATURES: u32 = FEATURE_STALE_ORDER
 /// holds and those before it in the response, and asks again without the bit when one does
 /// not rebuild.
 pub const FEATURE_PACKED_DOWN: u32 = 128;
+
+/// Feature bit: the phone keeps a [`WholePosition`] whole (its pass and day too), so the
+/// server may send a first sync's most needed households first (SYNC-v1 §7.3.1): those with
+/// a resident in a key group that day or a demand not closed.
+pub const FEATURE_NEEDED_FIRST: u32 = 256;
 
 /// Feature bit: on a sync with no cursor the phone takes each household as one whole
 /// document (`w` of [`DocChanges`], Automerge's saved form) instead of every change, in

@@ -79,6 +79,10 @@ fn fake_hash(seed: u8) -> ByteBuf {
 const VECTOR_FEATURES: u32 = 63;
 /// The feature bits of the vectors written before bit 128 (bits 1 to 64).
 const WHOLE_VECTOR_FEATURES: u32 = 127;
+/// The features of the vectors of packed responses (bit 128).
+const PACKED_VECTOR_FEATURES: u32 = 255;
+/// The features of the vectors of the most needed first (bit 256).
+const NEEDED_VECTOR_FEATURES: u32 = 511;
 
 fn fake_change(text: &str) -> ByteBuf {
     ByteBuf::from(text.as_bytes().to_vec())
@@ -458,14 +462,32 @@ fn hash_of_change(change: &[u8]) -> Vec<u8> {
 }
 
 fn whole_to_json(w: wire::WholePosition) -> Json {
-    json!({ "s": w.seq, "a": w.after.to_string() })
+    let mut o = json!({ "s": w.seq, "a": w.after.to_string() });
+    if w.pass != wire::WholePass::All {
+        o["p"] = json!(u8::from(w.pass));
+    }
+    if let Some(day) = w.day {
+        o["d"] = json!(day.to_string());
+    }
+    o
 }
 
 fn whole_from_json(v: &Json) -> Result<wire::WholePosition, String> {
-    let o = object(v, &["s", "a"])?;
+    let o = object(v, &["s", "a", "p", "d"])?;
     Ok(wire::WholePosition {
         seq: uint(o, "s")?,
         after: text(o, "a")?.parse().map_err(|e| format!("a: {e}"))?,
+        pass: match o.get("p") {
+            None => wire::WholePass::All,
+            Some(_) => u8::try_from(uint(o, "p")?)
+                .map_err(|_| "p is not a pass".to_string())?
+                .try_into()
+                .map_err(|e: &str| format!("p: {e}"))?,
+        },
+        day: match o.get("d") {
+            None => None,
+            Some(_) => Some(text(o, "d")?.parse().map_err(|e| format!("d: {e}"))?),
+        },
     })
 }
 
@@ -1062,7 +1084,12 @@ fn vectors() -> Vec<Vector> {
     let whole = automerge::Automerge::load(&real.concat())
         .expect("the real changes load")
         .save_nocompress();
-    let position = wire::WholePosition { seq: 2, after: a };
+    let position = wire::WholePosition {
+        seq: 2,
+        after: a,
+        pass: wire::WholePass::All,
+        day: None,
+    };
     let mut first_page = response(
         0,
         0,
@@ -1130,7 +1157,7 @@ fn vectors() -> Vec<Vector> {
         false,
     );
     if let Msg::Response(r) = &mut packed_down {
-        r.features = wire::FEATURES;
+        r.features = PACKED_VECTOR_FEATURES;
         r.table = down.wire_table();
         r.base_ms = down.base_ms();
     }
@@ -1144,6 +1171,49 @@ fn vectors() -> Vec<Vector> {
         "request-first-sync-whole-next",
         "The phone's request after response-first-sync-whole: still no cursor, the response's `w` sent back, f = 127.",
         next,
+    ));
+    // The most needed first (feature bit 256): household A has a resident in a key group on
+    // 2026-11-30, so it comes in the first pass; the position says so.
+    let needed = wire::WholePosition {
+        seq: 2,
+        after: a,
+        pass: wire::WholePass::Needed,
+        day: Some("2026-11-30".parse().expect("a day")),
+    };
+    let mut needed_page = response(
+        0,
+        0,
+        vec![],
+        vec![DocChanges {
+            id: a,
+            changes: vec![],
+            whole: Some(ByteBuf::from(
+                automerge::Automerge::load(&real.concat())
+                    .expect("the real changes load")
+                    .save_nocompress(),
+            )),
+        }],
+        true,
+    );
+    if let Msg::Response(r) = &mut needed_page {
+        r.features = NEEDED_VECTOR_FEATURES;
+        r.whole = Some(needed);
+    }
+    out.push(Vector {
+        name: "response-first-sync-needed".into(),
+        description: "A page of a first sync by whole documents to a phone that announced bit 256 (f = 511, SYNC-v1 §7.3.1): household A whole, in the first pass (`p` = 1: the households with a resident in a key group on day `d`, or a demand not closed). The phone sends `w` back as it is, `p` and `d` included.".into(),
+        notes: Some(json!({ "changes": real_change_notes(&real) })),
+        msg: needed_page,
+    });
+    let mut needed_next = request(None, vec![], &[]);
+    if let Msg::Request(r) = &mut needed_next {
+        r.features = NEEDED_VECTOR_FEATURES;
+        r.whole = Some(needed);
+    }
+    out.push(vector(
+        "request-first-sync-needed-next",
+        "The phone's request after response-first-sync-needed: no cursor, the response's `w` sent back whole (its pass and day too), f = 511.",
+        needed_next,
     ));
     out.push(Vector {
         name: "request-upload-automerge".into(),

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use qiaomen_protocol::ids::HouseholdId;
+use qiaomen_protocol::{calendar::Day, ids::HouseholdId, wire::WholePass};
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,15 +65,33 @@ pub struct LogSlice {
     pub more: bool,
 }
 
+/// The households most needed on day `?4` (SYNC-v1 §7.3.2), as a condition on a household's
+/// read-model row `h` and its `docs` row `d`: a resident in a key group that day (a tag
+/// `[group, since, until]` whose span holds it), or a demand not closed.
+const NEEDED: &str = "(EXISTS (SELECT 1 FROM json_each(h.tags) t
+                       WHERE json_extract(t.value, '$[1]') <= ?4
+                         AND coalesce(json_extract(t.value, '$[2]'), ?4) >= ?4)
+       OR EXISTS (SELECT 1 FROM idx_orders o WHERE o.doc = d.id AND o.status <> 'closed'))";
+
 /// A page of households, each with its history ([`Storage::whole_page`]).
 #[derive(Debug, Clone, Default)]
 pub struct WholePage {
     pub docs: Vec<(HouseholdId, Vec<LoggedChange>)>,
     /// The last household looked at (those without changes up to the page's position
-    /// included): where the next page starts.
-    pub last: Option<HouseholdId>,
+    /// included) and its pass: where the next page starts.
+    pub last: Option<(WholePass, HouseholdId)>,
     /// No household is left after these.
     pub done: bool,
+}
+
+/// Where a page of a first sync by whole documents starts (SYNC-v1 §7.3.1, §7.3.2).
+#[derive(Debug, Clone, Copy)]
+pub struct WholeFrom {
+    pub pass: WholePass,
+    /// The last household sent in this pass (`None`: from the first).
+    pub after: Option<HouseholdId>,
+    /// The day the most needed are chosen for (the passes that choose).
+    pub day: Option<Day>,
 }
 
 /// A storage backend.
@@ -127,13 +145,14 @@ pub trait Storage: Send + 'static {
     /// Every logged change of a document, oldest first, up to `until`.
     fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>>;
     /// A page of a first sync by whole documents (SYNC-v1 §7.3.1): the households now in
-    /// `grids` with an id after `after`, in id order, each with its changes logged up to
+    /// `grids` of the pass of `from`, with an id after its `after`, in id order (the most
+    /// needed pass then goes on into the rest, §7.3.2), each with its changes logged up to
     /// `until` (a household with none is left out), until about `budget` bytes of changes —
     /// always one household when any is left. One read transaction.
     fn whole_page(
         &mut self,
         grids: &[String],
-        after: Option<HouseholdId>,
+        from: WholeFrom,
         until: u64,
         budget: usize,
     ) -> Result<WholePage>;
@@ -464,6 +483,15 @@ impl SqliteStorage {
         }
         conn.pragma_update(None, "foreign_keys", true)?;
         Ok(Self { conn, path })
+    }
+
+    /// The log position the read model ([`crate::index`]) has read up to.
+    pub fn read_model_position(&mut self) -> Result<u64> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM idx_cursor", [], |r| r.get(0))
+            .optional()?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
     }
 
     /// How far the read model ([`crate::index`]) is behind the log, read from its cursor
@@ -839,25 +867,59 @@ impl Storage for SqliteStorage {
     fn whole_page(
         &mut self,
         grids: &[String],
-        after: Option<HouseholdId>,
+        from: WholeFrom,
         until: u64,
         budget: usize,
     ) -> Result<WholePage> {
         const BATCH: i64 = 64;
         let tx = self.conn.transaction()?;
         let grids_json = serde_json::to_string(grids).expect("strings serialize");
+        let day = from.day.map(|d| d.to_string()).unwrap_or_default();
         let mut page = WholePage::default();
         let mut used = 0usize;
-        let mut last: Vec<u8> = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+        let mut pass = from.pass;
+        let mut last: Vec<u8> = from
+            .after
+            .map(|a| a.as_bytes().to_vec())
+            .unwrap_or_default();
         'pages: loop {
-            let ids: Vec<Vec<u8>> = tx
-                .prepare_cached(
-                    "SELECT id FROM docs WHERE grid IN (SELECT value FROM json_each(?1)) AND id > ?2
-                      ORDER BY id LIMIT ?3",
-                )?
-                .query_map(params![grids_json, last, BATCH], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let ids: Vec<Vec<u8>> = match pass {
+                WholePass::All => tx
+                    .prepare_cached(
+                        "SELECT id FROM docs WHERE grid IN (SELECT value FROM json_each(?1))
+                           AND id > ?2 ORDER BY id LIMIT ?3",
+                    )?
+                    .query_map(params![grids_json, last, BATCH], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?,
+                WholePass::Needed => tx
+                    .prepare_cached(&format!(
+                        "SELECT d.id FROM docs d JOIN idx_households h ON h.doc = d.id
+                          WHERE d.grid IN (SELECT value FROM json_each(?1)) AND d.id > ?2
+                            AND {NEEDED} ORDER BY d.id LIMIT ?3"
+                    ))?
+                    .query_map(params![grids_json, last, BATCH, day], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?,
+                WholePass::Rest => tx
+                    .prepare_cached(&format!(
+                        "SELECT d.id FROM docs d LEFT JOIN idx_households h ON h.doc = d.id
+                          WHERE d.grid IN (SELECT value FROM json_each(?1)) AND d.id > ?2
+                            AND NOT (h.doc IS NOT NULL AND {NEEDED}
+                                     AND (SELECT MAX(seq) FROM changes c WHERE c.doc = d.id) <= ?5)
+                          ORDER BY d.id LIMIT ?3"
+                    ))?
+                    .query_map(params![grids_json, last, BATCH, day, until as i64], |r| {
+                        r.get(0)
+                    })?
+                    .collect::<rusqlite::Result<_>>()?,
+            };
             if ids.is_empty() {
+                if pass == WholePass::Needed {
+                    // The most needed are all sent: the rest, from the first.
+                    pass = WholePass::Rest;
+                    last = Vec::new();
+                    page.last = Some((pass, HouseholdId(qiaomen_protocol::ids::Uuid::nil())));
+                    continue;
+                }
                 page.done = true;
                 break;
             }
@@ -870,7 +932,7 @@ impl Storage for SqliteStorage {
                     continue;
                 };
                 let doc = HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr));
-                page.last = Some(doc);
+                page.last = Some((pass, doc));
                 let changes = doc_log_of(&tx, doc, until)?;
                 if changes.is_empty() {
                     continue;
@@ -1051,7 +1113,12 @@ mod tests {
         let mut after = None;
         let mut pages = 0;
         loop {
-            let page = s.whole_page(&grids, after, at, 150).unwrap();
+            let from = WholeFrom {
+                pass: WholePass::All,
+                after,
+                day: None,
+            };
+            let page = s.whole_page(&grids, from, at, 150).unwrap();
             pages += 1;
             for (id, changes) in &page.docs {
                 assert!(changes.iter().all(|c| c.seq <= at));
@@ -1060,7 +1127,7 @@ mod tests {
             if page.done {
                 break;
             }
-            after = page.last;
+            after = page.last.map(|(_, a)| a);
             assert!(pages < 10, "the pages end");
         }
         let mut expected = vec![(ids[0], 2), (ids[1], 1), (ids[2], 1)];
@@ -1068,8 +1135,107 @@ mod tests {
         assert_eq!(seen, expected, "g1's households, once each, in id order");
         assert!(pages >= 3, "about 150 bytes a page: {pages} pages");
         // A page always holds one household, however small the budget.
-        let one = s.whole_page(&grids, None, at, 0).unwrap();
+        let all = WholeFrom {
+            pass: WholePass::All,
+            after: None,
+            day: None,
+        };
+        let one = s.whole_page(&grids, all, at, 0).unwrap();
         assert_eq!(one.docs.len(), 1);
+    }
+
+    /// The most needed first (SYNC-v1 §7.3.2): the households with a key-group tag that day
+    /// or a demand not closed, then the rest without those whose log ends by the position;
+    /// a household changed after the position comes in both, and every household at least
+    /// once, one household a page.
+    #[test]
+    fn whole_pages_send_the_most_needed_first_and_every_household_once_it_is_judged_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStorage::open(dir.path()).unwrap();
+        let mut ids: Vec<HouseholdId> = (0..8).map(|_| HouseholdId::new()).collect();
+        ids.sort();
+        s.begin().unwrap();
+        for (n, id) in ids.iter().enumerate() {
+            s.append(&[change(*id, n as u8 + 1)], "g1").unwrap();
+        }
+        s.commit().unwrap();
+        let at = s.max_seq().unwrap();
+        // Household 6 changes after the position.
+        s.begin().unwrap();
+        s.append(&[change(ids[6], 20)], "g1").unwrap();
+        s.commit().unwrap();
+        // The read model: 1 and 6 a key group now, 3 one that ended in June; 4 a demand in
+        // hand, 5 a closed one; 7 not read yet.
+        let household = |id: HouseholdId, tags: &str| {
+            s.conn
+                .execute(
+                    "INSERT INTO idx_households (doc, grid, door, status, tags, registered)
+                     VALUES (?1, 'g1', '1', 'active', ?2, '2026-01-01')",
+                    params![id.as_bytes().as_slice(), tags],
+                )
+                .unwrap();
+        };
+        let current = r#"[["elderly_alone","2026-01-01",null]]"#;
+        for n in [0, 2, 4, 5] {
+            household(ids[n], "[]");
+        }
+        household(ids[1], current);
+        household(ids[6], current);
+        household(ids[3], r#"[["elderly_alone","2026-01-01","2026-06-30"]]"#);
+        let order = |id: HouseholdId, status: &str| {
+            s.conn
+                .execute(
+                    "INSERT INTO idx_orders (doc, demand, grid, door, status, responsible, category,
+                                             urgency, raised_ms, chase_ups, bounces, reopened)
+                     VALUES (?1, ?2, 'g1', '1', ?3, 'w', 'other', 'normal', 0, 0, 0, 0)",
+                    params![id.as_bytes().as_slice(), status, status],
+                )
+                .unwrap();
+        };
+        order(ids[4], "handling");
+        order(ids[5], "closed");
+
+        let grids = vec!["g1".to_string()];
+        let day = Some("2026-11-30".parse().unwrap());
+        let mut from = WholeFrom {
+            pass: WholePass::Needed,
+            after: None,
+            day,
+        };
+        let mut seen = Vec::new();
+        for pages in 0.. {
+            assert!(pages < 20, "the pages end");
+            let page = s.whole_page(&grids, from, at, 0).unwrap();
+            for (id, changes) in &page.docs {
+                assert!(changes.iter().all(|c| c.seq <= at));
+                // One household a page: of the pass the page started in.
+                seen.push((from.pass, ids.iter().position(|i| i == id).unwrap()));
+            }
+            if page.done {
+                break;
+            }
+            let (pass, after) = page.last.unwrap();
+            from = WholeFrom {
+                pass,
+                after: Some(after).filter(|a| !a.0.is_nil()),
+                day,
+            };
+        }
+        use WholePass::{Needed, Rest};
+        assert_eq!(
+            seen,
+            [
+                (Needed, 1),
+                (Needed, 4),
+                (Needed, 6),
+                (Rest, 0),
+                (Rest, 2),
+                (Rest, 3),
+                (Rest, 5),
+                (Rest, 6),
+                (Rest, 7)
+            ]
+        );
     }
 
     /// A store written before teams existed (format 2) keeps its org units and assignments

@@ -337,6 +337,219 @@ fn responses_come_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_there() 
     assert!(link.stats.cuts.load(std::sync::atomic::Ordering::Relaxed) > 0 || syncs == 1);
 }
 
+#[test]
+fn uploads_go_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_them_there() {
+    let (dir, _, server) = started();
+    // A week in a village without signal: 100 households found and visited offline.
+    let offline = |name: &str, grid: &str| {
+        let mut phone = server.phone(&dir.path().join(name), &[grid]);
+        let ids = phone.create_households(grid, 100);
+        let day = "2026-11-15".parse().unwrap();
+        for (n, id) in ids.iter().enumerate() {
+            let note: String = (0..12)
+                .map(|k| qiaomen_tests::SENTENCES[(n * 7 + k * 3) % qiaomen_tests::SENTENCES.len()])
+                .collect();
+            let v = qiaomen_tests::sample_visit(&phone.author, day, &note);
+            phone.store.record_visit(*id, &v, &[]).unwrap();
+        }
+        phone
+    };
+    let raw_bytes = |phone: &mut qiaomen_tests::Phone| -> usize {
+        let ids = phone.store.pending_households().unwrap();
+        ids.into_iter()
+            .map(|id| {
+                let changes = phone.store.pending_changes(id).unwrap();
+                changes.iter().map(|(_, b)| b.len()).sum::<usize>()
+            })
+            .sum()
+    };
+
+    // On 127.0.0.1 directly: one sync, in few pieces (how few depends on this machine's
+    // speed: the server's time counts in the rate measured).
+    let mut near = offline("near.db", "g2");
+    let pending = raw_bytes(&mut near);
+    assert!(
+        pending > 2 * 64 * 1024,
+        "the week's work is larger than the first piece twice over: {pending} bytes"
+    );
+    let report = near.sync().unwrap();
+    assert!(
+        report.progress.round_trips >= 2,
+        "the first piece is 64 KiB"
+    );
+    assert_eq!(near.store.pending_households().unwrap().len(), 0);
+
+    // Through 3 KB/s that is cut every 6 s on average: the first piece is 64 KiB, the next
+    // about 8 s of the link as measured, halved after each cut; each is acknowledged on its
+    // own, and the week's work gets there.
+    let link = Link::start(
+        server.addr,
+        LinkConfig {
+            rate: 3_000,
+            mean_time_between_cuts: Some(Duration::from_secs(6)),
+            seed: 11,
+            ..LinkConfig::village_2g()
+        },
+    );
+    drop(offline("far.db", "g1"));
+    let mut far = qiaomen_tests::Phone::open(&dir.path().join("far.db"), &link.url);
+    far.client = far.client.clone().with_retry(qiaomen_client_core::Retry {
+        attempts: 30,
+        first_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(500),
+        stall: Duration::from_secs(5),
+        give_up_after: Duration::from_secs(60),
+    });
+    // After each answer: how many households are still pending.
+    let mut left: Vec<usize> = Vec::new();
+    let mut syncs = 0;
+    loop {
+        syncs += 1;
+        assert!(
+            syncs <= 20,
+            "the upload never completes through the cut link: {left:?}"
+        );
+        let client = far.client.clone();
+        let outcome = qiaomen_tests::block_on(client.sync(&mut far.store, |p| {
+            left.push(p.docs_to_upload - p.docs_uploaded);
+        }));
+        match outcome {
+            Ok(_) => break,
+            Err(qiaomen_client_core::SyncError::Network { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(far.store.pending_households().unwrap().len(), 0);
+    assert!(
+        left.len() > 2,
+        "the slow link's upload went in pieces: {left:?}"
+    );
+    assert!(
+        left[0] > 0,
+        "the first piece carried only part of the week: {left:?}"
+    );
+
+    // The server holds every visit of both phones, once.
+    let mut reader = server.phone(&dir.path().join("reader.db"), &["g1", "g2"]);
+    reader.sync().unwrap();
+    let ids = reader.store.household_ids().unwrap();
+    assert_eq!(ids.len(), 200);
+    for id in ids {
+        assert_eq!(reader.store.household(id).unwrap().visits.len(), 1);
+    }
+}
+
+/// Households arriving, as the app sees them after each round trip.
+struct Arrivals {
+    phone: std::sync::Mutex<Option<Arc<Phone>>>,
+    seen: std::sync::Mutex<Vec<std::collections::BTreeSet<String>>>,
+}
+
+impl qiaomen::SyncListener for Arrivals {
+    fn on_progress(&self, _: qiaomen::SyncProgress) {
+        let phone = self.phone.lock().unwrap().clone().expect("phone");
+        let held = phone.household_ids().unwrap().into_iter().collect();
+        self.seen.lock().unwrap().push(held);
+    }
+}
+
+#[test]
+fn a_new_phone_gets_the_most_needed_households_first_and_every_household_once() {
+    use qiaomen_protocol::{
+        ids::{GridId, HouseholdId},
+        schema::{Household, KeyGroup, TagSpan},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    seed_test_org(&data);
+    // Small pages, so the grid comes in many.
+    let server = TestServer::start_with_budget(&data, "127.0.0.1:0".parse().unwrap(), 4 * 1024);
+    // A grid of 40: every tenth from the fourth has a resident living alone, every tenth
+    // from the eighth a demand in hand, one a key group that ended in June.
+    let mut first = server.phone(&dir.path().join("first.db"), &["g1"]);
+    let day = "2026-11-15".parse().unwrap();
+    let mut needed = std::collections::BTreeSet::new();
+    for n in 0..40 {
+        let mut h = Household::new(
+            HouseholdId::new(),
+            GridId::new("g1"),
+            "东村",
+            format!("{n}号"),
+        );
+        let since = "2026-01-01".parse().unwrap();
+        if n % 10 == 3 {
+            h.tags.push(TagSpan {
+                group: KeyGroup::ElderlyAlone,
+                since,
+                until: None,
+            });
+            needed.insert(h.id.to_string());
+        }
+        if n == 5 {
+            let until = Some("2026-06-30".parse().unwrap());
+            h.tags.push(TagSpan {
+                group: KeyGroup::ElderlyAlone,
+                since,
+                until,
+            });
+        }
+        let id = first.store.create_household(&h).unwrap();
+        let mut v = qiaomen_tests::sample_visit(&first.author, day, &"走访记录，".repeat(40));
+        let mut demands = vec![];
+        if n % 10 == 7 {
+            let d =
+                qiaomen_tests::sample_demand(&first.author, qiaomen_tests::now_ms(), "路灯不亮");
+            v.demands_raised = vec![d.id];
+            demands.push(d);
+            needed.insert(id.to_string());
+        }
+        first.store.record_visit(id, &v, &demands).unwrap();
+    }
+    first.sync().unwrap();
+    // The read model has read the whole log (it judges what is most needed).
+    let mut log = qiaomen_server::storage::SqliteStorage::open(&data).unwrap();
+    assert!(
+        eventually(|| log.read_model_lag().unwrap().behind == 0),
+        "the read model catches up"
+    );
+
+    let rt = runtime();
+    let phone = ffi_phone(&rt, dir.path(), &server.url);
+    let arrivals = Arc::new(Arrivals {
+        phone: std::sync::Mutex::new(Some(phone.clone())),
+        seen: Default::default(),
+    });
+    rt.block_on(phone.sync(Some(arrivals.clone()))).unwrap();
+    arrivals.phone.lock().unwrap().take();
+    let seen = arrivals.seen.lock().unwrap().clone();
+    assert!(
+        seen.len() > 4,
+        "the grid came in pieces: {} round trips",
+        seen.len()
+    );
+    // Until the most needed are all in, the phone holds only them.
+    let all_needed = seen
+        .iter()
+        .position(|held| held.is_superset(&needed))
+        .expect("the most needed arrive");
+    for held in &seen[..all_needed] {
+        assert!(
+            held.is_subset(&needed),
+            "another household came before the most needed"
+        );
+    }
+    assert!(
+        all_needed > 0 && all_needed + 1 < seen.len(),
+        "the most needed came in pieces of their own, before the rest: {all_needed} of {}",
+        seen.len()
+    );
+    // Then the rest: every household, each visit once.
+    assert_eq!(phone.household_ids().unwrap().len(), 40);
+    for id in phone.household_ids().unwrap() {
+        assert_eq!(phone.household(id).unwrap().visits.len(), 1);
+    }
+}
+
 struct Watch {
     phone: std::sync::Mutex<Option<Arc<Phone>>>,
     seen: std::sync::Mutex<Vec<(u64, u64)>>,

@@ -28,7 +28,7 @@ use axum::{
     routing::{get, post},
 };
 use qiaomen_protocol::wire::{
-    self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, SyncResponse, WireError, limits,
+    self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, SyncResponse, WholePass, WireError, limits,
 };
 use serde::Serialize;
 use serde_bytes::ByteBuf;
@@ -36,7 +36,7 @@ use serde_bytes::ByteBuf;
 use crate::{
     access::{AccessDb, AccessError, policy::Principal},
     ingest::{Upload, Writer},
-    storage::{SqliteStorage, Storage},
+    storage::{SqliteStorage, Storage, WholeFrom},
 };
 
 /// Shared state of the HTTP handlers.
@@ -761,8 +761,9 @@ async fn sync(
         && !device.retiring
         && !grids.is_empty())
     .then_some(req.whole);
+    let needed_first = req.features & wire::FEATURE_NEEDED_FIRST != 0;
     let page = match whole_from {
-        Some(from) => whole_page(&state, grids, from, budget).await?,
+        Some(from) => whole_page(&state, grids, from, needed_first, budget).await?,
         None => {
             log_page(
                 &state,
@@ -1004,28 +1005,56 @@ async fn whole_page(
     state: &AppState,
     grids: Vec<String>,
     from: Option<wire::WholePosition>,
+    needed_first: bool,
     budget: usize,
 ) -> Result<Page, ApiError> {
-    let (page, at, check, behind) = state
+    let (page, at, check, behind, day) = state
         .readers
         .with(move |s| {
-            let at = match from {
-                Some(w) => w.seq,
-                None => s.max_seq()?,
+            let (at, start) = match from {
+                Some(w) => (
+                    w.seq,
+                    WholeFrom {
+                        pass: w.pass,
+                        after: Some(w.after).filter(|a| !a.0.is_nil()),
+                        day: w.day,
+                    },
+                ),
+                None => {
+                    let end = s.max_seq()?;
+                    let read = s.read_model_position()?.min(end);
+                    let start = |pass, day| WholeFrom {
+                        pass,
+                        after: None,
+                        day,
+                    };
+                    if needed_first && read == end {
+                        // Judged on the read model, which has read the whole log: a
+                        // household whose log ends by `end` is judged alike in both passes.
+                        (end, start(WholePass::Needed, Some(workflow::today())))
+                    } else {
+                        (end, start(WholePass::All, None))
+                    }
+                }
             };
-            let page = s.whole_page(&grids, from.map(|w| w.after), at, budget)?;
+            let page = s.whole_page(&grids, start, at, budget)?;
             let check = if page.done && at > 0 {
                 s.hash_at(at)?
             } else {
                 None
             };
-            Ok((page, at, check, s.max_seq()? > at))
+            Ok((page, at, check, s.max_seq()? > at, start.day))
         })
         .await?;
     let next = page
         .last
         .filter(|_| !page.done)
-        .map(|after| wire::WholePosition { seq: at, after });
+        .map(|(pass, after)| wire::WholePosition {
+            seq: at,
+            after,
+            pass,
+            day: day.filter(|_| pass != WholePass::All),
+        });
     let docs = tokio::task::spawn_blocking(move || {
         page.docs
             .into_iter()
