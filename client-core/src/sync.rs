@@ -1313,21 +1313,35 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// An upload of households whose changes have these sizes, and its changes in order
+    /// (household, size).
+    fn uploads_of(sizes: &[Vec<usize>]) -> (Chunk, Vec<(HouseholdId, usize)>) {
+        let docs: Chunk = sizes
+            .iter()
+            .map(|list| {
+                let id = HouseholdId::new();
+                (
+                    id,
+                    list.iter()
+                        .map(|n| (ChangeHash([0; 32]), vec![0u8; *n]))
+                        .collect(),
+                )
+            })
+            .collect();
+        let flat = docs
+            .iter()
+            .flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len())))
+            .collect();
+        (docs, flat)
+    }
+
     proptest! {
         #[test]
         fn chunks_keep_order_bounds_and_one_entry_per_household(
             sizes in proptest::collection::vec(proptest::collection::vec(1usize..3000, 1..12), 0..20),
             chunk in 1usize..8000,
         ) {
-            let docs: Chunk = sizes
-                .iter()
-                .map(|list| {
-                    let id = HouseholdId::new();
-                    (id, list.iter().map(|n| (ChangeHash([0; 32]), vec![0u8; *n])).collect())
-                })
-                .collect();
-            let flat: Vec<(HouseholdId, usize)> =
-                docs.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))).collect();
+            let (docs, flat) = uploads_of(&sizes);
             // Operations grow with bytes here, so the operation limit splits requests too.
             let ops = |b: &[u8]| b.len() * 40;
             let chunks = plan_chunks(docs, chunk, ops);
@@ -1351,15 +1365,7 @@ mod tests {
             planned in 1usize..20_000,
             targets in proptest::collection::vec(1usize..9000, 1..40),
         ) {
-            let docs: Chunk = sizes
-                .iter()
-                .map(|list| {
-                    let id = HouseholdId::new();
-                    (id, list.iter().map(|n| (ChangeHash([0; 32]), vec![0u8; *n])).collect())
-                })
-                .collect();
-            let flat: Vec<(HouseholdId, usize)> =
-                docs.iter().flat_map(|(id, l)| l.iter().map(move |(_, b)| (*id, b.len()))).collect();
+            let (docs, flat) = uploads_of(&sizes);
             let mut queue: std::collections::VecDeque<Chunk> =
                 plan_chunks(docs, planned, |_| 0).into();
             let mut sent = Vec::new();

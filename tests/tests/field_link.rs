@@ -270,6 +270,30 @@ fn the_app_sets_the_policy_and_learns_that_the_link_stalled() {
 }
 
 /// A grid's history from another worker: `n` households with a visit each, on the server.
+/// 3 KB/s, cut every 6 s on average (seeded).
+fn cut_often(server: &TestServer, seed: u64) -> Link {
+    Link::start(
+        server.addr,
+        LinkConfig {
+            rate: 3_000,
+            mean_time_between_cuts: Some(Duration::from_secs(6)),
+            seed,
+            ..LinkConfig::village_2g()
+        },
+    )
+}
+
+/// Retries for a link cut that often: many, quick.
+fn patient() -> qiaomen_client_core::Retry {
+    qiaomen_client_core::Retry {
+        attempts: 30,
+        first_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(500),
+        stall: Duration::from_secs(5),
+        give_up_after: Duration::from_secs(60),
+    }
+}
+
 fn history(server: &TestServer, dir: &std::path::Path, n: usize) {
     let mut first = server.phone(&dir.join("first.db"), &["g1"]);
     let ids = first.create_households("g1", n);
@@ -298,23 +322,9 @@ fn responses_come_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_there() 
     // Through 3 KB/s that is cut every 6 s on average: the phone asks for pieces of about
     // 8 s of link once it has measured it (here at most 48 KiB, so that a test-sized grid
     // takes several), stores each on arrival, and gets there.
-    let link = Link::start(
-        server.addr,
-        LinkConfig {
-            rate: 3_000,
-            mean_time_between_cuts: Some(Duration::from_secs(6)),
-            seed: 7,
-            ..LinkConfig::village_2g()
-        },
-    );
+    let link = cut_often(&server, 7);
     let mut far = server.phone_via(&dir.path().join("far.db"), &link.url, &["g1"]);
-    far.client = far.client.clone().with_retry(qiaomen_client_core::Retry {
-        attempts: 30,
-        first_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_millis(500),
-        stall: Duration::from_secs(5),
-        give_up_after: Duration::from_secs(60),
-    });
+    far.client = far.client.clone().with_retry(patient());
     far.client = far.client.clone().with_download_pieces(8 * 1024, 48 * 1024);
     let mut syncs = 0;
     let report = loop {
@@ -382,24 +392,10 @@ fn uploads_go_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_them_there()
     // Through 3 KB/s that is cut every 6 s on average: the first piece is 64 KiB, the next
     // about 8 s of the link as measured, halved after each cut; each is acknowledged on its
     // own, and the week's work gets there.
-    let link = Link::start(
-        server.addr,
-        LinkConfig {
-            rate: 3_000,
-            mean_time_between_cuts: Some(Duration::from_secs(6)),
-            seed: 11,
-            ..LinkConfig::village_2g()
-        },
-    );
+    let link = cut_often(&server, 11);
     drop(offline("far.db", "g1"));
     let mut far = qiaomen_tests::Phone::open(&dir.path().join("far.db"), &link.url);
-    far.client = far.client.clone().with_retry(qiaomen_client_core::Retry {
-        attempts: 30,
-        first_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_millis(500),
-        stall: Duration::from_secs(5),
-        give_up_after: Duration::from_secs(60),
-    });
+    far.client = far.client.clone().with_retry(patient());
     // After each answer: how many households are still pending.
     let mut left: Vec<usize> = Vec::new();
     let mut syncs = 0;
