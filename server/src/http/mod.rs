@@ -1008,6 +1008,12 @@ async fn whole_page(
     needed_first: bool,
     budget: usize,
 ) -> Result<Page, ApiError> {
+    if from.is_none() && needed_first {
+        // The most needed are judged on the read model, so it first reads what the log
+        // holds (a batch at most; its background task reads every 500 ms). If it cannot,
+        // the grid goes in id order.
+        let _ = state.index(|_| Ok(())).await;
+    }
     let (page, at, check, behind, day) = state
         .readers
         .with(move |s| {
