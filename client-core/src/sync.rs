@@ -378,27 +378,16 @@ const FIRST_UPLOAD_PIECE_BYTES: usize = 64 * 1024;
 /// The smallest upload piece (always at least one change, however large).
 const MIN_UPLOAD_PIECE_BYTES: usize = 8 * 1024;
 
-/// The upload piece (raw change bytes) for a link of `rate` bytes a second up: about
-/// [`PIECE_SECONDS`] of it, at most `max` (the app's bound, [`SyncClient::with_chunk_bytes`]).
-fn upload_piece_for(rate: u64, max: usize) -> usize {
-    let bytes = if rate == 0 {
-        FIRST_UPLOAD_PIECE_BYTES
-    } else {
-        (rate as f64 * PIECE_SECONDS * RAW_PER_WIRE) as usize
-    };
-    bytes.clamp(MIN_UPLOAD_PIECE_BYTES.min(max), max)
-}
-
 /// A measured rate folded into the smoothed one (`0`: none yet).
 fn smoothed(before: u64, now: u64) -> u64 {
     if before == 0 { now } else { (before + now) / 2 }.max(1)
 }
 
-/// The response piece (`r`, raw change bytes) for a link of `rate` bytes a second down,
-/// within `(min, max)`.
-fn piece_for(rate: u64, (min, max): (usize, usize)) -> usize {
+/// A piece (raw change bytes) for a link of `rate` bytes a second that way: about
+/// [`PIECE_SECONDS`] of it, `first` before it is measured, within `(min, max)`.
+fn piece_for(rate: u64, first: usize, (min, max): (usize, usize)) -> usize {
     let bytes = if rate == 0 {
-        FIRST_PIECE_BYTES
+        first
     } else {
         (rate as f64 * PIECE_SECONDS * RAW_PER_WIRE) as usize
     };
@@ -736,11 +725,15 @@ impl SyncClient {
                 Some(_) => Chunk::default(),
                 None => next_piece(
                     &mut chunks,
-                    upload_piece_for(self.up_rate.load(Relaxed), upload_cap),
+                    piece_for(
+                        self.up_rate.load(Relaxed),
+                        FIRST_UPLOAD_PIECE_BYTES,
+                        (MIN_UPLOAD_PIECE_BYTES.min(upload_cap), upload_cap),
+                    ),
                 ),
             };
             let uploading = !chunk.is_empty() || asking.is_some();
-            let piece = piece_for(self.down_rate.load(Relaxed), self.pieces);
+            let piece = piece_for(self.down_rate.load(Relaxed), FIRST_PIECE_BYTES, self.pieces);
             // Packed (SYNC-v1 §4.4) once the server has said it takes packed changes.
             let mut packer = (store.store().server_features()? & wire::FEATURE_PACKED != 0)
                 .then(qiaomen_protocol::pack::Packer::new);

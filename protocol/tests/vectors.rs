@@ -1109,7 +1109,7 @@ fn vectors() -> Vec<Vector> {
         name: "response-first-sync-whole".into(),
         description: "A page of a first sync by whole documents (feature bit 64, SYNC-v1 §7.3.1) to a phone that sent f = 127: household A as one whole document `w` (Automerge's saved form with uncompressed columns, holding the two changes of request-upload-automerge), `ch` empty. Households are left after it, so c is 0, m is true and `w` says where the next page goes on: position 2 of the log, after household A.".into(),
         notes: Some(json!({ "changes": real_change_notes(&real) })),
-        msg: first_page,
+        msg: first_page.clone(),
     });
     let mut next = request(None, vec![], &[]);
     if let Msg::Request(r) = &mut next {
@@ -1180,21 +1180,7 @@ fn vectors() -> Vec<Vector> {
         pass: wire::WholePass::Needed,
         day: Some("2026-11-30".parse().expect("a day")),
     };
-    let mut needed_page = response(
-        0,
-        0,
-        vec![],
-        vec![DocChanges {
-            id: a,
-            changes: vec![],
-            whole: Some(ByteBuf::from(
-                automerge::Automerge::load(&real.concat())
-                    .expect("the real changes load")
-                    .save_nocompress(),
-            )),
-        }],
-        true,
-    );
+    let mut needed_page = first_page.clone();
     if let Msg::Response(r) = &mut needed_page {
         r.features = NEEDED_VECTOR_FEATURES;
         r.whole = Some(needed);

@@ -485,15 +485,6 @@ impl SqliteStorage {
         Ok(Self { conn, path })
     }
 
-    /// The log position the read model ([`crate::index`]) has read up to.
-    pub fn read_model_position(&mut self) -> Result<u64> {
-        let seq: Option<i64> = self
-            .conn
-            .query_row("SELECT seq FROM idx_cursor", [], |r| r.get(0))
-            .optional()?;
-        Ok(seq.unwrap_or(0).max(0) as u64)
-    }
-
     /// How far the read model ([`crate::index`]) is behind the log, read from its cursor
     /// without its lock: for `/readyz` and the metrics.
     pub fn read_model_lag(&mut self) -> Result<ReadModelLag> {

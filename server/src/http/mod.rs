@@ -1027,20 +1027,19 @@ async fn whole_page(
                     },
                 ),
                 None => {
-                    let end = s.max_seq()?;
-                    let read = s.read_model_position()?.min(end);
-                    let start = |pass, day| WholeFrom {
-                        pass,
+                    // Judged on the read model only once it has read the whole log: a
+                    // household whose log ends by then is judged alike in both passes.
+                    let needed = needed_first && s.read_model_lag()?.behind == 0;
+                    let start = WholeFrom {
+                        pass: if needed {
+                            WholePass::Needed
+                        } else {
+                            WholePass::All
+                        },
                         after: None,
-                        day,
+                        day: needed.then(workflow::today),
                     };
-                    if needed_first && read == end {
-                        // Judged on the read model, which has read the whole log: a
-                        // household whose log ends by `end` is judged alike in both passes.
-                        (end, start(WholePass::Needed, Some(workflow::today())))
-                    } else {
-                        (end, start(WholePass::All, None))
-                    }
+                    (s.max_seq()?, start)
                 }
             };
             let page = s.whole_page(&grids, start, at, budget)?;
