@@ -360,7 +360,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             }
         },
         AdminCommand::Quarantine(QuarantineCommand::List) => {
-            let mut storage = SqliteStorage::open(data_dir)?;
+            let storage = SqliteStorage::open(data_dir)?;
             for q in storage.quarantined()? {
                 let loads = storage
                     .load_doc(q.doc)?
@@ -375,7 +375,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             }
         }
         AdminCommand::Quarantine(QuarantineCommand::Release { household }) => {
-            let mut storage = SqliteStorage::open(data_dir)?;
+            let storage = SqliteStorage::open(data_dir)?;
             if !storage.release(household)? {
                 return Err(format!("household {household} is not quarantined").into());
             }

@@ -39,7 +39,9 @@ use crate::{
         org::Role,
         policy::{self, Principal},
     },
-    storage::{NewChange, RefusedRow, Storage, StorageError},
+    storage::{
+        DocHead, HouseholdWrite, NewChange, RefusedRow, Storage, StorageError, WriteBatch, Written,
+    },
 };
 
 /// Whether the changes applied on top of `before` (empty for a new household) leave a valid
@@ -190,7 +192,7 @@ pub struct Outcome {
 }
 
 /// A change of an upload as parsed before it reaches a writer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Incoming {
     Raw(Box<Change>),
     /// Expanded, waiting for its dependencies to be resolved against the household.
@@ -199,14 +201,14 @@ enum Incoming {
     Refused(RejectCode),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ParsedDoc {
     id: HouseholdId,
     changes: Vec<Incoming>,
 }
 
 /// An upload parsed: what a writer works on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Parsed {
     principal: Option<Arc<Principal>>,
     docs: Vec<ParsedDoc>,
@@ -267,6 +269,10 @@ struct Job {
 /// Uploads waiting for one writer. A waiting request holds its parsed changes (bounded by
 /// the request caps) and no thread.
 const QUEUED_JOBS: usize = 1024;
+
+/// How many times a group is checked again after households moved under it (another writer
+/// appended to them) before its uploads are answered with an error to retry.
+const MAX_ATTEMPTS: u32 = 4;
 
 /// A handle to the writer threads.
 #[derive(Debug, Clone)]
@@ -458,6 +464,8 @@ struct Queued {
 
 struct Cached {
     doc: HouseholdDoc,
+    /// The stored log `doc` was built from ends here (plus this group's accepted changes).
+    head: DocHead,
     /// The per-actor state of `doc`'s history, for checking the next changes.
     lineage: Lineage,
     last_used: u64,
@@ -479,6 +487,9 @@ pub struct Ingestor<S: Storage> {
     refusals: Vec<RefusedRow>,
     /// The bytes of the household's changes being processed, for keeping refused ones.
     seen_bytes: HashMap<ChangeHash, Vec<u8>>,
+    /// Each household of the current group: the last log row its checks were made against
+    /// (0: not stored), which the commit checks is still its last ([`HouseholdWrite::head`]).
+    heads: HashMap<HouseholdId, u64>,
 }
 
 fn reject(doc: HouseholdId, n: usize, hash: Option<ChangeHash>, code: RejectCode) -> Rejection {
@@ -532,16 +543,17 @@ impl<S: Storage> Ingestor<S> {
             pinned: HashSet::new(),
             refusals: Vec::new(),
             seen_bytes: HashMap::new(),
+            heads: HashMap::new(),
         }
     }
 
-    /// Forgets everything held in memory and abandons any open transaction.
+    /// Forgets everything held in memory.
     pub fn reset(&mut self) {
-        self.storage.rollback();
         self.cache.clear();
         self.pending.clear();
         self.pinned.clear();
         self.refusals.clear();
+        self.heads.clear();
     }
 
     /// Processes uploads in one transaction (parsing them first, as [`Writer::submit`] does).
@@ -576,26 +588,54 @@ impl<S: Storage> Ingestor<S> {
         Ok(outcomes)
     }
 
-    fn process_parsed(&mut self, uploads: Vec<Parsed>) -> Result<Vec<Outcome>, StorageError> {
+    fn process_parsed(&mut self, mut uploads: Vec<Parsed>) -> Result<Vec<Outcome>, StorageError> {
         let started = std::time::Instant::now();
-        let result = self.check_and_store(uploads, started);
-        self.pending.clear();
-        self.pinned.clear();
-        self.refusals.clear();
-        if result.is_err() {
-            // The cache may hold changes that are not stored: start again from the disk.
-            self.cache.clear();
+        let mut attempt = 1;
+        loop {
+            // Kept for a retry only when another writer may append to the same households.
+            let again = (attempt < MAX_ATTEMPTS).then(|| uploads.clone());
+            let result = self.check_and_store(uploads, started);
+            let touched = std::mem::take(&mut self.pinned);
+            self.pending.clear();
+            self.refusals.clear();
+            self.heads.clear();
+            match result {
+                Ok(Ok(outcomes)) => return Ok(outcomes),
+                Ok(Err(moved)) => {
+                    // Another writer appended to these households since they were read: what
+                    // this group made of them is stale. Re-read and re-check them all.
+                    tracing::info!(
+                        households = moved.len(),
+                        attempt,
+                        "households moved under the writer; checking again"
+                    );
+                    for id in touched {
+                        self.cache.remove(&id);
+                    }
+                    match again {
+                        Some(u) => uploads = u,
+                        None => return Err(StorageError::Contended),
+                    }
+                    attempt += 1;
+                }
+                Err(e) => {
+                    // The cache may hold changes that are not stored: start again from the disk.
+                    self.cache.clear();
+                    return Err(e);
+                }
+            }
         }
-        result
     }
 
     /// Checks and applies every upload without holding the write lock (reads only), then
-    /// appends what was accepted and commits, in one transaction.
+    /// stores what was accepted in one commit; `Ok(Err(moved))` when households moved under
+    /// it (nothing stored).
+    #[allow(clippy::type_complexity)]
     fn check_and_store(
         &mut self,
         uploads: Vec<Parsed>,
         started: std::time::Instant,
-    ) -> Result<Vec<Outcome>, StorageError> {
+    ) -> Result<Result<Vec<Outcome>, Vec<HouseholdId>>, StorageError> {
         let n_uploads = uploads.len();
         let mut outcomes = Vec::with_capacity(n_uploads);
         for upload in uploads {
@@ -603,36 +643,18 @@ impl<S: Storage> Ingestor<S> {
         }
         let processed = started.elapsed();
         if self.pending.is_empty() && self.refusals.is_empty() {
-            return Ok(outcomes);
+            return Ok(Ok(outcomes));
         }
-        self.storage.begin()?;
-        let written = (|| {
-            self.storage
-                .keep_refused(&std::mem::take(&mut self.refusals))?;
-            let pending = std::mem::take(&mut self.pending);
-            for q in &pending {
-                // A move to another grid is logged under the grid it leaves, so the phones of
-                // that grid learn the household left; the phones of the new grid receive its
-                // whole history through the recorded move.
-                let moved_from = q.grid_before.as_ref().filter(|g| **g != q.grid_after);
-                let since_snapshot = self
-                    .storage
-                    .append(&q.rows, moved_from.unwrap_or(&q.grid_after))?;
-                if let Some(from) = moved_from {
-                    self.storage.record_move(q.id, from, &q.grid_after)?;
-                }
-                if since_snapshot >= self.options.snapshot_after
-                    && let Some(c) = self.cache.get_mut(&q.id)
-                {
-                    let snapshot = c.doc.save();
-                    self.storage.put_snapshot(q.id, &snapshot)?;
+        let batch = self.batch();
+        match self.storage.write(&batch)? {
+            Written::Moved(ids) => return Ok(Err(ids)),
+            Written::Committed(heads) => {
+                for (id, head) in heads {
+                    if let Some(c) = self.cache.get_mut(&id) {
+                        c.head = head;
+                    }
                 }
             }
-            self.storage.commit()
-        })();
-        if let Err(e) = written {
-            self.storage.rollback();
-            return Err(e);
         }
         tracing::debug!(
             uploads = n_uploads,
@@ -641,11 +663,53 @@ impl<S: Storage> Ingestor<S> {
             commit_us = (started.elapsed() - processed).as_micros() as u64,
             "group committed"
         );
-        Ok(outcomes)
+        Ok(Ok(outcomes))
+    }
+
+    /// The current group as one write: each household's accepted changes, checked against
+    /// the head it was read at, with a new snapshot where one is due.
+    fn batch(&mut self) -> WriteBatch {
+        let pending = std::mem::take(&mut self.pending);
+        let mut rows_of: HashMap<HouseholdId, u64> = HashMap::new();
+        for q in &pending {
+            *rows_of.entry(q.id).or_default() += q.rows.len() as u64;
+        }
+        let last_of: HashMap<HouseholdId, usize> =
+            pending.iter().enumerate().map(|(i, q)| (q.id, i)).collect();
+        let households = pending
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| {
+                // A move to another grid is logged under the grid it leaves, so the phones of
+                // that grid learn the household left; the phones of the new grid receive its
+                // whole history through the recorded move.
+                let moved_from = q.grid_before.filter(|g| *g != q.grid_after);
+                let snapshot = (last_of[&q.id] == i)
+                    .then(|| self.cache.get_mut(&q.id))
+                    .flatten()
+                    .filter(|c| {
+                        c.head.since_snapshot + rows_of[&q.id] >= self.options.snapshot_after
+                    })
+                    .map(|c| c.doc.save());
+                HouseholdWrite {
+                    id: q.id,
+                    head: self.heads.get(&q.id).copied().unwrap_or(0),
+                    log_grid: moved_from.clone().unwrap_or_else(|| q.grid_after.clone()),
+                    grid: q.grid_after,
+                    moved_from,
+                    rows: q.rows,
+                    snapshot,
+                }
+            })
+            .collect();
+        WriteBatch {
+            households,
+            refused: std::mem::take(&mut self.refusals),
+        }
     }
 
     /// The household's document as stored plus what this group accepted for it so far.
-    fn reload(&mut self, id: HouseholdId) -> Result<Option<HouseholdDoc>, StorageError> {
+    fn reload(&mut self, id: HouseholdId) -> Result<Option<(HouseholdDoc, DocHead)>, StorageError> {
         self.cache.remove(&id);
         let earlier: Vec<u8> = self
             .pending
@@ -653,9 +717,9 @@ impl<S: Storage> Ingestor<S> {
             .filter(|q| q.id == id)
             .flat_map(|q| q.rows.iter().flat_map(|r| r.bytes.iter().copied()))
             .collect();
-        let stored = self.doc(id)?.map(|d| d.clone());
+        let stored = self.cached(id)?.map(|c| (c.doc.clone(), c.head));
         match stored {
-            Some(mut doc) => {
+            Some((mut doc, head)) => {
                 if !earlier.is_empty() {
                     let changes = qiaomen_protocol::doc::decode_changes(
                         self.pending
@@ -667,11 +731,11 @@ impl<S: Storage> Ingestor<S> {
                     doc.apply_decoded(changes)
                         .map_err(|_| StorageError::Corrupt(id))?;
                 }
-                Ok(Some(doc))
+                Ok(Some((doc, head)))
             }
             // Created earlier in this same group: not stored yet, only queued.
             None if !earlier.is_empty() => HouseholdDoc::load(&earlier)
-                .map(Some)
+                .map(|d| Some((d, DocHead::default())))
                 .map_err(|_| StorageError::Corrupt(id)),
             None => Ok(None),
         }
@@ -685,9 +749,10 @@ impl<S: Storage> Ingestor<S> {
         self.tick += 1;
         let tick = self.tick;
         if !self.cache.contains_key(&id) {
-            let Some(bytes) = self.storage.load_doc(id)? else {
+            let Some(stored) = self.storage.load_for_write(id)? else {
                 return Ok(None);
             };
+            let bytes = stored.bytes;
             // A stored document that does not load is quarantined by the caller: its
             // uploads are refused (temporarily) and nothing else is held up.
             let mut doc = HouseholdDoc::load(&bytes).map_err(|_| StorageError::Corrupt(id))?;
@@ -697,6 +762,7 @@ impl<S: Storage> Ingestor<S> {
                 id,
                 Cached {
                     doc,
+                    head: stored.head,
                     lineage,
                     last_used: tick,
                 },
@@ -707,7 +773,7 @@ impl<S: Storage> Ingestor<S> {
         Ok(Some(c))
     }
 
-    fn cache_put(&mut self, id: HouseholdId, mut doc: HouseholdDoc) {
+    fn cache_put(&mut self, id: HouseholdId, mut doc: HouseholdDoc, head: DocHead) {
         self.tick += 1;
         let lineage = doc.lineage();
         self.make_room(id, lineage.ops());
@@ -715,6 +781,7 @@ impl<S: Storage> Ingestor<S> {
             id,
             Cached {
                 doc,
+                head,
                 lineage,
                 last_used: self.tick,
             },
@@ -958,7 +1025,7 @@ impl<S: Storage> Ingestor<S> {
     /// what the group accepted for it earlier (the cached copy is rebuilt from those).
     fn forget(&mut self, id: HouseholdId) {
         match self.reload(id) {
-            Ok(Some(doc)) => self.cache_put(id, doc),
+            Ok(Some((doc, head))) => self.cache_put(id, doc, head),
             _ => {
                 self.cache.remove(&id);
             }
@@ -989,6 +1056,8 @@ impl<S: Storage> Ingestor<S> {
         }
         self.pinned.insert(id);
         let exists = self.doc(id)?.is_some();
+        let head = self.cache.get(&id).map_or(0, |c| c.head.seq);
+        self.heads.entry(id).or_insert(head);
         // 1. Rebuild the packed changes; refuse what is not a change.
         let keep_bytes = principal.is_some();
         self.seen_bytes.clear();
@@ -1118,7 +1187,7 @@ impl<S: Storage> Ingestor<S> {
             } else {
                 // Start again from what is stored (and accepted earlier in this group) and
                 // find the culprits.
-                let doc = match self.reload(id)? {
+                let (doc, head) = match self.reload(id)? {
                     Some(d) => d,
                     None => {
                         // Never leave a change neither accepted nor refused: the phone takes
@@ -1144,7 +1213,7 @@ impl<S: Storage> Ingestor<S> {
                     &mut good,
                     outcome,
                 );
-                self.cache_put(id, doc);
+                self.cache_put(id, doc, head);
                 good
             }
         } else {
@@ -1173,7 +1242,7 @@ impl<S: Storage> Ingestor<S> {
             });
             match whole {
                 Some((doc, true)) => {
-                    self.cache_put(id, doc);
+                    self.cache_put(id, doc, DocHead::default());
                     candidates
                 }
                 _ => {
@@ -1199,7 +1268,7 @@ impl<S: Storage> Ingestor<S> {
                                 &mut good,
                                 outcome,
                             );
-                            self.cache_put(id, doc);
+                            self.cache_put(id, doc, DocHead::default());
                             good
                         }
                         Err(first_code) => {
@@ -1351,7 +1420,7 @@ mod tests {
             edits.iter().map(Change::hash).collect::<Vec<_>>()
         );
         // What is logged is the phone's very change.
-        let mut reader = SqliteStorage::open(dir.path()).unwrap();
+        let reader = SqliteStorage::open(dir.path()).unwrap();
         let logged = reader.doc_log(id, 1 << 40).unwrap();
         for e in &edits {
             let row = logged
@@ -1394,7 +1463,7 @@ mod tests {
         let up = packed_upload(id, &edits[1..]);
         let outcome = ingestor.process_group(&[&up]).unwrap().remove(0);
         assert_eq!(outcome.rejected[0].code, RejectCode::MissingDependencies);
-        let mut reader = SqliteStorage::open(dir.path()).unwrap();
+        let reader = SqliteStorage::open(dir.path()).unwrap();
         assert_eq!(reader.doc_log(id, 1 << 40).unwrap().len(), 1);
     }
 
@@ -1451,7 +1520,7 @@ mod tests {
         );
         assert_eq!(outcomes[1].rejected[0].code, RejectCode::SchemaViolation);
         // The creation is in the log, under its grid.
-        let mut reader = SqliteStorage::open(dir.path()).unwrap();
+        let reader = SqliteStorage::open(dir.path()).unwrap();
         assert_eq!(
             reader
                 .log_since(0, 1 << 20, &["g7".to_string()])

@@ -3,7 +3,8 @@
 //! - [`http`]: the axum router (`POST /v1/sync`, `GET /healthz`), typed error bodies;
 //! - [`ingest`]: the writer threads (households sharded across them) that check, apply and
 //!   group-commit uploads;
-//! - [`storage`]: the [`storage::Storage`] trait and its embedded SQLite backend.
+//! - [`storage`]: the change log's [`storage::Storage`] trait, its embedded SQLite backend and its
+//!   PostgreSQL backend, and the conformance suite both pass.
 //!
 //! [`start`] runs a server on a listener; `main.rs` is a thin command line over it.
 

@@ -394,7 +394,7 @@ fn main() {
     let rss_settled = rss_kb(pid);
 
     // Every stored household loads on the server...
-    let mut storage = SqliteStorage::open(&data).unwrap();
+    let storage = SqliteStorage::open(&data).unwrap();
     let db = rusqlite::Connection::open(data.join("qiaomen.db")).unwrap();
     let ids: Vec<HouseholdId> = db
         .prepare("SELECT id FROM docs")

@@ -3,6 +3,11 @@
 //! the SQLite log, commit with fsync) for uploads of 25 visits, beside bare Automerge applying
 //! the same changes to the same documents in memory.
 //!
+//! The same on PostgreSQL when `QIAOMEN_BENCH_POSTGRES` (or `QIAOMEN_TEST_POSTGRES`) names a
+//! database (`bash .ci/postgres.sh` starts one): one writer, and two writers on handles of
+//! their own (as two servers on one database), each on its own households, beside SQLite's one
+//! and two writers (two is the server's default), in one run.
+//!
 //! Run: `cargo bench -p qiaomen-tests --bench ingest`
 
 use std::time::Instant;
@@ -17,14 +22,19 @@ use qiaomen_protocol::{
 use qiaomen_server::{
     access::{Grant, Role, Scope, policy::Principal},
     ingest::{Ingestor, Upload},
-    storage::SqliteStorage,
+    storage::{PgStorage, SqliteStorage, Storage},
 };
 
-fn main() {
-    let quick = std::env::var_os("QIAOMEN_BENCH_QUICK").is_some();
-    let n: u32 = if quick { 100 } else { 2000 };
-    let dir = tempfile::tempdir().unwrap();
-    let mut ingestor = Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), Default::default());
+/// Visits of `n` households of grid `g`, by one worker: their creations (one upload), the
+/// visits in uploads of 25, and bare Automerge documents holding the creations.
+struct Work {
+    setup: Upload,
+    uploads: Vec<Upload>,
+    visits: Vec<DocChanges>,
+    bare: Vec<automerge::AutoCommit>,
+}
+
+fn work(n: u32) -> Work {
     let a = Author {
         user: UserId::new(),
         device: DeviceId::new(),
@@ -87,7 +97,6 @@ fn main() {
         docs: creates,
         packing: None,
     };
-    ingestor.process_group(&[&setup]).unwrap();
     let uploads: Vec<Upload> = visits
         .chunks(25)
         .map(|c| Upload {
@@ -97,34 +106,116 @@ fn main() {
         })
         .collect();
 
-    let t = Instant::now();
-    for u in &uploads {
-        let outcome = ingestor.process_group(&[u]).unwrap();
-        assert_eq!(outcome[0].accepted as usize, u.docs.len());
+    Work {
+        setup,
+        uploads,
+        visits,
+        bare,
     }
-    let ours = t.elapsed() / n;
+}
 
+/// µs per visit of `writers` writers, each on its own handle and its own households, all at
+/// once; the households are created first, untimed.
+fn ingest<S: Storage>(n: u32, writers: usize, open: impl Fn() -> S) -> f64 {
+    let works: Vec<Work> = (0..writers).map(|_| work(n / writers as u32)).collect();
+    let mut ingestors: Vec<Ingestor<S>> = (0..writers)
+        .map(|_| Ingestor::new(open(), Default::default()))
+        .collect();
+    for (i, w) in ingestors.iter_mut().zip(&works) {
+        i.process_group(&[&w.setup]).unwrap();
+    }
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        for (mut ingestor, w) in ingestors.into_iter().zip(&works) {
+            scope.spawn(move || {
+                for u in &w.uploads {
+                    let outcome = ingestor.process_group(&[u]).unwrap();
+                    assert_eq!(outcome[0].accepted as usize, u.docs.len());
+                }
+            });
+        }
+    });
+    t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+fn main() {
+    let quick = std::env::var_os("QIAOMEN_BENCH_QUICK").is_some();
+    let n: u32 = if quick { 100 } else { 2000 };
+    let postgres = std::env::var("QIAOMEN_BENCH_POSTGRES")
+        .or_else(|_| std::env::var("QIAOMEN_TEST_POSTGRES"))
+        .ok();
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    for writers in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let us = ingest(n, writers, || SqliteStorage::open(dir.path()).unwrap());
+        rows.push((format!("SQLite, {writers} writer(s) of one server"), us));
+    }
+    if let Some(url) = &postgres {
+        for writers in [1, 2] {
+            // The bench's own schema, empty.
+            let schema = format!("bench_{}", std::process::id());
+            reset_schema(url, &schema);
+            let with_path = if url.contains('?') {
+                format!("{url}&options=-csearch_path%3D{schema}")
+            } else {
+                format!("{url}?options=-csearch_path%3D{schema}")
+            };
+            let label = if writers == 1 {
+                "PostgreSQL, 1 writer".to_string()
+            } else {
+                format!(
+                    "PostgreSQL, {writers} writers on handles of their own (as {writers} servers)"
+                )
+            };
+            let us = ingest(n, writers, || PgStorage::connect(&with_path, 2).unwrap());
+            rows.push((label, us));
+            reset_schema(url, &schema);
+        }
+    } else {
+        eprintln!("QIAOMEN_BENCH_POSTGRES is not set: SQLite only");
+    }
+
+    let Work {
+        visits, mut bare, ..
+    } = work(n);
     let t = Instant::now();
     for (doc, v) in bare.iter_mut().zip(&visits) {
         let c = automerge::Change::try_from(v.changes[0].as_slice()).unwrap();
         doc.apply_changes([c]).unwrap();
     }
-    let base = t.elapsed() / n;
+    let base = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
 
-    println!("| write path, {n} visits in uploads of 25 | µs per visit | visits/s (one thread) |");
+    println!(
+        "| write path, {n} visits in uploads of 25 (checked, applied, logged, durable commit per upload) | µs per visit | visits/s |"
+    );
     println!("|---|---|---|");
+    for (label, us) in &rows {
+        println!("| {label} | {us:.0} | {:.0} |", 1e6 / us);
+    }
     println!(
-        "| Ingestor (checked, applied, logged, fsync per upload) | {} | {:.0} |",
-        ours.as_micros(),
-        1e6 / ours.as_micros().max(1) as f64
+        "| bare Automerge apply, in memory, one thread | {base:.0} | {:.0} |",
+        1e6 / base
     );
-    println!(
-        "| bare Automerge apply, in memory | {} | {:.0} |",
-        base.as_micros(),
-        1e6 / base.as_micros().max(1) as f64
-    );
-    println!(
-        "| ratio | {:.1}× | |",
-        ours.as_secs_f64() / base.as_secs_f64()
-    );
+}
+
+/// Drops and creates `schema` in the database at `url`.
+fn reset_schema(url: &str, schema: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
+            ))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+    });
 }

@@ -122,7 +122,7 @@ fn main() {
         via_index.push(t.elapsed());
 
         let t = Instant::now();
-        let mut storage = SqliteStorage::open(dir.path()).unwrap();
+        let storage = SqliteStorage::open(dir.path()).unwrap();
         due_docs = 0;
         for g in &grid_ids {
             for (_, bytes) in storage.grid_docs(g).unwrap() {

@@ -53,7 +53,7 @@ fn encode(e: automerge::ExpandedChange) -> Vec<u8> {
 
 /// Every household loads from the server's store as the server loads it.
 fn server_loads_all(server: &TestServer, ids: &[HouseholdId]) {
-    let mut storage = SqliteStorage::open(&server.data_dir).unwrap();
+    let storage = SqliteStorage::open(&server.data_dir).unwrap();
     for id in ids {
         let bytes = storage.load_doc(*id).unwrap().expect("stored");
         HouseholdDoc::load(&bytes).expect("the stored household loads");
@@ -224,7 +224,7 @@ fn a_household_that_does_not_load_fails_only_itself_and_is_quarantined_until_rel
         "the broken household's change waits on the phone"
     );
     assert!(x.store.pending_changes(fine).unwrap().is_empty());
-    let mut storage = SqliteStorage::open(&data).unwrap();
+    let storage = SqliteStorage::open(&data).unwrap();
     let q = storage.quarantined().unwrap();
     assert_eq!(q.iter().map(|q| q.doc).collect::<Vec<_>>(), vec![broken]);
     assert_eq!(q[0].reason, "does_not_load");

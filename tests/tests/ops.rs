@@ -315,7 +315,7 @@ fn a_store_of_the_previous_format_opens_migrated_and_serves() {
     let db = server.access();
     let names: Vec<String> = db.units().unwrap().into_iter().map(|u| u.name).collect();
     assert!(names.contains(&"清河县".to_string()) && names.contains(&"东村".to_string()));
-    let mut storage = qiaomen_server::storage::SqliteStorage::open(&data).unwrap();
+    let storage = qiaomen_server::storage::SqliteStorage::open(&data).unwrap();
     use qiaomen_server::storage::Storage;
     let ids: Vec<Vec<u8>> = rusqlite::Connection::open(data.join("qiaomen.db"))
         .unwrap()

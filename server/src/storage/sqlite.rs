@@ -1,69 +1,19 @@
-//! Where the server keeps documents: an append-only change log plus per-document snapshots.
+//! The embedded SQLite backend: one file, WAL, `synchronous=FULL`; the default.
 //!
-//! [`Storage`] is the seam for backends. The embedded SQLite backend ([`SqliteStorage`]) is the
-//! default; a PostgreSQL backend implements the same trait. All calls are blocking: the
-//! server calls them from its writer thread or from `spawn_blocking`, never on async threads.
-//!
-//! The log is the source of truth and is never rewritten: each accepted change gets the next
-//! sequence number (`seq`), which is what phones' cursors count. Snapshots only make loading a
-//! document cheaper; they are a cache of the log.
+//! Its migrations also create the tables of the access store, the read model and the
+//! workflow tasks, which live in the same file and are opened by their own modules.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
-use qiaomen_protocol::{calendar::Day, ids::HouseholdId, wire::WholePass};
+use qiaomen_protocol::{ids::HouseholdId, wire::WholePass};
 use rusqlite::{Connection, OptionalExtension, params};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("storage: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("storage: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(
-        "the store was written by a newer server (store format {0}; this server reads up to {max}): run that server's version, or restore a backup this version made",
-        max = FORMAT
-    )]
-    TooNew(i64),
-    #[error("the stored document of household {0} does not load")]
-    Corrupt(HouseholdId),
-    #[error("the writer panicked; the group was rolled back")]
-    Panicked,
-}
-
-pub type Result<T, E = StorageError> = std::result::Result<T, E>;
-
-/// A change accepted for the log.
-#[derive(Debug, Clone)]
-pub struct NewChange {
-    pub doc: HouseholdId,
-    pub hash: [u8; 32],
-    pub bytes: Vec<u8>,
-    /// The authenticated device that uploaded it, and its user.
-    pub device: Option<[u8; 16]>,
-    pub user: Option<[u8; 16]>,
-    /// Whether the uploader's clock agreed with the server's (`None`: unknown); see
-    /// [`crate::access::policy::Principal::clock_ok`].
-    pub clock_ok: Option<bool>,
-}
-
-/// A change read back from the log.
-#[derive(Debug, Clone)]
-pub struct LoggedChange {
-    pub seq: u64,
-    pub doc: HouseholdId,
-    pub hash: Vec<u8>,
-    pub bytes: Vec<u8>,
-}
-
-/// A slice of the log after a cursor.
-#[derive(Debug, Clone, Default)]
-pub struct LogSlice {
-    pub changes: Vec<LoggedChange>,
-    /// The cursor a phone holds after storing `changes`.
-    pub cursor: u64,
-    /// The slice stopped at its byte budget.
-    pub more: bool,
-}
+use super::{
+    DocHead, LogSlice, LoggedChange, MAX_REFUSED_PER_DEVICE, Quarantined, ReadModelLag, RefusedRow,
+    Result, Storage, StorageError, StoredDoc, Timeline, WholeFrom, WholePage, WriteBatch, Written,
+    expected_heads, household_of, now_ms, sql_seq, written_ids,
+};
 
 /// The households most needed on day `?4` (SYNC-v1 §7.3.2), as a condition on a household's
 /// read-model row `h` and its `docs` row `d`: a resident in a key group that day (a tag
@@ -72,136 +22,6 @@ const NEEDED: &str = "(EXISTS (SELECT 1 FROM json_each(h.tags) t
                        WHERE json_extract(t.value, '$[1]') <= ?4
                          AND coalesce(json_extract(t.value, '$[2]'), ?4) >= ?4)
        OR EXISTS (SELECT 1 FROM idx_orders o WHERE o.doc = d.id AND o.status <> 'closed'))";
-
-/// A page of households, each with its history ([`Storage::whole_page`]).
-#[derive(Debug, Clone, Default)]
-pub struct WholePage {
-    pub docs: Vec<(HouseholdId, Vec<LoggedChange>)>,
-    /// The last household looked at (those without changes up to the page's position
-    /// included) and its pass: where the next page starts.
-    pub last: Option<(WholePass, HouseholdId)>,
-    /// No household is left after these.
-    pub done: bool,
-}
-
-/// Where a page of a first sync by whole documents starts (SYNC-v1 §7.3.1, §7.3.2).
-#[derive(Debug, Clone, Copy)]
-pub struct WholeFrom {
-    pub pass: WholePass,
-    /// The last household sent in this pass (`None`: from the first).
-    pub after: Option<HouseholdId>,
-    /// The day the most needed are chosen for (the passes that choose).
-    pub day: Option<Day>,
-}
-
-/// A storage backend.
-pub trait Storage: Send + 'static {
-    /// The stored bytes of a document (its snapshot followed by the changes logged after it),
-    /// or `None` if the document does not exist.
-    fn load_doc(&mut self, id: HouseholdId) -> Result<Option<Vec<u8>>>;
-    /// Whether the log holds a change.
-    fn has_change(&mut self, hash: &[u8; 32]) -> Result<bool>;
-    /// Hashes of the document's logged changes (the open transaction's included) that begin
-    /// with `prefix`: how a packed change's dependencies are found. At most 16.
-    fn hashes_with_prefix(&mut self, doc: HouseholdId, prefix: &[u8]) -> Result<Vec<[u8; 32]>>;
-    /// Starts a write transaction; the writer thread groups many requests in one.
-    fn begin(&mut self) -> Result<()>;
-    /// Appends changes of one document to the log inside the open transaction, recording the
-    /// document's grid; returns the number of log rows the document has after its snapshot.
-    fn append(&mut self, changes: &[NewChange], grid: &str) -> Result<u64>;
-    /// Replaces a document's snapshot inside the open transaction.
-    fn put_snapshot(&mut self, id: HouseholdId, snapshot: &[u8]) -> Result<()>;
-    /// Commits the open transaction durably (fsync).
-    fn commit(&mut self) -> Result<()>;
-    /// Abandons the open transaction.
-    fn rollback(&mut self);
-    /// The log after `cursor`, up to about `budget` bytes of changes, of the documents in
-    /// `grids` (every document when empty).
-    fn log_since(&mut self, cursor: u64, budget: usize, grids: &[String]) -> Result<LogSlice>;
-    /// The last sequence number in the log.
-    fn max_seq(&mut self) -> Result<u64>;
-    /// The hash of the change logged at `seq`.
-    fn hash_at(&mut self, seq: u64) -> Result<Option<Vec<u8>>>;
-    /// How many documents the store holds.
-    fn doc_count(&mut self) -> Result<u64>;
-    /// The grid a document was last stored under.
-    fn doc_grid(&mut self, id: HouseholdId) -> Result<Option<String>>;
-    /// When the household was first stored and how it moved since (`None`: not stored):
-    /// what figures "as of their day" are computed from.
-    fn doc_timeline(&mut self, id: HouseholdId) -> Result<Option<Timeline>>;
-    /// Every grid the household has been in (its moves' grids and its current one); empty
-    /// for a household the server does not hold.
-    fn doc_grids(&mut self, id: HouseholdId) -> Result<Vec<String>>;
-    /// Records, inside the open transaction, that a document moved between grids at the last
-    /// appended log row, and sets its grid.
-    fn record_move(&mut self, id: HouseholdId, from: &str, to: &str) -> Result<()>;
-    /// Documents that moved into one of `grids` after `cursor`, up to the log's end `until`.
-    fn moved_into(&mut self, cursor: u64, until: u64, grids: &[String])
-    -> Result<Vec<HouseholdId>>;
-    /// How many households each grid holds.
-    fn grid_counts(&mut self) -> Result<Vec<(String, u64)>>;
-    /// The stored bytes of every document of a grid (for lists and exports).
-    fn grid_docs(&mut self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>>;
-    /// Every logged change of a document, oldest first, up to `until`.
-    fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>>;
-    /// A page of a first sync by whole documents (SYNC-v1 §7.3.1): the households now in
-    /// `grids` of the pass of `from`, with an id after its `after`, in id order (the most
-    /// needed pass then goes on into the rest, §7.3.2), each with its changes logged up to
-    /// `until` (a household with none is left out), until about `budget` bytes of changes —
-    /// always one household when any is left. One read transaction.
-    fn whole_page(
-        &mut self,
-        grids: &[String],
-        from: WholeFrom,
-        until: u64,
-        budget: usize,
-    ) -> Result<WholePage>;
-    /// Puts a household in quarantine (kept if it already is), outside any open transaction's
-    /// fate: called before a group's transaction begins.
-    fn quarantine(&mut self, id: HouseholdId, reason: &str) -> Result<()>;
-    /// Whether a household is quarantined.
-    fn is_quarantined(&mut self, id: HouseholdId) -> Result<bool>;
-    /// Every quarantined household, oldest first.
-    fn quarantined(&mut self) -> Result<Vec<Quarantined>>;
-    /// Takes a household out of quarantine; whether it was in.
-    fn release(&mut self, id: HouseholdId) -> Result<bool>;
-    /// Keeps refused changes (inside the open transaction): a change refused again is kept
-    /// once; a device keeps its latest [`MAX_REFUSED_PER_DEVICE`].
-    fn keep_refused(&mut self, rows: &[RefusedRow]) -> Result<()>;
-    /// Kept refusals, newest first: of `grids` (every grid when `None`), at most `limit`.
-    fn refused(&mut self, grids: Option<&[String]>, limit: usize) -> Result<Vec<RefusedRow>>;
-}
-
-/// A household's registration and moves, as the log holds them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Timeline {
-    /// The creating change's own time (the phone's clock), in ms.
-    pub created_ms: i64,
-    /// When the server received it, in ms.
-    pub arrived_ms: i64,
-    /// Each move, oldest first: the grid left, the grid entered, and when the server received
-    /// the change that made it (ms).
-    pub moves: Vec<(String, String, i64)>,
-}
-
-/// Refused changes a device keeps on the server at most: the oldest beyond are dropped, so a
-/// broken or hostile phone cannot fill the disk (SYNC-v1 §5.6).
-pub const MAX_REFUSED_PER_DEVICE: i64 = 2_000;
-
-/// A change the server refused, kept with its bytes (not applied) for supervisors to see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefusedRow {
-    pub doc: HouseholdId,
-    pub hash: [u8; 32],
-    /// The household's grid when it was refused (for a new household, the grid it named).
-    pub grid: String,
-    pub device: Option<[u8; 16]>,
-    pub user: Option<[u8; 16]>,
-    /// The reject code's wire name.
-    pub code: String,
-    pub at_ms: i64,
-    pub bytes: Vec<u8>,
-}
 
 /// Schema migrations, in order: the store's `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -293,15 +113,6 @@ ALTER TABLE devices ADD COLUMN last_pending INTEGER;
 /// for the supervisors' list of phones.
 const DEVICE_AGENT_SCHEMA: &str = "ALTER TABLE devices ADD COLUMN agent TEXT;";
 const CLOCK_SCHEMA: &str = "ALTER TABLE changes ADD COLUMN clock_ok INTEGER;";
-
-/// A quarantined household.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Quarantined {
-    pub doc: HouseholdId,
-    /// A stable code: `does_not_load`, `panicked`.
-    pub reason: String,
-    pub at_ms: i64,
-}
 
 /// Teams (departments and service teams that handle dispatched work orders) become a kind of
 /// org unit: SQLite cannot change a CHECK constraint, so the table is rebuilt (foreign keys
@@ -426,26 +237,12 @@ pub(crate) fn size_page_cache(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// How far the read model is behind the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadModelLag {
-    /// Logged changes it does not count yet.
-    pub behind: u64,
-    /// When the oldest of them was received (`None`: none).
-    pub oldest_ms: Option<i64>,
-}
-
-impl ReadModelLag {
-    /// How many whole seconds the oldest uncounted change has waited at `now_ms` (0: none).
-    pub fn seconds_behind(&self, now_ms: i64) -> i64 {
-        self.oldest_ms.map_or(0, |t| (now_ms - t).max(0) / 1000)
-    }
-}
-
 /// The embedded SQLite backend: one file, WAL, `synchronous=FULL`.
 #[derive(Debug)]
 pub struct SqliteStorage {
-    conn: Connection,
+    /// One connection per handle: SQLite takes one writer at a time, and the server opens a
+    /// handle per writer thread and per reader ([`SqliteStorage::reopen`]).
+    db: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -457,13 +254,24 @@ impl SqliteStorage {
         let conn = Self::connect(&path)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > FORMAT {
-            return Err(StorageError::TooNew(version));
+            return Err(StorageError::TooNew {
+                found: version,
+                max: FORMAT,
+            });
         }
         // A migration may rebuild a table others refer to: foreign keys are checked after
         // each step instead of during it (the pragma cannot change inside a transaction).
         conn.pragma_update(None, "foreign_keys", false)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.unchecked_transaction()?;
+            // Under the write lock, and only if no other connection applied it meanwhile.
+            let tx = rusqlite::Transaction::new_unchecked(
+                &conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now > i as i64 {
+                continue;
+            }
             tx.execute_batch(sql)?;
             let broken: i64 =
                 tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
@@ -482,19 +290,22 @@ impl SqliteStorage {
             tx.commit()?;
         }
         conn.pragma_update(None, "foreign_keys", true)?;
-        Ok(Self { conn, path })
+        Ok(Self {
+            db: Mutex::new(conn),
+            path,
+        })
     }
 
     /// How far the read model ([`crate::index`]) is behind the log, read from its cursor
     /// without its lock: for `/readyz` and the metrics.
-    pub fn read_model_lag(&mut self) -> Result<ReadModelLag> {
-        let (cursor, end): (i64, i64) = self.conn.query_row(
+    pub fn read_model_lag(&self) -> Result<ReadModelLag> {
+        let (cursor, end): (i64, i64) = self.conn().query_row(
             "SELECT (SELECT seq FROM idx_cursor), (SELECT coalesce(max(seq), 0) FROM changes)",
             [],
             |r| Ok((r.get::<_, Option<i64>>(0)?.unwrap_or(0), r.get(1)?)),
         )?;
         let oldest_ms = if end > cursor {
-            self.conn
+            self.conn()
                 .prepare_cached(
                     "SELECT received_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 1",
                 )?
@@ -510,9 +321,9 @@ impl SqliteStorage {
     }
 
     /// How many households are quarantined.
-    pub fn quarantined_count(&mut self) -> Result<u64> {
+    pub fn quarantined_count(&self) -> Result<u64> {
         Ok(self
-            .conn
+            .conn()
             .query_row("SELECT count(*) FROM quarantine", [], |r| {
                 r.get::<_, i64>(0)
             })? as u64)
@@ -529,17 +340,96 @@ impl SqliteStorage {
     /// Another connection to the same file, for readers.
     pub fn reopen(&self) -> Result<Self> {
         Ok(Self {
-            conn: Self::connect(&self.path)?,
+            db: Mutex::new(Self::connect(&self.path)?),
             path: self.path.clone(),
         })
     }
+
+    /// The handle's connection. A panic while it was held (a bug, caught further up) leaves
+    /// no transaction open behind it.
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        let conn = self.db.lock().unwrap_or_else(|poisoned| {
+            self.db.clear_poison();
+            poisoned.into_inner()
+        });
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        conn
+    }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// A document's snapshot followed by the changes logged after it ([`Storage::load_doc`]).
+fn load_doc_in(conn: &Connection, id: HouseholdId) -> Result<Option<Vec<u8>>> {
+    let key = id.as_bytes().as_slice();
+    let row: Option<(Option<Vec<u8>>, i64)> = conn
+        .prepare_cached("SELECT snapshot, snapshot_seq FROM docs WHERE id = ?1")?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((snapshot, after)) = row else {
+        return Ok(None);
+    };
+    let mut bytes = snapshot.unwrap_or_default();
+    let mut stmt =
+        conn.prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")?;
+    let mut rows = stmt.query(params![key, after])?;
+    while let Some(r) = rows.next()? {
+        let b: Vec<u8> = r.get(0)?;
+        bytes.extend_from_slice(&b);
+    }
+    Ok(Some(bytes))
+}
+
+/// The household's last log row (0: none).
+fn last_seq(conn: &Connection, id: HouseholdId) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE doc = ?1")?
+        .query_row([id.as_bytes().as_slice()], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// Where the household's log stands.
+fn head_of(conn: &Connection, id: HouseholdId) -> Result<DocHead> {
+    let (seq, since): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT coalesce(max(c.seq), 0), count(c.seq) FILTER (WHERE c.seq > d.snapshot_seq)
+               FROM docs d LEFT JOIN changes c ON c.doc = d.id WHERE d.id = ?1",
+        )?
+        .query_row([id.as_bytes().as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(DocHead {
+        seq: seq as u64,
+        since_snapshot: since as u64,
+    })
+}
+
+/// Keeps refused changes: a change refused again is kept once; a device keeps its latest
+/// [`MAX_REFUSED_PER_DEVICE`].
+fn keep_refused(conn: &Connection, rows: &[RefusedRow]) -> Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO refused (doc, hash, grid, device, user, code, at_ms, bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (hash) DO NOTHING",
+    )?;
+    for r in rows {
+        insert.execute(params![
+            r.doc.as_bytes().as_slice(),
+            r.hash.as_slice(),
+            r.grid,
+            r.device.as_ref().map(|d| d.as_slice()),
+            r.user.as_ref().map(|u| u.as_slice()),
+            r.code,
+            r.at_ms,
+            r.bytes,
+        ])?;
+    }
+    drop(insert);
+    let devices: std::collections::BTreeSet<_> = rows.iter().filter_map(|r| r.device).collect();
+    let mut trim = conn.prepare_cached(
+        "DELETE FROM refused WHERE device = ?1 AND id <= (
+            SELECT id FROM refused WHERE device = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?;
+    for d in devices {
+        trim.execute(params![d.as_slice(), MAX_REFUSED_PER_DEVICE])?;
+    }
+    Ok(())
 }
 
 /// Every logged change of a document up to `until`, oldest first ([`Storage::doc_log`]).
@@ -547,7 +437,7 @@ fn doc_log_of(conn: &Connection, id: HouseholdId, until: u64) -> Result<Vec<Logg
     let mut stmt = conn.prepare_cached(
         "SELECT seq, bytes, hash FROM changes WHERE doc = ?1 AND seq <= ?2 ORDER BY seq",
     )?;
-    let rows = stmt.query_map(params![id.as_bytes().as_slice(), until as i64], |r| {
+    let rows = stmt.query_map(params![id.as_bytes().as_slice(), sql_seq(until)], |r| {
         Ok(LoggedChange {
             seq: r.get::<_, i64>(0)? as u64,
             doc: id,
@@ -559,43 +449,26 @@ fn doc_log_of(conn: &Connection, id: HouseholdId, until: u64) -> Result<Vec<Logg
 }
 
 impl Storage for SqliteStorage {
-    fn load_doc(&mut self, id: HouseholdId) -> Result<Option<Vec<u8>>> {
-        let key = id.as_bytes().as_slice();
-        let row: Option<(Option<Vec<u8>>, i64)> = self
-            .conn
-            .prepare_cached("SELECT snapshot, snapshot_seq FROM docs WHERE id = ?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((snapshot, after)) = row else {
-            return Ok(None);
-        };
-        let mut bytes = snapshot.unwrap_or_default();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")?;
-        let mut rows = stmt.query(params![key, after])?;
-        while let Some(r) = rows.next()? {
-            let b: Vec<u8> = r.get(0)?;
-            bytes.extend_from_slice(&b);
-        }
-        Ok(Some(bytes))
+    fn load_doc(&self, id: HouseholdId) -> Result<Option<Vec<u8>>> {
+        load_doc_in(&self.conn(), id)
     }
 
-    fn has_change(&mut self, hash: &[u8; 32]) -> Result<bool> {
+    fn has_change(&self, hash: &[u8; 32]) -> Result<bool> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM changes WHERE hash = ?1)")?
             .query_row([hash.as_slice()], |r| r.get(0))?)
     }
 
-    fn hashes_with_prefix(&mut self, doc: HouseholdId, prefix: &[u8]) -> Result<Vec<[u8; 32]>> {
+    fn hashes_with_prefix(&self, doc: HouseholdId, prefix: &[u8]) -> Result<Vec<[u8; 32]>> {
         // A range of the unique index on `hash`: every hash from prefix·00… to prefix·ff….
         let prefix = &prefix[..prefix.len().min(32)];
         let mut low = prefix.to_vec();
         low.resize(32, 0x00);
         let mut high = prefix.to_vec();
         high.resize(32, 0xff);
-        let mut stmt = self.conn.prepare_cached(
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
             "SELECT hash FROM changes WHERE hash >= ?1 AND hash <= ?2 AND doc = ?3 LIMIT 16",
         )?;
         let rows = stmt.query_map(params![low, high, doc.as_bytes().as_slice()], |r| {
@@ -610,63 +483,91 @@ impl Storage for SqliteStorage {
         Ok(out)
     }
 
-    fn begin(&mut self) -> Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
+    fn load_for_write(&self, id: HouseholdId) -> Result<Option<StoredDoc>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(bytes) = load_doc_in(&tx, id)? else {
+            return Ok(None);
+        };
+        let head = head_of(&tx, id)?;
+        tx.commit()?;
+        Ok(Some(StoredDoc { bytes, head }))
     }
 
-    fn append(&mut self, changes: &[NewChange], grid: &str) -> Result<u64> {
-        let now = now_ms();
-        let mut last_doc = None;
-        for c in changes {
-            if last_doc != Some(c.doc) {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO docs (id, grid, snapshot, snapshot_seq) VALUES (?1, ?2, NULL, 0)
-                         ON CONFLICT (id) DO UPDATE SET grid = excluded.grid WHERE docs.grid <> excluded.grid",
-                    )?
-                    .execute(params![c.doc.as_bytes().as_slice(), grid])?;
-            }
-            self.conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO changes (doc, hash, bytes, device, user, received_ms, grid, clock_ok) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![c.doc.as_bytes().as_slice(), c.hash.as_slice(), c.bytes, c.device.map(|d| d.to_vec()), c.user.map(|u| u.to_vec()), now, grid, c.clock_ok])?;
-            last_doc = Some(c.doc);
+    fn write(&self, batch: &WriteBatch) -> Result<Written> {
+        let mut conn = self.conn();
+        // The write lock at once: the heads checked are the heads written on.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let moved: Vec<HouseholdId> = expected_heads(batch)
+            .into_iter()
+            .map(|(id, head)| Ok((id, last_seq(&tx, id)? != head)))
+            .filter_map(|r: Result<_>| match r {
+                Ok((id, true)) => Some(Ok(id)),
+                Ok((_, false)) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_>>()?;
+        if !moved.is_empty() {
+            return Ok(Written::Moved(moved));
         }
-        let Some(doc) = last_doc else { return Ok(0) };
-        let n: i64 = self
-            .conn
-            .prepare_cached(
-                "SELECT count(*) FROM changes c JOIN docs d ON d.id = c.doc WHERE c.doc = ?1 AND c.seq > d.snapshot_seq",
+        keep_refused(&tx, &batch.refused)?;
+        let now = now_ms();
+        for w in &batch.households {
+            let key = w.id.as_bytes().as_slice();
+            tx.prepare_cached(
+                "INSERT INTO docs (id, grid, snapshot, snapshot_seq) VALUES (?1, ?2, NULL, 0)
+                 ON CONFLICT (id) DO UPDATE SET grid = excluded.grid WHERE docs.grid <> excluded.grid",
             )?
-            .query_row([doc.as_bytes().as_slice()], |r| r.get(0))?;
-        Ok(n as u64)
+            .execute(params![key, w.log_grid])?;
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO changes (doc, hash, bytes, device, user, received_ms, grid, clock_ok)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for c in &w.rows {
+                insert.execute(params![
+                    key,
+                    c.hash.as_slice(),
+                    c.bytes,
+                    c.device.map(|d| d.to_vec()),
+                    c.user.map(|u| u.to_vec()),
+                    now,
+                    w.log_grid,
+                    c.clock_ok
+                ])?;
+            }
+            if let Some(from) = &w.moved_from {
+                tx.prepare_cached(
+                    "INSERT INTO doc_moves (doc, from_grid, to_grid, seq)
+                     SELECT ?1, ?2, ?3, max(seq) FROM changes WHERE doc = ?1",
+                )?
+                .execute(params![key, from, w.grid])?;
+            }
+            if w.grid != w.log_grid {
+                tx.prepare_cached("UPDATE docs SET grid = ?2 WHERE id = ?1")?
+                    .execute(params![key, w.grid])?;
+            }
+            if let Some(snapshot) = &w.snapshot {
+                // Stamped with the household's last row, which this transaction just wrote:
+                // the snapshot holds exactly the log through it.
+                tx.prepare_cached(
+                    "UPDATE docs SET snapshot = ?2,
+                            snapshot_seq = (SELECT coalesce(max(seq), 0) FROM changes WHERE doc = ?1)
+                      WHERE id = ?1",
+                )?
+                .execute(params![key, snapshot])?;
+            }
+        }
+        let heads = written_ids(batch)
+            .into_iter()
+            .map(|id| Ok((id, head_of(&tx, id)?)))
+            .collect::<Result<_>>()?;
+        tx.commit()?;
+        Ok(Written::Committed(heads))
     }
 
-    fn put_snapshot(&mut self, id: HouseholdId, snapshot: &[u8]) -> Result<()> {
-        let key = id.as_bytes().as_slice();
-        let seq: i64 = self
-            .conn
-            .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE doc = ?1")?
-            .query_row([key], |r| r.get(0))?;
-        self.conn
-            .prepare_cached("UPDATE docs SET snapshot = ?2, snapshot_seq = ?3 WHERE id = ?1")?
-            .execute(params![key, snapshot, seq])?;
-        Ok(())
-    }
-
-    fn commit(&mut self) -> Result<()> {
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
-    }
-
-    fn rollback(&mut self) {
-        let _ = self.conn.execute_batch("ROLLBACK");
-    }
-
-    fn log_since(&mut self, cursor: u64, budget: usize, grids: &[String]) -> Result<LogSlice> {
-        let tx = self.conn.transaction()?;
+    fn log_since(&self, cursor: u64, budget: usize, grids: &[String]) -> Result<LogSlice> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         let max: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
             r.get(0)
         })?;
@@ -695,7 +596,7 @@ impl Storage for SqliteStorage {
                 )?
             };
             let grids_json = serde_json::to_string(grids).expect("strings serialize");
-            let mut rows = stmt.query(params![cursor as i64, max, grids_json])?;
+            let mut rows = stmt.query(params![sql_seq(cursor), max, grids_json])?;
             while let Some(r) = rows.next()? {
                 let seq: i64 = r.get(0)?;
                 let doc: Vec<u8> = r.get(1)?;
@@ -722,34 +623,34 @@ impl Storage for SqliteStorage {
         Ok(slice)
     }
 
-    fn max_seq(&mut self) -> Result<u64> {
+    fn max_seq(&self) -> Result<u64> {
         Ok(self
-            .conn
+            .conn()
             .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
                 r.get::<_, i64>(0)
             })? as u64)
     }
 
-    fn hash_at(&mut self, seq: u64) -> Result<Option<Vec<u8>>> {
+    fn hash_at(&self, seq: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached("SELECT hash FROM changes WHERE seq = ?1")?
-            .query_row([seq as i64], |r| r.get(0))
+            .query_row([sql_seq(seq)], |r| r.get(0))
             .optional()?)
     }
 
-    fn doc_grid(&mut self, id: HouseholdId) -> Result<Option<String>> {
+    fn doc_grid(&self, id: HouseholdId) -> Result<Option<String>> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached("SELECT grid FROM docs WHERE id = ?1")?
             .query_row([id.as_bytes().as_slice()], |r| r.get(0))
             .optional()?)
     }
 
-    fn doc_timeline(&mut self, id: HouseholdId) -> Result<Option<Timeline>> {
+    fn doc_timeline(&self, id: HouseholdId) -> Result<Option<Timeline>> {
         let key = id.as_bytes().as_slice();
         let first: Option<(Vec<u8>, i64)> = self
-            .conn
+            .conn()
             .prepare_cached(
                 "SELECT bytes, received_ms FROM changes WHERE doc = ?1 ORDER BY seq LIMIT 1",
             )?
@@ -760,7 +661,8 @@ impl Storage for SqliteStorage {
         };
         let created_ms =
             automerge::Change::try_from(bytes.as_slice()).map_or(arrived_ms, |c| c.timestamp());
-        let mut stmt = self.conn.prepare_cached(
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
             "SELECT m.from_grid, m.to_grid, c.received_ms FROM doc_moves m
                JOIN changes c ON c.seq = m.seq
               WHERE m.doc = ?1 ORDER BY m.seq",
@@ -775,8 +677,9 @@ impl Storage for SqliteStorage {
         }))
     }
 
-    fn doc_grids(&mut self, id: HouseholdId) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare_cached(
+    fn doc_grids(&self, id: HouseholdId) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
             "SELECT grid FROM docs WHERE id = ?1
              UNION SELECT from_grid FROM doc_moves WHERE doc = ?1
              UNION SELECT to_grid FROM doc_moves WHERE doc = ?1",
@@ -785,32 +688,14 @@ impl Storage for SqliteStorage {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn record_move(&mut self, id: HouseholdId, from: &str, to: &str) -> Result<()> {
-        let key = id.as_bytes().as_slice();
-        self.conn
-            .prepare_cached(
-                "INSERT INTO doc_moves (doc, from_grid, to_grid, seq)
-                 SELECT ?1, ?2, ?3, max(seq) FROM changes WHERE doc = ?1",
-            )?
-            .execute(params![key, from, to])?;
-        self.conn
-            .prepare_cached("UPDATE docs SET grid = ?2 WHERE id = ?1")?
-            .execute(params![key, to])?;
-        Ok(())
-    }
-
-    fn moved_into(
-        &mut self,
-        cursor: u64,
-        until: u64,
-        grids: &[String],
-    ) -> Result<Vec<HouseholdId>> {
+    fn moved_into(&self, cursor: u64, until: u64, grids: &[String]) -> Result<Vec<HouseholdId>> {
         let grids_json = serde_json::to_string(grids).expect("strings serialize");
-        let mut stmt = self.conn.prepare_cached(
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
             "SELECT DISTINCT doc FROM doc_moves
               WHERE seq > ?1 AND seq <= ?2 AND to_grid IN (SELECT value FROM json_each(?3))",
         )?;
-        let rows = stmt.query_map(params![cursor as i64, until as i64, grids_json], |r| {
+        let rows = stmt.query_map(params![sql_seq(cursor), sql_seq(until), grids_json], |r| {
             r.get::<_, Vec<u8>>(0)
         })?;
         let mut out = Vec::new();
@@ -822,48 +707,44 @@ impl Storage for SqliteStorage {
         Ok(out)
     }
 
-    fn grid_counts(&mut self) -> Result<Vec<(String, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT grid, count(*) FROM docs GROUP BY grid")?;
+    fn grid_counts(&self) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT grid, count(*) FROM docs GROUP BY grid")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn grid_docs(&mut self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>> {
-        let ids: Vec<Vec<u8>> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT id FROM docs WHERE grid = ?1")?;
-            stmt.query_map([grid], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
+    fn grid_docs(&self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids: Vec<Vec<u8>> = tx
+            .prepare_cached("SELECT id FROM docs WHERE grid = ?1")?
+            .query_map([grid], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Ok(arr) = <[u8; 16]>::try_from(id.as_slice()) else {
-                continue;
-            };
-            let id = HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr));
-            if let Some(bytes) = self.load_doc(id)? {
+        for id in ids.iter().filter_map(|b| household_of(b)) {
+            if let Some(bytes) = load_doc_in(&tx, id)? {
                 out.push((id, bytes));
             }
         }
+        tx.commit()?;
         Ok(out)
     }
 
-    fn doc_log(&mut self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>> {
-        doc_log_of(&self.conn, id, until)
+    fn doc_log(&self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>> {
+        doc_log_of(&self.conn(), id, until)
     }
 
     fn whole_page(
-        &mut self,
+        &self,
         grids: &[String],
         from: WholeFrom,
         until: u64,
         budget: usize,
     ) -> Result<WholePage> {
         const BATCH: i64 = 64;
-        let tx = self.conn.transaction()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         let grids_json = serde_json::to_string(grids).expect("strings serialize");
         let day = from.day.map(|d| d.to_string()).unwrap_or_default();
         let mut page = WholePage::default();
@@ -898,7 +779,7 @@ impl Storage for SqliteStorage {
                                      AND (SELECT MAX(seq) FROM changes c WHERE c.doc = d.id) <= ?5)
                           ORDER BY d.id LIMIT ?3"
                     ))?
-                    .query_map(params![grids_json, last, BATCH, day, until as i64], |r| {
+                    .query_map(params![grids_json, last, BATCH, day, sql_seq(until)], |r| {
                         r.get(0)
                     })?
                     .collect::<rusqlite::Result<_>>()?,
@@ -936,8 +817,8 @@ impl Storage for SqliteStorage {
         Ok(page)
     }
 
-    fn quarantine(&mut self, id: HouseholdId, reason: &str) -> Result<()> {
-        self.conn
+    fn quarantine(&self, id: HouseholdId, reason: &str) -> Result<()> {
+        self.conn()
             .prepare_cached(
                 "INSERT INTO quarantine (doc, reason, at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (doc) DO NOTHING",
             )?
@@ -945,17 +826,17 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    fn is_quarantined(&mut self, id: HouseholdId) -> Result<bool> {
+    fn is_quarantined(&self, id: HouseholdId) -> Result<bool> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM quarantine WHERE doc = ?1)")?
             .query_row([id.as_bytes().as_slice()], |r| r.get(0))?)
     }
 
-    fn quarantined(&mut self) -> Result<Vec<Quarantined>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT doc, reason, at_ms FROM quarantine ORDER BY at_ms, doc")?;
+    fn quarantined(&self) -> Result<Vec<Quarantined>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT doc, reason, at_ms FROM quarantine ORDER BY at_ms, doc")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, Vec<u8>>(0)?,
@@ -977,46 +858,18 @@ impl Storage for SqliteStorage {
         Ok(out)
     }
 
-    fn release(&mut self, id: HouseholdId) -> Result<bool> {
+    fn release(&self, id: HouseholdId) -> Result<bool> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached("DELETE FROM quarantine WHERE doc = ?1")?
             .execute([id.as_bytes().as_slice()])?
             > 0)
     }
 
-    fn keep_refused(&mut self, rows: &[RefusedRow]) -> Result<()> {
-        let mut insert = self.conn.prepare_cached(
-            "INSERT INTO refused (doc, hash, grid, device, user, code, at_ms, bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (hash) DO NOTHING",
-        )?;
-        for r in rows {
-            insert.execute(params![
-                r.doc.as_bytes().as_slice(),
-                r.hash.as_slice(),
-                r.grid,
-                r.device.as_ref().map(|d| d.as_slice()),
-                r.user.as_ref().map(|u| u.as_slice()),
-                r.code,
-                r.at_ms,
-                r.bytes,
-            ])?;
-        }
-        drop(insert);
-        let devices: std::collections::BTreeSet<_> = rows.iter().filter_map(|r| r.device).collect();
-        let mut trim = self.conn.prepare_cached(
-            "DELETE FROM refused WHERE device = ?1 AND id <= (
-                SELECT id FROM refused WHERE device = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-        )?;
-        for d in devices {
-            trim.execute(params![d.as_slice(), MAX_REFUSED_PER_DEVICE])?;
-        }
-        Ok(())
-    }
-
-    fn refused(&mut self, grids: Option<&[String]>, limit: usize) -> Result<Vec<RefusedRow>> {
+    fn refused(&self, grids: Option<&[String]>, limit: usize) -> Result<Vec<RefusedRow>> {
         let grids_json = grids.map(|g| serde_json::to_string(g).expect("strings serialize"));
-        let mut stmt = self.conn.prepare_cached(
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
             "SELECT doc, hash, grid, device, user, code, at_ms, bytes FROM refused
               WHERE ?1 IS NULL OR grid IN (SELECT value FROM json_each(?1))
               ORDER BY id DESC LIMIT ?2",
@@ -1054,9 +907,9 @@ impl Storage for SqliteStorage {
         Ok(out)
     }
 
-    fn doc_count(&mut self) -> Result<u64> {
+    fn doc_count(&self) -> Result<u64> {
         Ok(self
-            .conn
+            .conn()
             .query_row("SELECT count(*) FROM docs", [], |r| r.get::<_, i64>(0))? as u64)
     }
 }
@@ -1064,6 +917,26 @@ impl Storage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{HouseholdWrite, NewChange};
+
+    /// Appends rows of one household in a commit of their own.
+    fn append(s: &SqliteStorage, rows: &[NewChange], grid: &str) {
+        let id = rows[0].doc;
+        let head = s.load_for_write(id).unwrap().map_or(0, |d| d.head.seq);
+        let batch = WriteBatch {
+            households: vec![HouseholdWrite {
+                id,
+                head,
+                rows: rows.to_vec(),
+                log_grid: grid.into(),
+                grid: grid.into(),
+                moved_from: None,
+                snapshot: None,
+            }],
+            refused: Vec::new(),
+        };
+        assert!(matches!(s.write(&batch).unwrap(), Written::Committed(_)));
+    }
 
     fn change(doc: HouseholdId, n: u8) -> NewChange {
         NewChange {
@@ -1081,23 +954,18 @@ mod tests {
     #[test]
     fn whole_pages_go_through_a_grids_households_at_one_position() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = SqliteStorage::open(dir.path()).unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
         let mut ids: Vec<HouseholdId> = (0..3).map(|_| HouseholdId::new()).collect();
         ids.sort();
         let (elsewhere, later) = (HouseholdId::new(), HouseholdId::new());
-        s.begin().unwrap();
-        s.append(&[change(ids[0], 1), change(ids[0], 2)], "g1")
-            .unwrap();
-        s.append(&[change(ids[1], 3)], "g1").unwrap();
-        s.append(&[change(elsewhere, 4)], "g2").unwrap();
-        s.append(&[change(ids[2], 5)], "g1").unwrap();
-        s.commit().unwrap();
+        append(&s, &[change(ids[0], 1), change(ids[0], 2)], "g1");
+        append(&s, &[change(ids[1], 3)], "g1");
+        append(&s, &[change(elsewhere, 4)], "g2");
+        append(&s, &[change(ids[2], 5)], "g1");
         let at = s.max_seq().unwrap();
         // Logged after the position: not in these pages (it comes by the log).
-        s.begin().unwrap();
-        s.append(&[change(later, 6)], "g1").unwrap();
-        s.append(&[change(ids[0], 7)], "g1").unwrap();
-        s.commit().unwrap();
+        append(&s, &[change(later, 6)], "g1");
+        append(&s, &[change(ids[0], 7)], "g1");
 
         let grids = vec!["g1".to_string()];
         let mut seen = Vec::new();
@@ -1142,23 +1010,19 @@ mod tests {
     #[test]
     fn whole_pages_send_the_most_needed_first_and_every_household_once_it_is_judged_alike() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = SqliteStorage::open(dir.path()).unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
         let mut ids: Vec<HouseholdId> = (0..8).map(|_| HouseholdId::new()).collect();
         ids.sort();
-        s.begin().unwrap();
         for (n, id) in ids.iter().enumerate() {
-            s.append(&[change(*id, n as u8 + 1)], "g1").unwrap();
+            append(&s, &[change(*id, n as u8 + 1)], "g1");
         }
-        s.commit().unwrap();
         let at = s.max_seq().unwrap();
         // Household 6 changes after the position.
-        s.begin().unwrap();
-        s.append(&[change(ids[6], 20)], "g1").unwrap();
-        s.commit().unwrap();
+        append(&s, &[change(ids[6], 20)], "g1");
         // The read model: 1 and 6 a key group now, 3 one that ended in June; 4 a demand in
         // hand, 5 a closed one; 7 not read yet.
         let household = |id: HouseholdId, tags: &str| {
-            s.conn
+            s.conn()
                 .execute(
                     "INSERT INTO idx_households (doc, grid, door, status, tags, registered)
                      VALUES (?1, 'g1', '1', 'active', ?2, '2026-01-01')",
@@ -1174,7 +1038,7 @@ mod tests {
         household(ids[6], current);
         household(ids[3], r#"[["elderly_alone","2026-01-01","2026-06-30"]]"#);
         let order = |id: HouseholdId, status: &str| {
-            s.conn
+            s.conn()
                 .execute(
                     "INSERT INTO idx_orders (doc, demand, grid, door, status, responsible, category,
                                              urgency, raised_ms, chase_ups, bounces, reopened)

@@ -1,0 +1,835 @@
+//! The PostgreSQL backend of the change log: several servers on one database.
+//!
+//! The client is `tokio-postgres` with a `deadpool-postgres` pool, not `sqlx`: sqlx's optional
+//! SQLite driver links another `libsqlite3-sys` than rusqlite's and the two cannot share one
+//! workspace, and tokio-postgres is the lighter build (`../shared/notes/ffi-toolchain.md`).
+//! The trait is blocking, so a handle owns a small runtime of its own and each call blocks on
+//! it; callers are writer threads and `spawn_blocking`, as for SQLite.
+//!
+//! **The log's order is commit order** because every write takes one transaction-scoped
+//! advisory lock (the log lock) before it allocates sequence numbers, and holds it until its
+//! commit is visible: a reader that sees `seq` n sees every change below n. The alternative, a
+//! visibility horizon (`pg_snapshot_xmin`) that readers stop below, lets writers commit in
+//! parallel but makes every read compute and carry the horizon; the log's writes are group
+//! commits (a few a second per server, each a few milliseconds under the lock), so the lock
+//! costs little and keeps readers plain. The same lock makes a write's head checks
+//! ([`super::HouseholdWrite::head`]) race-free across servers.
+
+use std::sync::Arc;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use qiaomen_protocol::{ids::HouseholdId, wire::WholePass};
+use tokio_postgres::{NoTls, Row, types::ToSql};
+
+use super::{
+    DocHead, LogSlice, LoggedChange, MAX_REFUSED_PER_DEVICE, Quarantined, RefusedRow, Result,
+    Storage, StorageError, StoredDoc, Timeline, WholeFrom, WholePage, WriteBatch, Written,
+    expected_heads, household_of, now_ms, sql_seq, written_ids,
+};
+
+/// The log lock's key (`pg_advisory_xact_lock`): "qiaomen" in ASCII.
+const LOG_LOCK: i64 = 0x71_69_61_6f_6d_65_6e;
+/// The migrations' lock (`pg_advisory_lock`): servers starting together migrate one by one.
+const MIGRATE_LOCK: i64 = LOG_LOCK + 1;
+
+/// Schema migrations, in order; `qiaomen_schema.version` counts those applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE changes (
+    seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    doc         BYTEA NOT NULL,
+    hash        BYTEA NOT NULL UNIQUE,
+    bytes       BYTEA NOT NULL,
+    device      BYTEA,
+    "user"      BYTEA,
+    received_ms BIGINT NOT NULL,
+    grid        TEXT NOT NULL DEFAULT '',
+    clock_ok    BOOLEAN
+);
+CREATE INDEX changes_doc ON changes (doc, seq);
+CREATE INDEX changes_grid ON changes (grid, seq);
+CREATE TABLE docs (
+    id           BYTEA PRIMARY KEY,
+    grid         TEXT NOT NULL DEFAULT '',
+    snapshot     BYTEA,
+    snapshot_seq BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX docs_grid ON docs (grid, id);
+CREATE TABLE doc_moves (
+    doc       BYTEA NOT NULL,
+    from_grid TEXT NOT NULL,
+    to_grid   TEXT NOT NULL,
+    seq       BIGINT NOT NULL
+);
+CREATE INDEX doc_moves_to ON doc_moves (to_grid, seq);
+CREATE INDEX doc_moves_doc ON doc_moves (doc, seq);
+CREATE TABLE quarantine (
+    doc    BYTEA PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at_ms  BIGINT NOT NULL
+);
+CREATE TABLE refused (
+    id     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    doc    BYTEA NOT NULL,
+    hash   BYTEA NOT NULL UNIQUE,
+    grid   TEXT NOT NULL,
+    device BYTEA,
+    "user" BYTEA,
+    code   TEXT NOT NULL,
+    at_ms  BIGINT NOT NULL,
+    bytes  BYTEA NOT NULL
+);
+CREATE INDEX refused_grid ON refused (grid, id);
+CREATE INDEX refused_device ON refused (device, id);
+-- What of the read model the log's first-sync passes read (SYNC-v1 §7.3.2): a household's
+-- key-group tags ([group, since, until]) and its demands' states, written by the read model.
+CREATE TABLE idx_households (
+    doc  BYTEA PRIMARY KEY,
+    tags JSONB NOT NULL DEFAULT '[]'
+);
+CREATE TABLE idx_orders (
+    doc    BYTEA NOT NULL,
+    demand TEXT NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (doc, demand)
+);
+"#];
+
+/// The households most needed on day `$4` (as [`super::sqlite`]'s, in PostgreSQL's dialect).
+const NEEDED: &str = "(EXISTS (SELECT 1 FROM jsonb_array_elements(h.tags) t
+                       WHERE t->>1 <= $4 AND coalesce(t->>2, $4) >= $4)
+       OR EXISTS (SELECT 1 FROM idx_orders o WHERE o.doc = d.id AND o.status <> 'closed'))";
+
+/// A runtime of the handle's own; shut down without waiting, so the last handle may be
+/// dropped anywhere (an async task included).
+#[derive(Debug)]
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The PostgreSQL backend. Cloning shares the pool: every writer thread and reader of a
+/// server holds a clone.
+#[derive(Clone)]
+pub struct PgStorage {
+    pool: Pool,
+    rt: Arc<OwnedRuntime>,
+}
+
+impl std::fmt::Debug for PgStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStorage")
+            .field("pool", &self.pool.status().size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StorageError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => StorageError::Postgres(e),
+        other => StorageError::Pool(other.to_string()),
+    }
+}
+
+impl PgStorage {
+    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of up to `connections`
+    /// and applies the migrations this server knows; a database migrated by a newer server is
+    /// refused ([`StorageError::TooNew`]).
+    pub fn connect(url: &str, connections: usize) -> Result<Self> {
+        let config: tokio_postgres::Config = url.parse()?;
+        Self::with_config(config, connections)
+    }
+
+    /// As [`PgStorage::connect`], every connection in `schema` (the tests' isolation).
+    #[cfg(test)]
+    pub(crate) fn connect_in(url: &str, schema: &str) -> Result<Self> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        config.options(format!("-c search_path={schema}"));
+        Self::with_config(config, 4)
+    }
+
+    fn with_config(config: tokio_postgres::Config, connections: usize) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("qiaomen-postgres")
+            .enable_all()
+            .build()?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            let _entered = rt.enter();
+            Pool::builder(manager)
+                .max_size(connections.max(1))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| StorageError::Pool(e.to_string()))?
+        };
+        let storage = Self {
+            pool,
+            rt: Arc::new(OwnedRuntime(Some(rt))),
+        };
+        storage.migrate()?;
+        Ok(storage)
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.0.as_ref().expect("runtime lives").block_on(f)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        self.block_on(async {
+            let mut client = self.pool.get().await.map_err(pool_err)?;
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+                .await?;
+            let result = async {
+                client
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS qiaomen_schema (version INTEGER NOT NULL);
+                         INSERT INTO qiaomen_schema SELECT 0
+                          WHERE NOT EXISTS (SELECT 1 FROM qiaomen_schema);",
+                    )
+                    .await?;
+                let version: i32 = client
+                    .query_one("SELECT version FROM qiaomen_schema", &[])
+                    .await?
+                    .get(0);
+                if version as usize > MIGRATIONS.len() {
+                    return Err(StorageError::TooNew {
+                        found: i64::from(version),
+                        max: MIGRATIONS.len() as i64,
+                    });
+                }
+                for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                    let tx = client.transaction().await?;
+                    tx.batch_execute(sql).await?;
+                    tx.execute("UPDATE qiaomen_schema SET version = $1", &[&(i as i32 + 1)])
+                        .await?;
+                    tx.commit().await?;
+                }
+                Ok(())
+            }
+            .await;
+            client
+                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+                .await?;
+            result
+        })
+    }
+
+    /// Runs `f` on a pooled connection.
+    fn with<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T>,
+    ) -> Result<T> {
+        self.block_on(async {
+            let mut client = self.pool.get().await.map_err(pool_err)?;
+            f(&mut client).await
+        })
+    }
+
+    /// One row of `sql`, if any.
+    fn opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+        self.with(async |c| {
+            let stmt = c.prepare_cached(sql).await?;
+            Ok(c.query_opt(&stmt, params).await?)
+        })
+    }
+
+    /// Every row of `sql`.
+    fn all(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        self.with(async |c| {
+            let stmt = c.prepare_cached(sql).await?;
+            Ok(c.query(&stmt, params).await?)
+        })
+    }
+}
+
+/// The household's snapshot and the changes logged after it.
+async fn load_doc_in(c: &impl GenericClient, id: HouseholdId) -> Result<Option<Vec<u8>>> {
+    let key = id.as_bytes().as_slice();
+    let Some(row) = c
+        .query_opt(
+            "SELECT snapshot, snapshot_seq FROM docs WHERE id = $1",
+            &[&key],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut bytes: Vec<u8> = row.get::<_, Option<Vec<u8>>>(0).unwrap_or_default();
+    let after: i64 = row.get(1);
+    for r in c
+        .query(
+            "SELECT bytes FROM changes WHERE doc = $1 AND seq > $2 ORDER BY seq",
+            &[&key, &after],
+        )
+        .await?
+    {
+        bytes.extend_from_slice(r.get::<_, &[u8]>(0));
+    }
+    Ok(Some(bytes))
+}
+
+async fn head_of(c: &impl GenericClient, id: HouseholdId) -> Result<DocHead> {
+    let row = c
+        .query_one(
+            "SELECT coalesce(max(c.seq), 0), count(c.seq) FILTER (WHERE c.seq > d.snapshot_seq)
+               FROM docs d LEFT JOIN changes c ON c.doc = d.id WHERE d.id = $1
+              GROUP BY d.id
+             UNION ALL SELECT 0, 0 LIMIT 1",
+            &[&id.as_bytes().as_slice()],
+        )
+        .await?;
+    Ok(DocHead {
+        seq: row.get::<_, i64>(0) as u64,
+        since_snapshot: row.get::<_, i64>(1) as u64,
+    })
+}
+
+async fn doc_log_in(
+    c: &impl GenericClient,
+    id: HouseholdId,
+    until: u64,
+) -> Result<Vec<LoggedChange>> {
+    Ok(c.query(
+        "SELECT seq, bytes, hash FROM changes WHERE doc = $1 AND seq <= $2 ORDER BY seq",
+        &[&id.as_bytes().as_slice(), &sql_seq(until)],
+    )
+    .await?
+    .into_iter()
+    .map(|r| LoggedChange {
+        seq: r.get::<_, i64>(0) as u64,
+        doc: id,
+        bytes: r.get(1),
+        hash: r.get(2),
+    })
+    .collect())
+}
+
+impl Storage for PgStorage {
+    fn load_doc(&self, id: HouseholdId) -> Result<Option<Vec<u8>>> {
+        self.with(async |c| {
+            let tx = c.build_transaction().read_only(true).start().await?;
+            let bytes = load_doc_in(&tx, id).await?;
+            tx.commit().await?;
+            Ok(bytes)
+        })
+    }
+
+    fn has_change(&self, hash: &[u8; 32]) -> Result<bool> {
+        Ok(self
+            .opt("SELECT 1 FROM changes WHERE hash = $1", &[&hash.as_slice()])?
+            .is_some())
+    }
+
+    fn hashes_with_prefix(&self, doc: HouseholdId, prefix: &[u8]) -> Result<Vec<[u8; 32]>> {
+        let prefix = &prefix[..prefix.len().min(32)];
+        let mut low = prefix.to_vec();
+        low.resize(32, 0x00);
+        let mut high = prefix.to_vec();
+        high.resize(32, 0xff);
+        Ok(self
+            .all(
+                "SELECT hash FROM changes WHERE hash >= $1 AND hash <= $2 AND doc = $3 LIMIT 16",
+                &[&low, &high, &doc.as_bytes().as_slice()],
+            )?
+            .iter()
+            .filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok())
+            .collect())
+    }
+
+    fn load_for_write(&self, id: HouseholdId) -> Result<Option<StoredDoc>> {
+        self.with(async |c| {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let Some(bytes) = load_doc_in(&tx, id).await? else {
+                return Ok(None);
+            };
+            let head = head_of(&tx, id).await?;
+            tx.commit().await?;
+            Ok(Some(StoredDoc { bytes, head }))
+        })
+    }
+
+    fn write(&self, batch: &WriteBatch) -> Result<Written> {
+        self.with(async |c| {
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK])
+                .await?;
+            let mut moved = Vec::new();
+            for (id, head) in expected_heads(batch) {
+                let now: i64 = tx
+                    .query_one(
+                        "SELECT coalesce(max(seq), 0) FROM changes WHERE doc = $1",
+                        &[&id.as_bytes().as_slice()],
+                    )
+                    .await?
+                    .get(0);
+                if now as u64 != head {
+                    moved.push(id);
+                }
+            }
+            if !moved.is_empty() {
+                tx.rollback().await?;
+                return Ok(Written::Moved(moved));
+            }
+            if !batch.refused.is_empty() {
+                let insert = tx
+                    .prepare_cached(
+                        "INSERT INTO refused (doc, hash, grid, device, \"user\", code, at_ms, bytes)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING",
+                    )
+                    .await?;
+                for r in &batch.refused {
+                    tx.execute(
+                        &insert,
+                        &[
+                            &r.doc.as_bytes().as_slice(),
+                            &r.hash.as_slice(),
+                            &r.grid,
+                            &r.device.as_ref().map(|d| d.as_slice()),
+                            &r.user.as_ref().map(|u| u.as_slice()),
+                            &r.code,
+                            &r.at_ms,
+                            &r.bytes,
+                        ],
+                    )
+                    .await?;
+                }
+                let devices: std::collections::BTreeSet<_> =
+                    batch.refused.iter().filter_map(|r| r.device).collect();
+                for d in devices {
+                    tx.execute(
+                        "DELETE FROM refused WHERE device = $1 AND id <= (
+                            SELECT id FROM refused WHERE device = $1
+                             ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                        &[&d.as_slice(), &MAX_REFUSED_PER_DEVICE],
+                    )
+                    .await?;
+                }
+            }
+            let now = now_ms();
+            let upsert = tx
+                .prepare_cached(
+                    "INSERT INTO docs (id, grid) VALUES ($1, $2)
+                     ON CONFLICT (id) DO UPDATE SET grid = excluded.grid
+                      WHERE docs.grid <> excluded.grid",
+                )
+                .await?;
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO changes (doc, hash, bytes, device, \"user\", received_ms, grid, clock_ok)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING",
+                )
+                .await?;
+            for w in &batch.households {
+                let key = w.id.as_bytes().as_slice();
+                tx.execute(&upsert, &[&key, &w.log_grid]).await?;
+                for r in &w.rows {
+                    tx.execute(
+                        &insert,
+                        &[
+                            &key,
+                            &r.hash.as_slice(),
+                            &r.bytes,
+                            &r.device.as_ref().map(|d| d.as_slice()),
+                            &r.user.as_ref().map(|u| u.as_slice()),
+                            &now,
+                            &w.log_grid,
+                            &r.clock_ok,
+                        ],
+                    )
+                    .await?;
+                }
+                if let Some(from) = &w.moved_from {
+                    tx.execute(
+                        "INSERT INTO doc_moves (doc, from_grid, to_grid, seq)
+                         SELECT $1, $2, $3, max(seq) FROM changes WHERE doc = $1",
+                        &[&key, from, &w.grid],
+                    )
+                    .await?;
+                }
+                if w.grid != w.log_grid {
+                    tx.execute("UPDATE docs SET grid = $2 WHERE id = $1", &[&key, &w.grid])
+                        .await?;
+                }
+                if let Some(snapshot) = &w.snapshot {
+                    tx.execute(
+                        "UPDATE docs SET snapshot = $2,
+                                snapshot_seq = (SELECT coalesce(max(seq), 0) FROM changes WHERE doc = $1)
+                          WHERE id = $1",
+                        &[&key, snapshot],
+                    )
+                    .await?;
+                }
+            }
+            let mut heads = Vec::new();
+            for id in written_ids(batch) {
+                heads.push((id, head_of(&tx, id).await?));
+            }
+            tx.commit().await?;
+            Ok(Written::Committed(heads))
+        })
+    }
+
+    fn log_since(&self, cursor: u64, budget: usize, grids: &[String]) -> Result<LogSlice> {
+        self.with(async |c| {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let max: i64 = tx
+                .query_one("SELECT coalesce(max(seq), 0) FROM changes", &[])
+                .await?
+                .get(0);
+            let mut slice = LogSlice {
+                cursor: cursor.max(max as u64),
+                ..Default::default()
+            };
+            if max as u64 <= cursor {
+                slice.cursor = cursor;
+                return Ok(slice);
+            }
+            let sql = if grids.is_empty() {
+                "SELECT seq, doc, bytes, hash FROM changes
+                  WHERE seq > $1 AND seq <= $2 AND cardinality($3::text[]) = 0 ORDER BY seq"
+            } else {
+                "SELECT seq, doc, bytes, hash FROM changes
+                  WHERE grid = ANY($3) AND seq > $1 AND seq <= $2 ORDER BY seq"
+            };
+            let stmt = tx.prepare_cached(sql).await?;
+            // A portal read in batches: the slice stops at its budget without the rows after.
+            let cursor_i = sql_seq(cursor);
+            let portal = tx.bind(&stmt, &[&cursor_i, &max, &grids]).await?;
+            let mut used = 0usize;
+            'rows: loop {
+                let rows = tx.query_portal(&portal, 256).await?;
+                if rows.is_empty() {
+                    break;
+                }
+                for r in rows {
+                    let bytes: Vec<u8> = r.get(2);
+                    if used > 0 && used + bytes.len() > budget {
+                        slice.more = true;
+                        slice.cursor = slice.changes.last().map_or(cursor, |c| c.seq);
+                        break 'rows;
+                    }
+                    used += bytes.len();
+                    let Some(doc) = household_of(r.get::<_, &[u8]>(1)) else {
+                        continue;
+                    };
+                    slice.changes.push(LoggedChange {
+                        seq: r.get::<_, i64>(0) as u64,
+                        doc,
+                        hash: r.get(3),
+                        bytes,
+                    });
+                }
+            }
+            tx.commit().await?;
+            Ok(slice)
+        })
+    }
+
+    fn max_seq(&self) -> Result<u64> {
+        Ok(self
+            .opt("SELECT coalesce(max(seq), 0) FROM changes", &[])?
+            .map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn hash_at(&self, at: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .opt("SELECT hash FROM changes WHERE seq = $1", &[&sql_seq(at)])?
+            .map(|r| r.get(0)))
+    }
+
+    fn doc_count(&self) -> Result<u64> {
+        Ok(self
+            .opt("SELECT count(*) FROM docs", &[])?
+            .map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn doc_grid(&self, id: HouseholdId) -> Result<Option<String>> {
+        Ok(self
+            .opt(
+                "SELECT grid FROM docs WHERE id = $1",
+                &[&id.as_bytes().as_slice()],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn doc_timeline(&self, id: HouseholdId) -> Result<Option<Timeline>> {
+        let key = id.as_bytes().as_slice();
+        let Some(first) = self.opt(
+            "SELECT bytes, received_ms FROM changes WHERE doc = $1 ORDER BY seq LIMIT 1",
+            &[&key],
+        )?
+        else {
+            return Ok(None);
+        };
+        let arrived_ms: i64 = first.get(1);
+        let created_ms = automerge::Change::try_from(first.get::<_, &[u8]>(0))
+            .map_or(arrived_ms, |c| c.timestamp());
+        let moves = self
+            .all(
+                "SELECT m.from_grid, m.to_grid, c.received_ms FROM doc_moves m
+                   JOIN changes c ON c.seq = m.seq
+                  WHERE m.doc = $1 ORDER BY m.seq",
+                &[&key],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        Ok(Some(Timeline {
+            created_ms,
+            arrived_ms,
+            moves,
+        }))
+    }
+
+    fn doc_grids(&self, id: HouseholdId) -> Result<Vec<String>> {
+        Ok(self
+            .all(
+                "SELECT grid FROM docs WHERE id = $1
+                 UNION SELECT from_grid FROM doc_moves WHERE doc = $1
+                 UNION SELECT to_grid FROM doc_moves WHERE doc = $1",
+                &[&id.as_bytes().as_slice()],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn moved_into(&self, cursor: u64, until: u64, grids: &[String]) -> Result<Vec<HouseholdId>> {
+        Ok(self
+            .all(
+                "SELECT DISTINCT doc FROM doc_moves
+                  WHERE seq > $1 AND seq <= $2 AND to_grid = ANY($3)",
+                &[&sql_seq(cursor), &sql_seq(until), &grids],
+            )?
+            .iter()
+            .filter_map(|r| household_of(r.get::<_, &[u8]>(0)))
+            .collect())
+    }
+
+    fn grid_counts(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .all("SELECT grid, count(*) FROM docs GROUP BY grid", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    fn grid_docs(&self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>> {
+        self.with(async |c| {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let ids: Vec<HouseholdId> = tx
+                .query("SELECT id FROM docs WHERE grid = $1", &[&grid])
+                .await?
+                .iter()
+                .filter_map(|r| household_of(r.get::<_, &[u8]>(0)))
+                .collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(bytes) = load_doc_in(&tx, id).await? {
+                    out.push((id, bytes));
+                }
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    fn doc_log(&self, id: HouseholdId, until: u64) -> Result<Vec<LoggedChange>> {
+        self.with(async |c| doc_log_in(&*c, id, until).await)
+    }
+
+    fn whole_page(
+        &self,
+        grids: &[String],
+        from: WholeFrom,
+        until: u64,
+        budget: usize,
+    ) -> Result<WholePage> {
+        const BATCH: i64 = 64;
+        let day = from.day.map(|d| d.to_string()).unwrap_or_default();
+        self.with(async |c| {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let mut page = WholePage::default();
+            let mut used = 0usize;
+            let mut pass = from.pass;
+            let mut last: Vec<u8> = from
+                .after
+                .map(|a| a.as_bytes().to_vec())
+                .unwrap_or_default();
+            let until_i = sql_seq(until);
+            'pages: loop {
+                let rows = match pass {
+                    WholePass::All => {
+                        tx.query(
+                            "SELECT id FROM docs WHERE grid = ANY($1) AND id > $2
+                              ORDER BY id LIMIT $3",
+                            &[&grids, &last, &BATCH],
+                        )
+                        .await?
+                    }
+                    WholePass::Needed => {
+                        tx.query(
+                            &format!(
+                                "SELECT d.id FROM docs d JOIN idx_households h ON h.doc = d.id
+                                  WHERE d.grid = ANY($1) AND d.id > $2 AND {NEEDED}
+                                  ORDER BY d.id LIMIT $3"
+                            ),
+                            &[&grids, &last, &BATCH, &day],
+                        )
+                        .await?
+                    }
+                    WholePass::Rest => {
+                        tx.query(
+                            &format!(
+                                "SELECT d.id FROM docs d LEFT JOIN idx_households h ON h.doc = d.id
+                                  WHERE d.grid = ANY($1) AND d.id > $2
+                                    AND NOT (h.doc IS NOT NULL AND {NEEDED}
+                                             AND (SELECT max(seq) FROM changes c WHERE c.doc = d.id) <= $5)
+                                  ORDER BY d.id LIMIT $3"
+                            ),
+                            &[&grids, &last, &BATCH, &day, &until_i],
+                        )
+                        .await?
+                    }
+                };
+                if rows.is_empty() {
+                    if pass == WholePass::Needed {
+                        // The most needed are all sent: the rest, from the first.
+                        pass = WholePass::Rest;
+                        last = Vec::new();
+                        page.last =
+                            Some((pass, HouseholdId(qiaomen_protocol::ids::Uuid::nil())));
+                        continue;
+                    }
+                    page.done = true;
+                    break;
+                }
+                for r in rows {
+                    if used >= budget && !page.docs.is_empty() {
+                        break 'pages;
+                    }
+                    let id: Vec<u8> = r.get(0);
+                    let Some(doc) = household_of(&id) else {
+                        continue;
+                    };
+                    last = id;
+                    page.last = Some((pass, doc));
+                    let changes = doc_log_in(&tx, doc, until).await?;
+                    if changes.is_empty() {
+                        continue;
+                    }
+                    used += changes.iter().map(|c| c.bytes.len()).sum::<usize>();
+                    page.docs.push((doc, changes));
+                }
+            }
+            tx.commit().await?;
+            Ok(page)
+        })
+    }
+
+    fn quarantine(&self, id: HouseholdId, reason: &str) -> Result<()> {
+        self.with(async |c| {
+            c.execute(
+                "INSERT INTO quarantine (doc, reason, at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (doc) DO NOTHING",
+                &[&id.as_bytes().as_slice(), &reason, &now_ms()],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn is_quarantined(&self, id: HouseholdId) -> Result<bool> {
+        Ok(self
+            .opt(
+                "SELECT 1 FROM quarantine WHERE doc = $1",
+                &[&id.as_bytes().as_slice()],
+            )?
+            .is_some())
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>> {
+        Ok(self
+            .all(
+                "SELECT doc, reason, at_ms FROM quarantine ORDER BY at_ms, doc",
+                &[],
+            )?
+            .iter()
+            .filter_map(|r| {
+                Some(Quarantined {
+                    doc: household_of(r.get::<_, &[u8]>(0))?,
+                    reason: r.get(1),
+                    at_ms: r.get(2),
+                })
+            })
+            .collect())
+    }
+
+    fn release(&self, id: HouseholdId) -> Result<bool> {
+        self.with(async |c| {
+            Ok(c.execute(
+                "DELETE FROM quarantine WHERE doc = $1",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await?
+                > 0)
+        })
+    }
+
+    fn refused(&self, grids: Option<&[String]>, limit: usize) -> Result<Vec<RefusedRow>> {
+        let all = grids.is_none();
+        let grids = grids.unwrap_or_default();
+        Ok(self
+            .all(
+                "SELECT doc, hash, grid, device, \"user\", code, at_ms, bytes FROM refused
+                  WHERE $1 OR grid = ANY($2) ORDER BY id DESC LIMIT $3",
+                &[&all, &grids, &(limit.min(i64::MAX as usize) as i64)],
+            )?
+            .iter()
+            .filter_map(|r| {
+                Some(RefusedRow {
+                    doc: household_of(r.get::<_, &[u8]>(0))?,
+                    hash: r.get::<_, &[u8]>(1).try_into().ok()?,
+                    grid: r.get(2),
+                    device: r.get::<_, Option<&[u8]>>(3).and_then(|d| d.try_into().ok()),
+                    user: r.get::<_, Option<&[u8]>>(4).and_then(|u| u.try_into().ok()),
+                    code: r.get(5),
+                    at_ms: r.get(6),
+                    bytes: r.get(7),
+                })
+            })
+            .collect())
+    }
+}
