@@ -162,6 +162,7 @@ pub async fn start(
         edge: edge.clone(),
         demand_ids,
         metrics,
+        imports: Default::default(),
     });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(http::edge::serve(listener, app, edge, async move {

@@ -400,3 +400,45 @@ fn the_import_page_previews_then_imports_and_refuses_a_cross_site_post() {
     );
     assert_eq!(order_refs(&server, &centre), ["P-1"]);
 }
+
+/// Imports of one file at the same time, and again at once (before the read model has read
+/// the first), create each order once: the import's idempotency does not rest on timing.
+#[test]
+fn imports_of_one_file_at_the_same_time_create_each_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
+    for door in ["1", "2", "3"] {
+        household(&mut worker, "g1", door);
+    }
+    worker.sync().unwrap();
+    let import = format!("{}/api/v1/orders/import", server.url);
+    let body = serde_json::to_vec(&serde_json::json!([
+        {"ref": "R-1", "grid": "g1", "door_number": "1", "category": "住房", "text": "屋顶漏雨"},
+        {"ref": "R-2", "grid": "g1", "door_number": "2", "category": "养老", "text": "老人需要助餐"},
+        {"ref": "R-3", "grid": "g1", "door_number": "3", "category": "医疗", "text": "需要上门体检"},
+    ]))
+    .unwrap();
+    let created: Vec<u64> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (status, report) = post(&import, &centre, "application/json", body.clone());
+                    assert_eq!(status, 200, "{report}");
+                    report["created"].as_array().unwrap().len() as u64
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(
+        created.iter().sum::<u64>(),
+        3,
+        "each row created once: {created:?}"
+    );
+    let (status, again) = post(&import, &centre, "application/json", body);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(statuses(&again), ["already_imported"; 3]);
+    assert_eq!(order_refs(&server, &centre), ["R-1", "R-2", "R-3"]);
+}

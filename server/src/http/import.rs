@@ -5,7 +5,8 @@
 //!
 //! 1. a row with bad cells is an error, with its column, code and reason;
 //! 2. a hotline number imported before is `already_imported` (skipped: imports are idempotent
-//!    by it);
+//!    by it; imports write one at a time, each after the read model has read what the log
+//!    holds, so two at once cannot both create an order);
 //! 3. grid + door number must name exactly one household of a grid the caller reads, else
 //!    `no_household` (the same answer whether it is missing or out of scope);
 //! 4. the demand is added as a server-built change of the caller's web device
@@ -133,6 +134,14 @@ pub(crate) async fn import(
 ) -> Result<ImportReport, ApiError> {
     let user = caller.user();
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;
+    // One import writes at a time, and looks at the read model once it has read everything
+    // acknowledged before: an order another import (or this file a moment ago) created is
+    // seen, however soon after and however many imports run at once.
+    let _one_at_a_time = if dry_run {
+        None
+    } else {
+        Some(state.imports.lock().await)
+    };
     // One look at the read model for every good row: imported before, and its household.
     let keys: Vec<(String, String, String)> = rows
         .iter()
@@ -140,7 +149,7 @@ pub(crate) async fn import(
         .map(|o| (o.reference.clone(), o.grid.clone(), o.door_number.clone()))
         .collect();
     let found: Vec<(bool, Option<HouseholdId>)> = state
-        .index(move |ix| {
+        .index_caught_up(move |ix| {
             keys.iter()
                 .map(|(r, g, d)| Ok((ix.has_external_ref(r)?, ix.household_by_door(g, d)?)))
                 .collect()

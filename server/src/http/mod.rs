@@ -63,6 +63,8 @@ pub struct AppState {
     pub demand_ids: Arc<crate::orders::DemandIds>,
     /// What `/metrics` exports ([`crate::metrics`]).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Held by a hotline import while it writes ([`import::import`]): imports one at a time.
+    pub imports: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// JSON numbers that must be whole: `15` and `15.0` are the same integer to JSON Schema (and
@@ -112,6 +114,28 @@ impl AppState {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             ix.refresh_batch(crate::index::READ_ROWS)?;
+            f(&ix)
+        })
+        .await
+        .map_err(|_| ApiError::internal("index task failed"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "read model failed");
+            ApiError::Unavailable
+        })
+    }
+
+    /// As [`AppState::index`], once the read model has read the whole log as it stands: what
+    /// was acknowledged before the call is counted.
+    pub async fn index_caught_up<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut ix = index
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            ix.refresh()?;
             f(&ix)
         })
         .await

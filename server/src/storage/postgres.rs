@@ -22,9 +22,9 @@ use qiaomen_protocol::{ids::HouseholdId, wire::WholePass};
 use tokio_postgres::{NoTls, Row, types::ToSql};
 
 use super::{
-    DocHead, LogSlice, LoggedChange, MAX_REFUSED_PER_DEVICE, Quarantined, RefusedRow, Result,
-    Storage, StorageError, StoredDoc, Timeline, WholeFrom, WholePage, WriteBatch, Written,
-    expected_heads, household_of, now_ms, sql_seq, written_ids,
+    DocHead, HouseholdWrite, LogSlice, LoggedChange, MAX_REFUSED_PER_DEVICE, NewChange,
+    Quarantined, RefusedRow, Result, Storage, StorageError, StoredDoc, Timeline, WholeFrom,
+    WholePage, WriteBatch, Written, expected_heads, household_of, now_ms, sql_seq, written_ids,
 };
 
 /// The log lock's key (`pg_advisory_xact_lock`): "qiaomen" in ASCII.
@@ -316,6 +316,93 @@ async fn doc_log_in(
     .collect())
 }
 
+/// Rows of the log per statement: 8 parameters each, under PostgreSQL's 65,535.
+const INSERT_ROWS: usize = 1_000;
+
+/// Appends `rows` to the log in their order.
+async fn insert_changes(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[(&HouseholdWrite, &NewChange)],
+    now: i64,
+) -> Result<()> {
+    for part in rows.chunks(INSERT_ROWS) {
+        let mut sql = String::from(
+            "INSERT INTO changes (doc, hash, bytes, device, \"user\", received_ms, grid, clock_ok) VALUES ",
+        );
+        let mut params: Vec<Box<dyn ToSql + Sync + Send + '_>> = Vec::with_capacity(part.len() * 8);
+        for (i, (w, r)) in part.iter().enumerate() {
+            let n = i * 8;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7,
+                n + 8
+            ));
+            params.push(Box::new(w.id.as_bytes().as_slice()));
+            params.push(Box::new(r.hash.as_slice()));
+            params.push(Box::new(r.bytes.as_slice()));
+            params.push(Box::new(r.device.as_ref().map(|d| d.as_slice())));
+            params.push(Box::new(r.user.as_ref().map(|u| u.as_slice())));
+            params.push(Box::new(now));
+            params.push(Box::new(w.log_grid.as_str()));
+            params.push(Box::new(r.clock_ok));
+        }
+        sql.push_str(" ON CONFLICT (hash) DO NOTHING");
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        tx.execute(&sql, &refs).await?;
+    }
+    Ok(())
+}
+
+/// Keeps refused changes: a change refused again is kept once; a device keeps its latest
+/// [`MAX_REFUSED_PER_DEVICE`].
+async fn keep_refused(
+    tx: &deadpool_postgres::Transaction<'_>,
+    refused: &[RefusedRow],
+) -> Result<()> {
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO refused (doc, hash, grid, device, \"user\", code, at_ms, bytes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING",
+        )
+        .await?;
+    for r in refused {
+        tx.execute(
+            &insert,
+            &[
+                &r.doc.as_bytes().as_slice(),
+                &r.hash.as_slice(),
+                &r.grid,
+                &r.device.as_ref().map(|d| d.as_slice()),
+                &r.user.as_ref().map(|u| u.as_slice()),
+                &r.code,
+                &r.at_ms,
+                &r.bytes,
+            ],
+        )
+        .await?;
+    }
+    let devices: std::collections::BTreeSet<_> = refused.iter().filter_map(|r| r.device).collect();
+    for d in devices {
+        tx.execute(
+            "DELETE FROM refused WHERE device = $1 AND id <= (
+                SELECT id FROM refused WHERE device = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            &[&d.as_slice(), &MAX_REFUSED_PER_DEVICE],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 impl Storage for PgStorage {
     fn load_doc(&self, id: HouseholdId) -> Result<Option<Vec<u8>>> {
         self.with(async |c| {
@@ -366,123 +453,114 @@ impl Storage for PgStorage {
     }
 
     fn write(&self, batch: &WriteBatch) -> Result<Written> {
+        // A handful of statements whatever the group's size: each is a round trip held under
+        // the log lock.
         self.with(async |c| {
             let tx = c.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK])
                 .await?;
-            let mut moved = Vec::new();
-            for (id, head) in expected_heads(batch) {
-                let now: i64 = tx
-                    .query_one(
-                        "SELECT coalesce(max(seq), 0) FROM changes WHERE doc = $1",
-                        &[&id.as_bytes().as_slice()],
-                    )
-                    .await?
-                    .get(0);
-                if now as u64 != head {
-                    moved.push(id);
-                }
-            }
+            let expected = expected_heads(batch);
+            let keys: Vec<&[u8]> = expected.iter().map(|(id, _)| id.as_bytes().as_slice()).collect();
+            let now_heads: std::collections::HashMap<Vec<u8>, i64> = tx
+                .query(
+                    "SELECT d, coalesce((SELECT max(seq) FROM changes WHERE doc = d), 0)
+                       FROM unnest($1::bytea[]) d",
+                    &[&keys],
+                )
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let moved: Vec<HouseholdId> = expected
+                .iter()
+                .filter(|(id, head)| {
+                    now_heads.get(id.as_bytes().as_slice()).copied().unwrap_or(0) as u64 != *head
+                })
+                .map(|(id, _)| *id)
+                .collect();
             if !moved.is_empty() {
                 tx.rollback().await?;
                 return Ok(Written::Moved(moved));
             }
             if !batch.refused.is_empty() {
-                let insert = tx
-                    .prepare_cached(
-                        "INSERT INTO refused (doc, hash, grid, device, \"user\", code, at_ms, bytes)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING",
-                    )
-                    .await?;
-                for r in &batch.refused {
-                    tx.execute(
-                        &insert,
-                        &[
-                            &r.doc.as_bytes().as_slice(),
-                            &r.hash.as_slice(),
-                            &r.grid,
-                            &r.device.as_ref().map(|d| d.as_slice()),
-                            &r.user.as_ref().map(|u| u.as_slice()),
-                            &r.code,
-                            &r.at_ms,
-                            &r.bytes,
-                        ],
-                    )
-                    .await?;
-                }
-                let devices: std::collections::BTreeSet<_> =
-                    batch.refused.iter().filter_map(|r| r.device).collect();
-                for d in devices {
-                    tx.execute(
-                        "DELETE FROM refused WHERE device = $1 AND id <= (
-                            SELECT id FROM refused WHERE device = $1
-                             ORDER BY id DESC LIMIT 1 OFFSET $2)",
-                        &[&d.as_slice(), &MAX_REFUSED_PER_DEVICE],
-                    )
-                    .await?;
-                }
+                keep_refused(&tx, &batch.refused).await?;
             }
+            // Each household's row once, with its grid after the batch: the batch's moves are
+            // recorded from the log rows below, not from this column.
+            let ids = written_ids(batch);
+            let last_grid: std::collections::HashMap<HouseholdId, &str> = batch
+                .households
+                .iter()
+                .map(|w| (w.id, w.grid.as_str()))
+                .collect();
+            let (doc_keys, doc_grids): (Vec<&[u8]>, Vec<&str>) = ids
+                .iter()
+                .map(|id| (id.as_bytes().as_slice(), last_grid[id]))
+                .unzip();
+            tx.execute(
+                "INSERT INTO docs (id, grid) SELECT * FROM unnest($1::bytea[], $2::text[])
+                 ON CONFLICT (id) DO UPDATE SET grid = excluded.grid
+                  WHERE docs.grid <> excluded.grid",
+                &[&doc_keys, &doc_grids],
+            )
+            .await?;
             let now = now_ms();
-            let upsert = tx
-                .prepare_cached(
-                    "INSERT INTO docs (id, grid) VALUES ($1, $2)
-                     ON CONFLICT (id) DO UPDATE SET grid = excluded.grid
-                      WHERE docs.grid <> excluded.grid",
-                )
-                .await?;
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO changes (doc, hash, bytes, device, \"user\", received_ms, grid, clock_ok)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hash) DO NOTHING",
-                )
-                .await?;
-            for w in &batch.households {
-                let key = w.id.as_bytes().as_slice();
-                tx.execute(&upsert, &[&key, &w.log_grid]).await?;
-                for r in &w.rows {
-                    tx.execute(
-                        &insert,
-                        &[
-                            &key,
-                            &r.hash.as_slice(),
-                            &r.bytes,
-                            &r.device.as_ref().map(|d| d.as_slice()),
-                            &r.user.as_ref().map(|u| u.as_slice()),
-                            &now,
-                            &w.log_grid,
-                            &r.clock_ok,
-                        ],
-                    )
-                    .await?;
+            // The rows in the batch's order, which is the log's: a multi-row VALUES list is
+            // inserted (and numbered) in its order. A move is recorded after its own rows.
+            let mut rows: Vec<(&HouseholdWrite, &NewChange)> = Vec::new();
+            for (i, w) in batch.households.iter().enumerate() {
+                rows.extend(w.rows.iter().map(|r| (w, r)));
+                let last = i + 1 == batch.households.len();
+                if w.moved_from.is_some() || w.snapshot.is_some() || last {
+                    insert_changes(&tx, &rows, now).await?;
+                    rows.clear();
                 }
                 if let Some(from) = &w.moved_from {
                     tx.execute(
                         "INSERT INTO doc_moves (doc, from_grid, to_grid, seq)
                          SELECT $1, $2, $3, max(seq) FROM changes WHERE doc = $1",
-                        &[&key, from, &w.grid],
+                        &[&w.id.as_bytes().as_slice(), from, &w.grid],
                     )
                     .await?;
-                }
-                if w.grid != w.log_grid {
-                    tx.execute("UPDATE docs SET grid = $2 WHERE id = $1", &[&key, &w.grid])
-                        .await?;
                 }
                 if let Some(snapshot) = &w.snapshot {
                     tx.execute(
                         "UPDATE docs SET snapshot = $2,
                                 snapshot_seq = (SELECT coalesce(max(seq), 0) FROM changes WHERE doc = $1)
                           WHERE id = $1",
-                        &[&key, snapshot],
+                        &[&w.id.as_bytes().as_slice(), snapshot],
                     )
                     .await?;
                 }
             }
-            let mut heads = Vec::new();
-            for id in written_ids(batch) {
-                heads.push((id, head_of(&tx, id).await?));
-            }
+            let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+            let mut heads: std::collections::HashMap<Vec<u8>, DocHead> = tx
+                .query(
+                    "SELECT d.id, coalesce(max(c.seq), 0),
+                            count(c.seq) FILTER (WHERE c.seq > d.snapshot_seq)
+                       FROM docs d LEFT JOIN changes c ON c.doc = d.id
+                      WHERE d.id = ANY($1) GROUP BY d.id",
+                    &[&keys],
+                )
+                .await?
+                .into_iter()
+                .map(|r| {
+                    let head = DocHead {
+                        seq: r.get::<_, i64>(1) as u64,
+                        since_snapshot: r.get::<_, i64>(2) as u64,
+                    };
+                    (r.get(0), head)
+                })
+                .collect();
             tx.commit().await?;
-            Ok(Written::Committed(heads))
+            Ok(Written::Committed(
+                ids.into_iter()
+                    .map(|id| {
+                        let head = heads.remove(id.as_bytes().as_slice()).unwrap_or_default();
+                        (id, head)
+                    })
+                    .collect(),
+            ))
         })
     }
 
