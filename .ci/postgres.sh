@@ -15,7 +15,8 @@ VERSION=$(ls /usr/lib/postgresql | sort -V | tail -1)
 if ! pg_lsclusters -h | awk '{print $1, $2}' | grep -qx "$VERSION qiaomen"; then
   pg_createcluster "$VERSION" qiaomen --port "$PORT" -- --auth=trust >/dev/null
 fi
-pg_ctlcluster "$VERSION" qiaomen start 2>/dev/null || pg_ctlcluster "$VERSION" qiaomen status >/dev/null
+# Everything but the URL goes to stderr: the caller reads stdout.
+pg_ctlcluster "$VERSION" qiaomen start >&2 2>/dev/null || pg_ctlcluster "$VERSION" qiaomen status >/dev/null
 for _ in $(seq 50); do
   runuser -u postgres -- psql -h 127.0.0.1 -p "$PORT" -Atc "SELECT 1" >/dev/null 2>&1 && break
   sleep 0.2

@@ -115,8 +115,14 @@ fn work(n: u32) -> Work {
 }
 
 /// µs per visit of `writers` writers, each on its own handle and its own households, all at
-/// once; the households are created first, untimed.
-fn ingest<S: Storage>(n: u32, writers: usize, open: impl Fn() -> S) -> f64 {
+/// once (the households are created first, untimed), and what the visits added to the store
+/// (`size`: its bytes on disk), in bytes per visit.
+fn ingest<S: Storage>(
+    n: u32,
+    writers: usize,
+    open: impl Fn() -> S,
+    size: impl Fn() -> u64,
+) -> (f64, f64) {
     let works: Vec<Work> = (0..writers).map(|_| work(n / writers as u32)).collect();
     let mut ingestors: Vec<Ingestor<S>> = (0..writers)
         .map(|_| Ingestor::new(open(), Default::default()))
@@ -124,6 +130,7 @@ fn ingest<S: Storage>(n: u32, writers: usize, open: impl Fn() -> S) -> f64 {
     for (i, w) in ingestors.iter_mut().zip(&works) {
         i.process_group(&[&w.setup]).unwrap();
     }
+    let before = size();
     let t = Instant::now();
     std::thread::scope(|scope| {
         for (mut ingestor, w) in ingestors.into_iter().zip(&works) {
@@ -135,7 +142,50 @@ fn ingest<S: Storage>(n: u32, writers: usize, open: impl Fn() -> S) -> f64 {
             });
         }
     });
-    t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    let grown = size().saturating_sub(before) as f64 / f64::from(n);
+    (us, grown)
+}
+
+/// The bytes of an SQLite store, its write-ahead log folded in first.
+fn sqlite_bytes(dir: &std::path::Path) -> u64 {
+    let conn = rusqlite::Connection::open(dir.join("qiaomen.db")).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    conn.query_row(
+        "SELECT (page_count - freelist_count) * page_size
+           FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap() as u64
+}
+
+/// The bytes of the tables (with their indexes and TOAST) of `schema`.
+fn postgres_bytes(url: &str, schema: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        let bytes: i64 = client
+            .query_one(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind = 'r'",
+                &[&schema],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        drop(client);
+        let _ = task.await;
+        bytes as u64
+    })
 }
 
 fn main() {
@@ -144,11 +194,16 @@ fn main() {
     let postgres = std::env::var("QIAOMEN_BENCH_POSTGRES")
         .or_else(|_| std::env::var("QIAOMEN_TEST_POSTGRES"))
         .ok();
-    let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
     for writers in [1, 2] {
         let dir = tempfile::tempdir().unwrap();
-        let us = ingest(n, writers, || SqliteStorage::open(dir.path()).unwrap());
-        rows.push((format!("SQLite, {writers} writer(s) of one server"), us));
+        let (us, bytes) = ingest(
+            n,
+            writers,
+            || SqliteStorage::open(dir.path()).unwrap(),
+            || sqlite_bytes(dir.path()),
+        );
+        rows.push((format!("SQLite, {writers} writer(s) of one server"), us, bytes));
     }
     if let Some(url) = &postgres {
         for writers in [1, 2] {
@@ -167,8 +222,13 @@ fn main() {
                     "PostgreSQL, {writers} writers on handles of their own (as {writers} servers)"
                 )
             };
-            let us = ingest(n, writers, || PgStorage::connect(&with_path, 2).unwrap());
-            rows.push((label, us));
+            let (us, bytes) = ingest(
+                n,
+                writers,
+                || PgStorage::connect(&with_path, 2).unwrap(),
+                || postgres_bytes(url, &schema),
+            );
+            rows.push((label, us, bytes));
             reset_schema(url, &schema);
         }
     } else {
