@@ -203,7 +203,11 @@ fn main() {
             || SqliteStorage::open(dir.path()).unwrap(),
             || sqlite_bytes(dir.path()),
         );
-        rows.push((format!("SQLite, {writers} writer(s) of one server"), us, bytes));
+        rows.push((
+            format!("SQLite, {writers} writer(s) of one server"),
+            us,
+            bytes,
+        ));
     }
     if let Some(url) = &postgres {
         for writers in [1, 2] {
@@ -246,14 +250,14 @@ fn main() {
     let base = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
 
     println!(
-        "| write path, {n} visits in uploads of 25 (checked, applied, logged, durable commit per upload) | µs per visit | visits/s |"
+        "| write path, {n} visits in uploads of 25 (checked, applied, logged, durable commit per upload) | µs per visit | visits/s | store bytes per visit |"
     );
-    println!("|---|---|---|");
-    for (label, us) in &rows {
-        println!("| {label} | {us:.0} | {:.0} |", 1e6 / us);
+    println!("|---|---|---|---|");
+    for (label, us, bytes) in &rows {
+        println!("| {label} | {us:.0} | {:.0} | {bytes:.0} |", 1e6 / us);
     }
     println!(
-        "| bare Automerge apply, in memory, one thread | {base:.0} | {:.0} |",
+        "| bare Automerge apply, in memory, one thread | {base:.0} | {:.0} | |",
         1e6 / base
     );
 }
