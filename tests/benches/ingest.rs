@@ -163,6 +163,23 @@ fn sqlite_bytes(dir: &std::path::Path) -> u64 {
 
 /// The bytes of the tables (with their indexes and TOAST) of `schema`.
 fn postgres_bytes(url: &str, schema: &str) -> u64 {
+    let schema = schema.to_string();
+    with_postgres(url, async move |client| {
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind = 'r'",
+                &[&schema],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) as u64
+    })
+}
+
+/// Runs `f` on a connection of its own to the database at `url`.
+fn with_postgres<T>(url: &str, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -172,19 +189,10 @@ fn postgres_bytes(url: &str, schema: &str) -> u64 {
             .await
             .unwrap();
         let task = tokio::spawn(conn);
-        let bytes: i64 = client
-            .query_one(
-                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relkind = 'r'",
-                &[&schema],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let out = f(&client).await;
         drop(client);
         let _ = task.await;
-        bytes as u64
+        out
     })
 }
 
@@ -264,22 +272,8 @@ fn main() {
 
 /// Drops and creates `schema` in the database at `url`.
 fn reset_schema(url: &str, schema: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-            ))
-            .await
-            .unwrap();
-        drop(client);
-        let _ = task.await;
+    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};");
+    with_postgres(url, async move |client| {
+        client.batch_execute(&sql).await.unwrap()
     });
 }

@@ -106,22 +106,7 @@ impl AppState {
         &self,
         f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let index = self.index.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic under the lock rolled back its transaction (the read model is its
-            // tables): take the lock over rather than fail every later read.
-            let mut ix = index
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ix.refresh_batch(crate::index::READ_ROWS)?;
-            f(&ix)
-        })
-        .await
-        .map_err(|_| ApiError::internal("index task failed"))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "read model failed");
-            ApiError::Unavailable
-        })
+        self.read_model(false, f).await
     }
 
     /// As [`AppState::index`], once the read model has read the whole log as it stands: what
@@ -130,12 +115,26 @@ impl AppState {
         &self,
         f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.read_model(true, f).await
+    }
+
+    async fn read_model<T: Send + 'static>(
+        &self,
+        whole_log: bool,
+        f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || {
+            // A panic under the lock rolled back its transaction (the read model is its
+            // tables): take the lock over rather than fail every later read.
             let mut ix = index
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ix.refresh()?;
+            if whole_log {
+                ix.refresh()?;
+            } else {
+                ix.refresh_batch(crate::index::READ_ROWS)?;
+            }
             f(&ix)
         })
         .await

@@ -254,6 +254,15 @@ impl PgStorage {
     }
 }
 
+/// A read-only transaction that sees the database at one moment.
+async fn snapshot(c: &mut deadpool_postgres::Client) -> Result<deadpool_postgres::Transaction<'_>> {
+    Ok(c.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
 /// The household's snapshot and the changes logged after it.
 async fn load_doc_in(c: &impl GenericClient, id: HouseholdId) -> Result<Option<Vec<u8>>> {
     let key = id.as_bytes().as_slice();
@@ -437,12 +446,7 @@ impl Storage for PgStorage {
 
     fn load_for_write(&self, id: HouseholdId) -> Result<Option<StoredDoc>> {
         self.with(async |c| {
-            let tx = c
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let tx = snapshot(c).await?;
             let Some(bytes) = load_doc_in(&tx, id).await? else {
                 return Ok(None);
             };
@@ -566,12 +570,7 @@ impl Storage for PgStorage {
 
     fn log_since(&self, cursor: u64, budget: usize, grids: &[String]) -> Result<LogSlice> {
         self.with(async |c| {
-            let tx = c
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let tx = snapshot(c).await?;
             let max: i64 = tx
                 .query_one("SELECT coalesce(max(seq), 0) FROM changes", &[])
                 .await?
@@ -716,12 +715,7 @@ impl Storage for PgStorage {
 
     fn grid_docs(&self, grid: &str) -> Result<Vec<(HouseholdId, Vec<u8>)>> {
         self.with(async |c| {
-            let tx = c
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let tx = snapshot(c).await?;
             let ids: Vec<HouseholdId> = tx
                 .query("SELECT id FROM docs WHERE grid = $1", &[&grid])
                 .await?
@@ -753,12 +747,7 @@ impl Storage for PgStorage {
         const BATCH: i64 = 64;
         let day = from.day.map(|d| d.to_string()).unwrap_or_default();
         self.with(async |c| {
-            let tx = c
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let tx = snapshot(c).await?;
             let mut page = WholePage::default();
             let mut used = 0usize;
             let mut pass = from.pass;
