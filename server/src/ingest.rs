@@ -592,7 +592,8 @@ impl<S: Storage> Ingestor<S> {
         let started = std::time::Instant::now();
         let mut attempt = 1;
         loop {
-            // Kept for a retry only when another writer may append to the same households.
+            // Checking consumes the uploads: a copy is kept for a retry (the parsed changes,
+            // a small cost beside checking and applying them).
             let again = (attempt < MAX_ATTEMPTS).then(|| uploads.clone());
             let result = self.check_and_store(uploads, started);
             let touched = std::mem::take(&mut self.pinned);
@@ -1315,7 +1316,7 @@ impl<S: Storage> Ingestor<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use automerge::{ROOT, transaction::Transactable};
     use qiaomen_protocol::{
         doc::Author,
@@ -1340,7 +1341,8 @@ mod tests {
         (id, creation, automerge::AutoCommit::load(&bytes).unwrap())
     }
 
-    fn upload(id: HouseholdId, changes: Vec<Vec<u8>>) -> Upload {
+    /// An upload of `changes` to household `id`, with no principal (the access rules skipped).
+    pub(crate) fn upload(id: HouseholdId, changes: Vec<Vec<u8>>) -> Upload {
         Upload {
             principal: None,
             docs: vec![DocChanges {

@@ -593,24 +593,11 @@ fn concurrent_writers_keep_the_log_in_commit_order(f: &(impl Fixture + Sync)) {
 }
 
 fn two_writers_on_one_household_keep_both_edits(f: &impl Fixture) {
-    use crate::ingest::{IngestOptions, Ingestor, Upload};
+    use crate::ingest::{IngestOptions, Ingestor, tests::upload};
     use qiaomen_protocol::{
         doc::{Author, HouseholdDoc},
         ids::{DeviceId, GridId, UserId},
         schema::Household,
-        wire::DocChanges,
-    };
-    let upload = |id: HouseholdId, changes: Vec<Vec<u8>>| Upload {
-        principal: None,
-        docs: vec![DocChanges {
-            id,
-            changes: changes
-                .into_iter()
-                .map(serde_bytes::ByteBuf::from)
-                .collect(),
-            whole: None,
-        }],
-        packing: None,
     };
     let author = || Author {
         user: UserId::new(),

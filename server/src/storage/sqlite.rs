@@ -498,15 +498,12 @@ impl Storage for SqliteStorage {
         let mut conn = self.conn();
         // The write lock at once: the heads checked are the heads written on.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let moved: Vec<HouseholdId> = expected_heads(batch)
-            .into_iter()
-            .map(|(id, head)| Ok((id, last_seq(&tx, id)? != head)))
-            .filter_map(|r: Result<_>| match r {
-                Ok((id, true)) => Some(Ok(id)),
-                Ok((_, false)) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<_>>()?;
+        let mut moved = Vec::new();
+        for (id, head) in expected_heads(batch) {
+            if last_seq(&tx, id)? != head {
+                moved.push(id);
+            }
+        }
         if !moved.is_empty() {
             return Ok(Written::Moved(moved));
         }
@@ -608,12 +605,12 @@ impl Storage for SqliteStorage {
                     break;
                 }
                 used += bytes.len();
-                let Ok(arr) = <[u8; 16]>::try_from(doc.as_slice()) else {
+                let Some(doc) = household_of(&doc) else {
                     continue;
                 };
                 slice.changes.push(LoggedChange {
                     seq: seq as u64,
-                    doc: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr)),
+                    doc,
                     hash,
                     bytes,
                 });
@@ -700,9 +697,7 @@ impl Storage for SqliteStorage {
         })?;
         let mut out = Vec::new();
         for r in rows {
-            if let Ok(arr) = <[u8; 16]>::try_from(r?.as_slice()) {
-                out.push(HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr)));
-            }
+            out.extend(household_of(&r?));
         }
         Ok(out)
     }
@@ -800,10 +795,9 @@ impl Storage for SqliteStorage {
                     break 'pages;
                 }
                 last = id.clone();
-                let Ok(arr) = <[u8; 16]>::try_from(id.as_slice()) else {
+                let Some(doc) = household_of(&id) else {
                     continue;
                 };
-                let doc = HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(arr));
                 page.last = Some((pass, doc));
                 let changes = doc_log_of(&tx, doc, until)?;
                 if changes.is_empty() {
@@ -847,12 +841,8 @@ impl Storage for SqliteStorage {
         let mut out = Vec::new();
         for row in rows {
             let (doc, reason, at_ms) = row?;
-            if let Ok(b) = <[u8; 16]>::try_from(doc.as_slice()) {
-                out.push(Quarantined {
-                    doc: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(b)),
-                    reason,
-                    at_ms,
-                });
+            if let Some(doc) = household_of(&doc) {
+                out.push(Quarantined { doc, reason, at_ms });
             }
         }
         Ok(out)
@@ -889,12 +879,11 @@ impl Storage for SqliteStorage {
         let mut out = Vec::new();
         for row in rows {
             let (doc, hash, grid, device, user, code, at_ms, bytes) = row?;
-            let (Ok(doc), Ok(hash)) = (<[u8; 16]>::try_from(doc.as_slice()), hash.try_into())
-            else {
+            let (Some(doc), Ok(hash)) = (household_of(&doc), hash.try_into()) else {
                 continue;
             };
             out.push(RefusedRow {
-                doc: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(doc)),
+                doc,
                 hash,
                 grid,
                 device: device.and_then(|d| d.try_into().ok()),
