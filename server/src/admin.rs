@@ -27,7 +27,7 @@ use crate::{
         tokens::DeviceRow,
     },
     ingest::{Ingestor, Upload},
-    storage::{SqliteStorage, Storage},
+    storage::{PgStorage, SqliteStorage, Storage},
 };
 
 #[derive(Debug, Subcommand)]
@@ -197,12 +197,49 @@ fn user_id(db: &AccessDb, login: &str) -> Result<UserId, AccessError> {
     db.user_by_login(login)
 }
 
+/// Where an admin command works: the embedded store of a data folder, or a PostgreSQL
+/// database (`--database`).
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    Embedded(&'a Path),
+    Postgres(&'a str),
+}
+
+impl Target<'_> {
+    /// The access tables (opening them migrates the store).
+    pub fn access(&self) -> Result<AccessDb, Box<dyn std::error::Error>> {
+        Ok(match *self {
+            Target::Embedded(dir) => AccessDb::open(dir)?,
+            Target::Postgres(url) => AccessDb::on_postgres(&PgStorage::connect(url, 2)?),
+        })
+    }
+
+    /// A handle on the change log.
+    pub fn log(&self) -> Result<Box<dyn Storage>, Box<dyn std::error::Error>> {
+        Ok(match *self {
+            Target::Embedded(dir) => Box::new(SqliteStorage::open(dir)?),
+            Target::Postgres(url) => Box::new(PgStorage::connect(url, 2)?),
+        })
+    }
+}
+
 /// Runs one admin command against the store in `data_dir`, printing its result.
 pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::error::Error>> {
+    run_on(Target::Embedded(data_dir), command)
+}
+
+/// Runs one admin command against `target`, printing its result.
+pub fn run_on(target: Target<'_>, command: AdminCommand) -> Result<(), Box<dyn std::error::Error>> {
     // These two take the store's file as it is: opening the access tables would migrate it.
+    let backup_of = |what: &str| match target {
+        Target::Embedded(dir) => Ok(dir),
+        Target::Postgres(_) => Err(format!(
+            "admin {what} copies the embedded store; back up PostgreSQL with pg_dump (README)"
+        )),
+    };
     match &command {
         AdminCommand::Backup { to } => {
-            let s = crate::backup::backup(data_dir, to)?;
+            let s = crate::backup::backup(backup_of("backup")?, to)?;
             println!(
                 "备份完成：{}（日志序号 {}，{} 户，{} 字节）",
                 to.display(),
@@ -213,7 +250,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             return Ok(());
         }
         AdminCommand::Restore { from } => {
-            let (s, aside) = crate::backup::restore(data_dir, from)?;
+            let (s, aside) = crate::backup::restore(backup_of("restore")?, from)?;
             println!(
                 "已恢复：{}（日志序号 {}，{} 户）。",
                 from.display(),
@@ -228,7 +265,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
         }
         _ => {}
     }
-    let mut db = AccessDb::open(data_dir)?;
+    let mut db = target.access()?;
     let admin_event = |action: &str, target: &str| {
         db.audit(Event {
             user: None,
@@ -360,7 +397,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             }
         },
         AdminCommand::Quarantine(QuarantineCommand::List) => {
-            let storage = SqliteStorage::open(data_dir)?;
+            let storage = target.log()?;
             for q in storage.quarantined()? {
                 let loads = storage
                     .load_doc(q.doc)?
@@ -375,7 +412,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             }
         }
         AdminCommand::Quarantine(QuarantineCommand::Release { household }) => {
-            let storage = SqliteStorage::open(data_dir)?;
+            let storage = target.log()?;
             if !storage.release(household)? {
                 return Err(format!("household {household} is not quarantined").into());
             }
@@ -383,11 +420,11 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             println!("household {household} released");
         }
         AdminCommand::Refused(RefusedCommand::Export { grid, to }) => {
-            let mut storage = SqliteStorage::open(data_dir)?;
+            let storage = target.log()?;
             let grids = grid.map(|g| vec![g]);
             let rows = storage.refused(grids.as_deref(), usize::MAX >> 1)?;
             let n = rows.len();
-            let views = crate::http::workflow::refused_views(&mut storage, rows)?;
+            let views = crate::http::workflow::refused_views(storage.as_ref(), rows)?;
             let mut out: Box<dyn std::io::Write> = match &to {
                 Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
                 None => Box::new(std::io::stdout().lock()),
@@ -420,7 +457,7 @@ pub fn run(data_dir: &Path, command: AdminCommand) -> Result<(), Box<dyn std::er
             }
         }
         AdminCommand::SeedDemo => {
-            let demo = seed_demo(data_dir)?;
+            let demo = seed_demo_on(target)?;
             println!("demo county created (清河县 柳林镇)");
             println!("\nphone enrollment codes (one each, valid 30 days):");
             for (login, grid, code) in &demo.codes {
@@ -478,7 +515,12 @@ pub struct Demo {
 
 /// Creates the demo county in `data_dir`. Fails if it exists already.
 pub fn seed_demo(data_dir: &Path) -> Result<Demo, Box<dyn std::error::Error>> {
-    let db = AccessDb::open(data_dir)?;
+    seed_demo_on(Target::Embedded(data_dir))
+}
+
+/// Creates the demo county in `target`. Fails if it exists already.
+pub fn seed_demo_on(target: Target<'_>) -> Result<Demo, Box<dyn std::error::Error>> {
+    let db = target.access()?;
     let start = Day::ymd(2026, 1, 1).expect("a date");
     db.add_unit("qinghe", UnitKind::County, None, "清河县", start)?;
     db.add_unit("liulin", UnitKind::Town, Some("qinghe"), "柳林镇", start)?;
@@ -612,13 +654,23 @@ pub fn seed_demo(data_dir: &Path) -> Result<Demo, Box<dyn std::error::Error>> {
         }
     }
     drop(db);
-    let mut ingestor = Ingestor::new(SqliteStorage::open(data_dir)?, Default::default());
     let upload = Upload {
         principal: None,
         docs,
         packing: None,
     };
-    let outcome = ingestor.process_group(&[&upload])?.remove(0);
+    fn ingest(
+        storage: impl Storage,
+        upload: &Upload,
+    ) -> Result<crate::ingest::Outcome, crate::storage::StorageError> {
+        Ok(Ingestor::new(storage, Default::default())
+            .process_group(&[upload])?
+            .remove(0))
+    }
+    let outcome = match target {
+        Target::Embedded(dir) => ingest(SqliteStorage::open(dir)?, &upload)?,
+        Target::Postgres(url) => ingest(PgStorage::connect(url, 2)?, &upload)?,
+    };
     if !outcome.rejected.is_empty() {
         return Err("the demo households were refused".into());
     }

@@ -24,10 +24,10 @@ use qiaomen_protocol::{
     vocab::Term,
     workorder::{self, Deadlines},
 };
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{SqliteStorage, Storage, StorageError, Timeline};
+use crate::sql::{Db, Row, SqlError};
+use crate::storage::{PgStorage, SqliteStorage, Storage, StorageError, Timeline};
 
 /// Log rows one refresh transaction takes in.
 pub const BATCH_ROWS: i64 = 2_000;
@@ -216,10 +216,10 @@ pub struct OrderRow {
     pub overdue: bool,
 }
 
-/// The read model on its own connection, plus a storage connection to load documents.
+/// The read model on its own connection, plus a handle on the log to load documents.
 pub struct Index {
-    conn: Connection,
-    storage: SqliteStorage,
+    db: Db,
+    storage: Box<dyn Storage>,
     pub workflow: Workflow,
 }
 
@@ -233,15 +233,24 @@ impl Index {
     /// Opens the read model of the store in `dir` (the store's migrations made its tables).
     pub fn open(dir: &Path, workflow: Workflow) -> Result<Self, StorageError> {
         let storage = SqliteStorage::open(dir)?;
-        let conn = Connection::open(dir.join("qiaomen.db"))?;
+        let conn = rusqlite::Connection::open(dir.join("qiaomen.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
         crate::storage::size_page_cache(&conn)?;
         Ok(Self {
-            conn,
-            storage,
+            db: Db::sqlite(conn),
+            storage: Box::new(storage),
             workflow,
         })
+    }
+
+    /// The read model of a PostgreSQL database (migrated by [`PgStorage`]).
+    pub fn on_postgres(log: &PgStorage, workflow: Workflow) -> Self {
+        Self {
+            db: log.db(),
+            storage: Box::new(log.clone()),
+            workflow,
+        }
     }
 
     /// Brings the tables up to the log's end; returns how many households were re-read.
@@ -258,14 +267,10 @@ impl Index {
 
     /// The tables' cursor and the log's end.
     fn positions(&self) -> Result<(i64, i64), StorageError> {
-        let cursor: i64 = self
-            .conn
-            .query_row("SELECT seq FROM idx_cursor", [], |r| r.get(0))?;
-        let end: i64 =
-            self.conn
-                .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
-                    r.get(0)
-                })?;
+        let cursor: i64 = self.db.one("SELECT seq FROM idx_cursor", &[])?;
+        let end: i64 = self
+            .db
+            .one("SELECT coalesce(max(seq), 0) FROM changes", &[])?;
         Ok((cursor, end))
     }
 
@@ -277,19 +282,36 @@ impl Index {
 
     /// Takes in at most `max_rows` logged changes past the cursor (one transaction): returns
     /// how many households were re-read and whether the tables reached the log's end.
+    ///
+    /// Several projectors may run at once (one per server on one database): the batch's
+    /// transaction first moves the cursor from where this projector read it to the batch's
+    /// end, and finds nothing to move if another projector took the batch meanwhile; then it
+    /// writes nothing (its documents may be older than what the other wrote) and reports
+    /// not caught up, so the caller reads on from the new cursor. The cursor only moves
+    /// forward, and the rows of a household are those of the last batch that read it.
     pub fn refresh_batch(&mut self, max_rows: i64) -> Result<(usize, bool), StorageError> {
+        let Some(batch) = self.read_batch(max_rows)? else {
+            return Ok((0, true));
+        };
+        let (n, caught_up) = (batch.rows.len(), batch.end == batch.log_end);
+        if !self.write_batch(&batch)? {
+            return Ok((0, false));
+        }
+        Ok((n, caught_up))
+    }
+
+    /// The first step of [`Index::refresh_batch`]: the documents changed in the batch past
+    /// the cursor, read through their records (`None`: caught up).
+    fn read_batch(&self, max_rows: i64) -> Result<Option<Batch>, StorageError> {
         let (cursor, log_end) = self.positions()?;
         if log_end <= cursor {
-            return Ok((0, true));
+            return Ok(None);
         }
         let end = log_end.min(cursor.saturating_add(max_rows.max(1)));
-        let docs: Vec<Vec<u8>> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT DISTINCT doc FROM changes WHERE seq > ?1 AND seq <= ?2")?;
-            stmt.query_map(params![cursor, end], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
+        let docs: Vec<Vec<u8>> = self.db.rows(
+            "SELECT DISTINCT doc FROM changes WHERE seq > ?1 AND seq <= ?2",
+            &[&cursor, &end],
+        )?;
         let mut rows = Vec::with_capacity(docs.len());
         for raw in &docs {
             let Ok(bytes) = <[u8; 16]>::try_from(raw.as_slice()) else {
@@ -326,27 +348,45 @@ impl Index {
                 }
             }
         }
-        let tx = self.conn.unchecked_transaction()?;
-        for (raw, household) in &rows {
-            clear_rows(&tx, raw)?;
-            if let Some((h, when, arrivals)) = household {
-                // Rows are derived by the protocol's pure functions; should one panic on a
-                // household, that household's rows are left out, not the batch.
-                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    write_rows(&tx, raw, h, when, arrivals, &self.workflow.deadlines)
-                }));
-                match written {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        tracing::warn!("a household's rows could not be derived; not indexed");
-                        clear_rows(&tx, raw)?;
+        Ok(Some(Batch {
+            cursor,
+            end,
+            log_end,
+            rows,
+        }))
+    }
+
+    /// The second step: the batch's rows and the cursor at its end, in one transaction, if
+    /// the cursor is still where the batch began; returns whether it was.
+    fn write_batch(&self, batch: &Batch) -> Result<bool, StorageError> {
+        let deadlines = &self.workflow.deadlines;
+        self.db.transaction(|tx| {
+            if tx.execute(
+                "UPDATE idx_cursor SET seq = ?2 WHERE seq = ?1",
+                &[&batch.cursor, &batch.end],
+            )? == 0
+            {
+                return Ok::<_, StorageError>(false);
+            }
+            for (raw, household) in &batch.rows {
+                clear_rows(tx, raw)?;
+                if let Some((h, when, arrivals)) = household {
+                    // Rows are derived by the protocol's pure functions; should one panic on
+                    // a household, that household's rows are left out, not the batch.
+                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        write_rows(tx, raw, h, when, arrivals, deadlines)
+                    }));
+                    match written {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            tracing::warn!("a household's rows could not be derived; not indexed");
+                            clear_rows(tx, raw)?;
+                        }
                     }
                 }
             }
-        }
-        tx.execute("UPDATE idx_cursor SET seq = ?1", [end])?;
-        tx.commit()?;
-        Ok((rows.len(), end == log_end))
+            Ok(true)
+        })
     }
 
     /// When the server received the change that appended each step of each demand (by
@@ -356,9 +396,6 @@ impl Index {
         &self,
         steps: std::collections::BTreeMap<String, Vec<Option<qiaomen_protocol::ChangeHash>>>,
     ) -> Result<Arrivals, StorageError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT received_ms, clock_ok FROM changes WHERE hash = ?1")?;
         let mut known: std::collections::HashMap<qiaomen_protocol::ChangeHash, Option<i64>> =
             Default::default();
         let mut out = Arrivals::new();
@@ -371,11 +408,12 @@ impl Index {
                         None => {
                             // A step from a phone whose clock agreed with the server's is
                             // taken at its word (made offline, it is still on time).
-                            let t = stmt
-                                .query_row([h.as_ref()], |r| {
-                                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<bool>>(1)?))
-                                })
-                                .optional()?
+                            let t = self
+                                .db
+                                .row::<(i64, Option<bool>)>(
+                                    "SELECT received_ms, clock_ok FROM changes WHERE hash = ?1",
+                                    &[&h.as_ref()],
+                                )?
                                 .and_then(|(at, ok)| (ok != Some(true)).then_some(at));
                             known.insert(h, t);
                             t
@@ -394,60 +432,39 @@ impl Index {
     /// that day ([`HouseholdRow::grid_on`]).
     pub fn households(&self, grids: &[String]) -> Result<Vec<HouseholdRow>, StorageError> {
         let grids_json = serde_json::to_string(grids).expect("strings serialize");
-        let mut hh = self.conn.prepare_cached(
-            "SELECT doc, grid, door, status, tags, registered FROM idx_households
-              WHERE doc IN (SELECT doc FROM idx_spans WHERE grid IN (SELECT value FROM json_each(?1)))
-                 OR grid IN (SELECT value FROM json_each(?1))
-              ORDER BY grid, door, doc",
-        )?;
         const OF_GRIDS: &str =
             "(SELECT doc FROM idx_spans WHERE grid IN (SELECT value FROM json_each(?1))
             UNION SELECT doc FROM idx_households WHERE grid IN (SELECT value FROM json_each(?1)))";
         let mut visits: std::collections::HashMap<Vec<u8>, Vec<(Day, VisitOutcome)>> =
             Default::default();
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT doc, visit_day, outcome FROM idx_visits WHERE doc IN {OF_GRIDS}"
-        ))?;
-        for row in stmt.query_map([&grids_json], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })? {
-            let (doc, day, outcome) = row?;
+        let rows: Vec<(Vec<u8>, String, String)> = self.db.rows(
+            &format!("SELECT doc, visit_day, outcome FROM idx_visits WHERE doc IN {OF_GRIDS}"),
+            &[&grids_json],
+        )?;
+        for (doc, day, outcome) in rows {
             if let (Ok(day), Some(o)) = (day.parse(), outcome_from(&outcome)) {
                 visits.entry(doc).or_default().push((day, o));
             }
         }
         let mut spans: std::collections::HashMap<Vec<u8>, Vec<(Day, String)>> = Default::default();
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT doc, since, grid FROM idx_spans WHERE doc IN {OF_GRIDS} ORDER BY doc, since"
-        ))?;
-        for row in stmt.query_map([&grids_json], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })? {
-            let (doc, since, grid) = row?;
+        let rows: Vec<(Vec<u8>, String, String)> = self.db.rows(
+            &format!(
+                "SELECT doc, since, grid FROM idx_spans WHERE doc IN {OF_GRIDS} ORDER BY doc, since"
+            ),
+            &[&grids_json],
+        )?;
+        for (doc, since, grid) in rows {
             if let Ok(since) = since.parse() {
                 spans.entry(doc).or_default().push((since, grid));
             }
         }
-        let rows: Vec<HouseholdDbRow> = hh
-            .query_map([&grids_json], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows: Vec<HouseholdDbRow> = self.db.rows(
+            "SELECT doc, grid, door, status, tags, registered FROM idx_households
+              WHERE doc IN (SELECT doc FROM idx_spans WHERE grid IN (SELECT value FROM json_each(?1)))
+                 OR grid IN (SELECT value FROM json_each(?1))
+              ORDER BY grid, door, doc",
+            &[&grids_json],
+        )?;
         let mut out = Vec::with_capacity(rows.len());
         for (doc, grid, door, status, tags, registered) in rows {
             let Ok(bytes) = <[u8; 16]>::try_from(doc.as_slice()) else {
@@ -487,14 +504,13 @@ impl Index {
         from: Day,
         to: Day,
     ) -> Result<std::collections::BTreeMap<String, u64>, StorageError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT count(*) FROM idx_visits WHERE grid = ?1 AND visit_day >= ?2 AND visit_day <= ?3",
-        )?;
         let mut out = std::collections::BTreeMap::new();
         for g in grids {
-            let n: i64 =
-                stmt.query_row(params![g, from.to_string(), to.to_string()], |r| r.get(0))?;
-            out.insert(g.clone(), n as u64);
+            let n: u64 = self.db.one(
+                "SELECT count(*) FROM idx_visits WHERE grid = ?1 AND visit_day >= ?2 AND visit_day <= ?3",
+                &[g, &from.to_string(), &to.to_string()],
+            )?;
+            out.insert(g.clone(), n);
         }
         Ok(out)
     }
@@ -506,20 +522,17 @@ impl Index {
         teams: &[String],
     ) -> Result<Vec<OrderRow>, StorageError> {
         let mut out = Vec::new();
-        let mut by_grid = self
-            .conn
-            .prepare_cached(&format!("{ORDER_SELECT} WHERE grid = ?1"))?;
         for g in grids {
-            for row in by_grid.query_map([g], order_row)? {
-                out.push(row?);
-            }
+            out.extend(
+                self.db
+                    .map(&format!("{ORDER_SELECT} WHERE grid = ?1"), &[g], order_row)?,
+            );
         }
-        let mut by_team = self
-            .conn
-            .prepare_cached(&format!("{ORDER_SELECT} WHERE team = ?1"))?;
         for t in teams {
-            for row in by_team.query_map([t], order_row)? {
-                let row = row?;
+            for row in self
+                .db
+                .map(&format!("{ORDER_SELECT} WHERE team = ?1"), &[t], order_row)?
+            {
                 if !grids.contains(&row.grid) {
                     out.push(row);
                 }
@@ -532,15 +545,12 @@ impl Index {
     /// Every demand id with the household holding it, oldest raised first (for the register
     /// of demand ids, [`crate::orders`]).
     pub fn demand_owners(&self) -> Result<Vec<(DemandId, HouseholdId)>, StorageError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT demand, doc FROM idx_orders ORDER BY raised_ms, doc")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
+        let rows: Vec<(String, Vec<u8>)> = self.db.rows(
+            "SELECT demand, doc FROM idx_orders ORDER BY raised_ms, doc",
+            &[],
+        )?;
         let mut out = Vec::new();
-        for row in rows {
-            let (demand, doc) = row?;
+        for (demand, doc) in rows {
             if let (Ok(d), Ok(bytes)) = (demand.parse(), <[u8; 16]>::try_from(doc.as_slice())) {
                 out.push((
                     d,
@@ -554,22 +564,21 @@ impl Index {
     /// Every order with this demand id: one, but for two households that held the same id
     /// before ids were unique on the server.
     pub fn orders_with_id(&self, demand: &str) -> Result<Vec<OrderRow>, StorageError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("{ORDER_SELECT} WHERE demand = ?1"))?;
-        let rows = stmt
-            .query_map([demand], order_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        Ok(self.db.map(
+            &format!("{ORDER_SELECT} WHERE demand = ?1 ORDER BY doc"),
+            &[&demand],
+            order_row,
+        )?)
     }
 
     /// Whether an imported hotline order with this number exists already.
     pub fn has_external_ref(&self, reference: &str) -> Result<bool, StorageError> {
         Ok(self
-            .conn
-            .prepare_cached("SELECT 1 FROM idx_orders WHERE external_ref = ?1")?
-            .query_row([reference], |_| Ok(()))
-            .optional()?
+            .db
+            .row::<i64>(
+                "SELECT 1 FROM idx_orders WHERE external_ref = ?1",
+                &[&reference],
+            )?
             .is_some())
     }
 
@@ -579,12 +588,10 @@ impl Index {
         grid: &str,
         door: &str,
     ) -> Result<Option<HouseholdId>, StorageError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT doc FROM idx_households WHERE grid = ?1 AND door = ?2")?;
-        let found: Vec<Vec<u8>> = stmt
-            .query_map([grid, door], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let found: Vec<Vec<u8>> = self.db.rows(
+            "SELECT doc FROM idx_households WHERE grid = ?1 AND door = ?2",
+            &[&grid, &door],
+        )?;
         Ok(match found.as_slice() {
             [one] => <[u8; 16]>::try_from(one.as_slice())
                 .ok()
@@ -625,7 +632,7 @@ const ORDER_SELECT: &str =
     category, urgency, raised_ms, done_ms, on_time, satisfaction, step, step_due, chase_ups,
     bounces, reopened, external_ref FROM idx_orders";
 
-fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
+fn order_row(r: &Row) -> Result<OrderRow, SqlError> {
     let doc: Vec<u8> = r.get(0)?;
     let household = <[u8; 16]>::try_from(doc.as_slice())
         .map(|b| qiaomen_protocol::ids::Uuid::from_bytes(b).to_string())
@@ -657,9 +664,9 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
 }
 
 /// Removes a household's rows from every table of the read model.
-fn clear_rows(tx: &rusqlite::Transaction<'_>, raw: &[u8]) -> rusqlite::Result<()> {
+fn clear_rows(tx: &Db, raw: &[u8]) -> Result<(), SqlError> {
     for table in ["idx_households", "idx_visits", "idx_orders", "idx_spans"] {
-        tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [raw])?;
+        tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), &[&raw])?;
     }
     Ok(())
 }
@@ -667,17 +674,31 @@ fn clear_rows(tx: &rusqlite::Transaction<'_>, raw: &[u8]) -> rusqlite::Result<()
 /// An `idx_households` row: doc, grid, door, status, tags, registered.
 type HouseholdDbRow = (Vec<u8>, String, String, String, String, Option<String>);
 
+/// A batch of the log read for the read model: the cursor it began at, the row it ends at,
+/// the log's end then, and each household changed in it with what its rows are made of
+/// (`None`: it does not read, its rows are removed).
+struct Batch {
+    cursor: i64,
+    end: i64,
+    log_end: i64,
+    rows: Vec<(Vec<u8>, Option<Read>)>,
+}
+
+/// A household as read for its rows: its record, its registration and grids over time, and
+/// when its demands' steps arrived.
+type Read = (Household, AsOf, Arrivals);
+
 /// For each demand (by key), when the server received each step of its history.
 type Arrivals = std::collections::BTreeMap<String, Vec<Option<i64>>>;
 
 fn write_rows(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Db,
     raw: &[u8],
     h: &Household,
     when: &AsOf,
     arrivals: &Arrivals,
     rules: &Deadlines,
-) -> rusqlite::Result<()> {
+) -> Result<(), SqlError> {
     let grid = h.grid.as_str();
     let input = CoverageInput::of(h);
     let tags: Vec<(KeyGroup, Day, Option<Day>)> = input
@@ -688,19 +709,20 @@ fn write_rows(
     tx.execute(
         "INSERT INTO idx_households (doc, grid, door, status, tags, registered)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            raw,
-            grid,
-            h.door_number,
-            h.status.code(),
-            serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()),
-            when.registered.to_string(),
+        &[
+            &raw,
+            &grid,
+            &h.door_number,
+            &h.status.code(),
+            &serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()),
+            &when.registered.to_string(),
         ],
     )?;
-    let mut span =
-        tx.prepare_cached("INSERT INTO idx_spans (doc, since, grid) VALUES (?1, ?2, ?3)")?;
     for (since, g) in &when.spans {
-        span.execute(params![raw, since.to_string(), g])?;
+        tx.execute(
+            "INSERT INTO idx_spans (doc, since, grid) VALUES (?1, ?2, ?3)",
+            &[&raw, &since.to_string(), g],
+        )?;
     }
     let row = HouseholdRow {
         id: h.id,
@@ -712,58 +734,58 @@ fn write_rows(
         },
         spans: when.spans.clone(),
     };
-    let mut visit = tx.prepare_cached(
-        "INSERT INTO idx_visits (doc, visit, grid, visit_day, outcome, worker, started_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
     for v in h.visits.values() {
         // Counted for the grid the household was in on the visit's day.
-        visit.execute(params![
-            raw,
-            v.id.to_string(),
-            row.grid_on(v.visit_day),
-            v.visit_day.to_string(),
-            v.outcome.code(),
-            v.worker.to_string(),
-            v.started_at_ms
-        ])?;
+        tx.execute(
+            "INSERT INTO idx_visits (doc, visit, grid, visit_day, outcome, worker, started_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            &[
+                &raw,
+                &v.id.to_string(),
+                &row.grid_on(v.visit_day),
+                &v.visit_day.to_string(),
+                &v.outcome.code(),
+                &v.worker.to_string(),
+                &v.started_at_ms,
+            ],
+        )?;
     }
-    let mut order = tx.prepare_cached(
-        "INSERT INTO idx_orders (doc, demand, grid, door, status, tier, team, responsible, source,
-            category, urgency, raised_ms, done_ms, on_time, satisfaction, step, step_due,
-            chase_ups, bounces, reopened, external_ref)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21)",
-    )?;
     for d in h.demands.values() {
         let arrived = arrivals
             .get(&d.id.to_string())
             .map_or(&[][..], Vec::as_slice);
         let o = workorder::replay_arrived(d, rules, arrived);
         let open = o.open_step();
-        order.execute(params![
-            raw,
-            d.id.to_string(),
-            grid,
-            h.door_number,
-            o.status.code(),
-            o.tier.map(|t| t.code()),
-            o.unit,
-            o.responsible.to_string(),
-            d.source.map(|s| s.code()),
-            d.category.code(),
-            d.urgency.code(),
-            o.raised_ms,
-            o.done_ms,
-            o.resolved_on_time(),
-            o.satisfaction.map(|(s, _)| s.code()),
-            open.map(|s| s.kind.code()),
-            open.map(|s| s.due.to_string()),
-            o.chase_ups,
-            o.bounces,
-            o.reopened,
-            d.external_ref,
-        ])?;
+        tx.execute(
+            "INSERT INTO idx_orders (doc, demand, grid, door, status, tier, team, responsible, source,
+                category, urgency, raised_ms, done_ms, on_time, satisfaction, step, step_due,
+                chase_ups, bounces, reopened, external_ref)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                ?19, ?20, ?21)",
+            &[
+                &raw,
+                &d.id.to_string(),
+                &grid,
+                &h.door_number,
+                &o.status.code(),
+                &o.tier.map(|t| t.code()),
+                &o.unit,
+                &o.responsible.to_string(),
+                &d.source.map(|s| s.code()),
+                &d.category.code(),
+                &d.urgency.code(),
+                &o.raised_ms,
+                &o.done_ms,
+                &o.resolved_on_time(),
+                &o.satisfaction.map(|(s, _)| s.code()),
+                &open.map(|s| s.kind.code()),
+                &open.map(|s| s.due.to_string()),
+                &o.chase_ups,
+                &o.bounces,
+                &o.reopened,
+                &d.external_ref,
+            ],
+        )?;
     }
     Ok(())
 }
@@ -785,43 +807,80 @@ mod tests {
     };
 
     use super::*;
-    use crate::ingest::{Ingestor, Upload};
+    use crate::access::testing::{Store, on_both_backends};
+    use crate::ingest::{Ingestor, tests::upload};
+    use crate::storage::conformance::Fixture;
+
+    on_both_backends!(
+        batches_catch_up_with_the_log_and_a_rebuild_gives_the_same_rows,
+        a_projector_that_lost_its_batch_to_another_writes_nothing,
+    );
+
+    impl Store {
+        /// A read model on the store.
+        fn index(&self) -> Index {
+            match self {
+                Store::Sqlite(dir) => Index::open(dir.path(), Workflow::default()).unwrap(),
+                Store::Postgres(pg) => Index::on_postgres(&pg.handle(), Workflow::default()),
+            }
+        }
+    }
+
+    /// Runs `body` with a writer of the store's log.
+    macro_rules! with_ingestor {
+        ($s:expr, |$ingestor:ident| $body:expr) => {
+            match $s {
+                Store::Sqlite(dir) => {
+                    let mut $ingestor =
+                        Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), Default::default());
+                    $body
+                }
+                Store::Postgres(pg) => {
+                    let mut $ingestor = Ingestor::new(pg.handle(), Default::default());
+                    $body
+                }
+            }
+        };
+    }
+
+    fn author() -> Author {
+        Author {
+            user: UserId::new(),
+            device: DeviceId::new(),
+        }
+    }
+
+    fn created(i: usize, a: &Author) -> (HouseholdDoc, DocChanges) {
+        let id = HouseholdId::new();
+        let h = Household::new(id, GridId::new("g"), "村", format!("{i}"));
+        let mut d = HouseholdDoc::create(&h, a, 0).unwrap();
+        let changes = DocChanges {
+            id,
+            changes: d
+                .changes_since(&[])
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+            whole: None,
+        };
+        (d, changes)
+    }
 
     /// The read model takes the log in batches, reports how far behind it is, and a rebuilt
     /// model (tables dropped) equals the incrementally kept one.
-    #[test]
-    fn batches_catch_up_with_the_log_and_a_rebuild_gives_the_same_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ingestor =
-            Ingestor::new(SqliteStorage::open(dir.path()).unwrap(), Default::default());
-        let a = Author {
-            user: UserId::new(),
-            device: DeviceId::new(),
-        };
-        let docs: Vec<DocChanges> = (0..3)
-            .map(|i| {
-                let id = HouseholdId::new();
-                let h = Household::new(id, GridId::new("g"), "村", format!("{i}"));
-                let mut d = HouseholdDoc::create(&h, &a, 0).unwrap();
-                DocChanges {
-                    id,
-                    changes: d
-                        .changes_since(&[])
-                        .into_iter()
-                        .map(serde_bytes::ByteBuf::from)
-                        .collect(),
-                    whole: None,
-                }
-            })
-            .collect();
-        let upload = Upload {
+    fn batches_catch_up_with_the_log_and_a_rebuild_gives_the_same_rows(s: &Store) {
+        let a = author();
+        let docs: Vec<DocChanges> = (0..3).map(|i| created(i, &a).1).collect();
+        let upload = crate::ingest::Upload {
             principal: None,
             docs,
             packing: None,
         };
-        let outcome = ingestor.process_group(&[&upload]).unwrap().remove(0);
-        assert_eq!(outcome.accepted, 3);
-        let mut ix = Index::open(dir.path(), Workflow::default()).unwrap();
+        with_ingestor!(s, |ingestor| {
+            let outcome = ingestor.process_group(&[&upload]).unwrap().remove(0);
+            assert_eq!(outcome.accepted, 3);
+        });
+        let mut ix = s.index();
         assert_eq!(ix.behind().unwrap(), 3);
         assert_eq!(ix.refresh_batch(1).unwrap(), (1, false));
         assert_eq!(ix.behind().unwrap(), 2);
@@ -830,13 +889,59 @@ mod tests {
         assert_eq!(ix.behind().unwrap(), 0);
         let kept = ix.households(&["g".into()]).unwrap();
         assert_eq!(kept.len(), 3);
-        ix.conn
-            .execute_batch(
+        ix.db
+            .batch(
                 "DELETE FROM idx_households; DELETE FROM idx_visits; DELETE FROM idx_orders;
                  UPDATE idx_cursor SET seq = 0;",
             )
             .unwrap();
         assert_eq!(ix.refresh().unwrap(), 3);
         assert_eq!(ix.households(&["g".into()]).unwrap(), kept);
+    }
+
+    /// Two projectors on one database (two servers): one reads a batch, the other takes the
+    /// log further and writes first; the first then writes nothing, so neither the rows of
+    /// the household nor the cursor go back to what it had read.
+    fn a_projector_that_lost_its_batch_to_another_writes_nothing(s: &Store) {
+        let a = author();
+        let (mut doc, creation) = created(0, &a);
+        let id = creation.id;
+        let (_, edit) = doc
+            .edit(&a, 10, |h| {
+                h.door_number = "2".into();
+                Ok(())
+            })
+            .unwrap();
+        let edit = doc.change_bytes(&edit.unwrap()).unwrap();
+        let (mut first, mut second) = (s.index(), s.index());
+        with_ingestor!(s, |ingestor| {
+            let stored = ingestor
+                .process_group(&[&upload(
+                    id,
+                    creation.changes.iter().map(|c| c.to_vec()).collect(),
+                )])
+                .unwrap();
+            assert_eq!(stored[0].accepted, 1);
+            let late = first.read_batch(BATCH_ROWS).unwrap().expect("behind");
+            assert_eq!(
+                ingestor
+                    .process_group(&[&upload(id, vec![edit.clone()])])
+                    .unwrap()[0]
+                    .accepted,
+                1
+            );
+            assert_eq!(second.refresh().unwrap(), 1);
+            assert!(!first.write_batch(&late).unwrap(), "the batch was taken");
+        });
+        let doors: Vec<String> = first
+            .households(&["g".into()])
+            .unwrap()
+            .into_iter()
+            .map(|h| h.door)
+            .collect();
+        assert_eq!(doors, ["2"], "the rows are the later projector's");
+        assert_eq!(first.behind().unwrap(), 0, "the cursor did not go back");
+        assert_eq!(first.refresh().unwrap(), 0);
+        assert_eq!(second.refresh_batch(BATCH_ROWS).unwrap(), (0, true));
     }
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod orders;
 pub mod panics;
 pub mod process;
+pub mod sql;
 pub mod stats;
 pub mod storage;
 pub mod tasks;
@@ -48,6 +49,9 @@ pub struct Config {
     pub workflow: index::Workflow,
     /// Body limits, timeouts, connections per peer, trusted proxies, TLS.
     pub edge: http::edge::EdgeConfig,
+    /// A PostgreSQL database (`postgres://user@host:port/db`) to keep everything in instead
+    /// of the embedded store in `data_dir`: several servers may share one.
+    pub database: Option<String>,
 }
 
 impl Config {
@@ -62,6 +66,7 @@ impl Config {
             packed_downloads: true,
             workflow: Default::default(),
             edge: Default::default(),
+            database: None,
         }
     }
 }
@@ -103,6 +108,10 @@ impl RunningServer {
     }
 }
 
+/// Connections to PostgreSQL beyond one per writer thread: readers, the access tables and the
+/// read model share them.
+const PG_READERS: usize = 8;
+
 /// Opens the store and serves on `config.listen` (port 0 picks a free port), stopping when
 /// `stop` resolves or [`RunningServer::shutdown`] is called.
 pub async fn start(
@@ -115,26 +124,50 @@ pub async fn start(
             config.data_dir.display()
         )
     })?;
-    let storage = storage::SqliteStorage::open(&config.data_dir)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let mut ingest_options = config.ingest.clone();
     ingest_options.group_sizes = Some(metrics.write_groups.clone());
-    let readers = Arc::new(http::ReaderPool::new(storage.reopen()?));
-    let mut storages = Vec::new();
-    for _ in 1..config.ingest.writers.max(1) {
-        storages.push(storage.reopen()?);
-    }
-    storages.push(storage);
-    let (writer, writer_threads) = ingest::Writer::start(storages, ingest_options);
+    let writers = config.ingest.writers.max(1);
+    let (writer, writer_threads, readers, access_db, index) = match &config.database {
+        None => {
+            let storage = storage::SqliteStorage::open(&config.data_dir)?;
+            let readers = http::ReaderPool::new(storage.reopen()?);
+            let mut storages = Vec::new();
+            for _ in 1..writers {
+                storages.push(storage.reopen()?);
+            }
+            storages.push(storage);
+            let (writer, threads) = ingest::Writer::start(storages, ingest_options);
+            let access_db = access::AccessDb::open(&config.data_dir)?;
+            let index = index::Index::open(&config.data_dir, config.workflow.clone())?;
+            (writer, threads, readers, access_db, index)
+        }
+        Some(url) => {
+            // Connecting migrates the database, blocking on the handle's own runtime.
+            let url = url.clone();
+            let log = tokio::task::spawn_blocking(move || {
+                storage::PgStorage::connect(&url, writers + PG_READERS)
+            })
+            .await??;
+            let (writer, threads) =
+                ingest::Writer::start(vec![log.clone(); writers], ingest_options);
+            let access_db = access::AccessDb::on_postgres(&log);
+            let index = index::Index::on_postgres(&log, config.workflow.clone());
+            (
+                writer,
+                threads,
+                http::ReaderPool::pooled(log),
+                access_db,
+                index,
+            )
+        }
+    };
     panics::install_hook();
     let edge = Arc::new(config.edge.clone());
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let access_db = access::AccessDb::open(&config.data_dir)?;
-    let index = Arc::new(std::sync::Mutex::new(index::Index::open(
-        &config.data_dir,
-        config.workflow.clone(),
-    )?));
+    let readers = Arc::new(readers);
+    let index = Arc::new(std::sync::Mutex::new(index));
     // The register of demand ids, from the read model brought up to the log's end, before
     // the first change is taken in.
     let demand_ids = {

@@ -20,6 +20,11 @@ struct Args {
         global = true
     )]
     data_dir: PathBuf,
+    /// Keep everything in this PostgreSQL database (`postgres://user@host:port/db`) instead
+    /// of the embedded store: several servers may serve one database. The data folder then
+    /// holds only the server's lock.
+    #[arg(long, env = "QIAOMEN_DATABASE", global = true, value_parser = postgres_url)]
+    database: Option<String>,
     /// Household documents kept in memory, per writer.
     #[arg(long, env = "QIAOMEN_CACHE_DOCS", default_value_t = 2000)]
     cache_docs: usize,
@@ -99,7 +104,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     if let Some(Command::Admin(admin)) = args.command {
-        return qiaomen_server::admin::run(&args.data_dir, admin.command).map_err(|e| {
+        let target = match &args.database {
+            Some(url) => qiaomen_server::admin::Target::Postgres(url),
+            None => qiaomen_server::admin::Target::Embedded(&args.data_dir),
+        };
+        return qiaomen_server::admin::run_on(target, admin.command).map_err(|e| {
             eprintln!("error: {e}");
             std::process::exit(2)
         });
@@ -138,6 +147,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         qiaomen_server::storage::set_page_cache_kib(kib);
     }
     let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
+    config.database = args.database;
     config.ingest.cache_capacity = args.cache_docs;
     config.ingest.cache_ops = args.cache_ops;
     config.packed_downloads = !args.no_packed_downloads;
@@ -179,4 +189,14 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     .await?;
     server.wait().await?;
     Ok(())
+}
+
+/// A `--database` value: a PostgreSQL URL (its password, if any, is never printed).
+fn postgres_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err("a PostgreSQL URL, postgres://user@host:port/database".into());
+    }
+    s.parse::<tokio_postgres::Config>()
+        .map_err(|_| "not a PostgreSQL URL: postgres://user@host:port/database".to_string())?;
+    Ok(s.to_string())
 }

@@ -14,10 +14,10 @@ use qiaomen_protocol::{
     calendar::Day,
     ids::{DeviceId, UserId},
 };
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::access::{AccessDb, AccessError, Result, now_ms};
+use crate::sql::{Row, SqlError};
 
 /// The store's tables for task lists.
 pub const TASKS_SCHEMA: &str = r#"
@@ -107,7 +107,7 @@ pub struct NewList<'a> {
 }
 
 /// A `task_done` row selected as (grid, idx, user, device, done_ms, evidence).
-fn done_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Done> {
+fn done_row(r: &Row) -> std::result::Result<Done, SqlError> {
     Ok(Done {
         grid: r.get(0)?,
         item: r.get(1)?,
@@ -147,28 +147,28 @@ impl AccessDb {
         }
         let id = qiaomen_protocol::ids::Uuid::now_v7().to_string();
         self.in_transaction(|db| {
-            db.conn.execute(
+            db.db.execute(
                 "INSERT INTO task_lists (id, title, week_start, due, created_by, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    id,
-                    title,
-                    new.week_start.to_string(),
-                    new.due.to_string(),
-                    new.by.to_string(),
-                    now_ms()
+                &[
+                    &id,
+                    &title,
+                    &new.week_start.to_string(),
+                    &new.due.to_string(),
+                    &new.by.to_string(),
+                    &now_ms(),
                 ],
             )?;
             for (i, text) in new.items.iter().enumerate() {
-                db.conn.execute(
+                db.db.execute(
                     "INSERT INTO task_items (list, idx, text) VALUES (?1, ?2, ?3)",
-                    params![id, i as i64, text.trim()],
+                    &[&id, &(i as i64), &text.trim()],
                 )?;
             }
             for g in new.grids {
-                db.conn.execute(
-                    "INSERT OR IGNORE INTO task_targets (list, grid) VALUES (?1, ?2)",
-                    params![id, g],
+                db.db.execute(
+                    "INSERT INTO task_targets (list, grid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    &[&id, g],
                 )?;
             }
             Ok(())
@@ -182,14 +182,11 @@ impl AccessDb {
     /// sync, for the extras digest).
     pub fn task_lists(&self, grids: &BTreeSet<String>, since: Day) -> Result<Vec<TaskList>> {
         let codes = serde_json::to_string(grids).map_err(|e| invalid(&e.to_string()))?;
-        let ids: Vec<String> = self
-            .conn
-            .prepare_cached(
-                "SELECT DISTINCT l.id FROM task_lists l JOIN task_targets t ON t.list = l.id
-                  WHERE t.grid IN (SELECT value FROM json_each(?1)) AND l.due >= ?2",
-            )?
-            .query_map(params![codes, since.to_string()], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let ids: Vec<String> = self.db.rows(
+            "SELECT DISTINCT l.id FROM task_lists l JOIN task_targets t ON t.list = l.id
+              WHERE t.grid IN (SELECT value FROM json_each(?1)) AND l.due >= ?2",
+            &[&codes, &since.to_string()],
+        )?;
         let mut out = Vec::new();
         for id in ids {
             if let Some(l) = self.task_list(&id, grids)? {
@@ -202,38 +199,37 @@ impl AccessDb {
 
     /// One list, limited to the targets among `grids`; `None` if it reaches none of them.
     pub fn task_list(&self, id: &str, grids: &BTreeSet<String>) -> Result<Option<TaskList>> {
-        let head: Option<(String, String, String)> = self
-            .conn
-            .prepare_cached("SELECT title, week_start, due FROM task_lists WHERE id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
+        let head: Option<(String, String, String)> = self.db.row(
+            "SELECT title, week_start, due FROM task_lists WHERE id = ?1",
+            &[&id],
+        )?;
         let Some((title, week_start, due)) = head else {
             return Ok(None);
         };
         let targets: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT grid FROM task_targets WHERE list = ?1 ORDER BY grid")?
-            .query_map([id], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?
+            .db
+            .rows::<String>(
+                "SELECT grid FROM task_targets WHERE list = ?1 ORDER BY grid",
+                &[&id],
+            )?
             .into_iter()
             .filter(|g| grids.contains(g))
             .collect();
         if targets.is_empty() {
             return Ok(None);
         }
-        let items: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT text FROM task_items WHERE list = ?1 ORDER BY idx")?
-            .query_map([id], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let items: Vec<String> = self.db.rows(
+            "SELECT text FROM task_items WHERE list = ?1 ORDER BY idx",
+            &[&id],
+        )?;
         let done: Vec<Done> = self
-            .conn
-            .prepare_cached(
-                "SELECT grid, idx, user, device, done_ms, evidence FROM task_done
+            .db
+            .map(
+                "SELECT grid, idx, \"user\", device, done_ms, evidence FROM task_done
                   WHERE list = ?1 ORDER BY grid, idx",
+                &[&id],
+                done_row,
             )?
-            .query_map([id], done_row)?
-            .collect::<rusqlite::Result<Vec<Done>>>()?
             .into_iter()
             .filter(|d| targets.contains(&d.grid))
             .collect();
@@ -263,39 +259,122 @@ impl AccessDb {
             return Err(invalid("evidence has at most 2000 characters"));
         }
         let targeted = self
-            .conn
-            .prepare_cached(
+            .db
+            .row::<i64>(
                 "SELECT 1 FROM task_targets t JOIN task_items i ON i.list = t.list
                   WHERE t.list = ?1 AND t.grid = ?2 AND i.idx = ?3",
+                &[&id, &grid, &item],
             )?
-            .query_row(params![id, grid, item], |_| Ok(()))
-            .optional()?
             .is_some();
         if !targeted {
             return Err(AccessError::NotFound("task of this grid"));
         }
         // A time in the future counts as now.
         let done_ms = done_ms.min(now_ms());
-        self.conn.execute(
-            "INSERT OR IGNORE INTO task_done (list, idx, grid, user, device, done_ms, evidence, received_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                id,
-                item,
-                grid,
-                user.to_string(),
-                device.map(|d| d.to_string()),
-                done_ms,
-                evidence.trim(),
-                now_ms()
+        self.db.execute(
+            "INSERT INTO task_done (list, idx, grid, \"user\", device, done_ms, evidence, received_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+            &[
+                &id,
+                &item,
+                &grid,
+                &user.to_string(),
+                &device.map(|d| d.to_string()),
+                &done_ms,
+                &evidence.trim(),
+                &now_ms(),
             ],
         )?;
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT grid, idx, user, device, done_ms, evidence FROM task_done
+        self.db
+            .map(
+                "SELECT grid, idx, \"user\", device, done_ms, evidence FROM task_done
                   WHERE list = ?1 AND idx = ?2 AND grid = ?3",
+                &[&id, &item, &grid],
+                done_row,
             )?
-            .query_row(params![id, item, grid], done_row)?)
+            .into_iter()
+            .next()
+            .ok_or(AccessError::Sql(SqlError::NoRow))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::testing::{Store, on_both_backends};
+
+    on_both_backends!(a_list_reaches_its_grids_and_the_first_report_of_a_task_wins);
+
+    fn a_list_reaches_its_grids_and_the_first_report_of_a_task_wins(s: &Store) {
+        let mut db = s.open();
+        let by = db.add_user("sup", "李").unwrap();
+        let worker = db.add_user("w", "王").unwrap();
+        let day = |d: &str| d.parse::<Day>().unwrap();
+        let grids = ["g1".to_string(), "g2".to_string()];
+        let id = db
+            .push_task_list(&NewList {
+                title: "防诈宣传",
+                week_start: day("2026-11-30"),
+                due: day("2026-12-06"),
+                items: &["张贴海报".to_string(), "入户讲解".to_string()],
+                grids: &grids,
+                by,
+            })
+            .unwrap();
+        let g1 = BTreeSet::from(["g1".to_string()]);
+        let lists = db.task_lists(&g1, day("2026-12-01")).unwrap();
+        assert_eq!(lists.len(), 1);
+        assert_eq!(
+            lists[0].grids,
+            vec!["g1".to_string()],
+            "only the caller's grids"
+        );
+        assert_eq!(lists[0].items.len(), 2);
+        assert!(
+            db.task_lists(&g1, day("2026-12-07")).unwrap().is_empty(),
+            "a week over is not listed"
+        );
+        assert!(
+            db.task_lists(&BTreeSet::from(["g3".to_string()]), day("2026-12-01"))
+                .unwrap()
+                .is_empty()
+        );
+        // Two servers take the same report at once, with different evidence: one is kept
+        // and both answers show it.
+        let answers: Vec<Done> = std::thread::scope(|scope| {
+            let threads: Vec<_> = ["海报已贴", "贴好了"]
+                .map(|evidence| {
+                    let (mut db, id) = (s.open(), &id);
+                    scope.spawn(move || {
+                        db.complete_task(id, 0, "g1", (worker, None), 1_000, evidence)
+                            .unwrap()
+                    })
+                })
+                .into_iter()
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(answers[0], answers[1], "the first report wins on both");
+        let again = db
+            .complete_task(&id, 0, "g1", (worker, None), 2_000, "又一次")
+            .unwrap();
+        assert_eq!(
+            again, answers[0],
+            "a repeat is answered with what is stored"
+        );
+        assert!(matches!(
+            db.complete_task(&id, 0, "g3", (worker, None), 1_000, ""),
+            Err(AccessError::NotFound(_))
+        ));
+        assert!(matches!(
+            db.complete_task(&id, 9, "g1", (worker, None), 1_000, ""),
+            Err(AccessError::NotFound(_))
+        ));
+        let list = db
+            .task_list(&id, &BTreeSet::from(grids.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(list.done.len(), 1);
+        assert_eq!(list.completion(), 0.25);
     }
 }

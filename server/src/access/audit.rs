@@ -2,7 +2,6 @@
 //! device. Append-only (the database refuses UPDATE and DELETE on it by trigger). Entries
 //! hold ids and action names only, never residents' data.
 
-use rusqlite::params;
 use serde::Serialize;
 
 use super::{AccessDb, Result, now_ms};
@@ -35,19 +34,18 @@ pub struct Event<'a> {
 
 impl AccessDb {
     pub fn audit(&self, e: Event<'_>) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit (at_ms, actor_user, actor_device, action, target, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                now_ms(),
-                e.user,
-                e.device,
-                e.action,
-                e.target,
-                e.outcome
-            ])?;
+        self.db.execute(
+            "INSERT INTO audit (at_ms, actor_user, actor_device, action, target, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            &[
+                &now_ms(),
+                &e.user,
+                &e.device,
+                &e.action,
+                &e.target,
+                &e.outcome,
+            ],
+        )?;
         Ok(())
     }
 
@@ -72,8 +70,7 @@ impl AccessDb {
     }
 
     fn audit_rows(&self, sql: &str, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params![after, limit], |r| {
+        Ok(self.db.map(sql, &[&after, &limit], |r| {
             Ok(AuditEntry {
                 seq: r.get(0)?,
                 at_ms: r.get(1)?,
@@ -83,19 +80,19 @@ impl AccessDb {
                 target: r.get(5)?,
                 outcome: r.get(6)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::testing::{Store, on_both_backends};
 
-    #[test]
-    fn the_log_is_append_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = AccessDb::open(dir.path()).unwrap();
+    on_both_backends!(the_log_is_append_only);
+
+    fn the_log_is_append_only(s: &Store) {
+        let db = s.open();
         db.audit(Event {
             user: Some("u"),
             device: None,
@@ -105,11 +102,14 @@ mod tests {
         })
         .unwrap();
         assert!(
-            db.conn
-                .execute("UPDATE audit SET outcome = 'x'", [])
+            db.db
+                .execute("UPDATE audit SET outcome = 'x'", &[])
                 .is_err()
         );
-        assert!(db.conn.execute("DELETE FROM audit", []).is_err());
+        assert!(db.db.execute("DELETE FROM audit", &[]).is_err());
+        if db.db.dialect() == crate::sql::Dialect::Postgres {
+            assert!(db.db.batch("TRUNCATE audit").is_err());
+        }
         let log = db.audit_log(0, 10).unwrap();
         assert_eq!(log.len(), 1);
         assert_eq!(log[0].outcome, "ok");

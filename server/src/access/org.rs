@@ -8,7 +8,6 @@
 use std::collections::BTreeSet;
 
 use qiaomen_protocol::{calendar::Day, ids::UserId, policy::Rights};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{AccessDb, AccessError, Result, now_ms};
@@ -156,10 +155,8 @@ impl AccessDb {
     /// The kind of a unit, if it exists.
     fn unit_kind(&self, id: &str) -> Result<Option<UnitKind>> {
         let kind: Option<String> = self
-            .conn
-            .prepare_cached("SELECT kind FROM org_units WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?;
+            .db
+            .row("SELECT kind FROM org_units WHERE id = ?1", &[&id])?;
         Ok(kind.as_deref().and_then(UnitKind::parse))
     }
 
@@ -209,9 +206,9 @@ impl AccessDb {
         if self.unit_kind(id)?.is_some() {
             return Err(AccessError::Invalid(format!("unit {id} exists already")));
         }
-        self.conn.execute(
+        self.db.execute(
             "INSERT INTO org_units (id, parent, kind, name, valid_from) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, parent, kind.as_str(), name, valid_from.to_string()],
+            &[&id, &parent, &kind.as_str(), &name, &valid_from.to_string()],
         )?;
         Ok(())
     }
@@ -235,26 +232,11 @@ impl AccessDb {
         }
     }
 
-    /// Runs `f` in one transaction (one disk sync for many small writes).
-    pub fn in_transaction<T>(&mut self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match f(self) {
-            Ok(v) => {
-                self.conn.execute_batch("COMMIT")?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
-    }
-
     /// Closes a unit on `day` (a re-division); its history and households stay.
     pub fn close_unit(&self, id: &str, day: Day) -> Result<()> {
-        let n = self.conn.execute(
+        let n = self.db.execute(
             "UPDATE org_units SET valid_until = ?2 WHERE id = ?1 AND valid_until IS NULL",
-            params![id, day.to_string()],
+            &[&id, &day.to_string()],
         )?;
         if n == 0 {
             return Err(AccessError::NotFound("open unit"));
@@ -263,58 +245,39 @@ impl AccessDb {
     }
 
     pub fn units(&self) -> Result<Vec<Unit>> {
-        let mut stmt = self.conn.prepare(
+        Ok(self.db.map(
             "SELECT id, parent, kind, name, valid_from, valid_until FROM org_units ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Unit {
-                id: r.get(0)?,
-                parent: r.get(1)?,
-                kind: UnitKind::parse(&r.get::<_, String>(2)?).unwrap_or(UnitKind::Grid),
-                name: r.get(3)?,
-                valid_from: r.get(4)?,
-                valid_until: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            &[],
+            unit_row,
+        )?)
     }
 
     /// The units a user may see now: every unit at or below the units of their current
     /// assignments that grant reading records, parents before children.
     pub fn visible_units(&self, user: UserId, at_ms: i64) -> Result<Vec<Unit>> {
-        let mut stmt = self.conn.prepare_cached(
+        Ok(self.db.map(
             "WITH RECURSIVE sub(id, depth) AS (
                 SELECT unit, 0 FROM assignments
-                 WHERE user = ?1 AND role <> 'admin' AND valid_from_ms <= ?2
+                 WHERE \"user\" = ?1 AND role <> 'admin' AND valid_from_ms <= ?2
                    AND (valid_until_ms IS NULL OR ?2 < valid_until_ms)
                 UNION SELECT o.id, sub.depth + 1 FROM org_units o JOIN sub ON o.parent = sub.id)
              SELECT o.id, o.parent, o.kind, o.name, o.valid_from, o.valid_until, min(sub.depth)
                FROM sub JOIN org_units o ON o.id = sub.id
               GROUP BY o.id ORDER BY min(sub.depth), o.id",
-        )?;
-        let rows = stmt.query_map(params![user.to_string(), at_ms], |r| {
-            Ok(Unit {
-                id: r.get(0)?,
-                parent: r.get(1)?,
-                kind: UnitKind::parse(&r.get::<_, String>(2)?).unwrap_or(UnitKind::Grid),
-                name: r.get(3)?,
-                valid_from: r.get(4)?,
-                valid_until: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            &[&user.to_string(), &at_ms],
+            unit_row,
+        )?)
     }
 
     /// The grids at or below `unit`.
     pub fn grids_below(&self, unit: &str) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare_cached(
+        Ok(self.db.rows(
             "WITH RECURSIVE sub(id, kind) AS (
                 SELECT id, kind FROM org_units WHERE id = ?1
                 UNION SELECT o.id, o.kind FROM org_units o JOIN sub ON o.parent = sub.id)
              SELECT id FROM sub WHERE kind = 'grid' ORDER BY id",
-        )?;
-        let rows = stmt.query_map([unit], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            &[&unit],
+        )?)
     }
 
     /// Creates a user. `login` is what a supervisor types to sign in.
@@ -325,9 +288,10 @@ impl AccessDb {
             ));
         }
         let id = UserId::new();
-        let inserted = self.conn.execute(
-            "INSERT OR IGNORE INTO users (id, login, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![id.to_string(), login, name, now_ms()],
+        let inserted = self.db.execute(
+            "INSERT INTO users (id, login, name, created_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+            &[&id.to_string(), &login, &name, &now_ms()],
         )?;
         if inserted == 0 {
             return Err(AccessError::Invalid(format!("login {login} is taken")));
@@ -337,12 +301,12 @@ impl AccessDb {
 
     /// The display names of users (staff, not residents), by id; unknown ids are left out.
     pub fn user_names(&self, ids: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name FROM users WHERE id = ?1")?;
         let mut out = std::collections::BTreeMap::new();
         for id in ids {
-            if let Some(name) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? {
+            if let Some(name) = self
+                .db
+                .row::<String>("SELECT name FROM users WHERE id = ?1", &[id])?
+            {
                 out.insert(id.clone(), name);
             }
         }
@@ -355,21 +319,13 @@ impl AccessDb {
         &self,
         ids: &[String],
     ) -> Result<std::collections::BTreeMap<String, String>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT u.name, d.install_id, d.enrolled_ms FROM devices d JOIN users u ON u.id = d.user
-             WHERE d.id = ?1",
-        )?;
         let mut out = std::collections::BTreeMap::new();
         for id in ids {
-            let row = stmt
-                .query_row([id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .optional()?;
+            let row: Option<(String, String, i64)> = self.db.row(
+                "SELECT u.name, d.install_id, d.enrolled_ms FROM devices d
+                   JOIN users u ON u.id = d.\"user\" WHERE d.id = ?1",
+                &[id],
+            )?;
             if let Some((name, install, enrolled_ms)) = row {
                 let label = if install == "web" {
                     format!("{name}（网页）")
@@ -388,29 +344,29 @@ impl AccessDb {
     /// When each phone in service (not revoked nor retired, web sessions left out) last
     /// synced (`None`: never), for the metrics.
     pub fn active_device_syncs(&self) -> Result<Vec<Option<i64>>> {
-        let mut stmt = self.conn.prepare_cached(
+        Ok(self.db.rows(
             "SELECT last_sync_ms FROM devices
               WHERE install_id <> 'web' AND revoked_ms IS NULL AND retired_ms IS NULL",
-        )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            &[],
+        )?)
     }
 
     /// The phones of the workers of `grids` at `at_ms` (grid workers and grid heads, devices
     /// not revoked nor retired, web sessions' devices left out), by grid and worker.
     pub fn grid_phones(&self, grids: &[String], at_ms: i64) -> Result<Vec<GridPhone>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT d.id, d.user, u.name, d.enrolled_ms, d.last_sync_ms, d.last_pending, d.agent,
-                    d.retire_ms IS NOT NULL
-               FROM assignments a JOIN users u ON u.id = a.user JOIN devices d ON d.user = a.user
-              WHERE a.unit = ?1 AND a.role IN ('grid_worker', 'grid_head')
-                AND a.valid_from_ms <= ?2 AND (a.valid_until_ms IS NULL OR a.valid_until_ms > ?2)
-                AND d.install_id <> 'web' AND d.revoked_ms IS NULL AND d.retired_ms IS NULL
-              ORDER BY u.name, d.enrolled_ms",
-        )?;
         let mut out: Vec<GridPhone> = Vec::new();
         for grid in grids {
-            let rows = stmt.query_map(params![grid, at_ms], |r| {
+            let rows = self.db.map(
+                "SELECT d.id, d.\"user\", u.name, d.enrolled_ms, d.last_sync_ms, d.last_pending,
+                        d.agent, d.retire_ms IS NOT NULL
+                   FROM assignments a JOIN users u ON u.id = a.\"user\"
+                   JOIN devices d ON d.\"user\" = a.\"user\"
+                  WHERE a.unit = ?1 AND a.role IN ('grid_worker', 'grid_head')
+                    AND a.valid_from_ms <= ?2 AND (a.valid_until_ms IS NULL OR a.valid_until_ms > ?2)
+                    AND d.install_id <> 'web' AND d.revoked_ms IS NULL AND d.retired_ms IS NULL
+                  ORDER BY u.name, d.enrolled_ms",
+                &[grid, &at_ms],
+                |r| {
                 Ok(GridPhone {
                     grid: grid.clone(),
                     device: r.get(0)?,
@@ -422,9 +378,9 @@ impl AccessDb {
                     agent: r.get(6)?,
                     retiring: r.get(7)?,
                 })
-            })?;
+            },
+            )?;
             for row in rows {
-                let row = row?;
                 // A grid head who is also its worker holds one phone once.
                 if !out
                     .iter()
@@ -439,11 +395,8 @@ impl AccessDb {
 
     pub fn user_by_login(&self, login: &str) -> Result<UserId> {
         let id: Option<String> = self
-            .conn
-            .query_row("SELECT id FROM users WHERE login = ?1", [login], |r| {
-                r.get(0)
-            })
-            .optional()?;
+            .db
+            .row("SELECT id FROM users WHERE login = ?1", &[&login])?;
         id.and_then(|s| s.parse().ok())
             .ok_or(AccessError::NotFound("user"))
     }
@@ -462,19 +415,19 @@ impl AccessDb {
                 "team members, and only they, are assigned to a team".into(),
             ));
         }
-        self.conn.execute(
-            "INSERT INTO assignments (user, unit, role, valid_from_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![user.to_string(), unit, role.as_str(), from_ms],
+        self.db.execute(
+            "INSERT INTO assignments (\"user\", unit, role, valid_from_ms) VALUES (?1, ?2, ?3, ?4)",
+            &[&user.to_string(), &unit, &role.as_str(), &from_ms],
         )?;
         Ok(())
     }
 
     /// Ends `user`'s open assignments at `unit` at `until_ms`.
     pub fn unassign(&self, user: UserId, unit: &str, until_ms: i64) -> Result<()> {
-        let n = self.conn.execute(
+        let n = self.db.execute(
             "UPDATE assignments SET valid_until_ms = ?3
-              WHERE user = ?1 AND unit = ?2 AND valid_until_ms IS NULL",
-            params![user.to_string(), unit, until_ms],
+              WHERE \"user\" = ?1 AND unit = ?2 AND valid_until_ms IS NULL",
+            &[&user.to_string(), &unit, &until_ms],
         )?;
         if n == 0 {
             return Err(AccessError::NotFound("open assignment"));
@@ -484,14 +437,11 @@ impl AccessDb {
 
     /// What `user` may read and write at `at_ms`.
     pub fn scope(&self, user: UserId, at_ms: i64) -> Result<Scope> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT unit, role, valid_from_ms, valid_until_ms FROM assignments WHERE user = ?1",
+        let rows: Vec<(String, String, i64, Option<i64>)> = self.db.rows(
+            "SELECT unit, role, valid_from_ms, valid_until_ms FROM assignments
+              WHERE \"user\" = ?1 ORDER BY id",
+            &[&user.to_string()],
         )?;
-        let rows: Vec<(String, String, i64, Option<i64>)> = stmt
-            .query_map([user.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
         let mut scope = Scope::default();
         scope.rights.at_ms = at_ms;
         for (unit, role, from_ms, until_ms) in rows {
@@ -524,49 +474,52 @@ impl AccessDb {
 
     /// The grid worker of `grid` at `at_ms` (the longest-assigned if several), if any.
     pub fn grid_worker(&self, grid: &str, at_ms: i64) -> Result<Option<UserId>> {
-        let id: Option<String> = self
-            .conn
-            .prepare_cached(
-                "SELECT user FROM assignments
-                  WHERE unit = ?1 AND role = 'grid_worker' AND valid_from_ms <= ?2
-                    AND (valid_until_ms IS NULL OR ?2 < valid_until_ms)
-                  ORDER BY valid_from_ms, id LIMIT 1",
-            )?
-            .query_row(params![grid, at_ms], |r| r.get(0))
-            .optional()?;
+        let id: Option<String> = self.db.row(
+            "SELECT \"user\" FROM assignments
+              WHERE unit = ?1 AND role = 'grid_worker' AND valid_from_ms <= ?2
+                AND (valid_until_ms IS NULL OR ?2 < valid_until_ms)
+              ORDER BY valid_from_ms, id LIMIT 1",
+            &[&grid, &at_ms],
+        )?;
         Ok(id.and_then(|s| s.parse().ok()))
     }
 
     /// Every assignment, for the CLI.
     pub fn assignments(&self) -> Result<Vec<AssignmentRow>> {
-        let mut stmt = self.conn.prepare(
+        Ok(self.db.rows(
             "SELECT u.login, a.role, a.unit, a.valid_from_ms, a.valid_until_ms
-               FROM assignments a JOIN users u ON u.id = a.user ORDER BY u.login, a.valid_from_ms",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+               FROM assignments a JOIN users u ON u.id = a.\"user\"
+              ORDER BY u.login, a.valid_from_ms, a.id",
+            &[],
+        )?)
     }
+}
+
+/// An `org_units` row selected as (id, parent, kind, name, valid_from, valid_until).
+fn unit_row(r: &crate::sql::Row) -> std::result::Result<Unit, crate::sql::SqlError> {
+    Ok(Unit {
+        id: r.get(0)?,
+        parent: r.get(1)?,
+        kind: UnitKind::parse(&r.get::<String>(2)?).unwrap_or(UnitKind::Grid),
+        name: r.get(3)?,
+        valid_from: r.get(4)?,
+        valid_until: r.get(5)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::testing::{Store, on_both_backends};
 
-    fn db() -> (tempfile::TempDir, AccessDb) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = AccessDb::open(dir.path()).unwrap();
-        (dir, db)
-    }
+    on_both_backends!(units_nest_by_kind_and_scope_follows_assignments_over_time);
 
     fn day(s: &str) -> Day {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn units_nest_by_kind_and_scope_follows_assignments_over_time() {
-        let (_d, db) = db();
+    fn units_nest_by_kind_and_scope_follows_assignments_over_time(s: &Store) {
+        let db = s.open();
         let d0 = day("2026-01-01");
         db.add_unit("c", UnitKind::County, None, "县", d0).unwrap();
         db.add_unit("t", UnitKind::Town, Some("c"), "镇", d0)

@@ -20,10 +20,10 @@
 //!   sees both before choosing; [`AccessDb::revoke_device_guarded`] refuses to revoke a device
 //!   that last reported pending work unless forced.
 
+use crate::sql::{Row, SqlError};
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
 use base64::Engine;
 use qiaomen_protocol::ids::{DeviceId, UserId};
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 use super::{AccessDb, AccessError, Result, now_ms};
@@ -71,41 +71,6 @@ fn normalize_code(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_uppercase())
         .collect()
-}
-
-/// Runs `f` in a transaction that takes SQLite's write lock when it begins (`BEGIN
-/// IMMEDIATE`): a transaction that reads, then writes, cannot then fail on the upgrade while
-/// the writers commit (`SQLITE_BUSY` without waiting, "database is locked"). Still busy after
-/// the connection's busy timeout, it is tried again a few times after a short pause. `f`
-/// commits nothing itself: its `Ok` commits, its `Err` rolls back.
-fn immediate<T>(
-    conn: &mut rusqlite::Connection,
-    mut f: impl FnMut(&Transaction<'_>) -> Result<T>,
-) -> Result<T> {
-    const ATTEMPTS: u32 = 4;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut run = || -> Result<T> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        };
-        match run() {
-            Err(AccessError::Sqlite(e)) if is_busy(&e) && attempt < ATTEMPTS => {
-                std::thread::sleep(std::time::Duration::from_millis(10 << attempt));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
 }
 
 /// A device as the server knows it after authenticating its token.
@@ -235,7 +200,7 @@ pub struct HoldsPending(pub DeviceRow);
 
 const DEVICE_COLUMNS: &str = "d.id, u.login, d.enrolled_ms, d.revoked_ms, d.retire_ms, d.retired_ms, d.last_seen_ms, d.last_sync_ms, d.last_pending, d.agent";
 
-fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+fn device_row(r: &Row) -> std::result::Result<DeviceRow, SqlError> {
     let revoked_ms: Option<i64> = r.get(3)?;
     let retire_ms: Option<i64> = r.get(4)?;
     let retired_ms: Option<i64> = r.get(5)?;
@@ -262,10 +227,9 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
 impl AccessDb {
     /// Issues a one-time enrollment code for one of `user`'s devices. Only its hash is stored.
     pub fn issue_enrollment_code(&self, user: UserId) -> Result<String> {
-        let exists: bool = self.conn.query_row(
+        let exists: bool = self.db.one(
             "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)",
-            [user.to_string()],
-            |r| r.get(0),
+            &[&user.to_string()],
         )?;
         if !exists {
             return Err(AccessError::NotFound("user"));
@@ -275,9 +239,9 @@ impl AccessDb {
             .map(|b| CODE_ALPHABET[(*b as usize) % CODE_ALPHABET.len()] as char)
             .collect();
         let now = now_ms();
-        self.conn.execute(
-            "INSERT INTO enrollment_codes (hash, user, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![sha256(&raw), user.to_string(), now, now + CODE_LIFETIME_MS],
+        self.db.execute(
+            "INSERT INTO enrollment_codes (hash, \"user\", created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            &[&sha256(&raw), &user.to_string(), &now, &(now + CODE_LIFETIME_MS)],
         )?;
         Ok(format!("{}-{}-{}", &raw[..4], &raw[4..8], &raw[8..]))
     }
@@ -290,14 +254,11 @@ impl AccessDb {
         install_id: &str,
     ) -> Result<std::result::Result<Enrolled, EnrollRefusal>> {
         let hash = sha256(&normalize_code(code));
-        immediate(&mut self.conn, |tx| {
-            let row: Option<(String, i64, Option<String>)> = tx
-                .query_row(
-                    "SELECT user, expires_ms, device FROM enrollment_codes WHERE hash = ?1",
-                    [&hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+        self.db.transaction(|tx| {
+            let row: Option<(String, i64, Option<String>)> = tx.row(
+                "SELECT \"user\", expires_ms, device FROM enrollment_codes WHERE hash = ?1",
+                &[&hash],
+            )?;
             let Some((user, expires_ms, device)) = row else {
                 return Ok(Err(EnrollRefusal::Invalid));
             };
@@ -309,32 +270,28 @@ impl AccessDb {
                     }
                     let device = DeviceId::new();
                     tx.execute(
-                        "INSERT INTO devices (id, user, install_id, enrolled_ms) VALUES (?1, ?2, ?3, ?4)",
-                        params![device.to_string(), user, install_id, now],
+                        "INSERT INTO devices (id, \"user\", install_id, enrolled_ms) VALUES (?1, ?2, ?3, ?4)",
+                        &[&device.to_string(), &user, &install_id, &now],
                     )?;
                     tx.execute(
                         "UPDATE enrollment_codes SET device = ?2, used_ms = ?3 WHERE hash = ?1",
-                        params![&hash, device.to_string(), now],
+                        &[&hash, &device.to_string(), &now],
                     )?;
                     device
                 }
                 Some(device) => {
                     // A retry after a lost answer: the same install, its token never used.
-                    let same: Option<(String, Option<i64>)> = tx
-                        .query_row(
-                            "SELECT install_id, revoked_ms FROM devices WHERE id = ?1",
-                            [&device],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
-                    let used: bool = tx.query_row(
+                    let same: Option<(String, Option<i64>)> = tx.row(
+                        "SELECT install_id, revoked_ms FROM devices WHERE id = ?1",
+                        &[&device],
+                    )?;
+                    let used: bool = tx.one(
                         "SELECT EXISTS (SELECT 1 FROM device_tokens WHERE device = ?1 AND used_ms IS NOT NULL)",
-                        [&device],
-                        |r| r.get(0),
+                        &[&device],
                     )?;
                     match same {
                         Some((install, None)) if install == install_id && !used => {
-                            tx.execute("DELETE FROM device_tokens WHERE device = ?1", [&device])?;
+                            tx.execute("DELETE FROM device_tokens WHERE device = ?1", &[&device])?;
                             device
                                 .parse()
                                 .map_err(|_| AccessError::NotFound("device"))?
@@ -346,7 +303,7 @@ impl AccessDb {
             let token = new_token("qm_d_");
             tx.execute(
                 "INSERT INTO device_tokens (hash, device, created_ms, state) VALUES (?1, ?2, ?3, 'active')",
-                params![sha256(&token), device.to_string(), now],
+                &[&sha256(&token), &device.to_string(), &now],
             )?;
             Ok(Ok(Enrolled {
                 device,
@@ -366,7 +323,7 @@ impl AccessDb {
         // SQLite's write lock and an fsync (measured: 16 concurrent syncs each writing
         // `last_seen` cut ingest from 2,278 to 1,504 visits/s). Writes happen on a token's
         // first use, on reuse, and at most once an hour for `last_seen`.
-        struct Row {
+        struct Found {
             device: String,
             user: String,
             created_ms: i64,
@@ -380,31 +337,34 @@ impl AccessDb {
             last_pending: Option<i64>,
             agent: Option<String>,
         }
-        let row: Option<Row> = self
-            .conn
-            .prepare_cached(
-                "SELECT t.device, d.user, t.created_ms, t.used_ms, t.state, d.revoked_ms, d.last_seen_ms,
-                        d.retire_ms, d.retired_ms, d.last_sync_ms, d.last_pending, d.agent
+        let row: Option<Found> = self
+            .db
+            .map(
+                "SELECT t.device, d.\"user\", t.created_ms, t.used_ms, t.state, d.revoked_ms,
+                        d.last_seen_ms, d.retire_ms, d.retired_ms, d.last_sync_ms, d.last_pending,
+                        d.agent
                    FROM device_tokens t JOIN devices d ON d.id = t.device WHERE t.hash = ?1",
+                &[&hash],
+                |r| {
+                    Ok(Found {
+                        device: r.get(0)?,
+                        user: r.get(1)?,
+                        created_ms: r.get(2)?,
+                        used_ms: r.get(3)?,
+                        state: r.get(4)?,
+                        revoked_ms: r.get(5)?,
+                        last_seen: r.get(6)?,
+                        retire_ms: r.get(7)?,
+                        retired_ms: r.get(8)?,
+                        last_sync_ms: r.get(9)?,
+                        last_pending: r.get(10)?,
+                        agent: r.get(11)?,
+                    })
+                },
             )?
-            .query_row([&hash], |r| {
-                Ok(Row {
-                    device: r.get(0)?,
-                    user: r.get(1)?,
-                    created_ms: r.get(2)?,
-                    used_ms: r.get(3)?,
-                    state: r.get(4)?,
-                    revoked_ms: r.get(5)?,
-                    last_seen: r.get(6)?,
-                    retire_ms: r.get(7)?,
-                    retired_ms: r.get(8)?,
-                    last_sync_ms: r.get(9)?,
-                    last_pending: r.get(10)?,
-                    agent: r.get(11)?,
-                })
-            })
-            .optional()?;
-        let Some(Row {
+            .into_iter()
+            .next();
+        let Some(Found {
             device,
             user,
             created_ms,
@@ -430,37 +390,39 @@ impl AccessDb {
         let now = now_ms();
         if state == "retired" {
             // Two parties hold this token: revoke the device.
-            let tx = self.conn.transaction()?;
-            tx.execute(
-                "UPDATE devices SET revoked_ms = ?2 WHERE id = ?1",
-                params![device, now],
-            )?;
-            tx.execute(
-                "INSERT INTO audit (at_ms, actor_device, action, target, outcome) VALUES (?1, ?2, 'token_reuse', ?2, 'device_revoked')",
-                params![now, device],
-            )?;
-            tx.commit()?;
+            self.db.transaction(|tx| {
+                tx.execute(
+                    "UPDATE devices SET revoked_ms = ?2 WHERE id = ?1",
+                    &[&device, &now],
+                )?;
+                tx.execute(
+                    "INSERT INTO audit (at_ms, actor_device, action, target, outcome) VALUES (?1, ?2, 'token_reuse', ?2, 'device_revoked')",
+                    &[&now, &device],
+                )?;
+                Ok::<_, AccessError>(())
+            })?;
             return Ok(Err(TokenRefusal::Reused));
         }
         let stale = last_seen.is_none_or(|t| t < now - LAST_SEEN_GRAIN_MS);
         if used_ms.is_none() || stale {
-            let tx = self.conn.transaction()?;
-            if used_ms.is_none() {
+            self.db.transaction(|tx| {
+                if used_ms.is_none() {
+                    tx.execute(
+                        "UPDATE device_tokens SET used_ms = ?2 WHERE hash = ?1",
+                        &[&hash, &now],
+                    )?;
+                    // The successor is in use: its predecessor retires.
+                    tx.execute(
+                        "UPDATE device_tokens SET state = 'retired' WHERE successor = ?1",
+                        &[&hash],
+                    )?;
+                }
                 tx.execute(
-                    "UPDATE device_tokens SET used_ms = ?2 WHERE hash = ?1",
-                    params![&hash, now],
+                    "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
+                    &[&device, &now],
                 )?;
-                // The successor is in use: its predecessor retires.
-                tx.execute(
-                    "UPDATE device_tokens SET state = 'retired' WHERE successor = ?1",
-                    [&hash],
-                )?;
-            }
-            tx.execute(
-                "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
-                params![device, now],
-            )?;
-            tx.commit()?;
+                Ok::<_, AccessError>(())
+            })?;
         }
         Ok(Ok(DevicePrincipal {
             device: device
@@ -485,30 +447,28 @@ impl AccessDb {
             Err(e) => return Ok(Err(e)),
         };
         let hash = sha256(token);
-        immediate(&mut self.conn, |tx| {
+        self.db.transaction(|tx| {
             let successor: Option<Vec<u8>> = tx
-                .query_row(
+                .row::<Option<Vec<u8>>>(
                     "SELECT successor FROM device_tokens WHERE hash = ?1",
-                    [&hash],
-                    |r| r.get(0),
-                )
-                .optional()?
+                    &[&hash],
+                )?
                 .flatten();
             if let Some(old) = successor {
                 tx.execute(
                     "DELETE FROM device_tokens WHERE hash = ?1 AND used_ms IS NULL",
-                    [&old],
+                    &[&old],
                 )?;
             }
             let next = new_token("qm_d_");
             let next_hash = sha256(&next);
             tx.execute(
                 "INSERT INTO device_tokens (hash, device, created_ms, state) VALUES (?1, ?2, ?3, 'active')",
-                params![next_hash, principal.device.to_string(), now_ms()],
+                &[&next_hash, &principal.device.to_string(), &now_ms()],
             )?;
             tx.execute(
                 "UPDATE device_tokens SET state = 'rotated', successor = ?2 WHERE hash = ?1",
-                params![&hash, next_hash],
+                &[&hash, &next_hash],
             )?;
             Ok(Ok(next))
         })
@@ -528,11 +488,11 @@ impl AccessDb {
     ) -> Result<bool> {
         let device = device.to_string();
         let pending = pending.map(|p| i64::try_from(p).unwrap_or(i64::MAX));
-        immediate(&mut self.conn, |tx| {
+        self.db.transaction(|tx| {
             tx.execute(
                 "UPDATE devices SET last_sync_ms = ?2, last_pending = ?3, agent = COALESCE(?4, agent)
                   WHERE id = ?1",
-                params![device, at_ms, pending, agent],
+                &[&device, &at_ms, &pending, &agent],
             )?;
             if !end {
                 return Ok(false);
@@ -540,12 +500,12 @@ impl AccessDb {
             let n = tx.execute(
                 "UPDATE devices SET retired_ms = ?2
                   WHERE id = ?1 AND retire_ms IS NOT NULL AND retired_ms IS NULL AND revoked_ms IS NULL",
-                params![device, at_ms],
+                &[&device, &at_ms],
             )?;
             if n > 0 {
                 tx.execute(
                     "INSERT INTO audit (at_ms, actor_device, action, target, outcome) VALUES (?1, ?2, 'retired', ?2, 'ok')",
-                    params![at_ms, device],
+                    &[&at_ms, &device],
                 )?;
             }
             Ok(n > 0)
@@ -554,15 +514,16 @@ impl AccessDb {
 
     /// One device as listed for an admin.
     pub fn device(&self, device: DeviceId) -> Result<DeviceRow> {
-        self.conn
-            .query_row(
+        self.db
+            .map(
                 &format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices d JOIN users u ON u.id = d.user WHERE d.id = ?1"
+                    "SELECT {DEVICE_COLUMNS} FROM devices d JOIN users u ON u.id = d.\"user\" WHERE d.id = ?1"
                 ),
-                [device.to_string()],
+                &[&device.to_string()],
                 device_row,
-            )
-            .optional()?
+            )?
+            .into_iter()
+            .next()
             .ok_or(AccessError::NotFound("device"))
     }
 
@@ -571,10 +532,10 @@ impl AccessDb {
     /// sync and pending). Retiring a retiring device again changes nothing.
     pub fn retire_device(&self, device: DeviceId) -> Result<DeviceRow> {
         let before = self.device(device)?;
-        let n = self.conn.execute(
+        let n = self.db.execute(
             "UPDATE devices SET retire_ms = coalesce(retire_ms, ?2)
               WHERE id = ?1 AND revoked_ms IS NULL AND retired_ms IS NULL",
-            params![device.to_string(), now_ms()],
+            &[&device.to_string(), &now_ms()],
         )?;
         if n == 0 {
             return Err(AccessError::NotFound(
@@ -602,9 +563,9 @@ impl AccessDb {
 
     /// Revokes a device: its tokens stop working at once.
     pub fn revoke_device(&self, device: DeviceId) -> Result<()> {
-        let n = self.conn.execute(
+        let n = self.db.execute(
             "UPDATE devices SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
-            params![device.to_string(), now_ms()],
+            &[&device.to_string(), &now_ms()],
         )?;
         if n == 0 {
             return Err(AccessError::NotFound("device that is not revoked"));
@@ -614,46 +575,41 @@ impl AccessDb {
 
     /// Every device, oldest enrollment first.
     pub fn devices(&self) -> Result<Vec<DeviceRow>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices d JOIN users u ON u.id = d.user ORDER BY d.enrolled_ms"
-        ))?;
-        let rows = stmt.query_map([], device_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(self.db.map(
+            &format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices d JOIN users u ON u.id = d.\"user\"
+                  ORDER BY d.enrolled_ms, d.id"
+            ),
+            &[],
+            device_row,
+        )?)
     }
 
     /// The device that stands for `user`'s web sessions: edits made in the supervisors' pages
     /// and API (reviews, resolved conflicts) are changes of this device, with an actor bound
     /// to it, checked like a phone's. Created on first use; a revoked one is replaced.
     pub fn web_device(&self, user: UserId) -> Result<DeviceId> {
-        let found: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT id FROM devices WHERE user = ?1 AND install_id = 'web' AND revoked_ms IS NULL",
-                [user.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let found: Option<String> = self.db.row(
+            "SELECT id FROM devices WHERE \"user\" = ?1 AND install_id = 'web' AND revoked_ms IS NULL",
+            &[&user.to_string()],
+        )?;
         if let Some(id) = found.and_then(|d| d.parse().ok()) {
             return Ok(id);
         }
         let device = DeviceId::new();
-        self.conn.execute(
-            "INSERT INTO devices (id, user, install_id, enrolled_ms) VALUES (?1, ?2, 'web', ?3)",
-            params![device.to_string(), user.to_string(), now_ms()],
+        self.db.execute(
+            "INSERT INTO devices (id, \"user\", install_id, enrolled_ms) VALUES (?1, ?2, 'web', ?3)",
+            &[&device.to_string(), &user.to_string(), &now_ms()],
         )?;
         Ok(device)
     }
 
     /// The user a device belongs to.
     pub fn device_user(&self, device: DeviceId) -> Result<Option<UserId>> {
-        let user: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT user FROM devices WHERE id = ?1",
-                [device.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let user: Option<String> = self.db.row(
+            "SELECT \"user\" FROM devices WHERE id = ?1",
+            &[&device.to_string()],
+        )?;
         Ok(user.and_then(|u| u.parse().ok()))
     }
 
@@ -669,9 +625,9 @@ impl AccessDb {
             .hash_password(password.as_bytes(), &salt)
             .map_err(|_| AccessError::Hash)?
             .to_string();
-        let n = self.conn.execute(
+        let n = self.db.execute(
             "UPDATE users SET password_hash = ?2 WHERE id = ?1",
-            params![user.to_string(), hash],
+            &[&user.to_string(), &hash],
         )?;
         if n == 0 {
             return Err(AccessError::NotFound("user"));
@@ -695,14 +651,10 @@ impl AccessDb {
 
     /// The user of `login` and their stored password hash (none if no password was set).
     pub fn password_hash(&self, login: &str) -> Result<Option<(UserId, Option<String>)>> {
-        let row: Option<(String, Option<String>)> = self
-            .conn
-            .query_row(
-                "SELECT id, password_hash FROM users WHERE login = ?1",
-                [login],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let row: Option<(String, Option<String>)> = self.db.row(
+            "SELECT id, password_hash FROM users WHERE login = ?1",
+            &[&login],
+        )?;
         row.map(|(user, hash)| {
             Ok((
                 user.parse().map_err(|_| AccessError::NotFound("user"))?,
@@ -717,9 +669,9 @@ impl AccessDb {
         let token = new_token("qm_s_");
         let now = now_ms();
         let expires = now + SESSION_LIFETIME_MS;
-        self.conn.execute(
-            "INSERT INTO sessions (hash, user, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![sha256(&token), user.to_string(), now, expires],
+        self.db.execute(
+            "INSERT INTO sessions (hash, \"user\", created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            &[&sha256(&token), &user.to_string(), &now, &expires],
         )?;
         Ok((user, token, expires))
     }
@@ -729,14 +681,10 @@ impl AccessDb {
         &self,
         token: &str,
     ) -> Result<std::result::Result<UserId, TokenRefusal>> {
-        let row: Option<(String, i64, Option<i64>)> = self
-            .conn
-            .query_row(
-                "SELECT user, expires_ms, ended_ms FROM sessions WHERE hash = ?1",
-                [sha256(token)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let row: Option<(String, i64, Option<i64>)> = self.db.row(
+            "SELECT \"user\", expires_ms, ended_ms FROM sessions WHERE hash = ?1",
+            &[&sha256(token)],
+        )?;
         Ok(match row {
             None | Some((_, _, Some(_))) => Err(TokenRefusal::Unknown),
             Some((_, expires, None)) if now_ms() >= expires => Err(TokenRefusal::Expired),
@@ -745,9 +693,9 @@ impl AccessDb {
     }
 
     pub fn logout(&self, token: &str) -> Result<()> {
-        self.conn.execute(
+        self.db.execute(
             "UPDATE sessions SET ended_ms = ?2 WHERE hash = ?1 AND ended_ms IS NULL",
-            params![sha256(token), now_ms()],
+            &[&sha256(token), &now_ms()],
         )?;
         Ok(())
     }
@@ -785,17 +733,25 @@ fn dummy_hash() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::testing::{Store, on_both_backends};
 
-    fn setup() -> (tempfile::TempDir, AccessDb, UserId) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = AccessDb::open(dir.path()).unwrap();
+    on_both_backends!(
+        a_code_enrolls_once_and_a_retry_of_the_same_install_still_works,
+        rotation_keeps_the_old_token_until_the_new_one_is_used_then_reuse_revokes,
+        a_retired_device_syncs_until_it_reports_nothing_left_then_its_token_is_refused,
+        a_revocation_waits_for_force_while_the_device_reported_pending_work,
+        passwords_and_sessions,
+        one_code_enrolls_one_device_when_two_servers_take_it_at_once,
+    );
+
+    fn setup(s: &Store) -> (AccessDb, UserId) {
+        let db = s.open();
         let user = db.add_user("w1", "王").unwrap();
-        (dir, db, user)
+        (db, user)
     }
 
-    #[test]
-    fn a_code_enrolls_once_and_a_retry_of_the_same_install_still_works() {
-        let (_d, mut db, user) = setup();
+    fn a_code_enrolls_once_and_a_retry_of_the_same_install_still_works(s: &Store) {
+        let (mut db, user) = setup(s);
         let code = db.issue_enrollment_code(user).unwrap();
         assert_eq!(code.len(), 14);
         let first = db.enroll(&code, "install-a").unwrap().unwrap();
@@ -828,9 +784,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn rotation_keeps_the_old_token_until_the_new_one_is_used_then_reuse_revokes() {
-        let (_d, mut db, user) = setup();
+    fn rotation_keeps_the_old_token_until_the_new_one_is_used_then_reuse_revokes(s: &Store) {
+        let (mut db, user) = setup(s);
         let code = db.issue_enrollment_code(user).unwrap();
         let e = db.enroll(&code, "i").unwrap().unwrap();
         let t1 = e.token;
@@ -855,9 +810,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_retired_device_syncs_until_it_reports_nothing_left_then_its_token_is_refused() {
-        let (_d, mut db, user) = setup();
+    fn a_retired_device_syncs_until_it_reports_nothing_left_then_its_token_is_refused(s: &Store) {
+        let (mut db, user) = setup(s);
         let code = db.issue_enrollment_code(user).unwrap();
         let e = db.enroll(&code, "i").unwrap().unwrap();
         let p = db.authenticate_device(&e.token).unwrap().unwrap();
@@ -903,9 +857,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_revocation_waits_for_force_while_the_device_reported_pending_work() {
-        let (_d, mut db, user) = setup();
+    fn a_revocation_waits_for_force_while_the_device_reported_pending_work(s: &Store) {
+        let (mut db, user) = setup(s);
         let code = db.issue_enrollment_code(user).unwrap();
         let e = db.enroll(&code, "i").unwrap().unwrap();
         db.record_sync(e.device, 1_000, Some(3), false, None)
@@ -931,9 +884,42 @@ mod tests {
         assert!(db.revoke_device_guarded(old.device, false).unwrap().is_ok());
     }
 
+    /// Two servers (two handles on one database) take one code at the same moment, for two
+    /// installs: one enrolls, the other is told the code is used; never two devices.
+    fn one_code_enrolls_one_device_when_two_servers_take_it_at_once(s: &Store) {
+        let (db, user) = setup(s);
+        for round in 0..8 {
+            let code = db.issue_enrollment_code(user).unwrap();
+            let barrier = std::sync::Barrier::new(2);
+            let results: Vec<_> = std::thread::scope(|scope| {
+                let threads: Vec<_> = ["a", "b"]
+                    .map(|install| {
+                        let (code, barrier) = (&code, &barrier);
+                        let mut db = s.open();
+                        scope.spawn(move || {
+                            barrier.wait();
+                            db.enroll(code, &format!("{install}{round}")).unwrap()
+                        })
+                    })
+                    .into_iter()
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let enrolled = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(enrolled, 1, "round {round}: one of two enrolls");
+            assert!(
+                results.contains(&Err(EnrollRefusal::Used)),
+                "round {round}: the other is told the code is used"
+            );
+        }
+        assert_eq!(db.devices().unwrap().len(), 8, "one device a code");
+    }
+
     #[test]
     fn enrollment_and_rotation_wait_for_a_writer_instead_of_failing_on_a_stale_read() {
-        let (dir, mut db, user) = setup();
+        let store = crate::access::testing::sqlite().unwrap();
+        let dir = store.sqlite_dir().unwrap();
+        let (mut db, user) = setup(&store);
         let code = db.issue_enrollment_code(user).unwrap();
         // Another connection (a writer thread of the log) holds the write lock for a moment.
         let hold = |dir: &std::path::Path| {
@@ -950,17 +936,16 @@ mod tests {
         };
         // A transaction that read first would find its snapshot stale once it may write
         // (SQLITE_BUSY, "database is locked"); one that takes the lock first just waits.
-        let writer = hold(dir.path());
+        let writer = hold(dir);
         let enrolled = db.enroll(&code, "i").unwrap().unwrap();
         writer.join().unwrap();
-        let writer = hold(dir.path());
+        let writer = hold(dir);
         assert!(db.rotate(&enrolled.token).unwrap().is_ok());
         writer.join().unwrap();
     }
 
-    #[test]
-    fn passwords_and_sessions() {
-        let (_d, db, user) = setup();
+    fn passwords_and_sessions(s: &Store) {
+        let (db, user) = setup(s);
         assert!(db.set_password(user, "short").is_err());
         db.set_password(user, "correct horse battery").unwrap();
         assert!(db.login("w1", "wrong password!").unwrap().is_none());
@@ -977,10 +962,7 @@ mod tests {
             db.authenticate_session(&token).unwrap(),
             Err(TokenRefusal::Unknown)
         );
-        let stored: String = db
-            .conn
-            .query_row("SELECT password_hash FROM users", [], |r| r.get(0))
-            .unwrap();
+        let stored: String = db.db.one("SELECT password_hash FROM users", &[]).unwrap();
         assert!(stored.starts_with("$argon2id$"), "stored hashed");
     }
 }

@@ -18,10 +18,7 @@ use qiaomen_protocol::{
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, auth::Caller, auth::SessionAuth};
-use crate::{
-    access::{Role, audit::Event, now_ms},
-    storage::Storage,
-};
+use crate::access::{Role, audit::Event, now_ms};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Me {

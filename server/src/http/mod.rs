@@ -36,7 +36,7 @@ use serde_bytes::ByteBuf;
 use crate::{
     access::{AccessDb, AccessError, policy::Principal},
     ingest::{Upload, Writer},
-    storage::{SqliteStorage, Storage, WholeFrom},
+    storage::{PgStorage, SqliteStorage, Storage, WholeFrom},
 };
 
 /// Shared state of the HTTP handlers.
@@ -169,7 +169,7 @@ impl From<AccessError> for ApiError {
                 code: "not_found",
                 message: format!("no such {what}"),
             },
-            AccessError::Sqlite(e) => {
+            AccessError::Sql(e) => {
                 tracing::error!(error = %e, "access storage failed");
                 ApiError::Unavailable
             }
@@ -181,41 +181,56 @@ impl From<AccessError> for ApiError {
 /// Reader connections kept open between requests.
 const IDLE_READERS: usize = 4;
 
-/// Read connections, reused across requests.
+/// The log's readers: SQLite connections reused across requests, or a backend that pools its
+/// own (PostgreSQL).
 #[derive(Debug)]
-pub struct ReaderPool {
-    template: Mutex<SqliteStorage>,
-    idle: Mutex<Vec<SqliteStorage>>,
+pub struct ReaderPool(Readers);
+
+#[derive(Debug)]
+enum Readers {
+    Sqlite {
+        template: Mutex<SqliteStorage>,
+        idle: Mutex<Vec<SqliteStorage>>,
+    },
+    Pooled(PgStorage),
 }
 
 impl ReaderPool {
     pub fn new(template: SqliteStorage) -> Self {
-        Self {
+        Self(Readers::Sqlite {
             template: Mutex::new(template),
             idle: Mutex::new(Vec::new()),
-        }
+        })
     }
 
-    /// Runs `f` on a reader connection, on a blocking thread.
+    /// Readers on PostgreSQL: every call takes a connection of the handle's pool.
+    pub fn pooled(storage: PgStorage) -> Self {
+        Self(Readers::Pooled(storage))
+    }
+
+    /// Runs `f` on a reader, on a blocking thread.
     pub async fn with<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut SqliteStorage) -> crate::storage::Result<T> + Send + 'static,
+        f: impl FnOnce(&dyn Storage) -> crate::storage::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.idle.lock().expect("pool lock").pop();
-            let mut conn = match conn {
-                Some(c) => c,
-                None => pool.template.lock().expect("pool lock").reopen()?,
-            };
-            let out = f(&mut conn);
-            // Each connection holds its own page cache: keep a few for the next requests and
-            // close the rest, so a burst of readers does not stay in memory.
-            let mut idle = pool.idle.lock().expect("pool lock");
-            if idle.len() < IDLE_READERS {
-                idle.push(conn);
+        tokio::task::spawn_blocking(move || match &pool.0 {
+            Readers::Sqlite { template, idle } => {
+                let conn = idle.lock().expect("pool lock").pop();
+                let conn = match conn {
+                    Some(c) => c,
+                    None => template.lock().expect("pool lock").reopen()?,
+                };
+                let out = f(&conn);
+                // Each connection holds its own page cache: keep a few for the next requests
+                // and close the rest, so a burst of readers does not stay in memory.
+                let mut idle = idle.lock().expect("pool lock");
+                if idle.len() < IDLE_READERS {
+                    idle.push(conn);
+                }
+                out
             }
-            out
+            Readers::Pooled(storage) => f(storage),
         })
         .await
         .map_err(|_| ApiError::internal("reader task failed"))?

@@ -486,10 +486,7 @@ pub(crate) async fn order_detail(
     let id: HouseholdId = row.household.parse().map_err(|_| ApiError::Internal)?;
     let bytes = state
         .readers
-        .with(move |s| {
-            use crate::storage::Storage;
-            s.load_doc(id)
-        })
+        .with(move |s| s.load_doc(id))
         .await?
         .ok_or_else(no_order)?;
     let key = row.demand.clone();
@@ -1268,7 +1265,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Reads kept refusals with what they held (each on a copy of its household as stored).
 pub(crate) fn refused_views(
-    storage: &mut impl crate::storage::Storage,
+    storage: &(impl crate::storage::Storage + ?Sized),
     rows: Vec<crate::storage::RefusedRow>,
 ) -> Result<Vec<RefusedView>, crate::storage::StorageError> {
     let mut households: std::collections::HashMap<HouseholdId, Option<Vec<u8>>> =

@@ -71,7 +71,7 @@ fn sqlite() -> Option<Sqlite> {
     Some(Sqlite(tempfile::tempdir().unwrap()))
 }
 
-fn postgres() -> Option<Postgres> {
+pub(crate) fn postgres() -> Option<Postgres> {
     let Ok(url) = std::env::var("QIAOMEN_TEST_POSTGRES") else {
         assert!(
             std::env::var_os("CI").is_none(),

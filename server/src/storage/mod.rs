@@ -26,10 +26,10 @@
 mod sqlite;
 pub(crate) use sqlite::size_page_cache;
 pub use sqlite::{SqliteStorage, format, set_page_cache_kib};
-mod postgres;
+pub(crate) mod postgres;
 pub use postgres::PgStorage;
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 
 use qiaomen_protocol::{calendar::Day, ids::HouseholdId, wire::WholePass};
 
@@ -53,6 +53,31 @@ pub enum StorageError {
     Panicked,
     #[error("the households of the group kept moving under the writer; nothing was stored")]
     Contended,
+    /// A row that does not read as its statement expects ([`crate::sql`]).
+    #[error("storage: {0}")]
+    Row(crate::sql::SqlError),
+}
+
+impl From<crate::sql::SqlError> for StorageError {
+    fn from(e: crate::sql::SqlError) -> Self {
+        use crate::sql::SqlError;
+        match e {
+            SqlError::Sqlite(e) => StorageError::Sqlite(e),
+            SqlError::Postgres(e) => StorageError::Postgres(e),
+            SqlError::Pool(e) => StorageError::Pool(e),
+            other => StorageError::Row(other),
+        }
+    }
+}
+
+impl crate::sql::LostRace for StorageError {
+    fn lost_race(&self) -> bool {
+        match self {
+            StorageError::Sqlite(e) => crate::sql::sqlite_lost_race(e),
+            StorageError::Postgres(e) => crate::sql::postgres_lost_race(e),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -131,6 +156,11 @@ pub trait Storage: Send + Sync + 'static {
     fn log_since(&self, cursor: u64, budget: usize, grids: &[String]) -> Result<LogSlice>;
     /// The last sequence number in the log.
     fn max_seq(&self) -> Result<u64>;
+    /// How far the read model ([`crate::index`]) is behind the log, read from its cursor
+    /// without its lock: for `/readyz` and the metrics.
+    fn read_model_lag(&self) -> Result<ReadModelLag>;
+    /// How many households are quarantined.
+    fn quarantined_count(&self) -> Result<u64>;
     /// The hash of the change logged at `seq`.
     fn hash_at(&self, seq: u64) -> Result<Option<Vec<u8>>>;
     /// How many documents the store holds.

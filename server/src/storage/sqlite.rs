@@ -296,39 +296,6 @@ impl SqliteStorage {
         })
     }
 
-    /// How far the read model ([`crate::index`]) is behind the log, read from its cursor
-    /// without its lock: for `/readyz` and the metrics.
-    pub fn read_model_lag(&self) -> Result<ReadModelLag> {
-        let (cursor, end): (i64, i64) = self.conn().query_row(
-            "SELECT (SELECT seq FROM idx_cursor), (SELECT coalesce(max(seq), 0) FROM changes)",
-            [],
-            |r| Ok((r.get::<_, Option<i64>>(0)?.unwrap_or(0), r.get(1)?)),
-        )?;
-        let oldest_ms = if end > cursor {
-            self.conn()
-                .prepare_cached(
-                    "SELECT received_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 1",
-                )?
-                .query_row([cursor], |r| r.get(0))
-                .optional()?
-        } else {
-            None
-        };
-        Ok(ReadModelLag {
-            behind: end.saturating_sub(cursor).max(0) as u64,
-            oldest_ms,
-        })
-    }
-
-    /// How many households are quarantined.
-    pub fn quarantined_count(&self) -> Result<u64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT count(*) FROM quarantine", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
-    }
-
     fn connect(path: &Path) -> Result<Connection> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -618,6 +585,36 @@ impl Storage for SqliteStorage {
         }
         tx.commit()?;
         Ok(slice)
+    }
+
+    fn read_model_lag(&self) -> Result<ReadModelLag> {
+        let (cursor, end): (i64, i64) = self.conn().query_row(
+            "SELECT (SELECT seq FROM idx_cursor), (SELECT coalesce(max(seq), 0) FROM changes)",
+            [],
+            |r| Ok((r.get::<_, Option<i64>>(0)?.unwrap_or(0), r.get(1)?)),
+        )?;
+        let oldest_ms = if end > cursor {
+            self.conn()
+                .prepare_cached(
+                    "SELECT received_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                )?
+                .query_row([cursor], |r| r.get(0))
+                .optional()?
+        } else {
+            None
+        };
+        Ok(ReadModelLag {
+            behind: end.saturating_sub(cursor).max(0) as u64,
+            oldest_ms,
+        })
+    }
+
+    fn quarantined_count(&self) -> Result<u64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT count(*) FROM quarantine", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
     }
 
     fn max_seq(&self) -> Result<u64> {
@@ -1122,10 +1119,8 @@ mod tests {
         )
         .unwrap();
         let fk: i64 = db
-            .conn
-            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-                r.get(0)
-            })
+            .db
+            .one("SELECT count(*) FROM pragma_foreign_key_check", &[])
             .unwrap();
         assert_eq!(fk, 0, "every reference still resolves");
         assert_eq!(db.assignments().unwrap().len(), 1);

@@ -1,6 +1,7 @@
 //! The sync server as a child process, for tests that kill it and benchmarks that measure
 //! its memory: `test_server DATA_DIR [SECONDS]`. Prints `listening <addr>` once it accepts
-//! connections. Stops by itself after SECONDS (default 120).
+//! connections. Stops by itself after SECONDS (default 120). With `QIAOMEN_DATABASE` (a
+//! PostgreSQL URL) it keeps everything there, as the server's `--database`.
 
 fn main() {
     // As the server's own main: the allocator's settings, then the runtime.
@@ -23,6 +24,7 @@ async fn serve() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
     let mut config = qiaomen_server::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir);
+    config.database = std::env::var("QIAOMEN_DATABASE").ok();
     // As the server's own `--cache-docs`, for benchmarks that measure memory.
     if let Some(n) = std::env::var("QIAOMEN_CACHE_DOCS")
         .ok()
