@@ -31,6 +31,15 @@ use crate::{
 };
 
 #[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Print the recorded settings (JSON).
+    Show,
+    /// Record the settings of a workflow file: servers started from now on must run with
+    /// them (restart each with `--workflow FILE`).
+    Set { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AdminCommand {
     /// Create, close or list org units (county → town → village → grid).
     #[command(subcommand)]
@@ -95,6 +104,9 @@ pub enum AdminCommand {
     /// object a line: household, grid, device, user, code, reason, time and what each held.
     #[command(subcommand)]
     Refused(RefusedCommand),
+    /// The workflow settings every server on a PostgreSQL database must run with.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// Print the audit log.
     Audit {
         #[arg(long, default_value_t = 0)]
@@ -441,6 +453,27 @@ pub fn run_on(target: Target<'_>, command: AdminCommand) -> Result<(), Box<dyn s
             if to.is_some() {
                 println!("{n} refused changes exported");
             }
+        }
+        AdminCommand::Workflow(WorkflowCommand::Show) => {
+            match db.agreed_setting_if_any(crate::index::WORKFLOW_SETTING)? {
+                Some(json) => println!("{json}"),
+                None => println!("(none recorded: the first server to start records its own)"),
+            }
+        }
+        AdminCommand::Workflow(WorkflowCommand::Set { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("reading the workflow file {}: {e}", file.display()))?;
+            let workflow: crate::index::Workflow = serde_json::from_str(&text)
+                .map_err(|e| format!("the workflow file {} is not valid: {e}", file.display()))?;
+            db.set_setting(
+                crate::index::WORKFLOW_SETTING,
+                &serde_json::to_string(&workflow)?,
+            )?;
+            admin_event("workflow_set", crate::index::WORKFLOW_SETTING)?;
+            println!(
+                "workflow settings recorded: start every server with --workflow {}",
+                file.display()
+            );
         }
         AdminCommand::Audit { after } => {
             for e in db.audit_log(after, 10_000)? {

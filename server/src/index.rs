@@ -46,6 +46,10 @@ pub struct Workflow {
     pub coverage: CoveragePolicy,
 }
 
+/// The name the workflow settings are recorded under in a database several servers share
+/// ([`crate::access::shared`]).
+pub const WORKFLOW_SETTING: &str = "workflow";
+
 /// The derived tables (migration 3 of the store).
 pub const INDEX_SCHEMA: &str = r#"
 CREATE TABLE idx_cursor (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL);

@@ -482,6 +482,9 @@ pub struct Ingestor<S: Storage> {
     /// Households touched by the current group: their cached documents hold changes that are
     /// not stored yet, so they must not be evicted before the commit.
     pinned: HashSet<HouseholdId>,
+    /// Households of the current group whose cached document lacks a change the log holds
+    /// (another server appended it): the group is checked again on documents read anew.
+    stale: Vec<HouseholdId>,
     /// Refused changes of the current group that held what a person typed, kept in the
     /// group's transaction ([`Storage::keep_refused`]).
     refusals: Vec<RefusedRow>,
@@ -541,6 +544,7 @@ impl<S: Storage> Ingestor<S> {
             tick: 0,
             pending: Vec::new(),
             pinned: HashSet::new(),
+            stale: Vec::new(),
             refusals: Vec::new(),
             seen_bytes: HashMap::new(),
             heads: HashMap::new(),
@@ -552,6 +556,7 @@ impl<S: Storage> Ingestor<S> {
         self.cache.clear();
         self.pending.clear();
         self.pinned.clear();
+        self.stale.clear();
         self.refusals.clear();
         self.heads.clear();
     }
@@ -598,6 +603,7 @@ impl<S: Storage> Ingestor<S> {
             let result = self.check_and_store(uploads, started);
             let touched = std::mem::take(&mut self.pinned);
             self.pending.clear();
+            self.stale.clear();
             self.refusals.clear();
             self.heads.clear();
             match result {
@@ -610,8 +616,8 @@ impl<S: Storage> Ingestor<S> {
                         attempt,
                         "households moved under the writer; checking again"
                     );
-                    for id in touched {
-                        self.cache.remove(&id);
+                    for id in touched.iter().chain(&moved) {
+                        self.cache.remove(id);
                     }
                     match again {
                         Some(u) => uploads = u,
@@ -641,6 +647,9 @@ impl<S: Storage> Ingestor<S> {
         let mut outcomes = Vec::with_capacity(n_uploads);
         for upload in uploads {
             outcomes.push(self.process(upload)?);
+        }
+        if !self.stale.is_empty() {
+            return Ok(Err(std::mem::take(&mut self.stale)));
         }
         let processed = started.elapsed();
         if self.pending.is_empty() && self.refusals.is_empty() {
@@ -1132,6 +1141,10 @@ impl<S: Storage> Ingestor<S> {
                 let present =
                     known.contains(d) || self.doc(id)?.is_some_and(|doc| doc.has_change(d));
                 if !present {
+                    // Another server may have logged it since this document was cached.
+                    if exists && self.storage.has_change(&d.0)? && !self.stale.contains(&id) {
+                        self.stale.push(id);
+                    }
                     deps_ok = false;
                     break;
                 }

@@ -112,6 +112,24 @@ impl RunningServer {
 /// read model share them.
 const PG_READERS: usize = 8;
 
+/// Every server on one database runs with the same workflow settings (deadlines and
+/// holidays judge work orders, the rotation judges coverage): the first to start records its
+/// own, and a server started with others refuses to start.
+fn agree_on_workflow(
+    db: &access::AccessDb,
+    workflow: &index::Workflow,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let agreed = db.agreed_setting(index::WORKFLOW_SETTING, &serde_json::to_string(workflow)?)?;
+    if serde_json::from_str::<index::Workflow>(&agreed)
+        .ok()
+        .as_ref()
+        != Some(workflow)
+    {
+        return Err("the workflow settings (--workflow) differ from those recorded in the database for every server: start this server with the same settings as the others, or record new ones with `qiaomen-server --database … admin workflow set FILE` and restart each server with that file".into());
+    }
+    Ok(())
+}
+
 /// Opens the store and serves on `config.listen` (port 0 picks a free port), stopping when
 /// `stop` resolves or [`RunningServer::shutdown`] is called.
 pub async fn start(
@@ -144,9 +162,11 @@ pub async fn start(
         }
         Some(url) => {
             // Connecting migrates the database, blocking on the handle's own runtime.
-            let url = url.clone();
+            let (url, workflow) = (url.clone(), config.workflow.clone());
             let log = tokio::task::spawn_blocking(move || {
-                storage::PgStorage::connect(&url, writers + PG_READERS)
+                let log = storage::PgStorage::connect(&url, writers + PG_READERS)?;
+                agree_on_workflow(&access::AccessDb::on_postgres(&log), &workflow)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(log)
             })
             .await??;
             let (writer, threads) =

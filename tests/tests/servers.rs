@@ -299,6 +299,86 @@ fn three_servers_on_one_database_lose_nothing_when_one_is_killed_mid_sync() {
         .flat_map(|v| v.iter().map(|(_, n)| n))
         .sum();
     assert_eq!(visits as u64 + (GRIDS * HOUSEHOLDS_PER_GRID) as u64, made);
+
+    // A supervisor signs in on one server and works on the others with the same session;
+    // four imports of one hotline file at once, through three servers, create each order once.
+    {
+        let db = AccessDb::on_postgres(&PgStorage::connect(&database, 1).unwrap());
+        let user = db.add_user("centre", "指挥中心").unwrap();
+        db.assign(user, "c", Role::CommandCentre, 0).unwrap();
+        db.set_password(user, "centre-password-1").unwrap();
+    }
+    let token = qiaomen_tests::block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/login", servers[0].url))
+            .json(&serde_json::json!({"login": "centre", "password": "centre-password-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["token"].as_str().unwrap().to_string()
+    });
+    let file = serde_json::to_vec(&serde_json::json!([
+        {"ref": "S-1", "grid": "g0", "door_number": "0", "category": "住房", "text": "屋顶漏雨"},
+        {"ref": "S-2", "grid": "g0", "door_number": "1", "category": "养老", "text": "老人需要助餐"},
+        {"ref": "S-3", "grid": "g0", "door_number": "2", "category": "医疗", "text": "需要上门体检"},
+    ]))
+    .unwrap();
+    let import = |server: &Server| {
+        qiaomen_tests::post_body(
+            &format!("{}/api/v1/orders/import", server.url),
+            &token,
+            "application/json",
+            file.clone(),
+        )
+    };
+    let created: Vec<usize> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..4)
+            .map(|i| {
+                let (server, import) = (&servers[i % SERVERS], &import);
+                scope.spawn(move || {
+                    let (status, report) = import(server);
+                    assert_eq!(status, 200, "{report}");
+                    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+                    report["created"].as_array().unwrap().len()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    eprintln!("imports through three servers at once created {created:?}");
+    assert_eq!(
+        created.iter().sum::<usize>(),
+        3,
+        "each row once: {created:?}"
+    );
+    let (status, again) = import(&servers[2]);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["skipped"], 3,
+        "imported before, whichever server: {again}"
+    );
+
+    // A fourth server with other workflow settings does not start: the deadlines and the
+    // rotation would judge the same records differently on it.
+    let other = tmp.path().join("other-workflow.json");
+    std::fs::write(&other, r#"{"coverage": {"catch_up_days": 9}}"#).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_test_server"))
+        .arg(tmp.path().join("server3"))
+        .arg("5")
+        .env("QIAOMEN_DATABASE", &database)
+        .env("QIAOMEN_WORKFLOW", &other)
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a server with other settings refuses to start"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("workflow settings"),
+        "and says why"
+    );
     drop(servers);
     psql(&base, &format!("DROP SCHEMA {schema} CASCADE"));
 }

@@ -6,7 +6,8 @@
 //! - [`tokens`]: one-time enrollment codes, device tokens (opaque, stored hashed, rotated with
 //!   reuse detection), password logins (argon2) and sessions;
 //! - [`audit`]: the append-only audit log (no personal data);
-//! - [`policy`]: the per-change rules, pure functions over what a change touched.
+//! - [`policy`]: the per-change rules, pure functions over what a change touched;
+//! - [`shared`]: what the servers of one database agree on (leases, settings).
 //!
 //! [`AccessDb`] keeps all of it in the server's database: the same SQLite file as the change
 //! log, or the same PostgreSQL database, through one connection ([`crate::sql::Db`]: the
@@ -17,6 +18,7 @@ pub mod admin_ops;
 pub mod audit;
 pub mod org;
 pub mod policy;
+pub mod shared;
 pub mod tokens;
 
 use std::path::Path;

@@ -589,19 +589,30 @@ impl AccessDb {
     /// and API (reviews, resolved conflicts) are changes of this device, with an actor bound
     /// to it, checked like a phone's. Created on first use; a revoked one is replaced.
     pub fn web_device(&self, user: UserId) -> Result<DeviceId> {
-        let found: Option<String> = self.db.row(
-            "SELECT id FROM devices WHERE \"user\" = ?1 AND install_id = 'web' AND revoked_ms IS NULL",
-            &[&user.to_string()],
-        )?;
-        if let Some(id) = found.and_then(|d| d.parse().ok()) {
+        let user = user.to_string();
+        let find = |db: &crate::sql::Db| -> Result<Option<DeviceId>> {
+            let found: Option<String> = db.row(
+                "SELECT id FROM devices WHERE \"user\" = ?1 AND install_id = 'web' AND revoked_ms IS NULL
+                  ORDER BY enrolled_ms, id",
+                &[&user],
+            )?;
+            Ok(found.and_then(|d| d.parse().ok()))
+        };
+        if let Some(id) = find(&self.db)? {
             return Ok(id);
         }
-        let device = DeviceId::new();
-        self.db.execute(
-            "INSERT INTO devices (id, \"user\", install_id, enrolled_ms) VALUES (?1, ?2, 'web', ?3)",
-            &[&device.to_string(), &user.to_string(), &now_ms()],
-        )?;
-        Ok(device)
+        // Created once, however many servers see the user's first edit at the same moment.
+        self.db.transaction(|tx| {
+            if let Some(id) = find(tx)? {
+                return Ok(id);
+            }
+            let device = DeviceId::new();
+            tx.execute(
+                "INSERT INTO devices (id, \"user\", install_id, enrolled_ms) VALUES (?1, ?2, 'web', ?3)",
+                &[&device.to_string(), &user, &now_ms()],
+            )?;
+            Ok(device)
+        })
     }
 
     /// The user a device belongs to.
@@ -742,6 +753,7 @@ mod tests {
         a_revocation_waits_for_force_while_the_device_reported_pending_work,
         passwords_and_sessions,
         one_code_enrolls_one_device_when_two_servers_take_it_at_once,
+        a_user_has_one_web_device_however_many_servers_ask_at_once,
     );
 
     fn setup(s: &Store) -> (AccessDb, UserId) {
@@ -913,6 +925,25 @@ mod tests {
             );
         }
         assert_eq!(db.devices().unwrap().len(), 8, "one device a code");
+    }
+
+    fn a_user_has_one_web_device_however_many_servers_ask_at_once(s: &Store) {
+        let (db, user) = setup(s);
+        let devices: Vec<DeviceId> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let db = s.open();
+                    scope.spawn(move || db.web_device(user).unwrap())
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(
+            devices.iter().all(|d| *d == devices[0]),
+            "one device: {devices:?}"
+        );
+        assert_eq!(db.web_device(user).unwrap(), devices[0]);
+        assert_eq!(db.devices().unwrap().len(), 1);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!
 //! 1. a row with bad cells is an error, with its column, code and reason;
 //! 2. a hotline number imported before is `already_imported` (skipped: imports are idempotent
-//!    by it; imports write one at a time, each after the read model has read what the log
-//!    holds, so two at once cannot both create an order);
+//!    by it; imports write one at a time — a mutex on one server, a lease in the database
+//!    across servers — each after the read model has read what the log holds, so two at once
+//!    cannot both create an order);
 //! 3. grid + door number must name exactly one household of a grid the caller reads, else
 //!    `no_household` (the same answer whether it is missing or out of scope);
 //! 4. the demand is added as a server-built change of the caller's web device
@@ -137,11 +138,55 @@ pub(crate) async fn import(
     // One import writes at a time, and looks at the read model once it has read everything
     // acknowledged before: an order another import (or this file a moment ago) created is
     // seen, however soon after and however many imports run at once.
-    let _one_at_a_time = if dry_run {
-        None
-    } else {
-        Some(state.imports.lock().await)
-    };
+    if dry_run {
+        return checked(state, caller, &scope, rows, true).await;
+    }
+    // On one server a mutex; across the servers of one database a lease in it.
+    let _one_here = state.imports.lock().await;
+    let holder = lease_holder();
+    let mut waited = std::time::Duration::ZERO;
+    while !state
+        .access(|db| db.take_lease(IMPORT_LEASE, holder, IMPORT_LEASE_MS))
+        .await?
+    {
+        if waited >= IMPORT_WAIT {
+            return Err(ApiError::Unavailable);
+        }
+        tokio::time::sleep(IMPORT_POLL).await;
+        waited += IMPORT_POLL;
+    }
+    let report = checked(state, caller, &scope, rows, false).await;
+    state
+        .access(|db| db.release_lease(IMPORT_LEASE, holder))
+        .await?;
+    report
+}
+
+/// The lease an import holds while it writes ([`crate::access::shared`]).
+const IMPORT_LEASE: &str = "hotline_import";
+/// Longer than an import of the most rows a file may have takes; a server that dies holding
+/// it holds up the others' imports no longer.
+const IMPORT_LEASE_MS: i64 = 10 * 60 * 1000;
+/// How long an import waits for another server's to end before answering 503.
+const IMPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const IMPORT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// This process, as a holder of leases.
+fn lease_holder() -> &'static str {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| qiaomen_protocol::ids::Uuid::now_v7().to_string())
+}
+
+/// The rows checked against the records and, unless `dry_run`, the good ones written; an
+/// import holds the lease around it.
+async fn checked(
+    state: &AppState,
+    caller: &Caller,
+    scope: &crate::access::Scope,
+    rows: &[Row],
+    dry_run: bool,
+) -> Result<ImportReport, ApiError> {
+    let user = caller.user();
     // One look at the read model for every good row: imported before, and its household.
     let keys: Vec<(String, String, String)> = rows
         .iter()

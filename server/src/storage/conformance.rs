@@ -670,4 +670,24 @@ fn two_writers_on_one_household_keep_both_edits(f: &impl Fixture) {
         );
     }
     assert_eq!(f.handle().doc_log(id, u64::MAX).unwrap().len(), 3);
+    // The first phone, which holds its own edit, builds on it; the first writer logs that,
+    // and a third phone's edit on top of it reaches the second writer, whose cached document
+    // lacks it: the writer finds it in the log and checks on the household read anew (not
+    // `missing_dependencies`).
+    let third = edit(&mut phone, "4", 30);
+    let c = one
+        .process_group(&[&upload(id, vec![third.clone()])])
+        .unwrap();
+    assert_eq!((c[0].accepted, c[0].rejected.len()), (1, 0));
+    let mut later = HouseholdDoc::load(&phone.save()).unwrap();
+    later.set_actor(qiaomen_protocol::doc::actor_for(DeviceId::new()));
+    let fourth = edit(&mut later, "5", 40);
+    let d = two.process_group(&[&upload(id, vec![fourth])]).unwrap();
+    assert_eq!(
+        (d[0].accepted, d[0].rejected.len()),
+        (1, 0),
+        "a change built on what another writer logged is taken: {:?}",
+        d[0].rejected.iter().map(|r| r.code).collect::<Vec<_>>()
+    );
+    assert_eq!(f.handle().doc_log(id, u64::MAX).unwrap().len(), 5);
 }

@@ -97,7 +97,21 @@ CREATE TABLE idx_orders (
 "#,
     ACCESS_SCHEMA,
     INDEX_SCHEMA,
+    SHARED_SCHEMA,
 ];
+
+/// Leases and settings the servers agree on ([`crate::access::shared`]).
+const SHARED_SCHEMA: &str = r#"
+CREATE TABLE leases (
+    name     TEXT PRIMARY KEY,
+    holder   TEXT NOT NULL,
+    until_ms BIGINT NOT NULL
+);
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#;
 
 /// The read model ([`crate::index`]) beside what the log's first-sync passes read of it
 /// (migration 1), as the embedded store's migrations leave it; rebuilt from the log.

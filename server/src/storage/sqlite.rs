@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     CLOCK_SCHEMA,
     crate::index::INDEX_CODES_SCHEMA,
     DEVICE_AGENT_SCHEMA,
+    crate::access::shared::SHARED_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 

@@ -25,6 +25,11 @@ async fn serve() {
         .unwrap_or(120);
     let mut config = qiaomen_server::Config::new("127.0.0.1:0".parse().expect("addr"), data_dir);
     config.database = std::env::var("QIAOMEN_DATABASE").ok();
+    // As `--workflow`: a JSON file of workflow settings.
+    if let Ok(path) = std::env::var("QIAOMEN_WORKFLOW") {
+        let text = std::fs::read_to_string(path).expect("workflow file");
+        config.workflow = serde_json::from_str(&text).expect("workflow settings");
+    }
     // As the server's own `--cache-docs`, for benchmarks that measure memory.
     if let Some(n) = std::env::var("QIAOMEN_CACHE_DOCS")
         .ok()
@@ -44,7 +49,10 @@ async fn serve() {
         tokio::time::sleep(std::time::Duration::from_secs(seconds)),
     )
     .await
-    .expect("start");
+    .unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
     println!("listening {}", server.addr);
     server.wait().await.expect("serve");
 }
