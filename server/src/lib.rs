@@ -17,6 +17,7 @@ pub mod http;
 pub mod index;
 pub mod ingest;
 pub mod metrics;
+pub mod migrate;
 pub mod orders;
 pub mod panics;
 pub mod process;

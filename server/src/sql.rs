@@ -246,6 +246,25 @@ impl<'a> FromSql<'a> for Owned {
     }
 }
 
+impl Param for Owned {
+    fn value(&self) -> Value<'_> {
+        match self {
+            Owned::Null => Value::Null,
+            Owned::Int(i) => Value::Int(*i),
+            Owned::Real(f) => Value::Real(*f),
+            Owned::Text(s) => Value::Text(s),
+            Owned::Blob(b) => Value::Blob(b),
+        }
+    }
+}
+
+impl Column for Owned {
+    const WANTED: &'static str = "a value";
+    fn read(v: &Owned) -> Option<Self> {
+        Some(v.clone())
+    }
+}
+
 /// One row of a result.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row(Vec<Owned>);

@@ -8,6 +8,9 @@
 //! their own (as two servers on one database), each on its own households, beside SQLite's one
 //! and two writers (two is the server's default), in one run.
 //!
+//! Then the read model ([`Index::refresh`]) catching up with each backend's log of the
+//! one-writer run from nothing: changes and households taken in per second.
+//!
 //! Run: `cargo bench -p qiaomen-tests --bench ingest`
 
 use std::time::Instant;
@@ -21,9 +24,19 @@ use qiaomen_protocol::{
 };
 use qiaomen_server::{
     access::{Grant, Role, Scope, policy::Principal},
+    index::{Index, Workflow},
     ingest::{Ingestor, Upload},
     storage::{PgStorage, SqliteStorage, Storage},
 };
+
+/// The read model brought up to the log's end from nothing: (changes/s, households/s).
+fn catch_up(mut index: Index, log: &dyn Storage) -> (f64, f64) {
+    let changes = log.max_seq().unwrap() as f64;
+    let t = Instant::now();
+    let households = index.refresh().unwrap() as f64;
+    let s = t.elapsed().as_secs_f64();
+    (changes / s, households / s)
+}
 
 /// Visits of `n` households of grid `g`, by one worker: their creations (one upload), the
 /// visits in uploads of 25, and bare Automerge documents holding the creations.
@@ -203,6 +216,7 @@ fn main() {
         .or_else(|_| std::env::var("QIAOMEN_TEST_POSTGRES"))
         .ok();
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    let mut catch_ups: Vec<(&str, (f64, f64))> = Vec::new();
     for writers in [1, 2] {
         let dir = tempfile::tempdir().unwrap();
         let (us, bytes) = ingest(
@@ -216,6 +230,11 @@ fn main() {
             us,
             bytes,
         ));
+        if writers == 1 {
+            let log = SqliteStorage::open(dir.path()).unwrap();
+            let index = Index::open(dir.path(), Workflow::default()).unwrap();
+            catch_ups.push(("SQLite", catch_up(index, &log)));
+        }
     }
     if let Some(url) = &postgres {
         for writers in [1, 2] {
@@ -241,6 +260,11 @@ fn main() {
                 || postgres_bytes(url, &schema),
             );
             rows.push((label, us, bytes));
+            if writers == 1 {
+                let log = PgStorage::connect(&with_path, 2).unwrap();
+                let index = Index::on_postgres(&log, Workflow::default());
+                catch_ups.push(("PostgreSQL", catch_up(index, &log)));
+            }
             reset_schema(url, &schema);
         }
     } else {
@@ -268,6 +292,15 @@ fn main() {
         "| bare Automerge apply, in memory, one thread | {base:.0} | {:.0} | |",
         1e6 / base
     );
+    println!();
+    println!(
+        "| read model catching up with the one-writer log from nothing ({n} households, {} changes) | changes/s | households/s |",
+        2 * n
+    );
+    println!("|---|---|---|");
+    for (label, (changes, households)) in &catch_ups {
+        println!("| {label} | {changes:.0} | {households:.0} |");
+    }
 }
 
 /// Drops and creates `schema` in the database at `url`.
