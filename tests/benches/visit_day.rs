@@ -7,7 +7,9 @@
 //! memory (VmHWM) of the server process.
 //!
 //! Run: `cargo bench -p qiaomen-tests --bench visit_day` (`QIAOMEN_BENCH_QUICK=1` for a
-//! smaller smoke run).
+//! smaller smoke run). With `QIAOMEN_BENCH_DATABASE` (a PostgreSQL URL; the bench makes a
+//! schema of its own there) the servers keep everything in PostgreSQL, and
+//! `QIAOMEN_BENCH_SERVERS=2` runs two of them on it, the phones spread over both.
 
 use std::{
     io::{BufRead, BufReader},
@@ -177,14 +179,44 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// A store enrolled with the server as a new worker of `grids`.
+/// Where the servers keep their store: the embedded one in a data folder, or PostgreSQL.
+enum Backend {
+    Embedded(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Backend {
+    fn access(&self) -> qiaomen_server::access::AccessDb {
+        match self {
+            Backend::Embedded(dir) => qiaomen_server::access::AccessDb::open(dir).unwrap(),
+            Backend::Postgres(url) => qiaomen_server::access::AccessDb::on_postgres(
+                &qiaomen_server::storage::PgStorage::connect(url, 1).unwrap(),
+            ),
+        }
+    }
+}
+
+/// Runs `sql` on its own connection to `url`.
+fn postgres(url: &str, sql: &str) {
+    rt().block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        client.batch_execute(sql).await.unwrap();
+        drop(client);
+        let _ = task.await;
+    })
+}
+
 fn enrolled(
-    data: &std::path::Path,
+    backend: &Backend,
     path: &std::path::Path,
     url: &str,
     grids: &[&str],
     options: StoreOptions,
 ) -> Store {
-    let (_, code) = qiaomen_tests::enrollment_code(data, grids);
+    let (_, code) = qiaomen_tests::enrollment_code_in(&mut backend.access(), grids);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -198,21 +230,58 @@ fn main() {
     let (n_workers, h) = if quick { (8, 25) } else { (64, 25) };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    qiaomen_tests::seed_test_org(&data);
-    let mut server = Command::new(env!("CARGO_BIN_EXE_test_server"))
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(match std::env::var_os("QIAOMEN_BENCH_SERVER_LOG") {
-            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
-            None => Stdio::null(),
+    let schema = format!("bench_visit_day_{}", std::process::id());
+    let backend = match std::env::var("QIAOMEN_BENCH_DATABASE") {
+        Ok(base) => {
+            postgres(
+                &base,
+                &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"),
+            );
+            let sep = if base.contains('?') { '&' } else { '?' };
+            Backend::Postgres(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+        }
+        Err(_) => Backend::Embedded(data.clone()),
+    };
+    let n_servers: usize = match backend {
+        Backend::Postgres(_) => std::env::var("QIAOMEN_BENCH_SERVERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1),
+        Backend::Embedded(_) => 1,
+    };
+    qiaomen_tests::seed_test_org_in(&mut backend.access());
+    let mut servers: Vec<std::process::Child> = (0..n_servers)
+        .map(|i| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_test_server"));
+            command.arg(if i == 0 {
+                data.clone()
+            } else {
+                dir.path().join(format!("server{i}"))
+            });
+            if let Backend::Postgres(url) = &backend {
+                command.env("QIAOMEN_DATABASE", url);
+            }
+            command
+                .stdout(Stdio::piped())
+                .stderr(match std::env::var_os("QIAOMEN_BENCH_SERVER_LOG") {
+                    Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                    None => Stdio::null(),
+                })
+                .spawn()
+                .unwrap()
         })
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = format!("http://{}", line.trim().strip_prefix("listening ").unwrap());
+        .collect();
+    let urls: Vec<String> = servers
+        .iter_mut()
+        .map(|server| {
+            let mut line = String::new();
+            BufReader::new(server.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            format!("http://{}", line.trim().strip_prefix("listening ").unwrap())
+        })
+        .collect();
+    let url = urls[0].clone();
     let day: Day = "2026-11-15".parse().unwrap();
 
     // Setup: a registry creates every household; each worker's phone takes its grid.
@@ -223,7 +292,7 @@ fn main() {
     let grid_names: Vec<String> = (0..n_workers).map(|g| format!("g{g:03}")).collect();
     let all: Vec<&str> = grid_names.iter().map(String::as_str).collect();
     let store = enrolled(
-        &data,
+        &backend,
         &dir.path().join("registry.db"),
         &url,
         &all,
@@ -260,17 +329,19 @@ fn main() {
     sync(&mut registry);
     let mut workers: Vec<Worker> = (0..n_workers)
         .map(|g| {
+            // The workers spread over the servers.
+            let url = &urls[g % urls.len()];
             let store = enrolled(
-                &data,
+                &backend,
                 &dir.path().join(format!("w{g}.db")),
-                &url,
+                url,
                 &[grid_names[g].as_str()],
                 StoreOptions::default(),
             );
             let mut w = Worker {
                 author: *store.author(),
                 store,
-                client: SyncClient::new(&url).unwrap(),
+                client: SyncClient::new(url).unwrap(),
                 households: grids[g].clone(),
             };
             sync(&mut w);
@@ -528,8 +599,9 @@ fn main() {
     multi.block_on(async {
         let tasks: Vec<_> = bodies
             .into_iter()
-            .map(|(body, token)| {
-                let (http, url) = (http.clone(), url.clone());
+            .enumerate()
+            .map(|(i, (body, token))| {
+                let (http, url) = (http.clone(), urls[i % urls.len()].clone());
                 tokio::spawn(async move {
                     let r = http
                         .post(format!("{url}/v1/sync"))
@@ -589,14 +661,19 @@ fn main() {
     burst_lat.sort();
 
     let status =
-        std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap_or_default();
+        std::fs::read_to_string(format!("/proc/{}/status", servers[0].id())).unwrap_or_default();
     let hwm = status
         .lines()
         .find(|l| l.starts_with("VmHWM"))
         .unwrap_or("VmHWM: ? kB")
         .to_string();
-    server.kill().ok();
-    server.wait().ok();
+    for server in &mut servers {
+        server.kill().ok();
+        server.wait().ok();
+    }
+    if let (Ok(base), Backend::Postgres(_)) = (std::env::var("QIAOMEN_BENCH_DATABASE"), &backend) {
+        postgres(&base, &format!("DROP SCHEMA {schema} CASCADE;"));
+    }
 
     println!(
         "## visit-day: {n_workers} workers × {h} households, one visit each side per household\n"
@@ -675,6 +752,14 @@ fn main() {
     println!();
     println!("| server | value |");
     println!("|---|---|");
+    println!(
+        "| store | {} |",
+        match backend {
+            Backend::Embedded(_) => "embedded SQLite, one server".to_string(),
+            Backend::Postgres(_) =>
+                format!("PostgreSQL, {n_servers} server(s), phones spread over them"),
+        }
+    );
     println!(
         "| server ingest alone: {raw_visits} visits in {} pre-encoded uploads sent at once | {:.0} visits/s ({:.0} ms) |",
         raw_visits / h,

@@ -69,7 +69,11 @@ pub struct TestServer {
 
 /// Creates the test org in the store at `data_dir` (idempotent).
 pub fn seed_test_org(data_dir: &Path) {
-    let mut db = AccessDb::open(data_dir).expect("access db");
+    seed_test_org_in(&mut AccessDb::open(data_dir).expect("access db"));
+}
+
+/// Creates the test org in the access tables of `db` (idempotent).
+pub fn seed_test_org_in(db: &mut AccessDb) {
     let d = Day::ymd(2026, 1, 1).expect("day");
     db.in_transaction(|db| {
         db.ensure_unit("c", UnitKind::County, None, "测试县", d)?;
@@ -89,7 +93,11 @@ pub fn seed_test_org(data_dir: &Path) {
 /// the command centre of the whole test county (reads and writes every grid, supervises).
 /// Grids not in the org yet are added under village `v`.
 pub fn enrollment_code(data_dir: &Path, grids: &[&str]) -> (UserId, String) {
-    let mut db = AccessDb::open(data_dir).expect("access db");
+    enrollment_code_in(&mut AccessDb::open(data_dir).expect("access db"), grids)
+}
+
+/// As [`enrollment_code`], in the access tables of `db`.
+pub fn enrollment_code_in(db: &mut AccessDb, grids: &[&str]) -> (UserId, String) {
     let d = Day::ymd(2026, 1, 1).expect("day");
     db.in_transaction(|db| {
         let login = format!("u-{}", UserId::new());
