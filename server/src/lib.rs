@@ -191,13 +191,18 @@ pub async fn start(
     let index = Arc::new(std::sync::Mutex::new(index));
     // The register of demand ids, from the read model brought up to the log's end, before
     // the first change is taken in.
+    // On PostgreSQL the register is the database's, shared by every server of it.
+    let shared_register = readers.postgres().map(storage::PgStorage::db);
     let demand_ids = {
         let ix = index.clone();
         Arc::new(
             tokio::task::spawn_blocking(move || {
                 let mut ix = ix.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 ix.refresh()?;
-                ix.demand_owners().map(orders::DemandIds::new)
+                match shared_register {
+                    Some(db) => Ok(orders::DemandIds::shared(db)?),
+                    None => ix.demand_owners().map(orders::DemandIds::new),
+                }
             })
             .await??,
         )

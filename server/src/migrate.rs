@@ -33,8 +33,8 @@ enum Order {
     Whole(&'static str),
 }
 
-/// Every table but the read model and the leases, a referenced table before those that
-/// reference it.
+/// Every table but the read model, the leases and the rate-limit buckets (all three rebuilt
+/// or refilled by the servers), a referenced table before those that reference it.
 fn tables() -> Vec<Table> {
     let whole = |name, columns, order| Table {
         name,

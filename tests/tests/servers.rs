@@ -14,7 +14,11 @@ use std::{
 };
 
 use qiaomen_client_core::{Retry, SyncClient};
-use qiaomen_protocol::{calendar::Day, ids::HouseholdId};
+use qiaomen_protocol::{
+    calendar::Day,
+    ids::{DemandId, HouseholdId},
+    workorder::{DemandAction, NewStep},
+};
 use qiaomen_server::access::{AccessDb, Role, org::UnitKind};
 use qiaomen_server::storage::PgStorage;
 use qiaomen_tests::{Phone, sample_visit};
@@ -359,6 +363,97 @@ fn three_servers_on_one_database_lose_nothing_when_one_is_killed_mid_sync() {
         again["skipped"], 3,
         "imported before, whichever server: {again}"
     );
+
+    // A step made without seeing one another server holds is stale there too. Two workers of
+    // g0 hold the imported order; server 1's writer has the household cached from the first
+    // comment. The second worker comments offline, then the first comments and syncs through
+    // server 0; the second's comment, older than a step the database holds, reaches server 1.
+    let (pa, pb) = {
+        let (a, rest) = phones.split_at_mut(1);
+        (&mut a[0].1, &mut rest[0].1)
+    };
+    assert!(sync_with(pa, &servers[0].url) && sync_with(pb, &servers[1].url));
+    let h = pb
+        .store
+        .household_ids()
+        .unwrap()
+        .into_iter()
+        .find(|&id| pb.store.household(id).unwrap().door_number == "0")
+        .expect("door 0 of g0");
+    let order = *pb
+        .store
+        .household(h)
+        .unwrap()
+        .demands
+        .keys()
+        .next()
+        .expect("the imported order");
+    let comment = |phone: &mut Phone, text: &str| {
+        phone
+            .store
+            .demand_step(h, order, &NewStep::new(DemandAction::Comment, text))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    comment(pb, "第一次");
+    assert!(sync_with(pb, &servers[1].url));
+    assert!(sync_with(pa, &servers[0].url));
+    comment(pb, "离线所写");
+    comment(pa, "已处理");
+    assert!(sync_with(pa, &servers[0].url));
+    assert!(sync_with(pb, &servers[1].url));
+    let refused: Vec<String> = pb
+        .store
+        .rejected_changes()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.code)
+        .collect();
+    assert_eq!(refused, ["stale_order"], "refused on the server it reached");
+    assert!(sync_with(pa, &servers[2].url));
+    let comments = |phone: &mut Phone| -> Vec<String> {
+        phone.store.household(h).unwrap().demands[&order]
+            .history
+            .iter()
+            .map(|t| t.comment.clone())
+            .collect()
+    };
+    let stored = comments(pa);
+    assert!(
+        stored.ends_with(&["第一次".to_string(), "已处理".to_string()])
+            && !stored.iter().any(|c| c == "离线所写"),
+        "the stale step is not stored: {stored:?}"
+    );
+    assert_eq!(comments(pb), stored, "and rolled back on its phone");
+
+    // A demand id is one household's on every server: a phone of g1 raising, through server
+    // 2, a demand under the id a phone of g0 raised through server 0 is refused.
+    let day = last;
+    let raise = |phone: &mut Phone, grid: &str, id: DemandId| {
+        let h = phone.create_households(grid, 1)[0];
+        let mut d =
+            qiaomen_tests::sample_demand(&phone.author, qiaomen_tests::now_ms(), "路灯坏了");
+        d.id = id;
+        let mut v = sample_visit(&phone.author, day, "");
+        v.demands_raised = vec![d.id];
+        phone.store.record_visit(h, &v, &[d]).unwrap();
+        h
+    };
+    let shared_id = DemandId::new();
+    raise(&mut phones[0].1, "g0", shared_id);
+    assert!(sync_with(&mut phones[0].1, &servers[0].url));
+    let g1 = PHONES_PER_GRID;
+    let taken = raise(&mut phones[g1].1, "g1", shared_id);
+    assert!(sync_with(&mut phones[g1].1, &servers[2].url));
+    let refused: Vec<(HouseholdId, String)> = phones[g1]
+        .1
+        .store
+        .rejected_changes()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.household, r.code))
+        .collect();
+    assert_eq!(refused, [(taken, "not_allowed".to_string())]);
 
     // A fourth server with other workflow settings does not start: the deadlines and the
     // rotation would judge the same records differently on it.

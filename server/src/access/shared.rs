@@ -1,6 +1,8 @@
 //! What the servers of one database agree on through it: **leases** (one holder at a time of
-//! a named piece of work, such as a hotline import, across every server) and the **settings**
-//! every server must run with (the workflow: deadlines, holidays, the visit rotation).
+//! a named piece of work, such as a hotline import, across every server), the **settings**
+//! every server must run with (the workflow: deadlines, holidays, the visit rotation), and
+//! **token buckets** that must count across servers (failed logins per login name: a
+//! password guessed through several servers is still guessed once per bucket).
 //!
 //! A lease ends when its holder releases it or when its time runs out, so a server that dies
 //! holding one stops no one for longer than the lease. Settings are recorded by the first
@@ -8,6 +10,15 @@
 //! (`admin workflow set` replaces them, for servers started after).
 
 use super::{AccessDb, Result, now_ms};
+
+/// The token buckets (migration 14 of the embedded store).
+pub const BUCKETS_SCHEMA: &str = r#"
+CREATE TABLE buckets (
+    key    TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,
+    at_ms  INTEGER NOT NULL
+);
+"#;
 
 /// The SQLite tables (migration 13 of the embedded store; PostgreSQL's are in its own
 /// migrations).
@@ -58,6 +69,44 @@ impl AccessDb {
             .one("SELECT value FROM settings WHERE name = ?1", &[&name])?)
     }
 
+    /// Takes one token of bucket `key` (`burst` tokens at most, refilled at `per_second`);
+    /// `false` when it is empty. An empty bucket is answered by a read alone, so a flood of
+    /// refused attempts writes nothing.
+    pub fn take_token(&self, key: &str, burst: f64, per_second: f64) -> Result<bool> {
+        let now = now_ms();
+        let level = |stored: Option<(f64, i64)>| {
+            stored.map_or(burst, |(tokens, at)| {
+                (tokens + (now - at).max(0) as f64 / 1000.0 * per_second).min(burst)
+            })
+        };
+        let read = "SELECT tokens, at_ms FROM buckets WHERE key = ?1";
+        if level(self.db.row(read, &[&key])?) < 1.0 {
+            return Ok(false);
+        }
+        self.db.transaction(|tx| {
+            let tokens = level(tx.row(read, &[&key])?);
+            if tokens < 1.0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO buckets (key, tokens, at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms",
+                &[&key, &(tokens - 1.0), &now],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// Gives back a token taken from bucket `key` (the attempt turned out harmless).
+    pub fn refund_token(&self, key: &str, burst: f64) -> Result<()> {
+        self.db.execute(
+            "UPDATE buckets SET tokens = CASE WHEN tokens + 1 < ?2 THEN tokens + 1 ELSE ?2 END
+              WHERE key = ?1",
+            &[&key, &burst],
+        )?;
+        Ok(())
+    }
+
     /// The settings recorded as `name`, if any.
     pub fn agreed_setting_if_any(&self, name: &str) -> Result<Option<String>> {
         Ok(self
@@ -83,7 +132,32 @@ mod tests {
     on_both_backends!(
         a_lease_has_one_holder_until_released_or_over,
         the_first_settings_recorded_are_everyones,
+        a_bucket_counts_across_servers,
     );
+
+    fn a_bucket_counts_across_servers(s: &Store) {
+        let (a, b) = (s.open(), s.open());
+        // Three tokens, refilled too slowly to matter here; two servers take them in turn.
+        let rate = 1.0 / 3600.0;
+        assert!(a.take_token("login:w", 3.0, rate).unwrap());
+        assert!(b.take_token("login:w", 3.0, rate).unwrap());
+        assert!(a.take_token("login:w", 3.0, rate).unwrap());
+        assert!(
+            !b.take_token("login:w", 3.0, rate).unwrap(),
+            "empty on every server"
+        );
+        assert!(
+            b.take_token("login:other", 3.0, rate).unwrap(),
+            "one bucket a key"
+        );
+        b.refund_token("login:w", 3.0).unwrap();
+        assert!(a.take_token("login:w", 3.0, rate).unwrap(), "refunded");
+        assert!(!a.take_token("login:w", 3.0, rate).unwrap());
+        // A fast refill fills it again.
+        assert!(a.take_token("fast", 1.0, 1e6).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(b.take_token("fast", 1.0, 1e6).unwrap());
+    }
 
     fn a_lease_has_one_holder_until_released_or_over(s: &Store) {
         let (a, b) = (s.open(), s.open());

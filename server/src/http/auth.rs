@@ -78,6 +78,12 @@ impl RateLimiter {
 /// Password checks running at once (each is argon2's memory and a core for tens of ms).
 pub const ARGON2_AT_ONCE: usize = 2;
 
+/// Failed logins per login name (guessing one person's password from many addresses): 10 at
+/// once, one more a minute. Kept in the database ([`crate::access::shared`]), so several
+/// servers count them together.
+pub const NAME_BURST: f64 = 10.0;
+pub const NAME_REFILL: f64 = 1.0 / 60.0;
+
 /// The rate limits of a server.
 #[derive(Debug)]
 pub struct Limits {
@@ -86,8 +92,6 @@ pub struct Limits {
     /// Failed enrollments, logins and token rotations per client address (guessing codes,
     /// passwords or tokens).
     pub failures: RateLimiter,
-    /// Failed logins per login name (guessing one person's password from many addresses).
-    pub names: RateLimiter,
     /// Token rotations per token.
     pub rotations: RateLimiter,
     /// Bounds the CPU spent on argon2 ([`ARGON2_AT_ONCE`]).
@@ -99,7 +103,6 @@ impl Default for Limits {
         Self {
             device: RateLimiter::new(120, 20.0),
             failures: RateLimiter::new(20, 20.0 / 60.0),
-            names: RateLimiter::new(10, 10.0 / 600.0),
             rotations: RateLimiter::new(10, 1.0 / 60.0),
             argon2: tokio::sync::Semaphore::new(ARGON2_AT_ONCE),
         }
@@ -451,20 +454,27 @@ pub async fn sign_in(
     if !state.limits.failures.allow(&ip_key) {
         return Err(ApiError::TooManyRequests);
     }
-    if !state.limits.names.allow(&name_key) {
+    // Counted in the database, so every server of it counts the same guesses.
+    let key = name_key.clone();
+    if !state
+        .access(move |db| db.take_token(&key, NAME_BURST, NAME_REFILL))
+        .await?
+    {
         // The name is being guessed from elsewhere; this address did nothing wrong yet.
         state.limits.failures.refund(&ip_key);
         return Err(ApiError::TooManyRequests);
     }
-    let give_back = || {
-        state.limits.failures.refund(&ip_key);
-        state.limits.names.refund(&name_key);
-    };
     let result = check_password(state, req).await;
-    match &result {
-        Ok(Some(_)) => give_back(),
-        Err(e) if server_failed(e) => give_back(),
-        _ => {}
+    let harmless = match &result {
+        Ok(Some(_)) => true,
+        Err(e) => server_failed(e),
+        Ok(None) => false,
+    };
+    if harmless {
+        state.limits.failures.refund(&ip_key);
+        state
+            .access(move |db| db.refund_token(&name_key, NAME_BURST))
+            .await?;
     }
     result?.ok_or_else(|| ApiError::Unauthorized {
         code: "bad_credentials",

@@ -208,6 +208,14 @@ impl ReaderPool {
         Self(Readers::Pooled(storage))
     }
 
+    /// The PostgreSQL handle the readers use, if the server is on PostgreSQL.
+    pub fn postgres(&self) -> Option<&PgStorage> {
+        match &self.0 {
+            Readers::Pooled(storage) => Some(storage),
+            Readers::Sqlite { .. } => None,
+        }
+    }
+
     /// Runs `f` on a reader, on a blocking thread.
     pub async fn with<T: Send + 'static>(
         self: &Arc<Self>,

@@ -98,7 +98,18 @@ CREATE TABLE idx_orders (
     ACCESS_SCHEMA,
     INDEX_SCHEMA,
     SHARED_SCHEMA,
+    BUCKETS_SCHEMA,
+    crate::orders::SHARED_REGISTER_SCHEMA,
 ];
+
+/// Token buckets that count across servers ([`crate::access::shared`]).
+const BUCKETS_SCHEMA: &str = r#"
+CREATE TABLE buckets (
+    key    TEXT PRIMARY KEY,
+    tokens DOUBLE PRECISION NOT NULL,
+    at_ms  BIGINT NOT NULL
+);
+"#;
 
 /// Leases and settings the servers agree on ([`crate::access::shared`]).
 const SHARED_SCHEMA: &str = r#"

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     crate::index::INDEX_CODES_SCHEMA,
     DEVICE_AGENT_SCHEMA,
     crate::access::shared::SHARED_SCHEMA,
+    crate::access::shared::BUCKETS_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 
