@@ -100,7 +100,8 @@ impl DemandIds {
         *self.memory().entry(demand).or_insert(owner) == household
     }
 
-    /// The household holding `demand`, if any.
+    /// The household holding `demand`, if any. Blocks on the database when the register is
+    /// shared: call it from a blocking thread.
     pub fn owner(&self, demand: DemandId) -> Option<HouseholdId> {
         if let Some(&owner) = self.memory().get(&demand) {
             return Some(owner);

@@ -63,8 +63,77 @@ pub struct TestServer {
     pub url: String,
     pub addr: std::net::SocketAddr,
     pub data_dir: PathBuf,
+    /// The PostgreSQL database the server runs on (`QIAOMEN_TEST_BACKEND=postgres`), if not
+    /// its embedded store.
+    database: Option<TestDatabase>,
     runtime: Option<tokio::runtime::Runtime>,
     server: Option<qiaomen_server::RunningServer>,
+}
+
+/// A test server's own schema of `QIAOMEN_TEST_POSTGRES`.
+#[derive(Debug, Clone)]
+struct TestDatabase {
+    base: String,
+    schema: String,
+    /// Dropped with the server (not when the server is started again on it).
+    drop_with_server: bool,
+}
+
+impl TestDatabase {
+    /// The database for a server on `data_dir`, under `QIAOMEN_TEST_BACKEND=postgres`: a
+    /// schema named from the folder, so a server started again on the folder finds its store.
+    fn for_data_dir(data_dir: &Path) -> Option<TestDatabase> {
+        match std::env::var("QIAOMEN_TEST_BACKEND").as_deref() {
+            Ok("postgres") => {}
+            Ok("sqlite") | Err(_) => return None,
+            Ok(other) => panic!("QIAOMEN_TEST_BACKEND is sqlite or postgres, not {other:?}"),
+        }
+        let base = std::env::var("QIAOMEN_TEST_POSTGRES")
+            .expect("QIAOMEN_TEST_BACKEND=postgres needs QIAOMEN_TEST_POSTGRES");
+        use std::hash::{Hash, Hasher};
+        let mut hash = std::hash::DefaultHasher::new();
+        data_dir.hash(&mut hash);
+        let schema = format!("srv_{}_{:016x}", std::process::id(), hash.finish());
+        psql(&base, &format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+        Some(TestDatabase {
+            base,
+            schema,
+            drop_with_server: true,
+        })
+    }
+
+    /// The URL the server connects with: the base URL in the schema.
+    fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{sep}options=-c%20search_path%3D{}",
+            self.base, self.schema
+        )
+    }
+
+    fn store(&self) -> qiaomen_server::storage::PgStorage {
+        qiaomen_server::storage::PgStorage::connect(&self.url(), 2).expect("the test database")
+    }
+}
+
+/// Runs `sql` (one statement, or several whose results are not read) on a connection of its
+/// own to the PostgreSQL database at `url`.
+pub fn psql(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL answers");
+        let task = tokio::spawn(conn);
+        let rows = if sql.contains(';') {
+            client.batch_execute(sql).await.expect("statements");
+            Vec::new()
+        } else {
+            client.query(sql, &[]).await.expect("query")
+        };
+        drop(client);
+        let _ = task.await;
+        rows
+    })
 }
 
 /// Creates the test org in the store at `data_dir` (idempotent).
@@ -144,13 +213,18 @@ impl TestServer {
         listen: std::net::SocketAddr,
         configure: impl FnOnce(&mut qiaomen_server::Config),
     ) -> TestServer {
-        seed_test_org(data_dir);
+        let database = TestDatabase::for_data_dir(data_dir);
+        match &database {
+            None => seed_test_org(data_dir),
+            Some(db) => seed_test_org_in(&mut AccessDb::on_postgres(&db.store())),
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let mut config = qiaomen_server::Config::new(listen, data_dir);
+        config.database = database.as_ref().map(TestDatabase::url);
         configure(&mut config);
         let server = runtime
             .block_on(qiaomen_server::start(config, std::future::pending()))
@@ -160,6 +234,7 @@ impl TestServer {
             url: format!("http://{addr}"),
             addr,
             data_dir: data_dir.to_path_buf(),
+            database,
             runtime: Some(runtime),
             server: Some(server),
         }
@@ -172,13 +247,21 @@ impl TestServer {
 
     /// A phone enrolled as a new user, talking to the server through `url` (a proxy, say).
     pub fn phone_via(&self, path: &Path, url: &str, grids: &[&str]) -> Phone {
-        let (_, code) = enrollment_code(&self.data_dir, grids);
+        let (_, code) = enrollment_code_in(&mut self.access(), grids);
         Phone::enroll(path, url, &code).expect("enrolls")
     }
 
     /// The server's access tables (org, users, devices, audit).
     pub fn access(&self) -> AccessDb {
-        AccessDb::open(&self.data_dir).expect("access db")
+        match &self.database {
+            None => AccessDb::open(&self.data_dir).expect("access db"),
+            Some(db) => AccessDb::on_postgres(&db.store()),
+        }
+    }
+
+    /// Whether the server runs on PostgreSQL (`QIAOMEN_TEST_BACKEND=postgres`).
+    pub fn on_postgres(&self) -> bool {
+        self.database.is_some()
     }
 
     /// Stops the server, makes everything in its log look received `days` days earlier (as
@@ -187,24 +270,36 @@ impl TestServer {
     /// again on the same store (at a new address).
     pub fn with_log_received_earlier(mut self, days: i64) -> TestServer {
         self.stop_inner();
-        let conn = rusqlite::Connection::open(self.data_dir.join("qiaomen.db")).expect("store");
-        conn.execute(
-            "UPDATE changes SET received_ms = received_ms - ?1",
-            [days * 86_400_000],
-        )
-        .expect("backdated");
-        conn.execute_batch(
-            "DELETE FROM idx_households; DELETE FROM idx_visits; DELETE FROM idx_orders;
-             DELETE FROM idx_spans; UPDATE idx_cursor SET seq = 0;",
-        )
-        .expect("read model dropped");
-        drop(conn);
+        let backdate = format!(
+            "UPDATE changes SET received_ms = received_ms - {}",
+            days * 86_400_000
+        );
+        let drop_read_model = "DELETE FROM idx_households; DELETE FROM idx_visits;
+             DELETE FROM idx_orders; DELETE FROM idx_spans; UPDATE idx_cursor SET seq = 0;";
+        match &mut self.database {
+            None => {
+                let conn =
+                    rusqlite::Connection::open(self.data_dir.join("qiaomen.db")).expect("store");
+                conn.execute(&backdate, []).expect("backdated");
+                conn.execute_batch(drop_read_model)
+                    .expect("read model dropped");
+            }
+            Some(db) => {
+                psql(&db.url(), &format!("{backdate}; {drop_read_model}"));
+                // The server started again keeps the schema.
+                db.drop_with_server = false;
+            }
+        }
         TestServer::start(&self.data_dir)
     }
 
     /// Graceful stop: in-flight syncs finish.
     pub fn stop(mut self) {
         self.stop_inner();
+        // A server may be started again on the store.
+        if let Some(db) = &mut self.database {
+            db.drop_with_server = false;
+        }
     }
 
     fn stop_inner(&mut self) {
@@ -220,6 +315,12 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop_inner();
+        if let Some(db) = self.database.take().filter(|db| db.drop_with_server) {
+            psql(
+                &db.base,
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", db.schema),
+            );
+        }
     }
 }
 

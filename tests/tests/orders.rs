@@ -235,7 +235,7 @@ fn a_demand_id_belongs_to_one_household_on_the_server_even_after_a_restart() {
     assert_eq!(o["text"], "屋顶漏雨");
 
     // After a restart the register is rebuilt from the log: still refused.
-    drop(server);
+    server.stop();
     let server = TestServer::start(&data);
     let mut b = Phone::open(&dir.path().join("b.db"), &server.url);
     let again_h = household(&mut b, "g2", "2");

@@ -21,7 +21,7 @@ use qiaomen_protocol::{
 };
 use qiaomen_server::access::{AccessDb, Role, org::UnitKind};
 use qiaomen_server::storage::PgStorage;
-use qiaomen_tests::{Phone, sample_visit};
+use qiaomen_tests::{Phone, psql, sample_visit};
 
 const SERVERS: usize = 3;
 const GRIDS: usize = 10;
@@ -79,25 +79,6 @@ impl Dice {
         self.0 ^= self.0 << 17;
         (self.0 % n as u64) as usize
     }
-}
-
-/// Runs `sql` (one statement, or several whose results are not read) on its own connection.
-fn psql(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
-    qiaomen_tests::block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL answers");
-        let task = tokio::spawn(conn);
-        let rows = if sql.contains(';') {
-            client.batch_execute(sql).await.expect("statements");
-            Vec::new()
-        } else {
-            client.query(sql, &[]).await.expect("query")
-        };
-        drop(client);
-        let _ = task.await;
-        rows
-    })
 }
 
 /// A client that gives up on a dead server in about a second (the phone tries another one

@@ -443,7 +443,12 @@ async fn visible_order(
     let rows = state.index(move |ix| ix.orders_with_id(&demand)).await?;
     // A demand id is one household's (`crate::orders`); should two hold it from before that
     // rule, the order is the registered owner's, never whichever row comes first.
-    let owner = state.demand_ids.owner(id).map(|h| h.to_string());
+    // Off the async threads: on PostgreSQL the register is read from the database.
+    let ids = state.demand_ids.clone();
+    let owner = tokio::task::spawn_blocking(move || ids.owner(id))
+        .await
+        .map_err(|_| ApiError::internal("demand-id lookup failed"))?
+        .map(|h| h.to_string());
     let mut row = match owner {
         Some(h) => rows.into_iter().find(|r| r.household == h),
         None => rows.into_iter().next(),
