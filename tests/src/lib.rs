@@ -259,6 +259,19 @@ impl TestServer {
         }
     }
 
+    /// Runs an admin command on the server's store, as `qiaomen-server admin` would.
+    pub fn admin(
+        &self,
+        command: qiaomen_server::admin::AdminCommand,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let url = self.database.as_ref().map(TestDatabase::url);
+        let target = match &url {
+            None => qiaomen_server::admin::Target::Embedded(&self.data_dir),
+            Some(url) => qiaomen_server::admin::Target::Postgres(url),
+        };
+        qiaomen_server::admin::run_on(target, command)
+    }
+
     /// Whether the server runs on PostgreSQL (`QIAOMEN_TEST_BACKEND=postgres`).
     pub fn on_postgres(&self) -> bool {
         self.database.is_some()

@@ -10,7 +10,7 @@ use qiaomen_protocol::{
 };
 use qiaomen_server::{
     access::tokens::{DeviceRow, DeviceStatus},
-    admin::{self, AdminCommand},
+    admin::AdminCommand,
 };
 use qiaomen_tests::{Phone, TestServer, block_on, call, raw_upload_with, sample_visit};
 
@@ -68,13 +68,11 @@ fn a_retired_phone_uploads_its_two_unsynced_visits_then_is_wiped() {
             .unwrap();
     }
     let token = phone.token();
-    admin::run(
-        &server.data_dir,
-        AdminCommand::Retire {
+    server
+        .admin(AdminCommand::Retire {
             device: phone.author.device,
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     assert_eq!(row(&server, &phone).status, DeviceStatus::Retiring);
     match phone.sync() {
         Err(SyncError::Retired { wiped: true }) => {}
@@ -125,29 +123,32 @@ fn a_revoked_phone_is_wiped_at_once_and_the_admin_saw_its_pending_count_first() 
         if p.round_trips != 1 {
             return;
         }
-        let before = server.access().device(device).unwrap();
-        // The CLI refuses while the device reported work it has not uploaded ...
-        let refused = admin::run(
-            &server.data_dir,
-            AdminCommand::Revoke {
-                device,
-                force: false,
-            },
-        );
-        assert!(refused.is_err());
-        assert_eq!(
-            server.access().device(device).unwrap().status,
-            DeviceStatus::Active
-        );
-        // ... and revokes with --force.
-        admin::run(
-            &server.data_dir,
-            AdminCommand::Revoke {
-                device,
-                force: true,
-            },
-        )
-        .unwrap();
+        // The admin works from elsewhere (a thread of its own: not on the sync's runtime).
+        let before = std::thread::scope(|s| {
+            s.spawn(|| {
+                let before = server.access().device(device).unwrap();
+                // The CLI refuses while the device reported work it has not uploaded ...
+                let refused = server.admin(AdminCommand::Revoke {
+                    device,
+                    force: false,
+                });
+                assert!(refused.is_err());
+                assert_eq!(
+                    server.access().device(device).unwrap().status,
+                    DeviceStatus::Active
+                );
+                // ... and revokes with --force.
+                server
+                    .admin(AdminCommand::Revoke {
+                        device,
+                        force: true,
+                    })
+                    .unwrap();
+                before
+            })
+            .join()
+            .expect("the admin's thread")
+        });
         seen = Some(before);
     }));
     match result {
