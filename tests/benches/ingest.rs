@@ -294,7 +294,7 @@ fn main() {
     );
     println!();
     println!(
-        "| read model catching up with the one-writer log from nothing ({n} households, {} changes) | changes/s | households/s |",
+        "| read model catching up with the one-writer log from nothing ({n} households, {} changes) | changes/s | household re-reads/s |",
         2 * n
     );
     println!("|---|---|---|");
