@@ -190,8 +190,7 @@ pub async fn start(
     let readers = Arc::new(readers);
     let index = Arc::new(std::sync::Mutex::new(index));
     // The register of demand ids, from the read model brought up to the log's end, before
-    // the first change is taken in.
-    // On PostgreSQL the register is the database's, shared by every server of it.
+    // the first change is taken in; on PostgreSQL the database's, shared by every server.
     let shared_register = readers.postgres().map(storage::PgStorage::db);
     let demand_ids = {
         let ix = index.clone();

@@ -241,11 +241,7 @@ fn main() {
             // The bench's own schema, empty.
             let schema = format!("bench_{}", std::process::id());
             reset_schema(url, &schema);
-            let with_path = if url.contains('?') {
-                format!("{url}&options=-csearch_path%3D{schema}")
-            } else {
-                format!("{url}?options=-csearch_path%3D{schema}")
-            };
+            let with_path = qiaomen_tests::in_schema(url, &schema);
             let label = if writers == 1 {
                 "PostgreSQL, 1 writer".to_string()
             } else {

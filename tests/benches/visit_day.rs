@@ -197,18 +197,6 @@ impl Backend {
 }
 
 /// Runs `sql` on its own connection to `url`.
-fn postgres(url: &str, sql: &str) {
-    rt().block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let task = tokio::spawn(conn);
-        client.batch_execute(sql).await.unwrap();
-        drop(client);
-        let _ = task.await;
-    })
-}
-
 fn enrolled(
     backend: &Backend,
     path: &std::path::Path,
@@ -233,12 +221,11 @@ fn main() {
     let schema = format!("bench_visit_day_{}", std::process::id());
     let backend = match std::env::var("QIAOMEN_BENCH_DATABASE") {
         Ok(base) => {
-            postgres(
+            qiaomen_tests::psql(
                 &base,
                 &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"),
             );
-            let sep = if base.contains('?') { '&' } else { '?' };
-            Backend::Postgres(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+            Backend::Postgres(qiaomen_tests::in_schema(&base, &schema))
         }
         Err(_) => Backend::Embedded(data.clone()),
     };
@@ -672,7 +659,7 @@ fn main() {
         server.wait().ok();
     }
     if let (Ok(base), Backend::Postgres(_)) = (std::env::var("QIAOMEN_BENCH_DATABASE"), &backend) {
-        postgres(&base, &format!("DROP SCHEMA {schema} CASCADE;"));
+        qiaomen_tests::psql(&base, &format!("DROP SCHEMA {schema} CASCADE;"));
     }
 
     println!(

@@ -71,7 +71,7 @@ pub struct TestServer {
 }
 
 /// A test server's own schema of `QIAOMEN_TEST_POSTGRES`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct TestDatabase {
     base: String,
     schema: String,
@@ -104,16 +104,18 @@ impl TestDatabase {
 
     /// The URL the server connects with: the base URL in the schema.
     fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
-        format!(
-            "{}{sep}options=-c%20search_path%3D{}",
-            self.base, self.schema
-        )
+        in_schema(&self.base, &self.schema)
     }
 
     fn store(&self) -> qiaomen_server::storage::PgStorage {
         qiaomen_server::storage::PgStorage::connect(&self.url(), 2).expect("the test database")
     }
+}
+
+/// The PostgreSQL URL `base` with `schema` as its search path (a test's or a bench's own).
+pub fn in_schema(base: &str, schema: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
 /// Runs `sql` (one statement, or several whose results are not read) on a connection of its
@@ -270,11 +272,6 @@ impl TestServer {
             Some(url) => qiaomen_server::admin::Target::Postgres(url),
         };
         qiaomen_server::admin::run_on(target, command)
-    }
-
-    /// Whether the server runs on PostgreSQL (`QIAOMEN_TEST_BACKEND=postgres`).
-    pub fn on_postgres(&self) -> bool {
-        self.database.is_some()
     }
 
     /// Stops the server, makes everything in its log look received `days` days earlier (as

@@ -114,8 +114,7 @@ fn three_servers_on_one_database_lose_nothing_when_one_is_killed_mid_sync() {
         &base,
         &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"),
     );
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let database = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let database = qiaomen_tests::in_schema(&base, &schema);
     let tmp = tempfile::tempdir().unwrap();
 
     // The org and one enrollment code per phone, in the shared database.

@@ -440,15 +440,14 @@ async fn visible_order(
     let demand = id.to_string();
     let user = caller.user();
     let scope = state.access(move |db| db.scope(user, now_ms())).await?;
-    let rows = state.index(move |ix| ix.orders_with_id(&demand)).await?;
     // A demand id is one household's (`crate::orders`); should two hold it from before that
-    // rule, the order is the registered owner's, never whichever row comes first.
-    // Off the async threads: on PostgreSQL the register is read from the database.
+    // rule, the order is the registered owner's, never whichever row comes first. The owner
+    // is read on the read model's blocking thread: on PostgreSQL it may come from the database.
     let ids = state.demand_ids.clone();
-    let owner = tokio::task::spawn_blocking(move || ids.owner(id))
-        .await
-        .map_err(|_| ApiError::internal("demand-id lookup failed"))?
-        .map(|h| h.to_string());
+    let (rows, owner) = state
+        .index(move |ix| Ok((ix.orders_with_id(&demand)?, ids.owner(id))))
+        .await?;
+    let owner = owner.map(|h| h.to_string());
     let mut row = match owner {
         Some(h) => rows.into_iter().find(|r| r.household == h),
         None => rows.into_iter().next(),
