@@ -23,8 +23,9 @@ pub mod sync;
 pub use encryption::StoreKey;
 pub use error::{Result, StoreError};
 pub use store::{
-    CoverageLine, Credentials, Durability, HouseholdSummary, RejectedChange, RosterEntry, Store,
-    StoreOptions, TaskDone, TaskList, TaskReport, WorkOrderLine,
+    CoverageLine, Credentials, Durability, HouseholdSummary, PhotoState, PhotoUpload,
+    RejectedChange, RosterEntry, Store, StoreOptions, TaskDone, TaskList, TaskReport,
+    WorkOrderLine,
 };
 pub use sync::{
     NetworkFailure, Retry, StoreAccess, SyncClient, SyncError, SyncProgress, SyncReport, enroll,

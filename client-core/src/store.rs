@@ -33,6 +33,10 @@ use qiaomen_protocol::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod photos;
+
+pub use photos::{PhotoState, PhotoUpload};
+
 use crate::encryption::StoreKey;
 use crate::error::{Result, StoreError};
 
@@ -138,6 +142,22 @@ const MIGRATIONS: &[&str] = &[
     // instead of the first release's variant names: rebuilt from the documents (`reindex`).
     r#"
     INSERT OR REPLACE INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
+    "#,
+    // 7 -> 8: photos (SYNC-v1 §14): their bytes by hash, inside the store (so encrypted with
+    // it, and written in the transaction of the change that refers to them), the household
+    // and change that attached each, and where its upload stands (`store/photos.rs`).
+    r#"
+    CREATE TABLE photos (
+        hash   TEXT NOT NULL UNIQUE,
+        bytes  BLOB,
+        media  TEXT NOT NULL,
+        size   INTEGER NOT NULL,
+        doc    BLOB NOT NULL,
+        change BLOB,
+        state  TEXT NOT NULL,
+        code   TEXT,
+        at_ms  INTEGER NOT NULL
+    );
     "#,
 ];
 
@@ -796,6 +816,9 @@ impl Store {
             Self::append_change(&tx, id, &hash, &bytes, true)?;
             match (&index, &household) {
                 (IndexUpdate::Full, Some(h)) => Self::write_index(&tx, h)?,
+                (IndexUpdate::Photo(photo), _) => {
+                    photos::keep_attached(&tx, id, &hash, photo, now)?;
+                }
                 (IndexUpdate::Visit(visit, day, outcome, demands), _) => {
                     tx.execute(
                         "INSERT OR IGNORE INTO visit_index (doc, visit_day) VALUES (?1, ?2)",
@@ -1833,7 +1856,8 @@ impl Store {
             let mut stmt = self.conn.prepare(
                 "SELECT id FROM docs
                   WHERE grid NOT IN (SELECT value FROM json_each(?1))
-                    AND id NOT IN (SELECT doc FROM pending)",
+                    AND id NOT IN (SELECT doc FROM pending)
+                    AND id NOT IN (SELECT doc FROM photos WHERE state IN ('pending', 'refused'))",
             )?;
             stmt.query_map([json], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
@@ -1844,6 +1868,7 @@ impl Store {
             for table in HOUSEHOLD_TABLES {
                 tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), [key])?;
             }
+            tx.execute("DELETE FROM photos WHERE doc = ?1", [key])?;
             tx.execute("DELETE FROM docs WHERE id = ?1", [key])?;
         }
         tx.commit()?;
@@ -1860,7 +1885,14 @@ impl Store {
     /// empty, unenrolled store.
     pub fn wipe(&mut self) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
-        let others = ["docs", "pending", "rejected", "task_lists", "task_done"];
+        let others = [
+            "docs",
+            "pending",
+            "rejected",
+            "task_lists",
+            "task_done",
+            "photos",
+        ];
         for table in HOUSEHOLD_TABLES.iter().chain(&others) {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }
@@ -2079,6 +2111,8 @@ enum IndexUpdate {
     Full,
     /// A new visit: its id, day, outcome and the demands raised on it.
     Visit(VisitId, Day, VisitOutcome, Vec<DemandId>),
+    /// A photo attached: its bytes, kept with the change.
+    Photo(photos::Attached),
 }
 
 fn uuid_from(bytes: &[u8]) -> Option<HouseholdId> {

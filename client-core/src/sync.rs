@@ -22,6 +22,8 @@ use serde_bytes::ByteBuf;
 
 use crate::{Store, StoreError};
 
+mod photos;
+
 /// Where a sync finds the phone's store. A sync takes it for one short step at a time (read
 /// what to send, store what came back) and never while it waits for the network, so the app
 /// records and reads while a sync runs on a slow link.
@@ -215,6 +217,15 @@ pub struct SyncReport {
     pub extras_digest: Option<u64>,
     /// The server's last word on this device's retirement (`x`), if it was retired.
     pub retire: Option<wire::Retire>,
+    /// Photos the server now holds whole, sent in this sync.
+    pub photos_sent: usize,
+    /// Photos the server refused in this sync (hash, code); their bytes stay on the phone.
+    pub photos_refused: Vec<(String, String)>,
+    /// Photos still to send (the link failed, the day's quota is spent, or the server does
+    /// not know their record yet): the next sync sends them, resuming where they stopped.
+    pub photos_waiting: usize,
+    /// How the link failed while photos were sent, if it did (the records were not affected).
+    pub photo_failure: Option<NetworkFailure>,
 }
 
 /// Enrolls the store at `path` with the server at `server_url` using a one-time `code`, and
@@ -547,6 +558,15 @@ impl SyncClient {
             }
             other => other,
         };
+        // Photos after the records, always (SYNC-v1 §14.3): the records are acknowledged
+        // before any photo byte goes, and a photo that cannot go now never holds them back.
+        let result = match result {
+            Ok(mut report) => match self.sync_photos(store, &mut report).await {
+                Ok(()) => Ok(report),
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
         // A retired device: once the server holds everything, say so; the device then ends
         // and the phone wipes (SYNC-v1 §3.5.6).
         let result = match result {
@@ -583,7 +603,9 @@ impl SyncClient {
     /// Whether the phone holds nothing the server has not acknowledged: no pending change,
     /// no unsent task report.
     fn holds_nothing(store: &Store) -> Result<bool, SyncError> {
-        Ok(store.pending_change_count()? == 0 && store.task_reports(false)?.is_empty())
+        Ok(store.pending_change_count()? == 0
+            && store.task_reports(false)?.is_empty()
+            && store.pending_photo_count()? == 0)
     }
 
     /// What the phone holds unacknowledged, as a request reports it (`p`).
@@ -1121,7 +1143,7 @@ impl SyncClient {
             match applied {
                 Ok(n) => report.received_changes += n as u64,
                 // A household whose history this page cannot complete (it moved into this
-                // phone's grids after the phone's cursor: SYNC-v1.md §15.2) is skipped rather
+                // phone's grids after the phone's cursor: SYNC-v1.md §16.2) is skipped rather
                 // than stopping every later sync at this page.
                 Err(StoreError::Document(_) | StoreError::CorruptDocument { .. }) => {
                     tracing::warn!(household = %doc.id, "downloaded changes do not complete the household; skipped");
@@ -1189,12 +1211,7 @@ impl SyncClient {
                 continue;
             }
             if !status.is_success() {
-                let code = resp
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let code = error_code(resp).await;
                 if status.as_u16() == 401 {
                     return Err(SyncError::Unauthorized { code });
                 }
@@ -1219,6 +1236,16 @@ impl SyncClient {
             detail: last.1,
         })
     }
+}
+
+/// The stable code of an error answer (`{"error":{"code":…}}`, SYNC-v1 §5.6); empty when the
+/// body says none.
+async fn error_code(resp: reqwest::Response) -> String {
+    resp.json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Splits uploads into requests of about `chunk_bytes` raw change bytes, within the protocol's

@@ -129,6 +129,8 @@ impl From<SyncError> for QiaomenError {
                 status: 401 | 403, ..
             }
             | SyncError::Unauthorized { .. } => QiaomenError::Unauthorized { reason: message },
+            // A photo the server holds for no household this phone may read.
+            SyncError::Server { status: 404, .. } => QiaomenError::NotFound { reason: message },
             SyncError::Revoked => QiaomenError::Revoked { reason: message },
             SyncError::Retired { wiped } => QiaomenError::Retired {
                 wiped,

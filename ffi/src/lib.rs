@@ -287,6 +287,77 @@ impl Phone {
         Ok(self.store().clear_rejected(household, hash)?)
     }
 
+    /// Attaches a photo to a record of the household (a visit, one of its hazards or
+    /// disputes, a work-order step, the household itself) and returns it. `bytes`: a JPEG,
+    /// PNG or WebP image of at most 2 MiB — compress it first (ffi/README.md). Kept on the
+    /// phone, encrypted with the store; sent after its record at the next sync. Refused with
+    /// `InvalidInput` (`invalid_field` = `photo`: `too_large`, `media_type`, `empty`,
+    /// `too_many`; `photo_caption`: `too_long`) before anything is stored.
+    pub fn attach_photo(
+        &self,
+        household_id: String,
+        subject: PhotoSubject,
+        bytes: Vec<u8>,
+        caption: String,
+        taken_at_ms: i64,
+    ) -> Result<PhotoRecord> {
+        let id: HouseholdId = parse("household id", &household_id)?;
+        let subject = subject.into_subject()?;
+        let mut store = self.store();
+        let photo = store.attach_photo(id, subject, &bytes, &caption, taken_at_ms)?;
+        let state = store.photo_state(&photo.hash)?;
+        Ok(PhotoRecord::new(photo, state))
+    }
+
+    /// [`Phone::attach_photo`] with the photo read from the file at `path` (the camera's
+    /// output, already compressed). A file over the size cap is refused without being read
+    /// whole.
+    pub fn attach_photo_file(
+        &self,
+        household_id: String,
+        subject: PhotoSubject,
+        path: String,
+        caption: String,
+        taken_at_ms: i64,
+    ) -> Result<PhotoRecord> {
+        use std::io::Read;
+        let cap = qiaomen_protocol::photo::MAX_PHOTO_BYTES;
+        let file = std::fs::File::open(&path)
+            .map_err(|_| QiaomenError::invalid("the photo file cannot be read".into()))?;
+        let mut bytes = Vec::new();
+        file.take(cap + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|_| QiaomenError::invalid("the photo file cannot be read".into()))?;
+        self.attach_photo(household_id, subject, bytes, caption, taken_at_ms)
+    }
+
+    /// The photos attached to the household's records, with where each one's bytes are.
+    pub fn photos(&self, household_id: String) -> Result<Vec<PhotoRecord>> {
+        let id: HouseholdId = parse("household id", &household_id)?;
+        let mut store = self.store();
+        let photos = store.photos(id)?;
+        photos
+            .into_iter()
+            .map(|p| {
+                let state = store.photo_state(&p.hash)?;
+                Ok(PhotoRecord::new(p, state))
+            })
+            .collect()
+    }
+
+    /// A photo's bytes: from the phone, or fetched from the server when this phone does not
+    /// hold them (only when asked; a phone never downloads its grid's photos by itself).
+    /// `NotFound` when the server has no such photo of a household this phone may read.
+    pub async fn photo_bytes(&self, household_id: String, hash: String) -> Result<Vec<u8>> {
+        let id: HouseholdId = parse("household id", &household_id)?;
+        Ok(self.client().fetch_photo(&self.store, id, &hash).await?)
+    }
+
+    /// Photos taken here that no server holds yet.
+    pub fn pending_photo_count(&self) -> Result<u64> {
+        Ok(self.store().pending_photo_count()?)
+    }
+
     /// Changes made here that no server has acknowledged yet.
     pub fn pending_count(&self) -> Result<u64> {
         Ok(self.store().pending_change_count()?)

@@ -508,6 +508,12 @@ pub struct SyncSummary {
     pub dropped_households: u64,
     /// Task reports of this phone the server stored in this sync.
     pub tasks_sent: u64,
+    /// Photos the server now holds whole, sent in this sync (after the records).
+    pub photos_sent: u64,
+    /// Photos the server refused in this sync (see `photos`: their `code`).
+    pub photos_refused: u64,
+    /// Photos still to send: the next sync resumes each where it stopped.
+    pub photos_waiting: u64,
 }
 
 /// A task done in a grid.
@@ -924,6 +930,9 @@ impl From<core::SyncReport> for SyncSummary {
                 .collect(),
             dropped_households: r.dropped_households as u64,
             tasks_sent: r.tasks_sent as u64,
+            photos_sent: r.photos_sent as u64,
+            photos_refused: r.photos_refused.len() as u64,
+            photos_waiting: r.photos_waiting as u64,
         }
     }
 }
@@ -937,6 +946,118 @@ impl From<(HouseholdId, qiaomen_protocol::review::FixTask)> for FixTask {
             reviewer_id: t.reviewer.to_string(),
             comment: t.comment,
             at_ms: t.at_ms,
+        }
+    }
+}
+
+/// What a photo shows: the record it is attached to (ids as text; `item`: the hazard's or
+/// dispute's place in the visit, from 0; `step`: the work-order step's place in the history).
+#[derive(Debug, Clone, PartialEq, uniffi::Enum)]
+pub enum PhotoSubject {
+    Household,
+    Visit { visit_id: String },
+    Hazard { visit_id: String, item: u32 },
+    Dispute { visit_id: String, item: u32 },
+    DemandStep { demand_id: String, step: u32 },
+}
+
+impl PhotoSubject {
+    pub(crate) fn into_subject(
+        self,
+    ) -> Result<qiaomen_protocol::photo::PhotoSubject, QiaomenError> {
+        use qiaomen_protocol::photo::PhotoSubject as P;
+        let visit = |v: &str| parse::<VisitId>("visit id", v);
+        Ok(match self {
+            PhotoSubject::Household => P::Household,
+            PhotoSubject::Visit { visit_id } => P::Visit {
+                visit: visit(&visit_id)?,
+            },
+            PhotoSubject::Hazard { visit_id, item } => P::Hazard {
+                visit: visit(&visit_id)?,
+                item,
+            },
+            PhotoSubject::Dispute { visit_id, item } => P::Dispute {
+                visit: visit(&visit_id)?,
+                item,
+            },
+            PhotoSubject::DemandStep { demand_id, step } => P::DemandStep {
+                demand: parse::<DemandId>("demand id", &demand_id)?,
+                step,
+            },
+        })
+    }
+}
+
+impl From<qiaomen_protocol::photo::PhotoSubject> for PhotoSubject {
+    fn from(s: qiaomen_protocol::photo::PhotoSubject) -> Self {
+        use qiaomen_protocol::photo::PhotoSubject as P;
+        match s {
+            P::Household => PhotoSubject::Household,
+            P::Visit { visit } => PhotoSubject::Visit {
+                visit_id: visit.to_string(),
+            },
+            P::Hazard { visit, item } => PhotoSubject::Hazard {
+                visit_id: visit.to_string(),
+                item,
+            },
+            P::Dispute { visit, item } => PhotoSubject::Dispute {
+                visit_id: visit.to_string(),
+                item,
+            },
+            P::DemandStep { demand, step } => PhotoSubject::DemandStep {
+                demand_id: demand.to_string(),
+                step,
+            },
+        }
+    }
+}
+
+/// A photo attached to a household's record.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct PhotoRecord {
+    pub photo_id: String,
+    /// SHA-256 of its bytes (64 hex characters): what `photo_bytes` asks for.
+    pub hash: String,
+    pub size: u64,
+    /// `image/jpeg`, `image/png` or `image/webp`.
+    pub media_type: String,
+    pub taken_at_ms: i64,
+    pub caption: String,
+    pub subject: PhotoSubject,
+    pub by_user_id: String,
+    /// Where its bytes are, by a stable code: `pending` (on this phone, to be sent after its
+    /// record), `sent` (the server has it), `fetched` (brought from the server), `refused`
+    /// (the server will not take it: `refused_code`; the bytes stay here), `remote` (on the
+    /// server only: `photo_bytes` fetches it).
+    pub state: String,
+    /// Why the server refused it (`hash_mismatch`, `media_type`, `too_large`), or why it
+    /// waits (`photo_quota`, `unknown_photo`).
+    pub code: Option<String>,
+}
+
+impl PhotoRecord {
+    pub(crate) fn new(
+        p: qiaomen_protocol::photo::Photo,
+        state: Option<core::PhotoState>,
+    ) -> PhotoRecord {
+        let (state, code) = match state {
+            None => ("remote", None),
+            Some(core::PhotoState::Pending) => ("pending", None),
+            Some(core::PhotoState::Sent) => ("sent", None),
+            Some(core::PhotoState::Fetched) => ("fetched", None),
+            Some(core::PhotoState::Refused { code }) => ("refused", Some(code)),
+        };
+        PhotoRecord {
+            photo_id: p.id.to_string(),
+            hash: p.hash,
+            size: p.size,
+            media_type: p.media_type.mime().to_string(),
+            taken_at_ms: p.taken_at_ms,
+            caption: p.caption,
+            subject: p.subject.into(),
+            by_user_id: p.by.to_string(),
+            state: state.to_string(),
+            code,
         }
     }
 }

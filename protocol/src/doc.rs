@@ -123,6 +123,24 @@ pub(crate) fn classify(patches: &[automerge::Patch], from_empty: bool) -> Classi
                 continue;
             }
         };
+        // A photo's reference is a key of the root of its own (`photo:<id>`, SYNC-v1 §14.2).
+        if let Some(id) = root_key.strip_prefix(crate::photo::ROOT_PREFIX) {
+            let entry = ("photos".to_string(), id.to_string());
+            match &p.action {
+                automerge::PatchAction::PutMap { .. } if p.path.is_empty() => {
+                    out.entries.insert(entry, Parts::All);
+                }
+                automerge::PatchAction::DeleteMap { .. } if p.path.is_empty() => {
+                    out.touched.deleted.insert(entry);
+                }
+                _ => out
+                    .entries
+                    .entry(entry)
+                    .or_insert_with(Parts::none)
+                    .add(&p.path[1..], &p.action),
+            }
+            continue;
+        }
         match root_key.as_str() {
             // The collection itself, put or deleted at the root: made with the household,
             // or (later) replaced, which drops every entry it held.
@@ -709,6 +727,10 @@ impl HouseholdDoc {
         }
         let mut added: std::collections::BTreeSet<&str> = Default::default();
         for ((collection, key), parts) in &entries {
+            if collection == "photos" {
+                self.check_photo(key, parts)?;
+                continue;
+            }
             let (collection, key) = (collection.clone(), key.clone());
             let obj = self.map_obj(&collection)?;
             if self.doc.get(&obj, key.as_str())?.is_none() {
@@ -820,8 +842,12 @@ impl HouseholdDoc {
             Some(h) => self.doc.get_at(obj, key, h),
             None => self.doc.get(obj, key),
         };
-        let (_, map) = read(&ROOT, collection).ok()??;
-        let (_, entry) = read(&map, key).ok()??;
+        let (_, entry) = if collection == "photos" {
+            read(&ROOT, &crate::photo::root_key(key)).ok()??
+        } else {
+            let (_, map) = read(&ROOT, collection).ok()??;
+            read(&map, key).ok()??
+        };
         let (value, _) = read(&entry, field).ok()??;
         match value.as_scalar()? {
             automerge::ScalarValue::Bytes(b) => uuid::Uuid::from_slice(b).ok(),
@@ -880,6 +906,176 @@ impl HouseholdDoc {
         self.doc
             .commit_with(commit_options(author, now_ms))
             .ok_or_else(|| DocError::Automerge("empty review change".into()))
+    }
+
+    /// Attaches a photo to a record of the household as one change (SYNC-v1 §14.2): a new
+    /// reference under its own root key. Refused before writing if the reference breaks a
+    /// rule: its size and caption ([`crate::validate::photo`]), a subject the household does
+    /// not hold, more than [`crate::photo::MAX_SUBJECT_PHOTOS`] photos of one subject, more
+    /// than [`crate::photo::MAX_VISIT_PHOTO_BYTES`] of photos on one visit.
+    pub fn attach_photo(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        photo: &crate::photo::Photo,
+    ) -> Result<ChangeHash> {
+        let key = crate::photo::root_key(&photo.id.to_string());
+        if self.doc.get(ROOT, key.as_str())?.is_some() {
+            return Err(DocError::InvalidEdit(
+                "a photo with this id already exists".into(),
+            ));
+        }
+        self.photo_rules(photo, &crate::validate::Parts::All, None)?;
+        if let Err(e) = autosurgeon::reconcile_prop(&mut self.doc, ROOT, key.as_str(), photo) {
+            self.doc.rollback();
+            return Err(e.into());
+        }
+        self.doc
+            .commit_with(commit_options(author, now_ms))
+            .ok_or_else(|| DocError::Automerge("empty photo change".into()))
+    }
+
+    /// Every photo reference the household holds, by id. A reference that does not read as
+    /// one is left out (the server never stores such a change: [`Self::validate_since`]).
+    pub fn photos(&self) -> Vec<crate::photo::Photo> {
+        let keys: Vec<String> = self
+            .doc
+            .keys(ROOT)
+            .filter(|k| k.starts_with(crate::photo::ROOT_PREFIX))
+            .collect();
+        keys.iter()
+            .filter_map(|k| {
+                autosurgeon::hydrate_prop::<_, Option<crate::photo::Photo>, _, _>(
+                    &self.doc,
+                    ROOT,
+                    k.as_str(),
+                )
+                .ok()
+                .flatten()
+            })
+            .collect()
+    }
+
+    /// The photo reference `id` (its id as text), if the household holds it.
+    pub fn photo(&self, id: &str) -> Result<Option<crate::photo::Photo>> {
+        let key = crate::photo::root_key(id);
+        if self.doc.get(ROOT, key.as_str())?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(autosurgeon::hydrate_prop(
+            &self.doc,
+            ROOT,
+            key.as_str(),
+        )?))
+    }
+
+    /// A photo reference a change wrote (`parts`: what it wrote), as the server judges it.
+    fn check_photo(&self, key: &str, parts: &crate::validate::Parts) -> Result<()> {
+        let Some(photo) = self.photo(key)? else {
+            return Ok(()); // deleted
+        };
+        if photo.id.to_string() != key {
+            return Err(DocError::InvalidEdit(
+                "a photo is not under its own id".into(),
+            ));
+        }
+        let new = *parts == crate::validate::Parts::All;
+        // A reference names its bytes once: only its caption may change afterwards.
+        let fixed = [
+            "id",
+            "hash",
+            "size",
+            "media_type",
+            "taken_at_ms",
+            "subject",
+            "by",
+            "device",
+        ];
+        if !new && fixed.iter().any(|f| parts.has(f)) {
+            return Err(DocError::InvalidEdit(
+                "only a photo's caption can change".into(),
+            ));
+        }
+        self.photo_rules(&photo, parts, new.then_some(key))
+    }
+
+    /// The rules of a photo reference: its fields, and for a new one (`new`: its own id when it
+    /// is already in the document) its subject and the counts it joins.
+    fn photo_rules(
+        &self,
+        photo: &crate::photo::Photo,
+        parts: &crate::validate::Parts,
+        new: Option<&str>,
+    ) -> Result<()> {
+        use crate::photo::{MAX_SUBJECT_PHOTOS, MAX_VISIT_PHOTO_BYTES, PhotoSubject};
+        use crate::validate::{Field, FieldError, Rule};
+        if !crate::photo::is_hash(&photo.hash) {
+            return Err(DocError::InvalidEdit(
+                "a photo's hash is not 64 lower-case hex characters".into(),
+            ));
+        }
+        crate::validate::photo(photo, parts)?;
+        if *parts != crate::validate::Parts::All {
+            return Ok(());
+        }
+        let missing = || DocError::InvalidEdit("a photo's subject is not in the household".into());
+        match &photo.subject {
+            PhotoSubject::Household => {}
+            PhotoSubject::Visit { visit } => {
+                self.visit(&visit.to_string())?.ok_or_else(missing)?;
+            }
+            PhotoSubject::Hazard { visit, item } => {
+                let v = self.visit(&visit.to_string())?.ok_or_else(missing)?;
+                if *item as usize >= v.hazards.len() {
+                    return Err(missing());
+                }
+            }
+            PhotoSubject::Dispute { visit, item } => {
+                let v = self.visit(&visit.to_string())?.ok_or_else(missing)?;
+                if *item as usize >= v.disputes.len() {
+                    return Err(missing());
+                }
+            }
+            PhotoSubject::DemandStep { demand, step } => {
+                let key = demand.to_string();
+                let held = self
+                    .map_obj("demands")
+                    .ok()
+                    .and_then(|m| self.doc.get(&m, key.as_str()).ok().flatten());
+                if held.is_none() {
+                    return Err(missing());
+                }
+                let d = self.demand_at(&key, None)?.ok_or_else(missing)?;
+                if *step as usize >= d.history.len() {
+                    return Err(missing());
+                }
+            }
+        }
+        let others: Vec<_> = self
+            .photos()
+            .into_iter()
+            .filter(|p| Some(p.id.to_string().as_str()) != new)
+            .collect();
+        let too = |rule| {
+            Err(DocError::from(FieldError {
+                field: Field::Photo,
+                rule,
+            }))
+        };
+        if others.iter().filter(|p| p.subject == photo.subject).count() >= MAX_SUBJECT_PHOTOS {
+            return too(Rule::TooMany);
+        }
+        if let Some(visit) = photo.subject.visit() {
+            let bytes: u64 = others
+                .iter()
+                .filter(|p| p.subject.visit() == Some(visit))
+                .map(|p| p.size)
+                .sum();
+            if bytes + photo.size > MAX_VISIT_PHOTO_BYTES {
+                return too(Rule::TooLarge);
+            }
+        }
+        Ok(())
     }
 
     /// A demand as it is now, or as it was at `heads`; `None` when it is not there. Reading an

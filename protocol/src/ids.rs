@@ -98,6 +98,11 @@ id_type!(
     ReviewId
 );
 id_type!(
+    /// A photo attached to a record (its reference in the household document; the bytes are
+    /// named by their hash, [`crate::photo`]).
+    PhotoId
+);
+id_type!(
     /// A person who uses Qiaomen: a grid worker or a supervisor.
     UserId
 );

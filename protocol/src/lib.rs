@@ -17,6 +17,7 @@ pub mod ids;
 pub mod integrity;
 pub mod migrate;
 pub mod pack;
+pub mod photo;
 pub mod policy;
 pub mod present;
 pub mod refused;

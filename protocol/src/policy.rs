@@ -284,6 +284,8 @@ pub enum Subject {
     DemandStep,
     /// Writing or rewriting a review.
     Reviews,
+    /// Attaching a photo, rewriting another's caption or removing one.
+    Photos,
 }
 
 impl Subject {
@@ -298,6 +300,7 @@ impl Subject {
             Subject::Demands => "demands",
             Subject::DemandStep => "demand_step",
             Subject::Reviews => "reviews",
+            Subject::Photos => "photos",
         }
     }
 
@@ -307,6 +310,7 @@ impl Subject {
             "visits" => Subject::Visits,
             "demands" => Subject::Demands,
             "reviews" => Subject::Reviews,
+            "photos" => Subject::Photos,
             _ => Subject::Household,
         }
     }
@@ -425,6 +429,7 @@ pub fn check_effect(
     for (collection, key) in &touched.entries {
         let field = match collection.as_str() {
             "visits" => "worker",
+            "photos" => "by",
             "reviews" => {
                 // Reviews are supervisors' only, signed by their reviewer, never of the
                 // reviewer's own visit, and never rewritten: a new decision is a new review.
@@ -667,6 +672,57 @@ mod tests {
         );
         let supervisor = rights(&[("g1", Role::VillageSupervisor)]);
         assert_eq!(judge(&supervisor, s.user, &mut doc, &before), Ok(()));
+    }
+
+    #[test]
+    fn a_worker_attaches_photos_but_rewrites_or_removes_only_with_a_supervisor() {
+        use automerge::{ROOT, ReadDoc, transaction::Transactable};
+
+        use crate::photo::{MediaType, Photo, PhotoSubject, hash_of, root_key};
+        let (a, b, s) = (author(), author(), author());
+        let mut doc = household("g1", &a);
+        let v = visit(&a);
+        doc.add_visit(&a, NOW, &v, &[]).expect("visit");
+        let workers = rights(&[("g1", Role::GridWorker)]);
+        let p = Photo {
+            id: crate::ids::PhotoId::new(),
+            hash: hash_of(b"jpeg"),
+            size: 4,
+            media_type: MediaType::Jpeg,
+            taken_at_ms: NOW,
+            caption: String::new(),
+            subject: PhotoSubject::Visit { visit: v.id },
+            by: a.user,
+            device: a.device,
+        };
+        let before = doc.heads();
+        doc.attach_photo(&a, NOW, &p).expect("attached");
+        assert_eq!(judge(&workers, a.user, &mut doc, &before), Ok(()));
+        // Out of the grid: refused.
+        let elsewhere = rights(&[("g2", Role::GridWorker)]);
+        assert!(judge(&elsewhere, a.user, &mut doc, &before).is_err());
+        // A colleague rewrites the caption: a supervisor's to do.
+        let before = doc.heads();
+        let key = root_key(&p.id.to_string());
+        let (_, entry) = doc.automerge().get(ROOT, key.as_str()).unwrap().unwrap();
+        doc.automerge_mut()
+            .put(&entry, "caption", "别人改")
+            .unwrap();
+        doc.commit(&b, NOW);
+        assert_eq!(
+            judge(&workers, b.user, &mut doc, &before),
+            not_allowed(Subject::Photos)
+        );
+        let supervisor = rights(&[("g1", Role::VillageSupervisor)]);
+        assert_eq!(judge(&supervisor, s.user, &mut doc, &before), Ok(()));
+        // Removing one, even one's own.
+        let before = doc.heads();
+        doc.automerge_mut().delete(ROOT, key.as_str()).unwrap();
+        doc.commit(&a, NOW);
+        assert_eq!(
+            judge(&workers, a.user, &mut doc, &before),
+            not_allowed(Subject::Photos)
+        );
     }
 
     #[test]

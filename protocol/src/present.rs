@@ -86,6 +86,16 @@ fn household_field(f: &str) -> Option<&'static str> {
     })
 }
 
+fn photo_field(f: &str) -> Option<&'static str> {
+    Some(match f {
+        "caption" => "说明",
+        "taken_at_ms" => "拍摄时间",
+        "subject" => "所属记录",
+        "by" => "拍摄人",
+        _ => return None,
+    })
+}
+
 fn member_field(f: &str) -> Option<&'static str> {
     Some(match f {
         "id" => "成员编号",
@@ -217,6 +227,11 @@ pub fn field_label(path: &[String], h: &Household) -> String {
         ("reviews", Some(_)) => {
             let mut p = vec!["审核".to_string()];
             p.extend(rest(2, review_field));
+            p
+        }
+        (key, _) if key.starts_with(crate::photo::ROOT_PREFIX) => {
+            let mut p = vec!["照片".to_string()];
+            p.extend(rest(1, photo_field));
             p
         }
         _ => rest(0, household_field),

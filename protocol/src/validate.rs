@@ -66,6 +66,9 @@ pub enum Field {
     Document,
     /// The visit day a visit counts for.
     VisitDay,
+    /// A photo: its bytes, its size, the photos of its subject or visit (SYNC-v1 §14.2).
+    Photo,
+    PhotoCaption,
 }
 
 impl Field {
@@ -89,6 +92,8 @@ impl Field {
             Field::ReviewComment => "review_comment",
             Field::Document => "document",
             Field::VisitDay => "visit_day",
+            Field::Photo => "photo",
+            Field::PhotoCaption => "photo_caption",
         }
     }
 }
@@ -121,6 +126,8 @@ pub enum Rule {
     BeforeAssignment,
     /// A visit for a cycle before the household was registered.
     BeforeRegistration,
+    /// Not a JPEG, PNG or WebP image (judged from the bytes).
+    MediaType,
 }
 
 impl Rule {
@@ -138,6 +145,7 @@ impl Rule {
             Rule::FutureDay => "future_day",
             Rule::BeforeAssignment => "before_assignment",
             Rule::BeforeRegistration => "before_registration",
+            Rule::MediaType => "media_type",
         }
     }
 
@@ -154,6 +162,7 @@ impl Rule {
             Rule::FutureDay => "has not come yet",
             Rule::BeforeAssignment => "is before the worker held the grid",
             Rule::BeforeRegistration => "is before the household was registered",
+            Rule::MediaType => "is not a JPEG, PNG or WebP image",
         }
     }
 }
@@ -491,6 +500,49 @@ pub fn review(r: &Review, parts: &Parts) -> Result {
         text(Field::ReviewComment, &r.comment, MAX_TEXT_CHARS)?;
     }
     Ok(())
+}
+
+/// A photo reference (SYNC-v1 §14.2): not empty, at most [`crate::photo::MAX_PHOTO_BYTES`],
+/// a caption within its length. How many a subject holds is the document's rule
+/// ([`crate::doc::HouseholdDoc::attach_photo`]).
+pub fn photo(p: &crate::photo::Photo, parts: &Parts) -> Result {
+    if parts.has("size") {
+        if p.size == 0 {
+            return fail(Field::Photo, Rule::Empty);
+        }
+        if p.size > crate::photo::MAX_PHOTO_BYTES {
+            return fail(Field::Photo, Rule::TooLarge);
+        }
+    }
+    if parts.has("caption") {
+        text(
+            Field::PhotoCaption,
+            &p.caption,
+            crate::photo::MAX_CAPTION_CHARS,
+        )?;
+    }
+    Ok(())
+}
+
+/// A photo's bytes before they are attached or taken in: a JPEG, PNG or WebP image of at
+/// most [`crate::photo::MAX_PHOTO_BYTES`].
+pub fn photo_bytes(bytes: &[u8]) -> std::result::Result<crate::photo::MediaType, FieldError> {
+    if bytes.is_empty() {
+        return Err(FieldError {
+            field: Field::Photo,
+            rule: Rule::Empty,
+        });
+    }
+    if bytes.len() as u64 > crate::photo::MAX_PHOTO_BYTES {
+        return Err(FieldError {
+            field: Field::Photo,
+            rule: Rule::TooLarge,
+        });
+    }
+    crate::photo::MediaType::of_bytes(bytes).ok_or(FieldError {
+        field: Field::Photo,
+        rule: Rule::MediaType,
+    })
 }
 
 /// A new household record, every field and entry.

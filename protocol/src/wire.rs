@@ -223,7 +223,13 @@ pub const FEATURES: u32 = FEATURE_STALE_ORDER
     | FEATURE_RIGHTS
     | FEATURE_WHOLE_DOCS
     | FEATURE_PACKED_DOWN
-    | FEATURE_NEEDED_FIRST;
+    | FEATURE_NEEDED_FIRST
+    | FEATURE_PHOTOS;
+
+/// Feature bit: photos (SYNC-v1 §14). A server with the photo routes (`/v1/photos/{hash}`)
+/// announces it; the phone runs its photo phase only while the last response had it (a
+/// photo then waits on the phone, nothing lost). In the phone's `f` it is informational.
+pub const FEATURE_PHOTOS: u32 = 512;
 
 /// Feature bit: the phone takes packed changes in a response (SYNC-v1 §4.4.1): the server
 /// may send a change of `d` packed, with the response's table `p` and base time `b`; the

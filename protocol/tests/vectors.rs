@@ -3,7 +3,8 @@
 //!
 //! Each vector is a pair: `NAME.cbor.hex`, the CBOR of one message before compression (the
 //! canonical bytes), and `NAME.json`, the same message in a readable form together with its
-//! CBOR in diagnostic notation. Every file in the folder must belong to a vector built here.
+//! CBOR in diagnostic notation. The photo vectors (SYNC-v1 §14) are one JSON file each. Every
+//! file in the folder must belong to a vector built here.
 //!
 //! `QIAOMEN_WRITE_VECTORS=1 cargo test -p qiaomen-protocol --test vectors` (re)writes the files
 //! from the messages built here, then checks them as usual.
@@ -18,9 +19,11 @@ use automerge::{ActorId, AutoCommit, transaction::CommitOptions};
 use ciborium::Value as Cbor;
 use qiaomen_protocol::{
     doc::{Author, HouseholdDoc, decode_changes},
-    ids::{DeviceId, GridId, HouseholdId, UserId, Uuid},
+    ids::{DeviceId, GridId, HouseholdId, PhotoId, UserId, Uuid, VisitId},
     pack,
-    schema::Household,
+    photo::{self, MAX_PHOTO_PIECE_BYTES, MediaType, Photo, PhotoSubject},
+    schema::{Hazard, HazardKind, Household, Visit, VisitOutcome},
+    validate,
     wire::{
         self, CONTENT_TYPE, DocChanges, PROTOCOL_VERSION, RejectCode, Rejection, SyncRequest,
         SyncResponse, WireError, limits,
@@ -1218,6 +1221,323 @@ fn vectors() -> Vec<Vector> {
     out
 }
 
+// ---- photo vectors (SYNC-v1 §14) --------------------------------------------------------------
+//
+// Photos are not sync messages: each photo vector is one JSON file (`NAME.json`, no
+// `.cbor.hex`), built here from the code and compared with the file whole.
+
+const PHOTO_ID: &str = "0192f4a3-5b7c-7d8e-9fa0-b1c2d3e4f506";
+const VISIT_ID: &str = "0192f4a3-6c8d-7e9f-a0b1-c2d3e4f50617";
+/// The bytes the `photo-reference` vector's hash is the SHA-256 of.
+const PHOTO_REFERENCE_BYTES: &[u8] = b"qiaomen photo vector";
+/// The size of the photo of the `photo-upload-exchange` vector, and its three pieces.
+const EXCHANGE_PHOTO_BYTES: usize = 100;
+const EXCHANGE_PIECE_BYTES: usize = 40;
+
+fn author() -> Author {
+    Author {
+        user: UserId(Uuid::parse_str(USER).unwrap()),
+        device: DeviceId(Uuid::parse_str(DEVICE).unwrap()),
+    }
+}
+
+fn fixed_photo() -> Photo {
+    let a = author();
+    Photo {
+        id: PhotoId(Uuid::parse_str(PHOTO_ID).unwrap()),
+        hash: photo::hash_of(PHOTO_REFERENCE_BYTES),
+        size: PHOTO_REFERENCE_BYTES.len() as u64,
+        media_type: MediaType::Jpeg,
+        taken_at_ms: T_EDIT_MS,
+        caption: "电线下垂".into(),
+        subject: PhotoSubject::Hazard {
+            visit: VisitId(Uuid::parse_str(VISIT_ID).unwrap()),
+            item: 0,
+        },
+        by: a.user,
+        device: a.device,
+    }
+}
+
+/// An Automerge value as the `document` form of a photo vector writes it: a map as an
+/// object, a text string as a string, every other scalar tagged with its Automerge type.
+fn automerge_json(doc: &AutoCommit, value: automerge::Value<'_>, obj: &automerge::ObjId) -> Json {
+    use automerge::{ObjType, ReadDoc, ScalarValue, Value};
+    match value {
+        Value::Object(ObjType::Map) => {
+            let mut o = serde_json::Map::new();
+            for key in doc.keys(obj) {
+                let (v, id) = doc.get(obj, key.as_str()).unwrap().unwrap();
+                o.insert(key, automerge_json(doc, v, &id));
+            }
+            Json::Object(o)
+        }
+        Value::Object(other) => panic!("a photo reference holds no {other:?}"),
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => json!(s.as_str()),
+            ScalarValue::Uint(n) => json!({ "uint": n }),
+            ScalarValue::Int(n) => json!({ "int": n }),
+            ScalarValue::Bytes(b) => json!({ "bytes": hex(b) }),
+            other => panic!("a photo reference holds no {other:?}"),
+        },
+    }
+}
+
+/// The readable form of the `document` form: ids (16-byte values) as UUIDs, numbers bare.
+fn readable(v: &Json) -> Json {
+    match v {
+        Json::Object(o) if o.len() == 1 && (o.contains_key("uint") || o.contains_key("int")) => {
+            o.values().next().unwrap().clone()
+        }
+        Json::Object(o) if o.len() == 1 && o.contains_key("bytes") => {
+            let bytes = unhex(o["bytes"].as_str().unwrap()).unwrap();
+            json!(Uuid::from_slice(&bytes).unwrap().hyphenated().to_string())
+        }
+        Json::Object(o) => Json::Object(o.iter().map(|(k, v)| (k.clone(), readable(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `photo-reference`: the fixed photo attached through the real `HouseholdDoc::attach_photo`
+/// (autosurgeon into the household's AutoCommit), read back from the document.
+fn photo_reference_vector() -> Json {
+    use automerge::{ROOT, ReadDoc};
+    let a = author();
+    let p = fixed_photo();
+    let household = Household::new(id(HOUSEHOLD_A), GridId::new("dongcun-03"), "东村", "17");
+    let mut doc = HouseholdDoc::create(&household, &a, T_CREATE_MS).unwrap();
+    let visit = Visit {
+        id: VisitId(Uuid::parse_str(VISIT_ID).unwrap()),
+        visit_day: "2025-11-15".parse().unwrap(),
+        worker: a.user,
+        device: a.device,
+        started_at_ms: T_CREATE_MS,
+        ended_at_ms: None,
+        gps: None,
+        outcome: VisitOutcome::Met,
+        people_met: vec![],
+        needs: vec![],
+        disputes: vec![],
+        hazards: vec![Hazard {
+            kind: HazardKind::Electrical,
+            detail: "电线下垂".into(),
+        }],
+        publicity: vec![],
+        note: autosurgeon::Text::with_value(""),
+        demands_raised: vec![],
+    };
+    doc.add_visit(&a, T_CREATE_MS, &visit, &[]).unwrap();
+    let before = doc.heads();
+    doc.attach_photo(&a, T_EDIT_MS, &p).unwrap();
+    // The server's check of the change passes; the reference reads back as the photo.
+    doc.validate_since(&before, household.id)
+        .expect("the reference passes validate_since");
+    assert_eq!(doc.photos(), vec![p.clone()]);
+    let key = photo::root_key(PHOTO_ID);
+    assert_eq!(key, format!("photo:{PHOTO_ID}"));
+    let (value, obj) = doc.automerge().get(ROOT, key.as_str()).unwrap().unwrap();
+    let document = automerge_json(doc.automerge(), value, &obj);
+    assert!(photo::is_hash(&p.hash));
+    json!({
+        "name": "photo-reference",
+        "type": "PhotoReference",
+        "description": "A photo reference as the household document holds it (SYNC-v1 §14.2): under its own root key, attached to the first hazard of a visit, written by HouseholdDoc::attach_photo and read back from the Automerge document. `document` gives each value with its Automerge type; `reference` is the same with ids as UUIDs.",
+        "root_key": key,
+        "document": { key.clone(): document.clone() },
+        "reference": readable(&document),
+        "notes": {
+            "bytes_ascii": std::str::from_utf8(PHOTO_REFERENCE_BYTES).unwrap(),
+            "bytes_hex": hex(PHOTO_REFERENCE_BYTES),
+            "sha256": p.hash,
+            "size": p.size,
+            "media_type_of_bytes": MediaType::of_bytes(PHOTO_REFERENCE_BYTES).map(MediaType::mime),
+            "mime": p.media_type.mime(),
+            "change_time_ms": T_EDIT_MS,
+        },
+    })
+}
+
+/// The 100 bytes of the exchange's photo: a JPEG signature, then the ASCII of
+/// "qiaomen photo vector " repeated, cut at 100 bytes.
+fn exchange_photo() -> Vec<u8> {
+    let mut b = vec![0xff, 0xd8, 0xff, 0xe0];
+    while b.len() < EXCHANGE_PHOTO_BYTES {
+        b.extend_from_slice(b"qiaomen photo vector ");
+    }
+    b.truncate(EXCHANGE_PHOTO_BYTES);
+    b
+}
+
+fn headers(pairs: &[(&str, String)]) -> Json {
+    Json::Array(pairs.iter().map(|(k, v)| json!([k, v])).collect())
+}
+
+/// `photo-upload-exchange`: HEAD, PATCH, PATCH cut, HEAD, PATCH (complete).
+fn photo_exchange_vector() -> Json {
+    let bytes = exchange_photo();
+    let hash = photo::hash_of(&bytes);
+    let path = format!("/v1/photos/{hash}");
+    let auth = ("Authorization", "Bearer qm_d_EXAMPLE".to_string());
+    let len = bytes.len() as u64;
+    let head = |offset: u64| {
+        json!({
+            "request": {
+                "line": format!("HEAD {path} HTTP/1.1"),
+                "headers": headers(std::slice::from_ref(&auth)),
+            },
+            "response": {
+                "line": "HTTP/1.1 200 OK",
+                "headers": headers(&[
+                    ("Upload-Offset", offset.to_string()),
+                    ("Upload-Length", len.to_string()),
+                ]),
+            },
+        })
+    };
+    let patch = |from: usize, to: usize, answered: bool| {
+        let mut resp = vec![
+            ("Upload-Offset", to.to_string()),
+            ("Upload-Length", len.to_string()),
+        ];
+        if to == bytes.len() {
+            resp.push(("Upload-Complete", "?1".to_string()));
+        }
+        json!({
+            "request": {
+                "line": format!("PATCH {path} HTTP/1.1"),
+                "headers": headers(&[
+                    auth.clone(),
+                    ("Upload-Offset", from.to_string()),
+                    ("Content-Type", "application/offset+octet-stream".to_string()),
+                    ("Content-Length", (to - from).to_string()),
+                ]),
+                "body_range": [from, to],
+                "body_hex": hex(&bytes[from..to]),
+            },
+            "response": if answered {
+                json!({ "line": "HTTP/1.1 204 No Content", "headers": headers(&resp) })
+            } else {
+                Json::Null
+            },
+        })
+    };
+    let p = EXCHANGE_PIECE_BYTES;
+    let mut cut = patch(p, 2 * p, false);
+    cut["note"] = json!(
+        "the connection is cut after the body was sent: the server took the piece in, the phone does not know"
+    );
+    json!({
+        "name": "photo-upload-exchange",
+        "type": "HttpExchange",
+        "description": "The upload of a 100-byte photo in three pieces (SYNC-v1 §14.3): HEAD (nothing held), PATCH bytes 0-40, PATCH bytes 40-80 whose answer is lost, HEAD (80 held), PATCH bytes 80-100, which completes it. Byte ranges are [from, to), from 0.",
+        "photo": {
+            "hash": hash,
+            "size": len,
+            "bytes_hex": hex(&bytes),
+            "media_type": MediaType::of_bytes(&bytes).map(MediaType::mime),
+        },
+        "exchanges": [head(0), patch(0, p, true), cut, head(2 * p as u64), patch(2 * p, bytes.len(), true)],
+    })
+}
+
+fn photo_vectors() -> Vec<(String, Json)> {
+    vec![
+        ("photo-reference".into(), photo_reference_vector()),
+        ("photo-upload-exchange".into(), photo_exchange_vector()),
+    ]
+}
+
+fn header<'a>(h: &'a Json, name: &str) -> Option<&'a str> {
+    h.as_array()?
+        .iter()
+        .find(|p| p[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .and_then(|p| p[1].as_str())
+}
+
+/// The exchange file read on its own terms: each PATCH starts where the server said its
+/// bytes end (the last answer's `Upload-Offset`, a HEAD's after a lost answer), carries its
+/// range of the photo, and the pieces put together are the photo its URL names.
+fn check_exchange(file: &Json) -> Result<(), String> {
+    let photo_hex = file["photo"]["bytes_hex"]
+        .as_str()
+        .ok_or("photo.bytes_hex")?;
+    let bytes = unhex(photo_hex)?;
+    let hash = file["photo"]["hash"].as_str().ok_or("photo.hash")?;
+    if photo::hash_of(&bytes) != hash || file["photo"]["size"] != json!(bytes.len()) {
+        return Err("the photo's hash or size is not its bytes'".into());
+    }
+    validate::photo_bytes(&bytes).map_err(|e| format!("the photo's bytes: {e:?}"))?;
+    let mut server: Option<u64> = None; // what the phone knows the server holds
+    let mut held = 0u64; // what the server holds
+    let mut assembled = Vec::new();
+    let mut complete = false;
+    for x in file["exchanges"].as_array().ok_or("exchanges")? {
+        let line = x["request"]["line"].as_str().ok_or("request line")?;
+        if line != format!("HEAD /v1/photos/{hash} HTTP/1.1")
+            && line != format!("PATCH /v1/photos/{hash} HTTP/1.1")
+        {
+            return Err(format!("unexpected request {line}"));
+        }
+        let resp = &x["response"];
+        if line.starts_with("HEAD") {
+            let offset: u64 = header(&resp["headers"], "Upload-Offset")
+                .ok_or("HEAD without Upload-Offset")?
+                .parse()
+                .map_err(|_| "offset")?;
+            if offset != held {
+                return Err(format!("HEAD says {offset}, the server holds {held}"));
+            }
+            server = Some(offset);
+            continue;
+        }
+        let h = &x["request"]["headers"];
+        let from: u64 = header(h, "Upload-Offset")
+            .ok_or("PATCH without Upload-Offset")?
+            .parse()
+            .map_err(|_| "offset")?;
+        if Some(from) != server {
+            return Err(format!(
+                "PATCH from {from} without knowing the server's offset"
+            ));
+        }
+        if header(h, "Content-Type") != Some("application/offset+octet-stream") {
+            return Err("PATCH content type".into());
+        }
+        let body = unhex(x["request"]["body_hex"].as_str().ok_or("body_hex")?)?;
+        let range = &x["request"]["body_range"];
+        let to = from + body.len() as u64;
+        if *range != json!([from, to])
+            || header(h, "Content-Length") != Some(body.len().to_string().as_str())
+            || body.len() > MAX_PHOTO_PIECE_BYTES
+            || body[..] != bytes[from as usize..to as usize]
+        {
+            return Err(format!("PATCH from {from}: range, length or bytes"));
+        }
+        assembled.extend_from_slice(&body);
+        held = to;
+        if resp.is_null() {
+            server = None; // answer lost: ask again
+            continue;
+        }
+        let offset: u64 = header(&resp["headers"], "Upload-Offset")
+            .ok_or("204 without Upload-Offset")?
+            .parse()
+            .map_err(|_| "offset")?;
+        if offset != to || resp["line"] != json!("HTTP/1.1 204 No Content") {
+            return Err(format!("PATCH to {to} answered {offset}"));
+        }
+        complete = header(&resp["headers"], "Upload-Complete") == Some("?1");
+        if complete != (to == bytes.len() as u64) {
+            return Err("Upload-Complete is not sent exactly on completion".into());
+        }
+        server = Some(offset);
+    }
+    if !complete || assembled != bytes {
+        return Err("the pieces are not the whole photo".into());
+    }
+    Ok(())
+}
+
 // ---- the files --------------------------------------------------------------------------------
 
 fn vectors_dir() -> PathBuf {
@@ -1250,6 +1570,19 @@ const KEY_ORDER: &[&str] = &[
     "time_ms",
     "author_message",
     "deps",
+    // The photo vectors (JSON only).
+    "root_key",
+    "reference",
+    "document",
+    "photo",
+    "exchanges",
+    "request",
+    "response",
+    "line",
+    "headers",
+    "body_range",
+    "body_hex",
+    "note",
 ];
 
 /// Pretty JSON with keys in wire order (not alphabetical), for people reading the files.
@@ -1307,7 +1640,12 @@ fn file_json(v: &Vector, cbor: &[u8]) -> Json {
 fn write_vectors(all: &[Vector]) {
     let dir = vectors_dir();
     fs::create_dir_all(&dir).unwrap();
-    let names: BTreeSet<&str> = all.iter().map(|v| v.name.as_str()).collect();
+    let photos = photo_vectors();
+    let names: BTreeSet<&str> = all
+        .iter()
+        .map(|v| v.name.as_str())
+        .chain(photos.iter().map(|(n, _)| n.as_str()))
+        .collect();
     for entry in fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let file = path.file_name().unwrap().to_string_lossy().to_string();
@@ -1324,6 +1662,13 @@ fn write_vectors(all: &[Vector]) {
         pretty(&file_json(v, &cbor), 0, &mut text);
         text.push('\n');
         fs::write(dir.join(format!("{}.json", v.name)), text).unwrap();
+    }
+    for (name, file) in &photos {
+        let _ = fs::remove_file(dir.join(format!("{name}.cbor.hex")));
+        let mut text = String::new();
+        pretty(file, 0, &mut text);
+        text.push('\n');
+        fs::write(dir.join(format!("{name}.json")), text).unwrap();
     }
 }
 
@@ -1398,6 +1743,7 @@ fn every_vector_matches_the_code() {
 fn every_file_in_the_vectors_folder_is_checked() {
     write_if_asked();
     let names: BTreeSet<String> = vectors().into_iter().map(|v| v.name).collect();
+    let photos: BTreeSet<String> = photo_vectors().into_iter().map(|(n, _)| n).collect();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for entry in fs::read_dir(vectors_dir()).expect("proto-docs/vectors exists") {
         let file = entry.unwrap().file_name().to_string_lossy().to_string();
@@ -1408,7 +1754,7 @@ fn every_file_in_the_vectors_folder_is_checked() {
             panic!("proto-docs/vectors/{file} is neither a vector file nor README.md")
         });
         assert!(
-            names.contains(stem),
+            names.contains(stem) || (photos.contains(stem) && file.ends_with(".json")),
             "proto-docs/vectors/{file} belongs to no vector checked by protocol/tests/vectors.rs"
         );
         seen.insert(file);
@@ -1421,6 +1767,36 @@ fn every_file_in_the_vectors_folder_is_checked() {
             );
         }
     }
+    for name in &photos {
+        assert!(
+            seen.contains(&format!("{name}.json")),
+            "photo vector {name} has no {name}.json"
+        );
+    }
+}
+
+#[test]
+fn the_photo_vectors_match_the_code() {
+    write_if_asked();
+    for (name, built) in photo_vectors() {
+        let path = vectors_dir().join(format!("{name}.json"));
+        let file: Json = serde_json::from_str(&fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("photo vector {name}: no file ({e}); write with QIAOMEN_WRITE_VECTORS=1")
+        }))
+        .unwrap_or_else(|e| panic!("photo vector {name}: bad JSON: {e}"));
+        assert_eq!(file, built, "photo vector {name}: the file is stale");
+    }
+    // The reference's hash is the SHA-256 of the ASCII "qiaomen photo vector".
+    let file = photo_reference_vector();
+    assert_eq!(
+        file["reference"]["hash"],
+        json!("7b0c1579a0c8209ece1c6d70465ea2d76d6c088c479b9f78f65c5c1d824c24fb")
+    );
+    // The exchange holds together on its own, read from the file.
+    let path = vectors_dir().join("photo-upload-exchange.json");
+    let file: Json = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    check_exchange(&file).unwrap_or_else(|e| panic!("photo-upload-exchange: {e}"));
+    assert_eq!(file["exchanges"].as_array().unwrap().len(), 5);
 }
 
 fn cbor_of(v: &Cbor) -> Vec<u8> {
@@ -1657,7 +2033,6 @@ fn the_spec_states_the_codes_constants() {
         );
     }
     // Field rules and limits (§13.8).
-    use qiaomen_protocol::validate;
     for (name, value) in [
         ("MAX_NOTE_CHARS", validate::MAX_NOTE_CHARS),
         ("MAX_TEXT_CHARS", validate::MAX_TEXT_CHARS),
@@ -1670,6 +2045,38 @@ fn the_spec_states_the_codes_constants() {
         assert!(
             spec.contains(&format!("| `{name}` | {value} |")),
             "SYNC-v1.md must state `{name}` = {value} in §13.8"
+        );
+    }
+    // Photos (§12, §14).
+    for (name, value) in [
+        ("MAX_PHOTO_BYTES", photo::MAX_PHOTO_BYTES as usize),
+        ("MAX_SUBJECT_PHOTOS", photo::MAX_SUBJECT_PHOTOS),
+        (
+            "MAX_VISIT_PHOTO_BYTES",
+            photo::MAX_VISIT_PHOTO_BYTES as usize,
+        ),
+        ("MAX_CAPTION_CHARS", photo::MAX_CAPTION_CHARS),
+        ("MAX_PHOTO_PIECE_BYTES", photo::MAX_PHOTO_PIECE_BYTES),
+    ] {
+        assert!(
+            spec.contains(&format!("| `{name}` | {value} |")),
+            "SYNC-v1.md must state `{name}` = {value} in its limits table"
+        );
+    }
+    for code in [
+        validate::Field::Photo.code(),
+        validate::Field::PhotoCaption.code(),
+        validate::Rule::MediaType.code(),
+        "unknown_photo",
+        "offset_mismatch",
+        "hash_mismatch",
+        "photo_quota",
+        "application/offset+octet-stream",
+        "photo:",
+    ] {
+        assert!(
+            spec.contains(&format!("`{code}")),
+            "SYNC-v1.md names `{code}`"
         );
     }
     assert!(spec.contains(&format!(

@@ -457,7 +457,7 @@ pub fn run_on(target: Target<'_>, command: AdminCommand) -> Result<(), Box<dyn s
             let grids = grid.map(|g| vec![g]);
             let rows = storage.refused(grids.as_deref(), usize::MAX >> 1)?;
             let n = rows.len();
-            let views = crate::http::workflow::refused_views(storage.as_ref(), rows)?;
+            let views = crate::service::orders::refused_views(storage.as_ref(), rows)?;
             let mut out: Box<dyn std::io::Write> = match &to {
                 Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
                 None => Box::new(std::io::stdout().lock()),

@@ -20,13 +20,14 @@ use qiaomen_protocol::{
     coverage::{CoverageInput, CoveragePolicy},
     doc::HouseholdDoc,
     ids::{DemandId, HouseholdId},
+    photo::{Photo, PhotoSubject},
     schema::{Household, HouseholdStatus, KeyGroup, TagSpan, VisitOutcome},
     vocab::Term,
     workorder::{self, Deadlines},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::sql::{Db, Row, SqlError};
+use crate::sql::{Db, Owned, Row, SqlError};
 use crate::storage::{PgStorage, SqliteStorage, Storage, StorageError, Timeline};
 
 /// Log rows one refresh transaction takes in.
@@ -131,6 +132,88 @@ DELETE FROM idx_visits;
 DELETE FROM idx_orders;
 UPDATE idx_cursor SET seq = 0;
 "#;
+
+/// Photo references (SYNC-v1 §14.2), one row per reference, and the bytes each device had
+/// accepted per day (migration 15 of the store, 7 of PostgreSQL; the read model is rebuilt
+/// from the log). What a device may upload or fetch is judged on `idx_photos`: a hash that a
+/// household in its scope refers to ([`Index::photo_refs`]).
+pub const PHOTOS_SCHEMA: &str = r#"
+CREATE TABLE idx_photos (
+    doc        BLOB NOT NULL,
+    photo      TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    visit      TEXT,
+    demand     TEXT,
+    item       INTEGER,
+    by_user    TEXT NOT NULL,
+    taken_ms   INTEGER NOT NULL,
+    caption    TEXT NOT NULL,
+    PRIMARY KEY (doc, photo)
+) WITHOUT ROWID;
+CREATE INDEX idx_photos_hash ON idx_photos (hash);
+CREATE TABLE photo_quota (
+    device TEXT NOT NULL,
+    day    TEXT NOT NULL,
+    bytes  INTEGER NOT NULL,
+    PRIMARY KEY (device, day)
+) WITHOUT ROWID;
+DELETE FROM idx_households;
+DELETE FROM idx_spans;
+DELETE FROM idx_visits;
+DELETE FROM idx_orders;
+UPDATE idx_cursor SET seq = 0;
+"#;
+
+/// A photo reference as the read model holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PhotoRef {
+    pub household: HouseholdId,
+    /// The household's grid now (whom the photo is shown to).
+    pub grid: String,
+    pub photo: String,
+    pub hash: String,
+    pub size: u64,
+    /// `jpeg`, `png`, `webp`.
+    pub media_type: String,
+    /// `household`, `visit`, `hazard`, `dispute`, `demand_step` ([`PhotoSubject::code`]).
+    pub subject: String,
+    pub visit: Option<String>,
+    pub demand: Option<String>,
+    /// The hazard's, dispute's or step's place.
+    pub item: Option<i64>,
+    pub by: String,
+    pub taken_ms: i64,
+    pub caption: String,
+}
+
+const PHOTO_COLUMNS: &str = "p.doc, h.grid, p.photo, p.hash, p.size, p.media_type, p.subject,
+    p.visit, p.demand, p.item, p.by_user, p.taken_ms, p.caption";
+
+fn photo_ref(r: &Row) -> Result<Option<PhotoRef>, SqlError> {
+    let doc: Vec<u8> = r.get(0)?;
+    let size: i64 = r.get(4)?;
+    let (Ok(bytes), Ok(size)) = (<[u8; 16]>::try_from(doc.as_slice()), u64::try_from(size)) else {
+        return Ok(None);
+    };
+    Ok(Some(PhotoRef {
+        household: HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes)),
+        grid: r.get(1)?,
+        photo: r.get(2)?,
+        hash: r.get(3)?,
+        size,
+        media_type: r.get(5)?,
+        subject: r.get(6)?,
+        visit: r.get(7)?,
+        demand: r.get(8)?,
+        item: r.get(9)?,
+        by: r.get(10)?,
+        taken_ms: r.get(11)?,
+        caption: r.get(12)?,
+    }))
+}
 
 /// A household as the read model holds it.
 #[derive(Clone, Debug, PartialEq)]
@@ -287,21 +370,28 @@ impl Index {
     /// Takes in at most `max_rows` logged changes past the cursor (one transaction): returns
     /// how many households were re-read and whether the tables reached the log's end.
     ///
-    /// Several projectors may run at once (one per server on one database): the batch's
-    /// transaction first moves the cursor from where this projector read it to the batch's
-    /// end, and finds nothing to move if another projector took the batch meanwhile; then it
-    /// writes nothing (its documents may be older than what the other wrote) and reports
-    /// not caught up, so the caller reads on from the new cursor. The cursor only moves
-    /// forward, and the rows of a household are those of the last batch that read it.
+    /// One projector at a time: on a database several servers share, the batch is read and
+    /// written holding the read model's lock ([`Db::exclusive`]), so a second server's
+    /// projector waits for the first's batch and then reads on from the cursor it left,
+    /// instead of reading the same households again. The cursor moves in the batch's
+    /// transaction only from where this projector read it (a compare-and-set); should it have
+    /// moved (the lock is not held: a projector of an older server), nothing is written (its
+    /// documents may be older than what the other wrote) and the call reports not caught up,
+    /// so the caller reads on. The cursor only moves forward, and the rows of a household are
+    /// those of the last batch that read it.
     pub fn refresh_batch(&mut self, max_rows: i64) -> Result<(usize, bool), StorageError> {
-        let Some(batch) = self.read_batch(max_rows)? else {
-            return Ok((0, true));
-        };
-        let (n, caught_up) = (batch.rows.len(), batch.end == batch.log_end);
-        if !self.write_batch(&batch)? {
-            return Ok((0, false));
-        }
-        Ok((n, caught_up))
+        let me = &*self;
+        me.db
+            .exclusive(crate::storage::postgres::PROJECTOR_LOCK, |_| {
+                let Some(batch) = me.read_batch(max_rows)? else {
+                    return Ok((0, true));
+                };
+                let (n, caught_up) = (batch.rows.len(), batch.end == batch.log_end);
+                if !me.write_batch(&batch)? {
+                    return Ok((0, false));
+                }
+                Ok((n, caught_up))
+            })
     }
 
     /// The first step of [`Index::refresh_batch`]: the documents changed in the batch past
@@ -316,39 +406,52 @@ impl Index {
             "SELECT DISTINCT doc FROM changes WHERE seq > ?1 AND seq <= ?2",
             &[&cursor, &end],
         )?;
-        let mut rows = Vec::with_capacity(docs.len());
-        for raw in &docs {
-            let Ok(bytes) = <[u8; 16]>::try_from(raw.as_slice()) else {
-                continue;
-            };
-            let id = HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes));
-            let Some(stored) = self.storage.load_doc(id)? else {
-                continue;
-            };
-            // A document that does not load or read (or makes a reader panic) is left out of
-            // the read model, with a warning: it is still in the log, and one household must
-            // never stop the figures of every other. The server does not store such a
-            // document (`qiaomen_protocol::integrity`), so this is defence in depth.
-            let household = std::panic::catch_unwind(|| {
-                let _named = crate::panics::household(id);
-                let mut doc = HouseholdDoc::load(&stored)?;
-                let h = doc.household()?;
-                Ok::<_, qiaomen_protocol::error::DocError>((h, doc.history_changes()?))
-            });
-            match household {
-                Ok(Ok((h, steps))) => {
-                    let arrivals = self.arrivals(steps)?;
-                    let timeline = self.storage.doc_timeline(id)?.unwrap_or_default();
-                    let when = as_of(
-                        &timeline,
-                        h.grid.as_str(),
-                        self.workflow.coverage.catch_up_days,
-                    );
-                    rows.push((raw.clone(), Some((h, when, arrivals))));
-                }
-                Ok(Err(_)) | Err(_) => {
-                    tracing::warn!(household = %id, "a stored document does not read; not indexed");
-                    rows.push((raw.clone(), None));
+        let ids: Vec<(Vec<u8>, HouseholdId)> = docs
+            .into_iter()
+            .filter_map(|raw| {
+                let bytes = <[u8; 16]>::try_from(raw.as_slice()).ok()?;
+                Some((
+                    raw,
+                    HouseholdId(qiaomen_protocol::ids::Uuid::from_bytes(bytes)),
+                ))
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(ids.len());
+        // The documents are loaded a piece at a time (a few round trips per piece on
+        // PostgreSQL, not a few per household), so at most a piece's stored bytes are held at once.
+        for piece in ids.chunks(crate::sql::MANY) {
+            let only: Vec<HouseholdId> = piece.iter().map(|(_, id)| *id).collect();
+            let stored = self.storage.load_docs(&only)?;
+            let timelines = self.storage.doc_timelines(&only)?;
+            for (((raw, id), stored), timeline) in piece.iter().zip(stored).zip(timelines) {
+                let Some(stored) = stored else {
+                    continue;
+                };
+                // A document that does not load or read (or makes a reader panic) is left out
+                // of the read model, with a warning: it is still in the log, and one household
+                // must never stop the figures of every other. The server does not store such a
+                // document (`qiaomen_protocol::integrity`), so this is defence in depth.
+                let household = std::panic::catch_unwind(|| {
+                    let _named = crate::panics::household(*id);
+                    let mut doc = HouseholdDoc::load(&stored)?;
+                    let h = doc.household()?;
+                    let photos = doc.photos();
+                    Ok::<_, qiaomen_protocol::error::DocError>((h, doc.history_changes()?, photos))
+                });
+                match household {
+                    Ok(Ok((h, steps, photos))) => {
+                        let arrivals = self.arrivals(steps)?;
+                        let when = as_of(
+                            &timeline.unwrap_or_default(),
+                            h.grid.as_str(),
+                            self.workflow.coverage.catch_up_days,
+                        );
+                        rows.push((raw.clone(), Some((h, when, arrivals, photos))));
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::warn!(household = %id, "a stored document does not read; not indexed");
+                        rows.push((raw.clone(), None));
+                    }
                 }
             }
         }
@@ -361,9 +464,33 @@ impl Index {
     }
 
     /// The second step: the batch's rows and the cursor at its end, in one transaction, if
-    /// the cursor is still where the batch began; returns whether it was.
+    /// the cursor is still where the batch began; returns whether it was. A handful of
+    /// multi-row statements per table whatever the batch holds ([`Db::insert_many`]).
     fn write_batch(&self, batch: &Batch) -> Result<bool, StorageError> {
         let deadlines = &self.workflow.deadlines;
+        let mut rows = Rows::default();
+        for (raw, household) in &batch.rows {
+            let Some((h, when, arrivals, photos)) = household else {
+                continue;
+            };
+            // Rows are derived by the protocol's pure functions; should one panic on a
+            // household, that household's rows are left out, not the batch.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut one = rows_of(raw, h, when, arrivals, deadlines);
+                one.photos = photos.iter().map(|p| photo_row(raw, p)).collect();
+                one
+            })) {
+                Ok(one) => rows.extend(one),
+                Err(_) => {
+                    tracing::warn!("a household's rows could not be derived; not indexed");
+                }
+            }
+        }
+        let keys: Vec<Owned> = batch
+            .rows
+            .iter()
+            .map(|(raw, _)| Owned::Blob(raw.clone()))
+            .collect();
         self.db.transaction(|tx| {
             if tx.execute(
                 "UPDATE idx_cursor SET seq = ?2 WHERE seq = ?1",
@@ -372,23 +499,33 @@ impl Index {
             {
                 return Ok::<_, StorageError>(false);
             }
-            for (raw, household) in &batch.rows {
-                clear_rows(tx, raw)?;
-                if let Some((h, when, arrivals)) = household {
-                    // Rows are derived by the protocol's pure functions; should one panic on
-                    // a household, that household's rows are left out, not the batch.
-                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        write_rows(tx, raw, h, when, arrivals, deadlines)
-                    }));
-                    match written {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            tracing::warn!("a household's rows could not be derived; not indexed");
-                            clear_rows(tx, raw)?;
-                        }
-                    }
-                }
+            for table in TABLES {
+                tx.delete_in(table, "doc", &keys)?;
             }
+            tx.insert_many(
+                "INSERT INTO idx_households (doc, grid, door, status, tags, registered)",
+                6,
+                &rows.households,
+            )?;
+            tx.insert_many("INSERT INTO idx_spans (doc, since, grid)", 3, &rows.spans)?;
+            tx.insert_many(
+                "INSERT INTO idx_visits (doc, visit, grid, visit_day, outcome, worker, started_ms)",
+                7,
+                &rows.visits,
+            )?;
+            tx.insert_many(
+                "INSERT INTO idx_orders (doc, demand, grid, door, status, tier, team, responsible,
+                    source, category, urgency, raised_ms, done_ms, on_time, satisfaction, step,
+                    step_due, chase_ups, bounces, reopened, external_ref)",
+                21,
+                &rows.orders,
+            )?;
+            tx.insert_many(
+                "INSERT INTO idx_photos (doc, photo, hash, size, media_type, subject, visit,
+                    demand, item, by_user, taken_ms, caption)",
+                12,
+                &rows.photos,
+            )?;
             Ok(true)
         })
     }
@@ -400,35 +537,36 @@ impl Index {
         &self,
         steps: std::collections::BTreeMap<String, Vec<Option<qiaomen_protocol::ChangeHash>>>,
     ) -> Result<Arrivals, StorageError> {
-        let mut known: std::collections::HashMap<qiaomen_protocol::ChangeHash, Option<i64>> =
-            Default::default();
-        let mut out = Arrivals::new();
-        for (key, hashes) in steps {
-            let mut times = Vec::with_capacity(hashes.len());
-            for hash in hashes {
-                times.push(match hash {
-                    Some(h) => match known.get(&h) {
-                        Some(t) => *t,
-                        None => {
-                            // A step from a phone whose clock agreed with the server's is
-                            // taken at its word (made offline, it is still on time).
-                            let t = self
-                                .db
-                                .row::<(i64, Option<bool>)>(
-                                    "SELECT received_ms, clock_ok FROM changes WHERE hash = ?1",
-                                    &[&h.as_ref()],
-                                )?
-                                .and_then(|(at, ok)| (ok != Some(true)).then_some(at));
-                            known.insert(h, t);
-                            t
-                        }
-                    },
-                    None => None,
-                });
-            }
-            out.insert(key, times);
-        }
-        Ok(out)
+        let wanted: std::collections::BTreeSet<&qiaomen_protocol::ChangeHash> =
+            steps.values().flatten().flatten().collect();
+        let keys: Vec<Owned> = wanted
+            .iter()
+            .map(|h| Owned::Blob(h.as_ref().to_vec()))
+            .collect();
+        // A step from a phone whose clock agreed with the server's is taken at its word (made
+        // offline, it is still on time): only the others have an arrival.
+        let known: std::collections::HashMap<Vec<u8>, Option<i64>> = self
+            .db
+            .rows_in::<(Vec<u8>, i64, Option<bool>)>(
+                "SELECT hash, received_ms, clock_ok FROM changes WHERE hash IN",
+                &keys,
+            )?
+            .into_iter()
+            .map(|(hash, at, ok)| (hash, (ok != Some(true)).then_some(at)))
+            .collect();
+        Ok(steps
+            .into_iter()
+            .map(|(key, hashes)| {
+                let times = hashes
+                    .iter()
+                    .map(|h| {
+                        h.as_ref()
+                            .and_then(|h| known.get(h.as_ref()).copied().flatten())
+                    })
+                    .collect();
+                (key, times)
+            })
+            .collect())
     }
 
     /// The households that are or have been in `grids` (each once), with what coverage needs
@@ -499,6 +637,42 @@ impl Index {
             });
         }
         Ok(out)
+    }
+
+    /// Every reference to photo `hash`, with the referring household's grid now.
+    pub fn photo_refs(&self, hash: &str) -> Result<Vec<PhotoRef>, StorageError> {
+        self.photos_where("p.hash = ?1 ORDER BY p.doc, p.photo", &hash)
+    }
+
+    /// The photo references of household `id`, oldest first.
+    pub fn household_photos(&self, id: HouseholdId) -> Result<Vec<PhotoRef>, StorageError> {
+        self.photos_where(
+            "p.doc = ?1 ORDER BY p.taken_ms, p.photo",
+            &id.0.as_bytes().to_vec(),
+        )
+    }
+
+    /// The photo references of the households now in `grid`, oldest first.
+    pub fn grid_photos(&self, grid: &str) -> Result<Vec<PhotoRef>, StorageError> {
+        self.photos_where("h.grid = ?1 ORDER BY p.taken_ms, p.photo", &grid)
+    }
+
+    /// The photo references (with their household's grid) that `filter` (a `WHERE` clause
+    /// and its order, over `p` the reference and `h` its household, one parameter) selects.
+    fn photos_where(
+        &self,
+        filter: &str,
+        param: &dyn crate::sql::Param,
+    ) -> Result<Vec<PhotoRef>, StorageError> {
+        let rows = self.db.map(
+            &format!(
+                "SELECT {PHOTO_COLUMNS} FROM idx_photos p JOIN idx_households h ON h.doc = p.doc
+                  WHERE {filter}"
+            ),
+            &[param],
+            photo_ref,
+        )?;
+        Ok(rows.into_iter().flatten().collect())
     }
 
     /// Visits of `grids` recorded for visit days in `from..=to`, per grid.
@@ -667,13 +841,14 @@ fn order_row(r: &Row) -> Result<OrderRow, SqlError> {
     })
 }
 
-/// Removes a household's rows from every table of the read model.
-fn clear_rows(tx: &Db, raw: &[u8]) -> Result<(), SqlError> {
-    for table in ["idx_households", "idx_visits", "idx_orders", "idx_spans"] {
-        tx.execute(&format!("DELETE FROM {table} WHERE doc = ?1"), &[&raw])?;
-    }
-    Ok(())
-}
+/// The read model's tables of household rows, each keyed by `doc`.
+const TABLES: [&str; 5] = [
+    "idx_households",
+    "idx_visits",
+    "idx_orders",
+    "idx_spans",
+    "idx_photos",
+];
 
 /// An `idx_households` row: doc, grid, door, status, tags, registered.
 type HouseholdDbRow = (Vec<u8>, String, String, String, String, Option<String>);
@@ -688,21 +863,84 @@ struct Batch {
     rows: Vec<(Vec<u8>, Option<Read>)>,
 }
 
-/// A household as read for its rows: its record, its registration and grids over time, and
-/// when its demands' steps arrived.
-type Read = (Household, AsOf, Arrivals);
+/// A household as read for its rows: its record, its registration and grids over time,
+/// when its demands' steps arrived, and its photo references.
+type Read = (Household, AsOf, Arrivals, Vec<Photo>);
 
 /// For each demand (by key), when the server received each step of its history.
 type Arrivals = std::collections::BTreeMap<String, Vec<Option<i64>>>;
 
-fn write_rows(
-    tx: &Db,
-    raw: &[u8],
-    h: &Household,
-    when: &AsOf,
-    arrivals: &Arrivals,
-    rules: &Deadlines,
-) -> Result<(), SqlError> {
+/// The rows of a batch, table by table, as values ([`Db::insert_many`]).
+#[derive(Default)]
+struct Rows {
+    households: Vec<Vec<Owned>>,
+    spans: Vec<Vec<Owned>>,
+    visits: Vec<Vec<Owned>>,
+    orders: Vec<Vec<Owned>>,
+    photos: Vec<Vec<Owned>>,
+}
+
+impl Rows {
+    fn extend(&mut self, other: Rows) {
+        self.households.extend(other.households);
+        self.spans.extend(other.spans);
+        self.visits.extend(other.visits);
+        self.orders.extend(other.orders);
+        self.photos.extend(other.photos);
+    }
+}
+
+/// A photo reference's row in `idx_photos`.
+fn photo_row(raw: &[u8], p: &Photo) -> Vec<Owned> {
+    let (visit, demand, item) = match &p.subject {
+        PhotoSubject::Household => (None, None, None),
+        PhotoSubject::Visit { visit } => (Some(visit.to_string()), None, None),
+        PhotoSubject::Hazard { visit, item } | PhotoSubject::Dispute { visit, item } => {
+            (Some(visit.to_string()), None, Some(i64::from(*item)))
+        }
+        PhotoSubject::DemandStep { demand, step } => {
+            (None, Some(demand.to_string()), Some(i64::from(*step)))
+        }
+    };
+    vec![
+        Owned::Blob(raw.to_vec()),
+        text(p.id.to_string()),
+        text(p.hash.as_str()),
+        int(i64::try_from(p.size).unwrap_or(i64::MAX)),
+        text(match p.media_type {
+            qiaomen_protocol::photo::MediaType::Jpeg => "jpeg",
+            qiaomen_protocol::photo::MediaType::Png => "png",
+            qiaomen_protocol::photo::MediaType::Webp => "webp",
+        }),
+        text(p.subject.code()),
+        opt_text(visit),
+        opt_text(demand),
+        opt_int(item),
+        text(p.by.to_string()),
+        int(p.taken_at_ms),
+        text(p.caption.as_str()),
+    ]
+}
+
+fn text(s: impl Into<String>) -> Owned {
+    Owned::Text(s.into())
+}
+
+fn opt_text(s: Option<impl Into<String>>) -> Owned {
+    s.map_or(Owned::Null, text)
+}
+
+fn int(i: impl Into<i64>) -> Owned {
+    Owned::Int(i.into())
+}
+
+fn opt_int(i: Option<impl Into<i64>>) -> Owned {
+    i.map_or(Owned::Null, int)
+}
+
+/// A household's rows in every table (pure: derived by the protocol's functions).
+fn rows_of(raw: &[u8], h: &Household, when: &AsOf, arrivals: &Arrivals, rules: &Deadlines) -> Rows {
+    let doc = || Owned::Blob(raw.to_vec());
     let grid = h.grid.as_str();
     let input = CoverageInput::of(h);
     let tags: Vec<(KeyGroup, Day, Option<Day>)> = input
@@ -710,23 +948,18 @@ fn write_rows(
         .iter()
         .map(|t| (t.group, t.since, t.until))
         .collect();
-    tx.execute(
-        "INSERT INTO idx_households (doc, grid, door, status, tags, registered)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        &[
-            &raw,
-            &grid,
-            &h.door_number,
-            &h.status.code(),
-            &serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()),
-            &when.registered.to_string(),
-        ],
-    )?;
+    let mut out = Rows::default();
+    out.households.push(vec![
+        doc(),
+        text(grid),
+        text(h.door_number.as_str()),
+        text(h.status.code()),
+        text(serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into())),
+        text(when.registered.to_string()),
+    ]);
     for (since, g) in &when.spans {
-        tx.execute(
-            "INSERT INTO idx_spans (doc, since, grid) VALUES (?1, ?2, ?3)",
-            &[&raw, &since.to_string(), g],
-        )?;
+        out.spans
+            .push(vec![doc(), text(since.to_string()), text(g.as_str())]);
     }
     let row = HouseholdRow {
         id: h.id,
@@ -740,19 +973,15 @@ fn write_rows(
     };
     for v in h.visits.values() {
         // Counted for the grid the household was in on the visit's day.
-        tx.execute(
-            "INSERT INTO idx_visits (doc, visit, grid, visit_day, outcome, worker, started_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            &[
-                &raw,
-                &v.id.to_string(),
-                &row.grid_on(v.visit_day),
-                &v.visit_day.to_string(),
-                &v.outcome.code(),
-                &v.worker.to_string(),
-                &v.started_at_ms,
-            ],
-        )?;
+        out.visits.push(vec![
+            doc(),
+            text(v.id.to_string()),
+            text(row.grid_on(v.visit_day)),
+            text(v.visit_day.to_string()),
+            text(v.outcome.code()),
+            text(v.worker.to_string()),
+            int(v.started_at_ms),
+        ]);
     }
     for d in h.demands.values() {
         let arrived = arrivals
@@ -760,38 +989,31 @@ fn write_rows(
             .map_or(&[][..], Vec::as_slice);
         let o = workorder::replay_arrived(d, rules, arrived);
         let open = o.open_step();
-        tx.execute(
-            "INSERT INTO idx_orders (doc, demand, grid, door, status, tier, team, responsible, source,
-                category, urgency, raised_ms, done_ms, on_time, satisfaction, step, step_due,
-                chase_ups, bounces, reopened, external_ref)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                ?19, ?20, ?21)",
-            &[
-                &raw,
-                &d.id.to_string(),
-                &grid,
-                &h.door_number,
-                &o.status.code(),
-                &o.tier.map(|t| t.code()),
-                &o.unit,
-                &o.responsible.to_string(),
-                &d.source.map(|s| s.code()),
-                &d.category.code(),
-                &d.urgency.code(),
-                &o.raised_ms,
-                &o.done_ms,
-                &o.resolved_on_time(),
-                &o.satisfaction.map(|(s, _)| s.code()),
-                &open.map(|s| s.kind.code()),
-                &open.map(|s| s.due.to_string()),
-                &o.chase_ups,
-                &o.bounces,
-                &o.reopened,
-                &d.external_ref,
-            ],
-        )?;
+        out.orders.push(vec![
+            doc(),
+            text(d.id.to_string()),
+            text(grid),
+            text(h.door_number.as_str()),
+            text(o.status.code()),
+            opt_text(o.tier.map(|t| t.code())),
+            opt_text(o.unit.clone()),
+            text(o.responsible.to_string()),
+            opt_text(d.source.map(|s| s.code())),
+            text(d.category.code()),
+            text(d.urgency.code()),
+            int(o.raised_ms),
+            opt_int(o.done_ms),
+            opt_int(o.resolved_on_time()),
+            opt_text(o.satisfaction.map(|(s, _)| s.code())),
+            opt_text(open.map(|s| s.kind.code())),
+            opt_text(open.map(|s| s.due.to_string())),
+            int(o.chase_ups),
+            int(o.bounces),
+            int(o.reopened),
+            opt_text(d.external_ref.clone()),
+        ]);
     }
-    Ok(())
+    out
 }
 
 fn outcome_from(s: &str) -> Option<VisitOutcome> {
@@ -818,6 +1040,7 @@ mod tests {
     on_both_backends!(
         batches_catch_up_with_the_log_and_a_rebuild_gives_the_same_rows,
         a_projector_that_lost_its_batch_to_another_writes_nothing,
+        two_projectors_at_once_reach_the_end_and_on_postgres_read_each_household_once,
     );
 
     impl Store {
@@ -947,5 +1170,84 @@ mod tests {
         assert_eq!(first.behind().unwrap(), 0, "the cursor did not go back");
         assert_eq!(first.refresh().unwrap(), 0);
         assert_eq!(second.refresh_batch(BATCH_ROWS).unwrap(), (0, true));
+    }
+
+    /// Two projectors refreshing at once in small batches (two servers on one database):
+    /// both reach the log's end and the rows are every household's. On PostgreSQL the read
+    /// model's lock makes them take turns (a projector waits while another holds it), so no
+    /// household is read twice; on the embedded store (one server) a second projector may
+    /// lose a batch and read it again.
+    fn two_projectors_at_once_reach_the_end_and_on_postgres_read_each_household_once(s: &Store) {
+        let a = author();
+        let docs: Vec<DocChanges> = (0..40).map(|i| created(i, &a).1).collect();
+        let upload = crate::ingest::Upload {
+            principal: None,
+            docs,
+            packing: None,
+        };
+        with_ingestor!(s, |ingestor| {
+            assert_eq!(ingestor.process_group(&[&upload]).unwrap()[0].accepted, 40);
+        });
+        if matches!(s, Store::Postgres(_)) {
+            // While another server holds the read model's lock, a projector waits: the log
+            // stays unread until the holder lets go, then the waiting one takes it all.
+            let (holder, observer) = (s.index(), s.index());
+            let (held, is_held) = std::sync::mpsc::channel();
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            std::thread::scope(|sc| {
+                sc.spawn(move || {
+                    holder
+                        .db
+                        .exclusive(crate::storage::postgres::PROJECTOR_LOCK, |_| {
+                            held.send(()).unwrap();
+                            let _ = released.recv_timeout(std::time::Duration::from_secs(10));
+                            Ok::<_, SqlError>(())
+                        })
+                        .unwrap()
+                });
+                is_held.recv().unwrap();
+                let waiting = sc.spawn(|| s.index().refresh().unwrap());
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                assert_eq!(
+                    observer.behind().unwrap(),
+                    40,
+                    "nothing projected past the lock"
+                );
+                release.send(()).unwrap();
+                assert_eq!(waiting.join().unwrap(), 40);
+            });
+            s.index()
+                .db
+                .batch(
+                    "DELETE FROM idx_households; DELETE FROM idx_visits; DELETE FROM idx_orders;
+                     DELETE FROM idx_spans; UPDATE idx_cursor SET seq = 0;",
+                )
+                .unwrap();
+        }
+        let (mut first, mut second) = (s.index(), s.index());
+        let start = std::sync::Barrier::new(2);
+        let until_caught_up = |ix: &mut Index| {
+            start.wait();
+            let mut read = 0;
+            loop {
+                let (n, caught_up) = ix.refresh_batch(3).unwrap();
+                read += n;
+                if caught_up {
+                    return read;
+                }
+            }
+        };
+        let (one, two) = std::thread::scope(|sc| {
+            let one = sc.spawn(|| until_caught_up(&mut first));
+            let two = sc.spawn(|| until_caught_up(&mut second));
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        assert_eq!(first.behind().unwrap(), 0);
+        assert_eq!(first.households(&["g".into()]).unwrap().len(), 40);
+        if matches!(s, Store::Postgres(_)) {
+            assert_eq!(one + two, 40, "each household read once: {one} + {two}");
+        } else {
+            assert!(one + two >= 40, "{one} + {two}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The Qiaomen sync server: merges what the phones bring back.
 //!
 //! - [`http`]: the axum router (`POST /v1/sync`, `GET /healthz`), typed error bodies;
+//! - [`service`]: the operations the JSON API, the pages and the hotline import share, returning
+//!   a domain error that [`http`] maps to a status in one place;
 //! - [`ingest`]: the writer threads (households sharded across them) that check, apply and
 //!   group-commit uploads;
 //! - [`storage`]: the change log's [`storage::Storage`] trait, its embedded SQLite backend and its
@@ -11,6 +13,7 @@
 pub mod access;
 pub mod admin;
 pub mod backup;
+pub mod blobs;
 pub mod charts;
 pub mod hotline;
 pub mod http;
@@ -21,10 +24,12 @@ pub mod migrate;
 pub mod orders;
 pub mod panics;
 pub mod process;
+pub mod service;
 pub mod sql;
 pub mod stats;
 pub mod storage;
 pub mod tasks;
+pub mod thumbs;
 pub mod vocab;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -53,6 +58,11 @@ pub struct Config {
     /// A PostgreSQL database (`postgres://user@host:port/db`) to keep everything in instead
     /// of the embedded store in `data_dir`: several servers may share one.
     pub database: Option<String>,
+    /// Where photos are kept: `None`, files under `<data_dir>/photos`; `s3://bucket/prefix`,
+    /// an S3-compatible bucket several servers share ([`blobs::Blobs::s3`]).
+    pub photos: Option<blobs::S3Settings>,
+    /// Photo bytes each device may have accepted per UTC day.
+    pub photo_quota_bytes: u64,
 }
 
 impl Config {
@@ -68,6 +78,8 @@ impl Config {
             workflow: Default::default(),
             edge: Default::default(),
             database: None,
+            photos: None,
+            photo_quota_bytes: 200 * 1024 * 1024,
         }
     }
 }
@@ -183,6 +195,10 @@ pub async fn start(
             )
         }
     };
+    let photos = Arc::new(match &config.photos {
+        None => blobs::Blobs::local(&config.data_dir.join("photos"))?,
+        Some(s3) => blobs::Blobs::s3(s3)?,
+    });
     panics::install_hook();
     let edge = Arc::new(config.edge.clone());
     let listener = TcpListener::bind(config.listen).await?;
@@ -207,6 +223,7 @@ pub async fn start(
         )
     };
     tokio::spawn(index::refresh_in_background(index.clone()));
+    tokio::spawn(blobs::sweep_in_background(photos.clone()));
     let app = http::router(http::AppState {
         writer,
         readers,
@@ -221,6 +238,8 @@ pub async fn start(
         demand_ids,
         metrics,
         imports: Default::default(),
+        photos,
+        photo_quota: config.photo_quota_bytes,
     });
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(http::edge::serve(listener, app, edge, async move {

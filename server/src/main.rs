@@ -85,6 +85,14 @@ struct Args {
     #[arg(long, env = "QIAOMEN_READY_LAG", default_value_t = 120)]
     ready_lag: u64,
     /// `text` (for people) or `json` (one object a line, for a log collector).
+    /// Where photos are kept: files under `<data-dir>/photos` (the default), or an
+    /// S3-compatible bucket, `s3://bucket/prefix` (QIAOMEN_S3_ENDPOINT, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION), for several servers.
+    #[arg(long, env = "QIAOMEN_PHOTOS")]
+    photos: Option<String>,
+    /// Photo bytes each device may upload per UTC day, in MiB.
+    #[arg(long, env = "QIAOMEN_PHOTO_QUOTA_MIB", default_value_t = 200)]
+    photo_quota_mib: u64,
     #[arg(long, env = "QIAOMEN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     #[command(subcommand)]
@@ -148,6 +156,11 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     }
     let mut config = qiaomen_server::Config::new(args.listen, args.data_dir);
     config.database = args.database;
+    config.photos = args
+        .photos
+        .as_deref()
+        .map(qiaomen_server::blobs::S3Settings::from_env);
+    config.photo_quota_bytes = args.photo_quota_mib.saturating_mul(1024 * 1024);
     config.ingest.cache_capacity = args.cache_docs;
     config.ingest.cache_ops = args.cache_ops;
     config.packed_downloads = !args.no_packed_downloads;

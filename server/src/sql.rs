@@ -568,13 +568,16 @@ impl Db {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.begin().map_err(E::from).and_then(|()| match f(self) {
-                Ok(v) => self.end(true).map(|()| v).map_err(E::from),
-                Err(e) => {
-                    let _ = self.end(false);
-                    Err(e)
-                }
-            });
+            let result = self
+                .begin()
+                .map_err(E::from)
+                .and_then(|()| match self.guarded(&mut f) {
+                    Ok(v) => self.end(true).map(|()| v).map_err(E::from),
+                    Err(e) => {
+                        let _ = self.end(false);
+                        Err(e)
+                    }
+                });
             match result {
                 Err(e) if attempt < ATTEMPTS && e.lost_race() => {
                     std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
@@ -582,6 +585,121 @@ impl Db {
                 other => return other,
             }
         }
+    }
+
+    /// Runs `f` holding the lock named `key` for as long as it runs, against every other
+    /// server on the database: on PostgreSQL, in a `READ COMMITTED` transaction whose first
+    /// statement takes `pg_advisory_xact_lock(key)` (so each later statement sees what the
+    /// lock's previous holder committed, and [`Db::transaction`]s inside `f` run in it); the
+    /// embedded store has one server, so there `f` runs as it is. `f`'s `Err` rolls back.
+    pub fn exclusive<T, E: From<SqlError>>(
+        &self,
+        key: i64,
+        f: impl FnOnce(&Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let Inner::Postgres(pg) = &self.0 else {
+            return f(self);
+        };
+        if self.in_transaction() {
+            return f(self);
+        }
+        pg.rt()
+            .block_on(async {
+                let c = pg.pool.get().await?;
+                c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .await?;
+                *pg.slot() = Some(c);
+                Ok::<_, SqlError>(())
+            })
+            .map_err(E::from)?;
+        let result = self.guarded(|db| {
+            db.execute("SELECT pg_advisory_xact_lock(?1)", &[&key])
+                .map_err(E::from)
+                .and_then(|_| f(db))
+        });
+        match result {
+            Ok(v) => self.end(true).map(|()| v).map_err(E::from),
+            Err(e) => {
+                let _ = self.end(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Inserts `rows` (each `width` values, in the columns `head` names: `INSERT INTO t (a, b)`)
+    /// in multi-row statements: a round trip per [`MANY`] rows, not per row. The statements'
+    /// row counts are powers of two, so few shapes are prepared and cached.
+    pub fn insert_many(
+        &self,
+        head: &str,
+        width: usize,
+        rows: &[Vec<Owned>],
+    ) -> Result<(), SqlError> {
+        for chunk in pieces(rows) {
+            let mut sql = String::with_capacity(head.len() + chunk.len() * width * 6);
+            sql.push_str(head);
+            sql.push_str(" VALUES ");
+            let mut n = 0;
+            for (i, row) in chunk.iter().enumerate() {
+                debug_assert_eq!(row.len(), width, "a row of {head} has {width} values");
+                sql.push_str(if i == 0 { "(" } else { ", (" });
+                for j in 0..width {
+                    n += 1;
+                    if j > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push('?');
+                    sql.push_str(&n.to_string());
+                }
+                sql.push(')');
+            }
+            let params: Vec<&dyn Param> = chunk.iter().flatten().map(|v| v as &dyn Param).collect();
+            self.execute(&sql, &params)?;
+        }
+        Ok(())
+    }
+
+    /// The rows of `head` (a query ending in `IN`) for `keys`, in statements of up to
+    /// [`MANY`] keys: `SELECT a, b FROM t WHERE k IN` + ` (?1, …)`.
+    pub fn rows_in<T: FromRow>(&self, head: &str, keys: &[Owned]) -> Result<Vec<T>, SqlError> {
+        let mut out = Vec::new();
+        for chunk in pieces(keys) {
+            let params: Vec<&dyn Param> = chunk.iter().map(|v| v as &dyn Param).collect();
+            out.extend(self.rows(&format!("{head} ({})", list_of(chunk.len())), &params)?);
+        }
+        Ok(out)
+    }
+
+    /// `DELETE FROM table WHERE column IN (keys…)`, in statements of up to [`MANY`] keys.
+    pub fn delete_in(&self, table: &str, column: &str, keys: &[Owned]) -> Result<u64, SqlError> {
+        let mut deleted = 0;
+        for chunk in pieces(keys) {
+            let params: Vec<&dyn Param> = chunk.iter().map(|v| v as &dyn Param).collect();
+            deleted += self.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE {column} IN ({})",
+                    list_of(chunk.len())
+                ),
+                &params,
+            )?;
+        }
+        Ok(deleted)
+    }
+
+    /// Runs `f` in the open transaction; should `f` panic, the transaction is rolled back as
+    /// the panic passes, so the connection holds no transaction afterwards (nor SQLite's
+    /// write lock, nor an advisory lock that would stop every other server's projector).
+    fn guarded<T>(&self, f: impl FnOnce(&Db) -> T) -> T {
+        struct RollbackOnPanic<'a>(&'a Db);
+        impl Drop for RollbackOnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let _ = self.0.end(false);
+                }
+            }
+        }
+        let _rollback = RollbackOnPanic(self);
+        f(self)
     }
 
     fn begin(&self) -> Result<(), SqlError> {
@@ -640,6 +758,34 @@ impl Pg {
     }
 }
 
+/// Rows a multi-row statement carries at most ([`Db::insert_many`], [`Db::delete_in`]).
+pub const MANY: usize = 128;
+
+/// `?1, ?2, … ?n`.
+fn list_of(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `items` in runs of [`MANY`], then the rest in runs of decreasing powers of two.
+fn pieces<T>(items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let n = if rest.len() >= MANY {
+            MANY
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (head, tail) = rest.split_at(n);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
 fn pg_args<'a>(values: &'a [Value<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
     values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
@@ -673,5 +819,74 @@ mod tests {
         assert_eq!(to_postgres("SELECT '?1', ?2"), "SELECT '?1', $2");
         assert_eq!(to_postgres("SELECT json_each(x)"), "SELECT json_each(x)");
         assert_eq!(to_postgres("SELECT '网格' || ?1"), "SELECT '网格' || $1");
+    }
+
+    use crate::access::testing::{Store, on_both_backends};
+
+    on_both_backends!(a_transaction_that_panics_is_rolled_back_and_holds_no_lock);
+
+    /// A connection to the store's database (migrated), as a store opens one.
+    fn db_of(s: &Store) -> Db {
+        match s {
+            Store::Sqlite(dir) => {
+                crate::storage::SqliteStorage::open(dir.path()).unwrap();
+                let c = rusqlite::Connection::open(dir.path().join("qiaomen.db")).unwrap();
+                c.busy_timeout(std::time::Duration::from_millis(500))
+                    .unwrap();
+                Db::sqlite(c)
+            }
+            Store::Postgres(pg) => crate::storage::conformance::Fixture::handle(pg).db(),
+        }
+    }
+
+    /// A bug that panics inside a transaction (or inside [`Db::exclusive`]) leaves the
+    /// connection with no transaction open: another connection writes at once, nothing of
+    /// the panicked transaction is kept, the connection's next transaction commits, and on
+    /// PostgreSQL the advisory lock is free.
+    fn a_transaction_that_panics_is_rolled_back_and_holds_no_lock(s: &Store) {
+        let (one, two) = (db_of(s), db_of(s));
+        one.batch("CREATE TABLE t_panic (n BIGINT NOT NULL)")
+            .unwrap();
+        const KEY: i64 = 0x0070_616e_6963;
+        let count = || two.one::<i64>("SELECT count(*) FROM t_panic", &[]).unwrap();
+        for (n, in_exclusive) in [(1, false), (2, true)] {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let body = |tx: &Db| -> Result<(), SqlError> {
+                    tx.execute("INSERT INTO t_panic VALUES (?1)", &[&n])?;
+                    panic!("a bug inside a transaction");
+                };
+                if in_exclusive {
+                    one.exclusive(KEY, |db| db.transaction(body))
+                } else {
+                    one.transaction(body)
+                }
+            }));
+            assert!(panicked.is_err());
+            two.transaction(|tx| tx.execute("INSERT INTO t_panic VALUES (10)", &[]))
+                .unwrap();
+            assert_eq!(count(), n, "the panicked row is not kept; the other's is");
+            if s.sqlite_dir().is_none() {
+                let free = two
+                    .transaction(|tx| {
+                        tx.one::<bool>("SELECT pg_try_advisory_xact_lock(?1)", &[&KEY])
+                    })
+                    .unwrap();
+                assert!(free, "the advisory lock was let go");
+            }
+        }
+        one.transaction(|tx| tx.execute("INSERT INTO t_panic VALUES (3)", &[]))
+            .unwrap();
+        assert_eq!(count(), 3);
+    }
+
+    #[test]
+    fn multi_row_statements_come_in_few_shapes_and_cover_every_row() {
+        let items: Vec<usize> = (0..300).collect();
+        let sizes: Vec<usize> = pieces(&items).iter().map(|p| p.len()).collect();
+        assert_eq!(sizes, [128, 128, 32, 8, 4]);
+        let flat: Vec<usize> = pieces(&items).concat();
+        assert_eq!(flat, items);
+        assert!(pieces::<u8>(&[]).is_empty());
+        assert_eq!(pieces(&[1]).len(), 1);
     }
 }

@@ -83,6 +83,17 @@ impl TestDatabase {
     /// The database for a server on `data_dir`, under `QIAOMEN_TEST_BACKEND=postgres`: a
     /// schema named from the folder, so a server started again on the folder finds its store.
     fn for_data_dir(data_dir: &Path) -> Option<TestDatabase> {
+        let (base, schema) = Self::named(data_dir)?;
+        psql(&base, &format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+        Some(TestDatabase {
+            base,
+            schema,
+            drop_with_server: true,
+        })
+    }
+
+    /// The database and the schema of a server on `data_dir` (`None`: the embedded store).
+    fn named(data_dir: &Path) -> Option<(String, String)> {
         match std::env::var("QIAOMEN_TEST_BACKEND").as_deref() {
             Ok("postgres") => {}
             Ok("sqlite") | Err(_) => return None,
@@ -94,12 +105,7 @@ impl TestDatabase {
         let mut hash = std::hash::DefaultHasher::new();
         data_dir.hash(&mut hash);
         let schema = format!("srv_{}_{:016x}", std::process::id(), hash.finish());
-        psql(&base, &format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
-        Some(TestDatabase {
-            base,
-            schema,
-            drop_with_server: true,
-        })
+        Some((base, schema))
     }
 
     /// The URL the server connects with: the base URL in the schema.
@@ -138,9 +144,31 @@ pub fn psql(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
     })
 }
 
+/// The access tables of the store of a server on `data_dir`: its embedded store, or under
+/// `QIAOMEN_TEST_BACKEND=postgres` its schema of the test database.
+pub fn access_at(data_dir: &Path) -> AccessDb {
+    match TestDatabase::for_data_dir(data_dir) {
+        None => AccessDb::open(data_dir).expect("access db"),
+        Some(db) => AccessDb::on_postgres(&db.store()),
+    }
+}
+
+/// The PostgreSQL URL a server process on `data_dir` runs with (its `--database`), under
+/// `QIAOMEN_TEST_BACKEND=postgres`; `None` on the embedded store.
+pub fn database_url(data_dir: &Path) -> Option<String> {
+    TestDatabase::for_data_dir(data_dir).map(|db| db.url())
+}
+
+/// Whether the test servers run on the embedded store (not `QIAOMEN_TEST_BACKEND=postgres`):
+/// what a test of the embedded store's own file (its online backup, its format versions, its
+/// lock) checks first, since that file does not exist on PostgreSQL.
+pub fn on_embedded_store() -> bool {
+    TestDatabase::named(Path::new("")).is_none()
+}
+
 /// Creates the test org in the store at `data_dir` (idempotent).
 pub fn seed_test_org(data_dir: &Path) {
-    seed_test_org_in(&mut AccessDb::open(data_dir).expect("access db"));
+    seed_test_org_in(&mut access_at(data_dir));
 }
 
 /// Creates the test org in the access tables of `db` (idempotent).
@@ -164,7 +192,7 @@ pub fn seed_test_org_in(db: &mut AccessDb) {
 /// the command centre of the whole test county (reads and writes every grid, supervises).
 /// Grids not in the org yet are added under village `v`.
 pub fn enrollment_code(data_dir: &Path, grids: &[&str]) -> (UserId, String) {
-    enrollment_code_in(&mut AccessDb::open(data_dir).expect("access db"), grids)
+    enrollment_code_in(&mut access_at(data_dir), grids)
 }
 
 /// As [`enrollment_code`], in the access tables of `db`.
@@ -261,6 +289,37 @@ impl TestServer {
         }
     }
 
+    /// An enrollment code for a new user of this server's store (see [`enrollment_code`]).
+    pub fn enrollment_code(&self, grids: &[&str]) -> (UserId, String) {
+        enrollment_code_in(&mut self.access(), grids)
+    }
+
+    /// A connection to the server's database from outside, as an operator's would be,
+    /// speaking the server's own SQL layer (statements in the two backends' common dialect,
+    /// `?N` parameters; see `qiaomen_server::sql`).
+    pub fn db(&self) -> qiaomen_server::sql::Db {
+        match &self.database {
+            None => {
+                let conn =
+                    rusqlite::Connection::open(self.data_dir.join("qiaomen.db")).expect("store");
+                conn.busy_timeout(std::time::Duration::from_secs(10))
+                    .expect("busy timeout");
+                qiaomen_server::sql::Db::sqlite(conn)
+            }
+            Some(db) => db.store().db(),
+        }
+    }
+
+    /// The server's change log, opened from outside.
+    pub fn storage(&self) -> Box<dyn qiaomen_server::storage::Storage> {
+        match &self.database {
+            None => Box::new(
+                qiaomen_server::storage::SqliteStorage::open(&self.data_dir).expect("store"),
+            ),
+            Some(db) => Box::new(db.store()),
+        }
+    }
+
     /// Runs an admin command on the server's store, as `qiaomen-server admin` would.
     pub fn admin(
         &self,
@@ -352,6 +411,49 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copied");
         }
     }
+}
+
+/// Copies the store of a stopped server on `from` to be the store of a server on `to`,
+/// replacing what `to` held: the folder's files on the embedded store ([`copy_dir`]), on
+/// PostgreSQL its schema, through `pg_dump` and `psql` (the backup and restore the README
+/// gives for PostgreSQL). A backup taken, or a second server on the same log.
+pub fn copy_store(from: &Path, to: &Path) {
+    let Some((base, source)) = TestDatabase::named(from) else {
+        return copy_dir(from, to);
+    };
+    let (_, target) = TestDatabase::named(to).expect("the same backend");
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--no-owner", "--schema", &source, "--dbname", &base])
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        dump.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    // The schema's name is unique (`srv_<pid>_<hash>`), so it is renamed as text.
+    let sql = String::from_utf8(dump.stdout)
+        .expect("a dump is text")
+        .replace(&source, &target);
+    psql(&base, &format!("DROP SCHEMA IF EXISTS {target} CASCADE"));
+    let mut restore = std::process::Command::new("psql")
+        .args(["--quiet", "--set", "ON_ERROR_STOP=1", "--dbname", &base])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql runs");
+    use std::io::Write;
+    restore
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(sql.as_bytes())
+        .expect("restored");
+    assert!(
+        restore.wait().expect("psql ends").success(),
+        "psql restores"
+    );
+    std::fs::create_dir_all(to).expect("folder");
 }
 
 /// Runs `f` to completion on a private single-threaded runtime.

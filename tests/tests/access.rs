@@ -11,7 +11,7 @@ use qiaomen_protocol::{
     wire::{RejectCode, SyncResponse},
 };
 use qiaomen_server::access::{Role, org::UnitKind};
-use qiaomen_tests::{Phone, TestServer, enrollment_code, sample_visit};
+use qiaomen_tests::{Phone, TestServer, sample_visit};
 
 fn day(s: &str) -> Day {
     s.parse().unwrap()
@@ -67,7 +67,7 @@ fn new_household(grid: &str, door: &str) -> Household {
 fn a_code_enrolls_one_phone_and_a_revoked_device_is_wiped_on_its_next_sync() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let (_, code) = enrollment_code(&server.data_dir, &["g1"]);
+    let (_, code) = server.enrollment_code(&["g1"]);
     let mut phone = Phone::enroll(&dir.path().join("p.db"), &server.url, &code).unwrap();
     let id = phone
         .store
@@ -391,7 +391,7 @@ fn a_worker_moved_to_another_grid_keeps_the_work_done_before_and_holds_only_the_
         .unwrap();
     sup.sync().unwrap();
 
-    let (user, code) = enrollment_code(&server.data_dir, &["g1"]);
+    let (user, code) = server.enrollment_code(&["g1"]);
     let mut w = Phone::enroll(&dir.path().join("w.db"), &server.url, &code).unwrap();
     w.sync().unwrap();
     assert_eq!(w.store.household_ids().unwrap().len(), 3);

@@ -290,7 +290,7 @@ fn an_answer_the_server_could_not_give_is_not_counted_as_a_failure() {
     let server = server_with(&dir, |_| {});
     user_with_password(&server, "s-chen", "t", Role::TownSupervisor);
     // The audit log cannot be written: every login fails on the server's side (503).
-    let db = rusqlite_like(&server);
+    let db = operator_sql(&server);
     db("ALTER TABLE audit RENAME TO audit_away");
     let statuses: Vec<u16> = (0..25)
         .map(|i| login(&server, &format!("guess-{i}"), "wrong-password", None))
@@ -301,10 +301,9 @@ fn an_answer_the_server_could_not_give_is_not_counted_as_a_failure() {
 }
 
 /// Runs SQL on the server's database from outside, as an operator would.
-fn rusqlite_like(server: &TestServer) -> impl Fn(&str) + use<> {
-    let conn = rusqlite::Connection::open(server.data_dir.join("qiaomen.db")).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    move |sql: &str| conn.execute_batch(sql).unwrap()
+fn operator_sql(server: &TestServer) -> impl Fn(&str) + use<> {
+    let db = server.db();
+    move |sql: &str| db.batch(sql).unwrap()
 }
 
 #[test]
@@ -816,9 +815,7 @@ fn phones_enroll_while_others_sync_without_database_locked_answers() {
         })
         .collect();
     // Twelve phones enroll meanwhile, three at a time.
-    let codes: Vec<String> = (0..12)
-        .map(|_| qiaomen_tests::enrollment_code(&server.data_dir, &["g2"]).1)
-        .collect();
+    let codes: Vec<String> = (0..12).map(|_| server.enrollment_code(&["g2"]).1).collect();
     for batch in codes.chunks(3) {
         let enrolling: Vec<_> = batch
             .iter()

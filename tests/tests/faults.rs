@@ -559,7 +559,11 @@ fn pending_set(phone: &mut Phone) -> HashSet<ChangeHash> {
 
 fn spawn_server(data: &std::path::Path) -> (std::process::Child, String) {
     qiaomen_tests::seed_test_org(data);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_test_server"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_test_server"));
+    if let Some(url) = qiaomen_tests::database_url(data) {
+        command.env("QIAOMEN_DATABASE", url);
+    }
+    let mut child = command
         .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -6,9 +6,8 @@ use std::{sync::Arc, time::Duration};
 use qiaomen::{NewHousehold, NewVisit, Phone};
 use qiaomen_protocol::schema::VisitOutcome;
 use qiaomen_tests::{
-    TestServer, enrollment_code,
+    TestServer,
     link::{Link, LinkConfig},
-    seed_test_org,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -37,17 +36,20 @@ fn visit(day: &str, note: &str) -> NewVisit {
 }
 
 /// A server on a fresh test org, its data under the returned directory.
-fn started() -> (tempfile::TempDir, std::path::PathBuf, TestServer) {
+fn started() -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    seed_test_org(&data);
-    let server = TestServer::start(&data);
-    (dir, data, server)
+    let server = TestServer::start(&dir.path().join("server"));
+    (dir, server)
 }
 
 /// An FFI phone enrolled for grid `g1` through `url` (a link), its store in `dir`.
-fn ffi_phone(rt: &tokio::runtime::Runtime, dir: &std::path::Path, url: &str) -> Arc<Phone> {
-    let (_, code) = enrollment_code(&dir.join("server"), &["g1"]);
+fn ffi_phone(
+    rt: &tokio::runtime::Runtime,
+    server: &TestServer,
+    dir: &std::path::Path,
+    url: &str,
+) -> Arc<Phone> {
+    let (_, code) = server.enrollment_code(&["g1"]);
     let path = dir.join("phone.db").to_string_lossy().into_owned();
     rt.block_on(qiaomen::enroll(path, url.to_string(), code, None))
         .expect("enrolled over the link")
@@ -80,10 +82,10 @@ fn eventually(mut ready: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn the_app_records_and_reads_while_a_sync_waits_on_a_stalled_link() {
-    let (dir, data, server) = started();
+    let (dir, server) = started();
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let rt = runtime();
-    let phone = ffi_phone(&rt, dir.path(), &link.url);
+    let phone = ffi_phone(&rt, &server, dir.path(), &link.url);
     let household = new_household(&phone, "17");
     assert_eq!(phone.pending_count().unwrap(), 1);
 
@@ -136,10 +138,10 @@ fn the_app_records_and_reads_while_a_sync_waits_on_a_stalled_link() {
     );
     rt.block_on(phone.sync(None)).expect("second sync");
     assert_eq!(phone.pending_count().unwrap(), 0);
+    let (_, code) = server.enrollment_code(&["g1"]);
     let on_server = rt
         .block_on(async {
             let other_dir = dir.path().join("other.db").to_string_lossy().into_owned();
-            let (_, code) = enrollment_code(&data, &["g1"]);
             let other = qiaomen::enroll(other_dir, server.url.clone(), code, None).await?;
             other.sync(None).await?;
             other.household(household.clone())
@@ -161,7 +163,7 @@ fn quick_to_give_up() -> qiaomen_client_core::Retry {
 
 #[test]
 fn a_stalled_link_is_reported_as_stalled_and_the_next_sync_resumes() {
-    let (dir, _, server) = started();
+    let (dir, server) = started();
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let mut phone = server.phone_via(&dir.path().join("p.db"), &link.url, &["g1"]);
     phone.client = phone.client.clone().with_retry(quick_to_give_up());
@@ -184,7 +186,7 @@ fn a_stalled_link_is_reported_as_stalled_and_the_next_sync_resumes() {
 
 #[test]
 fn no_server_is_reported_as_unreachable() {
-    let (dir, _, server) = started();
+    let (dir, server) = started();
     let mut phone = server.phone(&dir.path().join("p.db"), &["g1"]);
     phone.create_households("g1", 1);
     // Nothing listens there any more.
@@ -214,7 +216,7 @@ fn no_server_is_reported_as_unreachable() {
 
 #[test]
 fn a_slow_transfer_that_keeps_moving_is_never_cut() {
-    let (dir, _, server) = started();
+    let (dir, server) = started();
     // Another worker's grid history: what a new phone downloads.
     let mut first = server.phone(&dir.path().join("first.db"), &["g1"]);
     let ids = first.create_households("g1", 40);
@@ -249,10 +251,10 @@ fn a_slow_transfer_that_keeps_moving_is_never_cut() {
 
 #[test]
 fn the_app_sets_the_policy_and_learns_that_the_link_stalled() {
-    let (dir, _, server) = started();
+    let (dir, server) = started();
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let rt = runtime();
-    let phone = ffi_phone(&rt, dir.path(), &link.url);
+    let phone = ffi_phone(&rt, &server, dir.path(), &link.url);
     phone.set_sync_policy(qiaomen::SyncPolicy {
         attempts: 3,
         stall_seconds: 5.0,
@@ -307,7 +309,7 @@ fn history(server: &TestServer, dir: &std::path::Path, n: usize) {
 
 #[test]
 fn responses_come_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_there() {
-    let (dir, _, server) = started();
+    let (dir, server) = started();
     history(&server, dir.path(), 60);
 
     // On 127.0.0.1 directly: the whole grid in one answer.
@@ -349,7 +351,7 @@ fn responses_come_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_there() 
 
 #[test]
 fn uploads_go_in_pieces_sized_to_the_link_and_a_cut_link_still_gets_them_there() {
-    let (dir, _, server) = started();
+    let (dir, server) = started();
     // A week in a village without signal: 100 households found and visited offline.
     let offline = |name: &str, grid: &str| {
         let mut phone = server.phone(&dir.path().join(name), &[grid]);
@@ -457,7 +459,6 @@ fn a_new_phone_gets_the_most_needed_households_first_and_every_household_once() 
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    seed_test_org(&data);
     // Small pages, so the grid comes in many.
     let server = TestServer::start_with_budget(&data, "127.0.0.1:0".parse().unwrap(), 4 * 1024);
     // A grid of 40: every tenth from the fourth has a resident living alone, every tenth
@@ -506,7 +507,7 @@ fn a_new_phone_gets_the_most_needed_households_first_and_every_household_once() 
     first.sync().unwrap();
 
     let rt = runtime();
-    let phone = ffi_phone(&rt, dir.path(), &server.url);
+    let phone = ffi_phone(&rt, &server, dir.path(), &server.url);
     let arrivals = Arc::new(Arrivals {
         phone: std::sync::Mutex::new(Some(phone.clone())),
         seen: Default::default(),
@@ -561,7 +562,7 @@ impl qiaomen::SyncListener for Watch {
 
 #[test]
 fn an_upload_is_acknowledged_in_the_first_answer_not_behind_the_download() {
-    let (dir, _, server) = started();
+    let (dir, server) = started();
     let link = Link::start(
         server.addr,
         LinkConfig {
@@ -571,7 +572,7 @@ fn an_upload_is_acknowledged_in_the_first_answer_not_behind_the_download() {
         },
     );
     let rt = runtime();
-    let phone = ffi_phone(&rt, dir.path(), &link.url);
+    let phone = ffi_phone(&rt, &server, dir.path(), &link.url);
     let household = new_household(&phone, "1");
     rt.block_on(phone.sync(None)).unwrap();
     // While the phone is away, another worker records a lot; the phone records three visits.
@@ -608,14 +609,14 @@ fn an_upload_is_acknowledged_in_the_first_answer_not_behind_the_download() {
 /// phone holding the whole grid, each change once.
 #[test]
 fn a_sync_cancelled_at_any_moment_leaves_the_store_whole_and_the_next_one_completes() {
-    let (dir, data, server) = started();
+    let (dir, server) = started();
     // The grid already holds 30 households of another worker.
     let mut other = server.phone(&dir.path().join("other.db"), &["g1"]);
     other.create_households("g1", 30);
     other.sync().unwrap();
     let link = Link::start(server.addr, LinkConfig::village_2g());
     let rt = runtime();
-    let phone = ffi_phone(&rt, dir.path(), &link.url);
+    let phone = ffi_phone(&rt, &server, dir.path(), &link.url);
     let mine: Vec<String> = (0..5)
         .map(|i| new_household(&phone, &format!("{i}号")))
         .collect();
@@ -649,7 +650,7 @@ fn a_sync_cancelled_at_any_moment_leaves_the_store_whole_and_the_next_one_comple
     assert_eq!(phone.pending_count().unwrap(), 0);
     assert_eq!(phone.household_ids().unwrap().len(), 35);
     // The server holds each of this phone's changes once: a fresh phone reads them.
-    let (_, code) = enrollment_code(&data, &["g1"]);
+    let (_, code) = server.enrollment_code(&["g1"]);
     let fresh_path = dir.path().join("fresh.db").to_string_lossy().into_owned();
     let fresh = rt
         .block_on(qiaomen::enroll(fresh_path, server.url.clone(), code, None))

@@ -16,10 +16,7 @@ use qiaomen_protocol::{
     ids::HouseholdId,
     wire::{FEATURES, RejectCode, SyncResponse},
 };
-use qiaomen_server::{
-    access::Role,
-    storage::{SqliteStorage, Storage},
-};
+use qiaomen_server::access::Role;
 use qiaomen_tests::{Phone, TestServer, call, raw_upload_with, sample_visit, session};
 
 /// Posts `changes` of household `id` as a client that understands every reject code.
@@ -53,7 +50,7 @@ fn encode(e: automerge::ExpandedChange) -> Vec<u8> {
 
 /// Every household loads from the server's store as the server loads it.
 fn server_loads_all(server: &TestServer, ids: &[HouseholdId]) {
-    let storage = SqliteStorage::open(&server.data_dir).unwrap();
+    let storage = server.storage();
     for id in ids {
         let bytes = storage.load_doc(*id).unwrap().expect("stored");
         HouseholdDoc::load(&bytes).expect("the stored household loads");
@@ -164,24 +161,21 @@ fn a_household_that_does_not_load_fails_only_itself_and_is_quarantined_until_rel
     let mut y = server.phone(&dir.path().join("y.db"), &["g2"]);
     let theirs = y.create_households("g2", 1)[0];
     y.sync().unwrap();
+    let db = server.db();
     server.stop();
 
     // The stored snapshot of one household is damaged (a disk fault, a bug of an older
     // server); the server starts again.
-    let db = rusqlite::Connection::open(data.join("qiaomen.db")).unwrap();
-    let max: i64 = db
-        .query_row("SELECT max(seq) FROM changes", [], |r| r.get(0))
-        .unwrap();
+    let max: i64 = db.one("SELECT max(seq) FROM changes", &[]).unwrap();
     db.execute(
         "UPDATE docs SET snapshot = ?2, snapshot_seq = ?3 WHERE id = ?1",
-        rusqlite::params![
-            broken.as_bytes().as_slice(),
-            vec![0x85u8, 0x6f, 0x4a, 0x83, 1, 2, 3, 4, 0, 1, 0],
-            max
+        &[
+            &broken.as_bytes().as_slice(),
+            &vec![0x85u8, 0x6f, 0x4a, 0x83, 1, 2, 3, 4, 0, 1, 0],
+            &max,
         ],
     )
     .unwrap();
-    drop(db);
     let server = TestServer::start(&data);
     let mut x = Phone::open(&dir.path().join("x.db"), &server.url);
     let mut y = Phone::open(&dir.path().join("y.db"), &server.url);
@@ -224,7 +218,7 @@ fn a_household_that_does_not_load_fails_only_itself_and_is_quarantined_until_rel
         "the broken household's change waits on the phone"
     );
     assert!(x.store.pending_changes(fine).unwrap().is_empty());
-    let storage = SqliteStorage::open(&data).unwrap();
+    let storage = server.storage();
     let q = storage.quarantined().unwrap();
     assert_eq!(q.iter().map(|q| q.doc).collect::<Vec<_>>(), vec![broken]);
     assert_eq!(q[0].reason, "does_not_load");
@@ -243,10 +237,9 @@ fn a_household_that_does_not_load_fails_only_itself_and_is_quarantined_until_rel
     assert!(again.rejected.is_empty() || again.accepted == 0);
 
     // Repaired (the snapshot dropped: the log rebuilds it) and released, the change goes in.
-    let db = rusqlite::Connection::open(data.join("qiaomen.db")).unwrap();
     db.execute(
         "UPDATE docs SET snapshot = NULL, snapshot_seq = 0 WHERE id = ?1",
-        [broken.as_bytes().as_slice()],
+        &[&broken.as_bytes().as_slice()],
     )
     .unwrap();
     assert!(storage.release(broken).unwrap());

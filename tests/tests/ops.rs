@@ -167,6 +167,9 @@ fn metrics_need_the_token_and_exist_only_when_one_is_set() {
 /// had sent since, through the `cursor_diverged` / `cursor_ahead` path.
 #[test]
 fn a_backup_taken_during_syncs_restores_everything_acknowledged_before_it() {
+    if !qiaomen_tests::on_embedded_store() {
+        return; // the embedded store's own file; PostgreSQL's backups are pg_dump's
+    }
     use std::sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -288,6 +291,9 @@ fn a_backup_taken_during_syncs_restores_everything_acknowledged_before_it() {
 /// (two processes would each take their document cache for the truth).
 #[test]
 fn a_second_server_on_the_same_store_is_refused() {
+    if !qiaomen_tests::on_embedded_store() {
+        return; // the embedded store's own file; PostgreSQL's backups are pg_dump's
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let _server = TestServer::start(&data);
@@ -305,6 +311,9 @@ fn a_second_server_on_the_same_store_is_refused() {
 /// and its users there, served. When a migration is added, this file stays as it is.
 #[test]
 fn a_store_of_the_previous_format_opens_migrated_and_serves() {
+    if !qiaomen_tests::on_embedded_store() {
+        return; // the embedded store's own file; PostgreSQL's backups are pg_dump's
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     std::fs::create_dir_all(&data).unwrap();
@@ -356,6 +365,9 @@ fn a_store_of_the_previous_format_opens_migrated_and_serves() {
 /// it is touched.
 #[test]
 fn a_store_of_a_newer_format_is_refused_at_start() {
+    if !qiaomen_tests::on_embedded_store() {
+        return; // the embedded store's own file; PostgreSQL's backups are pg_dump's
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     qiaomen_server::storage::SqliteStorage::open(&data).unwrap();

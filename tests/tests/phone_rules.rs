@@ -250,7 +250,7 @@ fn a_phone_without_rights_from_its_server_refuses_nothing_the_server_does() {
 fn a_new_role_reaches_the_phone_and_its_rules_follow() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
-    let (user, code) = qiaomen_tests::enrollment_code(&server.data_dir, &["g1"]);
+    let (user, code) = server.enrollment_code(&["g1"]);
     let mut w = Phone::enroll(&dir.path().join("w.db"), &server.url, &code).unwrap();
     let id = w.store.create_household(&new_household("g1", "1")).unwrap();
     w.sync().unwrap();

@@ -9,7 +9,7 @@ use qiaomen_protocol::{
     schema::*,
 };
 use qiaomen_server::access::Role;
-use qiaomen_tests::{Phone, TestServer, call, enrollment_code, sample_demand, sample_visit};
+use qiaomen_tests::{Phone, TestServer, call, sample_demand, sample_visit};
 
 fn today() -> Day {
     Day::from_unix_ms(qiaomen_server::access::now_ms(), 8 * 3600).unwrap()
@@ -87,7 +87,7 @@ fn a_refused_visit_keeps_its_content_on_the_phone_and_on_the_server() {
         .create_household(&new_household("g1", "9"))
         .unwrap();
     centre.sync().unwrap();
-    let (user, code) = enrollment_code(&server.data_dir, &["g1"]);
+    let (user, code) = server.enrollment_code(&["g1"]);
     let mut w = Phone::enroll(&dir.path().join("w.db"), &server.url, &code).unwrap();
     w.sync().unwrap();
     // The worker is taken off g1; the phone does not know yet and records a visit after
@@ -144,16 +144,14 @@ fn a_refused_visit_keeps_its_content_on_the_phone_and_on_the_server() {
     );
     // The admin exports them, one JSON object a line.
     let export = dir.path().join("refused.jsonl");
-    qiaomen_server::admin::run(
-        &server.data_dir,
-        qiaomen_server::admin::AdminCommand::Refused(
+    server
+        .admin(qiaomen_server::admin::AdminCommand::Refused(
             qiaomen_server::admin::RefusedCommand::Export {
                 grid: Some("g1".into()),
                 to: Some(export.clone()),
             },
-        ),
-    )
-    .unwrap();
+        ))
+        .unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&export)
         .unwrap()
         .lines()
@@ -584,7 +582,7 @@ fn a_month_in_two_grids_loses_no_visit_and_keeps_the_closed_days_figures() {
     server.access().revoke_device(w4.author.device).unwrap();
     assert!(matches!(w4.sync(), Err(SyncError::Revoked)));
     // A worker taken off g2 who did not know yet: the visit is refused and kept.
-    let (user, code) = enrollment_code(&server.data_dir, &["g2"]);
+    let (user, code) = server.enrollment_code(&["g2"]);
     let mut w5 = Phone::enroll(&path("w5"), &server.url, &code).unwrap();
     w5.sync().unwrap();
     server

@@ -424,12 +424,12 @@ fn nothing_stored_or_served_is_a_debug_name_and_pages_name_things() {
     );
 
     // The read model holds codes.
-    let db = rusqlite::Connection::open(w.server.data_dir.join("qiaomen.db")).unwrap();
+    let db = w.server.db();
     let column = |sql: &str| -> Vec<String> {
-        let mut stmt = db.prepare(sql).unwrap();
-        stmt.query_map([], |r| r.get::<_, Option<String>>(0))
+        db.rows::<Option<String>>(sql, &[])
             .unwrap()
-            .filter_map(|r| r.unwrap())
+            .into_iter()
+            .flatten()
             .collect()
     };
     let statuses = column("SELECT status FROM idx_households");
@@ -720,12 +720,13 @@ fn supervisors_see_each_phone_its_last_sync_what_it_holds_and_what_it_runs() {
     assert_eq!(never["last_sync_ms"], Value::Null);
 
     // Five days without a sync: listed among the phones not synced for 3 days, not for 7.
-    let db = rusqlite::Connection::open(w.server.data_dir.join("qiaomen.db")).unwrap();
-    db.execute(
-        "UPDATE devices SET last_sync_ms = last_sync_ms - 5 * 86400000 WHERE id = ?1",
-        [w.worker.author.device.to_string()],
-    )
-    .unwrap();
+    w.server
+        .db()
+        .execute(
+            "UPDATE devices SET last_sync_ms = last_sync_ms - 5 * 86400000 WHERE id = ?1",
+            &[&w.worker.author.device.to_string()],
+        )
+        .unwrap();
     let stale: Vec<Value> = phones("?unit=v&stale_days=3");
     assert_eq!(stale.len(), 2);
     assert!(stale.iter().any(|p| p["days_since_sync"] == 5));

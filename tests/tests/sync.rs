@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use qiaomen_protocol::{calendar::Day, ids::*, schema::*};
-use qiaomen_tests::{Phone, TestServer, copy_dir, sample_visit};
+use qiaomen_tests::{Phone, TestServer, copy_store, sample_visit};
 
 fn day(s: &str) -> Day {
     s.parse().unwrap()
@@ -386,7 +386,7 @@ fn a_server_restored_from_an_older_backup_gets_back_what_phones_had_sent() {
         .unwrap();
     p.sync().unwrap();
     server.stop();
-    copy_dir(&data, &dir.path().join("backup")); // last night's backup
+    copy_store(&data, &dir.path().join("backup")); // last night's backup
 
     // The phone goes on: a visit and a new household, acknowledged by the server.
     let server = TestServer::start_on(&data, any);
@@ -409,7 +409,7 @@ fn a_server_restored_from_an_older_backup_gets_back_what_phones_had_sent() {
     // The disk is lost; the backup is restored, and other phones push its log past the
     // phone's cursor with other changes.
     std::fs::remove_dir_all(&data).unwrap();
-    copy_dir(&dir.path().join("backup"), &data);
+    copy_store(&dir.path().join("backup"), &data);
     let server = TestServer::start_on(&data, any);
     let mut q = server.phone(&dir.path().join("q.db"), &[]);
     for i in 0..5 {
@@ -796,7 +796,7 @@ fn a_new_phone_gets_each_household_whole_in_pieces_and_then_follows_the_log() {
     elsewhere.sync().unwrap();
     server.stop();
     // The same log on a second server that sends every change as it was logged.
-    copy_dir(&data, &dir.path().join("changes"));
+    copy_store(&data, &dir.path().join("changes"));
     let whole = TestServer::start_with(&data, addr, |c| c.response_budget = 8 * 1024);
     let changes = TestServer::start_with(&dir.path().join("changes"), addr, |c| {
         c.response_budget = 8 * 1024;
@@ -890,7 +890,7 @@ fn a_visit_day_comes_down_packed_and_the_phone_holds_the_servers_very_changes() 
     supervisor.sync().unwrap();
     server.stop();
     // The same log on a second server that sends every change as its chunk.
-    copy_dir(&data, &dir.path().join("as-chunks"));
+    copy_store(&data, &dir.path().join("as-chunks"));
     let addr = "127.0.0.1:0".parse().unwrap();
     let server = TestServer::start_with(&data, addr, |_| {});
     let plain = TestServer::start_with(&dir.path().join("as-chunks"), addr, |c| {

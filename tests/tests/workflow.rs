@@ -1068,3 +1068,73 @@ fn the_servers_workflow_settings_reach_the_phone() {
     assert_eq!(cov["catch_up_by"], phone_line.due.catch_up_by.to_string());
     assert_eq!(phone_line.due.catch_up_by, cover_policy.catch_up_by(day));
 }
+
+/// A team member reads no grid, but the photos of an order dispatched to their team are the
+/// order's: they open them from the order's page; another team gets 404, as for any photo.
+#[test]
+fn a_team_sees_the_photos_of_the_orders_dispatched_to_it_and_no_other_team_does() {
+    use qiaomen_protocol::photo::{PhotoSubject, hash_of};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    add_team(&server, "team-water");
+    add_team(&server, "team-roads");
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let water = session(&server, "t-water", "team-water", Role::TeamMember);
+    let roads = session(&server, "t-roads", "team-roads", Role::TeamMember);
+    let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
+    let h = household(&mut worker, "g1", "7");
+    let d = demand(worker.author.user, by_now(noon(today())), "门前排水沟堵塞");
+    visit_with(
+        &mut worker,
+        h,
+        calendar::cycle_of(today()),
+        VisitOutcome::Met,
+        std::slice::from_ref(&d),
+    );
+    worker.sync().unwrap();
+    let (status, o) = step(
+        &server,
+        &centre,
+        d.id,
+        json!({"action": "dispatch", "team": "team-water"}),
+    );
+    assert_eq!(status, 200, "{o}");
+    // The worker photographs the drain for the dispatch step, offline; the sync sends it.
+    worker.sync().unwrap();
+    let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    jpeg.extend((0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    worker
+        .store
+        .attach_photo(
+            h,
+            PhotoSubject::DemandStep {
+                demand: d.id,
+                step: 0,
+            },
+            &jpeg,
+            "排水沟",
+            now_ms(),
+        )
+        .unwrap();
+    let report = worker.sync().unwrap();
+    assert_eq!((report.photos_sent, report.photos_waiting), (1, 0));
+    let hash = hash_of(&jpeg);
+
+    let photo = format!("{}/photos/{hash}", server.url);
+    let (status, ct, bytes) = qiaomen_tests::get_raw(&photo, &water);
+    assert_eq!((status, ct.as_str()), (200, "image/jpeg"));
+    assert!(bytes == jpeg, "the photo, byte for byte");
+    let (status, page) =
+        qiaomen_tests::get_text(&format!("{}/orders/{}", server.url, d.id), &water);
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("/photos/{hash}/thumb")), "{page}");
+    assert_eq!(qiaomen_tests::get_raw(&photo, &roads).0, 404);
+    // The water team still reads nothing else of the household.
+    let (status, _) = call(
+        "GET",
+        &format!("{}/api/v1/households/{h}", server.url),
+        &water,
+        None,
+    );
+    assert_eq!(status, 404);
+}

@@ -189,6 +189,27 @@ fun encryptedStoreOpensOnlyWithItsKey(org: Org) {
     check(again.household(hid).members.map { it.name } == listOf(secrets[0]), "reopened with its key")
 }
 
+fun jpeg(n: Int, seed: Int = 0): ByteArray =
+    byteArrayOf(0xFF.toByte(), 0xD8.toByte(), 0xFF.toByte(), 0xE0.toByte()) + ByteArray(n) { ((it * 31 + seed) % 256).toByte() }
+
+fun photoAttachedSyncedAndFetched(org: Org) {
+    val grid = org.grid()
+    val a = org.worker(grid); val b = org.worker(grid)
+    val hid = a.createHousehold(household(grid))
+    val vid = a.recordVisit(hid, visit("墙体开裂，已拍照"))
+    val taken = jpeg(200_000, 3)
+    val photo = a.attachPhoto(hid, PhotoSubject.Visit(vid), taken, "墙体开裂", 1_763_164_900_000L)
+    check(photo.state == "pending" && photo.mediaType == "image/jpeg", "kept on the phone, to send")
+    try { a.attachPhoto(hid, PhotoSubject.Visit(vid), "GIF89a".toByteArray(), "", 0L); check(false, "no error") }
+    catch (e: QiaomenException.InvalidInput) { check(e.invalidField == "photo" && e.rule == "media_type", "names the rule") }
+    val summary = sync(a)
+    check(summary.photosSent == 1uL && a.pendingPhotoCount() == 0uL, "sent after its record")
+    sync(b)
+    val seen = b.photos(hid)
+    check(seen.size == 1 && seen[0].state == "remote" && seen[0].caption == "墙体开裂", "the reference came with the records")
+    check(runBlocking { b.photoBytes(hid, photo.hash) }.contentEquals(taken), "fetched when asked")
+}
+
 fun main(args: Array<String>) {
     val serverBin = args[0]
     val port = ServerSocket(0).use { it.localPort }
@@ -215,6 +236,7 @@ fun main(args: Array<String>) {
         "a revoked phone is wiped on its next sync" to ::revokedPhoneIsWiped,
         "a retired phone uploads what it holds, then is wiped" to ::retiredPhoneUploadsThenIsWiped,
         "an encrypted store shows no resident's data and opens only with its key" to ::encryptedStoreOpensOnlyWithItsKey,
+        "a photo is attached offline, sent after its record and fetched by another phone" to ::photoAttachedSyncedAndFetched,
     )
     var passed = 0; var failed = 0
     for ((name, test) in tests) {

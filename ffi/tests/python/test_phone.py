@@ -368,3 +368,46 @@ def test_a_plaintext_store_is_encrypted_when_first_opened_with_a_key(org):
     assert encrypted.pending_count() == pending
     sync(encrypted)
     assert encrypted.pending_count() == 0 and encrypted.household(hid).members[0].name == SECRETS[0]
+
+
+def jpeg(n, seed=0):
+    """A JPEG's signature and n bytes after it: the library judges the format by the bytes."""
+    return bytes([0xFF, 0xD8, 0xFF, 0xE0]) + bytes((i * 31 + seed) % 256 for i in range(n))
+
+
+def test_a_photo_is_attached_offline_sent_after_its_record_and_fetched_by_another_phone(org):
+    grid = org.grid()
+    a, b = worker(org, grid), worker(org, grid)
+    outsider = worker(org, org.grid())
+    hid = a.create_household(household(grid))
+    vid = a.record_visit(hid, visit("电线下垂，已拍照"))
+    taken = jpeg(300_000, 1)
+    photo = a.attach_photo(hid, q.PhotoSubject.HAZARD(visit_id=vid, item=0), taken, "电线下垂", 1_763_164_900_000)
+    assert (photo.state, photo.size, photo.media_type) == ("pending", len(taken), "image/jpeg")
+    assert a.pending_photo_count() == 1
+    # What the server would refuse is refused at once, with the field and the rule.
+    with pytest.raises(q.QiaomenError.InvalidInput) as e:
+        a.attach_photo(hid, q.PhotoSubject.VISIT(visit_id=vid), b"GIF89a not a photo", "", 0)
+    assert (e.value.invalid_field, e.value.rule) == ("photo", "media_type")
+    with pytest.raises(q.QiaomenError.InvalidInput) as e:
+        a.attach_photo(hid, q.PhotoSubject.VISIT(visit_id=vid), jpeg(3 * 1024 * 1024), "", 0)
+    assert (e.value.invalid_field, e.value.rule) == ("photo", "too_large")
+    # From a file, as the camera leaves it.
+    path = os.path.join(tempfile.mkdtemp(), "door.jpg")
+    with open(path, "wb") as f:
+        f.write(jpeg(20_000, 2))
+    door = a.attach_photo_file(hid, q.PhotoSubject.HOUSEHOLD(), path, "门牌", 0)
+    summary = sync(a)
+    assert summary.accepted >= 4 and summary.photos_sent == 2 and summary.photos_waiting == 0
+    assert a.pending_count() == 0 and a.pending_photo_count() == 0
+    assert {p.state for p in a.photos(hid)} == {"sent"}
+    # Another phone of the grid gets the references with the records, the bytes only when asked.
+    sync(b)
+    by_hash = {p.hash: p for p in b.photos(hid)}
+    assert set(by_hash) == {photo.hash, door.hash} and by_hash[photo.hash].state == "remote"
+    assert by_hash[photo.hash].subject == q.PhotoSubject.HAZARD(visit_id=vid, item=0)
+    assert asyncio.run(b.photo_bytes(hid, photo.hash)) == taken
+    assert {p.hash: p.state for p in b.photos(hid)}[photo.hash] == "fetched"
+    # A phone of another grid cannot fetch it.
+    with pytest.raises(q.QiaomenError.NotFound):
+        asyncio.run(outsider.photo_bytes(hid, photo.hash))

@@ -97,6 +97,29 @@ impl AccessDb {
         })
     }
 
+    /// Counts `bytes` of photos accepted from `device` on `day` (UTC, `YYYY-MM-DD`) if the
+    /// day's count stays within `limit`; `false` (nothing counted) otherwise. One statement,
+    /// so servers sharing the database count against one budget.
+    pub fn take_photo_bytes(
+        &self,
+        device: &str,
+        day: &str,
+        bytes: u64,
+        limit: u64,
+    ) -> Result<bool> {
+        if bytes > limit {
+            return Ok(false);
+        }
+        let (bytes, limit) = (bytes as i64, i64::try_from(limit).unwrap_or(i64::MAX));
+        let n = self.db.execute(
+            "INSERT INTO photo_quota (device, day, bytes) VALUES (?1, ?2, ?3)
+             ON CONFLICT (device, day) DO UPDATE SET bytes = photo_quota.bytes + excluded.bytes
+              WHERE photo_quota.bytes + excluded.bytes <= ?4",
+            &[&device, &day, &bytes, &limit],
+        )?;
+        Ok(n > 0)
+    }
+
     /// Gives back a token taken from bucket `key` (the attempt turned out harmless).
     pub fn refund_token(&self, key: &str, burst: f64) -> Result<()> {
         self.db.execute(

@@ -14,13 +14,16 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::{
-    ApiError, AppState, api,
+    ApiError, AppState,
     auth::{Caller, SessionAuth},
     pages::{PageError, PageSession, render_named},
 };
-use crate::access::{
-    AccessError,
-    admin_ops::{self, By},
+use crate::{
+    access::{
+        AccessError,
+        admin_ops::{self, By},
+    },
+    service,
 };
 
 /// What the phone scans: the server's address and the code, as a `qiaomen:` URI the app
@@ -69,7 +72,7 @@ async fn admin_session(state: &AppState, caller: &Caller) -> Result<SessionAuth,
         }
         .into());
     };
-    api::require_admin(state, session).await?;
+    service::devices::require_admin(state, session.user).await?;
     Ok(session.clone())
 }
 
@@ -118,11 +121,11 @@ pub fn qr_svg(text: &str) -> String {
 }
 
 /// What an operation's failure tells the admin (never personal data: ids and logins only).
-fn failure(e: ApiError) -> String {
+fn failure(e: service::Error) -> String {
     match e {
-        ApiError::NotFound { .. } => "没有这个用户或单位。".into(),
-        ApiError::Conflict { .. } => "已存在，或与现有的记录冲突。".into(),
-        ApiError::BadRequest { message, .. } => format!("输入有误：{message}"),
+        service::Error::NotFound { .. } => "没有这个用户或单位。".into(),
+        service::Error::Conflict { .. } => "已存在，或与现有的记录冲突。".into(),
+        service::Error::Invalid { message, .. } => format!("输入有误：{message}"),
         _ => "操作未完成，请稍后重试。".into(),
     }
 }
@@ -150,7 +153,7 @@ async fn run_op(
     let by = By::Web(session.user);
     match state.access(move |db| op(db, by)).await {
         Ok(()) => page(state, caller, Some(done.to_string()), None, None).await,
-        Err(e @ (ApiError::Unavailable | ApiError::Internal)) => Err(e.into()),
+        Err(e @ (service::Error::Busy | service::Error::Internal)) => Err(e.into()),
         Err(e) => page(state, caller, None, Some(failure(e)), None).await,
     }
 }
@@ -187,7 +190,7 @@ pub async fn code_submit(
             let url = server_url(&state, &headers);
             page(&state, &caller, None, None, Some((login, code, url))).await
         }
-        Err(e @ (ApiError::Unavailable | ApiError::Internal)) => Err(e.into()),
+        Err(e @ (service::Error::Busy | service::Error::Internal)) => Err(e.into()),
         Err(e) => page(&state, &caller, None, Some(failure(e)), None).await,
     }
 }

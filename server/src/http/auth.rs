@@ -257,6 +257,14 @@ fn server_failed(e: &ApiError) -> bool {
     matches!(e, ApiError::Unavailable | ApiError::Internal)
 }
 
+/// The same, for a store's answer.
+fn store_failed(e: &crate::service::Error) -> bool {
+    matches!(
+        e,
+        crate::service::Error::Busy | crate::service::Error::Internal
+    )
+}
+
 /// `POST /v1/enroll`: a phone becomes an enrolled device of the code's user.
 #[utoipa::path(post, path = "/v1/enroll", tag = "session", request_body = EnrollRequest,
     responses((status = 200, body = EnrollResponse), (status = 400, body = ErrorBody),
@@ -301,7 +309,7 @@ pub async fn enroll(
         })
         .await
         .inspect_err(|e| {
-            if server_failed(e) {
+            if store_failed(e) {
                 state.limits.failures.refund(&format!("probe:{ip}"));
             }
         })?;
@@ -365,7 +373,7 @@ pub async fn rotate(
         .access(move |db| db.rotate(&token))
         .await
         .inspect_err(|e| {
-            if server_failed(e) {
+            if store_failed(e) {
                 state.limits.failures.refund(&ip_key);
                 state.limits.rotations.refund(&token_key);
             }
@@ -529,6 +537,7 @@ async fn check_password(
             Ok(session)
         })
         .await
+        .map_err(ApiError::from)
 }
 
 /// `POST /v1/logout`: ends the session.

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod phones;
+pub mod photos;
 pub mod reports;
 pub mod tasks;
 pub mod workflow;
@@ -36,6 +37,7 @@ use serde_bytes::ByteBuf;
 use crate::{
     access::{AccessDb, AccessError, policy::Principal},
     ingest::{Upload, Writer},
+    service,
     storage::{PgStorage, SqliteStorage, Storage, WholeFrom},
 };
 
@@ -63,8 +65,13 @@ pub struct AppState {
     pub demand_ids: Arc<crate::orders::DemandIds>,
     /// What `/metrics` exports ([`crate::metrics`]).
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Held by a hotline import while it writes ([`import::import`]): imports one at a time.
+    /// Held by a hotline import while it writes ([`crate::service::import::import`]): imports
+    /// one at a time.
     pub imports: Arc<tokio::sync::Mutex<()>>,
+    /// The photo store ([`crate::blobs`]).
+    pub photos: Arc<crate::blobs::Blobs>,
+    /// Photo bytes each device may have accepted per UTC day.
+    pub photo_quota: u64,
 }
 
 /// JSON numbers that must be whole: `15` and `15.0` are the same integer to JSON Schema (and
@@ -105,7 +112,7 @@ impl AppState {
     pub async fn index<T: Send + 'static>(
         &self,
         f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> crate::service::Result<T> {
         self.read_model(false, f).await
     }
 
@@ -114,7 +121,7 @@ impl AppState {
     pub async fn index_caught_up<T: Send + 'static>(
         &self,
         f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> crate::service::Result<T> {
         self.read_model(true, f).await
     }
 
@@ -122,7 +129,7 @@ impl AppState {
         &self,
         whole_log: bool,
         f: impl FnOnce(&crate::index::Index) -> crate::storage::Result<T> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> crate::service::Result<T> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || {
             // A panic under the lock rolled back its transaction (the read model is its
@@ -138,10 +145,10 @@ impl AppState {
             f(&ix)
         })
         .await
-        .map_err(|_| ApiError::internal("index task failed"))?
+        .map_err(|_| service::Error::internal("index task failed"))?
         .map_err(|e| {
             tracing::error!(error = %e, "read model failed");
-            ApiError::Unavailable
+            service::Error::Busy
         })
     }
 
@@ -149,31 +156,31 @@ impl AppState {
     pub async fn access<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut AccessDb) -> crate::access::Result<T> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> crate::service::Result<T> {
         let db = self.access_db.clone();
         tokio::task::spawn_blocking(move || f(&mut db.lock().expect("access lock")))
             .await
-            .map_err(|_| ApiError::internal("access task failed"))?
-            .map_err(ApiError::from)
+            .map_err(|_| service::Error::internal("access task failed"))?
+            .map_err(service::Error::from)
     }
 }
 
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
+        service::Error::from(e).into()
+    }
+}
+
+/// The one place a domain error becomes an HTTP status (and its stable code and message).
+impl From<service::Error> for ApiError {
+    fn from(e: service::Error) -> Self {
         match e {
-            AccessError::Invalid(message) => ApiError::BadRequest {
-                code: "invalid",
-                message,
-            },
-            AccessError::NotFound(what) => ApiError::NotFound {
-                code: "not_found",
-                message: format!("no such {what}"),
-            },
-            AccessError::Sql(e) => {
-                tracing::error!(error = %e, "access storage failed");
-                ApiError::Unavailable
-            }
-            AccessError::Hash => ApiError::internal("password hashing failed"),
+            service::Error::Invalid { code, message } => ApiError::BadRequest { code, message },
+            service::Error::Forbidden { code, message } => ApiError::Forbidden { code, message },
+            service::Error::NotFound { code, message } => ApiError::NotFound { code, message },
+            service::Error::Conflict { code, message } => ApiError::Conflict { code, message },
+            service::Error::Busy => ApiError::Unavailable,
+            service::Error::Internal => ApiError::Internal,
         }
     }
 }
@@ -220,7 +227,7 @@ impl ReaderPool {
     pub async fn with<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&dyn Storage) -> crate::storage::Result<T> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> crate::service::Result<T> {
         let pool = self.clone();
         tokio::task::spawn_blocking(move || match &pool.0 {
             Readers::Sqlite { template, idle } => {
@@ -241,10 +248,10 @@ impl ReaderPool {
             Readers::Pooled(storage) => f(storage),
         })
         .await
-        .map_err(|_| ApiError::internal("reader task failed"))?
+        .map_err(|_| service::Error::internal("reader task failed"))?
         .map_err(|e| {
             tracing::error!(error = %e, "read failed");
-            ApiError::Unavailable
+            service::Error::Busy
         })
     }
 }
@@ -355,16 +362,22 @@ impl IntoResponse for ApiError {
                 "internal error".into(),
             ),
         };
-        let mut resp = (
-            status,
-            Json(ErrorBody {
-                error: ErrorDetail { code, message },
-            }),
-        )
-            .into_response();
-        resp.extensions_mut().insert(ErrorCode(code));
-        resp
+        error_response(status, code, message)
     }
+}
+
+/// An error answer of the API's shape (`{"error":{"code","message"}}`), its code kept on the
+/// response for the metrics.
+pub(crate) fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
+    let mut resp = (
+        status,
+        Json(ErrorBody {
+            error: ErrorDetail { code, message },
+        }),
+    )
+        .into_response();
+    resp.extensions_mut().insert(ErrorCode(code));
+    resp
 }
 
 /// The code of an error answer, kept on the response for the metrics ([`crate::metrics`]).
@@ -453,6 +466,13 @@ pub fn router(state: AppState) -> Router {
             post(sync).layer(bounded(limits::MAX_BODY_BYTES)),
         )
         .route(
+            "/v1/photos/{hash}",
+            get(photos::get)
+                .head(photos::head)
+                .patch(photos::patch)
+                .layer(bounded(qiaomen_protocol::photo::MAX_PHOTO_PIECE_BYTES)),
+        )
+        .route(
             "/api/v1/orders/import",
             post(import::import_orders)
                 .layer(axum::extract::DefaultBodyLimit::max(
@@ -518,6 +538,8 @@ pub fn router(state: AppState) -> Router {
                 .route("/grids/{grid}", get(pages::grid_page))
                 .route("/grids/{grid}/map", get(pages::map_page))
                 .route("/households/{id}", get(pages::household_page))
+                .route("/photos/{hash}", get(photos::photo_page))
+                .route("/photos/{hash}/thumb", get(photos::thumb_page))
                 .route("/households/{id}/review", post(pages::review_submit))
                 .route("/households/{id}/resolve", post(pages::resolve_submit))
                 .route("/households/{id}/move", post(pages::move_submit))
@@ -693,7 +715,7 @@ async fn sync(
         .access(move |db| {
             let now = crate::access::now_ms();
             let scope = db.scope(user, now)?;
-            let lists = db.task_lists(&scope.read, tasks::since_default(now))?;
+            let lists = db.task_lists(&scope.read, service::tasks::since_default(now))?;
             Ok((scope, lists))
         })
         .await?;
@@ -1083,7 +1105,7 @@ async fn whole_page(
                             WholePass::All
                         },
                         after: None,
-                        day: needed.then(workflow::today),
+                        day: needed.then(service::today),
                     };
                     (s.max_seq()?, start)
                 }
@@ -1164,5 +1186,85 @@ fn whole_doc(
                 .collect(),
             whole: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status and body an error answers with.
+    async fn answer(e: impl Into<ApiError>) -> (u16, serde_json::Value) {
+        let resp = e.into().into_response();
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_domain_error_answers_with_its_status_code_and_message() {
+        let cases = [
+            (
+                service::Error::invalid("bad day"),
+                400,
+                "invalid",
+                "bad day",
+            ),
+            (
+                service::Error::Forbidden {
+                    code: "not_allowed",
+                    message: "no".into(),
+                },
+                403,
+                "not_allowed",
+                "no",
+            ),
+            (
+                service::Error::not_found("no such unit"),
+                404,
+                "not_found",
+                "no such unit",
+            ),
+            (
+                service::Error::Conflict {
+                    code: "stale_order",
+                    message: "moved on".into(),
+                },
+                409,
+                "stale_order",
+                "moved on",
+            ),
+            (
+                service::Error::Busy,
+                503,
+                "unavailable",
+                "the server could not store or read; retry",
+            ),
+            (service::Error::Internal, 500, "internal", "internal error"),
+        ];
+        for (e, status, code, message) in cases {
+            assert_eq!(
+                answer(e).await,
+                (
+                    status,
+                    serde_json::json!({ "error": { "code": code, "message": message } })
+                )
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_access_error_answers_as_before_through_the_domain_error() {
+        assert_eq!(
+            answer(AccessError::NotFound("user")).await,
+            (
+                404,
+                serde_json::json!({ "error": { "code": "not_found", "message": "no such user" } })
+            )
+        );
+        assert_eq!(answer(AccessError::Invalid("x".into())).await.0, 400);
+        assert_eq!(answer(AccessError::Hash).await.0, 500);
     }
 }

@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth, import, phones, reports, tasks, workflow};
+use super::{api, auth, import, phones, photos, reports, tasks, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -48,6 +48,9 @@ use super::{api, auth, import, phones, reports, tasks, workflow};
         auth::rotate,
         auth::login,
         auth::logout,
+        photos::head,
+        photos::patch,
+        photos::get,
     ),
     components(schemas(api::ExportFormat)),
     modifiers(&BearerAuth, &BodyLimits)

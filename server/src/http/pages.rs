@@ -1,8 +1,9 @@
 //! The supervisors' web pages, in Chinese, rendered on the server (minijinja templates in
 //! `server/templates/`, HTML-escaped). No JavaScript and no front-end build: the pages work on
-//! the old office PCs of a township, and every page is a view of the same functions the JSON
-//! API uses (`api::household_view`, `api::list_households`, `api::add_review`, ...), so scope
-//! checks and audit are the API's.
+//! the old office PCs of a township, and every page is a view of the same service functions
+//! the JSON API calls ([`crate::service`]: `households::household_view`,
+//! `households::list_households`, `households::add_review`, ...), so scope checks and audit
+//! are the API's.
 //!
 //! A page needs a session (the `qiaomen_session` cookie set by the login form, `Secure` and
 //! `__Host-qiaomen_session` over TLS); without one it redirects to `/login`. Forms post back
@@ -23,7 +24,10 @@ use axum::{
 use minijinja::{Environment, context};
 use qiaomen_protocol::{schema::ReviewDecision, vocab::Term};
 
-use crate::charts;
+use crate::{
+    charts,
+    service::{self, devices, figures, households, orders, tasks},
+};
 use serde::Deserialize;
 
 use super::{
@@ -52,6 +56,7 @@ fn templates() -> &'static Environment<'static> {
             ),
             ("orders.html", include_str!("../../templates/orders.html")),
             ("order.html", include_str!("../../templates/order.html")),
+            ("photo.html", include_str!("../../templates/photo.html")),
             ("stats.html", include_str!("../../templates/stats.html")),
             ("tasks.html", include_str!("../../templates/tasks.html")),
             ("devices.html", include_str!("../../templates/devices.html")),
@@ -164,6 +169,12 @@ impl From<ApiError> for PageError {
     }
 }
 
+impl From<service::Error> for PageError {
+    fn from(e: service::Error) -> Self {
+        PageError(e.into())
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let status = self.0.into_response().status();
@@ -268,7 +279,7 @@ pub async fn org_page(
     State(state): State<AppState>,
     PageSession(caller): PageSession,
 ) -> Result<Response, PageError> {
-    let units = api::org_units(&state, &caller).await?;
+    let units = households::org_units(&state, &caller).await?;
     let mut depth: std::collections::HashMap<String, usize> = Default::default();
     let rows: Vec<minijinja::Value> = units
         .iter()
@@ -307,7 +318,7 @@ pub async fn grid_page(
     Path(grid): Path<String>,
     Query(q): Query<SearchQuery>,
 ) -> Result<Response, PageError> {
-    let rows = api::list_households(&state, &caller, grid.clone(), q.q.clone()).await?;
+    let rows = households::list_households(&state, &caller, grid.clone(), q.q.clone()).await?;
     render_named(
         &state,
         &caller,
@@ -338,7 +349,7 @@ async fn household_view_page(
     notice: Option<&str>,
     status: StatusCode,
 ) -> Result<Response, PageError> {
-    let h = api::household_view(state, caller, id).await?;
+    let h = households::household_view(state, caller, id).await?;
     // Who did what, by name: workers and supervisors (staff), never residents.
     let mut ids: Vec<String> = h.visits.iter().map(|v| v.worker.clone()).collect();
     ids.extend(h.reviews.iter().map(|r| r.reviewer.clone()));
@@ -396,6 +407,10 @@ async fn household_view_page(
             .cmp(&a.visit_day)
             .then(b.started_at_ms.cmp(&a.started_at_ms))
     });
+    let photos = match h.id.parse() {
+        Ok(id) => service::photos::household_photos(state, id, None).await?,
+        Err(_) => Vec::new(),
+    };
     let mut page = render_named(
         state,
         caller,
@@ -403,7 +418,7 @@ async fn household_view_page(
         context! {
             title => format!("{} {}", h.address, h.door_number), signed_in => true,
             devices => device_names, move_to, notice,
-            h, names,
+            h, names, photos,
         },
     )
     .await?;
@@ -424,11 +439,11 @@ pub async fn move_submit(
     Path(id): Path<String>,
     Form(form): Form<MoveForm>,
 ) -> Result<Response, PageError> {
-    let notice = match api::move_household(&state, &caller, &id, form.grid.clone()).await {
+    let notice = match households::move_household(&state, &caller, &id, form.grid.clone()).await {
         Ok(()) => return Ok(Redirect::to(&format!("/households/{id}?moved=1")).into_response()),
-        Err(ApiError::Forbidden { .. }) => "只有两个网格的督导都是您时，才能迁移这户。",
-        Err(ApiError::Conflict { .. }) => "这户已经在这个网格。",
-        Err(ApiError::NotFound {
+        Err(service::Error::Forbidden { .. }) => "只有两个网格的督导都是您时，才能迁移这户。",
+        Err(service::Error::Conflict { .. }) => "这户已经在这个网格。",
+        Err(service::Error::NotFound {
             code: "no_such_grid",
             ..
         }) => "没有这个网格，请从列表中选择。",
@@ -482,7 +497,7 @@ pub async fn review_submit(
             .map(str::to_string)
             .collect(),
     };
-    api::add_review(&state, &caller, &id, req).await?;
+    households::add_review(&state, &caller, &id, req).await?;
     Ok(Redirect::to(&format!("/households/{id}")).into_response())
 }
 
@@ -517,7 +532,7 @@ pub async fn resolve_submit(
             }));
         }
     };
-    api::resolve_conflict(&state, &caller, &id, req).await?;
+    households::resolve_conflict(&state, &caller, &id, req).await?;
     Ok(Redirect::to(&format!("/households/{id}")).into_response())
 }
 
@@ -532,9 +547,9 @@ pub async fn coverage_page(
         cycles: None,
         day: q.day.clone(),
     };
-    let r = workflow::coverage_for(&state, &caller, q).await?;
+    let r = figures::coverage_for(&state, &caller, q).await?;
     // The last six visit days up to the one shown, counted as this report counts each.
-    let series = reports::series_for(&state, &caller, series_q).await?;
+    let series = figures::series_for(&state, &caller, series_q).await?;
     let chart = svg(charts::coverage_bars(&points_of(&series.days)));
     render_named(
         &state,
@@ -555,7 +570,7 @@ pub async fn orders_page(
 ) -> Result<Response, PageError> {
     let status = q.status.clone().unwrap_or_default();
     let overdue = q.overdue.as_deref() == Some("true");
-    let rows = workflow::order_list(&state, &caller, q).await?;
+    let rows = orders::order_list(&state, &caller, q).await?;
     render_named(
         &state,
         &caller,
@@ -574,7 +589,7 @@ pub async fn refused_page(
     PageSession(caller): PageSession,
     Query(q): Query<workflow::RefusedQuery>,
 ) -> Result<Response, PageError> {
-    let rows = workflow::refused_for(&state, &caller, q).await?;
+    let rows = orders::refused_for(&state, &caller, q).await?;
     render_named(
         &state,
         &caller,
@@ -607,7 +622,13 @@ async fn order_view(
     demand: &str,
     refused: Option<(&StepForm, StepProblem)>,
 ) -> Result<Response, PageError> {
-    let o = workflow::order_detail(state, caller, demand).await?;
+    let o = orders::order_detail(state, caller, demand).await?;
+    let photos = match o.order.household.parse() {
+        Ok(id) => {
+            service::photos::household_photos(state, id, Some(o.order.demand.clone())).await?
+        }
+        Err(_) => Vec::new(),
+    };
     // Dispatch picks a team from the open teams, by name.
     let teams: Vec<minijinja::Value> = state
         .access(|db| db.units())
@@ -631,7 +652,7 @@ async fn order_view(
         state,
         caller,
         "order.html",
-        context! { title => "工单", signed_in => true, o, teams, typed, problem },
+        context! { title => "工单", signed_in => true, o, teams, typed, problem, photos },
     )
     .await?;
     if problem.is_some() {
@@ -726,21 +747,21 @@ pub async fn order_step_submit(
         let p = problem("action", "请选择要办理的步骤，并填写它需要的内容。");
         return order_view(&state, &caller, &demand, Some((&form, p))).await;
     };
-    let refused = match workflow::take_step(&state, &caller, &demand, req).await {
+    let refused = match orders::take_step(&state, &caller, &demand, req).await {
         Ok(()) => return Ok(Redirect::to(&format!("/orders/{demand}")).into_response()),
-        Err(ApiError::NotFound {
+        Err(service::Error::NotFound {
             code: "no_such_team",
             ..
         }) => problem("team", "没有这个承办单位，请从列表中选择。"),
-        Err(ApiError::Conflict {
+        Err(service::Error::Conflict {
             code: "invalid_step",
             ..
         }) => problem(
             "action",
             "工单的状态已经变化，这一步现在不能办理。请查看办理记录后重新选择。",
         ),
-        Err(ApiError::Forbidden { .. }) => problem("action", "这一步不归您办理。"),
-        Err(ApiError::BadRequest { .. }) => problem("comment", "说明最多 2000 字。"),
+        Err(service::Error::Forbidden { .. }) => problem("action", "这一步不归您办理。"),
+        Err(service::Error::Invalid { .. }) => problem("comment", "说明最多 2000 字。"),
         Err(e) => return Err(e.into()),
     };
     order_view(&state, &caller, &demand, Some((&form, refused))).await
@@ -842,12 +863,12 @@ pub async fn import_submit(
         return Ok(failed("文件太大：一次最多 4 MB、1000 行。".into()));
     }
     let data = (!confirm).then(|| b64.encode(&bytes));
-    let rows = match super::import::read_file(format, bytes).await {
+    let rows = match service::import::read_file(format, bytes).await {
         Ok(rows) => rows,
-        Err(ApiError::BadRequest { message, .. }) => return Ok(failed(message)),
+        Err(service::Error::Invalid { message, .. }) => return Ok(failed(message)),
         Err(e) => return Err(e.into()),
     };
-    let report = super::import::import(&state, &caller, &rows, !confirm).await?;
+    let report = service::import::import(&state, &caller, &rows, !confirm).await?;
     let shown: Vec<minijinja::Value> = rows
         .iter()
         .zip(&report.rows)
@@ -902,8 +923,8 @@ pub async fn stats_page(
     Query(q): Query<workflow::PeriodQuery>,
 ) -> Result<Response, PageError> {
     // One computation of the figures for both tables.
-    let pf = workflow::period_figures(&state, &caller, q).await?;
-    let (s, rank) = (workflow::stats_of(&pf), workflow::ranking_of(&pf));
+    let pf = figures::period_figures(&state, &caller, q).await?;
+    let (s, rank) = (figures::stats_of(&pf), figures::ranking_of(&pf));
     let grids: Vec<_> = if s.unit.kind == crate::access::org::UnitKind::Grid {
         Vec::new()
     } else {
@@ -915,7 +936,7 @@ pub async fn stats_page(
     } else {
         6
     };
-    let c = reports::unit_charts(&state, &pf.us, pf.to, 6, months).await?;
+    let c = figures::unit_charts(&state, &pf.us, pf.to, 6, months).await?;
     let report_month = format!("{:04}-{:02}", pf.to.year(), pf.to.month());
     render_named(
         &state,
@@ -957,7 +978,7 @@ pub async fn map_page(
     Path(grid): Path<String>,
     Query(q): Query<MapQuery>,
 ) -> Result<Response, PageError> {
-    let mut m = reports::grid_map(&state, &caller, grid, q.day).await?;
+    let mut m = figures::grid_map(&state, &caller, grid, q.day).await?;
     let chart = svg(std::mem::take(&mut m.svg));
     render_named(
         &state,
@@ -974,7 +995,7 @@ pub async fn report_page(
     PageSession(caller): PageSession,
     Query(q): Query<reports::ReportQuery>,
 ) -> Result<Response, PageError> {
-    let mut r = reports::monthly_report(&state, &caller, q).await?;
+    let mut r = figures::monthly_report(&state, &caller, q).await?;
     let coverage_chart = svg(std::mem::take(&mut r.charts.coverage_svg));
     let demand_chart = svg(std::mem::take(&mut r.charts.demands_svg));
     let grids: Vec<_> = if r.s.unit.kind == crate::access::org::UnitKind::Grid {
@@ -1001,15 +1022,8 @@ pub async fn tasks_page(
     PageSession(caller): PageSession,
 ) -> Result<Response, PageError> {
     let lists =
-        super::tasks::task_lists(&state, &caller, super::tasks::ListsQuery { since: None }).await?;
-    let user = caller.user();
-    let may_push = state
-        .access(move |db| {
-            let roles = db.scope(user, crate::access::now_ms())?.roles;
-            Ok(roles.contains(&crate::access::Role::CommandCentre)
-                || roles.contains(&crate::access::Role::TownSupervisor))
-        })
-        .await?;
+        tasks::task_lists(&state, &caller, super::tasks::ListsQuery { since: None }).await?;
+    let may_push = tasks::may_push(&state, &caller).await?;
     render_named(
         &state,
         &caller,
@@ -1054,7 +1068,7 @@ pub async fn tasks_submit(
         week_start: None,
         due: None,
     };
-    let _created = super::tasks::push_list(State(state), caller, super::ApiJson(req)).await?;
+    tasks::push_list(&state, &caller, req).await?;
     Ok(Redirect::to("/tasks").into_response())
 }
 
@@ -1074,8 +1088,7 @@ pub async fn devices_page(
     let Caller::Session(session) = &caller else {
         return Ok(Redirect::to("/login").into_response());
     };
-    api::require_admin(&state, session).await?;
-    let devices = state.access(|db| db.devices()).await?;
+    let devices = devices::devices(&state, session.user).await?;
     let held = q
         .held
         .and_then(|id| devices.iter().find(|d| d.device == id).cloned());
@@ -1105,12 +1118,9 @@ pub async fn retire_submit(
     let Caller::Session(session) = &caller else {
         return Ok(Redirect::to("/login").into_response());
     };
-    api::require_admin(&state, session).await?;
-    let device = id.parse().map_err(|_| ApiError::NotFound {
-        code: "not_found",
-        message: "no such device".into(),
-    })?;
-    api::end_device(&state, session.user, device, None).await?;
+    devices::require_admin(&state, session.user).await?;
+    let device = devices::device_id(&id)?;
+    devices::end_device(&state, session.user, device, None).await?;
     Ok(Redirect::to("/devices").into_response())
 }
 
@@ -1125,15 +1135,12 @@ pub async fn revoke_submit(
     let Caller::Session(session) = &caller else {
         return Ok(Redirect::to("/login").into_response());
     };
-    api::require_admin(&state, session).await?;
-    let device: qiaomen_protocol::ids::DeviceId = id.parse().map_err(|_| ApiError::NotFound {
-        code: "not_found",
-        message: "no such device".into(),
-    })?;
+    devices::require_admin(&state, session.user).await?;
+    let device = devices::device_id(&id)?;
     let force = form.force.is_some_and(|f| f == "true" || f == "on");
-    match api::end_device(&state, session.user, device, Some(force)).await {
+    match devices::end_device(&state, session.user, device, Some(force)).await {
         Ok(_) => Ok(Redirect::to("/devices").into_response()),
-        Err(ApiError::Conflict {
+        Err(service::Error::Conflict {
             code: "device_has_pending",
             ..
         }) => Ok(Redirect::to(&format!("/devices?held={device}")).into_response()),

@@ -9,12 +9,8 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{
-    ApiError, ApiQuery, AppState, ErrorBody, auth::Caller, pages::PageSession, workflow::unit_scope,
-};
-use crate::access::now_ms;
-
-const DAY_MS: i64 = 24 * 3600 * 1000;
+use super::{ApiError, ApiQuery, AppState, ErrorBody, auth::Caller, pages::PageSession};
+use crate::service::devices;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -51,65 +47,6 @@ pub struct PhoneRow {
     pub status: String,
 }
 
-/// The phones of the grids `caller` supervises below `unit`.
-pub(crate) async fn phones_of(
-    state: &AppState,
-    caller: &Caller,
-    q: &PhonesQuery,
-) -> Result<Vec<PhoneRow>, ApiError> {
-    if q.stale_days.is_some_and(|d| d > 3650) {
-        return Err(ApiError::BadRequest {
-            code: "invalid",
-            message: "stale_days is 0-3650".into(),
-        });
-    }
-    let us = unit_scope(state, caller, q.unit.clone()).await?;
-    let user = caller.user();
-    let now = now_ms();
-    let grids = us.grids.clone();
-    let phones = state
-        .access(move |db| {
-            let scope = db.scope(user, now)?;
-            // Only a supervisor of a grid watches its phones.
-            let grids: Vec<String> = grids
-                .into_iter()
-                .filter(|g| scope.supervises(g, now))
-                .collect();
-            db.grid_phones(&grids, now)
-        })
-        .await?;
-    let devices: Vec<String> = phones.iter().map(|p| p.device.clone()).collect();
-    let labels = state.access(move |db| db.device_labels(&devices)).await?;
-    let rows = phones
-        .into_iter()
-        .map(|p| {
-            let days = p.last_sync_ms.map(|t| (now - t).max(0) / DAY_MS);
-            PhoneRow {
-                grid_name: us.grid_names.get(&p.grid).unwrap_or(&p.grid).clone(),
-                label: labels
-                    .get(&p.device)
-                    .cloned()
-                    .unwrap_or_else(|| format!("{}的手机", p.worker)),
-                grid: p.grid,
-                device: p.device,
-                worker: p.user,
-                worker_name: p.worker,
-                enrolled_ms: p.enrolled_ms,
-                last_sync_ms: p.last_sync_ms,
-                days_since_sync: days,
-                pending: p.pending,
-                agent: p.agent,
-                status: if p.retiring { "retiring" } else { "active" }.to_string(),
-            }
-        })
-        .filter(|r| match q.stale_days {
-            None => true,
-            Some(n) => r.days_since_sync.is_none_or(|d| d >= i64::from(n)),
-        })
-        .collect();
-    Ok(rows)
-}
-
 /// `GET /api/v1/phones?unit=&stale_days=`: the workers' phones of the grids the caller
 /// supervises below a unit, with last sync, pending work, versions and worker.
 #[utoipa::path(get, path = "/api/v1/phones", tag = "workflow", security(("bearer" = [])),
@@ -121,7 +58,7 @@ pub async fn phones(
     caller: Caller,
     ApiQuery(q): ApiQuery<PhonesQuery>,
 ) -> Result<Json<Vec<PhoneRow>>, ApiError> {
-    phones_of(&state, &caller, &q).await.map(Json)
+    Ok(Json(devices::phones_of(&state, &caller, &q).await?))
 }
 
 /// `GET /phones?unit=&stale_days=`: the same as a page.
@@ -130,7 +67,7 @@ pub async fn phones_page(
     PageSession(caller): PageSession,
     ApiQuery(q): ApiQuery<PhonesQuery>,
 ) -> Result<Response, super::pages::PageError> {
-    let rows = phones_of(&state, &caller, &q).await?;
+    let rows = devices::phones_of(&state, &caller, &q).await?;
     let stale_days = q.stale_days;
     super::pages::render_named(
         &state,

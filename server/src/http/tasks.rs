@@ -6,37 +6,13 @@ use axum::{
     Json,
     extract::{Path, State},
 };
-use qiaomen_protocol::calendar::Day;
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, auth::Caller, workflow::unit_scope};
+use super::{ApiError, ApiJson, ApiQuery, AppState, ErrorBody, auth::Caller};
 use crate::{
-    access::{audit::Event, now_ms},
-    tasks::{Done, NewList, TaskList},
+    service::tasks,
+    tasks::{Done, TaskList},
 };
-
-/// Lists are shown until 30 days after they were due.
-pub(crate) fn since_default(now_ms: i64) -> Day {
-    qiaomen_protocol::workorder::day_of(now_ms).add_days(-30)
-}
-
-fn today() -> Day {
-    qiaomen_protocol::workorder::day_of(now_ms())
-}
-
-fn bad(message: &str) -> ApiError {
-    ApiError::BadRequest {
-        code: "invalid",
-        message: message.into(),
-    }
-}
-
-fn no_list() -> ApiError {
-    ApiError::NotFound {
-        code: "not_found",
-        message: "no such task list".into(),
-    }
-}
 
 /// A new weekly task list.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -71,11 +47,6 @@ pub struct TaskListCreated {
 /// Units named in one pushed list (each is looked up; a county has a few hundred grids).
 pub const MAX_UNITS: usize = 500;
 
-fn day(s: &str, what: &str) -> Result<Day, ApiError> {
-    s.parse()
-        .map_err(|_| bad(&format!("{what} is not a date (YYYY-MM-DD)")))
-}
-
 /// `POST /api/v1/tasks`: the command centre or a town supervisor pushes a weekly task list to
 /// the grids below some units; it reaches the grids' phones at their next sync.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", security(("bearer" = [])),
@@ -87,72 +58,8 @@ pub async fn push_list(
     caller: Caller,
     ApiJson(req): ApiJson<NewTaskList>,
 ) -> Result<(axum::http::StatusCode, Json<TaskListCreated>), ApiError> {
-    if req.units.len() > MAX_UNITS {
-        return Err(ApiError::BadRequest {
-            code: "too_many_units",
-            message: format!("at most {MAX_UNITS} units per task list"),
-        });
-    }
-    let today = today();
-    let monday = today.add_days(-i64::from(today.0.weekday().number_days_from_monday()));
-    let week_start = match &req.week_start {
-        Some(s) => day(s, "week_start")?,
-        None => monday,
-    };
-    let due = match &req.due {
-        Some(s) => day(s, "due")?,
-        None => week_start.add_days(6),
-    };
-    let units = if req.units.is_empty() {
-        vec![None]
-    } else {
-        let mut units = req.units.clone();
-        units.sort();
-        units.dedup();
-        units.into_iter().map(Some).collect()
-    };
-    let user = caller.user();
-    let scope = state.access(move |db| db.scope(user, now_ms())).await?;
-    let mut grids = Vec::new();
-    for unit in units {
-        for g in unit_scope(&state, &caller, unit).await?.grids {
-            if scope.party(&g, now_ms()).dispatcher && !grids.contains(&g) {
-                grids.push(g);
-            }
-        }
-    }
-    if grids.is_empty() {
-        return Err(ApiError::Forbidden {
-            code: "forbidden",
-            message: "only the command centre or a town supervisor pushes task lists".into(),
-        });
-    }
-    let (title, items, by) = (req.title, req.items, caller.user());
-    let targets = grids.clone();
-    let id = state
-        .access(move |db| {
-            let id = db.push_task_list(&NewList {
-                title: &title,
-                week_start,
-                due,
-                items: &items,
-                grids: &targets,
-                by,
-            })?;
-            db.audit(Event {
-                user: Some(&by.to_string()),
-                device: None,
-                action: "push_task_list",
-                target: Some(&id),
-                outcome: "ok",
-            })?;
-            Ok(id)
-        })
-        .await?;
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(TaskListCreated { id, grids }),
-    ))
+    let created = tasks::push_list(&state, &caller, req).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(created)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -174,22 +81,7 @@ pub async fn lists(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListsQuery>,
 ) -> Result<Json<Vec<TaskList>>, ApiError> {
-    task_lists(&state, &caller, q).await.map(Json)
-}
-
-pub(crate) async fn task_lists(
-    state: &AppState,
-    caller: &Caller,
-    q: ListsQuery,
-) -> Result<Vec<TaskList>, ApiError> {
-    let since = match q.since.as_deref() {
-        Some(s) => day(s, "since")?,
-        None => since_default(now_ms()),
-    };
-    let user = caller.user();
-    state
-        .access(move |db| db.task_lists(&db.scope(user, now_ms())?.read, since))
-        .await
+    Ok(Json(tasks::task_lists(&state, &caller, q).await?))
 }
 
 /// `GET /api/v1/tasks/{id}`: one list, with its grids the caller may read.
@@ -202,12 +94,7 @@ pub async fn list(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TaskList>, ApiError> {
-    let user = caller.user();
-    state
-        .access(move |db| db.task_list(&id, &db.scope(user, now_ms())?.read))
-        .await?
-        .map(Json)
-        .ok_or_else(no_list)
+    Ok(Json(tasks::task_list(&state, &caller, id).await?))
 }
 
 /// A task done in a grid.
@@ -239,39 +126,7 @@ pub async fn done(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<DoneRequest>,
 ) -> Result<Json<Done>, ApiError> {
-    let user = caller.user();
-    let device = match &caller {
-        Caller::Device(d) => Some(d.device),
-        Caller::Session(_) => None,
-    };
-    if req.evidence.chars().count() > 2000 {
-        return Err(bad("evidence has at most 2000 characters"));
-    }
-    state
-        .access(move |db| {
-            let now = now_ms();
-            if !db.scope(user, now)?.may_write(&req.grid, now) {
-                return Err(crate::access::AccessError::NotFound("task of this grid"));
-            }
-            let done = db.complete_task(
-                &id,
-                req.item,
-                &req.grid,
-                (user, device),
-                req.done_ms.unwrap_or(now),
-                &req.evidence,
-            )?;
-            db.audit(Event {
-                user: Some(&user.to_string()),
-                device: device.map(|d| d.to_string()).as_deref(),
-                action: "task_done",
-                target: Some(&id),
-                outcome: "ok",
-            })?;
-            Ok(done)
-        })
-        .await
-        .map(Json)
+    Ok(Json(tasks::mark_done(&state, &caller, id, req).await?))
 }
 
 /// The server's workflow settings, for phones: work-order time limits in working days, the

@@ -123,6 +123,7 @@ suite!(
     whole_pages_go_through_a_grid_once_at_one_position,
     concurrent_writers_keep_the_log_in_commit_order,
     two_writers_on_one_household_keep_both_edits,
+    documents_read_together_are_those_read_one_by_one,
 );
 
 fn change(doc: HouseholdId, n: u8) -> NewChange {
@@ -690,4 +691,56 @@ fn two_writers_on_one_household_keep_both_edits(f: &impl Fixture) {
         d[0].rejected.iter().map(|r| r.code).collect::<Vec<_>>()
     );
     assert_eq!(f.handle().doc_log(id, u64::MAX).unwrap().len(), 5);
+}
+
+/// [`Storage::load_docs`] and [`Storage::doc_timelines`] give, in the order asked, what
+/// `load_doc` and `doc_timeline` give for each: a snapshot and the rows after it, a moved
+/// household's moves, and `None` for a household not stored.
+fn documents_read_together_are_those_read_one_by_one(f: &impl Fixture) {
+    let s = f.handle();
+    let (plain, snapshotted, moved, absent) = (
+        HouseholdId::new(),
+        HouseholdId::new(),
+        HouseholdId::new(),
+        HouseholdId::new(),
+    );
+    append(&s, vec![change(plain, 1), change(plain, 2)], "g1");
+    append(&s, vec![change(snapshotted, 3)], "g1");
+    let mut w = write_of(
+        snapshotted,
+        head(&s, snapshotted),
+        vec![change(snapshotted, 4)],
+        "g1",
+    );
+    w.snapshot = Some(b"SNAPSHOT".to_vec());
+    assert!(matches!(
+        s.write(&WriteBatch {
+            households: vec![w],
+            refused: Vec::new(),
+        })
+        .unwrap(),
+        Written::Committed(_)
+    ));
+    append(&s, vec![change(snapshotted, 5)], "g1");
+    append(&s, vec![change(moved, 6)], "g1");
+    let mut w = write_of(moved, head(&s, moved), vec![change(moved, 7)], "g2");
+    w.log_grid = "g1".into();
+    w.moved_from = Some("g1".into());
+    assert!(matches!(
+        s.write(&WriteBatch {
+            households: vec![w],
+            refused: Vec::new(),
+        })
+        .unwrap(),
+        Written::Committed(_)
+    ));
+    let ids = [moved, absent, snapshotted, plain];
+    let one_by_one: Vec<_> = ids.iter().map(|id| s.load_doc(*id).unwrap()).collect();
+    assert_eq!(f.handle().load_docs(&ids).unwrap(), one_by_one);
+    assert_eq!(one_by_one[1], None);
+    assert!(one_by_one[2].as_ref().unwrap().starts_with(b"SNAPSHOT"));
+    let timelines: Vec<_> = ids.iter().map(|id| s.doc_timeline(*id).unwrap()).collect();
+    assert_eq!(f.handle().doc_timelines(&ids).unwrap(), timelines);
+    assert_eq!(timelines[0].as_ref().unwrap().moves.len(), 1);
+    assert!(f.handle().load_docs(&[]).unwrap().is_empty());
 }

@@ -32,6 +32,8 @@ use super::{
 const LOG_LOCK: i64 = 0x71_69_61_6f_6d_65_6e;
 /// The migrations' lock (`pg_advisory_lock`): servers starting together migrate one by one.
 const MIGRATE_LOCK: i64 = LOG_LOCK + 1;
+/// The read model's lock ([`crate::sql::Db::exclusive`]): one projector at a time.
+pub(crate) const PROJECTOR_LOCK: i64 = LOG_LOCK + 2;
 
 /// Schema migrations, in order; `qiaomen_schema.version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -100,7 +102,40 @@ CREATE TABLE idx_orders (
     SHARED_SCHEMA,
     BUCKETS_SCHEMA,
     crate::orders::SHARED_REGISTER_SCHEMA,
+    PHOTOS_SCHEMA,
 ];
+
+/// Photo references in the read model and the bytes each device had accepted per day
+/// (`crate::index::PHOTOS_SCHEMA` in PostgreSQL's types; the read model is rebuilt).
+const PHOTOS_SCHEMA: &str = r#"
+CREATE TABLE idx_photos (
+    doc        BYTEA NOT NULL,
+    photo      TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    size       BIGINT NOT NULL,
+    media_type TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    visit      TEXT,
+    demand     TEXT,
+    item       BIGINT,
+    by_user    TEXT NOT NULL,
+    taken_ms   BIGINT NOT NULL,
+    caption    TEXT NOT NULL,
+    PRIMARY KEY (doc, photo)
+);
+CREATE INDEX idx_photos_hash ON idx_photos (hash);
+CREATE TABLE photo_quota (
+    device TEXT NOT NULL,
+    day    TEXT NOT NULL,
+    bytes  BIGINT NOT NULL,
+    PRIMARY KEY (device, day)
+);
+DELETE FROM idx_households;
+DELETE FROM idx_spans;
+DELETE FROM idx_visits;
+DELETE FROM idx_orders;
+UPDATE idx_cursor SET seq = 0;
+"#;
 
 /// Token buckets that count across servers ([`crate::access::shared`]).
 const BUCKETS_SCHEMA: &str = r#"
@@ -923,6 +958,76 @@ impl Storage for PgStorage {
             arrived_ms,
             moves,
         }))
+    }
+
+    fn load_docs(&self, ids: &[HouseholdId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+        self.with(async |c| {
+            let tx = snapshot(c).await?;
+            let mut docs: std::collections::HashMap<Vec<u8>, Vec<u8>> = tx
+                .query("SELECT id, snapshot FROM docs WHERE id = ANY($1)", &[&keys])
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get::<_, Option<Vec<u8>>>(1).unwrap_or_default()))
+                .collect();
+            for r in tx
+                .query(
+                    "SELECT c.doc, c.bytes FROM changes c JOIN docs d ON d.id = c.doc
+                      WHERE c.doc = ANY($1) AND c.seq > d.snapshot_seq ORDER BY c.doc, c.seq",
+                    &[&keys],
+                )
+                .await?
+            {
+                if let Some(bytes) = docs.get_mut(r.get::<_, &[u8]>(0)) {
+                    bytes.extend_from_slice(r.get::<_, &[u8]>(1));
+                }
+            }
+            tx.commit().await?;
+            Ok(keys.iter().map(|k| docs.get(*k).cloned()).collect())
+        })
+    }
+
+    fn doc_timelines(&self, ids: &[HouseholdId]) -> Result<Vec<Option<Timeline>>> {
+        let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+        self.with(async |c| {
+            let tx = snapshot(c).await?;
+            let mut timelines: std::collections::HashMap<Vec<u8>, Timeline> = tx
+                .query(
+                    "SELECT d, f.bytes, f.received_ms FROM unnest($1::bytea[]) d,
+                       LATERAL (SELECT bytes, received_ms FROM changes WHERE doc = d
+                                 ORDER BY seq LIMIT 1) f",
+                    &[&keys],
+                )
+                .await?
+                .into_iter()
+                .map(|r| {
+                    let arrived_ms: i64 = r.get(2);
+                    let created_ms = automerge::Change::try_from(r.get::<_, &[u8]>(1))
+                        .map_or(arrived_ms, |c| c.timestamp());
+                    let timeline = Timeline {
+                        created_ms,
+                        arrived_ms,
+                        moves: Vec::new(),
+                    };
+                    (r.get(0), timeline)
+                })
+                .collect();
+            for r in tx
+                .query(
+                    "SELECT m.doc, m.from_grid, m.to_grid, c.received_ms FROM doc_moves m
+                       JOIN changes c ON c.seq = m.seq
+                      WHERE m.doc = ANY($1) ORDER BY m.doc, m.seq",
+                    &[&keys],
+                )
+                .await?
+            {
+                if let Some(t) = timelines.get_mut(r.get::<_, &[u8]>(0)) {
+                    t.moves.push((r.get(1), r.get(2), r.get(3)));
+                }
+            }
+            tx.commit().await?;
+            Ok(keys.iter().map(|k| timelines.get(*k).cloned()).collect())
+        })
     }
 
     fn doc_grids(&self, id: HouseholdId) -> Result<Vec<String>> {

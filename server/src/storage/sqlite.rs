@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     DEVICE_AGENT_SCHEMA,
     crate::access::shared::SHARED_SCHEMA,
     crate::access::shared::BUCKETS_SCHEMA,
+    crate::index::PHOTOS_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 

@@ -1,0 +1,324 @@
+//! Photos on the phone (SYNC-v1 §14): attached to a record offline, kept by their hash inside
+//! the store, sent after the records.
+//!
+//! A photo's bytes live in the `photos` table of the store's own SQLite file, not in the
+//! household document (which holds only the reference, [`Photo`]) and not as loose files: so
+//! they are encrypted with the store (a lost phone's photos of residents' homes are as
+//! private as its records), and they are written in the same transaction as the change that
+//! refers to them, so a photo and its reference are stored together or not at all.
+//!
+//! Each row says where the photo stands: `pending` (to upload), `sent` (the server holds it
+//! whole), `fetched` (brought from the server on demand), `refused` (the server will never
+//! take it, with its code; the bytes stay, as a refused change's content does). A photo is
+//! uploaded only once the change that refers to it is acknowledged: the server takes bytes
+//! only for a hash a stored record refers to, so records always go first.
+
+use qiaomen_protocol::{
+    DocError,
+    ids::{HouseholdId, PhotoId},
+    photo::{Photo, PhotoSubject},
+};
+use rusqlite::{OptionalExtension, params};
+
+use super::{IndexUpdate, Store};
+use crate::error::{Result, StoreError};
+
+/// A photo being attached: what the change's transaction keeps beside it.
+pub(super) struct Attached {
+    hash: String,
+    bytes: Vec<u8>,
+    media: &'static str,
+}
+
+/// Where a photo of this phone stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PhotoState {
+    /// Waiting to be sent (after the record that refers to it).
+    Pending,
+    /// The server holds it whole.
+    Sent,
+    /// Brought from the server on demand.
+    Fetched,
+    /// The server will not take it: `code` says why (`hash_mismatch`, `media_type`,
+    /// `too_large`). Its bytes stay on the phone.
+    Refused { code: String },
+}
+
+impl PhotoState {
+    fn of(state: &str, code: Option<String>) -> PhotoState {
+        match state {
+            "sent" => PhotoState::Sent,
+            "fetched" => PhotoState::Fetched,
+            "refused" => PhotoState::Refused {
+                code: code.unwrap_or_default(),
+            },
+            _ => PhotoState::Pending,
+        }
+    }
+}
+
+/// A photo to send: its hash and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhotoUpload {
+    pub hash: String,
+    pub size: u64,
+}
+
+/// Keeps the bytes of a photo just attached, in the transaction of the change `change` that
+/// refers to them. A photo the phone holds already (attached twice) keeps its row.
+pub(super) fn keep_attached(
+    tx: &rusqlite::Transaction<'_>,
+    doc: HouseholdId,
+    change: &qiaomen_protocol::ChangeHash,
+    photo: &Attached,
+    now_ms: i64,
+) -> Result<()> {
+    let row = Row {
+        hash: &photo.hash,
+        bytes: &photo.bytes,
+        media: photo.media,
+        doc,
+        change: Some(change.as_ref()),
+        state: "pending",
+    };
+    row.insert(tx, now_ms)
+}
+
+/// A photo's row, as it is first kept.
+struct Row<'a> {
+    hash: &'a str,
+    bytes: &'a [u8],
+    media: &'a str,
+    doc: HouseholdId,
+    /// The change of this phone that refers to it (`None`: fetched from the server).
+    change: Option<&'a [u8]>,
+    state: &'static str,
+}
+
+impl Row<'_> {
+    /// Keeps the row; a photo held already keeps its row (its bytes, if it had lost them).
+    fn insert(&self, conn: &rusqlite::Connection, now_ms: i64) -> Result<()> {
+        conn.execute(
+            "INSERT INTO photos (hash, bytes, media, size, doc, change, state, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (hash) DO UPDATE SET bytes = coalesce(photos.bytes, excluded.bytes)",
+            params![
+                self.hash,
+                self.bytes,
+                self.media,
+                self.bytes.len() as i64,
+                self.doc.as_bytes().as_slice(),
+                self.change,
+                self.state,
+                now_ms
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Attaches a photo to a record of the household `id` (a visit, one of its hazards or
+    /// disputes, a work-order step, the household itself), as one change: the reference in
+    /// the document, the bytes in the store. Refused before anything is stored, with the
+    /// server's own rules: bytes that are not a JPEG, PNG or WebP image, a photo over
+    /// [`qiaomen_protocol::photo::MAX_PHOTO_BYTES`] (the app compresses first), a caption too
+    /// long, a subject the household does not hold, too many photos of one subject or too
+    /// many bytes on one visit ([`DocError::Field`] naming `photo` or `photo_caption`).
+    pub fn attach_photo(
+        &mut self,
+        id: HouseholdId,
+        subject: PhotoSubject,
+        bytes: &[u8],
+        caption: &str,
+        taken_at_ms: i64,
+    ) -> Result<Photo> {
+        let media = qiaomen_protocol::validate::photo_bytes(bytes)
+            .map_err(|e| StoreError::from(DocError::Field(e)))?;
+        let photo = Photo {
+            id: PhotoId::new(),
+            hash: qiaomen_protocol::photo::hash_of(bytes),
+            size: bytes.len() as u64,
+            media_type: media,
+            taken_at_ms,
+            caption: caption.to_string(),
+            subject,
+            by: self.author.user,
+            device: self.author.device,
+        };
+        let attached = Attached {
+            hash: photo.hash.clone(),
+            bytes: bytes.to_vec(),
+            media: media.mime(),
+        };
+        self.commit_edit(
+            id,
+            |doc, a, now| doc.attach_photo(a, now, &photo).map(|h| ((), Some(h))),
+            IndexUpdate::Photo(attached),
+        )?;
+        Ok(photo)
+    }
+
+    /// The photos attached to the household's records.
+    pub fn photos(&mut self, id: HouseholdId) -> Result<Vec<Photo>> {
+        Ok(self.doc_mut(id)?.doc.photos())
+    }
+
+    /// The bytes of the photo `hash`, if this phone holds them (taken here, or fetched).
+    pub fn photo_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT bytes FROM photos WHERE hash = ?1 AND bytes IS NOT NULL",
+                [hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Where the photo `hash` stands on this phone; `None` if it holds no row for it.
+    pub fn photo_state(&self, hash: &str) -> Result<Option<PhotoState>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT state, code FROM photos WHERE hash = ?1",
+                [hash],
+                |r| Ok(PhotoState::of(&r.get::<_, String>(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Photos of this phone waiting to be sent, oldest first.
+    pub fn pending_photo_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM photos WHERE state = 'pending'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// The photos to send now: pending, and the change that refers to each acknowledged (the
+    /// server takes a photo's bytes only once it holds a record that refers to them).
+    pub fn photos_to_upload(&self) -> Result<Vec<PhotoUpload>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT hash, size FROM photos
+              WHERE state = 'pending' AND bytes IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.doc = photos.doc AND p.hash = photos.change)
+              ORDER BY at_ms, rowid",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PhotoUpload {
+                    hash: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The photo's part from `offset` on, at most `len` bytes: the next piece to send.
+    pub fn photo_piece(&self, hash: &str, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT substr(bytes, ?2 + 1, ?3) FROM photos WHERE hash = ?1 AND bytes IS NOT NULL",
+                params![hash, offset as i64, len as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The server holds the photo whole.
+    pub fn mark_photo_sent(&self, hash: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE photos SET state = 'sent', code = NULL WHERE hash = ?1 AND state = 'pending'",
+            [hash],
+        )?;
+        Ok(())
+    }
+
+    /// The server will never take the photo, for `code`; its bytes stay.
+    pub fn mark_photo_refused(&self, hash: &str, code: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE photos SET state = 'refused', code = ?2 WHERE hash = ?1",
+            params![hash, code],
+        )?;
+        Ok(())
+    }
+
+    /// The server could not take the photo this time (`code`); it stays pending and is
+    /// tried again at the next sync.
+    pub fn note_photo_waiting(&self, hash: &str, code: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE photos SET code = ?2 WHERE hash = ?1 AND state = 'pending'",
+            params![hash, code],
+        )?;
+        Ok(())
+    }
+
+    /// Photos the server refused, with the code it gave: for the worker to see.
+    pub fn refused_photos(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT hash, coalesce(code, '') FROM photos WHERE state = 'refused' ORDER BY at_ms",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Keeps a photo of the household `id` brought from the server. Refused unless the bytes
+    /// are the photo's (their hash), and unless the household refers to it.
+    pub fn keep_fetched_photo(&mut self, id: HouseholdId, hash: &str, bytes: &[u8]) -> Result<()> {
+        if qiaomen_protocol::photo::hash_of(bytes) != hash {
+            return Err(
+                DocError::InvalidEdit("the photo's bytes do not match its hash".into()).into(),
+            );
+        }
+        let Some(photo) = self.photos(id)?.into_iter().find(|p| p.hash == hash) else {
+            return Err(DocError::NotFound {
+                kind: "photo",
+                id: hash.to_string(),
+            }
+            .into());
+        };
+        let row = Row {
+            hash,
+            bytes,
+            media: photo.media_type.mime(),
+            doc: id,
+            change: None,
+            state: "fetched",
+        };
+        row.insert(&self.conn, self.now_ms())?;
+        Ok(())
+    }
+
+    /// Frees the bytes of photos the server holds (sent or fetched) that no record of the
+    /// household that held them refers to any more (the record was deleted, or the household
+    /// left the phone). Returns how many were freed. Pending and refused photos are never
+    /// freed.
+    pub fn free_photos(&mut self) -> Result<usize> {
+        let rows: Vec<(String, Vec<u8>)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT hash, doc FROM photos WHERE state IN ('sent', 'fetched') AND bytes IS NOT NULL",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut freed = 0;
+        for (hash, doc) in rows {
+            let referred = match super::uuid_from(&doc) {
+                Some(id) if self.contains(id)? => self.photos(id)?.iter().any(|p| p.hash == hash),
+                _ => false,
+            };
+            if !referred {
+                self.conn
+                    .execute("DELETE FROM photos WHERE hash = ?1", [&hash])?;
+                freed += 1;
+            }
+        }
+        Ok(freed)
+    }
+}
