@@ -23,7 +23,7 @@ pub mod sync;
 pub use encryption::StoreKey;
 pub use error::{Result, StoreError};
 pub use store::{
-    CoverageLine, Credentials, Durability, HouseholdSummary, PhotoState, PhotoUpload,
+    CoverageLine, Credentials, Durability, HouseholdSummary, NewPhoto, PhotoState, PhotoUpload,
     RejectedChange, RosterEntry, Store, StoreOptions, TaskDone, TaskList, TaskReport,
     WorkOrderLine,
 };

@@ -35,7 +35,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 mod photos;
 
-pub use photos::{PhotoState, PhotoUpload};
+pub use photos::{NewPhoto, PhotoState, PhotoUpload};
 
 use crate::encryption::StoreKey;
 use crate::error::{Result, StoreError};
@@ -147,17 +147,25 @@ const MIGRATIONS: &[&str] = &[
     // it, and written in the transaction of the change that refers to them), the household
     // and change that attached each, and where its upload stands (`store/photos.rs`).
     r#"
+    -- Each photo belongs to a household's record (`doc`, and `change`: the change of this
+    -- phone that attached it) or to a task report (`task_list`, `task_item`, `task_grid`),
+    -- whose references `task_done.photos` holds (JSON, `ReportPhoto`s).
     CREATE TABLE photos (
-        hash   TEXT NOT NULL UNIQUE,
-        bytes  BLOB,
-        media  TEXT NOT NULL,
-        size   INTEGER NOT NULL,
-        doc    BLOB NOT NULL,
-        change BLOB,
-        state  TEXT NOT NULL,
-        code   TEXT,
-        at_ms  INTEGER NOT NULL
+        hash      TEXT NOT NULL UNIQUE,
+        bytes     BLOB,
+        media     TEXT NOT NULL,
+        size      INTEGER NOT NULL,
+        doc       BLOB,
+        change    BLOB,
+        task_list TEXT,
+        task_item INTEGER,
+        task_grid TEXT,
+        state     TEXT NOT NULL,
+        code      TEXT,
+        at_ms     INTEGER NOT NULL,
+        CHECK ((doc IS NULL) <> (task_list IS NULL))
     );
+    ALTER TABLE task_done ADD COLUMN photos BLOB;
     "#,
 ];
 
@@ -268,6 +276,9 @@ pub struct TaskDone {
     pub user: Option<String>,
     pub done_ms: i64,
     pub evidence: String,
+    /// The report's photos (their bytes by hash: [`Store::photo_bytes`]).
+    #[serde(default)]
+    pub photos: Vec<qiaomen_protocol::photo::ReportPhoto>,
     /// Stored on the server.
     #[serde(default = "yes")]
     pub on_server: bool,
@@ -1266,12 +1277,14 @@ impl Store {
             if let Some(l) = lists.iter_mut().find(|l| l.id == list)
                 && !l.done.iter().any(|d| d.item == item && d.grid == grid)
             {
+                let photos = self.task_report_photos(&list, item, &grid)?;
                 l.done.push(TaskDone {
                     grid,
                     item,
                     user: None,
                     done_ms,
                     evidence,
+                    photos,
                     on_server: false,
                 });
             }
@@ -1289,6 +1302,11 @@ impl Store {
         grid: &str,
         evidence: &str,
     ) -> Result<()> {
+        self.complete_task_with_photos(list, item, grid, evidence, &[])
+    }
+
+    /// Whether the phone's task lists hold task `item` of `list` for `grid`.
+    fn task_known(&self, list: &str, item: u32, grid: &str) -> Result<()> {
         let known = self.task_lists()?.into_iter().any(|l| {
             l.id == list && (item as usize) < l.items.len() && l.grids.iter().any(|g| g == grid)
         });
@@ -1297,15 +1315,6 @@ impl Store {
                 "no such task for this grid on the phone".into(),
             )));
         }
-        if evidence.chars().count() > 2000 {
-            return Err(StoreError::Document(DocError::InvalidEdit(
-                "evidence has at most 2000 characters".into(),
-            )));
-        }
-        self.conn.execute(
-            "INSERT OR IGNORE INTO task_done (list, item, grid, done_ms, evidence) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![list, item, grid, self.now_ms(), evidence.trim()],
-        )?;
         Ok(())
     }
 
@@ -1857,7 +1866,8 @@ impl Store {
                 "SELECT id FROM docs
                   WHERE grid NOT IN (SELECT value FROM json_each(?1))
                     AND id NOT IN (SELECT doc FROM pending)
-                    AND id NOT IN (SELECT doc FROM photos WHERE state IN ('pending', 'refused'))",
+                    AND id NOT IN (SELECT doc FROM photos
+                                    WHERE doc IS NOT NULL AND state IN ('pending', 'refused'))",
             )?;
             stmt.query_map([json], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?

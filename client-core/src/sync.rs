@@ -641,22 +641,43 @@ impl SyncClient {
             .token;
         let reports = store.store().task_reports(false)?;
         for (list, item, grid, done_ms, evidence) in reports {
+            let photos = store.store().task_report_photos(&list, item, &grid)?;
             let body = serde_json::json!({
                 "grid": grid, "item": item, "done_ms": done_ms, "evidence": evidence,
+                "photos": photos,
             });
             let url = self.endpoint(&format!("/api/v1/tasks/{list}/done"));
             match self
                 .send(|http| http.post(&url).bearer_auth(&token).json(&body))
                 .await
             {
-                Ok(_) => {
-                    store.store().mark_task_report_sent(&list, item, &grid)?;
+                Ok(reply) => {
+                    let s = store.store();
+                    s.mark_task_report_sent(&list, item, &grid)?;
                     report.tasks_sent += 1;
+                    // The first report of a task wins: when another phone's was stored first,
+                    // the server holds no reference to this report's photos, and never will.
+                    #[derive(serde::Deserialize)]
+                    struct Stored {
+                        #[serde(default)]
+                        photos: Vec<qiaomen_protocol::photo::ReportPhoto>,
+                    }
+                    let stored: Stored = serde_json::from_slice(&reply.body)
+                        .map_err(|_| SyncError::Protocol("task report".into()))?;
+                    if photos
+                        .iter()
+                        .any(|p| !stored.photos.iter().any(|q| q.hash == p.hash))
+                    {
+                        tracing::warn!("another report of the task was stored first");
+                        s.refuse_task_report_photos(&list, item, &grid, "task_reported")?;
+                    }
                 }
                 // The list or the grid is no longer this device's: it can never be stored.
                 Err(SyncError::Server { status: 404, .. }) => {
                     tracing::warn!("a task report was refused: no such task for the grid");
-                    store.store().mark_task_report_sent(&list, item, &grid)?;
+                    let s = store.store();
+                    s.mark_task_report_sent(&list, item, &grid)?;
+                    s.refuse_task_report_photos(&list, item, &grid, "unknown_task")?;
                 }
                 Err(e) => return Err(e),
             }

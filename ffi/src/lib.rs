@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use error::QiaomenError;
 use error::parse;
-use qiaomen_client_core::{Store, StoreOptions, SyncClient};
+use qiaomen_client_core::{self as core, Store, StoreOptions, SyncClient};
 use qiaomen_protocol::{
     conflicts::Resolution,
     ids::{HouseholdId, MemberId},
@@ -156,12 +156,12 @@ impl Phone {
     /// The weekly task lists of the phone's grids as of the last sync, with what is done (as
     /// the server stored it, and this phone's reports not sent yet). Works offline.
     pub fn task_lists(&self) -> Result<Vec<TaskListRecord>> {
-        Ok(self
-            .store()
-            .task_lists()?
+        let store = self.store();
+        let lists = store.task_lists()?;
+        Ok(lists
             .into_iter()
-            .map(Into::into)
-            .collect())
+            .map(|l| TaskListRecord::new(l, |hash| store.photo_state(hash)))
+            .collect::<core::Result<_>>()?)
     }
 
     /// Marks task `item` (from 0) of list `list_id` done in `grid`, with `evidence`, offline;
@@ -176,6 +176,43 @@ impl Phone {
         Ok(self
             .store()
             .complete_task(&list_id, item, &grid, &evidence)?)
+    }
+
+    /// [`Phone::complete_task`] with photos (a 防诈 poster put up): the report and its photos
+    /// are kept together, offline; the photos are sent after the report (SYNC-v1 §14.3).
+    /// `InvalidInput` before anything is kept, by the server's rules: `task_evidence`:
+    /// `too_long`; `photo`: `media_type`, `empty`, `too_large` (one photo, or all of them
+    /// together), `too_many`; `photo_caption`: `too_long`; a task the phone does not hold,
+    /// or one reported already.
+    pub fn complete_task_with_photos(
+        &self,
+        list_id: String,
+        item: u32,
+        grid: String,
+        evidence: String,
+        photos: Vec<NewTaskPhoto>,
+    ) -> Result<()> {
+        let photos: Vec<core::NewPhoto> = photos
+            .into_iter()
+            .map(|p| core::NewPhoto {
+                bytes: p.bytes,
+                caption: p.caption,
+                taken_at_ms: p.taken_at_ms,
+            })
+            .collect();
+        Ok(self
+            .store()
+            .complete_task_with_photos(&list_id, item, &grid, &evidence, &photos)?)
+    }
+
+    /// The bytes of a photo this phone holds (taken here, or fetched); `NotFound` otherwise.
+    /// A task report's photos taken on this phone are read with it.
+    pub fn held_photo_bytes(&self, hash: String) -> Result<Vec<u8>> {
+        self.store()
+            .photo_bytes(&hash)?
+            .ok_or_else(|| QiaomenError::NotFound {
+                reason: "this phone holds no such photo".into(),
+            })
     }
 
     /// Households of `grid` not yet visited in the cycle containing `today` (`YYYY-MM-DD`).

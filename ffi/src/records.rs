@@ -524,8 +524,47 @@ pub struct TaskDoneRecord {
     pub item: u32,
     pub done_ms: i64,
     pub evidence: String,
+    /// The report's photos.
+    pub photos: Vec<TaskPhotoRecord>,
     /// The server stored it (false: recorded on this phone, not sent yet).
     pub on_server: bool,
+}
+
+/// A photo of a task report.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TaskPhotoRecord {
+    /// SHA-256 of its bytes (64 hex characters).
+    pub hash: String,
+    pub size: u64,
+    /// `image/jpeg`, `image/png` or `image/webp`.
+    pub media_type: String,
+    pub taken_at_ms: i64,
+    pub caption: String,
+    /// Where its bytes are, as `PhotoRecord.state` says it (`remote`: another phone's
+    /// report; its bytes are on the server).
+    pub state: String,
+    /// Why the server refused it (`task_reported`: another report of the task was stored
+    /// first; `unknown_task`: the server holds no such task for the grid), or why it waits.
+    pub code: Option<String>,
+}
+
+/// A photo for a task report, as the app gives it (compressed first: ffi/README.md).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct NewTaskPhoto {
+    pub bytes: Vec<u8>,
+    pub caption: String,
+    pub taken_at_ms: i64,
+}
+
+/// A photo's state on this phone by its stable code, and the code the server gave.
+pub(crate) fn state_code(state: Option<core::PhotoState>) -> (&'static str, Option<String>) {
+    match state {
+        None => ("remote", None),
+        Some(core::PhotoState::Pending) => ("pending", None),
+        Some(core::PhotoState::Sent) => ("sent", None),
+        Some(core::PhotoState::Fetched) => ("fetched", None),
+        Some(core::PhotoState::Refused { code }) => ("refused", Some(code)),
+    }
 }
 
 /// A weekly task list (周清单) pushed to the phone's grids.
@@ -540,27 +579,45 @@ pub struct TaskListRecord {
     pub done: Vec<TaskDoneRecord>,
 }
 
-impl From<core::TaskList> for TaskListRecord {
-    fn from(l: core::TaskList) -> Self {
-        Self {
+impl TaskListRecord {
+    /// The list, with where each of its reports' photos stands on this phone (`state`).
+    pub(crate) fn new(
+        l: core::TaskList,
+        state: impl Fn(&str) -> core::Result<Option<core::PhotoState>>,
+    ) -> core::Result<Self> {
+        let mut done = Vec::with_capacity(l.done.len());
+        for d in l.done {
+            let mut photos = Vec::with_capacity(d.photos.len());
+            for p in d.photos {
+                let (state, code) = state_code(state(&p.hash)?);
+                photos.push(TaskPhotoRecord {
+                    size: p.size,
+                    media_type: p.media_type.mime().to_string(),
+                    taken_at_ms: p.taken_at_ms,
+                    caption: p.caption,
+                    state: state.to_string(),
+                    code,
+                    hash: p.hash,
+                });
+            }
+            done.push(TaskDoneRecord {
+                grid: d.grid,
+                item: d.item,
+                done_ms: d.done_ms,
+                evidence: d.evidence,
+                photos,
+                on_server: d.on_server,
+            });
+        }
+        Ok(Self {
             id: l.id,
             title: l.title,
             week_start: l.week_start,
             due: l.due,
             items: l.items,
             grids: l.grids,
-            done: l
-                .done
-                .into_iter()
-                .map(|d| TaskDoneRecord {
-                    grid: d.grid,
-                    item: d.item,
-                    done_ms: d.done_ms,
-                    evidence: d.evidence,
-                    on_server: d.on_server,
-                })
-                .collect(),
-        }
+            done,
+        })
     }
 }
 
@@ -1040,13 +1097,7 @@ impl PhotoRecord {
         p: qiaomen_protocol::photo::Photo,
         state: Option<core::PhotoState>,
     ) -> PhotoRecord {
-        let (state, code) = match state {
-            None => ("remote", None),
-            Some(core::PhotoState::Pending) => ("pending", None),
-            Some(core::PhotoState::Sent) => ("sent", None),
-            Some(core::PhotoState::Fetched) => ("fetched", None),
-            Some(core::PhotoState::Refused { code }) => ("refused", Some(code)),
-        };
+        let (state, code) = state_code(state);
         PhotoRecord {
             photo_id: p.id.to_string(),
             hash: p.hash,

@@ -126,6 +126,22 @@ pub struct Photo {
     pub device: DeviceId,
 }
 
+/// A photo of a task report (周清单: a 防诈 poster put up): the reference the report holds on
+/// the phone and on the server. Task reports are org work, not household records, so this
+/// travels in the report's JSON (`POST /api/v1/tasks/{id}/done`), not in a document; its
+/// bytes go by `/v1/photos/{hash}` like any photo's, once the server holds the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportPhoto {
+    /// SHA-256 of the photo's bytes, 64 lower-case hex characters.
+    pub hash: String,
+    pub size: u64,
+    pub media_type: MediaType,
+    /// When it was taken, by the phone's clock.
+    pub taken_at_ms: i64,
+    #[serde(default)]
+    pub caption: String,
+}
+
 /// SHA-256 of `bytes` as 64 lower-case hex characters: a photo's name everywhere.
 pub fn hash_of(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))

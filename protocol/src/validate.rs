@@ -69,6 +69,8 @@ pub enum Field {
     /// A photo: its bytes, its size, the photos of its subject or visit (SYNC-v1 §14.2).
     Photo,
     PhotoCaption,
+    /// The evidence of a task report (周清单).
+    TaskEvidence,
 }
 
 impl Field {
@@ -94,6 +96,7 @@ impl Field {
             Field::VisitDay => "visit_day",
             Field::Photo => "photo",
             Field::PhotoCaption => "photo_caption",
+            Field::TaskEvidence => "task_evidence",
         }
     }
 }
@@ -128,6 +131,8 @@ pub enum Rule {
     BeforeRegistration,
     /// Not a JPEG, PNG or WebP image (judged from the bytes).
     MediaType,
+    /// Not a SHA-256 written as 64 lower-case hex characters (a photo's hash).
+    HashFormat,
 }
 
 impl Rule {
@@ -146,6 +151,7 @@ impl Rule {
             Rule::BeforeAssignment => "before_assignment",
             Rule::BeforeRegistration => "before_registration",
             Rule::MediaType => "media_type",
+            Rule::HashFormat => "hash_format",
         }
     }
 
@@ -163,6 +169,7 @@ impl Rule {
             Rule::BeforeAssignment => "is before the worker held the grid",
             Rule::BeforeRegistration => "is before the household was registered",
             Rule::MediaType => "is not a JPEG, PNG or WebP image",
+            Rule::HashFormat => "is not a SHA-256 in hex",
         }
     }
 }
@@ -524,6 +531,39 @@ pub fn photo(p: &crate::photo::Photo, parts: &Parts) -> Result {
     Ok(())
 }
 
+/// A task report (周清单): its evidence, at most [`MAX_TEXT_CHARS`], and its photos: at most
+/// [`crate::photo::MAX_SUBJECT_PHOTOS`], each a hash, not empty and at most
+/// [`crate::photo::MAX_PHOTO_BYTES`], a caption within its length, and together at most
+/// [`crate::photo::MAX_VISIT_PHOTO_BYTES`] (SYNC-v1 §14.2). The phone checks a report before
+/// it keeps it, the server before it stores it.
+pub fn task_report(evidence: &str, photos: &[crate::photo::ReportPhoto]) -> Result {
+    use crate::photo::{
+        MAX_CAPTION_CHARS, MAX_PHOTO_BYTES, MAX_SUBJECT_PHOTOS, MAX_VISIT_PHOTO_BYTES,
+    };
+    text(Field::TaskEvidence, evidence, MAX_TEXT_CHARS)?;
+    if photos.len() > MAX_SUBJECT_PHOTOS {
+        return fail(Field::Photo, Rule::TooMany);
+    }
+    let mut total: u64 = 0;
+    for p in photos {
+        if !crate::photo::is_hash(&p.hash) {
+            return fail(Field::Photo, Rule::HashFormat);
+        }
+        if p.size == 0 {
+            return fail(Field::Photo, Rule::Empty);
+        }
+        if p.size > MAX_PHOTO_BYTES {
+            return fail(Field::Photo, Rule::TooLarge);
+        }
+        text(Field::PhotoCaption, &p.caption, MAX_CAPTION_CHARS)?;
+        total = total.saturating_add(p.size);
+    }
+    if total > MAX_VISIT_PHOTO_BYTES {
+        return fail(Field::Photo, Rule::TooLarge);
+    }
+    Ok(())
+}
+
 /// A photo's bytes before they are attached or taken in: a JPEG, PNG or WebP image of at
 /// most [`crate::photo::MAX_PHOTO_BYTES`].
 pub fn photo_bytes(bytes: &[u8]) -> std::result::Result<crate::photo::MediaType, FieldError> {
@@ -660,6 +700,55 @@ mod tests {
     fn with_check(first17: &str) -> String {
         let b: &[u8; 17] = first17.as_bytes().try_into().unwrap();
         format!("{first17}{}", id_check_char(b) as char)
+    }
+
+    #[test]
+    fn a_task_report_holds_bounded_evidence_and_bounded_photos() {
+        use crate::photo::{
+            MAX_CAPTION_CHARS, MAX_PHOTO_BYTES, MAX_SUBJECT_PHOTOS, MediaType, ReportPhoto,
+        };
+        let shot = |i: u8, size: u64| ReportPhoto {
+            hash: crate::photo::hash_of(&[i]),
+            size,
+            media_type: MediaType::Jpeg,
+            taken_at_ms: 1,
+            caption: "海报".into(),
+        };
+        let refused = |field, rule| Err(FieldError { field, rule });
+        assert_eq!(task_report("张贴防诈海报", &[shot(1, 300_000)]), Ok(()));
+        assert_eq!(task_report("", &[]), Ok(()));
+        assert_eq!(
+            task_report(&"字".repeat(MAX_TEXT_CHARS + 1), &[]),
+            refused(Field::TaskEvidence, Rule::TooLong)
+        );
+        let many: Vec<_> = (0..=MAX_SUBJECT_PHOTOS as u8)
+            .map(|i| shot(i, 10))
+            .collect();
+        assert_eq!(task_report("", &many), refused(Field::Photo, Rule::TooMany));
+        assert_eq!(task_report("", &many[..MAX_SUBJECT_PHOTOS]), Ok(()));
+        assert_eq!(
+            task_report("", &[shot(1, 0)]),
+            refused(Field::Photo, Rule::Empty)
+        );
+        assert_eq!(
+            task_report("", &[shot(1, MAX_PHOTO_BYTES + 1)]),
+            refused(Field::Photo, Rule::TooLarge)
+        );
+        // Five of the largest are over the bytes one report (as one visit) may hold.
+        let big: Vec<_> = (0..5).map(|i| shot(i, MAX_PHOTO_BYTES)).collect();
+        assert_eq!(task_report("", &big), refused(Field::Photo, Rule::TooLarge));
+        let mut bad = shot(1, 10);
+        bad.hash = bad.hash.to_uppercase();
+        assert_eq!(
+            task_report("", &[bad]),
+            refused(Field::Photo, Rule::HashFormat)
+        );
+        let mut long = shot(1, 10);
+        long.caption = "字".repeat(MAX_CAPTION_CHARS + 1);
+        assert_eq!(
+            task_report("", &[long]),
+            refused(Field::PhotoCaption, Rule::TooLong)
+        );
     }
 
     #[test]

@@ -100,6 +100,11 @@ fn tables() -> Vec<Table> {
             "list, idx, grid, \"user\", device, done_ms, evidence, received_ms",
             "list, idx, grid",
         ),
+        whole(
+            "task_photos",
+            "list, idx, grid, pos, hash, size, media_type, taken_ms, caption",
+            "list, idx, grid, pos",
+        ),
         whole("settings", "name, value", "name"),
         Table {
             name: "changes",

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use qiaomen_protocol::{
     calendar::Day,
     ids::{DeviceId, UserId},
+    photo::{MediaType, ReportPhoto},
 };
 use serde::Serialize;
 
@@ -55,6 +56,36 @@ CREATE TABLE task_done (
 ) WITHOUT ROWID;
 "#;
 
+/// The photos of task reports (SYNC-v1 §14.2): the references a report brought, stored with
+/// it; the photo's bytes are taken in for these hashes (`service::photos::in_scope`).
+pub const TASK_PHOTOS_SCHEMA: &str = r#"
+CREATE TABLE task_photos (
+    list       TEXT NOT NULL,
+    idx        INTEGER NOT NULL,
+    grid       TEXT NOT NULL,
+    pos        INTEGER NOT NULL,
+    hash       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    taken_ms   INTEGER NOT NULL,
+    caption    TEXT NOT NULL,
+    PRIMARY KEY (list, idx, grid, pos),
+    FOREIGN KEY (list, idx, grid) REFERENCES task_done (list, idx, grid)
+);
+CREATE INDEX task_photos_hash ON task_photos (hash);
+"#;
+
+/// A task report's photo found by its hash: the grid it was reported for, and the photo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedPhoto {
+    pub list: String,
+    pub item: u32,
+    pub grid: String,
+    pub size: u64,
+    /// `jpeg`, `png`, `webp`.
+    pub media_type: String,
+}
+
 /// A task done in a grid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Done {
@@ -66,6 +97,9 @@ pub struct Done {
     /// What the worker recorded as evidence (free text; may name residents: shown, never
     /// logged).
     pub evidence: String,
+    /// The report's photos, in the order it gave them (their bytes: `/v1/photos/{hash}`).
+    #[schema(value_type = Vec<Object>)]
+    pub photos: Vec<ReportPhoto>,
 }
 
 /// A task list with what each of its grids has done.
@@ -115,7 +149,38 @@ fn done_row(r: &Row) -> std::result::Result<Done, SqlError> {
         device: r.get(3)?,
         done_ms: r.get(4)?,
         evidence: r.get(5)?,
+        photos: Vec::new(),
     })
+}
+
+/// A `task_photos` row selected as (idx, grid, hash, size, media_type, taken_ms, caption).
+fn photo_row(r: &Row) -> std::result::Result<(u32, String, ReportPhoto), SqlError> {
+    let media: String = r.get(4)?;
+    let media_type = match media.as_str() {
+        "png" => MediaType::Png,
+        "webp" => MediaType::Webp,
+        _ => MediaType::Jpeg,
+    };
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        ReportPhoto {
+            hash: r.get(2)?,
+            size: r.get::<i64>(3)? as u64,
+            media_type,
+            taken_at_ms: r.get(5)?,
+            caption: r.get(6)?,
+        },
+    ))
+}
+
+/// A media type's code in the tables (`jpeg`, `png`, `webp`).
+fn media_code(m: MediaType) -> &'static str {
+    match m {
+        MediaType::Jpeg => "jpeg",
+        MediaType::Png => "png",
+        MediaType::Webp => "webp",
+    }
 }
 
 fn invalid(message: &str) -> AccessError {
@@ -222,7 +287,7 @@ impl AccessDb {
             "SELECT text FROM task_items WHERE list = ?1 ORDER BY idx",
             &[&id],
         )?;
-        let done: Vec<Done> = self
+        let mut done: Vec<Done> = self
             .db
             .map(
                 "SELECT grid, idx, \"user\", device, done_ms, evidence FROM task_done
@@ -233,6 +298,17 @@ impl AccessDb {
             .into_iter()
             .filter(|d| targets.contains(&d.grid))
             .collect();
+        let photos = self.db.map(
+            "SELECT idx, grid, hash, size, media_type, taken_ms, caption FROM task_photos
+              WHERE list = ?1 ORDER BY grid, idx, pos",
+            &[&id],
+            photo_row,
+        )?;
+        for (item, grid, photo) in photos {
+            if let Some(d) = done.iter_mut().find(|d| d.item == item && d.grid == grid) {
+                d.photos.push(photo);
+            }
+        }
         Ok(Some(TaskList {
             id: id.to_string(),
             title,
@@ -244,8 +320,11 @@ impl AccessDb {
         }))
     }
 
-    /// Records that task `item` of list `id` was done in `grid`. The first report wins: a
-    /// repeat (a retried request, or a second phone of the grid) returns what is stored.
+    /// Records that task `item` of list `id` was done in `grid`, with its photos' references
+    /// (checked by the caller: [`qiaomen_protocol::validate::task_report`]). The first report
+    /// wins: a repeat (a retried request, or a second phone of the grid) returns what is
+    /// stored, its photos included.
+    #[allow(clippy::too_many_arguments)]
     pub fn complete_task(
         &mut self,
         id: &str,
@@ -254,10 +333,27 @@ impl AccessDb {
         (user, device): (UserId, Option<DeviceId>),
         done_ms: i64,
         evidence: &str,
+        photos: &[ReportPhoto],
     ) -> Result<Done> {
         if evidence.chars().count() > 2000 {
             return Err(invalid("evidence has at most 2000 characters"));
         }
+        self.in_transaction(|db| {
+            db.complete_task_in(id, item, grid, (user, device), done_ms, evidence, photos)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn complete_task_in(
+        &self,
+        id: &str,
+        item: u32,
+        grid: &str,
+        (user, device): (UserId, Option<DeviceId>),
+        done_ms: i64,
+        evidence: &str,
+        photos: &[ReportPhoto],
+    ) -> Result<Done> {
         let targeted = self
             .db
             .row::<i64>(
@@ -271,7 +367,7 @@ impl AccessDb {
         }
         // A time in the future counts as now.
         let done_ms = done_ms.min(now_ms());
-        self.db.execute(
+        let kept = self.db.execute(
             "INSERT INTO task_done (list, idx, grid, \"user\", device, done_ms, evidence, received_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
             &[
@@ -285,7 +381,27 @@ impl AccessDb {
                 &now_ms(),
             ],
         )?;
-        self.db
+        if kept == 1 {
+            for (pos, p) in photos.iter().enumerate() {
+                self.db.execute(
+                    "INSERT INTO task_photos (list, idx, grid, pos, hash, size, media_type, taken_ms, caption)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    &[
+                        &id,
+                        &item,
+                        &grid,
+                        &(pos as i64),
+                        &p.hash,
+                        &(p.size as i64),
+                        &media_code(p.media_type),
+                        &p.taken_at_ms,
+                        &p.caption,
+                    ],
+                )?;
+            }
+        }
+        let mut done = self
+            .db
             .map(
                 "SELECT grid, idx, \"user\", device, done_ms, evidence FROM task_done
                   WHERE list = ?1 AND idx = ?2 AND grid = ?3",
@@ -294,7 +410,38 @@ impl AccessDb {
             )?
             .into_iter()
             .next()
-            .ok_or(AccessError::Sql(SqlError::NoRow))
+            .ok_or(AccessError::Sql(SqlError::NoRow))?;
+        done.photos = self
+            .db
+            .map(
+                "SELECT idx, grid, hash, size, media_type, taken_ms, caption FROM task_photos
+                  WHERE list = ?1 AND idx = ?2 AND grid = ?3 ORDER BY pos",
+                &[&id, &item, &grid],
+                photo_row,
+            )?
+            .into_iter()
+            .map(|(_, _, p)| p)
+            .collect();
+        Ok(done)
+    }
+
+    /// The task reports that hold the photo `hash`, by list, task and grid.
+    pub fn reported_photos(&self, hash: &str) -> Result<Vec<ReportedPhoto>> {
+        let rows: Vec<(String, u32, String, i64, String)> = self.db.rows(
+            "SELECT list, idx, grid, size, media_type FROM task_photos WHERE hash = ?1
+              ORDER BY list, idx, grid",
+            &[&hash],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(list, item, grid, size, media_type)| ReportedPhoto {
+                list,
+                item,
+                grid,
+                size: size as u64,
+                media_type,
+            })
+            .collect())
     }
 }
 
@@ -339,35 +486,76 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        // Two servers take the same report at once, with different evidence: one is kept
-        // and both answers show it.
+        // Two servers take the same report at once, with different evidence and photos: one
+        // is kept, its photos with it, and both answers show it.
+        let shot = |i: u8, caption: &str| ReportPhoto {
+            hash: qiaomen_protocol::photo::hash_of(&[i]),
+            size: 1_000 + u64::from(i),
+            media_type: MediaType::Png,
+            taken_at_ms: 900,
+            caption: caption.into(),
+        };
+        let reports = [
+            ("海报已贴", vec![shot(1, "门口"), shot(2, "楼道")]),
+            ("贴好了", vec![shot(3, "")]),
+        ];
         let answers: Vec<Done> = std::thread::scope(|scope| {
-            let threads: Vec<_> = ["海报已贴", "贴好了"]
-                .map(|evidence| {
+            let threads: Vec<_> = reports
+                .iter()
+                .map(|(evidence, photos)| {
                     let (mut db, id) = (s.open(), &id);
                     scope.spawn(move || {
-                        db.complete_task(id, 0, "g1", (worker, None), 1_000, evidence)
+                        db.complete_task(id, 0, "g1", (worker, None), 1_000, evidence, photos)
                             .unwrap()
                     })
                 })
-                .into_iter()
                 .collect();
             threads.into_iter().map(|t| t.join().unwrap()).collect()
         });
         assert_eq!(answers[0], answers[1], "the first report wins on both");
+        let winner = reports
+            .iter()
+            .find(|(e, _)| *e == answers[0].evidence)
+            .expect("one of the two");
+        assert_eq!(answers[0].photos, winner.1, "with its photos, in order");
+        for (_, photos) in &reports {
+            let found = db.reported_photos(&photos[0].hash).unwrap();
+            if photos == &winner.1 {
+                assert_eq!(
+                    found,
+                    vec![ReportedPhoto {
+                        list: id.clone(),
+                        item: 0,
+                        grid: "g1".into(),
+                        size: photos[0].size,
+                        media_type: "png".into(),
+                    }]
+                );
+            } else {
+                assert!(found.is_empty(), "the losing report's photos are not held");
+            }
+        }
         let again = db
-            .complete_task(&id, 0, "g1", (worker, None), 2_000, "又一次")
+            .complete_task(
+                &id,
+                0,
+                "g1",
+                (worker, None),
+                2_000,
+                "又一次",
+                &[shot(9, "")],
+            )
             .unwrap();
         assert_eq!(
             again, answers[0],
             "a repeat is answered with what is stored"
         );
         assert!(matches!(
-            db.complete_task(&id, 0, "g3", (worker, None), 1_000, ""),
+            db.complete_task(&id, 0, "g3", (worker, None), 1_000, "", &[]),
             Err(AccessError::NotFound(_))
         ));
         assert!(matches!(
-            db.complete_task(&id, 9, "g1", (worker, None), 1_000, ""),
+            db.complete_task(&id, 9, "g1", (worker, None), 1_000, "", &[]),
             Err(AccessError::NotFound(_))
         ));
         let list = db
@@ -375,6 +563,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(list.done.len(), 1);
+        assert_eq!(
+            list.done[0].photos, winner.1,
+            "the list shows the report's photos"
+        );
         assert_eq!(list.completion(), 0.25);
     }
 }

@@ -1138,3 +1138,169 @@ fn a_team_sees_the_photos_of_the_orders_dispatched_to_it_and_no_other_team_does(
     );
     assert_eq!(status, 404);
 }
+
+/// A task report's photos (a 防诈 poster put up), taken offline: the report is stored first,
+/// then the photos go; the grid's supervisors and phones fetch them, the tasks page shows
+/// them, and another grid's phone or supervisor gets 404. A second phone's report of the same
+/// task, stored after, keeps its photos with a reason instead of sending them forever.
+#[test]
+fn a_task_reports_photos_go_after_the_report_and_only_to_the_grids_people() {
+    use qiaomen_client_core::{NewPhoto, PhotoState};
+    use qiaomen_protocol::{photo::hash_of, validate};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server"));
+    let centre = session(&server, "cc", "c", Role::CommandCentre);
+    let g1_lead = session(&server, "s1", "g1", Role::GridHead);
+    let g2_lead = session(&server, "s2", "g2", Role::GridHead);
+    let mut one = server.phone(&dir.path().join("one.db"), &["g1"]);
+    let mut other = server.phone(&dir.path().join("other.db"), &["g1"]);
+    let mut two = server.phone(&dir.path().join("two.db"), &["g2"]);
+    let list = json!({"title": "第49周清单", "items": ["张贴防诈骗海报"], "units": ["g1", "g2"]});
+    let (status, created) = call(
+        "POST",
+        &format!("{}/api/v1/tasks", server.url),
+        &centre,
+        Some(list),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    for p in [&mut one, &mut other, &mut two] {
+        p.sync().unwrap();
+    }
+    let jpeg = |seed: u32, n: u32| {
+        let mut b = vec![0xFF, 0xD8, 0xFF, 0xE0];
+        b.extend((0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed as u8));
+        b
+    };
+    let shot = |bytes: Vec<u8>, caption: &str| NewPhoto {
+        bytes,
+        caption: caption.into(),
+        taken_at_ms: now_ms(),
+    };
+    // What the server would refuse is refused on the phone, and nothing is kept.
+    let field = |e: qiaomen_client_core::StoreError| match e {
+        qiaomen_client_core::StoreError::Document(qiaomen_protocol::DocError::Field(f)) => Some(f),
+        _ => None,
+    };
+    let gif = one
+        .store
+        .complete_task_with_photos(&id, 0, "g1", "", &[shot(b"GIF89a...".to_vec(), "")])
+        .unwrap_err();
+    assert_eq!(
+        field(gif).map(|f| (f.field, f.rule)),
+        Some((validate::Field::Photo, validate::Rule::MediaType))
+    );
+    let many: Vec<NewPhoto> = (0..11).map(|i| shot(jpeg(i, 100), "")).collect();
+    let e = one
+        .store
+        .complete_task_with_photos(&id, 0, "g1", "", &many)
+        .unwrap_err();
+    assert_eq!(
+        field(e).map(|f| (f.field, f.rule)),
+        Some((validate::Field::Photo, validate::Rule::TooMany))
+    );
+    assert!(one.store.task_reports(false).unwrap().is_empty());
+    assert_eq!(one.store.pending_photo_count().unwrap(), 0);
+
+    // Two photos with the report, offline; the sync stores the report, then the photos.
+    let (door, hall) = (jpeg(1, 30_000), jpeg(2, 20_000));
+    one.store
+        .complete_task_with_photos(
+            &id,
+            0,
+            "g1",
+            "东村 3 处已张贴",
+            &[shot(door.clone(), "村委会门口"), shot(hall.clone(), "")],
+        )
+        .unwrap();
+    assert!(
+        one.store
+            .complete_task_with_photos(&id, 0, "g1", "再来", &[shot(jpeg(3, 100), "")])
+            .is_err(),
+        "a report's photos cannot change"
+    );
+    let local = &one.store.task_lists().unwrap()[0].done[0];
+    assert_eq!((local.on_server, local.photos.len()), (false, 2));
+    assert_eq!(local.photos[0].caption, "村委会门口");
+    let report = one.sync().unwrap();
+    assert_eq!(
+        (report.tasks_sent, report.photos_sent, report.photos_waiting),
+        (1, 2, 0)
+    );
+    let (hd, hh) = (hash_of(&door), hash_of(&hall));
+    assert_eq!(one.store.photo_state(&hd).unwrap(), Some(PhotoState::Sent));
+
+    // The grid's supervisor sees the report's photos, in the API and on the tasks page.
+    let (status, seen) = call(
+        "GET",
+        &format!("{}/api/v1/tasks/{id}", server.url),
+        &g1_lead,
+        None,
+    );
+    assert_eq!(status, 200, "{seen}");
+    let photos = seen["done"][0]["photos"].as_array().unwrap();
+    assert_eq!(
+        photos
+            .iter()
+            .map(|p| p["hash"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [hd.as_str(), hh.as_str()]
+    );
+    assert_eq!(photos[0]["media_type"], "jpeg");
+    let photo = |h: &str| format!("{}/photos/{h}", server.url);
+    let (status, ct, bytes) = qiaomen_tests::get_raw(&photo(&hd), &g1_lead);
+    assert_eq!((status, ct.as_str()), (200, "image/jpeg"));
+    assert!(bytes == door, "the photo, byte for byte");
+    let (status, page) = qiaomen_tests::get_text(&format!("{}/tasks", server.url), &g1_lead);
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("/photos/{hh}/thumb")), "{page}");
+    assert!(page.contains("村委会门口"));
+    // Another grid's supervisor and phone: 404, as for a photo that does not exist.
+    assert_eq!(qiaomen_tests::get_raw(&photo(&hd), &g2_lead).0, 404);
+    let two_token = two.store.credentials().unwrap().unwrap().token;
+    assert_eq!(
+        qiaomen_tests::get_raw(&format!("{}/v1/photos/{hd}", server.url), &two_token).0,
+        404
+    );
+    let other_token = other.store.credentials().unwrap().unwrap().token;
+    assert_eq!(
+        qiaomen_tests::get_raw(&format!("{}/v1/photos/{hd}", server.url), &other_token).0,
+        200,
+        "a phone of the grid fetches it"
+    );
+
+    // The other phone of g1 reported the same task offline, with a photo of its own: the
+    // first report is kept, so that photo can never be stored; it stays on the phone,
+    // refused with a reason, and is not sent again.
+    let late = jpeg(4, 10_000);
+    other
+        .store
+        .complete_task_with_photos(&id, 0, "g1", "也贴了", &[shot(late.clone(), "")])
+        .unwrap();
+    let report = other.sync().unwrap();
+    assert_eq!((report.tasks_sent, report.photos_sent), (1, 0));
+    assert_eq!(
+        other.store.photo_state(&hash_of(&late)).unwrap(),
+        Some(PhotoState::Refused {
+            code: "task_reported".into()
+        })
+    );
+    assert_eq!(
+        other.store.photo_bytes(&hash_of(&late)).unwrap(),
+        Some(late)
+    );
+    assert_eq!(other.store.pending_photo_count().unwrap(), 0);
+    // A report that breaks the rule is refused by the server too (a client other than ours).
+    let bad = json!({"grid": "g2", "item": 0, "photos": [
+        {"hash": "A".repeat(64), "size": 10, "media_type": "jpeg", "taken_at_ms": 1}]});
+    let (status, body) = call(
+        "POST",
+        &format!("{}/api/v1/tasks/{id}/done", server.url),
+        &two_token,
+        Some(bad),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_report"))
+    );
+}

@@ -16,7 +16,7 @@
 use qiaomen_protocol::{
     DocError,
     ids::{HouseholdId, PhotoId},
-    photo::{Photo, PhotoSubject},
+    photo::{Photo, PhotoSubject, ReportPhoto},
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -77,11 +77,29 @@ pub(super) fn keep_attached(
         hash: &photo.hash,
         bytes: &photo.bytes,
         media: photo.media,
-        doc,
-        change: Some(change.as_ref()),
+        owner: Owner::Household {
+            doc,
+            change: Some(change.as_ref()),
+        },
         state: "pending",
     };
     row.insert(tx, now_ms)
+}
+
+/// The record a photo's row belongs to.
+enum Owner<'a> {
+    /// A record of the household `doc`; `change`: the change of this phone that attached it
+    /// (`None`: fetched from the server).
+    Household {
+        doc: HouseholdId,
+        change: Option<&'a [u8]>,
+    },
+    /// A task report of this phone.
+    Task {
+        list: &'a str,
+        item: u32,
+        grid: &'a str,
+    },
 }
 
 /// A photo's row, as it is first kept.
@@ -89,32 +107,48 @@ struct Row<'a> {
     hash: &'a str,
     bytes: &'a [u8],
     media: &'a str,
-    doc: HouseholdId,
-    /// The change of this phone that refers to it (`None`: fetched from the server).
-    change: Option<&'a [u8]>,
+    owner: Owner<'a>,
     state: &'static str,
 }
 
 impl Row<'_> {
     /// Keeps the row; a photo held already keeps its row (its bytes, if it had lost them).
     fn insert(&self, conn: &rusqlite::Connection, now_ms: i64) -> Result<()> {
+        let (doc, change, task_list, task_item, task_grid) = match &self.owner {
+            Owner::Household { doc, change } => {
+                (Some(doc.as_bytes().to_vec()), *change, None, None, None)
+            }
+            Owner::Task { list, item, grid } => (None, None, Some(*list), Some(*item), Some(*grid)),
+        };
         conn.execute(
-            "INSERT INTO photos (hash, bytes, media, size, doc, change, state, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO photos (hash, bytes, media, size, doc, change, task_list, task_item,
+                                 task_grid, state, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (hash) DO UPDATE SET bytes = coalesce(photos.bytes, excluded.bytes)",
             params![
                 self.hash,
                 self.bytes,
                 self.media,
                 self.bytes.len() as i64,
-                self.doc.as_bytes().as_slice(),
-                self.change,
+                doc,
+                change,
+                task_list,
+                task_item,
+                task_grid,
                 self.state,
                 now_ms
             ],
         )?;
         Ok(())
     }
+}
+
+/// A photo for a task report, as the app gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewPhoto {
+    pub bytes: Vec<u8>,
+    pub caption: String,
+    pub taken_at_ms: i64,
 }
 
 impl Store {
@@ -197,13 +231,20 @@ impl Store {
         )? as u64)
     }
 
-    /// The photos to send now: pending, and the change that refers to each acknowledged (the
-    /// server takes a photo's bytes only once it holds a record that refers to them).
+    /// The photos to send now: pending, and the change or task report that refers to each
+    /// acknowledged (the server takes a photo's bytes only once it holds a record that refers
+    /// to them).
     pub fn photos_to_upload(&self) -> Result<Vec<PhotoUpload>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT hash, size FROM photos
               WHERE state = 'pending' AND bytes IS NOT NULL
-                AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.doc = photos.doc AND p.hash = photos.change)
+                AND CASE WHEN doc IS NOT NULL
+                    THEN NOT EXISTS (SELECT 1 FROM pending p
+                                      WHERE p.doc = photos.doc AND p.hash = photos.change)
+                    ELSE EXISTS (SELECT 1 FROM task_done t
+                                  WHERE t.list = photos.task_list AND t.item = photos.task_item
+                                    AND t.grid = photos.task_grid AND t.sent = 1)
+                    END
               ORDER BY at_ms, rowid",
         )?;
         let rows = stmt
@@ -287,8 +328,10 @@ impl Store {
             hash,
             bytes,
             media: photo.media_type.mime(),
-            doc: id,
-            change: None,
+            owner: Owner::Household {
+                doc: id,
+                change: None,
+            },
             state: "fetched",
         };
         row.insert(&self.conn, self.now_ms())?;
@@ -297,21 +340,30 @@ impl Store {
 
     /// Frees the bytes of photos the server holds (sent or fetched) that no record of the
     /// household that held them refers to any more (the record was deleted, or the household
-    /// left the phone). Returns how many were freed. Pending and refused photos are never
-    /// freed.
+    /// left the phone), or whose task report the phone no longer holds. Returns how many were
+    /// freed. Pending and refused photos are never freed.
     pub fn free_photos(&mut self) -> Result<usize> {
-        let rows: Vec<(String, Vec<u8>)> = {
+        // A task report's photo is referred to while the phone holds the report (a sent
+        // report leaves with its list, `set_task_lists`).
+        let rows: Vec<(String, Option<Vec<u8>>, bool)> = {
             let mut stmt = self.conn.prepare(
-                "SELECT hash, doc FROM photos WHERE state IN ('sent', 'fetched') AND bytes IS NOT NULL",
+                "SELECT hash, doc, EXISTS (SELECT 1 FROM task_done t
+                                            WHERE t.list = photos.task_list
+                                              AND t.item = photos.task_item
+                                              AND t.grid = photos.task_grid)
+                   FROM photos WHERE state IN ('sent', 'fetched') AND bytes IS NOT NULL",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
         let mut freed = 0;
-        for (hash, doc) in rows {
-            let referred = match super::uuid_from(&doc) {
-                Some(id) if self.contains(id)? => self.photos(id)?.iter().any(|p| p.hash == hash),
-                _ => false,
+        for (hash, doc, of_report) in rows {
+            let referred = match doc.as_deref().map(super::uuid_from) {
+                Some(Some(id)) if self.contains(id)? => {
+                    self.photos(id)?.iter().any(|p| p.hash == hash)
+                }
+                Some(_) => false,
+                None => of_report,
             };
             if !referred {
                 self.conn
@@ -320,5 +372,107 @@ impl Store {
             }
         }
         Ok(freed)
+    }
+
+    /// Marks task `item` of list `list` done in `grid`, with `evidence` and photos, offline;
+    /// the report is sent at the next sync, its photos after it (SYNC-v1 §14.3). Refused
+    /// before anything is kept, by the server's own rules
+    /// ([`qiaomen_protocol::validate::task_report`]): evidence too long, bytes that are not a
+    /// JPEG, PNG or WebP image, too many photos or too many bytes ([`DocError::Field`]).
+    /// Marking a task again keeps the first report; a second report that brings photos is
+    /// refused, as the first report's photos cannot change.
+    pub fn complete_task_with_photos(
+        &mut self,
+        list: &str,
+        item: u32,
+        grid: &str,
+        evidence: &str,
+        photos: &[NewPhoto],
+    ) -> Result<()> {
+        self.task_known(list, item, grid)?;
+        let evidence = evidence.trim();
+        let mut refs = Vec::with_capacity(photos.len());
+        for p in photos {
+            let media = qiaomen_protocol::validate::photo_bytes(&p.bytes)
+                .map_err(|e| StoreError::from(DocError::Field(e)))?;
+            refs.push(ReportPhoto {
+                hash: qiaomen_protocol::photo::hash_of(&p.bytes),
+                size: p.bytes.len() as u64,
+                media_type: media,
+                taken_at_ms: p.taken_at_ms,
+                caption: p.caption.clone(),
+            });
+        }
+        qiaomen_protocol::validate::task_report(evidence, &refs)
+            .map_err(|e| StoreError::from(DocError::Field(e)))?;
+        let json = (!refs.is_empty())
+            .then(|| serde_json::to_vec(&refs).map_err(|_| StoreError::CorruptStore))
+            .transpose()?;
+        let now = self.now_ms();
+        let tx = self.conn.unchecked_transaction()?;
+        let kept = tx.execute(
+            "INSERT OR IGNORE INTO task_done (list, item, grid, done_ms, evidence, photos)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![list, item, grid, now, evidence, json],
+        )?;
+        if kept == 0 {
+            if refs.is_empty() {
+                return Ok(());
+            }
+            return Err(StoreError::Document(DocError::InvalidEdit(
+                "the task was reported already; its report's photos cannot change".into(),
+            )));
+        }
+        for (p, r) in photos.iter().zip(&refs) {
+            let row = Row {
+                hash: &r.hash,
+                bytes: &p.bytes,
+                media: r.media_type.mime(),
+                owner: Owner::Task { list, item, grid },
+                state: "pending",
+            };
+            row.insert(&tx, now)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The photos of this phone's report of task `item` of `list` in `grid`.
+    pub fn task_report_photos(
+        &self,
+        list: &str,
+        item: u32,
+        grid: &str,
+    ) -> Result<Vec<ReportPhoto>> {
+        let json: Option<Option<Vec<u8>>> = self
+            .conn
+            .query_row(
+                "SELECT photos FROM task_done WHERE list = ?1 AND item = ?2 AND grid = ?3",
+                params![list, item, grid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match json.flatten() {
+            None => Ok(Vec::new()),
+            Some(b) => serde_json::from_slice(&b).map_err(|_| StoreError::CorruptStore),
+        }
+    }
+
+    /// The server will never take the report of task `item` of `list` in `grid` (it holds
+    /// no such task for the grid): its pending photos are refused with `code`, their bytes
+    /// kept, like a refused change's content.
+    pub fn refuse_task_report_photos(
+        &self,
+        list: &str,
+        item: u32,
+        grid: &str,
+        code: &str,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE photos SET state = 'refused', code = ?4
+              WHERE task_list = ?1 AND task_item = ?2 AND task_grid = ?3 AND state = 'pending'",
+            params![list, item, grid, code],
+        )?;
+        Ok(())
     }
 }

@@ -411,3 +411,28 @@ def test_a_photo_is_attached_offline_sent_after_its_record_and_fetched_by_anothe
     # A phone of another grid cannot fetch it.
     with pytest.raises(q.QiaomenError.NotFound):
         asyncio.run(outsider.photo_bytes(hid, photo.hash))
+
+
+def test_a_task_report_with_photos_is_kept_offline_and_its_photos_go_after_it(org):
+    grid = org.grid()
+    a = worker(org, grid)
+    centre = org.supervisor_session("py-town", role="town_supervisor")
+    created = org.request("POST", "/api/v1/tasks", centre, {"title": "防诈宣传", "items": ["张贴防诈骗海报"], "units": [grid]})
+    sync(a)
+    [lst] = [l for l in a.task_lists() if l.id == created["id"]]
+    # What the server would refuse is refused at once, and nothing is kept.
+    with pytest.raises(q.QiaomenError.InvalidInput) as e:
+        a.complete_task_with_photos(lst.id, 0, grid, "", [q.NewTaskPhoto(bytes=b"GIF89a", caption="", taken_at_ms=0)])
+    assert (e.value.invalid_field, e.value.rule) == ("photo", "media_type")
+    poster = jpeg(50_000, 3)
+    a.complete_task_with_photos(lst.id, 0, grid, "村委会门口已张贴",
+                                [q.NewTaskPhoto(bytes=poster, caption="海报", taken_at_ms=1_763_164_900_000)])
+    [done] = [l for l in a.task_lists() if l.id == lst.id][0].done
+    assert (done.on_server, [(p.caption, p.state) for p in done.photos]) == (False, [("海报", "pending")])
+    summary = sync(a)
+    assert (summary.tasks_sent, summary.photos_sent, summary.photos_waiting) == (1, 1, 0)
+    [done] = [l for l in a.task_lists() if l.id == lst.id][0].done
+    assert done.on_server and done.photos[0].state == "sent"
+    assert a.held_photo_bytes(done.photos[0].hash) == poster
+    seen = org.request("GET", f"/api/v1/tasks/{lst.id}", centre)
+    assert [p["hash"] for p in seen["done"][0]["photos"]] == [done.photos[0].hash]

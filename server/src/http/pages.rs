@@ -57,6 +57,10 @@ fn templates() -> &'static Environment<'static> {
             ("orders.html", include_str!("../../templates/orders.html")),
             ("order.html", include_str!("../../templates/order.html")),
             ("photo.html", include_str!("../../templates/photo.html")),
+            (
+                "task_photo.html",
+                include_str!("../../templates/task_photo.html"),
+            ),
             ("stats.html", include_str!("../../templates/stats.html")),
             ("tasks.html", include_str!("../../templates/tasks.html")),
             ("devices.html", include_str!("../../templates/devices.html")),
@@ -1024,11 +1028,39 @@ pub async fn tasks_page(
     let lists =
         tasks::task_lists(&state, &caller, super::tasks::ListsQuery { since: None }).await?;
     let may_push = tasks::may_push(&state, &caller).await?;
+    // The reports' photos, by list: thumbnails under the list's table.
+    let hashes = lists
+        .iter()
+        .flat_map(|l| &l.done)
+        .flat_map(|d| d.photos.iter().map(|p| p.hash.clone()))
+        .collect();
+    let held = crate::service::photos::uploaded(&state, hashes).await?;
+    let task_photos: Vec<minijinja::Value> = lists
+        .iter()
+        .flat_map(|l| l.done.iter().map(move |d| (l, d)))
+        .flat_map(|(l, d)| {
+            let held = &held;
+            d.photos.iter().map(move |p| {
+                let view = crate::service::photos::PhotoView {
+                    hash: p.hash.clone(),
+                    caption: p.caption.clone(),
+                    label: "任务照片",
+                    subject: "task".into(),
+                    visit: None,
+                    demand: None,
+                    item: Some(i64::from(d.item)),
+                    taken_ms: p.taken_at_ms,
+                    uploaded: held.contains(&p.hash),
+                };
+                context! { list => l.id.clone(), grid => d.grid.clone(), p => view }
+            })
+        })
+        .collect();
     render_named(
         &state,
         &caller,
         "tasks.html",
-        context! { title => "周清单", signed_in => true, lists, may_push },
+        context! { title => "周清单", signed_in => true, lists, may_push, task_photos },
     )
     .await
 }

@@ -112,6 +112,12 @@ pub struct DoneRequest {
     #[serde(default)]
     #[schema(max_length = 2000)]
     pub evidence: String,
+    /// The report's photos, at most 10 (SYNC-v1 §14.2): each `{"hash", "size", "media_type"
+    /// (`jpeg`, `png`, `webp`), "taken_at_ms", "caption"}`. Their bytes are sent after the
+    /// report is stored, to `/v1/photos/{hash}`.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>, max_items = 10)]
+    pub photos: Vec<qiaomen_protocol::photo::ReportPhoto>,
 }
 
 /// `POST /api/v1/tasks/{id}/done`: a grid's worker (or a supervisor of the grid) records that a

@@ -3,7 +3,8 @@
 //!
 //! **The rule**: a photo's bytes are taken in and given out only for a hash that a stored
 //! household in the caller's scope refers to (the read model's `idx_photos`, projected from
-//! the log before each check, so a reference synced a moment ago counts). Records always
+//! the log before each check, so a reference synced a moment ago counts), or a stored task
+//! report of a grid in the caller's scope (`task_photos`). Records always
 //! travel first: a photo whose reference is not stored yet is `unknown_photo`, exactly like
 //! one outside the caller's grids (404, never 403, so a hash cannot be probed).
 //!
@@ -78,9 +79,34 @@ fn store_failed(e: BlobError) -> Error {
     Error::Busy
 }
 
-/// The reference to `hash` that `caller` may read (the first, by household and photo id): one
-/// in a grid they read, or one of an order dispatched to their team.
-pub async fn in_scope(state: &AppState, caller: &Caller, hash: &str) -> Result<PhotoRef> {
+/// A reference to a photo that the caller may read: the photo's size and media type, and
+/// what holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referred {
+    pub hash: String,
+    pub size: u64,
+    /// `jpeg`, `png`, `webp`.
+    pub media_type: String,
+    /// What holds the reference, for the audit log: the household's id, or
+    /// `task:<list>/<task>/<grid>` for a task report.
+    pub target: String,
+}
+
+impl From<PhotoRef> for Referred {
+    fn from(r: PhotoRef) -> Self {
+        Referred {
+            target: r.household.to_string(),
+            hash: r.hash,
+            size: r.size,
+            media_type: r.media_type,
+        }
+    }
+}
+
+/// The reference to `hash` that `caller` may read: one of a household in a grid they read
+/// (the first, by household and photo id), one of an order dispatched to their team, or one
+/// of a task report of a grid they read.
+pub async fn in_scope(state: &AppState, caller: &Caller, hash: &str) -> Result<Referred> {
     if !photo::is_hash(hash) {
         return Err(Error::Invalid {
             code: "bad_hash",
@@ -116,10 +142,24 @@ pub async fn in_scope(state: &AppState, caller: &Caller, hash: &str) -> Result<P
         .iter()
         .position(|r| scope.may_read(&r.grid))
         .or(of_teams.first().copied());
-    readable.map(|i| refs[i].clone()).ok_or_else(unknown)
+    if let Some(i) = readable {
+        return Ok(refs[i].clone().into());
+    }
+    let wanted = hash.to_string();
+    let reported = state.access(move |db| db.reported_photos(&wanted)).await?;
+    reported
+        .into_iter()
+        .find(|r| scope.may_read(&r.grid))
+        .map(|r| Referred {
+            target: format!("task:{}/{}/{}", r.list, r.item, r.grid),
+            hash: hash.to_string(),
+            size: r.size,
+            media_type: r.media_type,
+        })
+        .ok_or_else(unknown)
 }
 
-async fn status_of(state: &AppState, r: &PhotoRef) -> Result<Status> {
+async fn status_of(state: &AppState, r: &Referred) -> Result<Status> {
     Ok(
         match state.photos.held(&r.hash).await.map_err(store_failed)? {
             Held::Complete(n) => Status {
@@ -266,7 +306,7 @@ pub async fn fetch(
     state: &AppState,
     caller: &Caller,
     hash: &str,
-) -> Result<(&'static str, Bytes, PhotoRef)> {
+) -> Result<(&'static str, Bytes, Referred)> {
     let r = in_scope(state, caller, hash).await?;
     let bytes = complete(state, hash).await?;
     let mime = MediaType::of_bytes(&bytes).map_or("application/octet-stream", MediaType::mime);
@@ -278,7 +318,7 @@ pub async fn fetch(
 pub async fn open(state: &AppState, caller: &Caller, hash: &str) -> Result<(&'static str, Bytes)> {
     let found = fetch(state, caller, hash).await;
     let (target, outcome) = match &found {
-        Ok((_, _, r)) => (format!("{}:{hash}", r.household), "ok"),
+        Ok((_, _, r)) => (format!("{}:{hash}", r.target), "ok"),
         Err(_) if photo::is_hash(hash) => (hash.to_string(), "denied"),
         Err(_) => ("-".to_string(), "denied"),
     };

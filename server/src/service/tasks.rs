@@ -138,8 +138,12 @@ pub async fn mark_done(
         Caller::Device(d) => Some(d.device),
         Caller::Session(_) => None,
     };
-    if req.evidence.chars().count() > 2000 {
-        return Err(Error::invalid("evidence has at most 2000 characters"));
+    // The phone checked the report by the same rule before keeping it.
+    if let Err(e) = qiaomen_protocol::validate::task_report(&req.evidence, &req.photos) {
+        return Err(Error::Invalid {
+            code: "invalid_report",
+            message: format!("任务报告不符合规则 ({} {})", e.field.code(), e.rule.code()),
+        });
     }
     state
         .access(move |db| {
@@ -154,6 +158,7 @@ pub async fn mark_done(
                 (user, device),
                 req.done_ms.unwrap_or(now),
                 &req.evidence,
+                &req.photos,
             )?;
             db.audit(Event {
                 user: Some(&user.to_string()),

@@ -103,7 +103,26 @@ CREATE TABLE idx_orders (
     BUCKETS_SCHEMA,
     crate::orders::SHARED_REGISTER_SCHEMA,
     PHOTOS_SCHEMA,
+    TASK_PHOTOS_SCHEMA,
 ];
+
+/// The photos of task reports (`crate::tasks::TASK_PHOTOS_SCHEMA` in PostgreSQL's types).
+const TASK_PHOTOS_SCHEMA: &str = r#"
+CREATE TABLE task_photos (
+    list       TEXT NOT NULL,
+    idx        BIGINT NOT NULL,
+    grid       TEXT NOT NULL,
+    pos        BIGINT NOT NULL,
+    hash       TEXT NOT NULL,
+    size       BIGINT NOT NULL,
+    media_type TEXT NOT NULL,
+    taken_ms   BIGINT NOT NULL,
+    caption    TEXT NOT NULL,
+    PRIMARY KEY (list, idx, grid, pos),
+    FOREIGN KEY (list, idx, grid) REFERENCES task_done (list, idx, grid)
+);
+CREATE INDEX task_photos_hash ON task_photos (hash);
+"#;
 
 /// Photo references in the read model and the bytes each device had accepted per day
 /// (`crate::index::PHOTOS_SCHEMA` in PostgreSQL's types; the read model is rebuilt).

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     crate::access::shared::SHARED_SCHEMA,
     crate::access::shared::BUCKETS_SCHEMA,
     crate::index::PHOTOS_SCHEMA,
+    crate::tasks::TASK_PHOTOS_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 
