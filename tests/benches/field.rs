@@ -157,8 +157,10 @@ fn main() {
         env("QIAOMEN_FIELD_KBPS", 50)
     );
     println!();
-    println!("| new phone, first sync of the grid | time | syncs | bytes down | connections |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| new phone, first sync of the grid | time | syncs | bytes down | cuts | connections |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (n, (name, pieces, whole)) in [
         (
             "whole documents, pieces sized to the link (r)",
@@ -197,7 +199,7 @@ fn main() {
         let (took, syncs) = sync_through(&mut phone, limit);
         let held = phone.store.household_ids().unwrap().len();
         println!(
-            "| {name} | {} | {syncs} | {} KB | {} |",
+            "| {name} | {} | {syncs} | {} KB | {} | {} |",
             match took {
                 Some(t) => format!("{:.0} s", t.as_secs_f64()),
                 None => format!(
@@ -206,6 +208,7 @@ fn main() {
                 ),
             },
             (link.bytes_down() - before) / 1024,
+            link.cuts(),
             link.stats
                 .connections
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -226,11 +229,11 @@ fn main() {
     };
     println!();
     println!(
-        "| a phone back after 90 days ({} visit days of another worker, {} visits) | time | syncs | bytes on the wire | bytes kept | wire ÷ kept |",
+        "| a phone back after 90 days ({} visit days of another worker, {} visits) | time | syncs | cuts | bytes on the wire | bytes kept | wire ÷ kept |",
         recent.len(),
         recent.len() * ids.len()
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (n, (name, to, folder)) in [
         ("packed changes, pieces sized to the link", &server, &data),
         ("changes as chunks (today's main)", &as_logged, &logged),
@@ -270,9 +273,10 @@ fn main() {
         let (took, syncs) = sync_through(&mut back, limit);
         let wire = link.bytes_down() + link.bytes_up();
         println!(
-            "| {name} | {} | {syncs} | {} KB | {} KB | {:.2}× |",
+            "| {name} | {} | {syncs} | {} | {} KB | {} KB | {:.2}× |",
             took.map(|t| format!("{:.0} s", t.as_secs_f64()))
                 .unwrap_or_else(|| "not done".into()),
+            link.cuts(),
             wire / 1024,
             kept / 1024,
             wire as f64 / kept as f64

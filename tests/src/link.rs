@@ -152,6 +152,11 @@ impl Link {
         self.cut.send_modify(|n| *n += 1);
     }
 
+    /// Cuts so far, at random or on demand (whether or not a connection was open).
+    pub fn cuts(&self) -> u64 {
+        *self.cut.borrow()
+    }
+
     pub fn bytes_down(&self) -> u64 {
         self.stats.bytes_down.load(Ordering::Relaxed)
     }
