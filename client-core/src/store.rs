@@ -1907,7 +1907,7 @@ impl Store {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }
         tx.execute(
-            "DELETE FROM meta WHERE key IN ('credentials', 'cursor', 'cursor_check', 'scope', 'rights', 'extras_digest')",
+            "DELETE FROM meta WHERE key IN ('credentials', 'cursor', 'cursor_check', 'scope', 'rights', 'extras_digest', 'photos_not_before')",
             [],
         )?;
         tx.commit()?;

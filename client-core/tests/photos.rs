@@ -108,7 +108,7 @@ fn a_photo_attached_offline_is_kept_with_its_reference_and_survives_a_reopening(
     assert_eq!(store.photo_bytes(&photo.hash).unwrap(), Some(bytes.clone()));
     assert_eq!(
         store.photo_state(&photo.hash).unwrap(),
-        Some(PhotoState::Pending)
+        Some(PhotoState::Pending { waiting: None })
     );
     assert_eq!(store.pending_photo_count().unwrap(), 1);
     // Encrypted with the store: the photo's bytes are nowhere in the file.

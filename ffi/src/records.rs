@@ -560,7 +560,7 @@ pub struct NewTaskPhoto {
 pub(crate) fn state_code(state: Option<core::PhotoState>) -> (&'static str, Option<String>) {
     match state {
         None => ("remote", None),
-        Some(core::PhotoState::Pending) => ("pending", None),
+        Some(core::PhotoState::Pending { waiting }) => ("pending", waiting),
         Some(core::PhotoState::Sent) => ("sent", None),
         Some(core::PhotoState::Fetched) => ("fetched", None),
         Some(core::PhotoState::Refused { code }) => ("refused", Some(code)),

@@ -192,6 +192,8 @@ fn records_go_first_and_a_photo_cut_mid_upload_resumes_where_the_server_holds_it
 
 /// A photo the server cannot take now never holds back the records: a quota of 0 leaves the
 /// photo waiting while the visit is acknowledged, and the phone keeps it for the next sync.
+/// A photo over the day's quota waits, and never holds back the records; the phone then sends
+/// no piece before the server's `Retry-After` has passed (a piece would only be refused).
 #[test]
 fn a_photo_that_must_wait_never_holds_back_the_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -200,18 +202,28 @@ fn a_photo_that_must_wait_never_holds_back_the_records() {
         "127.0.0.1:0".parse().unwrap(),
         |config| config.photo_quota_bytes = 0,
     );
+    // A fast link, only to count what the phone sends.
+    let link = Link::start(
+        server.addr,
+        LinkConfig {
+            rate: 100_000_000,
+            one_way_delay: Duration::ZERO,
+            ..LinkConfig::village_2g()
+        },
+    );
     let rt = runtime();
-    let a = phone(&rt, &server, dir.path(), "a.db", &server.url);
+    let a = phone(&rt, &server, dir.path(), "a.db", &link.url);
     let hid = household(&a);
     let vid = a.record_visit(hid.clone(), visit("走访")).unwrap();
     a.attach_photo(
-        hid,
+        hid.clone(),
         PhotoSubject::Visit { visit_id: vid },
         jpeg(10_000, 1),
         String::new(),
         0,
     )
     .unwrap();
+    let before = link.bytes_up();
     let summary = rt.block_on(a.sync(None)).unwrap();
     assert_eq!(summary.accepted, 3);
     assert_eq!((summary.photos_sent, summary.photos_waiting), (0, 1));
@@ -219,4 +231,21 @@ fn a_photo_that_must_wait_never_holds_back_the_records() {
         (a.pending_count().unwrap(), a.pending_photo_count().unwrap()),
         (0, 1)
     );
+    assert!(
+        link.bytes_up() - before > 10_000,
+        "the first sync tried the photo's piece"
+    );
+    let [photo] = &a.photos(hid.clone()).unwrap()[..] else {
+        panic!("one photo")
+    };
+    assert_eq!(
+        (photo.state.as_str(), photo.code.as_deref()),
+        ("pending", Some("photo_quota"))
+    );
+    // The next sync, the same day: the records' round trip only, no photo byte.
+    let before = link.bytes_up();
+    let summary = rt.block_on(a.sync(None)).unwrap();
+    assert_eq!((summary.photos_sent, summary.photos_waiting), (0, 1));
+    let sent = link.bytes_up() - before;
+    assert!(sent < 5_000, "no piece before Retry-After: {sent} bytes up");
 }

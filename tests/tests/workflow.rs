@@ -101,6 +101,22 @@ fn refusals(phone: &Phone, h: HouseholdId) -> Vec<String> {
         .collect()
 }
 
+/// A household of g1 with a demand raised on a visit of the current cycle, offline, synced:
+/// where an order's life starts.
+fn a_demand_raised_on_a_visit(worker: &mut Phone, text: &str) -> (HouseholdId, Demand) {
+    let h = household(worker, "g1", "7");
+    let d = demand(worker.author.user, by_now(noon(today())), text);
+    visit_with(
+        worker,
+        h,
+        calendar::cycle_of(today()),
+        VisitOutcome::Met,
+        std::slice::from_ref(&d),
+    );
+    worker.sync().unwrap();
+    (h, d)
+}
+
 #[test]
 fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_teams() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,16 +130,7 @@ fn a_demand_goes_round_the_loop_between_the_phone_the_command_centre_and_the_tea
     let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
 
     // Raised on a visit, offline; synced.
-    let h = household(&mut worker, "g1", "7");
-    let d = demand(worker.author.user, by_now(noon(today())), "门前排水沟堵塞");
-    visit_with(
-        &mut worker,
-        h,
-        calendar::cycle_of(today()),
-        VisitOutcome::Met,
-        std::slice::from_ref(&d),
-    );
-    worker.sync().unwrap();
+    let (h, d) = a_demand_raised_on_a_visit(&mut worker, "门前排水沟堵塞");
 
     let (status, o) = order(&server, &centre, d.id);
     assert_eq!(status, 200, "{o}");
@@ -1082,16 +1089,7 @@ fn a_team_sees_the_photos_of_the_orders_dispatched_to_it_and_no_other_team_does(
     let water = session(&server, "t-water", "team-water", Role::TeamMember);
     let roads = session(&server, "t-roads", "team-roads", Role::TeamMember);
     let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
-    let h = household(&mut worker, "g1", "7");
-    let d = demand(worker.author.user, by_now(noon(today())), "门前排水沟堵塞");
-    visit_with(
-        &mut worker,
-        h,
-        calendar::cycle_of(today()),
-        VisitOutcome::Met,
-        std::slice::from_ref(&d),
-    );
-    worker.sync().unwrap();
+    let (h, d) = a_demand_raised_on_a_visit(&mut worker, "门前排水沟堵塞");
     let (status, o) = step(
         &server,
         &centre,

@@ -33,8 +33,9 @@ pub(super) struct Attached {
 /// Where a photo of this phone stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PhotoState {
-    /// Waiting to be sent (after the record that refers to it).
-    Pending,
+    /// Waiting to be sent (after the record that refers to it); `waiting`: why the server
+    /// could not take it at the last try (`photo_quota`, `unknown_photo`, `rate_limited`).
+    Pending { waiting: Option<String> },
     /// The server holds it whole.
     Sent,
     /// Brought from the server on demand.
@@ -52,7 +53,7 @@ impl PhotoState {
             "refused" => PhotoState::Refused {
                 code: code.unwrap_or_default(),
             },
-            _ => PhotoState::Pending,
+            _ => PhotoState::Pending { waiting: code },
         }
     }
 }
@@ -474,5 +475,16 @@ impl Store {
             params![list, item, grid, code],
         )?;
         Ok(())
+    }
+
+    /// Until when (ms since the epoch, by this phone's clock) the server asked that no photo
+    /// be sent: its `Retry-After` on a `429` (the day's photo quota, the request rate). The
+    /// photo phase does not start before then, so no piece goes only to be refused.
+    pub fn photos_not_before_ms(&self) -> Result<Option<i64>> {
+        super::meta_json(&self.conn, "photos_not_before")
+    }
+
+    pub fn set_photos_not_before_ms(&self, at_ms: i64) -> Result<()> {
+        super::set_meta_json(&self.conn, "photos_not_before", &at_ms)
     }
 }

@@ -20,8 +20,28 @@ enum Upload {
     Refused(String),
     /// Not now (`code`); tried again at the next sync.
     Waiting(String),
-    /// Not now, and no other photo either (`code`: the day's quota): the phase ends.
-    Stop(String),
+    /// Not now, and no other photo either (`code`: the day's quota, the request rate): the
+    /// phase ends; `retry_after`: the seconds the server asked to wait (`Retry-After`).
+    Stop {
+        code: String,
+        retry_after: Option<u64>,
+    },
+}
+
+/// The most a `Retry-After` is taken for: a day (the quota's longest wait), whatever a
+/// server says.
+const MAX_RETRY_AFTER_S: u64 = 86_400;
+
+fn retry_after(resp: &reqwest::Response) -> Option<u64> {
+    let secs: u64 = resp
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(secs.min(MAX_RETRY_AFTER_S))
 }
 
 /// A photo piece for a link of `rate` bytes a second up: about [`PIECE_SECONDS`] of it (a
@@ -57,7 +77,12 @@ impl SyncClient {
         // A server that does not announce photos would answer every one 404: they wait.
         let photos_here = store.store().server_features()? & wire::FEATURE_PHOTOS != 0;
         let uploads = store.store().photos_to_upload()?;
-        if uploads.is_empty() || !photos_here {
+        // The server asked to wait (its `Retry-After` on a `429`): nothing is sent before.
+        let waiting = {
+            let s = store.store();
+            s.photos_not_before_ms()?.is_some_and(|at| s.now_ms() < at)
+        };
+        if uploads.is_empty() || !photos_here || waiting {
             report.photos_waiting = store.store().pending_photo_count()? as usize;
             return Ok(());
         }
@@ -78,8 +103,12 @@ impl SyncClient {
                     report.photos_refused.push((up.hash.clone(), code));
                 }
                 Ok(Upload::Waiting(code)) => store.store().note_photo_waiting(&up.hash, &code)?,
-                Ok(Upload::Stop(code)) => {
-                    store.store().note_photo_waiting(&up.hash, &code)?;
+                Ok(Upload::Stop { code, retry_after }) => {
+                    let s = store.store();
+                    s.note_photo_waiting(&up.hash, &code)?;
+                    if let Some(secs) = retry_after {
+                        s.set_photos_not_before_ms(s.now_ms() + secs as i64 * 1000)?;
+                    }
                     break;
                 }
                 Err(SyncError::Network { failure, .. }) => {
@@ -141,7 +170,12 @@ impl SyncClient {
                         // HEAD has no body: the status says it (a HEAD is never over
                         // the quota, only over the request rate).
                         404 => return Ok(Upload::Waiting("unknown_photo".into())),
-                        429 => return Ok(Upload::Stop("rate_limited".into())),
+                        429 => {
+                            return Ok(Upload::Stop {
+                                code: "rate_limited".into(),
+                                retry_after: retry_after(&resp),
+                            });
+                        }
                         s => {
                             last = (NetworkFailure::Refused, format!("status {s}"));
                             failures += 1;
@@ -197,7 +231,13 @@ impl SyncClient {
                 }
                 404 => return Ok(Upload::Waiting(error_code(resp).await)),
                 413 | 415 | 422 => return Ok(Upload::Refused(error_code(resp).await)),
-                429 => return Ok(Upload::Stop(error_code(resp).await)),
+                429 => {
+                    let retry_after = retry_after(&resp);
+                    return Ok(Upload::Stop {
+                        code: error_code(resp).await,
+                        retry_after,
+                    });
+                }
                 s => {
                     last = (NetworkFailure::Refused, format!("status {s}"));
                     failures += 1;
