@@ -129,6 +129,18 @@ impl TaskList {
     }
 }
 
+/// A task's report: task `item` done in `grid`, by whom, when, with what evidence and photos.
+#[derive(Clone, Copy, Debug)]
+pub struct Report<'a> {
+    pub item: u32,
+    pub grid: &'a str,
+    /// The user, and the device when a phone sent it.
+    pub by: (UserId, Option<DeviceId>),
+    pub done_ms: i64,
+    pub evidence: &'a str,
+    pub photos: &'a [ReportPhoto],
+}
+
 /// A new list.
 #[derive(Clone, Debug)]
 pub struct NewList<'a> {
@@ -320,40 +332,26 @@ impl AccessDb {
         }))
     }
 
-    /// Records that task `item` of list `id` was done in `grid`, with its photos' references
-    /// (checked by the caller: [`qiaomen_protocol::validate::task_report`]). The first report
-    /// wins: a repeat (a retried request, or a second phone of the grid) returns what is
-    /// stored, its photos included.
-    #[allow(clippy::too_many_arguments)]
-    pub fn complete_task(
-        &mut self,
-        id: &str,
-        item: u32,
-        grid: &str,
-        (user, device): (UserId, Option<DeviceId>),
-        done_ms: i64,
-        evidence: &str,
-        photos: &[ReportPhoto],
-    ) -> Result<Done> {
-        if evidence.chars().count() > 2000 {
+    /// Records `report` of a task of list `id`, with its photos' references (checked by the
+    /// caller: [`qiaomen_protocol::validate::task_report`]). The first report wins: a repeat
+    /// (a retried request, or a second phone of the grid) returns what is stored, its photos
+    /// included.
+    pub fn complete_task(&mut self, id: &str, report: &Report<'_>) -> Result<Done> {
+        if report.evidence.chars().count() > 2000 {
             return Err(invalid("evidence has at most 2000 characters"));
         }
-        self.in_transaction(|db| {
-            db.complete_task_in(id, item, grid, (user, device), done_ms, evidence, photos)
-        })
+        self.in_transaction(|db| db.complete_task_in(id, report))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn complete_task_in(
-        &self,
-        id: &str,
-        item: u32,
-        grid: &str,
-        (user, device): (UserId, Option<DeviceId>),
-        done_ms: i64,
-        evidence: &str,
-        photos: &[ReportPhoto],
-    ) -> Result<Done> {
+    fn complete_task_in(&self, id: &str, report: &Report<'_>) -> Result<Done> {
+        let Report {
+            item,
+            grid,
+            by: (user, device),
+            done_ms,
+            evidence,
+            photos,
+        } = *report;
         let targeted = self
             .db
             .row::<i64>(
@@ -452,6 +450,24 @@ mod tests {
 
     on_both_backends!(a_list_reaches_its_grids_and_the_first_report_of_a_task_wins);
 
+    /// A report of task `item` in `grid` by `by`'s phone-less session, at 1 s after the epoch.
+    fn report<'a>(
+        by: UserId,
+        item: u32,
+        grid: &'a str,
+        evidence: &'a str,
+        photos: &'a [ReportPhoto],
+    ) -> Report<'a> {
+        Report {
+            item,
+            grid,
+            by: (by, None),
+            done_ms: 1_000,
+            evidence,
+            photos,
+        }
+    }
+
     fn a_list_reaches_its_grids_and_the_first_report_of_a_task_wins(s: &Store) {
         let mut db = s.open();
         let by = db.add_user("sup", "李").unwrap();
@@ -505,7 +521,7 @@ mod tests {
                 .map(|(evidence, photos)| {
                     let (mut db, id) = (s.open(), &id);
                     scope.spawn(move || {
-                        db.complete_task(id, 0, "g1", (worker, None), 1_000, evidence, photos)
+                        db.complete_task(id, &report(worker, 0, "g1", evidence, photos))
                             .unwrap()
                     })
                 })
@@ -536,26 +552,18 @@ mod tests {
             }
         }
         let again = db
-            .complete_task(
-                &id,
-                0,
-                "g1",
-                (worker, None),
-                2_000,
-                "又一次",
-                &[shot(9, "")],
-            )
+            .complete_task(&id, &report(worker, 0, "g1", "又一次", &[shot(9, "")]))
             .unwrap();
         assert_eq!(
             again, answers[0],
             "a repeat is answered with what is stored"
         );
         assert!(matches!(
-            db.complete_task(&id, 0, "g3", (worker, None), 1_000, "", &[]),
+            db.complete_task(&id, &report(worker, 0, "g3", "", &[])),
             Err(AccessError::NotFound(_))
         ));
         assert!(matches!(
-            db.complete_task(&id, 9, "g1", (worker, None), 1_000, "", &[]),
+            db.complete_task(&id, &report(worker, 9, "g1", "", &[])),
             Err(AccessError::NotFound(_))
         ));
         let list = db

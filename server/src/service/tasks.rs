@@ -153,12 +153,14 @@ pub async fn mark_done(
             }
             let done = db.complete_task(
                 &id,
-                req.item,
-                &req.grid,
-                (user, device),
-                req.done_ms.unwrap_or(now),
-                &req.evidence,
-                &req.photos,
+                &crate::tasks::Report {
+                    item: req.item,
+                    grid: &req.grid,
+                    by: (user, device),
+                    done_ms: req.done_ms.unwrap_or(now),
+                    evidence: &req.evidence,
+                    photos: &req.photos,
+                },
             )?;
             db.audit(Event {
                 user: Some(&user.to_string()),
