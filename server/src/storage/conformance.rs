@@ -744,3 +744,50 @@ fn documents_read_together_are_those_read_one_by_one(f: &impl Fixture) {
     assert_eq!(timelines[0].as_ref().unwrap().moves.len(), 1);
     assert!(f.handle().load_docs(&[]).unwrap().is_empty());
 }
+
+/// A PostgreSQL database migrated by a newer server is refused when a server opens it, with
+/// the formats named, and left as it was (the embedded store's counterpart is
+/// `tests/tests/ops.rs::a_store_of_a_newer_format_is_refused_at_start`).
+#[test]
+fn a_postgresql_schema_of_a_newer_server_is_refused_and_left_as_it_was() {
+    let Some(f) = postgres() else { return };
+    drop(f.handle());
+    let max = super::postgres::MIGRATIONS_LEN;
+    admin(
+        &f.url,
+        &format!(
+            "UPDATE {s}.qiaomen_schema SET version = version + 1;
+             CREATE TABLE {s}.from_a_newer_server (x INTEGER);",
+            s = f.schema
+        ),
+    )
+    .unwrap();
+    match PgStorage::connect_in(&f.url, &f.schema) {
+        Err(e @ super::StorageError::TooNew { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("newer server"), "{message}");
+            assert!(
+                message.contains(&format!("store format {}", max + 1)),
+                "{message}"
+            );
+            assert!(message.contains(&format!("reads up to {max}")), "{message}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a newer schema was opened"),
+    }
+    // Nothing was migrated or dropped: the newer server's table and version stand.
+    admin(
+        &f.url,
+        &format!(
+            "DO $$ BEGIN
+               IF (SELECT version FROM {s}.qiaomen_schema) <> {v} THEN
+                 RAISE EXCEPTION 'the version moved';
+               END IF;
+             END $$;
+             SELECT x FROM {s}.from_a_newer_server;",
+            s = f.schema,
+            v = max + 1
+        ),
+    )
+    .expect("the newer schema is as it was");
+}

@@ -35,6 +35,11 @@ const MIGRATE_LOCK: i64 = LOG_LOCK + 1;
 /// The read model's lock ([`crate::sql::Db::exclusive`]): one projector at a time.
 pub(crate) const PROJECTOR_LOCK: i64 = LOG_LOCK + 2;
 
+/// The schema version this server writes (the migrations it knows): a database of a higher
+/// `qiaomen_schema.version` was migrated by a newer server and is refused.
+#[cfg(test)]
+pub(crate) const MIGRATIONS_LEN: usize = MIGRATIONS.len();
+
 /// Schema migrations, in order; `qiaomen_schema.version` counts those applied.
 const MIGRATIONS: &[&str] = &[
     r#"
