@@ -57,6 +57,26 @@ impl MediaType {
         }
     }
 
+    /// The media type's stable code (`jpeg`, `png`, `webp`: its serde name), as the server's
+    /// tables and the JSON API hold it.
+    pub fn code(self) -> &'static str {
+        match self {
+            MediaType::Jpeg => "jpeg",
+            MediaType::Png => "png",
+            MediaType::Webp => "webp",
+        }
+    }
+
+    /// The media type of a stable code ([`MediaType::code`]); `None` for any other text.
+    pub fn from_code(code: &str) -> Option<MediaType> {
+        match code {
+            "jpeg" => Some(MediaType::Jpeg),
+            "png" => Some(MediaType::Png),
+            "webp" => Some(MediaType::Webp),
+            _ => None,
+        }
+    }
+
     /// The format the bytes are in, from their signature; `None` for anything else.
     pub fn of_bytes(bytes: &[u8]) -> Option<MediaType> {
         if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
@@ -187,6 +207,15 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_media_types_code_is_its_serde_name_and_reads_back() {
+        for m in [MediaType::Jpeg, MediaType::Png, MediaType::Webp] {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.code());
+            assert_eq!(MediaType::from_code(m.code()), Some(m));
+        }
+        assert_eq!(MediaType::from_code("gif"), None);
+    }
 
     #[test]
     fn a_photo_is_named_by_the_sha256_of_its_bytes() {

@@ -907,11 +907,7 @@ fn photo_row(raw: &[u8], p: &Photo) -> Vec<Owned> {
         text(p.id.to_string()),
         text(p.hash.as_str()),
         int(i64::try_from(p.size).unwrap_or(i64::MAX)),
-        text(match p.media_type {
-            qiaomen_protocol::photo::MediaType::Jpeg => "jpeg",
-            qiaomen_protocol::photo::MediaType::Png => "png",
-            qiaomen_protocol::photo::MediaType::Webp => "webp",
-        }),
+        text(p.media_type.code()),
         text(p.subject.code()),
         opt_text(visit),
         opt_text(demand),

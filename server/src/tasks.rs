@@ -168,11 +168,7 @@ fn done_row(r: &Row) -> std::result::Result<Done, SqlError> {
 /// A `task_photos` row selected as (idx, grid, hash, size, media_type, taken_ms, caption).
 fn photo_row(r: &Row) -> std::result::Result<(u32, String, ReportPhoto), SqlError> {
     let media: String = r.get(4)?;
-    let media_type = match media.as_str() {
-        "png" => MediaType::Png,
-        "webp" => MediaType::Webp,
-        _ => MediaType::Jpeg,
-    };
+    let media_type = MediaType::from_code(&media).unwrap_or(MediaType::Jpeg);
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -184,15 +180,6 @@ fn photo_row(r: &Row) -> std::result::Result<(u32, String, ReportPhoto), SqlErro
             caption: r.get(6)?,
         },
     ))
-}
-
-/// A media type's code in the tables (`jpeg`, `png`, `webp`).
-fn media_code(m: MediaType) -> &'static str {
-    match m {
-        MediaType::Jpeg => "jpeg",
-        MediaType::Png => "png",
-        MediaType::Webp => "webp",
-    }
 }
 
 fn invalid(message: &str) -> AccessError {
@@ -391,7 +378,7 @@ impl AccessDb {
                         &(pos as i64),
                         &p.hash,
                         &(p.size as i64),
-                        &media_code(p.media_type),
+                        &p.media_type.code(),
                         &p.taken_at_ms,
                         &p.caption,
                     ],

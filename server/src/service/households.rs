@@ -94,7 +94,8 @@ pub(crate) fn inert_cell(c: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn not_found() -> Error {
+/// `not_found` for a household missing or outside the caller's scope (the two look alike).
+pub(super) fn not_found() -> Error {
     Error::NotFound {
         code: "not_found",
         message: "no such household".into(),

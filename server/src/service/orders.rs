@@ -275,10 +275,7 @@ pub async fn add_demand(
             if scope.may_read(grid) {
                 Ok(())
             } else {
-                Err(Error::NotFound {
-                    code: "not_found",
-                    message: "no such household".into(),
-                })
+                Err(super::households::not_found())
             }
         },
         move |doc, author| {

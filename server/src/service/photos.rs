@@ -252,7 +252,7 @@ pub async fn upload(
             return Err(("hash_mismatch", "照片内容与其标识 (SHA-256) 不符"));
         }
         match qiaomen_protocol::validate::photo_bytes(&bytes) {
-            Ok(m) if media_code(m) == expected => Ok(bytes),
+            Ok(m) if m.code() == expected => Ok(bytes),
             _ => Err(("media_type", "照片不是记录所说的格式 (JPEG、PNG、WebP)")),
         }
     })
@@ -281,15 +281,6 @@ pub async fn upload(
                 message: message.into(),
             })
         }
-    }
-}
-
-/// A media type's code in the read model (`jpeg`, `png`, `webp`).
-pub fn media_code(m: MediaType) -> &'static str {
-    match m {
-        MediaType::Jpeg => "jpeg",
-        MediaType::Png => "png",
-        MediaType::Webp => "webp",
     }
 }
 
