@@ -215,7 +215,7 @@ impl Blobs {
     /// `HEAD` says so); nothing of a complete photo is touched. Several servers sweeping one
     /// bucket at once delete the same keys, which is harmless.
     pub async fn sweep_uploads(&self, idle: std::time::Duration) -> Result<usize> {
-        let before = now_ms().saturating_sub(idle.as_millis() as i64);
+        let before = crate::access::now_ms().saturating_sub(idle.as_millis() as i64);
         let uploads = match self
             .store
             .list_with_delimiter(Some(&Key::from(PARTIAL)))
@@ -301,12 +301,6 @@ const PARTIAL: &str = "partial";
 
 fn partial_dir(hash: &str) -> Key {
     Key::from(format!("{PARTIAL}/{hash}"))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn piece(hash: &str, offset: u64) -> Key {
