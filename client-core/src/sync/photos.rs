@@ -32,16 +32,13 @@ enum Upload {
 /// server says.
 const MAX_RETRY_AFTER_S: u64 = 86_400;
 
+/// A response header holding a whole number (`Upload-Offset`, `Retry-After` in seconds).
+fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    resp.headers().get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
 fn retry_after(resp: &reqwest::Response) -> Option<u64> {
-    let secs: u64 = resp
-        .headers()
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(secs.min(MAX_RETRY_AFTER_S))
+    header_u64(resp, "retry-after").map(|secs| secs.min(MAX_RETRY_AFTER_S))
 }
 
 /// A photo piece for a link of `rate` bytes a second up: about [`PIECE_SECONDS`] of it (a
@@ -56,13 +53,7 @@ fn photo_piece(rate: u64) -> usize {
 }
 
 fn offset_of(resp: &reqwest::Response) -> Option<u64> {
-    resp.headers()
-        .get("upload-offset")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    header_u64(resp, "upload-offset")
 }
 
 impl SyncClient {
