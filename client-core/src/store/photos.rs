@@ -18,6 +18,8 @@ use qiaomen_protocol::{
     ids::{HouseholdId, PhotoId},
     photo::{Photo, PhotoSubject, ReportPhoto},
 };
+use std::collections::{HashMap, HashSet, hash_map::Entry};
+
 use rusqlite::{OptionalExtension, params};
 
 use super::{IndexUpdate, Store};
@@ -357,13 +359,24 @@ impl Store {
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
+        // The hashes each household refers to, read once per household however many of its
+        // photos the phone holds (`None`: the household left the phone).
+        let mut referred_by: HashMap<HouseholdId, Option<HashSet<String>>> = HashMap::new();
         let mut freed = 0;
         for (hash, doc, of_report) in rows {
             let referred = match doc.as_deref().map(super::uuid_from) {
-                Some(Some(id)) if self.contains(id)? => {
-                    self.photos(id)?.iter().any(|p| p.hash == hash)
+                Some(Some(id)) => {
+                    let hashes = match referred_by.entry(id) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(if self.contains(id)? {
+                            Some(self.photos(id)?.into_iter().map(|p| p.hash).collect())
+                        } else {
+                            None
+                        }),
+                    };
+                    hashes.as_ref().is_some_and(|h| h.contains(&hash))
                 }
-                Some(_) => false,
+                Some(None) => false,
                 None => of_report,
             };
             if !referred {
