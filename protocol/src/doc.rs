@@ -123,9 +123,10 @@ pub(crate) fn classify(patches: &[automerge::Patch], from_empty: bool) -> Classi
                 continue;
             }
         };
-        // A photo's reference is a key of the root of its own (`photo:<id>`, SYNC-v1 §14.2).
-        if let Some(id) = root_key.strip_prefix(crate::photo::ROOT_PREFIX) {
-            let entry = ("photos".to_string(), id.to_string());
+        // A photo's reference (`photo:<id>`, SYNC-v1 §14.2) and a tracked case (`case:<id>`,
+        // §15) are keys of the root of their own.
+        if let Some((collection, id)) = root_entry(&root_key) {
+            let entry = (collection.to_string(), id.to_string());
             match &p.action {
                 automerge::PatchAction::PutMap { .. } if p.path.is_empty() => {
                     out.entries.insert(entry, Parts::All);
@@ -175,6 +176,27 @@ pub(crate) fn classify(patches: &[automerge::Patch], from_empty: bool) -> Classi
     }
     out.touched.entries = out.entries.keys().cloned().collect();
     out
+}
+
+/// The collection and id of an entry kept as a key of the document's root of its own
+/// (`photo:<id>` → `photos`, `case:<id>` → `cases`).
+fn root_entry(root_key: &str) -> Option<(&'static str, &str)> {
+    if let Some(id) = root_key.strip_prefix(crate::photo::ROOT_PREFIX) {
+        Some(("photos", id))
+    } else {
+        root_key
+            .strip_prefix(crate::ledger::ROOT_PREFIX)
+            .map(|id| ("cases", id))
+    }
+}
+
+/// The root key of the entry `key` of a collection kept at the root ([`root_entry`]).
+fn rooted_key(collection: &str, key: &str) -> Option<String> {
+    match collection {
+        "photos" => Some(crate::photo::root_key(key)),
+        "cases" => Some(crate::ledger::root_key(key)),
+        _ => None,
+    }
 }
 
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -731,6 +753,10 @@ impl HouseholdDoc {
                 self.check_photo(key, parts)?;
                 continue;
             }
+            if collection == "cases" {
+                self.check_case(key, parts)?;
+                continue;
+            }
             let (collection, key) = (collection.clone(), key.clone());
             let obj = self.map_obj(&collection)?;
             if self.doc.get(&obj, key.as_str())?.is_none() {
@@ -842,8 +868,8 @@ impl HouseholdDoc {
             Some(h) => self.doc.get_at(obj, key, h),
             None => self.doc.get(obj, key),
         };
-        let (_, entry) = if collection == "photos" {
-            read(&ROOT, &crate::photo::root_key(key)).ok()??
+        let (_, entry) = if let Some(rooted) = rooted_key(collection, key) {
+            read(&ROOT, &rooted).ok()??
         } else {
             let (_, map) = read(&ROOT, collection).ok()??;
             read(&map, key).ok()??
@@ -933,6 +959,211 @@ impl HouseholdDoc {
         self.doc
             .commit_with(commit_options(author, now_ms))
             .ok_or_else(|| DocError::Automerge("empty photo change".into()))
+    }
+
+    /// Raises a tracked dispute or hazard (SYNC-v1 §15) as one change: a new case under its
+    /// own root key. Refused before writing if it breaks a field rule
+    /// ([`crate::validate::case`]), names a visit line the household does not hold, or comes
+    /// with steps that do not follow ([`crate::ledger::check_steps`] but the role).
+    pub fn raise_case(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        case: &crate::ledger::Case,
+    ) -> Result<ChangeHash> {
+        let key = crate::ledger::root_key(&case.id.to_string());
+        if self.doc.get(ROOT, key.as_str())?.is_some() {
+            return Err(DocError::InvalidEdit(
+                "a case with this id already exists".into(),
+            ));
+        }
+        self.case_rules(case, &crate::validate::Parts::All)?;
+        if let Err(e) = autosurgeon::reconcile_prop(&mut self.doc, ROOT, key.as_str(), case) {
+            self.doc.rollback();
+            return Err(e.into());
+        }
+        self.doc
+            .commit_with(commit_options(author, now_ms))
+            .ok_or_else(|| DocError::Automerge("empty case change".into()))
+    }
+
+    /// Takes a step of a case, appending it to the history, as one change (with `demand`,
+    /// the demand an escalation becomes, written in the same change). Refused if the step
+    /// does not follow from the case's state or lacks its data (who may take it is the
+    /// policy's: [`crate::ledger::CaseAction::may`]).
+    pub fn case_step(
+        &mut self,
+        author: &Author,
+        now_ms: i64,
+        case: crate::ids::CaseId,
+        action: crate::ledger::CaseAction,
+        step: &crate::ledger::NewStep,
+        demand: Option<&Demand>,
+    ) -> Result<ChangeHash> {
+        let key = crate::ledger::root_key(&case.to_string());
+        let Some(mut c) = self.case(&case.to_string())? else {
+            return Err(DocError::NotFound {
+                kind: "case",
+                id: case.to_string(),
+            });
+        };
+        let entry = step
+            .entry(&c, action, author.user, author.device, now_ms)
+            .map_err(|e| DocError::InvalidEdit(e.to_string()))?;
+        crate::validate::text(
+            crate::validate::Field::CaseComment,
+            &entry.comment,
+            crate::validate::MAX_TEXT_CHARS,
+        )?;
+        let escalates = action == crate::ledger::CaseAction::Escalate;
+        if (escalates && demand.map(|d| d.id) != entry.order) || (!escalates && demand.is_some()) {
+            return Err(DocError::InvalidEdit(
+                "an escalation is written with the demand it becomes".into(),
+            ));
+        }
+        if let Some(d) = demand {
+            crate::validate::demand(d, &crate::validate::Parts::All)?;
+        }
+        c.history.push(entry);
+        // Only the new entry is written: autosurgeon appends it to the case's history.
+        if let Err(e) = autosurgeon::reconcile_prop(&mut self.doc, ROOT, key.as_str(), &c) {
+            self.doc.rollback();
+            return Err(e.into());
+        }
+        if let Some(d) = demand {
+            let demands = self.map_obj("demands")?;
+            if self.doc.get(&demands, d.id.to_string())?.is_some() {
+                self.doc.rollback();
+                return Err(DocError::InvalidEdit(
+                    "a demand with this id already exists".into(),
+                ));
+            }
+            if let Err(e) =
+                autosurgeon::reconcile_prop(&mut self.doc, &demands, d.id.to_string().as_str(), d)
+            {
+                self.doc.rollback();
+                return Err(e.into());
+            }
+        }
+        self.doc
+            .commit_with(commit_options(author, now_ms))
+            .ok_or_else(|| DocError::Automerge("empty case change".into()))
+    }
+
+    /// Every tracked case the household holds. A case that does not read as one is left out
+    /// (the server never stores such a change: [`Self::validate_since`]).
+    pub fn cases(&self) -> Vec<crate::ledger::Case> {
+        let keys: Vec<String> = self
+            .doc
+            .keys(ROOT)
+            .filter(|k| k.starts_with(crate::ledger::ROOT_PREFIX))
+            .collect();
+        keys.iter()
+            .filter_map(|k| {
+                autosurgeon::hydrate_prop::<_, Option<crate::ledger::Case>, _, _>(
+                    &self.doc,
+                    ROOT,
+                    k.as_str(),
+                )
+                .ok()
+                .flatten()
+            })
+            .collect()
+    }
+
+    /// The case `id` (its id as text), if the household holds it.
+    pub fn case(&self, id: &str) -> Result<Option<crate::ledger::Case>> {
+        self.case_at(id, None)
+    }
+
+    /// The case `id` at `heads` (`None`: now), if the household held it then.
+    pub fn case_at(
+        &self,
+        id: &str,
+        heads: Option<&[ChangeHash]>,
+    ) -> Result<Option<crate::ledger::Case>> {
+        let key = crate::ledger::root_key(id);
+        match heads {
+            None => {
+                if self.doc.get(ROOT, key.as_str())?.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(autosurgeon::hydrate_prop(
+                    &self.doc,
+                    ROOT,
+                    key.as_str(),
+                )?))
+            }
+            Some(h) => {
+                if self.doc.get_at(ROOT, key.as_str(), h)?.is_none() {
+                    return Ok(None);
+                }
+                let mut copy = self.doc.clone();
+                let old = copy.fork_at(h).map_err(|_| DocError::NotFound {
+                    kind: "version",
+                    id: "heads".into(),
+                })?;
+                Ok(Some(autosurgeon::hydrate_prop(&old, ROOT, key.as_str())?))
+            }
+        }
+    }
+
+    /// A case a change wrote (`parts`: what it wrote), as the server judges it: under its own
+    /// id, its fields within their rules, and what it names held by the household.
+    fn check_case(&self, key: &str, parts: &crate::validate::Parts) -> Result<()> {
+        let Some(case) = self.case(key)? else {
+            return Ok(()); // deleted: the policy refuses it
+        };
+        if case.id.to_string() != key {
+            return Err(DocError::InvalidEdit(
+                "a case is not under its own id".into(),
+            ));
+        }
+        crate::validate::case(&case, parts)?;
+        self.case_rules(&case, parts)
+    }
+
+    /// What a case names must be the household's: the visit line it was raised on, the
+    /// demand an escalation became.
+    fn case_rules(&self, case: &crate::ledger::Case, parts: &crate::validate::Parts) -> Result<()> {
+        crate::validate::case(case, parts)?;
+        if let Some(visit) = case.raised_on_visit {
+            let visits = self.map_obj("visits")?;
+            let v: Option<Visit> =
+                autosurgeon::hydrate_prop(&self.doc, &visits, visit.to_string().as_str())?;
+            let Some(v) = v else {
+                return Err(DocError::InvalidEdit(
+                    "a case's visit is not in the household".into(),
+                ));
+            };
+            let lines = match case.kind {
+                crate::ledger::CaseKind::Hazard { .. } => v.hazards.len(),
+                crate::ledger::CaseKind::Dispute { .. } => v.disputes.len(),
+            };
+            if case.item.is_some_and(|i| i as usize >= lines) {
+                return Err(DocError::InvalidEdit(
+                    "a case names a line its visit does not hold".into(),
+                ));
+            }
+        } else if case.item.is_some() {
+            return Err(DocError::InvalidEdit(
+                "a case names a visit line without its visit".into(),
+            ));
+        }
+        if case.history.len() > crate::ledger::MAX_CASE_STEPS {
+            return Err(DocError::InvalidEdit("a case holds too many steps".into()));
+        }
+        for e in &case.history {
+            if let Some(order) = e.order {
+                let demands = self.map_obj("demands")?;
+                if self.doc.get(&demands, order.to_string())?.is_none() {
+                    return Err(DocError::InvalidEdit(
+                        "a case is escalated into a demand the household does not hold".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every photo reference the household holds, by id. A reference that does not read as

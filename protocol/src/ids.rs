@@ -106,6 +106,10 @@ id_type!(
     /// A person who uses Qiaomen: a grid worker or a supervisor.
     UserId
 );
+id_type!(
+    /// A tracked dispute or hazard of the second ledger (双台账, [`crate::ledger`]).
+    CaseId
+);
 
 /// A grid (网格). Grids are named by the org model's code (e.g. `"dongcun-03"`), not a UUID,
 /// because supervisors type and read them.

@@ -286,6 +286,10 @@ pub enum Subject {
     Reviews,
     /// Attaching a photo, rewriting another's caption or removing one.
     Photos,
+    /// Raising a tracked dispute or hazard as someone else, rewriting or deleting one.
+    Cases,
+    /// A step of a case (the role may not take it, or it does not follow).
+    CaseStep,
 }
 
 impl Subject {
@@ -301,6 +305,8 @@ impl Subject {
             Subject::DemandStep => "demand_step",
             Subject::Reviews => "reviews",
             Subject::Photos => "photos",
+            Subject::Cases => "cases",
+            Subject::CaseStep => "case_step",
         }
     }
 
@@ -311,6 +317,7 @@ impl Subject {
             "demands" => Subject::Demands,
             "reviews" => Subject::Reviews,
             "photos" => Subject::Photos,
+            "cases" => Subject::Cases,
             _ => Subject::Household,
         }
     }
@@ -402,6 +409,7 @@ pub fn check_effect(
         return Err(refuse(RejectCode::OutOfScope, what));
     }
     check_demands(p, doc, prior, touched, &times, &judged)?;
+    check_cases(p, doc, prior, touched, &times, &judged)?;
     // What needs a supervisor of the grid, if anything (the first such thing found).
     let mut needs_supervisor: Option<Subject> = None;
     if moves {
@@ -423,6 +431,10 @@ pub fn check_effect(
         // A demand is closed or withdrawn, never deleted: its history is the order's record.
         if touched.deleted.iter().any(|(c, _)| c == "demands") {
             return Err(refuse(RejectCode::NotAllowed, Subject::Demands));
+        }
+        // Nor is a case: it is checked, or escalated.
+        if touched.deleted.iter().any(|(c, _)| c == "cases") {
+            return Err(refuse(RejectCode::NotAllowed, Subject::Cases));
         }
         needs_supervisor.get_or_insert(Subject::of_collection(collection));
     }
@@ -542,6 +554,66 @@ fn check_demands(
     Ok(())
 }
 
+/// Every touched case is the actor's to raise and its new steps theirs to take (SYNC-v1
+/// §15.3): a new case is raised by the uploader, of the grid's side; what a case says stays
+/// as raised; its history only grows at its end, by [`crate::ledger::check_steps`].
+fn check_cases(
+    p: &Actor<'_>,
+    doc: &HouseholdDoc,
+    prior: Option<&[ChangeHash]>,
+    touched: &Touched,
+    times: &[i64],
+    grid: &str,
+) -> Result<(), Refusal> {
+    use crate::ledger::StepError;
+    if !touched.entries.iter().any(|(c, _)| c == "cases") {
+        return Ok(());
+    }
+    let not_allowed = |what| refuse(RejectCode::NotAllowed, what);
+    let schema = refuse(RejectCode::SchemaViolation, Subject::Cases);
+    let at = times.iter().copied().min().unwrap_or(p.rights.at_ms);
+    let party = p.rights.party(grid, at);
+    let arrival_ms = p.rights.at_ms;
+    for (_, key) in touched.entries.iter().filter(|(c, _)| c == "cases") {
+        let before = match prior {
+            Some(h) => doc.case_at(key, Some(h)).map_err(|_| schema)?,
+            None => None,
+        };
+        let Some(after) = doc.case(key).map_err(|_| schema)? else {
+            return Err(not_allowed(Subject::Cases));
+        };
+        match &before {
+            None => {
+                if !(party.grid_member || party.supervisor) || after.raised_by != p.user {
+                    return Err(not_allowed(Subject::Cases));
+                }
+            }
+            Some(b) => {
+                let same = b.id == after.id
+                    && b.kind == after.kind
+                    && b.raised_on_visit == after.raised_on_visit
+                    && b.item == after.item
+                    && b.raised_by == after.raised_by
+                    && b.device == after.device
+                    && b.raised_at_ms == after.raised_at_ms
+                    && b.detail == after.detail
+                    && b.parties == after.parties
+                    && b.due == after.due;
+                if !same {
+                    return Err(not_allowed(Subject::Cases));
+                }
+            }
+        }
+        crate::ledger::check_steps(before.as_ref(), &after, p.user, &party, arrival_ms).map_err(
+            |e| match e {
+                StepError::Stale => refuse(RejectCode::StaleOrder, Subject::CaseStep),
+                _ => not_allowed(Subject::CaseStep),
+            },
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use autosurgeon::Text;
@@ -652,6 +724,125 @@ mod tests {
         // An administrator reads no records, so writes none.
         let admin = rights(&[("g1", Role::Admin)]);
         assert!(judge(&admin, w.user, &mut household("g1", &w), &[]).is_err());
+    }
+
+    #[test]
+    fn a_hazard_found_on_a_visit_is_followed_by_the_grid_and_checked_by_a_supervisor() {
+        use crate::{
+            ids::CaseId,
+            ledger::{Case, CaseAction, CaseKind, NewStep},
+            schema::{Hazard, HazardKind},
+        };
+        let (w, other, boss) = (author(), author(), author());
+        let workers = rights(&[("g1", Role::GridWorker)]);
+        let supervisor = rights(&[("g1", Role::VillageSupervisor)]);
+        let mut doc = household("g1", &w);
+        let mut v = visit(&w);
+        v.hazards.push(Hazard {
+            kind: HazardKind::Fire,
+            detail: "楼道堆放杂物".into(),
+        });
+        doc.add_visit(&w, NOW, &v, &[]).expect("visit");
+        let case = Case {
+            id: CaseId::new(),
+            kind: CaseKind::Hazard {
+                kind: HazardKind::Fire,
+            },
+            raised_on_visit: Some(v.id),
+            item: Some(0),
+            raised_by: w.user,
+            device: w.device,
+            raised_at_ms: NOW,
+            detail: "楼道堆放杂物".into(),
+            parties: "3号楼道".into(),
+            due: None,
+            history: vec![],
+        };
+        // A line the visit does not hold is refused before anything is written.
+        let bad = Case {
+            id: CaseId::new(),
+            item: Some(1),
+            ..case.clone()
+        };
+        assert!(doc.raise_case(&w, NOW, &bad).is_err());
+        let before = doc.heads();
+        doc.raise_case(&w, NOW, &case).expect("raised");
+        assert_eq!(judge(&workers, w.user, &mut doc, &before), Ok(()));
+        // Raised in another's name: refused.
+        let mut forged_doc = doc.clone();
+        let before = forged_doc.heads();
+        let forged = Case {
+            id: CaseId::new(),
+            ..case.clone()
+        };
+        forged_doc
+            .raise_case(&other, NOW, &forged)
+            .expect("written");
+        assert_eq!(
+            judge(&workers, other.user, &mut forged_doc, &before),
+            not_allowed(Subject::Cases)
+        );
+        // The worker resolves it; only a supervisor checks it.
+        let before = doc.heads();
+        let done = NewStep {
+            comment: "杂物已清理".into(),
+            ..NewStep::default()
+        };
+        doc.case_step(&w, NOW + 1, case.id, CaseAction::Resolve, &done, None)
+            .expect("resolved");
+        assert_eq!(judge(&workers, w.user, &mut doc, &before), Ok(()));
+        let mut by_worker = doc.clone();
+        let before = by_worker.heads();
+        by_worker
+            .case_step(
+                &w,
+                NOW + 2,
+                case.id,
+                CaseAction::Check,
+                &NewStep::default(),
+                None,
+            )
+            .expect("written");
+        assert_eq!(
+            judge(&workers, w.user, &mut by_worker, &before),
+            not_allowed(Subject::CaseStep)
+        );
+        let before = doc.heads();
+        doc.case_step(
+            &boss,
+            NOW + 2,
+            case.id,
+            CaseAction::Check,
+            &NewStep::default(),
+            None,
+        )
+        .expect("checked");
+        assert_eq!(judge(&supervisor, boss.user, &mut doc, &before), Ok(()));
+        assert_eq!(
+            crate::ledger::standing(&doc.case(&case.id.to_string()).unwrap().unwrap()).state,
+            crate::ledger::CaseState::Checked
+        );
+        // A case is never deleted, nor its detail rewritten.
+        for rewrite in [true, false] {
+            use automerge::transaction::Transactable;
+            let mut copy = doc.clone();
+            let before = copy.heads();
+            let key = crate::ledger::root_key(&case.id.to_string());
+            let am = copy.automerge_mut();
+            if rewrite {
+                let (_, obj) = automerge::ReadDoc::get(am, automerge::ROOT, key.as_str())
+                    .unwrap()
+                    .unwrap();
+                am.put(&obj, "detail", "改了").unwrap();
+            } else {
+                am.delete(automerge::ROOT, key.as_str()).unwrap();
+            }
+            am.commit_with(crate::doc::commit_options(&boss, NOW + 3));
+            assert_eq!(
+                judge(&supervisor, boss.user, &mut copy, &before),
+                not_allowed(Subject::Cases)
+            );
+        }
     }
 
     #[test]

@@ -47,6 +47,19 @@ pub struct RefusedDemand {
     pub steps: Vec<String>,
 }
 
+/// A tracked case as a refused change wrote it (raised, or moved on by a step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefusedCase {
+    pub id: crate::ids::CaseId,
+    /// `hazard` or `dispute` (the `ledger` vocabulary), and its kind's code.
+    pub ledger: String,
+    pub kind: String,
+    pub detail: String,
+    pub parties: String,
+    /// The steps the change added (their action codes and comments), oldest first.
+    pub steps: Vec<(String, String)>,
+}
+
 /// A member as a refused change wrote it: who, not their numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RefusedMember {
@@ -71,6 +84,9 @@ pub struct RefusedContent {
     pub members: Vec<RefusedMember>,
     #[serde(default)]
     pub reviews: Vec<ReviewId>,
+    /// Tracked disputes and hazards it raised or took steps of (SYNC-v1 §15).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<RefusedCase>,
     /// Entries it deleted, as `collection/id` (`visits/…`, `members/…`).
     #[serde(default)]
     pub deleted: Vec<String>,
@@ -130,6 +146,36 @@ impl HouseholdDoc {
                 .flatten()
         };
         for (collection, key) in entries {
+            if collection == "cases" {
+                use crate::vocab::Term;
+                let root = crate::ledger::root_key(&key);
+                let read = |d: &automerge::AutoCommit| {
+                    autosurgeon::hydrate_prop::<_, Option<crate::ledger::Case>, _, _>(
+                        d,
+                        automerge::ROOT,
+                        root.as_str(),
+                    )
+                    .ok()
+                    .flatten()
+                };
+                if let Some(c) = read(&version) {
+                    let known = old.as_ref().and_then(read).map_or(0, |b| b.history.len());
+                    out.cases.push(RefusedCase {
+                        id: c.id,
+                        ledger: c.kind.ledger().code().to_string(),
+                        kind: c.kind.kind_code().to_string(),
+                        detail: c.detail,
+                        parties: c.parties,
+                        steps: c
+                            .history
+                            .into_iter()
+                            .skip(known)
+                            .map(|s| (s.action.code().to_string(), s.comment))
+                            .collect(),
+                    });
+                }
+                continue;
+            }
             let Ok(Some((_, obj))) = version.get(automerge::ROOT, collection.as_str()) else {
                 continue;
             };

@@ -71,6 +71,12 @@ pub enum Field {
     PhotoCaption,
     /// The evidence of a task report (周清单).
     TaskEvidence,
+    /// What a tracked dispute or hazard is (SYNC-v1 §15).
+    CaseDetail,
+    /// A tracked dispute's parties or a hazard's place.
+    CaseParties,
+    /// The comment of a case's step.
+    CaseComment,
 }
 
 impl Field {
@@ -97,6 +103,9 @@ impl Field {
             Field::Photo => "photo",
             Field::PhotoCaption => "photo_caption",
             Field::TaskEvidence => "task_evidence",
+            Field::CaseDetail => "case_detail",
+            Field::CaseParties => "case_parties",
+            Field::CaseComment => "case_comment",
         }
     }
 }
@@ -496,6 +505,23 @@ pub fn demand(d: &Demand, parts: &Parts) -> Result {
     for (i, t) in d.history.iter().enumerate() {
         if parts.item("history", i) {
             step(t)?;
+        }
+    }
+    Ok(())
+}
+
+/// A tracked case (SYNC-v1 §15), the fields in `parts`: its detail required, detail, parties
+/// and step comments at most [`MAX_TEXT_CHARS`].
+pub fn case(c: &crate::ledger::Case, parts: &Parts) -> Result {
+    if parts.has("detail") {
+        required(Field::CaseDetail, &c.detail, MAX_TEXT_CHARS)?;
+    }
+    if parts.has("parties") {
+        text(Field::CaseParties, &c.parties, MAX_TEXT_CHARS)?;
+    }
+    for (i, s) in c.history.iter().enumerate() {
+        if parts.item("history", i) {
+            text(Field::CaseComment, &s.comment, MAX_TEXT_CHARS)?;
         }
     }
     Ok(())

@@ -16,6 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::{
+    ledger::{CaseAction, CaseState, Ledger},
     policy::Role,
     review::ReviewState,
     schema::{
@@ -217,6 +218,27 @@ terms!(StepKind, "step" {
     ReturnVisit => "return_visit", "回访";
     Close => "close", "归档";
 });
+terms!(Ledger, "ledger" {
+    Hazard => "hazard", "安全隐患";
+    Dispute => "dispute", "矛盾纠纷";
+});
+terms!(CaseState, "case_state" {
+    Open => "open", "待分派";
+    Assigned => "assigned", "已分派";
+    InHand => "in_hand", "调处/整改中";
+    Resolved => "resolved", "已化解/已整改（待验收）";
+    Checked => "checked", "已验收";
+    Escalated => "escalated", "已上报转工单";
+});
+terms!(CaseAction, "case_action" {
+    Assign => "assign", "分派";
+    Start => "start", "开始调处/整改";
+    Resolve => "resolve", "化解/整改完成";
+    Check => "check", "验收";
+    Reopen => "reopen", "验收不通过";
+    Escalate => "escalate", "上报转工单";
+    FollowUp => "follow_up", "走访跟进";
+});
 terms!(Role, "role" {
     GridWorker => "grid_worker", "网格员";
     GridHead => "grid_head", "网格长";
@@ -244,6 +266,9 @@ serde_by_code!(
     Satisfaction,
     DemandSource,
     ReviewDecision,
+    Ledger,
+    CaseState,
+    CaseAction,
 );
 
 macro_rules! registry {
@@ -288,6 +313,9 @@ registry!(
     DemandAction,
     StepKind,
     Role,
+    Ledger,
+    CaseState,
+    CaseAction,
 );
 
 #[cfg(test)]
@@ -348,7 +376,10 @@ mod tests {
         holds::<DemandAction>();
         holds::<StepKind>();
         holds::<Role>();
-        assert_eq!(KINDS.len(), 18);
+        holds::<Ledger>();
+        holds::<CaseState>();
+        holds::<CaseAction>();
+        assert_eq!(KINDS.len(), 21);
         let mut kinds = KINDS.to_vec();
         kinds.dedup();
         assert_eq!(kinds.len(), KINDS.len());
