@@ -33,8 +33,10 @@ use qiaomen_protocol::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod cases;
 mod photos;
 
+pub use cases::{FollowUp, NewCase};
 pub use photos::{NewPhoto, PhotoState, PhotoUpload};
 
 use crate::encryption::StoreKey;
@@ -166,6 +168,18 @@ const MIGRATIONS: &[&str] = &[
         CHECK ((doc IS NULL) <> (task_list IS NULL))
     );
     ALTER TABLE task_done ADD COLUMN photos BLOB;
+    "#,
+    // 8 -> 9: the tracked disputes and hazards each household holds (SYNC-v1 §15) and whether
+    // each is still open, so the grid's follow-ups are read from the households that have
+    // any (the rows of households stored before: `reindex`).
+    r#"
+    CREATE TABLE case_index (
+        doc     BLOB NOT NULL,
+        case_id BLOB NOT NULL,
+        open    INTEGER NOT NULL,
+        PRIMARY KEY (doc, case_id)
+    ) WITHOUT ROWID;
+    INSERT OR REPLACE INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
     "#,
 ];
 
@@ -404,13 +418,14 @@ fn meta_json<T: serde::de::DeserializeOwned>(conn: &Connection, key: &str) -> Re
 
 /// The tables holding a household's own rows by `doc` (its changes and its indexes): what
 /// leaves the phone with a household. A new index table belongs here.
-const HOUSEHOLD_TABLES: [&str; 6] = [
+const HOUSEHOLD_TABLES: [&str; 7] = [
     "changes",
     "tag_index",
     "visit_index",
     "visit_outcomes",
     "demand_index",
     "review_index",
+    "case_index",
 ];
 
 fn set_meta_json<T: serde::Serialize>(conn: &Connection, key: &str, value: &T) -> Result<()> {
@@ -641,8 +656,11 @@ impl Store {
         let tx = self.conn.unchecked_transaction()?;
         for id in ids {
             // A document that does not read keeps its old rows; reading it reports the error.
-            if let Ok(h) = self.read_doc(id).and_then(|(d, _)| Ok(d.household()?)) {
-                Self::write_index(&tx, &h)?;
+            if let Ok((h, cases)) = self
+                .read_doc(id)
+                .and_then(|(d, _)| Ok((d.household()?, cases::rows(&d))))
+            {
+                Self::write_index(&tx, &h, &cases)?;
             }
         }
         tx.execute("DELETE FROM meta WHERE key = 'reindex'", [])?;
@@ -651,7 +669,11 @@ impl Store {
     }
 
     /// Writes the index rows of `household` (inside the caller's transaction).
-    fn write_index(tx: &rusqlite::Transaction<'_>, h: &Household) -> Result<()> {
+    fn write_index(
+        tx: &rusqlite::Transaction<'_>,
+        h: &Household,
+        cases: &[cases::CaseRow],
+    ) -> Result<()> {
         let id = h.id.as_bytes().as_slice();
         tx.execute(
             "UPDATE docs SET grid = ?2, door_number = ?3, status = ?4 WHERE id = ?1",
@@ -691,6 +713,10 @@ impl Store {
             .any(|r| r.decision == qiaomen_protocol::schema::ReviewDecision::Returned)
         {
             tx.execute("INSERT INTO review_index (doc) VALUES (?1)", [id])?;
+        }
+        tx.execute("DELETE FROM case_index WHERE doc = ?1", [id])?;
+        for row in cases {
+            cases::write_row(tx, h.id, row)?;
         }
         Ok(())
     }
@@ -811,7 +837,7 @@ impl Store {
         };
         let household = match &index {
             IndexUpdate::Full => match cached.doc.household() {
-                Ok(h) => Some(h),
+                Ok(h) => Some((h, cases::rows(&cached.doc))),
                 Err(e) => {
                     // The change is in memory only: forget it rather than build on it.
                     self.cache.remove(&id);
@@ -826,7 +852,13 @@ impl Store {
             let tx = self.conn.unchecked_transaction()?;
             Self::append_change(&tx, id, &hash, &bytes, true)?;
             match (&index, &household) {
-                (IndexUpdate::Full, Some(h)) => Self::write_index(&tx, h)?,
+                (IndexUpdate::Full, Some((h, cases))) => Self::write_index(&tx, h, cases)?,
+                (IndexUpdate::Case(row, demand), _) => {
+                    cases::write_row(&tx, id, row)?;
+                    if let Some(d) = demand {
+                        Self::write_demand(&tx, id, *d)?;
+                    }
+                }
                 (IndexUpdate::Photo(photo), _) => {
                     photos::keep_attached(&tx, id, &hash, photo, now)?;
                 }
@@ -906,7 +938,7 @@ impl Store {
             params![id.as_bytes().as_slice(), snapshot],
         )?;
         Self::insert_pending(&tx, id.as_bytes().as_slice(), hash.as_ref())?;
-        Self::write_index(&tx, &h)?;
+        Self::write_index(&tx, &h, &cases::rows(&doc))?;
         tx.commit()?;
         Ok(id)
     }
@@ -1489,6 +1521,7 @@ impl Store {
             .doc
             .apply_changes(fresh.iter().map(|i| changes[*i].as_slice()));
         let household = applied.and_then(|_| cached.doc.household());
+        let case_rows = cases::rows(&cached.doc);
         let household = match household {
             Ok(h) => h,
             Err(e) => {
@@ -1501,7 +1534,7 @@ impl Store {
             for i in &fresh {
                 Self::append_change(&tx, id, &decoded[*i].hash(), &changes[*i], false)?;
             }
-            Self::write_index(&tx, &household)?;
+            Self::write_index(&tx, &household, &case_rows)?;
             tx.commit()?;
             Ok(())
         })();
@@ -1579,7 +1612,7 @@ impl Store {
             "INSERT INTO docs (id, snapshot, grid, door_number, status) VALUES (?1, ?2, '', '', '')",
             params![id.as_bytes().as_slice(), snapshot],
         )?;
-        Self::write_index(&tx, &household)?;
+        Self::write_index(&tx, &household, &cases::rows(&doc))?;
         tx.commit()?;
         Ok((id, count))
     }
@@ -2003,9 +2036,9 @@ impl Store {
                 params![format!("actor:{fresh_actor}"), fresh_actor.to_bytes()],
             )?;
             match &rebuilt {
-                Some((_, household, snapshot)) => {
+                Some((doc, household, snapshot)) => {
                     Self::write_snapshot(&tx, id, snapshot)?;
-                    Self::write_index(&tx, household)?;
+                    Self::write_index(&tx, household, &cases::rows(doc))?;
                 }
                 None => {
                     let key = id.as_bytes().as_slice();
@@ -2123,6 +2156,8 @@ enum IndexUpdate {
     Visit(VisitId, Day, VisitOutcome, Vec<DemandId>),
     /// A photo attached: its bytes, kept with the change.
     Photo(photos::Attached),
+    /// A case raised or moved on, and the demand an escalation made.
+    Case(cases::CaseRow, Option<DemandId>),
 }
 
 fn uuid_from(bytes: &[u8]) -> Option<HouseholdId> {

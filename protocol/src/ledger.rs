@@ -264,7 +264,7 @@ pub fn standing_until(case: &Case, until_ms: i64) -> Standing {
         last_ms: case.raised_at_ms,
     };
     for e in case.history.iter().take_while(|e| e.at_ms <= until_ms) {
-        let _ = step(&mut s, e);
+        let _ = fold(&mut s, e);
     }
     s
 }
@@ -274,40 +274,41 @@ pub fn standing(case: &Case) -> Standing {
     standing_until(case, i64::MAX)
 }
 
+/// Takes the step `e` on `s`, checking that it follows and carries its data.
 fn step(s: &mut Standing, e: &CaseStep) -> Result<(), StepError> {
+    let missing = |what| Err(StepError::Missing(e.action, what));
+    match e.action {
+        CaseAction::Assign if e.assignee.is_none() => return missing("an assignee"),
+        CaseAction::Escalate if e.order.is_none() => return missing("the demand it becomes"),
+        CaseAction::Resolve if e.comment.trim().is_empty() => return missing("the result"),
+        CaseAction::Reopen if e.comment.trim().is_empty() => return missing("the reason"),
+        _ => {}
+    }
+    fold(s, e)
+}
+
+/// Takes the step `e` on `s` if it follows from the state (its data was checked when it was
+/// stored: [`check_steps`]); the read model folds the steps it keeps without their comments.
+fn fold(s: &mut Standing, e: &CaseStep) -> Result<(), StepError> {
     let to = e.action.next(s.state).ok_or(StepError::NotFromHere {
         action: e.action,
         state: s.state,
     })?;
     match e.action {
         CaseAction::Assign => {
-            let assignee = e
-                .assignee
-                .ok_or(StepError::Missing(e.action, "an assignee"))?;
-            s.assignee = assignee;
+            if let Some(assignee) = e.assignee {
+                s.assignee = assignee;
+            }
             if e.due.is_some() {
                 s.due = e.due;
             }
         }
         CaseAction::Escalate => {
-            s.order = Some(
-                e.order
-                    .ok_or(StepError::Missing(e.action, "the demand it becomes"))?,
-            );
+            s.order = e.order;
             s.escalated_ms = Some(e.at_ms);
         }
-        CaseAction::Resolve => {
-            if e.comment.trim().is_empty() {
-                return Err(StepError::Missing(e.action, "the result"));
-            }
-            s.resolved_ms = Some(e.at_ms);
-        }
-        CaseAction::Reopen => {
-            if e.comment.trim().is_empty() {
-                return Err(StepError::Missing(e.action, "the reason"));
-            }
-            s.resolved_ms = None;
-        }
+        CaseAction::Resolve => s.resolved_ms = Some(e.at_ms),
+        CaseAction::Reopen => s.resolved_ms = None,
         CaseAction::Check => s.checked_ms = Some(e.at_ms),
         CaseAction::Start | CaseAction::FollowUp => {}
     }
@@ -413,6 +414,34 @@ impl NewStep {
         }
         step(&mut s, &e)?;
         Ok(e)
+    }
+}
+
+/// The demand an escalation of `case` becomes (SYNC-v1 §15.2): a new demand of the same
+/// household, raised by `by` at `at_ms` with the case's detail as its text, written in the
+/// change of the escalation step that names it.
+pub fn escalation_demand(
+    case: &Case,
+    by: UserId,
+    at_ms: i64,
+    source: crate::schema::DemandSource,
+    category: crate::schema::NeedCategory,
+    on_visit: Option<VisitId>,
+) -> crate::schema::Demand {
+    let text = format!("【{}上报】{}", case.kind.label(), case.detail);
+    crate::schema::Demand {
+        id: DemandId::new(),
+        raised_on_visit: on_visit,
+        raised_by: by,
+        raised_at_ms: at_ms,
+        category,
+        text: text.chars().take(crate::validate::MAX_TEXT_CHARS).collect(),
+        urgency: crate::schema::Urgency::Normal,
+        status: crate::schema::DemandStatus::Raised,
+        history: vec![],
+        first_responsible: None,
+        source: Some(source),
+        external_ref: None,
     }
 }
 
