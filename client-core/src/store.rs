@@ -169,7 +169,7 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE task_done ADD COLUMN photos BLOB;
     "#,
-    // 8 -> 9: the tracked disputes and hazards each household holds (SYNC-v1 §15) and whether
+    // 8 -> 9: the tracked disputes and hazards each household holds (SYNC-v1 §13.10) and whether
     // each is still open, so the grid's follow-ups are read from the households that have
     // any (the rows of households stored before: `reindex`).
     r#"

@@ -124,7 +124,7 @@ pub(crate) fn classify(patches: &[automerge::Patch], from_empty: bool) -> Classi
             }
         };
         // A photo's reference (`photo:<id>`, SYNC-v1 §14.2) and a tracked case (`case:<id>`,
-        // §15) are keys of the root of their own.
+        // §13.10) are keys of the root of their own.
         if let Some((collection, id)) = root_entry(&root_key) {
             let entry = (collection.to_string(), id.to_string());
             match &p.action {
@@ -961,7 +961,7 @@ impl HouseholdDoc {
             .ok_or_else(|| DocError::Automerge("empty photo change".into()))
     }
 
-    /// Raises a tracked dispute or hazard (SYNC-v1 §15) as one change: a new case under its
+    /// Raises a tracked dispute or hazard (SYNC-v1 §13.10) as one change: a new case under its
     /// own root key. Refused before writing if it breaks a field rule
     /// ([`crate::validate::case`]), names a visit line the household does not hold, or comes
     /// with steps that do not follow ([`crate::ledger::check_steps`] but the role).

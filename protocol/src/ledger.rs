@@ -1,4 +1,4 @@
-//! The second ledger (双台账, SYNC-v1 §15): disputes (矛盾纠纷) and hazards (隐患) as tracked
+//! The second ledger (双台账, SYNC-v1 §13.10): disputes (矛盾纠纷) and hazards (隐患) as tracked
 //! items of a household — a *case* — each followed from the visit that found it to its end,
 //! with no IO.
 //!
@@ -417,7 +417,7 @@ impl NewStep {
     }
 }
 
-/// The demand an escalation of `case` becomes (SYNC-v1 §15.2): a new demand of the same
+/// The demand an escalation of `case` becomes (SYNC-v1 §13.10): a new demand of the same
 /// household, raised by `by` at `at_ms` with the case's detail as its text, written in the
 /// change of the escalation step that names it.
 pub fn escalation_demand(

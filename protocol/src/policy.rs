@@ -555,7 +555,7 @@ fn check_demands(
 }
 
 /// Every touched case is the actor's to raise and its new steps theirs to take (SYNC-v1
-/// §15.3): a new case is raised by the uploader, of the grid's side; what a case says stays
+/// §13.10): a new case is raised by the uploader, of the grid's side; what a case says stays
 /// as raised; its history only grows at its end, by [`crate::ledger::check_steps`].
 fn check_cases(
     p: &Actor<'_>,

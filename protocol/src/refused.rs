@@ -84,7 +84,7 @@ pub struct RefusedContent {
     pub members: Vec<RefusedMember>,
     #[serde(default)]
     pub reviews: Vec<ReviewId>,
-    /// Tracked disputes and hazards it raised or took steps of (SYNC-v1 §15).
+    /// Tracked disputes and hazards it raised or took steps of (SYNC-v1 §13.10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cases: Vec<RefusedCase>,
     /// Entries it deleted, as `collection/id` (`visits/…`, `members/…`).

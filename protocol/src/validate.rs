@@ -71,7 +71,7 @@ pub enum Field {
     PhotoCaption,
     /// The evidence of a task report (周清单).
     TaskEvidence,
-    /// What a tracked dispute or hazard is (SYNC-v1 §15).
+    /// What a tracked dispute or hazard is (SYNC-v1 §13.10).
     CaseDetail,
     /// A tracked dispute's parties or a hazard's place.
     CaseParties,
@@ -510,7 +510,7 @@ pub fn demand(d: &Demand, parts: &Parts) -> Result {
     Ok(())
 }
 
-/// A tracked case (SYNC-v1 §15), the fields in `parts`: its detail required, detail, parties
+/// A tracked case (SYNC-v1 §13.10), the fields in `parts`: its detail required, detail, parties
 /// and step comments at most [`MAX_TEXT_CHARS`].
 pub fn case(c: &crate::ledger::Case, parts: &Parts) -> Result {
     if parts.has("detail") {

@@ -1,4 +1,4 @@
-//! The second ledger on the phone (SYNC-v1 §15): disputes and hazards raised on a visit (or
+//! The second ledger on the phone (SYNC-v1 §13.10): disputes and hazards raised on a visit (or
 //! on their own) and followed offline — the worker's list of cases to look at again on the
 //! next visit day ("check the hazard at 17号"), and the steps taken on them.
 //!
