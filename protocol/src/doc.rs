@@ -1053,20 +1053,22 @@ impl HouseholdDoc {
     /// Every tracked case the household holds. A case that does not read as one is left out
     /// (the server never stores such a change: [`Self::validate_since`]).
     pub fn cases(&self) -> Vec<crate::ledger::Case> {
+        self.rooted(crate::ledger::ROOT_PREFIX)
+    }
+
+    /// Every entry kept at a root key beginning with `prefix` (`photo:`, `case:`) that reads
+    /// as a `T`; the others are left out.
+    fn rooted<T: autosurgeon::Hydrate>(&self, prefix: &str) -> Vec<T> {
         let keys: Vec<String> = self
             .doc
             .keys(ROOT)
-            .filter(|k| k.starts_with(crate::ledger::ROOT_PREFIX))
+            .filter(|k| k.starts_with(prefix))
             .collect();
         keys.iter()
             .filter_map(|k| {
-                autosurgeon::hydrate_prop::<_, Option<crate::ledger::Case>, _, _>(
-                    &self.doc,
-                    ROOT,
-                    k.as_str(),
-                )
-                .ok()
-                .flatten()
+                autosurgeon::hydrate_prop::<_, Option<T>, _, _>(&self.doc, ROOT, k.as_str())
+                    .ok()
+                    .flatten()
             })
             .collect()
     }
@@ -1119,7 +1121,6 @@ impl HouseholdDoc {
                 "a case is not under its own id".into(),
             ));
         }
-        crate::validate::case(&case, parts)?;
         self.case_rules(&case, parts)
     }
 
@@ -1153,9 +1154,10 @@ impl HouseholdDoc {
         if case.history.len() > crate::ledger::MAX_CASE_STEPS {
             return Err(DocError::InvalidEdit("a case holds too many steps".into()));
         }
-        for e in &case.history {
-            if let Some(order) = e.order {
-                let demands = self.map_obj("demands")?;
+        let orders: Vec<_> = case.history.iter().filter_map(|e| e.order).collect();
+        if !orders.is_empty() {
+            let demands = self.map_obj("demands")?;
+            for order in orders {
                 if self.doc.get(&demands, order.to_string())?.is_none() {
                     return Err(DocError::InvalidEdit(
                         "a case is escalated into a demand the household does not hold".into(),
@@ -1169,22 +1171,7 @@ impl HouseholdDoc {
     /// Every photo reference the household holds, by id. A reference that does not read as
     /// one is left out (the server never stores such a change: [`Self::validate_since`]).
     pub fn photos(&self) -> Vec<crate::photo::Photo> {
-        let keys: Vec<String> = self
-            .doc
-            .keys(ROOT)
-            .filter(|k| k.starts_with(crate::photo::ROOT_PREFIX))
-            .collect();
-        keys.iter()
-            .filter_map(|k| {
-                autosurgeon::hydrate_prop::<_, Option<crate::photo::Photo>, _, _>(
-                    &self.doc,
-                    ROOT,
-                    k.as_str(),
-                )
-                .ok()
-                .flatten()
-            })
-            .collect()
+        self.rooted(crate::photo::ROOT_PREFIX)
     }
 
     /// The photo reference `id` (its id as text), if the household holds it.

@@ -30,7 +30,7 @@ use crate::{
     calendar::Day,
     ids::{CaseId, DemandId, DeviceId, UserId, VisitId},
     schema::{DisputeKind, HazardKind},
-    workorder::{CLOCK_SKEW_MS, Party, day_of},
+    workorder::{CLOCK_SKEW_MS, Party},
 };
 
 /// The prefix of a case's key at the document's root.
@@ -443,11 +443,6 @@ pub fn escalation_demand(
         source: Some(source),
         external_ref: None,
     }
-}
-
-/// The day (China time) a time falls on: what a ledger's period counts by.
-pub fn day_of_ms(ms: i64) -> Day {
-    day_of(ms)
 }
 
 #[cfg(test)]

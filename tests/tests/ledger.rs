@@ -11,29 +11,36 @@ use qiaomen_protocol::{
     policy::Subject,
     schema::*,
 };
-use qiaomen_tests::{TestServer, call, sample_visit};
+use qiaomen_tests::{Phone, TestServer, call, sample_visit};
 
 fn today() -> Day {
     Day::from_unix_ms(qiaomen_server::access::now_ms(), 8 * 3600).unwrap()
 }
 
-#[test]
-fn a_hazard_found_on_a_visit_is_followed_up_offline_rectified_and_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server"));
-    let mut centre = server.phone(&dir.path().join("centre.db"), &[]);
-    let mut w = server.phone(&dir.path().join("w.db"), &["g1"]);
+/// A server, the command centre's phone, a worker of g1 and a household of g1 at `door`, on
+/// both phones.
+fn a_household_of_g1(dir: &std::path::Path, door: &str) -> (TestServer, Phone, Phone, HouseholdId) {
+    let server = TestServer::start(&dir.join("server"));
+    let mut centre = server.phone(&dir.join("centre.db"), &[]);
+    let mut w = server.phone(&dir.join("w.db"), &["g1"]);
     let id = centre
         .store
         .create_household(&Household::new(
             HouseholdId::new(),
             GridId::new("g1"),
             "东村",
-            "17号",
+            door,
         ))
         .unwrap();
     centre.sync().unwrap();
     w.sync().unwrap();
+    (server, centre, w, id)
+}
+
+#[test]
+fn a_hazard_found_on_a_visit_is_followed_up_offline_rectified_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut centre, mut w, id) = a_household_of_g1(dir.path(), "17号");
 
     // On the visit day, the worker notes a fire hazard and tracks it.
     let day = calendar::cycle_of(today());
@@ -155,20 +162,7 @@ fn a_hazard_found_on_a_visit_is_followed_up_offline_rectified_and_checked() {
 #[test]
 fn a_dispute_escalated_becomes_a_work_order_in_the_same_change() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server"));
-    let mut centre = server.phone(&dir.path().join("centre.db"), &[]);
-    let mut w = server.phone(&dir.path().join("w.db"), &["g1"]);
-    let id = centre
-        .store
-        .create_household(&Household::new(
-            HouseholdId::new(),
-            GridId::new("g1"),
-            "东村",
-            "5号",
-        ))
-        .unwrap();
-    centre.sync().unwrap();
-    w.sync().unwrap();
+    let (server, centre, mut w, id) = a_household_of_g1(dir.path(), "5号");
     let case = w
         .store
         .raise_case(
