@@ -167,6 +167,207 @@ DELETE FROM idx_orders;
 UPDATE idx_cursor SET seq = 0;
 "#;
 
+/// Tracked disputes and hazards (SYNC-v1 §13.10), one row per case, its steps as JSON without
+/// their comments (migration 17 of the store, 9 of PostgreSQL; the read model is rebuilt from
+/// the log). `found_grid` is the grid the household was in the day the case was raised (what
+/// the ledger's figures count it for); `grid` the household's now (who sees it).
+pub const CASES_SCHEMA: &str = r#"
+CREATE TABLE idx_cases (
+    doc        BLOB NOT NULL,
+    case_id    TEXT NOT NULL,
+    grid       TEXT NOT NULL,
+    found_grid TEXT NOT NULL,
+    door       TEXT NOT NULL,
+    ledger     TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    visit      TEXT,
+    raised_by  TEXT NOT NULL,
+    raised_ms  INTEGER NOT NULL,
+    due        TEXT,
+    state      TEXT NOT NULL,
+    steps      TEXT NOT NULL,
+    PRIMARY KEY (doc, case_id)
+) WITHOUT ROWID;
+CREATE INDEX idx_cases_grid ON idx_cases (grid, raised_ms);
+CREATE INDEX idx_cases_found ON idx_cases (found_grid, raised_ms);
+CREATE INDEX idx_cases_id ON idx_cases (case_id);
+DELETE FROM idx_households;
+DELETE FROM idx_spans;
+DELETE FROM idx_visits;
+DELETE FROM idx_orders;
+DELETE FROM idx_photos;
+UPDATE idx_cursor SET seq = 0;
+"#;
+
+/// A tracked case as the read model holds it (no resident's text: the detail, the parties and
+/// the steps' comments stay in the document).
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CaseRow {
+    pub household: String,
+    pub case: String,
+    /// The household's grid now.
+    pub grid: String,
+    /// The grid it was in the day the case was raised.
+    pub found_grid: String,
+    pub door_number: String,
+    /// `hazard` or `dispute` (vocabulary `ledger`).
+    pub ledger: String,
+    /// `fire`, `neighbours`, ... (vocabulary `hazard_kind` or `dispute_kind`).
+    pub kind: String,
+    /// The visit that found it.
+    pub visit: Option<String>,
+    pub raised_by: String,
+    pub raised_ms: i64,
+    /// The deadline set when it was raised.
+    pub due: Option<String>,
+    /// Its state now (vocabulary `case_state`).
+    pub state: String,
+    /// Who is to act now (the last assignee, else who raised it), and the deadline in force.
+    pub assignee: String,
+    pub deadline: Option<String>,
+    /// Open past its deadline (as of the answer).
+    pub overdue: bool,
+    pub steps: Vec<CaseStepRow>,
+}
+
+/// A step of a case as the read model holds it (without its comment).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CaseStepRow {
+    /// Vocabulary `case_action`.
+    pub action: String,
+    pub by: String,
+    pub at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+}
+
+impl CaseRow {
+    /// The case as the protocol's ledger reads it, without its texts (`None`: the row does not
+    /// read, which the read model never writes).
+    pub fn case(&self) -> Option<qiaomen_protocol::ledger::Case> {
+        use qiaomen_protocol::{
+            ids::{CaseId, DeviceId},
+            ledger::{Case, CaseAction, CaseKind, CaseStep},
+            schema::{DisputeKind, HazardKind},
+        };
+        let kind = match self.ledger.as_str() {
+            "hazard" => CaseKind::Hazard {
+                kind: HazardKind::from_code(&self.kind)?,
+            },
+            "dispute" => CaseKind::Dispute {
+                kind: DisputeKind::from_code(&self.kind)?,
+            },
+            _ => return None,
+        };
+        let nobody = DeviceId(qiaomen_protocol::ids::Uuid::nil());
+        let history = self
+            .steps
+            .iter()
+            .map(|s| {
+                Some(CaseStep {
+                    action: CaseAction::from_code(&s.action)?,
+                    by: s.by.parse().ok()?,
+                    device: nobody,
+                    at_ms: s.at_ms,
+                    comment: String::new(),
+                    assignee: s.assignee.as_deref().and_then(|a| a.parse().ok()),
+                    due: s.due.as_deref().and_then(|d| d.parse().ok()),
+                    order: s.order.as_deref().and_then(|o| o.parse().ok()),
+                    visit: None,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Case {
+            id: self.case.parse::<CaseId>().ok()?,
+            kind,
+            raised_on_visit: None,
+            item: None,
+            raised_by: self.raised_by.parse().ok()?,
+            device: nobody,
+            raised_at_ms: self.raised_ms,
+            detail: String::new(),
+            parties: String::new(),
+            due: self.due.as_deref().and_then(|d| d.parse().ok()),
+            history,
+        })
+    }
+}
+
+const CASE_SELECT: &str = "SELECT doc, case_id, grid, found_grid, door, ledger, kind, visit,
+    raised_by, raised_ms, due, state, steps FROM idx_cases";
+
+fn case_row(r: &Row) -> Result<CaseRow, SqlError> {
+    let doc: Vec<u8> = r.get(0)?;
+    let household = <[u8; 16]>::try_from(doc.as_slice())
+        .map(|b| qiaomen_protocol::ids::Uuid::from_bytes(b).to_string())
+        .unwrap_or_default();
+    let steps: String = r.get(12)?;
+    let mut row = CaseRow {
+        household,
+        case: r.get(1)?,
+        grid: r.get(2)?,
+        found_grid: r.get(3)?,
+        door_number: r.get(4)?,
+        ledger: r.get(5)?,
+        kind: r.get(6)?,
+        visit: r.get(7)?,
+        raised_by: r.get(8)?,
+        raised_ms: r.get(9)?,
+        due: r.get(10)?,
+        state: r.get(11)?,
+        assignee: String::new(),
+        deadline: None,
+        overdue: false,
+        steps: serde_json::from_str(&steps).unwrap_or_default(),
+    };
+    if let Some(s) = row.case().map(|c| qiaomen_protocol::ledger::standing(&c)) {
+        row.assignee = s.assignee.to_string();
+        row.deadline = s.due.map(|d| d.to_string());
+    }
+    Ok(row)
+}
+
+/// A case's row in `idx_cases`: counted for the grid the household was in the day it was
+/// raised.
+fn case_db_row(
+    raw: &[u8],
+    h: &Household,
+    grid_then: &str,
+    c: &qiaomen_protocol::ledger::Case,
+) -> Vec<Owned> {
+    let steps: Vec<CaseStepRow> = c
+        .history
+        .iter()
+        .map(|e| CaseStepRow {
+            action: e.action.code().to_string(),
+            by: e.by.to_string(),
+            at_ms: e.at_ms,
+            assignee: e.assignee.map(|a| a.to_string()),
+            due: e.due.map(|d| d.to_string()),
+            order: e.order.map(|o| o.to_string()),
+        })
+        .collect();
+    vec![
+        Owned::Blob(raw.to_vec()),
+        text(c.id.to_string()),
+        text(h.grid.as_str()),
+        text(grid_then),
+        text(h.door_number.as_str()),
+        text(c.kind.ledger().code()),
+        text(c.kind.kind_code()),
+        opt_text(c.raised_on_visit.map(|v| v.to_string())),
+        text(c.raised_by.to_string()),
+        int(c.raised_at_ms),
+        opt_text(c.due.map(|d| d.to_string())),
+        text(qiaomen_protocol::ledger::standing(c).state.code()),
+        text(serde_json::to_string(&steps).unwrap_or_else(|_| "[]".into())),
+    ]
+}
+
 /// A photo reference as the read model holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PhotoRef {
@@ -246,6 +447,19 @@ pub struct AsOf {
     pub registered: Day,
     /// (from that day on, grid), oldest first.
     pub spans: Vec<(Day, String)>,
+}
+
+impl AsOf {
+    /// The grid the household began `day` in (its first grid for a day before its
+    /// registration); `None` with no spans.
+    pub fn grid_on(&self, day: Day) -> Option<&str> {
+        self.spans
+            .iter()
+            .rev()
+            .find(|(since, _)| *since <= day)
+            .or(self.spans.first())
+            .map(|(_, g)| g.as_str())
+    }
 }
 
 /// A household's registration day and grids over time, from its timeline. It is registered
@@ -436,17 +650,23 @@ impl Index {
                     let mut doc = HouseholdDoc::load(&stored)?;
                     let h = doc.household()?;
                     let photos = doc.photos();
-                    Ok::<_, qiaomen_protocol::error::DocError>((h, doc.history_changes()?, photos))
+                    let cases = doc.cases();
+                    Ok::<_, qiaomen_protocol::error::DocError>((
+                        h,
+                        doc.history_changes()?,
+                        photos,
+                        cases,
+                    ))
                 });
                 match household {
-                    Ok(Ok((h, steps, photos))) => {
+                    Ok(Ok((h, steps, photos, cases))) => {
                         let arrivals = self.arrivals(steps)?;
                         let when = as_of(
                             &timeline.unwrap_or_default(),
                             h.grid.as_str(),
                             self.workflow.coverage.catch_up_days,
                         );
-                        rows.push((raw.clone(), Some((h, when, arrivals, photos))));
+                        rows.push((raw.clone(), Some((h, when, arrivals, photos, cases))));
                     }
                     Ok(Err(_)) | Err(_) => {
                         tracing::warn!(household = %id, "a stored document does not read; not indexed");
@@ -470,7 +690,7 @@ impl Index {
         let deadlines = &self.workflow.deadlines;
         let mut rows = Rows::default();
         for (raw, household) in &batch.rows {
-            let Some((h, when, arrivals, photos)) = household else {
+            let Some((h, when, arrivals, photos, cases)) = household else {
                 continue;
             };
             // Rows are derived by the protocol's pure functions; should one panic on a
@@ -478,6 +698,13 @@ impl Index {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut one = rows_of(raw, h, when, arrivals, deadlines);
                 one.photos = photos.iter().map(|p| photo_row(raw, p)).collect();
+                one.cases = cases
+                    .iter()
+                    .map(|c| {
+                        let day = workorder::day_of(c.raised_at_ms);
+                        case_db_row(raw, h, when.grid_on(day).unwrap_or(h.grid.as_str()), c)
+                    })
+                    .collect();
                 one
             })) {
                 Ok(one) => rows.extend(one),
@@ -525,6 +752,12 @@ impl Index {
                     demand, item, by_user, taken_ms, caption)",
                 12,
                 &rows.photos,
+            )?;
+            tx.insert_many(
+                "INSERT INTO idx_cases (doc, case_id, grid, found_grid, door, ledger, kind,
+                    visit, raised_by, raised_ms, due, state, steps)",
+                13,
+                &rows.cases,
             )?;
             Ok(true)
         })
@@ -720,6 +953,35 @@ impl Index {
         Ok(out)
     }
 
+    /// The tracked cases of the households now in `grids` or found in them, oldest raised
+    /// first (each once).
+    pub fn cases(&self, grids: &[String]) -> Result<Vec<CaseRow>, StorageError> {
+        let grids_json = serde_json::to_string(grids).expect("strings serialize");
+        Ok(self.db.map(
+            &format!(
+                "{CASE_SELECT} WHERE grid IN (SELECT value FROM json_each(?1))
+                    OR found_grid IN (SELECT value FROM json_each(?1))
+                  ORDER BY raised_ms, case_id"
+            ),
+            &[&grids_json],
+            case_row,
+        )?)
+    }
+
+    /// The case with this id (one: case ids are fresh UUIDs; should two households hold the
+    /// same, the first by household).
+    pub fn case_with_id(&self, case: &str) -> Result<Option<CaseRow>, StorageError> {
+        Ok(self
+            .db
+            .map(
+                &format!("{CASE_SELECT} WHERE case_id = ?1 ORDER BY doc"),
+                &[&case],
+                case_row,
+            )?
+            .into_iter()
+            .next())
+    }
+
     /// Every demand id with the household holding it, oldest raised first (for the register
     /// of demand ids, [`crate::orders`]).
     pub fn demand_owners(&self) -> Result<Vec<(DemandId, HouseholdId)>, StorageError> {
@@ -842,12 +1104,13 @@ fn order_row(r: &Row) -> Result<OrderRow, SqlError> {
 }
 
 /// The read model's tables of household rows, each keyed by `doc`.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "idx_households",
     "idx_visits",
     "idx_orders",
     "idx_spans",
     "idx_photos",
+    "idx_cases",
 ];
 
 /// An `idx_households` row: doc, grid, door, status, tags, registered.
@@ -864,8 +1127,14 @@ struct Batch {
 }
 
 /// A household as read for its rows: its record, its registration and grids over time,
-/// when its demands' steps arrived, and its photo references.
-type Read = (Household, AsOf, Arrivals, Vec<Photo>);
+/// when its demands' steps arrived, its photo references and its tracked cases.
+type Read = (
+    Household,
+    AsOf,
+    Arrivals,
+    Vec<Photo>,
+    Vec<qiaomen_protocol::ledger::Case>,
+);
 
 /// For each demand (by key), when the server received each step of its history.
 type Arrivals = std::collections::BTreeMap<String, Vec<Option<i64>>>;
@@ -878,6 +1147,7 @@ struct Rows {
     visits: Vec<Vec<Owned>>,
     orders: Vec<Vec<Owned>>,
     photos: Vec<Vec<Owned>>,
+    cases: Vec<Vec<Owned>>,
 }
 
 impl Rows {
@@ -887,6 +1157,7 @@ impl Rows {
         self.visits.extend(other.visits);
         self.orders.extend(other.orders);
         self.photos.extend(other.photos);
+        self.cases.extend(other.cases);
     }
 }
 

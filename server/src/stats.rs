@@ -14,6 +14,13 @@
 //!   **coverage rate** = visited ÷ due.
 //! - **overdue**: open orders whose step's due day is before today.
 //!
+//! - **hazards** and **disputes** (the second ledger, 双台账): **found**: cases raised in the
+//!   period; of those, where they stood at the period's end (or now, if it has not ended):
+//!   **resolved** (rectified 已整改 / settled 已化解, checked or not), **checked** (验收),
+//!   **escalated** (上报转工单); **overdue**: cases raised by the period's end that were still
+//!   open at its end past their deadline. A case counts for the grid its household was in the
+//!   day it was raised. As of the period's end, so a later step never changes a past period.
+//!
 //! **Red/black list (红黑榜)** of grids for a period: a grid's *score* is the weighted mean of
 //! its coverage rate (40), resolution rate (30), on-time rate (20) and satisfaction rate (10),
 //! leaving out the rates it has no data for (weights renormalised). **Red list**: the best 3
@@ -48,6 +55,67 @@ pub struct Figures {
     pub coverage: Tally,
     pub coverage_rate: Option<f64>,
     pub overdue: u64,
+    pub hazards: LedgerFigures,
+    pub disputes: LedgerFigures,
+}
+
+/// The counts of one ledger (hazards or disputes) over a period (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct LedgerFigures {
+    pub found: u64,
+    pub resolved: u64,
+    pub checked: u64,
+    pub escalated: u64,
+    pub overdue: u64,
+}
+
+impl LedgerFigures {
+    fn add(&mut self, o: &LedgerFigures) {
+        self.found += o.found;
+        self.resolved += o.resolved;
+        self.checked += o.checked;
+        self.escalated += o.escalated;
+        self.overdue += o.overdue;
+    }
+}
+
+/// The moment a period's figures are taken at: the end of its last day (China time), or
+/// `now_ms` if that is earlier.
+pub fn period_end_ms(to: Day, now_ms: i64) -> i64 {
+    (crate::access::org::day_start_ms(to.add_days(1)) - 1).min(now_ms)
+}
+
+/// The hazards' and the disputes' figures of `cases` (the rows of one grid, by the grid they
+/// were found in) over `from..=to`, as they stood at `at_ms` ([`period_end_ms`]).
+pub fn ledger_figures(
+    cases: &[crate::index::CaseRow],
+    (from, to): (Day, Day),
+    at_ms: i64,
+) -> (LedgerFigures, LedgerFigures) {
+    use qiaomen_protocol::ledger::{self, CaseState, Ledger};
+    let (mut hazards, mut disputes) = (LedgerFigures::default(), LedgerFigures::default());
+    let at_day = qiaomen_protocol::workorder::day_of(at_ms);
+    for row in cases {
+        let Some(case) = row.case() else { continue };
+        if case.raised_at_ms > at_ms {
+            continue;
+        }
+        let f = match case.kind.ledger() {
+            Ledger::Hazard => &mut hazards,
+            Ledger::Dispute => &mut disputes,
+        };
+        let s = ledger::standing_until(&case, at_ms);
+        f.overdue += u64::from(s.overdue_on(at_day));
+        let raised = qiaomen_protocol::workorder::day_of(case.raised_at_ms);
+        if raised < from || raised > to {
+            continue;
+        }
+        f.found += 1;
+        f.resolved += u64::from(matches!(s.state, CaseState::Resolved | CaseState::Checked));
+        f.checked += u64::from(s.state == CaseState::Checked);
+        f.escalated += u64::from(s.state == CaseState::Escalated);
+    }
+    (hazards, disputes)
 }
 
 fn ratio(n: u64, d: u64) -> Option<f64> {
@@ -203,6 +271,8 @@ impl Figures {
         self.visits += o.visits;
         self.overdue += o.overdue;
         self.coverage.merge(&o.coverage);
+        self.hazards.add(&o.hazards);
+        self.disputes.add(&o.disputes);
     }
 
     /// The rates, from the counts (a sum's rates are the ratios of its sums, never an average
@@ -397,5 +467,94 @@ mod tests {
             ["c", "b"]
         );
         assert_eq!(black[1].reasons, ["missed_households"]);
+    }
+
+    #[test]
+    fn a_periods_ledger_figures_are_where_its_cases_stood_at_its_end() {
+        use crate::index::{CaseRow, CaseStepRow};
+        let at = |s: &str| {
+            let day = d(s);
+            (day.0.midnight().assume_utc().unix_timestamp() + 4 * 3600) * 1000
+        };
+        let user = qiaomen_protocol::ids::UserId::new().to_string();
+        let step = |action: &str, day: &str, due: Option<&str>| CaseStepRow {
+            action: action.into(),
+            by: user.clone(),
+            at_ms: at(day),
+            assignee: (action == "assign").then(|| user.clone()),
+            due: due.map(str::to_string),
+            order: None,
+        };
+        let case = |ledger: &str, kind: &str, raised: &str, steps: Vec<CaseStepRow>| CaseRow {
+            household: "h".into(),
+            case: qiaomen_protocol::ids::CaseId::new().to_string(),
+            grid: "g".into(),
+            found_grid: "g".into(),
+            door_number: "1".into(),
+            ledger: ledger.into(),
+            kind: kind.into(),
+            visit: None,
+            raised_by: user.clone(),
+            raised_ms: at(raised),
+            due: None,
+            state: "open".into(),
+            assignee: String::new(),
+            deadline: None,
+            overdue: false,
+            steps,
+        };
+        let cases = vec![
+            // Found on the 1st, due the 3rd, rectified the 5th, checked the 10th.
+            case(
+                "hazard",
+                "fire",
+                "2026-03-01",
+                vec![
+                    step("assign", "2026-03-01", Some("2026-03-03")),
+                    step("resolve", "2026-03-05", None),
+                    step("check", "2026-03-10", None),
+                ],
+            ),
+            // A dispute found the 2nd, escalated the 4th.
+            case(
+                "dispute",
+                "land",
+                "2026-03-02",
+                vec![step("escalate", "2026-03-04", None)],
+            ),
+            // Found in February, still open, no deadline.
+            case("hazard", "gas", "2026-02-20", vec![]),
+        ];
+        let march = |to: &str| {
+            ledger_figures(
+                &cases,
+                (d("2026-03-01"), d(to)),
+                period_end_ms(d(to), at("2026-12-01")),
+            )
+        };
+        let lf = |found, resolved, checked, escalated, overdue| LedgerFigures {
+            found,
+            resolved,
+            checked,
+            escalated,
+            overdue,
+        };
+        // At the end of the 4th the hazard was past its deadline, the dispute escalated.
+        assert_eq!(march("2026-03-04"), (lf(1, 0, 0, 0, 1), lf(1, 0, 0, 1, 0)));
+        // At the end of the 7th it was rectified, not yet checked: no longer overdue.
+        assert_eq!(march("2026-03-07"), (lf(1, 1, 0, 0, 0), lf(1, 0, 0, 1, 0)));
+        assert_eq!(march("2026-03-31"), (lf(1, 1, 1, 0, 0), lf(1, 0, 0, 1, 0)));
+        // A period that ended before its steps never sees them; February found one hazard.
+        let feb = ledger_figures(
+            &cases,
+            (d("2026-02-01"), d("2026-02-28")),
+            period_end_ms(d("2026-02-28"), at("2026-12-01")),
+        );
+        assert_eq!(feb, (lf(1, 0, 0, 0, 0), lf(0, 0, 0, 0, 0)));
+        // A period not over yet is taken now.
+        assert_eq!(
+            period_end_ms(d("2026-03-31"), at("2026-03-05")),
+            at("2026-03-05")
+        );
     }
 }

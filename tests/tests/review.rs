@@ -384,6 +384,9 @@ fn the_openapi_document_matches_the_served_api() {
     documented.sort();
     let want = [
         "GET /api/v1/audit",
+        "GET /api/v1/cases",
+        "GET /api/v1/cases/export",
+        "GET /api/v1/cases/{id}",
         "GET /api/v1/coverage",
         "GET /api/v1/coverage/series",
         "GET /api/v1/devices",
@@ -405,6 +408,7 @@ fn the_openapi_document_matches_the_served_api() {
         "GET /v1/photos/{hash}",
         "HEAD /v1/photos/{hash}",
         "PATCH /v1/photos/{hash}",
+        "POST /api/v1/cases/{id}/steps",
         "POST /api/v1/devices/{id}/retire",
         "POST /api/v1/devices/{id}/revoke",
         "POST /api/v1/households/{id}/conflicts/resolve",

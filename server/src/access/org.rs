@@ -401,6 +401,15 @@ impl AccessDb {
             .ok_or(AccessError::NotFound("user"))
     }
 
+    /// The user with this id or this login, if there is one.
+    pub fn user_by_id_or_login(&self, id_or_login: &str) -> Result<Option<UserId>> {
+        let id: Option<String> = self.db.row(
+            "SELECT id FROM users WHERE id = ?1 OR login = ?1 ORDER BY (id = ?1) DESC LIMIT 1",
+            &[&id_or_login],
+        )?;
+        Ok(id.and_then(|s| s.parse().ok()))
+    }
+
     /// Assigns `user` to `unit` with `role` from `from_ms` on.
     pub fn assign(&self, user: UserId, unit: &str, role: Role, from_ms: i64) -> Result<()> {
         let kind = self.unit_kind(unit)?.ok_or(AccessError::NotFound("unit"))?;

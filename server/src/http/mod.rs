@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod edge;
 pub mod import;
+pub mod ledger;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
@@ -517,6 +518,10 @@ pub fn router(state: AppState) -> Router {
                     "/api/v1/households/{id}/demands",
                     post(workflow::create_demand),
                 )
+                .route("/api/v1/cases", get(ledger::list))
+                .route("/api/v1/cases/export", get(ledger::export))
+                .route("/api/v1/cases/{id}", get(ledger::one))
+                .route("/api/v1/cases/{id}/steps", post(ledger::step))
                 .route("/api/v1/stats", get(workflow::stats_report))
                 .route("/api/v1/stats/export", get(reports::stats_export))
                 .route("/api/v1/ranking", get(workflow::ranking))
@@ -549,6 +554,9 @@ pub fn router(state: AppState) -> Router {
                 .route("/refused", get(pages::refused_page))
                 .route("/orders/{demand}", get(pages::order_page))
                 .route("/orders/{demand}/step", post(pages::order_step_submit))
+                .route("/ledger", get(ledger::ledger_page))
+                .route("/cases/{id}", get(ledger::case_page))
+                .route("/cases/{id}/step", post(ledger::case_step_submit))
                 .route("/stats", get(pages::stats_page))
                 .route("/report", get(pages::report_page))
                 .route("/tasks", get(pages::tasks_page).post(pages::tasks_submit))

@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth, import, phones, photos, reports, tasks, workflow};
+use super::{api, auth, import, ledger, phones, photos, reports, tasks, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -39,6 +39,10 @@ use super::{api, auth, import, phones, photos, reports, tasks, workflow};
         workflow::ranking,
         reports::stats_export,
         workflow::refused,
+        ledger::list,
+        ledger::one,
+        ledger::step,
+        ledger::export,
         tasks::push_list,
         tasks::lists,
         tasks::list,

@@ -71,6 +71,8 @@ fn templates() -> &'static Environment<'static> {
             ("phones.html", include_str!("../../templates/phones.html")),
             ("map.html", include_str!("../../templates/map.html")),
             ("report.html", include_str!("../../templates/report.html")),
+            ("ledger.html", include_str!("../../templates/ledger.html")),
+            ("case.html", include_str!("../../templates/case.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
@@ -151,6 +153,7 @@ pub fn menu_of(
         (grids, ("nav-org", "/", "辖区")),
         (grids, ("nav-coverage", "/coverage", "走访覆盖")),
         (orders, ("nav-orders", "/orders", "诉求工单")),
+        (grids, ("nav-ledger", "/ledger", "双台账")),
         (grids, ("nav-tasks", "/tasks", "周清单")),
         (grids, ("nav-stats", "/stats", "统计")),
         (grids, ("nav-refused", "/refused", "未接收")),

@@ -169,26 +169,32 @@ async fn grid_figures(
 ) -> Result<(BTreeMap<String, Figures>, u64)> {
     let grids = us.grids.clone();
     let teams: Vec<String> = Vec::new();
-    let (orders, households, visits, behind) = state
+    let (orders, households, visits, cases, behind) = state
         .index(move |ix| {
             Ok((
                 ix.orders(&grids, &teams)?,
                 ix.households(&grids)?,
                 ix.visit_counts(&grids, from, to)?,
+                ix.cases(&grids)?,
                 ix.behind()?,
             ))
         })
         .await?;
+    let at_ms = stats::period_end_ms(to, crate::access::now_ms());
     let policy = state.workflow.coverage.clone();
     let today = today();
     let mut out = BTreeMap::new();
     for g in &us.grids {
         let o: Vec<OrderRow> = orders.iter().filter(|r| &r.grid == g).cloned().collect();
         let v = visits.get(g).copied().unwrap_or(0);
-        out.insert(
-            g.clone(),
-            stats::figures(g, &o, &households, v, (from, to), today, &policy),
-        );
+        let mut f = stats::figures(g, &o, &households, v, (from, to), today, &policy);
+        let found_here: Vec<_> = cases
+            .iter()
+            .filter(|c| &c.found_grid == g)
+            .cloned()
+            .collect();
+        (f.hazards, f.disputes) = stats::ledger_figures(&found_here, (from, to), at_ms);
+        out.insert(g.clone(), f);
     }
     Ok((out, behind))
 }
@@ -595,7 +601,7 @@ pub async fn monthly_report(
     })
 }
 
-const STATS_HEADER: [&str; 19] = [
+const STATS_HEADER: [&str; 29] = [
     "单位",
     "类别",
     "上级单位",
@@ -615,10 +621,20 @@ const STATS_HEADER: [&str; 19] = [
     "走访覆盖率",
     "漏访",
     "超期工单",
+    "发现隐患",
+    "隐患已整改",
+    "隐患已验收",
+    "隐患上报转工单",
+    "隐患超期未整改",
+    "排查纠纷",
+    "纠纷已化解",
+    "纠纷已验收",
+    "纠纷上报转工单",
+    "纠纷超期未化解",
 ];
 
-/// A cell of the statistics sheet.
-enum Cell {
+/// A cell of an exported sheet.
+pub(crate) enum Cell {
     Text(String),
     Count(u64),
     Rate(Option<f64>),
@@ -650,6 +666,16 @@ fn stats_row(name: &str, kind: UnitKind, parent: &str, f: &Figures) -> Vec<Cell>
         Rate(f.coverage_rate),
         Count(f.coverage.missed),
         Count(f.overdue),
+        Count(f.hazards.found),
+        Count(f.hazards.resolved),
+        Count(f.hazards.checked),
+        Count(f.hazards.escalated),
+        Count(f.hazards.overdue),
+        Count(f.disputes.found),
+        Count(f.disputes.resolved),
+        Count(f.disputes.checked),
+        Count(f.disputes.escalated),
+        Count(f.disputes.overdue),
     ]
 }
 
@@ -660,10 +686,27 @@ fn safe_name(s: &str) -> String {
 }
 
 fn write_sheet(format: ExportFormat, rows: &[Vec<Cell>]) -> Result<Vec<u8>> {
+    write_table(format, "统计", &STATS_HEADER, rows)
+}
+
+/// A table with a header row as CSV (UTF-8 with a BOM, for Excel) or as an XLSX sheet named
+/// `name`; text cells are made inert (never formulas).
+pub(crate) fn write_table(
+    format: ExportFormat,
+    name: &str,
+    header: &[&str],
+    rows: &[Vec<Cell>],
+) -> Result<Vec<u8>> {
     if format == ExportFormat::Csv {
         let mut out = "\u{feff}".to_string();
         let quoted = |c: &str| format!("\"{}\"", households::inert_cell(c).replace('"', "\"\""));
-        out.push_str(&STATS_HEADER.map(quoted).join(","));
+        out.push_str(
+            &header
+                .iter()
+                .map(|h| quoted(h))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         out.push_str("\r\n");
         for row in rows {
             let cells: Vec<String> = row
@@ -684,8 +727,8 @@ fn write_sheet(format: ExportFormat, rows: &[Vec<Cell>]) -> Result<Vec<u8>> {
     let bold = rust_xlsxwriter::Format::new().set_bold();
     let pct = rust_xlsxwriter::Format::new().set_num_format("0.0%");
     let sheet = book.add_worksheet();
-    sheet.set_name("统计").map_err(xl)?;
-    for (c, h) in STATS_HEADER.iter().enumerate() {
+    sheet.set_name(name).map_err(xl)?;
+    for (c, h) in header.iter().enumerate() {
         sheet
             .write_string_with_format(0, c as u16, *h, &bold)
             .map_err(xl)?;

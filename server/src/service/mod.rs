@@ -8,11 +8,13 @@
 //!   the org; every supervisor's edit is a change of their web device (`households::web_change`);
 //! - [`orders`]: demand work orders (list, detail, steps, new demands) and the refused changes;
 //! - [`import`]: the 12345 hotline import (a file's rows checked, then written);
+//! - [`cases`]: the second ledger's tracked disputes and hazards (list, detail, steps, export);
 //! - [`figures`]: coverage, statistics, ranking, the series, charts, map and monthly report;
 //! - [`tasks`]: the weekly task lists;
 //! - [`devices`]: the admin check, revoking and retiring devices, the workers' phones;
 //! - [`photos`]: photos' uploads by offset, the photo and its thumbnail, scope-checked.
 
+pub mod cases;
 pub mod devices;
 pub mod figures;
 pub mod households;

@@ -109,7 +109,38 @@ CREATE TABLE idx_orders (
     crate::orders::SHARED_REGISTER_SCHEMA,
     PHOTOS_SCHEMA,
     TASK_PHOTOS_SCHEMA,
+    CASES_SCHEMA,
 ];
+
+/// Tracked disputes and hazards in the read model (`crate::index::CASES_SCHEMA` in
+/// PostgreSQL's types; the read model is rebuilt).
+const CASES_SCHEMA: &str = r#"
+CREATE TABLE idx_cases (
+    doc        BYTEA NOT NULL,
+    case_id    TEXT NOT NULL,
+    grid       TEXT NOT NULL,
+    found_grid TEXT NOT NULL,
+    door       TEXT NOT NULL,
+    ledger     TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    visit      TEXT,
+    raised_by  TEXT NOT NULL,
+    raised_ms  BIGINT NOT NULL,
+    due        TEXT,
+    state      TEXT NOT NULL,
+    steps      TEXT NOT NULL,
+    PRIMARY KEY (doc, case_id)
+);
+CREATE INDEX idx_cases_grid ON idx_cases (grid, raised_ms);
+CREATE INDEX idx_cases_found ON idx_cases (found_grid, raised_ms);
+CREATE INDEX idx_cases_id ON idx_cases (case_id);
+DELETE FROM idx_households;
+DELETE FROM idx_spans;
+DELETE FROM idx_visits;
+DELETE FROM idx_orders;
+DELETE FROM idx_photos;
+UPDATE idx_cursor SET seq = 0;
+"#;
 
 /// The photos of task reports (`crate::tasks::TASK_PHOTOS_SCHEMA` in PostgreSQL's types).
 const TASK_PHOTOS_SCHEMA: &str = r#"

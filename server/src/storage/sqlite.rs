@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     crate::access::shared::BUCKETS_SCHEMA,
     crate::index::PHOTOS_SCHEMA,
     crate::tasks::TASK_PHOTOS_SCHEMA,
+    crate::index::CASES_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 
