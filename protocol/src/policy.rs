@@ -519,8 +519,10 @@ fn check_demands(
             if !raises || after.raised_by != p.user {
                 return Err(not_allowed(Subject::Demands));
             }
-            let vouched = after.source == Some(DemandSource::Hotline)
-                || after.external_ref.is_some()
+            let vouched = matches!(
+                after.source,
+                Some(DemandSource::Hotline | DemandSource::Card)
+            ) || after.external_ref.is_some()
                 || after.first_responsible.is_some();
             if vouched && !p.server_built {
                 return Err(not_allowed(Subject::Demands));

@@ -340,6 +340,9 @@ pub enum DemandSource {
     Supervisor,
     /// Imported from a 12345 hotline work order.
     Hotline,
+    /// Left by a resident on the page of their household's service card (便民服务卡): only the
+    /// server writes it (SYNC-v1 §13.11).
+    Card,
 }
 
 /// One entry of a demand's append-only history: a step of the work order (`action`), or,

@@ -185,6 +185,7 @@ terms!(DemandSource, "demand_source" {
     Visit => "visit", "走访";
     Supervisor => "supervisor", "督导录入";
     Hotline => "hotline", "12345热线";
+    Card => "card", "便民服务卡";
 });
 terms!(ReviewDecision, "review_decision" {
     Approved => "approved", "通过";

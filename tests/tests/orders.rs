@@ -122,14 +122,15 @@ fn forge(
 }
 
 #[test]
-fn a_phone_cannot_give_a_demand_the_hotlines_source_number_or_a_first_responsible_cadre() {
+fn a_phone_cannot_give_a_demand_a_vouched_source_number_or_first_responsible_cadre() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server"));
     let centre = session(&server, "cc", "c", Role::CommandCentre);
     let mut worker = server.phone(&dir.path().join("w.db"), &["g1"]);
     let colleague = UserId::new();
-    let cases: [Forgery; 3] = [
+    let cases: [Forgery; 4] = [
         ("21", Box::new(|d| d.source = Some(DemandSource::Hotline))),
+        ("25", Box::new(|d| d.source = Some(DemandSource::Card))),
         (
             "22",
             Box::new(|d| d.external_ref = Some("12345-777".into())),

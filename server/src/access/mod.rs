@@ -16,6 +16,7 @@
 
 pub mod admin_ops;
 pub mod audit;
+pub mod cards;
 pub mod org;
 pub mod policy;
 pub mod shared;

@@ -47,7 +47,7 @@ pub fn enrollment_uri(server_url: &str, code: &str) -> String {
 }
 
 /// The address phones reach this server at, as the admin's browser did.
-fn server_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn server_url(state: &AppState, headers: &HeaderMap) -> String {
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())

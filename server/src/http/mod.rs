@@ -4,6 +4,7 @@
 pub mod admin_pages;
 pub mod api;
 pub mod auth;
+pub mod cards;
 pub mod edge;
 pub mod import;
 pub mod ledger;
@@ -180,6 +181,7 @@ impl From<service::Error> for ApiError {
             service::Error::Forbidden { code, message } => ApiError::Forbidden { code, message },
             service::Error::NotFound { code, message } => ApiError::NotFound { code, message },
             service::Error::Conflict { code, message } => ApiError::Conflict { code, message },
+            service::Error::TooMany => ApiError::TooManyRequests,
             service::Error::Busy => ApiError::Unavailable,
             service::Error::Internal => ApiError::Internal,
         }
@@ -542,6 +544,12 @@ pub fn router(state: AppState) -> Router {
                 .route("/logout", post(pages::logout))
                 .route("/grids/{grid}", get(pages::grid_page))
                 .route("/grids/{grid}/map", get(pages::map_page))
+                .route("/grids/{grid}/cards", get(cards::sheet_page))
+                .route("/households/{id}/card/reissue", post(cards::reissue_submit))
+                .route(
+                    "/card/{token}",
+                    get(cards::resident_page).post(cards::resident_submit),
+                )
                 .route("/households/{id}", get(pages::household_page))
                 .route("/photos/{hash}", get(photos::photo_page))
                 .route("/photos/{hash}/thumb", get(photos::thumb_page))

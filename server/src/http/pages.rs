@@ -73,6 +73,8 @@ fn templates() -> &'static Environment<'static> {
             ("report.html", include_str!("../../templates/report.html")),
             ("ledger.html", include_str!("../../templates/ledger.html")),
             ("case.html", include_str!("../../templates/case.html")),
+            ("cards.html", include_str!("../../templates/cards.html")),
+            ("card.html", include_str!("../../templates/card.html")),
         ] {
             env.add_template(name, source).expect("templates parse");
         }
@@ -99,7 +101,7 @@ fn templates() -> &'static Environment<'static> {
     })
 }
 
-fn render(name: &str, ctx: minijinja::Value) -> Response {
+pub(crate) fn render(name: &str, ctx: minijinja::Value) -> Response {
     match templates().get_template(name).and_then(|t| t.render(ctx)) {
         Ok(html) => Html(html).into_response(),
         Err(e) => {

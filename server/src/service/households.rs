@@ -449,6 +449,33 @@ pub(crate) async fn web_change(
     let (scope, device) = state
         .access(move |db| Ok((db.scope(user, now_ms())?, db.web_device(user)?)))
         .await?;
+    write_built(
+        state,
+        Author { user, device },
+        scope,
+        id,
+        action,
+        allowed,
+        build,
+    )
+    .await
+}
+
+/// Writes a change the server builds as `author` (a person's web device, or a service such
+/// as the service cards', [`super::cards`]), judged by the writer and policy like a phone's
+/// with `scope` as the author's rights; recorded in the audit log as `action`.
+pub(crate) async fn write_built(
+    state: &AppState,
+    author: Author,
+    scope: crate::access::Scope,
+    id: HouseholdId,
+    action: &'static str,
+    allowed: impl FnOnce(&crate::access::Scope, &str) -> Result<()>,
+    build: impl FnOnce(&mut HouseholdDoc, &Author) -> Result<qiaomen_protocol::ChangeHash>
+    + Send
+    + 'static,
+) -> Result<()> {
+    let Author { user, device } = author;
     let (grid, bytes) = match state
         .readers
         .with(move |s| Ok((s.doc_grid(id)?, s.load_doc(id)?)))
@@ -458,7 +485,6 @@ pub(crate) async fn web_change(
         _ => return Err(not_found()),
     };
     allowed(&scope, &grid)?;
-    let author = Author { user, device };
     let change = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         let mut doc = HouseholdDoc::load(&bytes).map_err(|_| Error::Internal)?;
         doc.set_actor(actor_for(author.device));

@@ -8,12 +8,15 @@
 //!   the org; every supervisor's edit is a change of their web device (`households::web_change`);
 //! - [`orders`]: demand work orders (list, detail, steps, new demands) and the refused changes;
 //! - [`import`]: the 12345 hotline import (a file's rows checked, then written);
+//! - [`cards`]: the service cards on the doors: the printed sheet, reissue, and the
+//!   resident's page (a request written as a demand of the household, its tracking number);
 //! - [`cases`]: the second ledger's tracked disputes and hazards (list, detail, steps, export);
 //! - [`figures`]: coverage, statistics, ranking, the series, charts, map and monthly report;
 //! - [`tasks`]: the weekly task lists;
 //! - [`devices`]: the admin check, revoking and retiring devices, the workers' phones;
 //! - [`photos`]: photos' uploads by offset, the photo and its thumbnail, scope-checked.
 
+pub mod cards;
 pub mod cases;
 pub mod devices;
 pub mod figures;
@@ -51,6 +54,9 @@ pub enum Error {
     /// The state has moved on, or the thing exists already.
     #[error("{code}: {message}")]
     Conflict { code: &'static str, message: String },
+    /// Too many attempts from this client or on this card; try later.
+    #[error("too many requests")]
+    TooMany,
     /// A store could not read or write (logged where it failed); retry.
     #[error("the server could not store or read")]
     Busy,

@@ -110,6 +110,7 @@ CREATE TABLE idx_orders (
     PHOTOS_SCHEMA,
     TASK_PHOTOS_SCHEMA,
     CASES_SCHEMA,
+    crate::access::cards::CARDS_SCHEMA_PG,
 ];
 
 /// Tracked disputes and hazards in the read model (`crate::index::CASES_SCHEMA` in

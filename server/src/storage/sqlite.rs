@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     crate::index::PHOTOS_SCHEMA,
     crate::tasks::TASK_PHOTOS_SCHEMA,
     crate::index::CASES_SCHEMA,
+    crate::access::cards::CARDS_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 
