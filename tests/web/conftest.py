@@ -21,8 +21,9 @@ class Demo:
         self.url, self.data, self.codes, self.passwords = url, data, codes, passwords
 
 
-@pytest.fixture(scope="session")
-def demo():
+def _start_demo():
+    """Seeds a demo county in a fresh data directory and starts a server on it: the server's
+    process and what the pages' tests sign in with."""
     data = tempfile.mkdtemp(prefix="qiaomen-web-")
     seeded = subprocess.run([SERVER_BIN, "--data-dir", data, "admin", "seed-demo"],
                             capture_output=True, text=True, check=True, timeout=60).stdout
@@ -49,7 +50,23 @@ def demo():
                 proc.kill()
                 raise RuntimeError("the server did not start")
             time.sleep(0.1)
-    yield Demo(url, data, codes, passwords)
+    return proc, Demo(url, data, codes, passwords)
+
+
+@pytest.fixture(scope="session")
+def demo():
+    proc, d = _start_demo()
+    yield d
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def own_demo():
+    """A demo county of the module's own, for tests whose records would change the figures
+    the other modules check."""
+    proc, d = _start_demo()
+    yield d
     proc.terminate()
     proc.wait(timeout=10)
 

@@ -67,7 +67,8 @@ pub struct RequestForm {
     pub callback: String,
 }
 
-/// The resident's page, never cached, never sent on as a referrer.
+/// The resident's page, never cached; its address (the card) is never sent to another site
+/// as a referrer (`same-origin`: a form of its own still says where it comes from).
 fn card_page(status: StatusCode, ctx: minijinja::Value) -> Response {
     let mut page = render("card.html", ctx);
     if page.status() == StatusCode::OK {
