@@ -269,6 +269,60 @@ impl Phone {
         )?)
     }
 
+    /// Raises a tracked dispute or hazard on a household, offline; refused at once (nothing
+    /// stored) by the server's own rules: `InvalidInput` for an empty or too long detail or a
+    /// visit line the household does not hold, `NotAllowed` (`what` = `cases`) for a user who
+    /// may not raise one in the grid.
+    pub fn raise_case(&self, household_id: String, new_case: NewCaseInput) -> Result<CaseItem> {
+        let id = parse("household id", &household_id)?;
+        let raised = self.store().raise_case(id, &new_case.into_core()?)?;
+        Ok(CaseItem::of(id, raised))
+    }
+
+    /// Takes a step of a case, offline; refused at once when it does not follow from the
+    /// case's state or lacks its data, or is not the user's to take (`NotAllowed`, `what` =
+    /// `case_step`: checking is a supervisor's), as the server would refuse it. An escalation
+    /// writes its work order's demand in the same change.
+    pub fn case_step(
+        &self,
+        household_id: String,
+        case_id: String,
+        step: CaseStepInput,
+    ) -> Result<()> {
+        let action = step.action;
+        Ok(self.store().case_step(
+            parse("household id", &household_id)?,
+            parse("case id", &case_id)?,
+            action,
+            &step.into_core()?,
+        )?)
+    }
+
+    /// The tracked cases of a household, open or not, oldest first. Works offline.
+    pub fn cases(&self, household_id: String) -> Result<Vec<CaseItem>> {
+        let id = parse("household id", &household_id)?;
+        Ok(self
+            .store()
+            .cases(id)?
+            .into_iter()
+            .map(|c| CaseItem::of(id, c))
+            .collect())
+    }
+
+    /// The open cases of `grid` to look at again on the next visit, those past or nearest
+    /// their deadline first. Works offline.
+    pub fn follow_ups(&self, grid: String) -> Result<Vec<FollowUpItem>> {
+        Ok(self
+            .store()
+            .follow_ups(&grid.into_grid())?
+            .into_iter()
+            .map(|f| FollowUpItem {
+                door_number: f.door_number,
+                case_item: CaseItem::of(f.household, f.case),
+            })
+            .collect())
+    }
+
     /// The open work orders of `grid`: those waiting for the grid worker (feedback to the
     /// resident, return visit) first, then by due day. Works offline.
     pub fn work_orders(&self, grid: String) -> Result<Vec<WorkOrderItem>> {

@@ -189,6 +189,7 @@ impl From<core::WorkOrderLine> for WorkOrderItem {
     }
 }
 
+use qiaomen_protocol::ledger::{CaseAction, CaseState};
 use qiaomen_protocol::workorder::{DemandAction, StepKind};
 use s::{
     DemandStatus, DisputeKind, HazardKind, HouseholdStatus, KeyGroup, NeedCategory, Publicity,
@@ -1111,4 +1112,192 @@ impl PhotoRecord {
             code,
         }
     }
+}
+
+// ---------------------------------------------------------------- the second ledger
+
+#[uniffi::remote(Enum)]
+pub enum CaseState {
+    Open,
+    Assigned,
+    InHand,
+    Resolved,
+    Checked,
+    Escalated,
+}
+
+#[uniffi::remote(Enum)]
+pub enum CaseAction {
+    Assign,
+    Start,
+    Resolve,
+    Check,
+    Reopen,
+    Escalate,
+    FollowUp,
+}
+
+/// What a tracked case is: a hazard or a dispute, of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum CaseKindItem {
+    Hazard { kind: HazardKind },
+    Dispute { kind: DisputeKind },
+}
+
+impl From<CaseKindItem> for qiaomen_protocol::ledger::CaseKind {
+    fn from(k: CaseKindItem) -> Self {
+        match k {
+            CaseKindItem::Hazard { kind } => Self::Hazard { kind },
+            CaseKindItem::Dispute { kind } => Self::Dispute { kind },
+        }
+    }
+}
+
+impl From<qiaomen_protocol::ledger::CaseKind> for CaseKindItem {
+    fn from(k: qiaomen_protocol::ledger::CaseKind) -> Self {
+        match k {
+            qiaomen_protocol::ledger::CaseKind::Hazard { kind } => Self::Hazard { kind },
+            qiaomen_protocol::ledger::CaseKind::Dispute { kind } => Self::Dispute { kind },
+        }
+    }
+}
+
+/// A dispute or hazard to track, raised on the phone (on a visit, naming its line in the
+/// visit's `hazards` or `disputes`, or on its own).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewCaseInput {
+    pub kind: CaseKindItem,
+    pub visit_id: Option<String>,
+    pub item: Option<u32>,
+    pub detail: String,
+    /// A dispute's parties, a hazard's exact place.
+    pub parties: String,
+    /// The last day (`YYYY-MM-DD`) it may stay open, if set when raised.
+    pub due: Option<String>,
+}
+
+impl NewCaseInput {
+    pub(crate) fn into_core(self) -> Result<core::store::NewCase, QiaomenError> {
+        Ok(core::store::NewCase {
+            kind: self.kind.into(),
+            raised_on_visit: self
+                .visit_id
+                .as_deref()
+                .map(|v| parse("visit id", v))
+                .transpose()?,
+            item: self.item,
+            detail: self.detail,
+            parties: self.parties,
+            due: self.due.as_deref().map(day).transpose()?,
+        })
+    }
+}
+
+/// A step of a case taken on the phone: a follow-up on a visit, taking it in hand, resolving
+/// it (the result in `comment`), escalating it; a supervisor's assign (`assignee_id`, `due`),
+/// check or reopen (the reason in `comment`).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CaseStepInput {
+    pub action: CaseAction,
+    pub comment: String,
+    pub assignee_id: Option<String>,
+    pub due: Option<String>,
+    /// The visit the step is taken on, if any.
+    pub visit_id: Option<String>,
+}
+
+impl CaseStepInput {
+    pub(crate) fn into_core(self) -> Result<qiaomen_protocol::ledger::NewStep, QiaomenError> {
+        Ok(qiaomen_protocol::ledger::NewStep {
+            comment: self.comment,
+            assignee: self
+                .assignee_id
+                .as_deref()
+                .map(|a| parse("user id", a))
+                .transpose()?,
+            due: self.due.as_deref().map(day).transpose()?,
+            order: None,
+            visit: self
+                .visit_id
+                .as_deref()
+                .map(|v| parse("visit id", v))
+                .transpose()?,
+        })
+    }
+}
+
+/// One entry of a case's history.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CaseStepItem {
+    pub action: CaseAction,
+    pub by: String,
+    pub at_ms: i64,
+    pub comment: String,
+    pub assignee_id: Option<String>,
+    pub due: Option<String>,
+    /// An escalation's work order (a demand id of the household).
+    pub order_id: Option<String>,
+    pub visit_id: Option<String>,
+}
+
+/// A tracked case and where it stands.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CaseItem {
+    pub case_id: String,
+    pub household_id: String,
+    pub kind: CaseKindItem,
+    pub visit_id: Option<String>,
+    pub detail: String,
+    pub parties: String,
+    pub raised_by: String,
+    pub raised_at_ms: i64,
+    pub state: CaseState,
+    /// Who is to act: the last assignee, else who raised it.
+    pub assignee_id: String,
+    /// The deadline in force (`YYYY-MM-DD`).
+    pub due: Option<String>,
+    /// The work order it was escalated into.
+    pub order_id: Option<String>,
+    pub history: Vec<CaseStepItem>,
+}
+
+impl CaseItem {
+    pub(crate) fn of(household: HouseholdId, c: qiaomen_protocol::ledger::Case) -> Self {
+        let s = qiaomen_protocol::ledger::standing(&c);
+        Self {
+            case_id: c.id.to_string(),
+            household_id: household.to_string(),
+            kind: c.kind.into(),
+            visit_id: c.raised_on_visit.map(|v| v.to_string()),
+            raised_by: c.raised_by.to_string(),
+            raised_at_ms: c.raised_at_ms,
+            state: s.state,
+            assignee_id: s.assignee.to_string(),
+            due: s.due.map(|d| d.to_string()),
+            order_id: s.order.map(|o| o.to_string()),
+            history: c
+                .history
+                .into_iter()
+                .map(|e| CaseStepItem {
+                    action: e.action,
+                    by: e.by.to_string(),
+                    at_ms: e.at_ms,
+                    comment: e.comment,
+                    assignee_id: e.assignee.map(|a| a.to_string()),
+                    due: e.due.map(|d| d.to_string()),
+                    order_id: e.order.map(|o| o.to_string()),
+                    visit_id: e.visit.map(|v| v.to_string()),
+                })
+                .collect(),
+            detail: c.detail,
+            parties: c.parties,
+        }
+    }
+}
+
+/// An open case of the grid to look at on the next visit ("check the hazard at 17号").
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct FollowUpItem {
+    pub door_number: String,
+    pub case_item: CaseItem,
 }

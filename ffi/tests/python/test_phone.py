@@ -436,3 +436,47 @@ def test_a_task_report_with_photos_is_kept_offline_and_its_photos_go_after_it(or
     assert a.held_photo_bytes(done.photos[0].hash) == poster
     seen = org.request("GET", f"/api/v1/tasks/{lst.id}", centre)
     assert [p["hash"] for p in seen["done"][0]["photos"]] == [done.photos[0].hash]
+
+
+def test_a_hazard_found_on_a_visit_is_followed_up_rectified_and_checked_through_the_bindings(org):
+    grid = org.grid()
+    phone = worker(org, grid)
+    centre, _ = enroll(org.url, org.code("py-village", role="village_supervisor"))
+    hid = phone.create_household(household(grid))
+    sync(phone)
+    vid = phone.record_visit(hid, visit("电线老化"))
+    hazard = q.CaseKindItem.HAZARD(kind=q.HazardKind.ELECTRICAL)
+    # A line the visit does not hold is refused at once, nothing stored.
+    pending = phone.pending_count()
+    with pytest.raises(q.QiaomenError.InvalidInput):
+        phone.raise_case(hid, q.NewCaseInput(kind=hazard, visit_id=vid, item=5, detail="电线老化",
+                                             parties="", due=None))
+    assert phone.pending_count() == pending
+    case = phone.raise_case(hid, q.NewCaseInput(kind=hazard, visit_id=vid, item=0,
+                                                detail="厨房电线老化，有起火风险", parties="厨房", due="2026-12-31"))
+    assert case.state == q.CaseState.OPEN and case.kind == hazard and case.due == "2026-12-31"
+    follow = phone.follow_ups(grid)
+    assert [(f.door_number, f.case_item.case_id) for f in follow] == [("17", case.case_id)]
+
+    def step(p, action, comment=""):
+        p.case_step(hid, case.case_id, q.CaseStepInput(action=action, comment=comment, assignee_id=None,
+                                                        due=None, visit_id=None))
+
+    step(phone, q.CaseAction.START)
+    # Resolving needs its result; checking is a supervisor's: both refused at once.
+    with pytest.raises(q.QiaomenError.InvalidInput):
+        step(phone, q.CaseAction.RESOLVE)
+    step(phone, q.CaseAction.RESOLVE, "已更换电线")
+    with pytest.raises(q.QiaomenError.NotAllowed) as refused:
+        step(phone, q.CaseAction.CHECK)
+    assert (refused.value.what, refused.value.code) == ("case_step", "not_allowed")
+    assert sync(phone).rejected == 0 and phone.follow_ups(grid) == []
+
+    sync(centre)
+    step(centre, q.CaseAction.CHECK, "验收合格")
+    assert sync(centre).rejected == 0
+    sync(phone)
+    [done] = phone.cases(hid)
+    assert done.state == q.CaseState.CHECKED
+    assert [e.action for e in done.history] == [q.CaseAction.START, q.CaseAction.RESOLVE, q.CaseAction.CHECK]
+    assert done.history[1].comment == "已更换电线"

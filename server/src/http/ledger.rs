@@ -80,14 +80,15 @@ pub struct LedgerExportQuery {
     /// `hazard` or `dispute`; empty: both.
     #[param(value_type = String, required = false, pattern = "^(|hazard|dispute)$")]
     pub ledger: Option<String>,
-    #[param(value_type = String, required = false)]
+    #[param(value_type = String, required = false,
+        pattern = "^(|open|assigned|in_hand|resolved|checked|escalated)$")]
     pub state: Option<String>,
     #[param(value_type = String, required = false, pattern = "^(|true|false)$")]
     pub overdue: Option<String>,
     /// Cases raised from this day (YYYY-MM-DD) to `to`.
-    #[param(value_type = String, required = false)]
+    #[param(value_type = String, required = false, format = Date)]
     pub from: Option<String>,
-    #[param(value_type = String, required = false)]
+    #[param(value_type = String, required = false, format = Date)]
     pub to: Option<String>,
     /// `xlsx` or `csv` (UTF-8 with a byte-order mark).
     pub format: ExportFormat,

@@ -34,15 +34,16 @@ pub struct CasesQuery {
     pub ledger: Option<String>,
     /// Only cases in this state (`open`, `assigned`, `in_hand`, `resolved`, `checked`,
     /// `escalated`); empty: every state.
-    #[param(value_type = String, required = false)]
+    #[param(value_type = String, required = false,
+        pattern = "^(|open|assigned|in_hand|resolved|checked|escalated)$")]
     pub state: Option<String>,
     /// `true`: only open cases past their deadline.
     #[param(value_type = String, required = false, pattern = "^(|true|false)$")]
     pub overdue: Option<String>,
     /// Only cases raised on or after this day (YYYY-MM-DD), and on or before `to`.
-    #[param(value_type = String, required = false)]
+    #[param(value_type = String, required = false, format = Date)]
     pub from: Option<String>,
-    #[param(value_type = String, required = false)]
+    #[param(value_type = String, required = false, format = Date)]
     pub to: Option<String>,
 }
 
@@ -85,12 +86,16 @@ pub struct CaseDetail {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaseStepRequest {
+    #[schema(pattern = "^(assign|start|resolve|check|reopen|escalate|follow_up)$")]
     pub action: String,
     #[serde(default)]
     #[schema(max_length = 2000)]
     pub comment: String,
+    #[schema(max_length = 64)]
     pub assignee: Option<String>,
+    #[schema(value_type = Option<String>, format = Date)]
     pub due: Option<String>,
+    #[schema(pattern = "^(|housing|health_care|education|elderly_care|other)$")]
     pub category: Option<String>,
 }
 
