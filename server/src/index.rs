@@ -432,12 +432,7 @@ pub struct HouseholdRow {
 impl HouseholdRow {
     /// The grid the household belonged to on `day` (at the start of it).
     pub fn grid_on(&self, day: Day) -> &str {
-        self.spans
-            .iter()
-            .rev()
-            .find(|(since, _)| *since <= day)
-            .or(self.spans.first())
-            .map_or(self.grid.as_str(), |(_, g)| g.as_str())
+        grid_in(&self.spans, day).unwrap_or(&self.grid)
     }
 }
 
@@ -453,13 +448,19 @@ impl AsOf {
     /// The grid the household began `day` in (its first grid for a day before its
     /// registration); `None` with no spans.
     pub fn grid_on(&self, day: Day) -> Option<&str> {
-        self.spans
-            .iter()
-            .rev()
-            .find(|(since, _)| *since <= day)
-            .or(self.spans.first())
-            .map(|(_, g)| g.as_str())
+        grid_in(&self.spans, day)
     }
+}
+
+/// The grid of `spans` ((from that day on, grid), oldest first) on `day`: the last span begun
+/// by then, or the first one for a day before all of them; `None` with no spans.
+fn grid_in(spans: &[(Day, String)], day: Day) -> Option<&str> {
+    spans
+        .iter()
+        .rev()
+        .find(|(since, _)| *since <= day)
+        .or(spans.first())
+        .map(|(_, g)| g.as_str())
 }
 
 /// A household's registration day and grids over time, from its timeline. It is registered

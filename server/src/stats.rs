@@ -87,8 +87,8 @@ pub fn period_end_ms(to: Day, now_ms: i64) -> i64 {
 
 /// The hazards' and the disputes' figures of `cases` (the rows of one grid, by the grid they
 /// were found in) over `from..=to`, as they stood at `at_ms` ([`period_end_ms`]).
-pub fn ledger_figures(
-    cases: &[crate::index::CaseRow],
+pub fn ledger_figures<'a>(
+    cases: impl IntoIterator<Item = &'a crate::index::CaseRow>,
     (from, to): (Day, Day),
     at_ms: i64,
 ) -> (LedgerFigures, LedgerFigures) {

@@ -467,6 +467,37 @@ pub enum ExportFormat {
     Xlsx,
 }
 
+impl ExportFormat {
+    /// The file's media type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Xlsx => {
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            }
+        }
+    }
+}
+
+/// A spreadsheet sent as a download named `file` (a name the server built, ASCII only).
+pub fn attachment(file: &str, format: ExportFormat, body: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                format.content_type().to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// `GET /api/v1/grids/{grid}/export?format=csv|xlsx&q=`: the grid's household list (the
 /// current view, `q` as in the list) as a spreadsheet; audited as an export.
 #[utoipa::path(get, path = "/api/v1/grids/{grid}/export", tag = "grids", security(("bearer" = [])),
@@ -479,32 +510,20 @@ pub async fn grid_export(
     Path(grid): Path<String>,
     ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
     let body = service::households::grid_export(&state, &caller, &grid, q.q, q.format).await?;
     let ext = match q.format {
         ExportFormat::Csv => "csv",
         ExportFormat::Xlsx => "xlsx",
     };
-    let ct = match q.format {
-        ExportFormat::Csv => "text/csv; charset=utf-8",
-        ExportFormat::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    };
-    Ok((
-        [
-            (axum::http::header::CONTENT_TYPE, ct.to_string()),
-            (
-                axum::http::header::CONTENT_DISPOSITION,
-                format!(
-                    "attachment; filename=\"households-{}.{ext}\"",
-                    grid.chars()
-                        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-                        .collect::<String>()
-                ),
-            ),
-        ],
+    let name: String = grid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    Ok(attachment(
+        &format!("households-{name}.{ext}"),
+        q.format,
         body,
-    )
-        .into_response())
+    ))
 }
 
 /// One unit of the caller's part of the org, for the drill-down town → village → grid.

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{
     ApiError, ApiJson, ApiQuery, AppState, ErrorBody,
-    api::ExportFormat,
+    api::{self, ExportFormat},
     auth::Caller,
     pages::{PageError, PageSession, render_named},
 };
@@ -118,21 +118,7 @@ pub async fn export(
         to: q.to,
     };
     let (file, body) = cases::ledger_export(&state, &caller, query, format).await?;
-    let ct = match format {
-        ExportFormat::Csv => "text/csv; charset=utf-8",
-        ExportFormat::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    };
-    Ok((
-        [
-            (axum::http::header::CONTENT_TYPE, ct.to_string()),
-            (
-                axum::http::header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{file}\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(api::attachment(&file, format, body))
 }
 
 /// `GET /ledger?unit=&ledger=&state=&overdue=&from=&to=`: the ledger page of a unit (a grid,

@@ -11,16 +11,15 @@
 //! reads, and the report's and the export's figures are [`figures::period_figures`]. The
 //! SVG is drawn by [`crate::charts`].
 
-use axum::{
-    Json,
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::{Json, extract::State, response::Response};
 use qiaomen_protocol::{calendar::Day, coverage::Tally};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ApiError, ApiQuery, AppState, ErrorBody, api::ExportFormat, auth::Caller, workflow::PeriodQuery,
+    ApiError, ApiQuery, AppState, ErrorBody,
+    api::{self, ExportFormat},
+    auth::Caller,
+    workflow::PeriodQuery,
 };
 use crate::{access::org::UnitKind, service::figures};
 
@@ -157,19 +156,5 @@ pub async fn stats_export(
         to: q.to,
     };
     let (file, body) = figures::stats_export(&state, &caller, period, format).await?;
-    let ct = match format {
-        ExportFormat::Csv => "text/csv; charset=utf-8",
-        ExportFormat::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    };
-    Ok((
-        [
-            (axum::http::header::CONTENT_TYPE, ct.to_string()),
-            (
-                axum::http::header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{file}\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(api::attachment(&file, format, body))
 }

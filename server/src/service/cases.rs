@@ -233,19 +233,15 @@ pub async fn case_detail(state: &AppState, caller: &Caller, id: &str) -> Result<
     .filter(|a| a.next(standing.state).is_some() && a.may(&party))
     .map(|a| a.code().to_string())
     .collect();
-    let user = caller.user();
-    let target = row.household.clone();
-    state
-        .access(move |db| {
-            db.audit(crate::access::audit::Event {
-                user: Some(&user.to_string()),
-                device: None,
-                action: "read_case",
-                target: Some(&target),
-                outcome: "ok",
-            })
-        })
-        .await?;
+    super::households::record(
+        state,
+        caller.user(),
+        None,
+        "read_case",
+        row.household.clone(),
+        "ok",
+    )
+    .await?;
     let name = |u: &UserId| names.get(&u.to_string()).cloned();
     Ok(CaseDetail {
         address,

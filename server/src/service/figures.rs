@@ -183,17 +183,20 @@ async fn grid_figures(
     let at_ms = stats::period_end_ms(to, crate::access::now_ms());
     let policy = state.workflow.coverage.clone();
     let today = today();
+    let mut cases_by_grid: BTreeMap<&str, Vec<&crate::index::CaseRow>> = BTreeMap::new();
+    for c in &cases {
+        cases_by_grid
+            .entry(c.found_grid.as_str())
+            .or_default()
+            .push(c);
+    }
     let mut out = BTreeMap::new();
     for g in &us.grids {
         let o: Vec<OrderRow> = orders.iter().filter(|r| &r.grid == g).cloned().collect();
         let v = visits.get(g).copied().unwrap_or(0);
         let mut f = stats::figures(g, &o, &households, v, (from, to), today, &policy);
-        let found_here: Vec<_> = cases
-            .iter()
-            .filter(|c| &c.found_grid == g)
-            .cloned()
-            .collect();
-        (f.hazards, f.disputes) = stats::ledger_figures(&found_here, (from, to), at_ms);
+        let found_here = cases_by_grid.get(g.as_str()).into_iter().flatten().copied();
+        (f.hazards, f.disputes) = stats::ledger_figures(found_here, (from, to), at_ms);
         out.insert(g.clone(), f);
     }
     Ok((out, behind))
