@@ -328,6 +328,7 @@ impl Msg {
                         Some(g) => serde_json::from_value(g.clone()).map_err(|e| e.to_string())?,
                     },
                     whole: o.get("w").map(whole_from_json).transpose()?,
+                    journal: vec![],
                     held_query: match o.get("h") {
                         None => Vec::new(),
                         Some(Json::Array(a)) => a
@@ -396,6 +397,7 @@ impl Msg {
                         Some(other) => return Err(format!("m is not a bool: {other}")),
                     },
                     whole: o.get("w").map(whole_from_json).transpose()?,
+                    journal: vec![],
                     held: match o.get("h") {
                         None => None,
                         Some(h) => {
@@ -690,6 +692,7 @@ fn vectors() -> Vec<Vector> {
             docs,
             grids: grids.iter().map(|g| g.to_string()).collect(),
             whole: None,
+            journal: vec![],
             held_query: vec![],
         })
     };
@@ -708,6 +711,7 @@ fn vectors() -> Vec<Vector> {
             docs,
             more,
             whole: None,
+            journal: vec![],
             held: None,
             table: vec![],
             base_ms: 0,
@@ -851,6 +855,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             grids: vec![],
             whole: None,
+            journal: vec![],
             held_query: vec![],
         }),
     ));
@@ -872,6 +877,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             grids: vec![],
             whole: None,
+            journal: vec![],
             held_query: vec![],
         }),
     ));
@@ -893,6 +899,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             grids: vec![],
             whole: None,
+            journal: vec![],
             held_query: vec![],
         }),
     ));
@@ -913,6 +920,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             more: false,
             whole: None,
+            journal: vec![],
             held: None,
             table: vec![],
             base_ms: 0,
@@ -935,6 +943,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             more: false,
             whole: None,
+            journal: vec![],
             held: None,
             table: vec![],
             base_ms: 0,
@@ -974,6 +983,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             more: false,
             whole: None,
+            journal: vec![],
             held: None,
             table: vec![],
             base_ms: 0,
@@ -997,6 +1007,7 @@ fn vectors() -> Vec<Vector> {
             docs: vec![],
             grids: vec![],
             whole: None,
+            journal: vec![],
             held_query: vec![],
         }),
     ));
@@ -1030,6 +1041,7 @@ fn vectors() -> Vec<Vector> {
                 docs: vec![],
                 more: false,
                 whole: None,
+                journal: vec![],
                 held: None,
                 table: vec![],
                 base_ms: 0,
@@ -1846,6 +1858,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
         docs: vec![],
         grids: vec![],
         whole: None,
+        journal: vec![],
         held_query: vec![],
     };
     // Only v: c, d and g take their defaults.
@@ -1896,6 +1909,7 @@ fn receivers_accept_absent_optional_keys_any_order_and_unknown_keys() {
             docs: vec![],
             more: false,
             whole: None,
+            journal: vec![],
             held: None,
             table: vec![],
             base_ms: 0,

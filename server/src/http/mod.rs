@@ -749,6 +749,45 @@ async fn sync(
             let phone = d.as_millis() as i64;
             (phone - crate::access::now_ms()).abs() <= qiaomen_protocol::workorder::CLOCK_SKEW_MS
         });
+    // Events and work logs (SYNC-v1 §13.12): each judged by the phone's own rules and the
+    // user's scope, the good ones stored (once each) before the answer.
+    if req.journal.len() > qiaomen_protocol::journal::MAX_ENTRIES {
+        return Err(ApiError::PayloadTooLarge {
+            code: "too_many",
+            message: format!(
+                "at most {} journal entries per request",
+                qiaomen_protocol::journal::MAX_ENTRIES
+            ),
+        });
+    }
+    let journal_acks = if req.journal.is_empty() {
+        Vec::new()
+    } else {
+        let now = crate::access::now_ms();
+        let mut acks = Vec::with_capacity(req.journal.len());
+        let mut good = Vec::new();
+        for e in std::mem::take(&mut req.journal) {
+            let code = match qiaomen_protocol::journal::check(&e, now) {
+                Err(f) => Some(format!("{}:{}", f.field.code(), f.rule.code())),
+                Ok(()) if !scope.may_write(&e.grid, e.at_ms.min(now)) => {
+                    Some("out_of_scope".to_string())
+                }
+                Ok(()) => None,
+            };
+            acks.push(qiaomen_protocol::journal::JournalAck {
+                id: e.id,
+                code: code.clone(),
+            });
+            if code.is_none() {
+                good.push(e);
+            }
+        }
+        let (user, dev) = (device.user, device.device);
+        state
+            .access(move |db| db.store_journal(user, dev, &good))
+            .await?;
+        acks
+    };
     let outcome = if n_changes > 0 {
         let principal = Arc::new(Principal {
             user: device.user,
@@ -880,6 +919,7 @@ async fn sync(
         )
     };
     let response = SyncResponse {
+        journal: journal_acks,
         features: if req.features & wire::FEATURE_PACKED != 0 {
             wire::FEATURES
         } else {
