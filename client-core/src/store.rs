@@ -34,9 +34,11 @@ use qiaomen_protocol::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 mod cases;
+mod journal;
 mod photos;
 
 pub use cases::{FollowUp, NewCase};
+pub use journal::{JournalLine, NewJournal};
 pub use photos::{NewPhoto, PhotoState, PhotoUpload};
 
 use crate::encryption::StoreKey;
@@ -180,6 +182,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (doc, case_id)
     ) WITHOUT ROWID;
     INSERT OR REPLACE INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
+    "#,
+    // 9 -> 10: events and work logs written on the phone (SYNC-v1 §13.12), kept after they
+    // are sent: `pending`, `stored` or `refused` with the server's code.
+    r#"
+    CREATE TABLE journal_out (
+        id    BLOB PRIMARY KEY,
+        json  BLOB NOT NULL,
+        state TEXT NOT NULL,
+        code  TEXT,
+        at_ms INTEGER NOT NULL
+    );
     "#,
 ];
 

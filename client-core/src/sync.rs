@@ -198,6 +198,8 @@ pub struct SyncProgress {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SyncReport {
     pub progress: SyncProgress,
+    /// Events and work logs the server answered about in this sync (stored or refused).
+    pub journal_sent: usize,
     /// Changes the server acknowledged as durably stored.
     pub accepted: u64,
     /// Changes the server refused, each with its household and reason.
@@ -762,6 +764,9 @@ impl SyncClient {
         // A packed change of a response that did not rebuild here: the rest of this sync asks
         // for changes as Automerge's chunks (SYNC-v1 §4.4.1).
         let mut chunks_down = false;
+        // Events and work logs go in the first request (SYNC-v1 §13.12), to a server that
+        // takes them; what it does not answer stays pending for the next sync.
+        let mut journal_due = true;
         loop {
             let asking = lost.take();
             let chunk = match asking {
@@ -840,6 +845,13 @@ impl SyncClient {
                     cursor,
                     grids: self.grids.clone(),
                     docs,
+                    journal: if std::mem::take(&mut journal_due)
+                        && s.server_features()? & wire::FEATURE_JOURNAL != 0
+                    {
+                        s.pending_journal(qiaomen_protocol::journal::MAX_ENTRIES)?
+                    } else {
+                        Vec::new()
+                    },
                     held_query: asking
                         .iter()
                         .flatten()
@@ -921,6 +933,10 @@ impl SyncClient {
             // A server that answers without the packing bit takes changes only as they are.
             if store.store().server_features()? != response.features {
                 store.store().set_server_features(response.features)?;
+            }
+            if !response.journal.is_empty() {
+                store.store().take_journal_acks(&response.journal)?;
+                report.journal_sent += response.journal.len();
             }
             // A packed change the server could not read (`send_raw`, or `malformed` from a
             // server that does not pack) is not refused: it goes again, as it is, in this sync.

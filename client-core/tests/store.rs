@@ -819,7 +819,7 @@ fn coverage_on_the_phone_follows_the_shared_rule_and_survives_an_upgrade() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE case_index; DROP TABLE photos; DROP TABLE visit_outcomes; DROP TABLE task_lists; DROP TABLE task_done; DROP TABLE demand_index;
+            "DROP TABLE case_index; DROP TABLE journal_out; DROP TABLE photos; DROP TABLE visit_outcomes; DROP TABLE task_lists; DROP TABLE task_done; DROP TABLE demand_index;
              ALTER TABLE rejected DROP COLUMN content;
              PRAGMA user_version = 2;",
         )

@@ -110,6 +110,10 @@ id_type!(
     /// A tracked dispute or hazard of the second ledger (双台账, [`crate::ledger`]).
     CaseId
 );
+id_type!(
+    /// An event or a day's work log of a grid worker ([`crate::journal`]).
+    JournalId
+);
 
 /// A grid (网格). Grids are named by the org model's code (e.g. `"dongcun-03"`), not a UUID,
 /// because supervisors type and read them.

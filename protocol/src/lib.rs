@@ -15,6 +15,7 @@ pub mod error;
 pub mod hostile;
 pub mod ids;
 pub mod integrity;
+pub mod journal;
 pub mod ledger;
 pub mod migrate;
 pub mod pack;

@@ -290,6 +290,8 @@ pub enum Subject {
     Cases,
     /// A step of a case (the role may not take it, or it does not follow).
     CaseStep,
+    /// An event or a work log of a grid the user does not hold ([`crate::journal`]).
+    Journal,
 }
 
 impl Subject {
@@ -307,6 +309,7 @@ impl Subject {
             Subject::Photos => "photos",
             Subject::Cases => "cases",
             Subject::CaseStep => "case_step",
+            Subject::Journal => "journal",
         }
     }
 

@@ -77,6 +77,16 @@ pub enum Field {
     CaseParties,
     /// The comment of a case's step.
     CaseComment,
+    /// What an event or a work log says.
+    JournalDetail,
+    /// Where an event happened.
+    JournalPlace,
+    /// An entry's kind (an event needs its kind; a work log has none).
+    JournalKind,
+    /// An entry's day and time.
+    JournalDay,
+    /// An entry's position.
+    JournalGps,
 }
 
 impl Field {
@@ -106,6 +116,11 @@ impl Field {
             Field::CaseDetail => "case_detail",
             Field::CaseParties => "case_parties",
             Field::CaseComment => "case_comment",
+            Field::JournalDetail => "journal_detail",
+            Field::JournalPlace => "journal_place",
+            Field::JournalKind => "journal_kind",
+            Field::JournalDay => "journal_day",
+            Field::JournalGps => "journal_gps",
         }
     }
 }
@@ -142,6 +157,10 @@ pub enum Rule {
     MediaType,
     /// Not a SHA-256 written as 64 lower-case hex characters (a photo's hash).
     HashFormat,
+    /// Not one of the vocabulary's codes (an event's kind).
+    UnknownCode,
+    /// Outside its range (a latitude, a longitude).
+    OutOfRange,
 }
 
 impl Rule {
@@ -161,6 +180,8 @@ impl Rule {
             Rule::BeforeRegistration => "before_registration",
             Rule::MediaType => "media_type",
             Rule::HashFormat => "hash_format",
+            Rule::UnknownCode => "unknown_code",
+            Rule::OutOfRange => "out_of_range",
         }
     }
 
@@ -179,6 +200,8 @@ impl Rule {
             Rule::BeforeRegistration => "is before the household was registered",
             Rule::MediaType => "is not a JPEG, PNG or WebP image",
             Rule::HashFormat => "is not a SHA-256 in hex",
+            Rule::UnknownCode => "is not a known code",
+            Rule::OutOfRange => "is out of range",
         }
     }
 }

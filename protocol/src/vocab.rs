@@ -16,6 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::{
+    journal::{EntryKind, EventKind},
     ledger::{CaseAction, CaseState, Ledger},
     policy::Role,
     review::ReviewState,
@@ -240,6 +241,18 @@ terms!(CaseAction, "case_action" {
     Escalate => "escalate", "上报转工单";
     FollowUp => "follow_up", "走访跟进";
 });
+terms!(EntryKind, "journal_kind" {
+    Event => "event", "事件";
+    WorkLog => "work_log", "工作日志";
+});
+terms!(EventKind, "event_kind" {
+    Road => "road", "道路设施";
+    Fire => "fire", "消防安全";
+    Quarrel => "quarrel", "矛盾纠纷";
+    Environment => "environment", "环境卫生";
+    Facility => "facility", "公共设施";
+    Other => "other", "其他事件";
+});
 terms!(Role, "role" {
     GridWorker => "grid_worker", "网格员";
     GridHead => "grid_head", "网格长";
@@ -270,6 +283,8 @@ serde_by_code!(
     Ledger,
     CaseState,
     CaseAction,
+    EntryKind,
+    EventKind,
 );
 
 macro_rules! registry {
@@ -317,6 +332,8 @@ registry!(
     Ledger,
     CaseState,
     CaseAction,
+    EntryKind,
+    EventKind,
 );
 
 #[cfg(test)]
@@ -378,9 +395,11 @@ mod tests {
         holds::<StepKind>();
         holds::<Role>();
         holds::<Ledger>();
+        holds::<EntryKind>();
+        holds::<EventKind>();
         holds::<CaseState>();
         holds::<CaseAction>();
-        assert_eq!(KINDS.len(), 21);
+        assert_eq!(KINDS.len(), 23);
         let mut kinds = KINDS.to_vec();
         kinds.dedup();
         assert_eq!(kinds.len(), KINDS.len());

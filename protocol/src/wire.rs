@@ -126,6 +126,10 @@ pub struct SyncRequest {
     /// the others (SYNC-v1 §7.4.1). At most [`limits::MAX_CHANGES`].
     #[serde(rename = "h", default, skip_serializing_if = "Vec::is_empty")]
     pub held_query: Vec<ByteBuf>,
+    /// **journal**: events and work logs the phone sends (SYNC-v1 §13.12), at most
+    /// [`crate::journal::MAX_ENTRIES`]; only to a server that announced [`FEATURE_JOURNAL`].
+    #[serde(rename = "j", default, skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<crate::journal::JournalEntry>,
 }
 
 /// Where a first sync of whole documents stands (SYNC-v1 §7.3.1): the log position the
@@ -224,7 +228,12 @@ pub const FEATURES: u32 = FEATURE_STALE_ORDER
     | FEATURE_WHOLE_DOCS
     | FEATURE_PACKED_DOWN
     | FEATURE_NEEDED_FIRST
-    | FEATURE_PHOTOS;
+    | FEATURE_PHOTOS
+    | FEATURE_JOURNAL;
+
+/// Feature bit: events and work logs (SYNC-v1 §13.12). A server that stores them announces
+/// it; the phone sends `j` only while the last response had it.
+pub const FEATURE_JOURNAL: u32 = 1024;
 
 /// Feature bit: photos (SYNC-v1 §14). A server with the photo routes (`/v1/photos/{hash}`)
 /// announces it; the phone runs its photo phase only while the last response had it (a
@@ -472,6 +481,10 @@ pub struct SyncResponse {
     /// not know `h`: then the phone sends every change again).
     #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Vec<u32>>,
+    /// **journal**: the answer to the request's `j`, one per entry, in its order (SYNC-v1
+    /// §13.12): stored, or refused with why.
+    #[serde(rename = "j", default, skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<crate::journal::JournalAck>,
     /// The table the response's packed changes refer to (actor ids and author messages, each
     /// once), sent to a phone announcing [`FEATURE_PACKED_DOWN`] when `d` holds a packed
     /// change ([`crate::pack`], SYNC-v1 §4.4.1). Absent otherwise.
@@ -681,6 +694,7 @@ mod agent_tests {
             base_ms: 0,
             pending: None,
             whole: None,
+            journal: vec![],
             held_query: vec![],
         };
         assert_eq!(agent_of(&req), Some("qiaomen/0.1.0 gridapp/2.3"));
@@ -730,6 +744,7 @@ mod tests {
                 whole: None,
             }],
             whole: None,
+            journal: vec![],
             held_query: vec![],
         };
         assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 20).unwrap(), req);
@@ -762,6 +777,7 @@ mod tests {
             docs: vec![],
             grids: vec![],
             whole: None,
+            journal: vec![],
             held_query: vec![],
         };
         assert!(encode(&req).len() < 40, "{}", encode(&req).len());
@@ -792,6 +808,7 @@ mod tests {
             docs: vec![],
             grids: vec![],
             whole: None,
+            journal: vec![],
             held_query: vec![],
         });
         assert_eq!(
@@ -813,6 +830,7 @@ mod tests {
             docs: vec![],
             grids: vec![],
             whole: None,
+            journal: vec![],
             held_query: vec![],
         });
         assert_eq!(

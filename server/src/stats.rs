@@ -57,6 +57,10 @@ pub struct Figures {
     pub overdue: u64,
     pub hazards: LedgerFigures,
     pub disputes: LedgerFigures,
+    /// Events (事件) and work logs (工作日志) of the period's days that the server had by the
+    /// end of its catch-up window (SYNC-v1 §13.12).
+    pub events: u64,
+    pub work_logs: u64,
 }
 
 /// The counts of one ledger (hazards or disputes) over a period (see the module docs).
@@ -273,6 +277,8 @@ impl Figures {
         self.coverage.merge(&o.coverage);
         self.hazards.add(&o.hazards);
         self.disputes.add(&o.disputes);
+        self.events += o.events;
+        self.work_logs += o.work_logs;
     }
 
     /// The rates, from the counts (a sum's rates are the ratios of its sums, never an average

@@ -123,6 +123,7 @@ fn download_response(
         retire: None,
         rights: None,
         whole: None,
+        journal: vec![],
         held: None,
         table: packer.wire_table(),
         base_ms: packer.base_ms(),
@@ -170,6 +171,7 @@ fn upload_request(
         grids,
         cursor_check: None,
         whole: None,
+        journal: vec![],
         held_query: vec![],
     }
 }

@@ -587,6 +587,7 @@ pub fn upload_request(
         }],
         grids: vec![],
         whole: None,
+        journal: vec![],
         held_query: vec![],
     }
 }

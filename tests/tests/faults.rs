@@ -366,6 +366,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
         docs: vec![],
         grids: vec![],
         whole: None,
+        journal: vec![],
         held_query: vec![],
     });
     let mut cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
@@ -416,6 +417,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
                 docs: vec![],
                 grids: vec![],
                 whole: None,
+                journal: vec![],
                 held_query: vec![],
             }),
             400,
@@ -453,6 +455,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
                 docs: vec![],
                 grids: vec![],
                 whole: None,
+                journal: vec![],
                 held_query: vec![],
             }),
             409,
@@ -523,6 +526,7 @@ fn malformed_truncated_oversized_and_random_bodies_get_a_typed_4xx_and_change_no
         ],
         grids: vec![],
         whole: None,
+        journal: vec![],
         held_query: vec![],
     };
     let (status, _) = post(&server.url, Some(&token), CONTENT_TYPE, wire::encode(&bad));

@@ -595,6 +595,7 @@ fn a_visit_day_goes_up_packed_and_the_server_holds_the_phones_very_changes() {
         docs,
         grids: vec![],
         whole: None,
+        journal: vec![],
         held_query: vec![],
     })
     .len() as u64;

@@ -17,6 +17,7 @@
 pub mod admin_ops;
 pub mod audit;
 pub mod cards;
+pub mod journal;
 pub mod org;
 pub mod policy;
 pub mod shared;

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cards;
 pub mod edge;
 pub mod import;
+pub mod journal;
 pub mod ledger;
 pub mod openapi;
 pub mod ops;
@@ -524,6 +525,8 @@ pub fn router(state: AppState) -> Router {
                 .route("/api/v1/cases/export", get(ledger::export))
                 .route("/api/v1/cases/{id}", get(ledger::one))
                 .route("/api/v1/cases/{id}/steps", post(ledger::step))
+                .route("/api/v1/journal", get(journal::list))
+                .route("/api/v1/journal/{id}/dispatch", post(journal::dispatch))
                 .route("/api/v1/stats", get(workflow::stats_report))
                 .route("/api/v1/stats/export", get(reports::stats_export))
                 .route("/api/v1/ranking", get(workflow::ranking))
@@ -565,6 +568,8 @@ pub fn router(state: AppState) -> Router {
                 .route("/ledger", get(ledger::ledger_page))
                 .route("/cases/{id}", get(ledger::case_page))
                 .route("/cases/{id}/step", post(ledger::case_step_submit))
+                .route("/journal", get(journal::journal_page))
+                .route("/journal/{id}/dispatch", post(journal::dispatch_submit))
                 .route("/stats", get(pages::stats_page))
                 .route("/report", get(pages::report_page))
                 .route("/tasks", get(pages::tasks_page).post(pages::tasks_submit))
@@ -749,6 +754,45 @@ async fn sync(
             let phone = d.as_millis() as i64;
             (phone - crate::access::now_ms()).abs() <= qiaomen_protocol::workorder::CLOCK_SKEW_MS
         });
+    // Events and work logs (SYNC-v1 §13.12): each judged by the phone's own rules and the
+    // user's scope, the good ones stored (once each) before the answer.
+    if req.journal.len() > qiaomen_protocol::journal::MAX_ENTRIES {
+        return Err(ApiError::PayloadTooLarge {
+            code: "too_many",
+            message: format!(
+                "at most {} journal entries per request",
+                qiaomen_protocol::journal::MAX_ENTRIES
+            ),
+        });
+    }
+    let journal_acks = if req.journal.is_empty() {
+        Vec::new()
+    } else {
+        let now = crate::access::now_ms();
+        let mut acks = Vec::with_capacity(req.journal.len());
+        let mut good = Vec::new();
+        for e in std::mem::take(&mut req.journal) {
+            let code = match qiaomen_protocol::journal::check(&e, now) {
+                Err(f) => Some(format!("{}:{}", f.field.code(), f.rule.code())),
+                Ok(()) if !scope.may_write(&e.grid, e.at_ms.min(now)) => {
+                    Some("out_of_scope".to_string())
+                }
+                Ok(()) => None,
+            };
+            acks.push(qiaomen_protocol::journal::JournalAck {
+                id: e.id,
+                code: code.clone(),
+            });
+            if code.is_none() {
+                good.push(e);
+            }
+        }
+        let (user, dev) = (device.user, device.device);
+        state
+            .access(move |db| db.store_journal(user, dev, &good))
+            .await?;
+        acks
+    };
     let outcome = if n_changes > 0 {
         let principal = Arc::new(Principal {
             user: device.user,
@@ -880,6 +924,7 @@ async fn sync(
         )
     };
     let response = SyncResponse {
+        journal: journal_acks,
         features: if req.features & wire::FEATURE_PACKED != 0 {
             wire::FEATURES
         } else {

@@ -8,7 +8,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, auth, import, ledger, phones, photos, reports, tasks, workflow};
+use super::{api, auth, import, journal, ledger, phones, photos, reports, tasks, workflow};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -43,6 +43,8 @@ use super::{api, auth, import, ledger, phones, photos, reports, tasks, workflow}
         ledger::one,
         ledger::step,
         ledger::export,
+        journal::list,
+        journal::dispatch,
         tasks::push_list,
         tasks::lists,
         tasks::list,

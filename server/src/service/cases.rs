@@ -107,7 +107,11 @@ fn no_case() -> Error {
 }
 
 /// The grids a list is of: `unit`'s readable grids, or every grid the caller reads.
-async fn grids_of(state: &AppState, caller: &Caller, unit: Option<&str>) -> Result<Vec<String>> {
+pub(super) async fn grids_of(
+    state: &AppState,
+    caller: &Caller,
+    unit: Option<&str>,
+) -> Result<Vec<String>> {
     Ok(match unit {
         Some(u) => unit_scope(state, caller, Some(u.to_string())).await?.grids,
         None => {

@@ -168,6 +168,13 @@ async fn grid_figures(
     (from, to): (Day, Day),
 ) -> Result<(BTreeMap<String, Figures>, u64)> {
     let grids = us.grids.clone();
+    // Entries sent after the period's catch-up window never change its figures.
+    let catch_up = i64::from(state.workflow.coverage.catch_up_days);
+    let received_by = crate::access::org::day_start_ms(to.add_days(1 + catch_up)) - 1;
+    let (g, f, t) = (grids.clone(), from.to_string(), to.to_string());
+    let journal = state
+        .access(move |db| db.journal_counts(&g, (&f, &t), received_by))
+        .await?;
     let teams: Vec<String> = Vec::new();
     let (orders, households, visits, cases, behind) = state
         .index(move |ix| {
@@ -197,6 +204,8 @@ async fn grid_figures(
         let mut f = stats::figures(g, &o, &households, v, (from, to), today, &policy);
         let found_here = cases_by_grid.get(g.as_str()).into_iter().flatten().copied();
         (f.hazards, f.disputes) = stats::ledger_figures(found_here, (from, to), at_ms);
+        let j = journal.get(g).copied().unwrap_or_default();
+        (f.events, f.work_logs) = (j.events, j.work_logs);
         out.insert(g.clone(), f);
     }
     Ok((out, behind))
@@ -604,7 +613,7 @@ pub async fn monthly_report(
     })
 }
 
-const STATS_HEADER: [&str; 29] = [
+const STATS_HEADER: [&str; 31] = [
     "单位",
     "类别",
     "上级单位",
@@ -634,6 +643,8 @@ const STATS_HEADER: [&str; 29] = [
     "纠纷已验收",
     "纠纷上报转工单",
     "纠纷超期未化解",
+    "上报事件",
+    "工作日志",
 ];
 
 /// A cell of an exported sheet.
@@ -679,6 +690,8 @@ fn stats_row(name: &str, kind: UnitKind, parent: &str, f: &Figures) -> Vec<Cell>
         Count(f.disputes.checked),
         Count(f.disputes.escalated),
         Count(f.disputes.overdue),
+        Count(f.events),
+        Count(f.work_logs),
     ]
 }
 

@@ -22,6 +22,7 @@ pub mod devices;
 pub mod figures;
 pub mod households;
 pub mod import;
+pub mod journal;
 pub mod orders;
 pub mod photos;
 pub mod tasks;

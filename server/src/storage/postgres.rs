@@ -111,6 +111,7 @@ CREATE TABLE idx_orders (
     TASK_PHOTOS_SCHEMA,
     CASES_SCHEMA,
     crate::access::cards::CARDS_SCHEMA_PG,
+    crate::access::journal::JOURNAL_SCHEMA_PG,
 ];
 
 /// Tracked disputes and hazards in the read model (`crate::index::CASES_SCHEMA` in

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     crate::tasks::TASK_PHOTOS_SCHEMA,
     crate::index::CASES_SCHEMA,
     crate::access::cards::CARDS_SCHEMA,
+    crate::access::journal::JOURNAL_SCHEMA,
 ];
 const FORMAT: i64 = MIGRATIONS.len() as i64;
 

@@ -1,0 +1,225 @@
+//! Events and work logs (SYNC-v1 §13.12) as the server keeps them: one row per entry, stored
+//! once under its id (a second send is the same entry), never edited. What a supervisor sees
+//! and counts of them comes from here.
+
+use qiaomen_protocol::{
+    ids::{DeviceId, UserId},
+    journal::JournalEntry,
+};
+use serde::Serialize;
+
+use super::{AccessDb, Result, now_ms};
+
+/// The journal (migration 19 of the embedded store).
+pub const JOURNAL_SCHEMA: &str = r#"
+CREATE TABLE journal (
+    id          TEXT PRIMARY KEY,
+    grid        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    event_kind  TEXT,
+    day         TEXT NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    by_user     TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    place       TEXT NOT NULL,
+    lat         REAL,
+    lon         REAL,
+    detail      TEXT NOT NULL,
+    order_id    TEXT,
+    order_household TEXT,
+    dispatched_by TEXT,
+    dispatched_ms INTEGER
+);
+CREATE INDEX journal_grid ON journal (grid, day);
+"#;
+
+/// [`JOURNAL_SCHEMA`] in PostgreSQL's types (migration 11 of PostgreSQL).
+pub const JOURNAL_SCHEMA_PG: &str = r#"
+CREATE TABLE journal (
+    id          TEXT PRIMARY KEY,
+    grid        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    event_kind  TEXT,
+    day         TEXT NOT NULL,
+    at_ms       BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    by_user     TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    place       TEXT NOT NULL,
+    lat         DOUBLE PRECISION,
+    lon         DOUBLE PRECISION,
+    detail      TEXT NOT NULL,
+    order_id    TEXT,
+    order_household TEXT,
+    dispatched_by TEXT,
+    dispatched_ms BIGINT
+);
+CREATE INDEX journal_grid ON journal (grid, day);
+"#;
+
+/// An entry as the server holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct JournalRow {
+    pub id: String,
+    pub grid: String,
+    /// `event` or `work_log` (vocabulary `journal_kind`).
+    pub kind: String,
+    /// An event's kind (vocabulary `event_kind`).
+    pub event_kind: Option<String>,
+    pub day: String,
+    pub at_ms: i64,
+    pub received_ms: i64,
+    pub by: String,
+    pub place: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub detail: String,
+    /// The work order an event was dispatched as: its demand id and household.
+    pub order: Option<String>,
+    pub order_household: Option<String>,
+}
+
+/// The columns of a [`JournalRow`], in its order.
+const ROW: &str = "id, grid, kind, event_kind, day, at_ms, received_ms, by_user, place, lat, lon,
+    detail, order_id, order_household";
+
+fn journal_row(r: &crate::sql::Row) -> std::result::Result<JournalRow, crate::sql::SqlError> {
+    Ok(JournalRow {
+        id: r.get(0)?,
+        grid: r.get(1)?,
+        kind: r.get(2)?,
+        event_kind: r.get(3)?,
+        day: r.get(4)?,
+        at_ms: r.get(5)?,
+        received_ms: r.get(6)?,
+        by: r.get(7)?,
+        place: r.get(8)?,
+        lat: r.get(9)?,
+        lon: r.get(10)?,
+        detail: r.get(11)?,
+        order: r.get(12)?,
+        order_household: r.get(13)?,
+    })
+}
+
+/// How many events and work logs a grid counts over a period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalCounts {
+    pub events: u64,
+    pub work_logs: u64,
+}
+
+impl AccessDb {
+    /// Stores `entries` (already judged) as `user`'s on `device`, in one transaction; an entry
+    /// whose id is stored already is left as it was.
+    pub fn store_journal(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        entries: &[JournalEntry],
+    ) -> Result<()> {
+        let (user, device, now) = (user.to_string(), device.to_string(), now_ms());
+        self.db.transaction(|tx| {
+            for e in entries {
+                let (lat, lon) = (e.gps.map(|g| g[0]), e.gps.map(|g| g[1]));
+                tx.execute(
+                    "INSERT INTO journal (id, grid, kind, event_kind, day, at_ms, received_ms,
+                        by_user, device, place, lat, lon, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[
+                        &e.id.to_string(),
+                        &e.grid,
+                        &e.kind,
+                        &e.event_kind,
+                        &e.day,
+                        &e.at_ms,
+                        &now,
+                        &user,
+                        &device,
+                        &e.place,
+                        &lat,
+                        &lon,
+                        &e.detail,
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The entries of `grids` of days `from..=to` (`YYYY-MM-DD`), newest first.
+    pub fn journal(&self, grids: &[String], from: &str, to: &str) -> Result<Vec<JournalRow>> {
+        let grids = serde_json::to_string(grids).expect("strings serialize");
+        Ok(self.db.map(
+            &format!(
+                "SELECT {ROW} FROM journal WHERE grid IN (SELECT value FROM json_each(?1))
+                    AND day >= ?2 AND day <= ?3
+                  ORDER BY day DESC, at_ms DESC, id"
+            ),
+            &[&grids, &from, &to],
+            journal_row,
+        )?)
+    }
+
+    /// One entry.
+    pub fn journal_entry(&self, id: &str) -> Result<Option<JournalRow>> {
+        Ok(self
+            .db
+            .map(
+                &format!("SELECT {ROW} FROM journal WHERE id = ?1"),
+                &[&id],
+                journal_row,
+            )?
+            .pop())
+    }
+
+    /// Notes that event `id` was dispatched as demand `order` of `household` by `by`; false
+    /// (and nothing changed) if it was dispatched already.
+    pub fn set_journal_order(
+        &self,
+        id: &str,
+        order: &str,
+        household: &str,
+        by: UserId,
+    ) -> Result<bool> {
+        let (by, now) = (by.to_string(), now_ms());
+        Ok(self.db.execute(
+            "UPDATE journal SET order_id = ?2, order_household = ?3, dispatched_by = ?4,
+                    dispatched_ms = ?5
+              WHERE id = ?1 AND order_id IS NULL",
+            &[&id, &order, &household, &by, &now],
+        )? == 1)
+    }
+
+    /// Per grid of `grids`, the events and work logs of days `from..=to` that the server had
+    /// received by `received_by_ms` (so an entry sent after the period's catch-up window never
+    /// changes its figures).
+    pub fn journal_counts(
+        &self,
+        grids: &[String],
+        (from, to): (&str, &str),
+        received_by_ms: i64,
+    ) -> Result<std::collections::BTreeMap<String, JournalCounts>> {
+        let grids = serde_json::to_string(grids).expect("strings serialize");
+        let rows: Vec<(String, String, i64)> = self.db.rows(
+            "SELECT grid, kind, COUNT(*) FROM journal
+              WHERE grid IN (SELECT value FROM json_each(?1)) AND day >= ?2 AND day <= ?3
+                AND received_ms <= ?4
+              GROUP BY grid, kind",
+            &[&grids, &from, &to, &received_by_ms],
+        )?;
+        let mut out = std::collections::BTreeMap::<String, JournalCounts>::new();
+        for (grid, kind, n) in rows {
+            let c = out.entry(grid).or_default();
+            let n = u64::try_from(n).unwrap_or(0);
+            match kind.as_str() {
+                "event" => c.events += n,
+                "work_log" => c.work_logs += n,
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
