@@ -309,6 +309,30 @@ impl Phone {
             .collect())
     }
 
+    /// Records an event (事件) of `grid`, offline; it goes with the next sync. Refused at once
+    /// (nothing kept) by the server's own rules: `InvalidInput` for an empty or too long
+    /// detail or place, a day after today, a position off the Earth; `NotAllowed` (`what` =
+    /// `journal`) for a grid the user does not hold.
+    pub fn record_event(&self, event: NewEventInput) -> Result<JournalItem> {
+        self.record_journal(event.into_core()?)
+    }
+
+    /// Records a day's work log (工作日志) of `grid`, offline, refused as `record_event` is.
+    pub fn record_work_log(&self, log: NewWorkLogInput) -> Result<JournalItem> {
+        self.record_journal(log.into_core())
+    }
+
+    /// The events and work logs this phone wrote, newest first, each pending, stored or
+    /// refused with the server's reason. Works offline.
+    pub fn journal(&self) -> Result<Vec<JournalItem>> {
+        Ok(self
+            .store()
+            .journal()?
+            .into_iter()
+            .map(JournalItem::from)
+            .collect())
+    }
+
     /// The open cases of `grid` to look at again on the next visit, those past or nearest
     /// their deadline first. Works offline.
     pub fn follow_ups(&self, grid: String) -> Result<Vec<FollowUpItem>> {
@@ -543,6 +567,15 @@ fn seconds(s: f64, min: f64, max: f64) -> std::time::Duration {
 }
 
 impl Phone {
+    fn record_journal(&self, new: qiaomen_client_core::store::NewJournal) -> Result<JournalItem> {
+        let entry = self.store().record_journal(&new)?;
+        Ok(JournalItem::from(qiaomen_client_core::store::JournalLine {
+            entry,
+            state: "pending".into(),
+            code: None,
+        }))
+    }
+
     fn client(&self) -> SyncClient {
         self.client
             .lock()

@@ -8,6 +8,7 @@ use qiaomen_protocol::{
     conflicts::Conflict,
     doc::Author,
     ids::{DemandId, GridId, HouseholdId, MemberId, VisitId},
+    journal::EventKind,
     schema::{self as s, Sensitive},
 };
 
@@ -515,6 +516,9 @@ pub struct SyncSummary {
     pub photos_refused: u64,
     /// Photos still to send: the next sync resumes each where it stopped.
     pub photos_waiting: u64,
+    /// Events and work logs the server answered about in this sync (stored or refused; see
+    /// `journal`).
+    pub journal_sent: u64,
 }
 
 /// A task done in a grid.
@@ -991,6 +995,7 @@ impl From<core::SyncReport> for SyncSummary {
             photos_sent: r.photos_sent as u64,
             photos_refused: r.photos_refused.len() as u64,
             photos_waiting: r.photos_waiting as u64,
+            journal_sent: r.journal_sent as u64,
         }
     }
 }
@@ -1300,4 +1305,127 @@ impl CaseItem {
 pub struct FollowUpItem {
     pub door_number: String,
     pub case_item: CaseItem,
+}
+
+#[uniffi::remote(Enum)]
+pub enum EventKind {
+    Road,
+    Fire,
+    Quarrel,
+    Environment,
+    Facility,
+    Other,
+}
+
+/// An event (事件) seen on any day, not tied to one household: a fallen pole, a fire risk at
+/// a shop, a quarrel in the square.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewEventInput {
+    pub grid: String,
+    pub kind: EventKind,
+    /// The day it is of (`YYYY-MM-DD`); `None`: today.
+    pub day: Option<String>,
+    /// Where, in words.
+    pub place: String,
+    /// Where, when the phone has a fix (WGS-84 degrees); both or neither.
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub detail: String,
+}
+
+/// A day's work log (工作日志).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewWorkLogInput {
+    pub grid: String,
+    /// The day it is of (`YYYY-MM-DD`); `None`: today.
+    pub day: Option<String>,
+    pub detail: String,
+}
+
+/// An event or a work log this phone wrote, and where it stands: `pending` (not sent yet),
+/// `stored` (the server holds it) or `refused` (`refused_code` says why, e.g.
+/// `journal_detail:too_long` or `out_of_scope`; the text stays here).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct JournalItem {
+    pub id: String,
+    pub grid: String,
+    /// `None` for a work log.
+    pub event_kind: Option<EventKind>,
+    /// 事件 or 工作日志, and the event's kind in words.
+    pub label: String,
+    pub day: String,
+    pub at_ms: i64,
+    pub place: String,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub detail: String,
+    pub state: String,
+    pub refused_code: Option<String>,
+}
+
+impl From<core::store::JournalLine> for JournalItem {
+    fn from(l: core::store::JournalLine) -> Self {
+        use qiaomen_protocol::{journal::EntryKind, vocab::Term};
+        let e = l.entry;
+        let event_kind = e.event_kind.as_deref().and_then(EventKind::from_code);
+        let label = match (EntryKind::from_code(&e.kind), event_kind) {
+            (Some(EntryKind::Event), Some(k)) => format!("事件 · {}", k.label()),
+            (Some(k), _) => k.label().to_string(),
+            (None, _) => e.kind.clone(),
+        };
+        JournalItem {
+            id: e.id.to_string(),
+            grid: e.grid,
+            event_kind,
+            label,
+            day: e.day,
+            at_ms: e.at_ms,
+            place: e.place,
+            latitude: e.gps.map(|g| g[0]),
+            longitude: e.gps.map(|g| g[1]),
+            detail: e.detail,
+            state: l.state,
+            refused_code: l.code,
+        }
+    }
+}
+
+impl NewEventInput {
+    pub(crate) fn into_core(self) -> Result<core::store::NewJournal, QiaomenError> {
+        use qiaomen_protocol::vocab::Term;
+        let gps = match (self.latitude, self.longitude) {
+            (Some(lat), Some(lon)) => Some([lat, lon]),
+            (None, None) => None,
+            _ => {
+                return Err(QiaomenError::InvalidInput {
+                    reason: "latitude and longitude go together".into(),
+                    invalid_field: Some("journal_gps".into()),
+                    rule: Some("out_of_range".into()),
+                });
+            }
+        };
+        Ok(core::store::NewJournal {
+            grid: self.grid,
+            kind: "event".into(),
+            event_kind: Some(self.kind.code().to_string()),
+            day: self.day,
+            place: self.place,
+            gps,
+            detail: self.detail,
+        })
+    }
+}
+
+impl NewWorkLogInput {
+    pub(crate) fn into_core(self) -> core::store::NewJournal {
+        core::store::NewJournal {
+            grid: self.grid,
+            kind: "work_log".into(),
+            event_kind: None,
+            day: self.day,
+            place: String::new(),
+            gps: None,
+            detail: self.detail,
+        }
+    }
 }

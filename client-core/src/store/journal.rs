@@ -77,9 +77,9 @@ impl Store {
 
     /// The entries this phone wrote, newest first.
     pub fn journal(&self) -> Result<Vec<JournalLine>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT json, state, code FROM journal_out ORDER BY at_ms DESC, id")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT json, state, code FROM journal_out ORDER BY at_ms DESC, rowid DESC",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, Vec<u8>>(0)?,
@@ -100,7 +100,7 @@ impl Store {
     /// The entries not sent yet, oldest first, at most `n`.
     pub(crate) fn pending_journal(&self, n: usize) -> Result<Vec<JournalEntry>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT json FROM journal_out WHERE state = 'pending' ORDER BY at_ms, id LIMIT ?1",
+            "SELECT json FROM journal_out WHERE state = 'pending' ORDER BY at_ms, rowid LIMIT ?1",
         )?;
         let rows = stmt.query_map([n as i64], |r| r.get::<_, Vec<u8>>(0))?;
         let mut out = Vec::new();
