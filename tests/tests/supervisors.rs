@@ -550,6 +550,7 @@ fn menus_link_only_to_what_a_role_can_open() {
                 "/coverage",
                 "/orders",
                 "/ledger",
+                "/journal",
                 "/tasks",
                 "/stats",
                 "/refused",

@@ -223,3 +223,78 @@ impl AccessDb {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use qiaomen_protocol::ids::JournalId;
+
+    use super::*;
+    use crate::access::testing::{Store, on_both_backends};
+
+    on_both_backends!(entries_are_stored_once_counted_by_day_and_arrival_and_dispatched_once);
+
+    fn entry(grid: &str, kind: &str, day: &str) -> JournalEntry {
+        JournalEntry {
+            id: JournalId::new(),
+            grid: grid.into(),
+            kind: kind.into(),
+            event_kind: (kind == "event").then(|| "road".to_string()),
+            day: day.into(),
+            at_ms: 1,
+            place: String::new(),
+            gps: None,
+            detail: "路灯不亮".into(),
+        }
+    }
+
+    fn entries_are_stored_once_counted_by_day_and_arrival_and_dispatched_once(s: &Store) {
+        let db = s.open();
+        let (user, device) = (UserId::new(), DeviceId::new());
+        let first = entry("g1", "event", "2026-12-01");
+        let batch = vec![
+            first.clone(),
+            entry("g1", "work_log", "2026-12-01"),
+            entry("g1", "event", "2026-12-02"),
+            entry("g2", "event", "2026-12-01"),
+        ];
+        db.store_journal(user, device, &batch).unwrap();
+        // A resend changes nothing, even with another text under the same id.
+        let altered = JournalEntry {
+            detail: "改过的".into(),
+            ..first.clone()
+        };
+        db.store_journal(user, device, &[altered]).unwrap();
+        let stored = db.journal_entry(&first.id.to_string()).unwrap().unwrap();
+        assert_eq!(stored.detail, "路灯不亮");
+        let grids = vec!["g1".to_string()];
+        let listed = db.journal(&grids, "2026-12-01", "2026-12-01").unwrap();
+        assert_eq!(listed.len(), 2);
+        let counts = |from, to, by| db.journal_counts(&grids, (from, to), by).unwrap();
+        let now = now_ms() + 1;
+        assert_eq!(
+            counts("2026-12-01", "2026-12-01", now).get("g1").copied(),
+            Some(JournalCounts {
+                events: 1,
+                work_logs: 1
+            })
+        );
+        assert_eq!(
+            counts("2026-12-01", "2026-12-02", now)["g1"],
+            JournalCounts {
+                events: 2,
+                work_logs: 1
+            }
+        );
+        // Nothing had arrived by a moment before they were stored.
+        assert!(counts("2026-12-01", "2026-12-02", stored.received_ms - 1).is_empty());
+        // Dispatched once; the second attempt changes nothing.
+        let id = first.id.to_string();
+        assert!(db.set_journal_order(&id, "d1", "h1", user).unwrap());
+        assert!(!db.set_journal_order(&id, "d2", "h2", user).unwrap());
+        let e = db.journal_entry(&id).unwrap().unwrap();
+        assert_eq!(
+            (e.order.as_deref(), e.order_household.as_deref()),
+            (Some("d1"), Some("h1"))
+        );
+    }
+}
