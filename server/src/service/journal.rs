@@ -46,6 +46,7 @@ pub struct JournalList {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct DispatchRequest {
     /// The household of the event's grid the order is of (the door nearest the event).
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub household: String,
     /// A demand category (`housing`, `public_order`, ... or its Chinese label); default
     /// `other`.
