@@ -184,7 +184,7 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR REPLACE INTO meta (key, value) SELECT 'reindex', x'01' WHERE EXISTS (SELECT 1 FROM docs);
     "#,
     // 9 -> 10: events and work logs written on the phone (SYNC-v1 §13.12), kept after they
-    // are sent: `pending`, `stored` or `refused` with the server's code.
+    // are sent: `pending`, `stored` or `refused` with the server's code; their photos.
     r#"
     CREATE TABLE journal_out (
         id    BLOB PRIMARY KEY,
@@ -193,6 +193,30 @@ const MIGRATIONS: &[&str] = &[
         code  TEXT,
         at_ms INTEGER NOT NULL
     );
+    -- A photo may now belong to an entry (`journal`, its id) too: exactly one owner each.
+    CREATE TABLE photos_next (
+        hash      TEXT NOT NULL UNIQUE,
+        bytes     BLOB,
+        media     TEXT NOT NULL,
+        size      INTEGER NOT NULL,
+        doc       BLOB,
+        change    BLOB,
+        task_list TEXT,
+        task_item INTEGER,
+        task_grid TEXT,
+        state     TEXT NOT NULL,
+        code      TEXT,
+        at_ms     INTEGER NOT NULL,
+        journal   BLOB,
+        CHECK ((doc IS NOT NULL) + (task_list IS NOT NULL) + (journal IS NOT NULL) = 1)
+    );
+    INSERT INTO photos_next (hash, bytes, media, size, doc, change, task_list, task_item,
+                             task_grid, state, code, at_ms)
+        SELECT hash, bytes, media, size, doc, change, task_list, task_item, task_grid, state,
+               code, at_ms
+          FROM photos ORDER BY rowid;
+    DROP TABLE photos;
+    ALTER TABLE photos_next RENAME TO photos;
     "#,
 ];
 

@@ -1331,6 +1331,8 @@ pub struct NewEventInput {
     pub latitude: Option<f64>,
     pub longitude: Option<f64>,
     pub detail: String,
+    /// Photos of it (JPEG, PNG or WebP bytes); sent after the entry is stored.
+    pub photos: Vec<NewTaskPhoto>,
 }
 
 /// A day's work log (工作日志).
@@ -1359,6 +1361,8 @@ pub struct JournalItem {
     pub latitude: Option<f64>,
     pub longitude: Option<f64>,
     pub detail: String,
+    /// Its photos' hashes (`held_photo_bytes` while the phone holds them).
+    pub photo_hashes: Vec<String>,
     pub state: String,
     pub refused_code: Option<String>,
 }
@@ -1384,6 +1388,7 @@ impl From<core::store::JournalLine> for JournalItem {
             latitude: e.gps.map(|g| g[0]),
             longitude: e.gps.map(|g| g[1]),
             detail: e.detail,
+            photo_hashes: e.photos.into_iter().map(|p| p.hash).collect(),
             state: l.state,
             refused_code: l.code,
         }
@@ -1412,6 +1417,15 @@ impl NewEventInput {
             place: self.place,
             gps,
             detail: self.detail,
+            photos: self
+                .photos
+                .into_iter()
+                .map(|p| core::NewPhoto {
+                    bytes: p.bytes,
+                    caption: p.caption,
+                    taken_at_ms: p.taken_at_ms,
+                })
+                .collect(),
         })
     }
 }
@@ -1426,6 +1440,7 @@ impl NewWorkLogInput {
             place: String::new(),
             gps: None,
             detail: self.detail,
+            photos: vec![],
         }
     }
 }

@@ -80,6 +80,10 @@ pub struct JournalEntry {
     /// What happened, or what the day's work was.
     #[serde(rename = "x")]
     pub detail: String,
+    /// Its photos' references (SYNC-v1 §14.6's form): their bytes go by `/v1/photos/{hash}`
+    /// once the server has stored the entry.
+    #[serde(rename = "f", default, skip_serializing_if = "Vec::is_empty")]
+    pub photos: Vec<crate::photo::ReportPhoto>,
 }
 
 /// The server's answer about one entry (the `j` of a response): `code` absent when it is
@@ -113,7 +117,8 @@ fn fail(field: Field, rule: Rule) -> Result<(), FieldError> {
 /// Judges an entry (the phone before it keeps one, the server before it stores one, with its
 /// own clock as `now_ms`): a known kind, an event's kind for an event and none for a work log,
 /// a detail of 1-2000 characters, a place of at most 200, a day that reads and is not after
-/// the day of `now_ms` (nor its time more than [`FUTURE_MS`] after it), a position on Earth.
+/// the day of `now_ms` (nor its time more than [`FUTURE_MS`] after it), a position on Earth,
+/// photos as a task report's (`validate::task_report`: how many, their sizes and captions).
 pub fn check(e: &JournalEntry, now_ms: i64) -> Result<(), FieldError> {
     use crate::vocab::Term;
     match (e.entry_kind(), e.event_kind.as_deref()) {
@@ -141,6 +146,7 @@ pub fn check(e: &JournalEntry, now_ms: i64) -> Result<(), FieldError> {
     {
         return fail(Field::JournalGps, Rule::OutOfRange);
     }
+    validate::task_report("", &e.photos)?;
     if e.grid.is_empty() || e.grid.len() > 64 {
         return fail(Field::JournalKind, Rule::Empty);
     }
@@ -162,6 +168,7 @@ mod tests {
             place: "村口桥头".into(),
             gps: Some([34.75, 113.62]),
             detail: "电线杆倾斜，有倒塌危险".into(),
+            photos: vec![],
         }
     }
 
@@ -229,6 +236,40 @@ mod tests {
             }),
             f(Field::JournalGps, Rule::OutOfRange)
         );
+        let shot = crate::photo::ReportPhoto {
+            hash: "ab".repeat(32),
+            size: 1000,
+            media_type: crate::photo::MediaType::Jpeg,
+            taken_at_ms: 0,
+            caption: String::new(),
+        };
+        assert_eq!(
+            check(
+                &JournalEntry {
+                    photos: vec![shot.clone()],
+                    ..event()
+                },
+                now
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            field(JournalEntry {
+                photos: vec![shot.clone(); crate::photo::MAX_SUBJECT_PHOTOS + 1],
+                ..event()
+            }),
+            f(Field::Photo, Rule::TooMany)
+        );
+        assert_eq!(
+            field(JournalEntry {
+                photos: vec![crate::photo::ReportPhoto {
+                    hash: "not a hash".into(),
+                    ..shot
+                }],
+                ..event()
+            }),
+            f(Field::Photo, Rule::HashFormat)
+        );
         assert_eq!(
             field(JournalEntry {
                 gps: Some([f64::NAN, 0.0]),
@@ -255,6 +296,7 @@ mod tests {
             place: j["p"].as_str().unwrap().into(),
             gps: Some([j["l"][0].as_f64().unwrap(), j["l"][1].as_f64().unwrap()]),
             detail: j["x"].as_str().unwrap().into(),
+            photos: vec![],
         };
         assert_eq!(check(&e, e.at_ms), Ok(()));
         let mut bytes = Vec::new();

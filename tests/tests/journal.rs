@@ -5,7 +5,7 @@
 
 use qiaomen_client_core::{
     StoreError,
-    store::{JournalLine, NewJournal},
+    store::{JournalLine, NewJournal, NewPhoto},
 };
 use qiaomen_protocol::{
     DocError,
@@ -18,8 +18,8 @@ use qiaomen_protocol::{
     wire,
 };
 use qiaomen_tests::{
-    Phone, TestServer, block_on, call, get_text, post_form, sample_visit, session, upload_request,
-    visible,
+    Phone, TestServer, block_on, call, get_raw, get_text, post_form, sample_visit, session,
+    upload_request, visible,
 };
 
 fn today() -> Day {
@@ -35,6 +35,7 @@ fn event(grid: &str) -> NewJournal {
         place: "村口桥头".into(),
         gps: Some([34.75, 113.62]),
         detail: "电线杆倾斜，有倒塌危险".into(),
+        photos: vec![],
     }
 }
 
@@ -47,6 +48,7 @@ fn work_log(grid: &str) -> NewJournal {
         place: String::new(),
         gps: None,
         detail: "走访 12 户，排查隐患 2 处，调解邻里纠纷 1 起".into(),
+        photos: vec![],
     }
 }
 
@@ -280,18 +282,60 @@ fn an_event_and_a_work_log_written_offline_go_with_the_visit_day_in_one_round_tr
     assert!(text.contains("走访 12 户"), "{text}");
     assert!(page.contains(&format!("/orders/{demand}")));
 
-    // From the page, by door number: a door the grid lacks is named, nothing written; the
-    // right one leads to the order's page.
+    // An event with a photo: a photo that is not an image is refused on the phone, nothing
+    // kept; the entry goes first, its photo after it in the same sync, and supervisors of
+    // the grid (only) fetch it.
+    let mut shot = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    shot.extend((0..3000u32).map(|i| (i * 7 % 251) as u8));
+    let photo = |bytes: &[u8]| NewPhoto {
+        bytes: bytes.to_vec(),
+        caption: "楼道".into(),
+        taken_at_ms: qiaomen_server::access::now_ms(),
+    };
+    let before = w.store.journal().unwrap().len();
+    let not_an_image = w.store.record_journal(&NewJournal {
+        photos: vec![photo(b"GIF89a not a photo")],
+        ..event("g1")
+    });
+    assert!(
+        matches!(
+            not_an_image,
+            Err(StoreError::Document(DocError::Field(f))) if f.field == Field::Photo
+        ),
+        "{not_an_image:?}"
+    );
+    assert_eq!(w.store.journal().unwrap().len(), before);
     let fire = w
         .store
         .record_journal(&NewJournal {
             event_kind: Some("fire".into()),
             place: "5号门前".into(),
             detail: "电动车在楼道充电".into(),
+            photos: vec![photo(&shot)],
             ..event("g1")
         })
         .unwrap();
-    assert_eq!(w.sync().unwrap().journal_sent, 1);
+    let report = w.sync().unwrap();
+    assert_eq!(
+        (report.journal_sent, report.photos_sent),
+        (1, 1),
+        "{report:?}"
+    );
+    let hash = qiaomen_protocol::photo::hash_of(&shot);
+    let (_, list) = call("GET", &url("/api/v1/journal?kind=event"), &supervisor, None);
+    assert_eq!(list["entries"][0]["photos"], serde_json::json!([hash]));
+    let (status, _, bytes) = get_raw(&url(&format!("/v1/photos/{hash}")), &supervisor);
+    assert_eq!((status, bytes == shot), (200, true));
+    let (status, _, _) = get_raw(&url(&format!("/v1/photos/{hash}")), &other_worker);
+    assert_eq!(status, 404, "not another grid's to see");
+    let (_, page) = get_text(&url("/journal?kind=event"), &supervisor);
+    assert!(
+        page.contains(&format!(r#"href="/photos/{hash}""#)),
+        "{page}"
+    );
+
+    // From the page, by door number: a door the grid lacks is named, nothing written; the
+    // right one leads to the order's page.
     let form = url(&format!("/journal/{}/dispatch", fire.id));
     let (status, page) = post_form(
         &form,
@@ -326,7 +370,7 @@ fn an_event_and_a_work_log_written_offline_go_with_the_visit_day_in_one_round_tr
 #[test]
 fn the_server_judges_each_entry_by_the_phones_rules_and_stores_it_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, w, _, _) = a_grid(dir.path());
+    let (server, mut w, _, _) = a_grid(dir.path());
     let now = qiaomen_server::access::now_ms();
     let entry = |grid: &str, detail: &str, day: Day| JournalEntry {
         id: JournalId::new(),
@@ -338,6 +382,7 @@ fn the_server_judges_each_entry_by_the_phones_rules_and_stores_it_once() {
         place: "菜市场".into(),
         gps: None,
         detail: detail.into(),
+        photos: vec![],
     };
     let good = entry("g1", "商铺门口堆放液化气罐", today());
     let sent = vec![
@@ -355,6 +400,7 @@ fn the_server_judges_each_entry_by_the_phones_rules_and_stores_it_once() {
         },
         good.clone(),
     ];
+    let token = w.token();
     let send = |journal: Vec<JournalEntry>| {
         let mut req = upload_request(HouseholdId::new(), vec![], wire::FEATURES);
         req.docs.clear();
@@ -363,7 +409,7 @@ fn the_server_judges_each_entry_by_the_phones_rules_and_stores_it_once() {
             let resp = reqwest::Client::new()
                 .post(format!("{}/v1/sync", server.url))
                 .header("content-type", wire::CONTENT_TYPE)
-                .bearer_auth(w.token())
+                .bearer_auth(&token)
                 .body(wire::encode(&req))
                 .send()
                 .await
@@ -412,6 +458,55 @@ fn the_server_judges_each_entry_by_the_phones_rules_and_stores_it_once() {
     let entries = list["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{list}");
     assert_eq!(entries[0]["detail"], "商铺门口堆放液化气罐");
+    // A phone whose clock runs two days ahead dates an event after the server's today: its
+    // own check passes, the server refuses it, and the phone keeps the entry and its photo
+    // (bytes and all) refused with the server's code; the photo is never sent.
+    let ahead = now + 2 * 86_400_000;
+    w.store.set_clock(move || ahead);
+    let mut shot = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    shot.extend((0..500u32).map(|i| (i * 13 % 251) as u8));
+    let late = w
+        .store
+        .record_journal(&qiaomen_client_core::store::NewJournal {
+            grid: "g1".into(),
+            kind: "event".into(),
+            event_kind: Some("facility".into()),
+            day: None,
+            place: String::new(),
+            gps: None,
+            detail: "路灯不亮".into(),
+            photos: vec![qiaomen_client_core::store::NewPhoto {
+                bytes: shot.clone(),
+                caption: String::new(),
+                taken_at_ms: ahead,
+            }],
+        })
+        .unwrap();
+    w.store.set_clock(qiaomen_server::access::now_ms);
+    let report = w.sync().unwrap();
+    assert_eq!(
+        (report.journal_sent, report.photos_sent),
+        (1, 0),
+        "{report:?}"
+    );
+    let [line] = &w.store.journal().unwrap()[..] else {
+        panic!("one entry on the phone")
+    };
+    assert_eq!(line.entry.id, late.id);
+    assert_eq!(
+        (line.state.as_str(), line.code.as_deref()),
+        ("refused", Some("journal_day:future_day"))
+    );
+    assert_eq!(line.entry.detail, "路灯不亮");
+    let hash = qiaomen_protocol::photo::hash_of(&shot);
+    assert_eq!(
+        w.store.photo_state(&hash).unwrap(),
+        Some(qiaomen_client_core::store::PhotoState::Refused {
+            code: "journal_day:future_day".into()
+        })
+    );
+    assert_eq!(w.store.photo_bytes(&hash).unwrap(), Some(shot));
+
     // More than a request may carry is refused whole, nothing stored.
     let many: Vec<JournalEntry> = (0..=qiaomen_protocol::journal::MAX_ENTRIES)
         .map(|i| entry("g1", &format!("第 {i} 件"), today()))

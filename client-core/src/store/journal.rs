@@ -26,6 +26,8 @@ pub struct NewJournal {
     pub place: String,
     pub gps: Option<[f64; 2]>,
     pub detail: String,
+    /// Its photos; their bytes go once the server has stored the entry (SYNC-v1 §14.3).
+    pub photos: Vec<super::NewPhoto>,
 }
 
 /// An entry the phone holds, and where it stands: `pending` (not sent yet), `stored` (the
@@ -43,6 +45,18 @@ impl Store {
     /// `Document(Field)`, a grid the user does not hold as `NotAllowed` (`journal`).
     pub fn record_journal(&mut self, new: &NewJournal) -> Result<JournalEntry> {
         let now = self.now_ms();
+        let mut refs = Vec::with_capacity(new.photos.len());
+        for p in &new.photos {
+            let media = qiaomen_protocol::validate::photo_bytes(&p.bytes)
+                .map_err(|f| StoreError::Document(qiaomen_protocol::DocError::Field(f)))?;
+            refs.push(qiaomen_protocol::photo::ReportPhoto {
+                hash: qiaomen_protocol::photo::hash_of(&p.bytes),
+                size: p.bytes.len() as u64,
+                media_type: media,
+                taken_at_ms: p.taken_at_ms,
+                caption: p.caption.clone(),
+            });
+        }
         let entry = JournalEntry {
             id: JournalId::new(),
             grid: new.grid.clone(),
@@ -56,6 +70,7 @@ impl Store {
             place: new.place.clone(),
             gps: new.gps,
             detail: new.detail.clone(),
+            photos: refs,
         };
         journal::check(&entry, now)
             .map_err(|f| StoreError::Document(qiaomen_protocol::DocError::Field(f)))?;
@@ -68,10 +83,23 @@ impl Store {
             });
         }
         let json = serde_json::to_vec(&entry).expect("an entry serializes");
-        self.conn.execute(
+        let id = entry.id.as_bytes().to_vec();
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
             "INSERT INTO journal_out (id, json, state, at_ms) VALUES (?1, ?2, 'pending', ?3)",
-            params![entry.id.as_bytes().as_slice(), json, now],
+            params![id, json, now],
         )?;
+        for (p, r) in new.photos.iter().zip(&entry.photos) {
+            super::photos::Row {
+                hash: &r.hash,
+                bytes: &p.bytes,
+                media: r.media_type.mime(),
+                owner: super::photos::Owner::Journal { id: &id },
+                state: "pending",
+            }
+            .insert(&tx, now)?;
+        }
+        tx.commit()?;
         Ok(entry)
     }
 
@@ -125,6 +153,15 @@ impl Store {
                 "UPDATE journal_out SET state = ?2, code = ?3 WHERE id = ?1 AND state = 'pending'",
                 params![a.id.as_bytes().as_slice(), state, a.code],
             )?;
+            // A refused entry's photos will never be taken: refused with its code, their
+            // bytes kept with the entry's text.
+            if let Some(code) = &a.code {
+                tx.execute(
+                    "UPDATE photos SET state = 'refused', code = ?2
+                      WHERE journal = ?1 AND state = 'pending'",
+                    params![a.id.as_bytes().as_slice(), code],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(())

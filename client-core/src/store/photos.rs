@@ -90,7 +90,7 @@ pub(super) fn keep_attached(
 }
 
 /// The record a photo's row belongs to.
-enum Owner<'a> {
+pub(super) enum Owner<'a> {
     /// A record of the household `doc`; `change`: the change of this phone that attached it
     /// (`None`: fetched from the server).
     Household {
@@ -103,30 +103,40 @@ enum Owner<'a> {
         item: u32,
         grid: &'a str,
     },
+    /// An event or a work log of this phone (its id's bytes).
+    Journal { id: &'a [u8] },
 }
 
 /// A photo's row, as it is first kept.
-struct Row<'a> {
-    hash: &'a str,
-    bytes: &'a [u8],
-    media: &'a str,
-    owner: Owner<'a>,
-    state: &'static str,
+pub(super) struct Row<'a> {
+    pub(super) hash: &'a str,
+    pub(super) bytes: &'a [u8],
+    pub(super) media: &'a str,
+    pub(super) owner: Owner<'a>,
+    pub(super) state: &'static str,
 }
 
 impl Row<'_> {
     /// Keeps the row; a photo held already keeps its row (its bytes, if it had lost them).
-    fn insert(&self, conn: &rusqlite::Connection, now_ms: i64) -> Result<()> {
-        let (doc, change, task_list, task_item, task_grid) = match &self.owner {
-            Owner::Household { doc, change } => {
-                (Some(doc.as_bytes().to_vec()), *change, None, None, None)
+    pub(super) fn insert(&self, conn: &rusqlite::Connection, now_ms: i64) -> Result<()> {
+        let (doc, change, task_list, task_item, task_grid, journal) = match &self.owner {
+            Owner::Household { doc, change } => (
+                Some(doc.as_bytes().to_vec()),
+                *change,
+                None,
+                None,
+                None,
+                None,
+            ),
+            Owner::Task { list, item, grid } => {
+                (None, None, Some(*list), Some(*item), Some(*grid), None)
             }
-            Owner::Task { list, item, grid } => (None, None, Some(*list), Some(*item), Some(*grid)),
+            Owner::Journal { id } => (None, None, None, None, None, Some(*id)),
         };
         conn.execute(
             "INSERT INTO photos (hash, bytes, media, size, doc, change, task_list, task_item,
-                                 task_grid, state, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                 task_grid, state, at_ms, journal)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT (hash) DO UPDATE SET bytes = coalesce(photos.bytes, excluded.bytes)",
             params![
                 self.hash,
@@ -139,7 +149,8 @@ impl Row<'_> {
                 task_item,
                 task_grid,
                 self.state,
-                now_ms
+                now_ms,
+                journal
             ],
         )?;
         Ok(())
@@ -244,6 +255,9 @@ impl Store {
                 AND CASE WHEN doc IS NOT NULL
                     THEN NOT EXISTS (SELECT 1 FROM pending p
                                       WHERE p.doc = photos.doc AND p.hash = photos.change)
+                    WHEN journal IS NOT NULL
+                    THEN EXISTS (SELECT 1 FROM journal_out j
+                                  WHERE j.id = photos.journal AND j.state = 'stored')
                     ELSE EXISTS (SELECT 1 FROM task_done t
                                   WHERE t.list = photos.task_list AND t.item = photos.task_item
                                     AND t.grid = photos.task_grid AND t.sent = 1)
@@ -343,17 +357,20 @@ impl Store {
 
     /// Frees the bytes of photos the server holds (sent or fetched) that no record of the
     /// household that held them refers to any more (the record was deleted, or the household
-    /// left the phone), or whose task report the phone no longer holds. Returns how many were
-    /// freed. Pending and refused photos are never freed.
+    /// left the phone), or whose task report (or event, or work log) the phone no longer
+    /// holds. Returns how many were freed. Pending and refused photos are never freed.
     pub fn free_photos(&mut self) -> Result<usize> {
         // A task report's photo is referred to while the phone holds the report (a sent
-        // report leaves with its list, `set_task_lists`).
+        // report leaves with its list, `set_task_lists`); an event's or a work log's while the
+        // phone holds the entry (it keeps what it wrote).
         let rows: Vec<(String, Option<Vec<u8>>, bool)> = {
             let mut stmt = self.conn.prepare(
                 "SELECT hash, doc, EXISTS (SELECT 1 FROM task_done t
                                             WHERE t.list = photos.task_list
                                               AND t.item = photos.task_item
                                               AND t.grid = photos.task_grid)
+                                   OR EXISTS (SELECT 1 FROM journal_out j
+                                               WHERE j.id = photos.journal)
                    FROM photos WHERE state IN ('sent', 'fetched') AND bytes IS NOT NULL",
             )?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?

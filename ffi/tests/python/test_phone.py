@@ -488,8 +488,13 @@ def test_an_event_and_a_work_log_written_offline_go_with_the_visit_in_one_sync(o
     hid = phone.create_household(household(grid))
     sync(phone)  # the phone learns what the server takes
     phone.record_visit(hid, visit("一切正常"))
+    shot = jpeg(2000, seed=7)
+    phone_hash = __import__("hashlib").sha256(shot).hexdigest()
     event = phone.record_event(q.NewEventInput(grid=grid, kind=q.EventKind.FIRE, day=None, place="菜市场东口",
-                                               latitude=34.75, longitude=113.62, detail="商铺门口堆放液化气罐"))
+                                               latitude=34.75, longitude=113.62, detail="商铺门口堆放液化气罐",
+                                               photos=[q.NewTaskPhoto(bytes=shot, caption="液化气罐",
+                                                                      taken_at_ms=1_763_164_900_000)]))
+    assert event.photo_hashes == [phone_hash]
     assert event.state == "pending" and event.event_kind == q.EventKind.FIRE and event.label == "事件 · 消防安全"
     log = phone.record_work_log(q.NewWorkLogInput(grid=grid, day=None, detail="走访 12 户，排查隐患 2 处"))
     # Refused at once by the server's own rules, nothing kept: the field is named.
@@ -498,7 +503,7 @@ def test_an_event_and_a_work_log_written_offline_go_with_the_visit_in_one_sync(o
     assert (bad.value.invalid_field, bad.value.rule) == ("journal_detail", "empty")
     with pytest.raises(q.QiaomenError.InvalidInput) as bad:
         phone.record_event(q.NewEventInput(grid=grid, kind=q.EventKind.ROAD, day=None, place="", latitude=95.0,
-                                           longitude=0.0, detail="路灯不亮"))
+                                           longitude=0.0, detail="路灯不亮", photos=[]))
     assert (bad.value.invalid_field, bad.value.rule) == ("journal_gps", "out_of_range")
     with pytest.raises(q.QiaomenError.NotAllowed) as refused:
         phone.record_work_log(q.NewWorkLogInput(grid=org.grid(), day=None, detail="别的网格"))
@@ -507,6 +512,7 @@ def test_an_event_and_a_work_log_written_offline_go_with_the_visit_in_one_sync(o
 
     summary = sync(phone)
     assert summary.progress.round_trips == 1 and summary.journal_sent == 2 and summary.rejected == 0
+    assert summary.photos_sent == 1 and phone.held_photo_bytes(phone_hash) == shot
     assert [(j.id, j.state, j.refused_code) for j in phone.journal()] == [(log.id, "stored", None),
                                                                          (event.id, "stored", None)]
     assert sync(phone).journal_sent == 0

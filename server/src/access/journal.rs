@@ -32,6 +32,17 @@ CREATE TABLE journal (
     dispatched_ms INTEGER
 );
 CREATE INDEX journal_grid ON journal (grid, day);
+CREATE TABLE journal_photos (
+    entry      TEXT NOT NULL REFERENCES journal (id),
+    pos        INTEGER NOT NULL,
+    hash       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    taken_ms   INTEGER NOT NULL,
+    caption    TEXT NOT NULL,
+    PRIMARY KEY (entry, pos)
+);
+CREATE INDEX journal_photos_hash ON journal_photos (hash);
 "#;
 
 /// [`JOURNAL_SCHEMA`] in PostgreSQL's types (migration 11 of PostgreSQL).
@@ -56,6 +67,17 @@ CREATE TABLE journal (
     dispatched_ms BIGINT
 );
 CREATE INDEX journal_grid ON journal (grid, day);
+CREATE TABLE journal_photos (
+    entry      TEXT NOT NULL REFERENCES journal (id),
+    pos        INTEGER NOT NULL,
+    hash       TEXT NOT NULL,
+    size       BIGINT NOT NULL,
+    media_type TEXT NOT NULL,
+    taken_ms   BIGINT NOT NULL,
+    caption    TEXT NOT NULL,
+    PRIMARY KEY (entry, pos)
+);
+CREATE INDEX journal_photos_hash ON journal_photos (hash);
 "#;
 
 /// An entry as the server holds it.
@@ -78,6 +100,17 @@ pub struct JournalRow {
     /// The work order an event was dispatched as: its demand id and household.
     pub order: Option<String>,
     pub order_household: Option<String>,
+    /// Its photos' hashes, in the order taken (`/v1/photos/{hash}`).
+    pub photos: Vec<String>,
+}
+
+/// A photo an entry refers to: the entry, its grid, the photo's size and media type code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalPhoto {
+    pub entry: String,
+    pub grid: String,
+    pub size: u64,
+    pub media_type: String,
 }
 
 /// The columns of a [`JournalRow`], in its order.
@@ -100,6 +133,7 @@ fn journal_row(r: &crate::sql::Row) -> std::result::Result<JournalRow, crate::sq
         detail: r.get(11)?,
         order: r.get(12)?,
         order_household: r.get(13)?,
+        photos: Vec::new(),
     })
 }
 
@@ -123,7 +157,7 @@ impl AccessDb {
         self.db.transaction(|tx| {
             for e in entries {
                 let (lat, lon) = (e.gps.map(|g| g[0]), e.gps.map(|g| g[1]));
-                tx.execute(
+                let kept = tx.execute(
                     "INSERT INTO journal (id, grid, kind, event_kind, day, at_ms, received_ms,
                         by_user, device, place, lat, lon, detail)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -144,6 +178,24 @@ impl AccessDb {
                         &e.detail,
                     ],
                 )?;
+                // An entry's photos are stored with it, once: a resend changes nothing.
+                if kept == 1 {
+                    for (pos, p) in e.photos.iter().enumerate() {
+                        tx.execute(
+                            "INSERT INTO journal_photos (entry, pos, hash, size, media_type,
+                                taken_ms, caption) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            &[
+                                &e.id.to_string(),
+                                &(pos as i64),
+                                &p.hash,
+                                &(p.size as i64),
+                                &p.media_type.code(),
+                                &p.taken_at_ms,
+                                &p.caption,
+                            ],
+                        )?;
+                    }
+                }
             }
             Ok(())
         })
@@ -152,7 +204,7 @@ impl AccessDb {
     /// The entries of `grids` of days `from..=to` (`YYYY-MM-DD`), newest first.
     pub fn journal(&self, grids: &[String], from: &str, to: &str) -> Result<Vec<JournalRow>> {
         let grids = serde_json::to_string(grids).expect("strings serialize");
-        Ok(self.db.map(
+        let mut rows = self.db.map(
             &format!(
                 "SELECT {ROW} FROM journal WHERE grid IN (SELECT value FROM json_each(?1))
                     AND day >= ?2 AND day <= ?3
@@ -160,7 +212,39 @@ impl AccessDb {
             ),
             &[&grids, &from, &to],
             journal_row,
-        )?)
+        )?;
+        let photos: Vec<(String, String)> = self.db.rows(
+            "SELECT p.entry, p.hash FROM journal_photos p JOIN journal j ON j.id = p.entry
+              WHERE j.grid IN (SELECT value FROM json_each(?1)) AND j.day >= ?2 AND j.day <= ?3
+              ORDER BY p.entry, p.pos",
+            &[&grids, &from, &to],
+        )?;
+        let mut by_entry: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (entry, hash) in photos {
+            by_entry.entry(entry).or_default().push(hash);
+        }
+        for r in &mut rows {
+            r.photos = by_entry.remove(&r.id).unwrap_or_default();
+        }
+        Ok(rows)
+    }
+
+    /// The entries that refer to photo `hash`.
+    pub fn journal_photos(&self, hash: &str) -> Result<Vec<JournalPhoto>> {
+        let rows: Vec<(String, String, i64, String)> = self.db.rows(
+            "SELECT p.entry, j.grid, p.size, p.media_type FROM journal_photos p
+               JOIN journal j ON j.id = p.entry WHERE p.hash = ?1 ORDER BY p.entry",
+            &[&hash],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(entry, grid, size, media_type)| JournalPhoto {
+                entry,
+                grid,
+                size: size as u64,
+                media_type,
+            })
+            .collect())
     }
 
     /// One entry.
@@ -244,6 +328,7 @@ mod tests {
             place: String::new(),
             gps: None,
             detail: "路灯不亮".into(),
+            photos: vec![],
         }
     }
 

@@ -4,7 +4,8 @@
 //! **The rule**: a photo's bytes are taken in and given out only for a hash that a stored
 //! household in the caller's scope refers to (the read model's `idx_photos`, projected from
 //! the log before each check, so a reference synced a moment ago counts), or a stored task
-//! report of a grid in the caller's scope (`task_photos`). Records always
+//! report or a stored event or work log of a grid in the caller's scope (`task_photos`,
+//! `journal_photos`). Records always
 //! travel first: a photo whose reference is not stored yet is `unknown_photo`, exactly like
 //! one outside the caller's grids (404, never 403, so a hash cannot be probed).
 //!
@@ -146,8 +147,10 @@ pub async fn in_scope(state: &AppState, caller: &Caller, hash: &str) -> Result<R
         return Ok(refs[i].clone().into());
     }
     let wanted = hash.to_string();
-    let reported = state.access(move |db| db.reported_photos(&wanted)).await?;
-    reported
+    let (reported, journal) = state
+        .access(move |db| Ok((db.reported_photos(&wanted)?, db.journal_photos(&wanted)?)))
+        .await?;
+    let of_report = reported
         .into_iter()
         .find(|r| scope.may_read(&r.grid))
         .map(|r| Referred {
@@ -155,8 +158,20 @@ pub async fn in_scope(state: &AppState, caller: &Caller, hash: &str) -> Result<R
             hash: hash.to_string(),
             size: r.size,
             media_type: r.media_type,
-        })
-        .ok_or_else(unknown)
+        });
+    // An event's or a work log's photo: of a stored entry of a grid the caller reads.
+    let of_entry = || {
+        journal
+            .into_iter()
+            .find(|j| scope.may_read(&j.grid))
+            .map(|j| Referred {
+                target: format!("journal:{}", j.entry),
+                hash: hash.to_string(),
+                size: j.size,
+                media_type: j.media_type,
+            })
+    };
+    of_report.or_else(of_entry).ok_or_else(unknown)
 }
 
 async fn status_of(state: &AppState, r: &Referred) -> Result<Status> {
