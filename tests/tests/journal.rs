@@ -179,6 +179,11 @@ fn an_event_and_a_work_log_written_offline_go_with_the_visit_day_in_one_round_tr
         None,
     );
     assert_eq!(status, 400, "{body}");
+    // An empty date is not a date on the API; a page's empty inputs are simply not given.
+    let (status, body) = call("GET", &url("/api/v1/journal?to="), &supervisor, None);
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = get_text(&url("/journal?from=&to=&kind="), &supervisor);
+    assert_eq!(status, 200);
     // Another grid's worker sees none of them.
     let other_worker = session(&server, "w-journal-g2", "g2", Role::GridWorker);
     let (status, none) = call("GET", &url("/api/v1/journal"), &other_worker, None);
@@ -268,6 +273,61 @@ fn an_event_and_a_work_log_written_offline_go_with_the_visit_day_in_one_round_tr
         d.text.starts_with("【道路设施·事件转工单】村口桥头"),
         "{}",
         d.text
+    );
+
+    // The event tracked in the second ledger as a hazard of the same door: by a supervisor
+    // of the grid, of an event, once; the case is on the worker's phone to follow up.
+    let track = |token: &str, entry: &JournalEntry, body: serde_json::Value| {
+        call(
+            "POST",
+            &url(&format!("/api/v1/journal/{}/case", entry.id)),
+            token,
+            Some(body),
+        )
+    };
+    let hazard = serde_json::json!({
+        "household": home.to_string(), "ledger": "hazard", "kind": "electrical",
+    });
+    assert_eq!(track(&web_worker, &ev, hazard.clone()).0, 403);
+    let (status, body) = track(&supervisor, &log, hazard.clone());
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("not_an_event"))
+    );
+    let (status, body) = track(
+        &supervisor,
+        &ev,
+        serde_json::json!({"household": home.to_string(), "ledger": "hazard", "kind": "ufo"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, tracked) = track(&supervisor, &ev, hazard.clone());
+    assert_eq!(status, 200, "{tracked}");
+    let case = tracked["case"].as_str().unwrap().to_string();
+    let (status, body) = track(&supervisor, &ev, hazard);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("already_tracked"))
+    );
+    let (_, cases) = call("GET", &url("/api/v1/cases?unit=v"), &supervisor, None);
+    let row = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["case"] == case.as_str())
+        .expect("the case is in the ledger");
+    assert_eq!(
+        (&row["ledger"], &row["state"]),
+        (&serde_json::json!("hazard"), &serde_json::json!("open"))
+    );
+    w.sync().unwrap();
+    let on_phone = w.store.cases(home).unwrap();
+    let c = on_phone
+        .iter()
+        .find(|c| c.id.to_string() == case)
+        .expect("the case is on the worker's phone");
+    assert_eq!(
+        (c.detail.as_str(), c.parties.as_str()),
+        ("电线杆倾斜，有倒塌危险", "村口桥头")
     );
 
     // The page lists both, the event with its order, the log as it was written.

@@ -416,6 +416,7 @@ fn the_openapi_document_matches_the_served_api() {
         "POST /api/v1/households/{id}/demands",
         "POST /api/v1/households/{id}/move",
         "POST /api/v1/households/{id}/reviews",
+        "POST /api/v1/journal/{id}/case",
         "POST /api/v1/journal/{id}/dispatch",
         "POST /api/v1/orders/import",
         "POST /api/v1/orders/{demand}/steps",

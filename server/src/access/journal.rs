@@ -29,7 +29,9 @@ CREATE TABLE journal (
     order_id    TEXT,
     order_household TEXT,
     dispatched_by TEXT,
-    dispatched_ms INTEGER
+    dispatched_ms INTEGER,
+    case_id     TEXT,
+    case_household TEXT
 );
 CREATE INDEX journal_grid ON journal (grid, day);
 CREATE TABLE journal_photos (
@@ -64,7 +66,9 @@ CREATE TABLE journal (
     order_id    TEXT,
     order_household TEXT,
     dispatched_by TEXT,
-    dispatched_ms BIGINT
+    dispatched_ms BIGINT,
+    case_id     TEXT,
+    case_household TEXT
 );
 CREATE INDEX journal_grid ON journal (grid, day);
 CREATE TABLE journal_photos (
@@ -100,6 +104,9 @@ pub struct JournalRow {
     /// The work order an event was dispatched as: its demand id and household.
     pub order: Option<String>,
     pub order_household: Option<String>,
+    /// The ledger case an event is tracked as: its id and household.
+    pub case: Option<String>,
+    pub case_household: Option<String>,
     /// Its photos' hashes, in the order taken (`/v1/photos/{hash}`).
     pub photos: Vec<String>,
 }
@@ -115,7 +122,7 @@ pub struct JournalPhoto {
 
 /// The columns of a [`JournalRow`], in its order.
 const ROW: &str = "id, grid, kind, event_kind, day, at_ms, received_ms, by_user, place, lat, lon,
-    detail, order_id, order_household";
+    detail, order_id, order_household, case_id, case_household";
 
 fn journal_row(r: &crate::sql::Row) -> std::result::Result<JournalRow, crate::sql::SqlError> {
     Ok(JournalRow {
@@ -133,6 +140,8 @@ fn journal_row(r: &crate::sql::Row) -> std::result::Result<JournalRow, crate::sq
         detail: r.get(11)?,
         order: r.get(12)?,
         order_household: r.get(13)?,
+        case: r.get(14)?,
+        case_household: r.get(15)?,
         photos: Vec::new(),
     })
 }
@@ -274,6 +283,15 @@ impl AccessDb {
                     dispatched_ms = ?5
               WHERE id = ?1 AND order_id IS NULL",
             &[&id, &order, &household, &by, &now],
+        )? == 1)
+    }
+
+    /// Notes that event `id` is tracked as case `case` of `household`; false (and nothing
+    /// changed) if it was already.
+    pub fn set_journal_case(&self, id: &str, case: &str, household: &str) -> Result<bool> {
+        Ok(self.db.execute(
+            "UPDATE journal SET case_id = ?2, case_household = ?3 WHERE id = ?1 AND case_id IS NULL",
+            &[&id, &case, &household],
         )? == 1)
     }
 

@@ -20,7 +20,9 @@ use super::{
 };
 use crate::service::{
     self,
-    journal::{self, DispatchRequest, Dispatched, JournalList, JournalQuery},
+    journal::{
+        self, DispatchRequest, Dispatched, JournalList, JournalQuery, TrackRequest, Tracked,
+    },
 };
 
 /// `GET /api/v1/journal`: the events and work logs of the caller's grids (or of a unit's), of
@@ -56,13 +58,32 @@ pub async fn dispatch(
     Ok(Json(journal::dispatch(&state, &caller, &id, req).await?))
 }
 
+/// `POST /api/v1/journal/{id}/case`: track an event in the second ledger (双台账) as a case of
+/// a household of its grid (the door nearest it); it is followed, rectified or settled and
+/// checked like any case, and reaches the grid's phones at their next sync.
+#[utoipa::path(post, path = "/api/v1/journal/{id}/case", tag = "journal", security(("bearer" = [])),
+    params(("id" = String, Path, description = "entry id")), request_body = TrackRequest,
+    responses((status = 200, body = Tracked), (status = 400, description = "not a household id, a ledger, a kind or a date", body = ErrorBody),
+              (status = 403, description = "forbidden: only a supervisor of the grid tracks", body = ErrorBody),
+              (status = 404, description = "no such entry or household", body = ErrorBody),
+              (status = 409, description = "not_an_event, already_tracked, or other_grid (the household is not of the event's grid)", body = ErrorBody),
+              (status = 401, description = "not signed in, or the token was revoked or reused", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody)))]
+pub async fn track(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TrackRequest>,
+) -> Result<Json<Tracked>, ApiError> {
+    Ok(Json(journal::track(&state, &caller, &id, req).await?))
+}
+
 /// `GET /journal?unit=&kind=&from=&to=`: the events and work logs of a unit.
 pub async fn journal_page(
     State(state): State<AppState>,
     PageSession(caller): PageSession,
     Query(q): Query<JournalQuery>,
 ) -> Result<Response, PageError> {
-    journal_view(&state, &caller, q, None).await
+    journal_view(&state, &caller, q.from_form(), None).await
 }
 
 async fn journal_view(
@@ -97,8 +118,8 @@ async fn journal_view(
     Ok(page)
 }
 
-/// The door numbers of the grids of the list's events not dispatched yet, per grid (for the
-/// dispatch forms' choices).
+/// The door numbers of the grids of the list's events not dispatched or tracked yet, per grid
+/// (for the forms' choices).
 async fn doors_of(
     state: &AppState,
     list: &JournalList,
@@ -106,7 +127,7 @@ async fn doors_of(
     let mut grids: Vec<String> = list
         .entries
         .iter()
-        .filter(|e| e.kind == "event" && e.order.is_none())
+        .filter(|e| e.kind == "event" && (e.order.is_none() || e.case.is_none()))
         .map(|e| e.grid.clone())
         .collect();
     grids.sort();
@@ -137,6 +158,80 @@ pub struct DispatchForm {
     pub urgent: Option<String>,
 }
 
+/// The household of `entry`'s grid at `door`, if there is one.
+async fn household_at(
+    state: &AppState,
+    entry: &crate::access::journal::JournalRow,
+    door: &str,
+) -> Result<Option<String>, PageError> {
+    let grid = vec![entry.grid.clone()];
+    let (g, door) = (entry.grid.clone(), door.to_string());
+    Ok(state
+        .index(move |ix| ix.households(&grid))
+        .await?
+        .into_iter()
+        .find(|h| h.grid == g && h.door == door)
+        .map(|h| h.id.to_string()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TrackForm {
+    #[serde(default)]
+    pub door: String,
+    /// `hazard:<kind>` or `dispute:<kind>`.
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// `POST /journal/{id}/case` (form): by door number; to the case's page once written.
+pub async fn track_submit(
+    State(state): State<AppState>,
+    PageSession(caller): PageSession,
+    Path(id): Path<String>,
+    Form(form): Form<TrackForm>,
+) -> Result<Response, PageError> {
+    let back = JournalQuery::default();
+    let door = form.door.trim().to_string();
+    if door.is_empty() {
+        return journal_view(
+            &state,
+            &caller,
+            back,
+            Some((&id, "请填写事件附近住户的门牌号。")),
+        )
+        .await;
+    }
+    let entry = journal::visible_entry(&state, &caller, &id).await?;
+    let Some(household) = household_at(&state, &entry, &door).await? else {
+        return journal_view(
+            &state,
+            &caller,
+            back,
+            Some((&id, "本网格没有这个门牌号的住户。")),
+        )
+        .await;
+    };
+    let (ledger, kind) = form.kind.split_once(':').unwrap_or(("", ""));
+    let req = TrackRequest {
+        household,
+        ledger: ledger.to_string(),
+        kind: kind.to_string(),
+        due: None,
+    };
+    let message = match journal::track(&state, &caller, &id, req).await {
+        Ok(t) => return Ok(Redirect::to(&format!("/cases/{}", t.case)).into_response()),
+        Err(service::Error::Conflict {
+            code: "already_tracked",
+            ..
+        }) => "这个事件已经登记台账。",
+        Err(service::Error::Conflict { .. }) => "只有本网格的事件可以登记为本网格住户的台账事项。",
+        Err(service::Error::Forbidden { .. }) => "只有本网格的管理人员可以把事件登记台账。",
+        Err(service::Error::Invalid { .. }) => "请选择隐患或纠纷的类别。",
+        Err(e) => return Err(e.into()),
+    };
+    journal_view(&state, &caller, back, Some((&id, message))).await
+}
+
 /// `POST /journal/{id}/dispatch` (form): by door number; to the order's page once written.
 pub async fn dispatch_submit(
     State(state): State<AppState>,
@@ -156,14 +251,7 @@ pub async fn dispatch_submit(
         .await;
     }
     let entry = journal::visible_entry(&state, &caller, &id).await?;
-    let grid = vec![entry.grid.clone()];
-    let household = state
-        .index(move |ix| ix.households(&grid))
-        .await?
-        .into_iter()
-        .find(|h| h.grid == entry.grid && h.door == door)
-        .map(|h| h.id.to_string());
-    let Some(household) = household else {
+    let Some(household) = household_at(&state, &entry, &door).await? else {
         return journal_view(
             &state,
             &caller,

@@ -128,6 +128,7 @@ pub async fn ledger_page(
     PageSession(caller): PageSession,
     Query(q): Query<CasesQuery>,
 ) -> Result<Response, PageError> {
+    let q = q.from_form();
     let filters = context! {
         unit => q.unit.clone().unwrap_or_default(),
         ledger => q.ledger.clone().unwrap_or_default(),
@@ -138,15 +139,20 @@ pub async fn ledger_page(
     };
     let export = format!(
         "/api/v1/cases/export?{}",
-        serde_urlencoded::to_string([
-            ("unit", q.unit.clone().unwrap_or_default()),
-            ("ledger", q.ledger.clone().unwrap_or_default()),
-            ("state", q.state.clone().unwrap_or_default()),
-            ("overdue", q.overdue.clone().unwrap_or_default()),
-            ("from", q.from.clone().unwrap_or_default()),
-            ("to", q.to.clone().unwrap_or_default()),
-            ("format", "xlsx".to_string()),
-        ])
+        serde_urlencoded::to_string(
+            [
+                ("unit", q.unit.clone().unwrap_or_default()),
+                ("ledger", q.ledger.clone().unwrap_or_default()),
+                ("state", q.state.clone().unwrap_or_default()),
+                ("overdue", q.overdue.clone().unwrap_or_default()),
+                ("from", q.from.clone().unwrap_or_default()),
+                ("to", q.to.clone().unwrap_or_default()),
+                ("format", "xlsx".to_string()),
+            ]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .collect::<Vec<_>>()
+        )
         .unwrap_or_default()
     );
     let units = service::households::org_units(&state, &caller).await?;

@@ -47,6 +47,15 @@ pub struct CasesQuery {
     pub to: Option<String>,
 }
 
+impl CasesQuery {
+    /// The query a page's form sent: its empty dates are not given.
+    pub fn from_form(mut self) -> Self {
+        self.from = given(&self.from).map(str::to_string);
+        self.to = given(&self.to).map(str::to_string);
+        self
+    }
+}
+
 /// One entry of a case's history, for people.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CaseEntry {
@@ -148,8 +157,14 @@ pub async fn case_list(state: &AppState, caller: &Caller, q: CasesQuery) -> Resu
         Some("true") => true,
         Some(_) => return Err(Error::invalid("overdue is true or false")),
     };
-    let from = given(&q.from).map(|s| parse_day(s, "from")).transpose()?;
-    let to = given(&q.to).map(|s| parse_day(s, "to")).transpose()?;
+    // Dates are exact on the API (an empty one is not a date); a page's empty inputs are
+    // dropped before they get here (`CasesQuery::from_form`).
+    let from = q
+        .from
+        .as_deref()
+        .map(|s| parse_day(s, "from"))
+        .transpose()?;
+    let to = q.to.as_deref().map(|s| parse_day(s, "to")).transpose()?;
     let grids = grids_of(state, caller, given(&q.unit)).await?;
     let mut rows = state.index(move |ix| ix.cases(&grids)).await?;
     let today = today();

@@ -1,5 +1,5 @@
 //! Events and work logs (SYNC-v1 §13.12) for supervisors: the entries of a unit's grids over a
-//! period, and an event dispatched as a work order — a demand of a household of the event's
+//! period, an event tracked as a case of the second ledger, and an event dispatched as a work order — a demand of a household of the event's
 //! grid (the door nearest to it, chosen by the supervisor), written as a change of the
 //! supervisor's web device under the phones' policy; the entry keeps the order's id. Entries
 //! are stored by the sync handler ([`crate::access::journal`]); nothing here edits one.
@@ -34,6 +34,15 @@ pub struct JournalQuery {
     pub to: Option<String>,
 }
 
+impl JournalQuery {
+    /// The query a page's form sent: its empty dates are not given.
+    pub fn from_form(mut self) -> Self {
+        self.from = given(&self.from).map(str::to_string);
+        self.to = given(&self.to).map(str::to_string);
+        self
+    }
+}
+
 /// The entries of a unit's grids, newest first, and the period they are of.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JournalList {
@@ -48,12 +57,39 @@ pub struct DispatchRequest {
     /// The household of the event's grid the order is of (the door nearest the event).
     #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub household: String,
-    /// A demand category (`housing`, `public_order`, ... or its Chinese label); default
-    /// `other`.
+    /// A demand category (`housing`, `health_care`, ...); default `other`.
     #[serde(default)]
+    #[schema(pattern = "^(|housing|health_care|education|elderly_care|other)$")]
     pub category: Option<String>,
     #[serde(default)]
     pub urgent: bool,
+}
+
+/// An event tracked in the second ledger (双台账) as a case of a household of its grid.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct TrackRequest {
+    /// The household of the event's grid the case is of (the door nearest the event).
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    pub household: String,
+    /// `hazard` or `dispute`.
+    #[schema(pattern = "^(hazard|dispute)$")]
+    pub ledger: String,
+    /// A hazard's kind (vocabulary `hazard_kind`) or a dispute's (`dispute_kind`).
+    #[schema(
+        pattern = "^(fire|building|electrical|flood|gas|other|neighbours|family|land|labour)$"
+    )]
+    pub kind: String,
+    /// The last day (YYYY-MM-DD) it may stay open.
+    #[serde(default)]
+    #[schema(format = Date)]
+    pub due: Option<String>,
+}
+
+/// The case an event became.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Tracked {
+    pub case: String,
+    pub household: String,
 }
 
 /// The work order an event became.
@@ -77,11 +113,11 @@ pub async fn journal_list(
                 .code(),
         ),
     };
-    let to = match given(&q.to) {
+    let to = match q.to.as_deref() {
         Some(t) => parse_day(t, "to")?,
         None => today(),
     };
-    let from = match given(&q.from) {
+    let from = match q.from.as_deref() {
         Some(f) => parse_day(f, "from")?,
         None => to.add_days(-29),
     };
@@ -114,6 +150,125 @@ pub async fn visible_entry(state: &AppState, caller: &Caller, id: &str) -> Resul
         })
 }
 
+/// The event `id` the caller reads (a work log is `not_an_event`).
+async fn visible_event(state: &AppState, caller: &Caller, id: &str) -> Result<JournalRow> {
+    let entry = visible_entry(state, caller, id).await?;
+    if entry.kind != EntryKind::Event.code() {
+        return Err(Error::Conflict {
+            code: "not_an_event",
+            message: "only an event can be dispatched or tracked".into(),
+        });
+    }
+    Ok(entry)
+}
+
+/// Whether a supervisor may write to a household of `household_grid` for an event of `grid`.
+fn of_the_events_grid(
+    scope: &crate::access::Scope,
+    household_grid: &str,
+    grid: &str,
+) -> Result<()> {
+    if !scope.may_read(household_grid) {
+        return Err(Error::not_found("no such household"));
+    }
+    if household_grid != grid {
+        return Err(Error::Conflict {
+            code: "other_grid",
+            message: "the household is not of the event's grid".into(),
+        });
+    }
+    if !scope.supervises(household_grid, now_ms()) {
+        return Err(Error::Forbidden {
+            code: "forbidden",
+            message: "only a supervisor of this grid may dispatch or track its events".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Tracks event `id` as a case of the second ledger, of `req.household` (of the event's
+/// grid), raised by the supervisor: what it is is the event's detail, its parties or place the
+/// event's place. Only a supervisor of the grid may, once per event.
+pub async fn track(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    req: TrackRequest,
+) -> Result<Tracked> {
+    use qiaomen_protocol::{
+        ids::CaseId,
+        ledger::{Case, CaseKind},
+        schema::{DisputeKind, HazardKind},
+    };
+    let kind = match req.ledger.trim() {
+        "hazard" => CaseKind::Hazard {
+            kind: HazardKind::from_code(req.kind.trim())
+                .ok_or_else(|| Error::invalid("kind is a hazard kind (fire, electrical, ...)"))?,
+        },
+        "dispute" => CaseKind::Dispute {
+            kind: DisputeKind::from_code(req.kind.trim())
+                .ok_or_else(|| Error::invalid("kind is a dispute kind (neighbours, land, ...)"))?,
+        },
+        _ => return Err(Error::invalid("ledger is hazard or dispute")),
+    };
+    let due = given(&req.due).map(|d| parse_day(d, "due")).transpose()?;
+    let household: HouseholdId = req
+        .household
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid("household is a household id"))?;
+    let entry = visible_event(state, caller, id).await?;
+    if entry.case.is_some() {
+        return Err(Error::Conflict {
+            code: "already_tracked",
+            message: "this event is in the ledger already".into(),
+        });
+    }
+    let case_id = CaseId::new();
+    let grid = entry.grid.clone();
+    let (detail, parties) = (entry.detail.clone(), entry.place.clone());
+    web_change(
+        state,
+        caller,
+        household,
+        "track_event",
+        move |scope, household_grid| of_the_events_grid(scope, household_grid, &grid),
+        move |doc, author| {
+            let at = now_ms();
+            let case = Case {
+                id: case_id,
+                kind,
+                raised_on_visit: None,
+                item: None,
+                raised_by: author.user,
+                device: author.device,
+                raised_at_ms: at,
+                detail,
+                parties,
+                due,
+                history: vec![],
+            };
+            doc.raise_case(author, at, &case)
+                .map_err(|e| Error::Conflict {
+                    code: "invalid_case",
+                    message: e.to_string(),
+                })
+        },
+    )
+    .await?;
+    let (key, c, h) = (id.to_string(), case_id.to_string(), household.to_string());
+    if !state
+        .access(move |db| db.set_journal_case(&key, &c, &h))
+        .await?
+    {
+        tracing::warn!("an event was tracked twice at once");
+    }
+    Ok(Tracked {
+        case: case_id.to_string(),
+        household: household.to_string(),
+    })
+}
+
 /// Dispatches event `id` as a work order of `req.household` (of the event's grid), source
 /// supervisor, the grid's worker first-responsible; only a supervisor of the grid may, and
 /// only once per event.
@@ -133,13 +288,7 @@ pub async fn dispatch(
         .trim()
         .parse()
         .map_err(|_| Error::invalid("household is a household id"))?;
-    let entry = visible_entry(state, caller, id).await?;
-    if entry.kind != EntryKind::Event.code() {
-        return Err(Error::Conflict {
-            code: "not_an_event",
-            message: "only an event can be dispatched as a work order".into(),
-        });
-    }
+    let entry = visible_event(state, caller, id).await?;
     if entry.order.is_some() {
         return Err(Error::Conflict {
             code: "already_dispatched",
@@ -187,24 +336,7 @@ pub async fn dispatch(
         caller,
         household,
         "dispatch_event",
-        move |scope, household_grid| {
-            if !scope.may_read(household_grid) {
-                return Err(Error::not_found("no such household"));
-            }
-            if household_grid != grid {
-                return Err(Error::Conflict {
-                    code: "other_grid",
-                    message: "the household is not of the event's grid".into(),
-                });
-            }
-            if !scope.supervises(household_grid, now_ms()) {
-                return Err(Error::Forbidden {
-                    code: "forbidden",
-                    message: "only a supervisor of this grid may dispatch its events".into(),
-                });
-            }
-            Ok(())
-        },
+        move |scope, household_grid| of_the_events_grid(scope, household_grid, &grid),
         move |doc, author| {
             doc.edit(author, demand.raised_at_ms, |h| {
                 h.demands.insert(demand.id, demand);
