@@ -158,20 +158,27 @@ pub struct DispatchForm {
     pub urgent: Option<String>,
 }
 
-/// The household of `entry`'s grid at `door`, if there is one.
-async fn household_at(
+/// The household at the door typed on a form for event `id`, of the event's grid; `Err`
+/// with what to tell the supervisor when the door is empty or the grid has none.
+async fn door_household(
     state: &AppState,
-    entry: &crate::access::journal::JournalRow,
+    caller: &Caller,
+    id: &str,
     door: &str,
-) -> Result<Option<String>, PageError> {
+) -> Result<Result<String, &'static str>, PageError> {
+    let door = door.trim().to_string();
+    if door.is_empty() {
+        return Ok(Err("请填写事件附近住户的门牌号。"));
+    }
+    let entry = journal::visible_entry(state, caller, id).await?;
     let grid = vec![entry.grid.clone()];
-    let (g, door) = (entry.grid.clone(), door.to_string());
-    Ok(state
+    let found = state
         .index(move |ix| ix.households(&grid))
         .await?
         .into_iter()
-        .find(|h| h.grid == g && h.door == door)
-        .map(|h| h.id.to_string()))
+        .find(|h| h.grid == entry.grid && h.door == door)
+        .map(|h| h.id.to_string());
+    Ok(found.ok_or("本网格没有这个门牌号的住户。"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,25 +198,9 @@ pub async fn track_submit(
     Form(form): Form<TrackForm>,
 ) -> Result<Response, PageError> {
     let back = JournalQuery::default();
-    let door = form.door.trim().to_string();
-    if door.is_empty() {
-        return journal_view(
-            &state,
-            &caller,
-            back,
-            Some((&id, "请填写事件附近住户的门牌号。")),
-        )
-        .await;
-    }
-    let entry = journal::visible_entry(&state, &caller, &id).await?;
-    let Some(household) = household_at(&state, &entry, &door).await? else {
-        return journal_view(
-            &state,
-            &caller,
-            back,
-            Some((&id, "本网格没有这个门牌号的住户。")),
-        )
-        .await;
+    let household = match door_household(&state, &caller, &id, &form.door).await? {
+        Ok(h) => h,
+        Err(message) => return journal_view(&state, &caller, back, Some((&id, message))).await,
     };
     let (ledger, kind) = form.kind.split_once(':').unwrap_or(("", ""));
     let req = TrackRequest {
@@ -240,25 +231,9 @@ pub async fn dispatch_submit(
     Form(form): Form<DispatchForm>,
 ) -> Result<Response, PageError> {
     let back = JournalQuery::default();
-    let door = form.door.trim().to_string();
-    if door.is_empty() {
-        return journal_view(
-            &state,
-            &caller,
-            back,
-            Some((&id, "请填写事件附近住户的门牌号。")),
-        )
-        .await;
-    }
-    let entry = journal::visible_entry(&state, &caller, &id).await?;
-    let Some(household) = household_at(&state, &entry, &door).await? else {
-        return journal_view(
-            &state,
-            &caller,
-            back,
-            Some((&id, "本网格没有这个门牌号的住户。")),
-        )
-        .await;
+    let household = match door_household(&state, &caller, &id, &form.door).await? {
+        Ok(h) => h,
+        Err(message) => return journal_view(&state, &caller, back, Some((&id, message))).await,
     };
     let req = DispatchRequest {
         household,

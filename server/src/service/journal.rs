@@ -150,6 +150,13 @@ pub async fn visible_entry(state: &AppState, caller: &Caller, id: &str) -> Resul
         })
 }
 
+/// The household a request names.
+fn household_id(id: &str) -> Result<HouseholdId> {
+    id.trim()
+        .parse()
+        .map_err(|_| Error::invalid("household is a household id"))
+}
+
 /// The event `id` the caller reads (a work log is `not_an_event`).
 async fn visible_event(state: &AppState, caller: &Caller, id: &str) -> Result<JournalRow> {
     let entry = visible_entry(state, caller, id).await?;
@@ -212,11 +219,7 @@ pub async fn track(
         _ => return Err(Error::invalid("ledger is hazard or dispute")),
     };
     let due = given(&req.due).map(|d| parse_day(d, "due")).transpose()?;
-    let household: HouseholdId = req
-        .household
-        .trim()
-        .parse()
-        .map_err(|_| Error::invalid("household is a household id"))?;
+    let household = household_id(&req.household)?;
     let entry = visible_event(state, caller, id).await?;
     if entry.case.is_some() {
         return Err(Error::Conflict {
@@ -283,11 +286,7 @@ pub async fn dispatch(
         Some(c) => NeedCategory::from_text(c)
             .ok_or_else(|| Error::invalid("category is a demand category (housing, ...)"))?,
     };
-    let household: HouseholdId = req
-        .household
-        .trim()
-        .parse()
-        .map_err(|_| Error::invalid("household is a household id"))?;
+    let household = household_id(&req.household)?;
     let entry = visible_event(state, caller, id).await?;
     if entry.order.is_some() {
         return Err(Error::Conflict {
